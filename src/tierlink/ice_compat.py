@@ -37,7 +37,7 @@ PRIVATE_ATTRIBUTES = (
 DatagramHandler = Callable[[bytes], None]
 
 
-class IceConnection(aioice.Connection):  # type: ignore[misc]
+class IceConnection(aioice.Connection):
     """An aioice Connection with an address allow-list, a receive callback and sync send."""
 
     def __init__(

@@ -113,7 +113,7 @@ def open_value(value: bytes, kind: int) -> Opened:
 def field_of(body: dict[int, Any], key: int, typ: type | tuple[type, ...], name: str) -> Any:
     """Fetch a required field of a given type or raise RecordError('malformed')."""
     val = body.get(key)
-    if not isinstance(val, typ) or isinstance(val, bool) and typ is int:
+    if not isinstance(val, typ) or (isinstance(val, bool) and typ is int):
         raise RecordError("malformed", f"field {name!r} missing or of the wrong type")
     return val
 
@@ -127,7 +127,7 @@ def check_signer(body: dict[int, Any], opened: Opened, fp_key: int = 1, pk_key: 
     pk = field_of(body, pk_key, bytes, "public_key")
     if len(pk) != PUBLIC_KEY_SIZE or len(fp) != FINGERPRINT_HEX_LEN // 2:
         raise RecordError("malformed", "public key or fingerprint has the wrong length")
-    fingerprint = fp.hex()
+    fingerprint: str = fp.hex()
     if fingerprint_of(pk) != fingerprint:
         raise RecordError("fingerprint", "SHA3-512 of the public key is not the fingerprint")
     opened.verify(pk)
@@ -236,11 +236,11 @@ class PeerRecord:
         expires = field_of(body, 5, int, "expires_at_ms")
         cands = field_of(body, 6, list, "candidates")
         kem = body.get(7, b"")
-        if not isinstance(kem, bytes) or kem and len(kem) != KEM_PUBLIC_KEY_SIZE:
+        if not isinstance(kem, bytes) or (kem and len(kem) != KEM_PUBLIC_KEY_SIZE):
             raise RecordError("malformed", "kem_public_key has the wrong type or length")
         mode = body.get(8, "public")
         cert = body.get(9)
-        if not isinstance(mode, str) or cert is not None and not isinstance(cert, bytes):
+        if not isinstance(mode, str) or (cert is not None and not isinstance(cert, bytes)):
             raise RecordError("malformed", "mode or cert_sha256 has the wrong type")
         t = now_ms() if now is None else now
         if expires <= t:

@@ -1,0 +1,42 @@
+# tierlink: `make demo` and `make test` do all set-up on a fresh machine.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: demo test bench lab lint typecheck clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e ".[test,lab]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	scripts/system-deps.sh demo
+	$(BIN)/tierlink demo
+
+test: $(STAMP)
+	scripts/system-deps.sh test
+	$(BIN)/ruff check src tests
+	$(BIN)/mypy
+	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	scripts/system-deps.sh demo
+	$(BIN)/python -m pip install -q -e ".[bench]"
+	$(BIN)/tierlink bench
+
+lab: $(STAMP)
+	scripts/system-deps.sh test
+	$(BIN)/tierlink lab --report lab-report
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests
+	$(BIN)/mypy
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,170 @@
+"""The ``tierlink`` command line. Every failure is one clear line on stderr, never a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from tierlink.dht.process import DhtNodeProcess, parse_hostport
+from tierlink.errors import TierlinkError
+from tierlink.identity import ALGORITHM, KEM_ALGORITHM, Identity, default_identity_path
+
+EXIT_OK = 0
+EXIT_FAIL = 1
+EXIT_USAGE = 2
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+class UsageError(TierlinkError):
+    """Bad command-line input (exit code 2)."""
+
+
+def hostport(text: str) -> tuple[str, int]:
+    """argparse type for HOST:PORT."""
+    try:
+        return parse_hostport(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _print_json(obj: Any) -> None:
+    print(json.dumps(obj, indent=2, sort_keys=False))
+
+
+# -- id ------------------------------------------------------------------------------------
+def cmd_id_new(args: argparse.Namespace) -> int:
+    path = Path(args.out) if args.out else default_identity_path()
+    ident = Identity.generate()
+    ident.save(path, force=args.force)
+    print(ident.fingerprint)
+    print(f"identity written to {path}", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_id_show(args: argparse.Namespace) -> int:
+    path = Path(args.path) if args.path else default_identity_path()
+    ident = Identity.load(path)
+    if args.json:
+        _print_json(
+            {
+                "fingerprint": ident.fingerprint,
+                "algorithm": ALGORITHM,
+                "public_key": ident.public_key.hex(),
+                "kem_algorithm": KEM_ALGORITHM,
+                "kem_public_key": ident.kem_public_key.hex(),
+                "path": str(path),
+            }
+        )
+    else:
+        print(f"fingerprint: {ident.fingerprint}")
+        print(f"algorithm:   {ALGORITHM} (KEM {KEM_ALGORITHM})")
+        print(f"path:        {path}")
+    return EXIT_OK
+
+
+# -- dht -----------------------------------------------------------------------------------
+async def _serve(args: argparse.Namespace) -> int:
+    node = DhtNodeProcess(
+        port=args.port,
+        proxy_port=args.proxy_port,
+        proxy_host=args.proxy_host,
+        bootstrap=args.bootstrap or [],
+        no_rate_limit=args.no_rate_limit,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await node.start()
+    try:
+        print(f"dht: udp 0.0.0.0:{node.port}", flush=True)
+        print(f"proxy: {node.proxy_url}", flush=True)
+        print(f"pid: {node.pid}", flush=True)
+        await stop.wait()
+    finally:
+        await node.stop()
+    print("stopped", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_dht_serve(args: argparse.Namespace) -> int:
+    return asyncio.run(_serve(args))
+
+
+# -- parser --------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="tierlink",
+        description="Reach a peer by its public-key fingerprint alone.",
+    )
+    p.add_argument("-v", "--verbose", action="store_true", help="log debug output to stderr")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    idp = sub.add_parser("id", help="create or show an identity")
+    idsub = idp.add_subparsers(dest="id_command", metavar="ID_COMMAND")
+    idsub.required = True
+    new = idsub.add_parser("new", help="create a new ML-DSA-87 identity")
+    new.add_argument("--out", help=f"key file (default {default_identity_path()})")
+    new.add_argument("--force", action="store_true", help="overwrite an existing key file")
+    new.set_defaults(func=cmd_id_new)
+    show = idsub.add_parser("show", help="print an identity's fingerprint and public key")
+    show.add_argument("path", nargs="?", help="key file (default: the user's identity)")
+    show.add_argument("--json", action="store_true", help="print a JSON object")
+    show.set_defaults(func=cmd_id_show)
+
+    dht = sub.add_parser("dht", help="run an OpenDHT node")
+    dsub = dht.add_subparsers(dest="dht_command", metavar="DHT_COMMAND")
+    dsub.required = True
+    serve = dsub.add_parser("serve", help="run a dhtnode in the foreground (a bootstrap)")
+    serve.add_argument("--port", type=int, default=4222, help="DHT UDP port (default 4222)")
+    serve.add_argument("--proxy-port", type=int, default=None, help="REST proxy TCP port")
+    serve.add_argument("--proxy-host", default="127.0.0.1", help="REST proxy address")
+    serve.add_argument("--bootstrap", type=hostport, action="append", metavar="HOST:PORT")
+    serve.add_argument("--no-rate-limit", action="store_true", help="dhtnode -U (tests)")
+    serve.set_defaults(func=cmd_dht_serve)
+
+    for extra in _EXTRA_COMMANDS:
+        extra(sub)
+    return p
+
+
+#: Later command groups register themselves here (node commands, lab, bench).
+_EXTRA_COMMANDS: list[Callable[[Any], None]] = []
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``tierlink`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        code: int = args.func(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except UsageError as exc:
+        print(f"tierlink: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except TierlinkError as exc:
+        print(f"tierlink: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+    except OSError as exc:
+        print(f"tierlink: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,246 @@
+"""An asyncio client for OpenDHT's REST proxy API (``dhtnode --proxyserver PORT``).
+
+The API (OpenDHT 2.4):
+
+* ``POST /key/<k>`` with ``{"data": "<base64>", "permanent": bool}`` puts a value;
+* ``GET /key/<k>`` returns the values under ``k`` as JSON lines ``{"data", "id", "type"}``;
+* ``GET /key/<k>/listen`` streams values as JSON lines (``"expired": true`` marks an expiry)
+  until the connection closes, which cancels the listen on the node.
+
+``<k>`` is the 40-hex InfoHash from :mod:`tierlink.keys`. Every call has a deadline and fails
+with :class:`~tierlink.errors.DhtUnavailable` when the node cannot be reached.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import logging
+from collections import OrderedDict
+from collections.abc import AsyncIterator
+from types import TracebackType
+from typing import Any
+
+import aiohttp
+
+from tierlink.errors import DhtError, DhtUnavailable
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TIMEOUT = 10.0
+
+
+def _check_key(key: str) -> str:
+    if len(key) != 40 or any(c not in "0123456789abcdef" for c in key):
+        raise ValueError(f"DHT key must be 40 lowercase hex characters, got {key!r}")
+    return key
+
+
+def _decode_line(line: bytes) -> tuple[str, bytes, bool] | None:
+    """(value id, data, expired) from one JSON line, None for blank or foreign lines."""
+    line = line.strip()
+    if not line:
+        return None
+    try:
+        obj = json.loads(line)
+        data = base64.b64decode(obj.get("data", ""), validate=True)
+    except (ValueError, AttributeError, TypeError):
+        log.debug("ignoring unreadable proxy line %r", line[:80])
+        return None
+    if not isinstance(obj, dict):
+        return None
+    return str(obj.get("id", "")), data, bool(obj.get("expired", False))
+
+
+class DhtClient:
+    """Put, get and listen through one OpenDHT proxy."""
+
+    def __init__(self, base_url: str, *, timeout: float = DEFAULT_TIMEOUT) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.timeout = timeout
+        self._session: aiohttp.ClientSession | None = None
+        self._listeners: set[DhtListener] = set()
+
+    async def __aenter__(self) -> DhtClient:
+        return self
+
+    async def __aexit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        """The shared HTTP session (created lazily on the running loop)."""
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=64, force_close=False)
+            )
+        return self._session
+
+    def _url(self, key: str, suffix: str = "") -> str:
+        return f"{self.base_url}/key/{_check_key(key)}{suffix}"
+
+    async def _request(self, method: str, url: str, ok: tuple[int, ...] = (), **kw: Any) -> bytes:
+        timeout = aiohttp.ClientTimeout(total=kw.pop("timeout", None) or self.timeout)
+        try:
+            async with self.session.request(method, url, timeout=timeout, **kw) as resp:
+                body = await resp.read()
+                if resp.status >= 400 and resp.status not in ok:
+                    raise DhtError(f"DHT proxy answered {resp.status} to {method} {url}")
+                return body
+        except (aiohttp.ClientError, OSError) as exc:
+            raise DhtUnavailable(f"DHT proxy {self.base_url} unreachable: {exc}") from None
+        except TimeoutError:
+            raise DhtUnavailable(
+                f"DHT proxy {self.base_url} did not answer within {timeout.total:.1f} s"
+            ) from None
+
+    async def info(self) -> dict[str, Any]:
+        """The node's status object (node id, public IP, connectivity counts)."""
+        body = await self._request("GET", self.base_url + "/")
+        try:
+            obj = json.loads(body)
+        except ValueError:
+            raise DhtError(f"DHT proxy {self.base_url} sent an unreadable status") from None
+        if not isinstance(obj, dict):
+            raise DhtError(f"DHT proxy {self.base_url} sent an unexpected status")
+        return obj
+
+    async def put(self, key: str, value: bytes, *, permanent: bool = False) -> None:
+        """Store ``value`` under ``key``.
+
+        A node with no peers answers ``{"err": "Put failed"}`` although it keeps the value;
+        in that case we read the key back and accept the put if the value is there.
+        """
+        payload = {"data": base64.b64encode(value).decode()}
+        if permanent:
+            payload["permanent"] = True  # type: ignore[assignment]
+        # A failed put is HTTP 502 with {"err": "Put failed"}: handled below.
+        body = await self._request("POST", self._url(key), ok=(502,), json=payload)
+        try:
+            answer = json.loads(body) if body.strip() else {}
+        except ValueError:
+            raise DhtError(f"DHT proxy sent an unreadable answer to a put: {body[:80]!r}") from None
+        if isinstance(answer, dict) and ("err" in answer or "err:" in answer):
+            if value in await self.get(key):
+                log.debug("put reported failure but the value is stored locally (lone node?)")
+                return
+            raise DhtError(f"DHT put failed: {answer}")
+
+    async def get(self, key: str) -> list[bytes]:
+        """Every value currently stored under ``key`` (possibly none)."""
+        body = await self._request("GET", self._url(key))
+        out = []
+        for line in body.splitlines():
+            item = _decode_line(line)
+            if item is not None and not item[2]:
+                out.append(item[1])
+        return out
+
+    def listen(self, key: str, *, reconnect: bool = True) -> DhtListener:
+        """An async iterator of new values under ``key`` (existing ones first)."""
+        listener = DhtListener(self, key, reconnect=reconnect)
+        self._listeners.add(listener)
+        return listener
+
+    async def close(self) -> None:
+        """Cancel every listen and close the HTTP session."""
+        for listener in list(self._listeners):
+            await listener.aclose()
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
+class DhtListener:
+    """Values arriving under one key; reconnects if the stream drops; ``aclose`` cancels.
+
+    Values are de-duplicated by their DHT value id (a reconnect refetches existing values).
+    If the node stays unreachable for ``client.timeout`` seconds the iterator raises
+    :class:`DhtUnavailable` instead of hanging.
+    """
+
+    MAX_REMEMBERED = 4096
+
+    def __init__(self, client: DhtClient, key: str, *, reconnect: bool = True) -> None:
+        self._client = client
+        self._url = client._url(key, "/listen")
+        self._reconnect = reconnect
+        self._seen: OrderedDict[str, None] = OrderedDict()
+        self._closed = False
+        self._resp: aiohttp.ClientResponse | None = None
+        self._gen: AsyncIterator[bytes] | None = None
+
+    def __aiter__(self) -> DhtListener:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if self._gen is None:
+            self._gen = self._values()
+        return await self._gen.__anext__()
+
+    async def _open(self) -> aiohttp.ClientResponse:
+        deadline = asyncio.get_running_loop().time() + self._client.timeout
+        delay = 0.1
+        while True:
+            try:
+                resp = await self._client.session.get(
+                    self._url,
+                    timeout=aiohttp.ClientTimeout(
+                        total=None, connect=self._client.timeout, sock_read=None
+                    ),
+                )
+                if resp.status >= 400:
+                    resp.release()
+                    raise DhtError(f"DHT proxy answered {resp.status} to listen")
+                return resp
+            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+                if self._closed:
+                    raise StopAsyncIteration from None
+                if asyncio.get_running_loop().time() + delay > deadline:
+                    raise DhtUnavailable(
+                        f"DHT proxy {self._client.base_url} unreachable for listen: {exc}"
+                    ) from None
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+
+    async def _values(self) -> AsyncIterator[bytes]:
+        while not self._closed:
+            self._resp = await self._open()
+            try:
+                async for line in self._resp.content:
+                    item = _decode_line(line)
+                    if item is None or item[2]:
+                        continue
+                    vid, data, _ = item
+                    if vid in self._seen:
+                        continue
+                    self._seen[vid] = None
+                    if len(self._seen) > self.MAX_REMEMBERED:
+                        self._seen.popitem(last=False)
+                    yield data
+            except (aiohttp.ClientError, OSError) as exc:
+                log.debug("listen stream dropped: %s", exc)
+            finally:
+                if self._resp is not None:
+                    self._resp.close()
+                    self._resp = None
+            if self._closed:
+                break
+            if not self._reconnect:
+                raise DhtUnavailable("DHT listen stream ended")
+
+    async def aclose(self) -> None:
+        """Cancel the listen on the node (closes the HTTP stream)."""
+        self._closed = True
+        self._client._listeners.discard(self)
+        if self._resp is not None:
+            self._resp.close()
+            self._resp = None
+        if self._gen is not None:
+            gen, self._gen = self._gen, None
+            with contextlib.suppress(RuntimeError, StopAsyncIteration):
+                await gen.aclose()  # type: ignore[attr-defined]
