@@ -1,0 +1,13 @@
+"""NAT lab: namespaces, NAT presets verified by probes, a connectivity matrix and its reports.
+
+Needs root, ``ip``, ``nft``, ``turnserver`` (coturn) and ``dhtnode``. Modules:
+
+* :mod:`tierlink.lab.netns` - one run's namespaces and processes, cleanup, ``cleanup_stale``;
+* :mod:`tierlink.lab.nat` - preset definitions and their nftables rulesets;
+* :mod:`tierlink.lab.services` - coturn, the DHT node and the probe server;
+* :mod:`tierlink.lab.topology` - :class:`~tierlink.lab.topology.Lab`, sites, probes;
+* :mod:`tierlink.lab.probe` - the UDP probe programs run inside namespaces;
+* :mod:`tierlink.lab.runner` - ``run_matrix`` and the expected outcome of each cell;
+* :mod:`tierlink.lab.icepeer` / :mod:`tierlink.lab.peer` - peer processes (raw ICE / Node);
+* :mod:`tierlink.lab.report` - ``matrix.json``, ``matrix.md``, ``matrix.png``.
+"""

@@ -1,0 +1,264 @@
+"""The NAT lab topology: one "internet" namespace with services, and NAT'ed sites of peers.
+
+Addresses (site index N, 1..89)::
+
+    internet  <p>-i     br0 203.0.113.1/24 (coturn, DHT proxy, probes) + 203.0.113.2/24 (probes)
+    router    <p>-rN    wan 203.0.113.(10+N)/24, lan 198.18.N.1/24
+    host      <p>-hN    eth0 198.18.N.2/24 (hairpin adds <p>-gN at 198.18.N.3)
+    open      <p>-hN    eth0 203.0.113.(100+N)/24 straight on the internet bridge, no router
+    double    <p>-cN    CGN: wan 203.0.113.(10+N), lan 198.19.N.1/24; home router wan 198.19.N.2
+
+Use :class:`Lab` as a context manager; :meth:`Lab.add_site` builds one preset's site and
+:meth:`Lab.verify` probes it and raises :class:`PresetMismatch` if it does not behave as its
+preset promises.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from dataclasses import dataclass, field
+from typing import Any
+
+from tierlink.lab import nat
+from tierlink.lab.netns import LabError, Run, python_argv
+from tierlink.lab.netns import run as sh
+from tierlink.lab.services import (
+    DHT_PROXY_PORT,
+    PROBE_PORTS,
+    TURN_PORT,
+    start_coturn,
+    start_dhtnode,
+    start_probe_server,
+)
+
+INTERNET_IP = "203.0.113.1"
+INTERNET_ALT_IP = "203.0.113.2"
+MAX_SITES = 89
+
+
+class PresetMismatch(LabError):
+    """A preset's probe result disagrees with the preset's definition: do not trust it."""
+
+    def __init__(self, preset: str, result: dict[str, Any]) -> None:
+        super().__init__(f"preset {preset!r} probe disagrees with its definition: {result}")
+        self.preset = preset
+        self.result = result
+
+
+@dataclass
+class Site:
+    """One preset's namespaces: ``hosts`` are (namespace, LAN address) of the peers."""
+
+    preset: str
+    index: int
+    hosts: list[tuple[str, str]]
+    namespaces: list[str] = field(default_factory=list)
+    public_ip: str = ""
+
+
+class Lab:
+    """Internet namespace + coturn + DHT node + probe server, and NAT sites on demand."""
+
+    def __init__(self, *, turn: bool = True, dht: bool = True) -> None:
+        self.run = Run()
+        self.internet = ""
+        self._want_turn = turn
+        self._want_dht = dht
+        self._used: set[int] = set()
+
+    @property
+    def prefix(self) -> str:
+        return self.run.prefix
+
+    @property
+    def stun_server(self) -> tuple[str, int]:
+        return (INTERNET_IP, TURN_PORT)
+
+    @property
+    def dht_proxy(self) -> str:
+        return f"http://{INTERNET_IP}:{DHT_PROXY_PORT}"
+
+    def __enter__(self) -> Lab:
+        self.run.__enter__()
+        try:
+            self._build_internet()
+        except BaseException:
+            self.run.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop every process and remove every namespace of this lab (idempotent)."""
+        self.run.close()
+
+    def _build_internet(self) -> None:
+        r = self.run
+        self.internet = r.add_namespace("i")
+        ns = self.internet
+        r.nft(ns, "")  # nft works in the namespace
+        sh(["ip", "-n", ns, "link", "add", "br0", "type", "bridge"])
+        sh(["ip", "-n", ns, "link", "set", "br0", "up"])
+        r.address(ns, "br0", f"{INTERNET_IP}/24")
+        r.address(ns, "br0", f"{INTERNET_ALT_IP}/24")
+        if self._want_turn:
+            start_coturn(r, ns, INTERNET_IP)
+        if self._want_dht:
+            start_dhtnode(r, ns, INTERNET_IP)
+        start_probe_server(r, ns, (INTERNET_IP, INTERNET_ALT_IP))
+
+    # -- sites ----------------------------------------------------------------------------
+    def _attach(self, ns: str, dev: str, index: int, tag: str) -> None:
+        """Plug ``dev`` of ``ns`` into the internet bridge (port name ``<tag><index>``)."""
+        port = f"{tag}{index}"
+        self.run.veth(ns, dev, self.internet, port)
+        sh(["ip", "-n", self.internet, "link", "set", port, "master", "br0"])
+
+    def _router(self, role: str) -> str:
+        r = self.run
+        ns = r.add_namespace(role)
+        r.sysctl(ns, "net.ipv4.ip_forward", "1")
+        r.sysctl(ns, "net.ipv4.conf.all.send_redirects", "0")
+        r.sysctl(ns, "net.ipv4.conf.default.send_redirects", "0")
+        return ns
+
+    def add_site(self, preset: str) -> Site:
+        """Build the namespaces and NAT of one preset; returns the site (not yet verified)."""
+        if preset not in nat.PRESETS:
+            raise LabError(f"unknown preset {preset!r}; known: {', '.join(nat.PRESETS)}")
+        free = [i for i in range(1, MAX_SITES + 1) if i not in self._used]
+        if not free:
+            raise LabError("too many sites in one lab")
+        n = free[0]
+        self._used.add(n)
+        before = len(self.run.namespaces)
+        try:
+            site = self._build_site(preset, n)
+        except BaseException:
+            self.run.remove_namespaces(self.run.namespaces[before:])
+            self._used.discard(n)
+            raise
+        site.namespaces = self.run.namespaces[before:]
+        return site
+
+    def _build_site(self, preset: str, n: int) -> Site:
+        r = self.run
+        lan_host = f"198.18.{n}.2"
+        if preset == "open":
+            h = r.add_namespace(f"h{n}")
+            public = f"203.0.113.{100 + n}"
+            self._attach(h, "eth0", n, "o")
+            r.address(h, "eth0", f"{public}/24")
+            r.route_default(h, INTERNET_IP)
+            return Site(preset, n, [(h, public)], public_ip=public)
+
+        wan_ip = f"203.0.113.{10 + n}"
+        if preset == "double":
+            cgn = self._router(f"c{n}")
+            self._attach(cgn, "wan", n, "c")
+            r.address(cgn, "wan", f"{wan_ip}/24")
+            r.route_default(cgn, INTERNET_IP)
+            rt = self._router(f"r{n}")
+            r.veth(cgn, "lan", rt, "wan")
+            r.address(cgn, "lan", f"198.19.{n}.1/24")
+            r.address(rt, "wan", f"198.19.{n}.2/24")
+            r.route_default(rt, f"198.19.{n}.1")
+            r.nft(cgn, nat.port_restricted_rules())
+            r.nft(rt, nat.port_restricted_rules())
+        else:
+            rt = self._router(f"r{n}")
+            self._attach(rt, "wan", n, "r")
+            r.address(rt, "wan", f"{wan_ip}/24")
+            r.route_default(rt, INTERNET_IP)
+
+        hosts: list[tuple[str, str]] = []
+        if preset == "hairpin":
+            sh(["ip", "-n", rt, "link", "add", "lan", "type", "bridge"])
+            sh(["ip", "-n", rt, "link", "set", "lan", "up"])
+            for role, addr, port in ((f"h{n}", lan_host, "l1"), (f"g{n}", f"198.18.{n}.3", "l2")):
+                h = r.add_namespace(role)
+                r.veth(h, "eth0", rt, port)
+                sh(["ip", "-n", rt, "link", "set", port, "master", "lan"])
+                hosts.append((h, addr))
+        else:
+            h = r.add_namespace(f"h{n}")
+            r.veth(h, "eth0", rt, "lan")
+            hosts.append((h, lan_host))
+        r.address(rt, "lan", f"198.18.{n}.1/24")
+        for h, addr in hosts:
+            r.address(h, "eth0", f"{addr}/24")
+            r.route_default(h, f"198.18.{n}.1")
+
+        if preset == "hairpin":
+            rules = nat.hairpin_rules(wan_ip, f"198.18.{n}.0/24", [a for _, a in hosts])
+            r.nft(rt, rules)
+        elif preset != "double":
+            r.nft(rt, nat.rules_for(preset, host=lan_host))
+        return Site(preset, n, hosts, public_ip=wan_ip)
+
+    def remove_site(self, site: Site) -> None:
+        """Remove a site's namespaces (and any process still running in them)."""
+        self.run.remove_namespaces(site.namespaces)
+        self._used.discard(site.index)
+
+    # -- probes ---------------------------------------------------------------------------
+    def _probe_cmd(self, ns: str, *args: str, timeout: float = 15.0) -> list[dict[str, Any]]:
+        proc = self.run.spawn(ns, python_argv("tierlink.lab.probe", *args))
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired as exc:
+            proc.kill()
+            raise LabError(f"probe {args} in {ns} timed out") from exc
+        if proc.returncode != 0:
+            raise LabError(f"probe {args} in {ns} failed: {err.strip()}")
+        return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+    def probe(self, site: Site) -> dict[str, Any]:
+        """Measure mapping and filtering (and hairpinning) of a site; returns a plain dict."""
+        ns, addr = site.hosts[0]
+        primary = f"{INTERNET_IP}:{PROBE_PORTS[0]}"
+        alt = f"{INTERNET_ALT_IP}:{PROBE_PORTS[1]}"
+        result = self._probe_cmd(ns, "nat", "--bind", addr, "--primary", primary, "--alt", alt)[0]
+        result["preset"] = site.preset
+        if len(site.hosts) > 1:
+            result["hairpin"] = self._probe_hairpin(site, primary)
+        spec = nat.PRESETS[site.preset]
+        ok = result["mapping"] == spec.mapping and result["filtering"] == spec.filtering
+        if spec.hairpin:
+            ok = ok and bool(result["hairpin"]["received"])
+        result["expected"] = {"mapping": spec.mapping, "filtering": spec.filtering}
+        if spec.hairpin:
+            result["expected"]["hairpin"] = True
+        result["ok"] = ok
+        return result
+
+    def _probe_hairpin(self, site: Site, server: str) -> dict[str, Any]:
+        (ns1, a1), (ns2, a2) = site.hosts[:2]
+        recv = self.run.spawn(
+            ns1, python_argv("tierlink.lab.probe", "hairpin-recv", "--bind", a1,
+                             "--server", server, "--wait", "3")
+        )
+        try:
+            assert recv.stdout is not None
+            first = json.loads(recv.stdout.readline() or "{}")
+            mapped = first.get("mapped")
+            if not mapped:
+                raise LabError(f"hairpin probe got no mapping in {ns1}")
+            sent = self._probe_cmd(ns2, "hairpin-send", "--bind", a2, "--server", server,
+                                   "--to", mapped)[0]
+            out, _ = recv.communicate(timeout=10)
+        finally:
+            if recv.poll() is None:
+                recv.kill()
+        got = json.loads(out.strip().splitlines()[-1]) if out.strip() else {"received": False}
+        return {"receiver_mapped": mapped, "sender_mapped": sent.get("mapped"), **got}
+
+    def verify(self, site: Site) -> dict[str, Any]:
+        """Probe a site; raise :class:`PresetMismatch` unless it behaves as its preset."""
+        result = self.probe(site)
+        if not result["ok"]:
+            raise PresetMismatch(site.preset, result)
+        return result
