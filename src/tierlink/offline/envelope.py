@@ -1,0 +1,227 @@
+"""The offline envelope: one message, encrypted to the recipient and signed by the sender.
+
+An envelope is a signed DHT value (see :mod:`tierlink.records`) of kind
+:data:`~tierlink.records.KIND_ENVELOPE` (0x04)::
+
+    value = 0x01 (wire version) || 0x04 (kind) || BODY || ML-DSA-87 signature (4627 bytes)
+
+``BODY`` is canonical CBOR of a map with these keys:
+
+===  ===================  ===================================================================
+key  field                type
+===  ===================  ===================================================================
+1    sender fingerprint   bytes(64): raw SHA3-512 of the sender's ML-DSA-87 public key
+2    sender public key    bytes(2592): raw ML-DSA-87 public key (verifies the signature)
+3    message id           bytes(16): random, chosen by the sender, stable across re-sends
+4    recipient            bytes(64): raw fingerprint of the recipient
+5    created_at_ms        uint: Unix time in milliseconds when the message was queued
+6    expires_at_ms        uint: Unix time in ms; ``created < expires <= created + 30 days``
+7    kem_ciphertext       bytes(1568): ML-KEM-1024 encapsulation to the recipient's KEM key
+8    nonce                bytes(12): random AES-256-GCM nonce
+9    ciphertext           bytes(>= 16): AES-256-GCM(payload) including the 16-byte tag
+===  ===================  ===================================================================
+
+Encryption: ``(ss, kem_ciphertext) = ML-KEM-1024.Encaps(recipient KEM public key)``;
+``key = HKDF-SHA256(ikm=ss, salt=empty, info="tierlink offline envelope v1", L=32)``;
+``ciphertext = AES-256-GCM(key, nonce, payload, aad)`` where
+``aad = 0x01 || 0x04 || canonical CBOR of BODY without key 9`` (the header: every field but
+the ciphertext, including any extension keys a later version adds). The header thus binds
+the ciphertext to its sender, recipient, message id and lifetime: an attacker who re-signs a
+stolen ciphertext under its own key changes key 1 and decryption fails.
+
+The ML-DSA-87 signature (made by :func:`tierlink.records.seal`) covers everything, so
+authorship is checked before any decryption work. The payload is capped at
+:data:`MAX_PAYLOAD`, the largest for which the whole value still fits
+:data:`~tierlink.records.MAX_VALUE_SIZE`; larger payloads raise
+:class:`~tierlink.errors.MessageTooLarge` on creation.
+
+:func:`open_envelope` checks, in this order, each failure a
+:class:`~tierlink.errors.RecordError` with its reason word: structure (``malformed``,
+``oversize``, ``version``, ``kind``), fingerprint binding and signature
+(:func:`~tierlink.records.check_signer`: ``fingerprint``, ``signature``), addressee
+(``recipient``), lifetime (``expired``; an absurd lifetime is ``malformed``), the receiver's
+payload cap (``oversize``), then decryption (``decrypt``).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import cbor2
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from tierlink.errors import MessageTooLarge, RecordError
+from tierlink.identity import (
+    FINGERPRINT_HEX_LEN,
+    KEM_CIPHERTEXT_SIZE,
+    PUBLIC_KEY_SIZE,
+    SIGNATURE_SIZE,
+    Identity,
+    is_fingerprint,
+    kem_encapsulate,
+)
+from tierlink.records import (
+    KIND_ENVELOPE,
+    MAX_VALUE_SIZE,
+    WIRE_VERSION,
+    check_signer,
+    field_of,
+    open_value,
+    seal,
+)
+from tierlink.records import now_ms as _now_ms
+
+MESSAGE_ID_SIZE = 16
+NONCE_SIZE = 12
+TAG_SIZE = 16
+HKDF_INFO = b"tierlink offline envelope v1"
+DEFAULT_TTL_S = 7 * 24 * 3600.0
+MAX_TTL_S = 30 * 24 * 3600.0
+"""Longest lifetime an envelope may claim; bounds how long receivers remember its id."""
+
+K_SENDER_FP, K_SENDER_PK, K_MESSAGE_ID, K_RECIPIENT = 1, 2, 3, 4
+K_CREATED, K_EXPIRES, K_KEM_CT, K_NONCE, K_CIPHERTEXT = 5, 6, 7, 8, 9
+
+
+def _overhead() -> int:
+    """Bytes a value takes beyond its payload, for realistic (> 2**32 ms) timestamps."""
+    body: dict[int, Any] = {
+        K_SENDER_FP: bytes(64), K_SENDER_PK: bytes(PUBLIC_KEY_SIZE),
+        K_MESSAGE_ID: bytes(MESSAGE_ID_SIZE), K_RECIPIENT: bytes(64),
+        K_CREATED: 2**40, K_EXPIRES: 2**40, K_KEM_CT: bytes(KEM_CIPHERTEXT_SIZE),
+        K_NONCE: bytes(NONCE_SIZE), K_CIPHERTEXT: bytes(1000),  # a 3-byte bstr header
+    }
+    return 2 + len(cbor2.dumps(body, canonical=True)) - 1000 + TAG_SIZE + SIGNATURE_SIZE
+
+
+MAX_PAYLOAD = MAX_VALUE_SIZE - _overhead()
+"""Largest payload (bytes) an envelope carries: the value then fills MAX_VALUE_SIZE exactly."""
+
+
+@dataclass(frozen=True)
+class ReceivedEnvelope:
+    """An envelope that passed every check, with its decrypted payload."""
+
+    message_id: bytes
+    sender_fingerprint: str
+    sender_public_key: bytes
+    recipient_fingerprint: str
+    created_at_ms: int
+    expires_at_ms: int
+    payload: bytes
+    value_size: int
+
+
+def _aad(header: dict[int, Any]) -> bytes:
+    return bytes([WIRE_VERSION, KIND_ENVELOPE]) + cbor2.dumps(header, canonical=True)
+
+
+def _key(shared_secret: bytes) -> bytes:
+    return HKDF(hashes.SHA256(), 32, salt=None, info=HKDF_INFO).derive(shared_secret)
+
+
+def new_message_id() -> bytes:
+    """A fresh random 16-byte message id."""
+    return os.urandom(MESSAGE_ID_SIZE)
+
+
+def create_envelope(
+    sender: Identity,
+    recipient_fp: str,
+    recipient_kem_pk: bytes,
+    payload: bytes,
+    ttl_s: float = DEFAULT_TTL_S,
+    message_id: bytes | None = None,
+    *,
+    created_at_ms: int | None = None,
+) -> tuple[bytes, bytes]:
+    """Encrypt ``payload`` to the recipient and sign it; returns ``(value, message_id)``.
+
+    ``created_at_ms`` defaults to now (tests pass it to build old envelopes). Raises
+    MessageTooLarge above :data:`MAX_PAYLOAD` and ValueError on bad arguments.
+    """
+    if len(payload) > MAX_PAYLOAD:
+        raise MessageTooLarge(
+            f"offline message of {len(payload)} bytes exceeds the {MAX_PAYLOAD}-byte limit "
+            "of one DHT envelope; send it over a connection instead"
+        )
+    if not is_fingerprint(recipient_fp):
+        raise ValueError(f"not a fingerprint: {recipient_fp!r}")
+    if not 0 < ttl_s <= MAX_TTL_S:
+        raise ValueError(f"ttl_s must be in (0, {MAX_TTL_S:.0f}] seconds, got {ttl_s}")
+    mid = new_message_id() if message_id is None else bytes(message_id)
+    if len(mid) != MESSAGE_ID_SIZE:
+        raise ValueError(f"message id must be {MESSAGE_ID_SIZE} bytes")
+    shared, kem_ct = kem_encapsulate(recipient_kem_pk)
+    created = _now_ms() if created_at_ms is None else created_at_ms
+    header: dict[int, Any] = {
+        K_SENDER_FP: bytes.fromhex(sender.fingerprint),
+        K_SENDER_PK: sender.public_key,
+        K_MESSAGE_ID: mid,
+        K_RECIPIENT: bytes.fromhex(recipient_fp),
+        K_CREATED: created,
+        K_EXPIRES: created + max(1, int(ttl_s * 1000)),
+        K_KEM_CT: kem_ct,
+        K_NONCE: os.urandom(NONCE_SIZE),
+    }
+    ct = AESGCM(_key(shared)).encrypt(header[K_NONCE], bytes(payload), _aad(header))
+    return seal(sender, KIND_ENVELOPE, {**header, K_CIPHERTEXT: ct}), mid
+
+
+def _bytes_field(body: dict[int, Any], key: int, size: int, name: str) -> bytes:
+    val: bytes = field_of(body, key, bytes, name)
+    if len(val) != size:
+        raise RecordError("malformed", f"field {name!r} must be {size} bytes, not {len(val)}")
+    return val
+
+
+def open_envelope(
+    value: bytes, me: Identity, now_ms: int | None = None, *, max_payload: int = MAX_PAYLOAD
+) -> ReceivedEnvelope:
+    """Verify and decrypt an envelope addressed to ``me``; raises only RecordError.
+
+    ``max_payload`` lets a receiver accept less than the protocol maximum (``oversize``).
+    """
+    opened = open_value(value, KIND_ENVELOPE)
+    body = opened.body
+    mid = _bytes_field(body, K_MESSAGE_ID, MESSAGE_ID_SIZE, "message_id")
+    recipient = _bytes_field(body, K_RECIPIENT, FINGERPRINT_HEX_LEN // 2, "recipient")
+    created: int = field_of(body, K_CREATED, int, "created_at_ms")
+    expires: int = field_of(body, K_EXPIRES, int, "expires_at_ms")
+    kem_ct = _bytes_field(body, K_KEM_CT, KEM_CIPHERTEXT_SIZE, "kem_ciphertext")
+    nonce = _bytes_field(body, K_NONCE, NONCE_SIZE, "nonce")
+    ct: bytes = field_of(body, K_CIPHERTEXT, bytes, "ciphertext")
+    if len(ct) < TAG_SIZE:
+        raise RecordError("malformed", "ciphertext is shorter than its tag")
+
+    sender_fp = check_signer(body, opened, K_SENDER_FP, K_SENDER_PK)
+
+    if recipient.hex() != me.fingerprint:
+        raise RecordError("recipient", f"envelope is addressed to {recipient.hex()[:16]}…")
+    if not 0 <= created < expires <= created + int(MAX_TTL_S * 1000):
+        raise RecordError("malformed", "envelope lifetime is empty, negative or over 30 days")
+    t = _now_ms() if now_ms is None else now_ms
+    if expires <= t:
+        raise RecordError("expired", f"envelope expired {(t - expires) / 1000:.1f} s ago")
+    if len(ct) - TAG_SIZE > max_payload:
+        raise RecordError(
+            "oversize", f"payload of {len(ct) - TAG_SIZE} bytes exceeds {max_payload}"
+        )
+
+    try:
+        header = {k: v for k, v in body.items() if k != K_CIPHERTEXT}
+        aad = _aad(header)
+    except Exception as exc:  # an extension field cbor2 cannot re-encode
+        raise RecordError("malformed", f"header cannot be re-encoded: {exc}") from None
+    try:
+        payload = AESGCM(_key(me.kem_decapsulate(kem_ct))).decrypt(nonce, ct, aad)
+    except (InvalidTag, ValueError):
+        raise RecordError("decrypt", "payload does not decrypt with our KEM key") from None
+    return ReceivedEnvelope(
+        mid, sender_fp, body[K_SENDER_PK], me.fingerprint, created, expires, payload, len(value)
+    )

@@ -1,0 +1,163 @@
+"""Receiver policy for one fetch of our offline queue: verify, dedupe, cap, detect replays.
+
+Anyone can put values under our offline-queue key, so a fetch may return garbage, forgeries,
+floods from one sender and old envelopes we already delivered. :meth:`Inbox.process` turns
+the raw values of one fetch into:
+
+* ``accepted``: new, verified envelopes to hand to the application, oldest first;
+* ``replayed``: verified envelopes already delivered (in the :class:`DeliveredLog`) or
+  repeated within this fetch: acknowledge them again (the sender missed our ack), do not
+  deliver them again;
+* ``rejected``: a count per reason word.
+
+Reason words: every :class:`~tierlink.errors.RecordError` reason of
+:func:`~tierlink.offline.envelope.open_envelope` (``malformed``, ``signature``, ...), plus
+
+================  ==========================================================================
+``duplicate``     the same bytes twice in one fetch (counted once, processed once)
+``deferred``      beyond ``max_values_per_fetch``; left in the DHT for a later fetch
+``blocked``       the ``allow`` hook refused the (verified) sender
+``replay``        already delivered; listed in ``replayed`` for a fresh ack
+``sender_count``  the sender already has ``max_envelopes_per_sender`` accepted this fetch
+``sender_bytes``  accepting it would pass ``max_bytes_per_sender`` for this fetch
+================  ==========================================================================
+
+Envelopes refused by a per-sender cap are not acknowledged, so their sender keeps
+re-putting them and a later fetch takes them: the caps bound the work and memory of one
+fetch, they do not lose messages. Caps count only verified envelopes, so a forger cannot
+use up another sender's share. Values are examined in random order so that a flood cannot
+keep the same honest values past the ``max_values_per_fetch`` window fetch after fetch.
+
+Recording a delivery is the caller's job (:meth:`Inbox.delivered` after the application
+took the message): remembering before the hand-off could lose a message on a crash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from tierlink.errors import RecordError
+from tierlink.identity import Identity
+from tierlink.offline.envelope import MAX_PAYLOAD, ReceivedEnvelope, open_envelope
+from tierlink.offline.outbox import DeliveredLog
+from tierlink.records import now_ms as _now_ms
+
+
+@dataclass(frozen=True)
+class InboxLimits:
+    """Per-fetch limits (defaults in brackets).
+
+    ``max_values_per_fetch`` [256]: values verified per fetch; each costs an ML-DSA-87
+    verification and an ML-KEM decapsulation (well under 1 ms each), so a fetch stays
+    under a fraction of a second of CPU whatever is stored under our key.
+    ``max_envelopes_per_sender`` [32] and ``max_bytes_per_sender`` [1 MiB of payload]:
+    what one sender can get delivered per fetch. ``max_payload`` [MAX_PAYLOAD]: the largest
+    single payload we accept (``oversize`` above).
+    """
+
+    max_values_per_fetch: int = 256
+    max_envelopes_per_sender: int = 32
+    max_bytes_per_sender: int = 1 << 20
+    max_payload: int = MAX_PAYLOAD
+
+    def __post_init__(self) -> None:
+        if min(self.max_values_per_fetch, self.max_envelopes_per_sender) < 1:
+            raise ValueError("inbox limits must be at least 1")
+        if self.max_bytes_per_sender < 0 or self.max_payload < 0:
+            raise ValueError("inbox byte limits must not be negative")
+
+
+@dataclass
+class FetchResult:
+    """What one fetch yielded; see the module docstring."""
+
+    accepted: list[ReceivedEnvelope] = field(default_factory=list)
+    replayed: list[ReceivedEnvelope] = field(default_factory=list)
+    rejected: Counter[str] = field(default_factory=Counter)
+
+    def ack_ids(self, delivered: Iterable[ReceivedEnvelope] = ()) -> dict[str, list[bytes]]:
+        """Message ids to acknowledge per sender: the replays plus ``delivered``."""
+        out: dict[str, list[bytes]] = {}
+        for env in [*self.replayed, *delivered]:
+            ids = out.setdefault(env.sender_fingerprint, [])
+            if env.message_id not in ids:
+                ids.append(env.message_id)
+        return out
+
+
+class Inbox:
+    """Applies :class:`InboxLimits` and replay detection to the values of each fetch."""
+
+    def __init__(
+        self,
+        me: Identity,
+        delivered_log: DeliveredLog,
+        limits: InboxLimits | None = None,
+        allow: Callable[[str], bool] | None = None,
+    ) -> None:
+        self.me = me
+        self.log = delivered_log
+        self.limits = limits or InboxLimits()
+        self.allow = allow
+        self.rejected: Counter[str] = Counter()
+        """Rejections by reason over every fetch so far."""
+        self._rng = random.SystemRandom()
+
+    def process(self, values: Iterable[bytes], now_ms: int | None = None) -> FetchResult:
+        """Verify and sort the values of one fetch (does not record deliveries)."""
+        t = _now_ms() if now_ms is None else now_ms
+        lim = self.limits
+        res = FetchResult()
+        unique: dict[bytes, bytes] = {}
+        for v in values:
+            if not isinstance(v, bytes | bytearray):
+                res.rejected["malformed"] += 1
+                continue
+            digest = hashlib.sha256(v).digest()
+            if digest in unique:
+                res.rejected["duplicate"] += 1
+            else:
+                unique[digest] = v
+        todo = list(unique.values())
+        self._rng.shuffle(todo)
+        if len(todo) > lim.max_values_per_fetch:
+            res.rejected["deferred"] += len(todo) - lim.max_values_per_fetch
+            todo = todo[: lim.max_values_per_fetch]
+
+        verified: list[ReceivedEnvelope] = []
+        for v in todo:
+            try:
+                verified.append(open_envelope(v, self.me, t, max_payload=lim.max_payload))
+            except RecordError as exc:
+                res.rejected[exc.reason] += 1
+        verified.sort(key=lambda e: (e.created_at_ms, e.message_id))
+
+        count: Counter[str] = Counter()
+        size: Counter[str] = Counter()
+        taken: set[tuple[str, bytes]] = set()
+        for env in verified:
+            sender, key = env.sender_fingerprint, (env.sender_fingerprint, env.message_id)
+            if self.allow is not None and not self.allow(sender):
+                res.rejected["blocked"] += 1
+            elif key in taken or self.log.seen(*key):
+                res.rejected["replay"] += 1
+                res.replayed.append(env)
+            elif count[sender] >= lim.max_envelopes_per_sender:
+                res.rejected["sender_count"] += 1
+            elif size[sender] + len(env.payload) > lim.max_bytes_per_sender:
+                res.rejected["sender_bytes"] += 1
+            else:
+                count[sender] += 1
+                size[sender] += len(env.payload)
+                taken.add(key)
+                res.accepted.append(env)
+        self.rejected.update(res.rejected)
+        return res
+
+    def delivered(self, env: ReceivedEnvelope, now_ms: int | None = None) -> bool:
+        """Record that the application took ``env`` (durable on return)."""
+        return self.log.remember(env.sender_fingerprint, env.message_id, env.expires_at_ms, now_ms)

@@ -1,0 +1,410 @@
+"""Durable state of the offline tier: the sender's outbox and the receiver's delivered log.
+
+Both live in one SQLite file (stdlib :mod:`sqlite3`), opened in WAL mode with
+``synchronous=FULL`` by default.
+
+Why FULL and not NORMAL: in WAL mode both survive a crash of *the process* (SIGKILL, OOM):
+a commit is in the WAL file as soon as ``execute`` returns, the OS keeps it. NORMAL skips
+the fsync at commit, so a power cut or kernel crash may roll back the last few commits
+(never corrupting the file). For an outbox that loss is silent: the application was told
+"queued" and the message is gone; for the delivered log it means a duplicate delivery.
+Writes here are human-rate (one per send, one per state change, one re-put stamp every few
+minutes per pending message), so one fsync per commit costs nothing that matters next to
+a DHT round trip. Pass ``synchronous="NORMAL"`` where that trade is wrong (bulk tests).
+
+Every mutating call is a single autocommitted statement (or an explicit transaction) that
+is committed before the call returns: a SIGKILL right after :meth:`Outbox.add` returns
+cannot lose the message.
+
+Threading: a store object belongs to the thread that created it (sqlite3's
+``check_same_thread``); use it from the event loop's thread. Calls are short indexed
+statements (well under a millisecond, plus the commit fsync), so they are made directly
+from coroutines rather than through a thread pool. Another process may open the same file
+(WAL readers do not block the writer; writers wait up to ``busy_timeout``).
+
+The file holds plaintext payloads, so it is created with mode 0600 (SQLite gives its
+``-wal`` and ``-shm`` files the same mode).
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from tierlink.errors import MessageTooLarge, TierlinkError
+from tierlink.identity import is_fingerprint
+from tierlink.offline.envelope import DEFAULT_TTL_S, MAX_PAYLOAD, MESSAGE_ID_SIZE, new_message_id
+from tierlink.records import now_ms as _now_ms
+
+PENDING = "pending"
+QUEUED_DHT = "queued_dht"
+DELIVERED = "delivered"
+EXPIRED = "expired"
+STATES = (PENDING, QUEUED_DHT, DELIVERED, EXPIRED)
+UNDELIVERED = (PENDING, QUEUED_DHT)
+
+REPUT_INTERVAL_S = 300.0
+"""Re-put a queued envelope this often: OpenDHT drops values 10 minutes after a put."""
+SCHEMA_VERSION = 1
+
+
+class StoreError(TierlinkError):
+    """The offline store file cannot be opened or is not a tierlink store."""
+
+
+def connect(path: str | os.PathLike[str], synchronous: str = "FULL") -> sqlite3.Connection:
+    """Open (creating with mode 0600) a SQLite file in WAL mode and autocommit."""
+    if synchronous.upper() not in ("NORMAL", "FULL", "EXTRA"):
+        raise ValueError("synchronous must be NORMAL, FULL or EXTRA")
+    p = Path(path)
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        os.close(os.open(p, os.O_WRONLY | os.O_CREAT, 0o600))
+        conn = sqlite3.connect(p, isolation_level=None, timeout=5.0)
+    except OSError as exc:
+        raise StoreError(f"cannot open offline store {p}: {exc.strerror or exc}") from None
+    try:
+        mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        conn.execute(f"PRAGMA synchronous={synchronous.upper()}")
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS tierlink_schema "
+            "(name TEXT PRIMARY KEY, version INTEGER NOT NULL)"
+        )
+    except sqlite3.DatabaseError as exc:
+        conn.close()
+        raise StoreError(f"{p} is not a usable tierlink store: {exc}") from None
+    if str(mode).lower() != "wal":
+        conn.close()
+        raise StoreError(f"{p}: the file system does not support SQLite WAL mode ({mode})")
+    return conn
+
+
+def _ensure_table(conn: sqlite3.Connection, name: str, ddl: Iterable[str]) -> None:
+    """Create ``name``'s schema once; refuse a file written by a newer tierlink."""
+    conn.execute("BEGIN IMMEDIATE")  # another process may be creating it right now
+    try:
+        row = conn.execute("SELECT version FROM tierlink_schema WHERE name=?", (name,)).fetchone()
+        if row is not None and row[0] > SCHEMA_VERSION:
+            raise StoreError(
+                f"the {name} table has schema version {row[0]}; this tierlink reads "
+                f"{SCHEMA_VERSION} (upgrade tierlink)"
+            )
+        if row is None:
+            for stmt in ddl:
+                conn.execute(stmt)
+            conn.execute("INSERT INTO tierlink_schema VALUES (?, ?)", (name, SCHEMA_VERSION))
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
+class _Store:
+    """Shared open/close for the two stores."""
+
+    _NAME = ""
+    _DDL: tuple[str, ...] = ()
+
+    def __init__(self, path: str | os.PathLike[str], synchronous: str = "FULL") -> None:
+        self.path = Path(path)
+        self.conn = connect(path, synchronous)
+        try:
+            _ensure_table(self.conn, self._NAME, self._DDL)
+        except BaseException:
+            self.conn.close()
+            raise
+
+    def close(self) -> None:
+        """Close the database connection."""
+        self.conn.close()
+
+    def __enter__(self) -> _Store:
+        return self
+
+    def __exit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+_OUTBOX_DDL = (
+    """CREATE TABLE outbox (
+        message_id   BLOB PRIMARY KEY CHECK (length(message_id) = 16),
+        recipient    TEXT NOT NULL,
+        payload      BLOB NOT NULL,
+        created_ms   INTEGER NOT NULL,
+        expires_ms   INTEGER NOT NULL,
+        state        TEXT NOT NULL
+                     CHECK (state IN ('pending', 'queued_dht', 'delivered', 'expired')),
+        tier         TEXT,
+        attempts     INTEGER NOT NULL DEFAULT 0,
+        last_put_ms  INTEGER,
+        envelope     BLOB,
+        delivered_ms INTEGER
+    )""",
+    "CREATE INDEX outbox_state ON outbox (state, expires_ms)",
+    "CREATE INDEX outbox_recipient ON outbox (recipient, created_ms)",
+)
+_COLUMNS = (
+    "message_id, recipient, payload, created_ms, expires_ms, state, tier, attempts, "
+    "last_put_ms, envelope, delivered_ms"
+)
+
+
+@dataclass(frozen=True)
+class OutboxEntry:
+    """One outgoing message as stored."""
+
+    message_id: bytes
+    recipient: str
+    payload: bytes
+    created_ms: int
+    expires_ms: int
+    state: str
+    tier: str | None
+    attempts: int
+    last_put_ms: int | None
+    envelope: bytes | None
+    delivered_ms: int | None
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-ready summary for ``tierlink outbox --json`` (no payload content)."""
+        return {
+            "message_id": self.message_id.hex(),
+            "recipient": self.recipient,
+            "state": self.state,
+            "tier": self.tier,
+            "payload_size": len(self.payload),
+            "created_ms": self.created_ms,
+            "expires_ms": self.expires_ms,
+            "attempts": self.attempts,
+            "last_put_ms": self.last_put_ms,
+            "delivered_ms": self.delivered_ms,
+        }
+
+
+def _entry(row: tuple[Any, ...]) -> OutboxEntry:
+    return OutboxEntry(*row)
+
+
+class Outbox(_Store):
+    """Outgoing messages and their delivery state; see the module docstring.
+
+    States: ``pending`` (accepted, not yet in the DHT) → ``queued_dht`` (an envelope was
+    put; re-put every :data:`REPUT_INTERVAL_S`) → ``delivered`` (by some tier: an ack, or a
+    direct connection) or ``expired`` (its TTL passed undelivered). Times are Unix ms.
+    """
+
+    _NAME = "outbox"
+    _DDL = _OUTBOX_DDL
+
+    def __enter__(self) -> Outbox:
+        return self
+
+    def add(
+        self,
+        recipient: str,
+        payload: bytes,
+        ttl_s: float = DEFAULT_TTL_S,
+        message_id: bytes | None = None,
+        now_ms: int | None = None,
+    ) -> bytes:
+        """Store a new pending message durably (committed on return); returns its id.
+
+        Raises MessageTooLarge above the envelope limit (the DHT tier must be able to carry
+        every queued message), ValueError on a bad recipient, TTL or duplicate id.
+        """
+        if not is_fingerprint(recipient):
+            raise ValueError(f"not a fingerprint: {recipient!r}")
+        if len(payload) > MAX_PAYLOAD:
+            raise MessageTooLarge(
+                f"offline message of {len(payload)} bytes exceeds the {MAX_PAYLOAD}-byte limit"
+            )
+        if ttl_s <= 0:
+            raise ValueError("ttl_s must be positive")
+        mid = new_message_id() if message_id is None else bytes(message_id)
+        if len(mid) != MESSAGE_ID_SIZE:
+            raise ValueError(f"message id must be {MESSAGE_ID_SIZE} bytes")
+        t = _now_ms() if now_ms is None else now_ms
+        try:
+            self.conn.execute(
+                "INSERT INTO outbox (message_id, recipient, payload, created_ms, expires_ms,"
+                " state) VALUES (?, ?, ?, ?, ?, ?)",
+                (mid, recipient, bytes(payload), t, t + int(ttl_s * 1000), PENDING),
+            )
+        except sqlite3.IntegrityError:
+            raise ValueError(f"message id {mid.hex()} is already in the outbox") from None
+        return mid
+
+    def get(self, message_id: bytes) -> OutboxEntry | None:
+        """The entry for ``message_id``, or None."""
+        row = self.conn.execute(
+            f"SELECT {_COLUMNS} FROM outbox WHERE message_id=?", (bytes(message_id),)
+        ).fetchone()
+        return None if row is None else _entry(row)
+
+    def pending(self, recipient: str | None = None, now_ms: int | None = None) -> list[OutboxEntry]:
+        """Undelivered, unexpired messages (pending or queued_dht), oldest first."""
+        t = _now_ms() if now_ms is None else now_ms
+        sql = f"SELECT {_COLUMNS} FROM outbox WHERE state IN (?, ?) AND expires_ms > ?"
+        args: list[Any] = [*UNDELIVERED, t]
+        if recipient is not None:
+            sql += " AND recipient=?"
+            args.append(recipient)
+        rows = self.conn.execute(sql + " ORDER BY created_ms, rowid", args).fetchall()
+        return [_entry(r) for r in rows]
+
+    def mark_queued(self, message_id: bytes, envelope: bytes, now_ms: int | None = None) -> bool:
+        """Record a DHT put of ``envelope``: state queued_dht, attempts+1, last_put = now.
+
+        The first call stores the envelope; later calls (re-puts) must pass the same bytes
+        so every put is the same signed value (ValueError otherwise). Returns False (and
+        changes nothing) if the message is unknown, delivered or expired.
+        """
+        t = _now_ms() if now_ms is None else now_ms
+        mid, env = bytes(message_id), bytes(envelope)
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            row = self.conn.execute(
+                "SELECT state, envelope FROM outbox WHERE message_id=?", (mid,)
+            ).fetchone()
+            if row is None or row[0] not in UNDELIVERED:
+                self.conn.execute("COMMIT")
+                return False
+            if row[1] is not None and row[1] != env:
+                raise ValueError("a re-put must reuse the stored envelope of this message")
+            self.conn.execute(
+                "UPDATE outbox SET state=?, envelope=?, attempts=attempts+1, last_put_ms=?"
+                " WHERE message_id=?",
+                (QUEUED_DHT, env, t, mid),
+            )
+            self.conn.execute("COMMIT")
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        return True
+
+    def mark_delivered(self, message_id: bytes, tier: str, now_ms: int | None = None) -> bool:
+        """Record delivery by ``tier`` (e.g. "direct", "relay", "dht"); True if it changed.
+
+        Idempotent: a second call keeps the first tier. A late ack after expiry still
+        marks the message delivered (it did arrive).
+        """
+        t = _now_ms() if now_ms is None else now_ms
+        cur = self.conn.execute(
+            "UPDATE outbox SET state=?, tier=?, delivered_ms=? WHERE message_id=? AND state!=?",
+            (DELIVERED, tier, t, bytes(message_id), DELIVERED),
+        )
+        return cur.rowcount > 0
+
+    def due_for_reput(
+        self, now_ms: int | None = None, interval_s: float = REPUT_INTERVAL_S
+    ) -> list[OutboxEntry]:
+        """Queued, unexpired messages whose last put is at least ``interval_s`` old."""
+        t = _now_ms() if now_ms is None else now_ms
+        rows = self.conn.execute(
+            f"SELECT {_COLUMNS} FROM outbox WHERE state=? AND expires_ms > ?"
+            " AND last_put_ms <= ? ORDER BY last_put_ms, rowid",
+            (QUEUED_DHT, t, t - int(interval_s * 1000)),
+        ).fetchall()
+        return [_entry(r) for r in rows]
+
+    def expire(self, now_ms: int | None = None) -> list[bytes]:
+        """Mark undelivered messages past their expiry as expired; returns their ids."""
+        t = _now_ms() if now_ms is None else now_ms
+        rows = self.conn.execute(
+            "UPDATE outbox SET state=? WHERE state IN (?, ?) AND expires_ms <= ?"
+            " RETURNING message_id",
+            (EXPIRED, *UNDELIVERED, t),
+        ).fetchall()
+        return [r[0] for r in rows]
+
+    def prune(self, now_ms: int | None = None, keep_s: float = DEFAULT_TTL_S) -> int:
+        """Delete delivered or expired entries older than ``keep_s``; returns the count."""
+        cutoff = (_now_ms() if now_ms is None else now_ms) - int(keep_s * 1000)
+        cur = self.conn.execute(
+            "DELETE FROM outbox WHERE (state=? AND delivered_ms < ?)"
+            " OR (state=? AND expires_ms < ?)",
+            (DELIVERED, cutoff, EXPIRED, cutoff),
+        )
+        return cur.rowcount
+
+    def entries(self, states: Iterable[str] | None = None) -> list[OutboxEntry]:
+        """Every entry (optionally only in ``states``), oldest first."""
+        wanted = tuple(STATES if states is None else states)
+        if any(s not in STATES for s in wanted):
+            raise ValueError(f"unknown state in {wanted}; states are {STATES}")
+        marks = ", ".join("?" * len(wanted))
+        rows = self.conn.execute(
+            f"SELECT {_COLUMNS} FROM outbox WHERE state IN ({marks}) ORDER BY created_ms, rowid",
+            wanted,
+        ).fetchall()
+        return [_entry(r) for r in rows]
+
+    def to_json(self, states: Iterable[str] | None = None) -> list[dict[str, Any]]:
+        """What ``tierlink outbox --json`` prints: one summary object per entry."""
+        return [e.to_json() for e in self.entries(states)]
+
+
+_DELIVERED_DDL = (
+    """CREATE TABLE delivered (
+        sender       TEXT NOT NULL,
+        message_id   BLOB NOT NULL,
+        expires_ms   INTEGER NOT NULL,
+        delivered_ms INTEGER NOT NULL,
+        PRIMARY KEY (sender, message_id)
+    ) WITHOUT ROWID""",
+    "CREATE INDEX delivered_expiry ON delivered (expires_ms)",
+)
+
+PRUNE_GRACE_S = 24 * 3600.0
+"""Keep ids this long past their envelope's expiry, in case the clock steps back."""
+
+
+class DeliveredLog(_Store):
+    """Receiver side: (sender, message id) pairs already handed to the application.
+
+    A re-sent envelope (the sender missed our ack) is acked again but not delivered twice.
+    An id must be remembered until its envelope expires: after that :func:`open_envelope`
+    rejects the envelope itself, so :meth:`prune` may forget it.
+    """
+
+    _NAME = "delivered"
+    _DDL = _DELIVERED_DDL
+
+    def __enter__(self) -> DeliveredLog:
+        return self
+
+    def remember(
+        self, sender: str, message_id: bytes, expires_ms: int, now_ms: int | None = None
+    ) -> bool:
+        """Record a delivery (committed on return); False if it was already remembered."""
+        t = _now_ms() if now_ms is None else now_ms
+        cur = self.conn.execute(
+            "INSERT OR IGNORE INTO delivered VALUES (?, ?, ?, ?)",
+            (sender, bytes(message_id), expires_ms, t),
+        )
+        return cur.rowcount > 0
+
+    def seen(self, sender: str, message_id: bytes) -> bool:
+        """True if this sender's message id was delivered before."""
+        row = self.conn.execute(
+            "SELECT 1 FROM delivered WHERE sender=? AND message_id=?", (sender, bytes(message_id))
+        ).fetchone()
+        return row is not None
+
+    def prune(self, now_ms: int | None = None, grace_s: float = PRUNE_GRACE_S) -> int:
+        """Forget ids whose envelopes expired more than ``grace_s`` ago; returns the count."""
+        t = _now_ms() if now_ms is None else now_ms
+        cur = self.conn.execute(
+            "DELETE FROM delivered WHERE expires_ms < ?", (t - int(grace_s * 1000),)
+        )
+        return cur.rowcount
+
+    def __len__(self) -> int:
+        return int(self.conn.execute("SELECT count(*) FROM delivered").fetchone()[0])
