@@ -1,0 +1,172 @@
+"""Writers of ``bench/results.json`` and the side-by-side table in ``BENCHMARKS.md``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from tierlink.bench.base import JsonDict
+
+SYSTEMS = ("tierlink", "aioice_raw", "aiortc_datachannel")
+
+#: (key, label, digits, higher is better)
+METRICS: tuple[tuple[str, str, int, bool], ...] = (
+    ("connect_ms_median", "connect, median (ms)", 1, False),
+    ("connect_ms_p95", "connect, p95 (ms)", 1, False),
+    ("reliable_1k_msgs_per_s", "reliable 1 KiB (msg/s)", 0, True),
+    ("reliable_1k_mb_per_s", "reliable 1 KiB (MB/s)", 2, True),
+    ("reliable_64k_mb_per_s", "reliable 64 KiB (MB/s)", 2, True),
+    ("datagram_msgs_per_s", "datagrams 1 KiB, < 1 % loss (msg/s)", 0, True),
+    ("datagram_mb_per_s", "datagrams 1 KiB, < 1 % loss (MB/s)", 2, True),
+    ("datagram_loss_percent", "datagram loss at that rate (%)", 2, False),
+    ("idle_cpu_percent", "idle CPU, blocked in recv (%)", 4, False),
+    ("rss_kb_per_connection", "RSS per idle connection (KiB)", 0, False),
+)
+
+
+def write_json(path: Path, results: JsonDict) -> None:
+    """Write results.json (stable key order, trailing newline)."""
+    path.write_text(json.dumps(results, indent=2, sort_keys=False) + "\n")
+
+
+def load_json(path: Path) -> JsonDict:
+    """Previous results (so a run of some systems keeps the others), or {}."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _fmt(value: Any, digits: int) -> str:
+    if not isinstance(value, int | float):
+        return "-"
+    return f"{value:,.{digits}f}"
+
+
+def _ratio(a: Any, b: Any) -> str:
+    if not isinstance(a, int | float) or not isinstance(b, int | float) or b == 0:
+        return "-"
+    return f"{a / b:.2f}x"
+
+
+def _get(results: JsonDict, system: str, key: str) -> Any:
+    entry = results.get(system)
+    return entry.get(key) if isinstance(entry, dict) else None
+
+
+def targets(results: JsonDict) -> list[tuple[str, str, str]]:
+    """(target, measured, PASS/FAIL/not measured) for each goal of tierlink."""
+    t1k = _get(results, "tierlink", "reliable_1k_msgs_per_s")
+    raw1k = _get(results, "aioice_raw", "reliable_1k_msgs_per_s")
+    rtc1k = _get(results, "aiortc_datachannel", "reliable_1k_msgs_per_s")
+    tcon = _get(results, "tierlink", "connect_ms_median")
+    rtccon = _get(results, "aiortc_datachannel", "connect_ms_median")
+    idle = _get(results, "tierlink", "idle_cpu_percent")
+
+    def check(a: Any, b: Any, want: float, at_least: bool) -> tuple[str, str]:
+        if not isinstance(a, int | float) or not isinstance(b, int | float) or b == 0:
+            return "-", "not measured"
+        r = a / b
+        ok = r >= want if at_least else r <= want
+        return f"{r:.2f}x", "PASS" if ok else "FAIL"
+
+    rows = [
+        ("reliable 1 KiB msg/s >= 0.5x raw aioice", *check(t1k, raw1k, 0.5, True)),
+        ("reliable 1 KiB msg/s >= 3x aiortc data channel", *check(t1k, rtc1k, 3.0, True)),
+        ("connect median <= 0.5x aiortc's", *check(tcon, rtccon, 0.5, False)),
+    ]
+    if isinstance(idle, int | float):
+        rows.append(("idle CPU < 0.1 %", f"{idle:.4f} %", "PASS" if idle < 0.1 else "FAIL"))
+    else:
+        rows.append(("idle CPU < 0.1 %", "-", "not measured"))
+    return rows
+
+
+METHOD = """\
+## How it is measured
+
+`tierlink bench` (code: `src/tierlink/bench/`) runs every system on loopback. The two sides of
+every measurement are two separate worker processes (`python -m tierlink.bench.worker SYSTEM
+ROLE`, fresh interpreters) started by the parent, which relays their signaling (offers,
+answers, timestamps) over pipes; one event loop for both sides would starve and mislead.
+Times are CLOCK_MONOTONIC, shared by the processes, so "dialer started" and "callee got it"
+can be subtracted. Every step is bounded in count and time.
+
+- **connect**: N sequential new connections on one process pair (N=20): dialer starts
+  dialing -> first message delivered to the callee's application. tierlink: dial by
+  fingerprint (DHT lookup through a fresh local `dhtnode` proxy, offer/answer, ICE, QUIC);
+  aiortc: createOffer (full gathering) -> SDP over the pipe -> ICE, DTLS, SCTP, channels
+  open -> first message; raw aioice: gather -> candidates over the pipe -> ICE -> first
+  datagram. Process start-up and node start-up are not included.
+- **reliable throughput**: one connection, 20,000 x 1 KiB and 400 x 64 KiB messages (bounded
+  by 20 s), from the dialer's first send to the callee's last delivery. tierlink keeps 64
+  sends in flight (its send returns after the peer's ack); aiortc pauses above 1 MiB
+  `bufferedAmount`. Raw aioice has no reliable mode: its reliable 1 KiB figure is its paced
+  1 KiB datagram ceiling (an upper bound for anything reliable on top of it); no 64 KiB figure.
+- **datagrams**: 1024-byte datagrams paced at a fixed rate for 1 s per trial; the rate is
+  doubled from 2,000/s until loss reaches 1 % (or the sender cannot keep up), then bisected
+  (geometric, 3 steps). Reported: delivered msg/s and MB/s of the fastest trial with < 1 % loss.
+  aiortc uses an unordered channel with maxRetransmits=0.
+- **idle CPU**: both processes idle with one task blocked in recv on an open connection for
+  15 s; CPU seconds (getrusage) / wall seconds of each process; the larger is reported.
+- **memory**: RSS (/proc/self/statm) of each process before and after opening 100 more idle
+  connections, delta / 100; the larger side is reported.
+- Loopback only: raw aioice and tierlink gather on 127.0.0.1 through
+  `tierlink.ice_compat.IceConnection(host_addresses=["127.0.0.1"])`; aiortc runs with
+  `iceServers=[]` and, in its worker processes only, `aioice.ice.get_host_addresses` patched to
+  return `["127.0.0.1"]`.
+
+Caveat: the machine is small and shared with other sessions; figures are noisy (often
++-20-30 %), so read ratios from one run, not across runs.
+"""
+
+
+def render_markdown(results: JsonDict) -> str:
+    """BENCHMARKS.md: the table, ratios to tierlink, the targets, the method."""
+    machine = results.get("machine", {})
+    lines = [
+        "# Benchmarks",
+        "",
+        "Generated by `tierlink bench` from `bench/results.json`; do not edit by hand.",
+        "",
+        f"Machine: {machine.get('cores', '?')} cores, Python {machine.get('python', '?')}, "
+        f"{machine.get('platform', '?')}; run {machine.get('date', '?')}"
+        f"{' (QUICK mode: small counts, not representative)' if results.get('quick') else ''}.",
+        f"Versions: {', '.join(f'{k} {v}' for k, v in machine.get('versions', {}).items())}.",
+        "",
+        "| metric | tierlink | raw aioice | aiortc data channel | tierlink / raw aioice "
+        "| tierlink / aiortc |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for key, label, digits, _ in METRICS:
+        vals = [_get(results, s, key) for s in SYSTEMS]
+        lines.append(
+            f"| {label} | {' | '.join(_fmt(v, digits) for v in vals)} "
+            f"| {_ratio(vals[0], vals[1])} | {_ratio(vals[0], vals[2])} |"
+        )
+    lines += [
+        "",
+        "## Targets (tierlink)",
+        "",
+        "| target | measured ratio | status |",
+        "|---|---:|---|",
+    ]
+    lines += [f"| {t} | {m} | {s} |" for t, m, s in targets(results)]
+    notes = []
+    for s in SYSTEMS:
+        entry = results.get(s)
+        if not isinstance(entry, dict):
+            notes.append(f"- `{s}`: not run.")
+            continue
+        if "error" in entry:
+            notes.append(f"- `{s}`: not measured: {entry['error']}")
+        for step, err in entry.get("errors", {}).items():
+            notes.append(f"- `{s}` {step}: {err}")
+        if "reliable_note" in entry:
+            notes.append(f"- `{s}`: {entry['reliable_note']}.")
+    if notes:
+        lines += ["", "## Notes of this run", "", *notes]
+    lines += ["", METHOD]
+    return "\n".join(lines)

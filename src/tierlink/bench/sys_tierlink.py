@@ -1,0 +1,97 @@
+"""``tierlink``: two Nodes in two processes, dialing by fingerprint through one dhtnode proxy.
+
+The parent starts the dhtnode and passes its proxy URL in ``setup``; the callee's setup
+returns its fingerprint, which the parent hands to the dialer's setup. The Node API is
+imported at run time so that the harness still runs (and records an error for this
+system) while ``tierlink.node`` does not exist yet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+from typing import Any
+
+from tierlink.bench.base import BenchConn, BenchSide, JsonDict, Signal, now
+
+CONNECT_TIMEOUT = 20.0
+ACCEPT_TIMEOUT = 120.0
+#: tierlink's reliable send returns after the peer's ack: keep this many sends in flight.
+SEND_WINDOW = 64
+
+
+class TierlinkBenchConn(BenchConn):
+    """A tierlink connection as the benchmark drives it."""
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+
+    async def send(self, data: bytes) -> None:
+        await self.conn.send(data)
+
+    async def send_many(self, payload: bytes, count: int, deadline: float) -> int:
+        pending: set[asyncio.Future[Any]] = set()
+        sent = 0
+        while sent < count and now() < deadline:
+            if len(pending) >= SEND_WINDOW:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for fut in done:
+                    fut.result()
+            pending.add(asyncio.ensure_future(self.conn.send(payload)))
+            sent += 1
+        if pending:
+            await asyncio.gather(*pending)
+        return sent
+
+    async def recv(self, timeout: float) -> bytes:
+        data: bytes = await self.conn.recv(timeout=timeout)
+        return data
+
+    def send_datagram(self, data: bytes) -> None:
+        self.conn.send_datagram(data)
+
+    async def recv_datagram(self, timeout: float) -> bytes:
+        data: bytes = await self.conn.recv_datagram(timeout=timeout)
+        return data
+
+    async def close(self) -> None:
+        await self.conn.close()
+
+
+class TierlinkSide(BenchSide):
+    """A Node with a fresh identity; the dialer connects to the callee's fingerprint."""
+
+    def __init__(self, role: str, signal: Signal) -> None:
+        super().__init__(role, signal)
+        self._stack = contextlib.AsyncExitStack()
+        self._node: Any = None
+        self._incoming: Any = None
+        self._peer = ""
+
+    async def setup(self, params: JsonDict) -> JsonDict:
+        identity_mod = importlib.import_module("tierlink.identity")
+        node_mod = importlib.import_module("tierlink.node")
+        identity = identity_mod.Identity.generate()
+        cfg = node_mod.NodeConfig(
+            identity=identity,
+            dht_proxy=params.get("dht_proxy"),
+            host_addresses=["127.0.0.1"],
+        )
+        self._node = await self._stack.enter_async_context(node_mod.Node(cfg))
+        if self.role == "callee":
+            self._incoming = self._node.incoming().__aiter__()
+        else:
+            self._peer = str(params["peer"])
+        return {"fingerprint": identity.fingerprint}
+
+    async def dial(self) -> BenchConn:
+        conn = await self._node.connect(self._peer, timeout=CONNECT_TIMEOUT)
+        return TierlinkBenchConn(conn)
+
+    async def accept(self) -> BenchConn:
+        conn = await asyncio.wait_for(self._incoming.__anext__(), ACCEPT_TIMEOUT)
+        return TierlinkBenchConn(conn)
+
+    async def shutdown(self) -> None:
+        await self._stack.aclose()

@@ -1,0 +1,292 @@
+"""One side of one benchmarked system, in its own process: ``python -m tierlink.bench.worker
+SYSTEM ROLE``.
+
+Protocol with the parent: JSON lines. stdin carries ``{"type": "cmd", "cmd": ..., ...}`` and
+relayed ``{"type": "sig", ...}``; stdout carries ``{"type": "reply", ...}`` (one per command,
+with ``error`` on failure) and ``{"type": "sig", ...}`` for the other worker. Commands run one
+at a time; signals are delivered while a command runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import json
+import resource
+import struct
+import sys
+import traceback
+from collections.abc import Awaitable, Callable
+
+from tierlink.bench.base import BenchConn, BenchSide, JsonDict, Signal, now, stdout_for_protocol
+
+DATAGRAM_HEADER = struct.Struct("!II")  # trial id, sequence number
+
+
+def make_side(system: str, role: str, signal: Signal) -> BenchSide:
+    """The BenchSide of ``system`` (imports only that system's libraries)."""
+    if system == "aioice_raw":
+        from tierlink.bench.sys_aioice import IceSide
+
+        return IceSide(role, signal)
+    if system == "aiortc_datachannel":
+        from tierlink.bench.sys_aiortc import RtcSide
+
+        return RtcSide(role, signal)
+    if system == "tierlink":
+        from tierlink.bench.sys_tierlink import TierlinkSide
+
+        return TierlinkSide(role, signal)
+    raise ValueError(f"unknown system {system!r}")
+
+
+def _rss_kb() -> int:
+    with open("/proc/self/statm") as f:
+        pages = int(f.read().split()[1])
+    return pages * resource.getpagesize() // 1024
+
+
+def _cpu_s() -> float:
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
+
+
+class Worker:
+    """Runs the commands of one side; the dialer sends, the callee receives."""
+
+    def __init__(self, side: BenchSide) -> None:
+        self.side = side
+        self.dialer = side.role == "dialer"
+        self.main: BenchConn | None = None
+        self.extra: list[BenchConn] = []
+        self.dg_counts: dict[int, int] = {}
+        self.dg_first: dict[int, float] = {}
+        self.dg_last: dict[int, float] = {}
+        self.dg_task: asyncio.Task[None] | None = None
+        self.idle_task: asyncio.Task[bytes] | None = None
+
+    @property
+    def conn(self) -> BenchConn:
+        if self.main is None:
+            raise RuntimeError("no main connection (open_main first)")
+        return self.main
+
+    async def _open(self) -> BenchConn:
+        return await (self.side.dial() if self.dialer else self.side.accept())
+
+    # -- commands --------------------------------------------------------------------------
+    async def cmd_setup(self, p: JsonDict) -> JsonDict:
+        return await self.side.setup(p)
+
+    async def cmd_connect_series(self, p: JsonDict) -> JsonDict:
+        """n rounds: open, first message, delivery time back to the dialer, close.
+
+        The dialer's start and the callee's delivery time are both CLOCK_MONOTONIC, so the
+        difference is "dial started -> first message delivered to the callee".
+        """
+        sig = self.side.signal
+        times_ms: list[float] = []
+        for i in range(int(p["n"])):
+            if self.dialer:
+                t0 = now()
+                conn = await self.side.dial()
+                await conn.send(b"first %d" % i)
+                t1 = float((await sig.recv("delivered", 30.0))["t"])
+                times_ms.append((t1 - t0) * 1000.0)
+                await sig.recv("closed", 30.0)
+                await conn.close()
+            else:
+                conn = await self.side.accept()
+                await conn.recv(30.0)
+                sig.send("delivered", {"t": now()})
+                await conn.close()
+                sig.send("closed", {})
+        return {"connect_ms": times_ms}
+
+    async def cmd_open_main(self, p: JsonDict) -> JsonDict:
+        self.main = await self._open()
+        if self.dialer:
+            await self.main.send(b"warm-up")
+        else:
+            await self.main.recv(20.0)
+        return {}
+
+    async def cmd_reliable(self, p: JsonDict) -> JsonDict:
+        size, count, limit = int(p["size"]), int(p["count"]), float(p["limit"])
+        conn = self.conn
+        if self.dialer:
+            payload = bytes(size)
+            t0 = now()
+            sent = await conn.send_many(payload, count, t0 + limit)
+            return {"t0": t0, "t_end": now(), "sent": sent}
+        deadline = now() + limit + 10.0
+        received = nbytes = 0
+        t_first = t_last = 0.0
+        while received < count:
+            left = deadline - now()
+            if left <= 0:
+                break
+            try:
+                data = await conn.recv(min(left, 5.0))
+            except TimeoutError:
+                break
+            t_last = now()
+            if received == 0:
+                t_first = t_last
+            received += 1
+            nbytes += len(data)
+        return {"received": received, "bytes": nbytes, "t_first": t_first, "t_last": t_last}
+
+    async def _count_datagrams(self) -> None:
+        conn = self.conn
+        counts, first, last = self.dg_counts, self.dg_first, self.dg_last
+        while True:
+            try:
+                data = await conn.recv_datagram(3600.0)
+            except TimeoutError:
+                continue
+            t = now()
+            trial = DATAGRAM_HEADER.unpack_from(data)[0]
+            n = counts.get(trial, 0)
+            if n == 0:
+                first[trial] = t
+            counts[trial] = n + 1
+            last[trial] = t
+
+    async def cmd_dg_listen(self, p: JsonDict) -> JsonDict:
+        if self.dg_task is None:
+            self.dg_task = asyncio.create_task(self._count_datagrams())
+        return {}
+
+    async def cmd_dg_send(self, p: JsonDict) -> JsonDict:
+        """Send ``count`` datagrams paced at ``rate``/s (catching up when late)."""
+        trial, rate, count = int(p["trial"]), float(p["rate"]), int(p["count"])
+        size = int(p["size"])
+        pad = bytes(size - DATAGRAM_HEADER.size)
+        send = self.conn.send_datagram
+        pack = DATAGRAM_HEADER.pack
+        t0 = now()
+        sent = 0
+        while sent < count:
+            due = min(count, int((now() - t0) * rate) + 1)
+            while sent < due:
+                send(pack(trial, sent) + pad)
+                sent += 1
+            await asyncio.sleep(0)
+        return {"t0": t0, "t_end": now(), "sent": sent}
+
+    async def cmd_dg_collect(self, p: JsonDict) -> JsonDict:
+        """Wait until the trial's datagrams stop arriving, then report what arrived."""
+        trial, quiet = int(p["trial"]), float(p["quiet"])
+        start = now()
+        while now() - start < 5.0:
+            last = self.dg_last.get(trial, start)
+            if now() - last > quiet:
+                break
+            await asyncio.sleep(quiet / 4)
+        return {
+            "received": self.dg_counts.get(trial, 0),
+            "t_first": self.dg_first.get(trial, 0.0),
+            "t_last": self.dg_last.get(trial, 0.0),
+        }
+
+    async def cmd_idle(self, p: JsonDict) -> JsonDict:
+        """CPU of this process over ``seconds`` while a task is blocked in recv."""
+        seconds = float(p["seconds"])
+        if self.dg_task is not None:
+            self.dg_task.cancel()
+            self.dg_task = None
+        gc.collect()
+        self.idle_task = asyncio.create_task(self.conn.recv(seconds + 60.0))
+        await asyncio.sleep(0.5)
+        c0, w0 = _cpu_s(), now()
+        await asyncio.sleep(seconds)
+        c1, w1 = _cpu_s(), now()
+        return {"cpu_s": c1 - c0, "wall_s": w1 - w0, "percent": 100.0 * (c1 - c0) / (w1 - w0)}
+
+    async def cmd_wake(self, p: JsonDict) -> JsonDict:
+        """End the idle phase: each side sends one message, which ends the other's recv."""
+        await self.conn.send(b"wake")
+        task, self.idle_task = self.idle_task, None
+        if task is not None:
+            try:
+                await asyncio.wait_for(task, 10.0)
+            except TimeoutError:
+                return {"woken": False}
+        return {"woken": True}
+
+    async def cmd_rss(self, p: JsonDict) -> JsonDict:
+        await asyncio.sleep(float(p.get("settle", 0.0)))
+        gc.collect()
+        return {"rss_kb": _rss_kb()}
+
+    async def cmd_mem_open(self, p: JsonDict) -> JsonDict:
+        for _ in range(int(p["n"])):
+            self.extra.append(await self._open())
+        return {"open": len(self.extra)}
+
+    async def cmd_mem_close(self, p: JsonDict) -> JsonDict:
+        conns, self.extra = self.extra, []
+        for conn in conns:
+            await conn.close()
+        return {"closed": len(conns)}
+
+    async def cmd_shutdown(self, p: JsonDict) -> JsonDict:
+        for task in (self.dg_task, self.idle_task):
+            if task is not None:
+                task.cancel()
+        await self.cmd_mem_close(p)
+        if self.main is not None:
+            await self.main.close()
+        await self.side.shutdown()
+        return {}
+
+
+async def _serve(system: str, role: str) -> None:
+    out = stdout_for_protocol()
+    signal = Signal(out)
+    side = make_side(system, role, signal)
+    worker = Worker(side)
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=1 << 22)
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    signal.write({"type": "reply", "ready": True})
+    commands: asyncio.Queue[JsonDict | None] = asyncio.Queue()
+
+    async def run_commands() -> None:
+        while (msg := await commands.get()) is not None:
+            name = str(msg["cmd"])
+            handler: Callable[[JsonDict], Awaitable[JsonDict]] = getattr(worker, "cmd_" + name)
+            try:
+                result = await handler(msg)
+                signal.write({"type": "reply", "cmd": name, **result})
+            except Exception as exc:  # reported to the parent, which records it
+                traceback.print_exc()
+                error = f"{type(exc).__name__}: {exc}"
+                signal.write({"type": "reply", "cmd": name, "error": error})
+            if name == "shutdown":
+                return
+
+    runner = asyncio.create_task(run_commands())
+    while not runner.done():
+        line = await reader.readline()
+        if not line:
+            break
+        msg = json.loads(line)
+        if msg["type"] == "sig":
+            signal.deliver(str(msg["kind"]), msg["data"])
+        else:
+            commands.put_nowait(msg)
+    if not runner.done():
+        commands.put_nowait({"type": "cmd", "cmd": "shutdown"})
+        await asyncio.wait_for(runner, 30.0)
+
+
+def main() -> None:
+    """Entry point of a worker process."""
+    system, role = sys.argv[1], sys.argv[2]
+    asyncio.run(_serve(system, role))
+
+
+if __name__ == "__main__":
+    main()
