@@ -1,0 +1,142 @@
+"""ICE settings and the glue between aioice candidates and tierlink's wire candidates."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from aioice import Candidate
+
+from tierlink.errors import IceFailed
+from tierlink.ice_compat import IceConnection
+from tierlink.records import CandidateInfo
+
+#: Largest UDP payload on a direct path (IPv4: 65535 - 20 IP - 8 UDP; IPv6: 65535 - 8).
+MAX_UDP_PAYLOAD_V4 = 65_507
+MAX_UDP_PAYLOAD_V6 = 65_527
+#: TURN ChannelData adds a 4-byte header on the relayed leg.
+TURN_CHANNEL_OVERHEAD = 4
+
+
+@dataclass(frozen=True)
+class TurnServer:
+    """A TURN server (RFC 8656) with long-term credentials."""
+
+    host: str
+    port: int
+    username: str
+    password: str
+
+
+@dataclass(frozen=True)
+class IceSettings:
+    """How a node gathers and connects.
+
+    ``host_addresses``: the local addresses to gather host candidates on (loopback allowed);
+    None means every interface but 127.0.0.1 (aioice's default). ``relay_only`` hides the
+    node's addresses even from its peers (aioice's relay transport policy; needs TURN).
+    aioice takes one STUN and one TURN server per connection: the first of each is used.
+    """
+
+    host_addresses: Sequence[str] | None = None
+    stun_servers: Sequence[tuple[str, int]] = ()
+    turn_servers: Sequence[TurnServer] = ()
+    relay_only: bool = False
+    use_ipv6: bool = False
+    timeout: float = 30.0
+
+    def __post_init__(self) -> None:
+        if self.relay_only and not self.turn_servers:
+            raise ValueError("relay_only needs at least one TURN server")
+        for addr in self.host_addresses or ():
+            ipaddress.ip_address(addr)  # ValueError with the bad address
+
+    def new_connection(self, controlling: bool) -> IceConnection:
+        """A fresh ICE agent for one session."""
+        turn = self.turn_servers[0] if self.turn_servers else None
+        return IceConnection(
+            controlling=controlling,
+            host_addresses=self.host_addresses,
+            stun_server=self.stun_servers[0] if self.stun_servers else None,
+            turn_server=(turn.host, turn.port) if turn else None,
+            turn_username=turn.username if turn else None,
+            turn_password=turn.password if turn else None,
+            relay_only=self.relay_only,
+            use_ipv6=self.use_ipv6,
+        )
+
+
+def to_info(c: Candidate) -> CandidateInfo:
+    """aioice Candidate -> wire candidate."""
+    return CandidateInfo(
+        c.foundation, c.component, c.transport, c.priority, c.host, c.port, c.type,
+        c.related_address, c.related_port,
+    )
+
+
+def to_candidate(c: CandidateInfo) -> Candidate:
+    """Wire candidate -> aioice Candidate."""
+    return Candidate(
+        foundation=c.foundation, component=c.component, transport=c.transport,
+        priority=c.priority, host=c.host, port=c.port, type=c.type,
+        related_address=c.related_address, related_port=c.related_port,
+    )
+
+
+def local_infos(ice: IceConnection) -> tuple[CandidateInfo, ...]:
+    """The gathered local candidates as wire candidates."""
+    return tuple(to_info(c) for c in ice.local_candidates)
+
+
+async def set_remote(
+    ice: IceConnection, ufrag: str, pwd: str, candidates: Sequence[CandidateInfo]
+) -> None:
+    """Give the agent the peer's credentials and every candidate (then end-of-candidates)."""
+    ice.remote_username = ufrag
+    ice.remote_password = pwd
+    for c in candidates:
+        if c.component == 1 and c.transport.lower() == "udp":
+            await ice.add_remote_candidate(to_candidate(c))
+    await ice.add_remote_candidate(None)
+
+
+async def run_checks(ice: IceConnection, timeout: float, started: float) -> None:
+    """Run ICE connectivity checks; IceFailed (with the time spent) if no pair works."""
+    loop = asyncio.get_running_loop()
+    try:
+        await asyncio.wait_for(ice.connect(), timeout)
+    except TimeoutError:
+        raise IceFailed(
+            f"ICE checks found no working path within {timeout:.1f} s "
+            f"({loop.time() - started:.1f} s since dialing started)"
+        ) from None
+    except ConnectionError as exc:
+        raise IceFailed(
+            f"ICE checks failed after {loop.time() - started:.1f} s: {exc}"
+        ) from None
+
+
+def max_payload(ice: IceConnection) -> int:
+    """The largest datagram the selected path carries."""
+    sel = ice.selected_pair()
+    if sel is None:
+        return 0
+    local, remote = sel
+    v6 = ":" in remote.host
+    limit = MAX_UDP_PAYLOAD_V6 if v6 else MAX_UDP_PAYLOAD_V4
+    if local.type == "relay" or remote.type == "relay":
+        limit -= TURN_CHANNEL_OVERHEAD
+    return limit
+
+
+def describe_pair(ice: IceConnection) -> dict[str, dict[str, object]]:
+    """{"local": {...}, "remote": {...}} with type, address and port of the selected pair."""
+    sel = ice.selected_pair()
+    if sel is None:
+        return {}
+    return {
+        side: {"type": c.type, "address": c.host, "port": c.port}
+        for side, c in zip(("local", "remote"), sel, strict=True)
+    }

@@ -1,0 +1,381 @@
+"""The node: an identity, a DHT, ICE settings, and the tiers put together.
+
+A node publishes its signed peer record, re-publishes it before it expires, listens for
+encrypted offers under its offers key, answers the dialers it chooses to, and dials others
+by fingerprint (see :mod:`tierlink.signaling` for the offer/answer exchange).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Literal
+
+from tierlink.connection import Connection
+from tierlink.dht import DhtClient, DhtNodeProcess
+from tierlink.errors import DialTimeout, PeerNotFound, RecordError, TierlinkError
+from tierlink.ice import IceSettings, TurnServer, local_infos, run_checks, set_remote
+from tierlink.ice_compat import IceConnection
+from tierlink.identity import Identity, is_fingerprint
+from tierlink.keys import answer_key, ice_candidates_key, offers_key
+from tierlink.queue import DEFAULT_CAPACITY
+from tierlink.records import KIND_ANSWER, KIND_OFFER, PeerRecord, RecordBook, now_ms
+from tierlink.signaling import IceParams, Signal, decode_signal, encode_signal, new_session_id
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Node", "NodeConfig", "TurnServer"]
+
+
+@dataclass
+class NodeConfig:
+    """Everything a node needs. Only ``identity`` is required.
+
+    ``dht_proxy``: URL of an existing OpenDHT REST proxy; None starts an embedded ``dhtnode``
+    child (joined to ``bootstrap``). ``mode``: ``private`` (default) publishes no candidates,
+    addresses travel only inside encrypted answers; ``public`` lists them in the record (the
+    seed's behaviour). ``allow``: fingerprints this node answers; None answers anyone.
+    """
+
+    identity: Identity
+    dht_proxy: str | None = None
+    bootstrap: list[tuple[str, int]] = field(default_factory=list)
+    dht_port: int | None = None
+    dht_no_rate_limit: bool = False
+    host_addresses: list[str] | None = None
+    stun_servers: list[tuple[str, int]] = field(default_factory=list)
+    turn_servers: list[TurnServer] = field(default_factory=list)
+    relay_only: bool = False
+    mode: Literal["private", "public"] = "private"
+    allow: set[str] | None = None
+    ice_timeout: float = 30.0
+    dial_timeout: float = 20.0
+    record_lifetime: float = 600.0
+    queue_capacity: int = DEFAULT_CAPACITY
+    dht_timeout: float = 10.0
+
+    def ice_settings(self) -> IceSettings:
+        """The ICE part of the configuration."""
+        return IceSettings(
+            host_addresses=self.host_addresses,
+            stun_servers=tuple(self.stun_servers),
+            turn_servers=tuple(self.turn_servers),
+            relay_only=self.relay_only,
+            timeout=self.ice_timeout,
+        )
+
+
+class Node:
+    """A tierlink peer. Use as ``async with Node(config) as node: ...``."""
+
+    MAX_PENDING_INCOMING = 64
+    MAX_CONCURRENT_OFFERS = 16
+
+    def __init__(self, config: NodeConfig) -> None:
+        if config.mode not in ("private", "public"):
+            raise ValueError(f"mode must be 'private' or 'public', not {config.mode!r}")
+        self.config = config
+        self.identity = config.identity
+        self.ice_settings = config.ice_settings()
+        self.dht: DhtClient | None = None
+        self.dht_process: DhtNodeProcess | None = None
+        self.records = RecordBook()
+        self.offer_rejections: Counter[str] = Counter()
+        self.offers_answered = 0
+        self._seq = 0
+        self._record: PeerRecord | None = None
+        self._incoming: asyncio.Queue[Connection] = asyncio.Queue(self.MAX_PENDING_INCOMING)
+        self._connections: set[Connection] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._offer_slots = asyncio.Semaphore(self.MAX_CONCURRENT_OFFERS)
+        self._seen_sessions: dict[bytes, int] = {}
+        self._started = False
+        self._closed = False
+
+    # -- life ----------------------------------------------------------------------------
+    @property
+    def fingerprint(self) -> str:
+        """This node's fingerprint (128 hex)."""
+        return self.identity.fingerprint
+
+    async def __aenter__(self) -> Node:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def start(self) -> None:
+        """Join the DHT, publish the signed record, start answering offers."""
+        if self._started:
+            return
+        self._started = True
+        try:
+            url = self.config.dht_proxy
+            if url is None:
+                self.dht_process = DhtNodeProcess(
+                    port=self.config.dht_port,
+                    bootstrap=self.config.bootstrap,
+                    no_rate_limit=self.config.dht_no_rate_limit,
+                )
+                await self.dht_process.start()
+                url = self.dht_process.proxy_url
+            self.dht = DhtClient(url, timeout=self.config.dht_timeout)
+            await self.publish()
+            self._spawn(self._republish_loop(), "republish")
+            self._spawn(self._offer_loop(), "offers")
+        except BaseException:
+            await self.close()
+            raise
+
+    async def close(self) -> None:
+        """Close every connection, stop every task and listener, stop the embedded DHT."""
+        if self._closed:
+            return
+        self._closed = True
+        for conn in list(self._connections):
+            await conn.close()
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        while not self._incoming.empty():
+            await self._incoming.get_nowait().close()
+        if self.dht is not None:
+            await self.dht.close()
+        if self.dht_process is not None:
+            await self.dht_process.stop()
+
+    def _spawn(self, coro: object, name: str) -> asyncio.Task[None]:
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)  # type: ignore[arg-type]
+        task.set_name(f"tierlink-{name}")
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("task %s failed: %r", task.get_name(), task.exception())
+
+    def _require_dht(self) -> DhtClient:
+        if self.dht is None or self._closed:
+            raise TierlinkError("node is not running (use 'async with Node(config)')")
+        return self.dht
+
+    # -- the record ----------------------------------------------------------------------
+    async def publish(self) -> PeerRecord:
+        """Sign and put a fresh record (sequence = Unix ms, so it grows across restarts)."""
+        dht = self._require_dht()
+        candidates: tuple = ()
+        if self.config.mode == "public":
+            probe = self.ice_settings.new_connection(controlling=False)
+            try:
+                await probe.gather_candidates()
+                candidates = tuple(c for c in local_infos(probe) if c.type != "relay")
+            finally:
+                await probe.close()
+        self._seq = max(self._seq + 1, now_ms())
+        record = PeerRecord.create(
+            self.identity, self._seq, self.config.record_lifetime, candidates, self.config.mode
+        )
+        await dht.put(ice_candidates_key(self.fingerprint), record.encode(self.identity))
+        self._record = record
+        return record
+
+    async def _republish_loop(self) -> None:
+        period = max(self.config.record_lifetime / 3, 1.0)
+        while True:
+            await asyncio.sleep(period)
+            try:
+                await self.publish()
+            except TierlinkError as exc:
+                log.warning("re-publishing the record failed: %s (retrying)", exc)
+                await asyncio.sleep(min(period, 5.0))
+
+    async def lookup(self, fingerprint: str) -> PeerRecord:
+        """The newest valid record of ``fingerprint``, verified; PeerNotFound otherwise."""
+        if not is_fingerprint(fingerprint):
+            raise ValueError("a fingerprint is 128 lowercase hex characters")
+        values = await self._require_dht().get(ice_candidates_key(fingerprint))
+        record = self.records.newest(values, fingerprint)
+        if record is None:
+            raise PeerNotFound(
+                f"no valid record for {fingerprint[:16]}… in the DHT "
+                f"({len(values)} value(s) found)"
+            )
+        return record
+
+    # -- dialing -------------------------------------------------------------------------
+    def _params(self, ice: IceConnection) -> IceParams:
+        return IceParams(
+            ice.local_username, ice.local_password, local_infos(ice), None,
+            self.identity.kem_public_key,
+        )
+
+    async def connect(self, fingerprint: str, timeout: float | None = None) -> Connection:
+        """Dial a peer by fingerprint alone.
+
+        Raises PeerNotFound (no valid record), DialTimeout (no answer within ``timeout``,
+        default ``dial_timeout``) or IceFailed (no candidate pair worked), each with the
+        time spent.
+        """
+        dht = self._require_dht()
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        timeout = self.config.dial_timeout if timeout is None else timeout
+        record = await self.lookup(fingerprint)
+        if not record.kem_public_key:
+            raise PeerNotFound(f"record of {fingerprint[:16]}… carries no KEM key")
+        ice = self.ice_settings.new_connection(controlling=True)
+        try:
+            await ice.gather_candidates()
+            session = new_session_id()
+            listener = dht.listen(answer_key(self.fingerprint, session))
+            try:
+                waiter = asyncio.ensure_future(
+                    self._await_answer(listener, fingerprint, record.public_key, session)
+                )
+                offer = encode_signal(
+                    KIND_OFFER, self.identity, fingerprint, record.kem_public_key, session,
+                    self._params(ice), lifetime_s=max(timeout, 5.0) + 30.0,
+                )
+                await dht.put(offers_key(fingerprint), offer)
+                remaining = timeout - (loop.time() - started)
+                try:
+                    answer = await asyncio.wait_for(waiter, max(remaining, 0.01))
+                except TimeoutError:
+                    raise DialTimeout(
+                        f"{fingerprint[:16]}… did not answer within {timeout:.1f} s"
+                    ) from None
+            finally:
+                await listener.aclose()
+            p = answer.params
+            await set_remote(ice, p.ufrag, p.pwd, p.candidates)
+            await run_checks(ice, self.config.ice_timeout, started)
+        except BaseException:
+            await ice.close()
+            raise
+        return self._adopt(ice, fingerprint, True, session, (loop.time() - started) * 1000)
+
+    async def _await_answer(
+        self, listener: AsyncIterator[bytes], peer: str, peer_pk: bytes, session: bytes
+    ) -> Signal:
+        async for value in listener:
+            try:
+                sig = decode_signal(value, KIND_ANSWER, self.identity)
+            except RecordError as exc:
+                log.info("ignoring an answer: %s", exc)
+                continue
+            if sig.signer == peer and sig.signer_public_key == peer_pk and sig.session_id == session:
+                return sig
+            log.info("ignoring an answer from the wrong signer or session")
+        raise DialTimeout("the answer listen ended before an answer arrived")
+
+    def _adopt(
+        self, ice: IceConnection, peer: str, initiator: bool, session: bytes, ms: float
+    ) -> Connection:
+        conn = Connection(
+            ice, peer, initiator=initiator, session_id=session, connect_ms=ms,
+            queue_capacity=self.config.queue_capacity, on_close=self._connections.discard,
+        )
+        self._connections.add(conn)
+        return conn
+
+    # -- answering -----------------------------------------------------------------------
+    async def incoming(self) -> AsyncIterator[Connection]:
+        """Connections dialed to this node, as they complete."""
+        while not self._closed:
+            yield await self._incoming.get()
+
+    async def _offer_loop(self) -> None:
+        dht = self._require_dht()
+        while True:
+            try:
+                async for value in dht.listen(offers_key(self.fingerprint)):
+                    await self._offer_slots.acquire()
+                    self._spawn(self._handle_offer(value), "offer")
+            except TierlinkError as exc:
+                log.warning("listening for offers failed: %s (retrying)", exc)
+                await asyncio.sleep(1.0)
+
+    def _check_offer(self, value: bytes) -> Signal:
+        sig = decode_signal(value, KIND_OFFER, self.identity)
+        now = now_ms()
+        for sid, exp in list(self._seen_sessions.items()):
+            if exp < now:
+                del self._seen_sessions[sid]
+        if sig.session_id in self._seen_sessions:
+            raise RecordError("replay", "offer session was seen before")
+        self._seen_sessions[sig.session_id] = sig.expires_at_ms
+        allow = self.config.allow
+        if allow is not None and sig.signer not in allow:
+            raise RecordError("not-allowed", f"dialer {sig.signer[:16]}… is not allowed")
+        if len(sig.params.kem_public_key) == 0:
+            raise RecordError("malformed", "offer carries no KEM key for the answer")
+        return sig
+
+    async def _handle_offer(self, value: bytes) -> None:
+        try:
+            try:
+                offer = self._check_offer(value)
+            except RecordError as exc:
+                self.offer_rejections[exc.reason] += 1
+                log.info("offer rejected: %s", exc)
+                return
+            await self._answer(offer)
+        except TierlinkError as exc:
+            log.info("incoming dial failed: %s", exc)
+        finally:
+            self._offer_slots.release()
+
+    async def _answer(self, offer: Signal) -> None:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        ice = self.ice_settings.new_connection(controlling=False)
+        try:
+            await ice.gather_candidates()
+            p = offer.params
+            await set_remote(ice, p.ufrag, p.pwd, p.candidates)
+            answer = encode_signal(
+                KIND_ANSWER, self.identity, offer.signer, p.kem_public_key, offer.session_id,
+                self._params(ice),
+            )
+            await self._require_dht().put(answer_key(offer.signer, offer.session_id), answer)
+            self.offers_answered += 1
+            await run_checks(ice, self.config.ice_timeout, started)
+        except BaseException:
+            await ice.close()
+            raise
+        conn = self._adopt(ice, offer.signer, False, offer.session_id,
+                           (loop.time() - started) * 1000)
+        try:
+            self._incoming.put_nowait(conn)
+        except asyncio.QueueFull:
+            log.warning("incoming queue full; closing a new connection")
+            await conn.close()
+
+    # -- introspection -------------------------------------------------------------------
+    @property
+    def connections(self) -> Iterable[Connection]:
+        """Open connections."""
+        return tuple(self._connections)
+
+    def stats(self) -> dict[str, object]:
+        """Counters for tests and the CLI."""
+        return {
+            "fingerprint": self.fingerprint,
+            "connections": len(self._connections),
+            "offers_answered": self.offers_answered,
+            "offer_rejections": dict(self.offer_rejections),
+            "record_rejections": dict(self.records.rejected),
+            "uptime_s": round(time.monotonic(), 1),
+        }
