@@ -64,9 +64,9 @@ def default_pairs(presets: Sequence[str]) -> list[tuple[str, str]]:
     return pairs
 
 
-def path_of(local_type: str | None, remote_type: str | None) -> str:
-    """One word for a selected pair: the most indirect candidate type of its two ends."""
-    types = [t for t in (local_type, remote_type) if t in PATH_ORDER]
+def path_of(*candidate_types: str | None) -> str:
+    """One word for a selected pair: the most indirect candidate type among its ends."""
+    types = [t for t in candidate_types if t in PATH_ORDER]
     if not types:
         return "none"
     return max(types, key=PATH_ORDER.index)
@@ -157,12 +157,14 @@ def ice_attempt(lab: Lab, a: Endpoint, b: Endpoint, turn: bool, timeout: float) 
     if ra is None or rb is None:
         return {"ok": False, "path": "none", "error": f"peer gave no result: {errs}"}
     ok = bool(ra.get("ok") and ra.get("echo"))
-    local, remote = ra.get("local") or {}, ra.get("remote") or {}
+    # Both views: the controlled side may see a peer-reflexive candidate the dialer does not.
+    types = [(r.get(end) or {}).get("type") for r in (ra, rb) for end in ("local", "remote")]
     return {
         "ok": ok,
-        "path": path_of(local.get("type"), remote.get("type")) if ok else "none",
+        "path": path_of(*types) if ok else "none",
         "connect_ms": ra.get("connect_ms") if ok else None,
         "selected_pair": {"local": ra.get("local"), "remote": ra.get("remote")},
+        "callee_pair": {"local": rb.get("local"), "remote": rb.get("remote")},
         "error": None if ok else (ra.get("error") or rb.get("error") or "echo failed"),
     }
 

@@ -1,0 +1,148 @@
+"""Matrix reports: ``matrix.json`` (everything), ``matrix.md`` (tables), ``matrix.png`` (heatmap).
+
+Input is the object :func:`tierlink.lab.runner.run_matrix` returns::
+
+    {"cells": [{"a", "b", "turn", "attempts", "successes", "path", "tier",
+                "connect_ms_median", ...}, ...],
+     "presets": {name: probe_result}}
+
+matplotlib is needed only for the PNG (``pip install matplotlib``; the ``lab`` extra).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from tierlink.lab.nat import PRESETS
+
+#: Outcome -> (colour, legend text). Colour-blind friendly (Okabe-Ito based).
+OUTCOMES: dict[str, tuple[str, str]] = {
+    "direct": ("#2e9e6b", "direct (host/srflx/prflx)"),
+    "relay": ("#56b4e9", "relay (TURN)"),
+    "partial": ("#f0c542", "some attempts failed"),
+    "failed": ("#d55e00", "no connection"),
+    "not run": ("#e6e6e6", "not run"),
+}
+
+
+def outcome(cell: dict[str, Any]) -> str:
+    """Outcome class of a cell: direct, relay, partial or failed."""
+    if cell.get("successes", 0) == 0:
+        return "failed"
+    if cell["successes"] < cell.get("attempts", 0):
+        return "partial"
+    return "relay" if cell.get("path") == "relay" else "direct"
+
+
+def _order(result: dict[str, Any]) -> list[str]:
+    seen = {c["a"] for c in result["cells"]} | {c["b"] for c in result["cells"]}
+    return [p for p in PRESETS if p in seen] + sorted(seen - set(PRESETS))
+
+
+def _ms(value: Any) -> str:
+    return "-" if value is None else f"{float(value):.0f} ms"
+
+
+def write_json(result: dict[str, Any], path: Path) -> Path:
+    path.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+    return path
+
+
+def write_markdown(result: dict[str, Any], path: Path) -> Path:
+    """Two tables: preset probe results, then one row per cell."""
+    lines = ["# NAT lab connectivity matrix", "", "## Presets (probe results)", "",
+             "| preset | mapping | filtering | hairpin | matches definition |",
+             "|---|---|---|---|---|"]
+    for name, probe in result.get("presets", {}).items():
+        hp = probe.get("hairpin")
+        hairpin = "-" if hp is None else ("yes" if hp.get("received") else "no")
+        lines.append(f"| {name} | {probe.get('mapping')} | {probe.get('filtering')} | {hairpin} "
+                     f"| {'yes' if probe.get('ok') else '**NO**'} |")
+    lines += ["", "## Cells", "",
+              "| a | b | TURN | successes | path | tier | median connect | outcome | expected |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for c in result["cells"]:
+        expected = c.get("as_expected")
+        mark = "-" if expected is None else ("yes" if expected else "**NO**")
+        lines.append(
+            f"| {c['a']} | {c['b']} | {'on' if c['turn'] else 'off'} "
+            f"| {c['successes']}/{c['attempts']} | {c['path']} | {c.get('tier', '-')} "
+            f"| {_ms(c.get('connect_ms_median'))} | {outcome(c)} | {mark} |"
+        )
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def write_png(result: dict[str, Any], path: Path) -> Path:
+    """Heatmap per TURN mode: rows/columns are presets, colour = outcome, text = path + ms."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch, Rectangle
+
+    names = _order(result)
+    modes = sorted({bool(c["turn"]) for c in result["cells"]}) or [False]
+    n = len(names)
+    size = max(3.2, 1.25 * n + 1.4)
+    fig, axes = plt.subplots(1, len(modes), figsize=(size * len(modes), size + 1.0),
+                             squeeze=False)
+    for ax, turn in zip(axes[0], modes, strict=True):
+        grid: dict[tuple[int, int], dict[str, Any]] = {}
+        for c in result["cells"]:
+            if bool(c["turn"]) != turn:
+                continue
+            i, j = names.index(c["a"]), names.index(c["b"])
+            grid[(i, j)] = grid[(j, i)] = c
+        for i in range(n):
+            for j in range(n):
+                cell = grid.get((i, j))
+                kind = outcome(cell) if cell else "not run"
+                ax.add_patch(Rectangle((j, i), 1, 1, facecolor=OUTCOMES[kind][0],
+                                       edgecolor="white", linewidth=2))
+                if cell is None:
+                    continue
+                text = f"{cell['path']}\n{_ms(cell.get('connect_ms_median'))}"
+                text += f"\n{cell['successes']}/{cell['attempts']}"
+                if cell.get("as_expected") is False:
+                    text += "\nUNEXPECTED"
+                    ax.add_patch(Rectangle((j + 0.04, i + 0.04), 0.92, 0.92, fill=False,
+                                           edgecolor="black", linewidth=2.5))
+                ax.text(j + 0.5, i + 0.5, text, ha="center", va="center", fontsize=8.5,
+                        color="white" if kind in ("direct", "failed") else "black")
+        ax.set_xlim(0, n)
+        ax.set_ylim(n, 0)
+        ax.set_xticks([k + 0.5 for k in range(n)], names, rotation=35, ha="right")
+        ax.set_yticks([k + 0.5 for k in range(n)], names)
+        ax.set_aspect("equal")
+        ax.tick_params(length=0)
+        for side in ax.spines.values():
+            side.set_visible(False)
+        ax.set_title(f"TURN {'on' if turn else 'off'}", fontsize=12)
+    handles = [Patch(facecolor=c, label=label) for c, label in OUTCOMES.values()]
+    fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8.5,
+               frameon=False)
+    fig.suptitle("tierlink NAT lab: ICE outcome per preset pair (path, median connect, ok/n)",
+                 fontsize=12)
+    fig.tight_layout(rect=(0, 0.07, 1, 0.95))
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def write_reports(
+    result: dict[str, Any], out_dir: Path, *, formats: Sequence[str] = ("json", "md", "png")
+) -> dict[str, Path]:
+    """Write the requested reports into ``out_dir``; returns {format: path}."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written: dict[str, Path] = {}
+    if "json" in formats:
+        written["json"] = write_json(result, out_dir / "matrix.json")
+    if "md" in formats:
+        written["md"] = write_markdown(result, out_dir / "matrix.md")
+    if "png" in formats:
+        written["png"] = write_png(result, out_dir / "matrix.png")
+    return written
