@@ -84,6 +84,9 @@ class RtcBenchConn(BenchConn):
     async def recv_datagram(self, timeout: float) -> bytes:
         return await recv_from_queue(self.dg_queue, timeout)
 
+    def datagram_backlog(self) -> int:
+        return int(self.dg.bufferedAmount)
+
     async def close(self) -> None:
         await self.pc.close()
 

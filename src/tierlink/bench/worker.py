@@ -21,6 +21,10 @@ from collections.abc import Awaitable, Callable
 from tierlink.bench.base import BenchConn, BenchSide, JsonDict, Signal, now, stdout_for_protocol
 
 DATAGRAM_HEADER = struct.Struct("!II")  # trial id, sequence number
+#: A datagram offered while more than this many bytes of datagrams wait in the sender's own
+#: queue is dropped by the pacer and counted as lost (a socket with a full buffer does the
+#: same); without it aiortc's unbounded SCTP queue turns loss into ever-growing delay.
+DATAGRAM_BACKLOG_LIMIT = 64 * 1024
 
 
 def make_side(system: str, role: str, signal: Signal) -> BenchSide:
@@ -164,16 +168,23 @@ class Worker:
         size = int(p["size"])
         pad = bytes(size - DATAGRAM_HEADER.size)
         send = self.conn.send_datagram
+        backlog = self.conn.datagram_backlog
         pack = DATAGRAM_HEADER.pack
         t0 = now()
-        sent = 0
-        while sent < count:
+        offered = dropped = 0
+        while offered < count:
             due = min(count, int((now() - t0) * rate) + 1)
-            while sent < due:
-                send(pack(trial, sent) + pad)
-                sent += 1
+            while offered < due:
+                if backlog() > DATAGRAM_BACKLOG_LIMIT:
+                    dropped += 1
+                else:
+                    send(pack(trial, offered) + pad)
+                offered += 1
             await asyncio.sleep(0)
-        return {"t0": t0, "t_end": now(), "sent": sent}
+        t_end = now()
+        while backlog() > 0 and now() - t_end < 5.0:  # let the queue drain: trials must not overlap
+            await asyncio.sleep(0.002)
+        return {"t0": t0, "t_end": t_end, "sent": offered, "dropped_by_sender": dropped}
 
     async def cmd_dg_collect(self, p: JsonDict) -> JsonDict:
         """Wait until the trial's datagrams stop arriving, then report what arrived."""
