@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from tierlink import cli_node
 from tierlink.dht.process import DhtNodeProcess, parse_hostport
 from tierlink.errors import TierlinkError
 from tierlink.identity import ALGORITHM, KEM_ALGORITHM, Identity, default_identity_path
@@ -132,13 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--no-rate-limit", action="store_true", help="dhtnode -U (tests)")
     serve.set_defaults(func=cmd_dht_serve)
 
-    for extra in _EXTRA_COMMANDS:
-        extra(sub)
+    cli_node.register(sub)
     return p
-
-
-#: Later command groups register themselves here (node commands, lab, bench).
-_EXTRA_COMMANDS: list[Callable[[Any], None]] = []
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -160,7 +156,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TierlinkError as exc:
         print(f"tierlink: {exc}", file=sys.stderr)
         return EXIT_FAIL
-    except OSError as exc:
+    except (OSError, ValueError) as exc:
         print(f"tierlink: {exc}", file=sys.stderr)
         return EXIT_FAIL
     return code

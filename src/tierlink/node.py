@@ -8,14 +8,13 @@ by fingerprint (see :mod:`tierlink.signaling` for the offer/answer exchange).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Coroutine, Iterable
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Literal
+from typing import Any, Literal
 
 from tierlink.connection import Connection
 from tierlink.dht import DhtClient, DhtNodeProcess
@@ -25,7 +24,14 @@ from tierlink.ice_compat import IceConnection
 from tierlink.identity import Identity, is_fingerprint
 from tierlink.keys import answer_key, ice_candidates_key, offers_key
 from tierlink.queue import DEFAULT_CAPACITY
-from tierlink.records import KIND_ANSWER, KIND_OFFER, PeerRecord, RecordBook, now_ms
+from tierlink.records import (
+    KIND_ANSWER,
+    KIND_OFFER,
+    CandidateInfo,
+    PeerRecord,
+    RecordBook,
+    now_ms,
+)
 from tierlink.signaling import IceParams, Signal, decode_signal, encode_signal, new_session_id
 
 log = logging.getLogger(__name__)
@@ -154,9 +160,8 @@ class Node:
         if self.dht_process is not None:
             await self.dht_process.stop()
 
-    def _spawn(self, coro: object, name: str) -> asyncio.Task[None]:
-        task: asyncio.Task[None] = asyncio.ensure_future(coro)  # type: ignore[arg-type]
-        task.set_name(f"tierlink-{name}")
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+        task = asyncio.get_running_loop().create_task(coro, name=f"tierlink-{name}")
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
         return task
@@ -175,7 +180,7 @@ class Node:
     async def publish(self) -> PeerRecord:
         """Sign and put a fresh record (sequence = Unix ms, so it grows across restarts)."""
         dht = self._require_dht()
-        candidates: tuple = ()
+        candidates: tuple[CandidateInfo, ...] = ()
         if self.config.mode == "public":
             probe = self.ice_settings.new_connection(controlling=False)
             try:
@@ -275,7 +280,7 @@ class Node:
             except RecordError as exc:
                 log.info("ignoring an answer: %s", exc)
                 continue
-            if sig.signer == peer and sig.signer_public_key == peer_pk and sig.session_id == session:
+            if (sig.signer, sig.signer_public_key, sig.session_id) == (peer, peer_pk, session):
                 return sig
             log.info("ignoring an answer from the wrong signer or session")
         raise DialTimeout("the answer listen ended before an answer arrived")
@@ -295,6 +300,13 @@ class Node:
         """Connections dialed to this node, as they complete."""
         while not self._closed:
             yield await self._incoming.get()
+
+    async def accept(self, timeout: float | None = None) -> Connection | None:
+        """The next incoming connection, or None after ``timeout`` seconds."""
+        try:
+            return await asyncio.wait_for(self._incoming.get(), timeout)
+        except TimeoutError:
+            return None
 
     async def _offer_loop(self) -> None:
         dht = self._require_dht()

@@ -1,0 +1,236 @@
+"""CLI commands that run a node: ``run``, ``send``, ``lookup``, ``demo``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import ipaddress
+import json
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from tierlink.connection import Connection
+from tierlink.dht.process import parse_hostport
+from tierlink.errors import ConnectionClosed, TierlinkError
+from tierlink.ice import TurnServer
+from tierlink.identity import Identity, default_identity_path, is_fingerprint
+from tierlink.node import Node, NodeConfig
+
+
+def _hostport(text: str) -> tuple[str, int]:
+    try:
+        return parse_hostport(text, default_port=3478)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _dht_hostport(text: str) -> tuple[str, int]:
+    try:
+        return parse_hostport(text, default_port=4222)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _turn(text: str) -> TurnServer:
+    """USER:PASSWORD@HOST[:PORT]."""
+    creds, at, addr = text.rpartition("@")
+    user, colon, password = creds.partition(":")
+    if not at or not colon or not user:
+        raise argparse.ArgumentTypeError(
+            f"invalid TURN server {text!r}: expected USER:PASS@HOST:PORT"
+        )
+    host, port = _hostport(addr)
+    return TurnServer(host, port, user, password)
+
+
+def _address(text: str) -> str:
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an IP address") from None
+
+
+def _fingerprint(text: str) -> str:
+    text = text.strip().lower()
+    if not is_fingerprint(text):
+        raise argparse.ArgumentTypeError(
+            f"{text[:20]!r}… is not a fingerprint (128 hex characters)"
+            if len(text) > 20 else f"{text!r} is not a fingerprint (128 hex characters)"
+        )
+    return text
+
+
+def add_node_options(p: argparse.ArgumentParser) -> None:
+    """Options every node-running command shares."""
+    p.add_argument("--identity", help=f"key file (default {default_identity_path()})")
+    p.add_argument("--bootstrap", type=_dht_hostport, action="append", default=[],
+                   metavar="HOST:PORT", help="OpenDHT node to join (embedded dhtnode)")
+    p.add_argument("--dht-proxy", metavar="URL", help="use an existing OpenDHT REST proxy")
+    p.add_argument("--dht-port", type=int, help="UDP port of the embedded dhtnode")
+    p.add_argument("--no-rate-limit", action="store_true",
+                   help="embedded dhtnode without rate limits (loopback tests)")
+    p.add_argument("--stun", type=_hostport, action="append", default=[], metavar="HOST:PORT")
+    p.add_argument("--turn", type=_turn, action="append", default=[],
+                   metavar="USER:PASS@HOST:PORT")
+    p.add_argument("--host-address", type=_address, action="append", dest="host_addresses",
+                   metavar="IP", help="gather host candidates only on these addresses")
+    p.add_argument("--relay-only", action="store_true", help="connect only through TURN")
+    p.add_argument("--mode", choices=["private", "public"], default="private",
+                   help="list candidates in the public record (public) or not (private)")
+    p.add_argument("--allow", type=_fingerprint, action="append", metavar="FINGERPRINT",
+                   help="answer only these dialers (repeatable)")
+    p.add_argument("--timeout", type=float, default=20.0, help="dial timeout in seconds")
+    p.add_argument("--json", action="store_true", help="JSON output")
+
+
+def node_config(args: argparse.Namespace) -> NodeConfig:
+    """Build the node configuration from parsed options."""
+    path = Path(args.identity) if args.identity else default_identity_path()
+    return NodeConfig(
+        identity=Identity.load(path),
+        dht_proxy=args.dht_proxy,
+        bootstrap=list(args.bootstrap),
+        dht_port=args.dht_port,
+        dht_no_rate_limit=args.no_rate_limit,
+        host_addresses=args.host_addresses,
+        stun_servers=list(args.stun),
+        turn_servers=list(args.turn),
+        relay_only=args.relay_only,
+        mode=args.mode,
+        allow=set(args.allow) if args.allow else None,
+        dial_timeout=args.timeout,
+    )
+
+
+def _emit(args: argparse.Namespace, obj: dict[str, Any], text: str) -> None:
+    print(json.dumps(obj) if args.json else text, flush=True)
+
+
+# -- run -----------------------------------------------------------------------------------
+async def _print_messages(args: argparse.Namespace, conn: Connection) -> None:
+    with contextlib.suppress(ConnectionClosed):
+        while True:
+            msg = await conn.recv()
+            if msg is None:
+                continue
+            text = msg.decode("utf-8", errors="replace")
+            _emit(args, {"event": "message", "from": conn.remote_fingerprint,
+                         "bytes": len(msg), "text": text},
+                  f"{conn.remote_fingerprint[:16]}…: {text}")
+
+
+async def _run(args: argparse.Namespace) -> int:
+    config = node_config(args)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with Node(config) as node:
+        info: dict[str, Any] = {"event": "online", "fingerprint": node.fingerprint,
+                                "mode": config.mode}
+        if node.dht_process is not None:
+            info["dht_port"] = node.dht_process.port
+        text = f"online as {node.fingerprint}"
+        if "dht_port" in info:
+            text += f"\n(embedded DHT on udp port {info['dht_port']}; others may "
+            text += f"--bootstrap 127.0.0.1:{info['dht_port']})"
+        _emit(args, info, text)
+        readers: set[asyncio.Task[None]] = set()
+
+        async def accept() -> None:
+            async for conn in node.incoming():
+                _emit(args, {"event": "connected", "from": conn.remote_fingerprint,
+                             "selected_pair": conn.selected_pair},
+                      f"connection from {conn.remote_fingerprint[:16]}… "
+                      f"({conn.path_type})")
+                task = asyncio.create_task(_print_messages(args, conn))
+                readers.add(task)
+                task.add_done_callback(readers.discard)
+
+        acceptor = asyncio.create_task(accept())
+        await stop.wait()
+        acceptor.cancel()
+        for task in list(readers):
+            task.cancel()
+    print("stopped", file=sys.stderr)
+    return 0
+
+
+# -- send / lookup -------------------------------------------------------------------------
+async def _send(args: argparse.Namespace) -> int:
+    config = node_config(args)
+    async with Node(config) as node:
+        conn = await node.connect(args.fingerprint, timeout=args.timeout)
+        try:
+            for text in args.message:
+                await conn.send(text.encode())
+            _emit(args, {"event": "sent", "to": args.fingerprint, "messages": len(args.message),
+                         "selected_pair": conn.selected_pair, "connect_ms": conn.connect_ms},
+                  f"sent {len(args.message)} message(s) to {args.fingerprint[:16]}… over "
+                  f"{conn.path_type} in {conn.connect_ms:.0f} ms")
+        finally:
+            await conn.close()
+    return 0
+
+
+async def _lookup(args: argparse.Namespace) -> int:
+    async with Node(node_config(args)) as node:
+        rec = await node.lookup(args.fingerprint)
+    obj = {
+        "fingerprint": rec.fingerprint, "seq": rec.seq, "issued_at_ms": rec.issued_at_ms,
+        "expires_at_ms": rec.expires_at_ms, "mode": rec.mode,
+        "candidates": [c.__dict__ for c in rec.candidates],
+        "kem_public_key": rec.kem_public_key.hex(), "public_key": rec.public_key.hex(),
+    }
+    if args.json:
+        print(json.dumps(obj, indent=2))
+    else:
+        print(f"fingerprint: {rec.fingerprint}\nsequence:    {rec.seq}\nmode:        {rec.mode}")
+        print(f"expires in:  {(rec.expires_at_ms - rec.issued_at_ms) / 1000:.0f} s")
+        for c in rec.candidates:
+            print(f"candidate:   {c.type} {c.host}:{c.port}")
+    return 0
+
+
+async def _demo(args: argparse.Namespace) -> int:
+    from tierlink.demo import run_demo
+
+    def say(text: str) -> None:
+        if not args.json:
+            print(text, flush=True)
+
+    result = await run_demo(messages=args.messages, say=say)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print("demo OK: every message arrived" if result["ok"] else "demo FAILED")
+    return 0 if result["ok"] else 1
+
+
+def register(sub: Any) -> None:
+    """Add the node commands to the top-level subparsers."""
+    run = sub.add_parser("run", help="run an online node and print incoming messages")
+    add_node_options(run)
+    run.set_defaults(func=lambda a: asyncio.run(_run(a)))
+
+    send = sub.add_parser("send", help="dial a fingerprint and send messages")
+    send.add_argument("fingerprint", type=_fingerprint)
+    send.add_argument("message", nargs="+")
+    add_node_options(send)
+    send.set_defaults(func=lambda a: asyncio.run(_send(a)))
+
+    look = sub.add_parser("lookup", help="print a fingerprint's verified record")
+    look.add_argument("fingerprint", type=_fingerprint)
+    add_node_options(look)
+    look.set_defaults(func=lambda a: asyncio.run(_lookup(a)))
+
+    demo = sub.add_parser("demo", help="self-contained loopback demo (no root)")
+    demo.add_argument("--json", action="store_true", help="print one JSON object")
+    demo.add_argument("--messages", type=int, default=10, help="messages each way")
+    demo.set_defaults(func=lambda a: asyncio.run(_demo(a)))
+
+
+__all__ = ["TierlinkError", "register"]
