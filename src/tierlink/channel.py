@@ -1,0 +1,395 @@
+"""The secure reliable channel: QUIC (aioquic, sans-IO) over a connected ICE path.
+
+:func:`open_channel` runs a mutually authenticated QUIC handshake over the nominated ICE
+pair (dialer = QUIC client, callee = server; pump in :mod:`tierlink.quic_session`) and
+returns a :class:`SecureChannel` once both certificates matched their pinned SHA-256 and
+both sides exchanged HELLO (wire format in :mod:`tierlink.framing`).
+
+Reliable messages are acknowledged by the receiving *channel* once they are in its receive
+queue, so ``await send()`` returns a message id only then. The sender keeps at most
+``window`` payload bytes unacknowledged (or one larger message alone) and queues further
+sends in call order: a full receiver queue holds the sender back and nothing is dropped.
+Datagrams are unreliable and go to a drop-oldest queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from typing import Any
+
+from aioquic.quic import events
+
+from tierlink.certs import LocalCertificate
+from tierlink.errors import ConnectionClosed, HandshakeFailed, MessageTooLarge
+from tierlink.framing import (
+    PROTOCOL_VERSION,
+    TAG_CONTROL,
+    TAG_MESSAGES,
+    Ack,
+    ControlReader,
+    Hello,
+    MessageReader,
+    ProtocolError,
+    encode_ack,
+    encode_hello,
+    encode_length,
+)
+from tierlink.ice_compat import IceConnection
+from tierlink.queue import RecvQueue
+from tierlink.quic_compat import pending_datagrams
+from tierlink.quic_session import ERROR_NONE, QuicSession
+
+#: Largest datagram payload: always fits one 1-RTT packet of MAX_DATAGRAM_SIZE bytes.
+DATAGRAM_MAX_PAYLOAD = 1150
+#: Unsent datagrams kept in aioquic when the congestion window is full (oldest dropped).
+DATAGRAM_SEND_BACKLOG = 256
+DEFAULT_WINDOW = 4 * 1024 * 1024
+#: Unacknowledged messages at most (bounds per-message bookkeeping of tiny messages).
+MAX_IN_FLIGHT_MESSAGES = 1024
+PEER_CLOSED_REASON = "the peer closed the channel"
+
+
+class SecureChannel(QuicSession):
+    """An authenticated, encrypted channel to one peer: reliable messages and datagrams.
+
+    Create it with :func:`open_channel`. Every method runs on the event loop that opened it.
+    """
+
+    def __init__(
+        self,
+        ice: IceConnection,
+        *,
+        is_client: bool,
+        certificate: LocalCertificate,
+        peer_cert_sha256: bytes,
+        queue_capacity: int,
+        liveness_timeout: float,
+        max_message_size: int,
+        window: int,
+    ) -> None:
+        super().__init__(
+            ice,
+            is_client=is_client,
+            certificate=certificate,
+            peer_cert_sha256=peer_cert_sha256,
+            liveness_timeout=liveness_timeout,
+            flow_window=max(window, 1024 * 1024),
+        )
+        self._max_message_size = max_message_size
+        self._window = window
+        self._peer_hello: Hello | None = None
+        # sending side
+        self._ctrl_sid = -1
+        self._msg_sid = -1
+        self._next_id = 0
+        self._unacked: deque[tuple[int, int, asyncio.Future[int]]] = deque()
+        self._backlog: deque[tuple[bytes, asyncio.Future[int]]] = deque()
+        self.in_flight_bytes = 0
+        self.peak_in_flight_bytes = 0
+        # receiving side
+        self._rx_roles: dict[int, str] = {}
+        self._ctrl_reader = ControlReader()
+        self._msg_reader = MessageReader(max_message_size)
+        self._rx_pending: deque[bytes] = deque()
+        self._rx_pending_bytes = 0
+        self._accepted = 0
+        self._inbox: RecvQueue[bytes] = RecvQueue(queue_capacity)
+        self._datagrams: RecvQueue[bytes] = RecvQueue(queue_capacity)
+        self._stats = dict.fromkeys(
+            (
+                "messages_sent",
+                "messages_received",
+                "bytes_sent",
+                "bytes_received",
+                "datagrams_sent",
+                "datagrams_received",
+                "datagrams_send_dropped",
+            ),
+            0,
+        )
+
+    # -- public API -----------------------------------------------------------------------
+    @property
+    def max_message_size(self) -> int:
+        """Largest reliable message: the smaller of ours and the peer's limit."""
+        peer = self._peer_hello.max_message_size if self._peer_hello else 0
+        return min(self._max_message_size, peer)
+
+    @property
+    def window(self) -> int:
+        """Unacknowledged payload bytes the sender may have in flight."""
+        peer = self._peer_hello.window if self._peer_hello else 0
+        return max(1, min(self._window, peer))
+
+    @property
+    def stats(self) -> dict[str, int]:
+        """Counters: messages/bytes sent (acked) and received, datagrams, drops, window."""
+        out = dict(self._stats)
+        out["datagrams_dropped"] = self._datagrams.dropped
+        out["in_flight_bytes"] = self.in_flight_bytes
+        out["peak_in_flight_bytes"] = self.peak_in_flight_bytes
+        return out
+
+    async def send(self, data: bytes) -> int:
+        """Send one reliable message; return its id once the peer's channel queued it.
+
+        Waits (in call order) while the in-flight window is full. Raises MessageTooLarge
+        above :attr:`max_message_size` (the channel stays usable) and ConnectionClosed if
+        the channel closes first; a send cancelled while still waiting is not sent.
+        """
+        self._check_open()
+        size = len(data)
+        limit = self.max_message_size
+        if size > limit:
+            raise MessageTooLarge(
+                f"message of {size} bytes exceeds the channel's max_message_size of "
+                f"{limit} bytes"
+            )
+        payload = data if type(data) is bytes else bytes(data)
+        fut: asyncio.Future[int] = self._loop.create_future()
+        if not self._backlog and self._fits(size):
+            self._write_message(payload, fut)
+            return await fut
+        entry = (payload, fut)
+        self._backlog.append(entry)
+        try:
+            return await fut
+        finally:
+            if fut.cancelled() and entry in self._backlog:
+                self._backlog.remove(entry)
+
+    def send_datagram(self, data: bytes) -> None:
+        """Send one unreliable QUIC DATAGRAM (at most DATAGRAM_MAX_PAYLOAD bytes)."""
+        self._check_open()
+        if len(data) > DATAGRAM_MAX_PAYLOAD:
+            raise MessageTooLarge(
+                f"datagram of {len(data)} bytes exceeds the datagram limit of "
+                f"{DATAGRAM_MAX_PAYLOAD} bytes"
+            )
+        assert self._quic is not None
+        self._quic.send_datagram_frame(bytes(data))
+        pending = pending_datagrams(self._quic)
+        while len(pending) > DATAGRAM_SEND_BACKLOG:
+            pending.popleft()
+            self._stats["datagrams_send_dropped"] += 1
+        self._stats["datagrams_sent"] += 1
+        self._kick()
+
+    async def recv(self, timeout: float | None = None) -> bytes | None:
+        """Next reliable message; None after ``timeout`` s (0: at once, None: forever)."""
+        item = await self._inbox.get(timeout)
+        if item is not None:
+            self._accept_pending()
+        return item
+
+    async def recv_datagram(self, timeout: float | None = None) -> bytes | None:
+        """Next datagram; None after ``timeout`` s (0: at once, None: forever)."""
+        return await self._datagrams.get(timeout)
+
+    async def close(self) -> None:
+        """Close the channel; every waiter gets ConnectionClosed. The ICE stays open."""
+        self._shutdown(
+            "channel closed locally", error_code=ERROR_NONE, peer_reason=PEER_CLOSED_REASON
+        )
+
+    async def __aenter__(self) -> SecureChannel:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return f"<SecureChannel {'client' if self.is_client else 'server'} {state}>"
+
+    # -- events and greeting ----------------------------------------------------------------
+    def _on_event(self, event: events.QuicEvent) -> None:
+        if isinstance(event, events.StreamDataReceived):
+            self._on_stream_data(event)
+        elif isinstance(event, events.DatagramFrameReceived):
+            self._stats["datagrams_received"] += 1
+            self._datagrams.offer(event.data)
+        elif isinstance(event, events.HandshakeCompleted):
+            self._on_handshake_done()
+        elif isinstance(event, events.StreamReset):
+            raise ProtocolError(f"peer reset stream {event.stream_id}")
+
+    def _on_handshake_done(self) -> None:
+        if not self._check_pin():
+            return
+        quic = self._quic
+        assert quic is not None
+        self._ctrl_sid = quic.get_next_available_stream_id(is_unidirectional=True)
+        hello = Hello(PROTOCOL_VERSION, self._max_message_size, self._window)
+        quic.send_stream_data(self._ctrl_sid, TAG_CONTROL + encode_hello(hello))
+        self._msg_sid = quic.get_next_available_stream_id(is_unidirectional=True)
+        quic.send_stream_data(self._msg_sid, TAG_MESSAGES)
+
+    def _on_hello(self, hello: Hello) -> None:
+        if self._peer_hello is not None:
+            raise ProtocolError("second HELLO")
+        if hello.version != PROTOCOL_VERSION:
+            raise ProtocolError(
+                f"peer speaks channel protocol {hello.version}, we speak {PROTOCOL_VERSION}"
+            )
+        self._peer_hello = hello
+        self._mark_ready()
+
+    # -- streams ------------------------------------------------------------------------
+    def _on_stream_data(self, event: events.StreamDataReceived) -> None:
+        sid = event.stream_id
+        data = event.data
+        role = self._rx_roles.get(sid)
+        if role is None:
+            peer_initiated = bool(sid & 1) == self.is_client
+            if not (sid & 2) or not peer_initiated:
+                raise ProtocolError(f"unexpected stream {sid}")
+            if not data:
+                if event.end_stream:
+                    raise ProtocolError(f"peer ended stream {sid}")
+                return
+            tag, data = data[:1], data[1:]
+            if tag == TAG_CONTROL and "control" not in self._rx_roles.values():
+                role = "control"
+            elif tag == TAG_MESSAGES and "messages" not in self._rx_roles.values():
+                role = "messages"
+            else:
+                raise ProtocolError(f"unexpected stream tag {tag!r}")
+            self._rx_roles[sid] = role
+        if event.end_stream:
+            raise ProtocolError(f"peer ended its {role} stream")
+        if not data:
+            return
+        if role == "control":
+            for frame in self._ctrl_reader.feed(data):
+                if isinstance(frame, Ack):
+                    self._on_ack(frame.message_id)
+                else:
+                    self._on_hello(frame)
+            return
+        for message in self._msg_reader.feed(data):
+            self._rx_pending.append(message)
+            self._rx_pending_bytes += len(message)
+        buffered = self._rx_pending_bytes + self._msg_reader.partial_bytes
+        if (
+            buffered > max(self._window, self._max_message_size)
+            or len(self._rx_pending) > MAX_IN_FLIGHT_MESSAGES
+        ):
+            raise ProtocolError("peer exceeded the flow-control window")
+        self._accept_pending()
+
+    def _accept_pending(self) -> None:
+        """Move waiting messages into the receive queue while it has room; ack them."""
+        moved = 0
+        inbox = self._inbox
+        while self._rx_pending and not inbox.full() and not self._closed:
+            message = self._rx_pending.popleft()
+            self._rx_pending_bytes -= len(message)
+            inbox.offer(message)
+            moved += 1
+            self._stats["messages_received"] += 1
+            self._stats["bytes_received"] += len(message)
+        if moved and self._quic is not None:
+            self._accepted += moved
+            self._quic.send_stream_data(self._ctrl_sid, encode_ack(self._accepted))
+            self._kick()
+
+    def _on_ack(self, message_id: int) -> None:
+        if message_id > self._next_id:
+            raise ProtocolError(f"ack for message {message_id}, never sent")
+        unacked = self._unacked
+        while unacked and unacked[0][0] <= message_id:
+            mid, size, fut = unacked.popleft()
+            self.in_flight_bytes -= size
+            self._stats["messages_sent"] += 1
+            self._stats["bytes_sent"] += size
+            if not fut.done():
+                fut.set_result(mid)
+        while self._backlog and self._fits(len(self._backlog[0][0])):
+            payload, fut = self._backlog.popleft()
+            if not fut.done():
+                self._write_message(payload, fut)
+
+    def _fits(self, size: int) -> bool:
+        if not self._unacked:
+            return True
+        return (
+            self.in_flight_bytes + size <= self.window
+            and len(self._unacked) < MAX_IN_FLIGHT_MESSAGES
+        )
+
+    def _write_message(self, payload: bytes, fut: asyncio.Future[int]) -> None:
+        quic = self._quic
+        assert quic is not None
+        self._next_id += 1
+        quic.send_stream_data(self._msg_sid, encode_length(len(payload)))
+        if payload:
+            quic.send_stream_data(self._msg_sid, payload)
+        self._unacked.append((self._next_id, len(payload), fut))
+        self.in_flight_bytes += len(payload)
+        self.peak_in_flight_bytes = max(self.peak_in_flight_bytes, self.in_flight_bytes)
+        self._kick()
+
+    # -- teardown -----------------------------------------------------------------------
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ConnectionClosed(self.close_reason or "channel closed")
+        if self._peer_hello is None:
+            raise ConnectionClosed("channel not open yet")
+
+    def _on_closed(self, reason: str) -> None:
+        closed = ConnectionClosed(reason)
+        for pending in (self._unacked, self._backlog):
+            for entry in pending:
+                fut: asyncio.Future[Any] = entry[-1]
+                if not fut.done():
+                    fut.set_exception(closed)
+                    fut.exception()  # mark retrieved: its send() may have been cancelled
+            pending.clear()
+        self.in_flight_bytes = 0
+        self._rx_pending.clear()
+        self._rx_pending_bytes = 0
+        self._inbox.close(closed)
+        self._datagrams.close(closed)
+
+
+async def open_channel(
+    ice: IceConnection,
+    *,
+    is_client: bool,
+    certificate: LocalCertificate,
+    peer_cert_sha256: bytes,
+    queue_capacity: int = 16,
+    liveness_timeout: float = 15.0,
+    handshake_timeout: float = 10.0,
+    max_message_size: int = 16 * 1024 * 1024,
+    window: int = DEFAULT_WINDOW,
+) -> SecureChannel:
+    """Run the pinned, mutually authenticated QUIC handshake over a connected ICE path.
+
+    ``is_client`` is True for the dialer. Raises HandshakeFailed (with the reason) if the
+    peer's certificate SHA-256 differs from ``peer_cert_sha256``, the peer rejects ours,
+    or nothing completes within ``handshake_timeout`` seconds. The caller keeps owning
+    ``ice``: closing the channel does not close it.
+    """
+    if len(peer_cert_sha256) != 32:
+        raise ValueError("peer_cert_sha256 must be the 32-byte SHA-256 of the DER certificate")
+    if queue_capacity < 1 or liveness_timeout <= 0 or handshake_timeout <= 0:
+        raise ValueError("queue_capacity, liveness_timeout and handshake_timeout must be > 0")
+    if not 0 <= max_message_size < 2**62 or window < 1:
+        raise ValueError("max_message_size must be in [0, 2**62) and window >= 1")
+    if ice.selected_pair() is None:
+        raise HandshakeFailed("the ICE connection has no selected pair (connect it first)")
+    channel = SecureChannel(
+        ice,
+        is_client=is_client,
+        certificate=certificate,
+        peer_cert_sha256=bytes(peer_cert_sha256),
+        queue_capacity=queue_capacity,
+        liveness_timeout=liveness_timeout,
+        max_message_size=max_message_size,
+        window=window,
+    )
+    await channel._handshake(handshake_timeout)
+    return channel

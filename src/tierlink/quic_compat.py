@@ -1,0 +1,102 @@
+"""The one place tierlink touches aioquic's private attributes.
+
+aioquic (1.7) has no public API for what a fingerprint-pinned, mutually authenticated channel
+needs:
+
+* asking the client for a certificate (``tls.Context._request_client_certificate``, marked
+  "for test purposes only");
+* checking the peer's certificate *during* the handshake, so a wrong certificate aborts it
+  with a TLS alert on both sides (we wrap ``tls.Context._set_peer_certificate``);
+* installing both on the TLS context, which is created inside
+  ``QuicConnection._initialize``;
+* seeing a CONNECTION_CLOSE as soon as it arrives (``QuicConnection._close_event``; the
+  public ``ConnectionTerminated`` event only comes after the 3-PTO draining period);
+* bounding the unsent DATAGRAM frames (``QuicConnection._datagrams_pending`` grows without
+  limit otherwise).
+
+Fail-closed design: if aioquic renames the certificate hook, :attr:`PinnedQuicConnection.
+peer_certificate_sha256` stays None and the channel refuses the handshake.
+``tests/test_quic_compat.py`` checks every private name and behaviour used here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections import deque
+from typing import Any
+
+from aioquic import tls
+from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.connection import QuicConnection
+from aioquic.quic.events import ConnectionTerminated
+
+#: Private aioquic names this adapter relies on: (owner, attribute).
+PRIVATE_ATTRIBUTES = (
+    ("QuicConnection", "_initialize"),
+    ("QuicConnection", "_close_event"),
+    ("QuicConnection", "_datagrams_pending"),
+    ("tls.Context", "_request_client_certificate"),
+    ("tls.Context", "_set_peer_certificate"),
+)
+
+#: Reason sent in the TLS alert when a certificate does not match its pin.
+PIN_MISMATCH_REASON = (
+    "certificate rejected by the other side: its SHA-256 does not match the pinned fingerprint"
+)
+
+
+class PinnedQuicConnection(QuicConnection):
+    """A QuicConnection that demands the peer's certificate and pins its SHA-256.
+
+    The server requests a client certificate; both sides compare SHA-256(DER) of the
+    peer's leaf certificate with ``expected_peer_sha256`` as soon as it arrives and abort
+    with a ``bad_certificate`` alert on mismatch. ``peer_certificate_sha256`` is set only
+    once a matching certificate was seen; ``pin_error`` explains a local rejection.
+    """
+
+    def __init__(
+        self,
+        *,
+        configuration: QuicConfiguration,
+        expected_peer_sha256: bytes,
+        original_destination_connection_id: bytes | None = None,
+    ) -> None:
+        super().__init__(
+            configuration=configuration,
+            original_destination_connection_id=original_destination_connection_id,
+        )
+        self.expected_peer_sha256 = expected_peer_sha256
+        self.peer_certificate_sha256: bytes | None = None
+        self.pin_error: str | None = None
+
+    def _initialize(self, peer_cid: bytes) -> None:
+        super()._initialize(peer_cid)
+        context = self.tls
+        context._request_client_certificate = True
+        original = context._set_peer_certificate
+
+        def checked(certificate: Any) -> None:
+            original(certificate)
+            digest = hashlib.sha256(certificate.certificates[0][0]).digest()
+            if not hmac.compare_digest(digest, self.expected_peer_sha256):
+                self.pin_error = (
+                    f"peer certificate SHA-256 {digest.hex()} does not match the expected "
+                    f"{self.expected_peer_sha256.hex()}"
+                )
+                raise tls.AlertBadCertificate(PIN_MISMATCH_REASON)
+            self.peer_certificate_sha256 = digest
+
+        context._set_peer_certificate = checked  # type: ignore[method-assign]
+
+
+def close_event(quic: QuicConnection) -> ConnectionTerminated | None:
+    """The pending ConnectionTerminated as soon as the connection started closing, or None."""
+    event: ConnectionTerminated | None = quic._close_event
+    return event
+
+
+def pending_datagrams(quic: QuicConnection) -> deque[bytes]:
+    """The queue of DATAGRAM payloads not yet packed into packets (mutable)."""
+    pending: deque[bytes] = quic._datagrams_pending
+    return pending

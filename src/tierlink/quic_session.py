@@ -1,0 +1,321 @@
+"""The QUIC pump under the secure channel: aioquic (sans-IO) driven over an ICE pair.
+
+:class:`QuicSession` owns one :class:`~tierlink.quic_compat.PinnedQuicConnection` and moves
+datagrams between it and the nominated ICE pair: every received ICE datagram goes into
+``receive_datagram``, everything ``datagrams_to_send`` produces goes out through
+``IceConnection.send_nowait``, and aioquic's timer is one asyncio TimerHandle (no polling,
+no second socket). It also keeps the peer alive and watched (aioquic sends no keep-alives):
+a PING when the path has been quiet, and a close when nothing arrived for
+``liveness_timeout`` seconds.
+
+The subclass (:class:`tierlink.channel.SecureChannel`) handles aioquic's events and calls
+:meth:`QuicSession._mark_ready` when its own greeting completed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+
+from aioquic.buffer import Buffer, BufferReadError  # type: ignore[attr-defined]
+from aioquic.quic import events
+from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.packet import QuicPacketType, pull_quic_header
+
+from tierlink.certs import LocalCertificate
+from tierlink.errors import HandshakeFailed
+from tierlink.framing import ProtocolError
+from tierlink.ice_compat import IceConnection
+from tierlink.quic_compat import PinnedQuicConnection, close_event
+
+ALPN = "tierlink/1"
+#: The constant pseudo-address given to aioquic: the ICE pair is the only path.
+QUIC_ADDR = ("0.0.0.0", 0)
+#: QUIC packet size; leaves room for TURN overhead on any path with a 1280+ byte MTU.
+MAX_DATAGRAM_SIZE = 1200
+CONNECTION_ID_LENGTH = 8
+
+ERROR_NONE = 0x0
+ERROR_PROTOCOL = 0x1
+ERROR_HANDSHAKE = 0x2
+ERROR_LIVENESS = 0x3
+
+
+class QuicSession:
+    """Pump, timers, liveness and teardown of one pinned QUIC connection over ICE."""
+
+    def __init__(
+        self,
+        ice: IceConnection,
+        *,
+        is_client: bool,
+        certificate: LocalCertificate,
+        peer_cert_sha256: bytes,
+        liveness_timeout: float,
+        flow_window: int,
+    ) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._ice = ice
+        self.is_client = is_client
+        self.peer_cert_sha256 = peer_cert_sha256
+        self._liveness_timeout = liveness_timeout
+        self._ping_interval = min(liveness_timeout / 5, 5.0)
+        self._config = QuicConfiguration(
+            is_client=is_client,
+            alpn_protocols=[ALPN],
+            certificate=certificate.certificate,
+            private_key=certificate.private_key,
+            verify_mode=ssl.CERT_NONE,  # authentication is the SHA-256 pin, not a CA
+            max_datagram_size=MAX_DATAGRAM_SIZE,
+            max_datagram_frame_size=65536,
+            idle_timeout=liveness_timeout * 2,  # backstop; our own watchdog comes first
+            connection_id_length=CONNECTION_ID_LENGTH,
+            max_data=2 * flow_window,
+            max_stream_data=flow_window,
+        )
+        self._quic: PinnedQuicConnection | None = None
+        self._ready: asyncio.Future[None] = self._loop.create_future()
+        self._closed_fut: asyncio.Future[None] = self._loop.create_future()
+        self._closed = False
+        self.close_reason: str | None = None
+        self._flush_handle: asyncio.Handle | None = None
+        self._quic_timer: asyncio.TimerHandle | None = None
+        self._ping_timer: asyncio.TimerHandle | None = None
+        self._live_timer: asyncio.TimerHandle | None = None
+        self._handshake_timer: asyncio.TimerHandle | None = None
+        self._last_rx = self._loop.time()
+        self._ping_uid = 0
+
+    @property
+    def closed(self) -> bool:
+        """True once the channel is closed (locally, by the peer, or by a failure)."""
+        return self._closed
+
+    async def wait_closed(self) -> None:
+        """Wait until the channel is closed, for whatever reason."""
+        await asyncio.shield(self._closed_fut)
+
+    # -- hooks for the subclass ---------------------------------------------------------
+    def _on_event(self, event: events.QuicEvent) -> None:
+        """Handle one aioquic event (may raise ProtocolError)."""
+
+    def _on_closed(self, reason: str) -> None:
+        """Wake the subclass's waiters; called once by :meth:`_shutdown`."""
+
+    # -- handshake ----------------------------------------------------------------------
+    async def _handshake(self, timeout: float) -> None:
+        """Start the pump and wait until :meth:`_mark_ready` (or raise HandshakeFailed)."""
+        self._ice.set_datagram_handler(self._on_datagram)
+        self._handshake_timer = self._loop.call_later(timeout, self._on_handshake_timeout, timeout)
+        if self.is_client:
+            self._quic = self._new_quic(None)
+            self._quic.connect(QUIC_ADDR, now=self._loop.time())
+            self._flush()
+        try:
+            await self._ready
+        except asyncio.CancelledError:
+            self._shutdown("handshake cancelled", error_code=ERROR_HANDSHAKE)
+            raise
+
+    def _new_quic(self, odcid: bytes | None) -> PinnedQuicConnection:
+        return PinnedQuicConnection(
+            configuration=self._config,
+            expected_peer_sha256=self.peer_cert_sha256,
+            original_destination_connection_id=odcid,
+        )
+
+    def _on_handshake_timeout(self, timeout: float) -> None:
+        self._handshake_timer = None
+        if not self._ready.done():
+            self._shutdown(
+                f"no secure handshake with the peer within {timeout:g} s",
+                error_code=ERROR_HANDSHAKE,
+            )
+
+    def _check_pin(self) -> bool:
+        """After HandshakeCompleted: True if the pinned certificate was seen, else close."""
+        quic = self._quic
+        if quic is None or quic.peer_certificate_sha256 != self.peer_cert_sha256:
+            # Fail closed: no client certificate, or the pin hook did not run.
+            self._shutdown(
+                "peer presented no certificate matching the pinned SHA-256",
+                error_code=ERROR_HANDSHAKE,
+            )
+            return False
+        return True
+
+    def _mark_ready(self) -> None:
+        """The channel is open: stop the handshake timer, start keep-alive and watchdog."""
+        if self._handshake_timer is not None:
+            self._handshake_timer.cancel()
+            self._handshake_timer = None
+        self._last_rx = self._loop.time()
+        self._ping_timer = self._loop.call_later(self._ping_interval, self._on_ping_timer)
+        self._live_timer = self._loop.call_at(
+            self._last_rx + self._liveness_timeout, self._on_live_timer
+        )
+        if not self._ready.done():
+            self._ready.set_result(None)
+
+    # -- pump ---------------------------------------------------------------------------
+    def _on_datagram(self, data: bytes) -> None:
+        """ICE callback: one received UDP payload."""
+        if self._closed:
+            return
+        now = self._loop.time()
+        self._last_rx = now
+        try:
+            if self._quic is None:
+                self._quic = self._accept_initial(data)
+                if self._quic is None:
+                    return
+            self._quic.receive_datagram(data, QUIC_ADDR, now=now)
+            self._process()
+        except Exception as exc:  # a bug must close the channel, not vanish inside aioice
+            self._shutdown(f"internal error: {exc!r}", error_code=ERROR_PROTOCOL)
+
+    def _accept_initial(self, data: bytes) -> PinnedQuicConnection | None:
+        """Server: create the QuicConnection from the client's first Initial packet."""
+        try:
+            header = pull_quic_header(Buffer(data=data), host_cid_length=CONNECTION_ID_LENGTH)
+        except (ValueError, BufferReadError):
+            return None
+        if header.packet_type != QuicPacketType.INITIAL:
+            return None
+        return self._new_quic(header.destination_cid)
+
+    def _on_quic_timer(self) -> None:
+        self._quic_timer = None
+        if self._quic is None or self._closed:
+            return
+        try:
+            self._quic.handle_timer(now=self._loop.time())
+            self._process()
+        except Exception as exc:
+            self._shutdown(f"internal error: {exc!r}", error_code=ERROR_PROTOCOL)
+
+    def _process(self) -> None:
+        """Handle aioquic's events, then close or flush."""
+        quic = self._quic
+        assert quic is not None
+        try:
+            while (event := quic.next_event()) is not None:
+                if isinstance(event, events.ConnectionTerminated):
+                    self._on_terminated(event)
+                else:
+                    self._on_event(event)
+                if self._closed:
+                    return
+        except ProtocolError as exc:
+            self._shutdown(f"protocol error: {exc}", error_code=ERROR_PROTOCOL)
+            return
+        if quic.pin_error is not None:
+            self._shutdown(quic.pin_error, error_code=ERROR_HANDSHAKE)
+            return
+        ended = close_event(quic)
+        if ended is not None:  # CONNECTION_CLOSE seen: don't wait for the draining period
+            self._on_terminated(ended)
+            return
+        self._flush()
+
+    def _on_terminated(self, event: events.ConnectionTerminated) -> None:
+        code = event.error_code
+        reason = event.reason_phrase or "no reason given"
+        if 0x100 <= code < 0x200:
+            detail = f"{reason} (TLS alert {code - 0x100})"
+        elif event.frame_type is None and code == ERROR_NONE:
+            detail = reason
+        else:
+            detail = f"{reason} (QUIC error 0x{code:x})"
+        self._shutdown(f"connection closed: {detail}", notify=False)
+
+    def _flush(self) -> None:
+        """Send every datagram aioquic has ready and re-arm its timer."""
+        self._flush_handle = None
+        quic = self._quic
+        if quic is None or self._closed:
+            return
+        try:
+            for data, _addr in quic.datagrams_to_send(now=self._loop.time()):
+                self._ice.send_nowait(data)
+        except ConnectionError as exc:
+            self._shutdown(f"ICE path lost: {exc}", notify=False)
+            return
+        when = quic.get_timer()
+        timer = self._quic_timer
+        if timer is not None and (when is None or timer.when() != when):
+            timer.cancel()
+            self._quic_timer = timer = None
+        if when is not None and timer is None:
+            self._quic_timer = self._loop.call_at(when, self._on_quic_timer)
+
+    def _kick(self) -> None:
+        """Flush soon: coalesces everything queued in this loop iteration."""
+        if self._flush_handle is None and not self._closed:
+            self._flush_handle = self._loop.call_soon(self._flush)
+
+    # -- liveness -----------------------------------------------------------------------
+    def _on_ping_timer(self) -> None:
+        self._ping_timer = None
+        if self._closed or self._quic is None:
+            return
+        if self._loop.time() - self._last_rx >= self._ping_interval * 0.5:
+            self._ping_uid += 1
+            self._quic.send_ping(self._ping_uid)
+            self._kick()
+        self._ping_timer = self._loop.call_later(self._ping_interval, self._on_ping_timer)
+
+    def _on_live_timer(self) -> None:
+        self._live_timer = None
+        if self._closed:
+            return
+        deadline = self._last_rx + self._liveness_timeout
+        if self._loop.time() >= deadline:
+            self._shutdown(
+                f"peer silent for {self._liveness_timeout:g} s (liveness timeout)",
+                error_code=ERROR_LIVENESS,
+            )
+        else:
+            self._live_timer = self._loop.call_at(deadline, self._on_live_timer)
+
+    # -- teardown -----------------------------------------------------------------------
+    def _shutdown(
+        self,
+        reason: str,
+        *,
+        error_code: int = ERROR_NONE,
+        notify: bool = True,
+        peer_reason: str | None = None,
+    ) -> None:
+        """Close once: tell the peer (best effort), wake every waiter, drop every timer."""
+        if self._closed:
+            return
+        quic = self._quic
+        if quic is not None:
+            if notify:
+                quic.close(error_code=error_code, reason_phrase=peer_reason or reason[:200])
+            try:  # also sends a CONNECTION_CLOSE aioquic queued itself (e.g. a TLS alert)
+                for data, _addr in quic.datagrams_to_send(now=self._loop.time()):
+                    self._ice.send_nowait(data)
+            except Exception:
+                pass  # best effort: the path may be gone
+        self._closed = True
+        self.close_reason = reason
+        self._ice.set_datagram_handler(None)
+        for handle in (
+            self._flush_handle,
+            self._quic_timer,
+            self._ping_timer,
+            self._live_timer,
+            self._handshake_timer,
+        ):
+            if handle is not None:
+                handle.cancel()
+        self._flush_handle = self._quic_timer = self._ping_timer = None
+        self._live_timer = self._handshake_timer = None
+        if not self._ready.done():
+            self._ready.set_exception(HandshakeFailed(reason))
+        self._on_closed(reason)
+        self._quic = None  # release aioquic's buffers
+        if not self._closed_fut.done():
+            self._closed_fut.set_result(None)
