@@ -62,6 +62,8 @@ def test_add_rejects_bad_input(outbox: Outbox) -> None:
         outbox.add("not-a-fingerprint", b"y")
     with pytest.raises(ValueError):
         outbox.add(BOB, b"y", ttl_s=0)
+    with pytest.raises(ValueError):
+        outbox.add(BOB, b"y", ttl_s=31 * 24 * 3600)  # longer than an envelope may live
     with pytest.raises(MessageTooLarge):
         outbox.add(BOB, bytes(MAX_PAYLOAD + 1))
     assert outbox.get(mid) is not None and outbox.get(mid).payload == b"x"  # type: ignore[union-attr]

@@ -38,7 +38,13 @@ from typing import Any
 
 from tierlink.errors import MessageTooLarge, TierlinkError
 from tierlink.identity import is_fingerprint
-from tierlink.offline.envelope import DEFAULT_TTL_S, MAX_PAYLOAD, MESSAGE_ID_SIZE, new_message_id
+from tierlink.offline.envelope import (
+    DEFAULT_TTL_S,
+    MAX_PAYLOAD,
+    MAX_TTL_S,
+    MESSAGE_ID_SIZE,
+    new_message_id,
+)
 from tierlink.records import now_ms as _now_ms
 
 PENDING = "pending"
@@ -225,8 +231,8 @@ class Outbox(_Store):
             raise MessageTooLarge(
                 f"offline message of {len(payload)} bytes exceeds the {MAX_PAYLOAD}-byte limit"
             )
-        if ttl_s <= 0:
-            raise ValueError("ttl_s must be positive")
+        if not 0 < ttl_s <= MAX_TTL_S:
+            raise ValueError(f"ttl_s must be in (0, {MAX_TTL_S:.0f}] seconds, got {ttl_s}")
         mid = new_message_id() if message_id is None else bytes(message_id)
         if len(mid) != MESSAGE_ID_SIZE:
             raise ValueError(f"message id must be {MESSAGE_ID_SIZE} bytes")

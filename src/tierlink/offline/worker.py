@@ -1,0 +1,295 @@
+"""The offline tier at work: put envelopes in the DHT, re-put them, fetch, deliver, ack.
+
+Sender side: :meth:`OfflineTier.send` stores the message in the :class:`Outbox` (durable
+first), encrypts it into one signed envelope and puts it under the recipient's
+:func:`~tierlink.keys.offline_queue_key`. OpenDHT forgets a value 10 minutes after its put,
+so :meth:`OfflineTier.reput_due` puts the *same* envelope bytes again every
+:data:`~tierlink.offline.outbox.REPUT_INTERVAL_S` until an ack arrives under our
+:func:`~tierlink.keys.offline_acks_key` (:meth:`OfflineTier.check_acks`) or the message's TTL
+passes. Messages whose put failed stay ``pending`` and are retried by ``reput_due``.
+
+Receiver side: :meth:`OfflineTier.fetch_and_deliver` reads our queue key, runs the values
+through the :class:`Inbox` policy, hands each new message to the application callback,
+remembers it in the :class:`DeliveredLog` *after* the callback returned (at-least-once to
+the callback, once across restarts), then puts one ack per sender listing the delivered and
+re-sent ids. A re-sent message is acked again but delivered once.
+
+:meth:`OfflineTier.start` runs both sides in the background: listens on our queue and ack
+keys (with a fetch at start for what arrived while we were away) and a periodic loop for
+re-puts, expiry and pruning. Everything runs on one event loop (the stores are sqlite
+objects bound to their thread).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Protocol
+
+from tierlink.errors import DhtError, PeerNotFound, RecordError, TierlinkError
+from tierlink.identity import Identity
+from tierlink.keys import ice_candidates_key, offline_acks_key, offline_queue_key
+from tierlink.offline.ack import MAX_ACK_IDS, create_ack, open_ack
+from tierlink.offline.envelope import DEFAULT_TTL_S, ReceivedEnvelope, create_envelope
+from tierlink.offline.inbox import FetchResult, Inbox, InboxLimits
+from tierlink.offline.outbox import (
+    PENDING,
+    QUEUED_DHT,
+    REPUT_INTERVAL_S,
+    DeliveredLog,
+    Outbox,
+)
+from tierlink.records import RecordBook
+from tierlink.records import now_ms as _now_ms
+
+log = logging.getLogger(__name__)
+
+TIER = "dht"
+"""The tier name recorded in the outbox for deliveries acknowledged through the DHT."""
+
+Callback = Callable[[ReceivedEnvelope], Awaitable[None] | None]
+
+
+class Dht(Protocol):
+    """What the offline tier needs from a DHT client (:class:`tierlink.dht.DhtClient`)."""
+
+    async def put(self, key: str, value: bytes) -> None: ...
+    async def get(self, key: str) -> list[bytes]: ...
+    def listen(self, key: str) -> AsyncIterator[bytes]: ...
+
+
+class OfflineTier:
+    """Store-and-forward through the DHT for one identity; see the module docstring."""
+
+    def __init__(
+        self,
+        dht: Dht,
+        identity: Identity,
+        outbox: Outbox,
+        delivered_log: DeliveredLog,
+        *,
+        limits: InboxLimits | None = None,
+        reput_interval_s: float = REPUT_INTERVAL_S,
+    ) -> None:
+        self.dht = dht
+        self.me = identity
+        self.outbox = outbox
+        self.inbox = Inbox(identity, delivered_log, limits)
+        self.reput_interval_s = reput_interval_s
+        self.records = RecordBook()
+        self.errors = 0
+        """Background failures so far (DHT unreachable, callback raised); each is logged."""
+        self._fetch_lock = asyncio.Lock()
+        self._inflight: set[bytes] = set()  # ids whose put is under way (not retried twice)
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # -- sender side ----------------------------------------------------------------------
+    async def lookup_kem_key(self, fingerprint: str) -> bytes:
+        """The ML-KEM key from ``fingerprint``'s newest valid peer record in the DHT."""
+        values = await self.dht.get(ice_candidates_key(fingerprint))
+        rec = self.records.newest(values, fingerprint)
+        if rec is None or not rec.kem_public_key:
+            raise PeerNotFound(
+                f"no valid peer record with a KEM key for {fingerprint[:16]}… in the DHT; "
+                "the peer must have been online at least once"
+            )
+        return rec.kem_public_key
+
+    async def send(
+        self,
+        recipient: str,
+        payload: bytes,
+        ttl_s: float = DEFAULT_TTL_S,
+        recipient_kem_pk: bytes | None = None,
+    ) -> bytes:
+        """Store ``payload`` durably, then try to put it in the DHT; returns the message id.
+
+        A failed put (DHT unreachable, no peer record) leaves the message pending for
+        :meth:`reput_due`; the error is logged, not raised: the message is safe on disk.
+        """
+        mid = self.outbox.add(recipient, payload, ttl_s)
+        try:
+            await self.queue(mid, recipient_kem_pk)
+        except (DhtError, PeerNotFound) as exc:
+            self.errors += 1
+            log.warning("offline message %s stays pending: %s", mid.hex(), exc)
+        return mid
+
+    async def queue(self, message_id: bytes, recipient_kem_pk: bytes | None = None) -> bytes:
+        """Put one outbox message's envelope in the DHT (reusing a stored one); returns it.
+
+        Raises KeyError for an unknown id, ValueError if it is no longer undelivered,
+        PeerNotFound / DhtError when the DHT cannot be used.
+        """
+        entry = self.outbox.get(message_id)
+        if entry is None:
+            raise KeyError(message_id.hex())
+        if entry.state not in (PENDING, QUEUED_DHT):
+            raise ValueError(f"message {message_id.hex()} is {entry.state}")
+        self._inflight.add(entry.message_id)
+        try:
+            value = entry.envelope
+            if value is None:
+                kem = recipient_kem_pk or await self.lookup_kem_key(entry.recipient)
+                ttl_s = (entry.expires_ms - entry.created_ms) / 1000
+                value, _ = create_envelope(
+                    self.me, entry.recipient, kem, entry.payload, ttl_s, entry.message_id,
+                    created_at_ms=entry.created_ms,
+                )
+            await self.dht.put(offline_queue_key(entry.recipient), value)
+        finally:
+            self._inflight.discard(entry.message_id)
+        self.outbox.mark_queued(message_id, value)
+        return value
+
+    async def reput_due(self, now_ms: int | None = None) -> int:
+        """Expire old messages, re-put due envelopes, retry unsent ones; returns puts made."""
+        t = _now_ms() if now_ms is None else now_ms
+        self.outbox.expire(t)
+        due = self.outbox.due_for_reput(t, self.reput_interval_s)
+        unsent = [e for e in self.outbox.pending(now_ms=t) if e.state == PENDING]
+        puts = 0
+        for entry in [*due, *unsent]:
+            if entry.message_id in self._inflight:  # send() or a listen is putting it now
+                continue
+            try:
+                await self.queue(entry.message_id)
+                puts += 1
+            except (DhtError, PeerNotFound) as exc:
+                self.errors += 1
+                log.warning("offline message %s not put: %s", entry.message_id.hex(), exc)
+        return puts
+
+    async def check_acks(self, values: list[bytes] | None = None) -> int:
+        """Read acks for us (or handle ``values``); returns messages newly marked delivered.
+
+        An id counts only if the ack's signer is the message's recipient.
+        """
+        if values is None:
+            values = await self.dht.get(offline_acks_key(self.me.fingerprint))
+        marked = 0
+        for value in values:
+            try:
+                ack = open_ack(value, self.me.fingerprint)
+            except RecordError as exc:
+                log.debug("ignoring ack: %s", exc)
+                continue
+            for mid in ack.message_ids:
+                entry = self.outbox.get(mid)
+                if entry is not None and entry.recipient == ack.recipient_fingerprint:
+                    marked += self.outbox.mark_delivered(mid, TIER)
+        return marked
+
+    # -- receiver side --------------------------------------------------------------------
+    async def fetch_and_deliver(
+        self, callback: Callback, values: list[bytes] | None = None
+    ) -> FetchResult:
+        """Fetch our queue (or take ``values``), deliver new messages, ack; returns the result.
+
+        A callback that raises leaves its message unremembered and unacked (the sender
+        re-puts it, we retry later); it is logged and counted as ``callback_error``.
+        """
+        async with self._fetch_lock:  # a listen value and a fetch must not both deliver
+            if values is None:
+                values = await self.dht.get(offline_queue_key(self.me.fingerprint))
+            res = self.inbox.process(values)
+            delivered: list[ReceivedEnvelope] = []
+            for env in res.accepted:
+                try:
+                    result = callback(env)
+                    if inspect.isawaitable(result):
+                        await result
+                except Exception:
+                    self.errors += 1
+                    res.rejected["callback_error"] += 1
+                    log.exception("offline message callback failed; will retry")
+                    continue
+                self.inbox.delivered(env)
+                delivered.append(env)
+            for sender, ids in res.ack_ids(delivered).items():
+                for i in range(0, len(ids), MAX_ACK_IDS):
+                    ack = create_ack(self.me, sender, ids[i : i + MAX_ACK_IDS])
+                    await self.dht.put(offline_acks_key(sender), ack)
+            return res
+
+    # -- background -----------------------------------------------------------------------
+    def start(self, callback: Callback, *, maintenance_s: float | None = None) -> None:
+        """Run listens on our queue and ack keys plus periodic re-puts, until :meth:`stop`."""
+        if self._tasks:
+            raise RuntimeError("the offline tier is already running")
+        period = maintenance_s if maintenance_s is not None else self.reput_interval_s / 4
+        self._tasks = [
+            asyncio.create_task(self._listen_queue(callback), name="offline-queue"),
+            asyncio.create_task(self._listen_acks(), name="offline-acks"),
+            asyncio.create_task(self._maintain(period), name="offline-maintenance"),
+        ]
+
+    async def stop(self) -> None:
+        """Cancel the background tasks and wait for them."""
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _retrying(self, what: str, body: Callable[[], Awaitable[None]]) -> None:
+        """Run ``body`` forever; log any failure and retry with backoff (a background task
+        must not die silently)."""
+        delay = 1.0
+        while True:
+            try:
+                await body()
+                delay = 1.0
+            except TierlinkError as exc:
+                self.errors += 1
+                log.warning("offline %s: %s; retrying in %.0f s", what, exc, delay)
+            except Exception:
+                self.errors += 1
+                log.exception("offline %s failed; retrying in %.0f s", what, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 60.0)
+
+    async def _listen_queue(self, callback: Callback) -> None:
+        async def body() -> None:
+            # The listen yields the values already stored first (what arrived while we
+            # were away), then new ones; each is processed as it comes.
+            it = self.dht.listen(offline_queue_key(self.me.fingerprint))
+            try:
+                async for value in it:
+                    await self.fetch_and_deliver(callback, [value])
+            finally:
+                await _aclose(it)
+
+        await self._retrying("queue listen", body)
+
+    async def _listen_acks(self) -> None:
+        async def body() -> None:
+            it = self.dht.listen(offline_acks_key(self.me.fingerprint))
+            try:
+                async for value in it:
+                    await self.check_acks([value])
+            finally:
+                await _aclose(it)
+
+        await self._retrying("ack listen", body)
+
+    async def _maintain(self, period: float) -> None:
+        async def body() -> None:
+            while True:
+                await self.check_acks()
+                await self.reput_due()
+                self.outbox.prune()
+                self.inbox.log.prune()
+                await asyncio.sleep(period)
+
+        await self._retrying("maintenance", body)
+
+
+async def _aclose(it: object) -> None:
+    close = getattr(it, "aclose", None)
+    if close is not None:
+        await close()

@@ -1,0 +1,216 @@
+"""The offline tier against real dhtnode processes on 127.0.0.1 (no mocks of OpenDHT)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tierlink.dht import DhtClient, DhtNodeProcess
+from tierlink.errors import PeerNotFound
+from tierlink.identity import Identity
+from tierlink.keys import ice_candidates_key, offline_queue_key
+from tierlink.offline.envelope import ReceivedEnvelope
+from tierlink.offline.outbox import DELIVERED, PENDING, QUEUED_DHT, DeliveredLog, Outbox
+from tierlink.offline.worker import OfflineTier
+from tierlink.records import PeerRecord, now_ms
+
+
+@dataclass
+class Peer:
+    ident: Identity
+    dht: DhtClient
+    outbox: Outbox
+    log: DeliveredLog
+    tier: OfflineTier
+    got: list[ReceivedEnvelope]
+
+    async def deliver(self, env: ReceivedEnvelope) -> None:
+        self.got.append(env)
+
+
+def make_peer(node: DhtNodeProcess, db: Path, ident: Identity | None = None) -> Peer:
+    ident = ident or Identity.generate()
+    dht = DhtClient(node.proxy_url)
+    outbox = Outbox(db, synchronous="NORMAL")
+    log = DeliveredLog(db, synchronous="NORMAL")
+    return Peer(ident, dht, outbox, log, OfflineTier(dht, ident, outbox, log), [])
+
+
+@pytest.fixture
+async def peers(
+    dht_cluster: list[DhtNodeProcess], tmp_path: Path
+) -> AsyncIterator[tuple[Peer, Peer]]:
+    alice = make_peer(dht_cluster[0], tmp_path / "alice.sqlite")
+    bob = make_peer(dht_cluster[2], tmp_path / "bob.sqlite")
+    try:
+        yield alice, bob
+    finally:
+        for p in (alice, bob):
+            await p.tier.stop()
+            await p.dht.close()
+            p.outbox.close()
+            p.log.close()
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], tries: int = 100) -> bool:
+    """Poll ``check`` (bounded: the DHT propagates asynchronously)."""
+    for _ in range(tries):
+        if await check():
+            return True
+        await asyncio.sleep(0.1)
+    return False
+
+
+async def test_send_fetch_ack_round_trip(peers: tuple[Peer, Peer]) -> None:
+    alice, bob = peers
+    mid = await alice.tier.send(bob.ident.fingerprint, b"while you were out",
+                                recipient_kem_pk=bob.ident.kem_public_key)
+    entry = alice.outbox.get(mid)
+    assert entry is not None and entry.state == QUEUED_DHT and entry.attempts == 1
+
+    async def fetched() -> bool:
+        await bob.tier.fetch_and_deliver(bob.deliver)
+        return bool(bob.got)
+
+    assert await eventually(fetched)
+    assert [(e.payload, e.message_id, e.sender_fingerprint) for e in bob.got] == [
+        (b"while you were out", mid, alice.ident.fingerprint)
+    ]
+    assert bob.log.seen(alice.ident.fingerprint, mid)
+
+    async def acked() -> bool:
+        return await alice.tier.check_acks() > 0
+
+    assert await eventually(acked)
+    entry = alice.outbox.get(mid)
+    assert entry is not None and (entry.state, entry.tier) == (DELIVERED, "dht")
+
+    # A re-put (the sender missed the ack) is acked again but not delivered again.
+    res = await bob.tier.fetch_and_deliver(bob.deliver)
+    assert len(bob.got) == 1 and res.rejected["replay"] >= 1
+
+
+async def test_kem_key_from_peer_record_and_missing_record(peers: tuple[Peer, Peer]) -> None:
+    alice, bob = peers
+    with pytest.raises(PeerNotFound):
+        await alice.tier.lookup_kem_key(bob.ident.fingerprint)
+    # Without a peer record the message stays pending, safe on disk.
+    mid = await alice.tier.send(bob.ident.fingerprint, b"early")
+    assert alice.outbox.get(mid).state == PENDING  # type: ignore[union-attr]
+    assert alice.tier.errors == 1
+
+    record = PeerRecord.create(bob.ident, seq=1).encode(bob.ident)
+    await bob.dht.put(ice_candidates_key(bob.ident.fingerprint), record)
+
+    async def queued() -> bool:
+        await alice.tier.reput_due()
+        return alice.outbox.get(mid).state == QUEUED_DHT  # type: ignore[union-attr]
+
+    assert await eventually(queued)
+
+    async def fetched() -> bool:
+        await bob.tier.fetch_and_deliver(bob.deliver)
+        return bool(bob.got)
+
+    assert await eventually(fetched)
+    assert bob.got[0].payload == b"early"
+
+
+async def test_reput_reuses_the_same_signed_value(peers: tuple[Peer, Peer]) -> None:
+    alice, bob = peers
+    mid = await alice.tier.send(bob.ident.fingerprint, b"again",
+                                recipient_kem_pk=bob.ident.kem_public_key)
+    first = alice.outbox.get(mid)
+    assert first is not None and first.envelope is not None
+    assert await alice.tier.reput_due() == 0  # not due yet
+    later = now_ms() + 301_000
+    assert await alice.tier.reput_due(now_ms=later) == 1
+    again = alice.outbox.get(mid)
+    assert again is not None and again.attempts == 2 and again.envelope == first.envelope
+
+    async def stored() -> bool:
+        return first.envelope in await bob.dht.get(offline_queue_key(bob.ident.fingerprint))
+
+    assert await eventually(stored)
+    values = await bob.dht.get(offline_queue_key(bob.ident.fingerprint))
+    assert set(values) == {first.envelope}
+
+
+async def test_outbox_survives_restart_and_is_reput(
+    dht_cluster: list[DhtNodeProcess], tmp_path: Path
+) -> None:
+    bob_ident = Identity.generate()
+    db = tmp_path / "alice.sqlite"
+    alice = make_peer(dht_cluster[0], db)
+    try:
+        mid = alice.outbox.add(bob_ident.fingerprint, b"queued before restart")
+    finally:
+        await alice.dht.close()
+        alice.outbox.close()
+        alice.log.close()
+    alice2 = make_peer(dht_cluster[1], db, alice.ident)
+    bob = make_peer(dht_cluster[2], tmp_path / "bob.sqlite", bob_ident)
+    try:
+        await bob.dht.put(ice_candidates_key(bob_ident.fingerprint),
+                          PeerRecord.create(bob_ident, seq=1).encode(bob_ident))
+
+        async def queued() -> bool:
+            await alice2.tier.reput_due()
+            return alice2.outbox.get(mid).state == QUEUED_DHT  # type: ignore[union-attr]
+
+        assert await eventually(queued)
+
+        async def fetched() -> bool:
+            await bob.tier.fetch_and_deliver(bob.deliver)
+            return bool(bob.got)
+
+        assert await eventually(fetched)
+        assert bob.got[0].message_id == mid
+    finally:
+        for p in (alice2, bob):
+            await p.dht.close()
+            p.outbox.close()
+            p.log.close()
+
+
+async def test_background_listen_delivers_and_marks_delivered(
+    peers: tuple[Peer, Peer],
+) -> None:
+    alice, bob = peers
+    bob.tier.start(bob.deliver)
+    alice.tier.start(alice.deliver)
+    await asyncio.sleep(0.3)  # let the listens register (not a timing assertion)
+    mids = [
+        await alice.tier.send(bob.ident.fingerprint, b"live %d" % i,
+                              recipient_kem_pk=bob.ident.kem_public_key)
+        for i in range(3)
+    ]
+
+    async def all_delivered() -> bool:
+        return all(alice.outbox.get(m).state == DELIVERED for m in mids)  # type: ignore[union-attr]
+
+    assert await eventually(all_delivered, tries=150)
+    assert sorted(e.payload for e in bob.got) == [b"live 0", b"live 1", b"live 2"]
+    assert bob.tier.errors == 0 and alice.tier.errors == 0
+
+
+async def test_failing_callback_is_retried_not_lost(peers: tuple[Peer, Peer]) -> None:
+    alice, bob = peers
+    mid = await alice.tier.send(bob.ident.fingerprint, b"retry me",
+                                recipient_kem_pk=bob.ident.kem_public_key)
+
+    def broken(env: ReceivedEnvelope) -> None:
+        raise RuntimeError("application not ready")
+
+    async def tried() -> bool:
+        res = await bob.tier.fetch_and_deliver(broken)
+        return res.rejected["callback_error"] > 0
+
+    assert await eventually(tried)
+    assert not bob.log.seen(alice.ident.fingerprint, mid)
+    res = await bob.tier.fetch_and_deliver(bob.deliver)
+    assert [e.payload for e in bob.got] == [b"retry me"] and len(res.accepted) == 1
