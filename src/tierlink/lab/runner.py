@@ -28,6 +28,16 @@ from tierlink.lab.topology import INTERNET_IP, Lab, PresetMismatch, Site
 PATH_ORDER = ("host", "srflx", "prflx", "relay")
 DIRECT_PATHS = ("host", "srflx", "prflx")
 ProgressCallback = Callable[[dict[str, Any]], None]
+
+#: A reduced matrix: every preset at least once, including both pairs that need a relay.
+REDUCED_PAIRS: tuple[tuple[str, str], ...] = (
+    ("open", "full-cone"),
+    ("restricted", "symmetric"),
+    ("port-restricted", "symmetric"),
+    ("symmetric", "symmetric"),
+    ("double", "port-restricted"),
+    ("hairpin", "hairpin"),
+)
 Endpoint = tuple[str, str]  # (namespace, LAN address)
 
 

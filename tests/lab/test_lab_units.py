@@ -1,0 +1,130 @@
+"""Lab logic that needs no root: classifications, expectations, rulesets, report writers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tierlink.lab import nat
+from tierlink.lab.netns import LabError, check_address
+from tierlink.lab.probe import classify_filtering, classify_mapping
+from tierlink.lab.report import outcome, write_reports
+from tierlink.lab.runner import (
+    REDUCED_PAIRS,
+    default_pairs,
+    direct_possible,
+    expected_cell,
+    path_of,
+    summarize_cell,
+)
+
+P, A = "203.0.113.1:40001", "203.0.113.2"
+DESTS = [P, f"{A}:40001", f"{A}:40002"]
+
+
+def test_mapping_classes() -> None:
+    local = "198.18.1.2:5000"
+    same = dict.fromkeys(DESTS, "203.0.113.11:5000")
+    assert classify_mapping(local, same, DESTS) == nat.EIM
+    assert classify_mapping("203.0.113.101:7", dict.fromkeys(DESTS, "203.0.113.101:7"),
+                            DESTS) == nat.NO_NAT
+    adm = {P: "x:1", DESTS[1]: "x:2", DESTS[2]: "x:2"}
+    assert classify_mapping(local, adm, DESTS) == nat.ADM
+    apdm = {P: "x:1", DESTS[1]: "x:2", DESTS[2]: "x:3"}
+    assert classify_mapping(local, apdm, DESTS) == nat.APDM
+    assert classify_mapping(local, {**same, P: None}, DESTS) == "unknown"
+
+
+def test_filtering_classes() -> None:
+    assert classify_filtering([P, f"{A}:40001"], P, A) == nat.EIF
+    assert classify_filtering([P, "203.0.113.1:40002"], P, A) == nat.ADF
+    assert classify_filtering([P], P, A) == nat.APDF
+    assert classify_filtering([], P, A) == "blocked"
+
+
+def test_expectations_match_the_brief() -> None:
+    plain = [p for p in nat.PRESETS if p != "hairpin"]
+    blocked = {frozenset(p) for p in [("port-restricted", "symmetric"),
+                                      ("symmetric", "symmetric"), ("double", "symmetric")]}
+    for a, b in default_pairs(plain):
+        assert direct_possible(a, b) == (frozenset((a, b)) not in blocked), (a, b)
+        assert expected_cell(a, b, True)["connects"]
+    assert expected_cell("symmetric", "symmetric", True)["paths"] == ["relay"]
+    assert not expected_cell("port-restricted", "symmetric", False)["connects"]
+    assert expected_cell("hairpin", "hairpin", False)["paths"] == ["host"]
+    assert ("hairpin", "hairpin") in default_pairs(list(nat.PRESETS))
+    assert not any("hairpin" in p and p != ("hairpin", "hairpin")
+                   for p in default_pairs(list(nat.PRESETS)))
+    assert {p for pair in REDUCED_PAIRS for p in pair} == set(nat.PRESETS)
+
+
+def test_path_of_takes_the_most_indirect_end() -> None:
+    assert path_of("host", "srflx") == "srflx"
+    assert path_of("host", "relay", "prflx") == "relay"
+    assert path_of(None, None) == "none"
+
+
+def test_summarize_cell_flags_unexpected_outcomes() -> None:
+    ok = {"ok": True, "path": "srflx", "connect_ms": 40.0}
+    cell = summarize_cell("open", "full-cone", False, [ok, {**ok, "connect_ms": 60.0}])
+    assert cell["successes"] == 2 and cell["path"] == "srflx" and cell["tier"] == "direct"
+    assert cell["connect_ms_median"] == 50.0 and cell["as_expected"]
+    relay = {"ok": True, "path": "relay", "connect_ms": 300.0}
+    assert not summarize_cell("open", "full-cone", True, [relay])["as_expected"]
+    fail = {"ok": False, "path": "none", "error": "ice: TimeoutError"}
+    bad = summarize_cell("symmetric", "symmetric", False, [fail])
+    assert bad["as_expected"] and bad["path"] == "none" and bad["errors"]
+    assert not summarize_cell("symmetric", "symmetric", True, [fail])["as_expected"]
+
+
+def test_rulesets_carry_the_eim_fix() -> None:
+    for preset in ("full-cone", "restricted", "port-restricted", "symmetric"):
+        rules = nat.rules_for(preset, host="198.18.1.2")
+        assert 'iifname "wan" ct state new drop' in rules
+    assert "fully-random" in nat.rules_for("symmetric", host="198.18.1.2")
+    assert "fully-random" not in nat.rules_for("port-restricted", host="198.18.1.2")
+    assert "@contacted" in nat.rules_for("restricted", host="198.18.1.2")
+    with pytest.raises(ValueError):
+        nat.rules_for("open", host="198.18.1.2")
+
+
+def test_addresses_outside_the_lab_ranges_are_refused() -> None:
+    check_address("198.18.3.2/24")
+    check_address("203.0.113.9")
+    for bad in ("10.0.0.1/8", "192.168.1.1", "172.16.0.1", "8.8.8.8"):
+        with pytest.raises(LabError):
+            check_address(bad)
+
+
+def _sample() -> dict[str, object]:
+    cells = [
+        {"a": "open", "b": "full-cone", "turn": False, "attempts": 2, "successes": 2,
+         "path": "srflx", "tier": "direct", "connect_ms_median": 41.5, "as_expected": True},
+        {"a": "symmetric", "b": "symmetric", "turn": False, "attempts": 2, "successes": 0,
+         "path": "none", "tier": "none", "connect_ms_median": None, "as_expected": True},
+        {"a": "symmetric", "b": "symmetric", "turn": True, "attempts": 2, "successes": 2,
+         "path": "relay", "tier": "relay", "connect_ms_median": 512.0, "as_expected": True},
+        {"a": "open", "b": "symmetric", "turn": True, "attempts": 2, "successes": 1,
+         "path": "srflx", "tier": "direct", "connect_ms_median": 80.0, "as_expected": False},
+    ]
+    presets = {"open": {"mapping": "no-nat", "filtering": "endpoint-independent", "ok": True}}
+    return {"cells": cells, "presets": presets}
+
+
+def test_outcome_classes() -> None:
+    kinds = [outcome(c) for c in _sample()["cells"]]  # type: ignore[attr-defined]
+    assert kinds == ["direct", "failed", "relay", "partial"]
+
+
+def test_report_writers(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    result = _sample()
+    written = write_reports(result, tmp_path)
+    assert json.loads(written["json"].read_text()) == result
+    md = written["md"].read_text()
+    assert "| symmetric | symmetric | on | 2/2 | relay | relay | 512 ms | relay | yes |" in md
+    assert "| open | symmetric | on | 1/2 | srflx | direct | 80 ms | partial | **NO** |" in md
+    png = written["png"].read_bytes()
+    assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 10_000
