@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -27,9 +28,9 @@ def env(sender: Identity, payload: bytes = b"m", mid: bytes | None = None,
 
 
 @pytest.fixture
-def log(tmp_path: Path) -> DeliveredLog:
+def log(tmp_path: Path) -> Iterator[DeliveredLog]:
     d = DeliveredLog(tmp_path / "offline.sqlite", synchronous="NORMAL")
-    yield d  # type: ignore[misc]
+    yield d
     d.close()
 
 

@@ -10,6 +10,7 @@ import stat
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -38,9 +39,9 @@ def db(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def outbox(db: Path) -> Outbox:
+def outbox(db: Path) -> Iterator[Outbox]:
     ob = Outbox(db)
-    yield ob  # type: ignore[misc]
+    yield ob
     ob.close()
 
 

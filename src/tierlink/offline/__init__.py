@@ -5,7 +5,8 @@ A sender that cannot reach a peer directly encrypts the message into a signed
 re-putting it until the peer's signed :mod:`~tierlink.offline.ack` arrives or the message
 expires; the :mod:`~tierlink.offline.outbox` keeps that state across restarts. The receiver
 runs each fetch through the :mod:`~tierlink.offline.inbox` policy and remembers what it
-delivered so a re-sent message reaches the application once.
+delivered so a re-sent message reaches the application once. The
+:mod:`~tierlink.offline.worker` (:class:`OfflineTier`) drives both sides through the DHT.
 """
 
 from tierlink.offline.ack import ReceivedAck, create_ack, open_ack
@@ -17,6 +18,7 @@ from tierlink.offline.envelope import (
 )
 from tierlink.offline.inbox import FetchResult, Inbox, InboxLimits
 from tierlink.offline.outbox import DeliveredLog, Outbox, OutboxEntry, StoreError
+from tierlink.offline.worker import OfflineTier
 
 __all__ = [
     "MAX_PAYLOAD",
@@ -24,6 +26,7 @@ __all__ = [
     "FetchResult",
     "Inbox",
     "InboxLimits",
+    "OfflineTier",
     "Outbox",
     "OutboxEntry",
     "ReceivedAck",
