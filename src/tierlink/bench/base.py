@@ -13,6 +13,7 @@ import json
 import sys
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from typing import Any, BinaryIO
 
 JsonDict = dict[str, Any]
@@ -79,6 +80,28 @@ class BenchConn(ABC):
     @abstractmethod
     async def recv_datagram(self, timeout: float) -> bytes:
         """The next datagram."""
+
+    def start_datagram_sink(self, handler: Callable[[bytes], None]) -> Callable[[], None]:
+        """Feed every received datagram to ``handler``; returns the function that stops it.
+
+        Default: a task looping on :meth:`recv_datagram`. A system with a native receive
+        callback overrides this, so its datagram ceiling is not the harness's loop overhead.
+        """
+
+        async def pump() -> None:
+            while True:
+                try:
+                    data = await self.recv_datagram(3600.0)
+                except TimeoutError:
+                    continue
+                handler(data)
+
+        task = asyncio.get_running_loop().create_task(pump())
+
+        def stop() -> None:
+            task.cancel()
+
+        return stop
 
     def datagram_backlog(self) -> int:
         """Bytes of datagrams queued in this process, not yet on the wire (0 if unknown).

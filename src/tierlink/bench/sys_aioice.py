@@ -9,6 +9,7 @@ reliable protocol built on it.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 from aioice import Candidate
 
@@ -39,6 +40,11 @@ class IceBenchConn(BenchConn):
 
     async def recv_datagram(self, timeout: float) -> bytes:
         return await recv_from_queue(self.queue, timeout)
+
+    def start_datagram_sink(self, handler: Callable[[bytes], None]) -> Callable[[], None]:
+        """aioice's own receive callback (through the adapter): no queue, no task."""
+        self.ice.set_datagram_handler(handler)
+        return lambda: self.ice.set_datagram_handler(self.queue.put_nowait)
 
     async def close(self) -> None:
         await self.ice.close()

@@ -45,14 +45,21 @@ class TierlinkBenchConn(BenchConn):
         return sent
 
     async def recv(self, timeout: float) -> bytes:
-        data: bytes = await self.conn.recv(timeout=timeout)
+        data: bytes | None = await self.conn.recv(timeout=timeout)
+        if data is None:  # tierlink's recv returns None on timeout
+            raise TimeoutError
         return data
 
     def send_datagram(self, data: bytes) -> None:
-        self.conn.send_datagram(data)
+        send = getattr(self.conn, "send_datagram", None)
+        if send is None:
+            raise NotImplementedError("tierlink Connection has no send_datagram yet")
+        send(data)
 
     async def recv_datagram(self, timeout: float) -> bytes:
-        data: bytes = await self.conn.recv_datagram(timeout=timeout)
+        data: bytes | None = await self.conn.recv_datagram(timeout=timeout)
+        if data is None:
+            raise TimeoutError
         return data
 
     async def close(self) -> None:

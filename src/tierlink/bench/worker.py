@@ -66,7 +66,7 @@ class Worker:
         self.dg_counts: dict[int, int] = {}
         self.dg_first: dict[int, float] = {}
         self.dg_last: dict[int, float] = {}
-        self.dg_task: asyncio.Task[None] | None = None
+        self.dg_stop: Callable[[], None] | None = None
         self.idle_task: asyncio.Task[bytes] | None = None
 
     @property
@@ -141,25 +141,18 @@ class Worker:
             nbytes += len(data)
         return {"received": received, "bytes": nbytes, "t_first": t_first, "t_last": t_last}
 
-    async def _count_datagrams(self) -> None:
-        conn = self.conn
-        counts, first, last = self.dg_counts, self.dg_first, self.dg_last
-        while True:
-            try:
-                data = await conn.recv_datagram(3600.0)
-            except TimeoutError:
-                continue
-            t = now()
-            trial = DATAGRAM_HEADER.unpack_from(data)[0]
-            n = counts.get(trial, 0)
-            if n == 0:
-                first[trial] = t
-            counts[trial] = n + 1
-            last[trial] = t
+    def _count_datagram(self, data: bytes) -> None:
+        t = now()
+        trial = DATAGRAM_HEADER.unpack_from(data)[0]
+        n = self.dg_counts.get(trial, 0)
+        if n == 0:
+            self.dg_first[trial] = t
+        self.dg_counts[trial] = n + 1
+        self.dg_last[trial] = t
 
     async def cmd_dg_listen(self, p: JsonDict) -> JsonDict:
-        if self.dg_task is None:
-            self.dg_task = asyncio.create_task(self._count_datagrams())
+        if self.dg_stop is None:
+            self.dg_stop = self.conn.start_datagram_sink(self._count_datagram)
         return {}
 
     async def cmd_dg_send(self, p: JsonDict) -> JsonDict:
@@ -204,9 +197,9 @@ class Worker:
     async def cmd_idle(self, p: JsonDict) -> JsonDict:
         """CPU of this process over ``seconds`` while a task is blocked in recv."""
         seconds = float(p["seconds"])
-        if self.dg_task is not None:
-            self.dg_task.cancel()
-            self.dg_task = None
+        if self.dg_stop is not None:
+            self.dg_stop()
+            self.dg_stop = None
         gc.collect()
         self.idle_task = asyncio.create_task(self.conn.recv(seconds + 60.0))
         await asyncio.sleep(0.5)
@@ -243,9 +236,10 @@ class Worker:
         return {"closed": len(conns)}
 
     async def cmd_shutdown(self, p: JsonDict) -> JsonDict:
-        for task in (self.dg_task, self.idle_task):
-            if task is not None:
-                task.cancel()
+        if self.dg_stop is not None:
+            self.dg_stop()
+        if self.idle_task is not None:
+            self.idle_task.cancel()
         await self.cmd_mem_close(p)
         if self.main is not None:
             await self.main.close()
