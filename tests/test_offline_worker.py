@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -14,6 +15,7 @@ from tierlink.errors import PeerNotFound
 from tierlink.identity import Identity
 from tierlink.keys import ice_candidates_key, offline_queue_key
 from tierlink.offline.envelope import ReceivedEnvelope
+from tierlink.offline.inbox import InboxLimits
 from tierlink.offline.outbox import DELIVERED, PENDING, QUEUED_DHT, DeliveredLog, Outbox
 from tierlink.offline.worker import OfflineTier
 from tierlink.records import PeerRecord, now_ms
@@ -32,12 +34,14 @@ class Peer:
         self.got.append(env)
 
 
-def make_peer(node: DhtNodeProcess, db: Path, ident: Identity | None = None) -> Peer:
+def make_peer(
+    node: DhtNodeProcess, db: Path, ident: Identity | None = None, **kw: Any
+) -> Peer:
     ident = ident or Identity.generate()
     dht = DhtClient(node.proxy_url)
     outbox = Outbox(db, synchronous="NORMAL")
     log = DeliveredLog(db, synchronous="NORMAL")
-    return Peer(ident, dht, outbox, log, OfflineTier(dht, ident, outbox, log), [])
+    return Peer(ident, dht, outbox, log, OfflineTier(dht, ident, outbox, log, **kw), [])
 
 
 @pytest.fixture
@@ -214,3 +218,36 @@ async def test_failing_callback_is_retried_not_lost(peers: tuple[Peer, Peer]) ->
     assert not bob.log.seen(alice.ident.fingerprint, mid)
     res = await bob.tier.fetch_and_deliver(bob.deliver)
     assert [e.payload for e in bob.got] == [b"retry me"] and len(res.accepted) == 1
+
+
+async def test_capped_burst_is_deferred_not_lost(
+    dht_cluster: list[DhtNodeProcess], tmp_path: Path
+) -> None:
+    # Bob takes one message per sender per fetch; the rest are not acked, so Alice re-puts
+    # them (every second here instead of every 5 minutes) until each got through, once.
+    alice = make_peer(dht_cluster[0], tmp_path / "a.sqlite", reput_interval_s=1.0)
+    bob = make_peer(dht_cluster[2], tmp_path / "b.sqlite",
+                    limits=InboxLimits(max_envelopes_per_sender=1))
+    try:
+        mids = [
+            await alice.tier.send(bob.ident.fingerprint, b"burst %d" % i,
+                                  recipient_kem_pk=bob.ident.kem_public_key)
+            for i in range(3)
+        ]
+        alice.tier.start(alice.deliver, maintenance_s=0.5)
+        bob.tier.start(bob.deliver)
+
+        async def all_delivered() -> bool:
+            return all(alice.outbox.get(m).state == DELIVERED  # type: ignore[union-attr]
+                       for m in mids)
+
+        assert await eventually(all_delivered, tries=200)
+        assert sorted(e.payload for e in bob.got) == [b"burst 0", b"burst 1", b"burst 2"]
+        assert bob.tier.errors == 0 and alice.tier.errors == 0
+        print("bob's rejections:", dict(bob.tier.inbox.rejected))
+    finally:
+        for p in (alice, bob):
+            await p.tier.stop()
+            await p.dht.close()
+            p.outbox.close()
+            p.log.close()

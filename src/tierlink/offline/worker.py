@@ -85,6 +85,8 @@ class OfflineTier:
         self._fetch_lock = asyncio.Lock()
         self._inflight: set[bytes] = set()  # ids whose put is under way (not retried twice)
         self._tasks: list[asyncio.Task[None]] = []
+        self._incoming: list[bytes] = []
+        self._wake = asyncio.Event()
 
     # -- sender side ----------------------------------------------------------------------
     async def lookup_kem_key(self, fingerprint: str) -> bytes:
@@ -222,7 +224,8 @@ class OfflineTier:
             raise RuntimeError("the offline tier is already running")
         period = maintenance_s if maintenance_s is not None else self.reput_interval_s / 4
         self._tasks = [
-            asyncio.create_task(self._listen_queue(callback), name="offline-queue"),
+            asyncio.create_task(self._listen_queue(), name="offline-queue"),
+            asyncio.create_task(self._deliver_incoming(callback), name="offline-deliver"),
             asyncio.create_task(self._listen_acks(), name="offline-acks"),
             asyncio.create_task(self._maintain(period), name="offline-maintenance"),
         ]
@@ -253,18 +256,35 @@ class OfflineTier:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 60.0)
 
-    async def _listen_queue(self, callback: Callback) -> None:
+    async def _listen_queue(self) -> None:
         async def body() -> None:
             # The listen yields the values already stored first (what arrived while we
-            # were away), then new ones; each is processed as it comes.
+            # were away), then new ones. They pile up in a buffer while a batch is being
+            # delivered, so a burst is one fetch: the per-fetch caps apply and each sender
+            # gets one ack, not one per value.
             it = self.dht.listen(offline_queue_key(self.me.fingerprint))
             try:
                 async for value in it:
-                    await self.fetch_and_deliver(callback, [value])
+                    if len(self._incoming) >= self.inbox.limits.max_values_per_fetch:
+                        self.inbox.rejected["deferred"] += 1  # not acked: it comes again
+                        continue
+                    self._incoming.append(value)
+                    self._wake.set()
             finally:
                 await _aclose(it)
 
         await self._retrying("queue listen", body)
+
+    async def _deliver_incoming(self, callback: Callback) -> None:
+        async def body() -> None:
+            while True:
+                await self._wake.wait()
+                self._wake.clear()
+                batch, self._incoming = self._incoming, []
+                if batch:
+                    await self.fetch_and_deliver(callback, batch)
+
+        await self._retrying("delivery", body)
 
     async def _listen_acks(self) -> None:
         async def body() -> None:
