@@ -13,7 +13,8 @@ import pytest
 from tierlink.dht import DhtClient, DhtNodeProcess
 from tierlink.errors import PeerNotFound
 from tierlink.identity import Identity
-from tierlink.keys import ice_candidates_key, offline_queue_key
+from tierlink.keys import ice_candidates_key, offline_acks_key, offline_queue_key
+from tierlink.offline.ack import create_ack
 from tierlink.offline.envelope import ReceivedEnvelope
 from tierlink.offline.inbox import InboxLimits
 from tierlink.offline.outbox import DELIVERED, PENDING, QUEUED_DHT, DeliveredLog, Outbox
@@ -251,3 +252,27 @@ async def test_capped_burst_is_deferred_not_lost(
             await p.dht.close()
             p.outbox.close()
             p.log.close()
+
+
+async def test_ack_from_a_stranger_does_not_mark_delivered(peers: tuple[Peer, Peer]) -> None:
+    alice, bob = peers
+    carol = Identity.generate()
+    mid = await alice.tier.send(bob.ident.fingerprint, b"for bob only",
+                                recipient_kem_pk=bob.ident.kem_public_key)
+    key = offline_acks_key(alice.ident.fingerprint)
+    await bob.dht.put(key, create_ack(carol, alice.ident.fingerprint, [mid]))
+    await bob.dht.put(key, b"not an ack at all")
+
+    async def arrived() -> bool:
+        return len(await alice.dht.get(key)) == 2
+
+    assert await eventually(arrived)
+    assert await alice.tier.check_acks() == 0
+    assert alice.outbox.get(mid).state == QUEUED_DHT  # type: ignore[union-attr]
+    await bob.dht.put(key, create_ack(bob.ident, alice.ident.fingerprint, [mid]))
+
+    async def acked() -> bool:
+        return await alice.tier.check_acks() == 1
+
+    assert await eventually(acked)
+    assert alice.outbox.get(mid).state == DELIVERED  # type: ignore[union-attr]
