@@ -143,8 +143,7 @@ class SecureChannel(QuicSession):
         limit = self.max_message_size
         if size > limit:
             raise MessageTooLarge(
-                f"message of {size} bytes exceeds the channel's max_message_size of "
-                f"{limit} bytes"
+                f"message of {size} bytes exceeds the channel's max_message_size of {limit} bytes"
             )
         payload = data if type(data) is bytes else bytes(data)
         fut: asyncio.Future[int] = self._loop.create_future()

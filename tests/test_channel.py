@@ -1,0 +1,442 @@
+"""SecureChannel over real aioice connections on 127.0.0.1 (no mocks).
+
+Both peers run in this process except in the peer-gone test, which kills a peer subprocess.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import math
+import random
+import resource
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+from aioice import Candidate
+
+from tierlink.certs import LocalCertificate
+from tierlink.channel import DATAGRAM_MAX_PAYLOAD, SecureChannel, open_channel
+from tierlink.errors import ConnectionClosed, HandshakeFailed, MessageTooLarge
+from tierlink.ice_compat import IceConnection
+
+IcePair = tuple[IceConnection, IceConnection]
+
+
+async def connect_ice() -> IcePair:
+    """Two IceConnections on 127.0.0.1 connected to each other (a controls)."""
+    a = IceConnection(controlling=True, host_addresses=["127.0.0.1"])
+    b = IceConnection(controlling=False, host_addresses=["127.0.0.1"])
+    await a.gather_candidates()
+    await b.gather_candidates()
+    for x, y in ((a, b), (b, a)):
+        for candidate in y.local_candidates:
+            await x.add_remote_candidate(candidate)
+        await x.add_remote_candidate(None)
+        x.remote_username, x.remote_password = y.local_username, y.local_password
+    await asyncio.gather(a.connect(), b.connect())
+    return a, b
+
+
+@pytest.fixture
+async def ice() -> AsyncIterator[IcePair]:
+    a, b = await connect_ice()
+    try:
+        yield a, b
+    finally:
+        await a.close()
+        await b.close()
+
+
+@pytest.fixture(scope="module")
+def certs() -> tuple[LocalCertificate, LocalCertificate]:
+    return LocalCertificate.generate(), LocalCertificate.generate()
+
+
+async def open_pair(
+    ice: IcePair, certs: tuple[LocalCertificate, LocalCertificate], **kw: Any
+) -> tuple[SecureChannel, SecureChannel]:
+    """Dialer channel on ice[0], callee channel on ice[1]."""
+    ca, cb = certs
+    ka = {k: v for k, v in kw.items() if not k.startswith("b_")}
+    kb = {k[2:]: v for k, v in kw.items() if k.startswith("b_")}
+    kb = {**ka, **kb}
+    return await asyncio.gather(
+        open_channel(ice[0], is_client=True, certificate=ca, peer_cert_sha256=cb.sha256, **ka),
+        open_channel(ice[1], is_client=False, certificate=cb, peer_cert_sha256=ca.sha256, **kb),
+    )
+
+
+async def until(pred: Callable[[], bool], what: str, limit: float = 20.0) -> None:
+    """Test helper: wait (bounded) until ``pred()`` holds."""
+    deadline = time.monotonic() + limit
+    while not pred():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.005)
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# -- handshake ------------------------------------------------------------------------------
+async def test_handshake_and_round_trip(ice: IcePair, certs: Any) -> None:
+    a, b = await open_pair(ice, certs)
+    assert await b.recv(0) is None
+    assert await b.recv(0.02) is None
+    assert await a.send(b"hello") == 1
+    assert await b.recv(5) == b"hello"
+    assert await b.send(b"") == 1  # empty messages are messages
+    assert await b.send(b"back") == 2
+    assert await a.recv(5) == b""
+    assert await a.recv(None) == b"back"
+    assert a.stats["messages_sent"] == 1 and a.stats["bytes_sent"] == 5
+    assert b.stats["messages_received"] == 1 and b.stats["bytes_received"] == 5
+    assert a.max_message_size == 16 * 1024 * 1024
+    with pytest.raises(MessageTooLarge, match=r"16777217 bytes exceeds .* 16777216 bytes"):
+        await a.send(bytes(16 * 1024 * 1024 + 1))
+    assert await a.send(b"still usable") == 2
+    assert await b.recv(5) == b"still usable"
+    waiting = asyncio.create_task(b.recv())
+    await asyncio.sleep(0.01)
+    await a.close()
+    with pytest.raises(ConnectionClosed, match="peer closed the channel"):
+        await asyncio.wait_for(waiting, 5)
+    await b.wait_closed()
+    assert ice[0].selected_pair() is not None  # the channel left the ICE connection open
+
+
+@pytest.mark.parametrize("impostor", ["callee", "dialer"])
+async def test_impostor_certificate_fails_on_both_sides(
+    ice: IcePair, certs: Any, impostor: str
+) -> None:
+    """The impostor holds the ICE credentials and knows the victim's pin, not the key."""
+    ca, cb = certs
+    ci = LocalCertificate.generate()
+    if impostor == "callee":  # dialer expects cb, the callee presents ci
+        dialer = open_channel(ice[0], is_client=True, certificate=ca, peer_cert_sha256=cb.sha256)
+        callee = open_channel(ice[1], is_client=False, certificate=ci, peer_cert_sha256=ca.sha256)
+    else:  # callee expects ca, the dialer presents ci
+        dialer = open_channel(ice[0], is_client=True, certificate=ci, peer_cert_sha256=cb.sha256)
+        callee = open_channel(ice[1], is_client=False, certificate=cb, peer_cert_sha256=ca.sha256)
+    results = await asyncio.gather(dialer, callee, return_exceptions=True)
+    assert all(isinstance(r, HandshakeFailed) for r in results), results
+    victim, fake = (results[0], results[1]) if impostor == "callee" else results[::-1]
+    assert ci.sha256.hex() in str(victim) and "does not match" in str(victim)
+    assert "certificate rejected" in str(fake)
+
+
+async def test_handshake_timeout_when_peer_never_answers(ice: IcePair, certs: Any) -> None:
+    ca, cb = certs
+    with pytest.raises(HandshakeFailed, match=r"within 0\.3 s"):
+        await open_channel(
+            ice[0],
+            is_client=True,
+            certificate=ca,
+            peer_cert_sha256=cb.sha256,
+            handshake_timeout=0.3,
+        )
+
+
+# -- reliable messages ----------------------------------------------------------------------
+async def _transfer(
+    a: SecureChannel, b: SecureChannel, sizes: list[int], concurrency: int, pauses: int
+) -> tuple[list[int], float]:
+    """Send messages of ``sizes`` (seeded content) while b reads with ``pauses`` stalls.
+
+    At each stall the reader waits until b's queue is full and further messages wait
+    unaccepted, then checks that no send() completed beyond what b queued.
+    """
+    n = len(sizes)
+    cap = b._inbox.capacity
+    digests: list[bytes] = []
+    ids: list[int] = []
+    sem = asyncio.Semaphore(concurrency)
+    stall_at = {n * k // (pauses + 1) for k in range(pauses + 1)}
+
+    async def one(data: bytes) -> None:
+        try:
+            ids.append(await a.send(data))
+        finally:
+            sem.release()
+
+    async def producer() -> None:
+        tasks = []
+        for i, size in enumerate(sizes):
+            await sem.acquire()
+            data = random.Random(i).randbytes(size)
+            digests.append(hashlib.sha256(data).digest())
+            tasks.append(asyncio.create_task(one(data)))
+        await asyncio.gather(*tasks)
+
+    async def reader() -> None:
+        for i in range(n):
+            if i in stall_at and n - i > cap:
+                await until(lambda: b._inbox.full() and bool(b._rx_pending), "receiver full")
+                await until(lambda i=i: len(ids) >= i + cap, "acks of queued messages")
+                assert len(ids) == i + cap, "a send() completed before the peer queued it"
+            message = await b.recv(30)
+            assert message is not None, f"message {i} missing"
+            assert len(message) == sizes[i], f"message {i} has the wrong size"
+            assert hashlib.sha256(message).digest() == digests[i], f"message {i} corrupted"
+
+    start = time.perf_counter()
+    await asyncio.gather(producer(), reader())
+    return ids, time.perf_counter() - start
+
+
+async def test_10000_random_messages_in_order_with_backpressure(ice: IcePair, certs: Any) -> None:
+    window = 256 * 1024
+    a, b = await open_pair(ice, certs, window=window)
+    rng = random.Random(7)
+    # Log-uniform 1 B..64 KiB: every order of magnitude is covered (mean ~5.9 KiB).
+    sizes = [min(65536, int(math.exp(rng.uniform(0, math.log(65537))))) for _ in range(10_000)]
+    sizes[:3] = [1, 65536, 1]
+    ids, elapsed = await _transfer(a, b, sizes, concurrency=64, pauses=4)
+    assert ids == list(range(1, len(sizes) + 1))
+    assert b._inbox.dropped == 0 and b.stats["messages_received"] == len(sizes)
+    assert 0 < a.peak_in_flight_bytes <= window
+    total = sum(sizes)
+    print(
+        f"\n10k messages, {total / 2**20:.1f} MiB in {elapsed:.1f} s: "
+        f"{len(sizes) / elapsed:.0f} msg/s, {total / elapsed / 2**20:.2f} MiB/s; "
+        f"peak in flight {a.peak_in_flight_bytes} B (window {window}); "
+        f"peak RSS {peak_rss_mib():.0f} MiB"
+    )
+    await a.close()
+
+
+async def test_large_messages_with_slow_reader(ice: IcePair, certs: Any) -> None:
+    mib = 1024 * 1024
+    rng = random.Random(11)
+    count = 12  # reduced from 20 to keep the file within ~2 minutes on 2 shared cores
+    sizes = [int(math.exp(rng.uniform(math.log(mib), math.log(16 * mib)))) for _ in range(count)]
+    sizes[:2] = [16 * mib, mib]
+    a, b = await open_pair(ice, certs, queue_capacity=2)
+    ids, elapsed = await _transfer(a, b, sizes, concurrency=3, pauses=2)
+    assert ids == list(range(1, count + 1))
+    assert b._inbox.dropped == 0
+    # One message larger than the window may be alone in flight, never more.
+    assert a.peak_in_flight_bytes <= max(a.window, max(sizes))
+    total = sum(sizes)
+    print(
+        f"\n{count} messages of 1..16 MiB, {total / mib:.0f} MiB in {elapsed:.1f} s: "
+        f"{total / elapsed / mib:.2f} MiB/s; peak in flight {a.peak_in_flight_bytes / mib:.1f}"
+        f" MiB; peak RSS {peak_rss_mib():.0f} MiB"
+    )
+    await a.close()
+
+
+async def test_message_too_large_keeps_channel_usable(ice: IcePair, certs: Any) -> None:
+    a, b = await open_pair(ice, certs, b_max_message_size=1000)
+    assert a.max_message_size == b.max_message_size == 1000  # the smaller limit wins
+    with pytest.raises(MessageTooLarge, match=r"1001 bytes exceeds .* 1000 bytes"):
+        await a.send(b"x" * 1001)
+    with pytest.raises(MessageTooLarge, match="of 1000 bytes"):
+        await b.send(b"x" * 5000)
+    assert await a.send(b"x" * 1000) == 1
+    assert await b.recv(5) == b"x" * 1000
+    assert await b.send(b"y") == 1
+    assert await a.recv(5) == b"y"
+    await a.close()
+
+
+async def test_cancelled_waiting_send_is_not_sent(ice: IcePair, certs: Any) -> None:
+    a, b = await open_pair(ice, certs, queue_capacity=1, window=10)
+    await a.send(b"1")  # queued at b
+    second = asyncio.create_task(a.send(b"2" * 10))  # in flight, not accepted: b is full
+    third = asyncio.create_task(a.send(b"3"))  # waits for the window
+    await until(lambda: len(a._backlog) == 1, "third send waiting")
+    third.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await third
+    assert await b.recv(5) == b"1"
+    assert await b.recv(5) == b"2" * 10
+    assert await second == 2
+    assert await a.send(b"4") == 3
+    assert await b.recv(5) == b"4"
+    await a.close()
+
+
+# -- datagrams ------------------------------------------------------------------------------
+async def test_datagram_burst_without_reader_drops_oldest(ice: IcePair, certs: Any) -> None:
+    a, b = await open_pair(ice, certs, queue_capacity=8)
+    with pytest.raises(MessageTooLarge, match=f"limit of {DATAGRAM_MAX_PAYLOAD} bytes"):
+        a.send_datagram(b"x" * (DATAGRAM_MAX_PAYLOAD + 1))
+    burst = 200
+    for seq in range(burst):
+        a.send_datagram(seq.to_bytes(4, "big") + b"d" * (DATAGRAM_MAX_PAYLOAD - 4))
+    assert a.stats["datagrams_sent"] == burst and a.stats["datagrams_send_dropped"] == 0
+    # Loopback loses almost nothing; a reliable message after the burst marks its end.
+    await a.send(b"end")
+    await until(lambda: b.stats["datagrams_received"] >= burst - 5, "the burst", limit=5)
+    received = b.stats["datagrams_received"]
+    assert b.stats["datagrams_dropped"] == received - 8
+    kept = [await b.recv_datagram(0) for _ in range(8)]
+    seqs = [int.from_bytes(d[:4], "big") for d in kept if d is not None]
+    assert len(seqs) == 8 and seqs == sorted(seqs) and seqs[-1] >= burst - 5
+    assert await b.recv_datagram(0) is None
+    b.send_datagram(b"pong")
+    assert await a.recv_datagram(5) == b"pong"
+    await a.close()
+
+
+# -- closing --------------------------------------------------------------------------------
+async def test_close_wakes_every_waiter_on_both_sides(ice: IcePair, certs: Any) -> None:
+    a, b = await open_pair(ice, certs, queue_capacity=1)
+    tasks_before = len(asyncio.all_tasks())
+    a_waiters = [asyncio.create_task(a.recv(None)), asyncio.create_task(a.recv_datagram(60))]
+    await a.send(b"fills b")
+    blocked_send = asyncio.create_task(a.send(b"waits for room"))
+    await until(lambda: b._inbox.full() and bool(b._rx_pending), "b full")
+    b_waiters = [asyncio.create_task(b.recv_datagram()), asyncio.create_task(b.wait_closed())]
+    await asyncio.sleep(0.01)
+    assert not any(t.done() for t in [*a_waiters, *b_waiters, blocked_send])
+    await a.close()
+    assert a.closed
+    for task in [*a_waiters, blocked_send]:
+        with pytest.raises(ConnectionClosed, match="closed locally"):
+            await asyncio.wait_for(task, 5)
+    with pytest.raises(ConnectionClosed, match="peer closed the channel"):
+        await asyncio.wait_for(b_waiters[0], 5)
+    assert await asyncio.wait_for(b_waiters[1], 5) is None
+    assert b.closed
+    assert await b.recv(0) == b"fills b"  # what was queued stays readable ...
+    with pytest.raises(ConnectionClosed):  # ... then the closed queue raises
+        await b.recv(0)
+    with pytest.raises(ConnectionClosed):
+        await a.send(b"after close")
+    with pytest.raises(ConnectionClosed):
+        b.send_datagram(b"after close")
+    assert len(asyncio.all_tasks()) <= tasks_before  # the channel runs no tasks of its own
+    assert a._quic is None and a._quic_timer is None and a._live_timer is None
+    assert b._quic is None and b._ping_timer is None
+
+
+PEER_SCRIPT = r"""
+import asyncio, json, sys
+from aioice import Candidate
+from tierlink.certs import LocalCertificate
+from tierlink.channel import open_channel
+from tierlink.ice_compat import IceConnection
+
+async def main():
+    ice = IceConnection(controlling=False, host_addresses=["127.0.0.1"])
+    await ice.gather_candidates()
+    cert = LocalCertificate.generate()
+    print(json.dumps({"ufrag": ice.local_username, "pwd": ice.local_password,
+                      "candidates": [c.to_sdp() for c in ice.local_candidates],
+                      "sha256": cert.sha256.hex()}), flush=True)
+    peer = json.loads(await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline))
+    for sdp in peer["candidates"]:
+        await ice.add_remote_candidate(Candidate.from_sdp(sdp))
+    await ice.add_remote_candidate(None)
+    ice.remote_username, ice.remote_password = peer["ufrag"], peer["pwd"]
+    await ice.connect()
+    channel = await open_channel(ice, is_client=False, certificate=cert,
+                                 peer_cert_sha256=bytes.fromhex(peer["sha256"]),
+                                 liveness_timeout=peer["liveness"])
+    print("ready", flush=True)
+    while True:
+        await channel.send(await channel.recv())
+
+asyncio.run(main())
+"""
+
+
+async def test_peer_process_killed_wakes_receivers(certs: Any) -> None:
+    liveness = 1.5
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        PEER_SCRIPT,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    ice = IceConnection(controlling=True, host_addresses=["127.0.0.1"])
+    try:
+        assert proc.stdin is not None and proc.stdout is not None
+        peer = json.loads(await asyncio.wait_for(proc.stdout.readline(), 20))
+        await ice.gather_candidates()
+        ca = certs[0]
+        proc.stdin.write(
+            json.dumps(
+                {
+                    "ufrag": ice.local_username,
+                    "pwd": ice.local_password,
+                    "candidates": [c.to_sdp() for c in ice.local_candidates],
+                    "sha256": ca.sha256.hex(),
+                    "liveness": liveness,
+                }
+            ).encode()
+            + b"\n"
+        )
+        await proc.stdin.drain()
+        for sdp in peer["candidates"]:
+            await ice.add_remote_candidate(Candidate.from_sdp(sdp))
+        await ice.add_remote_candidate(None)
+        ice.remote_username, ice.remote_password = peer["ufrag"], peer["pwd"]
+        await asyncio.wait_for(ice.connect(), 20)
+        channel = await open_channel(
+            ice,
+            is_client=True,
+            certificate=ca,
+            peer_cert_sha256=bytes.fromhex(peer["sha256"]),
+            liveness_timeout=liveness,
+        )
+        assert await asyncio.wait_for(proc.stdout.readline(), 20) == b"ready\n"
+        await channel.send(b"echo?")
+        assert await channel.recv(10) == b"echo?"
+        waiters = [
+            asyncio.create_task(channel.recv()),
+            asyncio.create_task(channel.recv_datagram()),
+        ]
+        await asyncio.sleep(liveness)  # idle longer than one ping interval: still alive
+        assert not channel.closed
+        proc.send_signal(signal.SIGKILL)
+        await proc.wait()
+        killed = time.perf_counter()
+        for task in waiters:  # bounded so a missing watchdog fails instead of hanging
+            with pytest.raises(ConnectionClosed, match="liveness timeout"):
+                await asyncio.wait_for(task, liveness * 4)
+        print(
+            f"\nreceivers woke {time.perf_counter() - killed:.2f} s after the kill "
+            f"(liveness_timeout {liveness} s)"
+        )
+        assert channel.closed
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        await ice.close()
+
+
+# -- confidentiality ------------------------------------------------------------------------
+async def test_wire_carries_no_plaintext(ice: IcePair, certs: Any) -> None:
+    wire: list[bytes] = []
+    for conn in ice:  # tap every datagram both ICE connections hand to the channel
+        inner = conn.data_received
+
+        def tap(data: bytes, component: int, inner: Any = inner) -> None:
+            wire.append(bytes(data))
+            inner(data, component)
+
+        conn.data_received = tap  # type: ignore[method-assign]
+    a, b = await open_pair(ice, certs)
+    marker = b"PLAINTEXT-MARKER"
+    await a.send(marker * 200)
+    assert await b.recv(5) == marker * 200
+    await b.send(marker)
+    assert await a.recv(5) == marker
+    a.send_datagram(marker * 10)
+    assert await b.recv_datagram(5) == marker * 10
+    captured = b"".join(wire)
+    assert len(wire) > 4 and len(captured) > len(marker) * 211
+    assert marker not in captured and marker[:8] not in captured
+    await a.close()

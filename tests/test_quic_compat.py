@@ -1,0 +1,171 @@
+"""The aioquic private names tierlink.quic_compat relies on still exist and still behave.
+
+Sans-IO: two PinnedQuicConnections exchange datagrams in memory (no sockets), so an aioquic
+upgrade that renames or changes any of them fails here, loudly, before the channel misbehaves.
+"""
+
+from __future__ import annotations
+
+import ssl
+
+import pytest
+from aioquic import tls
+from aioquic.buffer import Buffer  # type: ignore[attr-defined]
+from aioquic.quic import events
+from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.connection import QuicConnection
+from aioquic.quic.packet import pull_quic_header
+
+from tierlink.certs import LocalCertificate, certificate_sha256
+from tierlink.channel import DATAGRAM_MAX_PAYLOAD
+from tierlink.quic_compat import (
+    PIN_MISMATCH_REASON,
+    PRIVATE_ATTRIBUTES,
+    PinnedQuicConnection,
+    close_event,
+    pending_datagrams,
+)
+from tierlink.quic_session import CONNECTION_ID_LENGTH, MAX_DATAGRAM_SIZE
+
+ADDR = ("0.0.0.0", 0)
+BAD_CERTIFICATE = 42  # TLS alert
+
+
+def _config(cert: LocalCertificate, is_client: bool) -> QuicConfiguration:
+    return QuicConfiguration(
+        is_client=is_client,
+        alpn_protocols=["tierlink/1"],
+        certificate=cert.certificate,
+        private_key=cert.private_key,
+        verify_mode=ssl.CERT_NONE,
+        max_datagram_size=MAX_DATAGRAM_SIZE,
+        max_datagram_frame_size=65536,
+        connection_id_length=CONNECTION_ID_LENGTH,
+    )
+
+
+class Pair:
+    """A client and a lazily created server exchanging datagrams in memory."""
+
+    def __init__(self, client_expects: bytes, server_expects: bytes) -> None:
+        self.ca, self.cb = LocalCertificate.generate(), LocalCertificate.generate()
+        self.client = PinnedQuicConnection(
+            configuration=_config(self.ca, True),
+            expected_peer_sha256=client_expects or self.cb.sha256,
+        )
+        self.server_expects = server_expects or self.ca.sha256
+        self.server: PinnedQuicConnection | None = None
+        self.now = 0.0
+        self.client.connect(ADDR, now=self.now)
+
+    def pump(self, rounds: int = 10) -> list[int]:
+        """Exchange datagrams until quiet; return the sizes of every datagram sent."""
+        sizes: list[int] = []
+        for _ in range(rounds):
+            self.now += 0.001
+            moved = False
+            for data, _ in self.client.datagrams_to_send(now=self.now):
+                sizes.append(len(data))
+                moved = True
+                if self.server is None:
+                    header = pull_quic_header(Buffer(data=data), CONNECTION_ID_LENGTH)
+                    self.server = PinnedQuicConnection(
+                        configuration=_config(self.cb, False),
+                        expected_peer_sha256=self.server_expects,
+                        original_destination_connection_id=header.destination_cid,
+                    )
+                self.server.receive_datagram(data, ADDR, now=self.now)
+            if self.server is not None:
+                for data, _ in self.server.datagrams_to_send(now=self.now):
+                    sizes.append(len(data))
+                    moved = True
+                    self.client.receive_datagram(data, ADDR, now=self.now)
+            if not moved:
+                break
+        return sizes
+
+
+def _events(conn: QuicConnection) -> list[events.QuicEvent]:
+    out = []
+    while (event := conn.next_event()) is not None:
+        out.append(event)
+    return out
+
+
+def test_private_names_exist() -> None:
+    cert = LocalCertificate.generate()
+    conn = PinnedQuicConnection(configuration=_config(cert, True), expected_peer_sha256=b"\0" * 32)
+    conn.connect(ADDR, now=0.0)
+    for owner, name in PRIVATE_ATTRIBUTES:
+        target = conn if owner == "QuicConnection" else conn.tls
+        assert hasattr(target, name), f"aioquic no longer has {owner}.{name}"
+    assert isinstance(conn.tls, tls.Context)
+    assert conn.tls._request_client_certificate is True
+
+
+def test_mutual_handshake_pins_both_certificates() -> None:
+    pair = Pair(b"", b"")
+    pair.pump()
+    assert pair.server is not None
+    assert pair.client.peer_certificate_sha256 == pair.cb.sha256
+    # The server saw the client certificate: the request for it reached the client.
+    assert pair.server.peer_certificate_sha256 == pair.ca.sha256
+    assert certificate_sha256(pair.ca.der) == pair.ca.sha256
+    assert any(isinstance(e, events.HandshakeCompleted) for e in _events(pair.client))
+    assert any(isinstance(e, events.HandshakeCompleted) for e in _events(pair.server))
+    assert close_event(pair.client) is None and close_event(pair.server) is None
+
+
+@pytest.mark.parametrize("side", ["client", "server"])
+def test_pin_mismatch_aborts_with_bad_certificate(side: str) -> None:
+    wrong = b"\x01" * 32
+    pair = Pair(wrong if side == "client" else b"", wrong if side == "server" else b"")
+    pair.pump()
+    assert pair.server is not None
+    rejecting, other = (
+        (pair.client, pair.server) if side == "client" else (pair.server, pair.client)
+    )
+    assert rejecting.pin_error is not None and wrong.hex() in rejecting.pin_error
+    assert rejecting.peer_certificate_sha256 is None
+    local = close_event(rejecting)
+    assert local is not None and local.error_code == 0x100 + BAD_CERTIFICATE
+    remote = close_event(other)
+    assert remote is not None and remote.error_code == 0x100 + BAD_CERTIFICATE
+    assert remote.reason_phrase == PIN_MISMATCH_REASON
+    if side == "client":  # (a rejected client finished its side before the server checked)
+        assert not any(isinstance(e, events.HandshakeCompleted) for e in _events(other))
+
+
+def test_pending_datagrams_and_payload_limit() -> None:
+    pair = Pair(b"", b"")
+    pair.pump()
+    assert pair.server is not None
+    _events(pair.server)
+    pending = pending_datagrams(pair.client)
+    assert len(pending) == 0
+    pair.client.send_datagram_frame(b"x" * DATAGRAM_MAX_PAYLOAD)
+    pair.client.send_datagram_frame(b"y")
+    assert len(pending) == 2
+    sizes = pair.pump()
+    assert len(pending) == 0
+    assert max(sizes) <= MAX_DATAGRAM_SIZE
+    got = [e.data for e in _events(pair.server) if isinstance(e, events.DatagramFrameReceived)]
+    assert got == [b"x" * DATAGRAM_MAX_PAYLOAD, b"y"]
+
+
+def test_datagram_payload_limit_has_headroom() -> None:
+    """The largest payload that fits one packet is at least DATAGRAM_MAX_PAYLOAD."""
+    pair = Pair(b"", b"")
+    pair.pump()
+    assert pair.server is not None
+    _events(pair.server)
+    largest = 0
+    for size in range(DATAGRAM_MAX_PAYLOAD, MAX_DATAGRAM_SIZE):
+        pair.client.send_datagram_frame(b"z" * size)
+        pair.pump()
+        if pending_datagrams(pair.client):
+            pending_datagrams(pair.client).clear()  # stuck: did not fit in an empty packet
+            break
+        largest = size
+    assert largest >= DATAGRAM_MAX_PAYLOAD
+    print(f"largest single-packet datagram payload: {largest} bytes")
