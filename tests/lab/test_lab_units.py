@@ -72,7 +72,11 @@ def test_summarize_cell_flags_unexpected_outcomes() -> None:
     assert cell["successes"] == 2 and cell["path"] == "srflx" and cell["tier"] == "direct"
     assert cell["connect_ms_median"] == 50.0 and cell["as_expected"]
     relay = {"ok": True, "path": "relay", "connect_ms": 300.0}
-    assert not summarize_cell("open", "full-cone", True, [relay])["as_expected"]
+    assert summarize_cell("open", "full-cone", True, [relay])["as_expected"]
+    assert not summarize_cell("open", "full-cone", False, [relay])["as_expected"]
+    assert not summarize_cell("hairpin", "hairpin", True, [relay])["as_expected"]
+    partial = summarize_cell("open", "full-cone", False, [ok, {"ok": False}])
+    assert partial["successes"] == 1 and not partial["as_expected"]
     fail = {"ok": False, "path": "none", "error": "ice: TimeoutError"}
     bad = summarize_cell("symmetric", "symmetric", False, [fail])
     assert bad["as_expected"] and bad["path"] == "none" and bad["errors"]
