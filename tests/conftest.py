@@ -56,3 +56,20 @@ async def dht_node() -> AsyncIterator[DhtNodeProcess]:
         yield node
     finally:
         await node.stop()
+
+
+@pytest.fixture
+def dht_cluster_sync():
+    """Two connected dhtnode processes for blocking (thread-based) tests."""
+    import asyncio as _asyncio
+
+    if shutil.which("dhtnode") is None:
+        pytest.skip("dhtnode not installed (apt-get install dhtnode)")
+    loop = _asyncio.new_event_loop()
+    nodes = loop.run_until_complete(start_cluster(2))
+    try:
+        yield nodes
+    finally:
+        for node in nodes:
+            loop.run_until_complete(node.stop())
+        loop.close()

@@ -1,0 +1,47 @@
+"""Helpers to build nodes for tests (real dhtnode, real aioice on 127.0.0.1)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from typing import Any
+
+import psutil
+
+from tierlink.dht import DhtNodeProcess
+from tierlink.identity import Identity
+from tierlink.node import NodeConfig
+
+
+def config_for(dht: DhtNodeProcess, **kw: Any) -> NodeConfig:
+    """A node on loopback using an existing dhtnode's proxy."""
+    kw.setdefault("identity", Identity.generate())
+    kw.setdefault("host_addresses", ["127.0.0.1"])
+    kw.setdefault("dial_timeout", 10.0)
+    kw.setdefault("ice_timeout", 10.0)
+    return NodeConfig(dht_proxy=dht.proxy_url, **kw)
+
+
+def resources() -> dict[str, int]:
+    """Open fds, threads and asyncio tasks of this process right now."""
+    try:
+        tasks = len(asyncio.all_tasks())
+    except RuntimeError:
+        tasks = 0
+    return {
+        "fds": psutil.Process(os.getpid()).num_fds(),
+        "threads": threading.active_count(),
+        "tasks": tasks,
+    }
+
+
+async def settle(baseline: dict[str, int], tries: int = 50) -> dict[str, int]:
+    """Wait (bounded) for background clean-up, then return the resource counts."""
+    now = resources()
+    for _ in range(tries):
+        if all(now[k] <= baseline[k] for k in baseline):
+            break
+        await asyncio.sleep(0.05)
+        now = resources()
+    return now

@@ -1,0 +1,356 @@
+"""Dialing by fingerprint, end to end: the seed's manual test plan, automated."""
+
+from __future__ import annotations
+
+import asyncio
+import resource
+import socket
+import threading
+import time
+
+import pytest
+
+from tests.nodes import config_for, resources, settle
+from tierlink.blocking import BlockingNode
+from tierlink.errors import ConnectionClosed, DialTimeout, IceFailed, MessageTooLarge, PeerNotFound
+from tierlink.identity import Identity
+from tierlink.keys import answer_key, ice_candidates_key, offers_key
+from tierlink.node import Node
+from tierlink.records import KIND_OFFER
+from tierlink.signaling import IceParams, encode_signal, new_session_id
+
+
+async def pair(dht_cluster, **kw_b):
+    a = Node(config_for(dht_cluster[0]))
+    b = Node(config_for(dht_cluster[1], **kw_b))
+    await b.start()
+    await a.start()
+    return a, b
+
+
+async def dial(a: Node, b: Node):
+    ca = await a.connect(b.fingerprint)
+    cb = await b.accept(timeout=10)
+    assert cb is not None
+    return ca, cb
+
+
+async def wait_until(cond, timeout: float = 5.0) -> None:
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while not cond() and loop.time() < end:
+        await asyncio.sleep(0.01)
+
+
+async def test_dial_by_fingerprint_and_exchange(dht_cluster) -> None:
+    a, b = await pair(dht_cluster)
+    async with a, b:
+        ca, cb = await dial(a, b)
+        assert ca.remote_fingerprint == b.fingerprint and cb.remote_fingerprint == a.fingerprint
+        assert ca.selected_pair["local"]["type"] == "host"
+        assert ca.max_payload == 65_507
+        await ca.send(b"ping")
+        assert await cb.recv(5) == b"ping"
+        await cb.send(b"pong")
+        assert await ca.recv(5) == b"pong"
+        big = b"x" * 65_507
+        await ca.send(big)
+        assert await cb.recv(5) == big
+        with pytest.raises(MessageTooLarge, match="65507"):
+            await ca.send(b"x" * 65_508)
+        with pytest.raises(ValueError):
+            await ca.send(b"")
+        await ca.close()
+        with pytest.raises(ConnectionClosed):
+            await ca.send(b"after close")
+
+
+async def test_burst_of_20_keeps_newest_16_and_counts_4_dropped(dht_cluster) -> None:
+    a, b = await pair(dht_cluster)
+    async with a, b:
+        ca, cb = await dial(a, b)
+        for i in range(20):
+            await ca.send(f"m{i}".encode())
+        await wait_until(lambda: cb.received == 20)
+        assert cb.received == 20
+        assert cb.dropped == 4
+        got = [await cb.recv(0) for _ in range(16)]
+        assert got == [f"m{i}".encode() for i in range(4, 20)]
+        assert await cb.recv(0) is None
+
+
+async def test_recv_timeouts_and_close_wakes_waiters(dht_cluster) -> None:
+    a, b = await pair(dht_cluster)
+    async with a, b:
+        ca, cb = await dial(a, b)
+        t = time.perf_counter()
+        assert await cb.recv(0) is None
+        assert time.perf_counter() - t < 0.05
+        t = time.perf_counter()
+        assert await cb.recv(1.0) is None
+        waited = time.perf_counter() - t
+        assert 0.95 <= waited < 3.0, waited
+        forever = asyncio.create_task(cb.recv(None))
+        await asyncio.sleep(0.2)
+        assert not forever.done()
+        await ca.send(b"late")
+        assert await asyncio.wait_for(forever, 5) == b"late"
+        waiters = [asyncio.create_task(cb.recv(None)) for _ in range(5)]
+        await asyncio.sleep(0.1)
+        await cb.close()
+        for w in waiters:
+            with pytest.raises(ConnectionClosed):
+                await asyncio.wait_for(w, 2)
+
+
+async def test_ten_simultaneous_connections_never_mix(dht_cluster) -> None:
+    b = Node(config_for(dht_cluster[1], queue_capacity=64))
+    dialers = [Node(config_for(dht_cluster[i % 3])) for i in range(10)]
+    await b.start()
+    for d in dialers:
+        await d.start()
+    try:
+        conns = await asyncio.gather(*(d.connect(b.fingerprint) for d in dialers))
+        incoming = {}
+        for _ in range(10):
+            c = await b.accept(timeout=10)
+            assert c is not None
+            incoming[c.remote_fingerprint] = c
+        assert set(incoming) == {d.fingerprint for d in dialers}
+        for d, c in zip(dialers, conns, strict=True):
+            for j in range(20):
+                await c.send(f"{d.fingerprint[:8]}:{j}".encode())
+        for d in dialers:
+            c = incoming[d.fingerprint]
+            got = [await c.recv(5) for _ in range(20)]
+            assert got == [f"{d.fingerprint[:8]}:{j}".encode() for j in range(20)]
+    finally:
+        for d in dialers:
+            await d.close()
+        await b.close()
+
+
+async def test_steady_10000_messages_lose_nothing(dht_cluster) -> None:
+    a, b = await pair(dht_cluster)
+    async with a, b:
+        ca, cb = await dial(a, b)
+        n, received = 10_000, []
+
+        async def reader() -> None:
+            while len(received) < n:
+                msg = await cb.recv(5)
+                if msg is None:
+                    return
+                received.append(msg)
+
+        task = asyncio.create_task(reader())
+        cpu0, t0 = time.process_time(), time.perf_counter()
+        for i in range(n):
+            await ca.send(i.to_bytes(4, "big") + b"." * 96)
+            if i % 8 == 7:
+                await asyncio.sleep(0.001)  # a steady rate the reader keeps up with
+        await asyncio.wait_for(task, 30)
+        cpu, wall = time.process_time() - cpu0, time.perf_counter() - t0
+        print(f"10000 msgs in {wall:.2f} s, CPU {cpu:.2f} s (both nodes in this process), "
+              f"dropped {cb.dropped}")
+        assert len(received) == n and cb.dropped == 0
+        assert [int.from_bytes(m[:4], "big") for m in received] == list(range(n))
+
+
+async def test_unknown_fingerprint_is_peer_not_found(dht_cluster) -> None:
+    async with Node(config_for(dht_cluster[0])) as a:
+        with pytest.raises(PeerNotFound, match="no valid record"):
+            await a.connect(Identity.generate().fingerprint)
+        base = resources()  # after the HTTP keep-alive pool is warm
+        with pytest.raises(PeerNotFound, match="no valid record"):
+            await a.connect(Identity.generate().fingerprint)
+        with pytest.raises(ValueError, match="128"):
+            await a.connect("abc")
+        assert (await settle(base))["fds"] <= base["fds"]
+
+
+async def test_tampered_expired_and_replayed_offers_are_ignored(dht_cluster) -> None:
+    a, b = await pair(dht_cluster)
+    async with a, b:
+        dht = a.dht
+        assert dht is not None
+        rec = await a.lookup(b.fingerprint)
+        params = IceParams("ufrag", "p" * 22, (), None, a.identity.kem_public_key)
+        good = encode_signal(KIND_OFFER, a.identity, b.fingerprint, rec.kem_public_key,
+                             new_session_id(), params)
+        tampered = bytearray(good)
+        tampered[-4700] ^= 0xFF  # inside the ciphertext, covered by the signature
+        expired = encode_signal(KIND_OFFER, a.identity, b.fingerprint, rec.kem_public_key,
+                                new_session_id(), params, lifetime_s=-1)
+        other = Identity.generate()
+        misaddressed = encode_signal(KIND_OFFER, a.identity, other.fingerprint,
+                                     other.kem_public_key, new_session_id(), params)
+        for value in (bytes(tampered), expired, misaddressed, good, good, b"junk"):
+            await dht.put(offers_key(b.fingerprint), value)
+        expect = {"signature": 1, "expired": 1, "recipient": 1, "replay": 1, "malformed": 1}
+        await wait_until(lambda: dict(b.offer_rejections) == expect)
+        assert dict(b.offer_rejections) == expect
+        # The one valid offer was answered (its ICE then fails: nobody runs the dialer side).
+        assert b.offers_answered == 1
+
+
+async def test_dialer_outside_allow_list_gets_no_answer(dht_cluster) -> None:
+    friend = Identity.generate()
+    a, b = await pair(dht_cluster, allow={friend.fingerprint})
+    async with a, b:
+        with pytest.raises(DialTimeout, match="did not answer"):
+            await a.connect(b.fingerprint, timeout=1.0)
+        base = resources()  # HTTP keep-alive pool warm
+        for _ in range(3):
+            with pytest.raises(DialTimeout, match="did not answer"):
+                await a.connect(b.fingerprint, timeout=1.0)
+        await wait_until(lambda: b.offer_rejections["not-allowed"] == 4)
+        assert b.offer_rejections["not-allowed"] == 4 and b.offers_answered == 0
+        now = await settle(base)
+        assert now["fds"] <= base["fds"] and now["tasks"] <= base["tasks"]
+        # The friend gets through.
+        async with Node(config_for(dht_cluster[2], identity=friend)) as f:
+            c = await f.connect(b.fingerprint)
+            await c.close()
+
+
+async def test_wrong_ice_password_fails_checks(dht_cluster, monkeypatch) -> None:
+    import tierlink.node as node_mod
+
+    a, b = await pair(dht_cluster)
+    a.config.ice_timeout = 3.0
+    b.config.ice_timeout = 3.0
+    real = node_mod.set_remote
+
+    async def wrong_pwd(ice, ufrag, pwd, candidates):
+        if ice.ice_controlling:
+            pwd = "x" * len(pwd)
+        await real(ice, ufrag, pwd, candidates)
+
+    monkeypatch.setattr(node_mod, "set_remote", wrong_pwd)
+    async with a, b:
+        with pytest.raises(IceFailed, match="no working path"):
+            await a.connect(b.fingerprint)
+        assert await b.accept(timeout=4) is None
+        base = resources()  # HTTP keep-alive pools warm
+        for _ in range(2):
+            with pytest.raises(IceFailed, match="no working path"):
+                await a.connect(b.fingerprint)
+        assert await b.accept(timeout=4) is None
+        now = await settle(base, tries=100)
+        assert now["fds"] <= base["fds"], (base, now)
+
+
+async def test_private_mode_leaks_no_address_to_dht_observers(dht_cluster) -> None:
+    a, b = await pair(dht_cluster)
+    async with a, b:
+        ca, cb = await dial(a, b)
+        assert ca.selected_pair["remote"]["address"] == "127.0.0.1"
+        observer = dht_cluster[2]
+        from tierlink.dht import DhtClient
+
+        async with DhtClient(observer.proxy_url) as spy:
+            keys = [ice_candidates_key(a.fingerprint), ice_candidates_key(b.fingerprint),
+                    offers_key(b.fingerprint), answer_key(a.fingerprint, ca.session_id)]
+            values = []
+            for key in keys:
+                for _ in range(50):
+                    got = await spy.get(key)
+                    if got:
+                        break
+                    await asyncio.sleep(0.1)
+                values += got
+        assert len(values) >= 4
+        addr_text, addr_bin = b"127.0.0.1", socket.inet_aton("127.0.0.1")
+        for v in values:
+            assert addr_text not in v and addr_bin not in v
+        port = ca.selected_pair["local"]["port"].to_bytes(2, "big")
+        assert sum(port in v for v in values) <= 1  # chance collisions only
+
+
+async def test_public_mode_lists_candidates(dht_cluster) -> None:
+    async with Node(config_for(dht_cluster[0], mode="public")) as p:
+        async with Node(config_for(dht_cluster[1])) as q:
+            rec = await q.lookup(p.fingerprint)
+    assert rec.mode == "public" and [c.host for c in rec.candidates] == ["127.0.0.1"]
+
+
+async def test_node_republishes_with_higher_sequence(dht_cluster) -> None:
+    async with Node(config_for(dht_cluster[0], record_lifetime=3.0)) as p:
+        async with Node(config_for(dht_cluster[1])) as q:
+            first = await q.lookup(p.fingerprint)
+            await asyncio.sleep(1.6)
+            second = await q.lookup(p.fingerprint)
+    assert second.seq > first.seq
+
+
+def test_blocking_facade_recv_timeout_contract(dht_cluster_sync) -> None:
+    a_dht, b_dht = dht_cluster_sync
+    with BlockingNode(config_for(b_dht)) as b, BlockingNode(config_for(a_dht)) as a:
+        ca = a.connect(b.fingerprint)
+        cb = b.accept(timeout=10)
+        assert cb is not None
+        t = time.perf_counter()
+        assert cb.recv_timeout(0) is None
+        assert time.perf_counter() - t < 0.05
+        t = time.perf_counter()
+        assert cb.recv_timeout(300) is None
+        assert time.perf_counter() - t >= 0.29
+        ca.send(b"hi")
+        assert cb.recv_timeout(-1) == b"hi"
+        with pytest.raises(ValueError):
+            cb.recv_timeout(-5)
+        # several threads blocked forever; another thread closes: all wake, none hang
+        outcomes: list[str] = []
+
+        def waiter() -> None:
+            try:
+                cb.recv_timeout(-1)
+                outcomes.append("message")
+            except ConnectionClosed:
+                outcomes.append("closed")
+
+        threads = [threading.Thread(target=waiter) for _ in range(4)]
+        for th in threads:
+            th.start()
+        time.sleep(0.2)
+        closer = threading.Thread(target=cb.close)
+        closer.start()
+        for th in [*threads, closer]:
+            th.join(5)
+            assert not th.is_alive()
+        assert outcomes == ["closed"] * 4
+        with pytest.raises(ConnectionClosed):
+            cb.recv_timeout(-1)
+
+
+def test_blocking_node_close_wakes_blocked_receiver(dht_cluster_sync) -> None:
+    a_dht, b_dht = dht_cluster_sync
+    a = BlockingNode(config_for(a_dht))
+    b = BlockingNode(config_for(b_dht))
+    try:
+        a.connect(b.fingerprint)
+        cb = b.accept(timeout=10)
+        assert cb is not None
+        result: list[object] = []
+        th = threading.Thread(target=lambda: result.append(_recv_or_closed(cb)))
+        th.start()
+        time.sleep(0.2)
+        b.close()  # shutdown of the whole node during a blocking recv_timeout(-1)
+        th.join(5)
+        assert not th.is_alive() and result == ["closed"]
+    finally:
+        a.close()
+        b.close()
+
+
+def _recv_or_closed(conn) -> str:
+    try:
+        conn.recv_timeout(-1)
+        return "message"
+    except ConnectionClosed:
+        return "closed"
+
+
+def test_rss_is_measurable() -> None:
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss > 0
