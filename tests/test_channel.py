@@ -21,7 +21,12 @@ import pytest
 from aioice import Candidate
 
 from tierlink.certs import LocalCertificate
-from tierlink.channel import DATAGRAM_MAX_PAYLOAD, SecureChannel, open_channel
+from tierlink.channel import (
+    DATAGRAM_MAX_PAYLOAD,
+    DATAGRAM_SEND_BACKLOG,
+    SecureChannel,
+    open_channel,
+)
 from tierlink.errors import ConnectionClosed, HandshakeFailed, MessageTooLarge
 from tierlink.ice_compat import IceConnection
 
@@ -215,7 +220,7 @@ async def test_10000_random_messages_in_order_with_backpressure(ice: IcePair, ce
 async def test_large_messages_with_slow_reader(ice: IcePair, certs: Any) -> None:
     mib = 1024 * 1024
     rng = random.Random(11)
-    count = 12  # reduced from 20 to keep the file within ~2 minutes on 2 shared cores
+    count = 20
     sizes = [int(math.exp(rng.uniform(math.log(mib), math.log(16 * mib)))) for _ in range(count)]
     sizes[:2] = [16 * mib, mib]
     a, b = await open_pair(ice, certs, queue_capacity=2)
@@ -284,6 +289,10 @@ async def test_datagram_burst_without_reader_drops_oldest(ice: IcePair, certs: A
     assert await b.recv_datagram(0) is None
     b.send_datagram(b"pong")
     assert await a.recv_datagram(5) == b"pong"
+    # Sent faster than packets can leave (no yield): the sender keeps only the newest 256.
+    for _ in range(DATAGRAM_SEND_BACKLOG + 100):
+        a.send_datagram(b"z")
+    assert a.stats["datagrams_send_dropped"] == 100
     await a.close()
 
 
@@ -415,6 +424,17 @@ async def test_peer_process_killed_wakes_receivers(certs: Any) -> None:
             proc.kill()
             await proc.wait()
         await ice.close()
+
+
+async def test_peer_ice_closed_abruptly_wakes_both_sides(ice: IcePair, certs: Any) -> None:
+    a, b = await open_pair(ice, certs, liveness_timeout=1.0)
+    a_waiter = asyncio.create_task(a.recv())
+    b_waiter = asyncio.create_task(b.recv())
+    await ice[1].close()  # b's path vanishes without a CONNECTION_CLOSE reaching a
+    with pytest.raises(ConnectionClosed, match="ICE path lost"):
+        await asyncio.wait_for(b_waiter, 4.0)  # at b's next keep-alive at the latest
+    with pytest.raises(ConnectionClosed, match="liveness timeout"):
+        await asyncio.wait_for(a_waiter, 4.0)
 
 
 # -- confidentiality ------------------------------------------------------------------------

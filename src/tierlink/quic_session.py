@@ -231,7 +231,9 @@ class QuicSession:
 
     def _flush(self) -> None:
         """Send every datagram aioquic has ready and re-arm its timer."""
-        self._flush_handle = None
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
         quic = self._quic
         if quic is None or self._closed:
             return
