@@ -113,3 +113,15 @@ def test_cleanup_stale_leaves_a_live_run_alone() -> None:
     with Lab(dht=False, turn=False) as lab:
         assert lab.prefix + "-i" not in cleanup_stale()
         assert _namespaces(lab.prefix) == [lab.prefix + "-i"]
+
+
+def test_forward_drop_is_what_keeps_the_lan_unreachable() -> None:
+    """Measured trap: the input-hook drop fixes EIM but does not stop a neighbour that routes
+    the LAN prefix via the router's WAN; the forward-hook drop does."""
+    with Lab(dht=False, turn=False) as lab:
+        site = lab.add_site("port-restricted")
+        assert lab.verify(site)["lan_exposed"] is False
+        router = next(ns for ns in site.namespaces if ns.endswith(f"-r{site.index}"))
+        run(["ip", "netns", "exec", router, "nft", "flush", "chain", "ip", "lab", "c_forward"])
+        result = lab.probe(site)
+        assert result["lan_exposed"] is True and not result["ok"]

@@ -150,7 +150,8 @@ def hairpin_recv(bind: str, server: str, wait: float) -> None:
     """Print our public mapping, then whether a datagram from a LAN peer arrives through it."""
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     s.bind((bind, 0))
-    print(json.dumps({"mapped": _request_map(s, _addr(server))}), flush=True)
+    mapped = _request_map(s, _addr(server))
+    print(json.dumps({"mapped": mapped, "local": _fmt(s.getsockname())}), flush=True)
     result: dict[str, Any] = {"received": False, "from": None}
     end = time.monotonic() + wait
     while (left := end - time.monotonic()) > 0:

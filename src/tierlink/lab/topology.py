@@ -225,8 +225,10 @@ class Lab:
         result["preset"] = site.preset
         if len(site.hosts) > 1:
             result["hairpin"] = self._probe_hairpin(site, primary)
+        result["lan_exposed"] = self._probe_lan_exposure(site, primary)
         spec = nat.PRESETS[site.preset]
         ok = result["mapping"] == spec.mapping and result["filtering"] == spec.filtering
+        ok = ok and not result["lan_exposed"]
         if spec.hairpin:
             ok = ok and bool(result["hairpin"]["received"])
         result["expected"] = {"mapping": spec.mapping, "filtering": spec.filtering}
@@ -255,6 +257,35 @@ class Lab:
                 recv.kill()
         got = json.loads(out.strip().splitlines()[-1]) if out.strip() else {"received": False}
         return {"receiver_mapped": mapped, "sender_mapped": sent.get("mapped"), **got}
+
+    def _probe_lan_exposure(self, site: Site, server: str) -> bool | None:
+        """Can an internet neighbour that routes the LAN prefix via our WAN reach the host?
+
+        Measured: with only the input-hook drop, yes (the router forwards it); the forward-hook
+        drop of new inbound connections is what stops it. None where not applicable (open has
+        no LAN; double's CGN has no route to the home LAN).
+        """
+        if site.preset in ("open", "double"):
+            return None
+        ns, addr = site.hosts[0]
+        lan = f"198.18.{site.index}.0/24"
+        recv = self.run.spawn(ns, python_argv("tierlink.lab.probe", "hairpin-recv", "--bind",
+                                              addr, "--server", server, "--wait", "1.5"))
+        sh(["ip", "-n", self.internet, "route", "add", lan, "via", site.public_ip])
+        try:
+            assert recv.stdout is not None
+            local = json.loads(recv.stdout.readline() or "{}").get("local")
+            if not local:
+                raise LabError(f"LAN exposure probe did not start in {ns}")
+            self._probe_cmd(self.internet, "hairpin-send", "--bind", INTERNET_ALT_IP,
+                            "--server", f"{INTERNET_IP}:{PROBE_PORTS[1]}", "--to", local)
+            out, _ = recv.communicate(timeout=10)
+        finally:
+            sh(["ip", "-n", self.internet, "route", "del", lan], check=False)
+            if recv.poll() is None:
+                recv.kill()
+        last = out.strip().splitlines()[-1] if out.strip() else "{}"
+        return bool(json.loads(last).get("received"))
 
     def verify(self, site: Site) -> dict[str, Any]:
         """Probe a site; raise :class:`PresetMismatch` unless it behaves as its preset."""
