@@ -9,6 +9,7 @@ import importlib.metadata
 import importlib.util
 import os
 import platform
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -83,9 +84,13 @@ async def run_bench_async(
     results["quick"] = quick
     plan = Plan.quick() if quick else Plan()
     for system in chosen:
+        load = [round(x, 2) for x in os.getloadavg()]
+        started = time.monotonic()
         entry = await _one(system, plan, quick, logs)
         entry["machine"] = machine
         entry["quick"] = quick
+        entry["loadavg_at_start"] = load
+        entry["run_seconds"] = round(time.monotonic() - started, 1)
         results[system] = entry
     ordered: JsonDict = {"machine": results.pop("machine"), "quick": results.pop("quick")}
     ordered.update({s: results[s] for s in SYSTEMS if s in results})

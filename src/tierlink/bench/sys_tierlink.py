@@ -17,8 +17,9 @@ from tierlink.bench.base import BenchConn, BenchSide, JsonDict, Signal, now
 
 CONNECT_TIMEOUT = 20.0
 ACCEPT_TIMEOUT = 120.0
-#: tierlink's reliable send returns after the peer's ack: keep this many sends in flight.
-SEND_WINDOW = 64
+#: tierlink's reliable send returns after the peer's ack (the channel itself bounds the bytes in
+#: flight by its window and queues the rest in call order): keep this many sends pending.
+SEND_WINDOW = 512
 
 
 class TierlinkBenchConn(BenchConn):
