@@ -157,6 +157,7 @@ class SecureChannel(QuicSession):
         finally:
             if fut.cancelled() and entry in self._backlog:
                 self._backlog.remove(entry)
+                self._pump_backlog()
 
     def send_datagram(self, data: bytes) -> None:
         """Send one unreliable QUIC DATAGRAM (at most DATAGRAM_MAX_PAYLOAD bytes)."""
@@ -305,10 +306,20 @@ class SecureChannel(QuicSession):
             self._stats["bytes_sent"] += size
             if not fut.done():
                 fut.set_result(mid)
-        while self._backlog and self._fits(len(self._backlog[0][0])):
-            payload, fut = self._backlog.popleft()
-            if not fut.done():
+        self._pump_backlog()
+
+    def _pump_backlog(self) -> None:
+        """Write waiting sends, in call order, while the window has room."""
+        backlog = self._backlog
+        while backlog and not self._closed:
+            payload, fut = backlog[0]
+            if fut.done():  # cancelled while waiting: never sent
+                backlog.popleft()
+            elif self._fits(len(payload)):
+                backlog.popleft()
                 self._write_message(payload, fut)
+            else:
+                break
 
     def _fits(self, size: int) -> bool:
         if not self._unacked:
