@@ -61,6 +61,7 @@ async def dhtnode_proxy(log_path: Path) -> AsyncIterator[str]:
             stdin=asyncio.subprocess.DEVNULL,
             stdout=log,
             stderr=log,
+            preexec_fn=_die_with_parent,
         )
         try:
             await _wait_listening(tcp, 10.0)
@@ -73,3 +74,12 @@ async def dhtnode_proxy(log_path: Path) -> AsyncIterator[str]:
                 except TimeoutError:
                     proc.kill()
                     await proc.wait()
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: get SIGTERM if the benchmark process dies (Linux)."""
+    import ctypes
+    import signal
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG

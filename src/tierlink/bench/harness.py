@@ -76,6 +76,7 @@ class WorkerProc:
         self.name = name
         self.peer: WorkerProc | None = None
         self.replies: asyncio.Queue[JsonDict] = asyncio.Queue()
+        self.dead = False
         self.reader = asyncio.create_task(self._read())
 
     async def _read(self) -> None:
@@ -83,6 +84,7 @@ class WorkerProc:
         while True:
             line = await self.proc.stdout.readline()
             if not line:
+                self.dead = True
                 self.replies.put_nowait({"error": f"{self.name} worker exited"})
                 return
             msg = json.loads(line)
@@ -96,6 +98,8 @@ class WorkerProc:
     async def call(self, cmd: str, timeout: float, **params: Any) -> JsonDict:
         """Run ``cmd`` in the worker; BenchStepError on error or timeout."""
         assert self.proc.stdin is not None
+        if self.dead and self.replies.empty():
+            raise BenchStepError(f"{self.name}: worker is gone (see the log)")
         self.proc.stdin.write(json.dumps({"type": "cmd", "cmd": cmd, **params}).encode() + b"\n")
         try:
             reply = await asyncio.wait_for(self.replies.get(), timeout)
