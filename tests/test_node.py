@@ -12,7 +12,14 @@ import pytest
 
 from tests.nodes import config_for, resources, settle
 from tierlink.blocking import BlockingNode
-from tierlink.errors import ConnectionClosed, DialTimeout, IceFailed, MessageTooLarge, PeerNotFound
+from tierlink.errors import (
+    ConnectionClosed,
+    DialTimeout,
+    HandshakeFailed,
+    IceFailed,
+    MessageTooLarge,
+    PeerNotFound,
+)
 from tierlink.identity import Identity
 from tierlink.keys import answer_key, ice_candidates_key, offers_key
 from tierlink.node import Node
@@ -20,9 +27,9 @@ from tierlink.records import KIND_OFFER
 from tierlink.signaling import IceParams, encode_signal, new_session_id
 
 
-async def pair(dht_cluster, **kw_b):
-    a = Node(config_for(dht_cluster[0]))
-    b = Node(config_for(dht_cluster[1], **kw_b))
+async def pair(dht_cluster, secure: bool = True, **kw_b):
+    a = Node(config_for(dht_cluster[0], secure=secure))
+    b = Node(config_for(dht_cluster[1], secure=secure, **kw_b))
     await b.start()
     await a.start()
     return a, b
@@ -42,22 +49,30 @@ async def wait_until(cond, timeout: float = 5.0) -> None:
         await asyncio.sleep(0.01)
 
 
-async def test_dial_by_fingerprint_and_exchange(dht_cluster) -> None:
-    a, b = await pair(dht_cluster)
+@pytest.mark.parametrize("secure", [True, False], ids=["secure", "raw"])
+async def test_dial_by_fingerprint_and_exchange(dht_cluster, secure: bool) -> None:
+    a, b = await pair(dht_cluster, secure)
     async with a, b:
         ca, cb = await dial(a, b)
         assert ca.remote_fingerprint == b.fingerprint and cb.remote_fingerprint == a.fingerprint
         assert ca.selected_pair["local"]["type"] == "host"
-        assert ca.max_payload == 65_507
+        assert ca.secure is secure and cb.secure is secure
+        limit = 16 * 2**20 if secure else 65_507
+        assert ca.max_payload == limit
+        assert ca.max_datagram_payload == (1150 if secure else 65_507)
         await ca.send(b"ping")
         assert await cb.recv(5) == b"ping"
         await cb.send(b"pong")
         assert await ca.recv(5) == b"pong"
-        big = b"x" * 65_507
+        big = b"x" * (65_507 if not secure else 1_000_000)
         await ca.send(big)
         assert await cb.recv(5) == big
-        with pytest.raises(MessageTooLarge, match="65507"):
-            await ca.send(b"x" * 65_508)
+        with pytest.raises(MessageTooLarge, match=str(limit)):
+            await ca.send(b"x" * (limit + 1))
+        with pytest.raises(MessageTooLarge):
+            ca.send_datagram(b"x" * (ca.max_datagram_payload + 1))
+        ca.send_datagram(b"d")
+        assert await cb.recv_datagram(5) == b"d"
         with pytest.raises(ValueError):
             await ca.send(b"")
         await ca.close()
@@ -65,18 +80,19 @@ async def test_dial_by_fingerprint_and_exchange(dht_cluster) -> None:
             await ca.send(b"after close")
 
 
-async def test_burst_of_20_keeps_newest_16_and_counts_4_dropped(dht_cluster) -> None:
-    a, b = await pair(dht_cluster)
+@pytest.mark.parametrize("secure", [True, False], ids=["secure", "raw"])
+async def test_burst_of_20_keeps_newest_16_and_counts_4_dropped(dht_cluster, secure) -> None:
+    a, b = await pair(dht_cluster, secure)
     async with a, b:
         ca, cb = await dial(a, b)
         for i in range(20):
-            await ca.send(f"m{i}".encode())
+            ca.send_datagram(f"m{i}".encode())
         await wait_until(lambda: cb.received == 20)
         assert cb.received == 20
         assert cb.dropped == 4
-        got = [await cb.recv(0) for _ in range(16)]
+        got = [await cb.recv_datagram(0) for _ in range(16)]
         assert got == [f"m{i}".encode() for i in range(4, 20)]
-        assert await cb.recv(0) is None
+        assert await cb.recv_datagram(0) is None
 
 
 async def test_recv_timeouts_and_close_wakes_waiters(dht_cluster) -> None:
@@ -130,8 +146,9 @@ async def test_ten_simultaneous_connections_never_mix(dht_cluster) -> None:
         await b.close()
 
 
-async def test_steady_10000_messages_lose_nothing(dht_cluster) -> None:
-    a, b = await pair(dht_cluster)
+@pytest.mark.parametrize("secure", [True, False], ids=["secure", "raw"])
+async def test_steady_10000_messages_lose_nothing(dht_cluster, secure: bool) -> None:
+    a, b = await pair(dht_cluster, secure)
     async with a, b:
         ca, cb = await dial(a, b)
         n, received = 10_000, []
@@ -151,7 +168,8 @@ async def test_steady_10000_messages_lose_nothing(dht_cluster) -> None:
                 await asyncio.sleep(0.001)  # a steady rate the reader keeps up with
         await asyncio.wait_for(task, 30)
         cpu, wall = time.process_time() - cpu0, time.perf_counter() - t0
-        print(f"10000 msgs in {wall:.2f} s, CPU {cpu:.2f} s (both nodes in this process), "
+        print(f"{'secure' if secure else 'raw'}: 10000 msgs in {wall:.2f} s, CPU {cpu:.2f} s "
+              "(both nodes in this process), "
               f"dropped {cb.dropped}")
         assert len(received) == n and cb.dropped == 0
         assert [int.from_bytes(m[:4], "big") for m in received] == list(range(n))
@@ -244,7 +262,7 @@ async def test_wrong_ice_password_fails_checks(dht_cluster, monkeypatch) -> None
 async def test_private_mode_leaks_no_address_to_dht_observers(dht_cluster) -> None:
     a, b = await pair(dht_cluster)
     async with a, b:
-        ca, cb = await dial(a, b)
+        ca, _ = await dial(a, b)
         assert ca.selected_pair["remote"]["address"] == "127.0.0.1"
         observer = dht_cluster[2]
         from tierlink.dht import DhtClient
@@ -264,23 +282,25 @@ async def test_private_mode_leaks_no_address_to_dht_observers(dht_cluster) -> No
         addr_text, addr_bin = b"127.0.0.1", socket.inet_aton("127.0.0.1")
         for v in values:
             assert addr_text not in v and addr_bin not in v
-        port = ca.selected_pair["local"]["port"].to_bytes(2, "big")
-        assert sum(port in v for v in values) <= 1  # chance collisions only
 
 
 async def test_public_mode_lists_candidates(dht_cluster) -> None:
-    async with Node(config_for(dht_cluster[0], mode="public")) as p:
-        async with Node(config_for(dht_cluster[1])) as q:
-            rec = await q.lookup(p.fingerprint)
+    async with (
+        Node(config_for(dht_cluster[0], mode="public")) as p,
+        Node(config_for(dht_cluster[1])) as q,
+    ):
+        rec = await q.lookup(p.fingerprint)
     assert rec.mode == "public" and [c.host for c in rec.candidates] == ["127.0.0.1"]
 
 
 async def test_node_republishes_with_higher_sequence(dht_cluster) -> None:
-    async with Node(config_for(dht_cluster[0], record_lifetime=3.0)) as p:
-        async with Node(config_for(dht_cluster[1])) as q:
-            first = await q.lookup(p.fingerprint)
-            await asyncio.sleep(1.6)
-            second = await q.lookup(p.fingerprint)
+    async with (
+        Node(config_for(dht_cluster[0], record_lifetime=3.0)) as p,
+        Node(config_for(dht_cluster[1])) as q,
+    ):
+        first = await q.lookup(p.fingerprint)
+        await asyncio.sleep(1.6)
+        second = await q.lookup(p.fingerprint)
     assert second.seq > first.seq
 
 
@@ -354,3 +374,41 @@ def _recv_or_closed(conn) -> str:
 
 def test_rss_is_measurable() -> None:
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss > 0
+
+
+async def test_tampered_certificate_fingerprint_fails_handshake(dht_cluster, monkeypatch) -> None:
+    a, b = await pair(dht_cluster)
+    a.config.handshake_timeout = b.config.handshake_timeout = 3.0
+    real = a._params
+
+    def forged(ice):
+        p = real(ice)
+        return IceParams(p.ufrag, p.pwd, p.candidates, bytes(32), p.kem_public_key)
+
+    monkeypatch.setattr(a, "_params", forged)
+    async with a, b:
+        with pytest.raises(HandshakeFailed):
+            await a.connect(b.fingerprint)
+        assert await b.accept(timeout=4) is None
+        assert not a.connections and not b.connections
+
+
+async def test_secure_and_raw_peers_refuse_each_other(dht_cluster) -> None:
+    a = Node(config_for(dht_cluster[0], secure=True, handshake_timeout=2.0))
+    b = Node(config_for(dht_cluster[1], secure=False))
+    async with b, a:
+        with pytest.raises(HandshakeFailed, match=r"no certificate|secure"):
+            await a.connect(b.fingerprint)
+
+
+def test_blocking_datagrams(dht_cluster_sync) -> None:
+    a_dht, b_dht = dht_cluster_sync
+    with BlockingNode(config_for(b_dht)) as b, BlockingNode(config_for(a_dht)) as a:
+        ca = a.connect(b.fingerprint)
+        cb = b.accept(timeout=10)
+        assert cb is not None
+        assert isinstance(ca.send(b"reliable"), int)
+        assert cb.recv_timeout(5000) == b"reliable"
+        ca.send_datagram(b"datagram")
+        assert cb.recv_datagram_timeout(5000) == b"datagram"
+        assert cb.recv_datagram_timeout(0) is None

@@ -76,6 +76,13 @@ class _LoopThread:
             self.thread.join(10)
 
 
+def _seconds(timeout_ms: int) -> float | None:
+    """The seed's milliseconds (-1 forever) as asyncio seconds (None forever)."""
+    if timeout_ms < -1:
+        raise ValueError("timeout_ms must be -1 (forever), 0 or a positive number of ms")
+    return None if timeout_ms == -1 else timeout_ms / 1000
+
+
 class BlockingConnection:
     """The blocking face of a :class:`~tierlink.connection.Connection`."""
 
@@ -107,16 +114,24 @@ class BlockingConnection:
         """Counters, JSON-ready."""
         return self._conn.stats()
 
-    def send(self, data: bytes) -> None:
-        """Send one message."""
-        self._runner.run(self._conn.send(data))
+    def send(self, data: bytes) -> int:
+        """Send one message (secure: returns its id once the peer queued it)."""
+        return self._runner.run(self._conn.send(data))
+
+    def send_datagram(self, data: bytes) -> None:
+        """Send one unreliable datagram."""
+        self._runner.run(self._send_datagram(data))
+
+    async def _send_datagram(self, data: bytes) -> None:
+        self._conn.send_datagram(data)
+
+    def recv_datagram_timeout(self, timeout_ms: int) -> bytes | None:
+        """Next datagram; 0 = non-blocking, N = up to N ms, -1 = forever."""
+        return self._runner.run(self._conn.recv_datagram(_seconds(timeout_ms)))
 
     def recv_timeout(self, timeout_ms: int) -> bytes | None:
         """0 = non-blocking, N = up to N ms, -1 = forever; None on timeout."""
-        if timeout_ms < -1:
-            raise ValueError("timeout_ms must be -1 (forever), 0 or a positive number of ms")
-        timeout = None if timeout_ms == -1 else timeout_ms / 1000
-        return self._runner.run(self._conn.recv(timeout))
+        return self._runner.run(self._conn.recv(_seconds(timeout_ms)))
 
     def recv(self, timeout: float | None = None) -> bytes | None:
         """Like the async ``recv``: seconds, None = forever."""

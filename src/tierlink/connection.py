@@ -1,9 +1,14 @@
 """A connection to one peer over its ICE-selected path.
 
-Messages here are ICE datagrams: 1 byte up to :attr:`Connection.max_payload` (65,507 on a
-direct IPv4 path, 4 less through a TURN relay). The receive side is the seed's, done right:
-a bounded drop-oldest queue (capacity 16 by default, drops counted), ``recv(timeout)`` without
-polling, and ``close()`` that wakes every waiter and releases the ICE agent's sockets and tasks.
+By default a connection carries the secure channel (:mod:`tierlink.channel`: QUIC over the
+ICE path, pinned to the certificate the peer's identity signed): ``send`` is reliable, ordered
+and acknowledged, ``send_datagram`` is unreliable. With ``secure=False`` it carries raw ICE
+datagrams (the seed's transport): ``send`` and ``send_datagram`` are then the same, 1 byte up
+to :attr:`Connection.max_payload` (65,507 on a direct IPv4 path, 4 less through TURN).
+
+The receive side keeps the seed's semantics: bounded queues (capacity 16 by default),
+drop-oldest for datagrams with a counter, ``recv(timeout)`` without polling, and ``close()``
+that wakes every waiter and releases every socket, task and timer.
 """
 
 from __future__ import annotations
@@ -12,12 +17,99 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
+from tierlink.channel import DATAGRAM_MAX_PAYLOAD, SecureChannel
 from tierlink.errors import ConnectionClosed, MessageTooLarge
 from tierlink.ice import describe_pair, max_payload
 from tierlink.ice_compat import IceConnection
 from tierlink.queue import DEFAULT_CAPACITY, RecvQueue
+
+
+class Transport(Protocol):
+    """What a connection needs from its transport (SecureChannel or RawDatagrams)."""
+
+    @property
+    def closed(self) -> bool: ...
+    @property
+    def max_message_size(self) -> int: ...
+    @property
+    def stats(self) -> dict[str, int]: ...
+    async def send(self, data: bytes) -> int: ...
+    def send_datagram(self, data: bytes) -> None: ...
+    async def recv(self, timeout: float | None = None) -> bytes | None: ...
+    async def recv_datagram(self, timeout: float | None = None) -> bytes | None: ...
+    async def close(self) -> None: ...
+    async def wait_closed(self) -> None: ...
+
+
+class RawDatagrams:
+    """Raw ICE datagrams as a transport: no encryption, no acknowledgement, drop-oldest."""
+
+    def __init__(self, ice: IceConnection, queue_capacity: int) -> None:
+        self._ice = ice
+        self._queue: RecvQueue[bytes] = RecvQueue(queue_capacity)
+        self._limit = max_payload(ice)
+        self._closed = asyncio.get_running_loop().create_future()
+        self._stats = {"datagrams_sent": 0, "bytes_sent": 0, "bytes_received": 0}
+        ice.set_datagram_handler(self._on_datagram)
+
+    def _on_datagram(self, data: bytes) -> None:
+        self._stats["bytes_received"] += len(data)
+        self._queue.offer(data)
+
+    @property
+    def closed(self) -> bool:
+        return self._queue.closed
+
+    @property
+    def max_message_size(self) -> int:
+        return self._limit
+
+    @property
+    def stats(self) -> dict[str, int]:
+        return {
+            **self._stats,
+            "datagrams_received": self._queue.received,
+            "datagrams_dropped": self._queue.dropped,
+        }
+
+    async def send(self, data: bytes) -> int:
+        self.send_datagram(data)
+        return self._stats["datagrams_sent"]
+
+    def send_datagram(self, data: bytes) -> None:
+        if self._queue.closed:
+            raise ConnectionClosed("connection is closed")
+        if len(data) > self._limit:
+            raise MessageTooLarge(
+                f"message of {len(data)} bytes exceeds the path's limit of "
+                f"{self._limit} bytes per datagram"
+            )
+        try:
+            self._ice.send_nowait(bytes(data))
+        except ConnectionError as exc:
+            raise ConnectionClosed(f"connection lost: {exc}") from None
+        self._stats["datagrams_sent"] += 1
+        self._stats["bytes_sent"] += len(data)
+
+    async def recv(self, timeout: float | None = None) -> bytes | None:
+        return await self._queue.get(timeout)
+
+    recv_datagram = recv
+
+    def fail(self, reason: str) -> None:
+        """Close because the path died (ICE consent expired)."""
+        self._queue.close(reason)
+        if not self._closed.done():
+            self._closed.set_result(None)
+
+    async def close(self) -> None:
+        self._ice.set_datagram_handler(None)
+        self.fail("connection closed locally")
+
+    async def wait_closed(self) -> None:
+        await asyncio.shield(self._closed)
 
 
 class Connection:
@@ -31,6 +123,7 @@ class Connection:
         initiator: bool,
         session_id: bytes,
         connect_ms: float,
+        channel: SecureChannel | None = None,
         queue_capacity: int = DEFAULT_CAPACITY,
         on_close: Callable[[Connection], None] | None = None,
     ) -> None:
@@ -39,17 +132,18 @@ class Connection:
         self.session_id = session_id
         self.connect_ms = connect_ms
         self.selected_pair: dict[str, dict[str, Any]] = describe_pair(ice)
-        self.max_payload = max_payload(ice)
         self.opened_at = time.time()
-        self.sent = 0
-        self.bytes_sent = 0
-        self.bytes_received = 0
+        self.secure = channel is not None
         self._ice = ice
-        self._queue: RecvQueue[bytes] = RecvQueue(queue_capacity)
+        self._transport: Transport = (
+            channel if channel is not None else RawDatagrams(ice, queue_capacity)
+        )
         self._on_close = on_close
         self._closing: asyncio.Task[None] | None = None
-        ice.set_datagram_handler(self._on_datagram)
-        self._watch = asyncio.create_task(self._watch_ice(), name="tierlink-ice-watch")
+        self._watchers = [
+            asyncio.create_task(self._watch_ice(), name="tierlink-ice-watch"),
+            asyncio.create_task(self._watch_transport(), name="tierlink-transport-watch"),
+        ]
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else "open"
@@ -59,17 +153,34 @@ class Connection:
     @property
     def closed(self) -> bool:
         """True once closed by either side or by a failure."""
-        return self._queue.closed
+        return self._closing is not None or self._transport.closed
+
+    @property
+    def max_payload(self) -> int:
+        """Largest message ``send`` accepts (16 MiB secure; the path's datagram limit raw)."""
+        return self._transport.max_message_size
+
+    @property
+    def max_datagram_payload(self) -> int:
+        """Largest datagram ``send_datagram`` accepts."""
+        return DATAGRAM_MAX_PAYLOAD if self.secure else self._transport.max_message_size
+
+    @property
+    def sent(self) -> int:
+        """Messages sent (secure: acknowledged) plus datagrams sent."""
+        s = self._transport.stats
+        return s.get("messages_sent", 0) + s.get("datagrams_sent", 0)
 
     @property
     def received(self) -> int:
-        """Messages received (including those later dropped)."""
-        return self._queue.received
+        """Messages plus datagrams received (including datagrams later dropped)."""
+        s = self._transport.stats
+        return s.get("messages_received", 0) + s.get("datagrams_received", 0)
 
     @property
     def dropped(self) -> int:
-        """Messages dropped because the receive queue was full (oldest first)."""
-        return self._queue.dropped
+        """Datagrams dropped because the receive queue was full (oldest first)."""
+        return self._transport.stats.get("datagrams_dropped", 0)
 
     @property
     def path_type(self) -> str:
@@ -83,46 +194,49 @@ class Connection:
         """Counters and path facts, JSON-ready."""
         return {
             "remote": self.remote_fingerprint,
+            "secure": self.secure,
             "selected_pair": self.selected_pair,
             "connect_ms": round(self.connect_ms, 2),
             "sent": self.sent,
             "received": self.received,
             "dropped": self.dropped,
-            "queued": len(self._queue),
-            "bytes_sent": self.bytes_sent,
-            "bytes_received": self.bytes_received,
             "closed": self.closed,
+            **self._transport.stats,
         }
 
     # -- data ----------------------------------------------------------------------------
-    def _on_datagram(self, data: bytes) -> None:
-        self.bytes_received += len(data)
-        self._queue.offer(data)
-
-    async def send(self, data: bytes) -> None:
-        """Send one datagram (1 byte up to :attr:`max_payload`)."""
+    def _check(self, data: bytes) -> None:
         if self.closed:
             raise ConnectionClosed("connection is closed")
         if not data:
             raise ValueError("cannot send an empty message")
-        if len(data) > self.max_payload:
+
+    async def send(self, data: bytes) -> int:
+        """Send one message. Secure: reliable, returns its id once the peer queued it
+        (waits while the peer's queue is full). Raw: one datagram, returns a counter."""
+        self._check(data)
+        return await self._transport.send(data)
+
+    def send_datagram(self, data: bytes) -> None:
+        """Send one unreliable datagram (1 byte up to :attr:`max_datagram_payload`)."""
+        self._check(data)
+        if len(data) > self.max_datagram_payload:
             raise MessageTooLarge(
-                f"message of {len(data)} bytes exceeds the path's limit of "
-                f"{self.max_payload} bytes per datagram"
+                f"datagram of {len(data)} bytes exceeds the limit of "
+                f"{self.max_datagram_payload} bytes"
             )
-        try:
-            self._ice.send_nowait(bytes(data))
-        except ConnectionError as exc:
-            raise ConnectionClosed(f"connection lost: {exc}") from None
-        self.sent += 1
-        self.bytes_sent += len(data)
+        self._transport.send_datagram(data)
 
     async def recv(self, timeout: float | None = None) -> bytes | None:
         """Next message: ``timeout=0`` at once, ``t`` up to t seconds, None forever.
 
         Returns None on timeout; raises :class:`ConnectionClosed` once closed and drained.
         """
-        return await self._queue.get(timeout)
+        return await self._transport.recv(timeout)
+
+    async def recv_datagram(self, timeout: float | None = None) -> bytes | None:
+        """Next datagram, with the same timeout rules as :meth:`recv`."""
+        return await self._transport.recv_datagram(timeout)
 
     # -- life ----------------------------------------------------------------------------
     async def _watch_ice(self) -> None:
@@ -132,20 +246,29 @@ class Connection:
                 event = await self._ice.get_event()
                 if event is None or type(event).__name__ == "ConnectionClosed":
                     break
-            self._start_close("peer unreachable (ICE consent expired)")
+            if isinstance(self._transport, RawDatagrams):
+                self._transport.fail("peer unreachable (ICE consent expired)")
+            self._start_close()
 
-    def _start_close(self, reason: str) -> asyncio.Task[None]:
+    async def _watch_transport(self) -> None:
+        """Release the ICE agent when the channel closes (peer closed, liveness failed)."""
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._transport.wait_closed()
+            self._start_close()
+
+    def _start_close(self) -> asyncio.Task[None]:
         if self._closing is None:
-            self._queue.close(reason)
             self._closing = asyncio.ensure_future(self._release())
         return self._closing
 
     async def _release(self) -> None:
         current = asyncio.current_task()
-        if self._watch is not current and not self._watch.done():
-            self._watch.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watch
+        await self._transport.close()
+        for task in self._watchers:
+            if task is not current and not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         self._ice.set_datagram_handler(None)
         await self._ice.close()
         if self._on_close is not None:
@@ -153,4 +276,4 @@ class Connection:
 
     async def close(self) -> None:
         """Close: every waiting receiver wakes with ConnectionClosed; sockets are released."""
-        await asyncio.shield(self._start_close("connection closed locally"))
+        await asyncio.shield(self._start_close())

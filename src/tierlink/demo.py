@@ -63,8 +63,10 @@ async def run_demo(messages: int = 10, say: Say | None = None) -> dict[str, Any]
                 "local": conn_a.selected_pair["local"]["type"],
                 "remote": conn_a.selected_pair["remote"]["type"],
             }
+            result["secure"] = conn_a.secure
             tell(
-                f"connected in {result['connect_ms']} ms over a "
+                f"connected in {result['connect_ms']} ms (ICE + pinned QUIC/TLS 1.3 channel) "
+                f"over a "
                 f"{result['selected_pair']['local']}↔{result['selected_pair']['remote']} "
                 f"candidate pair ({conn_a.selected_pair['local']['address']}:"
                 f"{conn_a.selected_pair['local']['port']} ↔ "

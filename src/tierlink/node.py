@@ -16,9 +16,17 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Literal
 
+from tierlink.certs import LocalCertificate
+from tierlink.channel import SecureChannel, open_channel
 from tierlink.connection import Connection
 from tierlink.dht import DhtClient, DhtNodeProcess
-from tierlink.errors import DialTimeout, PeerNotFound, RecordError, TierlinkError
+from tierlink.errors import (
+    DialTimeout,
+    HandshakeFailed,
+    PeerNotFound,
+    RecordError,
+    TierlinkError,
+)
 from tierlink.ice import IceSettings, TurnServer, local_infos, run_checks, set_remote
 from tierlink.ice_compat import IceConnection
 from tierlink.identity import Identity, is_fingerprint
@@ -47,6 +55,8 @@ class NodeConfig:
     child (joined to ``bootstrap``). ``mode``: ``private`` (default) publishes no candidates,
     addresses travel only inside encrypted answers; ``public`` lists them in the record (the
     seed's behaviour). ``allow``: fingerprints this node answers; None answers anyone.
+    ``secure``: carry the pinned QUIC channel (reliable, encrypted); False carries raw ICE
+    datagrams (the seed's transport). ``liveness_timeout``: a dead peer is detected within it.
     """
 
     identity: Identity
@@ -65,6 +75,10 @@ class NodeConfig:
     record_lifetime: float = 600.0
     queue_capacity: int = DEFAULT_CAPACITY
     dht_timeout: float = 10.0
+    secure: bool = True
+    liveness_timeout: float = 15.0
+    handshake_timeout: float = 10.0
+    max_message_size: int = 16 * 1024 * 1024
 
     def ice_settings(self) -> IceSettings:
         """The ICE part of the configuration."""
@@ -88,6 +102,7 @@ class Node:
             raise ValueError(f"mode must be 'private' or 'public', not {config.mode!r}")
         self.config = config
         self.identity = config.identity
+        self.certificate = LocalCertificate.generate()
         self.ice_settings = config.ice_settings()
         self.dht: DhtClient | None = None
         self.dht_process: DhtNodeProcess | None = None
@@ -222,7 +237,8 @@ class Node:
     # -- dialing -------------------------------------------------------------------------
     def _params(self, ice: IceConnection) -> IceParams:
         return IceParams(
-            ice.local_username, ice.local_password, local_infos(ice), None,
+            ice.local_username, ice.local_password, local_infos(ice),
+            self.certificate.sha256 if self.config.secure else None,
             self.identity.kem_public_key,
         )
 
@@ -266,10 +282,29 @@ class Node:
             p = answer.params
             await set_remote(ice, p.ufrag, p.pwd, p.candidates)
             await run_checks(ice, self.config.ice_timeout, started)
+            channel = await self._open_channel(ice, True, p.cert_sha256)
         except BaseException:
             await ice.close()
             raise
-        return self._adopt(ice, fingerprint, True, session, (loop.time() - started) * 1000)
+        return self._adopt(ice, fingerprint, True, session, (loop.time() - started) * 1000,
+                           channel)
+
+    async def _open_channel(
+        self, ice: IceConnection, is_client: bool, peer_cert: bytes | None
+    ) -> SecureChannel | None:
+        """The pinned QUIC channel over the ICE path (None in raw mode)."""
+        if not self.config.secure:
+            return None
+        if peer_cert is None:
+            raise HandshakeFailed("the peer offered no certificate: it runs without a secure "
+                                  "channel (secure=False); both sides must agree")
+        return await open_channel(
+            ice, is_client=is_client, certificate=self.certificate, peer_cert_sha256=peer_cert,
+            queue_capacity=self.config.queue_capacity,
+            liveness_timeout=self.config.liveness_timeout,
+            handshake_timeout=self.config.handshake_timeout,
+            max_message_size=self.config.max_message_size,
+        )
 
     async def _await_answer(
         self, listener: AsyncIterator[bytes], peer: str, peer_pk: bytes, session: bytes
@@ -286,11 +321,13 @@ class Node:
         raise DialTimeout("the answer listen ended before an answer arrived")
 
     def _adopt(
-        self, ice: IceConnection, peer: str, initiator: bool, session: bytes, ms: float
+        self, ice: IceConnection, peer: str, initiator: bool, session: bytes, ms: float,
+        channel: SecureChannel | None,
     ) -> Connection:
         conn = Connection(
             ice, peer, initiator=initiator, session_id=session, connect_ms=ms,
-            queue_capacity=self.config.queue_capacity, on_close=self._connections.discard,
+            channel=channel, queue_capacity=self.config.queue_capacity,
+            on_close=self._connections.discard,
         )
         self._connections.add(conn)
         return conn
@@ -364,11 +401,12 @@ class Node:
             await self._require_dht().put(answer_key(offer.signer, offer.session_id), answer)
             self.offers_answered += 1
             await run_checks(ice, self.config.ice_timeout, started)
+            channel = await self._open_channel(ice, False, p.cert_sha256)
         except BaseException:
             await ice.close()
             raise
         conn = self._adopt(ice, offer.signer, False, offer.session_id,
-                           (loop.time() - started) * 1000)
+                           (loop.time() - started) * 1000, channel)
         try:
             self._incoming.put_nowait(conn)
         except asyncio.QueueFull:
