@@ -46,6 +46,10 @@ def _ms(value: Any) -> str:
     return "-" if value is None else f"{float(value):.0f} ms"
 
 
+def _yes(flag: Any) -> str:
+    return "yes" if flag else "no"
+
+
 def write_json(result: dict[str, Any], path: Path) -> Path:
     path.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
     return path
@@ -54,12 +58,15 @@ def write_json(result: dict[str, Any], path: Path) -> Path:
 def write_markdown(result: dict[str, Any], path: Path) -> Path:
     """Two tables: preset probe results, then one row per cell."""
     lines = ["# NAT lab connectivity matrix", "", "## Presets (probe results)", "",
-             "| preset | mapping | filtering | hairpin | matches definition |",
-             "|---|---|---|---|---|"]
+             "| preset | mapping | filtering | hairpin | LAN reachable by routing "
+             "| matches definition |",
+             "|---|---|---|---|---|---|"]
     for name, probe in result.get("presets", {}).items():
         hp = probe.get("hairpin")
-        hairpin = "-" if hp is None else ("yes" if hp.get("received") else "no")
+        hairpin = "-" if hp is None else _yes(hp.get("received"))
+        exposed = probe.get("lan_exposed")
         lines.append(f"| {name} | {probe.get('mapping')} | {probe.get('filtering')} | {hairpin} "
+                     f"| {'-' if exposed is None else _yes(exposed)} "
                      f"| {'yes' if probe.get('ok') else '**NO**'} |")
     lines += ["", "## Cells", "",
               "| a | b | TURN | successes | path | tier | median connect | outcome | expected |",

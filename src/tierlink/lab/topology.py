@@ -55,6 +55,7 @@ class Site:
     hosts: list[tuple[str, str]]
     namespaces: list[str] = field(default_factory=list)
     public_ip: str = ""
+    ports: list[str] = field(default_factory=list)  # its links' ends on the internet bridge
 
 
 class Lab:
@@ -66,6 +67,7 @@ class Lab:
         self._want_turn = turn
         self._want_dht = dht
         self._used: set[int] = set()
+        self._ports: list[str] = []  # bridge ports of the site being built
 
     @property
     def prefix(self) -> str:
@@ -114,6 +116,7 @@ class Lab:
     def _attach(self, ns: str, dev: str, index: int, tag: str) -> None:
         """Plug ``dev`` of ``ns`` into the internet bridge (port name ``<tag><index>``)."""
         port = f"{tag}{index}"
+        self._ports.append(port)
         self.run.veth(ns, dev, self.internet, port)
         sh(["ip", "-n", self.internet, "link", "set", port, "master", "br0"])
 
@@ -135,14 +138,23 @@ class Lab:
         n = free[0]
         self._used.add(n)
         before = len(self.run.namespaces)
+        self._ports = []
         try:
             site = self._build_site(preset, n)
         except BaseException:
+            self._drop_ports(self._ports)
             self.run.remove_namespaces(self.run.namespaces[before:])
             self._used.discard(n)
             raise
         site.namespaces = self.run.namespaces[before:]
+        site.ports = self._ports
         return site
+
+    def _drop_ports(self, ports: list[str]) -> None:
+        """Delete bridge ports now: a deleted namespace frees its veths only asynchronously,
+        so the next site could otherwise find its port name still taken."""
+        for port in ports:
+            sh(["ip", "-n", self.internet, "link", "del", port], check=False)
 
     def _build_site(self, preset: str, n: int) -> Site:
         r = self.run
@@ -201,6 +213,7 @@ class Lab:
 
     def remove_site(self, site: Site) -> None:
         """Remove a site's namespaces (and any process still running in them)."""
+        self._drop_ports(site.ports)
         self.run.remove_namespaces(site.namespaces)
         self._used.discard(site.index)
 
