@@ -12,6 +12,7 @@ import math
 import random
 import resource
 import signal
+import ssl
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
@@ -19,6 +20,8 @@ from typing import Any
 
 import pytest
 from aioice import Candidate
+from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.connection import QuicConnection
 
 from tierlink.certs import LocalCertificate
 from tierlink.channel import (
@@ -135,6 +138,35 @@ async def test_impostor_certificate_fails_on_both_sides(
     victim, fake = (results[0], results[1]) if impostor == "callee" else results[::-1]
     assert ci.sha256.hex() in str(victim) and "does not match" in str(victim)
     assert "certificate rejected" in str(fake)
+
+
+async def test_client_without_certificate_is_refused(ice: IcePair, certs: Any) -> None:
+    """A plain aioquic client that answers the certificate request with no certificate."""
+    client = QuicConnection(
+        configuration=QuicConfiguration(
+            is_client=True, alpn_protocols=["tierlink/1"], verify_mode=ssl.CERT_NONE
+        )
+    )
+    addr = ("0.0.0.0", 0)
+
+    def pump(data: bytes | None = None) -> None:
+        if data is not None:
+            client.receive_datagram(data, addr, now=time.monotonic())
+        for out, _ in client.datagrams_to_send(now=time.monotonic()):
+            ice[0].send_nowait(out)
+
+    ice[0].set_datagram_handler(pump)
+    client.connect(addr, now=time.monotonic())
+    pump()
+    ca, cb = certs
+    with pytest.raises(HandshakeFailed, match="no certificate matching the pinned SHA-256"):
+        await open_channel(
+            ice[1],
+            is_client=False,
+            certificate=cb,
+            peer_cert_sha256=ca.sha256,
+            handshake_timeout=5,
+        )
 
 
 async def test_handshake_timeout_when_peer_never_answers(ice: IcePair, certs: Any) -> None:
@@ -331,6 +363,8 @@ async def test_close_wakes_every_waiter_on_both_sides(ice: IcePair, certs: Any) 
 PEER_SCRIPT = r"""
 import asyncio, json, sys
 from aioice import Candidate
+from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.connection import QuicConnection
 from tierlink.certs import LocalCertificate
 from tierlink.channel import open_channel
 from tierlink.ice_compat import IceConnection
