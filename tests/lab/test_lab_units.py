@@ -120,6 +120,8 @@ def _sample() -> dict[str, object]:
 def test_outcome_classes() -> None:
     kinds = [outcome(c) for c in _sample()["cells"]]  # type: ignore[attr-defined]
     assert kinds == ["direct", "failed", "relay", "partial"]
+    mixed = {"successes": 2, "attempts": 2, "path": "relay", "paths": {"relay": 1, "srflx": 1}}
+    assert outcome(mixed) == "mixed"
 
 
 def test_report_writers(tmp_path: Path) -> None:

@@ -22,6 +22,7 @@ from tierlink.lab.nat import PRESETS
 OUTCOMES: dict[str, tuple[str, str]] = {
     "direct": ("#2e9e6b", "direct (host/srflx/prflx)"),
     "relay": ("#56b4e9", "relay (TURN)"),
+    "mixed": ("#9b8ad0", "direct and relay in different attempts"),
     "partial": ("#f0c542", "some attempts failed"),
     "failed": ("#d55e00", "no connection"),
     "not run": ("#e6e6e6", "not run"),
@@ -29,11 +30,14 @@ OUTCOMES: dict[str, tuple[str, str]] = {
 
 
 def outcome(cell: dict[str, Any]) -> str:
-    """Outcome class of a cell: direct, relay, partial or failed."""
+    """Outcome class of a cell: direct, relay, mixed, partial or failed."""
     if cell.get("successes", 0) == 0:
         return "failed"
     if cell["successes"] < cell.get("attempts", 0):
         return "partial"
+    paths = set(cell.get("paths") or ())
+    if "relay" in paths and paths - {"relay"}:
+        return "mixed"
     return "relay" if cell.get("path") == "relay" else "direct"
 
 
@@ -44,6 +48,14 @@ def _order(result: dict[str, Any]) -> list[str]:
 
 def _ms(value: Any) -> str:
     return "-" if value is None else f"{float(value):.0f} ms"
+
+
+def _path_label(cell: dict[str, Any]) -> str:
+    """``srflx``, or ``relay 2 + srflx 1`` when attempts took different paths."""
+    paths = cell.get("paths") or {}
+    if len(paths) <= 1:
+        return str(cell["path"])
+    return " + ".join(f"{p} {n}" for p, n in sorted(paths.items(), key=lambda kv: -kv[1]))
 
 
 def _yes(flag: Any) -> str:
@@ -76,7 +88,7 @@ def write_markdown(result: dict[str, Any], path: Path) -> Path:
         mark = "-" if expected is None else ("yes" if expected else "**NO**")
         lines.append(
             f"| {c['a']} | {c['b']} | {'on' if c['turn'] else 'off'} "
-            f"| {c['successes']}/{c['attempts']} | {c['path']} | {c.get('tier', '-')} "
+            f"| {c['successes']}/{c['attempts']} | {_path_label(c)} | {c.get('tier', '-')} "
             f"| {_ms(c.get('connect_ms_median'))} | {outcome(c)} | {mark} |"
         )
     path.write_text("\n".join(lines) + "\n")
@@ -111,8 +123,11 @@ def write_png(result: dict[str, Any], path: Path) -> Path:
                 ax.add_patch(Rectangle((j, i), 1, 1, facecolor=OUTCOMES[kind][0],
                                        edgecolor="white", linewidth=2))
                 if cell is None:
+                    if "hairpin" in (names[i], names[j]):
+                        ax.text(j + 0.5, i + 0.5, "n/a", ha="center", va="center",
+                                fontsize=8, color="#888888")
                     continue
-                text = f"{cell['path']}\n{_ms(cell.get('connect_ms_median'))}"
+                text = f"{_path_label(cell)}\n{_ms(cell.get('connect_ms_median'))}"
                 text += f"\n{cell['successes']}/{cell['attempts']}"
                 if cell.get("as_expected") is False:
                     text += "\nUNEXPECTED"
@@ -130,10 +145,10 @@ def write_png(result: dict[str, Any], path: Path) -> Path:
             side.set_visible(False)
         ax.set_title(f"TURN {'on' if turn else 'off'}", fontsize=12)
     handles = [Patch(facecolor=c, label=label) for c, label in OUTCOMES.values()]
-    fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8.5,
+    fig.legend(handles=handles, loc="lower center", ncol=3, fontsize=8.5,
                frameon=False)
-    fig.suptitle("tierlink NAT lab: ICE outcome per preset pair (path, median connect, ok/n)",
-                 fontsize=12)
+    fig.suptitle("tierlink NAT lab: outcome per preset pair (row dials column; mirrored)\n"
+                 "cell: path, median connect time, successes/attempts", fontsize=12)
     fig.tight_layout(rect=(0, 0.07, 1, 0.95))
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -235,7 +235,8 @@ def summarize_cell(
     ) and (not expected["connects"] or len(good) == len(results))
     return {
         "a": a, "b": b, "turn": turn, "attempts": len(results), "successes": len(good),
-        "path": path, "tier": tiers.most_common(1)[0][0] if tiers else "none",
+        "path": path, "paths": dict(paths),
+        "tier": tiers.most_common(1)[0][0] if tiers else "none",
         "connect_ms_median": round(statistics.median(ms), 1) if ms else None,
         "expected": expected, "as_expected": as_expected,
         "errors": sorted({str(r["error"]) for r in results if r.get("error")})[:5],
