@@ -440,7 +440,7 @@ async def test_peer_process_killed_wakes_receivers(certs: Any) -> None:
             asyncio.create_task(channel.recv()),
             asyncio.create_task(channel.recv_datagram()),
         ]
-        await asyncio.sleep(liveness)  # idle longer than one ping interval: still alive
+        await asyncio.sleep(2 * liveness)  # idle past the liveness timeout: pings keep it up
         assert not channel.closed
         proc.send_signal(signal.SIGKILL)
         await proc.wait()
