@@ -22,6 +22,7 @@ def test_quick_bench_aioice_raw(tmp_path: Path) -> None:
     assert raw["connect_n"] == 5
     assert raw["datagram_msgs_per_s"] > 0 and raw["datagram_loss_percent"] < 1.0
     assert raw["reliable_1k_msgs_per_s"] == raw["datagram_msgs_per_s"]
+    assert raw["datagram_native_msgs_per_s"] > 0
     assert 0 <= raw["idle_cpu_percent"] < 100
     assert raw["mem_connections"] == 10 and "rss_kb_per_connection" in raw
     assert results["machine"]["cores"] >= 1 and results["quick"] is True

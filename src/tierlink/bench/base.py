@@ -81,11 +81,9 @@ class BenchConn(ABC):
     async def recv_datagram(self, timeout: float) -> bytes:
         """The next datagram."""
 
-    def start_datagram_sink(self, handler: Callable[[bytes], None]) -> Callable[[], None]:
-        """Feed every received datagram to ``handler``; returns the function that stops it.
-
-        Default: a task looping on :meth:`recv_datagram`. A system with a native receive
-        callback overrides this, so its datagram ceiling is not the harness's loop overhead.
+    def start_datagram_pump(self, handler: Callable[[bytes], None]) -> Callable[[], None]:
+        """Feed every datagram to ``handler`` from a task looping on :meth:`recv_datagram`
+        (as an application would receive); returns the function that stops it.
         """
 
         async def pump() -> None:
@@ -102,6 +100,14 @@ class BenchConn(ABC):
             task.cancel()
 
         return stop
+
+    def start_native_datagram_sink(
+        self, handler: Callable[[bytes], None]
+    ) -> Callable[[], None] | None:
+        """Feed datagrams to ``handler`` from the library's own receive callback, without a
+        queue or a task (the transport's ceiling); None if the system has no such hook.
+        """
+        return None
 
     def datagram_backlog(self) -> int:
         """Bytes of datagrams queued in this process, not yet on the wire (0 if unknown).

@@ -20,6 +20,7 @@ METRICS: tuple[tuple[str, str, int, bool], ...] = (
     ("datagram_msgs_per_s", "datagrams 1 KiB, < 1 % loss (msg/s)", 0, True),
     ("datagram_mb_per_s", "datagrams 1 KiB, < 1 % loss (MB/s)", 2, True),
     ("datagram_loss_percent", "datagram loss at that rate (%)", 2, False),
+    ("datagram_native_msgs_per_s", "datagrams, counted in the library callback (msg/s)", 0, True),
     ("idle_cpu_percent", "idle CPU, blocked in recv (%)", 4, False),
     ("rss_kb_per_connection", "RSS per idle connection (KiB)", 0, False),
 )
@@ -109,13 +110,15 @@ can be subtracted. Every step is bounded in count and time.
   top of it); it has no 64 KiB figure (a 64 KiB message does not fit one UDP datagram).
 - **datagrams**: 1024-byte datagrams paced at a fixed rate for 1 s per trial; the rate is
   doubled from 2,000/s until a trial fails, then bisected (geometric, 3 steps); a failed
-  trial is retried up to twice (shared machine). A trial passes with < 1 % loss and a receiver
-  that kept up (delivered rate >= 85 % of the paced rate). Reported: delivered msg/s and
-  MB/s of the best passing trial. The receiver counts in the system's native callback
-  where it has one (aioice datagram handler, aiortc "message" event), else in a loop on
-  `recv_datagram`. A datagram offered while more than 64 KiB of datagrams wait in the
-  sender's own queue is dropped by the pacer and counted lost (aiortc's unreliable channel
-  queues without bound). aiortc uses an unordered channel with maxRetransmits=0.
+  trial is retried up to twice (shared machine). A trial passes with < 1 % loss and a
+  receiver that kept up (delivered rate >= 85 % of the paced rate). Reported: delivered
+  msg/s and MB/s of the best passing trial. For every system the receiver is an
+  application loop awaiting `recv_datagram` (aioice, aiortc: a queue fed by their
+  callbacks, as `aioice.Connection.recv()` does); for raw aioice the search is repeated
+  counting inside aioice's datagram callback itself (no queue, no await): the transport's
+  own ceiling. A datagram offered while more than 64 KiB of datagrams wait in the sender's
+  own queue is dropped by the pacer and counted lost (aiortc's unreliable channel queues
+  without bound). aiortc uses an unordered channel with maxRetransmits=0.
 - **idle CPU**: both processes idle with one task blocked in recv on an open connection for
   15 s; CPU seconds (getrusage) / wall seconds of each process; the larger is reported.
 - **memory**: RSS (/proc/self/statm) of each process before and after opening 100 more idle

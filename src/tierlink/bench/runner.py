@@ -15,11 +15,12 @@ from pathlib import Path
 
 from tierlink.bench.base import JsonDict
 from tierlink.bench.dhtproc import DhtNodeError, dhtnode_proxy
-from tierlink.bench.harness import Plan, bench_system
+from tierlink.bench.harness import Plan
 from tierlink.bench.report import SYSTEMS, load_json, render_markdown, write_json
+from tierlink.bench.session import SystemRun, run_interleaved
 
-#: Wall-clock bound of one system's whole run (process start to stop).
-SYSTEM_LIMIT_S = {False: 600.0, True: 120.0}
+#: Wall-clock bound of a run, per system measured (process start to stop).
+RUN_LIMIT_S = {False: 600.0, True: 120.0}
 #: What each system needs importable before its workers are started.
 REQUIRES = {"aioice_raw": "aioice", "aiortc_datachannel": "aiortc", "tierlink": "tierlink.node"}
 
@@ -36,6 +37,7 @@ def machine_info() -> JsonDict:
         "platform": f"{platform.system()} {platform.release()} {platform.machine()}",
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
+        "interleaved": True,
         "versions": versions,
     }
 
@@ -49,21 +51,26 @@ def _missing(system: str) -> str | None:
     return None if found else f"{module} is not importable"
 
 
-async def _one(system: str, plan: Plan, quick: bool, logs: Path) -> JsonDict:
-    missing = _missing(system)
-    if missing is not None:
-        return {"error": missing}
-    log = logs / f"{system}.log"
+async def _measure(
+    runs: list[SystemRun], plan: Plan, quick: bool, logs: Path, stack: contextlib.AsyncExitStack
+) -> None:
+    """Start the dhtnode if tierlink runs, then every measurement, bounded in total time."""
+    setups: dict[str, JsonDict] = {}
+    for run in list(runs):
+        if run.system == "tierlink":
+            try:
+                url = await stack.enter_async_context(dhtnode_proxy(logs / "dhtnode.log"))
+            except (DhtNodeError, OSError) as exc:
+                run.errors["setup"] = f"dhtnode: {exc}"
+                runs.remove(run)
+                continue
+            setups["tierlink"] = {"dht_proxy": url}
+    limit = RUN_LIMIT_S[quick] * max(1, len(runs))
     try:
-        if system == "tierlink":
-            async with dhtnode_proxy(logs / "dhtnode.log") as url:
-                coro = bench_system(system, plan, log, {"dht_proxy": url})
-                return await asyncio.wait_for(coro, SYSTEM_LIMIT_S[quick])
-        return await asyncio.wait_for(bench_system(system, plan, log), SYSTEM_LIMIT_S[quick])
+        await asyncio.wait_for(run_interleaved(runs, plan, logs, setups), limit)
     except TimeoutError:
-        return {"error": f"run exceeded {SYSTEM_LIMIT_S[quick]:.0f} s (see {log})"}
-    except (DhtNodeError, OSError) as exc:
-        return {"error": f"{type(exc).__name__}: {exc}"}
+        for run in runs:
+            run.errors.setdefault("aborted", f"the whole run exceeded {limit:.0f} s")
 
 
 async def run_bench_async(
@@ -80,19 +87,25 @@ async def run_bench_async(
     json_path = out_dir / "results.json"
     results = load_json(json_path)
     machine = machine_info()
-    results["machine"] = machine
-    results["quick"] = quick
-    plan = Plan.quick() if quick else Plan()
-    for system in chosen:
-        load = [round(x, 2) for x in os.getloadavg()]
-        started = time.monotonic()
-        entry = await _one(system, plan, quick, logs)
-        entry["machine"] = machine
-        entry["quick"] = quick
-        entry["loadavg_at_start"] = load
-        entry["run_seconds"] = round(time.monotonic() - started, 1)
+    entries: dict[str, JsonDict] = {}
+    runs: list[SystemRun] = []
+    for system in dict.fromkeys(chosen):
+        missing = _missing(system)
+        if missing is not None:
+            entries[system] = {"error": missing}
+        else:
+            runs.append(SystemRun(system))
+    all_runs = list(runs)
+    started = time.monotonic()
+    async with contextlib.AsyncExitStack() as stack:
+        await _measure(runs, Plan.quick() if quick else Plan(), quick, logs, stack)
+    for run in all_runs:
+        entries[run.system] = run.entry()
+    machine["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    for system, entry in entries.items():
+        entry.update(machine=machine, quick=quick, run_seconds=round(time.monotonic() - started))
         results[system] = entry
-    ordered: JsonDict = {"machine": results.pop("machine"), "quick": results.pop("quick")}
+    ordered: JsonDict = {"machine": machine, "quick": quick}
     ordered.update({s: results[s] for s in SYSTEMS if s in results})
     write_json(json_path, ordered)
     if markdown_path is None:

@@ -41,7 +41,9 @@ class IceBenchConn(BenchConn):
     async def recv_datagram(self, timeout: float) -> bytes:
         return await recv_from_queue(self.queue, timeout)
 
-    def start_datagram_sink(self, handler: Callable[[bytes], None]) -> Callable[[], None]:
+    def start_native_datagram_sink(
+        self, handler: Callable[[bytes], None]
+    ) -> Callable[[], None] | None:
         """aioice's own receive callback (through the adapter): no queue, no task."""
         self.ice.set_datagram_handler(handler)
         return lambda: self.ice.set_datagram_handler(self.queue.put_nowait)

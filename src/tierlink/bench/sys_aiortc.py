@@ -12,7 +12,6 @@ SDP offer and answer go over the parent's pipes after full (non-trickle) gatheri
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from typing import Any
 
 import aioice.ice
@@ -84,17 +83,6 @@ class RtcBenchConn(BenchConn):
 
     async def recv_datagram(self, timeout: float) -> bytes:
         return await recv_from_queue(self.dg_queue, timeout)
-
-    def start_datagram_sink(self, handler: Callable[[bytes], None]) -> Callable[[], None]:
-        """The channel's own "message" event: no queue, no task."""
-        self.dg.remove_all_listeners("message")
-        self.dg.on("message", handler)
-
-        def stop() -> None:
-            self.dg.remove_all_listeners("message")
-            self.dg.on("message", self.dg_queue.put_nowait)
-
-        return stop
 
     def datagram_backlog(self) -> int:
         return int(self.dg.bufferedAmount)

@@ -151,8 +151,20 @@ class Worker:
         self.dg_last[trial] = t
 
     async def cmd_dg_listen(self, p: JsonDict) -> JsonDict:
-        if self.dg_stop is None:
-            self.dg_stop = self.conn.start_datagram_sink(self._count_datagram)
+        """Start counting datagrams per trial: ``sink`` "recv" (a recv_datagram loop, as an
+        application receives) or "native" (the library's own callback)."""
+        if self.dg_stop is not None:
+            self.dg_stop()
+            self.dg_stop = None
+        self.dg_counts.clear()
+        self.dg_first.clear()
+        self.dg_last.clear()
+        if p.get("sink", "recv") == "native":
+            self.dg_stop = self.conn.start_native_datagram_sink(self._count_datagram)
+            if self.dg_stop is None:
+                raise NotImplementedError("this system has no native datagram callback")
+        else:
+            self.dg_stop = self.conn.start_datagram_pump(self._count_datagram)
         return {}
 
     async def cmd_dg_send(self, p: JsonDict) -> JsonDict:

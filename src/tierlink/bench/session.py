@@ -1,0 +1,133 @@
+"""One run of several systems, interleaved: each measurement is taken for every system in
+turn before the next one starts, so a change in the (shared) machine's load hits all
+systems alike and the ratios stay meaningful. Idle CPU is measured for all systems at once
+(nothing else runs then); everything else runs one system at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tierlink.bench.base import JsonDict
+from tierlink.bench.harness import BenchStepError, BenchTimeout, Pair, Plan
+from tierlink.bench.measure import (
+    measure_connect,
+    measure_datagrams,
+    measure_datagrams_native,
+    measure_idle,
+    measure_memory,
+    measure_reliable_1k,
+    measure_reliable_64k,
+)
+
+Measurement = Callable[[Pair, Plan], Awaitable[JsonDict]]
+
+#: Systems without a reliable mode: their reliable 1 KiB figure is the datagram ceiling.
+RELIABLE_IS_DATAGRAM = frozenset({"aioice_raw"})
+RELIABLE_NOTE = (
+    "raw aioice has no reliable mode: reliable_1k_* is the paced 1 KiB datagram ceiling "
+    "(< 1 % loss), an upper bound for anything reliable built on it"
+)
+
+
+async def open_main(pair: Pair, plan: Plan) -> JsonDict:
+    """The connection that the throughput and idle measurements use."""
+    await pair.both("open_main", 60.0)
+    return {}
+
+
+#: (name, measurement, required: a failure ends that system's run)
+SEQUENTIAL_STEPS: tuple[tuple[str, Measurement, bool], ...] = (
+    ("connect", measure_connect, False),
+    ("open_main", open_main, True),
+    ("reliable_1k", measure_reliable_1k, False),
+    ("reliable_64k", measure_reliable_64k, False),
+    ("datagram", measure_datagrams, False),
+    ("datagram_native", measure_datagrams_native, False),
+)
+#: Systems whose library has a native receive callback worth measuring on its own.
+NATIVE_DATAGRAM = frozenset({"aioice_raw"})
+
+
+@dataclass
+class SystemRun:
+    """One system's worker pair, its results so far and its errors."""
+
+    system: str
+    pair: Pair | None = None
+    result: JsonDict = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
+    stopped: bool = False
+
+    @property
+    def running(self) -> bool:
+        return self.pair is not None and not self.stopped
+
+    async def start(self, log_path: Path, setup: JsonDict) -> None:
+        """Spawn the pair and run each side's setup (callee first: the dialer needs its id)."""
+        log = open(log_path, "ab")  # noqa: SIM115 - the workers write to it until stop()
+        try:
+            self.pair = await Pair.start(self.system, log)
+            c = await self.pair.callee.call("setup", 120.0, **setup)
+            await self.pair.dialer.call("setup", 120.0, peer=c.get("fingerprint", ""), **setup)
+        except (BenchStepError, OSError, TimeoutError) as exc:
+            self.errors["setup"] = f"{type(exc).__name__}: {exc}"
+            self.stopped = True
+        finally:
+            log.close()  # the children hold their own descriptors
+
+    async def step(self, name: str, fn: Measurement, plan: Plan, required: bool = False) -> None:
+        """Run one measurement; record its error. A timeout or a required step ends the run."""
+        if not self.running or self.pair is None:
+            return
+        if name.startswith("reliable") and self.system in RELIABLE_IS_DATAGRAM:
+            return
+        if name == "datagram_native" and self.system not in NATIVE_DATAGRAM:
+            return
+        try:
+            self.result.update(await fn(self.pair, plan))
+        except BenchStepError as exc:
+            self.errors[name] = str(exc)
+            if required or isinstance(exc, BenchTimeout):
+                self.stopped = True
+        if name == "datagram" and self.system in RELIABLE_IS_DATAGRAM:
+            if "datagram_msgs_per_s" in self.result:
+                self.result["reliable_1k_msgs_per_s"] = self.result["datagram_msgs_per_s"]
+                self.result["reliable_1k_mb_per_s"] = self.result["datagram_mb_per_s"]
+            self.result["reliable_note"] = RELIABLE_NOTE
+
+    async def stop(self) -> None:
+        """Stop both workers (idempotent)."""
+        pair, self.pair = self.pair, None
+        self.stopped = True
+        if pair is not None:
+            await pair.stop()
+
+    def entry(self) -> JsonDict:
+        """The system's object in results.json."""
+        out = dict(self.result)
+        if self.errors:
+            out["errors"] = dict(self.errors)
+        return out
+
+
+async def run_interleaved(
+    runs: list[SystemRun], plan: Plan, logs: Path, setups: dict[str, JsonDict]
+) -> None:
+    """Every measurement for every system, interleaved; always stops every worker."""
+    try:
+        for run in runs:
+            await run.start(logs / f"{run.system}.log", setups.get(run.system, {}))
+        for name, fn, required in SEQUENTIAL_STEPS:
+            for run in runs:
+                await run.step(name, fn, plan, required)
+        await asyncio.gather(*(run.step("idle", measure_idle, plan) for run in runs))
+        for run in runs:
+            await run.step("memory", measure_memory, plan)
+    finally:
+        with contextlib.suppress(Exception):
+            await asyncio.gather(*(run.stop() for run in runs), return_exceptions=True)
