@@ -9,5 +9,9 @@ Needs root, ``ip``, ``nft``, ``turnserver`` (coturn) and ``dhtnode``. Modules:
 * :mod:`tierlink.lab.probe` - the UDP probe programs run inside namespaces;
 * :mod:`tierlink.lab.runner` - ``run_matrix`` and the expected outcome of each cell;
 * :mod:`tierlink.lab.icepeer` / :mod:`tierlink.lab.peer` - peer processes (raw ICE / Node);
-* :mod:`tierlink.lab.report` - ``matrix.json``, ``matrix.md``, ``matrix.png``.
+* :mod:`tierlink.lab.report` - ``matrix.json``, ``matrix.md``, ``matrix.png``;
+* :mod:`tierlink.lab.command` - ``python -m tierlink.lab`` (``main(argv)`` for the CLI).
+
+Nothing is imported here on purpose: probe and peer programs start with ``python -m`` inside
+namespaces and should not pay for matplotlib or the runner.
 """
