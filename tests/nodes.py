@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import tempfile
 import threading
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -20,6 +22,7 @@ def config_for(dht: DhtNodeProcess, **kw: Any) -> NodeConfig:
     kw.setdefault("host_addresses", ["127.0.0.1"])
     kw.setdefault("dial_timeout", 10.0)
     kw.setdefault("ice_timeout", 10.0)
+    kw.setdefault("data_dir", Path(tempfile.mkdtemp(prefix="tierlink-test-")))
     return NodeConfig(dht_proxy=dht.proxy_url, **kw)
 
 

@@ -92,7 +92,7 @@ async def test_send_fetch_ack_round_trip(peers: tuple[Peer, Peer]) -> None:
 
     assert await eventually(acked)
     entry = alice.outbox.get(mid)
-    assert entry is not None and (entry.state, entry.tier) == (DELIVERED, "dht")
+    assert entry is not None and (entry.state, entry.tier) == (DELIVERED, "offline")
 
     # A re-put (the sender missed the ack) is acked again but not delivered again.
     res = await bob.tier.fetch_and_deliver(bob.deliver)

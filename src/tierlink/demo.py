@@ -6,8 +6,11 @@ No root, no network but loopback. Used by ``tierlink demo`` and ``make demo``.
 from __future__ import annotations
 
 import asyncio
+import os
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from tierlink.connection import Connection
@@ -38,6 +41,11 @@ async def run_demo(messages: int = 10, say: Say | None = None) -> dict[str, Any]
     """Run the demo; returns the JSON-ready summary. ``say`` receives plain-words progress."""
     tell: Say = say or (lambda _m: None)
     result: dict[str, Any] = {"connected": False, "messages": messages}
+    with tempfile.TemporaryDirectory(prefix="tierlink-demo-") as tmp:
+        return await _demo(messages, tell, result, Path(tmp))
+
+
+async def _demo(messages: int, tell: Say, result: dict[str, Any], tmp: Path) -> dict[str, Any]:
     async with DhtNodeProcess(no_rate_limit=True) as boot:
         tell(f"started a local OpenDHT bootstrap node on udp 127.0.0.1:{boot.port}")
 
@@ -47,6 +55,7 @@ async def run_demo(messages: int = 10, say: Say | None = None) -> dict[str, Any]
                 bootstrap=[("127.0.0.1", boot.port or 0)],
                 dht_no_rate_limit=True,
                 host_addresses=["127.0.0.1"],
+                data_dir=tmp / os.urandom(4).hex(),
             )
 
         async with Node(config()) as b, Node(config()) as a:

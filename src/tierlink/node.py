@@ -13,12 +13,16 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Coroutine, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
+
+import platformdirs
 
 from tierlink.certs import LocalCertificate
 from tierlink.channel import SecureChannel, open_channel
 from tierlink.connection import Connection
+from tierlink.delivery import DEFAULT_TTL_S, Delivery, Message, Messenger
 from tierlink.dht import DhtClient, DhtNodeProcess
 from tierlink.errors import (
     DialTimeout,
@@ -44,7 +48,7 @@ from tierlink.signaling import IceParams, Signal, decode_signal, encode_signal, 
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Node", "NodeConfig", "TurnServer"]
+__all__ = ["Delivery", "Message", "Node", "NodeConfig", "TurnServer"]
 
 
 @dataclass
@@ -57,6 +61,8 @@ class NodeConfig:
     seed's behaviour). ``allow``: fingerprints this node answers; None answers anyone.
     ``secure``: carry the pinned QUIC channel (reliable, encrypted); False carries raw ICE
     datagrams (the seed's transport). ``liveness_timeout``: a dead peer is detected within it.
+    ``data_dir``: the durable outbox (default: the user's data dir, per identity);
+    ``send_budget``: how long :meth:`Node.send` tries a live path before the offline tier.
     """
 
     identity: Identity
@@ -79,6 +85,17 @@ class NodeConfig:
     liveness_timeout: float = 15.0
     handshake_timeout: float = 10.0
     max_message_size: int = 16 * 1024 * 1024
+    data_dir: Path | None = None
+    send_budget: float = 10.0
+    ack_timeout: float = 10.0
+    offline_reput_interval: float = 300.0
+
+    def state_dir(self) -> Path:
+        """Where the outbox and delivered log live (per identity)."""
+        if self.data_dir is not None:
+            return Path(self.data_dir)
+        root = Path(platformdirs.user_data_dir("tierlink"))
+        return root / self.identity.fingerprint[:32]
 
     def ice_settings(self) -> IceSettings:
         """The ICE part of the configuration."""
@@ -106,6 +123,7 @@ class Node:
         self.ice_settings = config.ice_settings()
         self.dht: DhtClient | None = None
         self.dht_process: DhtNodeProcess | None = None
+        self.messenger: Messenger | None = None
         self.records = RecordBook()
         self.offer_rejections: Counter[str] = Counter()
         self.offers_answered = 0
@@ -151,6 +169,12 @@ class Node:
                 url = self.dht_process.proxy_url
             self.dht = DhtClient(url, timeout=self.config.dht_timeout)
             await self.publish()
+            self.messenger = Messenger(
+                self, self.config.state_dir(), send_budget=self.config.send_budget,
+                ack_timeout=self.config.ack_timeout,
+                reput_interval_s=self.config.offline_reput_interval,
+            )
+            self.messenger.start()
             self._spawn(self._republish_loop(), "republish")
             self._spawn(self._offer_loop(), "offers")
         except BaseException:
@@ -162,6 +186,8 @@ class Node:
         if self._closed:
             return
         self._closed = True
+        if self.messenger is not None:
+            await self.messenger.stop()
         for conn in list(self._connections):
             await conn.close()
         for task in list(self._tasks):
@@ -235,14 +261,16 @@ class Node:
         return record
 
     # -- dialing -------------------------------------------------------------------------
-    def _params(self, ice: IceConnection) -> IceParams:
+    def _params(self, ice: IceConnection, purpose: str = "app") -> IceParams:
         return IceParams(
             ice.local_username, ice.local_password, local_infos(ice),
             self.certificate.sha256 if self.config.secure else None,
-            self.identity.kem_public_key,
+            self.identity.kem_public_key, purpose,
         )
 
-    async def connect(self, fingerprint: str, timeout: float | None = None) -> Connection:
+    async def connect(
+        self, fingerprint: str, timeout: float | None = None, *, purpose: str = "app"
+    ) -> Connection:
         """Dial a peer by fingerprint alone.
 
         Raises PeerNotFound (no valid record), DialTimeout (no answer within ``timeout``,
@@ -267,7 +295,7 @@ class Node:
                 )
                 offer = encode_signal(
                     KIND_OFFER, self.identity, fingerprint, record.kem_public_key, session,
-                    self._params(ice), lifetime_s=max(timeout, 5.0) + 30.0,
+                    self._params(ice, purpose), lifetime_s=max(timeout, 5.0) + 30.0,
                 )
                 await dht.put(offers_key(fingerprint), offer)
                 remaining = timeout - (loop.time() - started)
@@ -407,11 +435,47 @@ class Node:
             raise
         conn = self._adopt(ice, offer.signer, False, offer.session_id,
                            (loop.time() - started) * 1000, channel)
+        if p.purpose == "messages" and self.messenger is not None and conn.secure:
+            self.messenger.adopt_link(conn)
+            return
         try:
             self._incoming.put_nowait(conn)
         except asyncio.QueueFull:
             log.warning("incoming queue full; closing a new connection")
             await conn.close()
+
+    # -- tiered messages ------------------------------------------------------------------
+    def _require_messenger(self) -> Messenger:
+        if self.messenger is None or self._closed:
+            raise TierlinkError("node is not running (use 'async with Node(config)')")
+        return self.messenger
+
+    async def send(self, fingerprint: str, payload: bytes, ttl_s: float | None = None) -> bytes:
+        """Store ``payload`` durably and deliver it by the best tier; returns the message id.
+
+        Returns once the message is safely in the outbox; :meth:`wait_delivered` and
+        :meth:`deliveries` tell when the recipient acknowledged it and through which tier.
+        """
+        if not is_fingerprint(fingerprint):
+            raise ValueError("a fingerprint is 128 lowercase hex characters")
+        if not payload:
+            raise ValueError("cannot send an empty message")
+        ttl = DEFAULT_TTL_S if ttl_s is None else ttl_s
+        return await self._require_messenger().send(fingerprint, payload, ttl)
+
+    async def wait_delivered(
+        self, message_id: bytes, timeout: float | None = None
+    ) -> Delivery | None:
+        """The :class:`Delivery` of a sent message once acknowledged; None on timeout."""
+        return await self._require_messenger().wait_delivered(message_id, timeout)
+
+    def deliveries(self) -> AsyncIterator[Delivery]:
+        """Acknowledgements of sent messages as they arrive."""
+        return self._require_messenger().deliveries()
+
+    def messages(self) -> AsyncIterator[Message]:
+        """Incoming messages (any tier), each handed over exactly once."""
+        return self._require_messenger().messages()
 
     # -- introspection -------------------------------------------------------------------
     @property

@@ -10,7 +10,9 @@ per-session answer key) share one signed layout (see :mod:`tierlink.records`)::
 
 The ciphertext (see :mod:`tierlink.sealedbox`, label ``offer`` or ``answer``, associated data
 = canonical CBOR of fields 1-6) holds ``{1: ICE ufrag, 2: ICE pwd, 3: [candidates],
-4: certificate SHA-256 or null, 5: sender's ML-KEM-1024 public key}``. A DHT observer sees who
+4: certificate SHA-256 or null, 5: sender's ML-KEM-1024 public key, 6: purpose}``; the purpose
+is ``app`` (the connection goes to the application) or ``messages`` (the node's own tiered
+message link); readers treat a missing purpose as ``app``. A DHT observer sees who
 signals whom, but no address and no credential. The signer's public key travels in the value,
 so the receiver verifies it without another lookup.
 """
@@ -42,6 +44,7 @@ from tierlink.sealedbox import decrypt_with, encrypt_to
 SESSION_ID_SIZE = 16
 DEFAULT_OFFER_LIFETIME_S = 60.0
 _LABELS = {KIND_OFFER: b"offer", KIND_ANSWER: b"answer"}
+PURPOSES = ("app", "messages")
 
 
 def new_session_id() -> bytes:
@@ -58,6 +61,7 @@ class IceParams:
     candidates: tuple[CandidateInfo, ...]
     cert_sha256: bytes | None = None
     kem_public_key: bytes = b""
+    purpose: str = "app"
 
 
 @dataclass(frozen=True)
@@ -100,6 +104,7 @@ def encode_signal(
             3: [encode_candidate(c) for c in params.candidates],
             4: params.cert_sha256,
             5: params.kem_public_key,
+            6: params.purpose,
         },
         canonical=True,
     )
@@ -149,7 +154,10 @@ def decode_signal(value: bytes, kind: int, me: Identity, *, now: int | None = No
         raise RecordError("malformed", "certificate fingerprint must be 32 bytes")
     if not isinstance(kem, bytes) or (kem and len(kem) != KEM_PUBLIC_KEY_SIZE):
         raise RecordError("malformed", "KEM public key has the wrong length")
+    purpose = inner.get(6, "app")
+    if purpose not in PURPOSES:
+        raise RecordError("malformed", f"unknown purpose {purpose!r}")
     return Signal(
         kind, signer, field_of(body, 2, bytes, "public_key"), recipient, session_id,
-        created, expires, IceParams(ufrag, pwd, cands, cert, kem),
+        created, expires, IceParams(ufrag, pwd, cands, cert, kem, purpose),
     )

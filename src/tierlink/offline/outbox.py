@@ -296,7 +296,7 @@ class Outbox(_Store):
         return True
 
     def mark_delivered(self, message_id: bytes, tier: str, now_ms: int | None = None) -> bool:
-        """Record delivery by ``tier`` (e.g. "direct", "relay", "dht"); True if it changed.
+        """Record delivery by ``tier`` (e.g. "direct", "relay", "offline"); True if it changed.
 
         Idempotent: a second call keeps the first tier. A late ack after expiry still
         marks the message delivered (it did arrive).

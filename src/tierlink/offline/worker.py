@@ -47,7 +47,7 @@ from tierlink.records import now_ms as _now_ms
 
 log = logging.getLogger(__name__)
 
-TIER = "dht"
+TIER = "offline"
 """The tier name recorded in the outbox for deliveries acknowledged through the DHT."""
 
 Callback = Callable[[ReceivedEnvelope], Awaitable[None] | None]
@@ -73,12 +73,15 @@ class OfflineTier:
         *,
         limits: InboxLimits | None = None,
         reput_interval_s: float = REPUT_INTERVAL_S,
+        on_delivered: Callable[[bytes, str], None] | None = None,
     ) -> None:
         self.dht = dht
         self.me = identity
         self.outbox = outbox
         self.inbox = Inbox(identity, delivered_log, limits)
         self.reput_interval_s = reput_interval_s
+        self.on_delivered = on_delivered
+        """Called with (message id, recipient) when an ack marks a message delivered."""
         self.records = RecordBook()
         self.errors = 0
         """Background failures so far (DHT unreachable, callback raised); each is logged."""
@@ -182,7 +185,10 @@ class OfflineTier:
             for mid in ack.message_ids:
                 entry = self.outbox.get(mid)
                 if entry is not None and entry.recipient == ack.recipient_fingerprint:
-                    marked += self.outbox.mark_delivered(mid, TIER)
+                    if self.outbox.mark_delivered(mid, TIER):
+                        marked += 1
+                        if self.on_delivered is not None:
+                            self.on_delivered(mid, entry.recipient)
         return marked
 
     # -- receiver side --------------------------------------------------------------------

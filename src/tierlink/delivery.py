@@ -1,0 +1,326 @@
+"""Tiered delivery: ``node.send(fingerprint, payload)`` and never lose a message.
+
+A message is first stored in the durable :class:`~tierlink.offline.outbox.Outbox` (SQLite,
+committed before ``send`` returns), then delivered by the best tier that works:
+
+1. **direct** / 2. **relay**: a live *message link* to the recipient (a secure connection
+   whose offer says ``purpose=messages``), reused or dialed within ``send_budget`` seconds;
+   the recipient acknowledges each message once its application took it;
+3. **offline**: an encrypted, signed envelope in the DHT under the recipient's offline queue
+   key (:mod:`tierlink.offline`), re-put until a signed acknowledgement comes back.
+
+The receiver remembers delivered ids in a :class:`~tierlink.offline.outbox.DeliveredLog`: a
+message re-sent after a lost acknowledgement (by any tier) is acknowledged again but handed
+to the application once. "Handed to the application" means taken from ``node.messages()``.
+
+Link frames (canonical CBOR, one per secure-channel message)::
+
+    {0: "m", 1: message id (16 B), 2: created_at_ms, 3: expires_at_ms, 4: payload}
+    {0: "a", 1: [message id, ...]}
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import cbor2
+
+from tierlink.connection import Connection
+from tierlink.errors import ConnectionClosed, TierlinkError
+from tierlink.offline import DeliveredLog, OfflineTier, Outbox
+from tierlink.offline.envelope import ReceivedEnvelope
+from tierlink.offline.outbox import DELIVERED, PENDING, UNDELIVERED
+from tierlink.records import now_ms
+
+if TYPE_CHECKING:
+    from tierlink.node import Node
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TTL_S = 7 * 24 * 3600.0
+INBOX_CAPACITY = 256
+
+
+@dataclass(frozen=True)
+class Message:
+    """A message handed to the application."""
+
+    sender: str
+    message_id: bytes
+    payload: bytes
+    tier: str
+    created_at_ms: int
+    received_at_ms: int
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """The recipient acknowledged a message: when and through which tier."""
+
+    message_id: bytes
+    recipient: str
+    tier: str
+    delivered_at_ms: int
+
+
+class Messenger:
+    """The tiers put together for one node (owned by :class:`~tierlink.node.Node`)."""
+
+    def __init__(
+        self, node: Node, data_dir: Path, *, send_budget: float, ack_timeout: float,
+        reput_interval_s: float,
+    ) -> None:
+        self.node = node
+        self.send_budget = send_budget
+        self.ack_timeout = ack_timeout
+        data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.outbox = Outbox(data_dir / "tierlink.db")
+        self.delivered_log = DeliveredLog(data_dir / "tierlink.db")
+        self.offline = OfflineTier(
+            node._require_dht(), node.identity, self.outbox, self.delivered_log,
+            reput_interval_s=reput_interval_s, on_delivered=self._offline_delivered,
+        )
+        self.duplicates_suppressed = 0
+        self._loop = asyncio.get_running_loop()
+        self._inbox: asyncio.Queue[tuple[Message, asyncio.Future[None]]] = asyncio.Queue(
+            INBOX_CAPACITY
+        )
+        self._pending_in: dict[tuple[str, bytes], asyncio.Future[None]] = {}
+        self._links: dict[str, Connection] = {}
+        self._queues: dict[str, asyncio.Queue[bytes]] = {}
+        self._ack_waiters: dict[bytes, asyncio.Future[None]] = {}
+        self._delivery_waiters: dict[bytes, list[asyncio.Future[Delivery]]] = {}
+        self._deliveries: asyncio.Queue[Delivery] = asyncio.Queue(1024)
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    # -- life ----------------------------------------------------------------------------
+    def start(self) -> None:
+        """Start the offline tier and resume every undelivered message from the outbox."""
+        self.offline.start(self._offline_message)
+        for entry in self.outbox.pending():
+            if entry.state == PENDING:
+                self._enqueue(entry.recipient, entry.message_id)
+
+    async def stop(self) -> None:
+        """Stop workers and links; the outbox keeps whatever is undelivered."""
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.offline.stop()
+        for conn in list(self._links.values()):
+            await conn.close()
+        self.outbox.close()
+        self.delivered_log.close()
+
+    def _spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
+        task = self._loop.create_task(coro, name=f"tierlink-{name}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    # -- sending -------------------------------------------------------------------------
+    async def send(self, recipient: str, payload: bytes, ttl_s: float = DEFAULT_TTL_S) -> bytes:
+        """Store durably, schedule delivery; returns the message id."""
+        mid = self.outbox.add(recipient, bytes(payload), ttl_s)
+        self._enqueue(recipient, mid)
+        return mid
+
+    def _enqueue(self, recipient: str, mid: bytes) -> None:
+        queue = self._queues.get(recipient)
+        if queue is None:
+            queue = self._queues[recipient] = asyncio.Queue()
+            self._spawn(self._worker(recipient, queue), "deliver")
+        queue.put_nowait(mid)
+
+    async def _worker(self, recipient: str, queue: asyncio.Queue[bytes]) -> None:
+        """Deliver one recipient's messages in order: live link first, else the DHT."""
+        while True:
+            mid = await queue.get()
+            entry = self.outbox.get(mid)
+            if entry is None or entry.state != PENDING or entry.expires_ms <= now_ms():
+                continue
+            try:
+                conn = await self._link_to(recipient)
+                tier = "relay" if conn.path_type == "relay" else "direct"
+                fut = self._ack_waiters[mid] = self._loop.create_future()
+                frame = {0: "m", 1: mid, 2: entry.created_ms, 3: entry.expires_ms,
+                         4: entry.payload}
+                await asyncio.wait_for(conn.send(cbor2.dumps(frame, canonical=True)),
+                                       self.ack_timeout)
+                await asyncio.wait_for(asyncio.shield(fut), self.ack_timeout)
+            except (TierlinkError, TimeoutError, OSError) as exc:
+                log.info("live delivery of %s failed (%s); using the offline tier", mid.hex(),
+                         exc)
+                self._ack_waiters.pop(mid, None)
+                await self._go_offline(mid)
+                continue
+            self._ack_waiters.pop(mid, None)
+            if self.outbox.mark_delivered(mid, tier):
+                self._delivered(mid, recipient, tier)
+
+    async def _go_offline(self, mid: bytes) -> None:
+        entry = self.outbox.get(mid)
+        if entry is None or entry.state not in UNDELIVERED:
+            return
+        try:
+            await self.offline.queue(mid)
+        except (TierlinkError, ValueError, KeyError) as exc:
+            log.warning("message %s stays pending (offline tier: %s)", mid.hex(), exc)
+
+    async def _link_to(self, recipient: str) -> Connection:
+        conn = self._links.get(recipient)
+        if conn is not None and not conn.closed:
+            return conn
+        if not self.node.config.secure:
+            raise TierlinkError("live delivery needs the secure channel (secure=True)")
+        conn = await self.node.connect(recipient, timeout=self.send_budget, purpose="messages")
+        self.adopt_link(conn)
+        return conn
+
+    # -- delivery events -----------------------------------------------------------------
+    def _delivered(self, mid: bytes, recipient: str, tier: str) -> None:
+        d = Delivery(mid, recipient, tier, now_ms())
+        with contextlib.suppress(asyncio.QueueFull):
+            self._deliveries.put_nowait(d)
+        for fut in self._delivery_waiters.pop(mid, []):
+            if not fut.done():
+                fut.set_result(d)
+
+    def _offline_delivered(self, mid: bytes, recipient: str) -> None:
+        self._delivered(mid, recipient, "offline")
+
+    async def wait_delivered(self, mid: bytes, timeout: float | None = None) -> Delivery | None:
+        """The delivery of ``mid`` once acknowledged; None after ``timeout`` seconds."""
+        entry = self.outbox.get(mid)
+        if entry is None:
+            raise KeyError(f"no message {mid.hex()} in the outbox")
+        if entry.state == DELIVERED:
+            return Delivery(mid, entry.recipient, entry.tier or "?", entry.delivered_ms or 0)
+        fut: asyncio.Future[Delivery] = self._loop.create_future()
+        self._delivery_waiters.setdefault(mid, []).append(fut)
+        try:
+            return await asyncio.wait_for(fut, timeout)
+        except TimeoutError:
+            return None
+        finally:
+            waiters = self._delivery_waiters.get(mid)
+            if waiters and fut in waiters:
+                waiters.remove(fut)
+
+    async def deliveries(self) -> AsyncIterator[Delivery]:
+        """Every acknowledgement, as it arrives."""
+        while True:
+            yield await self._deliveries.get()
+
+    # -- receiving -----------------------------------------------------------------------
+    async def messages(self) -> AsyncIterator[Message]:
+        """Incoming messages, each exactly once; taking one acknowledges it."""
+        while True:
+            msg, taken = await self._inbox.get()
+            if not taken.done():
+                taken.set_result(None)
+            yield msg
+
+    def adopt_link(self, conn: Connection) -> None:
+        """Serve a message link (dialed by us or by the peer)."""
+        old = self._links.get(conn.remote_fingerprint)
+        self._links[conn.remote_fingerprint] = conn
+        if old is not None and old is not conn and not old.closed:
+            self._spawn(old.close(), "close-link")
+        self._spawn(self._read_link(conn), "link")
+
+    async def _read_link(self, conn: Connection) -> None:
+        peer = conn.remote_fingerprint
+        try:
+            while True:
+                data = await conn.recv()
+                if data is None:
+                    continue
+                try:
+                    frame = cbor2.loads(data)
+                    kind = frame[0]
+                except Exception:
+                    log.warning("closing a message link that sent an unreadable frame")
+                    break
+                if kind == "a" and isinstance(frame.get(1), list):
+                    for mid in frame[1]:
+                        fut = self._ack_waiters.get(mid) if isinstance(mid, bytes) else None
+                        if fut is not None and not fut.done():
+                            fut.set_result(None)
+                elif kind == "m" and _valid_message_frame(frame):
+                    tier = "relay" if conn.path_type == "relay" else "direct"
+                    await self._receive(peer, frame[1], frame[2], frame[3], frame[4], tier,
+                                        conn)
+        except ConnectionClosed:
+            pass
+        finally:
+            if self._links.get(peer) is conn:
+                del self._links[peer]
+            if not conn.closed:
+                await conn.close()
+
+    async def _receive(
+        self, sender: str, mid: bytes, created: int, expires: int, payload: bytes, tier: str,
+        conn: Connection,
+    ) -> None:
+        if self.delivered_log.seen(sender, mid):
+            self.duplicates_suppressed += 1
+            await self._ack(conn, mid)
+            return
+        taken = await self._hand_over(sender, mid, created, payload, tier)
+        if taken is None:
+            return
+        self._spawn(self._ack_when_taken(conn, sender, mid, expires, taken), "ack")
+
+    async def _hand_over(
+        self, sender: str, mid: bytes, created: int, payload: bytes, tier: str
+    ) -> asyncio.Future[None] | None:
+        """Queue for the application unless already queued; None if already queued."""
+        key = (sender, mid)
+        if key in self._pending_in:
+            self.duplicates_suppressed += 1
+            return None
+        taken: asyncio.Future[None] = self._loop.create_future()
+        self._pending_in[key] = taken
+        await self._inbox.put((Message(sender, mid, payload, tier, created, now_ms()), taken))
+        return taken
+
+    async def _ack_when_taken(
+        self, conn: Connection, sender: str, mid: bytes, expires: int, taken: asyncio.Future[None]
+    ) -> None:
+        await taken
+        self.delivered_log.remember(sender, mid, expires)
+        self._pending_in.pop((sender, mid), None)
+        await self._ack(conn, mid)
+
+    async def _ack(self, conn: Connection, mid: bytes) -> None:
+        with contextlib.suppress(TierlinkError):
+            await conn.send(cbor2.dumps({0: "a", 1: [mid]}, canonical=True))
+
+    async def _offline_message(self, env: ReceivedEnvelope) -> None:
+        """OfflineTier callback: return once the application took the message."""
+        key = (env.sender_fingerprint, env.message_id)
+        pending = self._pending_in.get(key)
+        if pending is not None:  # the same message is waiting from a live link
+            self.duplicates_suppressed += 1
+            await asyncio.shield(pending)
+            return
+        taken = await self._hand_over(env.sender_fingerprint, env.message_id,
+                                      env.created_at_ms, env.payload, "offline")
+        if taken is not None:
+            await asyncio.shield(taken)
+            self._pending_in.pop(key, None)
+
+
+def _valid_message_frame(frame: Any) -> bool:
+    return (
+        isinstance(frame, dict) and isinstance(frame.get(1), bytes) and len(frame[1]) == 16
+        and isinstance(frame.get(2), int) and isinstance(frame.get(3), int)
+        and isinstance(frame.get(4), bytes)
+    )

@@ -1,0 +1,244 @@
+"""Never lose a message: tiered send, the DHT offline queue, the durable outbox."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.nodes import config_for
+from tierlink.delivery import Message
+from tierlink.dht import DhtClient
+from tierlink.identity import Identity
+from tierlink.keys import offline_queue_key
+from tierlink.node import Node
+from tierlink.offline import create_envelope
+from tierlink.offline.outbox import DELIVERED
+
+
+async def collect(node: Node, into: list[Message]) -> None:
+    async for msg in node.messages():
+        into.append(msg)
+
+
+async def wait_for_count(items: list, n: int, timeout: float = 20.0) -> None:
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while len(items) < n and loop.time() < end:
+        await asyncio.sleep(0.02)
+
+
+async def test_live_delivery_reports_direct_tier(dht_cluster) -> None:
+    async with Node(config_for(dht_cluster[0])) as a, Node(config_for(dht_cluster[1])) as b:
+        got: list[Message] = []
+        reader = asyncio.create_task(collect(b, got))
+        mids = [await a.send(b.fingerprint, f"m{i}".encode()) for i in range(5)]
+        for mid in mids:
+            d = await a.wait_delivered(mid, 15)
+            assert d is not None and d.tier == "direct" and d.recipient == b.fingerprint
+        assert [m.payload for m in got] == [f"m{i}".encode() for i in range(5)]
+        assert {m.sender for m in got} == {a.fingerprint} and {m.tier for m in got} == {"direct"}
+        assert a.messenger is not None and a.messenger.outbox.pending() == []
+        reader.cancel()
+        with pytest.raises(ValueError):
+            await a.send("nope", b"x")
+        with pytest.raises(ValueError):
+            await a.send(b.fingerprint, b"")
+
+
+async def test_recipient_offline_then_online_receives_once(dht_cluster) -> None:
+    ib = Identity.generate()
+    b_dir = config_for(dht_cluster[1]).data_dir
+    async with Node(config_for(dht_cluster[1], identity=ib, data_dir=b_dir)):
+        pass  # B was online once: its record (with its KEM key) is in the DHT
+    async with Node(config_for(dht_cluster[0], send_budget=2.0)) as a:
+        assert a.messenger is not None
+        mids = [await a.send(ib.fingerprint, f"while away {i}".encode()) for i in range(3)]
+        for _ in range(200):
+            if all(a.messenger.outbox.get(m).state == "queued_dht" for m in mids):
+                break
+            await asyncio.sleep(0.05)
+        assert [a.messenger.outbox.get(m).state for m in mids] == ["queued_dht"] * 3
+        async with Node(config_for(dht_cluster[2], identity=ib, data_dir=b_dir)) as b:
+            got: list[Message] = []
+            reader = asyncio.create_task(collect(b, got))
+            for mid in mids:
+                d = await a.wait_delivered(mid, 30)
+                assert d is not None and d.tier == "offline"
+            await asyncio.sleep(0.5)
+            reader.cancel()
+        assert sorted(m.payload for m in got) == [f"while away {i}".encode() for i in range(3)]
+        assert all(m.tier == "offline" for m in got)
+        assert a.messenger.outbox.pending() == []
+    print(f"\noffline: sent 3, delivered {len(got)}, duplicates 0, lost 0")
+
+
+SENDER = """
+import asyncio, sys
+from pathlib import Path
+from tierlink.identity import Identity
+from tierlink.node import Node, NodeConfig
+async def main():
+    proxy, key, data, to = sys.argv[1:5]
+    cfg = NodeConfig(identity=Identity.load(Path(key)), dht_proxy=proxy,
+                     host_addresses=["127.0.0.1"], data_dir=Path(data), send_budget=5.0)
+    async with Node(cfg) as node:
+        if len(sys.argv) > 5:
+            mid = await node.send(to, sys.argv[5].encode())
+            print(mid.hex(), flush=True)
+            await asyncio.sleep(60)  # killed here
+        else:
+            pending = node.messenger.outbox.pending()
+            print(len(pending), flush=True)
+            for e in pending:
+                d = await node.wait_delivered(e.message_id, 30)
+                print(d.tier if d else "undelivered", flush=True)
+asyncio.run(main())
+"""
+
+
+async def test_sender_killed_after_send_delivers_on_restart(dht_cluster, tmp_path: Path) -> None:
+    ia = Identity.generate()
+    key = tmp_path / "a.json"
+    ia.save(key)
+    data = tmp_path / "a-state"
+    ib = Identity.generate()
+    b_cfg = config_for(dht_cluster[1], identity=ib, allow=set())  # online, answers nobody
+    async with Node(b_cfg) as b:
+        argv = [sys.executable, "-c", SENDER, dht_cluster[0].proxy_url, str(key), str(data),
+                b.fingerprint]
+        proc = await asyncio.create_subprocess_exec(*argv, "survive me",
+                                                    stdout=subprocess.PIPE)
+        assert proc.stdout is not None
+        mid = (await asyncio.wait_for(proc.stdout.readline(), 60)).decode().strip()
+        proc.send_signal(signal.SIGKILL)  # right after send() returned
+        await proc.wait()
+        b.config.allow = None  # now B answers: the restarted sender can deliver live
+        got: list[Message] = []
+        reader = asyncio.create_task(collect(b, got))
+        again = await asyncio.create_subprocess_exec(*argv, stdout=subprocess.PIPE)
+        out, _ = await asyncio.wait_for(again.communicate(), 90)
+        lines = out.decode().split()
+        await wait_for_count(got, 1)
+        await asyncio.sleep(0.5)
+        reader.cancel()
+    assert lines[0] == "1" and lines[1] in ("direct", "offline")
+    assert [m.payload for m in got] == [b"survive me"] and got[0].message_id.hex() == mid
+    print(f"\nkilled sender: delivered after restart via {lines[1]}")
+
+
+async def test_lost_ack_is_resent_but_delivered_once(dht_cluster, monkeypatch) -> None:
+    async with (
+        Node(config_for(dht_cluster[0], ack_timeout=2.0, send_budget=3.0)) as a,
+        Node(config_for(dht_cluster[1])) as b,
+    ):
+        assert b.messenger is not None
+        real_ack = b.messenger._ack
+        dropped = []
+
+        async def lossy_ack(conn, mid):
+            if not dropped:
+                dropped.append(mid)  # the first acknowledgement is lost on the way
+                return
+            await real_ack(conn, mid)
+
+        monkeypatch.setattr(b.messenger, "_ack", lossy_ack)
+        got: list[Message] = []
+        reader = asyncio.create_task(collect(b, got))
+        mid = await a.send(b.fingerprint, b"only once please")
+        d = await a.wait_delivered(mid, 40)
+        await asyncio.sleep(1.0)
+        reader.cancel()
+        assert dropped == [mid]
+        assert d is not None and d.tier == "offline"  # re-sent through the DHT, re-acked
+        assert [m.payload for m in got] == [b"only once please"]
+    print(f"\nlost ack: sent 1, delivered {len(got)}, re-sent 1, duplicates suppressed 1")
+
+
+async def test_forged_and_misaddressed_envelopes_deliver_nothing(dht_cluster) -> None:
+    async with Node(config_for(dht_cluster[1])) as b:
+        got: list[Message] = []
+        reader = asyncio.create_task(collect(b, got))
+        mallory, alice, carol = Identity.generate(), Identity.generate(), Identity.generate()
+        good, _ = create_envelope(alice, b.fingerprint, b.identity.kem_public_key, b"hi", 60)
+        forged = bytearray(good)
+        forged[-10] ^= 1  # signature no longer verifies
+        other, _ = create_envelope(mallory, carol.fingerprint, carol.kem_public_key, b"x", 60)
+        async with DhtClient(dht_cluster[0].proxy_url) as dht:
+            for value in (bytes(forged), other, b"\x01\x04garbage"):
+                await dht.put(offline_queue_key(b.fingerprint), value)
+            await dht.put(offline_queue_key(b.fingerprint), good)
+        await wait_for_count(got, 1)
+        await asyncio.sleep(0.5)
+        reader.cancel()
+        assert [m.payload for m in got] == [b"hi"] and got[0].sender == alice.fingerprint
+        assert b.messenger is not None
+        rejected = b.messenger.offline.inbox.rejected
+        assert rejected["signature"] >= 1 and rejected["recipient"] >= 1
+
+
+async def test_dht_observer_cannot_read_payloads(dht_cluster) -> None:
+    ib = Identity.generate()
+    async with Node(config_for(dht_cluster[1], identity=ib)):
+        pass
+    secret = b"the eagle lands at dawn " + os.urandom(8).hex().encode()
+    async with Node(config_for(dht_cluster[0], send_budget=1.0)) as a:
+        mid = await a.send(ib.fingerprint, secret)
+        assert a.messenger is not None
+        for _ in range(200):
+            if a.messenger.outbox.get(mid).state == "queued_dht":
+                break
+            await asyncio.sleep(0.05)
+        async with DhtClient(dht_cluster[2].proxy_url) as spy:
+            values: list[bytes] = []
+            for _ in range(50):
+                values = await spy.get(offline_queue_key(ib.fingerprint))
+                if values:
+                    break
+                await asyncio.sleep(0.1)
+    assert values, "the envelope should be readable from a third node"
+    assert all(secret not in v and secret[:16] not in v for v in values)
+
+
+async def test_live_path_failing_midstream_falls_back_to_dht(dht_cluster) -> None:
+    n = 20
+    async with (
+        Node(config_for(dht_cluster[0], ack_timeout=3.0, send_budget=2.0)) as a,
+        Node(config_for(dht_cluster[1])) as b,
+    ):
+        assert a.messenger is not None and b.messenger is not None
+        got: list[Message] = []
+        reader = asyncio.create_task(collect(b, got))
+        mids = []
+        for i in range(n):
+            mids.append(await a.send(b.fingerprint, f"msg {i}".encode()))
+            if i == n // 2:
+                await wait_for_count(got, 3)
+                b.config.allow = set()  # no new live links to B from now on
+                for _ in range(250):
+                    link = a.messenger._links.get(b.fingerprint)
+                    if link is not None:
+                        break
+                    await asyncio.sleep(0.02)
+                assert link is not None
+                await link.close()  # the live path fails underneath
+        tiers = []
+        for mid in mids:
+            d = await a.wait_delivered(mid, 60)
+            assert d is not None
+            tiers.append(d.tier)
+        await asyncio.sleep(1.0)
+        reader.cancel()
+        payloads = sorted(m.payload for m in got)
+        assert payloads == sorted(f"msg {i}".encode() for i in range(n))  # each exactly once
+        assert "direct" in tiers and "offline" in tiers
+        assert all(a.messenger.outbox.get(m).state == DELIVERED for m in mids)
+        dups = b.messenger.duplicates_suppressed
+    print(f"\nmid-stream failure: sent {n}, delivered {len(got)} "
+          f"(direct {tiers.count('direct')}, offline {tiers.count('offline')}), "
+          f"duplicates suppressed {dups}, lost 0")
