@@ -61,8 +61,11 @@ class BenchConn(ABC):
     async def send(self, data: bytes) -> None:
         """Send one message in the system's reliable mode (best effort for raw aioice)."""
 
-    async def send_many(self, payload: bytes, count: int, deadline: float) -> int:
-        """Send ``payload`` ``count`` times as fast as flow control allows; stop at deadline."""
+    async def send_many(self, payload: bytes, count: int, deadline: float, window: int) -> int:
+        """Send ``payload`` ``count`` times as fast as flow control allows; stop at deadline.
+
+        ``window``: sends kept pending at once, for systems whose send awaits the peer.
+        """
         sent = 0
         while sent < count and now() < deadline:
             await self.send(payload)

@@ -29,17 +29,27 @@ def p95(values: list[float]) -> float:
 async def measure_connect(pair: Pair, plan: Plan) -> JsonDict:
     d, _ = await pair.both("connect_series", 30.0 * plan.connects + 30.0, n=plan.connects)
     times = [float(x) for x in d["connect_ms"]]
+    opened = [float(x) for x in d["open_ms"]]
     return {
         "connect_ms_median": round(statistics.median(times), 2),
         "connect_ms_p95": round(p95(times), 2),
         "connect_n": len(times),
+        # dial() returned on the dialer (before the first message was sent)
+        "connect_open_ms_median": round(statistics.median(opened), 2),
     }
 
 
 async def measure_reliable(pair: Pair, plan: Plan, size: int, count: int) -> JsonDict:
     """Reliable throughput: dialer's start -> callee's last delivery, both monotonic."""
     timeout = plan.reliable_limit_s + 40.0
-    d, c = await pair.both("reliable", timeout, size=size, count=count, limit=plan.reliable_limit_s)
+    d, c = await pair.both(
+        "reliable",
+        timeout,
+        size=size,
+        count=count,
+        limit=plan.reliable_limit_s,
+        window=plan.send_window,
+    )
     elapsed = float(c["t_last"]) - float(d["t0"])
     received = int(c["received"])
     if received == 0 or elapsed <= 0:

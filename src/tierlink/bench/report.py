@@ -14,6 +14,7 @@ SYSTEMS = ("tierlink", "aioice_raw", "aiortc_datachannel")
 METRICS: tuple[tuple[str, str, int, bool], ...] = (
     ("connect_ms_median", "connect, median (ms)", 1, False),
     ("connect_ms_p95", "connect, p95 (ms)", 1, False),
+    ("connect_open_ms_median", "of which: dial returned, median (ms)", 1, False),
     ("reliable_1k_msgs_per_s", "reliable 1 KiB (msg/s)", 0, True),
     ("reliable_1k_mb_per_s", "reliable 1 KiB (MB/s)", 2, True),
     ("reliable_64k_mb_per_s", "reliable 64 KiB (MB/s)", 2, True),
@@ -103,7 +104,7 @@ can be subtracted. Every step is bounded in count and time.
   datagram. Process start-up and node start-up are not included.
 - **reliable throughput**: one connection, 20,000 x 1 KiB and 400 x 64 KiB messages (bounded
   by 20 s), from the dialer's first send to the callee's last delivery; a run where any
-  message is missing is reported as an error, not as a rate. tierlink keeps 512 sends
+  message is missing is reported as an error, not as a rate. tierlink keeps 64 sends
   pending (its send returns after the peer's ack; its channel bounds the bytes in flight);
   aiortc pauses above 1 MiB `bufferedAmount`. Raw aioice has no reliable mode: its reliable
   1 KiB figure is its paced 1 KiB datagram ceiling (an upper bound for anything reliable on

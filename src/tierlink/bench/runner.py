@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime
 import importlib.metadata
 import importlib.util
@@ -96,16 +97,17 @@ async def run_bench_async(
         else:
             runs.append(SystemRun(system))
     all_runs = list(runs)
+    plan = Plan.quick() if quick else Plan()
     started = time.monotonic()
     async with contextlib.AsyncExitStack() as stack:
-        await _measure(runs, Plan.quick() if quick else Plan(), quick, logs, stack)
+        await _measure(runs, plan, quick, logs, stack)
     for run in all_runs:
         entries[run.system] = run.entry()
     machine["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     for system, entry in entries.items():
         entry.update(machine=machine, quick=quick, run_seconds=round(time.monotonic() - started))
         results[system] = entry
-    ordered: JsonDict = {"machine": machine, "quick": quick}
+    ordered: JsonDict = {"machine": machine, "quick": quick, "plan": dataclasses.asdict(plan)}
     ordered.update({s: results[s] for s in SYSTEMS if s in results})
     write_json(json_path, ordered)
     if markdown_path is None:

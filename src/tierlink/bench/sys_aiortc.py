@@ -66,7 +66,7 @@ class RtcBenchConn(BenchConn):
         await self._room()
         self.rel.send(data)
 
-    async def send_many(self, payload: bytes, count: int, deadline: float) -> int:
+    async def send_many(self, payload: bytes, count: int, deadline: float, window: int) -> int:
         sent = 0
         while sent < count and now() < deadline:
             if self.rel.bufferedAmount > BUFFER_HIGH:

@@ -17,9 +17,6 @@ from tierlink.bench.base import BenchConn, BenchSide, JsonDict, Signal, now
 
 CONNECT_TIMEOUT = 20.0
 ACCEPT_TIMEOUT = 120.0
-#: tierlink's reliable send returns after the peer's ack (the channel itself bounds the bytes in
-#: flight by its window and queues the rest in call order): keep this many sends pending.
-SEND_WINDOW = 512
 
 
 class TierlinkBenchConn(BenchConn):
@@ -31,11 +28,11 @@ class TierlinkBenchConn(BenchConn):
     async def send(self, data: bytes) -> None:
         await self.conn.send(data)
 
-    async def send_many(self, payload: bytes, count: int, deadline: float) -> int:
+    async def send_many(self, payload: bytes, count: int, deadline: float, window: int) -> int:
         pending: set[asyncio.Future[Any]] = set()
         sent = 0
         while sent < count and now() < deadline:
-            if len(pending) >= SEND_WINDOW:
+            if len(pending) >= window:
                 done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
                 for fut in done:
                     fut.result()

@@ -90,10 +90,12 @@ class Worker:
         """
         sig = self.side.signal
         times_ms: list[float] = []
+        open_ms: list[float] = []
         for i in range(int(p["n"])):
             if self.dialer:
                 t0 = now()
                 conn = await self.side.dial()
+                open_ms.append((now() - t0) * 1000.0)
                 await conn.send(b"first %d" % i)
                 t1 = float((await sig.recv("delivered", 30.0))["t"])
                 times_ms.append((t1 - t0) * 1000.0)
@@ -105,7 +107,7 @@ class Worker:
                 sig.send("delivered", {"t": now()})
                 await conn.close()
                 sig.send("closed", {})
-        return {"connect_ms": times_ms}
+        return {"connect_ms": times_ms, "open_ms": open_ms}
 
     async def cmd_open_main(self, p: JsonDict) -> JsonDict:
         self.main = await self._open()
@@ -121,7 +123,7 @@ class Worker:
         if self.dialer:
             payload = bytes(size)
             t0 = now()
-            sent = await conn.send_many(payload, count, t0 + limit)
+            sent = await conn.send_many(payload, count, t0 + limit, int(p.get("window", 64)))
             return {"t0": t0, "t_end": now(), "sent": sent}
         deadline = now() + limit + 10.0
         received = nbytes = 0
