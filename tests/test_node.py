@@ -381,8 +381,8 @@ async def test_tampered_certificate_fingerprint_fails_handshake(dht_cluster, mon
     a.config.handshake_timeout = b.config.handshake_timeout = 3.0
     real = a._params
 
-    def forged(ice):
-        p = real(ice)
+    def forged(ice, purpose="app"):
+        p = real(ice, purpose)
         return IceParams(p.ufrag, p.pwd, p.candidates, bytes(32), p.kem_public_key)
 
     monkeypatch.setattr(a, "_params", forged)

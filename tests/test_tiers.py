@@ -51,6 +51,18 @@ async def test_live_delivery_reports_direct_tier(dht_cluster) -> None:
             await a.send(b.fingerprint, b"")
 
 
+async def test_offline_maintenance_does_not_steal_a_live_delivery(dht_cluster) -> None:
+    async with Node(config_for(dht_cluster[0])) as a, Node(config_for(dht_cluster[1])) as b:
+        assert a.messenger is not None
+        got: list[Message] = []
+        reader = asyncio.create_task(collect(b, got))
+        mid = await a.send(b.fingerprint, b"race me")
+        assert await a.messenger.offline.reput_due() == 0  # the live tier holds it
+        d = await a.wait_delivered(mid, 15)
+        reader.cancel()
+        assert d is not None and d.tier == "direct" and [m.tier for m in got] == ["direct"]
+
+
 async def test_recipient_offline_then_online_receives_once(dht_cluster) -> None:
     ib = Identity.generate()
     b_dir = config_for(dht_cluster[1]).data_dir

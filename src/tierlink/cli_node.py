@@ -82,7 +82,9 @@ def add_node_options(p: argparse.ArgumentParser) -> None:
                    help="list candidates in the public record (public) or not (private)")
     p.add_argument("--allow", type=_fingerprint, action="append", metavar="FINGERPRINT",
                    help="answer only these dialers (repeatable)")
-    p.add_argument("--timeout", type=float, default=20.0, help="dial timeout in seconds")
+    p.add_argument("--timeout", type=float, default=10.0,
+                   help="seconds to try a live path before the offline tier")
+    p.add_argument("--data-dir", help="outbox directory (default: per identity, XDG data dir)")
     p.add_argument("--json", action="store_true", help="JSON output")
 
 
@@ -102,6 +104,8 @@ def node_config(args: argparse.Namespace) -> NodeConfig:
         mode=args.mode,
         allow=set(args.allow) if args.allow else None,
         dial_timeout=args.timeout,
+        send_budget=args.timeout,
+        data_dir=Path(args.data_dir) if args.data_dir else None,
     )
 
 
@@ -150,9 +154,18 @@ async def _run(args: argparse.Namespace) -> int:
                 readers.add(task)
                 task.add_done_callback(readers.discard)
 
+        async def queued_messages() -> None:
+            async for m in node.messages():
+                text = m.payload.decode("utf-8", errors="replace")
+                _emit(args, {"event": "message", "from": m.sender, "bytes": len(m.payload),
+                             "text": text, "tier": m.tier, "message_id": m.message_id.hex()},
+                      f"{m.sender[:16]}… [{m.tier}]: {text}")
+
         acceptor = asyncio.create_task(accept())
+        messages = asyncio.create_task(queued_messages())
         await stop.wait()
         acceptor.cancel()
+        messages.cancel()
         for task in list(readers):
             task.cancel()
     print("stopped", file=sys.stderr)
@@ -162,17 +175,58 @@ async def _run(args: argparse.Namespace) -> int:
 # -- send / lookup -------------------------------------------------------------------------
 async def _send(args: argparse.Namespace) -> int:
     config = node_config(args)
+    code = 0
     async with Node(config) as node:
-        conn = await node.connect(args.fingerprint, timeout=args.timeout)
-        try:
-            for text in args.message:
-                await conn.send(text.encode())
-            _emit(args, {"event": "sent", "to": args.fingerprint, "messages": len(args.message),
-                         "selected_pair": conn.selected_pair, "connect_ms": conn.connect_ms},
-                  f"sent {len(args.message)} message(s) to {args.fingerprint[:16]}… over "
-                  f"{conn.path_type} in {conn.connect_ms:.0f} ms")
-        finally:
-            await conn.close()
+        assert node.messenger is not None
+        mids = [await node.send(args.fingerprint, text.encode()) for text in args.message]
+        for text, mid in zip(args.message, mids, strict=True):
+            state = await node.messenger.wait_settled(mid, args.timeout + args.wait)
+            obj: dict[str, Any] = {"event": "sent", "to": args.fingerprint,
+                                   "message_id": mid.hex(), "bytes": len(text.encode())}
+            if state == "delivered":
+                d = await node.wait_delivered(mid, 0.01)
+                obj.update(state="delivered", tier=d.tier if d else "?")
+                line = f"delivered {mid.hex()[:12]} via the {obj['tier']} tier"
+            elif state == "queued":
+                d = await node.wait_delivered(mid, args.wait)
+                if d is not None:
+                    obj.update(state="delivered", tier=d.tier)
+                    line = f"delivered {mid.hex()[:12]} via the {d.tier} tier"
+                else:
+                    obj.update(state="queued", tier=None)
+                    line = (f"queued {mid.hex()[:12]} in the DHT offline queue; the recipient "
+                            "gets it when it comes online (the outbox keeps it until acked)")
+            else:
+                obj.update(state=state, tier=None)
+                line = (f"{mid.hex()[:12]} is {state}: kept in the outbox, retried by the next "
+                        "'tierlink run' or 'tierlink send'")
+                code = 1
+            _emit(args, obj, line)
+    return code
+
+
+def _outbox(args: argparse.Namespace) -> int:
+    from tierlink.offline import Outbox
+    from tierlink.offline.outbox import UNDELIVERED
+
+    if args.data_dir:
+        path = Path(args.data_dir) / "tierlink.db"
+    else:
+        ident = Identity.load(Path(args.identity) if args.identity else default_identity_path())
+        path = NodeConfig(identity=ident).state_dir() / "tierlink.db"
+    if not path.exists():
+        entries: list[dict[str, Any]] = []
+    else:
+        with Outbox(path) as box:
+            entries = box.to_json(None if args.all else UNDELIVERED)
+    if args.json:
+        print(json.dumps(entries, indent=2))
+        return 0
+    if not entries:
+        print("outbox is empty" if args.all else "no undelivered messages")
+    for e in entries:
+        print(f"{e['message_id'][:12]}  {e['state']:<10} {e['tier'] or '-':<8} "
+              f"to {e['recipient'][:16]}…  {e['payload_size']} B  attempts {e['attempts']}")
     return 0
 
 
@@ -216,10 +270,19 @@ def register(sub: Any) -> None:
     add_node_options(run)
     run.set_defaults(func=lambda a: asyncio.run(_run(a)))
 
-    send = sub.add_parser("send", help="dial a fingerprint and send messages")
+    send = sub.add_parser("send", help="send messages by the best tier (live, relay, offline)")
     send.add_argument("fingerprint", type=_fingerprint)
     send.add_argument("message", nargs="+")
     add_node_options(send)
+    send.add_argument("--wait", type=float, default=5.0,
+                      help="extra seconds to wait for an acknowledgement of a queued message")
+
+    box = sub.add_parser("outbox", help="list messages not yet acknowledged")
+    box.add_argument("--identity", help=f"key file (default {default_identity_path()})")
+    box.add_argument("--data-dir", help="outbox directory")
+    box.add_argument("--all", action="store_true", help="include delivered and expired")
+    box.add_argument("--json", action="store_true", help="JSON output")
+    box.set_defaults(func=_outbox)
     send.set_defaults(func=lambda a: asyncio.run(_send(a)))
 
     look = sub.add_parser("lookup", help="print a fingerprint's verified record")

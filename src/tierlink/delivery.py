@@ -96,6 +96,7 @@ class Messenger:
         self._queues: dict[str, asyncio.Queue[bytes]] = {}
         self._ack_waiters: dict[bytes, asyncio.Future[None]] = {}
         self._delivery_waiters: dict[bytes, list[asyncio.Future[Delivery]]] = {}
+        self._queued_waiters: dict[bytes, list[asyncio.Future[None]]] = {}
         self._deliveries: asyncio.Queue[Delivery] = asyncio.Queue(1024)
         self._tasks: set[asyncio.Task[Any]] = set()
 
@@ -136,33 +137,40 @@ class Messenger:
         if queue is None:
             queue = self._queues[recipient] = asyncio.Queue()
             self._spawn(self._worker(recipient, queue), "deliver")
+        self.offline.held.add(mid)  # the live tier tries it first
         queue.put_nowait(mid)
 
     async def _worker(self, recipient: str, queue: asyncio.Queue[bytes]) -> None:
         """Deliver one recipient's messages in order: live link first, else the DHT."""
         while True:
             mid = await queue.get()
-            entry = self.outbox.get(mid)
-            if entry is None or entry.state != PENDING or entry.expires_ms <= now_ms():
-                continue
             try:
-                conn = await self._link_to(recipient)
-                tier = "relay" if conn.path_type == "relay" else "direct"
-                fut = self._ack_waiters[mid] = self._loop.create_future()
-                frame = {0: "m", 1: mid, 2: entry.created_ms, 3: entry.expires_ms,
-                         4: entry.payload}
-                await asyncio.wait_for(conn.send(cbor2.dumps(frame, canonical=True)),
-                                       self.ack_timeout)
-                await asyncio.wait_for(asyncio.shield(fut), self.ack_timeout)
-            except (TierlinkError, TimeoutError, OSError) as exc:
-                log.info("live delivery of %s failed (%s); using the offline tier", mid.hex(),
-                         exc)
-                self._ack_waiters.pop(mid, None)
-                await self._go_offline(mid)
-                continue
+                await self._deliver_one(recipient, mid)
+            finally:
+                self.offline.held.discard(mid)
+
+    async def _deliver_one(self, recipient: str, mid: bytes) -> None:
+        entry = self.outbox.get(mid)
+        if entry is None or entry.state != PENDING or entry.expires_ms <= now_ms():
+            return
+        try:
+            conn = await self._link_to(recipient)
+            tier = "relay" if conn.path_type == "relay" else "direct"
+            fut = self._ack_waiters[mid] = self._loop.create_future()
+            frame = {0: "m", 1: mid, 2: entry.created_ms, 3: entry.expires_ms,
+                     4: entry.payload}
+            await asyncio.wait_for(conn.send(cbor2.dumps(frame, canonical=True)),
+                                   self.ack_timeout)
+            await asyncio.wait_for(asyncio.shield(fut), self.ack_timeout)
+        except (TierlinkError, TimeoutError, OSError) as exc:
+            log.info("live delivery of %s failed (%s); using the offline tier", mid.hex(),
+                     exc)
             self._ack_waiters.pop(mid, None)
-            if self.outbox.mark_delivered(mid, tier):
-                self._delivered(mid, recipient, tier)
+            await self._go_offline(mid)
+            return
+        self._ack_waiters.pop(mid, None)
+        if self.outbox.mark_delivered(mid, tier):
+            self._delivered(mid, recipient, tier)
 
     async def _go_offline(self, mid: bytes) -> None:
         entry = self.outbox.get(mid)
@@ -172,6 +180,10 @@ class Messenger:
             await self.offline.queue(mid)
         except (TierlinkError, ValueError, KeyError) as exc:
             log.warning("message %s stays pending (offline tier: %s)", mid.hex(), exc)
+            return
+        for fut in self._queued_waiters.pop(mid, []):
+            if not fut.done():
+                fut.set_result(None)
 
     async def _link_to(self, recipient: str) -> Connection:
         conn = self._links.get(recipient)
@@ -212,6 +224,29 @@ class Messenger:
             waiters = self._delivery_waiters.get(mid)
             if waiters and fut in waiters:
                 waiters.remove(fut)
+
+    async def wait_settled(self, mid: bytes, timeout: float | None = None) -> str:
+        """Wait until ``mid`` is delivered or queued in the DHT: "delivered", "queued" or
+        (after ``timeout``) the outbox state, e.g. "pending"."""
+        entry = self.outbox.get(mid)
+        if entry is None:
+            raise KeyError(f"no message {mid.hex()} in the outbox")
+        if entry.state != PENDING:
+            return "queued" if entry.state == "queued_dht" else entry.state
+        queued: asyncio.Future[None] = self._loop.create_future()
+        self._queued_waiters.setdefault(mid, []).append(queued)
+        delivered = asyncio.ensure_future(self.wait_delivered(mid, timeout))
+        try:
+            waits: set[asyncio.Future[Any]] = {queued, delivered}
+            await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            delivered.cancel()
+            waiters = self._queued_waiters.get(mid)
+            if waiters and queued in waiters:
+                waiters.remove(queued)
+        entry = self.outbox.get(mid)
+        state = entry.state if entry is not None else "unknown"
+        return "queued" if state == "queued_dht" else state
 
     async def deliveries(self) -> AsyncIterator[Delivery]:
         """Every acknowledgement, as it arrives."""

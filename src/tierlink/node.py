@@ -247,11 +247,22 @@ class Node:
                 log.warning("re-publishing the record failed: %s (retrying)", exc)
                 await asyncio.sleep(min(period, 5.0))
 
-    async def lookup(self, fingerprint: str) -> PeerRecord:
-        """The newest valid record of ``fingerprint``, verified; PeerNotFound otherwise."""
+    async def lookup(self, fingerprint: str, patience: float = 2.0) -> PeerRecord:
+        """The newest valid record of ``fingerprint``, verified; PeerNotFound otherwise.
+
+        A node that has just joined the DHT may not find values yet: an empty answer is
+        asked again with backoff for up to ``patience`` seconds.
+        """
         if not is_fingerprint(fingerprint):
             raise ValueError("a fingerprint is 128 lowercase hex characters")
-        values = await self._require_dht().get(ice_candidates_key(fingerprint))
+        loop = asyncio.get_running_loop()
+        deadline, delay = loop.time() + patience, 0.1
+        while True:
+            values = await self._require_dht().get(ice_candidates_key(fingerprint))
+            if values or loop.time() + delay > deadline:
+                break
+            await asyncio.sleep(delay)
+            delay *= 2
         record = self.records.newest(values, fingerprint)
         if record is None:
             raise PeerNotFound(

@@ -87,6 +87,8 @@ class OfflineTier:
         """Background failures so far (DHT unreachable, callback raised); each is logged."""
         self._fetch_lock = asyncio.Lock()
         self._inflight: set[bytes] = set()  # ids whose put is under way (not retried twice)
+        self.held: set[bytes] = set()
+        """Ids another tier is delivering right now: :meth:`reput_due` leaves them alone."""
         self._tasks: list[asyncio.Task[None]] = []
         self._incoming: list[bytes] = []
         self._wake = asyncio.Event()
@@ -158,8 +160,8 @@ class OfflineTier:
         unsent = [e for e in self.outbox.pending(now_ms=t) if e.state == PENDING]
         puts = 0
         for entry in [*due, *unsent]:
-            if entry.message_id in self._inflight:  # send() or a listen is putting it now
-                continue
+            if entry.message_id in self._inflight or entry.message_id in self.held:
+                continue  # being put right now, or a live tier is trying it
             try:
                 await self.queue(entry.message_id)
                 puts += 1
@@ -184,11 +186,12 @@ class OfflineTier:
                 continue
             for mid in ack.message_ids:
                 entry = self.outbox.get(mid)
-                if entry is not None and entry.recipient == ack.recipient_fingerprint:
-                    if self.outbox.mark_delivered(mid, TIER):
-                        marked += 1
-                        if self.on_delivered is not None:
-                            self.on_delivered(mid, entry.recipient)
+                if entry is None or entry.recipient != ack.recipient_fingerprint:
+                    continue
+                if self.outbox.mark_delivered(mid, TIER):
+                    marked += 1
+                    if self.on_delivered is not None:
+                        self.on_delivered(mid, entry.recipient)
         return marked
 
     # -- receiver side --------------------------------------------------------------------
