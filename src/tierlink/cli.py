@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from tierlink import cli_node
+from tierlink import cli_node, cli_tools
 from tierlink.dht.process import DhtNodeProcess, parse_hostport
 from tierlink.errors import TierlinkError
 from tierlink.identity import ALGORITHM, KEM_ALGORITHM, Identity, default_identity_path
@@ -134,6 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(func=cmd_dht_serve)
 
     cli_node.register(sub)
+    cli_tools.register(sub)
     return p
 
 
