@@ -9,7 +9,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tierlink.bench import run_bench
+import pytest
+
+from tierlink.bench import run_bench, runner
 from tierlink.bench.report import render_markdown, targets
 
 
@@ -51,3 +53,13 @@ def test_targets_and_table_from_fixed_results() -> None:
     assert rows["idle CPU < 0.1 %"][1] == "FAIL"
     md = render_markdown(results)
     assert "| reliable 1 KiB (msg/s) | 9,000 | 20,000 | 3,000 | 0.45x | 3.00x |" in md
+
+
+def test_unavailable_system_is_recorded_not_fatal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(runner.REQUIRES, "tierlink", "tierlink.no_such_module")
+    results = run_bench(["tierlink"], True, tmp_path)
+    assert results["tierlink"]["error"] == "tierlink.no_such_module is not importable"
+    assert "`tierlink`: not measured" in (tmp_path / "BENCHMARKS.md").read_text()
+    assert json.loads((tmp_path / "results.json").read_text())["tierlink"]["quick"] is True

@@ -146,6 +146,8 @@ def render_markdown(results: JsonDict) -> str:
         f"{machine.get('platform', '?')}; run {machine.get('date', '?')}"
         f"{' (QUICK mode: small counts, not representative)' if results.get('quick') else ''}.",
         f"Versions: {', '.join(f'{k} {v}' for k, v in machine.get('versions', {}).items())}.",
+        f"Load average (1/5/15 min) at start {machine.get('loadavg_at_start', '?')}, "
+        f"at end {machine.get('loadavg_at_end', '?')}: the machine is shared, figures are noisy.",
         "",
         "| metric | tierlink | raw aioice | aiortc data channel | tierlink / raw aioice "
         "| tierlink / aiortc |",
