@@ -43,6 +43,8 @@ class Plan:
     #: channel itself bounds the bytes in flight and queues the rest in call order. 8-64 gave
     #: the best 1 KiB rate here; >= 1024 pending sends cut it to a third.
     send_window: int = 64
+    #: Rounds of the connect/throughput/datagram measurements; the best round is kept.
+    rounds: int = 2
     idle_s: float = 15.0
     mem_connections: int = 100
 
@@ -57,6 +59,7 @@ class Plan:
             dg_trial_s=0.25,
             dg_bisect_steps=1,
             dg_attempts=2,
+            rounds=1,
             idle_s=2.0,
             mem_connections=10,
         )

@@ -96,6 +96,11 @@ answers, timestamps) over pipes; one event loop for both sides would starve and 
 Times are CLOCK_MONOTONIC, shared by the processes, so "dialer started" and "callee got it"
 can be subtracted. Every step is bounded in count and time.
 
+The systems are interleaved: each measurement is taken for every system in turn before the
+next one starts, so a change in the machine's load hits all of them alike. Connect,
+reliable and datagram measurements run in 2 such rounds and the better round of each is
+kept (interference only makes a figure worse); idle CPU is measured for all systems at once.
+
 - **connect**: N sequential new connections on one process pair (N=20): dialer starts
   dialing -> first message delivered to the callee's application. tierlink: dial by
   fingerprint (DHT lookup through a fresh local `dhtnode` proxy, offer/answer, ICE, QUIC);
