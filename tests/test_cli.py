@@ -115,3 +115,88 @@ def test_dht_serve_stops_cleanly(sig: signal.Signals) -> None:
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_demo_json() -> None:
+    proc = run("demo", "--json", "--messages", "20")
+    assert proc.returncode == 0, proc.stderr
+    obj = json.loads(proc.stdout)
+    assert obj["connected"] is True and obj["ok"] is True
+    assert obj["sent"] == 40 and obj["received"] == 40 and obj["dropped"] == 0
+    assert obj["selected_pair"] == {"local": "host", "remote": "host"}
+    assert obj["connect_ms"] > 0
+
+
+def test_send_rejects_bad_fingerprint_and_missing_identity(tmp_path: Path) -> None:
+    bad = run("send", "abc", "hi")
+    assert bad.returncode == 2 and "not a fingerprint" in bad.stderr
+    no_traceback(bad)
+    env = dict(os.environ, XDG_DATA_HOME=str(tmp_path))
+    missing = run("send", "ab" * 64, "hi", env=env)
+    assert missing.returncode == 1 and "tierlink id new" in missing.stderr
+    no_traceback(missing)
+    box = run("outbox", "--data-dir", str(tmp_path / "none"))
+    assert box.returncode == 0 and "no undelivered" in box.stdout
+
+
+def test_run_send_outbox_lookup_end_to_end(tmp_path: Path) -> None:
+    """Two terminals as in the README: live delivery, then offline delivery."""
+    a_key, b_key = tmp_path / "a.json", tmp_path / "b.json"
+    run("id", "new", "--out", str(a_key))
+    b_fp = run("id", "new", "--out", str(b_key)).stdout.strip()
+    port = free_port(__import__("socket").SOCK_DGRAM, "0.0.0.0")
+    common = ["--bootstrap", f"127.0.0.1:{port}", "--no-rate-limit",
+              "--host-address", "127.0.0.1"]
+    dht = subprocess.Popen([*TIERLINK, "dht", "serve", "--port", str(port), "--no-rate-limit"],
+                           stdout=subprocess.PIPE, text=True)
+    procs = [dht]
+    try:
+        assert dht.stdout is not None and dht.stdout.readline().startswith("dht:")
+
+        def start_b() -> subprocess.Popen[str]:
+            b = subprocess.Popen(
+                [*TIERLINK, "run", "--identity", str(b_key), "--data-dir",
+                 str(tmp_path / "b"), "--json", *common],
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            procs.append(b)
+            assert b.stdout is not None
+            assert json.loads(b.stdout.readline())["event"] == "online"
+            return b
+
+        b = start_b()
+        send = [*TIERLINK, "send", b_fp, "--identity", str(a_key), "--data-dir",
+                str(tmp_path / "a"), "--json", *common]
+        live = subprocess.run([*send, "hello live"], capture_output=True, text=True, timeout=60)
+        assert live.returncode == 0, live.stderr
+        assert json.loads(live.stdout)["tier"] == "direct"
+        assert b.stdout is not None
+        got = json.loads(b.stdout.readline())
+        assert got["text"] == "hello live" and got["tier"] == "direct"
+
+        look = run("lookup", b_fp, "--json", "--identity", str(a_key), *common)
+        assert look.returncode == 0, look.stderr
+        rec = json.loads(look.stdout)
+        assert rec["fingerprint"] == b_fp and rec["mode"] == "private" and not rec["candidates"]
+
+        b.send_signal(signal.SIGINT)
+        assert b.wait(15) == 0
+        queued = subprocess.run([*send, "--timeout", "2", "--wait", "0", "hello offline"],
+                                capture_output=True, text=True, timeout=60)
+        assert queued.returncode == 0, queued.stderr
+        assert json.loads(queued.stdout)["state"] == "queued"
+        box = run("outbox", "--data-dir", str(tmp_path / "a"), "--json")
+        pending = json.loads(box.stdout)
+        assert [e["state"] for e in pending] == ["queued_dht"]
+
+        b = start_b()
+        assert b.stdout is not None
+        got = json.loads(b.stdout.readline())
+        assert got["text"] == "hello offline" and got["tier"] == "offline"
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGINT)
+                try:
+                    p.wait(15)
+                except subprocess.TimeoutExpired:
+                    p.kill()

@@ -180,7 +180,7 @@ async def _send(args: argparse.Namespace) -> int:
         assert node.messenger is not None
         mids = [await node.send(args.fingerprint, text.encode()) for text in args.message]
         for text, mid in zip(args.message, mids, strict=True):
-            state = await node.messenger.wait_settled(mid, args.timeout + args.wait)
+            state = await node.messenger.wait_settled(mid, args.timeout + args.wait + 10)
             obj: dict[str, Any] = {"event": "sent", "to": args.fingerprint,
                                    "message_id": mid.hex(), "bytes": len(text.encode())}
             if state == "delivered":

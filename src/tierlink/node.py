@@ -108,6 +108,12 @@ class NodeConfig:
         )
 
 
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    """Mark a background future's exception as retrieved (it was already handled)."""
+    if not task.cancelled():
+        task.exception()
+
+
 class Node:
     """A tierlink peer. Use as ``async with Node(config) as node: ...``."""
 
@@ -318,6 +324,8 @@ class Node:
                     ) from None
             finally:
                 await listener.aclose()
+                waiter.cancel()  # no-op once done; its outcome is retrieved below
+                waiter.add_done_callback(_retrieve)
             p = answer.params
             await set_remote(ice, p.ufrag, p.pwd, p.candidates)
             await run_checks(ice, self.config.ice_timeout, started)
