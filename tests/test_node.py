@@ -412,3 +412,23 @@ def test_blocking_datagrams(dht_cluster_sync) -> None:
         ca.send_datagram(b"datagram")
         assert cb.recv_datagram_timeout(5000) == b"datagram"
         assert cb.recv_datagram_timeout(0) is None
+
+
+async def test_public_node_republishes_when_its_addresses_change(dht_cluster, monkeypatch) -> None:
+    import tierlink.node as node_mod
+
+    monkeypatch.setattr(node_mod, "ADDRESS_CHECK_S", 0.2)
+    async with (
+        Node(config_for(dht_cluster[0], mode="public")) as p,
+        Node(config_for(dht_cluster[1])) as q,
+    ):
+        assert [c.host for c in (await q.lookup(p.fingerprint)).candidates] == ["127.0.0.1"]
+        p.config.host_addresses = ["127.0.0.1", "127.0.0.2"]
+        p.ice_settings = p.config.ice_settings()
+        hosts: list[str] = []
+        for _ in range(50):
+            hosts = sorted(c.host for c in (await q.lookup(p.fingerprint)).candidates)
+            if len(hosts) == 2:
+                break
+            await asyncio.sleep(0.1)
+        assert hosts == ["127.0.0.1", "127.0.0.2"]

@@ -22,6 +22,8 @@ import aioice
 from aioice import Candidate
 from aioice.ice import StunProtocol, TransportPolicy, get_host_addresses
 
+__all__ = ["PRIVATE_ATTRIBUTES", "IceConnection", "get_host_addresses"]
+
 #: Private aioice.Connection attributes this adapter relies on (checked by the tests).
 PRIVATE_ATTRIBUTES = (
     "_local_candidates_start",

@@ -12,15 +12,12 @@ import logging
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Coroutine, Iterable
-from dataclasses import dataclass, field
-from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal
-
-import platformdirs
+from typing import Any
 
 from tierlink.certs import LocalCertificate
 from tierlink.channel import SecureChannel, open_channel
+from tierlink.config import NodeConfig
 from tierlink.connection import Connection
 from tierlink.delivery import DEFAULT_TTL_S, Delivery, Message, Messenger
 from tierlink.dht import DhtClient, DhtNodeProcess
@@ -31,11 +28,10 @@ from tierlink.errors import (
     RecordError,
     TierlinkError,
 )
-from tierlink.ice import IceSettings, TurnServer, local_infos, run_checks, set_remote
-from tierlink.ice_compat import IceConnection
-from tierlink.identity import Identity, is_fingerprint
+from tierlink.ice import TurnServer, local_infos, run_checks, set_remote
+from tierlink.ice_compat import IceConnection, get_host_addresses
+from tierlink.identity import is_fingerprint
 from tierlink.keys import answer_key, ice_candidates_key, offers_key
-from tierlink.queue import DEFAULT_CAPACITY
 from tierlink.records import (
     KIND_ANSWER,
     KIND_OFFER,
@@ -51,67 +47,14 @@ log = logging.getLogger(__name__)
 __all__ = ["Delivery", "Message", "Node", "NodeConfig", "TurnServer"]
 
 
-@dataclass
-class NodeConfig:
-    """Everything a node needs. Only ``identity`` is required.
-
-    ``dht_proxy``: URL of an existing OpenDHT REST proxy; None starts an embedded ``dhtnode``
-    child (joined to ``bootstrap``). ``mode``: ``private`` (default) publishes no candidates,
-    addresses travel only inside encrypted answers; ``public`` lists them in the record (the
-    seed's behaviour). ``allow``: fingerprints this node answers; None answers anyone.
-    ``secure``: carry the pinned QUIC channel (reliable, encrypted); False carries raw ICE
-    datagrams (the seed's transport). ``liveness_timeout``: a dead peer is detected within it.
-    ``data_dir``: the durable outbox (default: the user's data dir, per identity);
-    ``send_budget``: how long :meth:`Node.send` tries a live path before the offline tier.
-    """
-
-    identity: Identity
-    dht_proxy: str | None = None
-    bootstrap: list[tuple[str, int]] = field(default_factory=list)
-    dht_port: int | None = None
-    dht_no_rate_limit: bool = False
-    host_addresses: list[str] | None = None
-    stun_servers: list[tuple[str, int]] = field(default_factory=list)
-    turn_servers: list[TurnServer] = field(default_factory=list)
-    relay_only: bool = False
-    mode: Literal["private", "public"] = "private"
-    allow: set[str] | None = None
-    ice_timeout: float = 30.0
-    dial_timeout: float = 20.0
-    record_lifetime: float = 600.0
-    queue_capacity: int = DEFAULT_CAPACITY
-    dht_timeout: float = 10.0
-    secure: bool = True
-    liveness_timeout: float = 15.0
-    handshake_timeout: float = 10.0
-    max_message_size: int = 16 * 1024 * 1024
-    data_dir: Path | None = None
-    send_budget: float = 10.0
-    ack_timeout: float = 10.0
-    offline_reput_interval: float = 300.0
-
-    def state_dir(self) -> Path:
-        """Where the outbox and delivered log live (per identity)."""
-        if self.data_dir is not None:
-            return Path(self.data_dir)
-        root = Path(platformdirs.user_data_dir("tierlink"))
-        return root / self.identity.fingerprint[:32]
-
-    def ice_settings(self) -> IceSettings:
-        """The ICE part of the configuration."""
-        return IceSettings(
-            host_addresses=self.host_addresses,
-            stun_servers=tuple(self.stun_servers),
-            turn_servers=tuple(self.turn_servers),
-            relay_only=self.relay_only,
-            timeout=self.ice_timeout,
-        )
-
-
 def _retrieve(task: asyncio.Future[Any]) -> None:
     """Mark a background future's exception as retrieved (it was already handled)."""
     if not task.cancelled():
         task.exception()
+
+
+#: How often a public node checks whether its addresses changed (seconds).
+ADDRESS_CHECK_S = 30.0
 
 
 class Node:
@@ -244,14 +187,29 @@ class Node:
         return record
 
     async def _republish_loop(self) -> None:
+        """Re-publish before expiry; in public mode also soon after the addresses change."""
         period = max(self.config.record_lifetime / 3, 1.0)
+        check = min(period, ADDRESS_CHECK_S) if self.config.mode == "public" else period
+        loop = asyncio.get_running_loop()
+        due = loop.time() + period
+        addresses = self._host_addresses()
         while True:
-            await asyncio.sleep(period)
+            await asyncio.sleep(max(min(check, due - loop.time()), 0.0))
+            now_addresses = self._host_addresses()
+            if loop.time() < due and now_addresses == addresses:
+                continue
             try:
                 await self.publish()
+                addresses, due = now_addresses, loop.time() + period
             except TierlinkError as exc:
                 log.warning("re-publishing the record failed: %s (retrying)", exc)
-                await asyncio.sleep(min(period, 5.0))
+                due = loop.time() + min(period, 5.0)
+
+    def _host_addresses(self) -> frozenset[str]:
+        """The addresses host candidates would be gathered on right now."""
+        if self.config.host_addresses is not None:
+            return frozenset(self.config.host_addresses)
+        return frozenset(get_host_addresses(use_ipv4=True, use_ipv6=False))
 
     async def lookup(self, fingerprint: str, patience: float = 2.0) -> PeerRecord:
         """The newest valid record of ``fingerprint``, verified; PeerNotFound otherwise.

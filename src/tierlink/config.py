@@ -1,0 +1,72 @@
+"""Node configuration: everything a node needs, with defaults that work on loopback."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import platformdirs
+
+from tierlink.ice import IceSettings, TurnServer
+from tierlink.identity import Identity
+from tierlink.queue import DEFAULT_CAPACITY
+
+__all__ = ["NodeConfig", "TurnServer"]
+
+
+@dataclass
+class NodeConfig:
+    """Everything a node needs. Only ``identity`` is required.
+
+    ``dht_proxy``: URL of an existing OpenDHT REST proxy; None starts an embedded ``dhtnode``
+    child (joined to ``bootstrap``). ``mode``: ``private`` (default) publishes no candidates,
+    addresses travel only inside encrypted answers; ``public`` lists them in the record (the
+    seed's behaviour). ``allow``: fingerprints this node answers; None answers anyone.
+    ``secure``: carry the pinned QUIC channel (reliable, encrypted); False carries raw ICE
+    datagrams (the seed's transport). ``liveness_timeout``: a dead peer is detected within it.
+    ``data_dir``: the durable outbox (default: the user's data dir, per identity);
+    ``send_budget``: how long :meth:`Node.send` tries a live path before the offline tier.
+    """
+
+    identity: Identity
+    dht_proxy: str | None = None
+    bootstrap: list[tuple[str, int]] = field(default_factory=list)
+    dht_port: int | None = None
+    dht_no_rate_limit: bool = False
+    host_addresses: list[str] | None = None
+    stun_servers: list[tuple[str, int]] = field(default_factory=list)
+    turn_servers: list[TurnServer] = field(default_factory=list)
+    relay_only: bool = False
+    mode: Literal["private", "public"] = "private"
+    allow: set[str] | None = None
+    ice_timeout: float = 30.0
+    dial_timeout: float = 20.0
+    record_lifetime: float = 600.0
+    queue_capacity: int = DEFAULT_CAPACITY
+    dht_timeout: float = 10.0
+    secure: bool = True
+    liveness_timeout: float = 15.0
+    handshake_timeout: float = 10.0
+    max_message_size: int = 16 * 1024 * 1024
+    data_dir: Path | None = None
+    send_budget: float = 10.0
+    ack_timeout: float = 10.0
+    offline_reput_interval: float = 300.0
+
+    def state_dir(self) -> Path:
+        """Where the outbox and delivered log live (per identity)."""
+        if self.data_dir is not None:
+            return Path(self.data_dir)
+        root = Path(platformdirs.user_data_dir("tierlink"))
+        return root / self.identity.fingerprint[:32]
+
+    def ice_settings(self) -> IceSettings:
+        """The ICE part of the configuration."""
+        return IceSettings(
+            host_addresses=self.host_addresses,
+            stun_servers=tuple(self.stun_servers),
+            turn_servers=tuple(self.turn_servers),
+            relay_only=self.relay_only,
+            timeout=self.ice_timeout,
+        )
