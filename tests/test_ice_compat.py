@@ -1,0 +1,68 @@
+"""The aioice adapter: fails loudly if aioice renames what tierlink relies on."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+
+import aioice
+import aioice.ice
+
+from tierlink.ice_compat import PRIVATE_ATTRIBUTES, IceConnection
+
+
+def test_private_attributes_still_exist() -> None:
+    conn = aioice.Connection(ice_controlling=True)
+    missing = [name for name in PRIVATE_ATTRIBUTES if not hasattr(conn, name)]
+    assert not missing, f"aioice {aioice.__version__} no longer has {missing}: update ice_compat"
+
+
+def test_private_hooks_still_have_their_shape() -> None:
+    params = inspect.signature(aioice.Connection.get_component_candidates).parameters
+    assert {"component", "addresses"} <= set(params)
+    assert list(inspect.signature(aioice.Connection.data_received).parameters) == [
+        "self", "data", "component"]
+    assert callable(aioice.ice.get_host_addresses)
+    assert hasattr(aioice.ice, "StunProtocol") and hasattr(aioice.ice, "TransportPolicy")
+
+
+async def connected_pair() -> tuple[IceConnection, IceConnection]:
+    a = IceConnection(controlling=True, host_addresses=["127.0.0.1"])
+    b = IceConnection(controlling=False, host_addresses=["127.0.0.1"])
+    await asyncio.gather(a.gather_candidates(), b.gather_candidates())
+    for x, y in ((a, b), (b, a)):
+        for c in y.local_candidates:
+            await x.add_remote_candidate(c)
+        await x.add_remote_candidate(None)
+        x.remote_username, x.remote_password = y.local_username, y.local_password
+    await asyncio.wait_for(asyncio.gather(a.connect(), b.connect()), 10)
+    return a, b
+
+
+async def test_gathering_is_restricted_to_the_allow_list() -> None:
+    conn = IceConnection(controlling=True, host_addresses=["127.0.0.1"])
+    try:
+        await conn.gather_candidates()
+        assert [(c.host, c.type) for c in conn.local_candidates] == [("127.0.0.1", "host")]
+    finally:
+        await conn.close()
+
+
+async def test_handler_send_nowait_and_selected_pair() -> None:
+    a, b = await connected_pair()
+    try:
+        got: list[bytes] = []
+        a.send_nowait(b"early")  # before the handler: kept in the small pending buffer
+        await asyncio.sleep(0.05)
+        b.set_datagram_handler(got.append)
+        a.send_nowait(b"late")
+        for _ in range(100):
+            if len(got) == 2:
+                break
+            await asyncio.sleep(0.01)
+        assert got == [b"early", b"late"]
+        sel = a.selected_pair()
+        assert sel is not None and sel[0].host == "127.0.0.1" and not a.is_relayed
+    finally:
+        await a.close()
+        await b.close()
