@@ -1,9 +1,9 @@
-"""A reduced connectivity matrix across the NAT lab: raw ICE (lab proven without Node) and one
-cell through the full Node (DHT signaling)."""
+"""A reduced connectivity matrix across the NAT lab: raw ICE (the lab proven without Node) and
+the full Node, whose cells also deliver one tiered message each (offline where no path exists).
+"""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 from typing import Any
@@ -16,6 +16,13 @@ from tierlink.lab.runner import REDUCED_PAIRS, run_matrix
 
 pytestmark = pytest.mark.lab
 
+NO_PATH = ({"port-restricted", "symmetric"}, {"symmetric"})
+
+
+def _check_presets(result: dict[str, Any]) -> None:
+    assert set(result["presets"]) == set(PRESETS)
+    assert all(p["ok"] for p in result["presets"].values()), result["presets"]
+
 
 def test_reduced_ice_matrix(tmp_path: Path) -> None:
     """Each preset at least once, TURN off and on: direct wherever a direct path can exist
@@ -25,30 +32,56 @@ def test_reduced_ice_matrix(tmp_path: Path) -> None:
     result = run_matrix([], 1, [False, True], seen.append, pairs=REDUCED_PAIRS, driver="ice",
                         ice_timeout=8.0)
     assert len(result["cells"]) == 2 * len(REDUCED_PAIRS) == len(seen)
-    assert set(result["presets"]) == set(PRESETS)
-    assert all(p["ok"] for p in result["presets"].values()), result["presets"]
-    by_key = {(c["a"], c["b"], c["turn"]): c for c in result["cells"]}
-    for (a, b, turn), cell in by_key.items():
+    _check_presets(result)
+    for cell in result["cells"]:
         summary = json.dumps(cell)
         assert cell["as_expected"], summary
-        if frozenset((a, b)) in ({"port-restricted", "symmetric"}, {"symmetric"}):
-            assert cell["path"] == ("relay" if turn else "none"), summary
-        elif turn:  # connects; usually direct, but a relay check may win the race
+        assert not cell["messages"] and cell["tier"] is None, summary
+        if frozenset((cell["a"], cell["b"])) in map(frozenset, NO_PATH):
+            assert cell["path"] == ("relay" if cell["turn"] else "none"), summary
+        elif cell["turn"]:  # connects; usually direct, but a relay check may win the race
             assert cell["successes"] == 1, summary
         else:
             assert cell["successes"] == 1 and cell["path"] in ("host", "srflx", "prflx"), summary
-    assert by_key[("hairpin", "hairpin", False)]["path"] == "host"
+    hairpin = next(c for c in result["cells"] if c["a"] == "hairpin" and not c["turn"])
+    assert hairpin["path"] == "host"
 
     written = write_reports(result, tmp_path)
     assert json.loads(written["json"].read_text())["cells"][0]["a"] == REDUCED_PAIRS[0][0]
     assert written["png"].stat().st_size > 10_000
 
 
-@pytest.mark.skipif(importlib.util.find_spec("tierlink.node") is None,
-                    reason="tierlink.node not available")
-def test_node_cell_through_the_dht() -> None:
-    """Two Nodes behind port-restricted and full-cone NATs find each other by fingerprint."""
-    result = run_matrix([], 1, [False], pairs=[("port-restricted", "full-cone")], driver="node")
-    (cell,) = result["cells"]
-    assert cell["successes"] == 1, cell
-    assert cell["path"] in ("host", "srflx", "prflx"), cell
+def test_reduced_node_matrix_delivers_every_message(tmp_path: Path) -> None:
+    """The full Node, each preset at least once, TURN off and on, one attempt per cell: the
+    connect attempts follow the path expectations, and every cell's test message is
+    acknowledged and taken by the callee exactly once: through the DHT offline queue where no
+    path exists, over the live path (direct, or relay when only TURN connects) otherwise."""
+    result = run_matrix([], 1, [False, True], pairs=REDUCED_PAIRS, driver="node",
+                        ice_timeout=8.0)
+    assert len(result["cells"]) == 2 * len(REDUCED_PAIRS)
+    _check_presets(result)
+    for cell in result["cells"]:
+        summary = json.dumps({k: v for k, v in cell.items() if k != "expected"})
+        (attempt,) = cell["results"]
+        assert cell["messages"] and cell["as_expected"], summary
+        assert attempt["delivered"] and attempt["received"], summary
+        assert attempt["received_count"] == 1, summary
+        assert cell["delivered"] == cell["received"] == 1, summary
+        pair = frozenset((cell["a"], cell["b"]))
+        if pair in map(frozenset, NO_PATH):
+            if cell["turn"]:
+                assert (cell["path"], cell["tier"]) == ("relay", "relay"), summary
+            else:
+                assert (cell["path"], cell["tier"]) == ("none", "offline"), summary
+                assert attempt["received_tier"] == "offline", summary
+        elif cell["turn"]:
+            assert cell["successes"] == 1 and cell["tier"] in ("direct", "relay"), summary
+        else:
+            assert cell["successes"] == 1, summary
+            assert cell["path"] in ("host", "srflx", "prflx") and cell["tier"] == "direct", summary
+    offline = [c for c in result["cells"] if c["tier"] == "offline"]
+    assert len(offline) == 2  # exactly the two no-path cells without TURN
+
+    written = write_reports(result, tmp_path)
+    md = written["md"].read_text()
+    assert "| port-restricted | symmetric | off | 0/1 | none | - | 1/1 | offline |" in md

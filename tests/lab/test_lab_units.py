@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from tierlink.lab import nat
+from tierlink.lab.command import all_as_expected, format_table, progress_line
 from tierlink.lab.netns import LabError, check_address
 from tierlink.lab.probe import classify_filtering, classify_mapping
 from tierlink.lab.report import outcome, write_reports
@@ -52,8 +53,14 @@ def test_expectations_match_the_brief() -> None:
         assert direct_possible(a, b) == (frozenset((a, b)) not in blocked), (a, b)
         assert expected_cell(a, b, True)["connects"]
     assert expected_cell("symmetric", "symmetric", True)["paths"] == ["relay"]
+    assert expected_cell("symmetric", "symmetric", True)["tiers"] == ["relay"]
     assert not expected_cell("port-restricted", "symmetric", False)["connects"]
+    assert expected_cell("port-restricted", "symmetric", False)["tiers"] == ["offline"]
+    assert expected_cell("double", "symmetric", False)["tiers"] == ["offline"]
+    assert expected_cell("open", "full-cone", False)["tiers"] == ["direct"]
+    assert expected_cell("open", "full-cone", True)["tiers"] == ["direct", "relay"]
     assert expected_cell("hairpin", "hairpin", False)["paths"] == ["host"]
+    assert expected_cell("hairpin", "hairpin", True)["tiers"] == ["direct"]
     assert ("hairpin", "hairpin") in default_pairs(list(nat.PRESETS))
     assert not any("hairpin" in p and p != ("hairpin", "hairpin")
                    for p in default_pairs(list(nat.PRESETS)))
@@ -69,8 +76,8 @@ def test_path_of_takes_the_most_indirect_end() -> None:
 def test_summarize_cell_flags_unexpected_outcomes() -> None:
     ok = {"ok": True, "path": "srflx", "connect_ms": 40.0}
     cell = summarize_cell("open", "full-cone", False, [ok, {**ok, "connect_ms": 60.0}])
-    assert cell["successes"] == 2 and cell["path"] == "srflx" and cell["tier"] == "direct"
-    assert cell["connect_ms_median"] == 50.0 and cell["as_expected"]
+    assert cell["successes"] == 2 and cell["path"] == "srflx" and cell["tier"] is None
+    assert cell["connect_ms_median"] == 50.0 and cell["as_expected"] and not cell["messages"]
     relay = {"ok": True, "path": "relay", "connect_ms": 300.0}
     assert summarize_cell("open", "full-cone", True, [relay])["as_expected"]
     assert not summarize_cell("open", "full-cone", False, [relay])["as_expected"]
@@ -81,6 +88,43 @@ def test_summarize_cell_flags_unexpected_outcomes() -> None:
     bad = summarize_cell("symmetric", "symmetric", False, [fail])
     assert bad["as_expected"] and bad["path"] == "none" and bad["errors"]
     assert not summarize_cell("symmetric", "symmetric", True, [fail])["as_expected"]
+
+
+def _msg(tier: str, *, received: bool = True, ms: float = 500.0) -> dict[str, object]:
+    delivered = tier != "none"
+    return {"tier": tier, "delivered": delivered, "received": received,
+            "deliver_ms": ms if delivered else None,
+            "message_error": None if delivered else "not acknowledged within 30 s"}
+
+
+def test_summarize_cell_checks_message_delivery() -> None:
+    """Node cells: every message must be acknowledged through an expected tier and taken by
+    the callee; a no-path cell is as expected only when its messages went offline."""
+    ok = {"ok": True, "path": "srflx", "connect_ms": 40.0}
+    fail = {"ok": False, "path": "none", "error": "connect: IceFailed"}
+
+    def cell(a: str, b: str, turn: bool, *results: dict[str, object]) -> dict[str, object]:
+        return summarize_cell(a, b, turn, list(results), messages=True)
+
+    good = cell("open", "full-cone", False, {**ok, **_msg("direct", ms=400.0)},
+                {**ok, **_msg("direct", ms=600.0)})
+    assert good["as_expected"] and good["tier"] == "direct" and good["delivered"] == 2
+    assert good["tiers"] == {"direct": 2} and good["deliver_ms_median"] == 500.0
+    offline = cell("symmetric", "symmetric", False, {**fail, **_msg("offline")})
+    assert offline["as_expected"] and offline["tier"] == "offline" and offline["path"] == "none"
+    assert outcome(offline) == "offline"
+    lost = cell("symmetric", "symmetric", False, {**fail, **_msg("none")})
+    assert not lost["as_expected"] and lost["tier"] == "none" and lost["delivered"] == 0
+    assert outcome(lost) == "failed" and "not acknowledged within 30 s" in lost["errors"]
+    # a path exists, yet the message fell back to the DHT: a defect of the live tier
+    assert not cell("open", "full-cone", False, {**ok, **_msg("offline")})["as_expected"]
+    # acknowledged but never taken by the callee's application
+    assert not cell("open", "full-cone", False, {**ok, **_msg("direct", received=False)})[
+        "as_expected"]
+    assert not cell("symmetric", "symmetric", True,
+                    {**ok, "path": "relay", **_msg("direct")})["as_expected"]
+    mixed = cell("open", "full-cone", True, {**ok, **_msg("direct")}, {**ok, **_msg("relay")})
+    assert mixed["as_expected"] and mixed["tiers"] == {"direct": 1, "relay": 1}
 
 
 def test_rulesets_carry_the_eim_fix() -> None:
@@ -112,6 +156,14 @@ def _sample() -> dict[str, object]:
          "path": "relay", "tier": "relay", "connect_ms_median": 512.0, "as_expected": True},
         {"a": "open", "b": "symmetric", "turn": True, "attempts": 2, "successes": 1,
          "path": "srflx", "tier": "direct", "connect_ms_median": 80.0, "as_expected": False},
+        {"a": "port-restricted", "b": "symmetric", "turn": False, "attempts": 2,
+         "successes": 0, "path": "none", "paths": {}, "connect_ms_median": None,
+         "messages": True, "tier": "offline", "tiers": {"offline": 2}, "delivered": 2,
+         "deliver_ms_median": 8040.0, "as_expected": True},
+        {"a": "open", "b": "full-cone", "turn": True, "attempts": 2, "successes": 2,
+         "path": "srflx", "paths": {"srflx": 2}, "connect_ms_median": 45.0, "messages": True,
+         "tier": "direct", "tiers": {"direct": 1, "relay": 1}, "delivered": 2,
+         "deliver_ms_median": 700.0, "as_expected": True},
     ]
     presets = {"open": {"mapping": "no-nat", "filtering": "endpoint-independent", "ok": True}}
     return {"cells": cells, "presets": presets}
@@ -119,7 +171,7 @@ def _sample() -> dict[str, object]:
 
 def test_outcome_classes() -> None:
     kinds = [outcome(c) for c in _sample()["cells"]]  # type: ignore[attr-defined]
-    assert kinds == ["direct", "failed", "relay", "partial"]
+    assert kinds == ["direct", "failed", "relay", "partial", "offline", "direct"]
     mixed = {"successes": 2, "attempts": 2, "path": "relay", "paths": {"relay": 1, "srflx": 1}}
     assert outcome(mixed) == "mixed"
 
@@ -130,7 +182,31 @@ def test_report_writers(tmp_path: Path) -> None:
     written = write_reports(result, tmp_path)
     assert json.loads(written["json"].read_text()) == result
     md = written["md"].read_text()
-    assert "| symmetric | symmetric | on | 2/2 | relay | relay | 512 ms | relay | yes |" in md
-    assert "| open | symmetric | on | 1/2 | srflx | direct | 80 ms | partial | **NO** |" in md
+    assert "| symmetric | symmetric | on | 2/2 | relay | 512 ms | - | relay | - | relay | yes |" \
+        in md
+    assert "| open | symmetric | on | 1/2 | srflx | 80 ms | - | direct | - | partial | **NO** |" \
+        in md
+    assert ("| port-restricted | symmetric | off | 0/2 | none | - | 2/2 | offline | 8040 ms "
+            "| offline | yes |") in md
+    assert "| 2/2 | direct 1 + relay 1 | 700 ms | direct | yes |" in md
     png = written["png"].read_bytes()
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 10_000
+
+
+def test_cli_table_and_verdict() -> None:
+    result = _sample()
+    table = format_table(result).splitlines()
+    assert table[0].split() == ["a", "b", "TURN", "connected", "path", "connect", "delivered",
+                                "tier", "delivery", "outcome", "expected"]
+    offline_row = next(r for r in table if r.startswith("port-restricted"))
+    assert offline_row.split() == ["port-restricted", "symmetric", "off", "0/2", "none", "-",
+                                   "2/2", "offline", "8040", "ms", "offline", "yes"]
+    assert not all_as_expected(result)  # one cell is unexpected
+    cells = result["cells"]
+    assert isinstance(cells, list)
+    good = {**result, "cells": [c for c in cells if c["as_expected"]]}
+    assert all_as_expected(good)
+    assert not all_as_expected({**good, "presets": {"open": {"ok": False}}})
+    line = progress_line(cells[4])
+    assert "msg 2/2 offline" in line and line.endswith("ok")
+    assert progress_line(cells[3]).endswith("UNEXPECTED")

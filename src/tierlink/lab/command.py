@@ -1,23 +1,143 @@
-"""``python -m tierlink.lab``: run the NAT lab matrix and write its reports.
+"""The lab's command line: :func:`run_lab_cli` for ``tierlink lab`` and :func:`main` for
+``python -m tierlink.lab`` (which adds the raw-ICE driver, the reduced pair list and the stale
+cleanup).
 
-The project CLI (``tierlink lab``) can delegate here with :func:`main`.
+Exit status: 0 when every cell met its expectation (and every preset passed its probes), 1
+when some did not (or the lab failed mid-run), 2 when the lab cannot run here (not root, a
+tool missing, a bad argument), 130 on Ctrl-C. Progress goes to stderr; stdout carries only
+the matrix (a table, or the JSON object with ``cells`` and ``presets``).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from tierlink.lab.nat import PRESETS
-from tierlink.lab.netns import LabError, cleanup_stale, missing_requirements
+from tierlink.lab.netns import LabError, LabUnavailable, cleanup_stale, missing_requirements
+
+EXIT_OK, EXIT_UNEXPECTED, EXIT_UNAVAILABLE, EXIT_INTERRUPTED = 0, 1, 2, 130
+DEFAULT_ICE_TIMEOUT = 8.0
 
 
+def _err(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def progress_line(cell: dict[str, Any]) -> str:
+    """One line per finished cell (stderr)."""
+    from tierlink.lab.report import tier_label
+
+    ms = cell.get("connect_ms_median")
+    line = (f"{cell['a']:>15} <-> {cell['b']:<15} turn={'on ' if cell['turn'] else 'off'} "
+            f"{cell['successes']}/{cell['attempts']} {cell['path']:<6} "
+            f"{'-' if ms is None else f'{ms:.0f} ms':>8}")
+    if cell.get("messages"):
+        line += f"  msg {cell.get('delivered')}/{cell['attempts']} {tier_label(cell):<8}"
+    return line + f"  {'ok' if cell.get('as_expected') else 'UNEXPECTED'}"
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """The matrix as a plain-text table (one row per cell) plus the failing presets."""
+    from tierlink.lab.report import outcome, tier_label
+
+    head = ("a", "b", "TURN", "connected", "path", "connect", "delivered", "tier", "delivery",
+            "outcome", "expected")
+    rows = [head]
+    for c in result["cells"]:
+        connect, delivery = c.get("connect_ms_median"), c.get("deliver_ms_median")
+        rows.append((
+            c["a"], c["b"], "on" if c["turn"] else "off", f"{c['successes']}/{c['attempts']}",
+            str(c["path"]), "-" if connect is None else f"{connect:.0f} ms",
+            f"{c.get('delivered')}/{c['attempts']}" if c.get("messages") else "-",
+            tier_label(c), "-" if delivery is None else f"{delivery:.0f} ms", outcome(c),
+            "yes" if c.get("as_expected") else "NO",
+        ))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    lines = ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip()
+             for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    bad = [n for n, p in result.get("presets", {}).items() if not p.get("ok")]
+    if bad:
+        lines.append(f"presets that failed their probes: {', '.join(bad)}")
+    return "\n".join(lines)
+
+
+def all_as_expected(result: dict[str, Any]) -> bool:
+    """Every cell met its expectation and every probed preset matched its definition."""
+    cells_ok = all(c.get("as_expected") for c in result["cells"])
+    return cells_ok and all(p.get("ok") for p in result.get("presets", {}).values())
+
+
+def _preflight(names: Sequence[str], attempts: int, report: Path | None) -> str | None:
+    """Why the lab cannot run with these arguments here (None: it can)."""
+    unknown = [n for n in names if n not in PRESETS]
+    if unknown:
+        return (f"unknown NAT type {', '.join(unknown)} "
+                f"(choose from {', '.join(PRESETS)})")
+    if attempts < 1:
+        return "--attempts must be at least 1"
+    missing = missing_requirements()
+    if missing:
+        return "NAT lab needs " + ", ".join(missing)
+    if report is not None and importlib.util.find_spec("matplotlib") is None:
+        return "--report needs matplotlib for matrix.png (pip install 'tierlink[lab]')"
+    return None
+
+
+def run_lab_cli(
+    nat: list[str] | None, attempts: int, turn: bool | None, as_json: bool, report: Path | None
+) -> int:
+    """``tierlink lab``: run the Node matrix and print it; returns the exit status.
+
+    ``nat``: the presets to pair (every unordered pair among them, ``hairpin`` only with
+    itself; None = all presets). ``turn``: True/False for one TURN mode, None for both.
+    """
+    names = list(dict.fromkeys(nat)) if nat else list(PRESETS)
+    problem = _preflight(names, attempts, report)
+    if problem is not None:
+        _err(f"tierlink lab: {problem}")
+        return EXIT_UNAVAILABLE
+    from tierlink.lab.runner import default_pairs, run_matrix
+
+    modes = [False, True] if turn is None else [bool(turn)]
+    pairs = default_pairs(names)
+    _err(f"tierlink lab: {len(pairs) * len(modes)} cells x {attempts} attempt(s), "
+         f"TURN {'off and on' if turn is None else ('on' if turn else 'off')}")
+    try:
+        result = run_matrix(names, attempts, modes, lambda c: _err(progress_line(c)),
+                            pairs=pairs, driver="node", ice_timeout=DEFAULT_ICE_TIMEOUT)
+    except LabUnavailable as exc:
+        _err(f"tierlink lab: {exc}")
+        return EXIT_UNAVAILABLE
+    except LabError as exc:
+        _err(f"tierlink lab: the lab failed: {exc}")
+        return EXIT_UNEXPECTED
+    except KeyboardInterrupt:
+        _err("tierlink lab: interrupted (namespaces and processes removed)")
+        return EXIT_INTERRUPTED
+    if as_json:
+        print(json.dumps(result, sort_keys=True, default=str))
+    else:
+        print(format_table(result))
+    if report is not None:
+        from tierlink.lab.report import write_reports
+
+        for path in write_reports(result, report).values():
+            _err(f"wrote {path}")
+    return EXIT_OK if all_as_expected(result) else EXIT_UNEXPECTED
+
+
+# -- python -m tierlink.lab -----------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="tierlink lab", description="NAT lab: ICE connectivity matrix over NAT presets"
+        prog="python -m tierlink.lab",
+        description="NAT lab: connectivity and delivery matrix over NAT presets",
     )
     parser.add_argument("--report", type=Path, default=Path("lab-report"),
                         help="directory for matrix.json, matrix.md, matrix.png")
@@ -25,10 +145,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--attempts", type=int, default=3)
     parser.add_argument("--turn", choices=["off", "on", "both"], default="both")
     parser.add_argument("--driver", choices=["node", "ice"], default="node",
-                        help="node: full tierlink Node over the DHT; ice: raw ICE only")
+                        help="node: full tierlink Node over the DHT, plus one tiered message "
+                             "per attempt; ice: raw ICE only")
     parser.add_argument("--reduced", action="store_true",
                         help="only the reduced pair list (each preset at least once)")
-    parser.add_argument("--ice-timeout", type=float, default=8.0)
+    parser.add_argument("--ice-timeout", type=float, default=DEFAULT_ICE_TIMEOUT)
     parser.add_argument("--cleanup-stale", action="store_true",
                         help="only remove leftovers of dead lab runs, then exit")
     return parser
@@ -39,32 +160,25 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     missing = missing_requirements()
     if missing:
-        print("NAT lab needs " + ", ".join(missing), file=sys.stderr)
-        return 2
+        _err("NAT lab needs " + ", ".join(missing))
+        return EXIT_UNAVAILABLE
     if args.cleanup_stale:
         removed = cleanup_stale()
         print(json.dumps({"removed": removed}))
-        return 0
+        return EXIT_OK
     from tierlink.lab.report import write_reports
     from tierlink.lab.runner import REDUCED_PAIRS, run_matrix
 
     modes = {"off": [False], "on": [True], "both": [False, True]}[args.turn]
     pairs = [p for p in REDUCED_PAIRS if set(p) <= set(args.presets)] if args.reduced else None
-
-    def progress(cell: dict[str, Any]) -> None:
-        print(f"{cell['a']:>15} <-> {cell['b']:<15} turn={'on ' if cell['turn'] else 'off'} "
-              f"{cell['successes']}/{cell['attempts']} {cell['path']:<6} "
-              f"{cell['connect_ms_median']} ms expected={cell['as_expected']}", flush=True)
-
     try:
-        result = run_matrix(args.presets, args.attempts, modes, progress, pairs=pairs,
+        result = run_matrix(args.presets, args.attempts, modes,
+                            lambda c: print(progress_line(c), flush=True), pairs=pairs,
                             driver=args.driver, ice_timeout=args.ice_timeout)
     except LabError as exc:
-        print(f"lab failed: {exc}", file=sys.stderr)
-        return 1
+        _err(f"lab failed: {exc}")
+        return EXIT_UNEXPECTED
     written = write_reports(result, args.report)
     for path in written.values():
         print(path)
-    bad = [c for c in result["cells"] if not c["as_expected"]]
-    bad_presets = [n for n, p in result["presets"].items() if not p.get("ok")]
-    return 1 if bad or bad_presets else 0
+    return EXIT_OK if all_as_expected(result) else EXIT_UNEXPECTED

@@ -4,14 +4,24 @@ Run in a LAN namespace as ``python -m tierlink.lab.peer callee|dial ...``; every
 one JSON object:
 
 * ``callee``: prints ``{"event": "ready", "fingerprint"}`` once its record is published, then
-  answers each incoming connection's ``ping`` with ``pong`` and prints ``{"event": "accepted",
-  ...}``; exits after ``--count`` connections or ``--max-seconds``.
-* ``dial --to FP``: prints ``ready``, then for each of ``--attempts`` dials one
-  ``{"event": "attempt", "ok", "connect_ms", "path", "tier", "selected_pair", "error"}`` and
-  finally ``{"event": "done"}``.
+  answers each incoming connection's ``ping`` with ``pong`` (``{"event": "accepted", ...}``)
+  and takes every tiered message from ``node.messages()`` (``{"event": "message", "payload",
+  "sender", "tier", "message_id"}``; taking it is what acknowledges it). It runs until its
+  stdin reaches EOF (``--stdin-control``: the runner closes it once the dialer is done, so the
+  callee outlives the last acknowledgement) or ``--max-seconds`` pass.
+* ``dial --to FP``: prints ``ready``, then for each of ``--attempts``: one dial + ping/pong
+  (the connect attempt), then one tiered message ``node.send(FP, b"lab-msg <i> <nonce>")``
+  awaited with ``wait_delivered`` for at most ``--message-timeout`` seconds; prints
+  ``{"event": "attempt", "ok", "connect_ms", "path", "selected_pair", "error", "tier",
+  "delivered", "deliver_ms", "message_id", "payload"}`` and finally ``{"event": "done"}``.
+  ``tier`` is the delivering tier (``direct``/``relay``/``offline``) or ``none``.
 
-``connect_ms`` here is the dialer's wall clock around ``node.connect`` (DHT lookup, signaling
-and ICE); the Node's own ICE-only figure is reported as ``ice_ms`` when it has one.
+Between attempts the dialer closes every connection (also the message link), so each attempt's
+message dials afresh instead of reusing the previous attempt's link.
+
+``connect_ms`` is the dialer's wall clock around ``node.connect`` (DHT lookup, signaling and
+ICE); the Node's own figure is reported as ``ice_ms``. ``deliver_ms`` runs from ``send`` to the
+acknowledgement (it includes the live dial and, without a path, the fallback to the DHT).
 """
 
 from __future__ import annotations
@@ -20,8 +30,11 @@ import argparse
 import asyncio
 import contextlib
 import json
+import secrets
 import sys
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 PATH_ORDER = ("host", "srflx", "prflx", "relay")
@@ -46,8 +59,12 @@ def pair_path(selected_pair: Any) -> str:
     return max(known, key=PATH_ORDER.index) if known else "none"
 
 
-def make_config(args: argparse.Namespace) -> Any:
-    """A NodeConfig for the lab (imported late so ``--help`` works without Node)."""
+def make_config(args: argparse.Namespace, data_dir: Path) -> Any:
+    """A NodeConfig for the lab (imported late so ``--help`` works without Node).
+
+    A short ICE timeout and a send budget a few seconds above it let a cell without a path
+    fall back to the offline tier quickly; the short re-put interval retries a lost put.
+    """
     from tierlink.identity import Identity
     from tierlink.node import NodeConfig, TurnServer
 
@@ -55,6 +72,7 @@ def make_config(args: argparse.Namespace) -> Any:
     if args.turn:
         host, port = _hostport(args.turn)
         turn = [TurnServer(host, port, args.turn_user, args.turn_password)]
+    budget = args.send_budget if args.send_budget is not None else args.ice_timeout + 4.0
     return NodeConfig(
         identity=Identity.generate(),
         dht_proxy=args.dht,
@@ -62,27 +80,54 @@ def make_config(args: argparse.Namespace) -> Any:
         stun_servers=[_hostport(args.stun)] if args.stun else [],
         turn_servers=turn,
         ice_timeout=args.ice_timeout,
+        data_dir=data_dir,
+        send_budget=budget,
+        offline_reput_interval=args.reput_interval,
     )
 
 
-async def callee(args: argparse.Namespace) -> None:
+# -- callee ---------------------------------------------------------------------------------
+async def callee(args: argparse.Namespace, data_dir: Path) -> None:
     from tierlink.node import Node
 
-    async with Node(make_config(args)) as node:
-        _emit({"event": "ready", "fingerprint": node.fingerprint})
-        handled = 0
+    async with Node(make_config(args, data_dir)) as node:
+        tasks: set[asyncio.Task[None]] = set()
 
         async def serve() -> None:
-            nonlocal handled
             async for conn in node.incoming():
-                handled += 1
-                asyncio.get_running_loop().create_task(_answer(conn))
-                if handled >= args.count:
-                    return
+                task = asyncio.get_running_loop().create_task(_answer(conn))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
 
+        async def consume() -> None:
+            async for msg in node.messages():
+                _emit({"event": "message", "payload": msg.payload.decode(errors="replace"),
+                       "sender": msg.sender, "tier": msg.tier,
+                       "message_id": msg.message_id.hex()})
+
+        workers = [asyncio.ensure_future(serve()), asyncio.ensure_future(consume())]
+        _emit({"event": "ready", "fingerprint": node.fingerprint})
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(serve(), timeout=args.max_seconds)
-        await asyncio.sleep(2.0)  # let the last answer go out before the node closes
+            await asyncio.wait_for(_until_stdin_eof() if args.stdin_control
+                                   else asyncio.Event().wait(), timeout=args.max_seconds)
+        await asyncio.sleep(1.0)  # let the last answer / acknowledgement go out
+        for task in [*workers, *tasks]:
+            task.cancel()
+        await asyncio.gather(*workers, *tasks, return_exceptions=True)
+
+
+async def _until_stdin_eof() -> None:
+    """Return when stdin reaches EOF (the runner's signal that the dialer is done)."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    transport, _ = await loop.connect_read_pipe(
+        lambda: asyncio.StreamReaderProtocol(reader), sys.stdin
+    )
+    try:
+        while await reader.read(4096):
+            pass
+    finally:
+        transport.close()
 
 
 async def _answer(conn: Any) -> None:
@@ -102,21 +147,28 @@ async def _answer(conn: Any) -> None:
            "path": pair_path(conn.selected_pair)})
 
 
-async def dial(args: argparse.Namespace) -> None:
+# -- dialer ---------------------------------------------------------------------------------
+async def dial(args: argparse.Namespace, data_dir: Path) -> None:
     from tierlink.node import Node
 
-    async with Node(make_config(args)) as node:
+    nonce = secrets.token_hex(4)
+    async with Node(make_config(args, data_dir)) as node:
         _emit({"event": "ready", "fingerprint": node.fingerprint})
-        for _ in range(args.attempts):
-            _emit(await _attempt(node, args.to, args.dial_timeout))
+        for i in range(args.attempts):
+            result = await _attempt(node, args.to, args.dial_timeout)
+            result.update(await _message(node, args.to, f"lab-msg {i} {nonce}".encode(),
+                                         args.message_timeout))
+            for conn in list(node.connections):  # the next attempt dials afresh
+                with contextlib.suppress(Exception):
+                    await conn.close()
+            _emit(result)
         _emit({"event": "done"})
 
 
 async def _attempt(node: Any, fingerprint: str, timeout: float) -> dict[str, Any]:
     """One dial + ping/pong; never raises (the error goes into the result)."""
     result: dict[str, Any] = {"event": "attempt", "ok": False, "connect_ms": None,
-                              "path": "none", "tier": "none", "selected_pair": None,
-                              "error": None}
+                              "path": "none", "selected_pair": None, "error": None}
     start = time.monotonic()
     try:
         conn = await node.connect(fingerprint, timeout=timeout)
@@ -127,8 +179,6 @@ async def _attempt(node: Any, fingerprint: str, timeout: float) -> dict[str, Any
     result["ice_ms"] = getattr(conn, "connect_ms", None)
     result["selected_pair"] = conn.selected_pair
     result["path"] = pair_path(conn.selected_pair)
-    result["tier"] = getattr(conn, "tier", None) or (
-        "relay" if result["path"] == "relay" else "direct")
     try:
         for _ in range(3):
             await conn.send(b"ping")
@@ -143,11 +193,33 @@ async def _attempt(node: Any, fingerprint: str, timeout: float) -> dict[str, Any
         with contextlib.suppress(Exception):
             await conn.close()
     if not result["ok"]:
-        result["path"], result["tier"] = "none", "none"
+        result["path"] = "none"
     return result
 
 
-def main(argv: list[str] | None = None) -> None:
+async def _message(node: Any, fingerprint: str, payload: bytes, timeout: float) -> dict[str, Any]:
+    """Send one tiered message and wait (bounded) for its acknowledgement; never raises."""
+    out: dict[str, Any] = {"tier": "none", "delivered": False, "deliver_ms": None,
+                           "message_id": None, "payload": payload.decode(),
+                           "message_error": None}
+    start = time.monotonic()
+    try:
+        mid = await node.send(fingerprint, payload)
+        out["message_id"] = mid.hex()
+        delivery = await node.wait_delivered(mid, timeout)
+    except Exception as exc:
+        out["message_error"] = f"send: {type(exc).__name__}: {exc}"
+        return out
+    if delivery is None:
+        out["message_error"] = f"not acknowledged within {timeout:.0f} s"
+        return out
+    out.update(tier=delivery.tier, delivered=True,
+               deliver_ms=round((time.monotonic() - start) * 1000, 1))
+    return out
+
+
+# -- entry point ----------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tierlink.lab.peer")
     sub = parser.add_subparsers(dest="role", required=True)
     for name in ("callee", "dial"):
@@ -158,16 +230,33 @@ def main(argv: list[str] | None = None) -> None:
         p.add_argument("--turn", default=None, help="ip:port")
         p.add_argument("--turn-user", default="lab")
         p.add_argument("--turn-password", default="labpass")
-        p.add_argument("--ice-timeout", type=float, default=10.0)
+        p.add_argument("--ice-timeout", type=float, default=8.0)
+        p.add_argument("--send-budget", type=float, default=None,
+                       help="seconds for a live path before the offline tier "
+                            "(default: ice timeout + 4)")
+        p.add_argument("--reput-interval", type=float, default=20.0)
+        p.add_argument("--data-dir", type=Path, default=None,
+                       help="outbox directory (default: a temporary one, removed at exit)")
         if name == "callee":
-            p.add_argument("--count", type=int, default=1)
             p.add_argument("--max-seconds", type=float, default=300.0)
+            p.add_argument("--stdin-control", action="store_true",
+                           help="exit when stdin reaches EOF")
         else:
             p.add_argument("--to", required=True, help="callee fingerprint")
             p.add_argument("--attempts", type=int, default=1)
             p.add_argument("--dial-timeout", type=float, default=20.0)
-    args = parser.parse_args(argv)
-    asyncio.run(callee(args) if args.role == "callee" else dial(args))
+            p.add_argument("--message-timeout", type=float, default=30.0)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    role = callee if args.role == "callee" else dial
+    if args.data_dir is not None:
+        asyncio.run(role(args, args.data_dir))
+        return
+    with tempfile.TemporaryDirectory(prefix="tierlink-lab-peer-") as tmp:
+        asyncio.run(role(args, Path(tmp)))
 
 
 if __name__ == "__main__":

@@ -2,9 +2,11 @@
 
 Input is the object :func:`tierlink.lab.runner.run_matrix` returns::
 
-    {"cells": [{"a", "b", "turn", "attempts", "successes", "path", "tier",
-                "connect_ms_median", ...}, ...],
+    {"cells": [{"a", "b", "turn", "attempts", "successes", "path", "connect_ms_median",
+                "messages", "tier", "tiers", "delivered", "deliver_ms_median", ...}, ...],
      "presets": {name: probe_result}}
+
+``tier`` is the tier that delivered the cell's test messages (Node driver; None for raw ICE).
 
 matplotlib is needed only for the PNG (``pip install matplotlib``; the ``lab`` extra).
 """
@@ -24,14 +26,21 @@ OUTCOMES: dict[str, tuple[str, str]] = {
     "relay": ("#56b4e9", "relay (TURN)"),
     "mixed": ("#9b8ad0", "direct and relay in different attempts"),
     "partial": ("#f0c542", "some attempts failed"),
-    "failed": ("#d55e00", "no connection"),
+    "offline": ("#cc79a7", "no path; message delivered offline (DHT)"),
+    "failed": ("#d55e00", "no connection (and no message)"),
     "not run": ("#e6e6e6", "not run"),
 }
 
 
 def outcome(cell: dict[str, Any]) -> str:
-    """Outcome class of a cell: direct, relay, mixed, partial or failed."""
+    """Outcome class of a cell: direct, relay, mixed, partial, offline or failed.
+
+    ``offline``: no attempt connected, but every test message was delivered (through the DHT).
+    """
     if cell.get("successes", 0) == 0:
+        attempts = cell.get("attempts", 0)
+        if cell.get("messages") and attempts and cell.get("delivered") == attempts:
+            return "offline"
         return "failed"
     if cell["successes"] < cell.get("attempts", 0):
         return "partial"
@@ -58,6 +67,23 @@ def _path_label(cell: dict[str, Any]) -> str:
     return " + ".join(f"{p} {n}" for p, n in sorted(paths.items(), key=lambda kv: -kv[1]))
 
 
+def tier_label(cell: dict[str, Any]) -> str:
+    """``offline``, ``direct 1 + relay 1`` when messages took different tiers, ``-`` for raw
+    ICE cells (no messages)."""
+    tiers = cell.get("tiers") or {}
+    if not cell.get("messages") and not tiers:
+        return "-" if cell.get("tier") is None else str(cell["tier"])
+    if len(tiers) <= 1:
+        return str(cell.get("tier") or "none")
+    return " + ".join(f"{t} {n}" for t, n in sorted(tiers.items(), key=lambda kv: -kv[1]))
+
+
+def _delivered(cell: dict[str, Any]) -> str:
+    if not cell.get("messages"):
+        return "-"
+    return f"{cell.get('delivered') or 0}/{cell.get('attempts', 0)}"
+
+
 def _yes(flag: Any) -> str:
     return "yes" if flag else "no"
 
@@ -81,15 +107,21 @@ def write_markdown(result: dict[str, Any], path: Path) -> Path:
                      f"| {'-' if exposed is None else _yes(exposed)} "
                      f"| {'yes' if probe.get('ok') else '**NO**'} |")
     lines += ["", "## Cells", "",
-              "| a | b | TURN | successes | path | tier | median connect | outcome | expected |",
-              "|---|---|---|---|---|---|---|---|---|"]
+              "`successes`/`path`/`median connect`: the connect attempts (dial + echo). "
+              "`delivered`/`tier`/`median delivery`: the one test message sent after each "
+              "attempt with `node.send` (acknowledged by the callee; `none` = not delivered).",
+              "",
+              "| a | b | TURN | successes | path | median connect | delivered | tier "
+              "| median delivery | outcome | expected |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for c in result["cells"]:
         expected = c.get("as_expected")
         mark = "-" if expected is None else ("yes" if expected else "**NO**")
         lines.append(
             f"| {c['a']} | {c['b']} | {'on' if c['turn'] else 'off'} "
-            f"| {c['successes']}/{c['attempts']} | {_path_label(c)} | {c.get('tier', '-')} "
-            f"| {_ms(c.get('connect_ms_median'))} | {outcome(c)} | {mark} |"
+            f"| {c['successes']}/{c['attempts']} | {_path_label(c)} "
+            f"| {_ms(c.get('connect_ms_median'))} | {_delivered(c)} | {tier_label(c)} "
+            f"| {_ms(c.get('deliver_ms_median'))} | {outcome(c)} | {mark} |"
         )
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -129,6 +161,8 @@ def write_png(result: dict[str, Any], path: Path) -> Path:
                     continue
                 text = f"{_path_label(cell)}\n{_ms(cell.get('connect_ms_median'))}"
                 text += f"\n{cell['successes']}/{cell['attempts']}"
+                if cell.get("messages"):
+                    text += f"\nmsg: {tier_label(cell)} {_delivered(cell)}"
                 if cell.get("as_expected") is False:
                     text += "\nUNEXPECTED"
                     ax.add_patch(Rectangle((j + 0.04, i + 0.04), 0.92, 0.92, fill=False,
@@ -148,7 +182,8 @@ def write_png(result: dict[str, Any], path: Path) -> Path:
     fig.legend(handles=handles, loc="lower center", ncol=3, fontsize=8.5,
                frameon=False)
     fig.suptitle("tierlink NAT lab: outcome per preset pair (row dials column; mirrored)\n"
-                 "cell: path, median connect time, successes/attempts", fontsize=12)
+                 "cell: path, median connect time, successes/attempts, "
+                 "message tier delivered/sent", fontsize=12)
     fig.tight_layout(rect=(0, 0.07, 1, 0.95))
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -7,12 +7,17 @@ Two peer drivers share this runner:
   offers the runner swaps over the processes' stdin/stdout (proves the lab without Node);
 * ``"node"``: :mod:`tierlink.lab.peer`, the full :class:`tierlink.node.Node` (DHT signaling);
   the callee starts first and prints its fingerprint, which the runner hands to the dialer.
+  After each connect attempt the dialer also sends one tiered message (``node.send``) and
+  waits for its acknowledgement: the cell records the delivering tier (direct, relay, or
+  offline through the DHT where no path exists) and whether the callee took the message.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import queue
+import secrets
 import statistics
 import subprocess
 import threading
@@ -27,6 +32,9 @@ from tierlink.lab.topology import INTERNET_IP, Lab, PresetMismatch, Site
 
 PATH_ORDER = ("host", "srflx", "prflx", "relay")
 DIRECT_PATHS = ("host", "srflx", "prflx")
+TIERS = ("direct", "relay", "offline")
+#: How long the Node driver waits for a test message's acknowledgement.
+MESSAGE_TIMEOUT = 30.0
 ProgressCallback = Callable[[dict[str, Any]], None]
 
 #: A reduced matrix: every preset at least once, including both pairs that need a relay.
@@ -55,20 +63,26 @@ def direct_possible(a: str, b: str) -> bool:
 
 
 def expected_cell(a: str, b: str, turn: bool) -> dict[str, Any]:
-    """What a cell should show: whether it connects and through which path types.
+    """What a cell should show: whether it connects, through which path types, and which
+    tiers may deliver its test message (Node driver).
 
     With TURN, a pair that could go direct may still end up on the relay: aioice nominates the
     first pair whose check succeeds, and a relay check can beat a direct one that needed a
     retransmission (seen with restricted<->symmetric: the first direct check is dropped until
-    the restricted side has sent toward the symmetric side's address).
+    the restricted side has sent toward the symmetric side's address). The message link is a
+    dial of its own, so its tier follows the same rule. Without any path the message must
+    still arrive, through the DHT offline queue.
     """
     if a == "hairpin" or b == "hairpin":
-        return {"connects": True, "paths": ["host"]}
+        return {"connects": True, "paths": ["host"], "tiers": ["direct"]}
     if direct_possible(a, b):
-        return {"connects": True, "paths": [*DIRECT_PATHS, "relay"] if turn else list(DIRECT_PATHS)}
+        if turn:
+            return {"connects": True, "paths": [*DIRECT_PATHS, "relay"],
+                    "tiers": ["direct", "relay"]}
+        return {"connects": True, "paths": list(DIRECT_PATHS), "tiers": ["direct"]}
     if turn:
-        return {"connects": True, "paths": ["relay"]}
-    return {"connects": False, "paths": ["none"]}
+        return {"connects": True, "paths": ["relay"], "tiers": ["relay"]}
+    return {"connects": False, "paths": ["none"], "tiers": ["offline"]}
 
 
 def default_pairs(presets: Sequence[str]) -> list[tuple[str, str]]:
@@ -89,9 +103,15 @@ def path_of(*candidate_types: str | None) -> str:
 
 
 def tier_of(path: str) -> str:
+    """The live tier a connected path corresponds to (``none`` without a path)."""
     if path in DIRECT_PATHS:
         return "direct"
     return "relay" if path == "relay" else "none"
+
+
+def majority(counts: Counter[str]) -> str:
+    """The most common value (ties: the first seen); ``none`` when empty."""
+    return counts.most_common(1)[0][0] if counts else "none"
 
 
 # -- process plumbing -----------------------------------------------------------------------
@@ -186,62 +206,119 @@ def ice_attempt(lab: Lab, a: Endpoint, b: Endpoint, turn: bool, timeout: float) 
 
 
 def node_attempts(
-    lab: Lab, a: Endpoint, b: Endpoint, turn: bool, attempts: int, timeout: float
+    lab: Lab, a: Endpoint, b: Endpoint, turn: bool, attempts: int, timeout: float,
+    message_timeout: float = MESSAGE_TIMEOUT,
 ) -> list[dict[str, Any]]:
-    """``attempts`` Node dials from ``a`` to a callee at ``b`` (fingerprint via stdout)."""
+    """``attempts`` Node dials from ``a`` to a callee at ``b`` (fingerprint via stdout), each
+    followed by one tiered message; every result says whether the callee received it."""
     common = ["--dht", lab.dht_proxy, *_server_args(turn), "--ice-timeout", str(timeout)]
+    data = lab.run.workdir / f"peer-{secrets.token_hex(4)}"
     callee = lab.run.spawn(b[0], python_argv(
-        "tierlink.lab.peer", "callee", "--host-address", b[1], "--count", str(attempts), *common
-    ))
+        "tierlink.lab.peer", "callee", "--host-address", b[1], "--stdin-control",
+        "--data-dir", str(data / "callee"), *common
+    ), stdin=subprocess.PIPE)
     assert callee.stdout is not None
-    ready = LineReader(callee.stdout).json(timeout=60)
+    callee_events = LineReader(callee.stdout)
+    ready = callee_events.json(timeout=60)
     if ready is None or "fingerprint" not in ready:
         err = _finish(callee, 0.5)
-        return [{"ok": False, "path": "none", "error": f"callee not ready: {err}"}] * attempts
+        return [{"ok": False, "path": "none", "tier": "none", "delivered": False,
+                 "received": False, "error": f"callee not ready: {err}"}] * attempts
     dialer = lab.run.spawn(a[0], python_argv(
         "tierlink.lab.peer", "dial", "--to", ready["fingerprint"], "--host-address", a[1],
-        "--attempts", str(attempts), *common
+        "--attempts", str(attempts), "--message-timeout", str(message_timeout),
+        "--data-dir", str(data / "dialer"), *common
     ))
     assert dialer.stdout is not None
     reader = LineReader(dialer.stdout)
     out: list[dict[str, Any]] = []
+    received: list[dict[str, Any]] = []
+    dialer_fp: str | None = None
+    errs: list[str] = []
     try:
         while len(out) < attempts:
-            event = reader.json(timeout=timeout * 3 + 30)
+            # one connect (dial timeout 20 s + echo) plus one message, with margin
+            event = reader.json(timeout=timeout * 3 + message_timeout + 30)
             if event is None or event.get("event") == "done":
                 break
-            if event.get("event") == "attempt":
+            if event.get("event") == "ready":
+                dialer_fp = event.get("fingerprint")
+            elif event.get("event") == "attempt":
                 out.append(event)
+        errs.append(_finish(dialer))
+        if callee.stdin is not None:  # the dialer is done: let the callee finish and exit
+            with contextlib.suppress(OSError):
+                callee.stdin.close()
+        while (event := callee_events.json(timeout=15)) is not None:
+            if event.get("event") == "message":
+                received.append(event)
     finally:
-        errs = [_finish(dialer), _finish(callee)]
+        errs += [_finish(dialer), _finish(callee)]
+    errs = [e for e in errs if e]
     while len(out) < attempts:
-        out.append({"ok": False, "path": "none", "error": f"dialer gave no result: {errs}"})
-    return out
+        out.append({"ok": False, "path": "none", "tier": "none", "delivered": False,
+                    "error": f"dialer gave no result: {errs}"})
+    return [_match_received(r, received, dialer_fp) for r in out]
+
+
+def _match_received(
+    result: dict[str, Any], received: list[dict[str, Any]], dialer_fp: str | None
+) -> dict[str, Any]:
+    """Add what the callee saw of this attempt's message: ``received`` (exactly once, from
+    the dialer, same payload) and ``received_tier``."""
+    got = [m for m in received
+           if result.get("payload") and m.get("payload") == result["payload"]
+           and m.get("sender") == dialer_fp]
+    return {**result, "received": len(got) == 1, "received_count": len(got),
+            "received_tier": got[0].get("tier") if got else None}
 
 
 # -- the matrix -----------------------------------------------------------------------------
 def summarize_cell(
-    a: str, b: str, turn: bool, results: list[dict[str, Any]]
+    a: str, b: str, turn: bool, results: list[dict[str, Any]], *, messages: bool = False
 ) -> dict[str, Any]:
-    """One matrix cell from its attempts: successes, most common path, median connect ms."""
+    """One matrix cell from its attempts: successes, most common path, median connect ms and,
+    with ``messages`` (Node driver), how the test messages were delivered.
+
+    ``tier``/``tiers``: the delivering tier per attempt (``none`` when not acknowledged),
+    majority and counts. ``as_expected`` holds when the connections match the expectation
+    and, with ``messages``, every attempt's message was acknowledged through an expected tier
+    and taken by the callee exactly once.
+    """
     good = [r for r in results if r.get("ok")]
-    paths = Counter(r.get("path", "none") for r in good)
-    path = paths.most_common(1)[0][0] if paths else "none"
-    tiers = Counter(r.get("tier") or tier_of(r.get("path", "none")) for r in good)
+    paths = Counter(str(r.get("path", "none")) for r in good)
     ms = [float(r["connect_ms"]) for r in good if r.get("connect_ms") is not None]
     expected = expected_cell(a, b, turn)
     as_expected = bool(good) == expected["connects"] and (
         not good or all(r.get("path") in expected["paths"] for r in good)
     ) and (not expected["connects"] or len(good) == len(results))
-    return {
+    cell: dict[str, Any] = {
         "a": a, "b": b, "turn": turn, "attempts": len(results), "successes": len(good),
-        "path": path, "paths": dict(paths),
-        "tier": tiers.most_common(1)[0][0] if tiers else "none",
+        "path": majority(paths), "paths": dict(paths),
         "connect_ms_median": round(statistics.median(ms), 1) if ms else None,
-        "expected": expected, "as_expected": as_expected,
-        "errors": sorted({str(r["error"]) for r in results if r.get("error")})[:5],
-        "results": results,
+        "messages": messages,
     }
+    if messages:
+        tiers = Counter(str(r.get("tier") or "none") for r in results)
+        done = [r for r in results if r.get("delivered")]
+        deliver_ms = [float(r["deliver_ms"]) for r in done if r.get("deliver_ms") is not None]
+        delivered_ok = all(
+            r.get("delivered") and r.get("tier") in expected["tiers"] and r.get("received")
+            for r in results
+        )
+        cell.update(
+            tier=majority(tiers), tiers=dict(tiers), delivered=len(done),
+            received=sum(1 for r in results if r.get("received")),
+            deliver_ms_median=round(statistics.median(deliver_ms), 1) if deliver_ms else None,
+        )
+        as_expected = as_expected and delivered_ok
+    else:
+        cell.update(tier=None, tiers={}, delivered=None, received=None, deliver_ms_median=None)
+    errors = {str(r["error"]) for r in results if r.get("error")}
+    errors |= {str(r["message_error"]) for r in results if r.get("message_error")}
+    cell.update(expected=expected, as_expected=as_expected, errors=sorted(errors)[:5],
+                results=results)
+    return cell
 
 
 def _turn_flag(mode: bool | str) -> bool:
@@ -266,6 +343,7 @@ def run_matrix(
     and reused for every TURN mode and attempt, then removed. A preset is probed the first time
     it is built; if the probe disagrees with the preset, its cells are recorded with an error
     (never run on an untrusted preset). ``progress_cb`` gets each cell as soon as it is done.
+    ``ice_timeout`` is the peers' ICE timeout; the Node driver's send budget is 4 s more.
     """
     if driver not in ("ice", "node"):
         raise ValueError("driver must be 'ice' or 'node'")
@@ -292,7 +370,7 @@ def run_matrix(
                                for _ in range(attempts)]
                     else:
                         res = node_attempts(lab, *endpoints, turn, attempts, ice_timeout)
-                    cell = summarize_cell(a, b, turn, res)
+                    cell = summarize_cell(a, b, turn, res, messages=driver == "node")
                     cells.append(cell)
                     if progress_cb is not None:
                         progress_cb(cell)

@@ -1,0 +1,77 @@
+"""``tierlink lab`` (:func:`tierlink.lab.command.run_lab_cli`): exit statuses, stdout/stderr."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tierlink.lab.command import EXIT_OK, EXIT_UNAVAILABLE, run_lab_cli
+
+_AS_NOBODY = """
+import sys
+from pathlib import Path
+from tierlink.lab.command import run_lab_cli
+sys.exit(run_lab_cli(None, 1, None, False, Path("/tmp/never-written")))
+"""
+
+
+def test_without_root_exits_2_with_one_line() -> None:
+    """Not root: status 2, one clear line on stderr, nothing on stdout, no traceback."""
+    if os.geteuid() == 0:
+        if shutil.which("setpriv") is None:
+            pytest.skip("running as root and setpriv is missing: cannot drop privileges")
+        argv = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                sys.executable, "-c", _AS_NOBODY]
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=60,
+                              cwd="/", check=False)
+        rc, out, err = proc.returncode, proc.stdout, proc.stderr
+    else:
+        import contextlib
+        import io
+
+        out_buf, err_buf = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out_buf), contextlib.redirect_stderr(err_buf):
+            rc = run_lab_cli(None, 1, None, False, None)
+        out, err = out_buf.getvalue(), err_buf.getvalue()
+    assert rc == EXIT_UNAVAILABLE, err
+    assert out == ""
+    assert err.count("\n") == 1 and "root privileges" in err and "Traceback" not in err
+    assert not Path("/tmp/never-written").exists()
+
+
+@pytest.mark.parametrize(("nat", "attempts", "needle"), [
+    (["open", "no-such-nat"], 1, "unknown NAT type no-such-nat"),
+    (["open"], 0, "--attempts must be at least 1"),
+])
+def test_bad_arguments_exit_2(
+    nat: list[str], attempts: int, needle: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run_lab_cli(nat, attempts, False, False, None) == EXIT_UNAVAILABLE
+    out, err = capsys.readouterr()
+    assert out == "" and needle in err and err.count("\n") == 1
+
+
+@pytest.mark.lab
+def test_one_preset_both_turn_modes_as_json(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``tierlink lab --nat open --attempts 1 --json --report DIR``: stdout is exactly the
+    JSON matrix, progress goes to stderr, the reports are written, status 0."""
+    report = tmp_path / "report"
+    assert run_lab_cli(["open"], 1, None, True, report) == EXIT_OK
+    out, err = capsys.readouterr()
+    result = json.loads(out)
+    assert set(result) == {"cells", "presets"} and set(result["presets"]) == {"open"}
+    assert [(c["a"], c["b"], c["turn"]) for c in result["cells"]] == [
+        ("open", "open", False), ("open", "open", True)]
+    for cell in result["cells"]:
+        assert cell["as_expected"] and cell["delivered"] == 1, cell
+        assert cell["tier"] in (["direct"] if not cell["turn"] else ["direct", "relay"]), cell
+    assert err.count("open <-> open") == 2 and "wrote" in err
+    assert {p.name for p in report.iterdir()} == {"matrix.json", "matrix.md", "matrix.png"}
