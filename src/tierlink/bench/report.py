@@ -26,6 +26,9 @@ METRICS: tuple[tuple[str, str, int, bool], ...] = (
     ("rss_kb_per_connection", "RSS per idle connection (KiB)", 0, False),
 )
 
+#: Rows where a ratio means nothing (a loss of 0 % is not "0x better").
+NO_RATIO = frozenset({"datagram_loss_percent"})
+
 
 def write_json(path: Path, results: JsonDict) -> None:
     """Write results.json (stable key order, trailing newline)."""
@@ -160,9 +163,11 @@ def render_markdown(results: JsonDict) -> str:
     ]
     for key, label, digits, _ in METRICS:
         vals = [_get(results, s, key) for s in SYSTEMS]
+        ratios = (
+            ("-", "-") if key in NO_RATIO else (_ratio(vals[0], vals[1]), _ratio(vals[0], vals[2]))
+        )
         lines.append(
-            f"| {label} | {' | '.join(_fmt(v, digits) for v in vals)} "
-            f"| {_ratio(vals[0], vals[1])} | {_ratio(vals[0], vals[2])} |"
+            f"| {label} | {' | '.join(_fmt(v, digits) for v in vals)} | {ratios[0]} | {ratios[1]} |"
         )
     lines += [
         "",
