@@ -78,6 +78,14 @@ def tier_label(cell: dict[str, Any]) -> str:
     return " + ".join(f"{t} {n}" for t, n in sorted(tiers.items(), key=lambda kv: -kv[1]))
 
 
+def _short_tiers(cell: dict[str, Any]) -> str:
+    """``relay+direct`` (most common first): the tier label without counts, for the PNG."""
+    tiers = cell.get("tiers") or {}
+    if len(tiers) <= 1:
+        return str(cell.get("tier") or "none")
+    return "+".join(t for t, _ in sorted(tiers.items(), key=lambda kv: -kv[1]))
+
+
 def _delivered(cell: dict[str, Any]) -> str:
     if not cell.get("messages"):
         return "-"
@@ -162,7 +170,7 @@ def write_png(result: dict[str, Any], path: Path) -> Path:
                 text = f"{_path_label(cell)}\n{_ms(cell.get('connect_ms_median'))}"
                 text += f"\n{cell['successes']}/{cell['attempts']}"
                 if cell.get("messages"):
-                    text += f"\nmsg: {tier_label(cell)} {_delivered(cell)}"
+                    text += f"\nmsg {_delivered(cell)}:\n{_short_tiers(cell)}"
                 if cell.get("as_expected") is False:
                     text += "\nUNEXPECTED"
                     ax.add_patch(Rectangle((j + 0.04, i + 0.04), 0.92, 0.92, fill=False,
@@ -179,11 +187,11 @@ def write_png(result: dict[str, Any], path: Path) -> Path:
             side.set_visible(False)
         ax.set_title(f"TURN {'on' if turn else 'off'}", fontsize=12)
     handles = [Patch(facecolor=c, label=label) for c, label in OUTCOMES.values()]
-    fig.legend(handles=handles, loc="lower center", ncol=3, fontsize=8.5,
+    fig.legend(handles=handles, loc="lower center", ncol=4, fontsize=8.5,
                frameon=False)
     fig.suptitle("tierlink NAT lab: outcome per preset pair (row dials column; mirrored)\n"
                  "cell: path, median connect time, successes/attempts, "
-                 "message tier delivered/sent", fontsize=12)
+                 "messages delivered/sent and their tier", fontsize=12)
     fig.tight_layout(rect=(0, 0.07, 1, 0.95))
     fig.savefig(path, dpi=120)
     plt.close(fig)
