@@ -62,7 +62,7 @@ def test_round_trip() -> None:
     assert env.recipient_fingerprint == BOB.fingerprint
     assert env.expires_at_ms - env.created_at_ms == 60_000
     assert env.value_size == len(value)
-    assert b"hi" not in value[-4627 - 40 :]  # the payload is not in clear near the end
+    # (plaintext absence is checked with a long random secret in the next test)
 
 
 def test_given_message_id_and_plaintext_absent() -> None:
