@@ -60,7 +60,7 @@ async def _measure(
     for run in list(runs):
         if run.system == "tierlink":
             try:
-                url = await stack.enter_async_context(dhtnode_proxy(logs / "dhtnode.log"))
+                url = await stack.enter_async_context(dhtnode_proxy())
             except (DhtNodeError, OSError) as exc:
                 run.errors["setup"] = f"dhtnode: {exc}"
                 runs.remove(run)
