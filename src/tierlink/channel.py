@@ -6,10 +6,11 @@ returns a :class:`SecureChannel` once both certificates matched their pinned SHA
 both sides exchanged HELLO (wire format in :mod:`tierlink.framing`).
 
 Reliable messages are acknowledged by the receiving *channel* once they are in its receive
-queue, so ``await send()`` returns a message id only then. The sender keeps at most
-``window`` payload bytes unacknowledged (or one larger message alone) and queues further
-sends in call order: a full receiver queue holds the sender back and nothing is dropped.
-Datagrams are unreliable and go to a drop-oldest queue.
+queue, so ``await send()`` returns a message id only then. Acks are cumulative and written
+once per flush (one ACK frame for every message queued in that event-loop pass). The sender
+keeps at most ``window`` payload bytes unacknowledged (or one larger message alone) and
+queues further sends in call order: a full receiver queue holds the sender back and
+nothing is dropped. Datagrams are unreliable and go to a drop-oldest queue.
 """
 
 from __future__ import annotations
@@ -94,6 +95,7 @@ class SecureChannel(QuicSession):
         self._rx_pending: deque[bytes] = deque()
         self._rx_pending_bytes = 0
         self._accepted = 0
+        self._acked = 0  # highest id our ACK frames announced so far
         self._inbox: RecvQueue[bytes] = RecvQueue(queue_capacity)
         self._datagrams: RecvQueue[bytes] = RecvQueue(queue_capacity)
         self._stats = dict.fromkeys(
@@ -290,10 +292,14 @@ class SecureChannel(QuicSession):
             moved += 1
             self._stats["messages_received"] += 1
             self._stats["bytes_received"] += len(message)
-        if moved and self._quic is not None:
+        if moved:
             self._accepted += moved
-            self._quic.send_stream_data(self._ctrl_sid, encode_ack(self._accepted))
-            self._kick()
+            self._kick()  # one cumulative ACK per flush, written by _before_flush
+
+    def _before_flush(self) -> None:
+        if self._accepted != self._acked and self._quic is not None:
+            self._acked = self._accepted
+            self._quic.send_stream_data(self._ctrl_sid, encode_ack(self._acked))
 
     def _on_ack(self, message_id: int) -> None:
         if message_id > self._next_id:

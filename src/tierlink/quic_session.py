@@ -4,7 +4,11 @@
 datagrams between it and the nominated ICE pair: every received ICE datagram goes into
 ``receive_datagram``, everything ``datagrams_to_send`` produces goes out through
 ``IceConnection.send_nowait``, and aioquic's timer is one asyncio TimerHandle (no polling,
-no second socket). It also keeps the peer alive and watched (aioquic sends no keep-alives):
+no second socket). Received datagrams are not answered one by one: the flush runs once per
+event-loop pass (``call_soon``), so a batch of datagrams read in one pass (see
+:mod:`tierlink.ice_compat`) costs one ``datagrams_to_send`` and one ack packet.
+
+It also keeps the peer alive and watched (aioquic sends no keep-alives):
 a PING when the path has been quiet, and a close when nothing arrived for
 ``liveness_timeout`` seconds.
 
@@ -102,6 +106,9 @@ class QuicSession:
     def _on_closed(self, reason: str) -> None:
         """Wake the subclass's waiters; called once by :meth:`_shutdown`."""
 
+    def _before_flush(self) -> None:
+        """Queue coalesced stream data (e.g. one cumulative ack) just before packetizing."""
+
     # -- handshake ----------------------------------------------------------------------
     async def _handshake(self, timeout: float) -> None:
         """Start the pump and wait until :meth:`_mark_ready` (or raise HandshakeFailed)."""
@@ -170,7 +177,7 @@ class QuicSession:
                 if self._quic is None:
                     return
             self._quic.receive_datagram(data, QUIC_ADDR, now=now)
-            self._process()
+            self._process(flush=False)
         except Exception as exc:  # a bug must close the channel, not vanish inside aioice
             self._shutdown(f"internal error: {exc!r}", error_code=ERROR_PROTOCOL)
 
@@ -194,8 +201,9 @@ class QuicSession:
         except Exception as exc:
             self._shutdown(f"internal error: {exc!r}", error_code=ERROR_PROTOCOL)
 
-    def _process(self) -> None:
-        """Handle aioquic's events, then close or flush."""
+    def _process(self, *, flush: bool = True) -> None:
+        """Handle aioquic's events, then close or flush (now, or once this loop pass ends:
+        every datagram read in one pass then shares one ``datagrams_to_send``)."""
         quic = self._quic
         assert quic is not None
         try:
@@ -216,7 +224,10 @@ class QuicSession:
         if ended is not None:  # CONNECTION_CLOSE seen: don't wait for the draining period
             self._on_terminated(ended)
             return
-        self._flush()
+        if flush:
+            self._flush()
+        else:
+            self._kick()
 
     def _on_terminated(self, event: events.ConnectionTerminated) -> None:
         code = event.error_code
@@ -237,6 +248,7 @@ class QuicSession:
         quic = self._quic
         if quic is None or self._closed:
             return
+        self._before_flush()
         try:
             for data, _addr in quic.datagrams_to_send(now=self._loop.time()):
                 self._ice.send_nowait(data)
@@ -294,6 +306,10 @@ class QuicSession:
             return
         quic = self._quic
         if quic is not None:
+            if notify and error_code == ERROR_NONE:
+                self._flush()  # a graceful close first sends what is queued (e.g. our last ACK)
+                if self._closed:  # the flush found the ICE path gone and closed already
+                    return
             if notify:
                 quic.close(error_code=error_code, reason_phrase=peer_reason or reason[:200])
             try:  # also sends a CONNECTION_CLOSE aioquic queued itself (e.g. a TLS alert)
