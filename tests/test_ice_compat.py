@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import socket
 
 import aioice
 import aioice.ice
 
-from tierlink.ice_compat import PRIVATE_ATTRIBUTES, IceConnection
+from tierlink.ice_compat import PRIVATE_ATTRIBUTES, RECV_BATCH, IceConnection
 
 
 def test_private_attributes_still_exist() -> None:
@@ -66,3 +67,32 @@ async def test_handler_send_nowait_and_selected_pair() -> None:
     finally:
         await a.close()
         await b.close()
+
+
+async def test_burst_is_handled_in_one_pass_in_order_and_close_frees_the_socket() -> None:
+    a, b = await connected_pair()
+    try:
+        got: list[bytes] = []
+        b.set_datagram_handler(got.append)
+        burst = [b"\x40" + i.to_bytes(2, "big") for i in range(RECV_BATCH + 36)]
+        for data in burst:
+            a.send_nowait(data)
+        for _ in range(1000):
+            if got:
+                break
+            await asyncio.sleep(0)
+        # asyncio reads one datagram per pass; the adapter drains the socket behind it
+        assert len(got) == RECV_BATCH
+        for _ in range(200):
+            if len(got) == len(burst):
+                break
+            await asyncio.sleep(0.005)
+        assert got == burst
+        sel = b.selected_pair()
+        assert sel is not None
+        port = sel[0].port
+    finally:
+        await a.close()
+        await b.close()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", port))  # the socket's duplicate was closed with the connection
