@@ -58,6 +58,16 @@ def test_bad_arguments_exit_2(
 
 
 @pytest.mark.lab
+def test_unusable_report_directory_exits_2_before_running(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "a-file").write_text("")
+    assert run_lab_cli(["open"], 1, False, False, tmp_path / "a-file" / "r") == EXIT_UNAVAILABLE
+    out, err = capsys.readouterr()
+    assert out == "" and "cannot create the report directory" in err and err.count("\n") == 1
+
+
+@pytest.mark.lab
 def test_one_preset_both_turn_modes_as_json(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

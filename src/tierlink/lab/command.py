@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -85,6 +86,13 @@ def _preflight(names: Sequence[str], attempts: int, report: Path | None) -> str 
     missing = missing_requirements()
     if missing:
         return "NAT lab needs " + ", ".join(missing)
+    if report is not None:
+        try:
+            report.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            return f"cannot create the report directory {report}: {exc.strerror or exc}"
+        if not os.access(report, os.W_OK):
+            return f"the report directory {report} is not writable"
     if report is not None and importlib.util.find_spec("matplotlib") is None:
         return "--report needs matplotlib for matrix.png (pip install 'tierlink[lab]')"
     return None
