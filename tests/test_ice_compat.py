@@ -8,6 +8,7 @@ import socket
 
 import aioice
 import aioice.ice
+import pytest
 
 from tierlink.ice_compat import PRIVATE_ATTRIBUTES, RECV_BATCH, IceConnection
 
@@ -96,3 +97,46 @@ async def test_burst_is_handled_in_one_pass_in_order_and_close_frees_the_socket(
         await b.close()
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind(("127.0.0.1", port))  # the socket's duplicate was closed with the connection
+
+
+def test_check_interval_below_rfc_minimum_is_refused() -> None:
+    with pytest.raises(ValueError, match="check_interval"):
+        IceConnection(controlling=True, host_addresses=["127.0.0.1"], check_interval=0.001)
+
+
+async def test_connect_with_several_pairs_and_fast_pacing() -> None:
+    addrs = ["127.0.0.1", "127.0.0.2"]
+    a = IceConnection(controlling=True, host_addresses=addrs, check_interval=0.005)
+    b = IceConnection(controlling=False, host_addresses=addrs, check_interval=0.005)
+    try:
+        await asyncio.gather(a.gather_candidates(), b.gather_candidates())
+        for x, y in ((a, b), (b, a)):
+            for c in y.local_candidates:
+                await x.add_remote_candidate(c)
+            await x.add_remote_candidate(None)
+            x.remote_username, x.remote_password = y.local_username, y.local_password
+        await asyncio.wait_for(asyncio.gather(a.connect(), b.connect()), 10)
+        got: list[bytes] = []
+        b.set_datagram_handler(got.append)
+        a.send_nowait(b"\x40hello")
+        for _ in range(100):
+            if got:
+                break
+            await asyncio.sleep(0.01)
+        assert got == [b"\x40hello"]
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_connect_without_remote_candidates_fails() -> None:
+    a = IceConnection(controlling=True, host_addresses=["127.0.0.1"])
+    try:
+        await a.gather_candidates()
+        await a.add_remote_candidate(None)
+        a.remote_username, a.remote_password = "user", "password-password-pw"
+        with pytest.raises(ConnectionError, match="ICE negotiation failed"):
+            await asyncio.wait_for(a.connect(), 10)
+        assert a.selected_pair() is None
+    finally:
+        await a.close()

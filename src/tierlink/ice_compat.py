@@ -11,7 +11,12 @@ needs what it does not offer publicly:
   after a datagram reaches the handler the adapter drains what else waits on the nominated
   pair's socket (a ``dup`` of it, public API) in the same pass; QUIC then packetizes its
   answer (acks) once per batch instead of once per datagram. Larger socket buffers absorb
-  the bursts that batching lets through.
+  the bursts that batching lets through;
+* connectivity checks without aioice's idle wait: aioice's ``connect`` sleeps one pacing
+  interval (Ta, 20 ms) after starting the *last* check before it looks at the result, so
+  even a one-pair loopback connect takes 20 ms. :meth:`IceConnection.connect` is aioice's
+  loop with that trailing sleep dropped (Ta still paces the start of every further check)
+  and Ta configurable (``check_interval``; RFC 8445 section 14.2 allows down to 5 ms).
 
 ``tests/test_ice_compat.py`` checks every private name used here, so an aioice upgrade that
 renames one fails loudly there instead of misbehaving at run time.
@@ -27,7 +32,14 @@ from typing import Any
 
 import aioice
 from aioice import Candidate
-from aioice.ice import StunProtocol, TransportPolicy, get_host_addresses
+from aioice.ice import (
+    ICE_COMPLETED,
+    ICE_FAILED,
+    CandidatePair,
+    StunProtocol,
+    TransportPolicy,
+    get_host_addresses,
+)
 
 __all__ = ["PRIVATE_ATTRIBUTES", "IceConnection", "get_host_addresses"]
 
@@ -41,6 +53,17 @@ PRIVATE_ATTRIBUTES = (
     "_nominated",
     "_use_ipv4",
     "_use_ipv6",
+    # connect(): aioice's check loop
+    "_remote_candidates",
+    "_pair_remote_candidate",
+    "_unfreeze_initial",
+    "_early_checks",
+    "_early_checks_done",
+    "_check_periodic",
+    "_check_list",
+    "_check_list_state",
+    "_remote_candidates_expected",
+    "_query_consent_task",
 )
 
 DatagramHandler = Callable[[bytes], None]
@@ -55,6 +78,10 @@ SOCKET_BUFFER = 2 * 1024 * 1024
 #: RFC 7983 demultiplexing: STUN messages start with a byte below 4, QUIC packets always
 #: have the fixed bit (0x40) set, so anything >= 0x40 skips aioice's STUN parse.
 _FIRST_NON_STUN_BYTE = 0x40
+#: aioice's pacing of connectivity checks (Ta); RFC 8445 section 14.2 forbids < 5 ms.
+DEFAULT_CHECK_INTERVAL = 0.02
+MIN_CHECK_INTERVAL = 0.005
+_UNSTARTED = (CandidatePair.State.WAITING, CandidatePair.State.FROZEN)
 
 
 class IceConnection(aioice.Connection):
@@ -73,7 +100,10 @@ class IceConnection(aioice.Connection):
         use_ipv6: bool = False,
         local_username: str | None = None,
         local_password: str | None = None,
+        check_interval: float = DEFAULT_CHECK_INTERVAL,
     ) -> None:
+        if check_interval < MIN_CHECK_INTERVAL:
+            raise ValueError(f"check_interval must be >= {MIN_CHECK_INTERVAL} s (RFC 8445 Ta)")
         super().__init__(
             ice_controlling=controlling,
             components=1,
@@ -88,6 +118,7 @@ class IceConnection(aioice.Connection):
             local_password=local_password,
         )
         self._tl_allowed = list(host_addresses) if host_addresses is not None else None
+        self._tl_check_interval = check_interval
         self._tl_handler: DatagramHandler | None = None
         self._tl_pending: list[bytes] = []
         self._tl_sock: socket.socket | None = None  # dup of the nominated socket
@@ -110,6 +141,39 @@ class IceConnection(aioice.Connection):
                 component=component, addresses=addresses
             )
         self._local_candidates_end = True
+
+    async def connect(self) -> None:
+        """aioice's ``connect`` (RFC 8445 checks, aggressive nomination) minus the idle Ta.
+
+        Starts one check per ``check_interval`` like aioice, but stops pacing as soon as no
+        pair is left to start (and no remote candidate is expected), so the result is seen
+        the moment the last check completes. Raises ConnectionError if ICE fails.
+        """
+        if not self._local_candidates_end:
+            raise ConnectionError("Local candidates gathering was not performed")
+        if self.remote_username is None or self.remote_password is None:
+            raise ConnectionError("Remote username or password is missing")
+        for remote_candidate in self._remote_candidates:
+            self._pair_remote_candidate(remote_candidate)
+        self.sort_check_list()
+        self._unfreeze_initial()
+        for early_check in self._early_checks:
+            self.check_incoming(*early_check)
+        self._early_checks.clear()
+        self._early_checks_done = True
+        while self._check_periodic():
+            if not self._remote_candidates_expected() and not any(
+                p.state in _UNSTARTED and p.task is None for p in self._check_list
+            ):
+                break  # aioice would sleep Ta here only to find nothing left to start
+            await asyncio.sleep(self._tl_check_interval)
+        res = await self._check_list_state.get() if self._check_list else ICE_FAILED
+        for check in self._check_list:
+            if check.task:
+                check.task.cancel()
+        if res != ICE_COMPLETED:
+            raise ConnectionError("ICE negotiation failed")
+        self._query_consent_task = asyncio.create_task(self.query_consent())
 
     # -- receiving ------------------------------------------------------------------------
     def set_datagram_handler(self, handler: DatagramHandler | None) -> None:
