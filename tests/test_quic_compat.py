@@ -101,6 +101,7 @@ def test_private_names_exist() -> None:
         assert hasattr(target, name), f"aioquic no longer has {owner}.{name}"
     assert isinstance(conn.tls, tls.Context)
     assert conn.tls._request_client_certificate is True
+    assert conn.tls._supported_groups == [tls.Group.X25519]
 
 
 def test_mutual_handshake_pins_both_certificates() -> None:
