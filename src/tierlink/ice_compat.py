@@ -101,6 +101,7 @@ class IceConnection(aioice.Connection):
         local_username: str | None = None,
         local_password: str | None = None,
         check_interval: float = DEFAULT_CHECK_INTERVAL,
+        batch_receive: bool = True,
     ) -> None:
         if check_interval < MIN_CHECK_INTERVAL:
             raise ValueError(f"check_interval must be >= {MIN_CHECK_INTERVAL} s (RFC 8445 Ta)")
@@ -119,6 +120,7 @@ class IceConnection(aioice.Connection):
         )
         self._tl_allowed = list(host_addresses) if host_addresses is not None else None
         self._tl_check_interval = check_interval
+        self._tl_batch_receive = batch_receive
         self._tl_handler: DatagramHandler | None = None
         self._tl_pending: list[bytes] = []
         self._tl_sock: socket.socket | None = None  # dup of the nominated socket
@@ -179,7 +181,8 @@ class IceConnection(aioice.Connection):
     def set_datagram_handler(self, handler: DatagramHandler | None) -> None:
         """Deliver every received datagram to ``handler`` synchronously (None: aioice queue).
 
-        With a handler on a direct (host/srflx) pair, datagrams are read in batches.
+        With a handler on a direct (host/srflx) pair, datagrams are read in batches (unless
+        the connection was made with ``batch_receive=False``: aioice's one per loop pass).
         """
         self._tl_handler = handler
         if handler is not None:
@@ -201,7 +204,7 @@ class IceConnection(aioice.Connection):
 
     def _tl_enable_batching(self) -> None:
         """Open the batch reader on the nominated pair's socket (once; direct pairs only)."""
-        if self._tl_sock is not None:
+        if self._tl_sock is not None or not self._tl_batch_receive:
             return
         pair = self._nominated.get(1)
         if pair is None or type(pair.protocol) is not StunProtocol:
