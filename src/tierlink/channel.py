@@ -38,8 +38,8 @@ from tierlink.framing import (
 )
 from tierlink.ice_compat import IceConnection
 from tierlink.queue import RecvQueue
-from tierlink.quic_compat import pending_datagrams
-from tierlink.quic_session import ERROR_NONE, QuicSession
+from tierlink.quic_compat import PinnedQuicConnection, pending_datagrams
+from tierlink.quic_session import ERROR_NONE, QuicSession, quic_configuration, start_client
 
 #: Largest datagram payload: always fits one 1-RTT packet of MAX_DATAGRAM_SIZE bytes.
 DATAGRAM_MAX_PAYLOAD = 1150
@@ -68,6 +68,7 @@ class SecureChannel(QuicSession):
         liveness_timeout: float,
         max_message_size: int,
         window: int,
+        started: PinnedQuicConnection | None = None,
     ) -> None:
         super().__init__(
             ice,
@@ -75,7 +76,8 @@ class SecureChannel(QuicSession):
             certificate=certificate,
             peer_cert_sha256=peer_cert_sha256,
             liveness_timeout=liveness_timeout,
-            flow_window=max(window, 1024 * 1024),
+            flow_window=_flow_window(window),
+            started=started,
         )
         self._max_message_size = max_message_size
         self._window = window
@@ -372,6 +374,23 @@ class SecureChannel(QuicSession):
         self._datagrams.close(closed)
 
 
+def _check_params(
+    queue_capacity: int,
+    liveness_timeout: float,
+    handshake_timeout: float,
+    max_message_size: int,
+    window: int,
+) -> None:
+    if queue_capacity < 1 or liveness_timeout <= 0 or handshake_timeout <= 0:
+        raise ValueError("queue_capacity, liveness_timeout and handshake_timeout must be > 0")
+    if not 0 <= max_message_size < 2**62 or window < 1:
+        raise ValueError("max_message_size must be in [0, 2**62) and window >= 1")
+
+
+def _flow_window(window: int) -> int:
+    return max(window, 1024 * 1024)
+
+
 async def open_channel(
     ice: IceConnection,
     *,
@@ -383,20 +402,19 @@ async def open_channel(
     handshake_timeout: float = 10.0,
     max_message_size: int = 16 * 1024 * 1024,
     window: int = DEFAULT_WINDOW,
+    started: PinnedQuicConnection | None = None,
 ) -> SecureChannel:
     """Run the pinned, mutually authenticated QUIC handshake over a connected ICE path.
 
     ``is_client`` is True for the dialer. Raises HandshakeFailed (with the reason) if the
     peer's certificate SHA-256 differs from ``peer_cert_sha256``, the peer rejects ours,
     or nothing completes within ``handshake_timeout`` seconds. The caller keeps owning
-    ``ice``: closing the channel does not close it.
+    ``ice``: closing the channel does not close it. (``started``: internal, see
+    :class:`ChannelDraft`, which prepares the dialer's side ahead of ICE.)
     """
     if len(peer_cert_sha256) != 32:
         raise ValueError("peer_cert_sha256 must be the 32-byte SHA-256 of the DER certificate")
-    if queue_capacity < 1 or liveness_timeout <= 0 or handshake_timeout <= 0:
-        raise ValueError("queue_capacity, liveness_timeout and handshake_timeout must be > 0")
-    if not 0 <= max_message_size < 2**62 or window < 1:
-        raise ValueError("max_message_size must be in [0, 2**62) and window >= 1")
+    _check_params(queue_capacity, liveness_timeout, handshake_timeout, max_message_size, window)
     if ice.selected_pair() is None:
         raise HandshakeFailed("the ICE connection has no selected pair (connect it first)")
     channel = SecureChannel(
@@ -408,6 +426,69 @@ async def open_channel(
         liveness_timeout=liveness_timeout,
         max_message_size=max_message_size,
         window=window,
+        started=started,
     )
     await channel._handshake(handshake_timeout)
     return channel
+
+
+class ChannelDraft:
+    """A dialer's channel prepared before its ICE path exists.
+
+    Building the QUIC client and its first flight (TLS ClientHello, key share, initial
+    keys) is most of the dialer's handshake CPU (~0.6-1.5 ms here). A dialer that creates
+    the draft while it waits for the callee's answer takes that off the dial's critical
+    path; :meth:`open` then only sends. One draft opens one channel; a draft older than
+    ``liveness_timeout`` is rebuilt at open (aioquic's idle clock started with it).
+    Settings as for :func:`open_channel`; create it on the loop that will open it.
+    """
+
+    def __init__(
+        self,
+        *,
+        certificate: LocalCertificate,
+        queue_capacity: int = 16,
+        liveness_timeout: float = 15.0,
+        handshake_timeout: float = 10.0,
+        max_message_size: int = 16 * 1024 * 1024,
+        window: int = DEFAULT_WINDOW,
+    ) -> None:
+        _check_params(queue_capacity, liveness_timeout, handshake_timeout, max_message_size, window)
+        self._certificate = certificate
+        self._queue_capacity = queue_capacity
+        self._liveness_timeout = liveness_timeout
+        self._handshake_timeout = handshake_timeout
+        self._max_message_size = max_message_size
+        self._window = window
+        self._loop = asyncio.get_running_loop()
+        self._created = self._loop.time()
+        config = quic_configuration(
+            is_client=True,
+            certificate=certificate,
+            liveness_timeout=liveness_timeout,
+            flow_window=_flow_window(window),
+        )
+        self._quic: PinnedQuicConnection | None = start_client(config, self._created)
+        self._used = False
+
+    async def open(self, ice: IceConnection, peer_cert_sha256: bytes) -> SecureChannel:
+        """:func:`open_channel` as the dialer, with the prepared first flight."""
+        if self._used:
+            raise RuntimeError("a ChannelDraft opens one channel")
+        self._used = True
+        quic, self._quic = self._quic, None
+        if self._loop.time() - self._created > self._liveness_timeout:
+            quic = None  # stale: open_channel builds a fresh client
+        return await open_channel(
+            ice,
+            is_client=True,
+            certificate=self._certificate,
+            peer_cert_sha256=peer_cert_sha256,
+            queue_capacity=self._queue_capacity,
+            liveness_timeout=self._liveness_timeout,
+            handshake_timeout=self._handshake_timeout,
+            max_message_size=self._max_message_size,
+            window=self._window,
+            started=quic,
+        )
+

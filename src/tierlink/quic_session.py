@@ -45,6 +45,32 @@ ERROR_HANDSHAKE = 0x2
 ERROR_LIVENESS = 0x3
 
 
+def quic_configuration(
+    *, is_client: bool, certificate: LocalCertificate, liveness_timeout: float, flow_window: int
+) -> QuicConfiguration:
+    """aioquic's configuration of one channel side."""
+    return QuicConfiguration(
+        is_client=is_client,
+        alpn_protocols=[ALPN],
+        certificate=certificate.certificate,
+        private_key=certificate.private_key,
+        verify_mode=ssl.CERT_NONE,  # authentication is the SHA-256 pin, not a CA
+        max_datagram_size=MAX_DATAGRAM_SIZE,
+        max_datagram_frame_size=65536,
+        idle_timeout=liveness_timeout * 2,  # backstop; our own watchdog comes first
+        connection_id_length=CONNECTION_ID_LENGTH,
+        max_data=2 * flow_window,
+        max_stream_data=flow_window,
+    )
+
+
+def start_client(config: QuicConfiguration, now: float) -> PinnedQuicConnection:
+    """A client connection with its first flight (the ClientHello) built; pin set later."""
+    quic = PinnedQuicConnection(configuration=config, expected_peer_sha256=b"")
+    quic.connect(QUIC_ADDR, now=now)
+    return quic
+
+
 class QuicSession:
     """Pump, timers, liveness and teardown of one pinned QUIC connection over ICE."""
 
@@ -57,6 +83,7 @@ class QuicSession:
         peer_cert_sha256: bytes,
         liveness_timeout: float,
         flow_window: int,
+        started: PinnedQuicConnection | None = None,
     ) -> None:
         self._loop = asyncio.get_running_loop()
         self._ice = ice
@@ -64,19 +91,13 @@ class QuicSession:
         self.peer_cert_sha256 = peer_cert_sha256
         self._liveness_timeout = liveness_timeout
         self._ping_interval = min(liveness_timeout / 5, 5.0)
-        self._config = QuicConfiguration(
+        self._config = quic_configuration(
             is_client=is_client,
-            alpn_protocols=[ALPN],
-            certificate=certificate.certificate,
-            private_key=certificate.private_key,
-            verify_mode=ssl.CERT_NONE,  # authentication is the SHA-256 pin, not a CA
-            max_datagram_size=MAX_DATAGRAM_SIZE,
-            max_datagram_frame_size=65536,
-            idle_timeout=liveness_timeout * 2,  # backstop; our own watchdog comes first
-            connection_id_length=CONNECTION_ID_LENGTH,
-            max_data=2 * flow_window,
-            max_stream_data=flow_window,
+            certificate=certificate,
+            liveness_timeout=liveness_timeout,
+            flow_window=flow_window,
         )
+        self._started = started  # a client started ahead (see tierlink.channel.ChannelDraft)
         self._quic: PinnedQuicConnection | None = None
         self._ready: asyncio.Future[None] = self._loop.create_future()
         self._closed_fut: asyncio.Future[None] = self._loop.create_future()
@@ -115,8 +136,11 @@ class QuicSession:
         self._ice.set_datagram_handler(self._on_datagram)
         self._handshake_timer = self._loop.call_later(timeout, self._on_handshake_timeout, timeout)
         if self.is_client:
-            self._quic = self._new_quic(None)
-            self._quic.connect(QUIC_ADDR, now=self._loop.time())
+            quic, self._started = self._started, None
+            if quic is None:
+                quic = start_client(self._config, self._loop.time())
+            quic.expected_peer_sha256 = self.peer_cert_sha256
+            self._quic = quic
             self._flush()
         try:
             await self._ready
