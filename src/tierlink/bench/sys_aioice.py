@@ -3,14 +3,18 @@
 Gathering is restricted to 127.0.0.1 through ``tierlink.ice_compat.IceConnection`` (plain
 aioice skips 127.0.0.1). Raw aioice has no reliable mode, so its "reliable" figures are the
 paced-datagram ceiling (highest rate with < 1 % loss), which is an upper bound for any
-reliable protocol built on it.
+reliable protocol built on it. The baseline is aioice as shipped: one datagram per event-loop
+pass (``batch_receive=False``) and aioice's own ``connect`` with its 20 ms check pacing, not
+tierlink's faster adapter paths.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
+import aioice
 from aioice import Candidate
 
 from tierlink.bench.base import BenchConn, BenchSide, recv_from_queue
@@ -76,19 +80,24 @@ class IceSide(BenchSide):
     reliable_is_datagram = True
 
     async def dial(self) -> BenchConn:
-        ice = IceConnection(controlling=True, host_addresses=["127.0.0.1"])
+        ice = IceConnection(controlling=True, host_addresses=["127.0.0.1"], batch_receive=False)
         await ice.gather_candidates()
         self.signal.send("ice-offer", _description(ice))
         answer = await self.signal.recv("ice-answer", SIGNAL_TIMEOUT)
         await _apply_remote(ice, answer)
-        await asyncio.wait_for(ice.connect(), CONNECT_TIMEOUT)
+        await asyncio.wait_for(_stock_connect(ice), CONNECT_TIMEOUT)
         return IceBenchConn(ice)
 
     async def accept(self) -> BenchConn:
         offer = await self.signal.recv("ice-offer", ACCEPT_TIMEOUT)
-        ice = IceConnection(controlling=False, host_addresses=["127.0.0.1"])
+        ice = IceConnection(controlling=False, host_addresses=["127.0.0.1"], batch_receive=False)
         await ice.gather_candidates()
         self.signal.send("ice-answer", _description(ice))
         await _apply_remote(ice, offer)
-        await asyncio.wait_for(ice.connect(), CONNECT_TIMEOUT)
+        await asyncio.wait_for(_stock_connect(ice), CONNECT_TIMEOUT)
         return IceBenchConn(ice)
+
+
+def _stock_connect(ice: IceConnection) -> Coroutine[Any, Any, None]:
+    """aioice's own connect (with its 20 ms pacing): the baseline is aioice as shipped."""
+    return aioice.Connection.connect(ice)
