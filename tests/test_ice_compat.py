@@ -145,3 +145,28 @@ async def test_connect_without_remote_candidates_fails() -> None:
         assert a.selected_pair() is None
     finally:
         await a.close()
+
+
+async def test_port_range_binds_host_sockets_inside_it() -> None:
+    a = IceConnection(controlling=True, host_addresses=["127.0.0.1"], port_range=(41000, 41003))
+    b = IceConnection(controlling=False, host_addresses=["127.0.0.1"], port_range=(41000, 41003))
+    c = IceConnection(controlling=False, host_addresses=["127.0.0.1"], port_range=(41004, 41004))
+    d = IceConnection(controlling=False, host_addresses=["127.0.0.1"], port_range=(41004, 41004))
+    try:
+        await asyncio.gather(a.gather_candidates(), b.gather_candidates())
+        ports = {c.port for x in (a, b) for c in x.local_candidates}
+        assert len(ports) == 2 and all(41000 <= p <= 41003 for p in ports)
+        for x, y in ((a, b), (b, a)):
+            for cand in y.local_candidates:
+                await x.add_remote_candidate(cand)
+            await x.add_remote_candidate(None)
+            x.remote_username, x.remote_password = y.local_username, y.local_password
+        await asyncio.wait_for(asyncio.gather(a.connect(), b.connect()), 10)
+        await c.gather_candidates()
+        with pytest.raises(OSError, match="no free UDP port"):
+            await d.gather_candidates()
+        with pytest.raises(ValueError, match="port range"):
+            IceConnection(controlling=True, port_range=(5000, 4000))
+    finally:
+        for x in (a, b, c, d):
+            await x.close()

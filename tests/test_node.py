@@ -443,3 +443,14 @@ async def test_public_node_republishes_when_its_addresses_change(dht_cluster, mo
                 break
             await asyncio.sleep(0.1)
         assert hosts == ["127.0.0.1", "127.0.0.2"]
+
+
+async def test_port_range_is_used_for_connections(dht_cluster) -> None:
+    a = Node(config_for(dht_cluster[0], port_range=(42000, 42020)))
+    b = Node(config_for(dht_cluster[1], port_range=(42000, 42020)))
+    async with b, a:
+        ca, cb = await dial(a, b)
+        for conn in (ca, cb):
+            assert 42000 <= conn.selected_pair["local"]["port"] <= 42020
+        await ca.send(b"in range")
+        assert await cb.recv(5) == b"in range"

@@ -46,6 +46,18 @@ def _turn(text: str) -> TurnServer:
     return TurnServer(host, port, user, password)
 
 
+def _port_range(text: str) -> tuple[int, int]:
+    low, dash, high = text.partition("-")
+    try:
+        lo, hi = int(low), int(high)
+    except ValueError:
+        lo = hi = -1
+    if not dash or not 1024 <= lo <= hi <= 65535:
+        raise argparse.ArgumentTypeError(f"invalid port range {text!r}: expected LOW-HIGH "
+                                         "within 1024-65535")
+    return lo, hi
+
+
 def _address(text: str) -> str:
     try:
         return str(ipaddress.ip_address(text))
@@ -78,6 +90,8 @@ def add_node_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host-address", type=_address, action="append", dest="host_addresses",
                    metavar="IP", help="gather host candidates only on these addresses")
     p.add_argument("--relay-only", action="store_true", help="connect only through TURN")
+    p.add_argument("--port-range", type=_port_range, metavar="LOW-HIGH",
+                   help="bind ICE host sockets inside this UDP port range")
     p.add_argument("--mode", choices=["private", "public"], default="private",
                    help="list candidates in the public record (public) or not (private)")
     p.add_argument("--allow", type=_fingerprint, action="append", metavar="FINGERPRINT",
@@ -101,6 +115,7 @@ def node_config(args: argparse.Namespace) -> NodeConfig:
         stun_servers=list(args.stun),
         turn_servers=list(args.turn),
         relay_only=args.relay_only,
+        port_range=args.port_range,
         mode=args.mode,
         allow=set(args.allow) if args.allow else None,
         dial_timeout=args.timeout,

@@ -38,6 +38,7 @@ class NodeConfig:
     stun_servers: list[tuple[str, int]] = field(default_factory=list)
     turn_servers: list[TurnServer] = field(default_factory=list)
     relay_only: bool = False
+    port_range: tuple[int, int] | None = None
     mode: Literal["private", "public"] = "private"
     allow: set[str] | None = None
     ice_timeout: float = 30.0
@@ -69,4 +70,5 @@ class NodeConfig:
             turn_servers=tuple(self.turn_servers),
             relay_only=self.relay_only,
             timeout=self.ice_timeout,
+            port_range=self.port_range,
         )

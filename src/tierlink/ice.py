@@ -38,6 +38,7 @@ class IceSettings:
     None means every interface but 127.0.0.1 (aioice's default). ``relay_only`` hides the
     node's addresses even from its peers (aioice's relay transport policy; needs TURN).
     aioice takes one STUN and one TURN server per connection: the first of each is used.
+    ``port_range`` (LOW, HIGH) binds host sockets (and so srflx mappings) inside that range.
     """
 
     host_addresses: Sequence[str] | None = None
@@ -46,6 +47,7 @@ class IceSettings:
     relay_only: bool = False
     use_ipv6: bool = False
     timeout: float = 30.0
+    port_range: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
         if self.relay_only and not self.turn_servers:
@@ -65,6 +67,7 @@ class IceSettings:
             turn_password=turn.password if turn else None,
             relay_only=self.relay_only,
             use_ipv6=self.use_ipv6,
+            port_range=self.port_range,
         )
 
 

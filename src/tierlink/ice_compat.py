@@ -26,12 +26,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
+import random
 import socket
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import aioice
 from aioice import Candidate
+from aioice.candidate import candidate_foundation, candidate_priority
 from aioice.ice import (
     ICE_COMPLETED,
     ICE_FAILED,
@@ -39,6 +42,7 @@ from aioice.ice import (
     StunProtocol,
     TransportPolicy,
     get_host_addresses,
+    server_reflexive_candidate,
 )
 
 __all__ = ["PRIVATE_ATTRIBUTES", "IceConnection", "get_host_addresses"]
@@ -64,6 +68,8 @@ PRIVATE_ATTRIBUTES = (
     "_check_list_state",
     "_remote_candidates_expected",
     "_query_consent_task",
+    # get_component_candidates() with a port range
+    "_protocols",
 )
 
 DatagramHandler = Callable[[bytes], None]
@@ -102,6 +108,7 @@ class IceConnection(aioice.Connection):
         local_password: str | None = None,
         check_interval: float = DEFAULT_CHECK_INTERVAL,
         batch_receive: bool = True,
+        port_range: tuple[int, int] | None = None,
     ) -> None:
         if check_interval < MIN_CHECK_INTERVAL:
             raise ValueError(f"check_interval must be >= {MIN_CHECK_INTERVAL} s (RFC 8445 Ta)")
@@ -118,6 +125,9 @@ class IceConnection(aioice.Connection):
             local_username=local_username,
             local_password=local_password,
         )
+        if port_range is not None and not 1024 <= port_range[0] <= port_range[1] <= 65535:
+            raise ValueError(f"port range must be LOW-HIGH within 1024-65535, got {port_range}")
+        self._tl_port_range = port_range
         self._tl_allowed = list(host_addresses) if host_addresses is not None else None
         self._tl_check_interval = check_interval
         self._tl_batch_receive = batch_receive
@@ -143,6 +153,54 @@ class IceConnection(aioice.Connection):
                 component=component, addresses=addresses
             )
         self._local_candidates_end = True
+
+    async def get_component_candidates(
+        self, component: int, addresses: list[str], timeout: int = 5
+    ) -> list[Candidate]:
+        """aioice's gathering, except that host sockets bind inside ``port_range`` if set.
+
+        Host and server-reflexive candidates come from our sockets; a TURN allocation (its
+        client socket is not in the range) still comes from aioice.
+        """
+        if self._tl_port_range is None or not addresses:
+            return list(await super().get_component_candidates(component, addresses, timeout))
+        protocols = [await self._bind_in_range(component, a) for a in addresses]
+        self._protocols += protocols
+        candidates = [p.local_candidate for p in protocols]
+        tasks = [
+            asyncio.ensure_future(server_reflexive_candidate(p, self.stun_server))
+            for p in protocols
+            if self.stun_server and ipaddress.ip_address(p.local_candidate.host).version == 4
+        ]
+        relayed = await super().get_component_candidates(component, [], timeout)
+        if tasks:
+            done, pending = await asyncio.wait(tasks, timeout=timeout)
+            candidates += [t.result()[0] for t in done if t.exception() is None]
+            for t in pending:
+                t.cancel()
+        return candidates + list(relayed)
+
+    async def _bind_in_range(self, component: int, address: str) -> StunProtocol:
+        assert self._tl_port_range is not None
+        low, high = self._tl_port_range
+        loop = asyncio.get_running_loop()
+        ports = list(range(low, high + 1))
+        random.shuffle(ports)
+        for port in ports:
+            try:
+                _, protocol = await loop.create_datagram_endpoint(
+                    lambda: StunProtocol(self), local_addr=(address, port)
+                )
+            except OSError:
+                continue
+            protocol.local_candidate = Candidate(
+                foundation=candidate_foundation("host", "udp", address),
+                component=component, transport="udp",
+                priority=candidate_priority(component, "host"),
+                host=address, port=port, type="host",
+            )
+            return protocol
+        raise OSError(f"no free UDP port on {address} in the range {low}-{high}")
 
     async def connect(self) -> None:
         """aioice's ``connect`` (RFC 8445 checks, aggressive nomination) minus the idle Ta.
