@@ -70,12 +70,21 @@ async def test_recipient_offline_then_online_receives_once(dht_cluster) -> None:
         pass  # B was online once: its record (with its KEM key) is in the DHT
     async with Node(config_for(dht_cluster[0], send_budget=2.0)) as a:
         assert a.messenger is not None
+        dials = []
+        real_connect = a.connect
+
+        async def counting_connect(*args, **kw):
+            dials.append(args[0])
+            return await real_connect(*args, **kw)
+
+        a.connect = counting_connect  # type: ignore[method-assign]
         mids = [await a.send(ib.fingerprint, f"while away {i}".encode()) for i in range(3)]
         for _ in range(200):
             if all(a.messenger.outbox.get(m).state == "queued_dht" for m in mids):
                 break
             await asyncio.sleep(0.05)
         assert [a.messenger.outbox.get(m).state for m in mids] == ["queued_dht"] * 3
+        assert dials == [ib.fingerprint]  # one failed dial; the next messages skip the wait
         async with Node(config_for(dht_cluster[2], identity=ib, data_dir=b_dir)) as b:
             got: list[Message] = []
             reader = asyncio.create_task(collect(b, got))

@@ -45,6 +45,9 @@ log = logging.getLogger(__name__)
 
 DEFAULT_TTL_S = 7 * 24 * 3600.0
 INBOX_CAPACITY = 256
+#: After a failed dial, messages to that peer go straight to the offline tier for this long
+#: (instead of each waiting out ``send_budget``); a link the peer dials to us ends it sooner.
+UNREACHABLE_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -93,6 +96,7 @@ class Messenger:
         )
         self._pending_in: dict[tuple[str, bytes], asyncio.Future[None]] = {}
         self._links: dict[str, Connection] = {}
+        self._unreachable: dict[str, float] = {}  # recipient -> loop time of a failed dial
         self._queues: dict[str, asyncio.Queue[bytes]] = {}
         self._ack_waiters: dict[bytes, asyncio.Future[None]] = {}
         self._delivery_waiters: dict[bytes, list[asyncio.Future[Delivery]]] = {}
@@ -191,7 +195,18 @@ class Messenger:
             return conn
         if not self.node.config.secure:
             raise TierlinkError("live delivery needs the secure channel (secure=True)")
-        conn = await self.node.connect(recipient, timeout=self.send_budget, purpose="messages")
+        failed_at = self._unreachable.get(recipient)
+        if failed_at is not None and self._loop.time() - failed_at < UNREACHABLE_S:
+            raise TierlinkError(
+                f"{recipient[:16]}… was unreachable {self._loop.time() - failed_at:.0f} s ago"
+            )
+        try:
+            conn = await self.node.connect(recipient, timeout=self.send_budget,
+                                           purpose="messages")
+        except TierlinkError:
+            self._unreachable[recipient] = self._loop.time()
+            raise
+        self._unreachable.pop(recipient, None)
         self.adopt_link(conn)
         return conn
 
@@ -266,6 +281,7 @@ class Messenger:
         """Serve a message link (dialed by us or by the peer)."""
         old = self._links.get(conn.remote_fingerprint)
         self._links[conn.remote_fingerprint] = conn
+        self._unreachable.pop(conn.remote_fingerprint, None)
         if old is not None and old is not conn and not old.closed:
             self._spawn(old.close(), "close-link")
         self._spawn(self._read_link(conn), "link")
