@@ -19,13 +19,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-EIM = "endpoint-independent"
-ADM = "address-dependent"
-APDM = "address-and-port-dependent"
-NO_NAT = "no-nat"
-EIF = "endpoint-independent"
-ADF = "address-dependent"
-APDF = "address-and-port-dependent"
+# RFC 4787 behaviour names, shared with the probes that measure them.
+from tierlink.lab.probe import ADF, ADM, APDF, APDM, EIF, EIM, NO_NAT
+
+__all__ = ["ADF", "ADM", "APDF", "APDM", "EIF", "EIM", "NO_NAT", "PRESETS", "PresetSpec",
+           "full_cone_rules", "hairpin_rules", "port_restricted_rules", "restricted_rules",
+           "rules_for"]
 
 
 @dataclass(frozen=True)
