@@ -70,6 +70,22 @@ async def eventually(check: Callable[[], Awaitable[bool]], tries: int = 100) -> 
     return False
 
 
+async def reput_then_fetch(sender: Peer, receiver: Peer, mid: bytes) -> None:
+    """Re-put until ``mid`` is queued in the DHT, then fetch until the receiver has it."""
+
+    async def queued() -> bool:
+        await sender.tier.reput_due()
+        return sender.outbox.get(mid).state == QUEUED_DHT  # type: ignore[union-attr]
+
+    assert await eventually(queued)
+
+    async def fetched() -> bool:
+        await receiver.tier.fetch_and_deliver(receiver.deliver)
+        return bool(receiver.got)
+
+    assert await eventually(fetched)
+
+
 async def test_send_fetch_ack_round_trip(peers: tuple[Peer, Peer]) -> None:
     alice, bob = peers
     mid = await alice.tier.send(bob.ident.fingerprint, b"while you were out",
@@ -111,17 +127,7 @@ async def test_kem_key_from_peer_record_and_missing_record(peers: tuple[Peer, Pe
     record = PeerRecord.create(bob.ident, seq=1).encode(bob.ident)
     await bob.dht.put(ice_candidates_key(bob.ident.fingerprint), record)
 
-    async def queued() -> bool:
-        await alice.tier.reput_due()
-        return alice.outbox.get(mid).state == QUEUED_DHT  # type: ignore[union-attr]
-
-    assert await eventually(queued)
-
-    async def fetched() -> bool:
-        await bob.tier.fetch_and_deliver(bob.deliver)
-        return bool(bob.got)
-
-    assert await eventually(fetched)
+    await reput_then_fetch(alice, bob, mid)
     assert bob.got[0].payload == b"early"
 
 
@@ -163,17 +169,7 @@ async def test_outbox_survives_restart_and_is_reput(
         await bob.dht.put(ice_candidates_key(bob_ident.fingerprint),
                           PeerRecord.create(bob_ident, seq=1).encode(bob_ident))
 
-        async def queued() -> bool:
-            await alice2.tier.reput_due()
-            return alice2.outbox.get(mid).state == QUEUED_DHT  # type: ignore[union-attr]
-
-        assert await eventually(queued)
-
-        async def fetched() -> bool:
-            await bob.tier.fetch_and_deliver(bob.deliver)
-            return bool(bob.got)
-
-        assert await eventually(fetched)
+        await reput_then_fetch(alice2, bob, mid)
         assert bob.got[0].message_id == mid
     finally:
         for p in (alice2, bob):
