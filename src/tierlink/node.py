@@ -11,12 +11,12 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Coroutine, Iterable
+from collections.abc import AsyncIterator, Awaitable, Coroutine, Iterable
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 from tierlink.certs import LocalCertificate
-from tierlink.channel import SecureChannel, open_channel
+from tierlink.channel import ChannelDraft, SecureChannel, open_channel
 from tierlink.config import NodeConfig
 from tierlink.connection import Connection
 from tierlink.delivery import DEFAULT_TTL_S, Delivery, Message, Messenger
@@ -55,6 +55,34 @@ def _retrieve(task: asyncio.Future[Any]) -> None:
 
 #: How often a public node checks whether its addresses changed (seconds).
 ADDRESS_CHECK_S = 30.0
+#: A verified peer record is reused for dialing this long (ms) before it is looked up
+#: again: its keys do not change while the peer keeps its identity.
+RECORD_CACHE_MS = 60_000
+
+T = TypeVar("T")
+
+
+async def _while_putting(put: asyncio.Future[None], work: Awaitable[T]) -> T:
+    """Await ``work`` while ``put`` (a DHT put it depends on) runs; a failed put fails it.
+
+    The DHT hands a value to listeners before the put call returns, so waiting for the
+    put first would only add its round trip to every dial.
+    """
+    task: asyncio.Future[T] = asyncio.ensure_future(work)
+    try:
+        while True:
+            pending: set[asyncio.Future[Any]] = {task} if put.done() else {task, put}
+            await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            if task.done():
+                return task.result()
+            error = put.exception()
+            if error is not None:
+                raise error
+    finally:
+        if not task.done():
+            task.cancel()
+            await asyncio.wait([task])
+        task.add_done_callback(_retrieve)
 
 
 class Node:
@@ -251,51 +279,88 @@ class Node:
         Raises PeerNotFound (no valid record), DialTimeout (no answer within ``timeout``,
         default ``dial_timeout``) or IceFailed (no candidate pair worked), each with the
         time spent.
+
+        The steps overlap where they can: the record lookup runs while ICE gathers, the
+        dialer waits for the answer while its offer is still being put (a failed put
+        fails the dial), and the QUIC client's first flight is built while the callee
+        works on the answer.
         """
         dht = self._require_dht()
         loop = asyncio.get_running_loop()
         started = loop.time()
         timeout = self.config.dial_timeout if timeout is None else timeout
-        record = await self.lookup(fingerprint)
-        if not record.kem_public_key:
-            raise PeerNotFound(f"record of {fingerprint[:16]}… carries no KEM key")
+        if not is_fingerprint(fingerprint):
+            raise ValueError("a fingerprint is 128 lowercase hex characters")
         ice = self.ice_settings.new_connection(controlling=True)
         try:
-            await ice.gather_candidates()
+            found = asyncio.ensure_future(self._record_for(fingerprint))
+            try:
+                await ice.gather_candidates()
+            finally:
+                if not found.done():
+                    await asyncio.wait([found])
+            record = found.result()
+            if not record.kem_public_key:
+                raise PeerNotFound(f"record of {fingerprint[:16]}… carries no KEM key")
             session = new_session_id()
             listener = dht.listen(answer_key(self.fingerprint, session))
+            waiter = asyncio.ensure_future(
+                self._await_answer(listener, fingerprint, record.public_key, session)
+            )
+            put: asyncio.Future[None] | None = None
+            drafts: list[ChannelDraft] = []
             try:
-                waiter = asyncio.ensure_future(
-                    self._await_answer(listener, fingerprint, record.public_key, session)
-                )
                 offer = encode_signal(
                     KIND_OFFER, self.identity, fingerprint, record.kem_public_key, session,
                     self._params(ice, purpose), lifetime_s=max(timeout, 5.0) + 30.0,
                 )
-                await dht.put(offers_key(fingerprint), offer)
+                put = asyncio.ensure_future(dht.put(offers_key(fingerprint), offer))
+                if self.config.secure:  # prepared while the callee works on its answer
+                    put.add_done_callback(lambda _: drafts.append(self._channel_draft()))
                 remaining = timeout - (loop.time() - started)
                 try:
-                    answer = await asyncio.wait_for(waiter, max(remaining, 0.01))
+                    answer = await asyncio.wait_for(
+                        _while_putting(put, waiter), max(remaining, 0.01)
+                    )
                 except TimeoutError:
                     raise DialTimeout(
                         f"{fingerprint[:16]}… did not answer within {timeout:.1f} s"
                     ) from None
             finally:
+                for fut in (put, waiter):
+                    if fut is not None:
+                        fut.cancel()  # no-op once done; outcomes are retrieved below
+                        fut.add_done_callback(_retrieve)
                 await listener.aclose()
-                waiter.cancel()  # no-op once done; its outcome is retrieved below
-                waiter.add_done_callback(_retrieve)
             p = answer.params
             await set_remote(ice, p.ufrag, p.pwd, p.candidates)
             await run_checks(ice, self.config.ice_timeout, started)
-            channel = await self._open_channel(ice, True, p.cert_sha256)
+            channel = await self._open_channel(
+                ice, True, p.cert_sha256, drafts[0] if drafts else None
+            )
         except BaseException:
             await ice.close()
             raise
         return self._adopt(ice, fingerprint, True, session, (loop.time() - started) * 1000,
                            channel)
 
+    async def _record_for(self, fingerprint: str) -> PeerRecord:
+        """A verified record of ``fingerprint``: a fresh cached one, else a DHT lookup."""
+        cached = self.records.cached(fingerprint, now_ms(), RECORD_CACHE_MS)
+        return cached if cached is not None else await self.lookup(fingerprint)
+
+    def _channel_draft(self) -> ChannelDraft:
+        return ChannelDraft(
+            certificate=self.certificate,
+            queue_capacity=self.config.queue_capacity,
+            liveness_timeout=self.config.liveness_timeout,
+            handshake_timeout=self.config.handshake_timeout,
+            max_message_size=self.config.max_message_size,
+        )
+
     async def _open_channel(
-        self, ice: IceConnection, is_client: bool, peer_cert: bytes | None
+        self, ice: IceConnection, is_client: bool, peer_cert: bytes | None,
+        draft: ChannelDraft | None = None,
     ) -> SecureChannel | None:
         """The pinned QUIC channel over the ICE path (None in raw mode)."""
         if not self.config.secure:
@@ -303,6 +368,8 @@ class Node:
         if peer_cert is None:
             raise HandshakeFailed("the peer offered no certificate: it runs without a secure "
                                   "channel (secure=False); both sides must agree")
+        if draft is not None:
+            return await draft.open(ice, peer_cert)
         return await open_channel(
             ice, is_client=is_client, certificate=self.certificate, peer_cert_sha256=peer_cert,
             queue_capacity=self.config.queue_capacity,
@@ -403,9 +470,17 @@ class Node:
                 KIND_ANSWER, self.identity, offer.signer, p.kem_public_key, offer.session_id,
                 self._params(ice),
             )
-            await self._require_dht().put(answer_key(offer.signer, offer.session_id), answer)
+            # Checks start at once: the dialer's agent answers them before it has our
+            # answer, so our side of the pair is ready when its nomination arrives.
+            put = asyncio.ensure_future(
+                self._require_dht().put(answer_key(offer.signer, offer.session_id), answer)
+            )
             self.offers_answered += 1
-            await run_checks(ice, self.config.ice_timeout, started)
+            try:
+                await _while_putting(put, run_checks(ice, self.config.ice_timeout, started))
+            finally:
+                put.cancel()
+                put.add_done_callback(_retrieve)
             channel = await self._open_channel(ice, False, p.cert_sha256)
         except BaseException:
             await ice.close()

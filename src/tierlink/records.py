@@ -261,6 +261,28 @@ class RecordBook:
 
     highest_seq: dict[str, int] = field(default_factory=dict)
     rejected: Counter[str] = field(default_factory=Counter)
+    #: The newest record accepted per fingerprint and when (ms), for :meth:`cached`.
+    latest: dict[str, tuple[PeerRecord, int]] = field(default_factory=dict)
+    #: Fingerprints whose records are kept at most (the least recently accepted go first).
+    max_cached: int = 1024
+
+    def cached(self, fingerprint: str, now: int, max_age_ms: int) -> PeerRecord | None:
+        """The newest accepted record of ``fingerprint`` if it was accepted less than
+        ``max_age_ms`` ago and has not expired; None otherwise."""
+        entry = self.latest.get(fingerprint)
+        if entry is None:
+            return None
+        record, accepted_at = entry
+        if now - accepted_at >= max_age_ms or record.expires_at_ms <= now:
+            return None
+        return record
+
+    def _remember(self, record: PeerRecord) -> None:
+        self.highest_seq[record.fingerprint] = record.seq
+        self.latest.pop(record.fingerprint, None)
+        self.latest[record.fingerprint] = (record, now_ms())
+        while len(self.latest) > self.max_cached:
+            del self.latest[next(iter(self.latest))]
 
     def accept(self, value: bytes, fingerprint: str | None = None) -> PeerRecord:
         """Verify one value; if ``fingerprint`` is given it must be the record's owner."""
@@ -270,7 +292,7 @@ class RecordBook:
         seen = self.highest_seq.get(rec.fingerprint)
         if seen is not None and rec.seq < seen:
             raise RecordError("stale", f"sequence {rec.seq} is older than accepted {seen}")
-        self.highest_seq[rec.fingerprint] = rec.seq
+        self._remember(rec)
         return rec
 
     def newest(self, values: list[bytes], fingerprint: str) -> PeerRecord | None:
@@ -292,5 +314,5 @@ class RecordBook:
         if seen is not None and best.seq < seen:
             self.rejected["stale"] += 1
             return None
-        self.highest_seq[fingerprint] = best.seq
+        self._remember(best)
         return best

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
+import os
 import resource
 import struct
 import sys
@@ -304,7 +305,15 @@ async def _serve(system: str, role: str) -> None:
 def main() -> None:
     """Entry point of a worker process."""
     system, role = sys.argv[1], sys.argv[2]
-    asyncio.run(_serve(system, role))
+    profile_dir = os.environ.get("TIERLINK_BENCH_PROFILE")
+    if not profile_dir:
+        asyncio.run(_serve(system, role))
+        return
+    import cProfile  # a developer's switch: one profile file per worker process
+
+    with cProfile.Profile() as prof:
+        asyncio.run(_serve(system, role))
+    prof.dump_stats(os.path.join(profile_dir, f"{system}-{role}.prof"))
 
 
 if __name__ == "__main__":
