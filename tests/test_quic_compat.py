@@ -19,11 +19,14 @@ from aioquic.quic.packet import pull_quic_header
 from tierlink.certs import LocalCertificate, certificate_sha256
 from tierlink.channel import DATAGRAM_MAX_PAYLOAD
 from tierlink.quic_compat import (
+    MAX_PACKET_SIZE,
     PIN_MISMATCH_REASON,
     PRIVATE_ATTRIBUTES,
     PinnedQuicConnection,
     close_event,
+    max_datagram_size,
     pending_datagrams,
+    set_max_datagram_size,
 )
 from tierlink.quic_session import CONNECTION_ID_LENGTH, MAX_DATAGRAM_SIZE
 
@@ -96,9 +99,15 @@ def test_private_names_exist() -> None:
     cert = LocalCertificate.generate()
     conn = PinnedQuicConnection(configuration=_config(cert, True), expected_peer_sha256=b"\0" * 32)
     conn.connect(ADDR, now=0.0)
+    owners = {
+        "QuicConnection": conn,
+        "tls.Context": conn.tls,
+        "QuicPacketRecovery": conn._loss,
+        "QuicCongestionControl": conn._loss._cc,
+        "QuicPacketPacer": conn._loss._pacer,
+    }
     for owner, name in PRIVATE_ATTRIBUTES:
-        target = conn if owner == "QuicConnection" else conn.tls
-        assert hasattr(target, name), f"aioquic no longer has {owner}.{name}"
+        assert hasattr(owners[owner], name), f"aioquic no longer has {owner}.{name}"
     assert isinstance(conn.tls, tls.Context)
     assert conn.tls._request_client_certificate is True
     assert conn.tls._supported_groups == [tls.Group.X25519]
@@ -170,3 +179,37 @@ def test_datagram_payload_limit_has_headroom() -> None:
         largest = size
     assert largest >= DATAGRAM_MAX_PAYLOAD
     print(f"largest single-packet datagram payload: {largest} bytes")
+
+
+@pytest.mark.parametrize("size", [1452, MAX_PACKET_SIZE])
+def test_raised_packet_size_is_used_and_data_arrives_intact(size: int) -> None:
+    """set_max_datagram_size: larger packets, none above the size, stream bytes exact."""
+    pair = Pair(b"", b"")
+    pair.pump()
+    assert pair.server is not None
+    assert max_datagram_size(pair.client) == MAX_DATAGRAM_SIZE
+    set_max_datagram_size(pair.client, size)
+    assert max_datagram_size(pair.client) == size
+    assert pair.client._loss.congestion_window >= min(10 * size, max(14_720, 2 * size))
+    data = bytes(range(256)) * 1024  # 256 KiB
+    sid = pair.client.get_next_available_stream_id(is_unidirectional=True)
+    pair.client.send_stream_data(sid, data, end_stream=True)
+    received = bytearray()
+    sizes: list[int] = []
+    for _ in range(200):
+        pair.now += 0.001
+        for dgram, _ in pair.client.datagrams_to_send(now=pair.now):
+            sizes.append(len(dgram))
+            pair.server.receive_datagram(dgram, ADDR, now=pair.now)
+        for dgram, _ in pair.server.datagrams_to_send(now=pair.now):
+            pair.client.receive_datagram(dgram, ADDR, now=pair.now)
+        for event in _events(pair.server):
+            if isinstance(event, events.StreamDataReceived):
+                received += event.data
+        if len(received) == len(data):
+            break
+    assert bytes(received) == data
+    assert max(sizes) <= size
+    assert max(sizes) > size - 64  # full packets of the new size were built
+    with pytest.raises(ValueError):
+        set_max_datagram_size(pair.client, MAX_PACKET_SIZE + 1)

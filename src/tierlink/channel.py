@@ -69,6 +69,7 @@ class SecureChannel(QuicSession):
         max_message_size: int,
         window: int,
         started: PinnedQuicConnection | None = None,
+        probe_path_mtu: bool = True,
     ) -> None:
         super().__init__(
             ice,
@@ -78,6 +79,7 @@ class SecureChannel(QuicSession):
             liveness_timeout=liveness_timeout,
             flow_window=_flow_window(window),
             started=started,
+            probe_path_mtu=probe_path_mtu,
         )
         self._max_message_size = max_message_size
         self._window = window
@@ -133,6 +135,7 @@ class SecureChannel(QuicSession):
         out["datagrams_dropped"] = self._datagrams.dropped
         out["in_flight_bytes"] = self.in_flight_bytes
         out["peak_in_flight_bytes"] = self.peak_in_flight_bytes
+        out["max_packet_size"] = self.max_packet_size
         return out
 
     async def send(self, data: bytes) -> int:
@@ -403,14 +406,17 @@ async def open_channel(
     max_message_size: int = 16 * 1024 * 1024,
     window: int = DEFAULT_WINDOW,
     started: PinnedQuicConnection | None = None,
+    probe_path_mtu: bool = True,
 ) -> SecureChannel:
     """Run the pinned, mutually authenticated QUIC handshake over a connected ICE path.
 
     ``is_client`` is True for the dialer. Raises HandshakeFailed (with the reason) if the
     peer's certificate SHA-256 differs from ``peer_cert_sha256``, the peer rejects ours,
     or nothing completes within ``handshake_timeout`` seconds. The caller keeps owning
-    ``ice``: closing the channel does not close it. (``started``: internal, see
-    :class:`ChannelDraft`, which prepares the dialer's side ahead of ICE.)
+    ``ice``: closing the channel does not close it. ``probe_path_mtu``: find and use the
+    largest packet a direct path carries (:mod:`tierlink.pmtu`); off, packets stay at 1200
+    bytes. (``started``: internal, see :class:`ChannelDraft`, which prepares the dialer's
+    side ahead of ICE.)
     """
     if len(peer_cert_sha256) != 32:
         raise ValueError("peer_cert_sha256 must be the 32-byte SHA-256 of the DER certificate")
@@ -427,6 +433,7 @@ async def open_channel(
         max_message_size=max_message_size,
         window=window,
         started=started,
+        probe_path_mtu=probe_path_mtu,
     )
     await channel._handshake(handshake_timeout)
     return channel
@@ -452,8 +459,10 @@ class ChannelDraft:
         handshake_timeout: float = 10.0,
         max_message_size: int = 16 * 1024 * 1024,
         window: int = DEFAULT_WINDOW,
+        probe_path_mtu: bool = True,
     ) -> None:
         _check_params(queue_capacity, liveness_timeout, handshake_timeout, max_message_size, window)
+        self._probe_path_mtu = probe_path_mtu
         self._certificate = certificate
         self._queue_capacity = queue_capacity
         self._liveness_timeout = liveness_timeout
@@ -490,5 +499,6 @@ class ChannelDraft:
             max_message_size=self._max_message_size,
             window=self._window,
             started=quic,
+            probe_path_mtu=self._probe_path_mtu,
         )
 

@@ -84,6 +84,10 @@ SOCKET_BUFFER = 2 * 1024 * 1024
 #: RFC 7983 demultiplexing: STUN messages start with a byte below 4, QUIC packets always
 #: have the fixed bit (0x40) set, so anything >= 0x40 skips aioice's STUN parse.
 _FIRST_NON_STUN_BYTE = 0x40
+#: Linux socket options for the don't-fragment bit (the socket module lacks some names).
+_IP_MTU_DISCOVER = getattr(socket, "IP_MTU_DISCOVER", 10)
+_IPV6_MTU_DISCOVER = getattr(socket, "IPV6_MTU_DISCOVER", 23)
+_PMTUDISC_PROBE = getattr(socket, "IP_PMTUDISC_PROBE", 3)
 #: aioice's pacing of connectivity checks (Ta); RFC 8445 section 14.2 forbids < 5 ms.
 DEFAULT_CHECK_INTERVAL = 0.02
 MIN_CHECK_INTERVAL = 0.005
@@ -333,6 +337,30 @@ class IceConnection(aioice.Connection):
         else:
             task = asyncio.ensure_future(protocol.send_data(data, pair.remote_addr))
             task.add_done_callback(_swallow)
+
+    def forbid_fragmentation(self) -> bool:
+        """Set don't-fragment on the nominated direct pair's socket (Linux
+        ``IP_PMTUDISC_PROBE``: DF set, the kernel's cached path MTU not enforced), so a path
+        MTU probe that is too large is dropped instead of arriving in fragments.
+
+        False where that is not possible (no pair yet, a TURN pair, another OS).
+        """
+        pair = self._nominated.get(1)
+        if pair is None or type(pair.protocol) is not StunProtocol:
+            return False
+        transport = pair.protocol.transport
+        sock = transport.get_extra_info("socket") if transport is not None else None
+        if sock is None:
+            return False
+        if sock.family == socket.AF_INET6:
+            level, option = socket.IPPROTO_IPV6, _IPV6_MTU_DISCOVER
+        else:
+            level, option = socket.IPPROTO_IP, _IP_MTU_DISCOVER
+        try:
+            sock.setsockopt(level, option, _PMTUDISC_PROBE)
+        except OSError:
+            return False
+        return True
 
     def selected_pair(self) -> tuple[Candidate, Candidate] | None:
         """(local candidate, remote candidate) of the nominated pair, or None."""

@@ -16,7 +16,10 @@ needs:
 * seeing a CONNECTION_CLOSE as soon as it arrives (``QuicConnection._close_event``; the
   public ``ConnectionTerminated`` event only comes after the 3-PTO draining period);
 * bounding the unsent DATAGRAM frames (``QuicConnection._datagrams_pending`` grows without
-  limit otherwise).
+  limit otherwise);
+* raising the packet size once path MTU probing (:mod:`tierlink.pmtu`) found a larger one:
+  aioquic fixes it at construction (``QuicConnection._max_datagram_size``, copied into the
+  congestion controller ``_loss._cc`` and the pacer ``_loss._pacer``) and has no PMTUD.
 
 Fail-closed design: if aioquic renames the certificate hook, :attr:`PinnedQuicConnection.
 peer_certificate_sha256` stays None and the channel refuses the handshake.
@@ -43,7 +46,19 @@ PRIVATE_ATTRIBUTES = (
     ("tls.Context", "_request_client_certificate"),
     ("tls.Context", "_set_peer_certificate"),
     ("tls.Context", "_supported_groups"),
+    ("QuicConnection", "_max_datagram_size"),
+    ("QuicConnection", "_loss"),
+    ("QuicPacketRecovery", "_cc"),
+    ("QuicPacketRecovery", "_pacer"),
+    ("QuicCongestionControl", "_max_datagram_size"),
+    ("QuicPacketPacer", "_max_datagram_size"),
 )
+
+#: The largest packet aioquic can build: it writes STREAM and CRYPTO frame lengths as 2-byte
+#: varints (at most 16 383), so a larger packet would hold a frame it cannot encode.
+MAX_PACKET_SIZE = 16_383
+#: QUIC's smallest allowed packet size (RFC 9000 section 14).
+MIN_PACKET_SIZE = 1200
 
 #: The only TLS key-exchange group offered and accepted (fast, and every TLS 1.3 stack has it).
 KEY_EXCHANGE_GROUPS = [tls.Group.X25519]
@@ -109,3 +124,26 @@ def pending_datagrams(quic: QuicConnection) -> deque[bytes]:
     """The queue of DATAGRAM payloads not yet packed into packets (mutable)."""
     pending: deque[bytes] = quic._datagrams_pending
     return pending
+
+
+def max_datagram_size(quic: QuicConnection) -> int:
+    """The largest datagram the connection builds now."""
+    size: int = quic._max_datagram_size
+    return size
+
+
+def set_max_datagram_size(quic: QuicConnection, size: int) -> None:
+    """Build packets of up to ``size`` bytes from now on (a probed path MTU).
+
+    The congestion window stays in bytes; it is raised to at least RFC 9002's initial window
+    for the new size (min(10 * size, max(14 720, 2 * size))), as section 7.2 asks when the
+    datagram size changes.
+    """
+    if not MIN_PACKET_SIZE <= size <= MAX_PACKET_SIZE:
+        raise ValueError(f"packet size must be within {MIN_PACKET_SIZE}-{MAX_PACKET_SIZE}")
+    quic._max_datagram_size = size
+    loss = quic._loss
+    loss._pacer._max_datagram_size = size
+    cc: Any = loss._cc  # NewReno and CUBIC keep their own copy of the size
+    cc._max_datagram_size = size
+    cc.congestion_window = max(cc.congestion_window, min(10 * size, max(14_720, 2 * size)))

@@ -10,7 +10,8 @@ event-loop pass (``call_soon``), so a batch of datagrams read in one pass (see
 
 It also keeps the peer alive and watched (aioquic sends no keep-alives):
 a PING when the path has been quiet, and a close when nothing arrived for
-``liveness_timeout`` seconds.
+``liveness_timeout`` seconds. Once open, it probes the path MTU of a direct pair
+(:mod:`tierlink.pmtu`) and lets aioquic build packets as large as the path carries.
 
 The subclass (:class:`tierlink.channel.SecureChannel`) handles aioquic's events and calls
 :meth:`QuicSession._mark_ready` when its own greeting completed.
@@ -19,6 +20,7 @@ The subclass (:class:`tierlink.channel.SecureChannel`) handles aioquic's events 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
 
 from aioquic.buffer import Buffer, BufferReadError  # type: ignore[attr-defined]
@@ -30,12 +32,19 @@ from tierlink.certs import LocalCertificate
 from tierlink.errors import HandshakeFailed
 from tierlink.framing import ProtocolError
 from tierlink.ice_compat import IceConnection
-from tierlink.quic_compat import PinnedQuicConnection, close_event
+from tierlink.pmtu import PathMtuProber, answer, is_probe_traffic
+from tierlink.quic_compat import (
+    PinnedQuicConnection,
+    close_event,
+    max_datagram_size,
+    set_max_datagram_size,
+)
 
 ALPN = "tierlink/1"
 #: The constant pseudo-address given to aioquic: the ICE pair is the only path.
 QUIC_ADDR = ("0.0.0.0", 0)
-#: QUIC packet size; leaves room for TURN overhead on any path with a 1280+ byte MTU.
+#: QUIC packet size until path MTU probing found more; leaves room for TURN overhead on any
+#: path with a 1280+ byte MTU (relayed pairs keep it).
 MAX_DATAGRAM_SIZE = 1200
 CONNECTION_ID_LENGTH = 8
 
@@ -84,6 +93,7 @@ class QuicSession:
         liveness_timeout: float,
         flow_window: int,
         started: PinnedQuicConnection | None = None,
+        probe_path_mtu: bool = True,
     ) -> None:
         self._loop = asyncio.get_running_loop()
         self._ice = ice
@@ -110,6 +120,14 @@ class QuicSession:
         self._handshake_timer: asyncio.TimerHandle | None = None
         self._last_rx = self._loop.time()
         self._ping_uid = 0
+        self._probe_path_mtu = probe_path_mtu
+        self._prober: PathMtuProber | None = None
+        self._probe_timer: asyncio.TimerHandle | None = None
+
+    @property
+    def max_packet_size(self) -> int:
+        """The largest QUIC packet sent on this path now (1200 until probing found more)."""
+        return max_datagram_size(self._quic) if self._quic is not None else MAX_DATAGRAM_SIZE
 
     @property
     def closed(self) -> bool:
@@ -187,11 +205,52 @@ class QuicSession:
         )
         if not self._ready.done():
             self._ready.set_result(None)
+        if self._probe_path_mtu:
+            self._start_path_probing()
+
+    # -- path MTU -----------------------------------------------------------------------
+    def _start_path_probing(self) -> None:
+        """Probe a direct pair (a relayed one keeps 1200: TURN adds its own overhead)."""
+        if self._ice.is_relayed or not self._ice.forbid_fragmentation():
+            return
+        self._prober = PathMtuProber(MAX_DATAGRAM_SIZE)
+        self._send_probes(self._prober.start(self._loop.time()))
+
+    def _send_probes(self, probes: list[bytes]) -> None:
+        try:
+            for probe in probes:
+                self._ice.send_nowait(probe)
+        except ConnectionError:
+            return  # the path is gone; the pump notices on its next send
+        when = self._prober.timer if self._prober is not None else None
+        if when is not None and self._probe_timer is None:
+            self._probe_timer = self._loop.call_at(when, self._on_probe_timer)
+
+    def _on_probe_timer(self) -> None:
+        self._probe_timer = None
+        if not self._closed and self._prober is not None:
+            self._send_probes(self._prober.on_timer(self._loop.time()))
+
+    def _on_probe_traffic(self, data: bytes) -> None:
+        """Answer the peer's probes; apply acknowledgements of ours."""
+        reply = answer(data)
+        if reply is not None:
+            with contextlib.suppress(ConnectionError):
+                self._ice.send_nowait(reply)
+            return
+        if self._prober is None or self._quic is None:
+            return
+        size = self._prober.on_ack(data)
+        if size is not None:
+            set_max_datagram_size(self._quic, size)
 
     # -- pump ---------------------------------------------------------------------------
     def _on_datagram(self, data: bytes) -> None:
         """ICE callback: one received UDP payload."""
         if self._closed:
+            return
+        if is_probe_traffic(data):  # path MTU probing, not QUIC (see tierlink.pmtu)
+            self._on_probe_traffic(data)
             return
         now = self._loop.time()
         self._last_rx = now
@@ -350,11 +409,13 @@ class QuicSession:
             self._ping_timer,
             self._live_timer,
             self._handshake_timer,
+            self._probe_timer,
         ):
             if handle is not None:
                 handle.cancel()
         self._flush_handle = self._quic_timer = self._ping_timer = None
-        self._live_timer = self._handshake_timer = None
+        self._live_timer = self._handshake_timer = self._probe_timer = None
+        self._prober = None
         if not self._ready.done():
             self._ready.set_exception(HandshakeFailed(reason))
         self._on_closed(reason)
