@@ -301,6 +301,27 @@ async def test_cancelled_waiting_send_is_not_sent(ice: IcePair, certs: Any) -> N
     await a.close()
 
 
+async def test_submit_pipelines_in_order_with_backpressure(ice: IcePair, certs: Any) -> None:
+    """submit(): futures instead of tasks; the window still holds messages back; a
+    cancelled waiting message is skipped; every other one arrives once, in order."""
+    a, b = await open_pair(ice, certs, queue_capacity=2, window=4096)
+    futs = [a.submit(i.to_bytes(4, "big") + bytes(1020)) for i in range(40)]
+    assert len(a._backlog) == 40 - 4  # 4 KiB window: four 1 KiB messages in flight
+    futs[10].cancel()
+    got = []
+    while len(got) < 39:
+        msg = await b.recv(5)
+        assert msg is not None
+        got.append(int.from_bytes(msg[:4], "big"))
+    assert got == [i for i in range(40) if i != 10]
+    ids = [await f for i, f in enumerate(futs) if i != 10]
+    assert ids == list(range(1, 40))
+    assert a.in_flight_bytes == 0 and not a._backlog
+    await a.close()
+    with pytest.raises(ConnectionClosed):
+        a.submit(b"late")
+
+
 # -- datagrams ------------------------------------------------------------------------------
 async def test_datagram_burst_without_reader_drops_oldest(ice: IcePair, certs: Any) -> None:
     a, b = await open_pair(ice, certs, queue_capacity=8)

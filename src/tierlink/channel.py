@@ -145,6 +145,22 @@ class SecureChannel(QuicSession):
         above :attr:`max_message_size` (the channel stays usable) and ConnectionClosed if
         the channel closes first; a send cancelled while still waiting is not sent.
         """
+        fut = self.submit(data)
+        try:
+            return await fut
+        finally:
+            if fut.cancelled():  # withdraw it now if it is still waiting for the window
+                self._withdraw(fut)
+
+    def submit(self, data: bytes) -> asyncio.Future[int]:
+        """Queue one reliable message now; the future gets its id once the peer queued it.
+
+        The pipelined form of :meth:`send` (no task per message): messages go out in call
+        order as the window allows and wait in memory until then, so keep the number of
+        unfinished futures bounded. Cancelling a future before its message went out
+        withdraws the message (it is skipped when its turn comes). Raises like
+        :meth:`send`; the future fails with ConnectionClosed if the channel closes first.
+        """
         self._check_open()
         size = len(data)
         limit = self.max_message_size
@@ -156,15 +172,15 @@ class SecureChannel(QuicSession):
         fut: asyncio.Future[int] = self._loop.create_future()
         if not self._backlog and self._fits(size):
             self._write_message(payload, fut)
-            return await fut
-        entry = (payload, fut)
-        self._backlog.append(entry)
-        try:
-            return await fut
-        finally:
-            if fut.cancelled() and entry in self._backlog:
-                self._backlog.remove(entry)
-                self._pump_backlog()
+        else:
+            self._backlog.append((payload, fut))
+        return fut
+
+    def _withdraw(self, fut: asyncio.Future[int]) -> None:
+        """Drop a cancelled message that still waits for the window; let the next ones go."""
+        if any(entry[1] is fut for entry in self._backlog):
+            self._backlog = deque(e for e in self._backlog if e[1] is not fut)
+            self._pump_backlog()
 
     def send_datagram(self, data: bytes) -> None:
         """Send one unreliable QUIC DATAGRAM (at most DATAGRAM_MAX_PAYLOAD bytes)."""

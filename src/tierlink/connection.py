@@ -36,6 +36,7 @@ class Transport(Protocol):
     @property
     def stats(self) -> dict[str, int]: ...
     async def send(self, data: bytes) -> int: ...
+    def submit(self, data: bytes) -> asyncio.Future[int]: ...
     def send_datagram(self, data: bytes) -> None: ...
     async def recv(self, timeout: float | None = None) -> bytes | None: ...
     async def recv_datagram(self, timeout: float | None = None) -> bytes | None: ...
@@ -77,6 +78,12 @@ class RawDatagrams:
     async def send(self, data: bytes) -> int:
         self.send_datagram(data)
         return self._stats["datagrams_sent"]
+
+    def submit(self, data: bytes) -> asyncio.Future[int]:
+        self.send_datagram(data)
+        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        fut.set_result(self._stats["datagrams_sent"])
+        return fut
 
     def send_datagram(self, data: bytes) -> None:
         if self._queue.closed:
@@ -216,6 +223,15 @@ class Connection:
         (waits while the peer's queue is full). Raw: one datagram, returns a counter."""
         self._check(data)
         return await self._transport.send(data)
+
+    def submit(self, data: bytes) -> asyncio.Future[int]:
+        """Queue one message now; the future resolves as :meth:`send` would return.
+
+        For pipelining many messages without a task each: keep the number of unfinished
+        futures bounded (they wait in memory while the peer's queue is full).
+        """
+        self._check(data)
+        return self._transport.submit(data)
 
     def send_datagram(self, data: bytes) -> None:
         """Send one unreliable datagram (1 byte up to :attr:`max_datagram_payload`)."""

@@ -36,7 +36,7 @@ class TierlinkBenchConn(BenchConn):
                 done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
                 for fut in done:
                     fut.result()
-            pending.add(asyncio.ensure_future(self.conn.send(payload)))
+            pending.add(self.conn.submit(payload))  # a future per message, no task
             sent += 1
         if pending:
             await asyncio.gather(*pending)
