@@ -105,3 +105,29 @@ async def test_probing_off_keeps_1200_byte_packets() -> None:
     a_size, b_size, df = await _channel_packet_sizes(probe_path_mtu=False)
     assert a_size == b_size == MAX_DATAGRAM_SIZE
     assert df != 3
+
+
+async def test_packet_size_cap_applies_and_lifts() -> None:
+    certs = (LocalCertificate.generate(), LocalCertificate.generate())
+    ice = await connect_ice()
+    a, b = await open_pair(ice, certs)
+    try:
+        for _ in range(100):
+            if a.max_packet_size == MAX_PACKET_SIZE:
+                break
+            await asyncio.sleep(0.01)
+        a.limit_packet_size(1452)
+        assert a.max_packet_size == 1452
+        payload = bytes(100_000)
+        send = asyncio.ensure_future(a.send(payload))
+        assert await b.recv(10.0) == payload
+        await send
+        a.limit_packet_size(None)
+        assert a.max_packet_size == MAX_PACKET_SIZE
+        with pytest.raises(ValueError):
+            a.limit_packet_size(1000)
+    finally:
+        await a.close()
+        await b.close()
+        await ice[0].close()
+        await ice[1].close()

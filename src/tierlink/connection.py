@@ -233,6 +233,14 @@ class Connection:
         self._check(data)
         return self._transport.submit(data)
 
+    def limit_packet_size(self, size: int | None) -> None:
+        """Secure channel: send QUIC packets of at most ``size`` bytes (>= 1200); None: as
+        large as path MTU probing found. A raw connection sends each message as one
+        datagram and ignores this."""
+        limit = getattr(self._transport, "limit_packet_size", None)
+        if limit is not None:
+            limit(size)
+
     def send_datagram(self, data: bytes) -> None:
         """Send one unreliable datagram (1 byte up to :attr:`max_datagram_payload`)."""
         self._check(data)

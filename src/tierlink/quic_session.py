@@ -34,6 +34,7 @@ from tierlink.framing import ProtocolError
 from tierlink.ice_compat import IceConnection
 from tierlink.pmtu import PathMtuProber, answer, is_probe_traffic
 from tierlink.quic_compat import (
+    MAX_PACKET_SIZE,
     PinnedQuicConnection,
     close_event,
     max_datagram_size,
@@ -123,11 +124,26 @@ class QuicSession:
         self._probe_path_mtu = probe_path_mtu
         self._prober: PathMtuProber | None = None
         self._probe_timer: asyncio.TimerHandle | None = None
+        self._path_mtu = MAX_DATAGRAM_SIZE  # largest packet the path was found to carry
+        self._packet_cap: int | None = None
 
     @property
     def max_packet_size(self) -> int:
         """The largest QUIC packet sent on this path now (1200 until probing found more)."""
         return max_datagram_size(self._quic) if self._quic is not None else MAX_DATAGRAM_SIZE
+
+    def limit_packet_size(self, size: int | None) -> None:
+        """Send packets of at most ``size`` bytes (at least 1200); None: as large as the
+        probed path carries. For paths that lose large packets without telling."""
+        if size is not None and not MAX_DATAGRAM_SIZE <= size <= MAX_PACKET_SIZE:
+            raise ValueError(f"packet size must be within {MAX_DATAGRAM_SIZE}-{MAX_PACKET_SIZE}")
+        self._packet_cap = size
+        self._apply_packet_size()
+
+    def _apply_packet_size(self) -> None:
+        size = self._path_mtu if self._packet_cap is None else min(self._path_mtu, self._packet_cap)
+        if self._quic is not None and size != max_datagram_size(self._quic):
+            set_max_datagram_size(self._quic, size)
 
     @property
     def closed(self) -> bool:
@@ -242,7 +258,8 @@ class QuicSession:
             return
         size = self._prober.on_ack(data)
         if size is not None:
-            set_max_datagram_size(self._quic, size)
+            self._path_mtu = size
+            self._apply_packet_size()
 
     # -- pump ---------------------------------------------------------------------------
     def _on_datagram(self, data: bytes) -> None:

@@ -112,6 +112,11 @@ class BenchConn(ABC):
         """
         return None
 
+    def limit_packet_size(self, size: int | None) -> bool:
+        """Cap the sender's packet size (None: lift the cap); False if the system has no
+        such knob (only tierlink probes the path MTU, so only it has one)."""
+        return False
+
     def datagram_backlog(self) -> int:
         """Bytes of datagrams queued in this process, not yet on the wire (0 if unknown).
 

@@ -206,3 +206,21 @@ async def measure_reliable_64k(pair: Pair, plan: Plan) -> JsonDict:
         "reliable_64k_mb_per_s": round(r["mb_per_s"], 3),
         "reliable_64k_detail": {k: round(v, 3) for k, v in r.items()},
     }
+
+
+#: The packet size QUIC starts with and keeps on relayed paths.
+BASE_PACKET_SIZE = 1200
+
+
+async def measure_reliable_1k_base_packets(pair: Pair, plan: Plan) -> JsonDict:
+    """1 KiB reliable messages with the sender's packets capped at 1200 bytes: what a path
+    that cannot carry larger packets (TURN, tunnels, some NATs) gets; tierlink only."""
+    await pair.both("packet_cap", 10.0, size=BASE_PACKET_SIZE)
+    try:
+        r = await measure_reliable(pair, plan, 1024, plan.reliable_1k_count)
+    finally:
+        await pair.both("packet_cap", 10.0, size=None)
+    return {
+        "reliable_1k_base_packets_msgs_per_s": round(r["msgs_per_s"], 1),
+        "reliable_1k_base_packets_detail": {k: round(v, 3) for k, v in r.items()},
+    }

@@ -21,6 +21,7 @@ from tierlink.bench.measure import (
     measure_idle,
     measure_memory,
     measure_reliable_1k,
+    measure_reliable_1k_base_packets,
     measure_reliable_64k,
 )
 
@@ -46,12 +47,20 @@ async def open_main(pair: Pair, plan: Plan) -> JsonDict:
 ROUND_STEPS: tuple[tuple[str, Measurement, str, bool], ...] = (
     ("connect", measure_connect, "connect_ms_median", False),
     ("reliable_1k", measure_reliable_1k, "reliable_1k_msgs_per_s", True),
+    (
+        "reliable_1k_base_packets",
+        measure_reliable_1k_base_packets,
+        "reliable_1k_base_packets_msgs_per_s",
+        True,
+    ),
     ("reliable_64k", measure_reliable_64k, "reliable_64k_mb_per_s", True),
     ("datagram", measure_datagrams, "datagram_msgs_per_s", True),
     ("datagram_native", measure_datagrams_native, "datagram_native_msgs_per_s", True),
 )
 #: Systems whose library has a native receive callback worth measuring on its own.
 NATIVE_DATAGRAM = frozenset({"aioice_raw"})
+#: Systems that raise their packet size by path MTU probing (and can be capped back).
+PATH_MTU_PROBING = frozenset({"tierlink"})
 
 
 @dataclass
@@ -100,6 +109,8 @@ class SystemRun:
         if name.startswith("reliable") and self.system in RELIABLE_IS_DATAGRAM:
             return
         if name == "datagram_native" and self.system not in NATIVE_DATAGRAM:
+            return
+        if name == "reliable_1k_base_packets" and self.system not in PATH_MTU_PROBING:
             return
         self.rounds[name] = self.rounds.get(name, 0) + 1
         try:

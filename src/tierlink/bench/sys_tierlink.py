@@ -60,6 +60,10 @@ class TierlinkBenchConn(BenchConn):
             raise TimeoutError
         return data
 
+    def limit_packet_size(self, size: int | None) -> bool:
+        self.conn.limit_packet_size(size)
+        return True
+
     async def close(self) -> None:
         await self.conn.close()
 

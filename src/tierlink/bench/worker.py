@@ -118,6 +118,13 @@ class Worker:
             await self.main.recv(20.0)
         return {}
 
+    async def cmd_packet_cap(self, p: JsonDict) -> JsonDict:
+        """Cap (``size``) or uncap (null) the main connection's packet size."""
+        size = p.get("size")
+        if not self.conn.limit_packet_size(None if size is None else int(size)):
+            raise NotImplementedError("this system has no packet size knob")
+        return {}
+
     async def cmd_reliable(self, p: JsonDict) -> JsonDict:
         size, count, limit = int(p["size"]), int(p["count"]), float(p["limit"])
         conn = self.conn
