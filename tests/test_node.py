@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import resource
 import socket
 import threading
@@ -11,6 +12,7 @@ import time
 import pytest
 
 from tests.nodes import config_for, resources, settle
+from tierlink import node as node_module
 from tierlink.blocking import BlockingNode
 from tierlink.errors import (
     ConnectionClosed,
@@ -21,11 +23,16 @@ from tierlink.errors import (
     PeerNotFound,
     RecordError,
 )
-from tierlink.identity import Identity
+from tierlink.identity import SIGNATURE_SIZE, Identity
 from tierlink.keys import answer_key, ice_candidates_key, offers_key
 from tierlink.node import Node
-from tierlink.records import KIND_OFFER
-from tierlink.signaling import IceParams, encode_signal, new_session_id
+from tierlink.signaling import (
+    IceParams,
+    OfferSecret,
+    encode_answer,
+    encode_offer,
+    new_session_id,
+)
 
 
 async def pair(dht_cluster, secure: bool = True, **kw_b):
@@ -194,16 +201,16 @@ async def test_tampered_expired_and_replayed_offers_are_ignored(dht_cluster) -> 
         dht = a.dht
         assert dht is not None
         rec = await a.lookup(b.fingerprint)
-        params = IceParams("ufrag", "p" * 22, (), None, a.identity.kem_public_key)
-        good = encode_signal(KIND_OFFER, a.identity, b.fingerprint, rec.kem_public_key,
-                             new_session_id(), params)
+        params = IceParams("ufrag", "p" * 22, ())
+        good, _ = encode_offer(a.identity, b.fingerprint, rec.kem_public_key,
+                               new_session_id(), params)
         tampered = bytearray(good)
-        tampered[-4700] ^= 0xFF  # inside the ciphertext, covered by the signature
-        expired = encode_signal(KIND_OFFER, a.identity, b.fingerprint, rec.kem_public_key,
-                                new_session_id(), params, lifetime_s=-1)
+        tampered[-SIGNATURE_SIZE - 5] ^= 0xFF  # inside the ciphertext, covered by the signature
+        expired, _ = encode_offer(a.identity, b.fingerprint, rec.kem_public_key,
+                                  new_session_id(), params, lifetime_s=-1)
         other = Identity.generate()
-        misaddressed = encode_signal(KIND_OFFER, a.identity, other.fingerprint,
-                                     other.kem_public_key, new_session_id(), params)
+        misaddressed, _ = encode_offer(a.identity, other.fingerprint, other.kem_public_key,
+                                       new_session_id(), params)
         for value in (bytes(tampered), expired, misaddressed, good, good, b"junk"):
             await dht.put(offers_key(b.fingerprint), value)
         expect = {"signature": 1, "expired": 1, "recipient": 1, "malformed": 1}
@@ -221,6 +228,28 @@ async def test_tampered_expired_and_replayed_offers_are_ignored(dht_cluster) -> 
         assert exc.value.reason == "replay"
         # The one valid offer was answered (its ICE then fails: nobody runs the dialer side).
         assert b.offers_answered == 1
+
+
+async def test_answers_not_sealed_by_the_callee_are_ignored(dht_cluster, monkeypatch) -> None:
+    """Values under the dial's answer key that do not open with the offer's secret are
+    skipped (had one been taken, its bogus ICE parameters would fail the dial)."""
+    a, b = await pair(dht_cluster)
+    session = new_session_id()
+    monkeypatch.setattr(node_module, "new_session_id", lambda: session)
+    async with a, b:
+        assert a.dht is not None
+        bogus = IceParams("bogus", "b" * 22, ())
+        forged = [
+            b"junk",
+            encode_answer(OfferSecret(os.urandom(32), session, a.fingerprint, b.fingerprint),
+                          bogus),
+        ]
+        for value in forged:
+            await a.dht.put(answer_key(a.fingerprint, session), value)
+        ca, cb = await dial(a, b)
+        assert ca.session_id == cb.session_id == session
+        await ca.send(b"ping")
+        assert await cb.recv(5) == b"ping"
 
 
 async def test_dialer_outside_allow_list_gets_no_answer(dht_cluster) -> None:
@@ -394,7 +423,7 @@ async def test_tampered_certificate_fingerprint_fails_handshake(dht_cluster, mon
 
     def forged(ice, purpose="app"):
         p = real(ice, purpose)
-        return IceParams(p.ufrag, p.pwd, p.candidates, bytes(32), p.kem_public_key)
+        return IceParams(p.ufrag, p.pwd, p.candidates, bytes(32), p.purpose)
 
     monkeypatch.setattr(a, "_params", forged)
     async with a, b:

@@ -2,7 +2,9 @@
 
 A node publishes its signed peer record, re-publishes it before it expires, listens for
 encrypted offers under its offers key, answers the dialers it chooses to, and dials others
-by fingerprint (see :mod:`tierlink.signaling` for the offer/answer exchange).
+by fingerprint (see :mod:`tierlink.signaling` for the offer/answer exchange). Only the offer
+is signed: the answer is sealed with a key derived from the offer's KEM secret, which only
+the callee's KEM private key recovers, so it needs no signature of its own.
 """
 
 from __future__ import annotations
@@ -32,15 +34,17 @@ from tierlink.ice import TurnServer, local_infos, run_checks, set_remote
 from tierlink.ice_compat import IceConnection, get_host_addresses
 from tierlink.identity import is_fingerprint
 from tierlink.keys import answer_key, ice_candidates_key, offers_key
-from tierlink.records import (
-    KIND_ANSWER,
-    KIND_OFFER,
-    CandidateInfo,
-    PeerRecord,
-    RecordBook,
-    now_ms,
+from tierlink.records import CandidateInfo, PeerRecord, RecordBook, now_ms
+from tierlink.signaling import (
+    IceParams,
+    Offer,
+    OfferSecret,
+    decode_answer,
+    decode_offer,
+    encode_answer,
+    encode_offer,
+    new_session_id,
 )
-from tierlink.signaling import IceParams, Signal, decode_signal, encode_signal, new_session_id
 
 log = logging.getLogger(__name__)
 
@@ -267,8 +271,7 @@ class Node:
     def _params(self, ice: IceConnection, purpose: str = "app") -> IceParams:
         return IceParams(
             ice.local_username, ice.local_password, local_infos(ice),
-            self.certificate.sha256 if self.config.secure else None,
-            self.identity.kem_public_key, purpose,
+            self.certificate.sha256 if self.config.secure else None, purpose,
         )
 
     async def connect(
@@ -278,7 +281,8 @@ class Node:
 
         Raises PeerNotFound (no valid record), DialTimeout (no answer within ``timeout``,
         default ``dial_timeout``) or IceFailed (no candidate pair worked), each with the
-        time spent.
+        time spent. The answer counts only if it decrypts under the secret this dial's offer
+        established with the callee's KEM key (see :mod:`tierlink.signaling`).
 
         The steps overlap where they can: the record lookup runs while ICE gathers, the
         dialer waits for the answer while its offer is still being put (a failed put
@@ -303,17 +307,15 @@ class Node:
             if not record.kem_public_key:
                 raise PeerNotFound(f"record of {fingerprint[:16]}… carries no KEM key")
             session = new_session_id()
-            listener = dht.listen(answer_key(self.fingerprint, session))
-            waiter = asyncio.ensure_future(
-                self._await_answer(listener, fingerprint, record.public_key, session)
+            offer, secret = encode_offer(
+                self.identity, fingerprint, record.kem_public_key, session,
+                self._params(ice, purpose), lifetime_s=max(timeout, 5.0) + 30.0,
             )
+            listener = dht.listen(answer_key(self.fingerprint, session))
+            waiter = asyncio.ensure_future(self._await_answer(listener, secret))
             put: asyncio.Future[None] | None = None
             drafts: list[ChannelDraft] = []
             try:
-                offer = encode_signal(
-                    KIND_OFFER, self.identity, fingerprint, record.kem_public_key, session,
-                    self._params(ice, purpose), lifetime_s=max(timeout, 5.0) + 30.0,
-                )
                 put = asyncio.ensure_future(dht.put(offers_key(fingerprint), offer))
                 if self.config.secure:  # prepared while the callee works on its answer
                     put.add_done_callback(lambda _: drafts.append(self._channel_draft()))
@@ -332,11 +334,10 @@ class Node:
                         fut.cancel()  # no-op once done; outcomes are retrieved below
                         fut.add_done_callback(_retrieve)
                 await listener.aclose()
-            p = answer.params
-            await set_remote(ice, p.ufrag, p.pwd, p.candidates)
+            await set_remote(ice, answer.ufrag, answer.pwd, answer.candidates)
             await run_checks(ice, self.config.ice_timeout, started)
             channel = await self._open_channel(
-                ice, True, p.cert_sha256, drafts[0] if drafts else None
+                ice, True, answer.cert_sha256, drafts[0] if drafts else None
             )
         except BaseException:
             await ice.close()
@@ -379,17 +380,14 @@ class Node:
         )
 
     async def _await_answer(
-        self, listener: AsyncIterator[bytes], peer: str, peer_pk: bytes, session: bytes
-    ) -> Signal:
+        self, listener: AsyncIterator[bytes], secret: OfferSecret
+    ) -> IceParams:
+        """The first value that decrypts under ``secret``: only the callee can seal one."""
         async for value in listener:
             try:
-                sig = decode_signal(value, KIND_ANSWER, self.identity)
+                return decode_answer(value, secret)
             except RecordError as exc:
                 log.info("ignoring an answer: %s", exc)
-                continue
-            if (sig.signer, sig.signer_public_key, sig.session_id) == (peer, peer_pk, session):
-                return sig
-            log.info("ignoring an answer from the wrong signer or session")
         raise DialTimeout("the answer listen ended before an answer arrived")
 
     def _adopt(
@@ -428,21 +426,19 @@ class Node:
                 log.warning("listening for offers failed: %s (retrying)", exc)
                 await asyncio.sleep(1.0)
 
-    def _check_offer(self, value: bytes) -> Signal:
-        sig = decode_signal(value, KIND_OFFER, self.identity)
+    def _check_offer(self, value: bytes) -> Offer:
+        offer = decode_offer(value, self.identity)
         now = now_ms()
         for sid, exp in list(self._seen_sessions.items()):
             if exp < now:
                 del self._seen_sessions[sid]
-        if sig.session_id in self._seen_sessions:
+        if offer.session_id in self._seen_sessions:
             raise RecordError("replay", "offer session was seen before")
-        self._seen_sessions[sig.session_id] = sig.expires_at_ms
+        self._seen_sessions[offer.session_id] = offer.expires_at_ms
         allow = self.config.allow
-        if allow is not None and sig.signer not in allow:
-            raise RecordError("not-allowed", f"dialer {sig.signer[:16]}… is not allowed")
-        if len(sig.params.kem_public_key) == 0:
-            raise RecordError("malformed", "offer carries no KEM key for the answer")
-        return sig
+        if allow is not None and offer.signer not in allow:
+            raise RecordError("not-allowed", f"dialer {offer.signer[:16]}… is not allowed")
+        return offer
 
     async def _handle_offer(self, value: bytes) -> None:
         try:
@@ -458,7 +454,7 @@ class Node:
         finally:
             self._offer_slots.release()
 
-    async def _answer(self, offer: Signal) -> None:
+    async def _answer(self, offer: Offer) -> None:
         loop = asyncio.get_running_loop()
         started = loop.time()
         ice = self.ice_settings.new_connection(controlling=False)
@@ -466,10 +462,7 @@ class Node:
             await ice.gather_candidates()
             p = offer.params
             await set_remote(ice, p.ufrag, p.pwd, p.candidates)
-            answer = encode_signal(
-                KIND_ANSWER, self.identity, offer.signer, p.kem_public_key, offer.session_id,
-                self._params(ice),
-            )
+            answer = encode_answer(offer.secret, self._params(ice))
             # Checks start at once: the dialer's agent answers them before it has our
             # answer, so our side of the pair is ready when its nomination arrives.
             put = asyncio.ensure_future(

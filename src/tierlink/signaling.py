@@ -1,35 +1,63 @@
 """Offers and answers: how two peers exchange ICE credentials through the DHT, privately.
 
-An offer (kind 0x02, under the callee's offers key) and an answer (kind 0x03, under the
-per-session answer key) share one signed layout (see :mod:`tierlink.records`)::
+**Offer** (kind 0x02, under the callee's offers key): a signed value (see
+:mod:`tierlink.records`) by the dialer, whose body is::
 
-    body = {1: signer fingerprint (64 B), 2: signer ML-DSA-87 public key,
-            3: recipient fingerprint (64 B), 4: session id (16 B),
-            5: created_at_ms, 6: expires_at_ms,
-            7: ML-KEM-1024 ciphertext, 8: AES-GCM nonce, 9: AES-GCM ciphertext}
+    {1: dialer fingerprint (64 B), 2: dialer ML-DSA-87 public key,
+     3: callee fingerprint (64 B), 4: session id (16 B), 5: created_at_ms, 6: expires_at_ms,
+     7: ML-KEM-1024 ciphertext, 8: AES-GCM nonce (12 B), 9: AES-GCM ciphertext}
 
-The ciphertext (see :mod:`tierlink.sealedbox`, label ``offer`` or ``answer``, associated data
-= canonical CBOR of fields 1-6) holds ``{1: ICE ufrag, 2: ICE pwd, 3: [candidates],
-4: certificate SHA-256 or null, 5: sender's ML-KEM-1024 public key, 6: purpose}``; the purpose
-is ``app`` (the connection goes to the application) or ``messages`` (the node's own tiered
-message link); readers treat a missing purpose as ``app``. A DHT observer sees who
-signals whom, but no address and no credential. The signer's public key travels in the value,
-so the receiver verifies it without another lookup.
+The dialer encapsulates to the callee's ML-KEM-1024 key (from the callee's signed record):
+``shared, kem_ct = Encaps(kem_pk)``. The offer key is ``HKDF-SHA256(shared, salt=kem_ct[:32],
+info=b"tierlink/offer")`` (the derivation of :mod:`tierlink.sealedbox`, done here because the
+answer key needs ``shared`` too); field 9 is AES-256-GCM of the ICE parameters under it,
+associated data = canonical CBOR of fields 1-6.
+
+**Answer** (kind 0x03, under the per-session answer key): not signed, only sealed::
+
+    value = 0x01 (version) || 0x03 (kind) || nonce (12 B) || AES-256-GCM(answer key, params, aad)
+    aad   = 0x01 || 0x03 || session id (16 B) || dialer fingerprint (64 B)
+            || callee fingerprint (64 B)
+
+with ``answer key = HKDF-SHA256(shared, salt=SHA-256(offer's signed bytes),
+info=b"tierlink/answer-key")``, the signed bytes being the offer value without its signature.
+
+Why the unsigned answer is authenticated (implicit authentication, as in KEMTLS): the callee's
+record is signed by its ML-DSA identity, so its KEM public key is the callee's; only the holder
+of the matching private key (and the dialer, who made ``shared``) can derive the answer key.
+An answer whose GCM tag verifies therefore comes from the callee, and the salt and the
+associated data bind it to this one offer, session and pair of fingerprints: it cannot be
+replayed into another dial or moved between peers. The dialer keeps the key in an
+:class:`OfferSecret` only while it waits for that answer. A DHT observer sees who dials whom
+(the offer is signed) but no address; the answer names no one and carries no signature, so
+nothing in it shows or proves who answered (only that some value appeared under the key).
+
+Parameters (canonical CBOR, inside both ciphertexts): ``{1: ICE ufrag, 2: ICE pwd,
+3: [candidates], 4: certificate SHA-256 or null, 6: purpose}``; the purpose is ``app`` (the
+connection goes to the application) or ``messages`` (the node's own tiered message link);
+readers treat a missing purpose as ``app`` and ignore key 5 (a KEM key older dialers sent).
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import cbor2
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from tierlink.errors import RecordError
-from tierlink.identity import KEM_PUBLIC_KEY_SIZE, Identity
+from tierlink.identity import KEM_CIPHERTEXT_SIZE, SIGNATURE_SIZE, Identity, kem_encapsulate
 from tierlink.records import (
     KIND_ANSWER,
     KIND_OFFER,
+    MAX_VALUE_SIZE,
+    WIRE_VERSION,
     CandidateInfo,
     check_signer,
     decode_candidate,
@@ -39,12 +67,13 @@ from tierlink.records import (
     open_value,
     seal,
 )
-from tierlink.sealedbox import decrypt_with, encrypt_to
 
 SESSION_ID_SIZE = 16
+NONCE_SIZE = 12
 DEFAULT_OFFER_LIFETIME_S = 60.0
-_LABELS = {KIND_OFFER: b"offer", KIND_ANSWER: b"answer"}
 PURPOSES = ("app", "messages")
+_ANSWER_PREFIX = bytes([WIRE_VERSION, KIND_ANSWER])
+_TAG_SIZE = 16
 
 
 def new_session_id() -> bytes:
@@ -54,21 +83,36 @@ def new_session_id() -> bytes:
 
 @dataclass(frozen=True)
 class IceParams:
-    """What one side tells the other: ICE credentials, candidates, certificate, KEM key."""
+    """What one side tells the other: ICE credentials, candidates, certificate, purpose."""
 
     ufrag: str
     pwd: str
     candidates: tuple[CandidateInfo, ...]
     cert_sha256: bytes | None = None
-    kem_public_key: bytes = b""
     purpose: str = "app"
 
 
 @dataclass(frozen=True)
-class Signal:
-    """A verified, decrypted offer or answer."""
+class OfferSecret:
+    """What seals and opens the answer to one offer; only the dialer and the callee know it."""
 
-    kind: int
+    key: bytes = field(repr=False)
+    session_id: bytes
+    dialer: str
+    callee: str
+
+    def aad(self) -> bytes:
+        """The answer's associated data: prefix, session, dialer and callee fingerprints."""
+        return (
+            _ANSWER_PREFIX + self.session_id
+            + bytes.fromhex(self.dialer) + bytes.fromhex(self.callee)
+        )
+
+
+@dataclass(frozen=True)
+class Offer:
+    """A verified, decrypted offer, with the secret that seals its answer."""
+
     signer: str
     signer_public_key: bytes
     recipient: str
@@ -76,18 +120,72 @@ class Signal:
     created_at_ms: int
     expires_at_ms: int
     params: IceParams
+    secret: OfferSecret
 
 
-def encode_signal(
-    kind: int,
+def _hkdf(shared: bytes, salt: bytes, info: bytes) -> bytes:
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=salt, info=info).derive(shared)
+
+
+def _offer_key(shared: bytes, kem_ct: bytes) -> bytes:
+    return _hkdf(shared, kem_ct[:32], b"tierlink/offer")
+
+
+def _secret(
+    shared: bytes, offer: bytes, session_id: bytes, dialer: str, callee: str
+) -> OfferSecret:
+    """The answer secret of an offer value (``offer`` includes the signature, not hashed)."""
+    transcript = hashlib.sha256(offer[:-SIGNATURE_SIZE]).digest()
+    return OfferSecret(
+        _hkdf(shared, transcript, b"tierlink/answer-key"), session_id, dialer, callee
+    )
+
+
+def _encode_params(params: IceParams) -> bytes:
+    return cbor2.dumps(
+        {
+            1: params.ufrag,
+            2: params.pwd,
+            3: [encode_candidate(c) for c in params.candidates],
+            4: params.cert_sha256,
+            6: params.purpose,
+        },
+        canonical=True,
+    )
+
+
+def _decode_params(plain: bytes) -> IceParams:
+    try:
+        inner = cbor2.loads(plain)
+    except Exception:  # cbor2 raises many types on garbage
+        raise RecordError("malformed", "decrypted payload is not CBOR") from None
+    if not isinstance(inner, dict):
+        raise RecordError("malformed", "decrypted payload is not a map")
+    ufrag = field_of(inner, 1, str, "ufrag")
+    pwd = field_of(inner, 2, str, "pwd")
+    cands = tuple(decode_candidate(c) for c in field_of(inner, 3, list, "candidates"))
+    cert = inner.get(4)
+    if cert is not None and (not isinstance(cert, bytes) or len(cert) != 32):
+        raise RecordError("malformed", "certificate fingerprint must be 32 bytes")
+    purpose = inner.get(6, "app")
+    if purpose not in PURPOSES:
+        raise RecordError("malformed", f"unknown purpose {purpose!r}")
+    return IceParams(ufrag, pwd, cands, cert, purpose)
+
+
+# -- offers ----------------------------------------------------------------------------------
+def encode_offer(
     signer: Identity,
     recipient: str,
     recipient_kem_public_key: bytes,
     session_id: bytes,
     params: IceParams,
     lifetime_s: float = DEFAULT_OFFER_LIFETIME_S,
-) -> bytes:
-    """Encrypt ``params`` to the recipient and sign the whole value."""
+) -> tuple[bytes, OfferSecret]:
+    """Encrypt ``params`` to the recipient and sign the offer.
+
+    Returns the value and the secret the recipient's answer will be sealed with.
+    """
     t = now_ms()
     header: dict[int, Any] = {
         1: bytes.fromhex(signer.fingerprint),
@@ -97,26 +195,18 @@ def encode_signal(
         5: t,
         6: t + int(lifetime_s * 1000),
     }
-    plain = cbor2.dumps(
-        {
-            1: params.ufrag,
-            2: params.pwd,
-            3: [encode_candidate(c) for c in params.candidates],
-            4: params.cert_sha256,
-            5: params.kem_public_key,
-            6: params.purpose,
-        },
-        canonical=True,
+    shared, kem_ct = kem_encapsulate(recipient_kem_public_key)
+    nonce = os.urandom(NONCE_SIZE)
+    ct = AESGCM(_offer_key(shared, kem_ct)).encrypt(
+        nonce, _encode_params(params), cbor2.dumps(header, canonical=True)
     )
-    kem_ct, nonce, ct = encrypt_to(
-        recipient_kem_public_key, plain, cbor2.dumps(header, canonical=True), _LABELS[kind]
-    )
-    return seal(signer, kind, {**header, 7: kem_ct, 8: nonce, 9: ct})
+    value = seal(signer, KIND_OFFER, {**header, 7: kem_ct, 8: nonce, 9: ct})
+    return value, _secret(shared, value, session_id, signer.fingerprint, recipient)
 
 
-def decode_signal(value: bytes, kind: int, me: Identity, *, now: int | None = None) -> Signal:
+def decode_offer(value: bytes, me: Identity, *, now: int | None = None) -> Offer:
     """Verify (structure, signature, fingerprint binding, recipient, expiry) then decrypt."""
-    opened = open_value(value, kind)
+    opened = open_value(value, KIND_OFFER)
     body = opened.body
     signer = check_signer(body, opened)
     recipient = field_of(body, 3, bytes, "recipient").hex()
@@ -129,35 +219,53 @@ def decode_signal(value: bytes, kind: int, me: Identity, *, now: int | None = No
         raise RecordError("malformed", "session id has the wrong length")
     t = now_ms() if now is None else now
     if expires <= t:
-        raise RecordError("expired", f"{_LABELS[kind].decode()} expired")
+        raise RecordError("expired", "offer expired")
+    kem_ct = field_of(body, 7, bytes, "kem_ciphertext")
+    nonce = field_of(body, 8, bytes, "nonce")
+    if len(kem_ct) != KEM_CIPHERTEXT_SIZE or len(nonce) != NONCE_SIZE:
+        raise RecordError("malformed", "KEM ciphertext or nonce has the wrong length")
     header = {k: body[k] for k in range(1, 7)}
-    plain = decrypt_with(
-        me,
-        field_of(body, 7, bytes, "kem_ciphertext"),
-        field_of(body, 8, bytes, "nonce"),
-        field_of(body, 9, bytes, "ciphertext"),
-        cbor2.dumps(header, canonical=True),
-        _LABELS[kind],
-    )
     try:
-        inner = cbor2.loads(plain)
-    except Exception:
-        raise RecordError("malformed", "decrypted payload is not CBOR") from None
-    if not isinstance(inner, dict):
-        raise RecordError("malformed", "decrypted payload is not a map")
-    ufrag = field_of(inner, 1, str, "ufrag")
-    pwd = field_of(inner, 2, str, "pwd")
-    cands = tuple(decode_candidate(c) for c in field_of(inner, 3, list, "candidates"))
-    cert = inner.get(4)
-    kem = inner.get(5, b"")
-    if cert is not None and (not isinstance(cert, bytes) or len(cert) != 32):
-        raise RecordError("malformed", "certificate fingerprint must be 32 bytes")
-    if not isinstance(kem, bytes) or (kem and len(kem) != KEM_PUBLIC_KEY_SIZE):
-        raise RecordError("malformed", "KEM public key has the wrong length")
-    purpose = inner.get(6, "app")
-    if purpose not in PURPOSES:
-        raise RecordError("malformed", f"unknown purpose {purpose!r}")
-    return Signal(
-        kind, signer, field_of(body, 2, bytes, "public_key"), recipient, session_id,
-        created, expires, IceParams(ufrag, pwd, cands, cert, kem, purpose),
+        shared = me.kem_decapsulate(kem_ct)
+        plain = AESGCM(_offer_key(shared, kem_ct)).decrypt(
+            nonce, field_of(body, 9, bytes, "ciphertext"), cbor2.dumps(header, canonical=True)
+        )
+    except (InvalidTag, ValueError):
+        raise RecordError("decrypt", "ciphertext does not decrypt with our key") from None
+    return Offer(
+        signer, field_of(body, 2, bytes, "public_key"), recipient, session_id, created,
+        expires, _decode_params(plain), _secret(shared, value, session_id, signer, recipient),
     )
+
+
+# -- answers ---------------------------------------------------------------------------------
+def encode_answer(secret: OfferSecret, params: IceParams) -> bytes:
+    """Seal ``params`` as the answer to the offer that established ``secret``."""
+    nonce = os.urandom(NONCE_SIZE)
+    ct = AESGCM(secret.key).encrypt(nonce, _encode_params(params), secret.aad())
+    return _ANSWER_PREFIX + nonce + ct
+
+
+def decode_answer(value: bytes, secret: OfferSecret) -> IceParams:
+    """Open an answer to our offer; RecordError unless it decrypts under ``secret``.
+
+    A tag that verifies proves the callee (the holder of the KEM private key) sealed it for
+    this session; anything else (another session, another key, tampering) is ``decrypt``.
+    """
+    if not isinstance(value, bytes | bytearray):
+        raise RecordError("malformed", "value is not bytes")
+    if len(value) > MAX_VALUE_SIZE:
+        raise RecordError("oversize", f"value of {len(value)} bytes exceeds {MAX_VALUE_SIZE}")
+    if len(value) < len(_ANSWER_PREFIX) + NONCE_SIZE + _TAG_SIZE:
+        raise RecordError("malformed", f"answer of {len(value)} bytes is too short")
+    if value[0] != WIRE_VERSION:
+        raise RecordError("version", f"wire version {value[0]} is not {WIRE_VERSION}")
+    if value[1] != KIND_ANSWER:
+        raise RecordError("kind", f"value kind {value[1]:#04x} is not {KIND_ANSWER:#04x}")
+    start = len(_ANSWER_PREFIX)
+    nonce, ct = bytes(value[start:start + NONCE_SIZE]), bytes(value[start + NONCE_SIZE:])
+    try:
+        plain = AESGCM(secret.key).decrypt(nonce, ct, secret.aad())
+    except InvalidTag:
+        raise RecordError("decrypt", "answer does not decrypt with this dial's key") from None
+    return _decode_params(plain)

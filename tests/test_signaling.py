@@ -1,0 +1,212 @@
+"""Offers (signed, KEM-encrypted) and answers (sealed under the offer's KEM-derived secret)."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+
+import cbor2
+import pytest
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tierlink.errors import RecordError
+from tierlink.identity import SIGNATURE_SIZE, Identity
+from tierlink.records import KIND_ANSWER, MAX_VALUE_SIZE, WIRE_VERSION, CandidateInfo
+from tierlink.signaling import (
+    IceParams,
+    OfferSecret,
+    decode_answer,
+    decode_offer,
+    encode_answer,
+    encode_offer,
+    new_session_id,
+)
+
+DIALER = Identity.generate()
+CALLEE = Identity.generate()
+CANDS = (
+    CandidateInfo("1a2b", 1, "udp", 2130706431, "198.18.1.2", 40000, "host"),
+    CandidateInfo("3c4d", 1, "udp", 1694498815, "203.0.113.10", 50000, "srflx", "198.18.1.2", 4),
+    CandidateInfo("5e6f", 1, "udp", 16777215, "198.51.100.7", 3478, "relay", "203.0.113.10", 5),
+    CandidateInfo("7a8b", 1, "udp", 2130706175, "198.18.2.9", 40001, "host"),
+)
+DIALER_PARAMS = IceParams("dial", "d" * 22, CANDS[:2], bytes(range(32)), "messages")
+CALLEE_PARAMS = IceParams("call", "c" * 22, CANDS, bytes(range(32, 64)))
+
+
+def offer_to(callee: Identity = CALLEE, session: bytes | None = None) -> tuple[bytes, OfferSecret]:
+    return encode_offer(
+        DIALER, callee.fingerprint, callee.kem_public_key, session or new_session_id(),
+        DIALER_PARAMS,
+    )
+
+
+@functools.cache
+def offer_to_cached() -> tuple[bytes, OfferSecret]:
+    """One offer shared by the tests that only need some valid secret."""
+    return offer_to()
+
+
+def expect(reason: str, value: bytes, secret: OfferSecret) -> None:
+    with pytest.raises(RecordError) as exc:
+        decode_answer(value, secret)
+    assert exc.value.reason == reason
+
+
+def sealed(secret: OfferSecret, plain: bytes) -> bytes:
+    """An answer whose tag verifies but whose payload is ``plain`` (any bytes)."""
+    nonce = os.urandom(12)
+    return bytes([WIRE_VERSION, KIND_ANSWER]) + nonce + AESGCM(secret.key).encrypt(
+        nonce, plain, secret.aad()
+    )
+
+
+def test_both_sides_derive_the_same_answer_secret() -> None:
+    value, secret = offer_to()
+    offer = decode_offer(value, CALLEE)
+    assert offer.secret == secret
+    assert len(secret.key) == 32
+    assert (secret.dialer, secret.callee) == (DIALER.fingerprint, CALLEE.fingerprint)
+    assert (offer.signer, offer.recipient) == (DIALER.fingerprint, CALLEE.fingerprint)
+    assert offer.signer_public_key == DIALER.public_key
+    assert offer.session_id == secret.session_id
+    assert offer.params == DIALER_PARAMS
+    assert secret.key.hex() not in repr(secret)
+
+
+def test_every_offer_has_its_own_secret() -> None:
+    session = new_session_id()
+    (_, one), (_, two) = offer_to(session=session), offer_to(session=session)
+    assert one.session_id == two.session_id and one.key != two.key
+
+
+def test_answer_roundtrip_and_size() -> None:
+    value, secret = offer_to()
+    answer = encode_answer(decode_offer(value, CALLEE).secret, CALLEE_PARAMS)
+    assert decode_answer(answer, secret) == CALLEE_PARAMS
+    assert answer[:2] == bytes([WIRE_VERSION, KIND_ANSWER])
+    assert len(answer) < 1500
+    # An observer learns nothing about who answered: no fingerprint, no address.
+    for visible in (bytes.fromhex(CALLEE.fingerprint), bytes.fromhex(DIALER.fingerprint),
+                    b"198.18.1.2", CALLEE_PARAMS.pwd.encode()):
+        assert visible not in answer
+
+
+def test_raw_mode_answer_without_certificate() -> None:
+    _, secret = offer_to()
+    raw = IceParams("u", "p" * 22, CANDS[:1], None, "app")
+    assert decode_answer(encode_answer(secret, raw), secret) == raw
+
+
+def test_answer_to_another_dial_is_rejected() -> None:
+    value, secret = offer_to()
+    answer = encode_answer(decode_offer(value, CALLEE).secret, CALLEE_PARAMS)
+    _, other = offer_to()
+    expect("decrypt", answer, other)  # another session (and another KEM secret)
+    _, same_session = offer_to(session=secret.session_id)
+    expect("decrypt", answer, same_session)  # same session id, fresh KEM secret
+    for change in (
+        {"session_id": new_session_id()},
+        {"dialer": CALLEE.fingerprint, "callee": DIALER.fingerprint},
+        {"dialer": Identity.generate().fingerprint},
+        {"callee": Identity.generate().fingerprint},
+        {"key": os.urandom(32)},
+    ):
+        expect("decrypt", answer, dataclasses.replace(secret, **change))
+
+
+def test_answer_sealed_by_someone_else_is_rejected() -> None:
+    """Whoever lacks the callee's KEM private key cannot make an answer that opens."""
+    value, secret = offer_to()
+    mallory = Identity.generate()
+    with pytest.raises(RecordError) as exc:
+        decode_offer(value, mallory)  # cannot even read the offer
+    assert exc.value.reason == "recipient"
+    forged = dataclasses.replace(secret, key=os.urandom(32))
+    expect("decrypt", encode_answer(forged, CALLEE_PARAMS), secret)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.data())
+def test_tampered_answer_is_rejected(data: st.DataObject) -> None:
+    _, secret = offer_to_cached()
+    answer = bytearray(encode_answer(secret, CALLEE_PARAMS))
+    index = data.draw(st.integers(0, len(answer) - 1))
+    answer[index] ^= data.draw(st.integers(1, 255))
+    with pytest.raises(RecordError) as exc:
+        decode_answer(bytes(answer), secret)
+    assert exc.value.reason == {0: "version", 1: "kind"}.get(index, "decrypt")
+
+
+def test_truncated_or_extended_answer_is_rejected() -> None:
+    _, secret = offer_to()
+    answer = encode_answer(secret, CALLEE_PARAMS)
+    expect("decrypt", answer[:-1], secret)
+    expect("decrypt", answer + b"\x00", secret)
+    expect("malformed", answer[:29], secret)
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        (b"", "malformed"),
+        (b"junk", "malformed"),
+        (bytes([WIRE_VERSION, KIND_ANSWER]) + bytes(40), "decrypt"),
+        (bytes([2, KIND_ANSWER]) + bytes(40), "version"),
+        (bytes([WIRE_VERSION, 0x02]) + bytes(40), "kind"),
+        (bytes([WIRE_VERSION, KIND_ANSWER]) + bytes(MAX_VALUE_SIZE), "oversize"),
+    ],
+)
+def test_garbage_is_rejected(value: bytes, reason: str) -> None:
+    expect(reason, value, offer_to_cached()[1])
+
+
+def test_random_garbage_and_offers_are_rejected() -> None:
+    value, secret = offer_to_cached()
+    for _ in range(20):
+        expect("decrypt", bytes([WIRE_VERSION, KIND_ANSWER]) + os.urandom(200), secret)
+    expect("kind", value, secret)  # an offer is not an answer
+    with pytest.raises(RecordError) as exc:
+        decode_answer("text", secret)  # type: ignore[arg-type]
+    assert exc.value.reason == "malformed"
+
+
+@pytest.mark.parametrize(
+    "plain",
+    [
+        b"\xff\x00",  # not CBOR
+        cbor2.dumps([1, 2]),  # not a map
+        cbor2.dumps({1: "u", 2: "p"}),  # no candidates
+        cbor2.dumps({1: "u", 2: "p", 3: [], 4: b"short"}),  # bad certificate hash
+        cbor2.dumps({1: "u", 2: "p", 3: [["x"]]}),  # bad candidate
+        cbor2.dumps({1: "u", 2: "p", 3: [], 6: "spy"}),  # unknown purpose
+    ],
+)
+def test_answer_that_opens_but_is_malformed_is_rejected(plain: bytes) -> None:
+    secret = offer_to_cached()[1]
+    expect("malformed", sealed(secret, plain), secret)
+
+
+def test_answer_readers_ignore_unknown_and_legacy_keys() -> None:
+    secret = offer_to_cached()[1]
+    plain = cbor2.dumps({1: "u", 2: "p", 3: [], 5: CALLEE.kem_public_key, 99: "future"})
+    assert decode_answer(sealed(secret, plain), secret) == IceParams("u", "p", (), None, "app")
+
+
+def test_offer_rejections() -> None:
+    value, _ = offer_to()
+    tampered = bytearray(value)
+    tampered[-SIGNATURE_SIZE - 5] ^= 0xFF  # inside the AES-GCM ciphertext, signed
+    expired, _ = encode_offer(DIALER, CALLEE.fingerprint, CALLEE.kem_public_key,
+                              new_session_id(), DIALER_PARAMS, lifetime_s=-1)
+    # Addressed to the callee but encrypted to another KEM key: it cannot be opened.
+    wrong_kem, _ = encode_offer(DIALER, CALLEE.fingerprint, DIALER.kem_public_key,
+                                new_session_id(), DIALER_PARAMS)
+    for bad, reason in ((bytes(tampered), "signature"), (expired, "expired"),
+                        (wrong_kem, "decrypt")):
+        with pytest.raises(RecordError) as exc:
+            decode_offer(bad, CALLEE)
+        assert exc.value.reason == reason
