@@ -27,6 +27,7 @@ from tierlink.certs import LocalCertificate
 from tierlink.channel import (
     DATAGRAM_MAX_PAYLOAD,
     DATAGRAM_SEND_BACKLOG,
+    DEFAULT_WINDOW,
     SecureChannel,
     open_channel,
 )
@@ -138,6 +139,33 @@ async def test_impostor_certificate_fails_on_both_sides(
     victim, fake = (results[0], results[1]) if impostor == "callee" else results[::-1]
     assert ci.sha256.hex() in str(victim) and "does not match" in str(victim)
     assert "certificate rejected" in str(fake)
+
+
+@pytest.mark.parametrize("impostor", ["callee", "dialer"])
+async def test_impostor_fails_with_signaled_limits_too(
+    ice: IcePair, certs: Any, impostor: str
+) -> None:
+    """Opening at handshake completion (limits known from signaling) keeps the pin: the
+    victim refuses; an impostor dialer may finish its side, but nothing it sends is ever
+    acknowledged and its channel closes with the victim's reason."""
+    ca, cb = certs
+    ci = LocalCertificate.generate()
+    limits = (16 * 1024 * 1024, DEFAULT_WINDOW)
+    a_cert, b_cert = (ca, ci) if impostor == "callee" else (ci, cb)
+    results = await asyncio.gather(
+        open_channel(ice[0], is_client=True, certificate=a_cert, peer_cert_sha256=cb.sha256,
+                     peer_limits=limits),
+        open_channel(ice[1], is_client=False, certificate=b_cert, peer_cert_sha256=ca.sha256,
+                     peer_limits=limits),
+        return_exceptions=True,
+    )
+    victim, fake = (results[0], results[1]) if impostor == "callee" else results[::-1]
+    assert isinstance(victim, HandshakeFailed) and "does not match" in str(victim)
+    if isinstance(fake, SecureChannel):
+        with pytest.raises(ConnectionClosed, match="certificate rejected"):
+            await fake.send(b"never acknowledged")
+    else:
+        assert isinstance(fake, HandshakeFailed), fake
 
 
 async def test_client_without_certificate_is_refused(ice: IcePair, certs: Any) -> None:
@@ -299,6 +327,26 @@ async def test_cancelled_waiting_send_is_not_sent(ice: IcePair, certs: Any) -> N
     assert await a.send(b"4") == 3
     assert await b.recv(5) == b"4"
     await a.close()
+
+
+async def test_signaled_limits_open_before_the_hello(ice: IcePair, certs: Any) -> None:
+    """With the peer's limits known from signaling, each side opens at handshake completion;
+    the HELLO that follows must repeat them."""
+    default = (16 * 1024 * 1024, DEFAULT_WINDOW)
+    a, b = await open_pair(ice, certs, peer_limits=default)
+    assert a.max_message_size == default[0] and a.window == DEFAULT_WINDOW
+    assert await a.send(b"early") == 1
+    assert await b.recv(5) == b"early"
+    await until(lambda: a._hello_seen and b._hello_seen, "both HELLOs")
+    assert not a.closed and not b.closed
+    await a.close()
+
+
+async def test_hello_disagreeing_with_signaled_limits_closes(ice: IcePair, certs: Any) -> None:
+    a, b = await open_pair(ice, certs, peer_limits=(1000, 5000), b_peer_limits=None)
+    with pytest.raises(ConnectionClosed, match="disagrees with the limits it signaled"):
+        await a.recv(5)
+    await b.close()
 
 
 async def test_submit_pipelines_in_order_with_backpressure(ice: IcePair, certs: Any) -> None:

@@ -183,6 +183,10 @@ def test_random_garbage_and_offers_are_rejected() -> None:
         cbor2.dumps({1: "u", 2: "p", 3: [], 4: b"short"}),  # bad certificate hash
         cbor2.dumps({1: "u", 2: "p", 3: [["x"]]}),  # bad candidate
         cbor2.dumps({1: "u", 2: "p", 3: [], 6: "spy"}),  # unknown purpose
+        cbor2.dumps({1: "u", 2: "p", 3: [], 7: [1]}),  # channel limits: one number
+        cbor2.dumps({1: "u", 2: "p", 3: [], 7: [1, 0]}),  # zero window
+        cbor2.dumps({1: "u", 2: "p", 3: [], 7: [-1, 5]}),  # negative size
+        cbor2.dumps({1: "u", 2: "p", 3: [], 7: [True, 5]}),  # not an integer
     ],
 )
 def test_answer_that_opens_but_is_malformed_is_rejected(plain: bytes) -> None:
@@ -194,6 +198,19 @@ def test_answer_readers_ignore_unknown_and_legacy_keys() -> None:
     secret = offer_to_cached()[1]
     plain = cbor2.dumps({1: "u", 2: "p", 3: [], 5: CALLEE.kem_public_key, 99: "future"})
     assert decode_answer(sealed(secret, plain), secret) == IceParams("u", "p", (), None, "app")
+
+
+def test_channel_limits_travel_in_offer_and_answer() -> None:
+    limits = (16 * 1024 * 1024, 4 * 1024 * 1024)
+    params = dataclasses.replace(DIALER_PARAMS, channel_limits=limits)
+    value, secret = encode_offer(
+        DIALER, CALLEE.fingerprint, CALLEE.kem_public_key, new_session_id(), params
+    )
+    offer = decode_offer(value, CALLEE)
+    assert offer.params.channel_limits == limits
+    reply = dataclasses.replace(CALLEE_PARAMS, channel_limits=(0, 1))
+    assert decode_answer(encode_answer(offer.secret, reply), secret).channel_limits == (0, 1)
+    assert decode_answer(encode_answer(offer.secret, CALLEE_PARAMS), secret).channel_limits is None
 
 
 def test_offer_rejections() -> None:

@@ -70,6 +70,7 @@ class SecureChannel(QuicSession):
         window: int,
         started: PinnedQuicConnection | None = None,
         probe_path_mtu: bool = True,
+        peer_limits: tuple[int, int] | None = None,
     ) -> None:
         super().__init__(
             ice,
@@ -84,6 +85,8 @@ class SecureChannel(QuicSession):
         self._max_message_size = max_message_size
         self._window = window
         self._peer_hello: Hello | None = None
+        self._peer_limits = peer_limits  # (max_message_size, window) the peer signaled
+        self._hello_seen = False
         # sending side
         self._ctrl_sid = -1
         self._msg_sid = -1
@@ -248,14 +251,24 @@ class SecureChannel(QuicSession):
         quic.send_stream_data(self._ctrl_sid, TAG_CONTROL + encode_hello(hello))
         self._msg_sid = quic.get_next_available_stream_id(is_unidirectional=True)
         quic.send_stream_data(self._msg_sid, TAG_MESSAGES)
+        if self._peer_limits is not None and self._peer_hello is None:
+            # The peer's limits came signed (or sealed) with its offer or answer: open now,
+            # one round trip before its HELLO arrives (which must then repeat them).
+            self._peer_hello = Hello(PROTOCOL_VERSION, *self._peer_limits)
+            self._mark_ready()
 
     def _on_hello(self, hello: Hello) -> None:
-        if self._peer_hello is not None:
+        if self._hello_seen:
             raise ProtocolError("second HELLO")
+        self._hello_seen = True
         if hello.version != PROTOCOL_VERSION:
             raise ProtocolError(
                 f"peer speaks channel protocol {hello.version}, we speak {PROTOCOL_VERSION}"
             )
+        if self._peer_limits is not None and (hello.max_message_size, hello.window) != tuple(
+            self._peer_limits
+        ):
+            raise ProtocolError("the peer's HELLO disagrees with the limits it signaled")
         self._peer_hello = hello
         self._mark_ready()
 
@@ -423,6 +436,7 @@ async def open_channel(
     window: int = DEFAULT_WINDOW,
     started: PinnedQuicConnection | None = None,
     probe_path_mtu: bool = True,
+    peer_limits: tuple[int, int] | None = None,
 ) -> SecureChannel:
     """Run the pinned, mutually authenticated QUIC handshake over a connected ICE path.
 
@@ -431,8 +445,10 @@ async def open_channel(
     or nothing completes within ``handshake_timeout`` seconds. The caller keeps owning
     ``ice``: closing the channel does not close it. ``probe_path_mtu``: find and use the
     largest packet a direct path carries (:mod:`tierlink.pmtu`); off, packets stay at 1200
-    bytes. (``started``: internal, see :class:`ChannelDraft`, which prepares the dialer's
-    side ahead of ICE.)
+    bytes. ``peer_limits``: the peer's (max_message_size, window) if it told them through an
+    authenticated channel (its signed offer or sealed answer); the channel then opens as soon
+    as the handshake completes, a round trip before the peer's HELLO. (``started``:
+    internal, see :class:`ChannelDraft`, which prepares the dialer's side ahead of ICE.)
     """
     if len(peer_cert_sha256) != 32:
         raise ValueError("peer_cert_sha256 must be the 32-byte SHA-256 of the DER certificate")
@@ -450,6 +466,7 @@ async def open_channel(
         window=window,
         started=started,
         probe_path_mtu=probe_path_mtu,
+        peer_limits=peer_limits,
     )
     await channel._handshake(handshake_timeout)
     return channel
@@ -496,7 +513,12 @@ class ChannelDraft:
         self._quic: PinnedQuicConnection | None = start_client(config, self._created)
         self._used = False
 
-    async def open(self, ice: IceConnection, peer_cert_sha256: bytes) -> SecureChannel:
+    async def open(
+        self,
+        ice: IceConnection,
+        peer_cert_sha256: bytes,
+        peer_limits: tuple[int, int] | None = None,
+    ) -> SecureChannel:
         """:func:`open_channel` as the dialer, with the prepared first flight."""
         if self._used:
             raise RuntimeError("a ChannelDraft opens one channel")
@@ -516,5 +538,6 @@ class ChannelDraft:
             window=self._window,
             started=quic,
             probe_path_mtu=self._probe_path_mtu,
+            peer_limits=peer_limits,
         )
 

@@ -18,7 +18,7 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from tierlink.certs import LocalCertificate
-from tierlink.channel import ChannelDraft, SecureChannel, open_channel
+from tierlink.channel import DEFAULT_WINDOW, ChannelDraft, SecureChannel, open_channel
 from tierlink.config import NodeConfig
 from tierlink.connection import Connection
 from tierlink.delivery import DEFAULT_TTL_S, Delivery, Message, Messenger
@@ -269,9 +269,11 @@ class Node:
 
     # -- dialing -------------------------------------------------------------------------
     def _params(self, ice: IceConnection, purpose: str = "app") -> IceParams:
+        secure = self.config.secure
         return IceParams(
             ice.local_username, ice.local_password, local_infos(ice),
-            self.certificate.sha256 if self.config.secure else None, purpose,
+            self.certificate.sha256 if secure else None, purpose,
+            (self.config.max_message_size, DEFAULT_WINDOW) if secure else None,
         )
 
     async def connect(
@@ -337,7 +339,7 @@ class Node:
             await set_remote(ice, answer.ufrag, answer.pwd, answer.candidates)
             await run_checks(ice, self.config.ice_timeout, started)
             channel = await self._open_channel(
-                ice, True, answer.cert_sha256, drafts[0] if drafts else None
+                ice, True, answer.cert_sha256, answer.channel_limits, drafts[0] if drafts else None
             )
         except BaseException:
             await ice.close()
@@ -357,11 +359,12 @@ class Node:
             liveness_timeout=self.config.liveness_timeout,
             handshake_timeout=self.config.handshake_timeout,
             max_message_size=self.config.max_message_size,
+            probe_path_mtu=self.config.path_mtu_probing,
         )
 
     async def _open_channel(
         self, ice: IceConnection, is_client: bool, peer_cert: bytes | None,
-        draft: ChannelDraft | None = None,
+        peer_limits: tuple[int, int] | None, draft: ChannelDraft | None = None,
     ) -> SecureChannel | None:
         """The pinned QUIC channel over the ICE path (None in raw mode)."""
         if not self.config.secure:
@@ -370,13 +373,14 @@ class Node:
             raise HandshakeFailed("the peer offered no certificate: it runs without a secure "
                                   "channel (secure=False); both sides must agree")
         if draft is not None:
-            return await draft.open(ice, peer_cert)
+            return await draft.open(ice, peer_cert, peer_limits)
         return await open_channel(
             ice, is_client=is_client, certificate=self.certificate, peer_cert_sha256=peer_cert,
             queue_capacity=self.config.queue_capacity,
             liveness_timeout=self.config.liveness_timeout,
             handshake_timeout=self.config.handshake_timeout,
             max_message_size=self.config.max_message_size,
+            probe_path_mtu=self.config.path_mtu_probing, peer_limits=peer_limits,
         )
 
     async def _await_answer(
@@ -474,7 +478,7 @@ class Node:
             finally:
                 put.cancel()
                 put.add_done_callback(_retrieve)
-            channel = await self._open_channel(ice, False, p.cert_sha256)
+            channel = await self._open_channel(ice, False, p.cert_sha256, p.channel_limits)
         except BaseException:
             await ice.close()
             raise

@@ -122,6 +122,7 @@ class QuicSession:
         self._last_rx = self._loop.time()
         self._ping_uid = 0
         self._probe_path_mtu = probe_path_mtu
+        self._probe_due = False
         self._prober: PathMtuProber | None = None
         self._probe_timer: asyncio.TimerHandle | None = None
         self._path_mtu = MAX_DATAGRAM_SIZE  # largest packet the path was found to carry
@@ -211,6 +212,8 @@ class QuicSession:
 
     def _mark_ready(self) -> None:
         """The channel is open: stop the handshake timer, start keep-alive and watchdog."""
+        if self._ready.done():
+            return
         if self._handshake_timer is not None:
             self._handshake_timer.cancel()
             self._handshake_timer = None
@@ -219,10 +222,10 @@ class QuicSession:
         self._live_timer = self._loop.call_at(
             self._last_rx + self._liveness_timeout, self._on_live_timer
         )
-        if not self._ready.done():
-            self._ready.set_result(None)
-        if self._probe_path_mtu:
-            self._start_path_probing()
+        self._ready.set_result(None)
+        # Probe once what opened the channel (e.g. our HELLO) is on the wire (see _flush).
+        self._probe_due = self._probe_path_mtu
+        self._kick()
 
     # -- path MTU -----------------------------------------------------------------------
     def _start_path_probing(self) -> None:
@@ -362,6 +365,9 @@ class QuicSession:
             self._quic_timer = timer = None
         if when is not None and timer is None:
             self._quic_timer = self._loop.call_at(when, self._on_quic_timer)
+        if self._probe_due:
+            self._probe_due = False
+            self._start_path_probing()
 
     def _kick(self) -> None:
         """Flush soon: coalesces everything queued in this loop iteration."""

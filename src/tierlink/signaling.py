@@ -33,9 +33,11 @@ replayed into another dial or moved between peers. The dialer keeps the key in a
 nothing in it shows or proves who answered (only that some value appeared under the key).
 
 Parameters (canonical CBOR, inside both ciphertexts): ``{1: ICE ufrag, 2: ICE pwd,
-3: [candidates], 4: certificate SHA-256 or null, 6: purpose}``; the purpose is ``app`` (the
-connection goes to the application) or ``messages`` (the node's own tiered message link);
-readers treat a missing purpose as ``app`` and ignore key 5 (a KEM key older dialers sent).
+3: [candidates], 4: certificate SHA-256 or null, 6: purpose, 7: [max_message_size, window]}``;
+the purpose is ``app`` (the connection goes to the application) or ``messages`` (the node's
+own tiered message link); key 7, optional, gives the limits of the sender's secure channel (its
+HELLO must repeat them), so the peer can send as soon as the QUIC handshake completes.
+Readers treat a missing purpose as ``app`` and ignore key 5 (a KEM key older dialers sent).
 """
 
 from __future__ import annotations
@@ -90,6 +92,9 @@ class IceParams:
     candidates: tuple[CandidateInfo, ...]
     cert_sha256: bytes | None = None
     purpose: str = "app"
+    #: (max_message_size, receive window) of the sender's secure channel, so the peer can
+    #: send as soon as the QUIC handshake completes instead of waiting for the HELLO.
+    channel_limits: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -149,6 +154,7 @@ def _encode_params(params: IceParams) -> bytes:
             3: [encode_candidate(c) for c in params.candidates],
             4: params.cert_sha256,
             6: params.purpose,
+            **({7: list(params.channel_limits)} if params.channel_limits is not None else {}),
         },
         canonical=True,
     )
@@ -170,7 +176,17 @@ def _decode_params(plain: bytes) -> IceParams:
     purpose = inner.get(6, "app")
     if purpose not in PURPOSES:
         raise RecordError("malformed", f"unknown purpose {purpose!r}")
-    return IceParams(ufrag, pwd, cands, cert, purpose)
+    limits = inner.get(7)
+    if limits is not None:
+        if (
+            not isinstance(limits, list)
+            or len(limits) != 2
+            or not all(type(x) is int and 0 <= x < 2**62 for x in limits)
+            or limits[1] < 1
+        ):
+            raise RecordError("malformed", "channel limits must be [max_message_size, window]")
+        limits = (limits[0], limits[1])
+    return IceParams(ufrag, pwd, cands, cert, purpose, limits)
 
 
 # -- offers ----------------------------------------------------------------------------------
