@@ -1,6 +1,7 @@
 """Signed wire formats in the DHT, and the peer record.
 
-Every signed value tierlink puts in the DHT has one layout::
+Every signed value tierlink puts in the DHT has one layout (the one unsigned value, the
+answer, is sealed instead: see :mod:`tierlink.signaling`)::
 
     value = VERSION (1 byte, 0x01) || KIND (1 byte) || BODY || SIGNATURE (4627 bytes)
 
@@ -22,7 +23,7 @@ key  field             type
 4    issued_at_ms      uint: Unix time in milliseconds
 5    expires_at_ms     uint: Unix time in milliseconds
 6    candidates        array of candidate arrays (see :func:`encode_candidate`)
-7    kem_public_key    bytes(1568): ML-KEM-1024 public key (offers, answers, offline tier)
+7    kem_public_key    bytes(1568): ML-KEM-1024 public key (offers, offline tier)
 8    mode              text: "public" (candidates listed) or "private" (none listed)
 9    cert_sha256       bytes(32): optional, reserved for the channel's certificate
 ===  ================  ===============================================================

@@ -9,9 +9,8 @@
 
 The dialer encapsulates to the callee's ML-KEM-1024 key (from the callee's signed record):
 ``shared, kem_ct = Encaps(kem_pk)``. The offer key is ``HKDF-SHA256(shared, salt=kem_ct[:32],
-info=b"tierlink/offer")`` (the derivation of :mod:`tierlink.sealedbox`, done here because the
-answer key needs ``shared`` too); field 9 is AES-256-GCM of the ICE parameters under it,
-associated data = canonical CBOR of fields 1-6.
+info=b"tierlink/offer")``; field 9 is AES-256-GCM of the ICE parameters under it, associated
+data = canonical CBOR of fields 1-6.
 
 **Answer** (kind 0x03, under the per-session answer key): not signed, only sealed::
 
