@@ -1,4 +1,5 @@
-"""ChannelDraft: the dialer's QUIC client and first flight built before ICE connects."""
+"""ChannelDraft: QUIC handshake flights prepared, and carried in the signaling, before ICE
+connects."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import pytest
 
 from tests.test_channel import connect_ice
 from tierlink.certs import LocalCertificate
-from tierlink.channel import ChannelDraft, open_channel
+from tierlink.channel import DEFAULT_WINDOW, ChannelDraft, open_channel
 from tierlink.errors import HandshakeFailed
 
 
@@ -49,6 +50,72 @@ async def test_draft_still_enforces_the_pin_given_at_open() -> None:
         )
         assert all(isinstance(r, HandshakeFailed) for r in results), results
         assert impostor.sha256.hex() in str(results[0]) and "does not match" in str(results[0])
+    finally:
+        await a.close()
+        await b.close()
+
+
+LIMITS = (16 * 1024 * 1024, DEFAULT_WINDOW)
+
+
+async def test_flights_ahead_of_the_path_open_the_dialer_without_a_round_trip() -> None:
+    """ClientHello and the server's reply travel outside the path (as in an offer and
+    its answer): the dialer's channel is open before the callee's side even exists."""
+    ca, cb = LocalCertificate.generate(), LocalCertificate.generate()
+    client = ChannelDraft(certificate=ca)
+    flight = client.first_flight()
+    assert flight and all(0 < len(d) <= 1500 for d in flight)
+    assert client.first_flight() == flight  # packetized once
+    server = ChannelDraft(certificate=cb, is_client=False)
+    assert server.receive_first_flight(flight, ca.sha256)
+    client.receive_reply(server.reply(), cb.sha256)
+    a, b = await connect_ice()
+    try:
+        dialer = await asyncio.wait_for(client.open(a, cb.sha256, LIMITS), 2.0)
+        sent = asyncio.ensure_future(dialer.send(b"first"))  # with the client's Finished
+        callee = await server.open(b, ca.sha256, LIMITS)
+        assert await callee.recv(5) == b"first"
+        assert await asyncio.wait_for(sent, 5) == 1
+        await dialer.close()
+        await callee.close()
+    finally:
+        await a.close()
+        await b.close()
+
+
+@pytest.mark.parametrize("flight", [(), (b"not quic",), (b"\xc0" + bytes(40),)])
+async def test_callee_that_cannot_use_the_flight_still_connects(flight) -> None:
+    """No reply in the answer: the dialer sends its first flight on the path at open."""
+    ca, cb = LocalCertificate.generate(), LocalCertificate.generate()
+    client = ChannelDraft(certificate=ca)
+    client.first_flight()  # went out in the offer; the answer brings no reply
+    server = ChannelDraft(certificate=cb, is_client=False)
+    assert not server.receive_first_flight(flight, ca.sha256)
+    a, b = await connect_ice()
+    try:
+        dialer, callee = await asyncio.wait_for(asyncio.gather(
+            client.open(a, cb.sha256),
+            open_channel(b, is_client=False, certificate=cb, peer_cert_sha256=ca.sha256),
+        ), 2.0)  # far below a retransmission timeout
+        assert await dialer.send(b"on the path") == 1
+        assert await callee.recv(5) == b"on the path"
+        await dialer.close()
+        await callee.close()
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_reply_from_the_wrong_certificate_fails_the_dial() -> None:
+    ca, cb, impostor = (LocalCertificate.generate() for _ in range(3))
+    client = ChannelDraft(certificate=ca)
+    server = ChannelDraft(certificate=impostor, is_client=False)
+    assert server.receive_first_flight(client.first_flight(), ca.sha256)
+    client.receive_reply(server.reply(), cb.sha256)
+    a, b = await connect_ice()
+    try:
+        with pytest.raises(HandshakeFailed, match="does not match"):
+            await client.open(a, cb.sha256, LIMITS)
     finally:
         await a.close()
         await b.close()

@@ -421,9 +421,11 @@ async def test_tampered_certificate_fingerprint_fails_handshake(dht_cluster, mon
     a.config.handshake_timeout = b.config.handshake_timeout = 3.0
     real = a._params
 
-    def forged(ice, purpose="app"):
-        p = real(ice, purpose)
-        return IceParams(p.ufrag, p.pwd, p.candidates, bytes(32), p.purpose)
+    def forged(ice, purpose="app", quic_flight=()):
+        p = real(ice, purpose, quic_flight)
+        return IceParams(
+            p.ufrag, p.pwd, p.candidates, bytes(32), p.purpose, quic_flight=p.quic_flight
+        )
 
     monkeypatch.setattr(a, "_params", forged)
     async with a, b:

@@ -187,6 +187,11 @@ def test_random_garbage_and_offers_are_rejected() -> None:
         cbor2.dumps({1: "u", 2: "p", 3: [], 7: [1, 0]}),  # zero window
         cbor2.dumps({1: "u", 2: "p", 3: [], 7: [-1, 5]}),  # negative size
         cbor2.dumps({1: "u", 2: "p", 3: [], 7: [True, 5]}),  # not an integer
+        cbor2.dumps({1: "u", 2: "p", 3: [], 8: b"x" * 10}),  # flight: not a list
+        cbor2.dumps({1: "u", 2: "p", 3: [], 8: [b"x"] * 5}),  # flight: too many datagrams
+        cbor2.dumps({1: "u", 2: "p", 3: [], 8: [b"x" * 1501]}),  # flight: datagram too big
+        cbor2.dumps({1: "u", 2: "p", 3: [], 8: [b""]}),  # flight: empty datagram
+        cbor2.dumps({1: "u", 2: "p", 3: [], 8: ["text"]}),  # flight: not bytes
     ],
 )
 def test_answer_that_opens_but_is_malformed_is_rejected(plain: bytes) -> None:
@@ -227,3 +232,20 @@ def test_offer_rejections() -> None:
         with pytest.raises(RecordError) as exc:
             decode_offer(bad, CALLEE)
         assert exc.value.reason == reason
+
+
+def test_quic_flights_travel_in_offer_and_answer() -> None:
+    """Key 8 carries each side's first QUIC flight inside the encrypted payloads."""
+    hello = (os.urandom(1200),)
+    params = dataclasses.replace(DIALER_PARAMS, quic_flight=hello)
+    value, secret = encode_offer(
+        DIALER, CALLEE.fingerprint, CALLEE.kem_public_key, new_session_id(), params
+    )
+    assert hello[0] not in value  # encrypted, not merely carried
+    offer = decode_offer(value, CALLEE)
+    assert offer.params.quic_flight == hello
+    reply = dataclasses.replace(CALLEE_PARAMS, quic_flight=(os.urandom(1200), os.urandom(300)))
+    answer = encode_answer(offer.secret, reply)
+    assert reply.quic_flight[0] not in answer
+    assert decode_answer(answer, secret).quic_flight == reply.quic_flight
+    assert decode_answer(encode_answer(offer.secret, CALLEE_PARAMS), secret).quic_flight == ()

@@ -16,6 +16,7 @@ nothing is dropped. Datagrams are unreliable and go to a drop-oldest queue.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import deque
 from typing import Any
 
@@ -39,7 +40,16 @@ from tierlink.framing import (
 from tierlink.ice_compat import IceConnection
 from tierlink.queue import RecvQueue
 from tierlink.quic_compat import PinnedQuicConnection, pending_datagrams
-from tierlink.quic_session import ERROR_NONE, QuicSession, quic_configuration, start_client
+from tierlink.quic_session import (
+    ERROR_NONE,
+    QUIC_ADDR,
+    QuicSession,
+    quic_configuration,
+    start_client,
+    start_server,
+)
+
+log = logging.getLogger(__name__)
 
 #: Largest datagram payload: always fits one 1-RTT packet of MAX_DATAGRAM_SIZE bytes.
 DATAGRAM_MAX_PAYLOAD = 1150
@@ -473,14 +483,18 @@ async def open_channel(
 
 
 class ChannelDraft:
-    """A dialer's channel prepared before its ICE path exists.
+    """One side of a channel prepared before its ICE path exists.
 
-    Building the QUIC client and its first flight (TLS ClientHello, key share, initial
-    keys) is most of the dialer's handshake CPU (~0.6-1.5 ms here). A dialer that creates
-    the draft while it waits for the callee's answer takes that off the dial's critical
-    path; :meth:`open` then only sends. One draft opens one channel; a draft older than
-    ``liveness_timeout`` is rebuilt at open (aioquic's idle clock started with it).
-    Settings as for :func:`open_channel`; create it on the loop that will open it.
+    The QUIC handshake's first two flights travel in the signaling, ahead of the path.
+    Dialer (``is_client``): a node keeps one draft ready (building the client and its
+    ClientHello is ~1 ms of CPU), so a dial only packetizes :meth:`first_flight` into its
+    offer, and feeds the callee's reply from the answer to :meth:`receive_reply` while its
+    ICE checks run. Callee: :meth:`receive_first_flight` processes the offer's ClientHello
+    and :meth:`reply` gives the flight for the answer. Once the path works the dialer sends
+    its Finished at once (with its first message): the handshake costs no round trip on
+    the path. One draft opens one channel; a dialer's draft older than ``liveness_timeout``
+    and not yet handed out is rebuilt at open. Settings as for :func:`open_channel`;
+    create it on the loop that will open it.
     """
 
     def __init__(
@@ -493,8 +507,10 @@ class ChannelDraft:
         max_message_size: int = 16 * 1024 * 1024,
         window: int = DEFAULT_WINDOW,
         probe_path_mtu: bool = True,
+        is_client: bool = True,
     ) -> None:
         _check_params(queue_capacity, liveness_timeout, handshake_timeout, max_message_size, window)
+        self.is_client = is_client
         self._probe_path_mtu = probe_path_mtu
         self._certificate = certificate
         self._queue_capacity = queue_capacity
@@ -504,14 +520,71 @@ class ChannelDraft:
         self._window = window
         self._loop = asyncio.get_running_loop()
         self._created = self._loop.time()
-        config = quic_configuration(
-            is_client=True,
+        self._config = quic_configuration(
+            is_client=is_client,
             certificate=certificate,
             liveness_timeout=liveness_timeout,
             flow_window=_flow_window(window),
         )
-        self._quic: PinnedQuicConnection | None = start_client(config, self._created)
+        self._quic: PinnedQuicConnection | None = (
+            start_client(self._config, self._created) if is_client else None
+        )
         self._used = False
+
+    @property
+    def fresh(self) -> bool:
+        """Not used and young enough to open a channel as it is."""
+        return not self._used and self._loop.time() - self._created <= self._liveness_timeout
+
+    def first_flight(self) -> tuple[bytes, ...]:
+        """Dialer: the datagrams of the first flight, to carry in the offer (built once;
+        their send time, which starts QUIC's loss and RTT clocks, is now)."""
+        quic = self._quic
+        if not self.is_client or quic is None:
+            raise RuntimeError("only an unused dialer's draft has a first flight")
+        if not quic.early_datagrams:
+            now = self._loop.time()
+            quic.early_datagrams = tuple(d for d, _ in quic.datagrams_to_send(now=now))
+        return quic.early_datagrams
+
+    def receive_reply(self, datagrams: tuple[bytes, ...], peer_cert_sha256: bytes) -> None:
+        """Dialer: process the callee's reply (from its answer) to our first flight; its
+        certificate must match ``peer_cert_sha256`` (the answer's)."""
+        quic = self._quic
+        if not self.is_client or quic is None or not quic.early_datagrams:
+            raise RuntimeError("only a dialer's draft whose first flight went out gets a reply")
+        quic.expected_peer_sha256 = peer_cert_sha256
+        now = self._loop.time()
+        try:
+            for datagram in datagrams:
+                quic.receive_datagram(datagram, QUIC_ADDR, now=now)
+        except Exception as exc:  # garbage from the sealed answer must not escape
+            log.info("ignoring an unusable early QUIC reply: %r", exc)
+            return
+        quic.early_reply = True
+
+    def receive_first_flight(self, datagrams: tuple[bytes, ...], peer_cert_sha256: bytes) -> bool:
+        """Callee: process the dialer's first flight from its offer; False if unusable
+        (the dialer then sends it on the path, where it is handled as usual)."""
+        if self.is_client or self._quic is not None:
+            raise RuntimeError("only a fresh callee's draft receives a first flight")
+        try:
+            quic = start_server(self._config, datagrams, peer_cert_sha256, self._loop.time())
+        except Exception as exc:  # garbage from a signed peer must not escape
+            log.info("ignoring an unusable early QUIC flight: %r", exc)
+            return False
+        self._quic = quic
+        return quic is not None
+
+    def reply(self) -> tuple[bytes, ...]:
+        """Callee: the flight answering the dialer's, to carry in the answer."""
+        quic = self._quic
+        if self.is_client or quic is None:
+            raise RuntimeError("only a callee's draft that received a first flight replies")
+        if not quic.early_datagrams:
+            now = self._loop.time()
+            quic.early_datagrams = tuple(d for d, _ in quic.datagrams_to_send(now=now))
+        return quic.early_datagrams
 
     async def open(
         self,
@@ -519,16 +592,17 @@ class ChannelDraft:
         peer_cert_sha256: bytes,
         peer_limits: tuple[int, int] | None = None,
     ) -> SecureChannel:
-        """:func:`open_channel` as the dialer, with the prepared first flight."""
+        """:func:`open_channel` with what was prepared."""
         if self._used:
             raise RuntimeError("a ChannelDraft opens one channel")
+        fresh = self.fresh
         self._used = True
         quic, self._quic = self._quic, None
-        if self._loop.time() - self._created > self._liveness_timeout:
-            quic = None  # stale: open_channel builds a fresh client
+        if not fresh and quic is not None and self.is_client and not quic.early_datagrams:
+            quic = None  # stale and not handed out: open_channel starts afresh
         return await open_channel(
             ice,
-            is_client=True,
+            is_client=self.is_client,
             certificate=self._certificate,
             peer_cert_sha256=peer_cert_sha256,
             queue_capacity=self._queue_capacity,
@@ -540,4 +614,3 @@ class ChannelDraft:
             probe_path_mtu=self._probe_path_mtu,
             peer_limits=peer_limits,
         )
-

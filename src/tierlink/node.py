@@ -22,7 +22,7 @@ from tierlink.channel import DEFAULT_WINDOW, ChannelDraft, SecureChannel, open_c
 from tierlink.config import NodeConfig
 from tierlink.connection import Connection
 from tierlink.delivery import DEFAULT_TTL_S, Delivery, Message, Messenger
-from tierlink.dht import DhtClient, DhtNodeProcess
+from tierlink.dht import DhtClient, DhtListener, DhtNodeProcess
 from tierlink.errors import (
     DialTimeout,
     HandshakeFailed,
@@ -89,6 +89,28 @@ async def _while_putting(put: asyncio.Future[None], work: Awaitable[T]) -> T:
         task.add_done_callback(_retrieve)
 
 
+async def _settle(put: asyncio.Future[None], listener: DhtListener | None) -> None:
+    """Let a put that has served its purpose finish, then close ``listener``.
+
+    Cancelling an HTTP request mid-flight costs its pooled connection, and the dial
+    already has what it waited for, so both ends are tidied off its critical path.
+    """
+    try:
+        await put
+    except TierlinkError as exc:
+        log.debug("a put finished late with an error: %s", exc)
+    finally:
+        if listener is not None:
+            await listener.aclose()
+
+
+async def _io_turns(turns: int = 4) -> None:
+    """Give the loop a few turns, so I/O just started (an aioice check: a task that
+    starts a task) is on the wire before a stretch of CPU work."""
+    for _ in range(turns):
+        await asyncio.sleep(0)
+
+
 class Node:
     """A tierlink peer. Use as ``async with Node(config) as node: ...``."""
 
@@ -115,6 +137,8 @@ class Node:
         self._tasks: set[asyncio.Task[None]] = set()
         self._offer_slots = asyncio.Semaphore(self.MAX_CONCURRENT_OFFERS)
         self._seen_sessions: dict[bytes, int] = {}
+        # The next dial's QUIC client, built while an earlier dial waited (ChannelDraft).
+        self._spare_draft: ChannelDraft | None = None
         self._started = False
         self._closed = False
 
@@ -268,12 +292,15 @@ class Node:
         return record
 
     # -- dialing -------------------------------------------------------------------------
-    def _params(self, ice: IceConnection, purpose: str = "app") -> IceParams:
+    def _params(
+        self, ice: IceConnection, purpose: str = "app", quic_flight: tuple[bytes, ...] = ()
+    ) -> IceParams:
         secure = self.config.secure
         return IceParams(
             ice.local_username, ice.local_password, local_infos(ice),
             self.certificate.sha256 if secure else None, purpose,
             (self.config.max_message_size, DEFAULT_WINDOW) if secure else None,
+            quic_flight,
         )
 
     async def connect(
@@ -288,8 +315,9 @@ class Node:
 
         The steps overlap where they can: the record lookup runs while ICE gathers, the
         dialer waits for the answer while its offer is still being put (a failed put
-        fails the dial), and the QUIC client's first flight is built while the callee
-        works on the answer.
+        fails the dial), and the QUIC client's first flight travels inside the offer (the
+        callee processes it while ICE runs); the next dial's QUIC client is built while
+        this one waits for the answer.
         """
         dht = self._require_dht()
         loop = asyncio.get_running_loop()
@@ -309,18 +337,24 @@ class Node:
             if not record.kem_public_key:
                 raise PeerNotFound(f"record of {fingerprint[:16]}… carries no KEM key")
             session = new_session_id()
+            draft = self._take_draft() if self.config.secure else None
             offer, secret = encode_offer(
                 self.identity, fingerprint, record.kem_public_key, session,
-                self._params(ice, purpose), lifetime_s=max(timeout, 5.0) + 30.0,
+                self._params(ice, purpose, draft.first_flight() if draft else ()),
+                lifetime_s=max(timeout, 5.0) + 30.0,
             )
             listener = dht.listen(answer_key(self.fingerprint, session))
             waiter = asyncio.ensure_future(self._await_answer(listener, secret))
-            put: asyncio.Future[None] | None = None
-            drafts: list[ChannelDraft] = []
+            sent: asyncio.Future[None] = loop.create_future()
+            put = asyncio.ensure_future(dht.put(offers_key(fingerprint), offer, sent=sent))
+            answered = False
             try:
-                put = asyncio.ensure_future(dht.put(offers_key(fingerprint), offer))
-                if self.config.secure:  # prepared while the callee works on its answer
-                    put.add_done_callback(lambda _: drafts.append(self._channel_draft()))
+                if self.config.secure:
+                    # Once the put's request is written, the next dial's QUIC client is
+                    # built while the callee works on this one's answer.
+                    await asyncio.wait([sent, put], return_when=asyncio.FIRST_COMPLETED)
+                    if self._spare_draft is None or not self._spare_draft.fresh:
+                        self._spare_draft = self._channel_draft()
                 remaining = timeout - (loop.time() - started)
                 try:
                     answer = await asyncio.wait_for(
@@ -330,16 +364,30 @@ class Node:
                     raise DialTimeout(
                         f"{fingerprint[:16]}… did not answer within {timeout:.1f} s"
                     ) from None
+                answered = True
             finally:
-                for fut in (put, waiter):
-                    if fut is not None:
-                        fut.cancel()  # no-op once done; outcomes are retrieved below
-                        fut.add_done_callback(_retrieve)
-                await listener.aclose()
+                waiter.cancel()  # no-op once done; its outcome is retrieved below
+                waiter.add_done_callback(_retrieve)
+                if answered:  # the answer proves the offer arrived: the rest is cleanup
+                    self._spawn(_settle(put, listener), "offer-put")
+                else:
+                    put.cancel()
+                    put.add_done_callback(_retrieve)
+                    await listener.aclose()
             await set_remote(ice, answer.ufrag, answer.pwd, answer.candidates)
-            await run_checks(ice, self.config.ice_timeout, started)
+            checks = asyncio.ensure_future(run_checks(ice, self.config.ice_timeout, started))
+            try:
+                if draft is not None and answer.quic_flight and answer.cert_sha256:
+                    # The callee's QUIC reply is processed while the checks run.
+                    await _io_turns()
+                    draft.receive_reply(answer.quic_flight, answer.cert_sha256)
+                await checks
+            finally:
+                if not checks.done():
+                    checks.cancel()
+                checks.add_done_callback(_retrieve)
             channel = await self._open_channel(
-                ice, True, answer.cert_sha256, answer.channel_limits, drafts[0] if drafts else None
+                ice, True, answer.cert_sha256, answer.channel_limits, draft
             )
         except BaseException:
             await ice.close()
@@ -352,8 +400,21 @@ class Node:
         cached = self.records.cached(fingerprint, now_ms(), RECORD_CACHE_MS)
         return cached if cached is not None else await self.lookup(fingerprint)
 
-    def _channel_draft(self) -> ChannelDraft:
+    def _take_draft(self) -> ChannelDraft:
+        """The spare dialer draft if still fresh, else a new one."""
+        draft, self._spare_draft = self._spare_draft, None
+        return draft if draft is not None and draft.fresh else self._channel_draft()
+
+    def _reply_draft(self, params: IceParams) -> ChannelDraft | None:
+        """The callee's side of a channel whose handshake began in the offer, if it did."""
+        if not (self.config.secure and params.quic_flight and params.cert_sha256):
+            return None
+        draft = self._channel_draft(is_client=False)
+        return draft if draft.receive_first_flight(params.quic_flight, params.cert_sha256) else None
+
+    def _channel_draft(self, is_client: bool = True) -> ChannelDraft:
         return ChannelDraft(
+            is_client=is_client,
             certificate=self.certificate,
             queue_capacity=self.config.queue_capacity,
             liveness_timeout=self.config.liveness_timeout,
@@ -463,22 +524,36 @@ class Node:
         started = loop.time()
         ice = self.ice_settings.new_connection(controlling=False)
         try:
-            await ice.gather_candidates()
             p = offer.params
+            gathering = asyncio.ensure_future(ice.gather_candidates())
+            try:
+                await asyncio.sleep(0)  # gathering under way, the QUIC reply is built
+                draft = self._reply_draft(p)
+            finally:
+                await gathering
             await set_remote(ice, p.ufrag, p.pwd, p.candidates)
-            answer = encode_answer(offer.secret, self._params(ice))
+            answer = encode_answer(
+                offer.secret, self._params(ice, quic_flight=draft.reply() if draft else ())
+            )
             # Checks start at once: the dialer's agent answers them before it has our
             # answer, so our side of the pair is ready when its nomination arrives.
-            put = asyncio.ensure_future(
-                self._require_dht().put(answer_key(offer.signer, offer.session_id), answer)
-            )
+            sent: asyncio.Future[None] = loop.create_future()
+            put = asyncio.ensure_future(self._require_dht().put(
+                answer_key(offer.signer, offer.session_id), answer, sent=sent
+            ))
+            checks = asyncio.ensure_future(run_checks(ice, self.config.ice_timeout, started))
             self.offers_answered += 1
             try:
-                await _while_putting(put, run_checks(ice, self.config.ice_timeout, started))
-            finally:
-                put.cancel()
-                put.add_done_callback(_retrieve)
-            channel = await self._open_channel(ice, False, p.cert_sha256, p.channel_limits)
+                await _while_putting(put, checks)
+            except BaseException:
+                for fut in (put, checks):
+                    fut.cancel()
+                    fut.add_done_callback(_retrieve)
+                raise
+            self._spawn(_settle(put, None), "answer-put")
+            channel = await self._open_channel(
+                ice, False, p.cert_sha256, p.channel_limits, draft
+            )
         except BaseException:
             await ice.close()
             raise

@@ -92,6 +92,10 @@ class PinnedQuicConnection(QuicConnection):
         self.expected_peer_sha256 = expected_peer_sha256
         self.peer_certificate_sha256: bytes | None = None
         self.pin_error: str | None = None
+        #: Datagrams handed out ahead of the path, in the signaling (see ChannelDraft).
+        self.early_datagrams: tuple[bytes, ...] = ()
+        #: Client: the server's reply to those arrived the same way.
+        self.early_reply = False
 
     def _initialize(self, peer_cid: bytes) -> None:
         super()._initialize(peer_cid)

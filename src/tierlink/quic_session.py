@@ -81,6 +81,31 @@ def start_client(config: QuicConfiguration, now: float) -> PinnedQuicConnection:
     return quic
 
 
+def start_server(
+    config: QuicConfiguration, first_flight: tuple[bytes, ...], peer_cert_sha256: bytes,
+    now: float,
+) -> PinnedQuicConnection | None:
+    """A server connection that processed the client's first flight, received ahead of
+    the path (in the dialer's offer); None unless it starts with a QUIC Initial packet."""
+    if not first_flight:
+        return None
+    try:
+        header = pull_quic_header(
+            Buffer(data=first_flight[0]), host_cid_length=CONNECTION_ID_LENGTH
+        )
+    except (ValueError, BufferReadError):
+        return None
+    if header.packet_type != QuicPacketType.INITIAL:
+        return None
+    quic = PinnedQuicConnection(
+        configuration=config, expected_peer_sha256=peer_cert_sha256,
+        original_destination_connection_id=header.destination_cid,
+    )
+    for datagram in first_flight:
+        quic.receive_datagram(datagram, QUIC_ADDR, now=now)
+    return quic
+
+
 class QuicSession:
     """Pump, timers, liveness and teardown of one pinned QUIC connection over ICE."""
 
@@ -108,7 +133,9 @@ class QuicSession:
             liveness_timeout=liveness_timeout,
             flow_window=flow_window,
         )
-        self._started = started  # a client started ahead (see tierlink.channel.ChannelDraft)
+        # A connection started ahead of the path (see tierlink.channel.ChannelDraft): a
+        # client with its first flight built, or a server that processed that flight.
+        self._started = started
         self._quic: PinnedQuicConnection | None = None
         self._ready: asyncio.Future[None] = self._loop.create_future()
         self._closed_fut: asyncio.Future[None] = self._loop.create_future()
@@ -168,15 +195,25 @@ class QuicSession:
     # -- handshake ----------------------------------------------------------------------
     async def _handshake(self, timeout: float) -> None:
         """Start the pump and wait until :meth:`_mark_ready` (or raise HandshakeFailed)."""
-        self._ice.set_datagram_handler(self._on_datagram)
         self._handshake_timer = self._loop.call_later(timeout, self._on_handshake_timeout, timeout)
-        if self.is_client:
-            quic, self._started = self._started, None
-            if quic is None:
-                quic = start_client(self._config, self._loop.time())
+        quic, self._started = self._started, None
+        if self.is_client and quic is None:
+            quic = start_client(self._config, self._loop.time())
+        if quic is not None:
             quic.expected_peer_sha256 = self.peer_cert_sha256
             self._quic = quic
-            self._flush()
+        if self.is_client and quic is not None and not quic.early_reply:
+            # The first flight went out in the offer but the answer had no reply to it:
+            # the callee could not use it, so it goes on the path (no retransmission
+            # timeout to wait for).
+            with contextlib.suppress(ConnectionError):
+                for datagram in quic.early_datagrams:
+                    self._ice.send_nowait(datagram)
+        # Datagrams that arrived before the channel existed (the server's flight can
+        # beat the dialer's open) are handed over now, to a connection that exists.
+        self._ice.set_datagram_handler(self._on_datagram)
+        if self._quic is not None and not self._closed:
+            self._process()  # client: its first flight; server: its reply to the offer's
         try:
             await self._ready
         except asyncio.CancelledError:
@@ -276,6 +313,8 @@ class QuicSession:
         self._last_rx = now
         try:
             if self._quic is None:
+                if self.is_client:
+                    return
                 self._quic = self._accept_initial(data)
                 if self._quic is None:
                     return

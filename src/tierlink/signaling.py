@@ -32,11 +32,17 @@ replayed into another dial or moved between peers. The dialer keeps the key in a
 nothing in it shows or proves who answered (only that some value appeared under the key).
 
 Parameters (canonical CBOR, inside both ciphertexts): ``{1: ICE ufrag, 2: ICE pwd,
-3: [candidates], 4: certificate SHA-256 or null, 6: purpose, 7: [max_message_size, window]}``;
+3: [candidates], 4: certificate SHA-256 or null, 6: purpose, 7: [max_message_size, window],
+8: [QUIC datagrams]}``;
 the purpose is ``app`` (the connection goes to the application) or ``messages`` (the node's
 own tiered message link); key 7, optional, gives the limits of the sender's secure channel (its
 HELLO must repeat them), so the peer can send as soon as the QUIC handshake completes.
-Readers treat a missing purpose as ``app`` and ignore key 5 (a KEM key older dialers sent).
+Key 8, optional, is the sender's first QUIC flight, carried ahead of the path (at most 4
+datagrams of at most 1,500 bytes): in an offer the dialer's Initial with its ClientHello,
+in the answer the callee's reply to it (ServerHello to Finished). The dialer processes that
+reply while its ICE checks run and sends its Finished, with its first message, as soon as
+the pair works: the QUIC handshake costs no round trip on the path. A side that cannot use
+a flight ignores it and the handshake runs on the path as usual.
 """
 
 from __future__ import annotations
@@ -94,6 +100,13 @@ class IceParams:
     #: (max_message_size, receive window) of the sender's secure channel, so the peer can
     #: send as soon as the QUIC handshake completes instead of waiting for the HELLO.
     channel_limits: tuple[int, int] | None = None
+    #: The sender's first QUIC flight (offer: ClientHello; answer: the reply to it).
+    quic_flight: tuple[bytes, ...] = ()
+
+
+#: Limits on an offer's early QUIC flight (key 8).
+MAX_EARLY_DATAGRAMS = 4
+MAX_EARLY_DATAGRAM_SIZE = 1500
 
 
 @dataclass(frozen=True)
@@ -154,6 +167,7 @@ def _encode_params(params: IceParams) -> bytes:
             4: params.cert_sha256,
             6: params.purpose,
             **({7: list(params.channel_limits)} if params.channel_limits is not None else {}),
+            **({8: list(params.quic_flight)} if params.quic_flight else {}),
         },
         canonical=True,
     )
@@ -185,7 +199,20 @@ def _decode_params(plain: bytes) -> IceParams:
         ):
             raise RecordError("malformed", "channel limits must be [max_message_size, window]")
         limits = (limits[0], limits[1])
-    return IceParams(ufrag, pwd, cands, cert, purpose, limits)
+    early = inner.get(8, [])
+    if (
+        not isinstance(early, list)
+        or len(early) > MAX_EARLY_DATAGRAMS
+        or not all(
+            isinstance(d, bytes) and 0 < len(d) <= MAX_EARLY_DATAGRAM_SIZE for d in early
+        )
+    ):
+        raise RecordError(
+            "malformed",
+            f"early QUIC flight must be at most {MAX_EARLY_DATAGRAMS} datagrams of "
+            f"1 to {MAX_EARLY_DATAGRAM_SIZE} bytes",
+        )
+    return IceParams(ufrag, pwd, cands, cert, purpose, limits, tuple(early))
 
 
 # -- offers ----------------------------------------------------------------------------------

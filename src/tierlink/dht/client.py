@@ -54,6 +54,13 @@ def _decode_line(line: bytes) -> tuple[str, bytes, bool] | None:
     return str(obj.get("id", "")), data, bool(obj.get("expired", False))
 
 
+async def _mark_sent(session: aiohttp.ClientSession, ctx: Any, params: Any) -> None:
+    """aiohttp trace hook: resolve a put's ``sent`` future (its trace_request_ctx)."""
+    sent = ctx.trace_request_ctx
+    if isinstance(sent, asyncio.Future) and not sent.done():
+        sent.set_result(None)
+
+
 class DhtClient:
     """Put, get and listen through one OpenDHT proxy."""
 
@@ -75,8 +82,13 @@ class DhtClient:
     def session(self) -> aiohttp.ClientSession:
         """The shared HTTP session (created lazily on the running loop)."""
         if self._session is None or self._session.closed:
+            trace = aiohttp.TraceConfig()
+            trace.on_request_chunk_sent.append(_mark_sent)
+            trace.on_request_end.append(_mark_sent)
+            trace.on_request_exception.append(_mark_sent)
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=64, force_close=False)
+                connector=aiohttp.TCPConnector(limit=64, force_close=False),
+                trace_configs=[trace],
             )
         return self._session
 
@@ -109,17 +121,28 @@ class DhtClient:
             raise DhtError(f"DHT proxy {self.base_url} sent an unexpected status")
         return obj
 
-    async def put(self, key: str, value: bytes, *, permanent: bool = False) -> None:
+    async def put(
+        self, key: str, value: bytes, *, permanent: bool = False,
+        sent: asyncio.Future[None] | None = None,
+    ) -> None:
         """Store ``value`` under ``key``.
 
         A node with no peers answers ``{"err": "Put failed"}`` although it keeps the value;
         in that case we read the key back and accept the put if the value is there.
+        ``sent`` gets its result once the request is written (or has failed): a caller
+        with CPU work to do meanwhile waits for it, so its work does not delay the put.
         """
         payload = {"data": base64.b64encode(value).decode()}
         if permanent:
             payload["permanent"] = True  # type: ignore[assignment]
         # A failed put is HTTP 502 with {"err": "Put failed"}: handled below.
-        body = await self._request("POST", self._url(key), ok=(502,), json=payload)
+        try:
+            body = await self._request(
+                "POST", self._url(key), ok=(502,), json=payload, trace_request_ctx=sent
+            )
+        finally:
+            if sent is not None and not sent.done():
+                sent.set_result(None)
         try:
             answer = json.loads(body) if body.strip() else {}
         except ValueError:
