@@ -319,61 +319,16 @@ class Node:
         callee processes it while ICE runs); the next dial's QUIC client is built while
         this one waits for the answer.
         """
-        dht = self._require_dht()
+        self._require_dht()
         loop = asyncio.get_running_loop()
         started = loop.time()
         timeout = self.config.dial_timeout if timeout is None else timeout
         if not is_fingerprint(fingerprint):
             raise ValueError("a fingerprint is 128 lowercase hex characters")
         ice = self.ice_settings.new_connection(controlling=True)
+        session = new_session_id()
         try:
-            found = asyncio.ensure_future(self._record_for(fingerprint))
-            try:
-                await ice.gather_candidates()
-            finally:
-                if not found.done():
-                    await asyncio.wait([found])
-            record = found.result()
-            if not record.kem_public_key:
-                raise PeerNotFound(f"record of {fingerprint[:16]}… carries no KEM key")
-            session = new_session_id()
-            draft = self._take_draft() if self.config.secure else None
-            offer, secret = encode_offer(
-                self.identity, fingerprint, record.kem_public_key, session,
-                self._params(ice, purpose, draft.first_flight() if draft else ()),
-                lifetime_s=max(timeout, 5.0) + 30.0,
-            )
-            listener = dht.listen(answer_key(self.fingerprint, session))
-            waiter = asyncio.ensure_future(self._await_answer(listener, secret))
-            sent: asyncio.Future[None] = loop.create_future()
-            put = asyncio.ensure_future(dht.put(offers_key(fingerprint), offer, sent=sent))
-            answered = False
-            try:
-                if self.config.secure:
-                    # Once the put's request is written, the next dial's QUIC client is
-                    # built while the callee works on this one's answer.
-                    await asyncio.wait([sent, put], return_when=asyncio.FIRST_COMPLETED)
-                    if self._spare_draft is None or not self._spare_draft.fresh:
-                        self._spare_draft = self._channel_draft()
-                remaining = timeout - (loop.time() - started)
-                try:
-                    answer = await asyncio.wait_for(
-                        _while_putting(put, waiter), max(remaining, 0.01)
-                    )
-                except TimeoutError:
-                    raise DialTimeout(
-                        f"{fingerprint[:16]}… did not answer within {timeout:.1f} s"
-                    ) from None
-                answered = True
-            finally:
-                waiter.cancel()  # no-op once done; its outcome is retrieved below
-                waiter.add_done_callback(_retrieve)
-                if answered:  # the answer proves the offer arrived: the rest is cleanup
-                    self._spawn(_settle(put, listener), "offer-put")
-                else:
-                    put.cancel()
-                    put.add_done_callback(_retrieve)
-                    await listener.aclose()
+            answer, draft = await self._exchange(ice, fingerprint, session, purpose, timeout)
             await set_remote(ice, answer.ufrag, answer.pwd, answer.candidates)
             checks = asyncio.ensure_future(run_checks(ice, self.config.ice_timeout, started))
             try:
@@ -394,6 +349,70 @@ class Node:
             raise
         return self._adopt(ice, fingerprint, True, session, (loop.time() - started) * 1000,
                            channel)
+
+    async def _exchange(
+        self, ice: IceConnection, fingerprint: str, session: bytes, purpose: str, timeout: float
+    ) -> tuple[IceParams, ChannelDraft | None]:
+        """The dialer's signaling: gather, put the offer, wait for the sealed answer.
+
+        The answer listen starts first, so its request is out while ICE gathers; the
+        offer's put and the answer's wait overlap; the offer carries the QUIC client's
+        first flight; the next dial's client is built while this one waits.
+        """
+        dht = self._require_dht()
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        listener = dht.listen(answer_key(self.fingerprint, session))
+        secret: asyncio.Future[OfferSecret] = loop.create_future()
+        waiter = asyncio.ensure_future(self._await_answer(listener, secret))
+        put: asyncio.Future[None] | None = None
+        answered = False
+        try:
+            found = asyncio.ensure_future(self._record_for(fingerprint))
+            try:
+                await ice.gather_candidates()
+            finally:
+                if not found.done():
+                    await asyncio.wait([found])
+            record = found.result()
+            if not record.kem_public_key:
+                raise PeerNotFound(f"record of {fingerprint[:16]}… carries no KEM key")
+            draft = self._take_draft() if self.config.secure else None
+            offer, offer_secret = encode_offer(
+                self.identity, fingerprint, record.kem_public_key, session,
+                self._params(ice, purpose, draft.first_flight() if draft else ()),
+                lifetime_s=max(timeout, 5.0) + 30.0,
+            )
+            secret.set_result(offer_secret)
+            sent: asyncio.Future[None] = loop.create_future()
+            put = asyncio.ensure_future(dht.put(offers_key(fingerprint), offer, sent=sent))
+            if self.config.secure:
+                # Once the put's request is written, the next dial's QUIC client is
+                # built while the callee works on this one's answer.
+                await asyncio.wait([sent, put], return_when=asyncio.FIRST_COMPLETED)
+                if self._spare_draft is None or not self._spare_draft.fresh:
+                    self._spare_draft = self._channel_draft()
+            remaining = timeout - (loop.time() - started)
+            try:
+                answer = await asyncio.wait_for(
+                    _while_putting(put, waiter), max(remaining, 0.01)
+                )
+            except TimeoutError:
+                raise DialTimeout(
+                    f"{fingerprint[:16]}… did not answer within {timeout:.1f} s"
+                ) from None
+            answered = True
+            return answer, draft
+        finally:
+            waiter.cancel()  # no-op once done; its outcome is retrieved below
+            waiter.add_done_callback(_retrieve)
+            if answered and put is not None:  # the answer proves the offer arrived
+                self._spawn(_settle(put, listener), "offer-put")
+            else:
+                if put is not None:
+                    put.cancel()
+                    put.add_done_callback(_retrieve)
+                await listener.aclose()
 
     async def _record_for(self, fingerprint: str) -> PeerRecord:
         """A verified record of ``fingerprint``: a fresh cached one, else a DHT lookup."""
@@ -445,12 +464,13 @@ class Node:
         )
 
     async def _await_answer(
-        self, listener: AsyncIterator[bytes], secret: OfferSecret
+        self, listener: AsyncIterator[bytes], secret: asyncio.Future[OfferSecret]
     ) -> IceParams:
-        """The first value that decrypts under ``secret``: only the callee can seal one."""
+        """The first value that decrypts under ``secret`` (known once the offer is
+        built): only the callee can seal one."""
         async for value in listener:
             try:
-                return decode_answer(value, secret)
+                return decode_answer(value, await secret)
             except RecordError as exc:
                 log.info("ignoring an answer: %s", exc)
         raise DialTimeout("the answer listen ended before an answer arrived")

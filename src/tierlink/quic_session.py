@@ -126,7 +126,9 @@ class QuicSession:
         self.is_client = is_client
         self.peer_cert_sha256 = peer_cert_sha256
         self._liveness_timeout = liveness_timeout
-        self._ping_interval = min(liveness_timeout / 5, 5.0)
+        # Three PINGs per liveness period: two in a row may be lost before the watchdog
+        # fires, and a quiet connection wakes the loop rarely (idle CPU).
+        self._ping_interval = min(liveness_timeout / 3, 5.0)
         self._config = quic_configuration(
             is_client=is_client,
             certificate=certificate,
@@ -213,7 +215,10 @@ class QuicSession:
         # beat the dialer's open) are handed over now, to a connection that exists.
         self._ice.set_datagram_handler(self._on_datagram)
         if self._quic is not None and not self._closed:
-            self._process()  # client: its first flight; server: its reply to the offer's
+            # Flushed once this loop pass ends: a dialer whose handshake completed in the
+            # signaling gets its channel first, so its first message leaves in the same
+            # datagram as its TLS Finished.
+            self._process(flush=False)
         try:
             await self._ready
         except asyncio.CancelledError:
@@ -418,7 +423,11 @@ class QuicSession:
         self._ping_timer = None
         if self._closed or self._quic is None:
             return
-        if self._loop.time() - self._last_rx >= self._ping_interval * 0.5:
+        # The client keeps the pair alive: its PINGs feed the server's watchdog and their
+        # ACKs its own. The server pings only when the client's PINGs went missing, so an
+        # idle connection costs one PING and one ACK per interval, not two of each.
+        quiet = self._ping_interval * (0.5 if self.is_client else 1.5)
+        if self._loop.time() - self._last_rx >= quiet:
             self._ping_uid += 1
             self._quic.send_ping(self._ping_uid)
             self._kick()
