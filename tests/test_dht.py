@@ -114,6 +114,29 @@ async def test_lone_node_put_is_not_reported_as_loss(dht_node) -> None:
         assert sorted(await client.get(key)) == [b"alone", b"kept"]
 
 
+async def test_lone_node_read_back_is_not_repeated_for_every_put(dht_node, monkeypatch) -> None:
+    """A lone node answers "Put failed" yet stores; one read-back vouches for a while."""
+    async with DhtClient(dht_node.proxy_url) as client:
+        reads = 0
+        real_get = client.get
+
+        async def counting_get(key: str) -> list[bytes]:
+            nonlocal reads
+            reads += 1
+            return await real_get(key)
+
+        monkeypatch.setattr(client, "get", counting_get)
+        keys = [fresh_key() for _ in range(3)]
+        for i, key in enumerate(keys):
+            await client.put(key, b"v%d" % i)
+        assert reads == 1
+        for i, key in enumerate(keys):
+            assert await real_get(key) == [b"v%d" % i]
+        client._lone_until = 0.0  # the trust period ended: the next put reads back again
+        await client.put(fresh_key(), b"checked")
+        assert reads == 2
+
+
 async def test_unreachable_proxy_is_a_typed_error() -> None:
     from tierlink.dht.process import free_port
 

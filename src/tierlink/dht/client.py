@@ -30,6 +30,9 @@ from tierlink.errors import DhtError, DhtUnavailable
 log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT = 10.0
+#: After a put the node reported failed was found stored (a node without peers), the same
+#: report is taken as stored for this long without reading back (seconds).
+LONE_NODE_TRUST_S = 30.0
 
 
 def _check_key(key: str) -> str:
@@ -69,6 +72,7 @@ class DhtClient:
         self.timeout = timeout
         self._session: aiohttp.ClientSession | None = None
         self._listeners: set[DhtListener] = set()
+        self._lone_until = 0.0  # loop time until which "Put failed" means stored
 
     async def __aenter__(self) -> DhtClient:
         return self
@@ -128,7 +132,8 @@ class DhtClient:
         """Store ``value`` under ``key``.
 
         A node with no peers answers ``{"err": "Put failed"}`` although it keeps the value;
-        in that case we read the key back and accept the put if the value is there.
+        in that case we read the key back and accept the put if the value is there, and for
+        ``LONE_NODE_TRUST_S`` seconds after such a check accept that answer without one.
         ``sent`` gets its result once the request is written (or has failed): a caller
         with CPU work to do meanwhile waits for it, so its work does not delay the put.
         """
@@ -148,8 +153,14 @@ class DhtClient:
         except ValueError:
             raise DhtError(f"DHT proxy sent an unreadable answer to a put: {body[:80]!r}") from None
         if isinstance(answer, dict) and ("err" in answer or "err:" in answer):
+            loop = asyncio.get_running_loop()
+            if loop.time() < self._lone_until:
+                return  # a lone node: it kept the value, as it did a moment ago
             if value in await self.get(key):
                 log.debug("put reported failure but the value is stored locally (lone node?)")
+                # Checked again LONE_NODE_TRUST_S from now: a read-back per put would
+                # cost every dial a request in flight while its answer comes in.
+                self._lone_until = loop.time() + LONE_NODE_TRUST_S
                 return
             raise DhtError(f"DHT put failed: {answer}")
 
