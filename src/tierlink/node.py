@@ -13,16 +13,16 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Coroutine, Iterable
+from collections.abc import AsyncIterator, Coroutine, Iterable
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any
 
 from tierlink.certs import LocalCertificate
 from tierlink.channel import DEFAULT_WINDOW, ChannelDraft, SecureChannel, open_channel
 from tierlink.config import NodeConfig
 from tierlink.connection import Connection
 from tierlink.delivery import DEFAULT_TTL_S, Delivery, Message, Messenger
-from tierlink.dht import DhtClient, DhtListener, DhtNodeProcess
+from tierlink.dht import DhtClient, DhtNodeProcess
 from tierlink.errors import (
     DialTimeout,
     HandshakeFailed,
@@ -34,6 +34,7 @@ from tierlink.ice import TurnServer, local_infos, run_checks, set_remote
 from tierlink.ice_compat import IceConnection, get_host_addresses
 from tierlink.identity import is_fingerprint
 from tierlink.keys import answer_key, ice_candidates_key, offers_key
+from tierlink.overlap import io_turns, retrieve, settle, while_putting
 from tierlink.records import CandidateInfo, PeerRecord, RecordBook, now_ms
 from tierlink.signaling import (
     IceParams,
@@ -51,65 +52,11 @@ log = logging.getLogger(__name__)
 __all__ = ["Delivery", "Message", "Node", "NodeConfig", "TurnServer"]
 
 
-def _retrieve(task: asyncio.Future[Any]) -> None:
-    """Mark a background future's exception as retrieved (it was already handled)."""
-    if not task.cancelled():
-        task.exception()
-
-
 #: How often a public node checks whether its addresses changed (seconds).
 ADDRESS_CHECK_S = 30.0
 #: A verified peer record is reused for dialing this long (ms) before it is looked up
 #: again: its keys do not change while the peer keeps its identity.
 RECORD_CACHE_MS = 60_000
-
-T = TypeVar("T")
-
-
-async def _while_putting(put: asyncio.Future[None], work: Awaitable[T]) -> T:
-    """Await ``work`` while ``put`` (a DHT put it depends on) runs; a failed put fails it.
-
-    The DHT hands a value to listeners before the put call returns, so waiting for the
-    put first would only add its round trip to every dial.
-    """
-    task: asyncio.Future[T] = asyncio.ensure_future(work)
-    try:
-        while True:
-            pending: set[asyncio.Future[Any]] = {task} if put.done() else {task, put}
-            await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-            if task.done():
-                return task.result()
-            error = put.exception()
-            if error is not None:
-                raise error
-    finally:
-        if not task.done():
-            task.cancel()
-            await asyncio.wait([task])
-        task.add_done_callback(_retrieve)
-
-
-async def _settle(put: asyncio.Future[None], listener: DhtListener | None) -> None:
-    """Let a put that has served its purpose finish, then close ``listener``.
-
-    Cancelling an HTTP request mid-flight costs its pooled connection, and the dial
-    already has what it waited for, so both ends are tidied off its critical path.
-    """
-    try:
-        await put
-    except TierlinkError as exc:
-        log.debug("a put finished late with an error: %s", exc)
-    finally:
-        if listener is not None:
-            await listener.aclose()
-
-
-async def _io_turns(turns: int = 4) -> None:
-    """Give the loop a few turns, so I/O just started (an aioice check: a task that
-    starts a task) is on the wire before a stretch of CPU work."""
-    for _ in range(turns):
-        await asyncio.sleep(0)
-
 
 class Node:
     """A tierlink peer. Use as ``async with Node(config) as node: ...``."""
@@ -334,13 +281,13 @@ class Node:
             try:
                 if draft is not None and answer.quic_flight and answer.cert_sha256:
                     # The callee's QUIC reply is processed while the checks run.
-                    await _io_turns()
+                    await io_turns()
                     draft.receive_reply(answer.quic_flight, answer.cert_sha256)
                 await checks
             finally:
                 if not checks.done():
                     checks.cancel()
-                checks.add_done_callback(_retrieve)
+                checks.add_done_callback(retrieve)
             channel = await self._open_channel(
                 ice, True, answer.cert_sha256, answer.channel_limits, draft
             )
@@ -395,7 +342,7 @@ class Node:
             remaining = timeout - (loop.time() - started)
             try:
                 answer = await asyncio.wait_for(
-                    _while_putting(put, waiter), max(remaining, 0.01)
+                    while_putting(put, waiter), max(remaining, 0.01)
                 )
             except TimeoutError:
                 raise DialTimeout(
@@ -405,13 +352,13 @@ class Node:
             return answer, draft
         finally:
             waiter.cancel()  # no-op once done; its outcome is retrieved below
-            waiter.add_done_callback(_retrieve)
+            waiter.add_done_callback(retrieve)
             if answered and put is not None:  # the answer proves the offer arrived
-                self._spawn(_settle(put, listener), "offer-put")
+                self._spawn(settle(put, listener), "offer-put")
             else:
                 if put is not None:
                     put.cancel()
-                    put.add_done_callback(_retrieve)
+                    put.add_done_callback(retrieve)
                 await listener.aclose()
 
     async def _record_for(self, fingerprint: str) -> PeerRecord:
@@ -564,13 +511,13 @@ class Node:
             checks = asyncio.ensure_future(run_checks(ice, self.config.ice_timeout, started))
             self.offers_answered += 1
             try:
-                await _while_putting(put, checks)
+                await while_putting(put, checks)
             except BaseException:
                 for fut in (put, checks):
                     fut.cancel()
-                    fut.add_done_callback(_retrieve)
+                    fut.add_done_callback(retrieve)
                 raise
-            self._spawn(_settle(put, None), "answer-put")
+            self._spawn(settle(put, None), "answer-put")
             channel = await self._open_channel(
                 ice, False, p.cert_sha256, p.channel_limits, draft
             )
