@@ -22,7 +22,7 @@ from tierlink.channel import DEFAULT_WINDOW, ChannelDraft, SecureChannel, open_c
 from tierlink.config import NodeConfig
 from tierlink.connection import Connection
 from tierlink.delivery import DEFAULT_TTL_S, Delivery, Message, Messenger
-from tierlink.dht import DhtClient, DhtNodeProcess
+from tierlink.dht import DhtClient, DhtListener, DhtNodeProcess
 from tierlink.errors import (
     DialTimeout,
     HandshakeFailed,
@@ -302,16 +302,16 @@ class Node:
     ) -> tuple[IceParams, ChannelDraft | None]:
         """The dialer's signaling: gather, put the offer, wait for the sealed answer.
 
-        The answer listen starts first, so its request is out while ICE gathers; the
-        offer's put and the answer's wait overlap; the offer carries the QUIC client's
-        first flight; the next dial's client is built while this one waits.
+        The offer carries the QUIC client's first flight; the answer listen starts once
+        the offer's request is written (a listen hands over values already stored, so an
+        early answer is not missed); the answer is awaited while the put still runs; the
+        next dial's QUIC client is built while the callee works.
         """
         dht = self._require_dht()
         loop = asyncio.get_running_loop()
         started = loop.time()
-        listener = dht.listen(answer_key(self.fingerprint, session))
-        secret: asyncio.Future[OfferSecret] = loop.create_future()
-        waiter = asyncio.ensure_future(self._await_answer(listener, secret))
+        listener: DhtListener | None = None
+        waiter: asyncio.Future[IceParams] | None = None
         put: asyncio.Future[None] | None = None
         answered = False
         try:
@@ -325,20 +325,19 @@ class Node:
             if not record.kem_public_key:
                 raise PeerNotFound(f"record of {fingerprint[:16]}… carries no KEM key")
             draft = self._take_draft() if self.config.secure else None
-            offer, offer_secret = encode_offer(
+            offer, secret = encode_offer(
                 self.identity, fingerprint, record.kem_public_key, session,
                 self._params(ice, purpose, draft.first_flight() if draft else ()),
                 lifetime_s=max(timeout, 5.0) + 30.0,
             )
-            secret.set_result(offer_secret)
             sent: asyncio.Future[None] = loop.create_future()
             put = asyncio.ensure_future(dht.put(offers_key(fingerprint), offer, sent=sent))
-            if self.config.secure:
-                # Once the put's request is written, the next dial's QUIC client is
-                # built while the callee works on this one's answer.
-                await asyncio.wait([sent, put], return_when=asyncio.FIRST_COMPLETED)
-                if self._spare_draft is None or not self._spare_draft.fresh:
-                    self._spare_draft = self._channel_draft()
+            await asyncio.wait([sent, put], return_when=asyncio.FIRST_COMPLETED)
+            listener = dht.listen(answer_key(self.fingerprint, session))
+            waiter = asyncio.ensure_future(self._await_answer(listener, secret))
+            spare = self._spare_draft
+            if self.config.secure and (spare is None or not spare.fresh):
+                self._spare_draft = self._channel_draft()
             remaining = timeout - (loop.time() - started)
             try:
                 answer = await asyncio.wait_for(
@@ -351,15 +350,17 @@ class Node:
             answered = True
             return answer, draft
         finally:
-            waiter.cancel()  # no-op once done; its outcome is retrieved below
-            waiter.add_done_callback(retrieve)
+            if waiter is not None:
+                waiter.cancel()  # no-op once done; its outcome is retrieved below
+                waiter.add_done_callback(retrieve)
             if answered and put is not None:  # the answer proves the offer arrived
                 self._spawn(settle(put, listener), "offer-put")
             else:
                 if put is not None:
                     put.cancel()
                     put.add_done_callback(retrieve)
-                await listener.aclose()
+                if listener is not None:
+                    await listener.aclose()
 
     async def _record_for(self, fingerprint: str) -> PeerRecord:
         """A verified record of ``fingerprint``: a fresh cached one, else a DHT lookup."""
@@ -411,13 +412,12 @@ class Node:
         )
 
     async def _await_answer(
-        self, listener: AsyncIterator[bytes], secret: asyncio.Future[OfferSecret]
+        self, listener: AsyncIterator[bytes], secret: OfferSecret
     ) -> IceParams:
-        """The first value that decrypts under ``secret`` (known once the offer is
-        built): only the callee can seal one."""
+        """The first value that decrypts under ``secret``: only the callee can seal one."""
         async for value in listener:
             try:
-                return decode_answer(value, await secret)
+                return decode_answer(value, secret)
             except RecordError as exc:
                 log.info("ignoring an answer: %s", exc)
         raise DialTimeout("the answer listen ended before an answer arrived")
