@@ -56,19 +56,24 @@ async def test_draft_still_enforces_the_pin_given_at_open() -> None:
 
 
 LIMITS = (16 * 1024 * 1024, DEFAULT_WINDOW)
+SIGNALING_DELAY = 0.3  # seconds a flight spends in the DHT, far above a loopback RTT
 
 
 async def test_flights_ahead_of_the_path_open_the_dialer_without_a_round_trip() -> None:
     """ClientHello and the server's reply travel outside the path (as in an offer and
-    its answer): the dialer's channel is open before the callee's side even exists."""
+    its answer): the dialer's channel is open before the callee's side even exists, and
+    the signaling's delay does not end up in either side's RTT estimate."""
     ca, cb = LocalCertificate.generate(), LocalCertificate.generate()
     client = ChannelDraft(certificate=ca)
     flight = client.first_flight()
     assert flight and all(0 < len(d) <= 1500 for d in flight)
     assert client.first_flight() == flight  # packetized once
     server = ChannelDraft(certificate=cb, is_client=False)
+    await asyncio.sleep(SIGNALING_DELAY)
     assert server.receive_first_flight(flight, ca.sha256)
-    client.receive_reply(server.reply(), cb.sha256)
+    reply = server.reply()
+    await asyncio.sleep(SIGNALING_DELAY)
+    client.receive_reply(reply, cb.sha256)
     a, b = await connect_ice()
     try:
         dialer = await asyncio.wait_for(client.open(a, cb.sha256, LIMITS), 2.0)
@@ -76,6 +81,11 @@ async def test_flights_ahead_of_the_path_open_the_dialer_without_a_round_trip() 
         callee = await server.open(b, ca.sha256, LIMITS)
         assert await callee.recv(5) == b"first"
         assert await asyncio.wait_for(sent, 5) == 1
+        for _ in range(3):
+            assert await callee.send(b"back") and await dialer.recv(5) == b"back"
+        for side in (dialer, callee):
+            rtt = side._quic._loss._rtt_smoothed  # type: ignore[union-attr]
+            assert 0 < rtt < SIGNALING_DELAY / 2, rtt
         await dialer.close()
         await callee.close()
     finally:

@@ -24,8 +24,10 @@ from tierlink.quic_compat import (
     PRIVATE_ATTRIBUTES,
     PinnedQuicConnection,
     close_event,
+    forget_rtt_sample,
     max_datagram_size,
     pending_datagrams,
+    restamp_in_flight,
     set_max_datagram_size,
 )
 from tierlink.quic_session import CONNECTION_ID_LENGTH, MAX_DATAGRAM_SIZE
@@ -213,3 +215,19 @@ def test_raised_packet_size_is_used_and_data_arrives_intact(size: int) -> None:
     assert max(sizes) > size - 64  # full packets of the new size were built
     with pytest.raises(ValueError):
         set_max_datagram_size(pair.client, MAX_PACKET_SIZE + 1)
+
+
+def test_restamp_and_forget_rtt() -> None:
+    """The adapters that keep flights sent in the signaling out of the RTT estimate."""
+    cert = LocalCertificate.generate()
+    conn = PinnedQuicConnection(configuration=_config(cert, True), expected_peer_sha256=b"\0" * 32)
+    conn.connect(ADDR, now=1.0)
+    conn.datagrams_to_send(now=1.0)
+    in_flight = [p for space in conn._loss.spaces for p in space.sent_packets.values()]
+    assert in_flight and all(p.sent_time == 1.0 for p in in_flight)
+    restamp_in_flight(conn, 5.0)
+    assert all(p.sent_time == 5.0 for p in in_flight)
+    assert conn._loss._time_of_last_sent_ack_eliciting_packet == 5.0
+    conn._loss._rtt_initialized = True
+    forget_rtt_sample(conn)
+    assert conn._loss._rtt_initialized is False

@@ -39,7 +39,12 @@ from tierlink.framing import (
 )
 from tierlink.ice_compat import IceConnection
 from tierlink.queue import RecvQueue
-from tierlink.quic_compat import PinnedQuicConnection, pending_datagrams
+from tierlink.quic_compat import (
+    PinnedQuicConnection,
+    forget_rtt_sample,
+    pending_datagrams,
+    restamp_in_flight,
+)
 from tierlink.quic_session import (
     ERROR_NONE,
     QUIC_ADDR,
@@ -555,12 +560,14 @@ class ChannelDraft:
             raise RuntimeError("only a dialer's draft whose first flight went out gets a reply")
         quic.expected_peer_sha256 = peer_cert_sha256
         now = self._loop.time()
+        restamp_in_flight(quic, now)  # the reply's ACK says nothing of the path's RTT...
         try:
             for datagram in datagrams:
                 quic.receive_datagram(datagram, QUIC_ADDR, now=now)
         except Exception as exc:  # garbage from the sealed answer must not escape
             log.info("ignoring an unusable early QUIC reply: %r", exc)
             return
+        forget_rtt_sample(quic)
         quic.early_reply = True
 
     def receive_first_flight(self, datagrams: tuple[bytes, ...], peer_cert_sha256: bytes) -> bool:

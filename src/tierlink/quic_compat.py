@@ -52,6 +52,8 @@ PRIVATE_ATTRIBUTES = (
     ("QuicPacketRecovery", "_pacer"),
     ("QuicCongestionControl", "_max_datagram_size"),
     ("QuicPacketPacer", "_max_datagram_size"),
+    ("QuicPacketRecovery", "_time_of_last_sent_ack_eliciting_packet"),
+    ("QuicPacketRecovery", "_rtt_initialized"),
 )
 
 #: The largest packet aioquic can build: it writes STREAM and CRYPTO frame lengths as 2-byte
@@ -151,3 +153,26 @@ def set_max_datagram_size(quic: QuicConnection, size: int) -> None:
     cc: Any = loss._cc  # NewReno and CUBIC keep their own copy of the size
     cc._max_datagram_size = size
     cc.congestion_window = max(cc.congestion_window, min(10 * size, max(14_720, 2 * size)))
+
+
+def restamp_in_flight(quic: QuicConnection, now: float) -> None:
+    """Count every packet still in flight as sent at ``now``.
+
+    A flight carried in the signaling (see tierlink.channel.ChannelDraft) left long before
+    the path existed; acknowledged with its real send time, it would make the first RTT
+    sample the signaling's delay (tens of ms on loopback), and pacing and loss timers would
+    follow that estimate for a while. Touches ``QuicPacketSpace.sent_packets`` (public) and
+    ``QuicPacketRecovery._time_of_last_sent_ack_eliciting_packet``.
+    """
+    loss = quic._loss
+    for space in loss.spaces:
+        for packet in space.sent_packets.values():
+            packet.sent_time = now
+    if loss._time_of_last_sent_ack_eliciting_packet:
+        loss._time_of_last_sent_ack_eliciting_packet = now
+
+
+def forget_rtt_sample(quic: QuicConnection) -> None:
+    """Let the next RTT sample initialize the estimate again (RFC 9002 section 5.3), as
+    if none had been taken: the samples so far measured the signaling, not the path."""
+    quic._loss._rtt_initialized = False

@@ -38,6 +38,7 @@ from tierlink.quic_compat import (
     PinnedQuicConnection,
     close_event,
     max_datagram_size,
+    restamp_in_flight,
     set_max_datagram_size,
 )
 
@@ -203,6 +204,8 @@ class QuicSession:
             quic = start_client(self._config, self._loop.time())
         if quic is not None:
             quic.expected_peer_sha256 = self.peer_cert_sha256
+            if quic.early_datagrams:  # what went out in the signaling leaves "now"
+                restamp_in_flight(quic, self._loop.time())
             self._quic = quic
         if self.is_client and quic is not None and not quic.early_reply:
             # The first flight went out in the offer but the answer had no reply to it:
