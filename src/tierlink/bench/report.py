@@ -141,7 +141,9 @@ kept (interference only makes a figure worse); idle CPU is measured for all syst
   own queue is dropped by the pacer and counted lost (aiortc's unreliable channel queues
   without bound). aiortc uses an unordered channel with maxRetransmits=0.
 - **idle CPU**: both processes idle with one task blocked in recv on an open connection for
-  15 s; CPU seconds (getrusage) / wall seconds of each process; the larger is reported.
+  60 s (a minute, so periodic work such as keep-alives, ICE consent checks and tierlink's
+  record re-publication every 200 s counts at its rate, not by chance of the window); CPU
+  seconds (getrusage) / wall seconds of each process; the larger is reported.
 - **memory**: RSS (/proc/self/statm) of each process before and after opening 100 more idle
   connections, delta / 100; the larger side is reported.
 - Loopback only: raw aioice and tierlink gather on 127.0.0.1 through
