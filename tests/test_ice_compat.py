@@ -107,6 +107,32 @@ async def test_burst_is_handled_in_one_pass_in_order_and_close_frees_the_socket(
         s.bind(("127.0.0.1", port))  # the socket's duplicate was closed with the connection
 
 
+async def test_keep_reading_ends_a_batch_without_losing_anything() -> None:
+    """A handler whose consumer is behind stops the batch; the rest waits in the socket."""
+    a, b = await connected_pair()
+    try:
+        got: list[bytes] = []
+        room = 5  # the consumer takes 5, then wants the loop before more is read
+        b.set_datagram_handler(got.append, keep_reading=lambda: len(got) < room)
+        burst = [b"\x40" + i.to_bytes(2, "big") for i in range(40)]
+        for data in burst:
+            a.send_nowait(data)
+        for _ in range(1000):
+            if got:
+                break
+            await asyncio.sleep(0)
+        assert len(got) == room  # one batch, ended by keep_reading
+        room = len(burst)
+        for _ in range(200):
+            if len(got) == len(burst):
+                break
+            await asyncio.sleep(0.005)
+        assert got == burst
+    finally:
+        await a.close()
+        await b.close()
+
+
 def test_check_interval_below_rfc_minimum_is_refused() -> None:
     with pytest.raises(ValueError, match="check_interval"):
         IceConnection(controlling=True, host_addresses=["127.0.0.1"], check_interval=0.001)

@@ -53,7 +53,11 @@ class RawDatagrams:
         self._limit = max_payload(ice)
         self._closed = asyncio.get_running_loop().create_future()
         self._stats = {"datagrams_sent": 0, "bytes_sent": 0, "bytes_received": 0}
-        ice.set_datagram_handler(self._on_datagram)
+        ice.set_datagram_handler(self._on_datagram, keep_reading=self._keep_reading)
+
+    def _keep_reading(self) -> bool:
+        # Drop-oldest queue: the application gets the loop before it overflows.
+        return len(self._queue) < self._queue.capacity
 
     def _on_datagram(self, data: bytes) -> None:
         self._stats["bytes_received"] += len(data)

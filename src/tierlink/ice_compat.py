@@ -136,6 +136,7 @@ class IceConnection(aioice.Connection):
         self._tl_check_interval = check_interval
         self._tl_batch_receive = batch_receive
         self._tl_handler: DatagramHandler | None = None
+        self._tl_keep_reading: Callable[[], bool] | None = None
         self._tl_pending: list[bytes] = []
         self._tl_sock: socket.socket | None = None  # dup of the nominated socket
         self._tl_protocol: StunProtocol | None = None
@@ -240,13 +241,19 @@ class IceConnection(aioice.Connection):
         self._query_consent_task = asyncio.create_task(self.query_consent())
 
     # -- receiving ------------------------------------------------------------------------
-    def set_datagram_handler(self, handler: DatagramHandler | None) -> None:
+    def set_datagram_handler(
+        self, handler: DatagramHandler | None, *, keep_reading: Callable[[], bool] | None = None
+    ) -> None:
         """Deliver every received datagram to ``handler`` synchronously (None: aioice queue).
 
         With a handler on a direct (host/srflx) pair, datagrams are read in batches (unless
         the connection was made with ``batch_receive=False``: aioice's one per loop pass).
+        ``keep_reading``: asked before each further datagram of a batch; False ends the
+        batch, so the application can drain what it was given before more is read (the
+        rest waits in the socket's buffer, not in a queue that would drop it).
         """
         self._tl_handler = handler
+        self._tl_keep_reading = keep_reading
         if handler is not None:
             self._tl_enable_batching()
             pending, self._tl_pending = self._tl_pending, []
@@ -259,7 +266,9 @@ class IceConnection(aioice.Connection):
         if handler is not None:
             handler(data)
             if self._tl_sock is not None and not self._tl_draining:
-                self._tl_drain()
+                keep = self._tl_keep_reading
+                if keep is None or keep():
+                    self._tl_drain()
         elif len(self._tl_pending) < 64:
             # Datagrams that arrive between ICE completion and the handler being set.
             self._tl_pending.append(data)
@@ -292,7 +301,10 @@ class IceConnection(aioice.Connection):
             return
         self._tl_draining = True
         try:
+            keep = self._tl_keep_reading
             for _ in range(RECV_BATCH - 1):
+                if keep is not None and not keep():
+                    break
                 try:
                     data, addr = sock.recvfrom(RECV_SIZE)
                 except (BlockingIOError, InterruptedError):

@@ -192,6 +192,10 @@ class QuicSession:
     def _on_closed(self, reason: str) -> None:
         """Wake the subclass's waiters; called once by :meth:`_shutdown`."""
 
+    def _keep_reading(self) -> bool:
+        """Whether to read another datagram in this loop pass (see set_datagram_handler)."""
+        return True
+
     def _before_flush(self) -> None:
         """Queue coalesced stream data (e.g. one cumulative ack) just before packetizing."""
 
@@ -216,7 +220,7 @@ class QuicSession:
                     self._ice.send_nowait(datagram)
         # Datagrams that arrived before the channel existed (the server's flight can
         # beat the dialer's open) are handed over now, to a connection that exists.
-        self._ice.set_datagram_handler(self._on_datagram)
+        self._ice.set_datagram_handler(self._on_datagram, keep_reading=self._keep_reading)
         if self._quic is not None and not self._closed:
             # Flushed once this loop pass ends: a dialer whose handshake completed in the
             # signaling gets its channel first, so its first message leaves in the same

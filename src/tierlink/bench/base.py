@@ -61,6 +61,10 @@ class BenchConn(ABC):
     async def send(self, data: bytes) -> None:
         """Send one message in the system's reliable mode (best effort for raw aioice)."""
 
+    def receive_queue_drops(self) -> int | None:
+        """Datagrams the receiving side's own bounded queue dropped (None: no such queue)."""
+        return None
+
     async def send_many(self, payload: bytes, count: int, deadline: float, window: int) -> int:
         """Send ``payload`` ``count`` times as fast as flow control allows; stop at deadline.
 

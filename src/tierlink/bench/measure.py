@@ -90,6 +90,8 @@ async def datagram_trial(pair: Pair, plan: Plan, trial: int, rate: float) -> Jso
         "rate": round(rate, 1),
         "sent": sent,
         "dropped_by_sender": int(d.get("dropped_by_sender", 0)),
+        # cumulative: datagrams the receiver's own bounded queue dropped (drop-oldest)
+        "receive_queue_drops_total": c.get("queue_drops"),
         "received": received,
         "send_rate": round(send_rate, 1),
         "delivered_rate": round(delivered_rate, 1),

@@ -60,6 +60,9 @@ class TierlinkBenchConn(BenchConn):
             raise TimeoutError
         return data
 
+    def receive_queue_drops(self) -> int | None:
+        return int(self.conn.stats().get("datagrams_dropped", 0))
+
     def limit_packet_size(self, size: int | None) -> bool:
         self.conn.limit_packet_size(size)
         return True

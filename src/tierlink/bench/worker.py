@@ -211,6 +211,7 @@ class Worker:
                 break
             await asyncio.sleep(quiet / 4)
         return {
+            "queue_drops": self.conn.receive_queue_drops(),
             "received": self.dg_counts.get(trial, 0),
             "t_first": self.dg_first.get(trial, 0.0),
             "t_last": self.dg_last.get(trial, 0.0),
