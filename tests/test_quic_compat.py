@@ -27,6 +27,7 @@ from tierlink.quic_compat import (
     forget_rtt_sample,
     max_datagram_size,
     pending_datagrams,
+    release,
     restamp_in_flight,
     set_max_datagram_size,
 )
@@ -231,3 +232,43 @@ def test_restamp_and_forget_rtt() -> None:
     conn._loss._rtt_initialized = True
     forget_rtt_sample(conn)
     assert conn._loss._rtt_initialized is False
+
+
+def test_release_frees_a_finished_connection_without_the_cycle_collector() -> None:
+    """aioquic's connection refers to itself; released, reference counting frees it."""
+    import gc
+    import weakref
+
+    pair = Pair(b"", b"")
+    pair.pump()
+    assert pair.server is not None
+    pair.client.close(error_code=0)
+    pair.pump()
+    refs = [weakref.ref(pair.client), weakref.ref(pair.server)]
+    tls_ref = weakref.ref(pair.client.tls)
+    gc.disable()
+    try:
+        release(pair.client)
+        release(pair.server)
+        pair.client = pair.server = None  # type: ignore[assignment]
+        assert all(r() is None for r in refs) and tls_ref() is None
+    finally:
+        gc.enable()
+
+
+def test_unreleased_connection_needs_the_cycle_collector() -> None:
+    """Why release exists: without it the same connection outlives its last reference."""
+    import gc
+    import weakref
+
+    pair = Pair(b"", b"")
+    pair.pump()
+    ref = weakref.ref(pair.client)
+    gc.disable()
+    try:
+        pair.client = None  # type: ignore[assignment]
+        assert ref() is not None  # still alive: a reference cycle holds it
+    finally:
+        gc.enable()
+    gc.collect()
+    assert ref() is None

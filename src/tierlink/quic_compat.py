@@ -176,3 +176,22 @@ def forget_rtt_sample(quic: QuicConnection) -> None:
     """Let the next RTT sample initialize the estimate again (RFC 9002 section 5.3), as
     if none had been taken: the samples so far measured the signaling, not the path."""
     quic._loss._rtt_initialized = False
+
+
+def release(quic: QuicConnection) -> None:
+    """Break the reference cycles of a connection that is done with.
+
+    aioquic's connection refers to itself through bound methods (frame handlers, loss
+    recovery callbacks, streams), so a closed one is freed only by CPython's cyclic garbage
+    collector, whose full passes (~20 ms with a node's ~50k objects) show up as dial-time
+    outliers. Emptying its attribute dictionary lets reference counting free it at once.
+    Call only when nothing will touch ``quic`` again.
+    """
+    loss = quic.__dict__.get("_loss")
+    for space in getattr(loss, "spaces", ()):  # a sent packet's ack callback names its space
+        space.sent_packets.clear()
+    for part in ("tls", "_loss"):  # hold callbacks into the connection
+        inner = quic.__dict__.get(part)
+        if inner is not None:
+            vars(inner).clear()
+    vars(quic).clear()

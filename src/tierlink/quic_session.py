@@ -38,6 +38,7 @@ from tierlink.quic_compat import (
     PinnedQuicConnection,
     close_event,
     max_datagram_size,
+    release,
     restamp_in_flight,
     set_max_datagram_size,
 )
@@ -498,5 +499,7 @@ class QuicSession:
             self._ready.set_exception(HandshakeFailed(reason))
         self._on_closed(reason)
         self._quic = None  # release aioquic's buffers
+        if quic is not None:
+            release(quic)
         if not self._closed_fut.done():
             self._closed_fut.set_result(None)
