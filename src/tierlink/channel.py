@@ -49,6 +49,7 @@ from tierlink.quic_session import (
     ERROR_NONE,
     QUIC_ADDR,
     QuicSession,
+    hand_out_first_flight,
     quic_configuration,
     start_client,
     start_server,
@@ -552,10 +553,7 @@ class ChannelDraft:
         quic = self._quic
         if not self.is_client or quic is None:
             raise RuntimeError("only an unused dialer's draft has a first flight")
-        if not quic.early_datagrams:
-            now = self._loop.time()
-            quic.early_datagrams = tuple(d for d, _ in quic.datagrams_to_send(now=now))
-        return quic.early_datagrams
+        return hand_out_first_flight(quic, self._loop.time())
 
     def receive_reply(self, datagrams: tuple[bytes, ...], peer_cert_sha256: bytes) -> None:
         """Dialer: process the callee's reply (from its answer) to our first flight; its
@@ -593,10 +591,7 @@ class ChannelDraft:
         quic = self._quic
         if self.is_client or quic is None:
             raise RuntimeError("only a callee's draft that received a first flight replies")
-        if not quic.early_datagrams:
-            now = self._loop.time()
-            quic.early_datagrams = tuple(d for d, _ in quic.datagrams_to_send(now=now))
-        return quic.early_datagrams
+        return hand_out_first_flight(quic, self._loop.time())
 
     async def open(
         self,

@@ -83,29 +83,43 @@ def start_client(config: QuicConfiguration, now: float) -> PinnedQuicConnection:
     return quic
 
 
+def new_server(
+    config: QuicConfiguration, initial: bytes, peer_cert_sha256: bytes
+) -> PinnedQuicConnection | None:
+    """A server connection for the client whose first Initial packet is ``initial``
+    (its destination connection id is the one the server must echo); None if ``initial``
+    is not a QUIC Initial packet."""
+    try:
+        header = pull_quic_header(Buffer(data=initial), host_cid_length=CONNECTION_ID_LENGTH)
+    except (ValueError, BufferReadError):
+        return None
+    if header.packet_type != QuicPacketType.INITIAL:
+        return None
+    return PinnedQuicConnection(
+        configuration=config, expected_peer_sha256=peer_cert_sha256,
+        original_destination_connection_id=header.destination_cid,
+    )
+
+
 def start_server(
     config: QuicConfiguration, first_flight: tuple[bytes, ...], peer_cert_sha256: bytes,
     now: float,
 ) -> PinnedQuicConnection | None:
     """A server connection that processed the client's first flight, received ahead of
     the path (in the dialer's offer); None unless it starts with a QUIC Initial packet."""
-    if not first_flight:
-        return None
-    try:
-        header = pull_quic_header(
-            Buffer(data=first_flight[0]), host_cid_length=CONNECTION_ID_LENGTH
-        )
-    except (ValueError, BufferReadError):
-        return None
-    if header.packet_type != QuicPacketType.INITIAL:
-        return None
-    quic = PinnedQuicConnection(
-        configuration=config, expected_peer_sha256=peer_cert_sha256,
-        original_destination_connection_id=header.destination_cid,
-    )
-    for datagram in first_flight:
-        quic.receive_datagram(datagram, QUIC_ADDR, now=now)
+    quic = new_server(config, first_flight[0], peer_cert_sha256) if first_flight else None
+    if quic is not None:
+        for datagram in first_flight:
+            quic.receive_datagram(datagram, QUIC_ADDR, now=now)
     return quic
+
+
+def hand_out_first_flight(quic: PinnedQuicConnection, now: float) -> tuple[bytes, ...]:
+    """The datagrams ``quic`` has to send now, kept as its flight carried in the
+    signaling (built once; their send time is ``now``)."""
+    if not quic.early_datagrams:
+        quic.early_datagrams = tuple(d for d, _ in quic.datagrams_to_send(now=now))
+    return quic.early_datagrams
 
 
 class QuicSession:
@@ -233,13 +247,6 @@ class QuicSession:
             self._shutdown("handshake cancelled", error_code=ERROR_HANDSHAKE)
             raise
 
-    def _new_quic(self, odcid: bytes | None) -> PinnedQuicConnection:
-        return PinnedQuicConnection(
-            configuration=self._config,
-            expected_peer_sha256=self.peer_cert_sha256,
-            original_destination_connection_id=odcid,
-        )
-
     def _on_handshake_timeout(self, timeout: float) -> None:
         self._handshake_timer = None
         if not self._ready.done():
@@ -328,23 +335,13 @@ class QuicSession:
             if self._quic is None:
                 if self.is_client:
                     return
-                self._quic = self._accept_initial(data)
+                self._quic = new_server(self._config, data, self.peer_cert_sha256)
                 if self._quic is None:
                     return
             self._quic.receive_datagram(data, QUIC_ADDR, now=now)
             self._process(flush=False)
         except Exception as exc:  # a bug must close the channel, not vanish inside aioice
             self._shutdown(f"internal error: {exc!r}", error_code=ERROR_PROTOCOL)
-
-    def _accept_initial(self, data: bytes) -> PinnedQuicConnection | None:
-        """Server: create the QuicConnection from the client's first Initial packet."""
-        try:
-            header = pull_quic_header(Buffer(data=data), host_cid_length=CONNECTION_ID_LENGTH)
-        except (ValueError, BufferReadError):
-            return None
-        if header.packet_type != QuicPacketType.INITIAL:
-            return None
-        return self._new_quic(header.destination_cid)
 
     def _on_quic_timer(self) -> None:
         self._quic_timer = None
