@@ -126,6 +126,12 @@ async def test_packet_size_cap_applies_and_lifts() -> None:
         assert a.max_packet_size == MAX_PACKET_SIZE
         with pytest.raises(ValueError):
             a.limit_packet_size(1000)
+        await b.close()  # the peer closes: the size in use is still reported afterwards
+        for _ in range(200):
+            if a.closed:
+                break
+            await asyncio.sleep(0.01)
+        assert a.closed and a.max_packet_size == MAX_PACKET_SIZE
     finally:
         await a.close()
         await b.close()

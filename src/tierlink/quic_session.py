@@ -172,11 +172,12 @@ class QuicSession:
         self._probe_timer: asyncio.TimerHandle | None = None
         self._path_mtu = MAX_DATAGRAM_SIZE  # largest packet the path was found to carry
         self._packet_cap: int | None = None
+        self._last_packet_size = MAX_DATAGRAM_SIZE  # what max_packet_size says once closed
 
     @property
     def max_packet_size(self) -> int:
         """The largest QUIC packet sent on this path now (1200 until probing found more)."""
-        return max_datagram_size(self._quic) if self._quic is not None else MAX_DATAGRAM_SIZE
+        return max_datagram_size(self._quic) if self._quic is not None else self._last_packet_size
 
     def limit_packet_size(self, size: int | None) -> None:
         """Send packets of at most ``size`` bytes (at least 1200); None: as large as the
@@ -497,6 +498,7 @@ class QuicSession:
         self._on_closed(reason)
         self._quic = None  # release aioquic's buffers
         if quic is not None:
+            self._last_packet_size = max_datagram_size(quic)
             release(quic)
         if not self._closed_fut.done():
             self._closed_fut.set_result(None)
