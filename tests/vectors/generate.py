@@ -1,0 +1,420 @@
+"""Reference vectors of today's wire formats, for proving a rewrite byte-compatible.
+
+Run ``PYTHONPATH=src python -m tests.vectors.generate`` (``--dial`` also records a dial on a
+lone loopback ``dhtnode``). It writes ``wire.json`` (and ``dial.json``) next to this file.
+The construction code is shared with ``tests/test_reference_vectors.py``.
+
+What is fixed, and how (everything else in a value then follows deterministically):
+
+* identities: ``Identity(bytes(range(32)), bytes(range(64)))`` is A, ``Identity(bytes(range(
+  32, 64)), bytes(range(64, 128)))`` is B;
+* time: explicit timestamps (``T0``) everywhere; ``tierlink.signaling.now_ms`` (the offer's
+  clock) is patched to return ``T0``; decoders run with ``now=NOW``;
+* ``os.urandom`` (AES-GCM nonces in signaling and envelope, PMTU probe nonces) is patched
+  by :func:`fixed`: its call ``i`` (from 0, counted per value) returns
+  ``SHAKE-256(b"tierlink-refvec/" + str(i)).digest(n)``;
+* ML-KEM encapsulation cannot be seeded through ``cryptography``: ``kem_encapsulate`` is
+  patched (in ``tierlink.signaling`` and ``tierlink.offline.envelope``) to return one real
+  encapsulation to B's key, stored under ``inputs.kem`` and reused on regeneration;
+* ``AESGCM`` in both modules is wrapped to log (key, nonce, plaintext, aad) per value.
+
+Not fixable: ML-DSA-87 signing in ``cryptography`` is hedged (randomized), so the last
+4627 bytes (the signature) of a signed value differ on every run; the bytes before it
+(``signed`` = VERSION || KIND || BODY) are exact, and the signature verifies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import dataclasses
+import hashlib
+import json
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+import cbor2
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from tierlink import keys, pmtu
+from tierlink import signaling as sig
+from tierlink.channel import DEFAULT_WINDOW
+from tierlink.framing import (
+    PROTOCOL_VERSION,
+    TAG_CONTROL,
+    TAG_MESSAGES,
+    Hello,
+    encode_ack,
+    encode_hello,
+    encode_length,
+)
+from tierlink.identity import SIGNATURE_SIZE, Identity, kem_encapsulate
+from tierlink.offline import ack as ackmod
+from tierlink.offline import envelope as envmod
+from tierlink.records import CandidateInfo, PeerRecord
+
+HERE = Path(__file__).parent
+WIRE_PATH = HERE / "wire.json"
+DIAL_PATH = HERE / "dial.json"
+T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z in ms
+NOW = T0 + 1_000  # the decoders' clock: every vector is still valid
+SESSION_ID = bytes(range(0xA0, 0xB0))
+MESSAGE_IDS = (bytes(range(16)), bytes(range(16, 32)))
+SIGNED_KINDS = {0x01, 0x02, 0x04, 0x05}
+
+
+def identities() -> tuple[Identity, Identity]:
+    """The fixed identities A (dialer, sender) and B (callee, recipient)."""
+    return (Identity(bytes(range(32)), bytes(range(64))),
+            Identity(bytes(range(32, 64)), bytes(range(64, 128))))
+
+
+def candidates() -> tuple[CandidateInfo, ...]:
+    """One candidate of each type (the relay one with its related address)."""
+    return (
+        CandidateInfo("1a2b3c", 1, "udp", 2130706431, "192.0.2.10", 40001, "host"),
+        CandidateInfo("4d5e6f", 1, "udp", 1694498815, "198.51.100.7", 61002, "srflx",
+                      "192.0.2.10", 40001),
+        CandidateInfo("7a8b9c", 1, "udp", 1845501695, "198.51.100.7", 61003, "prflx",
+                      "192.0.2.10", 40001),
+        CandidateInfo("abcdef", 1, "udp", 16777215, "203.0.113.5", 3478, "relay",
+                      "198.51.100.7", 61002),
+    )
+
+
+def params(full: bool) -> sig.IceParams:
+    """ICE parameters; ``full`` sets every optional key (cert 4, limits 7, QUIC flight 8)."""
+    if not full:
+        return sig.IceParams("uFrg", "p" * 22, candidates()[:1])
+    return sig.IceParams("uFrg", "p" * 22, candidates(), bytes(range(100, 132)), "messages",
+                         (16 * 1024 * 1024, DEFAULT_WINDOW), (b"\xc0" + bytes(40), b"\xe1" * 7))
+
+
+class _LoggingAESGCM:
+    """AESGCM that logs what it encrypts (the plaintext and aad are the exact parts)."""
+
+    log: list[dict[str, str]] = []
+
+    def __init__(self, key: bytes) -> None:
+        self._key, self._real = key, AESGCM(key)
+
+    def encrypt(self, nonce: bytes, data: bytes, aad: bytes | None) -> bytes:
+        self.log.append({"key": self._key.hex(), "nonce": nonce.hex(),
+                         "plaintext": data.hex(), "aad": (aad or b"").hex()})
+        return self._real.encrypt(nonce, data, aad)
+
+    def decrypt(self, nonce: bytes, data: bytes, aad: bytes | None) -> bytes:
+        return self._real.decrypt(nonce, data, aad)
+
+
+@contextlib.contextmanager
+def fixed(kem: tuple[bytes, bytes]) -> Iterator[list[dict[str, str]]]:
+    """Patch the randomness and clock named in the module docstring; yields the AEAD log."""
+    counter = [0]
+
+    def urandom(n: int) -> bytes:
+        counter[0] += 1
+        return hashlib.shake_256(f"tierlink-refvec/{counter[0] - 1}".encode()).digest(n)
+
+    log: list[dict[str, str]] = []
+    aead = type("LoggingAESGCM", (_LoggingAESGCM,), {"log": log})
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(mock.patch("os.urandom", urandom))
+        stack.enter_context(mock.patch.object(sig, "now_ms", lambda: T0))
+        for mod in (sig, envmod):
+            stack.enter_context(mock.patch.object(mod, "kem_encapsulate", lambda _pk: kem))
+            stack.enter_context(mock.patch.object(mod, "AESGCM", aead))
+        yield log
+
+
+def jsonable(obj: Any) -> Any:
+    """Decoded fields as JSON: bytes as hex, dataclasses as dicts, tuples as lists."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, bytes | bytearray):
+        return bytes(obj).hex()
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [jsonable(v) for v in obj]
+    return obj
+
+
+# -- the values: name -> (builder, decoder) -----------------------------------------------------
+Builders = dict[str, tuple[Callable[[], bytes], Callable[[bytes], Any]]]
+
+
+def builders(offers: dict[str, bytes]) -> Builders:
+    """Every DHT value vector: how to build it and how to decode it with today's code.
+
+    An answer is sealed with its offer's secret: ``offers`` maps "full"/"minimal" to the
+    offer values (building an offer stores it there; offers come before answers).
+    """
+    a, b = identities()
+
+    def secret(which: str) -> sig.OfferSecret:
+        return sig.decode_offer(offers[which], b, now=NOW).secret
+
+    def record(mode: str, cands: tuple[CandidateInfo, ...], cert: bytes | None) -> bytes:
+        return PeerRecord(a.fingerprint, a.public_key, 7, T0, T0 + 600_000, cands,
+                          a.kem_public_key, mode, cert).encode(a)
+
+    def offer(full: bool) -> bytes:
+        value, _secret = sig.encode_offer(a, b.fingerprint, b.kem_public_key, SESSION_ID,
+                                          params(full))
+        offers["full" if full else "minimal"] = value
+        return value
+
+    def dec_record(v: bytes) -> Any:
+        return PeerRecord.decode(v, now=NOW)
+
+    return {
+        "peer_record_public": (lambda: record("public", candidates(), bytes(range(32))),
+                               dec_record),
+        "peer_record_private": (lambda: record("private", (), None), dec_record),
+        "offer_full": (lambda: offer(True), lambda v: sig.decode_offer(v, b, now=NOW)),
+        "offer_minimal": (lambda: offer(False), lambda v: sig.decode_offer(v, b, now=NOW)),
+        "answer_full": (lambda: sig.encode_answer(secret("full"), params(True)),
+                        lambda v: sig.decode_answer(v, secret("full"))),
+        "answer_minimal": (lambda: sig.encode_answer(secret("minimal"), params(False)),
+                           lambda v: sig.decode_answer(v, secret("minimal"))),
+        "offline_envelope": (
+            lambda: envmod.create_envelope(a, b.fingerprint, b.kem_public_key, b"hello offline",
+                                           3600.0, MESSAGE_IDS[0], created_at_ms=T0)[0],
+            lambda v: envmod.open_envelope(v, b, NOW)),
+        "offline_ack": (
+            lambda: ackmod.create_ack(b, a.fingerprint, MESSAGE_IDS, 3600.0, created_at_ms=T0),
+            lambda v: ackmod.open_ack(v, a.fingerprint, NOW, expected_recipient_fp=b.fingerprint)),
+    }
+
+
+def build_value(name: str, kem: tuple[bytes, bytes], table: Builders) -> dict[str, Any]:
+    """One value vector: full value, its exact part, AEAD inputs, decoded fields."""
+    build, decode = table[name]
+    with fixed(kem) as aead:
+        value = build()
+    entry: dict[str, Any] = {"kind": value[1], "size": len(value), "value": value.hex()}
+    if value[1] in SIGNED_KINDS:
+        entry["signed"] = value[:-SIGNATURE_SIZE].hex()
+        entry["body"] = jsonable(cbor2.loads(value[2:-SIGNATURE_SIZE]))
+    entry["aead"] = aead
+    entry["fields"] = jsonable(decode(value))
+    return entry
+
+
+def channel_frames() -> dict[str, str]:
+    """Secure-channel stream bytes (framing.py) and delivery.py's link frames."""
+    hello = Hello(PROTOCOL_VERSION, 16 * 1024 * 1024, DEFAULT_WINDOW)
+    return {
+        "control_stream_start": (TAG_CONTROL + encode_hello(hello)).hex(),
+        "ack_7": encode_ack(7).hex(),
+        "ack_max": encode_ack(2**64 - 1).hex(),
+        "message_stream_start": TAG_MESSAGES.hex(),
+        "message_hello": (encode_length(5) + b"hello").hex(),
+        "message_empty": encode_length(0).hex(),
+        "link_message": cbor2.dumps({0: "m", 1: MESSAGE_IDS[0], 2: T0, 3: T0 + 3_600_000,
+                                     4: b"payload"}, canonical=True).hex(),
+        "link_ack": cbor2.dumps({0: "a", 1: list(MESSAGE_IDS)}, canonical=True).hex(),
+    }
+
+
+def pmtu_vectors(kem: tuple[bytes, bytes]) -> dict[str, Any]:
+    """A 64-byte probe above a 40-byte base, its acknowledgement and the size it yields."""
+    with fixed(kem):
+        prober = pmtu.PathMtuProber(40, (64,))
+        probes = prober.start(0.0)
+    ack = pmtu.answer(probes[0]) or b""
+    return {"base": 40, "sizes": [64], "probes": [p.hex() for p in probes], "ack": ack.hex(),
+            "new_size": prober.on_ack(ack)}
+
+
+def dht_keys(fingerprint: str) -> dict[str, str]:
+    """Every key function of keys.py for one fingerprint (and SESSION_ID)."""
+    return {
+        "ice_candidates_key": keys.ice_candidates_key(fingerprint),
+        "offers_key": keys.offers_key(fingerprint),
+        "answer_key": keys.answer_key(fingerprint, SESSION_ID),
+        "offline_queue_key": keys.offline_queue_key(fingerprint),
+        "offline_acks_key": keys.offline_acks_key(fingerprint),
+    }
+
+
+def build_wire(kem: tuple[bytes, bytes]) -> dict[str, Any]:
+    """The whole wire.json document."""
+    a, b = identities()
+    table = builders({})
+    return {
+        "inputs": {
+            "T0": T0, "NOW": NOW, "session_id": SESSION_ID.hex(),
+            "message_ids": [m.hex() for m in MESSAGE_IDS],
+            "identities": {n: json.loads(i.to_json()) for n, i in (("A", a), ("B", b))},
+            "kem": {"shared_secret": kem[0].hex(), "ciphertext": kem[1].hex()},
+            "candidates": jsonable(candidates()),
+            "params_full": jsonable(params(True)), "params_minimal": jsonable(params(False)),
+        },
+        "identity_file_A": a.to_json(),
+        "keys": dht_keys(a.fingerprint),
+        "values": {name: build_value(name, kem, table) for name in table},
+        "channel": channel_frames(),
+        "raw_datagrams": "connection.RawDatagrams: the payload is the datagram, no framing",
+        "pmtu": pmtu_vectors(kem),
+    }
+
+
+def stored_kem(doc: dict[str, Any]) -> tuple[bytes, bytes]:
+    """The KEM pair recorded in a wire.json document."""
+    return (bytes.fromhex(doc["inputs"]["kem"]["shared_secret"]),
+            bytes.fromhex(doc["inputs"]["kem"]["ciphertext"]))
+
+
+# -- the recorded dial ---------------------------------------------------------------------------
+_IN_PUT: contextvars.ContextVar[bool] = contextvars.ContextVar("in_put", default=False)
+PING, PONG = b"ping from A", b"pong from B"
+
+
+def _roles(a: Identity, b: Identity) -> dict[str, str]:
+    out = {}
+    for who, ident in (("A", a), ("B", b)):
+        fp = ident.fingerprint
+        out[keys.ice_candidates_key(fp)] = f"record:{who}"
+        out[keys.offers_key(fp)] = f"offers:{who}"
+        out[keys.offline_queue_key(fp)] = f"offline_queue:{who}"
+        out[keys.offline_acks_key(fp)] = f"offline_acks:{who}"
+    return out
+
+
+def _describe(
+    value: bytes, b: Identity, roles: dict[str, str], a_fp: str, offers: list[bytes]
+) -> dict[str, Any]:
+    """What is stable about a value: kind, body keys, plaintext keys, sizes where fixed."""
+    out: dict[str, Any] = {"kind": value[0:2].hex()}
+    if value[1] in SIGNED_KINDS:
+        out["body_keys"] = sorted(cbor2.loads(value[2:-SIGNATURE_SIZE]))
+    if value[1] == 0x01:
+        out["size"] = len(value)  # private mode: every field has a fixed size
+    if value[1] == 0x02:
+        offer = sig.decode_offer(value, b)
+        roles[keys.answer_key(a_fp, offer.session_id)] = "answer:A"
+        offers.append(value)
+        out["params"] = _params_shape(offer.params)
+    if value[1] == 0x03:
+        secret = sig.decode_offer(offers[-1], b).secret
+        out["params"] = _params_shape(sig.decode_answer(value, secret))
+    return out
+
+
+def _params_shape(p: sig.IceParams) -> dict[str, Any]:
+    return {"purpose": p.purpose, "candidate_types": [c.type for c in p.candidates],
+            "has_cert": p.cert_sha256 is not None, "channel_limits": list(p.channel_limits or ()),
+            "quic_flight_datagrams": len(p.quic_flight)}
+
+
+async def record_dial(proxy_url: str) -> dict[str, Any]:
+    """Dial B from A by fingerprint, one message each way, close; record what is stable."""
+    from aioquic.quic.connection import QuicConnection
+
+    from tierlink.dht.client import DhtClient
+    from tierlink.node import Node, NodeConfig
+
+    a, b = identities()
+    roles = _roles(a, b)
+    sides: dict[int, str] = {}
+    puts: list[tuple[int, str, bytes]] = []
+    reads: set[tuple[int, str, str]] = set()
+    streams: dict[tuple[str, int], bytes] = {}
+    real_put, real_get, real_listen = DhtClient.put, DhtClient.get, DhtClient.listen
+    real_send = QuicConnection.send_stream_data
+
+    async def put(self: DhtClient, key: str, value: bytes, **kw: Any) -> None:
+        puts.append((id(self), key, bytes(value)))
+        token = _IN_PUT.set(True)
+        try:
+            await real_put(self, key, value, **kw)
+        finally:
+            _IN_PUT.reset(token)
+
+    async def get(self: DhtClient, key: str) -> list[bytes]:
+        if not _IN_PUT.get():  # a lone node's read-back after a put is not recorded
+            reads.add((id(self), "get", key))
+        return await real_get(self, key)
+
+    def listen(self: DhtClient, key: str, **kw: Any) -> Any:
+        reads.add((id(self), "listen", key))
+        return real_listen(self, key, **kw)
+
+    def send_stream_data(self: QuicConnection, sid: int, data: bytes, *args: Any,
+                         **kw: Any) -> None:
+        side = "A" if self._is_client else "B"
+        streams[(side, sid)] = streams.get((side, sid), b"") + bytes(data)
+        real_send(self, sid, data, *args, **kw)
+
+    def config(ident: Identity) -> NodeConfig:
+        return NodeConfig(identity=ident, dht_proxy=proxy_url, host_addresses=["127.0.0.1"],
+                          dial_timeout=10.0, ice_timeout=10.0,
+                          data_dir=Path(tempfile.mkdtemp(prefix="tierlink-refvec-")))
+
+    with mock.patch.object(DhtClient, "put", put), mock.patch.object(DhtClient, "get", get), \
+            mock.patch.object(DhtClient, "listen", listen), \
+            mock.patch.object(QuicConnection, "send_stream_data", send_stream_data):
+        async with Node(config(b)) as node_b, Node(config(a)) as node_a:
+            assert node_a.dht is not None and node_b.dht is not None
+            sides.update({id(node_a.dht): "A", id(node_b.dht): "B"})
+            conn = await node_a.connect(b.fingerprint)
+            incoming = await node_b.accept(timeout=10.0)
+            assert incoming is not None
+            await conn.send(PING)
+            got_b = await incoming.recv(timeout=10.0)
+            await incoming.send(PONG)
+            got_a = await conn.recv(timeout=10.0)
+            await conn.close()
+            await incoming.close()
+    offers: list[bytes] = []
+    described = [{"by": sides.get(c, "?"), **_describe(v, b, roles, a.fingerprint, offers)}
+                 for c, _k, v in puts]  # roles learns the answer key from the offer
+    for entry, (_c, key, _v) in zip(described, puts, strict=True):
+        entry["key"] = roles.get(key, "unknown")
+    return {
+        "messages": [got_b.hex() if got_b else None, got_a.hex() if got_a else None],
+        "puts": described,
+        "reads": sorted(f"{sides.get(c, '?')} {op} {roles.get(k, 'unknown')}"
+                        for c, op, k in reads),
+        "first_streams": {f"{side}:{sid}": data.hex() for (side, sid), data in
+                          sorted(streams.items()) if sid in (2, 3, 6, 7)},
+    }
+
+
+async def record_dial_on_lone_node() -> dict[str, Any]:
+    """Start a lone dhtnode (as tests/conftest.py does), record the dial, stop it."""
+    from tierlink.dht import DhtNodeProcess
+
+    node = DhtNodeProcess(no_rate_limit=True)
+    await node.start()
+    try:
+        return await record_dial(node.proxy_url)
+    finally:
+        await node.stop()
+
+
+def _write(path: Path, doc: dict[str, Any]) -> None:
+    path.write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
+
+
+def main() -> None:
+    """Write wire.json (reusing its KEM pair if present) and, with --dial, dial.json."""
+    _a, b = identities()
+    if WIRE_PATH.exists():
+        kem = stored_kem(json.loads(WIRE_PATH.read_text()))
+    else:
+        kem = kem_encapsulate(b.kem_public_key)
+    _write(WIRE_PATH, build_wire(kem))
+    if "--dial" in sys.argv:
+        _write(DIAL_PATH, asyncio.run(record_dial_on_lone_node()))
+
+
+if __name__ == "__main__":
+    main()
