@@ -35,7 +35,7 @@ import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 from unittest import mock
 
 import cbor2
@@ -98,7 +98,7 @@ def params(full: bool) -> sig.IceParams:
 class _LoggingAESGCM:
     """AESGCM that logs what it encrypts (the plaintext and aad are the exact parts)."""
 
-    log: list[dict[str, str]] = []
+    log: ClassVar[list[dict[str, str]]] = []
 
     def __init__(self, key: bytes) -> None:
         self._key, self._real = key, AESGCM(key)
