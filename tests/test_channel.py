@@ -23,16 +23,16 @@ from aioice import Candidate
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
 
-from tierlink.certs import LocalCertificate
-from tierlink.channel import (
+from tierlink.errors import ConnectionClosed, HandshakeFailed, MessageTooLarge
+from tierlink.transport.aioice_adapter import IceConnection
+from tierlink.transport.certs import LocalCertificate
+from tierlink.transport.channel import (
     DATAGRAM_MAX_PAYLOAD,
     DATAGRAM_SEND_BACKLOG,
     DEFAULT_WINDOW,
     SecureChannel,
     open_channel,
 )
-from tierlink.errors import ConnectionClosed, HandshakeFailed, MessageTooLarge
-from tierlink.ice_compat import IceConnection
 
 IcePair = tuple[IceConnection, IceConnection]
 
@@ -434,9 +434,9 @@ import asyncio, json, sys
 from aioice import Candidate
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
-from tierlink.certs import LocalCertificate
-from tierlink.channel import open_channel
-from tierlink.ice_compat import IceConnection
+from tierlink.transport.certs import LocalCertificate
+from tierlink.transport.channel import open_channel
+from tierlink.transport.aioice_adapter import IceConnection
 
 async def main():
     ice = IceConnection(controlling=False, host_addresses=["127.0.0.1"])

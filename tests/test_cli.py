@@ -13,7 +13,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tierlink.dht.process import free_port
+from tierlink.dht.launcher import free_port
 
 TIERLINK = [sys.executable, "-m", "tierlink.cli"]
 

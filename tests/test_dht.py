@@ -15,8 +15,8 @@ import pytest
 from tierlink.dht import DhtClient, DhtNodeProcess
 from tierlink.errors import DhtError, DhtNodeMissing, DhtUnavailable
 from tierlink.identity import Identity
-from tierlink.keys import ice_candidates_key
-from tierlink.records import PeerRecord, RecordBook
+from tierlink.wire.dhtkeys import ice_candidates_key
+from tierlink.wire.records import PeerRecord, RecordBook
 
 
 def fresh_key() -> str:
@@ -138,7 +138,7 @@ async def test_lone_node_read_back_is_not_repeated_for_every_put(dht_node, monke
 
 
 async def test_unreachable_proxy_is_a_typed_error() -> None:
-    from tierlink.dht.process import free_port
+    from tierlink.dht.launcher import free_port
 
     async with DhtClient(f"http://127.0.0.1:{free_port()}", timeout=1.0) as client:
         with pytest.raises(DhtUnavailable, match="unreachable"):

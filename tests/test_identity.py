@@ -6,7 +6,7 @@ import pytest
 
 from tierlink.errors import KeyFileError
 from tierlink.identity import Identity, fingerprint_of, is_fingerprint, verify_signature
-from tierlink.keys import ice_candidates_key, infohash, offline_queue_key, sha3_512_hex
+from tierlink.wire.dhtkeys import ice_candidates_key, infohash, offline_queue_key, sha3_512_hex
 
 
 def test_fingerprint_is_sha3_512_of_public_key() -> None:

@@ -12,7 +12,6 @@ import time
 import pytest
 
 from tests.nodes import config_for, resources, settle
-from tierlink import node as node_module
 from tierlink.blocking import BlockingNode
 from tierlink.errors import (
     ConnectionClosed,
@@ -24,9 +23,10 @@ from tierlink.errors import (
     RecordError,
 )
 from tierlink.identity import SIGNATURE_SIZE, Identity
-from tierlink.keys import answer_key, ice_candidates_key, offers_key
 from tierlink.node import Node
-from tierlink.signaling import (
+from tierlink.node import node as node_module
+from tierlink.wire.dhtkeys import answer_key, ice_candidates_key, offers_key
+from tierlink.wire.signaling import (
     IceParams,
     OfferSecret,
     encode_answer,
@@ -273,7 +273,7 @@ async def test_dialer_outside_allow_list_gets_no_answer(dht_cluster) -> None:
 
 
 async def test_wrong_ice_password_fails_checks(dht_cluster, monkeypatch) -> None:
-    import tierlink.node as node_mod
+    import tierlink.node.node as node_mod
 
     a, b = await pair(dht_cluster)
     a.config.ice_timeout = 3.0
@@ -468,7 +468,7 @@ def test_blocking_datagrams(dht_cluster_sync) -> None:
 
 
 async def test_public_node_republishes_when_its_addresses_change(dht_cluster, monkeypatch) -> None:
-    import tierlink.node as node_mod
+    import tierlink.node.node as node_mod
 
     monkeypatch.setattr(node_mod, "ADDRESS_CHECK_S", 0.2)
     async with (

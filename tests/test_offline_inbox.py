@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 from tierlink.identity import Identity
-from tierlink.offline.envelope import create_envelope
 from tierlink.offline.inbox import Inbox, InboxLimits
 from tierlink.offline.outbox import DeliveredLog
-from tierlink.records import now_ms
+from tierlink.wire.envelope import create_envelope
+from tierlink.wire.records import now_ms
 
 ALICE = Identity.generate()
 BOB = Identity.generate()  # the receiver

@@ -16,7 +16,6 @@ from pathlib import Path
 import pytest
 
 from tierlink.errors import MessageTooLarge
-from tierlink.offline.envelope import MAX_PAYLOAD
 from tierlink.offline.outbox import (
     DELIVERED,
     EXPIRED,
@@ -26,6 +25,7 @@ from tierlink.offline.outbox import (
     Outbox,
     StoreError,
 )
+from tierlink.wire.envelope import MAX_PAYLOAD
 
 BOB = "b" * 128
 CAROL = "c" * 128

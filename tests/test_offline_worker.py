@@ -13,13 +13,13 @@ import pytest
 from tierlink.dht import DhtClient, DhtNodeProcess
 from tierlink.errors import PeerNotFound
 from tierlink.identity import Identity
-from tierlink.keys import ice_candidates_key, offline_acks_key, offline_queue_key
-from tierlink.offline.ack import create_ack
-from tierlink.offline.envelope import ReceivedEnvelope
 from tierlink.offline.inbox import InboxLimits
 from tierlink.offline.outbox import DELIVERED, PENDING, QUEUED_DHT, DeliveredLog, Outbox
 from tierlink.offline.worker import OfflineTier
-from tierlink.records import PeerRecord, now_ms
+from tierlink.wire.ack import create_ack
+from tierlink.wire.dhtkeys import ice_candidates_key, offline_acks_key, offline_queue_key
+from tierlink.wire.envelope import ReceivedEnvelope
+from tierlink.wire.records import PeerRecord, now_ms
 
 
 @dataclass

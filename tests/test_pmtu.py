@@ -7,8 +7,7 @@ import socket
 
 import pytest
 
-from tierlink.certs import LocalCertificate
-from tierlink.pmtu import (
+from tierlink.protocol.pmtu import (
     DEFAULT_SIZES,
     NONCE_SIZE,
     PROBE,
@@ -17,8 +16,9 @@ from tierlink.pmtu import (
     answer,
     is_probe_traffic,
 )
-from tierlink.quic_compat import MAX_PACKET_SIZE
-from tierlink.quic_session import MAX_DATAGRAM_SIZE
+from tierlink.transport.aioquic_adapter import MAX_PACKET_SIZE
+from tierlink.transport.certs import LocalCertificate
+from tierlink.transport.quic import MAX_DATAGRAM_SIZE
 
 from .test_channel import connect_ice, open_pair
 

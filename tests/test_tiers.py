@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 
 from tests.nodes import config_for
-from tierlink.delivery import Message
 from tierlink.dht import DhtClient
 from tierlink.identity import Identity
-from tierlink.keys import offline_queue_key
 from tierlink.node import Node
+from tierlink.node.delivery import Message
 from tierlink.offline import create_envelope
 from tierlink.offline.outbox import DELIVERED
+from tierlink.wire.dhtkeys import offline_queue_key
 
 
 async def collect(node: Node, into: list[Message]) -> None:

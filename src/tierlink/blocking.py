@@ -16,10 +16,10 @@ from collections.abc import Coroutine
 from types import TracebackType
 from typing import Any, TypeVar
 
-from tierlink.connection import Connection
 from tierlink.errors import ConnectionClosed, TierlinkError
 from tierlink.node import Node, NodeConfig
-from tierlink.records import PeerRecord
+from tierlink.transport.connection import Connection
+from tierlink.wire.records import PeerRecord
 
 T = TypeVar("T")
 
@@ -84,7 +84,7 @@ def _seconds(timeout_ms: int) -> float | None:
 
 
 class BlockingConnection:
-    """The blocking face of a :class:`~tierlink.connection.Connection`."""
+    """The blocking face of a :class:`~tierlink.transport.connection.Connection`."""
 
     def __init__(self, conn: Connection, runner: _LoopThread) -> None:
         self._conn = conn

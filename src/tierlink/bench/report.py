@@ -147,7 +147,7 @@ kept (interference only makes a figure worse); idle CPU is measured for all syst
 - **memory**: RSS (/proc/self/statm) of each process before and after opening 100 more idle
   connections, delta / 100; the larger side is reported.
 - Loopback only: raw aioice and tierlink gather on 127.0.0.1 through
-  `tierlink.ice_compat.IceConnection(host_addresses=["127.0.0.1"])`; aiortc runs with
+  `tierlink.transport.aioice_adapter.IceConnection(host_addresses=["127.0.0.1"])`; aiortc runs with
   `iceServers=[]` and, in its worker processes only, `aioice.ice.get_host_addresses` patched to
   return `["127.0.0.1"]`.
 

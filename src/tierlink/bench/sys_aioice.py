@@ -1,6 +1,7 @@
 """``aioice_raw``: raw aioice datagrams between two processes, the floor under every system.
 
-Gathering is restricted to 127.0.0.1 through ``tierlink.ice_compat.IceConnection`` (plain
+Gathering is restricted to 127.0.0.1 through
+``tierlink.transport.aioice_adapter.IceConnection`` (plain
 aioice skips 127.0.0.1). Raw aioice has no reliable mode, so its "reliable" figures are the
 paced-datagram ceiling (highest rate with < 1 % loss), which is an upper bound for any
 reliable protocol built on it. The baseline is aioice as shipped: one datagram per event-loop
@@ -18,7 +19,7 @@ import aioice
 from aioice import Candidate
 
 from tierlink.bench.base import BenchConn, BenchSide, recv_from_queue
-from tierlink.ice_compat import IceConnection
+from tierlink.transport.aioice_adapter import IceConnection
 
 SIGNAL_TIMEOUT = 20.0
 CONNECT_TIMEOUT = 20.0

@@ -7,8 +7,8 @@ The API (OpenDHT 2.4):
 * ``GET /key/<k>/listen`` streams values as JSON lines (``"expired": true`` marks an expiry)
   until the connection closes, which cancels the listen on the node.
 
-``<k>`` is the 40-hex InfoHash from :mod:`tierlink.keys`. Every call has a deadline and fails
-with :class:`~tierlink.errors.DhtUnavailable` when the node cannot be reached.
+``<k>`` is the 40-hex InfoHash from :mod:`tierlink.wire.dhtkeys`. Every call has a deadline and
+fails with :class:`~tierlink.errors.DhtUnavailable` when the node cannot be reached.
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ from typing import Any
 
 from aioice import Candidate
 
-from tierlink.ice_compat import IceConnection
+from tierlink.transport.aioice_adapter import IceConnection
 
 
 def _hostport(text: str) -> tuple[str, int]:

@@ -1,6 +1,6 @@
 """A lab peer that opens a secure channel and reports the probed QUIC packet size.
 
-Proves path MTU probing (:mod:`tierlink.pmtu`) on real kernel links: run one peer per
+Proves path MTU probing (:mod:`tierlink.protocol.pmtu`) on real kernel links: run one peer per
 namespace as ``python -m tierlink.lab.mtupeer --controlling|--controlled --host-address IP``.
 Protocol on stdin/stdout, one JSON object per line:
 
@@ -9,8 +9,8 @@ Protocol on stdin/stdout, one JSON object per line:
 2. the test writes the other peer's offer line to its stdin;
 3. the peer connects ICE on host candidates (the controlling side is the QUIC client), opens
    the channel with ``probe_path_mtu=True`` (or not, ``--no-probe``) and waits ``--settle``
-   seconds, long enough for every probe round (:data:`tierlink.pmtu.DEFAULT_ATTEMPTS` x
-   :data:`tierlink.pmtu.DEFAULT_INTERVAL`) to be answered or given up;
+   seconds, long enough for every probe round (:data:`tierlink.protocol.pmtu.DEFAULT_ATTEMPTS` x
+   :data:`tierlink.protocol.pmtu.DEFAULT_INTERVAL`) to be answered or given up;
 4. both peers send one reliable message of ``--message-size`` random bytes at once and
    receive the other's, so each direction runs at its own probed size;
 5. the peer prints ``{"event": "result", "ok", "probed_size", "final_size", "sent_sha256",
@@ -33,10 +33,10 @@ from typing import Any
 
 from aioice import Candidate
 
-from tierlink.certs import LocalCertificate
-from tierlink.channel import SecureChannel, open_channel
-from tierlink.ice_compat import IceConnection
-from tierlink.pmtu import DEFAULT_ATTEMPTS, DEFAULT_INTERVAL
+from tierlink.protocol.pmtu import DEFAULT_ATTEMPTS, DEFAULT_INTERVAL
+from tierlink.transport.aioice_adapter import IceConnection
+from tierlink.transport.certs import LocalCertificate
+from tierlink.transport.channel import SecureChannel, open_channel
 
 #: Wait after the channel opened: every probe round, plus a margin for the last answers.
 DEFAULT_SETTLE = DEFAULT_ATTEMPTS * DEFAULT_INTERVAL + 1.0

@@ -3,7 +3,8 @@ verify their presets with probes, run peer processes in the LAN namespaces, coll
 
 Two peer drivers share this runner:
 
-* ``"ice"``: :mod:`tierlink.lab.icepeer`, raw :class:`tierlink.ice_compat.IceConnection`s whose
+* ``"ice"``: :mod:`tierlink.lab.icepeer`, raw
+  :class:`tierlink.transport.aioice_adapter.IceConnection`s whose
   offers the runner swaps over the processes' stdin/stdout (proves the lab without Node);
 * ``"node"``: :mod:`tierlink.lab.peer`, the full :class:`tierlink.node.Node` (DHT signaling);
   the callee starts first and prints its fingerprint, which the runner hands to the dialer.

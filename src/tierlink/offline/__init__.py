@@ -1,24 +1,24 @@
 """The offline tier's data layer: envelopes, acks, inbox policy, durable outbox.
 
 A sender that cannot reach a peer directly encrypts the message into a signed
-:mod:`~tierlink.offline.envelope` and puts it under the peer's offline-queue DHT key,
-re-putting it until the peer's signed :mod:`~tierlink.offline.ack` arrives or the message
+:mod:`~tierlink.wire.envelope` and puts it under the peer's offline-queue DHT key,
+re-putting it until the peer's signed :mod:`~tierlink.wire.ack` arrives or the message
 expires; the :mod:`~tierlink.offline.outbox` keeps that state across restarts. The receiver
 runs each fetch through the :mod:`~tierlink.offline.inbox` policy and remembers what it
 delivered so a re-sent message reaches the application once. The
 :mod:`~tierlink.offline.worker` (:class:`OfflineTier`) drives both sides through the DHT.
 """
 
-from tierlink.offline.ack import ReceivedAck, create_ack, open_ack
-from tierlink.offline.envelope import (
+from tierlink.offline.inbox import FetchResult, Inbox, InboxLimits
+from tierlink.offline.outbox import DeliveredLog, Outbox, OutboxEntry, StoreError
+from tierlink.offline.worker import OfflineTier
+from tierlink.wire.ack import ReceivedAck, create_ack, open_ack
+from tierlink.wire.envelope import (
     MAX_PAYLOAD,
     ReceivedEnvelope,
     create_envelope,
     open_envelope,
 )
-from tierlink.offline.inbox import FetchResult, Inbox, InboxLimits
-from tierlink.offline.outbox import DeliveredLog, Outbox, OutboxEntry, StoreError
-from tierlink.offline.worker import OfflineTier
 
 __all__ = [
     "MAX_PAYLOAD",

@@ -11,7 +11,7 @@ the raw values of one fetch into:
 * ``rejected``: a count per reason word.
 
 Reason words: every :class:`~tierlink.errors.RecordError` reason of
-:func:`~tierlink.offline.envelope.open_envelope` (``malformed``, ``signature``, ...), plus
+:func:`~tierlink.wire.envelope.open_envelope` (``malformed``, ``signature``, ...), plus
 
 ================  ==========================================================================
 ``duplicate``     the same bytes twice in one fetch (counted once, processed once)
@@ -42,9 +42,9 @@ from dataclasses import dataclass, field
 
 from tierlink.errors import RecordError
 from tierlink.identity import Identity
-from tierlink.offline.envelope import MAX_PAYLOAD, ReceivedEnvelope, open_envelope
 from tierlink.offline.outbox import DeliveredLog
-from tierlink.records import now_ms as _now_ms
+from tierlink.wire.envelope import MAX_PAYLOAD, ReceivedEnvelope, open_envelope
+from tierlink.wire.records import now_ms as _now_ms
 
 
 @dataclass(frozen=True)

@@ -38,14 +38,14 @@ from typing import Any
 
 from tierlink.errors import MessageTooLarge, TierlinkError
 from tierlink.identity import is_fingerprint
-from tierlink.offline.envelope import (
+from tierlink.wire.envelope import (
     DEFAULT_TTL_S,
     MAX_PAYLOAD,
     MAX_TTL_S,
     MESSAGE_ID_SIZE,
     new_message_id,
 )
-from tierlink.records import now_ms as _now_ms
+from tierlink.wire.records import now_ms as _now_ms
 
 PENDING = "pending"
 QUEUED_DHT = "queued_dht"

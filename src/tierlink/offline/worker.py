@@ -2,10 +2,11 @@
 
 Sender side: :meth:`OfflineTier.send` stores the message in the :class:`Outbox` (durable
 first), encrypts it into one signed envelope and puts it under the recipient's
-:func:`~tierlink.keys.offline_queue_key`. OpenDHT forgets a value 10 minutes after its put,
+:func:`~tierlink.wire.dhtkeys.offline_queue_key`. OpenDHT forgets a value 10 minutes after its put,
 so :meth:`OfflineTier.reput_due` puts the *same* envelope bytes again every
 :data:`~tierlink.offline.outbox.REPUT_INTERVAL_S` until an ack arrives under our
-:func:`~tierlink.keys.offline_acks_key` (:meth:`OfflineTier.check_acks`) or the message's TTL
+:func:`~tierlink.wire.dhtkeys.offline_acks_key`
+(:meth:`OfflineTier.check_acks`) or the message's TTL
 passes. Messages whose put failed stay ``pending`` and are retried by ``reput_due``.
 
 Receiver side: :meth:`OfflineTier.fetch_and_deliver` reads our queue key, runs the values
@@ -31,9 +32,6 @@ from typing import Protocol
 
 from tierlink.errors import DhtError, PeerNotFound, RecordError, TierlinkError
 from tierlink.identity import Identity
-from tierlink.keys import ice_candidates_key, offline_acks_key, offline_queue_key
-from tierlink.offline.ack import MAX_ACK_IDS, create_ack, open_ack
-from tierlink.offline.envelope import DEFAULT_TTL_S, ReceivedEnvelope, create_envelope
 from tierlink.offline.inbox import FetchResult, Inbox, InboxLimits
 from tierlink.offline.outbox import (
     PENDING,
@@ -42,8 +40,11 @@ from tierlink.offline.outbox import (
     DeliveredLog,
     Outbox,
 )
-from tierlink.records import RecordBook
-from tierlink.records import now_ms as _now_ms
+from tierlink.wire.ack import MAX_ACK_IDS, create_ack, open_ack
+from tierlink.wire.dhtkeys import ice_candidates_key, offline_acks_key, offline_queue_key
+from tierlink.wire.envelope import DEFAULT_TTL_S, ReceivedEnvelope, create_envelope
+from tierlink.wire.records import RecordBook
+from tierlink.wire.records import now_ms as _now_ms
 
 log = logging.getLogger(__name__)
 

@@ -12,12 +12,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tierlink.connection import Connection
-from tierlink.dht.process import parse_hostport
+from tierlink.dht.launcher import parse_hostport
 from tierlink.errors import ConnectionClosed, TierlinkError
-from tierlink.ice import TurnServer
 from tierlink.identity import Identity, default_identity_path, is_fingerprint
 from tierlink.node import Node, NodeConfig
+from tierlink.transport.connection import Connection
+from tierlink.transport.ice import TurnServer
 
 
 def _hostport(text: str) -> tuple[str, int]:
@@ -265,7 +265,7 @@ async def _lookup(args: argparse.Namespace) -> int:
 
 
 async def _demo(args: argparse.Namespace) -> int:
-    from tierlink.demo import run_demo
+    from tierlink.cli.demo import run_demo
 
     def say(text: str) -> None:
         if not args.json:

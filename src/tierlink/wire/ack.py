@@ -1,8 +1,8 @@
 """Acknowledgements: the recipient tells a sender which of its envelopes arrived.
 
-An ack is a signed DHT value (see :mod:`tierlink.records`) of kind
-:data:`~tierlink.records.KIND_ACK` (0x05), signed by the **recipient** of the messages and
-put under :func:`tierlink.keys.offline_acks_key` of the **sender**::
+An ack is a signed DHT value (see :mod:`tierlink.wire.records`) of kind
+:data:`~tierlink.wire.records.KIND_ACK` (0x05), signed by the **recipient** of the messages and
+put under :func:`tierlink.wire.dhtkeys.offline_acks_key` of the **sender**::
 
     value = 0x01 (wire version) || 0x05 (kind) || BODY || ML-DSA-87 signature (4627 bytes)
 
@@ -34,9 +34,9 @@ from typing import Any
 
 from tierlink.errors import RecordError
 from tierlink.identity import FINGERPRINT_HEX_LEN, Identity, is_fingerprint
-from tierlink.offline.envelope import MAX_TTL_S, MESSAGE_ID_SIZE
-from tierlink.records import KIND_ACK, check_signer, field_of, open_value, seal
-from tierlink.records import now_ms as _now_ms
+from tierlink.wire.envelope import MAX_TTL_S, MESSAGE_ID_SIZE
+from tierlink.wire.records import KIND_ACK, check_signer, field_of, open_value, seal
+from tierlink.wire.records import now_ms as _now_ms
 
 MAX_ACK_IDS = 2048
 """Most message ids in one ack (about 37 KB of ids; the value stays under MAX_VALUE_SIZE)."""

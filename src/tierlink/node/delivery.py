@@ -31,12 +31,12 @@ from typing import TYPE_CHECKING, Any
 
 import cbor2
 
-from tierlink.connection import Connection
 from tierlink.errors import ConnectionClosed, TierlinkError
 from tierlink.offline import DeliveredLog, OfflineTier, Outbox
-from tierlink.offline.envelope import ReceivedEnvelope
 from tierlink.offline.outbox import DELIVERED, PENDING, UNDELIVERED
-from tierlink.records import now_ms
+from tierlink.transport.connection import Connection
+from tierlink.wire.envelope import ReceivedEnvelope
+from tierlink.wire.records import now_ms
 
 if TYPE_CHECKING:
     from tierlink.node import Node

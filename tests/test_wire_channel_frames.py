@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from tierlink.framing import (
+from tierlink.wire.channel_frames import (
     Ack,
     ControlReader,
     Hello,

@@ -2,7 +2,7 @@
 
 A node publishes its signed peer record, re-publishes it before it expires, listens for
 encrypted offers under its offers key, answers the dialers it chooses to, and dials others
-by fingerprint (see :mod:`tierlink.signaling` for the offer/answer exchange). Only the offer
+by fingerprint (see :mod:`tierlink.wire.signaling` for the offer/answer exchange). Only the offer
 is signed: the answer is sealed with a key derived from the offer's KEM secret, which only
 the callee's KEM private key recovers, so it needs no signature of its own.
 """
@@ -17,11 +17,6 @@ from collections.abc import AsyncIterator, Coroutine, Iterable
 from types import TracebackType
 from typing import Any
 
-from tierlink.certs import LocalCertificate
-from tierlink.channel import DEFAULT_WINDOW, ChannelDraft, SecureChannel, open_channel
-from tierlink.config import NodeConfig
-from tierlink.connection import Connection
-from tierlink.delivery import DEFAULT_TTL_S, Delivery, Message, Messenger
 from tierlink.dht import DhtClient, DhtListener, DhtNodeProcess
 from tierlink.errors import (
     DialTimeout,
@@ -30,13 +25,18 @@ from tierlink.errors import (
     RecordError,
     TierlinkError,
 )
-from tierlink.ice import TurnServer, local_infos, run_checks, set_remote
-from tierlink.ice_compat import IceConnection, get_host_addresses
 from tierlink.identity import is_fingerprint
-from tierlink.keys import answer_key, ice_candidates_key, offers_key
-from tierlink.overlap import io_turns, retrieve, settle, while_putting
-from tierlink.records import CandidateInfo, PeerRecord, RecordBook, now_ms
-from tierlink.signaling import (
+from tierlink.node.concurrency import io_turns, retrieve, settle, while_putting
+from tierlink.node.config import NodeConfig
+from tierlink.node.delivery import DEFAULT_TTL_S, Delivery, Message, Messenger
+from tierlink.transport.aioice_adapter import IceConnection, get_host_addresses
+from tierlink.transport.certs import LocalCertificate
+from tierlink.transport.channel import DEFAULT_WINDOW, ChannelDraft, SecureChannel, open_channel
+from tierlink.transport.connection import Connection
+from tierlink.transport.ice import TurnServer, local_infos, run_checks, set_remote
+from tierlink.wire.dhtkeys import answer_key, ice_candidates_key, offers_key
+from tierlink.wire.records import CandidateInfo, PeerRecord, RecordBook, now_ms
+from tierlink.wire.signaling import (
     IceParams,
     Offer,
     OfferSecret,
@@ -258,7 +258,7 @@ class Node:
         Raises PeerNotFound (no valid record), DialTimeout (no answer within ``timeout``,
         default ``dial_timeout``) or IceFailed (no candidate pair worked), each with the
         time spent. The answer counts only if it decrypts under the secret this dial's offer
-        established with the callee's KEM key (see :mod:`tierlink.signaling`).
+        established with the callee's KEM key (see :mod:`tierlink.wire.signaling`).
 
         The steps overlap where they can: the record lookup runs while ICE gathers, the
         dialer waits for the answer while its offer is still being put (a failed put

@@ -1,19 +1,20 @@
 """The QUIC pump under the secure channel: aioquic (sans-IO) driven over an ICE pair.
 
-:class:`QuicSession` owns one :class:`~tierlink.quic_compat.PinnedQuicConnection` and moves
+:class:`QuicSession` owns one
+:class:`~tierlink.transport.aioquic_adapter.PinnedQuicConnection` and moves
 datagrams between it and the nominated ICE pair: every received ICE datagram goes into
 ``receive_datagram``, everything ``datagrams_to_send`` produces goes out through
 ``IceConnection.send_nowait``, and aioquic's timer is one asyncio TimerHandle (no polling,
 no second socket). Received datagrams are not answered one by one: the flush runs once per
 event-loop pass (``call_soon``), so a batch of datagrams read in one pass (see
-:mod:`tierlink.ice_compat`) costs one ``datagrams_to_send`` and one ack packet.
+:mod:`tierlink.transport.aioice_adapter`) costs one ``datagrams_to_send`` and one ack packet.
 
 It also keeps the peer alive and watched (aioquic sends no keep-alives):
 a PING when the path has been quiet, and a close when nothing arrived for
 ``liveness_timeout`` seconds. Once open, it probes the path MTU of a direct pair
-(:mod:`tierlink.pmtu`) and lets aioquic build packets as large as the path carries.
+(:mod:`tierlink.protocol.pmtu`) and lets aioquic build packets as large as the path carries.
 
-The subclass (:class:`tierlink.channel.SecureChannel`) handles aioquic's events and calls
+The subclass (:class:`tierlink.transport.channel.SecureChannel`) handles aioquic's events and calls
 :meth:`QuicSession._mark_ready` when its own greeting completed.
 """
 
@@ -28,12 +29,10 @@ from aioquic.quic import events
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.packet import QuicPacketType, pull_quic_header
 
-from tierlink.certs import LocalCertificate
 from tierlink.errors import HandshakeFailed
-from tierlink.framing import ProtocolError
-from tierlink.ice_compat import IceConnection
-from tierlink.pmtu import PathMtuProber, answer, is_probe_traffic
-from tierlink.quic_compat import (
+from tierlink.protocol.pmtu import PathMtuProber, answer, is_probe_traffic
+from tierlink.transport.aioice_adapter import IceConnection
+from tierlink.transport.aioquic_adapter import (
     MAX_PACKET_SIZE,
     PinnedQuicConnection,
     close_event,
@@ -42,6 +41,8 @@ from tierlink.quic_compat import (
     restamp_in_flight,
     set_max_datagram_size,
 )
+from tierlink.transport.certs import LocalCertificate
+from tierlink.wire.channel_frames import ProtocolError
 
 ALPN = "tierlink/1"
 #: The constant pseudo-address given to aioquic: the ICE pair is the only path.
@@ -151,7 +152,7 @@ class QuicSession:
             liveness_timeout=liveness_timeout,
             flow_window=flow_window,
         )
-        # A connection started ahead of the path (see tierlink.channel.ChannelDraft): a
+        # A connection started ahead of the path (see tierlink.transport.channel.ChannelDraft): a
         # client with its first flight built, or a server that processed that flight.
         self._started = started
         self._quic: PinnedQuicConnection | None = None
@@ -327,7 +328,7 @@ class QuicSession:
         """ICE callback: one received UDP payload."""
         if self._closed:
             return
-        if is_probe_traffic(data):  # path MTU probing, not QUIC (see tierlink.pmtu)
+        if is_probe_traffic(data):  # path MTU probing, not QUIC (see tierlink.protocol.pmtu)
             self._on_probe_traffic(data)
             return
         now = self._loop.time()

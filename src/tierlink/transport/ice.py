@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from aioice import Candidate
 
 from tierlink.errors import IceFailed
-from tierlink.ice_compat import IceConnection
-from tierlink.records import CandidateInfo
+from tierlink.transport.aioice_adapter import IceConnection
+from tierlink.wire.records import CandidateInfo
 
 #: Largest UDP payload on a direct path (IPv4: 65535 - 20 IP - 8 UDP; IPv6: 65535 - 8).
 MAX_UDP_PAYLOAD_V4 = 65_507

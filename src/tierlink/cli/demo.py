@@ -13,11 +13,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tierlink.connection import Connection
 from tierlink.dht import DhtNodeProcess
 from tierlink.errors import ConnectionClosed
 from tierlink.identity import Identity
 from tierlink.node import Node, NodeConfig
+from tierlink.transport.connection import Connection
 
 Say = Callable[[str], None]
 

@@ -17,7 +17,7 @@ needs:
   public ``ConnectionTerminated`` event only comes after the 3-PTO draining period);
 * bounding the unsent DATAGRAM frames (``QuicConnection._datagrams_pending`` grows without
   limit otherwise);
-* raising the packet size once path MTU probing (:mod:`tierlink.pmtu`) found a larger one:
+* raising the packet size once path MTU probing (:mod:`tierlink.protocol.pmtu`) found a larger one:
   aioquic fixes it at construction (``QuicConnection._max_datagram_size``, copied into the
   congestion controller ``_loss._cc`` and the pacer ``_loss._pacer``) and has no PMTUD.
 
@@ -158,7 +158,7 @@ def set_max_datagram_size(quic: QuicConnection, size: int) -> None:
 def restamp_in_flight(quic: QuicConnection, now: float) -> None:
     """Count every packet still in flight as sent at ``now``.
 
-    A flight carried in the signaling (see tierlink.channel.ChannelDraft) left long before
+    A flight carried in the signaling (see tierlink.transport.channel.ChannelDraft) left long before
     the path existed; acknowledged with its real send time, it would make the first RTT
     sample the signaling's delay (tens of ms on loopback), and pacing and loss timers would
     follow that estimate for a while. Touches ``QuicPacketSpace.sent_packets`` (public) and

@@ -8,9 +8,9 @@ from typing import Literal
 
 import platformdirs
 
-from tierlink.ice import IceSettings, TurnServer
 from tierlink.identity import Identity
-from tierlink.queue import DEFAULT_CAPACITY
+from tierlink.transport.ice import IceSettings, TurnServer
+from tierlink.transport.recv_queue import DEFAULT_CAPACITY
 
 __all__ = ["NodeConfig", "TurnServer"]
 

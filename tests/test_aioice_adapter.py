@@ -10,7 +10,7 @@ import aioice
 import aioice.ice
 import pytest
 
-from tierlink.ice_compat import PRIVATE_ATTRIBUTES, RECV_BATCH, IceConnection
+from tierlink.transport.aioice_adapter import PRIVATE_ATTRIBUTES, RECV_BATCH, IceConnection
 
 
 def test_private_attributes_still_exist() -> None:

@@ -11,9 +11,9 @@ from hypothesis import strategies as st
 
 from tierlink.errors import RecordError
 from tierlink.identity import Identity
-from tierlink.offline.ack import MAX_ACK_IDS, create_ack, open_ack
-from tierlink.offline.envelope import create_envelope
-from tierlink.records import KIND_ACK, MAX_VALUE_SIZE, now_ms, open_value, seal
+from tierlink.wire.ack import MAX_ACK_IDS, create_ack, open_ack
+from tierlink.wire.envelope import create_envelope
+from tierlink.wire.records import KIND_ACK, MAX_VALUE_SIZE, now_ms, open_value, seal
 
 ALICE = Identity.generate()  # sent the messages
 BOB = Identity.generate()  # received them, signs the ack

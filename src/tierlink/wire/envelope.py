@@ -1,7 +1,7 @@
 """The offline envelope: one message, encrypted to the recipient and signed by the sender.
 
-An envelope is a signed DHT value (see :mod:`tierlink.records`) of kind
-:data:`~tierlink.records.KIND_ENVELOPE` (0x04)::
+An envelope is a signed DHT value (see :mod:`tierlink.wire.records`) of kind
+:data:`~tierlink.wire.records.KIND_ENVELOPE` (0x04)::
 
     value = 0x01 (wire version) || 0x04 (kind) || BODY || ML-DSA-87 signature (4627 bytes)
 
@@ -29,16 +29,16 @@ the ciphertext, including any extension keys a later version adds). The header t
 the ciphertext to its sender, recipient, message id and lifetime: an attacker who re-signs a
 stolen ciphertext under its own key changes key 1 and decryption fails.
 
-The ML-DSA-87 signature (made by :func:`tierlink.records.seal`) covers everything, so
+The ML-DSA-87 signature (made by :func:`tierlink.wire.records.seal`) covers everything, so
 authorship is checked before any decryption work. The payload is capped at
 :data:`MAX_PAYLOAD`, the largest for which the whole value still fits
-:data:`~tierlink.records.MAX_VALUE_SIZE`; larger payloads raise
+:data:`~tierlink.wire.records.MAX_VALUE_SIZE`; larger payloads raise
 :class:`~tierlink.errors.MessageTooLarge` on creation.
 
 :func:`open_envelope` checks, in this order, each failure a
 :class:`~tierlink.errors.RecordError` with its reason word: structure (``malformed``,
 ``oversize``, ``version``, ``kind``), fingerprint binding and signature
-(:func:`~tierlink.records.check_signer`: ``fingerprint``, ``signature``), addressee
+(:func:`~tierlink.wire.records.check_signer`: ``fingerprint``, ``signature``), addressee
 (``recipient``), lifetime (``expired``; an absurd lifetime is ``malformed``), the receiver's
 payload cap (``oversize``), then decryption (``decrypt``).
 """
@@ -65,7 +65,7 @@ from tierlink.identity import (
     is_fingerprint,
     kem_encapsulate,
 )
-from tierlink.records import (
+from tierlink.wire.records import (
     KIND_ENVELOPE,
     MAX_VALUE_SIZE,
     WIRE_VERSION,
@@ -74,7 +74,7 @@ from tierlink.records import (
     open_value,
     seal,
 )
-from tierlink.records import now_ms as _now_ms
+from tierlink.wire.records import now_ms as _now_ms
 
 MESSAGE_ID_SIZE = 16
 NONCE_SIZE = 12

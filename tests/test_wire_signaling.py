@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 
 from tierlink.errors import RecordError
 from tierlink.identity import SIGNATURE_SIZE, Identity
-from tierlink.records import KIND_ANSWER, MAX_VALUE_SIZE, WIRE_VERSION, CandidateInfo
-from tierlink.signaling import (
+from tierlink.wire.records import KIND_ANSWER, MAX_VALUE_SIZE, WIRE_VERSION, CandidateInfo
+from tierlink.wire.signaling import (
     IceParams,
     OfferSecret,
     decode_answer,

@@ -1,9 +1,9 @@
 """The secure reliable channel: QUIC (aioquic, sans-IO) over a connected ICE path.
 
 :func:`open_channel` runs a mutually authenticated QUIC handshake over the nominated ICE
-pair (dialer = QUIC client, callee = server; pump in :mod:`tierlink.quic_session`) and
+pair (dialer = QUIC client, callee = server; pump in :mod:`tierlink.transport.quic`) and
 returns a :class:`SecureChannel` once both certificates matched their pinned SHA-256 and
-both sides exchanged HELLO (wire format in :mod:`tierlink.framing`).
+both sides exchanged HELLO (wire format in :mod:`tierlink.wire.channel_frames`).
 
 Reliable messages are acknowledged by the receiving *channel* once they are in its receive
 queue, so ``await send()`` returns a message id only then. Acks are cumulative and written
@@ -22,9 +22,26 @@ from typing import Any
 
 from aioquic.quic import events
 
-from tierlink.certs import LocalCertificate
 from tierlink.errors import ConnectionClosed, HandshakeFailed, MessageTooLarge
-from tierlink.framing import (
+from tierlink.transport.aioice_adapter import IceConnection
+from tierlink.transport.aioquic_adapter import (
+    PinnedQuicConnection,
+    forget_rtt_sample,
+    pending_datagrams,
+    restamp_in_flight,
+)
+from tierlink.transport.certs import LocalCertificate
+from tierlink.transport.quic import (
+    ERROR_NONE,
+    QUIC_ADDR,
+    QuicSession,
+    hand_out_first_flight,
+    quic_configuration,
+    start_client,
+    start_server,
+)
+from tierlink.transport.recv_queue import RecvQueue
+from tierlink.wire.channel_frames import (
     PROTOCOL_VERSION,
     TAG_CONTROL,
     TAG_MESSAGES,
@@ -36,23 +53,6 @@ from tierlink.framing import (
     encode_ack,
     encode_hello,
     encode_length,
-)
-from tierlink.ice_compat import IceConnection
-from tierlink.queue import RecvQueue
-from tierlink.quic_compat import (
-    PinnedQuicConnection,
-    forget_rtt_sample,
-    pending_datagrams,
-    restamp_in_flight,
-)
-from tierlink.quic_session import (
-    ERROR_NONE,
-    QUIC_ADDR,
-    QuicSession,
-    hand_out_first_flight,
-    quic_configuration,
-    start_client,
-    start_server,
 )
 
 log = logging.getLogger(__name__)
@@ -465,7 +465,7 @@ async def open_channel(
     peer's certificate SHA-256 differs from ``peer_cert_sha256``, the peer rejects ours,
     or nothing completes within ``handshake_timeout`` seconds. The caller keeps owning
     ``ice``: closing the channel does not close it. ``probe_path_mtu``: find and use the
-    largest packet a direct path carries (:mod:`tierlink.pmtu`); off, packets stay at 1200
+    largest packet a direct path carries (:mod:`tierlink.protocol.pmtu`); off, packets stay at 1200
     bytes. ``peer_limits``: the peer's (max_message_size, window) if it told them through an
     authenticated channel (its signed offer or sealed answer); the channel then opens as soon
     as the handshake completes, a round trip before the peer's HELLO. (``started``:

@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 
 from tierlink.errors import MessageTooLarge, RecordError, TierlinkError
 from tierlink.identity import Identity
-from tierlink.offline.ack import create_ack
-from tierlink.offline.envelope import (
+from tierlink.wire.ack import create_ack
+from tierlink.wire.envelope import (
     K_CIPHERTEXT,
     K_CREATED,
     K_EXPIRES,
@@ -26,7 +26,7 @@ from tierlink.offline.envelope import (
     create_envelope,
     open_envelope,
 )
-from tierlink.records import KIND_ENVELOPE, MAX_VALUE_SIZE, now_ms, open_value, seal
+from tierlink.wire.records import KIND_ENVELOPE, MAX_VALUE_SIZE, now_ms, open_value, seal
 
 ALICE = Identity.generate()
 BOB = Identity.generate()

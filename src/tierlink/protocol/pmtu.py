@@ -16,7 +16,7 @@ ones. Packetization-layer PMTU discovery (RFC 8899, as QUIC stacks such as quinn
 
 Both first bytes lie in 0x80-0xbf, which is neither STUN (0-3) nor QUIC (every QUIC packet
 sets the fixed bit 0x40), so the pump tells probes from QUIC by their first byte. Probes go
-out with the don't-fragment bit set (see :meth:`tierlink.ice_compat.IceConnection.
+out with the don't-fragment bit set (see :meth:`tierlink.transport.aioice_adapter.IceConnection.
 forbid_fragmentation`), so a too-large probe is dropped on the way instead of arriving in
 fragments. The nonce keeps an off-path sender from faking an acknowledgement.
 """

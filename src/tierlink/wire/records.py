@@ -1,7 +1,7 @@
 """Signed wire formats in the DHT, and the peer record.
 
 Every signed value tierlink puts in the DHT has one layout (the one unsigned value, the
-answer, is sealed instead: see :mod:`tierlink.signaling`)::
+answer, is sealed instead: see :mod:`tierlink.wire.signaling`)::
 
     value = VERSION (1 byte, 0x01) || KIND (1 byte) || BODY || SIGNATURE (4627 bytes)
 

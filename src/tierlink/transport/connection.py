@@ -1,6 +1,6 @@
 """A connection to one peer over its ICE-selected path.
 
-By default a connection carries the secure channel (:mod:`tierlink.channel`: QUIC over the
+By default a connection carries the secure channel (:mod:`tierlink.transport.channel`: QUIC over the
 ICE path, pinned to the certificate the peer's identity signed): ``send`` is reliable, ordered
 and acknowledged, ``send_datagram`` is unreliable. With ``secure=False`` it carries raw ICE
 datagrams (the seed's transport): ``send`` and ``send_datagram`` are then the same, 1 byte up
@@ -19,11 +19,11 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from tierlink.channel import DATAGRAM_MAX_PAYLOAD, SecureChannel
 from tierlink.errors import ConnectionClosed, MessageTooLarge
-from tierlink.ice import describe_pair, max_payload
-from tierlink.ice_compat import IceConnection
-from tierlink.queue import DEFAULT_CAPACITY, RecvQueue
+from tierlink.transport.aioice_adapter import IceConnection
+from tierlink.transport.channel import DATAGRAM_MAX_PAYLOAD, SecureChannel
+from tierlink.transport.ice import describe_pair, max_payload
+from tierlink.transport.recv_queue import DEFAULT_CAPACITY, RecvQueue
 
 
 class Transport(Protocol):

@@ -1,7 +1,7 @@
 """Offers and answers: how two peers exchange ICE credentials through the DHT, privately.
 
 **Offer** (kind 0x02, under the callee's offers key): a signed value (see
-:mod:`tierlink.records`) by the dialer, whose body is::
+:mod:`tierlink.wire.records`) by the dialer, whose body is::
 
     {1: dialer fingerprint (64 B), 2: dialer ML-DSA-87 public key,
      3: callee fingerprint (64 B), 4: session id (16 B), 5: created_at_ms, 6: expires_at_ms,
@@ -60,7 +60,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from tierlink.errors import RecordError
 from tierlink.identity import KEM_CIPHERTEXT_SIZE, SIGNATURE_SIZE, Identity, kem_encapsulate
-from tierlink.records import (
+from tierlink.wire.records import (
     KIND_ANSWER,
     KIND_OFFER,
     MAX_VALUE_SIZE,

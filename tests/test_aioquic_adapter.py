@@ -1,4 +1,4 @@
-"""The aioquic private names tierlink.quic_compat relies on still exist and still behave.
+"""The aioquic private names the aioquic adapter relies on still exist and still behave.
 
 Sans-IO: two PinnedQuicConnections exchange datagrams in memory (no sockets), so an aioquic
 upgrade that renames or changes any of them fails here, loudly, before the channel misbehaves.
@@ -16,9 +16,7 @@ from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
 from aioquic.quic.packet import pull_quic_header
 
-from tierlink.certs import LocalCertificate, certificate_sha256
-from tierlink.channel import DATAGRAM_MAX_PAYLOAD
-from tierlink.quic_compat import (
+from tierlink.transport.aioquic_adapter import (
     MAX_PACKET_SIZE,
     PIN_MISMATCH_REASON,
     PRIVATE_ATTRIBUTES,
@@ -31,7 +29,9 @@ from tierlink.quic_compat import (
     restamp_in_flight,
     set_max_datagram_size,
 )
-from tierlink.quic_session import CONNECTION_ID_LENGTH, MAX_DATAGRAM_SIZE
+from tierlink.transport.certs import LocalCertificate, certificate_sha256
+from tierlink.transport.channel import DATAGRAM_MAX_PAYLOAD
+from tierlink.transport.quic import CONNECTION_ID_LENGTH, MAX_DATAGRAM_SIZE
 
 ADDR = ("0.0.0.0", 0)
 BAD_CERTIFICATE = 42  # TLS alert

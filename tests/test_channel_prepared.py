@@ -8,9 +8,9 @@ import asyncio
 import pytest
 
 from tests.test_channel import connect_ice
-from tierlink.certs import LocalCertificate
-from tierlink.channel import DEFAULT_WINDOW, ChannelDraft, open_channel
 from tierlink.errors import HandshakeFailed
+from tierlink.transport.certs import LocalCertificate
+from tierlink.transport.channel import DEFAULT_WINDOW, ChannelDraft, open_channel
 
 
 @pytest.mark.parametrize("stale", [False, True])

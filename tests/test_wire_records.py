@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 from tierlink.errors import RecordError
 from tierlink.identity import Identity
-from tierlink.records import (
+from tierlink.wire.records import (
     KIND_PEER_RECORD,
     MAX_VALUE_SIZE,
     CandidateInfo,

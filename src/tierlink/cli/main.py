@@ -12,8 +12,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from tierlink import cli_node, cli_tools
-from tierlink.dht.process import DhtNodeProcess, parse_hostport
+from tierlink.cli import node_commands as cli_node
+from tierlink.cli import tool_commands as cli_tools
+from tierlink.dht.launcher import DhtNodeProcess, parse_hostport
 from tierlink.errors import TierlinkError
 from tierlink.identity import ALGORITHM, KEM_ALGORITHM, Identity, default_identity_path
 

@@ -1,0 +1,7 @@
+"""``python -m tierlink.cli``: the same as the ``tierlink`` command."""
+
+import sys
+
+from tierlink.cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""Wire formats: every byte layout tierlink writes to the DHT or a channel, with strict decoders."""
