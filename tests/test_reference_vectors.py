@@ -17,9 +17,9 @@ import cbor2
 import pytest
 
 from tests.vectors import generate as gen
-from tierlink import pmtu
-from tierlink.framing import ControlReader, Hello, MessageReader
 from tierlink.identity import SIGNATURE_SIZE, Identity, verify_signature
+from tierlink.protocol import pmtu
+from tierlink.wire.channel_frames import ControlReader, Hello, MessageReader
 
 WIRE: dict[str, Any] = json.loads(gen.WIRE_PATH.read_text())
 DIAL: dict[str, Any] = json.loads(gen.DIAL_PATH.read_text())
@@ -118,7 +118,7 @@ def test_channel_frames() -> None:
 
 
 def test_link_frames() -> None:
-    from tierlink.delivery import _valid_message_frame
+    from tierlink.node.delivery import _valid_message_frame
 
     frame = cbor2.loads(bytes.fromhex(WIRE["channel"]["link_message"]))
     assert _valid_message_frame(frame)

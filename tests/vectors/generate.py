@@ -8,13 +8,13 @@ What is fixed, and how (everything else in a value then follows deterministicall
 
 * identities: ``Identity(bytes(range(32)), bytes(range(64)))`` is A, ``Identity(bytes(range(
   32, 64)), bytes(range(64, 128)))`` is B;
-* time: explicit timestamps (``T0``) everywhere; ``tierlink.signaling.now_ms`` (the offer's
+* time: explicit timestamps (``T0``) everywhere; ``tierlink.wire.signaling.now_ms`` (the offer's
   clock) is patched to return ``T0``; decoders run with ``now=NOW``;
 * ``os.urandom`` (AES-GCM nonces in signaling and envelope, PMTU probe nonces) is patched
   by :func:`fixed`: its call ``i`` (from 0, counted per value) returns
   ``SHAKE-256(b"tierlink-refvec/" + str(i)).digest(n)``;
 * ML-KEM encapsulation cannot be seeded through ``cryptography``: ``kem_encapsulate`` is
-  patched (in ``tierlink.signaling`` and ``tierlink.offline.envelope``) to return one real
+  patched (in ``tierlink.wire.signaling`` and ``tierlink.wire.envelope``) to return one real
   encapsulation to B's key, stored under ``inputs.kem`` and reused on regeneration;
 * ``AESGCM`` in both modules is wrapped to log (key, nonce, plaintext, aad) per value.
 
@@ -41,10 +41,14 @@ from unittest import mock
 import cbor2
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from tierlink import keys, pmtu
-from tierlink import signaling as sig
-from tierlink.channel import DEFAULT_WINDOW
-from tierlink.framing import (
+from tierlink.identity import SIGNATURE_SIZE, Identity, kem_encapsulate
+from tierlink.protocol import pmtu
+from tierlink.transport.channel import DEFAULT_WINDOW
+from tierlink.wire import ack as ackmod
+from tierlink.wire import dhtkeys as keys
+from tierlink.wire import envelope as envmod
+from tierlink.wire import signaling as sig
+from tierlink.wire.channel_frames import (
     PROTOCOL_VERSION,
     TAG_CONTROL,
     TAG_MESSAGES,
@@ -53,10 +57,7 @@ from tierlink.framing import (
     encode_hello,
     encode_length,
 )
-from tierlink.identity import SIGNATURE_SIZE, Identity, kem_encapsulate
-from tierlink.offline import ack as ackmod
-from tierlink.offline import envelope as envmod
-from tierlink.records import CandidateInfo, PeerRecord
+from tierlink.wire.records import CandidateInfo, PeerRecord
 
 HERE = Path(__file__).parent
 WIRE_PATH = HERE / "wire.json"
