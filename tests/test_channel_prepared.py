@@ -1,4 +1,4 @@
-"""ChannelDraft: QUIC handshake flights prepared, and carried in the signaling, before ICE
+"""PreparedChannel: QUIC handshake flights prepared, and carried in the signaling, before ICE
 connects."""
 
 from __future__ import annotations
@@ -10,14 +10,14 @@ import pytest
 from tests.test_channel import connect_ice
 from tierlink.errors import HandshakeFailed
 from tierlink.transport.certs import LocalCertificate
-from tierlink.transport.channel import DEFAULT_WINDOW, ChannelDraft, open_channel
+from tierlink.transport.channel import DEFAULT_WINDOW, PreparedChannel, open_channel
 
 
 @pytest.mark.parametrize("stale", [False, True])
 async def test_draft_prepared_before_ice_opens_a_working_channel(stale: bool) -> None:
     ca, cb = LocalCertificate.generate(), LocalCertificate.generate()
     liveness = 0.5 if stale else 15.0
-    draft = ChannelDraft(certificate=ca, liveness_timeout=liveness)  # before any ICE
+    draft = PreparedChannel(certificate=ca, liveness_timeout=liveness)  # before any ICE
     a, b = await connect_ice()
     try:
         if stale:
@@ -40,7 +40,7 @@ async def test_draft_prepared_before_ice_opens_a_working_channel(stale: bool) ->
 async def test_draft_still_enforces_the_pin_given_at_open() -> None:
     """The pin is set after the ClientHello was built: a wrong callee is still refused."""
     ca, cb, impostor = (LocalCertificate.generate() for _ in range(3))
-    draft = ChannelDraft(certificate=ca)
+    draft = PreparedChannel(certificate=ca)
     a, b = await connect_ice()
     try:
         results = await asyncio.gather(
@@ -64,11 +64,11 @@ async def test_flights_ahead_of_the_path_open_the_dialer_without_a_round_trip() 
     its answer): the dialer's channel is open before the callee's side even exists, and
     the signaling's delay does not end up in either side's RTT estimate."""
     ca, cb = LocalCertificate.generate(), LocalCertificate.generate()
-    client = ChannelDraft(certificate=ca)
+    client = PreparedChannel(certificate=ca)
     flight = client.first_flight()
     assert flight and all(0 < len(d) <= 1500 for d in flight)
     assert client.first_flight() == flight  # packetized once
-    server = ChannelDraft(certificate=cb, is_client=False)
+    server = PreparedChannel(certificate=cb, is_client=False)
     await asyncio.sleep(SIGNALING_DELAY)
     assert server.receive_first_flight(flight, ca.sha256)
     reply = server.reply()
@@ -97,9 +97,9 @@ async def test_flights_ahead_of_the_path_open_the_dialer_without_a_round_trip() 
 async def test_callee_that_cannot_use_the_flight_still_connects(flight) -> None:
     """No reply in the answer: the dialer sends its first flight on the path at open."""
     ca, cb = LocalCertificate.generate(), LocalCertificate.generate()
-    client = ChannelDraft(certificate=ca)
+    client = PreparedChannel(certificate=ca)
     client.first_flight()  # went out in the offer; the answer brings no reply
-    server = ChannelDraft(certificate=cb, is_client=False)
+    server = PreparedChannel(certificate=cb, is_client=False)
     assert not server.receive_first_flight(flight, ca.sha256)
     a, b = await connect_ice()
     try:
@@ -118,8 +118,8 @@ async def test_callee_that_cannot_use_the_flight_still_connects(flight) -> None:
 
 async def test_reply_from_the_wrong_certificate_fails_the_dial() -> None:
     ca, cb, impostor = (LocalCertificate.generate() for _ in range(3))
-    client = ChannelDraft(certificate=ca)
-    server = ChannelDraft(certificate=impostor, is_client=False)
+    client = PreparedChannel(certificate=ca)
+    server = PreparedChannel(certificate=impostor, is_client=False)
     assert server.receive_first_flight(client.first_flight(), ca.sha256)
     client.receive_reply(server.reply(), cb.sha256)
     a, b = await connect_ice()

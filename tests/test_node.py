@@ -27,8 +27,8 @@ from tierlink.node import Node
 from tierlink.node import node as node_module
 from tierlink.wire.dhtkeys import answer_key, ice_candidates_key, offers_key
 from tierlink.wire.signaling import (
-    IceParams,
     OfferSecret,
+    SessionDescription,
     encode_answer,
     encode_offer,
     new_session_id,
@@ -201,7 +201,7 @@ async def test_tampered_expired_and_replayed_offers_are_ignored(dht_cluster) -> 
         dht = a.dht
         assert dht is not None
         rec = await a.lookup(b.fingerprint)
-        params = IceParams("ufrag", "p" * 22, ())
+        params = SessionDescription("ufrag", "p" * 22, ())
         good, _ = encode_offer(a.identity, b.fingerprint, rec.kem_public_key,
                                new_session_id(), params)
         tampered = bytearray(good)
@@ -238,7 +238,7 @@ async def test_answers_not_sealed_by_the_callee_are_ignored(dht_cluster, monkeyp
     monkeypatch.setattr(node_module, "new_session_id", lambda: session)
     async with a, b:
         assert a.dht is not None
-        bogus = IceParams("bogus", "b" * 22, ())
+        bogus = SessionDescription("bogus", "b" * 22, ())
         forged = [
             b"junk",
             encode_answer(OfferSecret(os.urandom(32), session, a.fingerprint, b.fingerprint),
@@ -423,7 +423,7 @@ async def test_tampered_certificate_fingerprint_fails_handshake(dht_cluster, mon
 
     def forged(ice, purpose="app", quic_flight=()):
         p = real(ice, purpose, quic_flight)
-        return IceParams(
+        return SessionDescription(
             p.ufrag, p.pwd, p.candidates, bytes(32), p.purpose, quic_flight=p.quic_flight
         )
 

@@ -16,8 +16,8 @@ from tierlink.errors import RecordError
 from tierlink.identity import SIGNATURE_SIZE, Identity
 from tierlink.wire.records import KIND_ANSWER, MAX_VALUE_SIZE, WIRE_VERSION, CandidateInfo
 from tierlink.wire.signaling import (
-    IceParams,
     OfferSecret,
+    SessionDescription,
     decode_answer,
     decode_offer,
     encode_answer,
@@ -33,8 +33,8 @@ CANDS = (
     CandidateInfo("5e6f", 1, "udp", 16777215, "198.51.100.7", 3478, "relay", "203.0.113.10", 5),
     CandidateInfo("7a8b", 1, "udp", 2130706175, "198.18.2.9", 40001, "host"),
 )
-DIALER_PARAMS = IceParams("dial", "d" * 22, CANDS[:2], bytes(range(32)), "messages")
-CALLEE_PARAMS = IceParams("call", "c" * 22, CANDS, bytes(range(32, 64)))
+DIALER_PARAMS = SessionDescription("dial", "d" * 22, CANDS[:2], bytes(range(32)), "messages")
+CALLEE_PARAMS = SessionDescription("call", "c" * 22, CANDS, bytes(range(32, 64)))
 
 
 def offer_to(callee: Identity = CALLEE, session: bytes | None = None) -> tuple[bytes, OfferSecret]:
@@ -97,7 +97,7 @@ def test_answer_roundtrip_and_size() -> None:
 
 def test_raw_mode_answer_without_certificate() -> None:
     _, secret = offer_to()
-    raw = IceParams("u", "p" * 22, CANDS[:1], None, "app")
+    raw = SessionDescription("u", "p" * 22, CANDS[:1], None, "app")
     assert decode_answer(encode_answer(secret, raw), secret) == raw
 
 
@@ -202,7 +202,8 @@ def test_answer_that_opens_but_is_malformed_is_rejected(plain: bytes) -> None:
 def test_answer_readers_ignore_unknown_and_legacy_keys() -> None:
     secret = offer_to_cached()[1]
     plain = cbor2.dumps({1: "u", 2: "p", 3: [], 5: CALLEE.kem_public_key, 99: "future"})
-    assert decode_answer(sealed(secret, plain), secret) == IceParams("u", "p", (), None, "app")
+    expected = SessionDescription("u", "p", (), None, "app")
+    assert decode_answer(sealed(secret, plain), secret) == expected
 
 
 def test_channel_limits_travel_in_offer_and_answer() -> None:

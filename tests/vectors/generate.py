@@ -88,12 +88,13 @@ def candidates() -> tuple[CandidateInfo, ...]:
     )
 
 
-def params(full: bool) -> sig.IceParams:
+def params(full: bool) -> sig.SessionDescription:
     """ICE parameters; ``full`` sets every optional key (cert 4, limits 7, QUIC flight 8)."""
     if not full:
-        return sig.IceParams("uFrg", "p" * 22, candidates()[:1])
-    return sig.IceParams("uFrg", "p" * 22, candidates(), bytes(range(100, 132)), "messages",
-                         (16 * 1024 * 1024, DEFAULT_WINDOW), (b"\xc0" + bytes(40), b"\xe1" * 7))
+        return sig.SessionDescription("uFrg", "p" * 22, candidates()[:1])
+    return sig.SessionDescription(
+        "uFrg", "p" * 22, candidates(), bytes(range(100, 132)), "messages",
+        (16 * 1024 * 1024, DEFAULT_WINDOW), (b"\xc0" + bytes(40), b"\xe1" * 7))
 
 
 class _LoggingAESGCM:
@@ -309,7 +310,7 @@ def _describe(
     return out
 
 
-def _params_shape(p: sig.IceParams) -> dict[str, Any]:
+def _params_shape(p: sig.SessionDescription) -> dict[str, Any]:
     return {"purpose": p.purpose, "candidate_types": [c.type for c in p.candidates],
             "has_cert": p.cert_sha256 is not None, "channel_limits": list(p.channel_limits or ()),
             "quic_flight_datagrams": len(p.quic_flight)}

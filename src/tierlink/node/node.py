@@ -31,15 +31,15 @@ from tierlink.node.config import NodeConfig
 from tierlink.node.delivery import DEFAULT_TTL_S, Delivery, Message, Messenger
 from tierlink.transport.aioice_adapter import IceConnection, get_host_addresses
 from tierlink.transport.certs import LocalCertificate
-from tierlink.transport.channel import DEFAULT_WINDOW, ChannelDraft, SecureChannel, open_channel
+from tierlink.transport.channel import DEFAULT_WINDOW, PreparedChannel, SecureChannel, open_channel
 from tierlink.transport.connection import Connection
 from tierlink.transport.ice import TurnServer, local_infos, run_checks, set_remote
 from tierlink.wire.dhtkeys import answer_key, ice_candidates_key, offers_key
 from tierlink.wire.records import CandidateInfo, PeerRecord, RecordBook, now_ms
 from tierlink.wire.signaling import (
-    IceParams,
     Offer,
     OfferSecret,
+    SessionDescription,
     decode_answer,
     decode_offer,
     encode_answer,
@@ -84,8 +84,8 @@ class Node:
         self._tasks: set[asyncio.Task[None]] = set()
         self._offer_slots = asyncio.Semaphore(self.MAX_CONCURRENT_OFFERS)
         self._seen_sessions: dict[bytes, int] = {}
-        # The next dial's QUIC client, built while an earlier dial waited (ChannelDraft).
-        self._spare_draft: ChannelDraft | None = None
+        # The next dial's QUIC client, built while an earlier dial waited (PreparedChannel).
+        self._spare_draft: PreparedChannel | None = None
         self._started = False
         self._closed = False
 
@@ -241,9 +241,9 @@ class Node:
     # -- dialing -------------------------------------------------------------------------
     def _params(
         self, ice: IceConnection, purpose: str = "app", quic_flight: tuple[bytes, ...] = ()
-    ) -> IceParams:
+    ) -> SessionDescription:
         secure = self.config.secure
-        return IceParams(
+        return SessionDescription(
             ice.local_username, ice.local_password, local_infos(ice),
             self.certificate.sha256 if secure else None, purpose,
             (self.config.max_message_size, DEFAULT_WINDOW) if secure else None,
@@ -299,7 +299,7 @@ class Node:
 
     async def _exchange(
         self, ice: IceConnection, fingerprint: str, session: bytes, purpose: str, timeout: float
-    ) -> tuple[IceParams, ChannelDraft | None]:
+    ) -> tuple[SessionDescription, PreparedChannel | None]:
         """The dialer's signaling: gather, put the offer, wait for the sealed answer.
 
         The offer carries the QUIC client's first flight; the answer listen starts once
@@ -311,7 +311,7 @@ class Node:
         loop = asyncio.get_running_loop()
         started = loop.time()
         listener: DhtListener | None = None
-        waiter: asyncio.Future[IceParams] | None = None
+        waiter: asyncio.Future[SessionDescription] | None = None
         put: asyncio.Future[None] | None = None
         answered = False
         try:
@@ -367,20 +367,20 @@ class Node:
         cached = self.records.cached(fingerprint, now_ms(), RECORD_CACHE_MS)
         return cached if cached is not None else await self.lookup(fingerprint)
 
-    def _take_draft(self) -> ChannelDraft:
+    def _take_draft(self) -> PreparedChannel:
         """The spare dialer draft if still fresh, else a new one."""
         draft, self._spare_draft = self._spare_draft, None
         return draft if draft is not None and draft.fresh else self._channel_draft()
 
-    def _reply_draft(self, params: IceParams) -> ChannelDraft | None:
+    def _reply_draft(self, params: SessionDescription) -> PreparedChannel | None:
         """The callee's side of a channel whose handshake began in the offer, if it did."""
         if not (self.config.secure and params.quic_flight and params.cert_sha256):
             return None
         draft = self._channel_draft(is_client=False)
         return draft if draft.receive_first_flight(params.quic_flight, params.cert_sha256) else None
 
-    def _channel_draft(self, is_client: bool = True) -> ChannelDraft:
-        return ChannelDraft(
+    def _channel_draft(self, is_client: bool = True) -> PreparedChannel:
+        return PreparedChannel(
             is_client=is_client,
             certificate=self.certificate,
             queue_capacity=self.config.queue_capacity,
@@ -392,7 +392,7 @@ class Node:
 
     async def _open_channel(
         self, ice: IceConnection, is_client: bool, peer_cert: bytes | None,
-        peer_limits: tuple[int, int] | None, draft: ChannelDraft | None = None,
+        peer_limits: tuple[int, int] | None, draft: PreparedChannel | None = None,
     ) -> SecureChannel | None:
         """The pinned QUIC channel over the ICE path (None in raw mode)."""
         if not self.config.secure:
@@ -413,7 +413,7 @@ class Node:
 
     async def _await_answer(
         self, listener: AsyncIterator[bytes], secret: OfferSecret
-    ) -> IceParams:
+    ) -> SessionDescription:
         """The first value that decrypts under ``secret``: only the callee can seal one."""
         async for value in listener:
             try:

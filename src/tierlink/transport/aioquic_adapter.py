@@ -94,7 +94,7 @@ class PinnedQuicConnection(QuicConnection):
         self.expected_peer_sha256 = expected_peer_sha256
         self.peer_certificate_sha256: bytes | None = None
         self.pin_error: str | None = None
-        #: Datagrams handed out ahead of the path, in the signaling (see ChannelDraft).
+        #: Datagrams handed out ahead of the path, in the signaling (see PreparedChannel).
         self.early_datagrams: tuple[bytes, ...] = ()
         #: Client: the server's reply to those arrived the same way.
         self.early_reply = False
@@ -158,8 +158,8 @@ def set_max_datagram_size(quic: QuicConnection, size: int) -> None:
 def restamp_in_flight(quic: QuicConnection, now: float) -> None:
     """Count every packet still in flight as sent at ``now``.
 
-    A flight carried in the signaling (see tierlink.transport.channel.ChannelDraft) left long before
-    the path existed; acknowledged with its real send time, it would make the first RTT
+    A flight carried in the signaling (see tierlink.transport.channel.PreparedChannel) left long
+    before the path existed; acknowledged with its real send time, it would make the first RTT
     sample the signaling's delay (tens of ms on loopback), and pacing and loss timers would
     follow that estimate for a while. Touches ``QuicPacketSpace.sent_packets`` (public) and
     ``QuicPacketRecovery._time_of_last_sent_ack_eliciting_packet``.

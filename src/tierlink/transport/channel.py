@@ -469,7 +469,7 @@ async def open_channel(
     bytes. ``peer_limits``: the peer's (max_message_size, window) if it told them through an
     authenticated channel (its signed offer or sealed answer); the channel then opens as soon
     as the handshake completes, a round trip before the peer's HELLO. (``started``:
-    internal, see :class:`ChannelDraft`, which prepares the dialer's side ahead of ICE.)
+    internal, see :class:`PreparedChannel`, which prepares the dialer's side ahead of ICE.)
     """
     if len(peer_cert_sha256) != 32:
         raise ValueError("peer_cert_sha256 must be the 32-byte SHA-256 of the DER certificate")
@@ -493,7 +493,7 @@ async def open_channel(
     return channel
 
 
-class ChannelDraft:
+class PreparedChannel:
     """One side of a channel prepared before its ICE path exists.
 
     The QUIC handshake's first two flights travel in the signaling, ahead of the path.
@@ -601,7 +601,7 @@ class ChannelDraft:
     ) -> SecureChannel:
         """:func:`open_channel` with what was prepared."""
         if self._used:
-            raise RuntimeError("a ChannelDraft opens one channel")
+            raise RuntimeError("a PreparedChannel opens one channel")
         fresh = self.fresh
         self._used = True
         quic, self._quic = self._quic, None

@@ -152,7 +152,7 @@ class QuicSession:
             liveness_timeout=liveness_timeout,
             flow_window=flow_window,
         )
-        # A connection started ahead of the path (see tierlink.transport.channel.ChannelDraft): a
+        # A connection started ahead of the path (see tierlink.transport.channel.PreparedChannel): a
         # client with its first flight built, or a server that processed that flight.
         self._started = started
         self._quic: PinnedQuicConnection | None = None

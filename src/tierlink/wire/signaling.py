@@ -89,7 +89,7 @@ def new_session_id() -> bytes:
 
 
 @dataclass(frozen=True)
-class IceParams:
+class SessionDescription:
     """What one side tells the other: ICE credentials, candidates, certificate, purpose."""
 
     ufrag: str
@@ -136,7 +136,7 @@ class Offer:
     session_id: bytes
     created_at_ms: int
     expires_at_ms: int
-    params: IceParams
+    params: SessionDescription
     secret: OfferSecret
 
 
@@ -158,7 +158,7 @@ def _secret(
     )
 
 
-def _encode_params(params: IceParams) -> bytes:
+def _encode_params(params: SessionDescription) -> bytes:
     return cbor2.dumps(
         {
             1: params.ufrag,
@@ -173,7 +173,7 @@ def _encode_params(params: IceParams) -> bytes:
     )
 
 
-def _decode_params(plain: bytes) -> IceParams:
+def _decode_params(plain: bytes) -> SessionDescription:
     try:
         inner = cbor2.loads(plain)
     except Exception:  # cbor2 raises many types on garbage
@@ -212,7 +212,7 @@ def _decode_params(plain: bytes) -> IceParams:
             f"early QUIC flight must be at most {MAX_EARLY_DATAGRAMS} datagrams of "
             f"1 to {MAX_EARLY_DATAGRAM_SIZE} bytes",
         )
-    return IceParams(ufrag, pwd, cands, cert, purpose, limits, tuple(early))
+    return SessionDescription(ufrag, pwd, cands, cert, purpose, limits, tuple(early))
 
 
 # -- offers ----------------------------------------------------------------------------------
@@ -221,7 +221,7 @@ def encode_offer(
     recipient: str,
     recipient_kem_public_key: bytes,
     session_id: bytes,
-    params: IceParams,
+    params: SessionDescription,
     lifetime_s: float = DEFAULT_OFFER_LIFETIME_S,
 ) -> tuple[bytes, OfferSecret]:
     """Encrypt ``params`` to the recipient and sign the offer.
@@ -281,14 +281,14 @@ def decode_offer(value: bytes, me: Identity, *, now: int | None = None) -> Offer
 
 
 # -- answers ---------------------------------------------------------------------------------
-def encode_answer(secret: OfferSecret, params: IceParams) -> bytes:
+def encode_answer(secret: OfferSecret, params: SessionDescription) -> bytes:
     """Seal ``params`` as the answer to the offer that established ``secret``."""
     nonce = os.urandom(NONCE_SIZE)
     ct = AESGCM(secret.key).encrypt(nonce, _encode_params(params), secret.aad())
     return _ANSWER_PREFIX + nonce + ct
 
 
-def decode_answer(value: bytes, secret: OfferSecret) -> IceParams:
+def decode_answer(value: bytes, secret: OfferSecret) -> SessionDescription:
     """Open an answer to our offer; RecordError unless it decrypts under ``secret``.
 
     A tag that verifies proves the callee (the holder of the KEM private key) sealed it for
