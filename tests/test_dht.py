@@ -13,10 +13,11 @@ import psutil
 import pytest
 
 from tierlink.dht import DhtClient, DhtNodeProcess
+from tierlink.dht.record_book import RecordBook
 from tierlink.errors import DhtError, DhtNodeMissing, DhtUnavailable
 from tierlink.identity import Identity
 from tierlink.wire.dhtkeys import ice_candidates_key
-from tierlink.wire.records import PeerRecord, RecordBook
+from tierlink.wire.records import PeerRecord
 
 
 def fresh_key() -> str:

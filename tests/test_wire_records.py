@@ -5,6 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tierlink.dht.record_book import RecordBook
 from tierlink.errors import RecordError
 from tierlink.identity import Identity
 from tierlink.wire.records import (
@@ -12,7 +13,6 @@ from tierlink.wire.records import (
     MAX_VALUE_SIZE,
     CandidateInfo,
     PeerRecord,
-    RecordBook,
     now_ms,
     seal,
 )

@@ -18,6 +18,7 @@ from types import TracebackType
 from typing import Any
 
 from tierlink.dht import DhtClient, DhtListener, DhtNodeProcess
+from tierlink.dht.record_book import RecordBook
 from tierlink.errors import (
     DialTimeout,
     HandshakeFailed,
@@ -35,7 +36,7 @@ from tierlink.transport.channel import DEFAULT_WINDOW, PreparedChannel, SecureCh
 from tierlink.transport.connection import Connection
 from tierlink.transport.ice import TurnServer, local_infos, run_checks, set_remote
 from tierlink.wire.dhtkeys import answer_key, ice_candidates_key, offers_key
-from tierlink.wire.records import CandidateInfo, PeerRecord, RecordBook, now_ms
+from tierlink.wire.records import CandidateInfo, PeerRecord, now_ms
 from tierlink.wire.signaling import (
     Offer,
     OfferSecret,

@@ -30,6 +30,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Protocol
 
+from tierlink.dht.record_book import RecordBook
 from tierlink.errors import DhtError, PeerNotFound, RecordError, TierlinkError
 from tierlink.identity import Identity
 from tierlink.offline.inbox import FetchResult, Inbox, InboxLimits
@@ -43,7 +44,6 @@ from tierlink.offline.outbox import (
 from tierlink.wire.ack import MAX_ACK_IDS, create_ack, open_ack
 from tierlink.wire.dhtkeys import ice_candidates_key, offline_acks_key, offline_queue_key
 from tierlink.wire.envelope import DEFAULT_TTL_S, ReceivedEnvelope, create_envelope
-from tierlink.wire.records import RecordBook
 from tierlink.wire.records import now_ms as _now_ms
 
 log = logging.getLogger(__name__)

@@ -32,8 +32,7 @@ key  field             type
 from __future__ import annotations
 
 import time
-from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import cbor2
@@ -250,70 +249,3 @@ class PeerRecord:
             fingerprint, field_of(body, 2, bytes, "public_key"), seq, issued, expires,
             tuple(decode_candidate(c) for c in cands), kem, mode, cert,
         )
-
-
-@dataclass
-class RecordBook:
-    """Picks the newest valid record per fingerprint and remembers sequence numbers.
-
-    A record older than one already accepted for that fingerprint is rejected (``stale``):
-    a replayed old record cannot roll a peer's addresses back.
-    """
-
-    highest_seq: dict[str, int] = field(default_factory=dict)
-    rejected: Counter[str] = field(default_factory=Counter)
-    #: The newest record accepted per fingerprint and when (ms), for :meth:`cached`.
-    latest: dict[str, tuple[PeerRecord, int]] = field(default_factory=dict)
-    #: Fingerprints whose records are kept at most (the least recently accepted go first).
-    max_cached: int = 1024
-
-    def cached(self, fingerprint: str, now: int, max_age_ms: int) -> PeerRecord | None:
-        """The newest accepted record of ``fingerprint`` if it was accepted less than
-        ``max_age_ms`` ago and has not expired; None otherwise."""
-        entry = self.latest.get(fingerprint)
-        if entry is None:
-            return None
-        record, accepted_at = entry
-        if now - accepted_at >= max_age_ms or record.expires_at_ms <= now:
-            return None
-        return record
-
-    def _remember(self, record: PeerRecord) -> None:
-        self.highest_seq[record.fingerprint] = record.seq
-        self.latest.pop(record.fingerprint, None)
-        self.latest[record.fingerprint] = (record, now_ms())
-        while len(self.latest) > self.max_cached:
-            del self.latest[next(iter(self.latest))]
-
-    def accept(self, value: bytes, fingerprint: str | None = None) -> PeerRecord:
-        """Verify one value; if ``fingerprint`` is given it must be the record's owner."""
-        rec = PeerRecord.decode(value)
-        if fingerprint is not None and rec.fingerprint != fingerprint:
-            raise RecordError("fingerprint", "record belongs to another fingerprint")
-        seen = self.highest_seq.get(rec.fingerprint)
-        if seen is not None and rec.seq < seen:
-            raise RecordError("stale", f"sequence {rec.seq} is older than accepted {seen}")
-        self._remember(rec)
-        return rec
-
-    def newest(self, values: list[bytes], fingerprint: str) -> PeerRecord | None:
-        """The newest valid record among ``values``; rejected ones are counted by reason."""
-        best: PeerRecord | None = None
-        for value in values:
-            try:
-                rec = PeerRecord.decode(value)
-                if rec.fingerprint != fingerprint:
-                    raise RecordError("fingerprint", "record belongs to another fingerprint")
-            except RecordError as exc:
-                self.rejected[exc.reason] += 1
-                continue
-            if best is None or rec.seq > best.seq:
-                best = rec
-        if best is None:
-            return None
-        seen = self.highest_seq.get(fingerprint)
-        if seen is not None and best.seq < seen:
-            self.rejected["stale"] += 1
-            return None
-        self._remember(best)
-        return best
