@@ -1,18 +1,14 @@
 """The QUIC pump under the secure channel: aioquic (sans-IO) driven over an ICE pair.
 
-:class:`QuicPump` owns one
-:class:`~tierlink.transport.aioquic_adapter.PinnedQuicConnection` and moves
-datagrams between it and the nominated ICE pair: every received ICE datagram goes into
-``receive_datagram``, everything ``datagrams_to_send`` produces goes out through
+:class:`QuicPump` owns one :class:`~tierlink.transport.aioquic_adapter.PinnedQuicConnection`
+and moves datagrams between it and the nominated ICE pair: every received ICE datagram goes
+into ``receive_datagram``, everything ``datagrams_to_send`` produces goes out through
 ``IceConnection.send_nowait``, and aioquic's timer is one asyncio TimerHandle (no polling,
-no second socket). Received datagrams are not answered one by one: the flush runs once per
-event-loop pass (``call_soon``), so a batch of datagrams read in one pass (see
-:mod:`tierlink.transport.aioice_adapter`) costs one ``datagrams_to_send`` and one ack packet.
-
-It also keeps the peer alive and watched (aioquic sends no keep-alives):
-a PING when the path has been quiet, and a close when nothing arrived for
-``liveness_timeout`` seconds. Once open, it probes the path MTU of a direct pair
-(:mod:`tierlink.protocol.pmtu`) and lets aioquic build packets as large as the path carries.
+no second socket). The flush runs once per event-loop pass (``call_soon``), so a batch of
+datagrams read in one pass (see :mod:`tierlink.transport.aioice_adapter`) costs one
+``datagrams_to_send`` and one ack packet. Once open it keeps the peer alive and watched
+(:mod:`tierlink.transport.liveness`) and probes the path MTU of a direct pair
+(:mod:`tierlink.transport.path_mtu`).
 
 aioquic's events reach its :class:`PumpListener` as tierlink's own transport events
 (:mod:`tierlink.protocol.channel_events`), the end of the connection included; the listener
@@ -41,10 +37,9 @@ from tierlink.protocol.channel_events import (
     StreamReset,
     TransportEvent,
 )
-from tierlink.protocol.pmtu import PathMtuProber, answer, is_probe_traffic
+from tierlink.protocol.pmtu import is_probe_traffic
 from tierlink.transport.aioice_adapter import IceConnection
 from tierlink.transport.aioquic_adapter import (
-    MAX_PACKET_SIZE,
     PinnedQuicConnection,
     close_event,
     max_datagram_size,
@@ -54,6 +49,8 @@ from tierlink.transport.aioquic_adapter import (
     set_max_datagram_size,
     smoothed_rtt,
 )
+from tierlink.transport.liveness import Liveness
+from tierlink.transport.path_mtu import PathMtu
 from tierlink.transport.quic_setup import (
     CONNECTION_ID_LENGTH,
     MAX_DATAGRAM_SIZE,
@@ -62,7 +59,10 @@ from tierlink.transport.quic_setup import (
     start_client,
 )
 
-__all__ = ["CONNECTION_ID_LENGTH", "MAX_DATAGRAM_SIZE", "PumpListener", "QuicPump"]
+__all__ = [
+    "CONNECTION_ID_LENGTH", "DATAGRAM_SEND_BACKLOG", "MAX_DATAGRAM_SIZE", "PumpListener",
+    "QuicPump",
+]
 
 #: Unsent datagrams kept in aioquic when the congestion window is full (oldest dropped).
 DATAGRAM_SEND_BACKLOG = 256
@@ -101,10 +101,10 @@ class QuicPump:
         self._config = config
         self.is_client = bool(config.is_client)
         self.peer_cert_sha256 = peer_cert_sha256
-        self._liveness_timeout = liveness_timeout
-        # Three PINGs per liveness period: two in a row may be lost before the watchdog
-        # fires, and a quiet connection wakes the loop rarely (idle CPU).
-        self._ping_interval = min(liveness_timeout / 3, 5.0)
+        self._liveness = Liveness(
+            liveness_timeout, is_client=self.is_client, ping=self._ping,
+            expire=lambda reason: self.close(reason, error_code=ERROR_LIVENESS),
+        )
         # A connection started ahead of the path (see PreparedChannel): a client with its
         # first flight built, or a server that processed that flight.
         self._started = started
@@ -115,18 +115,10 @@ class QuicPump:
         self.close_reason: str | None = None
         self._flush_handle: asyncio.Handle | None = None
         self._quic_timer: asyncio.TimerHandle | None = None
-        self._ping_timer: asyncio.TimerHandle | None = None
-        self._live_timer: asyncio.TimerHandle | None = None
         self._handshake_timer: asyncio.TimerHandle | None = None
-        self._last_rx = self._loop.time()
-        self.keepalives_sent = 0
         self._probe_path_mtu = probe_path_mtu
         self._probe_due = False
-        self._prober: PathMtuProber | None = None
-        self._probe_timer: asyncio.TimerHandle | None = None
-        self.path_probing = False
-        self._path_mtu = MAX_DATAGRAM_SIZE  # largest packet the path was found to carry
-        self._packet_cap: int | None = None
+        self._mtu = PathMtu(ice, MAX_DATAGRAM_SIZE)
         self._last_packet_size = MAX_DATAGRAM_SIZE  # what max_packet_size says once closed
         self._last_rtt = 0.0
 
@@ -147,22 +139,30 @@ class QuicPump:
         return len(pending_datagrams(self._quic)) if self._quic is not None else 0
 
     @property
+    def path_probing(self) -> bool:
+        """True once path MTU probing started (direct pair, don't-fragment set)."""
+        return self._mtu.probing
+
+    @property
     def armed_timers(self) -> int:
         """Timers and scheduled callbacks the pump holds on the event loop (0 once closed)."""
-        handles = (self._flush_handle, self._quic_timer, self._ping_timer, self._live_timer,
-                   self._handshake_timer, self._probe_timer)
-        return sum(h is not None for h in handles)
+        handles = (self._flush_handle, self._quic_timer, self._handshake_timer)
+        own = sum(h is not None for h in handles)
+        return own + self._liveness.armed_timers + self._mtu.timer_armed
+
+    @property
+    def keepalives_sent(self) -> int:
+        """Keep-alive PINGs sent because the path was quiet."""
+        return self._liveness.keepalives_sent
 
     def limit_packet_size(self, size: int | None) -> None:
         """Send packets of at most ``size`` bytes (at least 1200); None: as large as the
         probed path carries. For paths that lose large packets without telling."""
-        if size is not None and not MAX_DATAGRAM_SIZE <= size <= MAX_PACKET_SIZE:
-            raise ValueError(f"packet size must be within {MAX_DATAGRAM_SIZE}-{MAX_PACKET_SIZE}")
-        self._packet_cap = size
+        self._mtu.limit(size)
         self._apply_packet_size()
 
     def _apply_packet_size(self) -> None:
-        size = self._path_mtu if self._packet_cap is None else min(self._path_mtu, self._packet_cap)
+        size = self._mtu.packet_size
         if self._quic is not None and size != max_datagram_size(self._quic):
             set_max_datagram_size(self._quic, size)
 
@@ -198,11 +198,7 @@ class QuicPump:
         if self._handshake_timer is not None:
             self._handshake_timer.cancel()
             self._handshake_timer = None
-        self._last_rx = self._loop.time()
-        self._ping_timer = self._loop.call_later(self._ping_interval, self._on_ping_timer)
-        self._live_timer = self._loop.call_at(
-            self._last_rx + self._liveness_timeout, self._on_live_timer
-        )
+        self._liveness.start()
         self._ready.set_result(None)
         # Probe once what opened the channel (e.g. our HELLO) is on the wire (see _flush).
         self._probe_due = self._probe_path_mtu
@@ -244,60 +240,18 @@ class QuicPump:
     def _on_handshake_timeout(self, timeout: float) -> None:
         self._handshake_timer = None
         if not self._ready.done():
-            self.close(
-                f"no secure handshake with the peer within {timeout:g} s",
-                error_code=ERROR_HANDSHAKE,
-            )
+            self.close(f"no secure handshake with the peer within {timeout:g} s",
+                       error_code=ERROR_HANDSHAKE)
 
     def _pin_matches(self) -> bool:
         """After HandshakeCompleted: True if the pinned certificate was seen, else close."""
         quic = self._quic
         if quic is None or quic.peer_certificate_sha256 != self.peer_cert_sha256:
             # Fail closed: no client certificate, or the pin hook did not run.
-            self.close(
-                "peer presented no certificate matching the pinned SHA-256",
-                error_code=ERROR_HANDSHAKE,
-            )
+            self.close("peer presented no certificate matching the pinned SHA-256",
+                       error_code=ERROR_HANDSHAKE)
             return False
         return True
-
-    # -- path MTU -----------------------------------------------------------------------------
-    def _start_path_probing(self) -> None:
-        """Probe a direct pair (a relayed one keeps 1200: TURN adds its own overhead)."""
-        if self._ice.is_relayed or not self._ice.forbid_fragmentation():
-            return
-        self.path_probing = True
-        self._prober = PathMtuProber(MAX_DATAGRAM_SIZE)
-        self._send_probes(self._prober.start(self._loop.time()))
-
-    def _send_probes(self, probes: list[bytes]) -> None:
-        try:
-            for probe in probes:
-                self._ice.send_nowait(probe)
-        except ConnectionError:
-            return  # the path is gone; the pump notices on its next send
-        when = self._prober.timer if self._prober is not None else None
-        if when is not None and self._probe_timer is None:
-            self._probe_timer = self._loop.call_at(when, self._on_probe_timer)
-
-    def _on_probe_timer(self) -> None:
-        self._probe_timer = None
-        if not self.closed and self._prober is not None:
-            self._send_probes(self._prober.on_timer(self._loop.time()))
-
-    def _on_probe_traffic(self, data: bytes) -> None:
-        """Answer the peer's probes; apply acknowledgements of ours."""
-        reply = answer(data)
-        if reply is not None:
-            with contextlib.suppress(ConnectionError):
-                self._ice.send_nowait(reply)
-            return
-        if self._prober is None or self._quic is None:
-            return
-        size = self._prober.on_ack(data)
-        if size is not None:
-            self._path_mtu = size
-            self._apply_packet_size()
 
     # -- pump ---------------------------------------------------------------------------------
     def _on_datagram(self, data: bytes) -> None:
@@ -305,10 +259,11 @@ class QuicPump:
         if self.closed:
             return
         if is_probe_traffic(data):  # path MTU probing, not QUIC (see tierlink.protocol.pmtu)
-            self._on_probe_traffic(data)
+            if self._mtu.on_traffic(data):
+                self._apply_packet_size()
             return
         now = self._loop.time()
-        self._last_rx = now
+        self._liveness.heard(now)
         try:
             if self._quic is None:
                 if self.is_client:
@@ -373,7 +328,7 @@ class QuicPump:
             detail = reason
         else:
             detail = f"{reason} (QUIC error 0x{code:x})"
-        self._shutdown(f"connection closed: {detail}", notify=False)
+        self.close(f"connection closed: {detail}", notify=False)
 
     def _flush(self) -> None:
         """Send every datagram aioquic has ready and re-arm its timer."""
@@ -388,7 +343,7 @@ class QuicPump:
             for data, _addr in quic.datagrams_to_send(now=self._loop.time()):
                 self._ice.send_nowait(data)
         except ConnectionError as exc:
-            self._shutdown(f"ICE path lost: {exc}", notify=False)
+            self.close(f"ICE path lost: {exc}", notify=False)
             return
         when = quic.get_timer()
         timer = self._quic_timer
@@ -399,56 +354,24 @@ class QuicPump:
             self._quic_timer = self._loop.call_at(when, self._on_quic_timer)
         if self._probe_due:
             self._probe_due = False
-            self._start_path_probing()
+            self._mtu.start()
 
     def kick(self) -> None:
         """Flush soon: coalesces everything queued in this loop iteration."""
         if self._flush_handle is None and not self.closed:
             self._flush_handle = self._loop.call_soon(self._flush)
 
-    # -- liveness -----------------------------------------------------------------------------
-    def _on_ping_timer(self) -> None:
-        self._ping_timer = None
-        if self.closed or self._quic is None:
-            return
-        # The client keeps the pair alive: its PINGs feed the server's watchdog and their
-        # ACKs its own. The server pings only when the client's PINGs went missing, so an
-        # idle connection costs one PING and one ACK per interval, not two of each.
-        quiet = self._ping_interval * (0.5 if self.is_client else 1.5)
-        if self._loop.time() - self._last_rx >= quiet:
-            self.keepalives_sent += 1
-            self._quic.send_ping(self.keepalives_sent)
+    def _ping(self, uid: int) -> None:
+        if self._quic is not None and not self.closed:
+            self._quic.send_ping(uid)
             self.kick()
-        self._ping_timer = self._loop.call_later(self._ping_interval, self._on_ping_timer)
-
-    def _on_live_timer(self) -> None:
-        self._live_timer = None
-        if self.closed:
-            return
-        deadline = self._last_rx + self._liveness_timeout
-        if self._loop.time() >= deadline:
-            self.close(
-                f"peer silent for {self._liveness_timeout:g} s (liveness timeout)",
-                error_code=ERROR_LIVENESS,
-            )
-        else:
-            self._live_timer = self._loop.call_at(deadline, self._on_live_timer)
 
     # -- teardown -----------------------------------------------------------------------------
-    def close(self, reason: str, *, error_code: int, peer_reason: str | None = None) -> None:
-        """Close once, telling the peer ``peer_reason`` (default: ``reason``) with
-        ``error_code``; a graceful close (ERROR_NONE) first sends what is queued."""
-        self._shutdown(reason, error_code=error_code, notify=True, peer_reason=peer_reason)
-
-    def _shutdown(
-        self,
-        reason: str,
-        *,
-        error_code: int = ERROR_NONE,
-        notify: bool,
-        peer_reason: str | None = None,
-    ) -> None:
-        """Close once: tell the peer (best effort), wake every waiter, drop every timer."""
+    def close(self, reason: str, *, error_code: int = ERROR_NONE, notify: bool = True,
+              peer_reason: str | None = None) -> None:
+        """Close once: tell the peer ``peer_reason`` (default: ``reason``) with
+        ``error_code`` unless ``notify`` is False (best effort; a graceful close first sends
+        what is queued), report the end to the listener, drop every timer."""
         if self.closed:
             return
         quic = self._quic
@@ -467,19 +390,12 @@ class QuicPump:
         self.closed = True
         self.close_reason = reason
         self._ice.set_datagram_handler(None)
-        for handle in (
-            self._flush_handle,
-            self._quic_timer,
-            self._ping_timer,
-            self._live_timer,
-            self._handshake_timer,
-            self._probe_timer,
-        ):
+        for handle in (self._flush_handle, self._quic_timer, self._handshake_timer):
             if handle is not None:
                 handle.cancel()
-        self._flush_handle = self._quic_timer = self._ping_timer = None
-        self._live_timer = self._handshake_timer = self._probe_timer = None
-        self._prober = None
+        self._flush_handle = self._quic_timer = self._handshake_timer = None
+        self._liveness.stop()
+        self._mtu.stop()
         if not self._ready.done():
             self._ready.set_exception(HandshakeFailed(reason))
         self._listener.transport_event(ConnectionTerminated(reason))
