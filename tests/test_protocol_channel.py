@@ -261,7 +261,7 @@ def test_malformed_input_is_a_protocol_error(case: str) -> None:
         b.handle_event(StreamDataReceived(sid, data))
     failed(b, match)
     b.handle_event(StreamDataReceived(A_MESSAGES, encode_length(1) + b"late"))
-    assert b.pop_events() == b.pop_commands() == []  # closed: nothing more happens
+    assert b.pop_events() == [] and b.pop_commands() == []  # closed: nothing more happens
 
 
 def test_wrong_version_reset_and_ended_streams_are_protocol_errors() -> None:
@@ -293,7 +293,7 @@ def test_local_close_acknowledges_first_then_closes_once() -> None:
     assert b.pop_events() == [ChannelClosed(LOCAL_CLOSE_REASON)]
     b.close()
     b.handle_event(ConnectionTerminated("later"))
-    assert b.pop_events() == b.pop_commands() == []
+    assert b.pop_events() == [] and b.pop_commands() == []
     with pytest.raises(ConnectionClosed, match=LOCAL_CLOSE_REASON):
         b.send_message(b"after close")
     with pytest.raises(ConnectionClosed):
