@@ -8,6 +8,7 @@ import asyncio
 import pytest
 
 from tests.test_channel import connect_ice
+from tests.waiting import eventually
 from tierlink.errors import HandshakeFailed
 from tierlink.transport.certs import LocalCertificate
 from tierlink.transport.channel import DEFAULT_WINDOW, PreparedChannel, open_channel
@@ -20,8 +21,10 @@ async def test_draft_prepared_before_ice_opens_a_working_channel(stale: bool) ->
     draft = PreparedChannel(certificate=ca, liveness_timeout=liveness)  # before any ICE
     a, b = await connect_ice()
     try:
-        if stale:
-            await asyncio.sleep(liveness + 0.1)  # rebuilt at open
+        if stale:  # rebuilt at open
+            await eventually(lambda: not draft.fresh, what="the draft going stale")
+        else:
+            assert draft.fresh
         dialer, callee = await asyncio.gather(
             draft.open(a, cb.sha256),
             open_channel(b, is_client=False, certificate=cb, peer_cert_sha256=ca.sha256),
@@ -76,7 +79,7 @@ async def test_flights_ahead_of_the_path_open_the_dialer_without_a_round_trip() 
     client.receive_reply(reply, cb.sha256)
     a, b = await connect_ice()
     try:
-        dialer = await asyncio.wait_for(client.open(a, cb.sha256, LIMITS), 2.0)
+        dialer = await client.open(a, cb.sha256, LIMITS)  # no callee on the path yet
         sent = asyncio.ensure_future(dialer.send(b"first"))  # with the client's Finished
         callee = await server.open(b, ca.sha256, LIMITS)
         assert await callee.recv(5) == b"first"
@@ -84,8 +87,7 @@ async def test_flights_ahead_of_the_path_open_the_dialer_without_a_round_trip() 
         for _ in range(3):
             assert await callee.send(b"back") and await dialer.recv(5) == b"back"
         for side in (dialer, callee):
-            rtt = side._quic._loss._rtt_smoothed  # type: ignore[union-attr]
-            assert 0 < rtt < SIGNALING_DELAY / 2, rtt
+            assert 0 < side.smoothed_rtt < SIGNALING_DELAY / 2, side.smoothed_rtt
         await dialer.close()
         await callee.close()
     finally:
@@ -95,18 +97,28 @@ async def test_flights_ahead_of_the_path_open_the_dialer_without_a_round_trip() 
 
 @pytest.mark.parametrize("flight", [(), (b"not quic",), (b"\xc0" + bytes(40),)])
 async def test_callee_that_cannot_use_the_flight_still_connects(flight) -> None:
-    """No reply in the answer: the dialer sends its first flight on the path at open."""
+    """No reply in the answer: the dialer sends its first flight on the path at open
+    (before anything else, rather than at a retransmission timeout)."""
     ca, cb = LocalCertificate.generate(), LocalCertificate.generate()
     client = PreparedChannel(certificate=ca)
-    client.first_flight()  # went out in the offer; the answer brings no reply
+    early = client.first_flight()  # went out in the offer; the answer brings no reply
     server = PreparedChannel(certificate=cb, is_client=False)
     assert not server.receive_first_flight(flight, ca.sha256)
     a, b = await connect_ice()
+    sent: list[bytes] = []
+    send_nowait = a.send_nowait
+
+    def record(data: bytes) -> None:
+        sent.append(bytes(data))
+        send_nowait(data)
+
+    a.send_nowait = record  # type: ignore[method-assign]
     try:
-        dialer, callee = await asyncio.wait_for(asyncio.gather(
+        dialer, callee = await asyncio.gather(
             client.open(a, cb.sha256),
             open_channel(b, is_client=False, certificate=cb, peer_cert_sha256=ca.sha256),
-        ), 2.0)  # far below a retransmission timeout
+        )
+        assert tuple(sent[: len(early)]) == early
         assert await dialer.send(b"on the path") == 1
         assert await callee.recv(5) == b"on the path"
         await dialer.close()

@@ -7,6 +7,7 @@ import socket
 
 import pytest
 
+from tests.waiting import eventually
 from tierlink.protocol.pmtu import (
     DEFAULT_SIZES,
     NONCE_SIZE,
@@ -74,16 +75,19 @@ def test_answer_only_answers_probes() -> None:
         PathMtuProber(1200, attempts=0)
 
 
-async def _channel_packet_sizes(**kw: object) -> tuple[int, int, int]:
+async def _channel_packet_sizes(probe: bool) -> tuple[int, int, int]:
     certs = (LocalCertificate.generate(), LocalCertificate.generate())
     ice = await connect_ice()
-    a, b = await open_pair(ice, certs, **kw)
+    a, b = await open_pair(ice, certs, probe_path_mtu=probe)
     try:
-        await asyncio.sleep(0.3)  # one round trip answers every probe on loopback
+        if probe:  # one round trip answers every probe on loopback
+            await eventually(lambda: a.max_packet_size == b.max_packet_size == MAX_PACKET_SIZE,
+                             what="probed packet sizes")
         payload = bytes(range(256)) * 200  # 51 200 bytes
         send = asyncio.ensure_future(a.send(payload))
         assert await b.recv(10.0) == payload
         await send
+        assert a.path_probing == b.path_probing == probe
         sock = ice[0]._nominated[1].protocol.transport.get_extra_info("socket")
         df = sock.getsockopt(socket.IPPROTO_IP, 10)  # IP_MTU_DISCOVER
         return a.max_packet_size, b.max_packet_size, df
@@ -95,14 +99,14 @@ async def _channel_packet_sizes(**kw: object) -> tuple[int, int, int]:
 
 
 async def test_loopback_channel_raises_its_packet_size() -> None:
-    a_size, b_size, df = await _channel_packet_sizes()
+    a_size, b_size, df = await _channel_packet_sizes(probe=True)
     print(f"probed packet sizes on loopback: {a_size}, {b_size}")
     assert a_size == b_size == MAX_PACKET_SIZE  # loopback carries 65 535-byte datagrams
     assert df == 3  # IP_PMTUDISC_PROBE: don't fragment
 
 
 async def test_probing_off_keeps_1200_byte_packets() -> None:
-    a_size, b_size, df = await _channel_packet_sizes(probe_path_mtu=False)
+    a_size, b_size, df = await _channel_packet_sizes(probe=False)
     assert a_size == b_size == MAX_DATAGRAM_SIZE
     assert df != 3
 
@@ -112,10 +116,7 @@ async def test_packet_size_cap_applies_and_lifts() -> None:
     ice = await connect_ice()
     a, b = await open_pair(ice, certs)
     try:
-        for _ in range(100):
-            if a.max_packet_size == MAX_PACKET_SIZE:
-                break
-            await asyncio.sleep(0.01)
+        await eventually(lambda: a.max_packet_size == MAX_PACKET_SIZE, what="the probed size")
         a.limit_packet_size(1452)
         assert a.max_packet_size == 1452
         payload = bytes(100_000)
@@ -127,11 +128,8 @@ async def test_packet_size_cap_applies_and_lifts() -> None:
         with pytest.raises(ValueError):
             a.limit_packet_size(1000)
         await b.close()  # the peer closes: the size in use is still reported afterwards
-        for _ in range(200):
-            if a.closed:
-                break
-            await asyncio.sleep(0.01)
-        assert a.closed and a.max_packet_size == MAX_PACKET_SIZE
+        await eventually(lambda: a.closed, what="the peer's close")
+        assert a.max_packet_size == MAX_PACKET_SIZE
     finally:
         await a.close()
         await b.close()

@@ -195,3 +195,10 @@ def release(quic: QuicConnection) -> None:
         if inner is not None:
             vars(inner).clear()
     vars(quic).clear()
+
+
+def smoothed_rtt(quic: QuicConnection) -> float:
+    """The connection's smoothed round-trip time estimate in seconds (0.0 before any
+    sample), read from ``QuicConnection._loss._rtt_smoothed``."""
+    rtt: float = quic._loss._rtt_smoothed
+    return rtt

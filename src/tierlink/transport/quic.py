@@ -1,224 +1,212 @@
 """The QUIC pump under the secure channel: aioquic (sans-IO) driven over an ICE pair.
 
-:class:`QuicSession` owns one
-:class:`~tierlink.transport.aioquic_adapter.PinnedQuicConnection` and moves
-datagrams between it and the nominated ICE pair: every received ICE datagram goes into
-``receive_datagram``, everything ``datagrams_to_send`` produces goes out through
+:class:`QuicPump` owns one :class:`~tierlink.transport.aioquic_adapter.PinnedQuicConnection`
+and moves datagrams between it and the nominated ICE pair: every received ICE datagram goes
+into ``receive_datagram``, everything ``datagrams_to_send`` produces goes out through
 ``IceConnection.send_nowait``, and aioquic's timer is one asyncio TimerHandle (no polling,
-no second socket). Received datagrams are not answered one by one: the flush runs once per
-event-loop pass (``call_soon``), so a batch of datagrams read in one pass (see
-:mod:`tierlink.transport.aioice_adapter`) costs one ``datagrams_to_send`` and one ack packet.
+no second socket). The flush runs once per event-loop pass (``call_soon``), so a batch of
+datagrams read in one pass (see :mod:`tierlink.transport.aioice_adapter`) costs one
+``datagrams_to_send`` and one ack packet. Once open it keeps the peer alive and watched
+(:mod:`tierlink.transport.liveness`) and probes the path MTU of a direct pair
+(:mod:`tierlink.transport.path_mtu`).
 
-It also keeps the peer alive and watched (aioquic sends no keep-alives):
-a PING when the path has been quiet, and a close when nothing arrived for
-``liveness_timeout`` seconds. Once open, it probes the path MTU of a direct pair
-(:mod:`tierlink.protocol.pmtu`) and lets aioquic build packets as large as the path carries.
-
-The subclass (:class:`tierlink.transport.channel.SecureChannel`) handles aioquic's events and calls
-:meth:`QuicSession._mark_ready` when its own greeting completed.
+aioquic's events reach its :class:`PumpListener` as tierlink's own transport events
+(:mod:`tierlink.protocol.channel_events`), the end of the connection included; the listener
+calls :meth:`QuicPump.mark_ready` once its own greeting completed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import ssl
+from typing import Protocol
 
-from aioquic.buffer import Buffer, BufferReadError  # type: ignore[attr-defined]
 from aioquic.quic import events
 from aioquic.quic.configuration import QuicConfiguration
-from aioquic.quic.packet import QuicPacketType, pull_quic_header
 
 from tierlink.errors import HandshakeFailed
-from tierlink.protocol.pmtu import PathMtuProber, answer, is_probe_traffic
+from tierlink.protocol.channel_events import (
+    ERROR_HANDSHAKE,
+    ERROR_LIVENESS,
+    ERROR_NONE,
+    ERROR_PROTOCOL,
+    ConnectionTerminated,
+    DatagramReceived,
+    HandshakeCompleted,
+    StreamDataReceived,
+    StreamReset,
+    TransportEvent,
+)
+from tierlink.protocol.pmtu import is_probe_traffic
 from tierlink.transport.aioice_adapter import IceConnection
 from tierlink.transport.aioquic_adapter import (
-    MAX_PACKET_SIZE,
     PinnedQuicConnection,
     close_event,
     max_datagram_size,
+    pending_datagrams,
     release,
     restamp_in_flight,
     set_max_datagram_size,
+    smoothed_rtt,
 )
-from tierlink.transport.certs import LocalCertificate
-from tierlink.wire.channel_frames import ProtocolError
+from tierlink.transport.liveness import Liveness
+from tierlink.transport.path_mtu import PathMtu
+from tierlink.transport.quic_setup import (
+    CONNECTION_ID_LENGTH,
+    MAX_DATAGRAM_SIZE,
+    QUIC_ADDR,
+    new_server,
+    start_client,
+)
 
-ALPN = "tierlink/1"
-#: The constant pseudo-address given to aioquic: the ICE pair is the only path.
-QUIC_ADDR = ("0.0.0.0", 0)
-#: QUIC packet size until path MTU probing found more; leaves room for TURN overhead on any
-#: path with a 1280+ byte MTU (relayed pairs keep it).
-MAX_DATAGRAM_SIZE = 1200
-CONNECTION_ID_LENGTH = 8
+__all__ = [
+    "CONNECTION_ID_LENGTH", "DATAGRAM_SEND_BACKLOG", "MAX_DATAGRAM_SIZE", "PumpListener",
+    "QuicPump",
+]
 
-ERROR_NONE = 0x0
-ERROR_PROTOCOL = 0x1
-ERROR_HANDSHAKE = 0x2
-ERROR_LIVENESS = 0x3
-
-
-def quic_configuration(
-    *, is_client: bool, certificate: LocalCertificate, liveness_timeout: float, flow_window: int
-) -> QuicConfiguration:
-    """aioquic's configuration of one channel side."""
-    return QuicConfiguration(
-        is_client=is_client,
-        alpn_protocols=[ALPN],
-        certificate=certificate.certificate,
-        private_key=certificate.private_key,
-        verify_mode=ssl.CERT_NONE,  # authentication is the SHA-256 pin, not a CA
-        max_datagram_size=MAX_DATAGRAM_SIZE,
-        max_datagram_frame_size=65536,
-        idle_timeout=liveness_timeout * 2,  # backstop; our own watchdog comes first
-        connection_id_length=CONNECTION_ID_LENGTH,
-        max_data=2 * flow_window,
-        max_stream_data=flow_window,
-    )
+#: Unsent datagrams kept in aioquic when the congestion window is full (oldest dropped).
+DATAGRAM_SEND_BACKLOG = 256
 
 
-def start_client(config: QuicConfiguration, now: float) -> PinnedQuicConnection:
-    """A client connection with its first flight (the ClientHello) built; pin set later."""
-    quic = PinnedQuicConnection(configuration=config, expected_peer_sha256=b"")
-    quic.connect(QUIC_ADDR, now=now)
-    return quic
+class PumpListener(Protocol):
+    """What the pump reports to, and asks of, the channel it carries."""
+
+    def transport_event(self, event: TransportEvent) -> None:
+        """One transport event; ConnectionTerminated comes once, last."""
+
+    def keep_reading(self) -> bool:
+        """Whether to read another datagram in this loop pass (see set_datagram_handler)."""
+
+    def before_flush(self) -> None:
+        """Write coalesced stream data (e.g. one cumulative ack) just before packetizing."""
 
 
-def new_server(
-    config: QuicConfiguration, initial: bytes, peer_cert_sha256: bytes
-) -> PinnedQuicConnection | None:
-    """A server connection for the client whose first Initial packet is ``initial``
-    (its destination connection id is the one the server must echo); None if ``initial``
-    is not a QUIC Initial packet."""
-    try:
-        header = pull_quic_header(Buffer(data=initial), host_cid_length=CONNECTION_ID_LENGTH)
-    except (ValueError, BufferReadError):
-        return None
-    if header.packet_type != QuicPacketType.INITIAL:
-        return None
-    return PinnedQuicConnection(
-        configuration=config, expected_peer_sha256=peer_cert_sha256,
-        original_destination_connection_id=header.destination_cid,
-    )
-
-
-def start_server(
-    config: QuicConfiguration, first_flight: tuple[bytes, ...], peer_cert_sha256: bytes,
-    now: float,
-) -> PinnedQuicConnection | None:
-    """A server connection that processed the client's first flight, received ahead of
-    the path (in the dialer's offer); None unless it starts with a QUIC Initial packet."""
-    quic = new_server(config, first_flight[0], peer_cert_sha256) if first_flight else None
-    if quic is not None:
-        for datagram in first_flight:
-            quic.receive_datagram(datagram, QUIC_ADDR, now=now)
-    return quic
-
-
-def hand_out_first_flight(quic: PinnedQuicConnection, now: float) -> tuple[bytes, ...]:
-    """The datagrams ``quic`` has to send now, kept as its flight carried in the
-    signaling (built once; their send time is ``now``)."""
-    if not quic.early_datagrams:
-        quic.early_datagrams = tuple(d for d, _ in quic.datagrams_to_send(now=now))
-    return quic.early_datagrams
-
-
-class QuicSession:
+class QuicPump:
     """Pump, timers, liveness and teardown of one pinned QUIC connection over ICE."""
 
     def __init__(
         self,
         ice: IceConnection,
+        listener: PumpListener,
         *,
-        is_client: bool,
-        certificate: LocalCertificate,
+        config: QuicConfiguration,
         peer_cert_sha256: bytes,
         liveness_timeout: float,
-        flow_window: int,
         started: PinnedQuicConnection | None = None,
         probe_path_mtu: bool = True,
     ) -> None:
         self._loop = asyncio.get_running_loop()
         self._ice = ice
-        self.is_client = is_client
+        self._listener = listener
+        self._config = config
+        self.is_client = bool(config.is_client)
         self.peer_cert_sha256 = peer_cert_sha256
-        self._liveness_timeout = liveness_timeout
-        # Three PINGs per liveness period: two in a row may be lost before the watchdog
-        # fires, and a quiet connection wakes the loop rarely (idle CPU).
-        self._ping_interval = min(liveness_timeout / 3, 5.0)
-        self._config = quic_configuration(
-            is_client=is_client,
-            certificate=certificate,
-            liveness_timeout=liveness_timeout,
-            flow_window=flow_window,
+        self._liveness = Liveness(
+            liveness_timeout, is_client=self.is_client, ping=self._ping,
+            expire=lambda reason: self.close(reason, error_code=ERROR_LIVENESS),
         )
-        # A connection started ahead of the path (see tierlink.transport.channel.PreparedChannel): a
-        # client with its first flight built, or a server that processed that flight.
+        # A connection started ahead of the path (see PreparedChannel): a client with its
+        # first flight built, or a server that processed that flight.
         self._started = started
         self._quic: PinnedQuicConnection | None = None
         self._ready: asyncio.Future[None] = self._loop.create_future()
         self._closed_fut: asyncio.Future[None] = self._loop.create_future()
-        self._closed = False
+        self.closed = False
         self.close_reason: str | None = None
         self._flush_handle: asyncio.Handle | None = None
         self._quic_timer: asyncio.TimerHandle | None = None
-        self._ping_timer: asyncio.TimerHandle | None = None
-        self._live_timer: asyncio.TimerHandle | None = None
         self._handshake_timer: asyncio.TimerHandle | None = None
-        self._last_rx = self._loop.time()
-        self._ping_uid = 0
         self._probe_path_mtu = probe_path_mtu
         self._probe_due = False
-        self._prober: PathMtuProber | None = None
-        self._probe_timer: asyncio.TimerHandle | None = None
-        self._path_mtu = MAX_DATAGRAM_SIZE  # largest packet the path was found to carry
-        self._packet_cap: int | None = None
+        self._mtu = PathMtu(ice, MAX_DATAGRAM_SIZE)
         self._last_packet_size = MAX_DATAGRAM_SIZE  # what max_packet_size says once closed
+        self._last_rtt = 0.0
 
+    # -- state ------------------------------------------------------------------------------
     @property
     def max_packet_size(self) -> int:
         """The largest QUIC packet sent on this path now (1200 until probing found more)."""
         return max_datagram_size(self._quic) if self._quic is not None else self._last_packet_size
 
+    @property
+    def smoothed_rtt(self) -> float:
+        """QUIC's smoothed round-trip time estimate, seconds (the last one once closed)."""
+        return smoothed_rtt(self._quic) if self._quic is not None else self._last_rtt
+
+    @property
+    def unsent_datagrams(self) -> int:
+        """DATAGRAM frames queued and not yet sent (the congestion window was full)."""
+        return len(pending_datagrams(self._quic)) if self._quic is not None else 0
+
+    @property
+    def path_probing(self) -> bool:
+        """True once path MTU probing started (direct pair, don't-fragment set)."""
+        return self._mtu.probing
+
+    @property
+    def armed_timers(self) -> int:
+        """Timers and scheduled callbacks the pump holds on the event loop (0 once closed)."""
+        handles = (self._flush_handle, self._quic_timer, self._handshake_timer)
+        own = sum(h is not None for h in handles)
+        return own + self._liveness.armed_timers + self._mtu.timer_armed
+
+    @property
+    def keepalives_sent(self) -> int:
+        """Keep-alive PINGs sent because the path was quiet."""
+        return self._liveness.keepalives_sent
+
     def limit_packet_size(self, size: int | None) -> None:
         """Send packets of at most ``size`` bytes (at least 1200); None: as large as the
         probed path carries. For paths that lose large packets without telling."""
-        if size is not None and not MAX_DATAGRAM_SIZE <= size <= MAX_PACKET_SIZE:
-            raise ValueError(f"packet size must be within {MAX_DATAGRAM_SIZE}-{MAX_PACKET_SIZE}")
-        self._packet_cap = size
+        self._mtu.limit(size)
         self._apply_packet_size()
 
     def _apply_packet_size(self) -> None:
-        size = self._path_mtu if self._packet_cap is None else min(self._path_mtu, self._packet_cap)
+        size = self._mtu.packet_size
         if self._quic is not None and size != max_datagram_size(self._quic):
             set_max_datagram_size(self._quic, size)
 
-    @property
-    def closed(self) -> bool:
-        """True once the channel is closed (locally, by the peer, or by a failure)."""
-        return self._closed
-
     async def wait_closed(self) -> None:
-        """Wait until the channel is closed, for whatever reason."""
+        """Wait until the connection is closed, for whatever reason."""
         await asyncio.shield(self._closed_fut)
 
-    # -- hooks for the subclass ---------------------------------------------------------
-    def _on_event(self, event: events.QuicEvent) -> None:
-        """Handle one aioquic event (may raise ProtocolError)."""
+    # -- what the listener asks for -----------------------------------------------------------
+    def write_stream(self, stream_id: int, data: bytes, end_stream: bool = False) -> None:
+        """Queue stream data; it leaves with the next flush (this loop pass)."""
+        if self._quic is not None and not self.closed:
+            self._quic.send_stream_data(stream_id, data, end_stream)
+            self.kick()
 
-    def _on_closed(self, reason: str) -> None:
-        """Wake the subclass's waiters; called once by :meth:`_shutdown`."""
+    def send_datagram(self, data: bytes) -> int:
+        """Queue one DATAGRAM frame; return how many older unsent ones were dropped to keep
+        at most DATAGRAM_SEND_BACKLOG."""
+        if self._quic is None or self.closed:
+            return 0
+        self._quic.send_datagram_frame(data)
+        pending = pending_datagrams(self._quic)
+        dropped = 0
+        while len(pending) > DATAGRAM_SEND_BACKLOG:
+            pending.popleft()
+            dropped += 1
+        self.kick()
+        return dropped
 
-    def _keep_reading(self) -> bool:
-        """Whether to read another datagram in this loop pass (see set_datagram_handler)."""
-        return True
+    def mark_ready(self) -> None:
+        """The channel is open: stop the handshake timer, start keep-alive and watchdog."""
+        if self._ready.done():
+            return
+        if self._handshake_timer is not None:
+            self._handshake_timer.cancel()
+            self._handshake_timer = None
+        self._liveness.start()
+        self._ready.set_result(None)
+        # Probe once what opened the channel (e.g. our HELLO) is on the wire (see _flush).
+        self._probe_due = self._probe_path_mtu
+        self.kick()
 
-    def _before_flush(self) -> None:
-        """Queue coalesced stream data (e.g. one cumulative ack) just before packetizing."""
-
-    # -- handshake ----------------------------------------------------------------------
-    async def _handshake(self, timeout: float) -> None:
-        """Start the pump and wait until :meth:`_mark_ready` (or raise HandshakeFailed)."""
+    # -- handshake ----------------------------------------------------------------------------
+    async def start(self, timeout: float) -> None:
+        """Start the pump and wait until :meth:`mark_ready` (or raise HandshakeFailed)."""
         self._handshake_timer = self._loop.call_later(timeout, self._on_handshake_timeout, timeout)
         quic, self._started = self._started, None
         if self.is_client and quic is None:
@@ -237,8 +225,8 @@ class QuicSession:
                     self._ice.send_nowait(datagram)
         # Datagrams that arrived before the channel existed (the server's flight can
         # beat the dialer's open) are handed over now, to a connection that exists.
-        self._ice.set_datagram_handler(self._on_datagram, keep_reading=self._keep_reading)
-        if self._quic is not None and not self._closed:
+        self._ice.set_datagram_handler(self._on_datagram, keep_reading=self._listener.keep_reading)
+        if self._quic is not None and not self.closed:
             # Flushed once this loop pass ends: a dialer whose handshake completed in the
             # signaling gets its channel first, so its first message leaves in the same
             # datagram as its TLS Finished.
@@ -246,93 +234,36 @@ class QuicSession:
         try:
             await self._ready
         except asyncio.CancelledError:
-            self._shutdown("handshake cancelled", error_code=ERROR_HANDSHAKE)
+            self.close("handshake cancelled", error_code=ERROR_HANDSHAKE)
             raise
 
     def _on_handshake_timeout(self, timeout: float) -> None:
         self._handshake_timer = None
         if not self._ready.done():
-            self._shutdown(
-                f"no secure handshake with the peer within {timeout:g} s",
-                error_code=ERROR_HANDSHAKE,
-            )
+            self.close(f"no secure handshake with the peer within {timeout:g} s",
+                       error_code=ERROR_HANDSHAKE)
 
-    def _check_pin(self) -> bool:
+    def _pin_matches(self) -> bool:
         """After HandshakeCompleted: True if the pinned certificate was seen, else close."""
         quic = self._quic
         if quic is None or quic.peer_certificate_sha256 != self.peer_cert_sha256:
             # Fail closed: no client certificate, or the pin hook did not run.
-            self._shutdown(
-                "peer presented no certificate matching the pinned SHA-256",
-                error_code=ERROR_HANDSHAKE,
-            )
+            self.close("peer presented no certificate matching the pinned SHA-256",
+                       error_code=ERROR_HANDSHAKE)
             return False
         return True
 
-    def _mark_ready(self) -> None:
-        """The channel is open: stop the handshake timer, start keep-alive and watchdog."""
-        if self._ready.done():
-            return
-        if self._handshake_timer is not None:
-            self._handshake_timer.cancel()
-            self._handshake_timer = None
-        self._last_rx = self._loop.time()
-        self._ping_timer = self._loop.call_later(self._ping_interval, self._on_ping_timer)
-        self._live_timer = self._loop.call_at(
-            self._last_rx + self._liveness_timeout, self._on_live_timer
-        )
-        self._ready.set_result(None)
-        # Probe once what opened the channel (e.g. our HELLO) is on the wire (see _flush).
-        self._probe_due = self._probe_path_mtu
-        self._kick()
-
-    # -- path MTU -----------------------------------------------------------------------
-    def _start_path_probing(self) -> None:
-        """Probe a direct pair (a relayed one keeps 1200: TURN adds its own overhead)."""
-        if self._ice.is_relayed or not self._ice.forbid_fragmentation():
-            return
-        self._prober = PathMtuProber(MAX_DATAGRAM_SIZE)
-        self._send_probes(self._prober.start(self._loop.time()))
-
-    def _send_probes(self, probes: list[bytes]) -> None:
-        try:
-            for probe in probes:
-                self._ice.send_nowait(probe)
-        except ConnectionError:
-            return  # the path is gone; the pump notices on its next send
-        when = self._prober.timer if self._prober is not None else None
-        if when is not None and self._probe_timer is None:
-            self._probe_timer = self._loop.call_at(when, self._on_probe_timer)
-
-    def _on_probe_timer(self) -> None:
-        self._probe_timer = None
-        if not self._closed and self._prober is not None:
-            self._send_probes(self._prober.on_timer(self._loop.time()))
-
-    def _on_probe_traffic(self, data: bytes) -> None:
-        """Answer the peer's probes; apply acknowledgements of ours."""
-        reply = answer(data)
-        if reply is not None:
-            with contextlib.suppress(ConnectionError):
-                self._ice.send_nowait(reply)
-            return
-        if self._prober is None or self._quic is None:
-            return
-        size = self._prober.on_ack(data)
-        if size is not None:
-            self._path_mtu = size
-            self._apply_packet_size()
-
-    # -- pump ---------------------------------------------------------------------------
+    # -- pump ---------------------------------------------------------------------------------
     def _on_datagram(self, data: bytes) -> None:
         """ICE callback: one received UDP payload."""
-        if self._closed:
+        if self.closed:
             return
         if is_probe_traffic(data):  # path MTU probing, not QUIC (see tierlink.protocol.pmtu)
-            self._on_probe_traffic(data)
+            if self._mtu.on_traffic(data):
+                self._apply_packet_size()
             return
         now = self._loop.time()
-        self._last_rx = now
+        self._liveness.heard(now)
         try:
             if self._quic is None:
                 if self.is_client:
@@ -343,36 +274,41 @@ class QuicSession:
             self._quic.receive_datagram(data, QUIC_ADDR, now=now)
             self._process(flush=False)
         except Exception as exc:  # a bug must close the channel, not vanish inside aioice
-            self._shutdown(f"internal error: {exc!r}", error_code=ERROR_PROTOCOL)
+            self.close(f"internal error: {exc!r}", error_code=ERROR_PROTOCOL)
 
     def _on_quic_timer(self) -> None:
         self._quic_timer = None
-        if self._quic is None or self._closed:
+        if self._quic is None or self.closed:
             return
         try:
             self._quic.handle_timer(now=self._loop.time())
             self._process()
         except Exception as exc:
-            self._shutdown(f"internal error: {exc!r}", error_code=ERROR_PROTOCOL)
+            self.close(f"internal error: {exc!r}", error_code=ERROR_PROTOCOL)
 
     def _process(self, *, flush: bool = True) -> None:
-        """Handle aioquic's events, then close or flush (now, or once this loop pass ends:
-        every datagram read in one pass then shares one ``datagrams_to_send``)."""
+        """Hand aioquic's events to the listener, then close or flush (now, or once this
+        loop pass ends: every datagram read in one pass then shares one
+        ``datagrams_to_send``)."""
         quic = self._quic
         assert quic is not None
-        try:
-            while (event := quic.next_event()) is not None:
-                if isinstance(event, events.ConnectionTerminated):
-                    self._on_terminated(event)
-                else:
-                    self._on_event(event)
-                if self._closed:
-                    return
-        except ProtocolError as exc:
-            self._shutdown(f"protocol error: {exc}", error_code=ERROR_PROTOCOL)
-            return
+        deliver = self._listener.transport_event
+        while (event := quic.next_event()) is not None:
+            if isinstance(event, events.StreamDataReceived):
+                deliver(StreamDataReceived(event.stream_id, event.data, event.end_stream))
+            elif isinstance(event, events.DatagramFrameReceived):
+                deliver(DatagramReceived(event.data))
+            elif isinstance(event, events.HandshakeCompleted):
+                if self._pin_matches():
+                    deliver(HandshakeCompleted())
+            elif isinstance(event, events.StreamReset):
+                deliver(StreamReset(event.stream_id))
+            elif isinstance(event, events.ConnectionTerminated):
+                self._on_terminated(event)
+            if self.closed:
+                return
         if quic.pin_error is not None:
-            self._shutdown(quic.pin_error, error_code=ERROR_HANDSHAKE)
+            self.close(quic.pin_error, error_code=ERROR_HANDSHAKE)
             return
         ended = close_event(quic)
         if ended is not None:  # CONNECTION_CLOSE seen: don't wait for the draining period
@@ -381,7 +317,7 @@ class QuicSession:
         if flush:
             self._flush()
         else:
-            self._kick()
+            self.kick()
 
     def _on_terminated(self, event: events.ConnectionTerminated) -> None:
         code = event.error_code
@@ -392,7 +328,7 @@ class QuicSession:
             detail = reason
         else:
             detail = f"{reason} (QUIC error 0x{code:x})"
-        self._shutdown(f"connection closed: {detail}", notify=False)
+        self.close(f"connection closed: {detail}", notify=False)
 
     def _flush(self) -> None:
         """Send every datagram aioquic has ready and re-arm its timer."""
@@ -400,14 +336,14 @@ class QuicSession:
             self._flush_handle.cancel()
             self._flush_handle = None
         quic = self._quic
-        if quic is None or self._closed:
+        if quic is None or self.closed:
             return
-        self._before_flush()
+        self._listener.before_flush()
         try:
             for data, _addr in quic.datagrams_to_send(now=self._loop.time()):
                 self._ice.send_nowait(data)
         except ConnectionError as exc:
-            self._shutdown(f"ICE path lost: {exc}", notify=False)
+            self.close(f"ICE path lost: {exc}", notify=False)
             return
         when = quic.get_timer()
         timer = self._quic_timer
@@ -418,58 +354,31 @@ class QuicSession:
             self._quic_timer = self._loop.call_at(when, self._on_quic_timer)
         if self._probe_due:
             self._probe_due = False
-            self._start_path_probing()
+            self._mtu.start()
 
-    def _kick(self) -> None:
+    def kick(self) -> None:
         """Flush soon: coalesces everything queued in this loop iteration."""
-        if self._flush_handle is None and not self._closed:
+        if self._flush_handle is None and not self.closed:
             self._flush_handle = self._loop.call_soon(self._flush)
 
-    # -- liveness -----------------------------------------------------------------------
-    def _on_ping_timer(self) -> None:
-        self._ping_timer = None
-        if self._closed or self._quic is None:
-            return
-        # The client keeps the pair alive: its PINGs feed the server's watchdog and their
-        # ACKs its own. The server pings only when the client's PINGs went missing, so an
-        # idle connection costs one PING and one ACK per interval, not two of each.
-        quiet = self._ping_interval * (0.5 if self.is_client else 1.5)
-        if self._loop.time() - self._last_rx >= quiet:
-            self._ping_uid += 1
-            self._quic.send_ping(self._ping_uid)
-            self._kick()
-        self._ping_timer = self._loop.call_later(self._ping_interval, self._on_ping_timer)
+    def _ping(self, uid: int) -> None:
+        if self._quic is not None and not self.closed:
+            self._quic.send_ping(uid)
+            self.kick()
 
-    def _on_live_timer(self) -> None:
-        self._live_timer = None
-        if self._closed:
-            return
-        deadline = self._last_rx + self._liveness_timeout
-        if self._loop.time() >= deadline:
-            self._shutdown(
-                f"peer silent for {self._liveness_timeout:g} s (liveness timeout)",
-                error_code=ERROR_LIVENESS,
-            )
-        else:
-            self._live_timer = self._loop.call_at(deadline, self._on_live_timer)
-
-    # -- teardown -----------------------------------------------------------------------
-    def _shutdown(
-        self,
-        reason: str,
-        *,
-        error_code: int = ERROR_NONE,
-        notify: bool = True,
-        peer_reason: str | None = None,
-    ) -> None:
-        """Close once: tell the peer (best effort), wake every waiter, drop every timer."""
-        if self._closed:
+    # -- teardown -----------------------------------------------------------------------------
+    def close(self, reason: str, *, error_code: int = ERROR_NONE, notify: bool = True,
+              peer_reason: str | None = None) -> None:
+        """Close once: tell the peer ``peer_reason`` (default: ``reason``) with
+        ``error_code`` unless ``notify`` is False (best effort; a graceful close first sends
+        what is queued), report the end to the listener, drop every timer."""
+        if self.closed:
             return
         quic = self._quic
         if quic is not None:
             if notify and error_code == ERROR_NONE:
                 self._flush()  # a graceful close first sends what is queued (e.g. our last ACK)
-                if self._closed:  # the flush found the ICE path gone and closed already
+                if self.closed:  # the flush found the ICE path gone and closed already
                     return
             if notify:
                 quic.close(error_code=error_code, reason_phrase=peer_reason or reason[:200])
@@ -478,28 +387,22 @@ class QuicSession:
                     self._ice.send_nowait(data)
             except Exception:
                 pass  # best effort: the path may be gone
-        self._closed = True
+        self.closed = True
         self.close_reason = reason
         self._ice.set_datagram_handler(None)
-        for handle in (
-            self._flush_handle,
-            self._quic_timer,
-            self._ping_timer,
-            self._live_timer,
-            self._handshake_timer,
-            self._probe_timer,
-        ):
+        for handle in (self._flush_handle, self._quic_timer, self._handshake_timer):
             if handle is not None:
                 handle.cancel()
-        self._flush_handle = self._quic_timer = self._ping_timer = None
-        self._live_timer = self._handshake_timer = self._probe_timer = None
-        self._prober = None
+        self._flush_handle = self._quic_timer = self._handshake_timer = None
+        self._liveness.stop()
+        self._mtu.stop()
         if not self._ready.done():
             self._ready.set_exception(HandshakeFailed(reason))
-        self._on_closed(reason)
+        self._listener.transport_event(ConnectionTerminated(reason))
         self._quic = None  # release aioquic's buffers
         if quic is not None:
             self._last_packet_size = max_datagram_size(quic)
+            self._last_rtt = smoothed_rtt(quic)
             release(quic)
         if not self._closed_fut.done():
             self._closed_fut.set_result(None)

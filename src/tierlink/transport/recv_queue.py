@@ -1,6 +1,6 @@
 """The receive queue of a connection: bounded, drop-oldest or backpressure, closable.
 
-The seed's semantics done right:
+Semantics:
 
 * capacity 16 by default; :meth:`RecvQueue.offer` drops the **oldest** item when full and counts
   it in :attr:`RecvQueue.dropped` (datagram mode);

@@ -1,0 +1,405 @@
+"""The secure channel's protocol inside QUIC, sans-IO: :class:`ChannelProtocol`.
+
+Fed transport events and the application's calls, it accumulates commands for the
+transport (:meth:`ChannelProtocol.pop_commands`) and events for the application
+(:meth:`ChannelProtocol.pop_events`); the records are in
+:mod:`tierlink.protocol.channel_events`, the bytes in :mod:`tierlink.wire.channel_frames`.
+
+* After the handshake each side opens its control stream (tag ``C``, then HELLO) and its
+  message stream (tag ``M``); they are our first two unidirectional streams (RFC 9000
+  numbering: 2 and 6 for the client, 3 and 7 for the server). The channel opens once the
+  peer's HELLO arrived, or at the handshake when its limits came signed with its offer or
+  answer (its HELLO must then repeat them).
+* The n-th message on the message stream has id n. The receiver hands a message to the
+  application only while the application's queue (``queue_capacity``) has room, and
+  acknowledges what it handed over with one cumulative ACK per :meth:`~ChannelProtocol.
+  write_ack`; what does not fit is held back unacknowledged, bounded by our window.
+* The sender keeps at most ``window`` payload bytes and ``MAX_IN_FLIGHT_MESSAGES`` messages
+  unacknowledged (one larger message may be alone in flight); further messages wait in a
+  backlog, in call order, and go out as acknowledgements make room.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+from tierlink.errors import ConnectionClosed, MessageTooLarge
+from tierlink.protocol.channel_events import (
+    ERROR_NONE,
+    ERROR_PROTOCOL,
+    ChannelClosed,
+    ChannelEvent,
+    ChannelOpened,
+    CloseConnection,
+    Command,
+    ConnectionTerminated,
+    DatagramDelivered,
+    DatagramReceived,
+    HandshakeCompleted,
+    MessageReceived,
+    MessagesAcknowledged,
+    MessageSent,
+    ProtocolViolation,
+    Queued,
+    SendDatagram,
+    StreamDataReceived,
+    StreamReset,
+    TransportEvent,
+    WriteStream,
+)
+from tierlink.wire.channel_frames import (
+    PROTOCOL_VERSION,
+    TAG_CONTROL,
+    TAG_MESSAGES,
+    Ack,
+    ControlReader,
+    Hello,
+    MessageReader,
+    ProtocolError,
+    encode_ack,
+    encode_hello,
+    encode_length,
+)
+
+#: Largest datagram payload: always fits one 1-RTT packet of 1200 bytes.
+DATAGRAM_MAX_PAYLOAD = 1150
+#: Unacknowledged messages at most (bounds per-message bookkeeping of tiny messages).
+MAX_IN_FLIGHT_MESSAGES = 1024
+LOCAL_CLOSE_REASON = "channel closed locally"
+PEER_CLOSED_REASON = "the peer closed the channel"
+#: Messages up to this size are written with their length prefix in one piece.
+_JOIN_LIMIT = 65536
+_CONTROL = "control"
+_MESSAGES = "messages"
+
+
+class ChannelProtocol:
+    """One side of a channel: greeting, message ids, acks, window, backlog, datagrams."""
+
+    def __init__(
+        self,
+        *,
+        is_client: bool,
+        max_message_size: int,
+        window: int,
+        queue_capacity: int,
+        peer_limits: tuple[int, int] | None = None,
+    ) -> None:
+        if queue_capacity < 1 or window < 1 or not 0 <= max_message_size < 2**62:
+            raise ValueError("queue_capacity and window must be >= 1, max_message_size in "
+                             "[0, 2**62)")
+        self.is_client = is_client
+        self._max_message_size = max_message_size
+        self._window = window
+        self._queue_capacity = queue_capacity
+        self._peer_limits = peer_limits
+        self._peer_hello: Hello | None = None
+        self.hello_received = False
+        self.closed = False
+        self.close_reason: str | None = None
+        self._greeted = False
+        self._commands: list[Command] = []
+        self._events: list[ChannelEvent] = []
+        # sending side: our first two unidirectional streams
+        self.control_stream_id = 2 if is_client else 3
+        self.message_stream_id = self.control_stream_id + 4
+        self._next_id = 0
+        self._next_ticket = 0
+        self._unacked: deque[tuple[int, int]] = deque()  # (message id, size)
+        self._backlog: deque[tuple[int, bytes]] = deque()  # (ticket, payload)
+        self.in_flight_bytes = 0
+        self.peak_in_flight_bytes = 0
+        # receiving side
+        self._rx_roles: dict[int, str] = {}
+        self._ctrl_reader = ControlReader()
+        self._msg_reader = MessageReader(max_message_size)
+        self._held: deque[bytes] = deque()
+        self._held_bytes = 0
+        self._handed = 0  # messages handed to the application and not yet consumed
+        self._delivered = 0  # messages handed over so far (the id of the last one)
+        self._acked = 0  # highest id our ACK frames announced so far
+        self.stats = dict.fromkeys(
+            ("messages_sent", "bytes_sent", "messages_received", "bytes_received",
+             "datagrams_sent", "datagrams_received"),
+            0,
+        )
+
+    # -- state ------------------------------------------------------------------------------
+    @property
+    def opened(self) -> bool:
+        """True once the peer's limits are known (until closed)."""
+        return self._peer_hello is not None and not self.closed
+
+    @property
+    def max_message_size(self) -> int:
+        """Largest reliable message: the smaller of ours and the peer's limit."""
+        peer = self._peer_hello.max_message_size if self._peer_hello else 0
+        return min(self._max_message_size, peer)
+
+    @property
+    def window(self) -> int:
+        """Unacknowledged payload bytes the sender may have in flight."""
+        peer = self._peer_hello.window if self._peer_hello else 0
+        return max(1, min(self._window, peer))
+
+    @property
+    def backlog_messages(self) -> int:
+        """Messages waiting for the send window."""
+        return len(self._backlog)
+
+    @property
+    def held_messages(self) -> int:
+        """Messages received but held back (unacknowledged): the application's queue is full."""
+        return len(self._held)
+
+    @property
+    def unacked_messages(self) -> int:
+        """Messages sent and not yet acknowledged."""
+        return len(self._unacked)
+
+    # -- outputs ----------------------------------------------------------------------------
+    def pop_commands(self) -> list[Command]:
+        """What the transport has to do, in order (and forget it)."""
+        out, self._commands = self._commands, []
+        return out
+
+    def pop_events(self) -> list[ChannelEvent]:
+        """What happened for the application, in order (and forget it)."""
+        out, self._events = self._events, []
+        return out
+
+    # -- transport events ---------------------------------------------------------------------
+    def handle_event(self, event: TransportEvent) -> None:
+        """Feed one transport event; nothing happens once the channel is closed."""
+        if self.closed:
+            return
+        try:
+            if isinstance(event, StreamDataReceived):
+                self._on_stream_data(event.stream_id, event.data, event.end_stream)
+            elif isinstance(event, DatagramReceived):
+                self.stats["datagrams_received"] += 1
+                self._events.append(DatagramDelivered(event.data))
+            elif isinstance(event, HandshakeCompleted):
+                self._on_handshake_completed()
+            elif isinstance(event, StreamReset):
+                raise ProtocolError(f"peer reset stream {event.stream_id}")
+            elif isinstance(event, ConnectionTerminated):
+                self._finish(event.reason)
+        except ProtocolError as exc:
+            self._violation(str(exc))
+
+    def _on_handshake_completed(self) -> None:
+        if self._greeted:
+            raise ProtocolError("second handshake completion")
+        self._greeted = True
+        hello = Hello(PROTOCOL_VERSION, self._max_message_size, self._window)
+        self._commands += (
+            WriteStream(self.control_stream_id, TAG_CONTROL + encode_hello(hello)),
+            WriteStream(self.message_stream_id, TAG_MESSAGES),
+        )
+        if self._peer_limits is not None and self._peer_hello is None:
+            # The peer's limits came signed (or sealed) with its offer or answer: open now,
+            # one round trip before its HELLO arrives (which must then repeat them).
+            self._open(Hello(PROTOCOL_VERSION, *self._peer_limits))
+
+    def _open(self, hello: Hello) -> None:
+        self._peer_hello = hello
+        self._events.append(ChannelOpened(self.max_message_size, self.window))
+
+    def _on_hello(self, hello: Hello) -> None:
+        if self.hello_received:
+            raise ProtocolError("second HELLO")
+        self.hello_received = True
+        if hello.version != PROTOCOL_VERSION:
+            raise ProtocolError(
+                f"peer speaks channel protocol {hello.version}, we speak {PROTOCOL_VERSION}"
+            )
+        if self._peer_limits is not None:
+            if (hello.max_message_size, hello.window) != tuple(self._peer_limits):
+                raise ProtocolError("the peer's HELLO disagrees with the limits it signaled")
+            if self._peer_hello is not None:
+                return  # opened at the handshake with these very limits
+        self._open(hello)
+
+    def _on_stream_data(self, sid: int, data: bytes, end: bool) -> None:
+        role = self._rx_roles.get(sid)
+        if role is None:
+            peer_initiated = bool(sid & 1) == self.is_client
+            if not (sid & 2) or not peer_initiated:
+                raise ProtocolError(f"unexpected stream {sid}")
+            if not data:
+                if end:
+                    raise ProtocolError(f"peer ended stream {sid}")
+                return
+            tag, data = data[:1], data[1:]
+            if tag == TAG_CONTROL and _CONTROL not in self._rx_roles.values():
+                role = _CONTROL
+            elif tag == TAG_MESSAGES and _MESSAGES not in self._rx_roles.values():
+                role = _MESSAGES
+            else:
+                raise ProtocolError(f"unexpected stream tag {tag!r}")
+            self._rx_roles[sid] = role
+        if end:
+            raise ProtocolError(f"peer ended its {role} stream")
+        if not data:
+            return
+        if role == _CONTROL:
+            for frame in self._ctrl_reader.feed(data):
+                if isinstance(frame, Ack):
+                    self._on_ack(frame.message_id)
+                else:
+                    self._on_hello(frame)
+            return
+        held = self._held
+        for message in self._msg_reader.feed(data):
+            held.append(message)
+            self._held_bytes += len(message)
+        buffered = self._held_bytes + self._msg_reader.partial_bytes
+        limit = max(self._window, self._max_message_size)
+        if buffered > limit or len(held) > MAX_IN_FLIGHT_MESSAGES:
+            raise ProtocolError("peer exceeded the flow-control window")
+        self._hand_over()
+
+    # -- receiving ------------------------------------------------------------------------------
+    def _hand_over(self) -> None:
+        """Hand held messages to the application while its queue has room."""
+        held = self._held
+        stats = self.stats
+        while held and self._handed < self._queue_capacity:
+            message = held.popleft()
+            self._held_bytes -= len(message)
+            self._handed += 1
+            self._delivered += 1
+            stats["messages_received"] += 1
+            stats["bytes_received"] += len(message)
+            self._events.append(MessageReceived(self._delivered, message))
+
+    def message_consumed(self) -> None:
+        """The application took one message off its queue: hand over the next held one."""
+        if self._handed > 0:
+            self._handed -= 1
+        if not self.closed:
+            self._hand_over()
+
+    def write_ack(self) -> None:
+        """Acknowledge, in one ACK frame, every message handed over since the last one
+        (call once per packetization pass: acks coalesce)."""
+        if self._delivered != self._acked and self._greeted and not self.closed:
+            self._acked = self._delivered
+            self._commands.append(WriteStream(self.control_stream_id, encode_ack(self._acked)))
+
+    # -- sending --------------------------------------------------------------------------------
+    def _check_open(self) -> None:
+        if self.closed:
+            raise ConnectionClosed(self.close_reason or "channel closed")
+        if self._peer_hello is None:
+            raise ConnectionClosed("channel not open yet")
+
+    def send_message(self, data: bytes) -> int | Queued:
+        """Send one reliable message: its id if it went out now, else its place in the
+        backlog. Raises MessageTooLarge above :attr:`max_message_size`, ConnectionClosed
+        unless open."""
+        self._check_open()
+        size = len(data)
+        limit = self.max_message_size
+        if size > limit:
+            raise MessageTooLarge(
+                f"message of {size} bytes exceeds the channel's max_message_size of {limit} bytes"
+            )
+        payload = data if type(data) is bytes else bytes(data)
+        if not self._backlog and self._fits(size):
+            return self._write_message(payload)
+        self._next_ticket += 1
+        self._backlog.append((self._next_ticket, payload))
+        return Queued(self._next_ticket)
+
+    def withdraw(self, ticket: int) -> bool:
+        """Drop a message still waiting in the backlog; False if it is not there (any more)."""
+        for i, (queued, _) in enumerate(self._backlog):
+            if queued == ticket:
+                del self._backlog[i]
+                self._pump_backlog()
+                return True
+        return False
+
+    def send_datagram(self, data: bytes) -> None:
+        """Send one unreliable datagram (at most DATAGRAM_MAX_PAYLOAD bytes)."""
+        self._check_open()
+        if len(data) > DATAGRAM_MAX_PAYLOAD:
+            raise MessageTooLarge(
+                f"datagram of {len(data)} bytes exceeds the datagram limit of "
+                f"{DATAGRAM_MAX_PAYLOAD} bytes"
+            )
+        self.stats["datagrams_sent"] += 1
+        self._commands.append(SendDatagram(bytes(data)))
+
+    def _fits(self, size: int) -> bool:
+        if not self._unacked:
+            return True
+        return (
+            self.in_flight_bytes + size <= self.window
+            and len(self._unacked) < MAX_IN_FLIGHT_MESSAGES
+        )
+
+    def _write_message(self, payload: bytes) -> int:
+        self._next_id += 1
+        size = len(payload)
+        sid = self.message_stream_id
+        if size <= _JOIN_LIMIT:  # one buffer append for small messages
+            self._commands.append(WriteStream(sid, encode_length(size) + payload))
+        else:  # no 16 MiB copy just to prepend 8 bytes
+            self._commands.append(WriteStream(sid, encode_length(size)))
+            self._commands.append(WriteStream(sid, payload))
+        self._unacked.append((self._next_id, size))
+        self.in_flight_bytes += size
+        if self.in_flight_bytes > self.peak_in_flight_bytes:
+            self.peak_in_flight_bytes = self.in_flight_bytes
+        return self._next_id
+
+    def _on_ack(self, message_id: int) -> None:
+        if message_id > self._next_id:
+            raise ProtocolError(f"ack for message {message_id}, never sent")
+        unacked = self._unacked
+        first = 0
+        stats = self.stats
+        while unacked and unacked[0][0] <= message_id:
+            mid, size = unacked.popleft()
+            first = first or mid
+            self.in_flight_bytes -= size
+            stats["messages_sent"] += 1
+            stats["bytes_sent"] += size
+        if first:
+            self._events.append(MessagesAcknowledged(first, message_id))
+        self._pump_backlog()
+
+    def _pump_backlog(self) -> None:
+        """Write waiting messages, in call order, while the window has room."""
+        backlog = self._backlog
+        while backlog and self._fits(len(backlog[0][1])):
+            ticket, payload = backlog.popleft()
+            self._events.append(MessageSent(ticket, self._write_message(payload)))
+
+    # -- closing --------------------------------------------------------------------------------
+    def close(self, reason: str = LOCAL_CLOSE_REASON) -> None:
+        """Close gracefully: acknowledge what was handed over, then close the connection."""
+        if self.closed:
+            return
+        self.write_ack()
+        self._commands.append(CloseConnection(ERROR_NONE, reason, PEER_CLOSED_REASON))
+        self._finish(reason)
+
+    def _violation(self, detail: str) -> None:
+        reason = f"protocol error: {detail}"
+        self._events.append(ProtocolViolation(detail))
+        self._commands.append(CloseConnection(ERROR_PROTOCOL, reason, reason[:200]))
+        self._finish(reason)
+
+    def _finish(self, reason: str) -> None:
+        self.closed = True
+        self.close_reason = reason
+        self._unacked.clear()
+        self._backlog.clear()
+        self.in_flight_bytes = 0
+        self._held.clear()
+        self._held_bytes = 0
+        self._events.append(ChannelClosed(reason))
