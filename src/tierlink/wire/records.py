@@ -56,7 +56,6 @@ def seal(identity: Identity, kind: int, body: dict[int, Any]) -> bytes:
 class Opened:
     """A value whose structure was parsed; the signature is not yet checked."""
 
-    kind: int
     body: dict[int, Any]
     signed: bytes
     signature: bytes
@@ -89,7 +88,7 @@ def open_value(value: bytes, kind: int) -> Opened:
     body = decode(signed[2:])
     if not isinstance(body, dict):
         raise malformed("body is not a map")
-    return Opened(kind, body, signed, signature)
+    return Opened(body, signed, signature)
 
 
 def check_signer(fields: Fields, opened: Opened, fp_key: int = 1, pk_key: int = 2) -> str:
