@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 from unittest import mock
 
@@ -141,7 +142,7 @@ def test_fields_types_and_lengths() -> None:
     assert f.opt_bstr(9, "b") is None
     assert f.text(2, "t") == "txt" and f.opt_text(4, "t", "dflt") == "dflt"
     assert f.array(3, "a") == [1] and f.opt_array(4, "a") is None
-    bad = [
+    bad: list[Callable[[], object]] = [
         lambda: f.bstr(1, "b", size=3), lambda: f.bstr(1, "b", max_size=1),
         lambda: f.bstr(1, "b", min_size=3), lambda: f.bstr(2, "b"), lambda: f.bstr(9, "b"),
         lambda: f.text(1, "t"), lambda: f.text(2, "t", max_len=2),
@@ -173,10 +174,13 @@ def test_fields_unknown_keys_bounded() -> None:
 def test_element_checks() -> None:
     assert check_bytes(b"x" * 16, "id", size=16) == b"x" * 16
     assert check_uint(5, "n", maximum=5) == 5
-    for bad in (lambda: check_bytes("x", "id"), lambda: check_bytes(b"x", "id", size=16),
-                lambda: check_uint(True, "n"), lambda: check_uint(6, "n", maximum=5)):
+    checks: list[Callable[[], object]] = [
+        lambda: check_bytes("x", "id"), lambda: check_bytes(b"x", "id", size=16),
+        lambda: check_uint(True, "n"), lambda: check_uint(6, "n", maximum=5),
+    ]
+    for check in checks:
         with pytest.raises(RecordError):
-            bad()
+            check()
 
 
 def test_signed_value_with_a_tag_is_malformed() -> None:
