@@ -1,6 +1,7 @@
 import hashlib
 import json
 import os
+from pathlib import Path
 
 import pytest
 
@@ -45,7 +46,7 @@ def test_ice_key_derivation_matches_hashlib_vector() -> None:
     ).hexdigest()
 
 
-def test_key_file_roundtrip_and_mode(tmp_path) -> None:
+def test_key_file_roundtrip_and_mode(tmp_path: Path) -> None:
     path = tmp_path / "sub" / "id.json"
     ident = Identity.generate()
     ident.save(path)
@@ -55,7 +56,7 @@ def test_key_file_roundtrip_and_mode(tmp_path) -> None:
     assert loaded.kem_public_key == ident.kem_public_key
 
 
-def test_key_file_refuses_overwrite(tmp_path) -> None:
+def test_key_file_refuses_overwrite(tmp_path: Path) -> None:
     path = tmp_path / "id.json"
     Identity.generate().save(path)
     with pytest.raises(KeyFileError, match="--force"):
@@ -65,7 +66,7 @@ def test_key_file_refuses_overwrite(tmp_path) -> None:
     assert Identity.load(path).fingerprint == other.fingerprint
 
 
-def test_key_file_rejections(tmp_path) -> None:
+def test_key_file_rejections(tmp_path: Path) -> None:
     path = tmp_path / "id.json"
     ident = Identity.generate()
     ident.save(path)
@@ -75,15 +76,15 @@ def test_key_file_rejections(tmp_path) -> None:
     os.chmod(path, 0o600)
 
     doc = json.loads(path.read_text())
-    for mutate, match in [
-        (lambda d: d.update(version=2), "version 2"),
-        (lambda d: d.update(format="x"), "not a tierlink identity"),
-        (lambda d: d.update(signing_seed="zz"), "corrupt"),
-        (lambda d: d.update(kem_seed="00"), "corrupt"),
-        (lambda d: d.update(fingerprint="00" * 64), "fingerprint does not match"),
-    ]:
-        bad = dict(doc)
-        mutate(bad)
+    changes: list[tuple[dict[str, object], str]] = [
+        ({"version": 2}, "version 2"),
+        ({"format": "x"}, "not a tierlink identity"),
+        ({"signing_seed": "zz"}, "corrupt"),
+        ({"kem_seed": "00"}, "corrupt"),
+        ({"fingerprint": "00" * 64}, "fingerprint does not match"),
+    ]
+    for change, match in changes:
+        bad = {**doc, **change}
         path.write_text(json.dumps(bad))
         with pytest.raises(KeyFileError, match=match):
             Identity.load(path)

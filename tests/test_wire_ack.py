@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 from typing import Any
 
+import cbor2
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -106,6 +107,9 @@ def test_expired() -> None:
         {"k3": b"\x00" * 10},
         {"k4": "yesterday"},
         {"k5": 0},  # expires before created
+        {"k4": True},  # bool is not an integer
+        {"k5": 2**64 - 1},  # past the integer bound
+        {"k6": [IDS[0], cbor2.CBORTag(2, b"\x01")]},  # a tagged id
     ],
 )
 def test_malformed(changes: dict[str, Any]) -> None:

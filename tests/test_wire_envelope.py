@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 from typing import Any
 
+import cbor2
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -213,6 +214,19 @@ def test_tampered_and_resigned_fails_decrypt(key: int) -> None:
 
 def test_extension_field_added_after_encryption_fails_decrypt() -> None:
     assert reason(reseal(envelope(), ALICE, k99="later")) == "decrypt"
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"k99": cbor2.CBORTag(4, [-2, 27315])},  # a tagged extension field
+        {"k5": True},  # bool is not an integer
+        {"k6": 2**64 - 1},  # past the integer bound
+        {f"k{100 + i}": 0 for i in range(17)},  # too many unknown keys
+    ],
+)
+def test_strict_decoding_is_malformed(changes: dict[str, Any]) -> None:
+    assert reason(reseal(envelope(), ALICE, **changes)) == "malformed"
 
 
 @pytest.mark.parametrize(

@@ -145,3 +145,19 @@ def test_arbitrary_bodies_raise_only_record_error(body: bytes) -> None:
     head = b"\x01\x01" + body
     with pytest.raises(RecordError):
         PeerRecord.decode(head + b"\x00" * 4627)
+
+
+@pytest.mark.parametrize(
+    "over",
+    [
+        {9: b"c" * 31},  # certificate hash of the wrong length
+        {8: "m" * 33},  # mode text too long
+        {3: True},  # bool is not an integer
+        {7: b"k" * 100},  # KEM key of the wrong length
+        {6: [["f", 1, "udp", 1, "h", 70000, "host", None, None]]},  # port past 65535
+    ],
+)
+def test_strict_fields_are_malformed(over: dict[int, Any]) -> None:
+    with pytest.raises(RecordError) as exc:
+        PeerRecord.decode(seal(ALICE, KIND_PEER_RECORD, body_of(ALICE, over)))
+    assert exc.value.reason == "malformed"

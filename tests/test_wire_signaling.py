@@ -192,6 +192,10 @@ def test_random_garbage_and_offers_are_rejected() -> None:
         cbor2.dumps({1: "u", 2: "p", 3: [], 8: [b"x" * 1501]}),  # flight: datagram too big
         cbor2.dumps({1: "u", 2: "p", 3: [], 8: [b""]}),  # flight: empty datagram
         cbor2.dumps({1: "u", 2: "p", 3: [], 8: ["text"]}),  # flight: not bytes
+        cbor2.dumps({1: "u", 2: "p", 3: [], 9: cbor2.CBORTag(5, [2**40, 3])}),  # a tag
+        cbor2.dumps({1: "u", 2: "p", 3: [], 7: [2**64 - 1, 5]}),  # size past 2**62
+        cbor2.dumps({1: "u", 2: "p", 3: [], **{100 + i: 0 for i in range(17)}}),  # 17 unknown
+        cbor2.dumps({1: "u", 2: "p", 3: [["f", 1, "udp", 2**40, "h", 1, "host", None, None]]}),
     ],
 )
 def test_answer_that_opens_but_is_malformed_is_rejected(plain: bytes) -> None:
@@ -199,7 +203,7 @@ def test_answer_that_opens_but_is_malformed_is_rejected(plain: bytes) -> None:
     expect("malformed", sealed(secret, plain), secret)
 
 
-def test_answer_readers_ignore_unknown_and_legacy_keys() -> None:
+def test_answer_readers_ignore_unknown_and_unused_keys() -> None:
     secret = offer_to_cached()[1]
     plain = cbor2.dumps({1: "u", 2: "p", 3: [], 5: CALLEE.kem_public_key, 99: "future"})
     expected = SessionDescription("u", "p", (), None, "app")

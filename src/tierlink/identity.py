@@ -1,17 +1,9 @@
 """A peer's identity: an ML-DSA-87 signing key, an ML-KEM-1024 key, and the fingerprint.
 
-Fingerprint = lowercase hex of SHA3-512 over the raw ML-DSA-87 public key (2592 bytes):
-128 hex characters, exactly as the seed defines it.
-
-The key file is JSON, version 1, written with mode 0600::
-
-    {"format": "tierlink-identity", "version": 1,
-     "algorithm": "ML-DSA-87", "signing_seed": "<64 hex>",
-     "kem_algorithm": "ML-KEM-1024", "kem_seed": "<128 hex>",
-     "fingerprint": "<128 hex>"}
-
-Only the seeds (FIPS 204 xi, FIPS 203 d||z) are stored; the fingerprint is stored too so that
-loading detects a corrupt or edited file.
+The fingerprint (lowercase hex SHA3-512 of the raw ML-DSA-87 public key, 128 characters)
+names the peer everywhere. The key file stores only the two seeds, as JSON with mode 0600,
+plus the fingerprint so that loading detects a corrupt or edited file. Key file format:
+docs/PROTOCOL.md, section "Identity".
 """
 
 from __future__ import annotations

@@ -1,29 +1,9 @@
 """Acknowledgements: the recipient tells a sender which of its envelopes arrived.
 
-An ack is a signed DHT value (see :mod:`tierlink.wire.records`) of kind
-:data:`~tierlink.wire.records.KIND_ACK` (0x05), signed by the **recipient** of the messages and
-put under :func:`tierlink.wire.dhtkeys.offline_acks_key` of the **sender**::
-
-    value = 0x01 (wire version) || 0x05 (kind) || BODY || ML-DSA-87 signature (4627 bytes)
-
-``BODY`` is canonical CBOR of a map with these keys:
-
-===  =====================  =================================================================
-key  field                  type
-===  =====================  =================================================================
-1    recipient fingerprint  bytes(64): the signer, raw SHA3-512 of its public key
-2    recipient public key   bytes(2592): raw ML-DSA-87 public key
-3    sender fingerprint     bytes(64): whose envelopes are acknowledged (the addressee)
-4    created_at_ms          uint: Unix time in milliseconds
-5    expires_at_ms          uint: Unix time in ms; ``created < expires <= created + 30 days``
-6    message ids            array of bytes(16), 1 to :data:`MAX_ACK_IDS` distinct ids
-===  =====================  =================================================================
-
-Acks carry no secret (message ids are random and reveal nothing) and are idempotent: a
-replayed ack only repeats a fact. :func:`open_ack` checks structure (``malformed``,
-``oversize``, ``version``, ``kind``), fingerprint binding and signature (``fingerprint``,
-``signature``), the optional expected signer (``fingerprint``), addressee (``recipient``)
-and lifetime (``expired``), raising :class:`~tierlink.errors.RecordError`.
+An ack is a signed value of kind :data:`~tierlink.wire.records.KIND_ACK` (0x05), signed by
+the recipient of the messages and put under the sender's offline-acks key. It carries no
+secret (message ids are random) and is idempotent: a replayed ack only repeats a fact.
+Layout and checks: docs/PROTOCOL.md, section "Offline ack".
 """
 
 from __future__ import annotations
@@ -34,8 +14,9 @@ from typing import Any
 
 from tierlink.errors import RecordError
 from tierlink.identity import FINGERPRINT_HEX_LEN, Identity, is_fingerprint
+from tierlink.wire.decoding import Fields, check_bytes, malformed
 from tierlink.wire.envelope import MAX_TTL_S, MESSAGE_ID_SIZE
-from tierlink.wire.records import KIND_ACK, check_signer, field_of, open_value, seal
+from tierlink.wire.records import KIND_ACK, check_signer, open_value, seal
 from tierlink.wire.records import now_ms as _now_ms
 
 MAX_ACK_IDS = 2048
@@ -104,20 +85,16 @@ def open_ack(
     stranger must not mark our message to someone else as delivered).
     """
     opened = open_value(value, KIND_ACK)
-    body = opened.body
-    sender = field_of(body, K_SENDER, bytes, "sender")
-    created: int = field_of(body, K_CREATED, int, "created_at_ms")
-    expires: int = field_of(body, K_EXPIRES, int, "expires_at_ms")
-    raw_ids = field_of(body, K_IDS, list, "message_ids")
-    if len(sender) != FINGERPRINT_HEX_LEN // 2:
-        raise RecordError("malformed", "sender fingerprint has the wrong length")
-    ids = tuple(raw_ids)
-    if not (
-        0 < len(ids) <= MAX_ACK_IDS
-        and all(isinstance(m, bytes) and len(m) == MESSAGE_ID_SIZE for m in ids)
-        and len(set(ids)) == len(ids)
-    ):
-        raise RecordError("malformed", "message ids are not 1 to 2048 distinct 16-byte strings")
+    body = Fields(opened.body, "ack", range(1, 7))
+    sender = body.bstr(K_SENDER, "sender", size=FINGERPRINT_HEX_LEN // 2)
+    created = body.uint(K_CREATED, "created_at_ms")
+    expires = body.uint(K_EXPIRES, "expires_at_ms")
+    ids = tuple(
+        check_bytes(m, "message id", size=MESSAGE_ID_SIZE)
+        for m in body.array(K_IDS, "message_ids", max_items=MAX_ACK_IDS)
+    )
+    if not ids or len(set(ids)) != len(ids):
+        raise malformed(f"message ids are not 1 to {MAX_ACK_IDS} distinct 16-byte strings")
 
     signer = check_signer(body, opened, K_RECIPIENT_FP, K_RECIPIENT_PK)
 
@@ -125,8 +102,8 @@ def open_ack(
         raise RecordError("fingerprint", "ack is signed by another peer than expected")
     if sender.hex() != expected_sender_fp:
         raise RecordError("recipient", "ack acknowledges another sender's messages")
-    if not 0 <= created < expires <= created + int(MAX_TTL_S * 1000):
-        raise RecordError("malformed", "ack lifetime is empty, negative or over 30 days")
+    if not created < expires <= created + int(MAX_TTL_S * 1000):
+        raise malformed("ack lifetime is empty, negative or over 30 days")
     t = _now_ms() if now_ms is None else now_ms
     if expires <= t:
         raise RecordError("expired", f"ack expired {(t - expires) / 1000:.1f} s ago")

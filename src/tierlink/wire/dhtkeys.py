@@ -1,21 +1,9 @@
-"""Every DHT key tierlink uses, derived in one place and documented exactly.
+"""Every DHT key tierlink uses, derived in one place.
 
-OpenDHT addresses values by a 160-bit InfoHash. ``InfoHash.get(s)`` is SHA-1 over the
-UTF-8 bytes of ``s``. We first derive a SHA3-512 lowercase hex string from the fingerprint
-and a purpose suffix (the seed's scheme), then reduce it with SHA-1 exactly as
-``InfoHash.get`` does; the proxy API takes the resulting 40 hex characters as the key.
-
-=================  =====================================================================
-purpose            DHT key (40 hex)
-=================  =====================================================================
-ICE candidates     SHA1( hex(SHA3-512( fingerprint + ":ice_candidates" )) )
-offers (inbox)     SHA1( hex(SHA3-512( fingerprint + ":offers" )) )
-answers            SHA1( hex(SHA3-512( fingerprint + ":answers:" + session_id_hex )) )
-offline queue      SHA1( hex(SHA3-512( fingerprint + ":offline_queue" )) )
-offline acks       SHA1( hex(SHA3-512( fingerprint + ":offline_acks" )) )
-=================  =====================================================================
-
-``fingerprint`` is the 128-character lowercase hex fingerprint; all strings are UTF-8.
+A key is OpenDHT's InfoHash (SHA-1, 40 hex) of the lowercase hex SHA3-512 of the
+fingerprint and a purpose suffix, so each peer has one key per purpose that anyone who
+knows its fingerprint can compute. The exact derivation and the table of suffixes:
+docs/PROTOCOL.md, section "DHT keys".
 """
 
 from __future__ import annotations
@@ -38,7 +26,7 @@ def _derive(fingerprint: str, suffix: str) -> str:
 
 
 def ice_candidates_key(fingerprint: str) -> str:
-    """Where a peer publishes its signed peer record (the seed's key)."""
+    """Where a peer publishes its signed peer record."""
     return _derive(fingerprint, ":ice_candidates")
 
 

@@ -1,46 +1,11 @@
 """The offline envelope: one message, encrypted to the recipient and signed by the sender.
 
-An envelope is a signed DHT value (see :mod:`tierlink.wire.records`) of kind
-:data:`~tierlink.wire.records.KIND_ENVELOPE` (0x04)::
-
-    value = 0x01 (wire version) || 0x04 (kind) || BODY || ML-DSA-87 signature (4627 bytes)
-
-``BODY`` is canonical CBOR of a map with these keys:
-
-===  ===================  ===================================================================
-key  field                type
-===  ===================  ===================================================================
-1    sender fingerprint   bytes(64): raw SHA3-512 of the sender's ML-DSA-87 public key
-2    sender public key    bytes(2592): raw ML-DSA-87 public key (verifies the signature)
-3    message id           bytes(16): random, chosen by the sender, stable across re-sends
-4    recipient            bytes(64): raw fingerprint of the recipient
-5    created_at_ms        uint: Unix time in milliseconds when the message was queued
-6    expires_at_ms        uint: Unix time in ms; ``created < expires <= created + 30 days``
-7    kem_ciphertext       bytes(1568): ML-KEM-1024 encapsulation to the recipient's KEM key
-8    nonce                bytes(12): random AES-256-GCM nonce
-9    ciphertext           bytes(>= 16): AES-256-GCM(payload) including the 16-byte tag
-===  ===================  ===================================================================
-
-Encryption: ``(ss, kem_ciphertext) = ML-KEM-1024.Encaps(recipient KEM public key)``;
-``key = HKDF-SHA256(ikm=ss, salt=empty, info="tierlink offline envelope v1", L=32)``;
-``ciphertext = AES-256-GCM(key, nonce, payload, aad)`` where
-``aad = 0x01 || 0x04 || canonical CBOR of BODY without key 9`` (the header: every field but
-the ciphertext, including any extension keys a later version adds). The header thus binds
-the ciphertext to its sender, recipient, message id and lifetime: an attacker who re-signs a
-stolen ciphertext under its own key changes key 1 and decryption fails.
-
-The ML-DSA-87 signature (made by :func:`tierlink.wire.records.seal`) covers everything, so
-authorship is checked before any decryption work. The payload is capped at
-:data:`MAX_PAYLOAD`, the largest for which the whole value still fits
-:data:`~tierlink.wire.records.MAX_VALUE_SIZE`; larger payloads raise
-:class:`~tierlink.errors.MessageTooLarge` on creation.
-
-:func:`open_envelope` checks, in this order, each failure a
-:class:`~tierlink.errors.RecordError` with its reason word: structure (``malformed``,
-``oversize``, ``version``, ``kind``), fingerprint binding and signature
-(:func:`~tierlink.wire.records.check_signer`: ``fingerprint``, ``signature``), addressee
-(``recipient``), lifetime (``expired``; an absurd lifetime is ``malformed``), the receiver's
-payload cap (``oversize``), then decryption (``decrypt``).
+An envelope is a signed value of kind :data:`~tierlink.wire.records.KIND_ENVELOPE` (0x04)
+put under the recipient's offline-queue key. The payload is AES-256-GCM under a key from an
+ML-KEM-1024 encapsulation to the recipient, with every other body field as associated data,
+so a re-signed stolen ciphertext does not decrypt. :func:`open_envelope` checks structure,
+signer, addressee, lifetime and the receiver's payload cap before any decryption work.
+Layout, key derivation and check order: docs/PROTOCOL.md, section "Offline envelope".
 """
 
 from __future__ import annotations
@@ -65,12 +30,12 @@ from tierlink.identity import (
     is_fingerprint,
     kem_encapsulate,
 )
+from tierlink.wire.decoding import Fields, malformed
 from tierlink.wire.records import (
     KIND_ENVELOPE,
     MAX_VALUE_SIZE,
     WIRE_VERSION,
     check_signer,
-    field_of,
     open_value,
     seal,
 )
@@ -173,13 +138,6 @@ def create_envelope(
     return seal(sender, KIND_ENVELOPE, {**header, K_CIPHERTEXT: ct}), mid
 
 
-def _bytes_field(body: dict[int, Any], key: int, size: int, name: str) -> bytes:
-    val: bytes = field_of(body, key, bytes, name)
-    if len(val) != size:
-        raise RecordError("malformed", f"field {name!r} must be {size} bytes, not {len(val)}")
-    return val
-
-
 def open_envelope(
     value: bytes, me: Identity, now_ms: int | None = None, *, max_payload: int = MAX_PAYLOAD
 ) -> ReceivedEnvelope:
@@ -188,23 +146,21 @@ def open_envelope(
     ``max_payload`` lets a receiver accept less than the protocol maximum (``oversize``).
     """
     opened = open_value(value, KIND_ENVELOPE)
-    body = opened.body
-    mid = _bytes_field(body, K_MESSAGE_ID, MESSAGE_ID_SIZE, "message_id")
-    recipient = _bytes_field(body, K_RECIPIENT, FINGERPRINT_HEX_LEN // 2, "recipient")
-    created: int = field_of(body, K_CREATED, int, "created_at_ms")
-    expires: int = field_of(body, K_EXPIRES, int, "expires_at_ms")
-    kem_ct = _bytes_field(body, K_KEM_CT, KEM_CIPHERTEXT_SIZE, "kem_ciphertext")
-    nonce = _bytes_field(body, K_NONCE, NONCE_SIZE, "nonce")
-    ct: bytes = field_of(body, K_CIPHERTEXT, bytes, "ciphertext")
-    if len(ct) < TAG_SIZE:
-        raise RecordError("malformed", "ciphertext is shorter than its tag")
+    body = Fields(opened.body, "envelope", range(1, 10))
+    mid = body.bstr(K_MESSAGE_ID, "message_id", size=MESSAGE_ID_SIZE)
+    recipient = body.bstr(K_RECIPIENT, "recipient", size=FINGERPRINT_HEX_LEN // 2)
+    created = body.uint(K_CREATED, "created_at_ms")
+    expires = body.uint(K_EXPIRES, "expires_at_ms")
+    kem_ct = body.bstr(K_KEM_CT, "kem_ciphertext", size=KEM_CIPHERTEXT_SIZE)
+    nonce = body.bstr(K_NONCE, "nonce", size=NONCE_SIZE)
+    ct = body.bstr(K_CIPHERTEXT, "ciphertext", min_size=TAG_SIZE)
 
     sender_fp = check_signer(body, opened, K_SENDER_FP, K_SENDER_PK)
 
     if recipient.hex() != me.fingerprint:
         raise RecordError("recipient", f"envelope is addressed to {recipient.hex()[:16]}…")
-    if not 0 <= created < expires <= created + int(MAX_TTL_S * 1000):
-        raise RecordError("malformed", "envelope lifetime is empty, negative or over 30 days")
+    if not created < expires <= created + int(MAX_TTL_S * 1000):
+        raise malformed("envelope lifetime is empty, negative or over 30 days")
     t = _now_ms() if now_ms is None else now_ms
     if expires <= t:
         raise RecordError("expired", f"envelope expired {(t - expires) / 1000:.1f} s ago")
@@ -213,15 +169,12 @@ def open_envelope(
             "oversize", f"payload of {len(ct) - TAG_SIZE} bytes exceeds {max_payload}"
         )
 
-    try:
-        header = {k: v for k, v in body.items() if k != K_CIPHERTEXT}
-        aad = _aad(header)
-    except Exception as exc:  # an extension field cbor2 cannot re-encode
-        raise RecordError("malformed", f"header cannot be re-encoded: {exc}") from None
+    aad = _aad({k: v for k, v in body.map.items() if k != K_CIPHERTEXT})
     try:
         payload = AESGCM(_key(me.kem_decapsulate(kem_ct))).decrypt(nonce, ct, aad)
     except (InvalidTag, ValueError):
         raise RecordError("decrypt", "payload does not decrypt with our KEM key") from None
     return ReceivedEnvelope(
-        mid, sender_fp, body[K_SENDER_PK], me.fingerprint, created, expires, payload, len(value)
+        mid, sender_fp, body.map[K_SENDER_PK], me.fingerprint, created, expires, payload,
+        len(value),
     )

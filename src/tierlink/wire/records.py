@@ -1,32 +1,10 @@
-"""Signed wire formats in the DHT, and the peer record.
+"""Signed DHT values (VERSION || KIND || BODY || SIGNATURE), candidates and the peer record.
 
-Every signed value tierlink puts in the DHT has one layout (the one unsigned value, the
-answer, is sealed instead: see :mod:`tierlink.wire.signaling`)::
-
-    value = VERSION (1 byte, 0x01) || KIND (1 byte) || BODY || SIGNATURE (4627 bytes)
-
-``BODY`` is canonical CBOR (RFC 8949 core deterministic encoding) of a map with small
-integer keys; ``SIGNATURE`` is ML-DSA-87 by the signer's identity key over
-``VERSION || KIND || BODY``. The kind byte separates domains: a peer record can never be
-replayed as an offer. Readers ignore map keys they do not know, so later fields can be added
-without breaking old readers. Every value is capped at :data:`MAX_VALUE_SIZE` (OpenDHT
-values stop at about 63 KiB).
-
-Peer record (kind 0x01) body keys:
-
-===  ================  ===============================================================
-key  field             type
-===  ================  ===============================================================
-1    fingerprint       bytes(64): raw SHA3-512 of the public key
-2    public_key        bytes(2592): raw ML-DSA-87 public key
-3    seq               uint: strictly increasing per publisher
-4    issued_at_ms      uint: Unix time in milliseconds
-5    expires_at_ms     uint: Unix time in milliseconds
-6    candidates        array of candidate arrays (see :func:`encode_candidate`)
-7    kem_public_key    bytes(1568): ML-KEM-1024 public key (offers, offline tier)
-8    mode              text: "public" (candidates listed) or "private" (none listed)
-9    cert_sha256       bytes(32): optional, reserved for the channel's certificate
-===  ================  ===============================================================
+Every signed value has one layout and one opener (:func:`open_value`, then
+:func:`check_signer`), so every kind gets the same size, version, kind, CBOR and signature
+checks; the kind byte separates domains (a peer record can never be replayed as an offer).
+Bodies are read with :class:`~tierlink.wire.decoding.Fields`. Byte layouts: docs/PROTOCOL.md,
+sections "Signed values", "Candidates" and "Peer record".
 """
 
 from __future__ import annotations
@@ -47,6 +25,7 @@ from tierlink.identity import (
     fingerprint_of,
     verify_signature,
 )
+from tierlink.wire.decoding import Fields, check_uint, decode, malformed
 
 WIRE_VERSION = 1
 MAX_VALUE_SIZE = 60_000
@@ -77,7 +56,6 @@ def seal(identity: Identity, kind: int, body: dict[int, Any]) -> bytes:
 class Opened:
     """A value whose structure was parsed; the signature is not yet checked."""
 
-    kind: int
     body: dict[int, Any]
     signed: bytes
     signature: bytes
@@ -88,45 +66,38 @@ class Opened:
             raise RecordError("signature", "signature does not verify with the claimed key")
 
 
-def open_value(value: bytes, kind: int) -> Opened:
-    """Parse a signed value of the expected ``kind``; raises only RecordError."""
+def check_head(value: bytes, kind: int, min_size: int) -> bytes:
+    """Check the type, size, version and kind of any value (signed or sealed)."""
     if not isinstance(value, bytes | bytearray):
-        raise RecordError("malformed", "value is not bytes")
+        raise malformed("value is not bytes")
     if len(value) > MAX_VALUE_SIZE:
         raise RecordError("oversize", f"value of {len(value)} bytes exceeds {MAX_VALUE_SIZE}")
-    if len(value) < 2 + 1 + SIGNATURE_SIZE:
-        raise RecordError("malformed", f"value of {len(value)} bytes is too short (truncated?)")
+    if len(value) < min_size:
+        raise malformed(f"value of {len(value)} bytes is too short (truncated?)")
     if value[0] != WIRE_VERSION:
         raise RecordError("version", f"wire version {value[0]} is not {WIRE_VERSION}")
     if value[1] != kind:
         raise RecordError("kind", f"value kind {value[1]:#04x} is not {kind:#04x}")
-    signed, signature = bytes(value[:-SIGNATURE_SIZE]), bytes(value[-SIGNATURE_SIZE:])
-    try:
-        body = cbor2.loads(signed[2:])
-    except Exception as exc:  # cbor2 raises many types on garbage
-        raise RecordError("malformed", f"body is not valid CBOR: {exc}") from None
+    return bytes(value)
+
+
+def open_value(value: bytes, kind: int) -> Opened:
+    """Parse a signed value of the expected ``kind``; raises only RecordError."""
+    value = check_head(value, kind, 2 + 1 + SIGNATURE_SIZE)
+    signed, signature = value[:-SIGNATURE_SIZE], value[-SIGNATURE_SIZE:]
+    body = decode(signed[2:])
     if not isinstance(body, dict):
-        raise RecordError("malformed", "body is not a map")
-    return Opened(kind, body, signed, signature)
+        raise malformed("body is not a map")
+    return Opened(body, signed, signature)
 
 
-def field_of(body: dict[int, Any], key: int, typ: type | tuple[type, ...], name: str) -> Any:
-    """Fetch a required field of a given type or raise RecordError('malformed')."""
-    val = body.get(key)
-    if not isinstance(val, typ) or (isinstance(val, bool) and typ is int):
-        raise RecordError("malformed", f"field {name!r} missing or of the wrong type")
-    return val
-
-
-def check_signer(body: dict[int, Any], opened: Opened, fp_key: int = 1, pk_key: int = 2) -> str:
+def check_signer(fields: Fields, opened: Opened, fp_key: int = 1, pk_key: int = 2) -> str:
     """Check the body's public key hashes to its fingerprint and signed the value.
 
     Returns the signer's fingerprint (hex).
     """
-    fp = field_of(body, fp_key, bytes, "fingerprint")
-    pk = field_of(body, pk_key, bytes, "public_key")
-    if len(pk) != PUBLIC_KEY_SIZE or len(fp) != FINGERPRINT_HEX_LEN // 2:
-        raise RecordError("malformed", "public key or fingerprint has the wrong length")
+    fp = fields.bstr(fp_key, "fingerprint", size=FINGERPRINT_HEX_LEN // 2)
+    pk = fields.bstr(pk_key, "public_key", size=PUBLIC_KEY_SIZE)
     fingerprint: str = fp.hex()
     if fingerprint_of(pk) != fingerprint:
         raise RecordError("fingerprint", "SHA3-512 of the public key is not the fingerprint")
@@ -158,21 +129,37 @@ def encode_candidate(c: CandidateInfo) -> list[Any]:
     ]
 
 
+CANDIDATE_TYPES = ("host", "srflx", "prflx", "relay")
+MAX_CANDIDATE_TEXT = 256
+
+
+def _text(val: object, what: str) -> str:
+    if type(val) is not str or len(val) > MAX_CANDIDATE_TEXT:
+        raise malformed(f"candidate {what} is not text of at most {MAX_CANDIDATE_TEXT} chars")
+    return val
+
+
 def decode_candidate(item: Any) -> CandidateInfo:
-    """Inverse of :func:`encode_candidate`; RecordError('malformed') on anything else."""
-    if not isinstance(item, list) or len(item) < 9:
-        raise RecordError("malformed", "candidate is not a 9-element array")
+    """Inverse of :func:`encode_candidate`; RecordError('malformed') on anything else.
+
+    Elements after the ninth are ignored (later versions may append some).
+    """
+    if type(item) is not list or not 9 <= len(item) <= 16:
+        raise malformed("candidate is not an array of 9 to 16 elements")
     f, comp, tr, prio, host, port, typ, raddr, rport = item[:9]
-    ok = (
-        isinstance(f, str) and isinstance(comp, int) and isinstance(tr, str)
-        and isinstance(prio, int) and isinstance(host, str) and isinstance(port, int)
-        and isinstance(typ, str) and (raddr is None or isinstance(raddr, str))
-        and (rport is None or isinstance(rport, int)) and 0 <= port <= 65535
-        and typ in ("host", "srflx", "prflx", "relay")
+    if typ not in CANDIDATE_TYPES:
+        raise malformed(f"candidate type {typ!r} is not one of {CANDIDATE_TYPES}")
+    return CandidateInfo(
+        _text(f, "foundation"),
+        check_uint(comp, "candidate component", maximum=256),
+        _text(tr, "transport"),
+        check_uint(prio, "candidate priority", maximum=2**32 - 1),
+        _text(host, "host"),
+        check_uint(port, "candidate port", maximum=65535),
+        typ,
+        None if raddr is None else _text(raddr, "related address"),
+        None if rport is None else check_uint(rport, "candidate related port", maximum=65535),
     )
-    if not ok:
-        raise RecordError("malformed", "candidate fields have the wrong types")
-    return CandidateInfo(f, comp, tr, prio, host, port, typ, raddr, rport)
 
 
 # -- the peer record ------------------------------------------------------------------------
@@ -188,6 +175,8 @@ class PeerRecord:
     candidates: tuple[CandidateInfo, ...] = ()
     kem_public_key: bytes = b""
     mode: str = "private"
+    #: Key 9: a certificate hash no tierlink code sets (the channel's certificate travels
+    #: in the offer and answer); encoded when set, decoded when present.
     cert_sha256: bytes | None = None
 
     @classmethod
@@ -198,13 +187,12 @@ class PeerRecord:
         lifetime_s: float = 600.0,
         candidates: tuple[CandidateInfo, ...] = (),
         mode: str = "private",
-        cert_sha256: bytes | None = None,
     ) -> PeerRecord:
         """A record for ``identity`` valid for ``lifetime_s`` seconds from now."""
         t = now_ms()
         return cls(
             identity.fingerprint, identity.public_key, seq, t, t + int(lifetime_s * 1000),
-            tuple(candidates), identity.kem_public_key, mode, cert_sha256,
+            tuple(candidates), identity.kem_public_key, mode,
         )
 
     def encode(self, identity: Identity) -> bytes:
@@ -229,23 +217,20 @@ class PeerRecord:
     def decode(cls, value: bytes, *, now: int | None = None) -> PeerRecord:
         """Parse and verify a record (signature, fingerprint binding, expiry, size)."""
         opened = open_value(value, KIND_PEER_RECORD)
-        body = opened.body
+        body = Fields(opened.body, "peer record", range(1, 10))
         fingerprint = check_signer(body, opened)
-        seq = field_of(body, 3, int, "seq")
-        issued = field_of(body, 4, int, "issued_at_ms")
-        expires = field_of(body, 5, int, "expires_at_ms")
-        cands = field_of(body, 6, list, "candidates")
-        kem = body.get(7, b"")
-        if not isinstance(kem, bytes) or (kem and len(kem) != KEM_PUBLIC_KEY_SIZE):
-            raise RecordError("malformed", "kem_public_key has the wrong type or length")
-        mode = body.get(8, "public")
-        cert = body.get(9)
-        if not isinstance(mode, str) or (cert is not None and not isinstance(cert, bytes)):
-            raise RecordError("malformed", "mode or cert_sha256 has the wrong type")
+        seq = body.uint(3, "seq")
+        issued = body.uint(4, "issued_at_ms")
+        expires = body.uint(5, "expires_at_ms")
+        cands = tuple(decode_candidate(c) for c in body.array(6, "candidates"))
+        kem = body.opt_bstr(7, "kem_public_key", max_size=KEM_PUBLIC_KEY_SIZE) or b""
+        if kem and len(kem) != KEM_PUBLIC_KEY_SIZE:
+            raise malformed(f"kem_public_key must be {KEM_PUBLIC_KEY_SIZE} bytes or empty")
+        mode = body.opt_text(8, "mode", "public", max_len=32)
+        cert = body.opt_bstr(9, "cert_sha256", size=32)
         t = now_ms() if now is None else now
         if expires <= t:
             raise RecordError("expired", f"record expired {(t - expires) / 1000:.1f} s ago")
         return cls(
-            fingerprint, field_of(body, 2, bytes, "public_key"), seq, issued, expires,
-            tuple(decode_candidate(c) for c in cands), kem, mode, cert,
+            fingerprint, body.map[2], seq, issued, expires, cands, kem, mode, cert,
         )

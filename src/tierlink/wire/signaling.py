@@ -1,48 +1,13 @@
 """Offers and answers: how two peers exchange ICE credentials through the DHT, privately.
 
-**Offer** (kind 0x02, under the callee's offers key): a signed value (see
-:mod:`tierlink.wire.records`) by the dialer, whose body is::
-
-    {1: dialer fingerprint (64 B), 2: dialer ML-DSA-87 public key,
-     3: callee fingerprint (64 B), 4: session id (16 B), 5: created_at_ms, 6: expires_at_ms,
-     7: ML-KEM-1024 ciphertext, 8: AES-GCM nonce (12 B), 9: AES-GCM ciphertext}
-
-The dialer encapsulates to the callee's ML-KEM-1024 key (from the callee's signed record):
-``shared, kem_ct = Encaps(kem_pk)``. The offer key is ``HKDF-SHA256(shared, salt=kem_ct[:32],
-info=b"tierlink/offer")``; field 9 is AES-256-GCM of the ICE parameters under it, associated
-data = canonical CBOR of fields 1-6.
-
-**Answer** (kind 0x03, under the per-session answer key): not signed, only sealed::
-
-    value = 0x01 (version) || 0x03 (kind) || nonce (12 B) || AES-256-GCM(answer key, params, aad)
-    aad   = 0x01 || 0x03 || session id (16 B) || dialer fingerprint (64 B)
-            || callee fingerprint (64 B)
-
-with ``answer key = HKDF-SHA256(shared, salt=SHA-256(offer's signed bytes),
-info=b"tierlink/answer-key")``, the signed bytes being the offer value without its signature.
-
-Why the unsigned answer is authenticated (implicit authentication, as in KEMTLS): the callee's
-record is signed by its ML-DSA identity, so its KEM public key is the callee's; only the holder
-of the matching private key (and the dialer, who made ``shared``) can derive the answer key.
-An answer whose GCM tag verifies therefore comes from the callee, and the salt and the
-associated data bind it to this one offer, session and pair of fingerprints: it cannot be
-replayed into another dial or moved between peers. The dialer keeps the key in an
-:class:`OfferSecret` only while it waits for that answer. A DHT observer sees who dials whom
-(the offer is signed) but no address; the answer names no one and carries no signature, so
-nothing in it shows or proves who answered (only that some value appeared under the key).
-
-Parameters (canonical CBOR, inside both ciphertexts): ``{1: ICE ufrag, 2: ICE pwd,
-3: [candidates], 4: certificate SHA-256 or null, 6: purpose, 7: [max_message_size, window],
-8: [QUIC datagrams]}``;
-the purpose is ``app`` (the connection goes to the application) or ``messages`` (the node's
-own tiered message link); key 7, optional, gives the limits of the sender's secure channel (its
-HELLO must repeat them), so the peer can send as soon as the QUIC handshake completes.
-Key 8, optional, is the sender's first QUIC flight, carried ahead of the path (at most 4
-datagrams of at most 1,500 bytes): in an offer the dialer's Initial with its ClientHello,
-in the answer the callee's reply to it (ServerHello to Finished). The dialer processes that
-reply while its ICE checks run and sends its Finished, with its first message, as soon as
-the pair works: the QUIC handshake costs no round trip on the path. A side that cannot use
-a flight ignores it and the handshake runs on the path as usual.
+The dialer puts a signed offer (kind 0x02) under the callee's offers key, its session
+description encrypted to the callee's ML-KEM-1024 key; the callee puts a sealed answer
+(kind 0x03, no signature) under the per-session answer key, encrypted under a key derived
+from the offer's KEM secret. Only the callee can derive that key, so an answer whose tag
+verifies is the callee's and bound to this one offer (implicit authentication, as in
+KEMTLS); a DHT observer sees who dials whom, but no address and nothing about who answered.
+Byte layouts, key derivations and limits: docs/PROTOCOL.md, sections "Offer", "Answer" and
+"Session description".
 """
 
 from __future__ import annotations
@@ -59,17 +24,23 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from tierlink.errors import RecordError
-from tierlink.identity import KEM_CIPHERTEXT_SIZE, SIGNATURE_SIZE, Identity, kem_encapsulate
+from tierlink.identity import (
+    FINGERPRINT_HEX_LEN,
+    KEM_CIPHERTEXT_SIZE,
+    SIGNATURE_SIZE,
+    Identity,
+    kem_encapsulate,
+)
+from tierlink.wire.decoding import Fields, check_bytes, check_uint, decode, malformed
 from tierlink.wire.records import (
     KIND_ANSWER,
     KIND_OFFER,
-    MAX_VALUE_SIZE,
     WIRE_VERSION,
     CandidateInfo,
+    check_head,
     check_signer,
     decode_candidate,
     encode_candidate,
-    field_of,
     now_ms,
     open_value,
     seal,
@@ -174,45 +145,29 @@ def _encode_params(params: SessionDescription) -> bytes:
 
 
 def _decode_params(plain: bytes) -> SessionDescription:
-    try:
-        inner = cbor2.loads(plain)
-    except Exception:  # cbor2 raises many types on garbage
-        raise RecordError("malformed", "decrypted payload is not CBOR") from None
-    if not isinstance(inner, dict):
-        raise RecordError("malformed", "decrypted payload is not a map")
-    ufrag = field_of(inner, 1, str, "ufrag")
-    pwd = field_of(inner, 2, str, "pwd")
-    cands = tuple(decode_candidate(c) for c in field_of(inner, 3, list, "candidates"))
-    cert = inner.get(4)
-    if cert is not None and (not isinstance(cert, bytes) or len(cert) != 32):
-        raise RecordError("malformed", "certificate fingerprint must be 32 bytes")
-    purpose = inner.get(6, "app")
+    inner = Fields(decode(plain), "session description", (1, 2, 3, 4, 6, 7, 8))
+    ufrag = inner.text(1, "ufrag")
+    pwd = inner.text(2, "pwd")
+    cands = tuple(decode_candidate(c) for c in inner.array(3, "candidates"))
+    cert = inner.opt_bstr(4, "cert_sha256", size=32)
+    purpose = inner.opt_text(6, "purpose", "app")
     if purpose not in PURPOSES:
-        raise RecordError("malformed", f"unknown purpose {purpose!r}")
-    limits = inner.get(7)
+        raise malformed(f"unknown purpose {purpose!r}")
+    limits = inner.opt_array(7, "channel_limits", max_items=2)
+    channel_limits = None
     if limits is not None:
-        if (
-            not isinstance(limits, list)
-            or len(limits) != 2
-            or not all(type(x) is int and 0 <= x < 2**62 for x in limits)
-            or limits[1] < 1
-        ):
-            raise RecordError("malformed", "channel limits must be [max_message_size, window]")
-        limits = (limits[0], limits[1])
-    early = inner.get(8, [])
-    if (
-        not isinstance(early, list)
-        or len(early) > MAX_EARLY_DATAGRAMS
-        or not all(
-            isinstance(d, bytes) and 0 < len(d) <= MAX_EARLY_DATAGRAM_SIZE for d in early
+        if len(limits) != 2:
+            raise malformed("channel limits must be [max_message_size, window]")
+        channel_limits = (
+            check_uint(limits[0], "max_message_size", maximum=2**62 - 1),
+            check_uint(limits[1], "window", minimum=1, maximum=2**62 - 1),
         )
-    ):
-        raise RecordError(
-            "malformed",
-            f"early QUIC flight must be at most {MAX_EARLY_DATAGRAMS} datagrams of "
-            f"1 to {MAX_EARLY_DATAGRAM_SIZE} bytes",
-        )
-    return SessionDescription(ufrag, pwd, cands, cert, purpose, limits, tuple(early))
+    early = inner.opt_array(8, "quic_flight", max_items=MAX_EARLY_DATAGRAMS) or []
+    flight = tuple(
+        check_bytes(d, "early QUIC datagram", min_size=1, max_size=MAX_EARLY_DATAGRAM_SIZE)
+        for d in early
+    )
+    return SessionDescription(ufrag, pwd, cands, cert, purpose, channel_limits, flight)
 
 
 # -- offers ----------------------------------------------------------------------------------
@@ -249,33 +204,30 @@ def encode_offer(
 def decode_offer(value: bytes, me: Identity, *, now: int | None = None) -> Offer:
     """Verify (structure, signature, fingerprint binding, recipient, expiry) then decrypt."""
     opened = open_value(value, KIND_OFFER)
-    body = opened.body
+    body = Fields(opened.body, "offer", range(1, 10))
     signer = check_signer(body, opened)
-    recipient = field_of(body, 3, bytes, "recipient").hex()
+    recipient = body.bstr(3, "recipient", size=FINGERPRINT_HEX_LEN // 2).hex()
     if recipient != me.fingerprint:
         raise RecordError("recipient", "value is addressed to another fingerprint")
-    session_id = field_of(body, 4, bytes, "session_id")
-    created = field_of(body, 5, int, "created_at_ms")
-    expires = field_of(body, 6, int, "expires_at_ms")
-    if len(session_id) != SESSION_ID_SIZE:
-        raise RecordError("malformed", "session id has the wrong length")
+    session_id = body.bstr(4, "session_id", size=SESSION_ID_SIZE)
+    created = body.uint(5, "created_at_ms")
+    expires = body.uint(6, "expires_at_ms")
     t = now_ms() if now is None else now
     if expires <= t:
         raise RecordError("expired", "offer expired")
-    kem_ct = field_of(body, 7, bytes, "kem_ciphertext")
-    nonce = field_of(body, 8, bytes, "nonce")
-    if len(kem_ct) != KEM_CIPHERTEXT_SIZE or len(nonce) != NONCE_SIZE:
-        raise RecordError("malformed", "KEM ciphertext or nonce has the wrong length")
-    header = {k: body[k] for k in range(1, 7)}
+    kem_ct = body.bstr(7, "kem_ciphertext", size=KEM_CIPHERTEXT_SIZE)
+    nonce = body.bstr(8, "nonce", size=NONCE_SIZE)
+    ct = body.bstr(9, "ciphertext", min_size=_TAG_SIZE)
+    header = {k: body.map[k] for k in range(1, 7)}
     try:
         shared = me.kem_decapsulate(kem_ct)
         plain = AESGCM(_offer_key(shared, kem_ct)).decrypt(
-            nonce, field_of(body, 9, bytes, "ciphertext"), cbor2.dumps(header, canonical=True)
+            nonce, ct, cbor2.dumps(header, canonical=True)
         )
     except (InvalidTag, ValueError):
         raise RecordError("decrypt", "ciphertext does not decrypt with our key") from None
     return Offer(
-        signer, field_of(body, 2, bytes, "public_key"), recipient, session_id, created,
+        signer, body.map[2], recipient, session_id, created,
         expires, _decode_params(plain), _secret(shared, value, session_id, signer, recipient),
     )
 
@@ -294,18 +246,9 @@ def decode_answer(value: bytes, secret: OfferSecret) -> SessionDescription:
     A tag that verifies proves the callee (the holder of the KEM private key) sealed it for
     this session; anything else (another session, another key, tampering) is ``decrypt``.
     """
-    if not isinstance(value, bytes | bytearray):
-        raise RecordError("malformed", "value is not bytes")
-    if len(value) > MAX_VALUE_SIZE:
-        raise RecordError("oversize", f"value of {len(value)} bytes exceeds {MAX_VALUE_SIZE}")
-    if len(value) < len(_ANSWER_PREFIX) + NONCE_SIZE + _TAG_SIZE:
-        raise RecordError("malformed", f"answer of {len(value)} bytes is too short")
-    if value[0] != WIRE_VERSION:
-        raise RecordError("version", f"wire version {value[0]} is not {WIRE_VERSION}")
-    if value[1] != KIND_ANSWER:
-        raise RecordError("kind", f"value kind {value[1]:#04x} is not {KIND_ANSWER:#04x}")
+    value = check_head(value, KIND_ANSWER, len(_ANSWER_PREFIX) + NONCE_SIZE + _TAG_SIZE)
     start = len(_ANSWER_PREFIX)
-    nonce, ct = bytes(value[start:start + NONCE_SIZE]), bytes(value[start + NONCE_SIZE:])
+    nonce, ct = value[start:start + NONCE_SIZE], value[start + NONCE_SIZE:]
     try:
         plain = AESGCM(secret.key).decrypt(nonce, ct, secret.aad())
     except InvalidTag:
