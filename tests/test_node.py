@@ -1,4 +1,4 @@
-"""Dialing by fingerprint, end to end: the seed's manual test plan, automated."""
+"""Dialing by fingerprint, end to end, on loopback with real dhtnode processes."""
 
 from __future__ import annotations
 

@@ -21,10 +21,10 @@ class NodeConfig:
 
     ``dht_proxy``: URL of an existing OpenDHT REST proxy; None starts an embedded ``dhtnode``
     child (joined to ``bootstrap``). ``mode``: ``private`` (default) publishes no candidates,
-    addresses travel only inside encrypted answers; ``public`` lists them in the record (the
-    seed's behaviour). ``allow``: fingerprints this node answers; None answers anyone.
+    addresses travel only inside encrypted answers; ``public`` lists them in the record.
+    ``allow``: fingerprints this node answers; None answers anyone.
     ``secure``: carry the pinned QUIC channel (reliable, encrypted); False carries raw ICE
-    datagrams (the seed's transport). ``liveness_timeout``: a dead peer is detected within it.
+    datagrams. ``liveness_timeout``: a dead peer is detected within it.
     ``data_dir``: the durable outbox (default: the user's data dir, per identity);
     ``send_budget``: how long :meth:`Node.send` tries a live path before the offline tier.
     ``address_check_interval``: how often a public node checks whether its addresses changed.

@@ -104,19 +104,10 @@ class Dialer:
         """
         loop = asyncio.get_running_loop()
         started = loop.time()
-        gathered, found = await asyncio.gather(
-            ice.gather_candidates(), self.presence.record_for(fingerprint),
-            return_exceptions=True,
-        )
-        for outcome in (gathered, found):
-            if isinstance(outcome, BaseException):
-                raise outcome
-        assert not isinstance(found, BaseException)
-        if not found.kem_public_key:
-            raise PeerNotFound(f"record of {fingerprint[:16]}… carries no KEM key")
+        kem_public_key = await self._gather_and_find(ice, fingerprint)
         draft = self._take_prepared() if self.config.secure else None
         offer, secret = encode_offer(
-            self.identity, fingerprint, found.kem_public_key, session,
+            self.identity, fingerprint, kem_public_key, session,
             self.endpoint.describe(ice, purpose, draft.first_flight() if draft else ()),
             lifetime_s=max(timeout, 5.0) + OFFER_GRACE_S,
         )
@@ -146,6 +137,23 @@ class Dialer:
             await listener.aclose()
             raise
         return answer, draft
+
+    async def _gather_and_find(self, ice: IceConnection, fingerprint: str) -> bytes:
+        """Gather candidates while the callee's record is found; returns its KEM key.
+
+        Both run to the end even if one fails (no half-gathered agent is left behind).
+        """
+        gathered, found = await asyncio.gather(
+            ice.gather_candidates(), self.presence.record_for(fingerprint),
+            return_exceptions=True,
+        )
+        if isinstance(gathered, BaseException):
+            raise gathered
+        if isinstance(found, BaseException):
+            raise found
+        if not found.kem_public_key:
+            raise PeerNotFound(f"record of {fingerprint[:16]}… carries no KEM key")
+        return found.kem_public_key
 
     async def _answer_while_putting(
         self, put: asyncio.Task[None], listener: DhtListener, secret: OfferSecret,
