@@ -51,4 +51,7 @@ async def released(
         now = resources()
         return now if all(now[k] <= baseline[k] for k in keys) else None
 
-    return await eventually(back, timeout, f"{', '.join(keys)} back to {baseline}")
+    try:
+        return await eventually(back, timeout, f"{', '.join(keys)} back to {baseline}")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; still {resources()}") from None
