@@ -11,6 +11,7 @@ from typing import Any
 
 import psutil
 
+from tests.waiting import DEFAULT_TIMEOUT, eventually
 from tierlink.dht import DhtNodeProcess
 from tierlink.identity import Identity
 from tierlink.node import NodeConfig
@@ -39,12 +40,18 @@ def resources() -> dict[str, int]:
     }
 
 
-async def settle(baseline: dict[str, int], tries: int = 50) -> dict[str, int]:
-    """Wait (bounded) for background clean-up, then return the resource counts."""
-    now = resources()
-    for _ in range(tries):
-        if all(now[k] <= baseline[k] for k in baseline):
-            break
-        await asyncio.sleep(0.05)
+async def released(
+    baseline: dict[str, int], *kinds: str, timeout: float = DEFAULT_TIMEOUT
+) -> dict[str, int]:
+    """Wait until background clean-up brought the counts of ``kinds`` (default: all) back to
+    ``baseline`` or below, and return the counts; fails (AssertionError) on timeout."""
+    keys = kinds or tuple(baseline)
+
+    def back() -> dict[str, int] | None:
         now = resources()
-    return now
+        return now if all(now[k] <= baseline[k] for k in keys) else None
+
+    try:
+        return await eventually(back, timeout, f"{', '.join(keys)} back to {baseline}")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; still {resources()}") from None

@@ -1,4 +1,4 @@
-"""Dialing by fingerprint, end to end: the seed's manual test plan, automated."""
+"""Dialing by fingerprint, end to end, on loopback with real dhtnode processes."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import time
 
 import pytest
 
-from tests.nodes import config_for, resources, settle
+from tests.nodes import config_for, released, resources
+from tests.waiting import eventually
 from tierlink.blocking import BlockingNode
 from tierlink.errors import (
     ConnectionClosed,
@@ -24,7 +25,6 @@ from tierlink.errors import (
 )
 from tierlink.identity import SIGNATURE_SIZE, Identity
 from tierlink.node import Node
-from tierlink.node import node as node_module
 from tierlink.wire.dhtkeys import answer_key, ice_candidates_key, offers_key
 from tierlink.wire.signaling import (
     OfferSecret,
@@ -50,11 +50,10 @@ async def dial(a: Node, b: Node):
     return ca, cb
 
 
-async def wait_until(cond, timeout: float = 5.0) -> None:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while not cond() and loop.time() < end:
-        await asyncio.sleep(0.01)
+async def turns(n: int = 5) -> None:
+    """Let just-started tasks run up to their first wait (no time passes)."""
+    for _ in range(n):
+        await asyncio.sleep(0)
 
 
 @pytest.mark.parametrize("secure", [True, False], ids=["secure", "raw"])
@@ -95,8 +94,7 @@ async def test_burst_of_20_keeps_newest_16_and_counts_4_dropped(dht_cluster, sec
         ca, cb = await dial(a, b)
         for i in range(20):
             ca.send_datagram(f"m{i}".encode())
-        await wait_until(lambda: cb.received == 20)
-        assert cb.received == 20
+        await eventually(lambda: cb.received == 20, what="20 datagrams received")
         assert cb.dropped == 4
         got = [await cb.recv_datagram(0) for _ in range(16)]
         assert got == [f"m{i}".encode() for i in range(4, 20)]
@@ -107,20 +105,16 @@ async def test_recv_timeouts_and_close_wakes_waiters(dht_cluster) -> None:
     a, b = await pair(dht_cluster)
     async with a, b:
         ca, cb = await dial(a, b)
-        t = time.perf_counter()
         assert await cb.recv(0) is None
-        assert time.perf_counter() - t < 0.05
-        t = time.perf_counter()
-        assert await cb.recv(1.0) is None
-        waited = time.perf_counter() - t
-        assert 0.95 <= waited < 3.0, waited
+        assert await cb.recv(0.2) is None
         forever = asyncio.create_task(cb.recv(None))
-        await asyncio.sleep(0.2)
-        assert not forever.done()
+        await turns()
+        assert not forever.done()  # nothing was sent: it waits
         await ca.send(b"late")
         assert await asyncio.wait_for(forever, 5) == b"late"
         waiters = [asyncio.create_task(cb.recv(None)) for _ in range(5)]
-        await asyncio.sleep(0.1)
+        await turns()
+        assert not any(w.done() for w in waiters)
         await cb.close()
         for w in waiters:
             with pytest.raises(ConnectionClosed):
@@ -192,7 +186,7 @@ async def test_unknown_fingerprint_is_peer_not_found(dht_cluster) -> None:
             await a.connect(Identity.generate().fingerprint)
         with pytest.raises(ValueError, match="128"):
             await a.connect("abc")
-        assert (await settle(base))["fds"] <= base["fds"]
+        await released(base, "fds")
 
 
 async def test_tampered_expired_and_replayed_offers_are_ignored(dht_cluster) -> None:
@@ -218,25 +212,25 @@ async def test_tampered_expired_and_replayed_offers_are_ignored(dht_cluster) -> 
         def seen() -> dict[str, int]:
             return {k: v for k, v in b.offer_rejections.items() if k != "replay"}
 
-        await wait_until(lambda: seen() == expect and b.offers_answered == 1)
-        assert seen() == expect
+        await eventually(lambda: seen() == expect and b.offers_answered == 1,
+                         what=f"rejections {expect} and one answer")
         # The second put of the same bytes is rejected as a replay when the DHT hands it
         # over again (it may also de-duplicate it); either way no second answer goes out.
         assert b.offer_rejections.get("replay", 0) <= 1
         with pytest.raises(RecordError) as exc:
-            b._check_offer(good)
+            b.answerer.check_offer(good)
         assert exc.value.reason == "replay"
         # The one valid offer was answered (its ICE then fails: nobody runs the dialer side).
         assert b.offers_answered == 1
 
 
-async def test_answers_not_sealed_by_the_callee_are_ignored(dht_cluster, monkeypatch) -> None:
+async def test_answers_not_sealed_by_the_callee_are_ignored(dht_cluster) -> None:
     """Values under the dial's answer key that do not open with the offer's secret are
     skipped (had one been taken, its bogus ICE parameters would fail the dial)."""
-    a, b = await pair(dht_cluster)
     session = new_session_id()
-    monkeypatch.setattr(node_module, "new_session_id", lambda: session)
-    async with a, b:
+    a = Node(config_for(dht_cluster[0]), session_ids=lambda: session)
+    b = Node(config_for(dht_cluster[1]))
+    async with b, a:
         assert a.dht is not None
         bogus = SessionDescription("bogus", "b" * 22, ())
         forged = [
@@ -262,10 +256,10 @@ async def test_dialer_outside_allow_list_gets_no_answer(dht_cluster) -> None:
         for _ in range(3):
             with pytest.raises(DialTimeout, match="did not answer"):
                 await a.connect(b.fingerprint, timeout=1.0)
-        await wait_until(lambda: b.offer_rejections["not-allowed"] == 4)
-        assert b.offer_rejections["not-allowed"] == 4 and b.offers_answered == 0
-        now = await settle(base)
-        assert now["fds"] <= base["fds"] and now["tasks"] <= base["tasks"]
+        await eventually(lambda: b.offer_rejections["not-allowed"] == 4,
+                         what="four offers refused")
+        assert b.offers_answered == 0
+        await released(base, "fds", "tasks")
         # The friend gets through.
         async with Node(config_for(dht_cluster[2], identity=friend)) as f:
             c = await f.connect(b.fingerprint)
@@ -273,19 +267,19 @@ async def test_dialer_outside_allow_list_gets_no_answer(dht_cluster) -> None:
 
 
 async def test_wrong_ice_password_fails_checks(dht_cluster, monkeypatch) -> None:
-    import tierlink.node.node as node_mod
+    import tierlink.node.dial as dial_mod
 
     a, b = await pair(dht_cluster)
     a.config.ice_timeout = 3.0
     b.config.ice_timeout = 3.0
-    real = node_mod.set_remote
+    real = dial_mod.set_remote
 
     async def wrong_pwd(ice, ufrag, pwd, candidates):
         if ice.ice_controlling:
             pwd = "x" * len(pwd)
         await real(ice, ufrag, pwd, candidates)
 
-    monkeypatch.setattr(node_mod, "set_remote", wrong_pwd)
+    monkeypatch.setattr(dial_mod, "set_remote", wrong_pwd)
     async with a, b:
         with pytest.raises(IceFailed, match="no working path"):
             await a.connect(b.fingerprint)
@@ -295,8 +289,7 @@ async def test_wrong_ice_password_fails_checks(dht_cluster, monkeypatch) -> None
             with pytest.raises(IceFailed, match="no working path"):
                 await a.connect(b.fingerprint)
         assert await b.accept(timeout=4) is None
-        now = await settle(base, tries=100)
-        assert now["fds"] <= base["fds"], (base, now)
+        await released(base, "fds")
 
 
 async def test_private_mode_leaks_no_address_to_dht_observers(dht_cluster) -> None:
@@ -312,12 +305,8 @@ async def test_private_mode_leaks_no_address_to_dht_observers(dht_cluster) -> No
                     offers_key(b.fingerprint), answer_key(a.fingerprint, ca.session_id)]
             values = []
             for key in keys:
-                for _ in range(50):
-                    got = await spy.get(key)
-                    if got:
-                        break
-                    await asyncio.sleep(0.1)
-                values += got
+                values += await eventually(lambda key=key: spy.get(key), 10, f"a value at {key}",
+                                           interval=0.1)
         assert len(values) >= 4
         addr_text, addr_bin = b"127.0.0.1", socket.inet_aton("127.0.0.1")
         for v in values:
@@ -339,9 +328,11 @@ async def test_node_republishes_with_higher_sequence(dht_cluster) -> None:
         Node(config_for(dht_cluster[1])) as q,
     ):
         first = await q.lookup(p.fingerprint)
-        await asyncio.sleep(1.6)
-        second = await q.lookup(p.fingerprint)
-    assert second.seq > first.seq
+
+        async def newer() -> bool:
+            return (await q.lookup(p.fingerprint)).seq > first.seq
+
+        await eventually(newer, what="a re-published record", interval=0.1)
 
 
 def test_blocking_facade_recv_timeout_contract(dht_cluster_sync) -> None:
@@ -350,12 +341,8 @@ def test_blocking_facade_recv_timeout_contract(dht_cluster_sync) -> None:
         ca = a.connect(b.fingerprint)
         cb = b.accept(timeout=10)
         assert cb is not None
-        t = time.perf_counter()
         assert cb.recv_timeout(0) is None
-        assert time.perf_counter() - t < 0.05
-        t = time.perf_counter()
-        assert cb.recv_timeout(300) is None
-        assert time.perf_counter() - t >= 0.29
+        assert cb.recv_timeout(200) is None
         ca.send(b"hi")
         assert cb.recv_timeout(-1) == b"hi"
         with pytest.raises(ValueError):
@@ -373,7 +360,7 @@ def test_blocking_facade_recv_timeout_contract(dht_cluster_sync) -> None:
         threads = [threading.Thread(target=waiter) for _ in range(4)]
         for th in threads:
             th.start()
-        time.sleep(0.2)
+        time.sleep(0.2)  # lets the threads block first (if one has not, it sees "closed" too)
         closer = threading.Thread(target=cb.close)
         closer.start()
         for th in [*threads, closer]:
@@ -395,7 +382,7 @@ def test_blocking_node_close_wakes_blocked_receiver(dht_cluster_sync) -> None:
         result: list[object] = []
         th = threading.Thread(target=lambda: result.append(_recv_or_closed(cb)))
         th.start()
-        time.sleep(0.2)
+        time.sleep(0.2)  # lets the threads block first (if one has not, it sees "closed" too)
         b.close()  # shutdown of the whole node during a blocking recv_timeout(-1)
         th.join(5)
         assert not th.is_alive() and result == ["closed"]
@@ -419,7 +406,7 @@ def test_rss_is_measurable() -> None:
 async def test_tampered_certificate_fingerprint_fails_handshake(dht_cluster, monkeypatch) -> None:
     a, b = await pair(dht_cluster)
     a.config.handshake_timeout = b.config.handshake_timeout = 3.0
-    real = a._params
+    real = a.endpoint.describe
 
     def forged(ice, purpose="app", quic_flight=()):
         p = real(ice, purpose, quic_flight)
@@ -427,7 +414,7 @@ async def test_tampered_certificate_fingerprint_fails_handshake(dht_cluster, mon
             p.ufrag, p.pwd, p.candidates, bytes(32), p.purpose, quic_flight=p.quic_flight
         )
 
-    monkeypatch.setattr(a, "_params", forged)
+    monkeypatch.setattr(a.endpoint, "describe", forged)
     async with a, b:
         # As in TLS 1.3, the dialer's handshake completes once it has verified the callee;
         # the callee's verdict on the dialer's certificate arrives a round trip later. So
@@ -443,7 +430,7 @@ async def test_tampered_certificate_fingerprint_fails_handshake(dht_cluster, mon
             await conn.close()
         assert await b.accept(timeout=4) is None
         assert not b.connections
-        await wait_until(lambda: not a.connections)
+        await eventually(lambda: not a.connections, what="the rejected connection closed")
 
 
 async def test_secure_and_raw_peers_refuse_each_other(dht_cluster) -> None:
@@ -467,24 +454,22 @@ def test_blocking_datagrams(dht_cluster_sync) -> None:
         assert cb.recv_datagram_timeout(0) is None
 
 
-async def test_public_node_republishes_when_its_addresses_change(dht_cluster, monkeypatch) -> None:
-    import tierlink.node.node as node_mod
-
-    monkeypatch.setattr(node_mod, "ADDRESS_CHECK_S", 0.2)
+async def test_public_node_republishes_when_its_addresses_change(dht_cluster) -> None:
     async with (
-        Node(config_for(dht_cluster[0], mode="public")) as p,
+        Node(config_for(dht_cluster[0], mode="public", address_check_interval=0.2)) as p,
         Node(config_for(dht_cluster[1])) as q,
     ):
         assert [c.host for c in (await q.lookup(p.fingerprint)).candidates] == ["127.0.0.1"]
         p.config.host_addresses = ["127.0.0.1", "127.0.0.2"]
         p.ice_settings = p.config.ice_settings()
-        hosts: list[str] = []
-        for _ in range(50):
-            hosts = sorted(c.host for c in (await q.lookup(p.fingerprint)).candidates)
-            if len(hosts) == 2:
-                break
-            await asyncio.sleep(0.1)
-        assert hosts == ["127.0.0.1", "127.0.0.2"]
+
+        async def hosts() -> list[str]:
+            return sorted(c.host for c in (await q.lookup(p.fingerprint)).candidates)
+
+        async def both() -> bool:
+            return await hosts() == ["127.0.0.1", "127.0.0.2"]
+
+        await eventually(both, 10, "the record listing both addresses", interval=0.1)
 
 
 async def test_port_range_is_used_for_connections(dht_cluster) -> None:

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.waiting import eventually
 from tierlink.dht import DhtClient, DhtNodeProcess
 from tierlink.errors import PeerNotFound
 from tierlink.identity import Identity
@@ -61,13 +61,8 @@ async def peers(
             p.log.close()
 
 
-async def eventually(check: Callable[[], Awaitable[bool]], tries: int = 100) -> bool:
-    """Poll ``check`` (bounded: the DHT propagates asynchronously)."""
-    for _ in range(tries):
-        if await check():
-            return True
-        await asyncio.sleep(0.1)
-    return False
+#: Polling the DHT through a proxy: not more often than this (seconds).
+DHT_POLL_S = 0.1
 
 
 async def reput_then_fetch(sender: Peer, receiver: Peer, mid: bytes) -> None:
@@ -77,13 +72,13 @@ async def reput_then_fetch(sender: Peer, receiver: Peer, mid: bytes) -> None:
         await sender.tier.reput_due()
         return sender.outbox.get(mid).state == QUEUED_DHT  # type: ignore[union-attr]
 
-    assert await eventually(queued)
+    await eventually(queued, 10, interval=DHT_POLL_S)
 
     async def fetched() -> bool:
         await receiver.tier.fetch_and_deliver(receiver.deliver)
         return bool(receiver.got)
 
-    assert await eventually(fetched)
+    await eventually(fetched, 10, interval=DHT_POLL_S)
 
 
 async def test_send_fetch_ack_round_trip(peers: tuple[Peer, Peer]) -> None:
@@ -97,7 +92,7 @@ async def test_send_fetch_ack_round_trip(peers: tuple[Peer, Peer]) -> None:
         await bob.tier.fetch_and_deliver(bob.deliver)
         return bool(bob.got)
 
-    assert await eventually(fetched)
+    await eventually(fetched, 10, interval=DHT_POLL_S)
     assert [(e.payload, e.message_id, e.sender_fingerprint) for e in bob.got] == [
         (b"while you were out", mid, alice.ident.fingerprint)
     ]
@@ -106,7 +101,7 @@ async def test_send_fetch_ack_round_trip(peers: tuple[Peer, Peer]) -> None:
     async def acked() -> bool:
         return await alice.tier.check_acks() > 0
 
-    assert await eventually(acked)
+    await eventually(acked, 10, interval=DHT_POLL_S)
     entry = alice.outbox.get(mid)
     assert entry is not None and (entry.state, entry.tier) == (DELIVERED, "offline")
 
@@ -146,7 +141,7 @@ async def test_reput_reuses_the_same_signed_value(peers: tuple[Peer, Peer]) -> N
     async def stored() -> bool:
         return first.envelope in await bob.dht.get(offline_queue_key(bob.ident.fingerprint))
 
-    assert await eventually(stored)
+    await eventually(stored, 10, interval=DHT_POLL_S)
     values = await bob.dht.get(offline_queue_key(bob.ident.fingerprint))
     assert set(values) == {first.envelope}
 
@@ -183,8 +178,7 @@ async def test_background_listen_delivers_and_marks_delivered(
 ) -> None:
     alice, bob = peers
     bob.tier.start(bob.deliver)
-    alice.tier.start(alice.deliver)
-    await asyncio.sleep(0.3)  # let the listens register (not a timing assertion)
+    alice.tier.start(alice.deliver)  # a listen hands over values already stored, too
     mids = [
         await alice.tier.send(bob.ident.fingerprint, b"live %d" % i,
                               recipient_kem_pk=bob.ident.kem_public_key)
@@ -194,7 +188,7 @@ async def test_background_listen_delivers_and_marks_delivered(
     async def all_delivered() -> bool:
         return all(alice.outbox.get(m).state == DELIVERED for m in mids)  # type: ignore[union-attr]
 
-    assert await eventually(all_delivered, tries=150)
+    await eventually(all_delivered, 15.0, interval=DHT_POLL_S)
     assert sorted(e.payload for e in bob.got) == [b"live 0", b"live 1", b"live 2"]
     assert bob.tier.errors == 0 and alice.tier.errors == 0
 
@@ -211,7 +205,7 @@ async def test_failing_callback_is_retried_not_lost(peers: tuple[Peer, Peer]) ->
         res = await bob.tier.fetch_and_deliver(broken)
         return res.rejected["callback_error"] > 0
 
-    assert await eventually(tried)
+    await eventually(tried, 10, interval=DHT_POLL_S)
     assert not bob.log.seen(alice.ident.fingerprint, mid)
     res = await bob.tier.fetch_and_deliver(bob.deliver)
     assert [e.payload for e in bob.got] == [b"retry me"] and len(res.accepted) == 1
@@ -238,7 +232,7 @@ async def test_capped_burst_is_deferred_not_lost(
             return all(alice.outbox.get(m).state == DELIVERED  # type: ignore[union-attr]
                        for m in mids)
 
-        assert await eventually(all_delivered, tries=200)
+        await eventually(all_delivered, 20.0, interval=DHT_POLL_S)
         assert sorted(e.payload for e in bob.got) == [b"burst 0", b"burst 1", b"burst 2"]
         assert bob.tier.errors == 0 and alice.tier.errors == 0
         print("bob's rejections:", dict(bob.tier.inbox.rejected))
@@ -262,7 +256,7 @@ async def test_ack_from_a_stranger_does_not_mark_delivered(peers: tuple[Peer, Pe
     async def arrived() -> bool:
         return len(await alice.dht.get(key)) == 2
 
-    assert await eventually(arrived)
+    await eventually(arrived, 10, interval=DHT_POLL_S)
     assert await alice.tier.check_acks() == 0
     assert alice.outbox.get(mid).state == QUEUED_DHT  # type: ignore[union-attr]
     await bob.dht.put(key, create_ack(bob.ident, alice.ident.fingerprint, [mid]))
@@ -270,5 +264,5 @@ async def test_ack_from_a_stranger_does_not_mark_delivered(peers: tuple[Peer, Pe
     async def acked() -> bool:
         return await alice.tier.check_acks() == 1
 
-    assert await eventually(acked)
+    await eventually(acked, 10, interval=DHT_POLL_S)
     assert alice.outbox.get(mid).state == DELIVERED  # type: ignore[union-attr]

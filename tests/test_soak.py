@@ -6,14 +6,16 @@ import os
 import time
 
 import psutil
+import pytest
 
-from tests.nodes import config_for, resources, settle
+from tests.nodes import config_for, released, resources
 from tierlink.node import Node
 
 CYCLES = int(os.environ.get("TIERLINK_SOAK_CYCLES", "1000"))
 WARMUP = 20
 
 
+@pytest.mark.slow
 async def test_connect_close_cycles_release_everything(dht_cluster) -> None:
     proc = psutil.Process()
     async with Node(config_for(dht_cluster[0])) as a, Node(config_for(dht_cluster[1])) as b:
@@ -29,13 +31,13 @@ async def test_connect_close_cycles_release_everything(dht_cluster) -> None:
 
         for i in range(WARMUP):
             await cycle(i)
-        base = await settle(resources())
+        base = resources()
         rss0 = proc.memory_info().rss
         t0 = time.perf_counter()
         for i in range(CYCLES):
             await cycle(i)
         wall = time.perf_counter() - t0
-        now = await settle(base, tries=200)
+        now = await released(base)
         rss1 = proc.memory_info().rss
         growth_mb = (rss1 - rss0) / 2**20
         print(
@@ -44,8 +46,5 @@ async def test_connect_close_cycles_release_everything(dht_cluster) -> None:
             f"tasks {base['tasks']}->{now['tasks']}, RSS {rss0 / 2**20:.1f}->"
             f"{rss1 / 2**20:.1f} MiB (+{growth_mb:.1f})"
         )
-        assert now["fds"] <= base["fds"], (base, now)
-        assert now["threads"] <= base["threads"], (base, now)
-        assert now["tasks"] <= base["tasks"], (base, now)
         assert not a.connections and not b.connections
         assert growth_mb < 64, f"RSS grew by {growth_mb:.1f} MiB over {CYCLES} cycles"

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.nodes import config_for
+from tests.waiting import eventually
 from tierlink.dht import DhtClient
 from tierlink.identity import Identity
 from tierlink.node import Node
@@ -26,11 +27,11 @@ async def collect(node: Node, into: list[Message]) -> None:
         into.append(msg)
 
 
-async def wait_for_count(items: list, n: int, timeout: float = 20.0) -> None:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while len(items) < n and loop.time() < end:
-        await asyncio.sleep(0.02)
+def queued_in_dht(node: Node, mids: list[bytes]) -> bool:
+    """Whether every message in ``mids`` went to the DHT's offline queue."""
+    assert node.messenger is not None
+    return all(node.messenger.outbox.get(m).state == "queued_dht"  # type: ignore[union-attr]
+               for m in mids)
 
 
 async def test_live_delivery_reports_direct_tier(dht_cluster) -> None:
@@ -70,28 +71,16 @@ async def test_recipient_offline_then_online_receives_once(dht_cluster) -> None:
         pass  # B was online once: its record (with its KEM key) is in the DHT
     async with Node(config_for(dht_cluster[0], send_budget=2.0)) as a:
         assert a.messenger is not None
-        dials = []
-        real_connect = a.connect
-
-        async def counting_connect(*args, **kw):
-            dials.append(args[0])
-            return await real_connect(*args, **kw)
-
-        a.connect = counting_connect  # type: ignore[method-assign]
         mids = [await a.send(ib.fingerprint, f"while away {i}".encode()) for i in range(3)]
-        for _ in range(200):
-            if all(a.messenger.outbox.get(m).state == "queued_dht" for m in mids):
-                break
-            await asyncio.sleep(0.05)
-        assert [a.messenger.outbox.get(m).state for m in mids] == ["queued_dht"] * 3
-        assert dials == [ib.fingerprint]  # one failed dial; the next messages skip the wait
+        await eventually(lambda: queued_in_dht(a, mids), what="all three queued in the DHT")
+        # One failed dial; the next messages skip the wait.
+        assert (a.stats()["dials"], a.stats()["dials_failed"]) == (1, 1)
         async with Node(config_for(dht_cluster[2], identity=ib, data_dir=b_dir)) as b:
             got: list[Message] = []
             reader = asyncio.create_task(collect(b, got))
             for mid in mids:
                 d = await a.wait_delivered(mid, 30)
                 assert d is not None and d.tier == "offline"
-            await asyncio.sleep(0.5)
             reader.cancel()
         assert sorted(m.payload for m in got) == [f"while away {i}".encode() for i in range(3)]
         assert all(m.tier == "offline" for m in got)
@@ -145,8 +134,7 @@ async def test_sender_killed_after_send_delivers_on_restart(dht_cluster, tmp_pat
         again = await asyncio.create_subprocess_exec(*argv, stdout=subprocess.PIPE)
         out, _ = await asyncio.wait_for(again.communicate(), 90)
         lines = out.decode().split()
-        await wait_for_count(got, 1)
-        await asyncio.sleep(0.5)
+        await eventually(lambda: got, what="the message at B")
         reader.cancel()
     assert lines[0] == "1" and lines[1] in ("direct", "offline")
     assert [m.payload for m in got] == [b"survive me"] and got[0].message_id.hex() == mid
@@ -173,7 +161,6 @@ async def test_lost_ack_is_resent_but_delivered_once(dht_cluster, monkeypatch) -
         reader = asyncio.create_task(collect(b, got))
         mid = await a.send(b.fingerprint, b"only once please")
         d = await a.wait_delivered(mid, 40)
-        await asyncio.sleep(1.0)
         reader.cancel()
         assert dropped == [mid]
         assert d is not None and d.tier == "offline"  # re-sent through the DHT, re-acked
@@ -194,13 +181,12 @@ async def test_forged_and_misaddressed_envelopes_deliver_nothing(dht_cluster) ->
             for value in (bytes(forged), other, b"\x01\x04garbage"):
                 await dht.put(offline_queue_key(b.fingerprint), value)
             await dht.put(offline_queue_key(b.fingerprint), good)
-        await wait_for_count(got, 1)
-        await asyncio.sleep(0.5)
-        reader.cancel()
-        assert [m.payload for m in got] == [b"hi"] and got[0].sender == alice.fingerprint
         assert b.messenger is not None
         rejected = b.messenger.offline.inbox.rejected
-        assert rejected["signature"] >= 1 and rejected["recipient"] >= 1
+        await eventually(lambda: got and rejected["signature"] and rejected["recipient"],
+                         what="the good envelope delivered, the bad ones rejected")
+        reader.cancel()
+        assert [m.payload for m in got] == [b"hi"] and got[0].sender == alice.fingerprint
 
 
 async def test_dht_observer_cannot_read_payloads(dht_cluster) -> None:
@@ -210,19 +196,12 @@ async def test_dht_observer_cannot_read_payloads(dht_cluster) -> None:
     secret = b"the eagle lands at dawn " + os.urandom(8).hex().encode()
     async with Node(config_for(dht_cluster[0], send_budget=1.0)) as a:
         mid = await a.send(ib.fingerprint, secret)
-        assert a.messenger is not None
-        for _ in range(200):
-            if a.messenger.outbox.get(mid).state == "queued_dht":
-                break
-            await asyncio.sleep(0.05)
+        await eventually(lambda: queued_in_dht(a, [mid]), what="the message queued in the DHT")
         async with DhtClient(dht_cluster[2].proxy_url) as spy:
-            values: list[bytes] = []
-            for _ in range(50):
-                values = await spy.get(offline_queue_key(ib.fingerprint))
-                if values:
-                    break
-                await asyncio.sleep(0.1)
-    assert values, "the envelope should be readable from a third node"
+            values: list[bytes] = await eventually(
+                lambda: spy.get(offline_queue_key(ib.fingerprint)), 10,
+                "the envelope readable from a third node", interval=0.1,
+            )
     assert all(secret not in v and secret[:16] not in v for v in values)
 
 
@@ -239,21 +218,16 @@ async def test_live_path_failing_midstream_falls_back_to_dht(dht_cluster) -> Non
         for i in range(n):
             mids.append(await a.send(b.fingerprint, f"msg {i}".encode()))
             if i == n // 2:
-                await wait_for_count(got, 3)
+                await eventually(lambda: len(got) >= 3, what="three messages at B")
                 b.config.allow = set()  # no new live links to B from now on
-                for _ in range(250):
-                    link = a.messenger._links.get(b.fingerprint)
-                    if link is not None:
-                        break
-                    await asyncio.sleep(0.02)
-                assert link is not None
+                link = await eventually(lambda: a.messenger.link(b.fingerprint),
+                                        what="A's message link to B")
                 await link.close()  # the live path fails underneath
         tiers = []
         for mid in mids:
             d = await a.wait_delivered(mid, 60)
             assert d is not None
             tiers.append(d.tier)
-        await asyncio.sleep(1.0)
         reader.cancel()
         payloads = sorted(m.payload for m in got)
         assert payloads == sorted(f"msg {i}".encode() for i in range(n))  # each exactly once

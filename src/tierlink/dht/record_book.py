@@ -1,16 +1,25 @@
-"""The book of verified peer records: the newest valid record per fingerprint, cached.
+"""The book of verified peer records, and the one way a node looks a peer up.
 
-Shared by every part of a node that looks peers up (dialing, the offline tier), so a record
-verified once is reused and a replayed older record is refused everywhere.
+:class:`RecordBook` keeps the newest valid record per fingerprint; :class:`PeerLookup` reads a
+peer's records from the DHT through it. A node shares one lookup between every part that looks
+peers up (dialing, the offline tier), so a record verified once is reused and a replayed older
+record is refused everywhere.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Protocol
 
-from tierlink.errors import RecordError
+from tierlink.backoff import Backoff
+from tierlink.errors import PeerNotFound, RecordError
+from tierlink.wire.dhtkeys import ice_candidates_key
 from tierlink.wire.records import PeerRecord, now_ms
+
+#: The first wait before asking the DHT again for a record it did not have (seconds).
+LOOKUP_RETRY_S = 0.1
 
 
 @dataclass
@@ -78,3 +87,45 @@ class RecordBook:
             return None
         self._remember(best)
         return best
+
+
+class RecordSource(Protocol):
+    """What a lookup needs from a DHT client (:class:`tierlink.dht.DhtClient`)."""
+
+    async def get(self, key: str) -> list[bytes]: ...
+
+
+class PeerLookup:
+    """Peer records from the DHT, verified through one shared :class:`RecordBook`."""
+
+    def __init__(self, dht: RecordSource, book: RecordBook | None = None) -> None:
+        self.dht = dht
+        self.book = book if book is not None else RecordBook()
+
+    async def lookup(self, fingerprint: str, patience: float = 0.0) -> PeerRecord:
+        """The newest valid record of ``fingerprint``; PeerNotFound otherwise.
+
+        A node that has just joined the DHT may not find values yet: an empty answer is
+        asked again with backoff for up to ``patience`` seconds.
+        """
+        loop = asyncio.get_running_loop()
+        deadline, backoff = loop.time() + patience, Backoff(LOOKUP_RETRY_S)
+        while True:
+            values = await self.dht.get(ice_candidates_key(fingerprint))
+            if values or loop.time() + backoff.peek() > deadline:
+                break
+            await backoff.sleep()
+        record = self.book.newest(values, fingerprint)
+        if record is None:
+            raise PeerNotFound(
+                f"no valid record for {fingerprint[:16]}… in the DHT "
+                f"({len(values)} value(s) found)"
+            )
+        return record
+
+    async def record_for(
+        self, fingerprint: str, max_age_ms: int, patience: float = 0.0
+    ) -> PeerRecord:
+        """A record accepted less than ``max_age_ms`` ago, else a fresh :meth:`lookup`."""
+        cached = self.book.cached(fingerprint, now_ms(), max_age_ms)
+        return cached if cached is not None else await self.lookup(fingerprint, patience)

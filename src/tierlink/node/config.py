@@ -21,12 +21,13 @@ class NodeConfig:
 
     ``dht_proxy``: URL of an existing OpenDHT REST proxy; None starts an embedded ``dhtnode``
     child (joined to ``bootstrap``). ``mode``: ``private`` (default) publishes no candidates,
-    addresses travel only inside encrypted answers; ``public`` lists them in the record (the
-    seed's behaviour). ``allow``: fingerprints this node answers; None answers anyone.
+    addresses travel only inside encrypted answers; ``public`` lists them in the record.
+    ``allow``: fingerprints this node answers; None answers anyone.
     ``secure``: carry the pinned QUIC channel (reliable, encrypted); False carries raw ICE
-    datagrams (the seed's transport). ``liveness_timeout``: a dead peer is detected within it.
+    datagrams. ``liveness_timeout``: a dead peer is detected within it.
     ``data_dir``: the durable outbox (default: the user's data dir, per identity);
     ``send_budget``: how long :meth:`Node.send` tries a live path before the offline tier.
+    ``address_check_interval``: how often a public node checks whether its addresses changed.
     """
 
     identity: Identity
@@ -44,6 +45,7 @@ class NodeConfig:
     ice_timeout: float = 30.0
     dial_timeout: float = 20.0
     record_lifetime: float = 600.0
+    address_check_interval: float = 30.0
     queue_capacity: int = DEFAULT_CAPACITY
     dht_timeout: float = 10.0
     secure: bool = True

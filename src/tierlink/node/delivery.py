@@ -24,22 +24,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import cbor2
 
+from tierlink.dht.record_book import PeerLookup
 from tierlink.errors import ConnectionClosed, TierlinkError
+from tierlink.identity import Identity
+from tierlink.node.tasks import Supervisor
 from tierlink.offline import DeliveredLog, OfflineTier, Outbox
 from tierlink.offline.outbox import DELIVERED, PENDING, UNDELIVERED
+from tierlink.offline.worker import Dht
 from tierlink.transport.connection import Connection
 from tierlink.wire.envelope import ReceivedEnvelope
 from tierlink.wire.records import now_ms
-
-if TYPE_CHECKING:
-    from tierlink.node import Node
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,9 @@ INBOX_CAPACITY = 256
 #: After a failed dial, messages to that peer go straight to the offline tier for this long
 #: (instead of each waiting out ``send_budget``); a link the peer dials to us ends it sooner.
 UNREACHABLE_S = 30.0
+
+#: Opens a message link: dial a fingerprint within a time budget (seconds).
+DialLink = Callable[[str, float], Awaitable[Connection]]
 
 
 @dataclass(frozen=True)
@@ -73,20 +77,27 @@ class Delivery:
 
 
 class Messenger:
-    """The tiers put together for one node (owned by :class:`~tierlink.node.Node`)."""
+    """The tiers put together for one node (owned by :class:`~tierlink.node.Node`).
+
+    ``dial`` opens a message link (a secure connection whose offer names
+    ``purpose=messages``); ``lookup`` is the node's shared record lookup, which the offline
+    tier uses for recipients' KEM keys. ``secure`` says whether live links are possible.
+    """
 
     def __init__(
-        self, node: Node, data_dir: Path, *, send_budget: float, ack_timeout: float,
+        self, dht: Dht, identity: Identity, dial: DialLink, data_dir: Path, *,
+        lookup: PeerLookup, secure: bool, send_budget: float, ack_timeout: float,
         reput_interval_s: float,
     ) -> None:
-        self.node = node
+        self.dial = dial
+        self.secure = secure
         self.send_budget = send_budget
         self.ack_timeout = ack_timeout
         data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.outbox = Outbox(data_dir / "tierlink.db")
         self.delivered_log = DeliveredLog(data_dir / "tierlink.db")
         self.offline = OfflineTier(
-            node._require_dht(), node.identity, self.outbox, self.delivered_log,
+            dht, identity, self.outbox, self.delivered_log, lookup=lookup,
             reput_interval_s=reput_interval_s, on_delivered=self._offline_delivered,
         )
         self.duplicates_suppressed = 0
@@ -100,9 +111,10 @@ class Messenger:
         self._queues: dict[str, asyncio.Queue[bytes]] = {}
         self._ack_waiters: dict[bytes, asyncio.Future[None]] = {}
         self._delivery_waiters: dict[bytes, list[asyncio.Future[Delivery]]] = {}
-        self._queued_waiters: dict[bytes, list[asyncio.Future[None]]] = {}
+        # Waiters for "delivered or queued in the DHT", whichever comes first.
+        self._settled_waiters: dict[bytes, list[asyncio.Future[None]]] = {}
         self._deliveries: asyncio.Queue[Delivery] = asyncio.Queue(1024)
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks = Supervisor("messenger")
 
     # -- life ----------------------------------------------------------------------------
     def start(self) -> None:
@@ -114,20 +126,12 @@ class Messenger:
 
     async def stop(self) -> None:
         """Stop workers and links; the outbox keeps whatever is undelivered."""
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._tasks.close()
         await self.offline.stop()
         for conn in list(self._links.values()):
             await conn.close()
         self.outbox.close()
         self.delivered_log.close()
-
-    def _spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
-        task = self._loop.create_task(coro, name=f"tierlink-{name}")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
 
     # -- sending -------------------------------------------------------------------------
     async def send(self, recipient: str, payload: bytes, ttl_s: float = DEFAULT_TTL_S) -> bytes:
@@ -140,7 +144,7 @@ class Messenger:
         queue = self._queues.get(recipient)
         if queue is None:
             queue = self._queues[recipient] = asyncio.Queue()
-            self._spawn(self._worker(recipient, queue), "deliver")
+            self._tasks.spawn(self._worker(recipient, queue), "deliver")
         self.offline.held.add(mid)  # the live tier tries it first
         queue.put_nowait(mid)
 
@@ -163,9 +167,10 @@ class Messenger:
             fut = self._ack_waiters[mid] = self._loop.create_future()
             frame = {0: "m", 1: mid, 2: entry.created_ms, 3: entry.expires_ms,
                      4: entry.payload}
-            await asyncio.wait_for(conn.send(cbor2.dumps(frame, canonical=True)),
-                                   self.ack_timeout)
-            await asyncio.wait_for(asyncio.shield(fut), self.ack_timeout)
+            async with asyncio.timeout(self.ack_timeout):
+                await conn.send(cbor2.dumps(frame, canonical=True))
+            async with asyncio.timeout(self.ack_timeout):
+                await asyncio.shield(fut)
         except (TierlinkError, TimeoutError, OSError) as exc:
             log.info("live delivery of %s failed (%s); using the offline tier", mid.hex(),
                      exc)
@@ -185,15 +190,23 @@ class Messenger:
         except (TierlinkError, ValueError, KeyError) as exc:
             log.warning("message %s stays pending (offline tier: %s)", mid.hex(), exc)
             return
-        for fut in self._queued_waiters.pop(mid, []):
+        self._settled(mid)
+
+    def _settled(self, mid: bytes) -> None:
+        for fut in self._settled_waiters.pop(mid, []):
             if not fut.done():
                 fut.set_result(None)
+
+    def link(self, recipient: str) -> Connection | None:
+        """The open message link to ``recipient``, if there is one."""
+        conn = self._links.get(recipient)
+        return conn if conn is not None and not conn.closed else None
 
     async def _link_to(self, recipient: str) -> Connection:
         conn = self._links.get(recipient)
         if conn is not None and not conn.closed:
             return conn
-        if not self.node.config.secure:
+        if not self.secure:
             raise TierlinkError("live delivery needs the secure channel (secure=True)")
         failed_at = self._unreachable.get(recipient)
         if failed_at is not None and self._loop.time() - failed_at < UNREACHABLE_S:
@@ -201,8 +214,7 @@ class Messenger:
                 f"{recipient[:16]}… was unreachable {self._loop.time() - failed_at:.0f} s ago"
             )
         try:
-            conn = await self.node.connect(recipient, timeout=self.send_budget,
-                                           purpose="messages")
+            conn = await self.dial(recipient, self.send_budget)
         except TierlinkError:
             self._unreachable[recipient] = self._loop.time()
             raise
@@ -218,6 +230,7 @@ class Messenger:
         for fut in self._delivery_waiters.pop(mid, []):
             if not fut.done():
                 fut.set_result(d)
+        self._settled(mid)
 
     def _offline_delivered(self, mid: bytes, recipient: str) -> None:
         self._delivered(mid, recipient, "offline")
@@ -232,7 +245,8 @@ class Messenger:
         fut: asyncio.Future[Delivery] = self._loop.create_future()
         self._delivery_waiters.setdefault(mid, []).append(fut)
         try:
-            return await asyncio.wait_for(fut, timeout)
+            async with asyncio.timeout(timeout):
+                return await fut
         except TimeoutError:
             return None
         finally:
@@ -248,17 +262,17 @@ class Messenger:
             raise KeyError(f"no message {mid.hex()} in the outbox")
         if entry.state != PENDING:
             return "queued" if entry.state == "queued_dht" else entry.state
-        queued: asyncio.Future[None] = self._loop.create_future()
-        self._queued_waiters.setdefault(mid, []).append(queued)
-        delivered = asyncio.ensure_future(self.wait_delivered(mid, timeout))
+        settled: asyncio.Future[None] = self._loop.create_future()
+        self._settled_waiters.setdefault(mid, []).append(settled)
         try:
-            waits: set[asyncio.Future[Any]] = {queued, delivered}
-            await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            async with asyncio.timeout(timeout):
+                await settled
+        except TimeoutError:
+            pass
         finally:
-            delivered.cancel()
-            waiters = self._queued_waiters.get(mid)
-            if waiters and queued in waiters:
-                waiters.remove(queued)
+            waiters = self._settled_waiters.get(mid)
+            if waiters and settled in waiters:
+                waiters.remove(settled)
         entry = self.outbox.get(mid)
         state = entry.state if entry is not None else "unknown"
         return "queued" if state == "queued_dht" else state
@@ -283,8 +297,8 @@ class Messenger:
         self._links[conn.remote_fingerprint] = conn
         self._unreachable.pop(conn.remote_fingerprint, None)
         if old is not None and old is not conn and not old.closed:
-            self._spawn(old.close(), "close-link")
-        self._spawn(self._read_link(conn), "link")
+            self._tasks.spawn(old.close(), "close-link")
+        self._tasks.spawn(self._read_link(conn), "link")
 
     async def _read_link(self, conn: Connection) -> None:
         peer = conn.remote_fingerprint
@@ -327,7 +341,7 @@ class Messenger:
         taken = await self._hand_over(sender, mid, created, payload, tier)
         if taken is None:
             return
-        self._spawn(self._ack_when_taken(conn, sender, mid, expires, taken), "ack")
+        self._tasks.spawn(self._ack_when_taken(conn, sender, mid, expires, taken), "ack")
 
     async def _hand_over(
         self, sender: str, mid: bytes, created: int, payload: bytes, tier: str

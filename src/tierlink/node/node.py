@@ -1,10 +1,15 @@
 """The node: an identity, a DHT, ICE settings, and the tiers put together.
 
-A node publishes its signed peer record, re-publishes it before it expires, listens for
-encrypted offers under its offers key, answers the dialers it chooses to, and dials others
-by fingerprint (see :mod:`tierlink.wire.signaling` for the offer/answer exchange). Only the offer
-is signed: the answer is sealed with a key derived from the offer's KEM secret, which only
-the callee's KEM private key recovers, so it needs no signature of its own.
+:class:`Node` is the composition root. It starts (or reaches) the DHT and builds the parts:
+
+* :class:`~tierlink.node.presence.Presence`: the signed record, kept fresh, and lookups;
+* :class:`~tierlink.node.dial.Dialer`: dials others by fingerprint;
+* :class:`~tierlink.node.answer.Answerer`: answers the offers of the dialers it chooses to;
+* :class:`~tierlink.node.delivery.Messenger`: tiered messages (live links, the offline tier);
+
+and routes each answered connection: message links to the messenger, the rest to
+:meth:`Node.incoming`. One :class:`~tierlink.node.tasks.Supervisor` owns the node's
+background work; one :class:`~tierlink.dht.record_book.PeerLookup` serves every lookup.
 """
 
 from __future__ import annotations
@@ -13,80 +18,69 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Coroutine, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
 
-from tierlink.dht import DhtClient, DhtListener, DhtNodeProcess
-from tierlink.dht.record_book import RecordBook
-from tierlink.errors import (
-    DialTimeout,
-    HandshakeFailed,
-    PeerNotFound,
-    RecordError,
-    TierlinkError,
-)
+from tierlink.dht import DhtClient, DhtNodeProcess
+from tierlink.dht.record_book import PeerLookup, RecordBook
+from tierlink.errors import TierlinkError
 from tierlink.identity import is_fingerprint
-from tierlink.node.concurrency import io_turns, retrieve, settle, while_putting
+from tierlink.node.answer import Answerer
 from tierlink.node.config import NodeConfig
 from tierlink.node.delivery import DEFAULT_TTL_S, Delivery, Message, Messenger
-from tierlink.transport.aioice_adapter import IceConnection, get_host_addresses
+from tierlink.node.dial import Dialer
+from tierlink.node.endpoint import Endpoint
+from tierlink.node.presence import Presence
+from tierlink.node.tasks import Supervisor
 from tierlink.transport.certs import LocalCertificate
-from tierlink.transport.channel import DEFAULT_WINDOW, PreparedChannel, SecureChannel, open_channel
 from tierlink.transport.connection import Connection
-from tierlink.transport.ice import TurnServer, local_infos, run_checks, set_remote
-from tierlink.wire.dhtkeys import answer_key, ice_candidates_key, offers_key
-from tierlink.wire.records import CandidateInfo, PeerRecord, now_ms
-from tierlink.wire.signaling import (
-    Offer,
-    OfferSecret,
-    SessionDescription,
-    decode_answer,
-    decode_offer,
-    encode_answer,
-    encode_offer,
-    new_session_id,
-)
+from tierlink.transport.ice import IceSettings, TurnServer
+from tierlink.wire.records import PeerRecord
+from tierlink.wire.signaling import new_session_id
 
 log = logging.getLogger(__name__)
 
 __all__ = ["Delivery", "Message", "Node", "NodeConfig", "TurnServer"]
 
+_NOT_RUNNING = "node is not running (use 'async with Node(config)')"
 
-#: How often a public node checks whether its addresses changed (seconds).
-ADDRESS_CHECK_S = 30.0
-#: A verified peer record is reused for dialing this long (ms) before it is looked up
-#: again: its keys do not change while the peer keeps its identity.
-RECORD_CACHE_MS = 60_000
+
+@dataclass
+class _Parts:
+    """What a running node is made of (built by :meth:`Node.start`)."""
+
+    dht: DhtClient
+    presence: Presence
+    dialer: Dialer
+    answerer: Answerer
+    messenger: Messenger
+
 
 class Node:
-    """A tierlink peer. Use as ``async with Node(config) as node: ...``."""
+    """A tierlink peer. Use as ``async with Node(config) as node: ...``.
+
+    ``session_ids`` makes the session id of each dial (random by default).
+    """
 
     MAX_PENDING_INCOMING = 64
-    MAX_CONCURRENT_OFFERS = 16
 
-    def __init__(self, config: NodeConfig) -> None:
+    def __init__(
+        self, config: NodeConfig, *, session_ids: Callable[[], bytes] = new_session_id
+    ) -> None:
         if config.mode not in ("private", "public"):
             raise ValueError(f"mode must be 'private' or 'public', not {config.mode!r}")
         self.config = config
         self.identity = config.identity
-        self.certificate = LocalCertificate.generate()
-        self.ice_settings = config.ice_settings()
+        self.endpoint = Endpoint(config)
+        self.records = RecordBook()
         self.dht: DhtClient | None = None
         self.dht_process: DhtNodeProcess | None = None
         self.messenger: Messenger | None = None
-        self.records = RecordBook()
-        self.offer_rejections: Counter[str] = Counter()
-        self.offers_answered = 0
-        self._seq = 0
-        self._record: PeerRecord | None = None
+        self._session_ids = session_ids
+        self._parts: _Parts | None = None
+        self._tasks = Supervisor("node")
         self._incoming: asyncio.Queue[Connection] = asyncio.Queue(self.MAX_PENDING_INCOMING)
-        self._connections: set[Connection] = set()
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._offer_slots = asyncio.Semaphore(self.MAX_CONCURRENT_OFFERS)
-        self._seen_sessions: dict[bytes, int] = {}
-        # The next dial's QUIC client, built while an earlier dial waited (PreparedChannel).
-        self._spare_draft: PreparedChannel | None = None
         self._started = False
         self._closed = False
 
@@ -95,6 +89,20 @@ class Node:
     def fingerprint(self) -> str:
         """This node's fingerprint (128 hex)."""
         return self.identity.fingerprint
+
+    @property
+    def certificate(self) -> LocalCertificate:
+        """The certificate this node's QUIC channels present (pinned in offers/answers)."""
+        return self.endpoint.certificate
+
+    @property
+    def ice_settings(self) -> IceSettings:
+        """The ICE settings new connections (and public-mode records) use."""
+        return self.endpoint.ice_settings
+
+    @ice_settings.setter
+    def ice_settings(self, settings: IceSettings) -> None:
+        self.endpoint.ice_settings = settings
 
     async def __aenter__(self) -> Node:
         await self.start()
@@ -121,18 +129,30 @@ class Node:
                 await self.dht_process.start()
                 url = self.dht_process.proxy_url
             self.dht = DhtClient(url, timeout=self.config.dht_timeout)
-            await self.publish()
-            self.messenger = Messenger(
-                self, self.config.state_dir(), send_budget=self.config.send_budget,
-                ack_timeout=self.config.ack_timeout,
-                reput_interval_s=self.config.offline_reput_interval,
-            )
-            self.messenger.start()
-            self._spawn(self._republish_loop(), "republish")
-            self._spawn(self._offer_loop(), "offers")
+            parts = self._build(self.dht)
+            await parts.presence.publish()
+            self._parts = parts
+            self.messenger = parts.messenger
+            parts.messenger.start()
+            self._tasks.spawn(parts.presence.republish_loop(), "republish")
+            self._tasks.spawn(parts.answerer.run(), "offers")
         except BaseException:
             await self.close()
             raise
+
+    def _build(self, dht: DhtClient) -> _Parts:
+        config, identity = self.config, self.identity
+        lookup = PeerLookup(dht, self.records)
+        presence = Presence(dht, identity, config, self.endpoint, lookup)
+        dialer = Dialer(dht, identity, config, self.endpoint, presence, self._tasks,
+                        self._session_ids)
+        answerer = Answerer(dht, identity, config, self.endpoint, self._tasks, self._route)
+        messenger = Messenger(
+            dht, identity, self._dial_link, config.state_dir(), lookup=lookup,
+            secure=config.secure, send_budget=config.send_budget,
+            ack_timeout=config.ack_timeout, reput_interval_s=config.offline_reput_interval,
+        )
+        return _Parts(dht, presence, dialer, answerer, messenger)
 
     async def close(self) -> None:
         """Close every connection, stop every task and listener, stop the embedded DHT."""
@@ -141,12 +161,9 @@ class Node:
         self._closed = True
         if self.messenger is not None:
             await self.messenger.stop()
-        for conn in list(self._connections):
+        for conn in list(self.endpoint.connections):
             await conn.close()
-        for task in list(self._tasks):
-            task.cancel()
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._tasks.close()
         while not self._incoming.empty():
             await self._incoming.get_nowait().close()
         if self.dht is not None:
@@ -154,66 +171,15 @@ class Node:
         if self.dht_process is not None:
             await self.dht_process.stop()
 
-    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
-        task = asyncio.get_running_loop().create_task(coro, name=f"tierlink-{name}")
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-        return task
-
-    def _task_done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("task %s failed: %r", task.get_name(), task.exception())
-
-    def _require_dht(self) -> DhtClient:
-        if self.dht is None or self._closed:
-            raise TierlinkError("node is not running (use 'async with Node(config)')")
-        return self.dht
+    def _running(self) -> _Parts:
+        if self._parts is None or self._closed:
+            raise TierlinkError(_NOT_RUNNING)
+        return self._parts
 
     # -- the record ----------------------------------------------------------------------
     async def publish(self) -> PeerRecord:
         """Sign and put a fresh record (sequence = Unix ms, so it grows across restarts)."""
-        dht = self._require_dht()
-        candidates: tuple[CandidateInfo, ...] = ()
-        if self.config.mode == "public":
-            probe = self.ice_settings.new_connection(controlling=False)
-            try:
-                await probe.gather_candidates()
-                candidates = tuple(c for c in local_infos(probe) if c.type != "relay")
-            finally:
-                await probe.close()
-        self._seq = max(self._seq + 1, now_ms())
-        record = PeerRecord.create(
-            self.identity, self._seq, self.config.record_lifetime, candidates, self.config.mode
-        )
-        await dht.put(ice_candidates_key(self.fingerprint), record.encode(self.identity))
-        self._record = record
-        return record
-
-    async def _republish_loop(self) -> None:
-        """Re-publish before expiry; in public mode also soon after the addresses change."""
-        period = max(self.config.record_lifetime / 3, 1.0)
-        check = min(period, ADDRESS_CHECK_S) if self.config.mode == "public" else period
-        loop = asyncio.get_running_loop()
-        due = loop.time() + period
-        addresses = self._host_addresses()
-        while True:
-            await asyncio.sleep(max(min(check, due - loop.time()), 0.0))
-            now_addresses = self._host_addresses()
-            if loop.time() < due and now_addresses == addresses:
-                continue
-            try:
-                await self.publish()
-                addresses, due = now_addresses, loop.time() + period
-            except TierlinkError as exc:
-                log.warning("re-publishing the record failed: %s (retrying)", exc)
-                due = loop.time() + min(period, 5.0)
-
-    def _host_addresses(self) -> frozenset[str]:
-        """The addresses host candidates would be gathered on right now."""
-        if self.config.host_addresses is not None:
-            return frozenset(self.config.host_addresses)
-        return frozenset(get_host_addresses(use_ipv4=True, use_ipv6=False))
+        return await self._running().presence.publish()
 
     async def lookup(self, fingerprint: str, patience: float = 2.0) -> PeerRecord:
         """The newest valid record of ``fingerprint``, verified; PeerNotFound otherwise.
@@ -221,36 +187,9 @@ class Node:
         A node that has just joined the DHT may not find values yet: an empty answer is
         asked again with backoff for up to ``patience`` seconds.
         """
-        if not is_fingerprint(fingerprint):
-            raise ValueError("a fingerprint is 128 lowercase hex characters")
-        loop = asyncio.get_running_loop()
-        deadline, delay = loop.time() + patience, 0.1
-        while True:
-            values = await self._require_dht().get(ice_candidates_key(fingerprint))
-            if values or loop.time() + delay > deadline:
-                break
-            await asyncio.sleep(delay)
-            delay *= 2
-        record = self.records.newest(values, fingerprint)
-        if record is None:
-            raise PeerNotFound(
-                f"no valid record for {fingerprint[:16]}… in the DHT "
-                f"({len(values)} value(s) found)"
-            )
-        return record
+        return await self._running().presence.lookup(fingerprint, patience)
 
-    # -- dialing -------------------------------------------------------------------------
-    def _params(
-        self, ice: IceConnection, purpose: str = "app", quic_flight: tuple[bytes, ...] = ()
-    ) -> SessionDescription:
-        secure = self.config.secure
-        return SessionDescription(
-            ice.local_username, ice.local_password, local_infos(ice),
-            self.certificate.sha256 if secure else None, purpose,
-            (self.config.max_message_size, DEFAULT_WINDOW) if secure else None,
-            quic_flight,
-        )
-
+    # -- connections ---------------------------------------------------------------------
     async def connect(
         self, fingerprint: str, timeout: float | None = None, *, purpose: str = "app"
     ) -> Connection:
@@ -259,275 +198,19 @@ class Node:
         Raises PeerNotFound (no valid record), DialTimeout (no answer within ``timeout``,
         default ``dial_timeout``) or IceFailed (no candidate pair worked), each with the
         time spent. The answer counts only if it decrypts under the secret this dial's offer
-        established with the callee's KEM key (see :mod:`tierlink.wire.signaling`).
-
-        The steps overlap where they can: the record lookup runs while ICE gathers, the
-        dialer waits for the answer while its offer is still being put (a failed put
-        fails the dial), and the QUIC client's first flight travels inside the offer (the
-        callee processes it while ICE runs); the next dial's QUIC client is built while
-        this one waits for the answer.
+        established with the callee's KEM key (see :mod:`tierlink.node.dial`).
         """
-        self._require_dht()
-        loop = asyncio.get_running_loop()
-        started = loop.time()
+        dialer = self._running().dialer
         timeout = self.config.dial_timeout if timeout is None else timeout
-        if not is_fingerprint(fingerprint):
-            raise ValueError("a fingerprint is 128 lowercase hex characters")
-        ice = self.ice_settings.new_connection(controlling=True)
-        session = new_session_id()
-        try:
-            answer, draft = await self._exchange(ice, fingerprint, session, purpose, timeout)
-            await set_remote(ice, answer.ufrag, answer.pwd, answer.candidates)
-            checks = asyncio.ensure_future(run_checks(ice, self.config.ice_timeout, started))
-            try:
-                if draft is not None and answer.quic_flight and answer.cert_sha256:
-                    # The callee's QUIC reply is processed while the checks run.
-                    await io_turns()
-                    draft.receive_reply(answer.quic_flight, answer.cert_sha256)
-                await checks
-            finally:
-                if not checks.done():
-                    checks.cancel()
-                checks.add_done_callback(retrieve)
-            channel = await self._open_channel(
-                ice, True, answer.cert_sha256, answer.channel_limits, draft
-            )
-        except BaseException:
-            await ice.close()
-            raise
-        return self._adopt(ice, fingerprint, True, session, (loop.time() - started) * 1000,
-                           channel)
+        return await dialer.connect(fingerprint, timeout, purpose)
 
-    async def _exchange(
-        self, ice: IceConnection, fingerprint: str, session: bytes, purpose: str, timeout: float
-    ) -> tuple[SessionDescription, PreparedChannel | None]:
-        """The dialer's signaling: gather, put the offer, wait for the sealed answer.
+    async def _dial_link(self, fingerprint: str, timeout: float) -> Connection:
+        """A message link for the messenger: a dial whose offer names its purpose."""
+        return await self.connect(fingerprint, timeout, purpose="messages")
 
-        The offer carries the QUIC client's first flight; the answer listen starts once
-        the offer's request is written (a listen hands over values already stored, so an
-        early answer is not missed); the answer is awaited while the put still runs; the
-        next dial's QUIC client is built while the callee works.
-        """
-        dht = self._require_dht()
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        listener: DhtListener | None = None
-        waiter: asyncio.Future[SessionDescription] | None = None
-        put: asyncio.Future[None] | None = None
-        answered = False
-        try:
-            found = asyncio.ensure_future(self._record_for(fingerprint))
-            try:
-                await ice.gather_candidates()
-            finally:
-                if not found.done():
-                    await asyncio.wait([found])
-            record = found.result()
-            if not record.kem_public_key:
-                raise PeerNotFound(f"record of {fingerprint[:16]}… carries no KEM key")
-            draft = self._take_draft() if self.config.secure else None
-            offer, secret = encode_offer(
-                self.identity, fingerprint, record.kem_public_key, session,
-                self._params(ice, purpose, draft.first_flight() if draft else ()),
-                lifetime_s=max(timeout, 5.0) + 30.0,
-            )
-            sent: asyncio.Future[None] = loop.create_future()
-            put = asyncio.ensure_future(dht.put(offers_key(fingerprint), offer, sent=sent))
-            await asyncio.wait([sent, put], return_when=asyncio.FIRST_COMPLETED)
-            listener = dht.listen(answer_key(self.fingerprint, session))
-            waiter = asyncio.ensure_future(self._await_answer(listener, secret))
-            spare = self._spare_draft
-            if self.config.secure and (spare is None or not spare.fresh):
-                self._spare_draft = self._channel_draft()
-            remaining = timeout - (loop.time() - started)
-            try:
-                answer = await asyncio.wait_for(
-                    while_putting(put, waiter), max(remaining, 0.01)
-                )
-            except TimeoutError:
-                raise DialTimeout(
-                    f"{fingerprint[:16]}… did not answer within {timeout:.1f} s"
-                ) from None
-            answered = True
-            return answer, draft
-        finally:
-            if waiter is not None:
-                waiter.cancel()  # no-op once done; its outcome is retrieved below
-                waiter.add_done_callback(retrieve)
-            if answered and put is not None:  # the answer proves the offer arrived
-                self._spawn(settle(put, listener), "offer-put")
-            else:
-                if put is not None:
-                    put.cancel()
-                    put.add_done_callback(retrieve)
-                if listener is not None:
-                    await listener.aclose()
-
-    async def _record_for(self, fingerprint: str) -> PeerRecord:
-        """A verified record of ``fingerprint``: a fresh cached one, else a DHT lookup."""
-        cached = self.records.cached(fingerprint, now_ms(), RECORD_CACHE_MS)
-        return cached if cached is not None else await self.lookup(fingerprint)
-
-    def _take_draft(self) -> PreparedChannel:
-        """The spare dialer draft if still fresh, else a new one."""
-        draft, self._spare_draft = self._spare_draft, None
-        return draft if draft is not None and draft.fresh else self._channel_draft()
-
-    def _reply_draft(self, params: SessionDescription) -> PreparedChannel | None:
-        """The callee's side of a channel whose handshake began in the offer, if it did."""
-        if not (self.config.secure and params.quic_flight and params.cert_sha256):
-            return None
-        draft = self._channel_draft(is_client=False)
-        return draft if draft.receive_first_flight(params.quic_flight, params.cert_sha256) else None
-
-    def _channel_draft(self, is_client: bool = True) -> PreparedChannel:
-        return PreparedChannel(
-            is_client=is_client,
-            certificate=self.certificate,
-            queue_capacity=self.config.queue_capacity,
-            liveness_timeout=self.config.liveness_timeout,
-            handshake_timeout=self.config.handshake_timeout,
-            max_message_size=self.config.max_message_size,
-            probe_path_mtu=self.config.path_mtu_probing,
-        )
-
-    async def _open_channel(
-        self, ice: IceConnection, is_client: bool, peer_cert: bytes | None,
-        peer_limits: tuple[int, int] | None, draft: PreparedChannel | None = None,
-    ) -> SecureChannel | None:
-        """The pinned QUIC channel over the ICE path (None in raw mode)."""
-        if not self.config.secure:
-            return None
-        if peer_cert is None:
-            raise HandshakeFailed("the peer offered no certificate: it runs without a secure "
-                                  "channel (secure=False); both sides must agree")
-        if draft is not None:
-            return await draft.open(ice, peer_cert, peer_limits)
-        return await open_channel(
-            ice, is_client=is_client, certificate=self.certificate, peer_cert_sha256=peer_cert,
-            queue_capacity=self.config.queue_capacity,
-            liveness_timeout=self.config.liveness_timeout,
-            handshake_timeout=self.config.handshake_timeout,
-            max_message_size=self.config.max_message_size,
-            probe_path_mtu=self.config.path_mtu_probing, peer_limits=peer_limits,
-        )
-
-    async def _await_answer(
-        self, listener: AsyncIterator[bytes], secret: OfferSecret
-    ) -> SessionDescription:
-        """The first value that decrypts under ``secret``: only the callee can seal one."""
-        async for value in listener:
-            try:
-                return decode_answer(value, secret)
-            except RecordError as exc:
-                log.info("ignoring an answer: %s", exc)
-        raise DialTimeout("the answer listen ended before an answer arrived")
-
-    def _adopt(
-        self, ice: IceConnection, peer: str, initiator: bool, session: bytes, ms: float,
-        channel: SecureChannel | None,
-    ) -> Connection:
-        conn = Connection(
-            ice, peer, initiator=initiator, session_id=session, connect_ms=ms,
-            channel=channel, queue_capacity=self.config.queue_capacity,
-            on_close=self._connections.discard,
-        )
-        self._connections.add(conn)
-        return conn
-
-    # -- answering -----------------------------------------------------------------------
-    async def incoming(self) -> AsyncIterator[Connection]:
-        """Connections dialed to this node, as they complete."""
-        while not self._closed:
-            yield await self._incoming.get()
-
-    async def accept(self, timeout: float | None = None) -> Connection | None:
-        """The next incoming connection, or None after ``timeout`` seconds."""
-        try:
-            return await asyncio.wait_for(self._incoming.get(), timeout)
-        except TimeoutError:
-            return None
-
-    async def _offer_loop(self) -> None:
-        dht = self._require_dht()
-        while True:
-            try:
-                async for value in dht.listen(offers_key(self.fingerprint)):
-                    await self._offer_slots.acquire()
-                    self._spawn(self._handle_offer(value), "offer")
-            except TierlinkError as exc:
-                log.warning("listening for offers failed: %s (retrying)", exc)
-                await asyncio.sleep(1.0)
-
-    def _check_offer(self, value: bytes) -> Offer:
-        offer = decode_offer(value, self.identity)
-        now = now_ms()
-        for sid, exp in list(self._seen_sessions.items()):
-            if exp < now:
-                del self._seen_sessions[sid]
-        if offer.session_id in self._seen_sessions:
-            raise RecordError("replay", "offer session was seen before")
-        self._seen_sessions[offer.session_id] = offer.expires_at_ms
-        allow = self.config.allow
-        if allow is not None and offer.signer not in allow:
-            raise RecordError("not-allowed", f"dialer {offer.signer[:16]}… is not allowed")
-        return offer
-
-    async def _handle_offer(self, value: bytes) -> None:
-        try:
-            try:
-                offer = self._check_offer(value)
-            except RecordError as exc:
-                self.offer_rejections[exc.reason] += 1
-                log.info("offer rejected: %s", exc)
-                return
-            await self._answer(offer)
-        except TierlinkError as exc:
-            log.info("incoming dial failed: %s", exc)
-        finally:
-            self._offer_slots.release()
-
-    async def _answer(self, offer: Offer) -> None:
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        ice = self.ice_settings.new_connection(controlling=False)
-        try:
-            p = offer.params
-            gathering = asyncio.ensure_future(ice.gather_candidates())
-            try:
-                await asyncio.sleep(0)  # gathering under way, the QUIC reply is built
-                draft = self._reply_draft(p)
-            finally:
-                await gathering
-            await set_remote(ice, p.ufrag, p.pwd, p.candidates)
-            answer = encode_answer(
-                offer.secret, self._params(ice, quic_flight=draft.reply() if draft else ())
-            )
-            # Checks start at once: the dialer's agent answers them before it has our
-            # answer, so our side of the pair is ready when its nomination arrives.
-            sent: asyncio.Future[None] = loop.create_future()
-            put = asyncio.ensure_future(self._require_dht().put(
-                answer_key(offer.signer, offer.session_id), answer, sent=sent
-            ))
-            checks = asyncio.ensure_future(run_checks(ice, self.config.ice_timeout, started))
-            self.offers_answered += 1
-            try:
-                await while_putting(put, checks)
-            except BaseException:
-                for fut in (put, checks):
-                    fut.cancel()
-                    fut.add_done_callback(retrieve)
-                raise
-            self._spawn(settle(put, None), "answer-put")
-            channel = await self._open_channel(
-                ice, False, p.cert_sha256, p.channel_limits, draft
-            )
-        except BaseException:
-            await ice.close()
-            raise
-        conn = self._adopt(ice, offer.signer, False, offer.session_id,
-                           (loop.time() - started) * 1000, channel)
-        if p.purpose == "messages" and self.messenger is not None and conn.secure:
+    async def _route(self, conn: Connection, purpose: str) -> None:
+        """An answered connection: a message link to the messenger, else to incoming."""
+        if purpose == "messages" and self.messenger is not None and conn.secure:
             self.messenger.adopt_link(conn)
             return
         try:
@@ -536,10 +219,23 @@ class Node:
             log.warning("incoming queue full; closing a new connection")
             await conn.close()
 
+    async def incoming(self) -> AsyncIterator[Connection]:
+        """Connections dialed to this node, as they complete."""
+        while not self._closed:
+            yield await self._incoming.get()
+
+    async def accept(self, timeout: float | None = None) -> Connection | None:
+        """The next incoming connection, or None after ``timeout`` seconds."""
+        try:
+            async with asyncio.timeout(timeout):
+                return await self._incoming.get()
+        except TimeoutError:
+            return None
+
     # -- tiered messages ------------------------------------------------------------------
     def _require_messenger(self) -> Messenger:
         if self.messenger is None or self._closed:
-            raise TierlinkError("node is not running (use 'async with Node(config)')")
+            raise TierlinkError(_NOT_RUNNING)
         return self.messenger
 
     async def send(self, fingerprint: str, payload: bytes, ttl_s: float | None = None) -> bytes:
@@ -573,15 +269,34 @@ class Node:
     @property
     def connections(self) -> Iterable[Connection]:
         """Open connections."""
-        return tuple(self._connections)
+        return tuple(self.endpoint.connections)
+
+    @property
+    def answerer(self) -> Answerer:
+        """The part that answers offers (TierlinkError before :meth:`start`)."""
+        return self._running().answerer
+
+    @property
+    def offers_answered(self) -> int:
+        """Offers answered so far."""
+        return self._parts.answerer.offers_answered if self._parts else 0
+
+    @property
+    def offer_rejections(self) -> Counter[str]:
+        """Offers refused so far, by reason."""
+        return self._parts.answerer.rejections if self._parts else Counter()
 
     def stats(self) -> dict[str, object]:
         """Counters for tests and the CLI."""
+        parts = self._parts
         return {
             "fingerprint": self.fingerprint,
-            "connections": len(self._connections),
+            "connections": len(self.endpoint.connections),
+            "dials": parts.dialer.dials if parts else 0,
+            "dials_failed": parts.dialer.failures if parts else 0,
             "offers_answered": self.offers_answered,
             "offer_rejections": dict(self.offer_rejections),
             "record_rejections": dict(self.records.rejected),
+            "background_tasks": len(self._tasks),
             "uptime_s": round(time.monotonic(), 1),
         }

@@ -17,8 +17,12 @@ re-sent ids. A re-sent message is acked again but delivered once.
 
 :meth:`OfflineTier.start` runs both sides in the background: listens on our queue and ack
 keys (with a fetch at start for what arrived while we were away) and a periodic loop for
-re-puts, expiry and pruning. Everything runs on one event loop (the stores are sqlite
-objects bound to their thread).
+re-puts, expiry and pruning; a failing background loop is retried with backoff. Everything
+runs on one event loop (the stores are sqlite objects bound to their thread).
+
+Recipients' KEM keys come from their peer records through a
+:class:`~tierlink.dht.record_book.PeerLookup`: a node passes in its own, so dialing and the
+offline tier share one book of verified records.
 """
 
 from __future__ import annotations
@@ -30,7 +34,8 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Protocol
 
-from tierlink.dht.record_book import RecordBook
+from tierlink.backoff import Backoff
+from tierlink.dht.record_book import PeerLookup
 from tierlink.errors import DhtError, PeerNotFound, RecordError, TierlinkError
 from tierlink.identity import Identity
 from tierlink.offline.inbox import FetchResult, Inbox, InboxLimits
@@ -42,7 +47,7 @@ from tierlink.offline.outbox import (
     Outbox,
 )
 from tierlink.wire.ack import MAX_ACK_IDS, create_ack, open_ack
-from tierlink.wire.dhtkeys import ice_candidates_key, offline_acks_key, offline_queue_key
+from tierlink.wire.dhtkeys import offline_acks_key, offline_queue_key
 from tierlink.wire.envelope import DEFAULT_TTL_S, ReceivedEnvelope, create_envelope
 from tierlink.wire.records import now_ms as _now_ms
 
@@ -52,6 +57,11 @@ TIER = "offline"
 """The tier name recorded in the outbox for deliveries acknowledged through the DHT."""
 
 Callback = Callable[[ReceivedEnvelope], Awaitable[None] | None]
+
+#: The first wait before a failed background loop runs again (seconds).
+RETRY_S = 1.0
+#: The longest wait between attempts of a failing background loop (seconds).
+RETRY_MAX_S = 60.0
 
 
 class Dht(Protocol):
@@ -73,6 +83,7 @@ class OfflineTier:
         delivered_log: DeliveredLog,
         *,
         limits: InboxLimits | None = None,
+        lookup: PeerLookup | None = None,
         reput_interval_s: float = REPUT_INTERVAL_S,
         on_delivered: Callable[[bytes, str], None] | None = None,
     ) -> None:
@@ -83,7 +94,8 @@ class OfflineTier:
         self.reput_interval_s = reput_interval_s
         self.on_delivered = on_delivered
         """Called with (message id, recipient) when an ack marks a message delivered."""
-        self.records = RecordBook()
+        self.lookup = lookup if lookup is not None else PeerLookup(dht)
+        """Where recipients' records (their KEM keys) come from."""
         self.errors = 0
         """Background failures so far (DHT unreachable, callback raised); each is logged."""
         self._fetch_lock = asyncio.Lock()
@@ -97,8 +109,10 @@ class OfflineTier:
     # -- sender side ----------------------------------------------------------------------
     async def lookup_kem_key(self, fingerprint: str) -> bytes:
         """The ML-KEM key from ``fingerprint``'s newest valid peer record in the DHT."""
-        values = await self.dht.get(ice_candidates_key(fingerprint))
-        rec = self.records.newest(values, fingerprint)
+        try:
+            rec = await self.lookup.lookup(fingerprint)
+        except PeerNotFound:
+            rec = None
         if rec is None or not rec.kem_public_key:
             raise PeerNotFound(
                 f"no valid peer record with a KEM key for {fingerprint[:16]}… in the DHT; "
@@ -252,19 +266,18 @@ class OfflineTier:
     async def _retrying(self, what: str, body: Callable[[], Awaitable[None]]) -> None:
         """Run ``body`` forever; log any failure and retry with backoff (a background task
         must not die silently)."""
-        delay = 1.0
+        retry = Backoff(RETRY_S, maximum=RETRY_MAX_S)
         while True:
             try:
                 await body()
-                delay = 1.0
+                retry.reset()
             except TierlinkError as exc:
                 self.errors += 1
-                log.warning("offline %s: %s; retrying in %.0f s", what, exc, delay)
+                log.warning("offline %s: %s; retrying in %.0f s", what, exc, retry.peek())
             except Exception:
                 self.errors += 1
-                log.exception("offline %s failed; retrying in %.0f s", what, delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 60.0)
+                log.exception("offline %s failed; retrying in %.0f s", what, retry.peek())
+            await retry.sleep()
 
     async def _listen_queue(self) -> None:
         async def body() -> None:

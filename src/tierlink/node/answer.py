@@ -1,0 +1,145 @@
+"""The callee's side: take offers from the DHT, check them, answer the chosen dialers.
+
+Offers arrive through a listen on this node's offers key. Each is decrypted and checked
+(signature, addressee, expiry, replay, allow list) and, if accepted, answered: ICE gathers
+while the QUIC reply to the flight inside the offer is built, the sealed answer is put, and
+checks start at once (the dialer's agent answers them before it has our answer). The answer
+put, which may outlive the exchange, belongs to the node's
+:class:`~tierlink.node.tasks.Supervisor`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+from collections.abc import Awaitable, Callable
+
+from tierlink.backoff import Backoff
+from tierlink.dht import DhtClient
+from tierlink.errors import RecordError, TierlinkError
+from tierlink.identity import Identity
+from tierlink.node.config import NodeConfig
+from tierlink.node.endpoint import Endpoint
+from tierlink.node.tasks import Supervisor, outcome_of, task_group
+from tierlink.transport.connection import Connection
+from tierlink.transport.ice import run_checks, set_remote
+from tierlink.wire.dhtkeys import answer_key, offers_key
+from tierlink.wire.records import now_ms
+from tierlink.wire.signaling import Offer, decode_offer, encode_answer
+
+log = logging.getLogger(__name__)
+
+#: Called with each connection an answer completed and the purpose its offer named.
+OnConnection = Callable[[Connection, str], Awaitable[None]]
+
+#: The first wait before listening for offers again after the listen failed (seconds).
+LISTEN_RETRY_S = 1.0
+#: The longest wait between attempts to listen for offers again (seconds).
+LISTEN_RETRY_MAX_S = 30.0
+
+
+class Answerer:
+    """Answers the offers addressed to one node."""
+
+    MAX_CONCURRENT_OFFERS = 16
+
+    def __init__(
+        self, dht: DhtClient, identity: Identity, config: NodeConfig, endpoint: Endpoint,
+        tasks: Supervisor, on_connection: OnConnection,
+    ) -> None:
+        self.dht = dht
+        self.identity = identity
+        self.config = config
+        self.endpoint = endpoint
+        self.tasks = tasks
+        self.on_connection = on_connection
+        self.rejections: Counter[str] = Counter()
+        """Offers refused, by reason (``signature``, ``replay``, ``not-allowed``, ...)."""
+        self.offers_answered = 0
+        self._slots = asyncio.Semaphore(self.MAX_CONCURRENT_OFFERS)
+        self._seen_sessions: dict[bytes, int] = {}
+
+    async def run(self) -> None:
+        """Listen for offers (for ever) and answer each in its own supervised task."""
+        retry = Backoff(LISTEN_RETRY_S, maximum=LISTEN_RETRY_MAX_S)
+        while True:
+            try:
+                async for value in self.dht.listen(offers_key(self.identity.fingerprint)):
+                    retry.reset()
+                    await self._slots.acquire()
+                    try:
+                        self.tasks.spawn(self._handle(value), "offer")
+                    except BaseException:
+                        self._slots.release()
+                        raise
+            except TierlinkError as exc:
+                delay = retry.next_delay()
+                log.warning("listening for offers failed: %s (retrying in %.0f s)", exc, delay)
+                await asyncio.sleep(delay)
+
+    def check_offer(self, value: bytes) -> Offer:
+        """The offer in ``value`` if this node answers it; RecordError (with a reason) if not."""
+        offer = decode_offer(value, self.identity)
+        now = now_ms()
+        for sid, exp in list(self._seen_sessions.items()):
+            if exp < now:
+                del self._seen_sessions[sid]
+        if offer.session_id in self._seen_sessions:
+            raise RecordError("replay", "offer session was seen before")
+        self._seen_sessions[offer.session_id] = offer.expires_at_ms
+        allow = self.config.allow
+        if allow is not None and offer.signer not in allow:
+            raise RecordError("not-allowed", f"dialer {offer.signer[:16]}… is not allowed")
+        return offer
+
+    async def _handle(self, value: bytes) -> None:
+        try:
+            try:
+                offer = self.check_offer(value)
+            except RecordError as exc:
+                self.rejections[exc.reason] += 1
+                log.info("offer rejected: %s", exc)
+                return
+            conn = await self._answer(offer)
+            await self.on_connection(conn, offer.params.purpose)
+        except TierlinkError as exc:
+            log.info("incoming dial failed: %s", exc)
+        finally:
+            self._slots.release()
+
+    async def _answer(self, offer: Offer) -> Connection:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        p = offer.params
+        ice = self.endpoint.new_ice(controlling=False)
+        try:
+            async with task_group() as group:
+                group.create_task(ice.gather_candidates())
+                await asyncio.sleep(0)  # gathering under way, the QUIC reply is built
+                draft = self.endpoint.reply_channel(p)
+            await set_remote(ice, p.ufrag, p.pwd, p.candidates)
+            reply = draft.reply() if draft else ()
+            answer = encode_answer(offer.secret, self.endpoint.describe(ice, quic_flight=reply))
+            put = self.tasks.spawn(
+                self.dht.put(answer_key(offer.signer, offer.session_id), answer), "answer-put"
+            )
+            self.offers_answered += 1
+            try:
+                # Checks start at once: the dialer's agent answers them before it has our
+                # answer, so our side of the pair is ready when its nomination arrives.
+                async with task_group() as group:
+                    watch = group.create_task(outcome_of(put))
+                    await run_checks(ice, self.config.ice_timeout, started)
+                    watch.cancel()
+            except BaseException:
+                put.cancel()
+                raise
+            channel = await self.endpoint.open_channel(
+                ice, False, p.cert_sha256, p.channel_limits, draft
+            )
+        except BaseException:
+            await ice.close()
+            raise
+        ms = (loop.time() - started) * 1000
+        return self.endpoint.adopt(ice, offer.signer, False, offer.session_id, ms, channel)

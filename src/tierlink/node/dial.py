@@ -1,0 +1,204 @@
+"""The dialer's side: reach a peer by fingerprint and open a connection to it.
+
+A dial looks the callee's record up while ICE gathers, puts an encrypted offer (carrying the
+QUIC client's first flight) under the callee's offers key, listens for the sealed answer,
+then runs ICE checks and opens the pinned channel. Only the callee's KEM private key recovers
+the offer's secret, so an answer that decrypts under it is the callee's (see
+:mod:`tierlink.wire.signaling`).
+
+The steps overlap where they can, since a dial's time is what users wait for: the answer is
+awaited while the offer put still runs (the DHT hands a value to listeners before the put's
+HTTP answer returns; a failed put fails the dial), the callee's QUIC reply is processed while
+the checks run, and the next dial's QUIC client is built while this one waits. A put that
+settles after the answer came belongs to the node's :class:`~tierlink.node.tasks.Supervisor`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable
+
+from tierlink.dht import DhtClient, DhtListener
+from tierlink.errors import DialTimeout, PeerNotFound, RecordError, TierlinkError
+from tierlink.identity import Identity, is_fingerprint
+from tierlink.node.config import NodeConfig
+from tierlink.node.endpoint import Endpoint
+from tierlink.node.presence import Presence
+from tierlink.node.tasks import Supervisor, io_turns, outcome_of, task_group
+from tierlink.transport.aioice_adapter import IceConnection
+from tierlink.transport.channel import PreparedChannel
+from tierlink.transport.connection import Connection
+from tierlink.transport.ice import run_checks, set_remote
+from tierlink.wire.dhtkeys import answer_key, offers_key
+from tierlink.wire.signaling import (
+    OfferSecret,
+    SessionDescription,
+    decode_answer,
+    encode_offer,
+    new_session_id,
+)
+
+log = logging.getLogger(__name__)
+
+#: How long an offer stays valid beyond the dial's timeout (seconds).
+OFFER_GRACE_S = 30.0
+
+
+class Dialer:
+    """Dials peers by fingerprint for one node; keeps one spare QUIC client prepared."""
+
+    def __init__(
+        self, dht: DhtClient, identity: Identity, config: NodeConfig, endpoint: Endpoint,
+        presence: Presence, tasks: Supervisor,
+        session_ids: Callable[[], bytes] = new_session_id,
+    ) -> None:
+        self.dht = dht
+        self.identity = identity
+        self.config = config
+        self.endpoint = endpoint
+        self.presence = presence
+        self.tasks = tasks
+        self.session_ids = session_ids
+        self.dials = 0
+        """Dials started (each counted once, whatever its outcome)."""
+        self.failures = 0
+        """Dials that raised."""
+        self._spare: PreparedChannel | None = None
+
+    async def connect(self, fingerprint: str, timeout: float, purpose: str) -> Connection:
+        """Dial ``fingerprint``; see :meth:`tierlink.node.Node.connect`."""
+        if not is_fingerprint(fingerprint):
+            raise ValueError("a fingerprint is 128 lowercase hex characters")
+        self.dials += 1
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        ice = self.endpoint.new_ice(controlling=True)
+        session = self.session_ids()
+        try:
+            answer, draft = await self._exchange(ice, fingerprint, session, purpose, timeout)
+            await set_remote(ice, answer.ufrag, answer.pwd, answer.candidates)
+            async with task_group() as group:
+                group.create_task(run_checks(ice, self.config.ice_timeout, started))
+                if draft is not None and answer.quic_flight and answer.cert_sha256:
+                    # The callee's QUIC reply is processed while the checks run.
+                    await io_turns()
+                    draft.receive_reply(answer.quic_flight, answer.cert_sha256)
+            channel = await self.endpoint.open_channel(
+                ice, True, answer.cert_sha256, answer.channel_limits, draft
+            )
+        except BaseException:
+            self.failures += 1
+            await ice.close()
+            raise
+        ms = (loop.time() - started) * 1000
+        return self.endpoint.adopt(ice, fingerprint, True, session, ms, channel)
+
+    async def _exchange(
+        self, ice: IceConnection, fingerprint: str, session: bytes, purpose: str, timeout: float
+    ) -> tuple[SessionDescription, PreparedChannel | None]:
+        """The dialer's signaling: gather, put the offer, wait for the sealed answer.
+
+        The answer listen starts once the offer's request is written (a listen hands over
+        values already stored, so an early answer is not missed).
+        """
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        kem_public_key = await self._gather_and_find(ice, fingerprint)
+        draft = self._take_prepared() if self.config.secure else None
+        offer, secret = encode_offer(
+            self.identity, fingerprint, kem_public_key, session,
+            self.endpoint.describe(ice, purpose, draft.first_flight() if draft else ()),
+            lifetime_s=max(timeout, 5.0) + OFFER_GRACE_S,
+        )
+        sent: asyncio.Future[None] = loop.create_future()
+        put = self.tasks.spawn(self.dht.put(offers_key(fingerprint), offer, sent=sent),
+                               "offer-put")
+        try:
+            await asyncio.wait([sent, put], return_when=asyncio.FIRST_COMPLETED)
+            listener = self.dht.listen(answer_key(self.identity.fingerprint, session))
+            try:
+                self._refill_spare()
+                remaining = timeout - (loop.time() - started)
+                answer = await self._answer_while_putting(
+                    put, listener, secret, max(remaining, 0.01), fingerprint, timeout
+                )
+            except BaseException:
+                await listener.aclose()
+                raise
+        except BaseException:
+            put.cancel()
+            raise
+        # The answer proves the offer arrived: the put and the listen end off the dial's path.
+        try:
+            self.tasks.spawn(_close_after(put, listener), "offer-settle")
+        except TierlinkError:  # the node is closing
+            put.cancel()
+            await listener.aclose()
+            raise
+        return answer, draft
+
+    async def _gather_and_find(self, ice: IceConnection, fingerprint: str) -> bytes:
+        """Gather candidates while the callee's record is found; returns its KEM key.
+
+        Both run to the end even if one fails (no half-gathered agent is left behind).
+        """
+        gathered, found = await asyncio.gather(
+            ice.gather_candidates(), self.presence.record_for(fingerprint),
+            return_exceptions=True,
+        )
+        if isinstance(gathered, BaseException):
+            raise gathered
+        if isinstance(found, BaseException):
+            raise found
+        if not found.kem_public_key:
+            raise PeerNotFound(f"record of {fingerprint[:16]}… carries no KEM key")
+        return found.kem_public_key
+
+    async def _answer_while_putting(
+        self, put: asyncio.Task[None], listener: DhtListener, secret: OfferSecret,
+        within: float, fingerprint: str, timeout: float,
+    ) -> SessionDescription:
+        """The sealed answer, awaited while the offer put runs (its failure fails this)."""
+        try:
+            async with asyncio.timeout(within), task_group() as group:
+                watch = group.create_task(outcome_of(put))
+                answer = await _await_answer(listener, secret)
+                watch.cancel()
+        except TimeoutError:
+            raise DialTimeout(
+                f"{fingerprint[:16]}… did not answer within {timeout:.1f} s"
+            ) from None
+        return answer
+
+    def _take_prepared(self) -> PreparedChannel:
+        """The spare QUIC client if still fresh, else a new one."""
+        draft, self._spare = self._spare, None
+        return draft if draft is not None and draft.fresh else self.endpoint.prepared_channel()
+
+    def _refill_spare(self) -> None:
+        """Build the next dial's QUIC client (while this dial waits for its answer)."""
+        if self.config.secure and (self._spare is None or not self._spare.fresh):
+            self._spare = self.endpoint.prepared_channel()
+
+
+async def _await_answer(listener: AsyncIterator[bytes], secret: OfferSecret) -> SessionDescription:
+    """The first value that decrypts under ``secret``: only the callee can seal one."""
+    async for value in listener:
+        try:
+            return decode_answer(value, secret)
+        except RecordError as exc:
+            log.info("ignoring an answer: %s", exc)
+    raise DialTimeout("the answer listen ended before an answer arrived")
+
+
+async def _close_after(put: asyncio.Task[None], listener: DhtListener) -> None:
+    """Let a put that has served its purpose finish, then close the answer listen.
+
+    Cancelling an HTTP request mid-flight costs its pooled connection, and the dial already
+    has what it waited for.
+    """
+    try:
+        await asyncio.wait([put])
+    finally:
+        await listener.aclose()

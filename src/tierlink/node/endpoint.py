@@ -1,0 +1,96 @@
+"""This node's transport side, shared by dialing and answering.
+
+The certificate and ICE settings, the session description it sends in offers and answers,
+the pinned QUIC channel over an ICE pair (prepared ahead or opened on the spot), and the set
+of open connections.
+"""
+
+from __future__ import annotations
+
+from tierlink.errors import HandshakeFailed
+from tierlink.node.config import NodeConfig
+from tierlink.transport.aioice_adapter import IceConnection
+from tierlink.transport.certs import LocalCertificate
+from tierlink.transport.channel import DEFAULT_WINDOW, PreparedChannel, SecureChannel, open_channel
+from tierlink.transport.connection import Connection
+from tierlink.transport.ice import IceSettings, local_infos
+from tierlink.wire.signaling import SessionDescription
+
+
+class Endpoint:
+    """Certificate, ICE settings, channel setup and the open connections of one node."""
+
+    def __init__(self, config: NodeConfig) -> None:
+        self.config = config
+        self.certificate = LocalCertificate.generate()
+        self.ice_settings: IceSettings = config.ice_settings()
+        self.connections: set[Connection] = set()
+
+    def new_ice(self, controlling: bool) -> IceConnection:
+        """A fresh ICE agent with this node's settings."""
+        return self.ice_settings.new_connection(controlling=controlling)
+
+    def describe(
+        self, ice: IceConnection, purpose: str = "app", quic_flight: tuple[bytes, ...] = ()
+    ) -> SessionDescription:
+        """What an offer or answer tells the peer about this side of ``ice``."""
+        secure = self.config.secure
+        return SessionDescription(
+            ice.local_username, ice.local_password, local_infos(ice),
+            self.certificate.sha256 if secure else None, purpose,
+            (self.config.max_message_size, DEFAULT_WINDOW) if secure else None,
+            quic_flight,
+        )
+
+    def prepared_channel(self, is_client: bool = True) -> PreparedChannel:
+        """A QUIC endpoint built ahead of its ICE path (see :class:`PreparedChannel`)."""
+        return PreparedChannel(
+            is_client=is_client,
+            certificate=self.certificate,
+            queue_capacity=self.config.queue_capacity,
+            liveness_timeout=self.config.liveness_timeout,
+            handshake_timeout=self.config.handshake_timeout,
+            max_message_size=self.config.max_message_size,
+            probe_path_mtu=self.config.path_mtu_probing,
+        )
+
+    def reply_channel(self, params: SessionDescription) -> PreparedChannel | None:
+        """The callee's side of a channel whose handshake began in the offer, if it did."""
+        if not (self.config.secure and params.quic_flight and params.cert_sha256):
+            return None
+        draft = self.prepared_channel(is_client=False)
+        return draft if draft.receive_first_flight(params.quic_flight, params.cert_sha256) else None
+
+    async def open_channel(
+        self, ice: IceConnection, is_client: bool, peer_cert: bytes | None,
+        peer_limits: tuple[int, int] | None, draft: PreparedChannel | None = None,
+    ) -> SecureChannel | None:
+        """The pinned QUIC channel over the ICE path (None in raw mode)."""
+        if not self.config.secure:
+            return None
+        if peer_cert is None:
+            raise HandshakeFailed("the peer offered no certificate: it runs without a secure "
+                                  "channel (secure=False); both sides must agree")
+        if draft is not None:
+            return await draft.open(ice, peer_cert, peer_limits)
+        return await open_channel(
+            ice, is_client=is_client, certificate=self.certificate, peer_cert_sha256=peer_cert,
+            queue_capacity=self.config.queue_capacity,
+            liveness_timeout=self.config.liveness_timeout,
+            handshake_timeout=self.config.handshake_timeout,
+            max_message_size=self.config.max_message_size,
+            probe_path_mtu=self.config.path_mtu_probing, peer_limits=peer_limits,
+        )
+
+    def adopt(
+        self, ice: IceConnection, peer: str, initiator: bool, session: bytes, ms: float,
+        channel: SecureChannel | None,
+    ) -> Connection:
+        """Wrap a connected ICE pair (and its channel) as a tracked :class:`Connection`."""
+        conn = Connection(
+            ice, peer, initiator=initiator, session_id=session, connect_ms=ms,
+            channel=channel, queue_capacity=self.config.queue_capacity,
+            on_close=self.connections.discard,
+        )
+        self.connections.add(conn)
+        return conn

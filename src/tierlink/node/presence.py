@@ -1,0 +1,117 @@
+"""Presence in the DHT: this node's signed record (published, kept fresh) and peer lookups.
+
+The record carries the node's keys (and, in public mode, its candidates); it is re-published
+before it expires and, in public mode, soon after the host addresses change. Lookups go
+through the node's one :class:`~tierlink.dht.record_book.PeerLookup`, shared with the offline
+tier.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from tierlink.backoff import Backoff
+from tierlink.dht import DhtClient
+from tierlink.dht.record_book import PeerLookup
+from tierlink.errors import TierlinkError
+from tierlink.identity import Identity, is_fingerprint
+from tierlink.node.config import NodeConfig
+from tierlink.node.endpoint import Endpoint
+from tierlink.transport.aioice_adapter import get_host_addresses
+from tierlink.transport.ice import local_infos
+from tierlink.wire.dhtkeys import ice_candidates_key
+from tierlink.wire.records import CandidateInfo, PeerRecord, now_ms
+
+log = logging.getLogger(__name__)
+
+#: A verified peer record is reused for dialing this long (ms) before it is looked up
+#: again: its keys do not change while the peer keeps its identity.
+RECORD_CACHE_MS = 60_000
+#: The first wait before re-publishing again after a failed attempt (seconds, at most).
+REPUBLISH_RETRY_S = 5.0
+
+
+class Presence:
+    """Publishes this node's record and looks peers up."""
+
+    def __init__(
+        self, dht: DhtClient, identity: Identity, config: NodeConfig, endpoint: Endpoint,
+        lookup: PeerLookup,
+    ) -> None:
+        self.dht = dht
+        self.identity = identity
+        self.config = config
+        self.endpoint = endpoint
+        self.peers = lookup
+        self.record: PeerRecord | None = None
+        self._seq = 0
+
+    async def publish(self) -> PeerRecord:
+        """Sign and put a fresh record (sequence = Unix ms, so it grows across restarts)."""
+        candidates: tuple[CandidateInfo, ...] = ()
+        if self.config.mode == "public":
+            probe = self.endpoint.new_ice(controlling=False)
+            try:
+                await probe.gather_candidates()
+                candidates = tuple(c for c in local_infos(probe) if c.type != "relay")
+            finally:
+                await probe.close()
+        self._seq = max(self._seq + 1, now_ms())
+        record = PeerRecord.create(
+            self.identity, self._seq, self.config.record_lifetime, candidates, self.config.mode
+        )
+        await self.dht.put(ice_candidates_key(self.identity.fingerprint),
+                           record.encode(self.identity))
+        self.record = record
+        return record
+
+    async def republish_loop(self) -> None:
+        """Re-publish before expiry; in public mode also soon after the addresses change.
+
+        A failed attempt is retried with backoff (never later than the regular period).
+        """
+        period = max(self.config.record_lifetime / 3, 1.0)
+        check = period
+        if self.config.mode == "public":
+            check = min(period, self.config.address_check_interval)
+        retry = Backoff(min(period, REPUBLISH_RETRY_S), maximum=period)
+        loop = asyncio.get_running_loop()
+        due = loop.time() + period
+        addresses = self.host_addresses()
+        while True:
+            await asyncio.sleep(max(min(check, due - loop.time()), 0.0))
+            now_addresses = self.host_addresses()
+            if loop.time() < due and now_addresses == addresses:
+                continue
+            try:
+                await self.publish()
+            except TierlinkError as exc:
+                delay = retry.next_delay()
+                log.warning("re-publishing the record failed: %s (retrying in %.0f s)",
+                            exc, delay)
+                due = loop.time() + delay
+                continue
+            retry.reset()
+            addresses, due = now_addresses, loop.time() + period
+
+    def host_addresses(self) -> frozenset[str]:
+        """The addresses host candidates would be gathered on right now."""
+        if self.config.host_addresses is not None:
+            return frozenset(self.config.host_addresses)
+        return frozenset(get_host_addresses(use_ipv4=True, use_ipv6=False))
+
+    async def lookup(self, fingerprint: str, patience: float = 2.0) -> PeerRecord:
+        """The newest valid record of ``fingerprint``, verified; PeerNotFound otherwise.
+
+        A node that has just joined the DHT may not find values yet: an empty answer is
+        asked again with backoff for up to ``patience`` seconds.
+        """
+        if not is_fingerprint(fingerprint):
+            raise ValueError("a fingerprint is 128 lowercase hex characters")
+        return await self.peers.lookup(fingerprint, patience)
+
+    async def record_for(self, fingerprint: str) -> PeerRecord:
+        """A verified record of ``fingerprint`` for dialing: a fresh cached one, else a
+        lookup."""
+        return await self.peers.record_for(fingerprint, RECORD_CACHE_MS, patience=2.0)
