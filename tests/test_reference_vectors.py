@@ -9,6 +9,7 @@ randomness and clock are patched as described in tests/vectors/generate.py.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from typing import Any
@@ -118,15 +119,21 @@ def test_channel_frames() -> None:
 
 
 def test_link_frames() -> None:
-    from tierlink.node.delivery import _valid_message_frame
+    from tierlink.wire.link_frames import (
+        LinkAck,
+        LinkMessage,
+        decode_link_frame,
+        encode_ack_frame,
+        encode_message_frame,
+    )
 
-    frame = cbor2.loads(bytes.fromhex(WIRE["channel"]["link_message"]))
-    assert _valid_message_frame(frame)
-    assert frame == {0: "m", 1: gen.MESSAGE_IDS[0], 2: gen.T0, 3: gen.T0 + 3_600_000,
-                     4: b"payload"}
-    assert cbor2.loads(bytes.fromhex(WIRE["channel"]["link_ack"])) == {
-        0: "a", 1: list(gen.MESSAGE_IDS)
-    }
+    stored = WIRE["channel"]
+    message = LinkMessage(gen.MESSAGE_IDS[0], gen.T0, gen.T0 + 3_600_000, b"payload")
+    assert decode_link_frame(bytes.fromhex(stored["link_message"])) == message
+    assert encode_message_frame(*dataclasses.astuple(message)).hex() == stored["link_message"]
+    ack = LinkAck(tuple(gen.MESSAGE_IDS))
+    assert decode_link_frame(bytes.fromhex(stored["link_ack"])) == ack
+    assert encode_ack_frame(gen.MESSAGE_IDS).hex() == stored["link_ack"]
 
 
 def test_pmtu_probe() -> None:

@@ -13,10 +13,7 @@ The receiver remembers delivered ids in a :class:`~tierlink.offline.outbox.Deliv
 message re-sent after a lost acknowledgement (by any tier) is acknowledged again but handed
 to the application once. "Handed to the application" means taken from ``node.messages()``.
 
-Link frames (canonical CBOR, one per secure-channel message)::
-
-    {0: "m", 1: message id (16 B), 2: created_at_ms, 3: expires_at_ms, 4: payload}
-    {0: "a", 1: [message id, ...]}
+Link frames: :mod:`tierlink.wire.link_frames` (docs/PROTOCOL.md, "Link frames").
 """
 
 from __future__ import annotations
@@ -27,12 +24,9 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import cbor2
 
 from tierlink.dht.record_book import PeerLookup
-from tierlink.errors import ConnectionClosed, TierlinkError
+from tierlink.errors import ConnectionClosed, RecordError, TierlinkError
 from tierlink.identity import Identity
 from tierlink.node.tasks import Supervisor
 from tierlink.offline import DeliveredLog, OfflineTier, Outbox
@@ -40,6 +34,13 @@ from tierlink.offline.outbox import DELIVERED, PENDING, UNDELIVERED
 from tierlink.offline.worker import Dht
 from tierlink.transport.connection import Connection
 from tierlink.wire.envelope import ReceivedEnvelope
+from tierlink.wire.link_frames import (
+    LinkAck,
+    LinkMessage,
+    decode_link_frame,
+    encode_ack_frame,
+    encode_message_frame,
+)
 from tierlink.wire.records import now_ms
 
 log = logging.getLogger(__name__)
@@ -101,6 +102,7 @@ class Messenger:
             reput_interval_s=reput_interval_s, on_delivered=self._offline_delivered,
         )
         self.duplicates_suppressed = 0
+        self.malformed_link_frames = 0
         self._loop = asyncio.get_running_loop()
         self._inbox: asyncio.Queue[tuple[Message, asyncio.Future[None]]] = asyncio.Queue(
             INBOX_CAPACITY
@@ -163,12 +165,11 @@ class Messenger:
             return
         try:
             conn = await self._link_to(recipient)
-            tier = "relay" if conn.path_type == "relay" else "direct"
+            tier = conn.tier
             fut = self._ack_waiters[mid] = self._loop.create_future()
-            frame = {0: "m", 1: mid, 2: entry.created_ms, 3: entry.expires_ms,
-                     4: entry.payload}
+            frame = encode_message_frame(mid, entry.created_ms, entry.expires_ms, entry.payload)
             async with asyncio.timeout(self.ack_timeout):
-                await conn.send(cbor2.dumps(frame, canonical=True))
+                await conn.send(frame)
             async with asyncio.timeout(self.ack_timeout):
                 await asyncio.shield(fut)
         except (TierlinkError, TimeoutError, OSError) as exc:
@@ -308,20 +309,19 @@ class Messenger:
                 if data is None:
                     continue
                 try:
-                    frame = cbor2.loads(data)
-                    kind = frame[0]
-                except Exception:
-                    log.warning("closing a message link that sent an unreadable frame")
+                    frame = decode_link_frame(data)
+                except RecordError as exc:
+                    log.warning("closing a message link that sent a malformed frame: %s", exc)
+                    self.malformed_link_frames += 1
                     break
-                if kind == "a" and isinstance(frame.get(1), list):
-                    for mid in frame[1]:
-                        fut = self._ack_waiters.get(mid) if isinstance(mid, bytes) else None
+                if isinstance(frame, LinkAck):
+                    for mid in frame.message_ids:
+                        fut = self._ack_waiters.get(mid)
                         if fut is not None and not fut.done():
                             fut.set_result(None)
-                elif kind == "m" and _valid_message_frame(frame):
-                    tier = "relay" if conn.path_type == "relay" else "direct"
-                    await self._receive(peer, frame[1], frame[2], frame[3], frame[4], tier,
-                                        conn)
+                elif isinstance(frame, LinkMessage):
+                    await self._receive(peer, frame.message_id, frame.created_at_ms,
+                                        frame.expires_at_ms, frame.payload, conn.tier, conn)
         except ConnectionClosed:
             pass
         finally:
@@ -366,7 +366,7 @@ class Messenger:
 
     async def _ack(self, conn: Connection, mid: bytes) -> None:
         with contextlib.suppress(TierlinkError):
-            await conn.send(cbor2.dumps({0: "a", 1: [mid]}, canonical=True))
+            await conn.send(encode_ack_frame([mid]))
 
     async def _offline_message(self, env: ReceivedEnvelope) -> None:
         """OfflineTier callback: return once the application took the message."""
@@ -382,10 +382,3 @@ class Messenger:
             await asyncio.shield(taken)
             self._pending_in.pop(key, None)
 
-
-def _valid_message_frame(frame: Any) -> bool:
-    return (
-        isinstance(frame, dict) and isinstance(frame.get(1), bytes) and len(frame[1]) == 16
-        and isinstance(frame.get(2), int) and isinstance(frame.get(3), int)
-        and isinstance(frame.get(4), bytes)
-    )

@@ -201,6 +201,11 @@ class Connection:
         types = {self.selected_pair["local"]["type"], self.selected_pair["remote"]["type"]}
         return "relay" if "relay" in types else str(self.selected_pair["local"]["type"])
 
+    @property
+    def tier(self) -> str:
+        """The delivery tier this connection's path belongs to: ``relay`` or ``direct``."""
+        return "relay" if self.path_type == "relay" else "direct"
+
     def stats(self) -> dict[str, Any]:
         """Counters and path facts, JSON-ready."""
         return {
