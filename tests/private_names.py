@@ -26,7 +26,8 @@ _NAME = re.compile(r"(?P<path>[A-Za-z_][\w.]*)(?:\((?P<params>[^)]*)\))?")
 def pinned_version(distribution: str) -> str:
     """The exact version pyproject.toml pins ``distribution`` to (``NAME==VERSION``)."""
     project = tomllib.loads(PYPROJECT.read_text())["project"]
-    for requirement in project["dependencies"]:
+    requirements: list[str] = project["dependencies"]
+    for requirement in requirements:
         name, sep, version = requirement.partition("==")
         if name.strip().lower() == distribution.lower():
             assert sep, f"{distribution} is not pinned exactly in pyproject.toml: {requirement}"

@@ -27,7 +27,6 @@ import asyncio
 import ipaddress
 import random
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import aioice
 from aioice import Candidate, TransportPolicy
@@ -41,7 +40,7 @@ from aioice.ice import (
     server_reflexive_candidate,
 )
 
-from tierlink.transport.aioice_socket import BatchReader, direct_protocol
+from tierlink.transport.aioice_socket import BatchReader
 from tierlink.transport.aioice_socket import forbid_fragmentation as _forbid_fragmentation
 
 __all__ = ["PRIVATE_NAMES", "IceConnection", "get_host_addresses"]
@@ -89,7 +88,7 @@ PRIVATE_NAMES: tuple[str, ...] = (
     "aioice.ice.CandidatePair.local_candidate",
     "aioice.ice.CandidatePair.remote_candidate",
     "aioice.ice.StunProtocol.transport",
-    "aioice.ice.StunProtocol.send_data(data, addr)",
+    "aioice.turn.TurnTransport.sendto(data, addr)",
 )
 
 DatagramHandler = Callable[[bytes], None]
@@ -319,10 +318,9 @@ class IceConnection(aioice.Connection):
         """Open the batch reader on the nominated pair's socket (once; direct pairs only)."""
         if self._tl_reader is not None or not self._tl_batch_receive:
             return
-        protocol = direct_protocol(self._tl_pair())
-        if protocol is None:
-            return  # not connected yet, or TURN: asyncio's one-per-pass reader stays
-        self._tl_reader = BatchReader.open(protocol, self._tl_deliver)
+        pair = self._tl_pair()
+        if pair is not None:  # else not connected yet
+            self._tl_reader = BatchReader.open(pair.protocol, self._tl_deliver)
 
     async def close(self) -> None:
         """Close the ICE connection and the batch reader's socket duplicate."""
@@ -336,20 +334,16 @@ class IceConnection(aioice.Connection):
     def send_nowait(self, data: bytes) -> None:
         """Send one datagram on the nominated pair without awaiting.
 
-        aioice/ice.py ``Connection.sendto`` (lines 757-770) awaits
-        ``StunProtocol.send_data`` (lines 342-343), which only calls ``transport.sendto``:
-        a host/srflx pair sends straight on its UDP socket here; a TURN pair may need a
-        channel binding first, so its coroutine is scheduled (tasks run in creation order).
+        aioice/ice.py ``Connection.sendto`` (lines 757-770) awaits ``StunProtocol.send_data``
+        (lines 342-343), which only calls its transport's ``sendto``; so does this, at once.
+        On a relayed pair that transport is aioice/turn.py ``TurnTransport`` (lines 456-473),
+        whose ``sendto`` binds a TURN channel as needed in a task of its own (tasks run in
+        creation order, so datagrams keep their order).
         """
         pair = self._tl_pair()
         if pair is None:
             raise ConnectionError("ICE connection has no selected pair")
-        protocol = direct_protocol(pair)
-        if protocol is not None:
-            protocol.transport.sendto(data, pair.remote_addr)
-        else:
-            task = asyncio.ensure_future(pair.protocol.send_data(data, pair.remote_addr))
-            task.add_done_callback(_swallow)
+        pair.protocol.transport.sendto(data, pair.remote_addr)
 
     def forbid_fragmentation(self) -> bool:
         """Set don't-fragment on the nominated direct pair's socket (Linux
@@ -358,10 +352,5 @@ class IceConnection(aioice.Connection):
 
         False where that is not possible (no pair yet, a TURN pair, another OS).
         """
-        protocol = direct_protocol(self._tl_pair())
-        return protocol is not None and _forbid_fragmentation(protocol)
-
-
-def _swallow(task: asyncio.Future[Any]) -> None:
-    if not task.cancelled():
-        task.exception()
+        pair = self._tl_pair()
+        return pair is not None and _forbid_fragmentation(pair.protocol)

@@ -17,7 +17,7 @@ import contextlib
 import socket
 from collections.abc import Callable
 
-from aioice.ice import CandidatePair, StunProtocol
+from aioice.ice import StunProtocol
 
 __all__ = [
     "PRIVATE_NAMES",
@@ -25,16 +25,14 @@ __all__ = [
     "RECV_SIZE",
     "SOCKET_BUFFER",
     "BatchReader",
-    "direct_protocol",
     "forbid_fragmentation",
 ]
 
 #: aioice names this module relies on that aioice (0.13.0) does not export; a trailing
 #: ``(...)`` lists the parameters a called function must still take.
 PRIVATE_NAMES: tuple[str, ...] = (
-    # the nominated pair's protocol, and whether it is a direct (UDP socket) one: a TURN
-    # pair's protocol is a StunProtocol subclass (aioice.turn.TurnClient...) or wraps one
-    "aioice.ice.CandidatePair.protocol",
+    # every pair's protocol is a StunProtocol; its transport is asyncio's UDP transport on a
+    # host/srflx pair, aioice's TurnTransport (no "socket" extra info) on a relayed one
     "aioice.ice.StunProtocol",
     "aioice.ice.StunProtocol.transport",
     # batched reads hand STUN (consent checks) and socket errors to aioice's own handling
@@ -58,17 +56,9 @@ _IPV6_MTU_DISCOVER = getattr(socket, "IPV6_MTU_DISCOVER", 23)
 _PMTUDISC_PROBE = getattr(socket, "IP_PMTUDISC_PROBE", 3)
 
 
-def direct_protocol(pair: CandidatePair | None) -> StunProtocol | None:
-    """The pair's protocol if it sends straight on a UDP socket (host/srflx), else None.
-
-    ``type() is`` on purpose: aioice's TURN protocols derive from StunProtocol too.
-    """
-    if pair is None or type(pair.protocol) is not StunProtocol:
-        return None
-    return pair.protocol
-
-
 def _udp_socket(protocol: StunProtocol) -> socket.socket | None:
+    """The protocol's open UDP socket; None on a relayed pair (aioice/turn.py TurnTransport
+    has no "socket" extra info) or once the transport is closing."""
     transport = protocol.transport
     if transport is None or transport.is_closing():
         return None
@@ -78,7 +68,8 @@ def _udp_socket(protocol: StunProtocol) -> socket.socket | None:
 
 def forbid_fragmentation(protocol: StunProtocol) -> bool:
     """Set don't-fragment on the protocol's socket (Linux ``IP_PMTUDISC_PROBE``: DF set, the
-    kernel's cached path MTU not enforced); False where that is not possible."""
+    kernel's cached path MTU not enforced); False where that is not possible (a relayed
+    pair: no socket of ours, another OS)."""
     transport = protocol.transport
     sock = transport.get_extra_info("socket") if transport is not None else None
     if sock is None:
@@ -114,7 +105,8 @@ class BatchReader:
     def open(
         cls, protocol: StunProtocol, deliver: Callable[[bytes], None]
     ) -> BatchReader | None:
-        """A reader on ``protocol``'s socket (buffers raised), or None if it is closed."""
+        """A reader on ``protocol``'s socket (buffers raised), or None if it has none (a
+        relayed pair: asyncio's one-per-pass reading stays) or it is closing."""
         tsock = _udp_socket(protocol)
         if tsock is None:
             return None
