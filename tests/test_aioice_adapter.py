@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from typing import Any, cast
 
 import aioice
 import pytest
 from aioice import Candidate
 from aioice.ice import CandidatePair, StunProtocol, get_host_addresses
+from aioice.turn import TurnTransport
 
 from tests.private_names import installed_version, missing, pinned_version
 from tests.waiting import eventually
@@ -40,6 +42,11 @@ async def test_private_names_resolve_on_the_installed_aioice() -> None:
     names = aioice_adapter.PRIVATE_NAMES + aioice_socket.PRIVATE_NAMES
     problems = missing(names, "aioice", instances)
     assert not problems, "aioice changed:\n" + "\n".join(problems)
+
+
+def test_a_relayed_pair_has_no_socket_to_batch_or_mark() -> None:
+    """aioice's TURN transport has no "socket" extra info: no batch reader, no DF bit."""
+    assert TurnTransport(cast(Any, None)).get_extra_info("socket") is None
 
 
 def test_a_changed_name_or_signature_is_reported() -> None:

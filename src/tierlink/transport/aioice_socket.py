@@ -35,6 +35,7 @@ PRIVATE_NAMES: tuple[str, ...] = (
     # host/srflx pair, aioice's TurnTransport (no "socket" extra info) on a relayed one
     "aioice.ice.StunProtocol",
     "aioice.ice.StunProtocol.transport",
+    "aioice.turn.TurnTransport.get_extra_info(name, default)",
     # batched reads hand STUN (consent checks) and socket errors to aioice's own handling
     "aioice.ice.StunProtocol.datagram_received(data, addr)",
     "aioice.ice.StunProtocol.error_received(exc)",
