@@ -1,31 +1,70 @@
-"""The aioice adapter: fails loudly if aioice renames what tierlink relies on."""
+"""The aioice adapter: every aioice internal it relies on still exists (on the pinned aioice,
+else the test says which name broke), and the behaviour built on them."""
 
 from __future__ import annotations
 
 import asyncio
-import inspect
 import socket
+from typing import Any, cast
 
 import aioice
-import aioice.ice
 import pytest
+from aioice import Candidate
+from aioice.ice import CandidatePair, StunProtocol, get_host_addresses
+from aioice.turn import TurnTransport
 
-from tierlink.transport.aioice_adapter import PRIVATE_ATTRIBUTES, RECV_BATCH, IceConnection
+from tests.private_names import installed_version, missing, pinned_version
+from tests.waiting import eventually
+from tierlink.transport import aioice_adapter, aioice_socket
+from tierlink.transport.aioice_adapter import IceConnection
+from tierlink.transport.aioice_socket import RECV_BATCH
+
+#: The aioice methods IceConnection overrides on purpose (each listed in PRIVATE_NAMES).
+OVERRIDES = {"__init__", "get_component_candidates", "connect", "data_received", "close"}
 
 
-def test_private_attributes_still_exist() -> None:
-    conn = aioice.Connection(ice_controlling=True)
-    missing = [name for name in PRIVATE_ATTRIBUTES if not hasattr(conn, name)]
-    assert not missing, f"aioice {aioice.__version__} no longer has {missing}: update ice_compat"
+def test_installed_aioice_is_the_pinned_version() -> None:
+    assert installed_version("aioice") == pinned_version("aioice") == aioice.__version__, (
+        "aioice was upgraded: check every name in the aioice adapter's PRIVATE_NAMES and the "
+        "upstream line references in aioice_adapter.py, then update the pin"
+    )
 
 
-def test_private_hooks_still_have_their_shape() -> None:
-    params = inspect.signature(aioice.Connection.get_component_candidates).parameters
-    assert {"component", "addresses"} <= set(params)
-    assert list(inspect.signature(aioice.Connection.data_received).parameters) == [
-        "self", "data", "component"]
-    assert callable(aioice.ice.get_host_addresses)
-    assert hasattr(aioice.ice, "StunProtocol") and hasattr(aioice.ice, "TransportPolicy")
+async def test_private_names_resolve_on_the_installed_aioice() -> None:
+    plain = aioice.Connection(ice_controlling=True)  # not ours: our attributes would mask
+    protocol = StunProtocol(plain)
+    candidate = Candidate("1", 1, "udp", 1, "127.0.0.1", 9, "host")
+    instances = {
+        aioice.Connection: plain,
+        StunProtocol: protocol,
+        CandidatePair: CandidatePair(protocol, candidate),
+    }
+    names = aioice_adapter.PRIVATE_NAMES + aioice_socket.PRIVATE_NAMES
+    problems = missing(names, "aioice", instances)
+    assert not problems, "aioice changed:\n" + "\n".join(problems)
+
+
+def test_a_relayed_pair_has_no_socket_to_batch_or_mark() -> None:
+    """aioice's TURN transport has no "socket" extra info: no batch reader, no DF bit."""
+    assert TurnTransport(cast(Any, None)).get_extra_info("socket") is None
+
+
+def test_a_changed_name_or_signature_is_reported() -> None:
+    problems = missing(
+        ["aioice.ice.Connection._no_such_name", "aioice.ice.Connection.check_incoming(message)"],
+        "aioice", {},
+    )
+    assert len(problems) == 2
+    assert "'_no_such_name' is missing" in problems[0] and "aioice==0.13.0" in problems[0]
+    assert "takes (message, addr, protocol), not (message)" in problems[1]
+
+
+def test_ice_connection_shadows_nothing_of_aioice_but_its_overrides() -> None:
+    overridden = {n for n in vars(IceConnection) if hasattr(aioice.Connection, n)}
+    assert overridden - {"__doc__", "__module__", "__dict__", "__weakref__"} == OVERRIDES
+    ours = set(vars(IceConnection(controlling=True))) - set(vars(aioice.Connection(True)))
+    assert ours and all(n.startswith("_tl_") for n in ours)
+    assert not any(hasattr(aioice.Connection, n) for n in ours)
 
 
 async def connected_pair(
@@ -48,15 +87,9 @@ async def connected_pair(
 
 async def first_pass_then_all(got: list[bytes], total: int) -> int:
     """How many datagrams the first delivering loop pass handed over; then wait for all."""
-    for _ in range(1000):
-        if got:
-            break
-        await asyncio.sleep(0)
+    await eventually(lambda: got, 10, "the first datagram", interval=0)  # one pass per poll
     first = len(got)
-    for _ in range(200):
-        if len(got) == total:
-            break
-        await asyncio.sleep(0.005)
+    await eventually(lambda: len(got) == total, what=f"all {total} datagrams")
     return first
 
 
@@ -69,18 +102,36 @@ async def test_gathering_is_restricted_to_the_allow_list() -> None:
         await conn.close()
 
 
+async def test_without_allow_list_gathering_is_aioices_default() -> None:
+    conn = IceConnection(controlling=True)
+    try:
+        await conn.gather_candidates()
+        hosts = [c.host for c in conn.local_candidates]
+        assert hosts == get_host_addresses(use_ipv4=True, use_ipv6=False)
+        assert "127.0.0.1" not in hosts
+    finally:
+        await conn.close()
+
+
+async def test_relay_only_gathers_no_host_candidate_even_with_an_allow_list() -> None:
+    conn = IceConnection(controlling=True, host_addresses=["127.0.0.1"], relay_only=True)
+    try:
+        await conn.gather_candidates()  # no TURN server: nothing at all
+        assert conn.local_candidates == []
+    finally:
+        await conn.close()
+
+
 async def test_handler_send_nowait_and_selected_pair() -> None:
     a, b = await connected_pair()
     try:
         got: list[bytes] = []
         a.send_nowait(b"early")  # before the handler: kept in the small pending buffer
-        await asyncio.sleep(0.05)
+        await eventually(lambda: b.held_datagrams == 1, what="the early datagram held")
         b.set_datagram_handler(got.append)
+        assert got == [b"early"] and b.held_datagrams == 0
         a.send_nowait(b"late")
-        for _ in range(100):
-            if len(got) == 2:
-                break
-            await asyncio.sleep(0.01)
+        await eventually(lambda: len(got) == 2, what="the late datagram")
         assert got == [b"early", b"late"]
         sel = a.selected_pair()
         assert sel is not None and sel[0].host == "127.0.0.1" and not a.is_relayed
@@ -150,10 +201,7 @@ async def test_connect_with_several_pairs_and_fast_pacing() -> None:
         got: list[bytes] = []
         b.set_datagram_handler(got.append)
         a.send_nowait(b"\x40hello")
-        for _ in range(100):
-            if got:
-                break
-            await asyncio.sleep(0.01)
+        await eventually(lambda: got, what="the datagram")
         assert got == [b"\x40hello"]
     finally:
         await a.close()

@@ -1,7 +1,9 @@
-"""The aioquic private names the aioquic adapter relies on still exist and still behave.
+"""The aioquic internals the aioquic adapter relies on still exist and still behave.
 
-Sans-IO: two PinnedQuicConnections exchange datagrams in memory (no sockets), so an aioquic
-upgrade that renames or changes any of them fails here, loudly, before the channel misbehaves.
+Every name in the adapter's PRIVATE_NAMES resolves on the installed aioquic, which must be the
+pinned version. Sans-IO: two PinnedQuicConnections exchange datagrams in memory (no sockets),
+so an aioquic upgrade that renames or changes any of them fails here, loudly, before the
+channel misbehaves.
 """
 
 from __future__ import annotations
@@ -13,16 +15,21 @@ from aioquic import tls
 from aioquic.buffer import Buffer  # type: ignore[attr-defined]
 from aioquic.quic import events
 from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.congestion.cubic import CubicCongestionControl
+from aioquic.quic.congestion.reno import RenoCongestionControl
 from aioquic.quic.connection import QuicConnection
 from aioquic.quic.packet import pull_quic_header
+from aioquic.quic.recovery import QuicPacketPacer, QuicPacketRecovery, QuicPacketSpace
 
+from tests.private_names import installed_version, missing, pinned_version
+from tierlink.transport import aioquic_adapter
 from tierlink.transport.aioquic_adapter import (
     MAX_PACKET_SIZE,
     PIN_MISMATCH_REASON,
-    PRIVATE_ATTRIBUTES,
     PinnedQuicConnection,
     close_event,
     forget_rtt_sample,
+    initial_destination_cid,
     max_datagram_size,
     pending_datagrams,
     release,
@@ -98,22 +105,66 @@ def _events(conn: QuicConnection) -> list[events.QuicEvent]:
     return out
 
 
-def test_private_names_exist() -> None:
+def test_installed_aioquic_is_the_pinned_version() -> None:
+    assert installed_version("aioquic") == pinned_version("aioquic"), (
+        "aioquic was upgraded: check every name in the aioquic adapter's PRIVATE_NAMES, then "
+        "update the pin"
+    )
+
+
+def test_private_names_resolve_on_the_installed_aioquic() -> None:
+    cert = LocalCertificate.generate()
+    plain = QuicConnection(configuration=_config(cert, True))  # not ours: ours sets names
+    plain.connect(ADDR, now=0.0)
+    instances = {
+        QuicConnection: plain,
+        tls.Context: plain.tls,
+        QuicPacketRecovery: plain._loss,
+        QuicPacketSpace: plain._loss.spaces[0],
+        QuicPacketPacer: QuicPacketPacer(max_datagram_size=MAX_DATAGRAM_SIZE),
+        RenoCongestionControl: RenoCongestionControl(max_datagram_size=MAX_DATAGRAM_SIZE),
+        CubicCongestionControl: CubicCongestionControl(max_datagram_size=MAX_DATAGRAM_SIZE),
+    }
+    problems = missing(aioquic_adapter.PRIVATE_NAMES, "aioquic", instances)
+    assert not problems, "aioquic changed:\n" + "\n".join(problems)
+    # The defaults the adapter changes are still what it expects to change.
+    assert plain.tls._request_client_certificate is False
+    assert tls.Group.X25519 in plain.tls._supported_groups
+
+
+def test_pinned_connection_shadows_nothing_of_aioquic_but_initialize() -> None:
+    overridden = {n for n in vars(PinnedQuicConnection) if hasattr(QuicConnection, n)}
+    assert overridden - {"__doc__", "__module__"} == {"__init__", "_initialize"}
+    cert = LocalCertificate.generate()
+    ours = PinnedQuicConnection(configuration=_config(cert, True), expected_peer_sha256=b"")
+    plain = QuicConnection(configuration=_config(cert, True))
+    added = set(vars(ours)) - set(vars(plain))
+    assert added == {
+        "expected_peer_sha256", "peer_certificate_sha256", "pin_error", "early_datagrams",
+        "early_reply",
+    }
+    assert not any(hasattr(QuicConnection, n) for n in added)
+
+
+def test_pinned_connection_installs_its_tls_settings() -> None:
     cert = LocalCertificate.generate()
     conn = PinnedQuicConnection(configuration=_config(cert, True), expected_peer_sha256=b"\0" * 32)
     conn.connect(ADDR, now=0.0)
-    owners = {
-        "QuicConnection": conn,
-        "tls.Context": conn.tls,
-        "QuicPacketRecovery": conn._loss,
-        "QuicCongestionControl": conn._loss._cc,
-        "QuicPacketPacer": conn._loss._pacer,
-    }
-    for owner, name in PRIVATE_ATTRIBUTES:
-        assert hasattr(owners[owner], name), f"aioquic no longer has {owner}.{name}"
     assert isinstance(conn.tls, tls.Context)
     assert conn.tls._request_client_certificate is True
     assert conn.tls._supported_groups == [tls.Group.X25519]
+
+
+def test_initial_destination_cid() -> None:
+    cert = LocalCertificate.generate()
+    conn = PinnedQuicConnection(configuration=_config(cert, True), expected_peer_sha256=b"\0" * 32)
+    conn.connect(ADDR, now=0.0)
+    initial = conn.datagrams_to_send(now=0.0)[0][0]
+    header = pull_quic_header(Buffer(data=initial), CONNECTION_ID_LENGTH)
+    assert initial_destination_cid(initial, CONNECTION_ID_LENGTH) == header.destination_cid
+    assert len(header.destination_cid) == 8  # aioquic's client picks an 8-byte initial id
+    assert initial_destination_cid(b"", CONNECTION_ID_LENGTH) is None
+    assert initial_destination_cid(b"\x40" + bytes(40), CONNECTION_ID_LENGTH) is None
 
 
 def test_mutual_handshake_pins_both_certificates() -> None:

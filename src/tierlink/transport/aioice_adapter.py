@@ -1,96 +1,103 @@
-"""The one place tierlink touches aioice's private attributes.
+"""The one place tierlink touches aioice's internals (with :mod:`.aioice_socket`).
 
-aioice (0.13) gathers host candidates from every interface except 127.0.0.1, queues every
-received datagram in an unbounded ``asyncio.Queue`` and sends through a coroutine. tierlink
-needs what it does not offer publicly:
+aioice (0.13.0, pinned exactly) gathers host candidates from every interface except
+127.0.0.1, queues every received datagram in an unbounded ``asyncio.Queue`` and sends through
+a coroutine. tierlink needs what it does not offer publicly:
 
-* gathering restricted to an allow-list of local addresses (loopback included);
-* a synchronous receive callback (the QUIC pump and the bounded receive queue sit behind it);
+* gathering restricted to an allow-list of local addresses (loopback included), and host
+  sockets bound inside a port range;
+* a synchronous receive callback (the QUIC pump and the bounded receive queue sit behind it),
+  with batched reads of the nominated socket (:class:`~.aioice_socket.BatchReader`);
 * a synchronous send on the nominated pair, and the nominated pair itself;
-* batched receive: asyncio's datagram transport reads one datagram per event-loop pass, so
-  after a datagram reaches the handler the adapter drains what else waits on the nominated
-  pair's socket (a ``dup`` of it, public API) in the same pass; QUIC then packetizes its
-  answer (acks) once per batch instead of once per datagram. Larger socket buffers absorb
-  the bursts that batching lets through;
 * connectivity checks without aioice's idle wait: aioice's ``connect`` sleeps one pacing
   interval (Ta, 20 ms) after starting the *last* check before it looks at the result, so
   even a one-pair loopback connect takes 20 ms. :meth:`IceConnection.connect` is aioice's
   loop with that trailing sleep dropped (Ta still paces the start of every further check)
   and Ta configurable (``check_interval``; RFC 8445 section 14.2 allows down to 5 ms).
 
-``tests/test_ice_compat.py`` checks every private name used here, so an aioice upgrade that
-renames one fails loudly there instead of misbehaving at run time.
+Every aioice name used here that aioice does not export (``aioice.__all__``: Candidate,
+Connection, ConnectionClosed, TransportPolicy) is listed in :data:`PRIVATE_NAMES`;
+``tests/test_aioice_adapter.py`` resolves each one on the installed aioice and checks that
+the installed version is the pinned one, so an upgrade fails there, loudly.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ipaddress
 import random
-import socket
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import aioice
-from aioice import Candidate
+from aioice import Candidate, TransportPolicy
 from aioice.candidate import candidate_foundation, candidate_priority
 from aioice.ice import (
     ICE_COMPLETED,
     ICE_FAILED,
     CandidatePair,
     StunProtocol,
-    TransportPolicy,
     get_host_addresses,
     server_reflexive_candidate,
 )
 
-__all__ = ["PRIVATE_ATTRIBUTES", "IceConnection", "get_host_addresses"]
+from tierlink.transport.aioice_socket import BatchReader
+from tierlink.transport.aioice_socket import forbid_fragmentation as _forbid_fragmentation
 
-#: Private aioice.Connection attributes this adapter relies on (checked by the tests).
-PRIVATE_ATTRIBUTES = (
-    "_local_candidates_start",
-    "_local_candidates_end",
-    "_local_candidates",
-    "_components",
-    "_transport_policy",
-    "_nominated",
-    "_use_ipv4",
-    "_use_ipv6",
+__all__ = ["PRIVATE_NAMES", "IceConnection", "get_host_addresses"]
+
+#: aioice names this module relies on that aioice (0.13.0) does not export; a trailing
+#: ``(...)`` lists the parameters a called or overridden function must still take.
+PRIVATE_NAMES: tuple[str, ...] = (
+    # node.py lists the machine's addresses the way aioice does (re-exported here)
+    "aioice.ice.get_host_addresses(use_ipv4, use_ipv6)",
+    # overridden: aioice calls them on itself
+    "aioice.ice.Connection.get_component_candidates(component, addresses, timeout)",
+    "aioice.ice.Connection.data_received(data, component)",
+    # get_component_candidates() with a port range: aioice's host gathering, redone
+    "aioice.ice.Connection._protocols",
+    "aioice.ice.StunProtocol(receiver)",
+    "aioice.ice.StunProtocol.local_candidate",
+    "aioice.ice.server_reflexive_candidate(protocol, stun_server)",
+    "aioice.candidate.candidate_foundation(candidate_type, candidate_transport, base_address)",
+    "aioice.candidate.candidate_priority(candidate_component, candidate_type, local_pref)",
     # connect(): aioice's check loop
-    "_remote_candidates",
-    "_pair_remote_candidate",
-    "_unfreeze_initial",
-    "_early_checks",
-    "_early_checks_done",
-    "_check_periodic",
-    "_check_list",
-    "_check_list_state",
-    "_remote_candidates_expected",
-    "_query_consent_task",
-    # get_component_candidates() with a port range
-    "_protocols",
+    "aioice.ice.Connection._local_candidates_end",
+    "aioice.ice.Connection._remote_candidates",
+    "aioice.ice.Connection._pair_remote_candidate(remote_candidate)",
+    "aioice.ice.Connection.sort_check_list()",
+    "aioice.ice.Connection._unfreeze_initial()",
+    "aioice.ice.Connection._early_checks",
+    "aioice.ice.Connection.check_incoming(message, addr, protocol)",
+    "aioice.ice.Connection._early_checks_done",
+    "aioice.ice.Connection._check_periodic()",
+    "aioice.ice.Connection._remote_candidates_expected()",
+    "aioice.ice.Connection._check_list",
+    "aioice.ice.Connection._check_list_state",
+    "aioice.ice.Connection._query_consent_task",
+    "aioice.ice.Connection.query_consent()",
+    "aioice.ice.CandidatePair.state",
+    "aioice.ice.CandidatePair.task",
+    "aioice.ice.CandidatePair.State.WAITING",
+    "aioice.ice.CandidatePair.State.FROZEN",
+    "aioice.ice.ICE_COMPLETED",
+    "aioice.ice.ICE_FAILED",
+    # the nominated pair: sending on it, reading its candidates
+    "aioice.ice.Connection._nominated",
+    "aioice.ice.CandidatePair.protocol",
+    "aioice.ice.CandidatePair.remote_addr",
+    "aioice.ice.CandidatePair.local_candidate",
+    "aioice.ice.CandidatePair.remote_candidate",
+    "aioice.ice.StunProtocol.transport",
+    "aioice.turn.TurnTransport.sendto(data, addr)",
 )
 
 DatagramHandler = Callable[[bytes], None]
 
-#: Datagrams handled per readiness of the nominated socket (asyncio alone handles one).
-RECV_BATCH = 64
-#: Largest datagram read from the socket (the largest UDP payload).
-RECV_SIZE = 65_536
-#: SO_RCVBUF / SO_SNDBUF asked for on the nominated socket (the kernel caps it at
-#: net.core.rmem_max / wmem_max; Linux's 208 KiB default holds only ~90 full packets).
-SOCKET_BUFFER = 2 * 1024 * 1024
-#: RFC 7983 demultiplexing: STUN messages start with a byte below 4, QUIC packets always
-#: have the fixed bit (0x40) set, so anything >= 0x40 skips aioice's STUN parse.
-_FIRST_NON_STUN_BYTE = 0x40
-#: Linux socket options for the don't-fragment bit (the socket module lacks some names).
-_IP_MTU_DISCOVER = getattr(socket, "IP_MTU_DISCOVER", 10)
-_IPV6_MTU_DISCOVER = getattr(socket, "IPV6_MTU_DISCOVER", 23)
-_PMTUDISC_PROBE = getattr(socket, "IP_PMTUDISC_PROBE", 3)
 #: aioice's pacing of connectivity checks (Ta); RFC 8445 section 14.2 forbids < 5 ms.
 DEFAULT_CHECK_INTERVAL = 0.02
 MIN_CHECK_INTERVAL = 0.005
+#: Datagrams kept between ICE completion and the handler being set.
+_PENDING_LIMIT = 64
 _UNSTARTED = (CandidatePair.State.WAITING, CandidatePair.State.FROZEN)
 
 
@@ -133,43 +140,37 @@ class IceConnection(aioice.Connection):
             raise ValueError(f"port range must be LOW-HIGH within 1024-65535, got {port_range}")
         self._tl_port_range = port_range
         self._tl_allowed = list(host_addresses) if host_addresses is not None else None
+        self._tl_relay_only = relay_only
         self._tl_check_interval = check_interval
         self._tl_batch_receive = batch_receive
         self._tl_handler: DatagramHandler | None = None
         self._tl_keep_reading: Callable[[], bool] | None = None
         self._tl_pending: list[bytes] = []
-        self._tl_sock: socket.socket | None = None  # dup of the nominated socket
-        self._tl_protocol: StunProtocol | None = None
-        self._tl_draining = False
+        self._tl_reader: BatchReader | None = None
 
-    async def gather_candidates(self) -> None:
-        """Gather host candidates only on the allowed addresses (all but 127.0.0.1 if None)."""
-        if self._local_candidates_start:
-            return
-        self._local_candidates_start = True
-        addresses: list[str] = []
-        if self._transport_policy == TransportPolicy.ALL:
-            if self._tl_allowed is None:
-                addresses = get_host_addresses(use_ipv4=self._use_ipv4, use_ipv6=self._use_ipv6)
-            else:
-                addresses = list(self._tl_allowed)
-        for component in self._components:
-            self._local_candidates += await self.get_component_candidates(
-                component=component, addresses=addresses
-            )
-        self._local_candidates_end = True
-
+    # -- gathering ------------------------------------------------------------------------
     async def get_component_candidates(
         self, component: int, addresses: list[str], timeout: int = 5
     ) -> list[Candidate]:
-        """aioice's gathering, except that host sockets bind inside ``port_range`` if set.
+        """Gather one component's candidates on the allow-list, inside ``port_range`` if set.
 
-        Host and server-reflexive candidates come from our sockets; a TURN allocation (its
-        client socket is not in the range) still comes from aioice.
+        aioice's public ``gather_candidates`` (aioice/ice.py ``Connection.gather_candidates``,
+        lines 568-595) calls this with every host address but 127.0.0.1, or none under the
+        relay policy; with an allow-list, the allow-list replaces them (relay policy: still
+        none). Host and server-reflexive candidates come from our sockets when a port range
+        is set; a TURN allocation (its client socket is not in the range) still comes from
+        aioice.
         """
+        if self._tl_allowed is not None and not self._tl_relay_only:
+            addresses = list(self._tl_allowed)
         if self._tl_port_range is None or not addresses:
             return list(await super().get_component_candidates(component, addresses, timeout))
-        protocols = [await self._bind_in_range(component, a) for a in addresses]
+        # Follows aioice/ice.py Connection.get_component_candidates (lines 1137-1218) for the
+        # host and srflx part. Differs: host sockets bind to a free port of the range
+        # (_tl_bind_in_range), keep the kernel's SO_RCVBUF (aioice sets its TURN buffer size),
+        # and the candidate carries the address asked for, not getsockname()'s; the TURN part
+        # is aioice's own, called with no host address.
+        protocols = [await self._tl_bind_in_range(component, a) for a in addresses]
         self._protocols += protocols
         candidates = [p.local_candidate for p in protocols]
         tasks = [
@@ -185,7 +186,7 @@ class IceConnection(aioice.Connection):
                 t.cancel()
         return candidates + list(relayed)
 
-    async def _bind_in_range(self, component: int, address: str) -> StunProtocol:
+    async def _tl_bind_in_range(self, component: int, address: str) -> StunProtocol:
         assert self._tl_port_range is not None
         low, high = self._tl_port_range
         loop = asyncio.get_running_loop()
@@ -207,6 +208,7 @@ class IceConnection(aioice.Connection):
             return protocol
         raise OSError(f"no free UDP port on {address} in the range {low}-{high}")
 
+    # -- connectivity checks --------------------------------------------------------------
     async def connect(self) -> None:
         """aioice's ``connect`` (RFC 8445 checks, aggressive nomination) minus the idle Ta.
 
@@ -214,6 +216,13 @@ class IceConnection(aioice.Connection):
         pair is left to start (and no remote candidate is expected), so the result is seen
         the moment the last check completes. Raises ConnectionError if ICE fails.
         """
+        # A copy of aioice/ice.py Connection.connect (lines 608-657). Differs only in the
+        # check loop ("Perform the checks", lines 636-640: ``while True: if not
+        # self._check_periodic(): break; await asyncio.sleep(0.02)``): the sleep is
+        # check_interval, and the loop ends without it once every pair's check has started
+        # (a started pair has its task set before its state leaves WAITING/FROZEN) and no
+        # remote candidate is expected: aioice's next Connection._check_periodic call
+        # (lines 995-1019) would start nothing and return False.
         if not self._local_candidates_end:
             raise ConnectionError("Local candidates gathering was not performed")
         if self.remote_username is None or self.remote_password is None:
@@ -240,6 +249,25 @@ class IceConnection(aioice.Connection):
             raise ConnectionError("ICE negotiation failed")
         self._query_consent_task = asyncio.create_task(self.query_consent())
 
+    # -- the nominated pair ---------------------------------------------------------------
+    def _tl_pair(self) -> CandidatePair | None:
+        """The nominated pair of component 1 (the only one), or None before nomination."""
+        pair: CandidatePair | None = self._nominated.get(1)
+        return pair
+
+    def selected_pair(self) -> tuple[Candidate, Candidate] | None:
+        """(local candidate, remote candidate) of the nominated pair, or None."""
+        pair = self._tl_pair()
+        if pair is None:
+            return None
+        return pair.local_candidate, pair.remote_candidate
+
+    @property
+    def is_relayed(self) -> bool:
+        """True if the nominated pair goes through a TURN relay on our side."""
+        sel = self.selected_pair()
+        return sel is not None and sel[0].type == "relay"
+
     # -- receiving ------------------------------------------------------------------------
     def set_datagram_handler(
         self, handler: DatagramHandler | None, *, keep_reading: Callable[[], bool] | None = None
@@ -260,95 +288,62 @@ class IceConnection(aioice.Connection):
             for data in pending:
                 handler(data)
 
+    @property
+    def held_datagrams(self) -> int:
+        """Datagrams received before a handler was set, held for it (at most 64)."""
+        return len(self._tl_pending)
+
     def data_received(self, data: bytes, component: int) -> None:
-        """Called by aioice's protocols for every application datagram."""
+        """Called by aioice's protocols for every application datagram.
+
+        Replaces aioice/ice.py ``Connection.data_received`` (lines 1277-1278), which queues
+        the datagram for ``recv``: with a handler set, ``recv`` is not used.
+        """
         handler = self._tl_handler
         if handler is not None:
             handler(data)
-            if self._tl_sock is not None and not self._tl_draining:
+            reader = self._tl_reader
+            if reader is not None and not reader.closed and not reader.draining:
                 keep = self._tl_keep_reading
                 if keep is None or keep():
-                    self._tl_drain()
-        elif len(self._tl_pending) < 64:
+                    reader.drain(keep)
+        elif len(self._tl_pending) < _PENDING_LIMIT:
             # Datagrams that arrive between ICE completion and the handler being set.
             self._tl_pending.append(data)
 
+    def _tl_deliver(self, data: bytes) -> None:
+        self.data_received(data, 1)
+
     def _tl_enable_batching(self) -> None:
         """Open the batch reader on the nominated pair's socket (once; direct pairs only)."""
-        if self._tl_sock is not None or not self._tl_batch_receive:
+        if self._tl_reader is not None or not self._tl_batch_receive:
             return
-        pair = self._nominated.get(1)
-        if pair is None or type(pair.protocol) is not StunProtocol:
-            return  # not connected yet, or TURN: asyncio's one-per-pass reader stays
-        transport = pair.protocol.transport
-        tsock = transport.get_extra_info("socket") if transport is not None else None
-        if tsock is None or transport.is_closing():
-            return
-        for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
-            with contextlib.suppress(OSError):
-                if tsock.getsockopt(socket.SOL_SOCKET, opt) < SOCKET_BUFFER:
-                    tsock.setsockopt(socket.SOL_SOCKET, opt, SOCKET_BUFFER)
-        sock = tsock.dup()  # same open file: same receive queue, already non-blocking
-        sock.setblocking(False)
-        self._tl_sock, self._tl_protocol = sock, pair.protocol
-
-    def _tl_drain(self) -> None:
-        """Handle up to RECV_BATCH - 1 more datagrams already waiting on the socket."""
-        sock, protocol = self._tl_sock, self._tl_protocol
-        assert sock is not None and protocol is not None
-        if protocol.transport is None or protocol.transport.is_closing():
-            self._tl_close_batching()
-            return
-        self._tl_draining = True
-        try:
-            keep = self._tl_keep_reading
-            for _ in range(RECV_BATCH - 1):
-                if keep is not None and not keep():
-                    break
-                try:
-                    data, addr = sock.recvfrom(RECV_SIZE)
-                except (BlockingIOError, InterruptedError):
-                    break
-                except OSError as exc:
-                    protocol.error_received(exc)
-                    break
-                if data and data[0] >= _FIRST_NON_STUN_BYTE:
-                    self.data_received(data, 1)
-                else:  # STUN (consent checks): aioice's own handling
-                    protocol.datagram_received(data, addr)
-                if self._tl_sock is None:  # closed meanwhile
-                    break
-        finally:
-            self._tl_draining = False
-
-    def _tl_close_batching(self) -> None:
-        sock, self._tl_sock, self._tl_protocol = self._tl_sock, None, None
-        if sock is not None:
-            sock.close()
+        pair = self._tl_pair()
+        if pair is not None:  # else not connected yet
+            self._tl_reader = BatchReader.open(pair.protocol, self._tl_deliver)
 
     async def close(self) -> None:
         """Close the ICE connection and the batch reader's socket duplicate."""
         try:
             await super().close()
         finally:
-            self._tl_close_batching()
+            if self._tl_reader is not None:
+                self._tl_reader.close()
 
     # -- sending --------------------------------------------------------------------------
     def send_nowait(self, data: bytes) -> None:
         """Send one datagram on the nominated pair without awaiting.
 
-        A host/srflx pair sends straight on its UDP socket; a TURN pair may need a channel
-        binding first, so its coroutine is scheduled (tasks run in creation order).
+        aioice/ice.py ``Connection.sendto`` (lines 757-770) awaits ``StunProtocol.send_data``
+        (lines 342-343), which only calls its transport's ``sendto``; so does this, at once.
+        On a relayed pair that transport is aioice/turn.py ``TurnTransport`` (lines 456-473),
+        whose ``sendto`` binds a TURN channel as needed in a task of its own (tasks run in
+        creation order, so datagrams keep their order).
         """
-        pair = self._nominated.get(1)
+        pair = self._tl_pair()
         if pair is None:
             raise ConnectionError("ICE connection has no selected pair")
-        protocol = pair.protocol
-        if type(protocol) is StunProtocol:
-            protocol.transport.sendto(data, pair.remote_addr)
-        else:
-            task = asyncio.ensure_future(protocol.send_data(data, pair.remote_addr))
-            task.add_done_callback(_swallow)
+        pair.protocol.transport.sendto(data, pair.remote_addr)
 
     def forbid_fragmentation(self) -> bool:
         """Set don't-fragment on the nominated direct pair's socket (Linux
@@ -357,37 +352,5 @@ class IceConnection(aioice.Connection):
 
         False where that is not possible (no pair yet, a TURN pair, another OS).
         """
-        pair = self._nominated.get(1)
-        if pair is None or type(pair.protocol) is not StunProtocol:
-            return False
-        transport = pair.protocol.transport
-        sock = transport.get_extra_info("socket") if transport is not None else None
-        if sock is None:
-            return False
-        if sock.family == socket.AF_INET6:
-            level, option = socket.IPPROTO_IPV6, _IPV6_MTU_DISCOVER
-        else:
-            level, option = socket.IPPROTO_IP, _IP_MTU_DISCOVER
-        try:
-            sock.setsockopt(level, option, _PMTUDISC_PROBE)
-        except OSError:
-            return False
-        return True
-
-    def selected_pair(self) -> tuple[Candidate, Candidate] | None:
-        """(local candidate, remote candidate) of the nominated pair, or None."""
-        pair = self._nominated.get(1)
-        if pair is None:
-            return None
-        return pair.local_candidate, pair.remote_candidate
-
-    @property
-    def is_relayed(self) -> bool:
-        """True if the nominated pair goes through a TURN relay on our side."""
-        sel = self.selected_pair()
-        return sel is not None and sel[0].type == "relay"
-
-
-def _swallow(task: asyncio.Future[Any]) -> None:
-    if not task.cancelled():
-        task.exception()
+        pair = self._tl_pair()
+        return pair is not None and _forbid_fragmentation(pair.protocol)

@@ -1,6 +1,6 @@
-"""The one place tierlink touches aioquic's private attributes.
+"""The one place tierlink touches aioquic's internals.
 
-aioquic (1.7) has no public API for what a fingerprint-pinned, mutually authenticated channel
+aioquic has no public API for what a fingerprint-pinned, mutually authenticated channel
 needs:
 
 * asking the client for a certificate (``tls.Context._request_client_certificate``, marked
@@ -17,13 +17,22 @@ needs:
   public ``ConnectionTerminated`` event only comes after the 3-PTO draining period);
 * bounding the unsent DATAGRAM frames (``QuicConnection._datagrams_pending`` grows without
   limit otherwise);
-* raising the packet size once path MTU probing (:mod:`tierlink.protocol.pmtu`) found a larger one:
-  aioquic fixes it at construction (``QuicConnection._max_datagram_size``, copied into the
-  congestion controller ``_loss._cc`` and the pacer ``_loss._pacer``) and has no PMTUD.
+* raising the packet size once path MTU probing (:mod:`tierlink.protocol.pmtu`) found a
+  larger one: aioquic fixes it at construction (``QuicConnection._max_datagram_size``,
+  copied into the congestion controller ``_loss._cc`` and the pacer ``_loss._pacer``) and
+  has no PMTUD;
+* keeping a flight sent in the signaling out of the RTT estimate (``_loss``'s sent packets,
+  ``_time_of_last_sent_ack_eliciting_packet``, ``_rtt_initialized``);
+* reading a client's first Initial packet (``aioquic.quic.packet.pull_quic_header`` on an
+  ``aioquic.buffer.Buffer``) to create the server for it, as aioquic's own asyncio server does.
 
 Fail-closed design: if aioquic renames the certificate hook, :attr:`PinnedQuicConnection.
 peer_certificate_sha256` stays None and the channel refuses the handshake.
-``tests/test_quic_compat.py`` checks every private name and behaviour used here.
+
+Every aioquic name used here that is not aioquic's documented API (QuicConfiguration,
+QuicConnection's public methods, the events) is listed in :data:`PRIVATE_NAMES`;
+``tests/test_aioquic_adapter.py`` resolves each one on the installed aioquic (pinned exactly,
+1.7.2), checks the installed version is the pinned one, and checks the behaviour relied on.
 """
 
 from __future__ import annotations
@@ -34,26 +43,50 @@ from collections import deque
 from typing import Any
 
 from aioquic import tls
+from aioquic.buffer import Buffer, BufferReadError  # type: ignore[attr-defined]
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
 from aioquic.quic.events import ConnectionTerminated
+from aioquic.quic.packet import QuicPacketType, pull_quic_header
 
-#: Private aioquic names this adapter relies on: (owner, attribute).
-PRIVATE_ATTRIBUTES = (
-    ("QuicConnection", "_initialize"),
-    ("QuicConnection", "_close_event"),
-    ("QuicConnection", "_datagrams_pending"),
-    ("tls.Context", "_request_client_certificate"),
-    ("tls.Context", "_set_peer_certificate"),
-    ("tls.Context", "_supported_groups"),
-    ("QuicConnection", "_max_datagram_size"),
-    ("QuicConnection", "_loss"),
-    ("QuicPacketRecovery", "_cc"),
-    ("QuicPacketRecovery", "_pacer"),
-    ("QuicCongestionControl", "_max_datagram_size"),
-    ("QuicPacketPacer", "_max_datagram_size"),
-    ("QuicPacketRecovery", "_time_of_last_sent_ack_eliciting_packet"),
-    ("QuicPacketRecovery", "_rtt_initialized"),
+#: aioquic names this module relies on that are not its documented API; a trailing ``(...)``
+#: lists the parameters a called or overridden function must still take.
+PRIVATE_NAMES: tuple[str, ...] = (
+    # PinnedQuicConnection: the TLS context, created in the overridden _initialize
+    "aioquic.quic.connection.QuicConnection._initialize(peer_cid)",
+    "aioquic.quic.connection.QuicConnection.tls",
+    "aioquic.tls.Context._request_client_certificate",
+    "aioquic.tls.Context._supported_groups",
+    "aioquic.tls.Context._set_peer_certificate(certificate)",
+    "aioquic.tls.Certificate.certificates",
+    "aioquic.tls.AlertBadCertificate",
+    "aioquic.tls.Group.X25519",
+    # close_event(), pending_datagrams(), max_datagram_size()
+    "aioquic.quic.connection.QuicConnection._close_event",
+    "aioquic.quic.connection.QuicConnection._datagrams_pending",
+    "aioquic.quic.connection.QuicConnection._max_datagram_size",
+    # set_max_datagram_size(): every copy of the packet size
+    "aioquic.quic.connection.QuicConnection._loss",
+    "aioquic.quic.recovery.QuicPacketRecovery._pacer",
+    "aioquic.quic.recovery.QuicPacketPacer._max_datagram_size",
+    "aioquic.quic.recovery.QuicPacketRecovery._cc",
+    "aioquic.quic.congestion.reno.RenoCongestionControl._max_datagram_size",
+    "aioquic.quic.congestion.cubic.CubicCongestionControl._max_datagram_size",
+    "aioquic.quic.congestion.base.QuicCongestionControl.congestion_window",
+    # restamp_in_flight(), forget_rtt_sample(), smoothed_rtt(), release()
+    "aioquic.quic.recovery.QuicPacketRecovery.spaces",
+    "aioquic.quic.recovery.QuicPacketSpace.sent_packets",
+    "aioquic.quic.packet_builder.QuicSentPacket.sent_time",
+    "aioquic.quic.recovery.QuicPacketRecovery._time_of_last_sent_ack_eliciting_packet",
+    "aioquic.quic.recovery.QuicPacketRecovery._rtt_initialized",
+    "aioquic.quic.recovery.QuicPacketRecovery._rtt_smoothed",
+    # initial_destination_cid()
+    "aioquic.buffer.Buffer",
+    "aioquic.buffer.BufferReadError",
+    "aioquic.quic.packet.pull_quic_header(buf, host_cid_length)",
+    "aioquic.quic.packet.QuicHeader.packet_type",
+    "aioquic.quic.packet.QuicHeader.destination_cid",
+    "aioquic.quic.packet.QuicPacketType.INITIAL",
 )
 
 #: The largest packet aioquic can build: it writes STREAM and CRYPTO frame lengths as 2-byte
@@ -118,6 +151,18 @@ class PinnedQuicConnection(QuicConnection):
             self.peer_certificate_sha256 = digest
 
         context._set_peer_certificate = checked  # type: ignore[method-assign]
+
+
+def initial_destination_cid(datagram: bytes, cid_length: int) -> bytes | None:
+    """The destination connection id of a QUIC Initial packet (the one a server created for
+    it must echo), or None if ``datagram`` is not one. ``cid_length``: our own ids' length."""
+    try:
+        header = pull_quic_header(Buffer(data=datagram), host_cid_length=cid_length)
+    except (ValueError, BufferReadError):
+        return None
+    if header.packet_type != QuicPacketType.INITIAL:
+        return None
+    return header.destination_cid
 
 
 def close_event(quic: QuicConnection) -> ConnectionTerminated | None:

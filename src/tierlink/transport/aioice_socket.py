@@ -1,0 +1,164 @@
+"""The nominated direct ICE pair's UDP socket: batched reads, buffer sizes, don't-fragment.
+
+Half of the aioice adapter (:mod:`tierlink.transport.aioice_adapter` is the other half): the
+parts that work on the socket behind aioice's ``StunProtocol`` of a host or server-reflexive
+pair. asyncio's datagram transport reads one datagram per event-loop pass; a
+:class:`BatchReader` reads what else waits on that socket (through a ``dup`` of it, public
+socket API) in the same pass, so QUIC packetizes its answer (acks) once per batch instead of
+once per datagram. Larger socket buffers absorb the bursts that batching lets through.
+
+Every aioice name used here that aioice does not export is listed in :data:`PRIVATE_NAMES`;
+``tests/test_aioice_adapter.py`` resolves each one on the installed aioice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+from collections.abc import Callable
+
+from aioice.ice import StunProtocol
+
+__all__ = [
+    "PRIVATE_NAMES",
+    "RECV_BATCH",
+    "RECV_SIZE",
+    "SOCKET_BUFFER",
+    "BatchReader",
+    "forbid_fragmentation",
+]
+
+#: aioice names this module relies on that aioice (0.13.0) does not export; a trailing
+#: ``(...)`` lists the parameters a called function must still take.
+PRIVATE_NAMES: tuple[str, ...] = (
+    # every pair's protocol is a StunProtocol; its transport is asyncio's UDP transport on a
+    # host/srflx pair, aioice's TurnTransport (no "socket" extra info) on a relayed one
+    "aioice.ice.StunProtocol",
+    "aioice.ice.StunProtocol.transport",
+    "aioice.turn.TurnTransport.get_extra_info(name, default)",
+    # batched reads hand STUN (consent checks) and socket errors to aioice's own handling
+    "aioice.ice.StunProtocol.datagram_received(data, addr)",
+    "aioice.ice.StunProtocol.error_received(exc)",
+)
+
+#: Datagrams handled per readiness of the nominated socket (asyncio alone handles one).
+RECV_BATCH = 64
+#: Largest datagram read from the socket (the largest UDP payload).
+RECV_SIZE = 65_536
+#: SO_RCVBUF / SO_SNDBUF asked for on the nominated socket (the kernel caps it at
+#: net.core.rmem_max / wmem_max; Linux's 208 KiB default holds only ~90 full packets).
+SOCKET_BUFFER = 2 * 1024 * 1024
+#: RFC 7983 demultiplexing: STUN messages start with a byte below 4, QUIC packets always
+#: have the fixed bit (0x40) set, so anything >= 0x40 skips aioice's STUN parse.
+_FIRST_NON_STUN_BYTE = 0x40
+#: Linux socket options for the don't-fragment bit (the socket module lacks some names).
+_IP_MTU_DISCOVER = getattr(socket, "IP_MTU_DISCOVER", 10)
+_IPV6_MTU_DISCOVER = getattr(socket, "IPV6_MTU_DISCOVER", 23)
+_PMTUDISC_PROBE = getattr(socket, "IP_PMTUDISC_PROBE", 3)
+
+
+def _udp_socket(protocol: StunProtocol) -> socket.socket | None:
+    """The protocol's open UDP socket; None on a relayed pair (aioice/turn.py TurnTransport
+    has no "socket" extra info) or once the transport is closing."""
+    transport = protocol.transport
+    if transport is None or transport.is_closing():
+        return None
+    sock: socket.socket | None = transport.get_extra_info("socket")
+    return sock
+
+
+def forbid_fragmentation(protocol: StunProtocol) -> bool:
+    """Set don't-fragment on the protocol's socket (Linux ``IP_PMTUDISC_PROBE``: DF set, the
+    kernel's cached path MTU not enforced); False where that is not possible (a relayed
+    pair: no socket of ours, another OS)."""
+    transport = protocol.transport
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if sock is None:
+        return False
+    if sock.family == socket.AF_INET6:
+        level, option = socket.IPPROTO_IPV6, _IPV6_MTU_DISCOVER
+    else:
+        level, option = socket.IPPROTO_IP, _IP_MTU_DISCOVER
+    try:
+        sock.setsockopt(level, option, _PMTUDISC_PROBE)
+    except OSError:
+        return False
+    return True
+
+
+class BatchReader:
+    """Reads the datagrams already waiting on a direct pair's socket, in the same loop pass.
+
+    Application datagrams (first byte >= 0x40) go to ``deliver``; STUN goes to aioice's
+    ``StunProtocol.datagram_received`` as if asyncio had read it.
+    """
+
+    def __init__(
+        self, protocol: StunProtocol, sock: socket.socket, deliver: Callable[[bytes], None]
+    ) -> None:
+        self.protocol = protocol
+        self._sock: socket.socket | None = sock
+        self._deliver = deliver
+        #: True while :meth:`drain` runs (``deliver`` must not start another drain).
+        self.draining = False
+
+    @classmethod
+    def open(
+        cls, protocol: StunProtocol, deliver: Callable[[bytes], None]
+    ) -> BatchReader | None:
+        """A reader on ``protocol``'s socket (buffers raised), or None if it has none (a
+        relayed pair: asyncio's one-per-pass reading stays) or it is closing."""
+        tsock = _udp_socket(protocol)
+        if tsock is None:
+            return None
+        for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+            with contextlib.suppress(OSError):
+                if tsock.getsockopt(socket.SOL_SOCKET, opt) < SOCKET_BUFFER:
+                    tsock.setsockopt(socket.SOL_SOCKET, opt, SOCKET_BUFFER)
+        sock = tsock.dup()  # same open file: same receive queue, already non-blocking
+        sock.setblocking(False)
+        return cls(protocol, sock, deliver)
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` ran (also when the protocol's transport closed)."""
+        return self._sock is None
+
+    def drain(self, keep_reading: Callable[[], bool] | None) -> None:
+        """Handle up to RECV_BATCH - 1 more datagrams already waiting on the socket.
+
+        ``keep_reading`` is asked before each one; False ends the batch.
+        """
+        sock, protocol = self._sock, self.protocol
+        if sock is None:
+            return
+        transport = protocol.transport
+        if transport is None or transport.is_closing():
+            self.close()
+            return
+        self.draining = True
+        try:
+            for _ in range(RECV_BATCH - 1):
+                if keep_reading is not None and not keep_reading():
+                    break
+                try:
+                    data, addr = sock.recvfrom(RECV_SIZE)
+                except (BlockingIOError, InterruptedError):
+                    break
+                except OSError as exc:
+                    protocol.error_received(exc)
+                    break
+                if data and data[0] >= _FIRST_NON_STUN_BYTE:
+                    self._deliver(data)
+                else:  # STUN (consent checks): aioice's own handling
+                    protocol.datagram_received(data, addr)
+                if self._sock is None:  # closed meanwhile
+                    break
+        finally:
+            self.draining = False
+
+    def close(self) -> None:
+        """Close the socket duplicate (aioice closes the original)."""
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            sock.close()
