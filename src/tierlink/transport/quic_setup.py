@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import ssl
 
-from aioquic.buffer import Buffer, BufferReadError  # type: ignore[attr-defined]
 from aioquic.quic.configuration import QuicConfiguration
-from aioquic.quic.packet import QuicPacketType, pull_quic_header
 
-from tierlink.transport.aioquic_adapter import PinnedQuicConnection
+from tierlink.transport.aioquic_adapter import PinnedQuicConnection, initial_destination_cid
 from tierlink.transport.certs import LocalCertificate
 
 ALPN = "tierlink/1"
@@ -62,15 +60,12 @@ def new_server(
     """A server connection for the client whose first Initial packet is ``initial``
     (its destination connection id is the one the server must echo); None if ``initial``
     is not a QUIC Initial packet."""
-    try:
-        header = pull_quic_header(Buffer(data=initial), host_cid_length=CONNECTION_ID_LENGTH)
-    except (ValueError, BufferReadError):
-        return None
-    if header.packet_type != QuicPacketType.INITIAL:
+    cid = initial_destination_cid(initial, CONNECTION_ID_LENGTH)
+    if cid is None:
         return None
     return PinnedQuicConnection(
         configuration=config, expected_peer_sha256=peer_cert_sha256,
-        original_destination_connection_id=header.destination_cid,
+        original_destination_connection_id=cid,
     )
 
 
