@@ -88,7 +88,8 @@ async def _channel_packet_sizes(probe: bool) -> tuple[int, int, int]:
         assert await b.recv(10.0) == payload
         await send
         assert a.path_probing == b.path_probing == probe
-        sock = ice[0]._nominated[1].protocol.transport.get_extra_info("socket")
+        sock = ice[0].nominated_socket()
+        assert sock is not None
         df = sock.getsockopt(socket.IPPROTO_IP, 10)  # IP_MTU_DISCOVER
         return a.max_packet_size, b.max_packet_size, df
     finally:

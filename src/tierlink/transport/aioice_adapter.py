@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import random
+import socket
 from collections.abc import Callable, Sequence
 
 import aioice
@@ -40,7 +41,7 @@ from aioice.ice import (
     server_reflexive_candidate,
 )
 
-from tierlink.transport.aioice_socket import BatchReader
+from tierlink.transport.aioice_socket import BatchReader, udp_socket
 from tierlink.transport.aioice_socket import forbid_fragmentation as _forbid_fragmentation
 
 __all__ = ["PRIVATE_NAMES", "IceConnection", "get_host_addresses"]
@@ -261,6 +262,11 @@ class IceConnection(aioice.Connection):
         if pair is None:
             return None
         return pair.local_candidate, pair.remote_candidate
+
+    def nominated_socket(self) -> socket.socket | None:
+        """The UDP socket of the nominated pair; None before nomination or on a relayed pair."""
+        pair = self._tl_pair()
+        return None if pair is None or pair.protocol is None else udp_socket(pair.protocol)
 
     @property
     def is_relayed(self) -> bool:

@@ -57,7 +57,7 @@ _IPV6_MTU_DISCOVER = getattr(socket, "IPV6_MTU_DISCOVER", 23)
 _PMTUDISC_PROBE = getattr(socket, "IP_PMTUDISC_PROBE", 3)
 
 
-def _udp_socket(protocol: StunProtocol) -> socket.socket | None:
+def udp_socket(protocol: StunProtocol) -> socket.socket | None:
     """The protocol's open UDP socket; None on a relayed pair (aioice/turn.py TurnTransport
     has no "socket" extra info) or once the transport is closing."""
     transport = protocol.transport
@@ -108,7 +108,7 @@ class BatchReader:
     ) -> BatchReader | None:
         """A reader on ``protocol``'s socket (buffers raised), or None if it has none (a
         relayed pair: asyncio's one-per-pass reading stays) or it is closing."""
-        tsock = _udp_socket(protocol)
+        tsock = udp_socket(protocol)
         if tsock is None:
             return None
         for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
