@@ -16,7 +16,6 @@ from tierlink.hostport import format_hostport, parse_hostport, parse_port
     ("[fe80::1%eth0]:5", None, ("fe80::1%eth0", 5)),
     ("stun.example.org", 3478, ("stun.example.org", 3478)),
     ("[::1]", 4222, ("::1", 4222)),
-    ("2001:db8::7", 4222, ("2001:db8::7", 4222)),
 ])
 def test_accepted(text: str, default: int | None, expected: tuple[str, int]) -> None:
     assert parse_hostport(text, default) == expected
@@ -33,6 +32,7 @@ def test_accepted(text: str, default: int | None, expected: tuple[str, int]) -> 
     ("my host:4222", None, "contains spaces"),
     ("host", None, "the port is missing"),
     ("::1:4222", None, "needs brackets"),
+    ("::1:4222", 4222, "needs brackets, [ADDR]:PORT or [ADDR]"),
     ("[::1", None, "expected [IPv6]:PORT"),
     ("[::1]4222", None, "expected [IPv6]:PORT"),
     ("[not-v6]:4222", None, "expected [IPv6]:PORT"),

@@ -1,9 +1,9 @@
 """``HOST:PORT`` text: the one parser (and formatter) of network endpoints given as text.
 
 Accepted: ``host:port``, ``[v6]:port``, and, when the caller has a default port, a bare
-``host``, ``[v6]`` or unbracketed IPv6 address. An IPv6 address with a port needs brackets
-(``::1:4222`` is ambiguous). Anything else is a ``ValueError`` whose message names the text
-and says what was expected, ready to show a user as is.
+``host`` or ``[v6]``. An IPv6 address always needs brackets: ``::1:4222`` is itself a valid
+address, so without them a port could silently become part of the host. Anything else is a
+``ValueError`` whose message names the text and says what was expected, ready to show a user.
 """
 
 from __future__ import annotations
@@ -43,10 +43,8 @@ def parse_hostport(text: str, default_port: int | None = None) -> tuple[str, int
     elif spec.count(":") > 1:
         if not _is_ipv6(spec):
             raise ValueError(f"invalid address {text!r}: {expected} (IPv6 as [ADDR]:PORT)")
-        if default_port is None:
-            raise ValueError(f"invalid address {text!r}: an IPv6 address with a port needs "
-                             "brackets, [ADDR]:PORT")
-        host, port_text = spec, None
+        raise ValueError(f"invalid address {text!r}: an IPv6 address needs brackets, "
+                         "[ADDR]:PORT" + (" or [ADDR]" if default_port is not None else ""))
     else:
         host, colon, port_text_or_empty = spec.partition(":")
         port_text = port_text_or_empty if colon else None
