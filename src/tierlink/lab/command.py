@@ -74,7 +74,8 @@ def all_as_expected(result: dict[str, Any]) -> bool:
 
 
 def _preflight(
-    names: Sequence[str], attempts: int, report: Path | None, driver: str, ice_timeout: float
+    names: Sequence[str], attempts: int, report: Path | None, driver: str, ice_timeout: float,
+    has_pairs: bool = True,
 ) -> str | None:
     """Why the lab cannot run with these arguments here (None: it can)."""
     unknown = [n for n in names if n not in PRESETS]
@@ -87,6 +88,8 @@ def _preflight(
         return f"unknown driver {driver!r} (choose from node, ice)"
     if not ice_timeout > 0:
         return "--ice-timeout must be more than 0 seconds"
+    if not has_pairs:
+        return f"no pair of the reduced list among {', '.join(names)}"
     missing = missing_requirements()
     if missing:
         return "NAT lab needs " + ", ".join(missing)
@@ -120,21 +123,16 @@ def run_lab_cli(
     ``turn``: True/False for one TURN mode, None for both. ``driver``: ``node`` (the Node, one
     tiered message per attempt) or ``ice`` (raw ICE only).
     """
+    from tierlink.lab.runner import REDUCED_PAIRS, default_pairs, run_matrix
+
     names = list(dict.fromkeys(nat)) if nat else list(PRESETS)
-    problem = _preflight(names, attempts, report, driver, ice_timeout)
+    pairs = ([p for p in REDUCED_PAIRS if set(p) <= set(names)] if reduced
+             else default_pairs(names))
+    problem = _preflight(names, attempts, report, driver, ice_timeout, bool(pairs))
     if problem is not None:
         _err(f"tierlink lab: {problem}")
         return EXIT_UNAVAILABLE
-    from tierlink.lab.runner import REDUCED_PAIRS, default_pairs, run_matrix
-
     modes = [False, True] if turn is None else [bool(turn)]
-    if reduced:
-        pairs = [p for p in REDUCED_PAIRS if set(p) <= set(names)]
-        if not pairs:
-            _err(f"tierlink lab: no pair of the reduced list among {', '.join(names)}")
-            return EXIT_UNAVAILABLE
-    else:
-        pairs = default_pairs(names)
     _err(f"tierlink lab: {len(pairs) * len(modes)} cells x {attempts} attempt(s), "
          f"TURN {'off and on' if turn is None else ('on' if turn else 'off')}")
     try:
