@@ -15,6 +15,7 @@ import pytest
 
 from tests.waiting import eventually
 from tierlink.dht import DhtClient, DhtNodeProcess
+from tierlink.hostport import parse_hostport
 
 TIERLINK = [sys.executable, "-m", "tierlink.cli"]
 
@@ -120,7 +121,7 @@ def start_serve(*args: str) -> tuple[subprocess.Popen[str], int, str, int]:
     lines = [proc.stdout.readline() for _ in range(3)]
     assert lines[0].startswith("dht: udp 0.0.0.0:"), lines
     assert lines[1].startswith("proxy: http://127.0.0.1:"), lines
-    port = int(lines[0].rpartition(":")[2])
+    port = parse_hostport(lines[0].split()[-1])[1]
     return proc, port, lines[1].split()[1], int(lines[2].split()[1])
 
 
