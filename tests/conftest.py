@@ -1,75 +1,56 @@
-"""Shared fixtures: real ``dhtnode`` processes on 127.0.0.1 (no mocks of OpenDHT)."""
+"""Shared fixtures: real ``dhtnode`` processes on 127.0.0.1 (no mocks of OpenDHT), started by
+the launcher's :func:`~tierlink.dht.launcher.start_nodes`."""
 
 from __future__ import annotations
 
+import asyncio
 import shutil
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
-from tierlink.dht import DhtNodeProcess
+from tierlink.dht import DhtNodeProcess, start_nodes, stop_nodes
 
 needs_dhtnode = pytest.mark.skipif(
     shutil.which("dhtnode") is None, reason="dhtnode not installed (apt-get install dhtnode)"
 )
 
 
-async def start_cluster(n: int) -> list[DhtNodeProcess]:
-    """A fresh bootstrap node plus ``n - 1`` nodes joined to it, all without rate limits."""
-    nodes: list[DhtNodeProcess] = []
-    try:
-        first = DhtNodeProcess(no_rate_limit=True)
-        await first.start()
-        nodes.append(first)
-        for _ in range(n - 1):
-            node = DhtNodeProcess(no_rate_limit=True, bootstrap=[("127.0.0.1", first.port or 0)])
-            await node.start()
-            nodes.append(node)
-    except BaseException:
-        for node in nodes:
-            await node.stop()
-        raise
-    return nodes
+def _require_dhtnode() -> None:
+    if shutil.which("dhtnode") is None:
+        pytest.skip("dhtnode not installed (apt-get install dhtnode)")
 
 
 @pytest.fixture
 async def dht_cluster() -> AsyncIterator[list[DhtNodeProcess]]:
     """Three connected dhtnode processes, stopped after the test."""
-    if shutil.which("dhtnode") is None:
-        pytest.skip("dhtnode not installed (apt-get install dhtnode)")
-    nodes = await start_cluster(3)
+    _require_dhtnode()
+    nodes = await start_nodes(3)
     try:
         yield nodes
     finally:
-        for node in nodes:
-            await node.stop()
+        await stop_nodes(nodes)
 
 
 @pytest.fixture
 async def dht_node() -> AsyncIterator[DhtNodeProcess]:
     """One dhtnode process (a lone node), stopped after the test."""
-    if shutil.which("dhtnode") is None:
-        pytest.skip("dhtnode not installed (apt-get install dhtnode)")
-    node = DhtNodeProcess(no_rate_limit=True)
-    await node.start()
+    _require_dhtnode()
+    nodes = await start_nodes(1)
     try:
-        yield node
+        yield nodes[0]
     finally:
-        await node.stop()
+        await stop_nodes(nodes)
 
 
 @pytest.fixture
-def dht_cluster_sync():
+def dht_cluster_sync() -> Iterator[list[DhtNodeProcess]]:
     """Two connected dhtnode processes for blocking (thread-based) tests."""
-    import asyncio as _asyncio
-
-    if shutil.which("dhtnode") is None:
-        pytest.skip("dhtnode not installed (apt-get install dhtnode)")
-    loop = _asyncio.new_event_loop()
-    nodes = loop.run_until_complete(start_cluster(2))
+    _require_dhtnode()
+    loop = asyncio.new_event_loop()
+    nodes = loop.run_until_complete(start_nodes(2))
     try:
         yield nodes
     finally:
-        for node in nodes:
-            loop.run_until_complete(node.stop())
+        loop.run_until_complete(stop_nodes(nodes))
         loop.close()

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from tierlink.bench import run_bench, runner
+from tierlink.bench import runner
 from tierlink.bench.report import render_markdown, targets
+from tierlink.bench.runner import run_bench
 
 
 def test_quick_bench_aioice_raw(tmp_path: Path) -> None:

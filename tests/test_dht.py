@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
-import time
+from collections.abc import Awaitable, Callable
 
 import psutil
 import pytest
 
-from tierlink.dht import DhtClient, DhtNodeProcess
+from tests.waiting import eventually
+from tierlink.dht import DhtClient, DhtListener, DhtNodeProcess, NodePlace, launcher, start_nodes
 from tierlink.dht.record_book import RecordBook
 from tierlink.errors import DhtError, DhtNodeMissing, DhtUnavailable
 from tierlink.identity import Identity
@@ -30,56 +33,53 @@ async def test_publish_through_one_fetch_through_another(dht_cluster) -> None:
     key = ice_candidates_key(ident.fingerprint)
     async with DhtClient(a.proxy_url) as ca, DhtClient(c.proxy_url) as cc:
         await ca.put(key, PeerRecord.create(ident, seq=1).encode(ident))
-        values: list[bytes] = []
-        for _ in range(50):  # the value travels through the DHT; bounded wait
-            values = await cc.get(key)
-            if values:
-                break
-            await asyncio.sleep(0.1)
+        values = await eventually(lambda: cc.get(key), 10, "the value to reach another node")
         rec = RecordBook().newest(values, ident.fingerprint)
         assert rec is not None and rec.seq == 1
 
 
 async def test_listen_sees_new_value_and_cancel_stops_delivery(dht_cluster) -> None:
-    a, b, _ = dht_cluster
+    a, b, c = dht_cluster
     key = fresh_key()
-    async with DhtClient(a.proxy_url) as ca, DhtClient(b.proxy_url) as cb:
-        listener = cb.listen(key)
-        got: list[tuple[float, bytes]] = []
+    async with (DhtClient(a.proxy_url) as ca, DhtClient(b.proxy_url) as cb,
+                DhtClient(c.proxy_url) as cc):
+        listener, witness = cb.listen(key), cc.listen(key)
+        got: list[bytes] = []
+        seen: list[bytes] = []
 
-        async def consume() -> None:
-            async for value in listener:
-                got.append((time.perf_counter(), value))
+        async def consume(source: DhtListener, into: list[bytes]) -> None:
+            async for value in source:
+                into.append(value)
 
-        task = asyncio.create_task(consume())
-        await asyncio.sleep(0.3)
-        t0 = time.perf_counter()
+        task = asyncio.create_task(consume(listener, got))
+        watch = asyncio.create_task(consume(witness, seen))
         await ca.put(key, b"first")
-        for _ in range(50):
-            if got:
-                break
-            await asyncio.sleep(0.05)
-        assert [v for _, v in got] == [b"first"]
-        print(f"listen latency {1000 * (got[0][0] - t0):.0f} ms")
+        await eventually(lambda: got, 10, "the listener to see the first value")
+        assert got == [b"first"]
         await listener.aclose()
         await asyncio.wait_for(task, 5)
         await ca.put(key, b"second")
-        await asyncio.sleep(1.0)
-        assert [v for _, v in got] == [b"first"]
+        await eventually(lambda: b"second" in seen, 10, "a live listener to see the second")
+        assert got == [b"first"]  # the closed listener got nothing more
+        await witness.aclose()
+        await asyncio.wait_for(watch, 5)
 
 
 async def test_killing_node_mid_listen_gives_clear_error() -> None:
-    node = DhtNodeProcess(no_rate_limit=True)
-    await node.start()
+    (node,) = await start_nodes(1)
     try:
         async with DhtClient(node.proxy_url, timeout=2.0) as client:
-            listener = client.listen(fresh_key())
+            key = fresh_key()
+            listener = client.listen(key)
+            got: list[bytes] = []
 
-            async def consume() -> list[bytes]:
-                return [v async for v in listener]
+            async def consume() -> None:
+                async for value in listener:
+                    got.append(value)
 
             task = asyncio.create_task(consume())
-            await asyncio.sleep(0.3)
+            await client.put(key, b"streaming")
+            await eventually(lambda: got, 10, "the listen stream to deliver a value")
             await node.stop()  # node gone for good (supervisor stopped too)
             with pytest.raises(DhtUnavailable):
                 await asyncio.wait_for(task, 15)
@@ -90,19 +90,23 @@ async def test_killing_node_mid_listen_gives_clear_error() -> None:
 
 
 async def test_supervisor_restarts_a_crashed_node(dht_node) -> None:
-    pid = dht_node.pid
+    pid, port, proxy_port = dht_node.pid, dht_node.port, dht_node.proxy_port
     assert pid is not None
     os.kill(pid, signal.SIGKILL)
     async with DhtClient(dht_node.proxy_url, timeout=2.0) as client:
-        for _ in range(100):
+
+        async def restarted() -> bool:
+            if dht_node.pid in (None, pid):
+                return False
             try:
                 await client.info()
-                if dht_node.pid not in (None, pid):
-                    break
             except DhtUnavailable:
-                pass
-            await asyncio.sleep(0.1)
-        assert dht_node.restarts == 1 and dht_node.pid not in (None, pid)
+                return False
+            return True
+
+        await eventually(restarted, 15, "the supervisor to restart dhtnode")
+        assert dht_node.restarts == 1
+        assert (dht_node.port, dht_node.proxy_port) == (port, proxy_port)  # same ports
         await client.put(fresh_key(), b"after restart")
 
 
@@ -155,9 +159,74 @@ async def test_missing_dhtnode_says_how_to_install() -> None:
 
 async def test_port_in_use_is_a_clear_error(dht_node) -> None:
     clash = DhtNodeProcess(proxy_port=dht_node.proxy_port, start_timeout=3)
-    with pytest.raises(DhtError):
+    with pytest.raises(DhtError, match=f"TCP proxy port 127.0.0.1:{dht_node.proxy_port} is "
+                                       "not free"):
         await clash.start()
     await clash.stop()
+
+
+def _udp_ports(pid: int) -> set[int]:
+    return {c.laddr.port for c in psutil.Process(pid).net_connections(kind="udp")}
+
+
+async def test_unset_udp_port_is_read_back_from_the_child() -> None:
+    """``port=None`` runs ``dhtnode -p 0``; :attr:`port` is the port the child bound."""
+    node = DhtNodeProcess(no_rate_limit=True)
+    await node.start()
+    try:
+        assert node.pid is not None and node.port not in (None, 0)
+        assert node.port in _udp_ports(node.pid)
+        joined = DhtNodeProcess(no_rate_limit=True, bootstrap=[("127.0.0.1", node.port or 0)])
+        async with joined, DhtClient(joined.proxy_url) as client:
+            await eventually(_has_good_peer(client), 10, "the second node to join the first")
+    finally:
+        await node.stop()
+
+
+def _has_good_peer(client: DhtClient) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        info = await client.info()
+        return bool(info["ipv4"]["good"] or info["ipv4"]["dubious"])
+
+    return check
+
+
+async def test_proxy_port_lost_to_another_program_is_picked_again(monkeypatch) -> None:
+    """The picked proxy port is taken before dhtnode binds it: it starts on a fresh one."""
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        taken = squatter.getsockname()[1]
+        picks = [taken]
+        real_free_port = launcher.free_port
+
+        def free_port(kind: int = socket.SOCK_STREAM, host: str = "127.0.0.1") -> int:
+            return picks.pop() if picks else real_free_port(kind, host)
+
+        monkeypatch.setattr(launcher, "free_port", free_port)
+        async with DhtNodeProcess(no_rate_limit=True) as node:
+            assert not picks and node.proxy_port != taken
+            async with DhtClient(node.proxy_url) as client:
+                assert "node_id" in await client.info()
+
+
+@pytest.mark.skipif(shutil.which("ip") is None, reason="needs iproute2's ip")
+async def test_start_nodes_stops_all_when_one_fails() -> None:
+    started: list[DhtNodeProcess] = []
+    pids: list[int | None] = []
+    real_start = DhtNodeProcess.start
+
+    async def recording_start(self: DhtNodeProcess) -> None:
+        started.append(self)
+        await real_start(self)
+        pids.append(self.pid)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(DhtNodeProcess, "start", recording_start)
+        with pytest.raises(DhtError, match="exited at start"):
+            await start_nodes(2, places=[NodePlace(), NodePlace(netns="tl-no-such-namespace")])
+    assert len(started) == 2 and len(pids) == 1 and pids[0] is not None
+    assert all(node.pid is None for node in started) and not psutil.pid_exists(pids[0])
 
 
 async def test_children_gone_after_stop() -> None:
@@ -180,25 +249,25 @@ asyncio.run(main())
 """
 
 
-def test_no_orphan_after_parent_sigkill() -> None:
+def _gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+async def test_no_orphan_after_parent_sigkill() -> None:
     parent = subprocess.Popen([sys.executable, "-c", CHILD], stdout=subprocess.PIPE, text=True)
+    child_pid = 0
     try:
         assert parent.stdout is not None
-        child_pid = int(parent.stdout.readline())
+        child_pid = int(await asyncio.to_thread(parent.stdout.readline))
         assert psutil.pid_exists(child_pid)
         parent.send_signal(signal.SIGKILL)
-        parent.wait(10)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                if psutil.Process(child_pid).status() == psutil.STATUS_ZOMBIE:
-                    break
-            except psutil.NoSuchProcess:
-                break
-            time.sleep(0.05)
-        else:
-            os.kill(child_pid, signal.SIGKILL)
-            pytest.fail("dhtnode outlived its SIGKILLed parent")
+        await asyncio.to_thread(parent.wait, 10)
+        await eventually(lambda: _gone(child_pid), 10, "dhtnode to die with its parent")
     finally:
         if parent.poll() is None:
             parent.kill()
+        if child_pid and not _gone(child_pid):
+            os.kill(child_pid, signal.SIGKILL)

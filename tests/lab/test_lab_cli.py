@@ -1,4 +1,5 @@
-"""``tierlink lab`` (:func:`tierlink.lab.command.run_lab_cli`): exit statuses, stdout/stderr."""
+"""``tierlink lab`` (the one parser, and :func:`tierlink.lab.command.run_lab_cli` behind it):
+exit statuses, stdout/stderr."""
 
 from __future__ import annotations
 
@@ -55,6 +56,37 @@ def test_bad_arguments_exit_2(
     assert run_lab_cli(nat, attempts, False, False, None) == EXIT_UNAVAILABLE
     out, err = capsys.readouterr()
     assert out == "" and needle in err and err.count("\n") == 1
+
+
+def tierlink(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "tierlink.cli", *args], capture_output=True,
+                          text=True, timeout=120, check=False)
+
+
+@pytest.mark.parametrize(("argv", "needle"), [
+    (("lab", "--driver", "raw"), "invalid choice: 'raw'"),
+    (("lab", "--nat", "open", "--reduced"), "no pair of the reduced list among open"),
+    (("lab", "--turn", "--no-turn"), "not allowed with argument"),
+])
+def test_cli_bad_arguments_exit_2_in_one_line(argv: tuple[str, ...], needle: str) -> None:
+    proc = tierlink(*argv)
+    assert proc.returncode == EXIT_UNAVAILABLE, proc.stderr
+    assert proc.stdout == "" and "Traceback" not in proc.stderr
+    assert needle in proc.stderr.strip().splitlines()[-1]
+
+
+def test_python_m_tierlink_lab_is_gone() -> None:
+    """One lab command line: ``tierlink lab``."""
+    proc = subprocess.run([sys.executable, "-m", "tierlink.lab"], capture_output=True,
+                          text=True, timeout=60, check=False)
+    assert proc.returncode != 0 and "No module named tierlink.lab.__main__" in proc.stderr
+
+
+@pytest.mark.lab
+def test_cli_cleanup_stale_prints_what_it_removed() -> None:
+    proc = tierlink("lab", "--cleanup-stale")
+    assert proc.returncode == EXIT_OK, proc.stderr
+    assert isinstance(json.loads(proc.stdout)["removed"], list)
 
 
 @pytest.mark.lab

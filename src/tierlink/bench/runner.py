@@ -15,10 +15,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from tierlink.bench.base import JsonDict
-from tierlink.bench.dhtproc import DhtNodeError, dhtnode_proxy
 from tierlink.bench.harness import Plan
 from tierlink.bench.report import SYSTEMS, load_json, render_markdown, write_json
 from tierlink.bench.session import SystemRun, run_interleaved
+from tierlink.dht.launcher import start_nodes, stop_nodes
+from tierlink.errors import TierlinkError
 
 #: Wall-clock bound of a run, per system measured (process start to stop).
 RUN_LIMIT_S = {False: 600.0, True: 120.0}
@@ -59,13 +60,14 @@ async def _measure(
     setups: dict[str, JsonDict] = {}
     for run in list(runs):
         if run.system == "tierlink":
-            try:
-                url = await stack.enter_async_context(dhtnode_proxy())
-            except (DhtNodeError, OSError) as exc:
+            try:  # a lone node without rate limits (all of loopback is one source IP)
+                nodes = await start_nodes(1)
+            except (TierlinkError, OSError) as exc:
                 run.errors["setup"] = f"dhtnode: {exc}"
                 runs.remove(run)
                 continue
-            setups["tierlink"] = {"dht_proxy": url}
+            stack.push_async_callback(stop_nodes, nodes)
+            setups["tierlink"] = {"dht_proxy": nodes[0].proxy_url}
     limit = RUN_LIMIT_S[quick] * max(1, len(runs))
     try:
         await asyncio.wait_for(run_interleaved(runs, plan, logs, setups), limit)

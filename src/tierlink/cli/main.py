@@ -14,7 +14,8 @@ from typing import Any
 
 from tierlink.cli import node_commands as cli_node
 from tierlink.cli import tool_commands as cli_tools
-from tierlink.dht.launcher import DhtNodeProcess, parse_hostport
+from tierlink.cli.argtypes import dht_address, port_number, port_or_zero
+from tierlink.dht.launcher import DEFAULT_PORT, DhtNodeProcess
 from tierlink.errors import TierlinkError
 from tierlink.identity import ALGORITHM, KEM_ALGORITHM, Identity, default_identity_path
 
@@ -27,14 +28,6 @@ Handler = Callable[[argparse.Namespace], int]
 
 class UsageError(TierlinkError):
     """Bad command-line input (exit code 2)."""
-
-
-def hostport(text: str) -> tuple[str, int]:
-    """argparse type for HOST:PORT."""
-    try:
-        return parse_hostport(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _print_json(obj: Any) -> None:
@@ -75,7 +68,7 @@ def cmd_id_show(args: argparse.Namespace) -> int:
 # -- dht -----------------------------------------------------------------------------------
 async def _serve(args: argparse.Namespace) -> int:
     node = DhtNodeProcess(
-        port=args.port,
+        port=args.port or None,
         proxy_port=args.proxy_port,
         proxy_host=args.proxy_host,
         bootstrap=args.bootstrap or [],
@@ -86,7 +79,7 @@ async def _serve(args: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await node.start()
-    try:
+    try:  # node.port is the port dhtnode bound (the kernel's pick for --port 0)
         print(f"dht: udp 0.0.0.0:{node.port}", flush=True)
         print(f"proxy: {node.proxy_url}", flush=True)
         print(f"pid: {node.pid}", flush=True)
@@ -127,10 +120,13 @@ def build_parser() -> argparse.ArgumentParser:
     dsub = dht.add_subparsers(dest="dht_command", metavar="DHT_COMMAND")
     dsub.required = True
     serve = dsub.add_parser("serve", help="run a dhtnode in the foreground (a bootstrap)")
-    serve.add_argument("--port", type=int, default=4222, help="DHT UDP port (default 4222)")
-    serve.add_argument("--proxy-port", type=int, default=None, help="REST proxy TCP port")
+    serve.add_argument("--port", type=port_or_zero, default=DEFAULT_PORT,
+                       help=f"DHT UDP port (default {DEFAULT_PORT}; 0: any free port, printed)")
+    serve.add_argument("--proxy-port", type=port_number, default=None,
+                       help="REST proxy TCP port (default: a free one, printed)")
     serve.add_argument("--proxy-host", default="127.0.0.1", help="REST proxy address")
-    serve.add_argument("--bootstrap", type=hostport, action="append", metavar="HOST:PORT")
+    serve.add_argument("--bootstrap", type=dht_address, action="append",
+                       metavar="HOST[:PORT]", help="an OpenDHT node to join")
     serve.add_argument("--no-rate-limit", action="store_true", help="dhtnode -U (tests)")
     serve.set_defaults(func=cmd_dht_serve)
 

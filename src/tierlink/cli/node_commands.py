@@ -12,38 +12,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tierlink.dht.launcher import parse_hostport
+from tierlink.cli.argtypes import dht_address, port_number, stun_address, turn_server
 from tierlink.errors import ConnectionClosed, TierlinkError
 from tierlink.identity import Identity, default_identity_path, is_fingerprint
 from tierlink.node import Node, NodeConfig
 from tierlink.transport.connection import Connection
-from tierlink.transport.ice import TurnServer
-
-
-def _hostport(text: str) -> tuple[str, int]:
-    try:
-        return parse_hostport(text, default_port=3478)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _dht_hostport(text: str) -> tuple[str, int]:
-    try:
-        return parse_hostport(text, default_port=4222)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _turn(text: str) -> TurnServer:
-    """USER:PASSWORD@HOST[:PORT]."""
-    creds, at, addr = text.rpartition("@")
-    user, colon, password = creds.partition(":")
-    if not at or not colon or not user:
-        raise argparse.ArgumentTypeError(
-            f"invalid TURN server {text!r}: expected USER:PASS@HOST:PORT"
-        )
-    host, port = _hostport(addr)
-    return TurnServer(host, port, user, password)
 
 
 def _port_range(text: str) -> tuple[int, int]:
@@ -78,14 +51,15 @@ def _fingerprint(text: str) -> str:
 def add_node_options(p: argparse.ArgumentParser) -> None:
     """Options every node-running command shares."""
     p.add_argument("--identity", help=f"key file (default {default_identity_path()})")
-    p.add_argument("--bootstrap", type=_dht_hostport, action="append", default=[],
-                   metavar="HOST:PORT", help="OpenDHT node to join (embedded dhtnode)")
+    p.add_argument("--bootstrap", type=dht_address, action="append", default=[],
+                   metavar="HOST[:PORT]", help="OpenDHT node to join (embedded dhtnode)")
     p.add_argument("--dht-proxy", metavar="URL", help="use an existing OpenDHT REST proxy")
-    p.add_argument("--dht-port", type=int, help="UDP port of the embedded dhtnode")
+    p.add_argument("--dht-port", type=port_number, help="UDP port of the embedded dhtnode")
     p.add_argument("--no-rate-limit", action="store_true",
                    help="embedded dhtnode without rate limits (loopback tests)")
-    p.add_argument("--stun", type=_hostport, action="append", default=[], metavar="HOST:PORT")
-    p.add_argument("--turn", type=_turn, action="append", default=[],
+    p.add_argument("--stun", type=stun_address, action="append", default=[],
+                   metavar="HOST[:PORT]")
+    p.add_argument("--turn", type=turn_server, action="append", default=[],
                    metavar="USER:PASS@HOST:PORT")
     p.add_argument("--host-address", type=_address, action="append", dest="host_addresses",
                    metavar="IP", help="gather host candidates only on these addresses")

@@ -1,4 +1,4 @@
-"""CLI commands for the NAT lab and the benchmarks (their modules load only when used)."""
+"""CLI commands for the NAT lab and the benchmarks (their runners load only when used)."""
 
 from __future__ import annotations
 
@@ -7,14 +7,16 @@ import json
 from pathlib import Path
 from typing import Any
 
-LAB_PRESETS = ("open", "full-cone", "restricted", "port-restricted", "symmetric", "hairpin",
-               "double")
+from tierlink.cli.argtypes import positive_float, positive_int
 
 
 def _lab(args: argparse.Namespace) -> int:
-    from tierlink.lab.command import run_lab_cli
+    from tierlink.lab.command import run_cleanup_stale, run_lab_cli
 
-    return run_lab_cli(args.nat, args.attempts, args.turn, args.json, args.report)
+    if args.cleanup_stale:
+        return run_cleanup_stale()
+    return run_lab_cli(args.nat, args.attempts, args.turn, args.json, args.report,
+                       driver=args.driver, reduced=args.reduced, ice_timeout=args.ice_timeout)
 
 
 def _bench(args: argparse.Namespace) -> int:
@@ -28,25 +30,37 @@ def _bench(args: argparse.Namespace) -> int:
 
 def register(sub: Any) -> None:
     """Add ``lab`` and ``bench`` to the top-level subparsers."""
+    from tierlink.bench.report import SYSTEMS
+    from tierlink.lab.command import DEFAULT_ICE_TIMEOUT
+    from tierlink.lab.nat import PRESETS
+
     lab = sub.add_parser("lab", help="NAT lab: the NAT-pair matrix in network namespaces (root)")
-    lab.add_argument("--nat", action="append", choices=LAB_PRESETS, metavar="TYPE",
-                     help=f"preset to include, repeatable ({', '.join(LAB_PRESETS)}); "
+    lab.add_argument("--nat", action="append", choices=list(PRESETS), metavar="TYPE",
+                     help=f"preset to include, repeatable ({', '.join(PRESETS)}); "
                      "default all")
-    lab.add_argument("--attempts", type=int, default=1, help="dials per cell")
+    lab.add_argument("--attempts", type=positive_int, default=1, help="dials per cell")
     turn = lab.add_mutually_exclusive_group()
     turn.add_argument("--turn", dest="turn", action="store_const", const=True,
                       help="only with TURN")
     turn.add_argument("--no-turn", dest="turn", action="store_const", const=False,
                       help="only without TURN")
     lab.set_defaults(turn=None)
+    lab.add_argument("--driver", choices=("node", "ice"), default="node",
+                     help="node: the full Node over the lab DHT, plus one tiered message per "
+                     "attempt (default); ice: raw ICE only")
+    lab.add_argument("--reduced", action="store_true",
+                     help="only the reduced pair list (each preset at least once)")
+    lab.add_argument("--ice-timeout", type=positive_float, default=DEFAULT_ICE_TIMEOUT,
+                     metavar="SECONDS", help=f"peers' ICE timeout (default {DEFAULT_ICE_TIMEOUT})")
     lab.add_argument("--json", action="store_true", help="print the matrix as JSON")
     lab.add_argument("--report", type=Path, metavar="DIR",
                      help="write matrix.json, matrix.md and matrix.png there")
+    lab.add_argument("--cleanup-stale", action="store_true",
+                     help="only remove leftovers of dead lab runs, then exit")
     lab.set_defaults(func=_lab)
 
     bench = sub.add_parser("bench", help="loopback benchmarks against raw aioice and aiortc")
-    bench.add_argument("--system", action="append",
-                       choices=("tierlink", "aioice_raw", "aiortc_datachannel"),
+    bench.add_argument("--system", action="append", choices=SYSTEMS,
                        help="system to measure, repeatable (default all)")
     bench.add_argument("--quick", action="store_true", help="small counts (a smoke run)")
     bench.add_argument("--json", action="store_true", help="print results.json")

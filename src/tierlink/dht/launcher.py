@@ -1,8 +1,19 @@
-"""Run and supervise a ``dhtnode`` child process (Debian's OpenDHT node) with its REST proxy.
+"""The one way to run ``dhtnode`` (Debian's OpenDHT node) with its REST proxy.
 
-The child gets ``PR_SET_PDEATHSIG=SIGKILL`` so it dies with its parent even when the parent is
-SIGKILLed: no orphan ``dhtnode`` is left behind. If it exits unexpectedly it is restarted on
-the same ports.
+Everything that runs a dhtnode goes through here: the Node's embedded DHT, ``tierlink dht
+serve``, the demo, the benchmark, the tests (:func:`start_nodes`) and the NAT lab, which runs
+:class:`DhtNodeCommand` inside a network namespace with its own process bookkeeping.
+
+Ports. An unset UDP port is passed as ``-p 0``: the kernel picks it and we read back the port
+the child actually bound from ``/proc/<pid>/net/udp``; that file shows the child's own
+network namespace, so this works under ``ip netns exec`` as well. dhtnode reads proxy port 0
+as "no proxy", so an unset proxy port is picked free here; the node counts as started only
+once the listening TCP socket on that port belongs to the child, and a child that lost the
+port to another program in between (dhtnode aborts) is started again on a fresh one.
+
+:class:`DhtNodeProcess` is the supervised child: ``PR_SET_PDEATHSIG=SIGKILL`` makes it die with
+its parent even when the parent is SIGKILLed, and an unexpected exit restarts it on the same
+ports.
 """
 
 from __future__ import annotations
@@ -11,21 +22,32 @@ import asyncio
 import contextlib
 import ctypes
 import logging
+import os
 import shutil
 import signal
 import socket
+import subprocess
+import time
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 from tierlink.dht.client import DhtClient
 from tierlink.errors import DhtError, DhtNodeMissing, DhtUnavailable
+from tierlink.hostport import format_hostport
 
 log = logging.getLogger(__name__)
 
+#: The UDP port OpenDHT nodes listen on unless told otherwise.
+DEFAULT_PORT = 4222
 INSTALL_HINT = (
     "the 'dhtnode' program (OpenDHT) is not installed; on Debian/Ubuntu run "
     "'sudo apt-get install dhtnode', or pass --dht-proxy URL to use an existing OpenDHT proxy"
 )
 _PR_SET_PDEATHSIG = 1
+_TCP_LISTEN = "0A"
+#: Starts with a freshly picked proxy port before giving up (a lost port race costs one).
+_PROXY_PORT_TRIES = 3
 
 
 def _die_with_parent() -> None:
@@ -41,23 +63,110 @@ def free_port(kind: int = socket.SOCK_STREAM, host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
-def parse_hostport(text: str, default_port: int = 4222) -> tuple[str, int]:
-    """``host[:port]`` -> (host, port); ValueError with a clear message otherwise."""
-    host, sep, port_s = text.rpartition(":")
-    if not sep:
-        host, port_s = text, str(default_port)
-    host = host.strip("[]")
-    try:
-        port = int(port_s)
-    except ValueError:
-        raise ValueError(f"invalid address {text!r}: port must be a number") from None
-    if not host or not 0 < port < 65536:
-        raise ValueError(f"invalid address {text!r}: expected HOST:PORT")
-    return host, port
+@dataclass(frozen=True)
+class DhtNodeCommand:
+    """One dhtnode command line: ``dhtnode -s -p PORT --proxyserver PROXY_PORT ...``.
+
+    ``port`` 0 lets the kernel pick the UDP port. ``netns`` runs it through ``ip netns exec``
+    (the pid stays the child's: ``ip`` execs dhtnode). dhtnode takes one bootstrap node.
+    """
+
+    proxy_port: int
+    port: int = 0
+    proxy_host: str = "127.0.0.1"
+    bootstrap: tuple[str, int] | None = None
+    no_rate_limit: bool = False
+    netns: str | None = None
+    executable: str = "dhtnode"
+
+    def argv(self) -> list[str]:
+        """The argv to execute; DhtNodeMissing with the install hint if dhtnode is absent."""
+        exe = shutil.which(self.executable)
+        if exe is None:
+            raise DhtNodeMissing(INSTALL_HINT)
+        argv = [exe, "-s", "-p", str(self.port), "--proxyserver", str(self.proxy_port),
+                "--proxy-addr", self.proxy_host]
+        if self.no_rate_limit:
+            argv.append("-U")
+        if self.bootstrap is not None:
+            argv += ["-b", format_hostport(*self.bootstrap)]
+        if self.netns is not None:
+            argv = ["ip", "netns", "exec", self.netns, *argv]
+        return argv
+
+
+# -- what a child has bound ------------------------------------------------------------------
+def _socket_inodes(pid: int) -> set[str]:
+    inodes: set[str] = set()
+    with contextlib.suppress(OSError):
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            with contextlib.suppress(OSError):
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                if target.startswith("socket:["):
+                    inodes.add(target[8:-1])
+    return inodes
+
+
+def _table(pid: int, name: str) -> list[tuple[int, bool, str, str]]:
+    """(local port, remote unset, state, inode) of each socket in the child's namespace."""
+    rows: list[tuple[int, bool, str, str]] = []
+    with contextlib.suppress(OSError), open(f"/proc/{pid}/net/{name}") as f:
+        for line in f.readlines()[1:]:
+            cols = line.split()
+            if len(cols) < 10:
+                continue
+            port = int(cols[1].rpartition(":")[2], 16)
+            unset = set(cols[2].partition(":")[0]) == {"0"}
+            rows.append((port, unset, cols[3], cols[9]))
+    return rows
+
+
+def bound_udp_port(pid: int, proxy_port: int) -> tuple[int | None, bool]:
+    """(the DHT UDP port the child bound or None, whether someone else listens on the proxy
+    port). The UDP port is returned only once the child also listens on ``proxy_port``."""
+    mine = _socket_inodes(pid)
+    proxy_ours = proxy_taken = False
+    for name in ("tcp", "tcp6"):
+        for port, _, state, inode in _table(pid, name):
+            if port == proxy_port and state == _TCP_LISTEN:
+                if inode in mine:
+                    proxy_ours = True
+                else:
+                    proxy_taken = True
+    if not proxy_ours:
+        return None, proxy_taken
+    for name in ("udp", "udp6"):
+        ports = sorted(p for p, unset, _, inode in _table(pid, name) if unset and inode in mine)
+        if ports:
+            return ports[0], False
+    return None, False
+
+
+def wait_started(proc: subprocess.Popen[Any], proxy_port: int, timeout: float = 10.0) -> int:
+    """Blocking: wait until a dhtnode started as ``proc`` (any namespace) listens on its proxy
+    port; returns its UDP port. DhtError if it exits, loses the port, or times out."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise DhtError(f"dhtnode exited at start (code {proc.returncode})")
+        port, taken = bound_udp_port(proc.pid, proxy_port)
+        if port is not None:
+            return port
+        if taken:
+            raise DhtError(f"TCP port {proxy_port} (dhtnode proxy) is taken by another program")
+        if time.monotonic() > deadline:
+            raise DhtError(f"dhtnode did not listen on TCP port {proxy_port} within {timeout} s")
+        time.sleep(0.02)
 
 
 class DhtNodeProcess:
-    """A supervised ``dhtnode -s -p PORT --proxyserver PROXY_PORT`` child."""
+    """A supervised ``dhtnode`` child with its REST proxy on ``proxy_host:proxy_port``.
+
+    ``port`` None: the kernel picks the UDP port; :attr:`port` holds it once started.
+    ``proxy_port`` None: a free one is picked. ``netns``: run inside that network namespace
+    (``proxy_host`` must then be one of its addresses; readiness is checked through ``/proc``
+    only, the proxy being unreachable from here).
+    """
 
     def __init__(
         self,
@@ -67,6 +176,7 @@ class DhtNodeProcess:
         proxy_host: str = "127.0.0.1",
         bootstrap: Sequence[tuple[str, int]] = (),
         no_rate_limit: bool = False,
+        netns: str | None = None,
         executable: str = "dhtnode",
         start_timeout: float = 10.0,
     ) -> None:
@@ -75,6 +185,7 @@ class DhtNodeProcess:
         self.proxy_host = proxy_host
         self.bootstrap = list(bootstrap)
         self.no_rate_limit = no_rate_limit
+        self.netns = netns
         self.executable = executable
         self.start_timeout = start_timeout
         self.restarts = 0
@@ -85,54 +196,58 @@ class DhtNodeProcess:
     @property
     def proxy_url(self) -> str:
         """The REST proxy's base URL."""
-        return f"http://{self.proxy_host}:{self.proxy_port}"
+        return f"http://{format_hostport(self.proxy_host, self.proxy_port or 0)}"
 
     @property
     def pid(self) -> int | None:
         """The child's pid while it runs."""
         return self._proc.pid if self._proc is not None and self._proc.returncode is None else None
 
-    def _argv(self) -> list[str]:
-        exe = shutil.which(self.executable)
-        if exe is None:
-            raise DhtNodeMissing(INSTALL_HINT)
-        argv = [exe, "-s", "-p", str(self.port), "--proxyserver", str(self.proxy_port),
-                "--proxy-addr", self.proxy_host]
-        if self.no_rate_limit:
-            argv.append("-U")
-        for host, port in self.bootstrap[:1]:
-            argv += ["-b", f"{host}:{port}"]
-        return argv
+    def command(self) -> DhtNodeCommand:
+        """The command line of the next (re)start."""
+        return DhtNodeCommand(
+            proxy_port=self.proxy_port or 0, port=self.port or 0, proxy_host=self.proxy_host,
+            bootstrap=self.bootstrap[0] if self.bootstrap else None,
+            no_rate_limit=self.no_rate_limit, netns=self.netns, executable=self.executable,
+        )
 
     async def start(self) -> None:
-        """Start the child and wait until its proxy answers."""
-        if self.port is None:
-            self.port = free_port(socket.SOCK_DGRAM, "0.0.0.0")
-        if self.proxy_port is None:
-            self.proxy_port = free_port(socket.SOCK_STREAM, self.proxy_host)
-        self._check_ports_free()
+        """Start the child and wait until its proxy answers; :attr:`port` is then the bound
+        UDP port."""
+        self.command().argv()  # DhtNodeMissing before anything else
+        pick_proxy = self.proxy_port is None
+        if not pick_proxy and self.netns is None:
+            self._check_free(socket.SOCK_STREAM, self.proxy_host, self.proxy_port, "TCP proxy")
+        if self.port and self.netns is None:
+            self._check_free(socket.SOCK_DGRAM, "0.0.0.0", self.port, "UDP DHT")
         self._stopping = False
-        await self._spawn()
+        for attempt in range(1, _PROXY_PORT_TRIES + 1):
+            if pick_proxy:
+                self.proxy_port = free_port(socket.SOCK_STREAM, self.proxy_host)
+            try:
+                await self._spawn()
+                break
+            except DhtUnavailable:
+                raise
+            except DhtError as exc:
+                if not pick_proxy or attempt == _PROXY_PORT_TRIES:
+                    raise
+                log.debug("dhtnode start on proxy port %s failed (%s); new port",
+                          self.proxy_port, exc)
         self._watch = asyncio.create_task(self._supervise(), name="dhtnode-supervisor")
 
-    def _check_ports_free(self) -> None:
-        """Fail clearly if a port is taken (else we could mistake another node for ours)."""
-        for kind, host, port, what in (
-            (socket.SOCK_STREAM, self.proxy_host, self.proxy_port, "TCP proxy"),
-            (socket.SOCK_DGRAM, "0.0.0.0", self.port, "UDP DHT"),
-        ):
-            with socket.socket(socket.AF_INET, kind) as s:
-                try:
-                    s.bind((host, port or 0))
-                except OSError as exc:
-                    raise DhtError(
-                        f"{what} port {host}:{port} is not free: {exc.strerror}"
-                    ) from None
+    @staticmethod
+    def _check_free(kind: int, host: str, port: int | None, what: str) -> None:
+        """Fail clearly when a port asked for explicitly is taken."""
+        with socket.socket(socket.AF_INET, kind) as s:
+            try:
+                s.bind((host, port or 0))
+            except OSError as exc:
+                raise DhtError(f"{what} port {host}:{port} is not free: {exc.strerror}") from None
 
     async def _spawn(self) -> None:
-        argv = self._argv()
         self._proc = await asyncio.create_subprocess_exec(
-            *argv,
+            *self.command().argv(),
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.DEVNULL,
@@ -144,21 +259,38 @@ class DhtNodeProcess:
         except BaseException:
             await self._kill()
             raise
-        # Several bootstraps: dhtnode takes one on its command line; the others are pinged
-        # through the proxy-less interactive command, so we simply rely on the first one.
 
     async def _wait_ready(self) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.start_timeout
+        proxy_port = self.proxy_port or 0
+        while True:
+            proc = self._proc
+            if proc is None or proc.returncode is not None:
+                code = proc.returncode if proc is not None else None
+                raise DhtError(
+                    f"dhtnode exited at start (code {code}); is UDP port {self.port or 'any'} "
+                    f"or TCP port {proxy_port} in use?"
+                )
+            port, taken = bound_udp_port(proc.pid, proxy_port)
+            if port is not None:
+                self.port = port
+                break
+            if taken:
+                raise DhtError(f"TCP port {proxy_port} (dhtnode proxy) is taken by another "
+                               "program")
+            if loop.time() > deadline:
+                raise DhtUnavailable(f"dhtnode did not listen on {self.proxy_url} within "
+                                     f"{self.start_timeout:.0f} s")
+            await asyncio.sleep(0.02)
+        if self.netns is None:
+            await self._wait_answers(deadline)
+
+    async def _wait_answers(self, deadline: float) -> None:
+        """Wait until the proxy answers a node-info request."""
+        loop = asyncio.get_running_loop()
         async with DhtClient(self.proxy_url, timeout=1.0) as client:
             while True:
-                proc = self._proc
-                if proc is None or proc.returncode is not None:
-                    code = proc.returncode if proc is not None else None
-                    raise DhtError(
-                        f"dhtnode exited at start (code {code}); is UDP port {self.port} "
-                        f"or TCP port {self.proxy_port} in use?"
-                    )
                 try:
                     await client.info()
                     return
@@ -217,3 +349,43 @@ class DhtNodeProcess:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
+
+
+@dataclass(frozen=True)
+class NodePlace:
+    """Where one node of :func:`start_nodes` runs: a namespace (None: this one) and the
+    address its proxy listens on and the others bootstrap to."""
+
+    netns: str | None = None
+    address: str = "127.0.0.1"
+
+
+async def start_nodes(
+    n: int, *, places: Sequence[NodePlace] = (), no_rate_limit: bool = True
+) -> list[DhtNodeProcess]:
+    """Start a bootstrap node plus ``n - 1`` nodes joined to it; all stopped if one fails.
+
+    ``places[i]`` says where node ``i`` runs (default: here, on 127.0.0.1). Stop them with
+    :func:`stop_nodes`.
+    """
+    if n < 1:
+        raise ValueError("start_nodes needs n >= 1")
+    where = list(places) + [NodePlace()] * (n - len(places))
+    nodes: list[DhtNodeProcess] = []
+    try:
+        for i, place in enumerate(where[:n]):
+            boot = [] if i == 0 else [(where[0].address, nodes[0].port or 0)]
+            node = DhtNodeProcess(bootstrap=boot, no_rate_limit=no_rate_limit, netns=place.netns,
+                                  proxy_host=place.address)
+            nodes.append(node)
+            await node.start()
+    except BaseException:
+        await stop_nodes(nodes)
+        raise
+    return nodes
+
+
+async def stop_nodes(nodes: Sequence[DhtNodeProcess]) -> None:
+    """Stop every node (each stop is idempotent)."""
+    for node in reversed(nodes):
+        await node.stop()

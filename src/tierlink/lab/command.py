@@ -1,6 +1,5 @@
-"""The lab's command line: :func:`run_lab_cli` for ``tierlink lab`` and :func:`main` for
-``python -m tierlink.lab`` (which adds the raw-ICE driver, the reduced pair list and the stale
-cleanup).
+"""What ``tierlink lab`` runs: :func:`run_lab_cli` (the matrix) and :func:`run_cleanup_stale`.
+The options are parsed by the one ``tierlink`` parser (:mod:`tierlink.cli.tool_commands`).
 
 Exit status: 0 when every cell met its expectation (and every preset passed its probes), 1
 when some did not (or the lab failed mid-run), 2 when the lab cannot run here (not root, a
@@ -10,7 +9,6 @@ the matrix (a table, or the JSON object with ``cells`` and ``presets``).
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import json
 import os
@@ -75,7 +73,10 @@ def all_as_expected(result: dict[str, Any]) -> bool:
     return cells_ok and all(p.get("ok") for p in result.get("presets", {}).values())
 
 
-def _preflight(names: Sequence[str], attempts: int, report: Path | None) -> str | None:
+def _preflight(
+    names: Sequence[str], attempts: int, report: Path | None, driver: str, ice_timeout: float,
+    has_pairs: bool = True,
+) -> str | None:
     """Why the lab cannot run with these arguments here (None: it can)."""
     unknown = [n for n in names if n not in PRESETS]
     if unknown:
@@ -83,6 +84,12 @@ def _preflight(names: Sequence[str], attempts: int, report: Path | None) -> str 
                 f"(choose from {', '.join(PRESETS)})")
     if attempts < 1:
         return "--attempts must be at least 1"
+    if driver not in ("node", "ice"):
+        return f"unknown driver {driver!r} (choose from node, ice)"
+    if not ice_timeout > 0:
+        return "--ice-timeout must be more than 0 seconds"
+    if not has_pairs:
+        return f"no pair of the reduced list among {', '.join(names)}"
     missing = missing_requirements()
     if missing:
         return "NAT lab needs " + ", ".join(missing)
@@ -99,27 +106,38 @@ def _preflight(names: Sequence[str], attempts: int, report: Path | None) -> str 
 
 
 def run_lab_cli(
-    nat: list[str] | None, attempts: int, turn: bool | None, as_json: bool, report: Path | None
+    nat: list[str] | None,
+    attempts: int,
+    turn: bool | None,
+    as_json: bool,
+    report: Path | None,
+    *,
+    driver: str = "node",
+    reduced: bool = False,
+    ice_timeout: float = DEFAULT_ICE_TIMEOUT,
 ) -> int:
-    """``tierlink lab``: run the Node matrix and print it; returns the exit status.
+    """``tierlink lab``: run the matrix and print it; returns the exit status.
 
     ``nat``: the presets to pair (every unordered pair among them, ``hairpin`` only with
-    itself; None = all presets). ``turn``: True/False for one TURN mode, None for both.
+    itself; None = all presets); ``reduced``: only the pairs of the reduced list among them.
+    ``turn``: True/False for one TURN mode, None for both. ``driver``: ``node`` (the Node, one
+    tiered message per attempt) or ``ice`` (raw ICE only).
     """
+    from tierlink.lab.runner import REDUCED_PAIRS, default_pairs, run_matrix
+
     names = list(dict.fromkeys(nat)) if nat else list(PRESETS)
-    problem = _preflight(names, attempts, report)
+    pairs = ([p for p in REDUCED_PAIRS if set(p) <= set(names)] if reduced
+             else default_pairs(names))
+    problem = _preflight(names, attempts, report, driver, ice_timeout, bool(pairs))
     if problem is not None:
         _err(f"tierlink lab: {problem}")
         return EXIT_UNAVAILABLE
-    from tierlink.lab.runner import default_pairs, run_matrix
-
     modes = [False, True] if turn is None else [bool(turn)]
-    pairs = default_pairs(names)
     _err(f"tierlink lab: {len(pairs) * len(modes)} cells x {attempts} attempt(s), "
          f"TURN {'off and on' if turn is None else ('on' if turn else 'off')}")
     try:
         result = run_matrix(names, attempts, modes, lambda c: _err(progress_line(c)),
-                            pairs=pairs, driver="node", ice_timeout=DEFAULT_ICE_TIMEOUT)
+                            pairs=pairs, driver=driver, ice_timeout=ice_timeout)
     except LabUnavailable as exc:
         _err(f"tierlink lab: {exc}")
         return EXIT_UNAVAILABLE
@@ -141,52 +159,12 @@ def run_lab_cli(
     return EXIT_OK if all_as_expected(result) else EXIT_UNEXPECTED
 
 
-# -- python -m tierlink.lab -----------------------------------------------------------------
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m tierlink.lab",
-        description="NAT lab: connectivity and delivery matrix over NAT presets",
-    )
-    parser.add_argument("--report", type=Path, default=Path("lab-report"),
-                        help="directory for matrix.json, matrix.md, matrix.png")
-    parser.add_argument("--presets", nargs="+", default=list(PRESETS), choices=list(PRESETS))
-    parser.add_argument("--attempts", type=int, default=3)
-    parser.add_argument("--turn", choices=["off", "on", "both"], default="both")
-    parser.add_argument("--driver", choices=["node", "ice"], default="node",
-                        help="node: full tierlink Node over the DHT, plus one tiered message "
-                             "per attempt; ice: raw ICE only")
-    parser.add_argument("--reduced", action="store_true",
-                        help="only the reduced pair list (each preset at least once)")
-    parser.add_argument("--ice-timeout", type=float, default=DEFAULT_ICE_TIMEOUT)
-    parser.add_argument("--cleanup-stale", action="store_true",
-                        help="only remove leftovers of dead lab runs, then exit")
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Run the matrix (or the stale cleanup); returns a process exit status."""
-    args = build_parser().parse_args(argv)
+def run_cleanup_stale() -> int:
+    """``tierlink lab --cleanup-stale``: remove what dead lab runs left behind; prints the
+    removed namespaces as JSON (``{"removed": [...]}``)."""
     missing = missing_requirements()
     if missing:
-        _err("NAT lab needs " + ", ".join(missing))
+        _err("tierlink lab: NAT lab needs " + ", ".join(missing))
         return EXIT_UNAVAILABLE
-    if args.cleanup_stale:
-        removed = cleanup_stale()
-        print(json.dumps({"removed": removed}))
-        return EXIT_OK
-    from tierlink.lab.report import write_reports
-    from tierlink.lab.runner import REDUCED_PAIRS, run_matrix
-
-    modes = {"off": [False], "on": [True], "both": [False, True]}[args.turn]
-    pairs = [p for p in REDUCED_PAIRS if set(p) <= set(args.presets)] if args.reduced else None
-    try:
-        result = run_matrix(args.presets, args.attempts, modes,
-                            lambda c: print(progress_line(c), flush=True), pairs=pairs,
-                            driver=args.driver, ice_timeout=args.ice_timeout)
-    except LabError as exc:
-        _err(f"lab failed: {exc}")
-        return EXIT_UNEXPECTED
-    written = write_reports(result, args.report)
-    for path in written.values():
-        print(path)
-    return EXIT_OK if all_as_expected(result) else EXIT_UNEXPECTED
+    print(json.dumps({"removed": cleanup_stale()}))
+    return EXIT_OK

@@ -23,12 +23,8 @@ from typing import Any
 
 from aioice import Candidate
 
+from tierlink.hostport import parse_hostport
 from tierlink.transport.aioice_adapter import IceConnection
-
-
-def _hostport(text: str) -> tuple[str, int]:
-    host, _, port = text.rpartition(":")
-    return host, int(port)
 
 
 def candidate_info(candidate: Candidate) -> dict[str, Any]:
@@ -50,12 +46,12 @@ async def run_peer(args: argparse.Namespace) -> dict[str, Any]:
     """Gather, swap offers through the runner, connect, echo one message; returns the result."""
     turn: dict[str, Any] = {}
     if args.turn:
-        turn = {"turn_server": _hostport(args.turn), "turn_username": args.turn_user,
+        turn = {"turn_server": parse_hostport(args.turn), "turn_username": args.turn_user,
                 "turn_password": args.turn_password}
     conn = IceConnection(
         controlling=args.controlling,
         host_addresses=[args.host_address],
-        stun_server=_hostport(args.stun) if args.stun else None,
+        stun_server=parse_hostport(args.stun) if args.stun else None,
         **turn,
     )
     result: dict[str, Any] = {"event": "result", "ok": False, "connect_ms": None,

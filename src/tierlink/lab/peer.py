@@ -37,17 +37,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tierlink.hostport import parse_hostport
+
 PATH_ORDER = ("host", "srflx", "prflx", "relay")
 
 
 def _emit(obj: dict[str, Any]) -> None:
     sys.stdout.write(json.dumps(obj, default=str) + "\n")
     sys.stdout.flush()
-
-
-def _hostport(text: str) -> tuple[str, int]:
-    host, _, port = text.rpartition(":")
-    return host, int(port)
 
 
 def pair_path(selected_pair: Any) -> str:
@@ -70,14 +67,14 @@ def make_config(args: argparse.Namespace, data_dir: Path) -> Any:
 
     turn = []
     if args.turn:
-        host, port = _hostport(args.turn)
+        host, port = parse_hostport(args.turn)
         turn = [TurnServer(host, port, args.turn_user, args.turn_password)]
     budget = args.send_budget if args.send_budget is not None else args.ice_timeout + 4.0
     return NodeConfig(
         identity=Identity.generate(),
         dht_proxy=args.dht,
         host_addresses=[args.host_address],
-        stun_servers=[_hostport(args.stun)] if args.stun else [],
+        stun_servers=[parse_hostport(args.stun)] if args.stun else [],
         turn_servers=turn,
         ice_timeout=args.ice_timeout,
         data_dir=data_dir,

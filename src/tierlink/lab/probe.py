@@ -23,6 +23,8 @@ import sys
 import time
 from typing import Any
 
+from tierlink.hostport import parse_hostport
+
 EIM = "endpoint-independent"
 ADM = "address-dependent"
 APDM = "address-and-port-dependent"
@@ -30,11 +32,6 @@ NO_NAT = "no-nat"
 EIF = "endpoint-independent"
 ADF = "address-dependent"
 APDF = "address-and-port-dependent"
-
-
-def _addr(text: str) -> tuple[str, int]:
-    host, _, port = text.rpartition(":")
-    return host, int(port)
 
 
 def _fmt(addr: tuple[str, int]) -> str:
@@ -46,7 +43,7 @@ def serve(binds: list[str], duration: float) -> None:
     socks = []
     for b in binds:
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        s.bind(_addr(b))
+        s.bind(parse_hostport(b))
         socks.append(s)
     print(json.dumps({"ready": binds}), flush=True)
     end = time.monotonic() + duration
@@ -99,10 +96,11 @@ def classify_mapping(local: str, mapped: dict[str, str | None], order: list[str]
 
 def classify_filtering(received: list[str], primary: str, alt_ip: str) -> str:
     """Filtering class from which server sockets' unsolicited datagrams got through."""
-    p_ip = primary.rpartition(":")[0]
-    if any(r.rpartition(":")[0] == alt_ip for r in received):
+    p_ip = parse_hostport(primary)[0]
+    hosts = [parse_hostport(r)[0] for r in received]
+    if alt_ip in hosts:
         return EIF
-    if any(r.rpartition(":")[0] == p_ip and r != primary for r in received):
+    if any(h == p_ip and r != primary for h, r in zip(hosts, received, strict=True)):
         return ADF
     if primary in received:
         return APDF
@@ -111,13 +109,13 @@ def classify_filtering(received: list[str], primary: str, alt_ip: str) -> str:
 
 def probe_nat(bind: str, primary: str, alt: str, listen: float = 1.0) -> dict[str, Any]:
     """Mapping and filtering test from ``bind`` against a probe server (see module doc)."""
-    p_ip, p_port = _addr(primary)
-    a_ip, a_port = _addr(alt)
+    p_ip, p_port = parse_hostport(primary)
+    a_ip, a_port = parse_hostport(alt)
     dests = [primary, f"{a_ip}:{p_port}", f"{a_ip}:{a_port}"]
     s1 = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     s1.bind((bind, 0))
     local = _fmt(s1.getsockname())
-    mapped = {d: _request_map(s1, _addr(d)) for d in dests}
+    mapped = {d: _request_map(s1, parse_hostport(d)) for d in dests}
     s1.close()
 
     s2 = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -150,7 +148,7 @@ def hairpin_recv(bind: str, server: str, wait: float) -> None:
     """Print our public mapping, then whether a datagram from a LAN peer arrives through it."""
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     s.bind((bind, 0))
-    mapped = _request_map(s, _addr(server))
+    mapped = _request_map(s, parse_hostport(server))
     print(json.dumps({"mapped": mapped, "local": _fmt(s.getsockname())}), flush=True)
     result: dict[str, Any] = {"received": False, "from": None}
     end = time.monotonic() + wait
@@ -169,9 +167,9 @@ def hairpin_send(bind: str, server: str, to: str) -> None:
     """Contact the server (so we have a mapping), then send to a LAN peer's public mapping."""
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     s.bind((bind, 0))
-    mapped = _request_map(s, _addr(server))
+    mapped = _request_map(s, parse_hostport(server))
     for _ in range(10):
-        s.sendto(b"hairpin", _addr(to))
+        s.sendto(b"hairpin", parse_hostport(to))
         time.sleep(0.05)
     print(json.dumps({"mapped": mapped}), flush=True)
 

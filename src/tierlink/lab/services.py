@@ -8,6 +8,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from tierlink.dht.launcher import DhtNodeCommand, wait_started
+from tierlink.errors import DhtError
 from tierlink.lab.netns import LabError, Run, ns_cmd, python_argv, run
 
 TURN_USER = "lab"
@@ -79,13 +81,21 @@ def start_coturn(lab: Run, ns: str, listen_ip: str) -> subprocess.Popen[str]:
 
 
 def start_dhtnode(lab: Run, ns: str, listen_ip: str) -> subprocess.Popen[str]:
-    """Start a lone OpenDHT node (service mode, no rate limit) with its REST proxy."""
+    """Start a lone OpenDHT node (no rate limit) with its REST proxy, through the launcher's
+    command line, and wait until the proxy listens."""
+    command = DhtNodeCommand(port=DHT_PORT, proxy_port=DHT_PROXY_PORT, proxy_host=listen_ip,
+                             no_rate_limit=True)
+    try:
+        argv = command.argv()
+    except DhtError as exc:
+        raise LabError(str(exc)) from None
     log = (lab.workdir / "dhtnode.out").open("w")
-    args = ["dhtnode", "-s", "-p", str(DHT_PORT), "--proxyserver", str(DHT_PROXY_PORT),
-            "--proxy-addr", listen_ip, "-U"]
-    proc = lab.spawn(ns, args, stdout=log, stderr=subprocess.STDOUT)
+    proc = lab.spawn(ns, argv, stdout=log, stderr=subprocess.STDOUT)
     log.close()
-    wait_listening(ns, "tcp", f"{listen_ip}:{DHT_PROXY_PORT}", proc)
+    try:
+        wait_started(proc, DHT_PROXY_PORT)
+    except DhtError as exc:
+        raise LabError(f"the lab's dhtnode in {ns}: {exc}") from None
     return proc
 
 

@@ -1,0 +1,83 @@
+"""argparse types of the CLI's network options, all on :mod:`tierlink.hostport`.
+
+Each turns a ``ValueError`` into ``argparse.ArgumentTypeError`` so a bad value is one usage
+line and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+
+from tierlink.dht.launcher import DEFAULT_PORT as DHT_DEFAULT_PORT
+from tierlink.hostport import parse_hostport, parse_port
+from tierlink.transport.ice import TurnServer
+
+#: STUN and TURN servers listen here unless told otherwise (RFC 8489).
+STUN_DEFAULT_PORT = 3478
+
+
+def _endpoint(default_port: int) -> Callable[[str], tuple[str, int]]:
+    def convert(text: str) -> tuple[str, int]:
+        try:
+            return parse_hostport(text, default_port)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return convert
+
+
+#: ``--bootstrap HOST[:PORT]`` (an OpenDHT node, port 4222 by default).
+dht_address = _endpoint(DHT_DEFAULT_PORT)
+#: ``--stun HOST[:PORT]`` (port 3478 by default).
+stun_address = _endpoint(STUN_DEFAULT_PORT)
+
+
+def turn_server(text: str) -> TurnServer:
+    """``USER:PASSWORD@HOST[:PORT]``."""
+    creds, at, addr = text.rpartition("@")
+    user, colon, password = creds.partition(":")
+    if not at or not colon or not user:
+        raise argparse.ArgumentTypeError(
+            f"invalid TURN server {text!r}: expected USER:PASS@HOST:PORT"
+        )
+    host, port = stun_address(addr)
+    return TurnServer(host, port, user, password)
+
+
+def port_number(text: str) -> int:
+    """A port, 1-65535."""
+    try:
+        return parse_port(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def port_or_zero(text: str) -> int:
+    """A port, 0 (let the kernel pick) to 65535."""
+    try:
+        return parse_port(text, allow_zero=True)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def positive_int(text: str) -> int:
+    """An integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"invalid value {text!r}: expected a whole number >= 1")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """A number of seconds > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"invalid value {text!r}: expected seconds > 0")
+    return value
