@@ -27,14 +27,27 @@ def config_for(dht: DhtNodeProcess, **kw: Any) -> NodeConfig:
     return NodeConfig(dht_proxy=dht.proxy_url, **kw)
 
 
+#: Keep-alive connections one DHT client may pool (dht/client.py's aiohttp connector limit).
+HTTP_POOL_LIMIT = 64
+
+
+def pooled_http_connections() -> int:
+    """Established TCP connections of this process: the DHT clients' keep-alive pools (ICE
+    and QUIC use UDP only). Their number follows past concurrency up to the pool's limit, so
+    they are counted apart from the other fds."""
+    proc = psutil.Process(os.getpid())
+    return sum(1 for c in proc.net_connections(kind="tcp")
+               if c.raddr and c.status == psutil.CONN_ESTABLISHED)
+
+
 def resources() -> dict[str, int]:
-    """Open fds, threads and asyncio tasks of this process right now."""
+    """Open fds (pooled HTTP connections apart), threads and asyncio tasks right now."""
     try:
         tasks = len(asyncio.all_tasks())
     except RuntimeError:
         tasks = 0
     return {
-        "fds": psutil.Process(os.getpid()).num_fds(),
+        "fds": psutil.Process(os.getpid()).num_fds() - pooled_http_connections(),
         "threads": threading.active_count(),
         "tasks": tasks,
     }

@@ -8,7 +8,7 @@ import time
 import psutil
 import pytest
 
-from tests.nodes import config_for, released, resources
+from tests.nodes import HTTP_POOL_LIMIT, config_for, pooled_http_connections, released, resources
 from tierlink.node import Node
 
 CYCLES = int(os.environ.get("TIERLINK_SOAK_CYCLES", "1000"))
@@ -47,4 +47,5 @@ async def test_connect_close_cycles_release_everything(dht_cluster) -> None:
             f"{rss1 / 2**20:.1f} MiB (+{growth_mb:.1f})"
         )
         assert not a.connections and not b.connections
+        assert pooled_http_connections() <= 2 * HTTP_POOL_LIMIT
         assert growth_mb < 64, f"RSS grew by {growth_mb:.1f} MiB over {CYCLES} cycles"
