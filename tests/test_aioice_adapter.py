@@ -44,9 +44,14 @@ async def test_private_names_resolve_on_the_installed_aioice() -> None:
     assert not problems, "aioice changed:\n" + "\n".join(problems)
 
 
-def test_a_relayed_pair_has_no_socket_to_batch_or_mark() -> None:
+async def test_a_relayed_pair_has_no_socket_to_batch_or_mark() -> None:
     """aioice's TURN transport has no "socket" extra info: no batch reader, no DF bit."""
-    assert TurnTransport(cast(Any, None)).get_extra_info("socket") is None
+    relay = TurnTransport(cast(Any, None))
+    assert relay.get_extra_info("socket") is None
+    protocol = StunProtocol(cast(Any, None))
+    protocol.transport = cast(Any, relay)
+    assert aioice_socket.udp_socket(protocol) is None
+    assert aioice_socket.forbid_fragmentation(protocol) is False
 
 
 def test_a_changed_name_or_signature_is_reported() -> None:

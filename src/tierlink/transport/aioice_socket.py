@@ -61,9 +61,11 @@ def udp_socket(protocol: StunProtocol) -> socket.socket | None:
     """The protocol's open UDP socket; None on a relayed pair (aioice/turn.py TurnTransport
     has no "socket" extra info) or once the transport is closing."""
     transport = protocol.transport
-    if transport is None or transport.is_closing():
+    if transport is None:
         return None
     sock: socket.socket | None = transport.get_extra_info("socket")
+    if sock is None or transport.is_closing():  # TurnTransport has no is_closing either
+        return None
     return sock
 
 
