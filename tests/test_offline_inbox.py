@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from tierlink.identity import Identity
+from tierlink.offline.delivered import DeliveredLog
 from tierlink.offline.inbox import Inbox, InboxLimits
-from tierlink.offline.outbox import DeliveredLog
 from tierlink.wire.envelope import create_envelope
 from tierlink.wire.records import now_ms
 

@@ -16,15 +16,15 @@ from pathlib import Path
 import pytest
 
 from tierlink.errors import MessageTooLarge
+from tierlink.offline.delivered import DeliveredLog
 from tierlink.offline.outbox import (
     DELIVERED,
     EXPIRED,
     PENDING,
     QUEUED_DHT,
-    DeliveredLog,
     Outbox,
-    StoreError,
 )
+from tierlink.offline.store import StoreError
 from tierlink.wire.envelope import MAX_PAYLOAD
 
 BOB = "b" * 128

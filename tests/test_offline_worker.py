@@ -13,8 +13,9 @@ from tests.waiting import eventually
 from tierlink.dht import DhtClient, DhtNodeProcess
 from tierlink.errors import PeerNotFound
 from tierlink.identity import Identity
+from tierlink.offline.delivered import DeliveredLog
 from tierlink.offline.inbox import InboxLimits
-from tierlink.offline.outbox import DELIVERED, PENDING, QUEUED_DHT, DeliveredLog, Outbox
+from tierlink.offline.outbox import DELIVERED, PENDING, QUEUED_DHT, Outbox
 from tierlink.offline.worker import OfflineTier
 from tierlink.wire.ack import create_ack
 from tierlink.wire.dhtkeys import ice_candidates_key, offline_acks_key, offline_queue_key

@@ -2,7 +2,7 @@
 
 One event loop runs in a background thread; every method hands a coroutine to it and waits.
 Several threads may wait on one connection while another closes it: the close wakes them all
-with :class:`ConnectionClosed`. ``recv_timeout(ms)`` keeps the seed's contract exactly:
+with :class:`ConnectionClosed`. ``recv_timeout(ms)`` takes milliseconds:
 0 = non-blocking, N = wait up to N ms, -1 = wait forever; the message, or None on timeout.
 """
 
@@ -77,7 +77,7 @@ class _LoopThread:
 
 
 def _seconds(timeout_ms: int) -> float | None:
-    """The seed's milliseconds (-1 forever) as asyncio seconds (None forever)."""
+    """Milliseconds (-1 forever) as asyncio seconds (None forever)."""
     if timeout_ms < -1:
         raise ValueError("timeout_ms must be -1 (forever), 0 or a positive number of ms")
     return None if timeout_ms == -1 else timeout_ms / 1000

@@ -9,7 +9,7 @@ committed before ``send`` returns), then delivered by the best tier that works:
 3. **offline**: an encrypted, signed envelope in the DHT under the recipient's offline queue
    key (:mod:`tierlink.offline`), re-put until a signed acknowledgement comes back.
 
-The receiver remembers delivered ids in a :class:`~tierlink.offline.outbox.DeliveredLog`: a
+The receiver remembers delivered ids in a :class:`~tierlink.offline.delivered.DeliveredLog`: a
 message re-sent after a lost acknowledgement (by any tier) is acknowledged again but handed
 to the application once. "Handed to the application" means taken from ``node.messages()``.
 

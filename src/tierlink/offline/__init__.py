@@ -9,8 +9,10 @@ delivered so a re-sent message reaches the application once. The
 :mod:`~tierlink.offline.worker` (:class:`OfflineTier`) drives both sides through the DHT.
 """
 
+from tierlink.offline.delivered import DeliveredLog
 from tierlink.offline.inbox import FetchResult, Inbox, InboxLimits
-from tierlink.offline.outbox import DeliveredLog, Outbox, OutboxEntry, StoreError
+from tierlink.offline.outbox import Outbox, OutboxEntry
+from tierlink.offline.store import StoreError
 from tierlink.offline.worker import OfflineTier
 from tierlink.wire.ack import ReceivedAck, create_ack, open_ack
 from tierlink.wire.envelope import (

@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 
 from tierlink.errors import RecordError
 from tierlink.identity import Identity
-from tierlink.offline.outbox import DeliveredLog
+from tierlink.offline.delivered import DeliveredLog
 from tierlink.wire.envelope import MAX_PAYLOAD, ReceivedEnvelope, open_envelope
 from tierlink.wire.records import now_ms as _now_ms
 

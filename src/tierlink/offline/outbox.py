@@ -1,43 +1,19 @@
-"""Durable state of the offline tier: the sender's outbox and the receiver's delivered log.
+"""The sender's outbox: every outgoing message and its delivery state, durable.
 
-Both live in one SQLite file (stdlib :mod:`sqlite3`), opened in WAL mode with
-``synchronous=FULL`` by default.
-
-Why FULL and not NORMAL: in WAL mode both survive a crash of *the process* (SIGKILL, OOM):
-a commit is in the WAL file as soon as ``execute`` returns, the OS keeps it. NORMAL skips
-the fsync at commit, so a power cut or kernel crash may roll back the last few commits
-(never corrupting the file). For an outbox that loss is silent: the application was told
-"queued" and the message is gone; for the delivered log it means a duplicate delivery.
-Writes here are human-rate (one per send, one per state change, one re-put stamp every few
-minutes per pending message), so one fsync per commit costs nothing that matters next to
-a DHT round trip. Pass ``synchronous="NORMAL"`` where that trade is wrong (bulk tests).
-
-Every mutating call is a single autocommitted statement (or an explicit transaction) that
-is committed before the call returns: a SIGKILL right after :meth:`Outbox.add` returns
-cannot lose the message.
-
-Threading: a store object belongs to the thread that created it (sqlite3's
-``check_same_thread``); use it from the event loop's thread. Calls are short indexed
-statements (well under a millisecond, plus the commit fsync), so they are made directly
-from coroutines rather than through a thread pool. Another process may open the same file
-(WAL readers do not block the writer; writers wait up to ``busy_timeout``).
-
-The file holds plaintext payloads, so it is created with mode 0600 (SQLite gives its
-``-wal`` and ``-shm`` files the same mode).
+A message is committed here before ``send`` returns and stays until an acknowledgement (or
+its TTL) settles it; storage and its durability: :mod:`tierlink.offline.store`.
 """
 
 from __future__ import annotations
 
-import os
 import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
-from types import TracebackType
 from typing import Any
 
-from tierlink.errors import MessageTooLarge, TierlinkError
+from tierlink.errors import MessageTooLarge
 from tierlink.identity import is_fingerprint
+from tierlink.offline.store import SqliteStore
 from tierlink.wire.envelope import (
     DEFAULT_TTL_S,
     MAX_PAYLOAD,
@@ -56,86 +32,6 @@ UNDELIVERED = (PENDING, QUEUED_DHT)
 
 REPUT_INTERVAL_S = 300.0
 """Re-put a queued envelope this often: OpenDHT drops values 10 minutes after a put."""
-SCHEMA_VERSION = 1
-
-
-class StoreError(TierlinkError):
-    """The offline store file cannot be opened or is not a tierlink store."""
-
-
-def connect(path: str | os.PathLike[str], synchronous: str = "FULL") -> sqlite3.Connection:
-    """Open (creating with mode 0600) a SQLite file in WAL mode and autocommit."""
-    if synchronous.upper() not in ("NORMAL", "FULL", "EXTRA"):
-        raise ValueError("synchronous must be NORMAL, FULL or EXTRA")
-    p = Path(path)
-    try:
-        p.parent.mkdir(parents=True, exist_ok=True)
-        os.close(os.open(p, os.O_WRONLY | os.O_CREAT, 0o600))
-        conn = sqlite3.connect(p, isolation_level=None, timeout=5.0)
-    except OSError as exc:
-        raise StoreError(f"cannot open offline store {p}: {exc.strerror or exc}") from None
-    try:
-        mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-        conn.execute(f"PRAGMA synchronous={synchronous.upper()}")
-        conn.execute(
-            "CREATE TABLE IF NOT EXISTS tierlink_schema "
-            "(name TEXT PRIMARY KEY, version INTEGER NOT NULL)"
-        )
-    except sqlite3.DatabaseError as exc:
-        conn.close()
-        raise StoreError(f"{p} is not a usable tierlink store: {exc}") from None
-    if str(mode).lower() != "wal":
-        conn.close()
-        raise StoreError(f"{p}: the file system does not support SQLite WAL mode ({mode})")
-    return conn
-
-
-def _ensure_table(conn: sqlite3.Connection, name: str, ddl: Iterable[str]) -> None:
-    """Create ``name``'s schema once; refuse a file written by a newer tierlink."""
-    conn.execute("BEGIN IMMEDIATE")  # another process may be creating it right now
-    try:
-        row = conn.execute("SELECT version FROM tierlink_schema WHERE name=?", (name,)).fetchone()
-        if row is not None and row[0] > SCHEMA_VERSION:
-            raise StoreError(
-                f"the {name} table has schema version {row[0]}; this tierlink reads "
-                f"{SCHEMA_VERSION} (upgrade tierlink)"
-            )
-        if row is None:
-            for stmt in ddl:
-                conn.execute(stmt)
-            conn.execute("INSERT INTO tierlink_schema VALUES (?, ?)", (name, SCHEMA_VERSION))
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-
-
-class _Store:
-    """Shared open/close for the two stores."""
-
-    _NAME = ""
-    _DDL: tuple[str, ...] = ()
-
-    def __init__(self, path: str | os.PathLike[str], synchronous: str = "FULL") -> None:
-        self.path = Path(path)
-        self.conn = connect(path, synchronous)
-        try:
-            _ensure_table(self.conn, self._NAME, self._DDL)
-        except BaseException:
-            self.conn.close()
-            raise
-
-    def close(self) -> None:
-        """Close the database connection."""
-        self.conn.close()
-
-    def __enter__(self) -> _Store:
-        return self
-
-    def __exit__(
-        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
 
 
 _OUTBOX_DDL = (
@@ -198,7 +94,7 @@ def _entry(row: tuple[Any, ...]) -> OutboxEntry:
     return OutboxEntry(*row)
 
 
-class Outbox(_Store):
+class Outbox(SqliteStore):
     """Outgoing messages and their delivery state; see the module docstring.
 
     States: ``pending`` (accepted, not yet in the DHT) → ``queued_dht`` (an envelope was
@@ -355,62 +251,3 @@ class Outbox(_Store):
     def to_json(self, states: Iterable[str] | None = None) -> list[dict[str, Any]]:
         """What ``tierlink outbox --json`` prints: one summary object per entry."""
         return [e.to_json() for e in self.entries(states)]
-
-
-_DELIVERED_DDL = (
-    """CREATE TABLE delivered (
-        sender       TEXT NOT NULL,
-        message_id   BLOB NOT NULL,
-        expires_ms   INTEGER NOT NULL,
-        delivered_ms INTEGER NOT NULL,
-        PRIMARY KEY (sender, message_id)
-    ) WITHOUT ROWID""",
-    "CREATE INDEX delivered_expiry ON delivered (expires_ms)",
-)
-
-PRUNE_GRACE_S = 24 * 3600.0
-"""Keep ids this long past their envelope's expiry, in case the clock steps back."""
-
-
-class DeliveredLog(_Store):
-    """Receiver side: (sender, message id) pairs already handed to the application.
-
-    A re-sent envelope (the sender missed our ack) is acked again but not delivered twice.
-    An id must be remembered until its envelope expires: after that :func:`open_envelope`
-    rejects the envelope itself, so :meth:`prune` may forget it.
-    """
-
-    _NAME = "delivered"
-    _DDL = _DELIVERED_DDL
-
-    def __enter__(self) -> DeliveredLog:
-        return self
-
-    def remember(
-        self, sender: str, message_id: bytes, expires_ms: int, now_ms: int | None = None
-    ) -> bool:
-        """Record a delivery (committed on return); False if it was already remembered."""
-        t = _now_ms() if now_ms is None else now_ms
-        cur = self.conn.execute(
-            "INSERT OR IGNORE INTO delivered VALUES (?, ?, ?, ?)",
-            (sender, bytes(message_id), expires_ms, t),
-        )
-        return cur.rowcount > 0
-
-    def seen(self, sender: str, message_id: bytes) -> bool:
-        """True if this sender's message id was delivered before."""
-        row = self.conn.execute(
-            "SELECT 1 FROM delivered WHERE sender=? AND message_id=?", (sender, bytes(message_id))
-        ).fetchone()
-        return row is not None
-
-    def prune(self, now_ms: int | None = None, grace_s: float = PRUNE_GRACE_S) -> int:
-        """Forget ids whose envelopes expired more than ``grace_s`` ago; returns the count."""
-        t = _now_ms() if now_ms is None else now_ms
-        cur = self.conn.execute(
-            "DELETE FROM delivered WHERE expires_ms < ?", (t - int(grace_s * 1000),)
-        )
-        return cur.rowcount
-
-    def __len__(self) -> int:
-        return int(self.conn.execute("SELECT count(*) FROM delivered").fetchone()[0])

@@ -38,12 +38,12 @@ from tierlink.backoff import Backoff
 from tierlink.dht.record_book import PeerLookup
 from tierlink.errors import DhtError, PeerNotFound, RecordError, TierlinkError
 from tierlink.identity import Identity
+from tierlink.offline.delivered import DeliveredLog
 from tierlink.offline.inbox import FetchResult, Inbox, InboxLimits
 from tierlink.offline.outbox import (
     PENDING,
     QUEUED_DHT,
     REPUT_INTERVAL_S,
-    DeliveredLog,
     Outbox,
 )
 from tierlink.wire.ack import MAX_ACK_IDS, create_ack, open_ack

@@ -3,10 +3,10 @@
 By default a connection carries the secure channel (:mod:`tierlink.transport.channel`: QUIC over the
 ICE path, pinned to the certificate the peer's identity signed): ``send`` is reliable, ordered
 and acknowledged, ``send_datagram`` is unreliable. With ``secure=False`` it carries raw ICE
-datagrams (the seed's transport): ``send`` and ``send_datagram`` are then the same, 1 byte up
+datagrams: ``send`` and ``send_datagram`` are then the same, 1 byte up
 to :attr:`Connection.max_payload` (65,507 on a direct IPv4 path, 4 less through TURN).
 
-The receive side keeps the seed's semantics: bounded queues (capacity 16 by default),
+The receive side: bounded queues (capacity 16 by default),
 drop-oldest for datagrams with a counter, ``recv(timeout)`` without polling, and ``close()``
 that wakes every waiter and releases every socket, task and timer.
 """
