@@ -20,7 +20,10 @@ from tierlink.transport.aioice_adapter import IceConnection
 from tierlink.transport.aioice_socket import RECV_BATCH
 
 #: The aioice methods IceConnection overrides on purpose (each listed in PRIVATE_NAMES).
-OVERRIDES = {"__init__", "get_component_candidates", "connect", "data_received", "close"}
+OVERRIDES = {
+    "__init__", "gather_candidates", "get_component_candidates", "connect", "data_received",
+    "close",
+}
 
 
 def test_installed_aioice_is_the_pinned_version() -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import resource
 import socket
 import threading
 import time
@@ -149,7 +148,9 @@ async def test_ten_simultaneous_connections_never_mix(dht_cluster) -> None:
 
 
 @pytest.mark.parametrize("secure", [True, False], ids=["secure", "raw"])
-async def test_steady_10000_messages_lose_nothing(dht_cluster, secure: bool) -> None:
+async def test_steady_10000_messages(dht_cluster, secure: bool) -> None:
+    """Secure: every message arrives in order. Raw UDP may lose some: none twice, none out of
+    order, and queue drops are counted."""
     a, b = await pair(dht_cluster, secure)
     async with a, b:
         ca, cb = await dial(a, b)
@@ -173,8 +174,12 @@ async def test_steady_10000_messages_lose_nothing(dht_cluster, secure: bool) -> 
         print(f"{'secure' if secure else 'raw'}: 10000 msgs in {wall:.2f} s, CPU {cpu:.2f} s "
               "(both nodes in this process), "
               f"dropped {cb.dropped}")
-        assert len(received) == n and cb.dropped == 0
-        assert [int.from_bytes(m[:4], "big") for m in received] == list(range(n))
+        numbers = [int.from_bytes(m[:4], "big") for m in received]
+        if secure:  # reliable and acknowledged: every message, in order
+            assert numbers == list(range(n)) and cb.dropped == 0
+        else:  # raw UDP may lose datagrams: what arrives is in order, once, and counted
+            assert numbers and numbers == sorted(set(numbers)) and numbers[-1] < n
+            assert len(numbers) + cb.dropped <= n
 
 
 async def test_unknown_fingerprint_is_peer_not_found(dht_cluster) -> None:
@@ -399,8 +404,6 @@ def _recv_or_closed(conn) -> str:
         return "closed"
 
 
-def test_rss_is_measurable() -> None:
-    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss > 0
 
 
 async def test_tampered_certificate_fingerprint_fails_handshake(dht_cluster, monkeypatch) -> None:
