@@ -31,7 +31,7 @@ from tierlink.protocol.channel_events import (
     HandshakeCompleted,
     MessageReceived,
     MessagesAcknowledged,
-    MessageSent,
+    MessagesSent,
     ProtocolViolation,
     Queued,
     SendDatagram,
@@ -140,11 +140,28 @@ def test_signaled_limits_open_at_the_handshake_and_the_hello_must_repeat_them() 
 
 
 # -- messages -------------------------------------------------------------------------------
+def test_a_large_message_is_written_without_joining_it() -> None:
+    limits = {"max_message_size": 100_000, "window": 200_000}
+    a, b = opened_pair(**limits, **{f"b_{k}": v for k, v in limits.items()})
+    big = bytes(70_000)
+    assert [a.send_message(m) for m in (b"x", big, b"y")] == [1, 2, 3]
+    writes = a.pop_commands()
+    assert writes == [
+        WriteStream(A_MESSAGES, encode_length(1) + b"x" + encode_length(len(big))),
+        WriteStream(A_MESSAGES, big),
+        WriteStream(A_MESSAGES, encode_length(1) + b"y"),
+    ]
+    assert writes[1].data is big  # type: ignore[union-attr]
+    feed(b, writes)
+    assert [e.data for e in b.pop_events()] == [b"x", big, b"y"]  # type: ignore[union-attr]
+
+
 def test_message_ids_and_one_cumulative_ack() -> None:
     a, b = opened_pair()
     assert [a.send_message(m) for m in (b"one", b"", b"three")] == [1, 2, 3]
-    writes = a.pop_commands()
-    assert writes[0] == WriteStream(A_MESSAGES, encode_length(3) + b"one")
+    writes = a.pop_commands()  # one write for the three small messages
+    assert writes == [WriteStream(A_MESSAGES, encode_length(3) + b"one" + encode_length(0)
+                                  + encode_length(5) + b"three")]
     assert a.unacked_messages == 3 and a.in_flight_bytes == 8
     a.send_message(b"again")
     feed(b, writes + a.pop_commands(), chunk=3)  # any chunking
@@ -176,7 +193,7 @@ def test_full_window_queues_in_order_and_drains_on_ack() -> None:
     b.pop_events()
     b.write_ack()
     carry(b, a)
-    assert a.pop_events() == [MessagesAcknowledged(1, 4), MessageSent(1, 5), MessageSent(2, 6)]
+    assert a.pop_events() == [MessagesAcknowledged(1, 4), MessagesSent((1, 2), 5)]
     assert a.backlog_messages == 0 and a.in_flight_bytes == 2
     carry(a, b)
     assert [e.data for e in b.pop_events() if isinstance(e, MessageReceived)] == [b"v", b"u"]
@@ -189,7 +206,7 @@ def test_a_message_above_the_window_goes_alone() -> None:
     carry(a, b)
     b.write_ack()
     carry(b, a)
-    assert a.pop_events() == [MessagesAcknowledged(1, 1), MessageSent(1, 2)]
+    assert a.pop_events() == [MessagesAcknowledged(1, 1), MessagesSent((1,), 2)]
     assert a.in_flight_bytes == 9000 > a.window
     assert a.send_message(b"t") == Queued(2)
 
@@ -203,7 +220,7 @@ def test_withdrawn_message_is_skipped() -> None:
     carry(a, b)
     b.write_ack()
     carry(b, a)
-    assert a.pop_events() == [MessagesAcknowledged(1, 1), MessageSent(second.ticket, 2)]
+    assert a.pop_events() == [MessagesAcknowledged(1, 1), MessagesSent((second.ticket,), 2)]
 
 
 def test_in_flight_messages_are_capped() -> None:

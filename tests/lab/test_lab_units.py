@@ -17,9 +17,9 @@ from tierlink.lab.runner import (
     default_pairs,
     direct_possible,
     expected_cell,
-    path_of,
     summarize_cell,
 )
+from tierlink.transport.ice import path_of, tier_of
 
 P, A = "203.0.113.1:40001", "203.0.113.2"
 DESTS = [P, f"{A}:40001", f"{A}:40002"]
@@ -68,9 +68,11 @@ def test_expectations_match_the_brief() -> None:
 
 
 def test_path_of_takes_the_most_indirect_end() -> None:
-    assert path_of("host", "srflx") == "srflx"
-    assert path_of("host", "relay", "prflx") == "relay"
-    assert path_of(None, None) == "none"
+    assert path_of(("host", "srflx")) == "srflx"
+    assert path_of(("host", "relay", "prflx")) == "relay"
+    assert path_of((None, None)) == "none"
+    assert [tier_of(p) for p in ("host", "prflx", "relay", "none")] == [
+        "direct", "direct", "relay", "none"]
 
 
 def test_summarize_cell_flags_unexpected_outcomes() -> None:

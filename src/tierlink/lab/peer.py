@@ -39,21 +39,10 @@ from typing import Any
 
 from tierlink.hostport import parse_hostport
 
-PATH_ORDER = ("host", "srflx", "prflx", "relay")
-
 
 def _emit(obj: dict[str, Any]) -> None:
     sys.stdout.write(json.dumps(obj, default=str) + "\n")
     sys.stdout.flush()
-
-
-def pair_path(selected_pair: Any) -> str:
-    """The most indirect candidate type of a ``{"local": {...}, "remote": {...}}`` pair."""
-    if not isinstance(selected_pair, dict):
-        return "none"
-    types = [(selected_pair.get(end) or {}).get("type") for end in ("local", "remote")]
-    known = [t for t in types if t in PATH_ORDER]
-    return max(known, key=PATH_ORDER.index) if known else "none"
 
 
 def make_config(args: argparse.Namespace, data_dir: Path) -> Any:
@@ -141,7 +130,7 @@ async def _answer(conn: Any) -> None:
     with contextlib.suppress(Exception):
         await conn.close()
     _emit({"event": "accepted", "echo": echoed, "selected_pair": conn.selected_pair,
-           "path": pair_path(conn.selected_pair)})
+           "path": conn.path_type})
 
 
 # -- dialer ---------------------------------------------------------------------------------
@@ -175,7 +164,7 @@ async def _attempt(node: Any, fingerprint: str, timeout: float) -> dict[str, Any
     result["connect_ms"] = round((time.monotonic() - start) * 1000, 1)
     result["ice_ms"] = getattr(conn, "connect_ms", None)
     result["selected_pair"] = conn.selected_pair
-    result["path"] = pair_path(conn.selected_pair)
+    result["path"] = conn.path_type
     try:
         for _ in range(3):
             await conn.send(b"ping")

@@ -30,10 +30,9 @@ from tierlink.lab import nat
 from tierlink.lab.netns import LabError, python_argv
 from tierlink.lab.services import TURN_PASSWORD, TURN_PORT, TURN_USER
 from tierlink.lab.topology import INTERNET_IP, Lab, PresetMismatch, Site
+from tierlink.transport.ice import PATH_TYPES, path_of
 
-PATH_ORDER = ("host", "srflx", "prflx", "relay")
-DIRECT_PATHS = ("host", "srflx", "prflx")
-TIERS = ("direct", "relay", "offline")
+DIRECT_PATHS = PATH_TYPES[:-1]
 #: How long the Node driver waits for a test message's acknowledgement.
 MESSAGE_TIMEOUT = 30.0
 ProgressCallback = Callable[[dict[str, Any]], None]
@@ -93,21 +92,6 @@ def default_pairs(presets: Sequence[str]) -> list[tuple[str, str]]:
     if "hairpin" in presets:
         pairs.append(("hairpin", "hairpin"))
     return pairs
-
-
-def path_of(*candidate_types: str | None) -> str:
-    """One word for a selected pair: the most indirect candidate type among its ends."""
-    types = [t for t in candidate_types if t in PATH_ORDER]
-    if not types:
-        return "none"
-    return max(types, key=PATH_ORDER.index)
-
-
-def tier_of(path: str) -> str:
-    """The live tier a connected path corresponds to (``none`` without a path)."""
-    if path in DIRECT_PATHS:
-        return "direct"
-    return "relay" if path == "relay" else "none"
 
 
 def majority(counts: Counter[str]) -> str:
@@ -198,7 +182,7 @@ def ice_attempt(lab: Lab, a: Endpoint, b: Endpoint, turn: bool, timeout: float) 
     types = [(r.get(end) or {}).get("type") for r in (ra, rb) for end in ("local", "remote")]
     return {
         "ok": ok,
-        "path": path_of(*types) if ok else "none",
+        "path": path_of(types) if ok else "none",
         "connect_ms": ra.get("connect_ms") if ok else None,
         "selected_pair": {"local": ra.get("local"), "remote": ra.get("remote")},
         "callee_pair": {"local": rb.get("local"), "remote": rb.get("remote")},

@@ -22,6 +22,7 @@ transport (:meth:`ChannelProtocol.pop_commands`) and events for the application
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 
 from tierlink.errors import ConnectionClosed, MessageTooLarge
 from tierlink.protocol.channel_events import (
@@ -38,7 +39,7 @@ from tierlink.protocol.channel_events import (
     HandshakeCompleted,
     MessageReceived,
     MessagesAcknowledged,
-    MessageSent,
+    MessagesSent,
     ProtocolViolation,
     Queued,
     SendDatagram,
@@ -84,7 +85,10 @@ class ChannelProtocol:
         window: int,
         queue_capacity: int,
         peer_limits: tuple[int, int] | None = None,
+        withdrawn: Callable[[int], bool] | None = None,
     ) -> None:
+        """``withdrawn(ticket)``: asked when a backlogged message's turn comes; True skips it
+        (the application gave up on it), so withdrawing costs nothing per message."""
         if queue_capacity < 1 or window < 1 or not 0 <= max_message_size < 2**62:
             raise ValueError("queue_capacity and window must be >= 1, max_message_size in "
                              "[0, 2**62)")
@@ -93,12 +97,14 @@ class ChannelProtocol:
         self._window = window
         self._queue_capacity = queue_capacity
         self._peer_limits = peer_limits
+        self._withdrawn = withdrawn
         self._peer_hello: Hello | None = None
         self.hello_received = False
         self.closed = False
         self.close_reason: str | None = None
         self._greeted = False
         self._commands: list[Command] = []
+        self._message_bytes: list[bytes] = []  # message stream bytes not yet popped
         self._events: list[ChannelEvent] = []
         # sending side: our first two unidirectional streams
         self.control_stream_id = 2 if is_client else 3
@@ -159,13 +165,38 @@ class ChannelProtocol:
 
     # -- outputs ----------------------------------------------------------------------------
     def pop_commands(self) -> list[Command]:
-        """What the transport has to do, in order (and forget it)."""
-        out, self._commands = self._commands, []
+        """What the transport has to do, in order (and forget it). Message bytes written
+        since the last call come first, small ones joined into one write."""
+        if self._message_bytes:
+            writes = self._coalesced_message_writes()
+            self._commands[:0] = writes
+        out = self._commands
+        if out:
+            self._commands = []
         return out
+
+    def _coalesced_message_writes(self) -> list[Command]:
+        sid = self.message_stream_id
+        writes: list[Command] = []
+        small: list[bytes] = []
+        for chunk in self._message_bytes:
+            if len(chunk) <= _JOIN_LIMIT:
+                small.append(chunk)
+                continue
+            if small:
+                writes.append(WriteStream(sid, b"".join(small)))
+                small = []
+            writes.append(WriteStream(sid, chunk))  # no copy of a large payload
+        if small:
+            writes.append(WriteStream(sid, b"".join(small)))
+        self._message_bytes = []
+        return writes
 
     def pop_events(self) -> list[ChannelEvent]:
         """What happened for the application, in order (and forget it)."""
-        out, self._events = self._events, []
+        out = self._events
+        if out:
+            self._events = []
         return out
 
     # -- transport events ---------------------------------------------------------------------
@@ -344,12 +375,11 @@ class ChannelProtocol:
     def _write_message(self, payload: bytes) -> int:
         self._next_id += 1
         size = len(payload)
-        sid = self.message_stream_id
         if size <= _JOIN_LIMIT:  # one buffer append for small messages
-            self._commands.append(WriteStream(sid, encode_length(size) + payload))
+            self._message_bytes.append(encode_length(size) + payload)
         else:  # no 16 MiB copy just to prepend 8 bytes
-            self._commands.append(WriteStream(sid, encode_length(size)))
-            self._commands.append(WriteStream(sid, payload))
+            self._message_bytes.append(encode_length(size))
+            self._message_bytes.append(payload)
         self._unacked.append((self._next_id, size))
         self.in_flight_bytes += size
         if self.in_flight_bytes > self.peak_in_flight_bytes:
@@ -375,9 +405,21 @@ class ChannelProtocol:
     def _pump_backlog(self) -> None:
         """Write waiting messages, in call order, while the window has room."""
         backlog = self._backlog
-        while backlog and self._fits(len(backlog[0][1])):
-            ticket, payload = backlog.popleft()
-            self._events.append(MessageSent(ticket, self._write_message(payload)))
+        withdrawn = self._withdrawn
+        sent: list[int] = []
+        first_id = self._next_id + 1
+        while backlog:
+            ticket, payload = backlog[0]
+            if withdrawn is not None and withdrawn(ticket):
+                backlog.popleft()
+            elif self._fits(len(payload)):
+                backlog.popleft()
+                self._write_message(payload)
+                sent.append(ticket)
+            else:
+                break
+        if sent:
+            self._events.append(MessagesSent(tuple(sent), first_id))
 
     # -- closing --------------------------------------------------------------------------------
     def close(self, reason: str = LOCAL_CLOSE_REASON) -> None:

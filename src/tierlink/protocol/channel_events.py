@@ -8,7 +8,7 @@ Three kinds of small records, none tied to a QUIC library:
 * commands for that shell: :class:`WriteStream`, :class:`SendDatagram`,
   :class:`CloseConnection`;
 * channel events for the application: :class:`ChannelOpened`, :class:`MessageReceived`,
-  :class:`MessageSent`, :class:`MessagesAcknowledged`, :class:`DatagramDelivered`,
+  :class:`MessagesSent`, :class:`MessagesAcknowledged`, :class:`DatagramDelivered`,
   :class:`ProtocolViolation`, :class:`ChannelClosed`.
 
 The close codes are the QUIC application error codes a tierlink peer sends.
@@ -113,11 +113,11 @@ class MessageReceived:
 
 
 @dataclass(frozen=True, slots=True)
-class MessageSent:
-    """A message that waited in the backlog (``ticket``) went out as ``message_id``."""
+class MessagesSent:
+    """Messages that waited in the backlog went out: ``tickets[i]`` as ``first_id + i``."""
 
-    ticket: int
-    message_id: int
+    tickets: tuple[int, ...]
+    first_id: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,7 +152,7 @@ class ChannelClosed:
 ChannelEvent = (
     ChannelOpened
     | MessageReceived
-    | MessageSent
+    | MessagesSent
     | MessagesAcknowledged
     | DatagramDelivered
     | ProtocolViolation
@@ -162,6 +162,6 @@ ChannelEvent = (
 
 @dataclass(frozen=True, slots=True)
 class Queued:
-    """A message that waits for the send window; :class:`MessageSent` names its id later."""
+    """A message that waits for the send window; :class:`MessagesSent` names its id later."""
 
     ticket: int

@@ -22,7 +22,7 @@ from typing import Any, Protocol
 from tierlink.errors import ConnectionClosed, MessageTooLarge
 from tierlink.transport.aioice_adapter import IceConnection
 from tierlink.transport.channel import DATAGRAM_MAX_PAYLOAD, SecureChannel
-from tierlink.transport.ice import describe_pair, max_payload
+from tierlink.transport.ice import describe_pair, max_payload, path_of, tier_of
 from tierlink.transport.recv_queue import DEFAULT_CAPACITY, RecvQueue
 
 
@@ -195,16 +195,15 @@ class Connection:
 
     @property
     def path_type(self) -> str:
-        """``relay`` if either end of the selected pair is a TURN relay, else the local type."""
-        if not self.selected_pair:
-            return "none"
-        types = {self.selected_pair["local"]["type"], self.selected_pair["remote"]["type"]}
-        return "relay" if "relay" in types else str(self.selected_pair["local"]["type"])
+        """The selected pair's path, named by its least direct end (``host``, ``srflx``,
+        ``prflx`` or ``relay``; ``none`` before a pair is selected)."""
+        pair = self.selected_pair
+        return path_of(side["type"] for side in pair.values()) if pair else "none"
 
     @property
     def tier(self) -> str:
         """The delivery tier this connection's path belongs to: ``relay`` or ``direct``."""
-        return "relay" if self.path_type == "relay" else "direct"
+        return tier_of(self.path_type)
 
     def stats(self) -> dict[str, Any]:
         """Counters and path facts, JSON-ready."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from aioice import Candidate
@@ -121,6 +121,25 @@ async def run_checks(ice: IceConnection, timeout: float, started: float) -> None
         ) from None
 
 
+#: ICE candidate types, from the most to the least direct.
+PATH_TYPES = ("host", "srflx", "prflx", "relay")
+
+
+def path_of(candidate_types: Iterable[str | None]) -> str:
+    """The path a candidate pair takes, named by its least direct end (``relay`` if either
+    end is a TURN relay); ``none`` when no known type is given."""
+    known = [t for t in candidate_types if t in PATH_TYPES]
+    return max(known, key=PATH_TYPES.index) if known else "none"
+
+
+def tier_of(path: str) -> str:
+    """The delivery tier of a path: ``relay`` through TURN, ``direct`` for any other
+    connected path, ``none`` without one."""
+    if path == "none":
+        return "none"
+    return "relay" if path == "relay" else "direct"
+
+
 def max_payload(ice: IceConnection) -> int:
     """The largest datagram the selected path carries."""
     sel = ice.selected_pair()
@@ -129,7 +148,7 @@ def max_payload(ice: IceConnection) -> int:
     local, remote = sel
     v6 = ":" in remote.host
     limit = MAX_UDP_PAYLOAD_V6 if v6 else MAX_UDP_PAYLOAD_V4
-    if local.type == "relay" or remote.type == "relay":
+    if path_of((local.type, remote.type)) == "relay":
         limit -= TURN_CHANNEL_OVERHEAD
     return limit
 

@@ -15,7 +15,6 @@ once per flush. Datagrams are unreliable and go to a drop-oldest queue.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 
 from tierlink.errors import ConnectionClosed, HandshakeFailed
@@ -27,7 +26,7 @@ from tierlink.protocol.channel_events import (
     DatagramDelivered,
     MessageReceived,
     MessagesAcknowledged,
-    MessageSent,
+    MessagesSent,
     ProtocolViolation,
     Queued,
     SendDatagram,
@@ -76,6 +75,7 @@ class SecureChannel:
             window=window,
             queue_capacity=queue_capacity,
             peer_limits=peer_limits,
+            withdrawn=self._is_withdrawn,
         )
         config = quic_configuration(
             is_client=is_client,
@@ -214,7 +214,12 @@ class SecureChannel:
         above :attr:`max_message_size` (the channel stays usable) and ConnectionClosed if
         the channel closes first; a send cancelled while still waiting is not sent.
         """
-        return await self.submit(data)
+        fut = self.submit(data)
+        try:
+            return await fut
+        finally:
+            if fut.cancelled():  # withdraw it now if it still waits for the window
+                self._withdraw(fut)
 
     def submit(self, data: bytes) -> asyncio.Future[int]:
         """Queue one reliable message now; the future gets its id once the peer queued it.
@@ -229,17 +234,28 @@ class SecureChannel:
         fut: asyncio.Future[int] = self._loop.create_future()
         if isinstance(result, Queued):
             self._queued[result.ticket] = fut
-            fut.add_done_callback(functools.partial(self._withdraw, result.ticket))
         else:
             self._in_flight[result] = fut
-            self._run_commands()
+            self._pump.kick()  # its bytes are written at the flush, with every other send
         return fut
 
-    def _withdraw(self, ticket: int, fut: asyncio.Future[int]) -> None:
+    def _withdraw(self, fut: asyncio.Future[int]) -> None:
         """A cancelled send still waiting for the window is never sent; the next ones go."""
-        if fut.cancelled() and self._queued.pop(ticket, None) is not None:
-            self._core.withdraw(ticket)
-            self._apply()
+        for ticket, queued in self._queued.items():
+            if queued is fut:
+                del self._queued[ticket]
+                self._core.withdraw(ticket)
+                self._apply()
+                return
+
+    def _is_withdrawn(self, ticket: int) -> bool:
+        """The core asks when a backlogged message's turn comes: a cancelled future (a
+        :meth:`submit` the application gave up on) is forgotten and its message skipped."""
+        fut = self._queued.get(ticket)
+        if fut is None or not fut.cancelled():
+            return False
+        del self._queued[ticket]
+        return True
 
     def send_datagram(self, data: bytes) -> None:
         """Send one unreliable QUIC DATAGRAM (at most DATAGRAM_MAX_PAYLOAD bytes)."""
@@ -299,7 +315,7 @@ class SecureChannel:
     def _run_commands(self) -> None:
         pump = self._pump
         for command in self._core.pop_commands():
-            if isinstance(command, WriteStream):
+            if type(command) is WriteStream:
                 pump.write_stream(command.stream_id, command.data, command.end_stream)
             elif isinstance(command, SendDatagram):
                 self._datagrams_send_dropped += pump.send_datagram(command.data)
@@ -309,18 +325,22 @@ class SecureChannel:
 
     def _dispatch_events(self) -> None:
         for event in self._core.pop_events():
-            if isinstance(event, MessageReceived):
-                self._inbox.offer(event.data)
+            kind = type(event)
+            if kind is MessageReceived:
+                self._inbox.offer(event.data)  # type: ignore[union-attr]
                 self._pump.kick()  # its ACK leaves with the next flush
-            elif isinstance(event, MessagesAcknowledged):
+            elif kind is MessagesAcknowledged:
                 in_flight = self._in_flight
-                for mid in range(event.first_id, event.last_id + 1):
+                for mid in range(event.first_id, event.last_id + 1):  # type: ignore[union-attr]
                     fut = in_flight.pop(mid, None)
                     if fut is not None and not fut.done():
                         fut.set_result(mid)
-            elif isinstance(event, MessageSent):
-                fut = self._queued.pop(event.ticket)
-                self._in_flight[event.message_id] = fut
+            elif kind is MessagesSent:
+                queued, in_flight = self._queued, self._in_flight
+                mid = event.first_id  # type: ignore[union-attr]
+                for ticket in event.tickets:  # type: ignore[union-attr]
+                    in_flight[mid] = queued.pop(ticket)
+                    mid += 1
             elif isinstance(event, DatagramDelivered):
                 self._datagrams.offer(event.data)
             elif isinstance(event, ChannelOpened):
