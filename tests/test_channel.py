@@ -86,6 +86,34 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+# -- release ---------------------------------------------------------------------------------
+async def test_a_closed_channel_is_freed_without_the_cycle_collector(
+    ice: IcePair, certs: Any
+) -> None:
+    """Closing breaks every reference cycle through the channel, its protocol core, its
+    pump and watchdog: a dial's garbage does not wait for (and lengthen) a full collection."""
+    import gc
+    import weakref
+
+    a, b = await open_pair(ice, certs)
+    assert await a.send(b"hi") == 1 and await b.recv(5) == b"hi"
+    refs = [weakref.ref(c) for c in (a, b)]
+    gc.collect()
+    gc.disable()
+    try:
+        await a.close()
+        await b.close()
+        await a.wait_closed()
+        await b.wait_closed()
+        del a, b
+        await asyncio.sleep(0)  # callbacks the close scheduled run and are dropped
+        await asyncio.sleep(0)
+        alive = [r() for r in refs if r() is not None]
+        assert alive == [], f"still referenced (cycles?): {alive}"
+    finally:
+        gc.enable()
+
+
 # -- handshake ------------------------------------------------------------------------------
 async def test_handshake_and_round_trip(ice: IcePair, certs: Any) -> None:
     a, b = await open_pair(ice, certs)

@@ -14,9 +14,8 @@ transport (:meth:`ChannelProtocol.pop_commands`) and events for the application
   application only while the application's queue (``queue_capacity``) has room, and
   acknowledges what it handed over with one cumulative ACK per :meth:`~ChannelProtocol.
   write_ack`; what does not fit is held back unacknowledged, bounded by our window.
-* The sender keeps at most ``window`` payload bytes and ``MAX_IN_FLIGHT_MESSAGES`` messages
-  unacknowledged (one larger message may be alone in flight); further messages wait in a
-  backlog, in call order, and go out as acknowledgements make room.
+* The sending half (ids, window, backlog) is :class:`~tierlink.protocol.send_window.
+  SendWindow`.
 """
 
 from __future__ import annotations
@@ -39,7 +38,6 @@ from tierlink.protocol.channel_events import (
     HandshakeCompleted,
     MessageReceived,
     MessagesAcknowledged,
-    MessagesSent,
     ProtocolViolation,
     Queued,
     SendDatagram,
@@ -48,6 +46,7 @@ from tierlink.protocol.channel_events import (
     TransportEvent,
     WriteStream,
 )
+from tierlink.protocol.send_window import MAX_IN_FLIGHT_MESSAGES, SendWindow
 from tierlink.wire.channel_frames import (
     PROTOCOL_VERSION,
     TAG_CONTROL,
@@ -59,17 +58,12 @@ from tierlink.wire.channel_frames import (
     ProtocolError,
     encode_ack,
     encode_hello,
-    encode_length,
 )
 
 #: Largest datagram payload: always fits one 1-RTT packet of 1200 bytes.
 DATAGRAM_MAX_PAYLOAD = 1150
-#: Unacknowledged messages at most (bounds per-message bookkeeping of tiny messages).
-MAX_IN_FLIGHT_MESSAGES = 1024
 LOCAL_CLOSE_REASON = "channel closed locally"
 PEER_CLOSED_REASON = "the peer closed the channel"
-#: Messages up to this size are written with their length prefix in one piece.
-_JOIN_LIMIT = 65536
 _CONTROL = "control"
 _MESSAGES = "messages"
 
@@ -97,24 +91,17 @@ class ChannelProtocol:
         self._window = window
         self._queue_capacity = queue_capacity
         self._peer_limits = peer_limits
-        self._withdrawn = withdrawn
         self._peer_hello: Hello | None = None
         self.hello_received = False
         self.closed = False
         self.close_reason: str | None = None
         self._greeted = False
         self._commands: list[Command] = []
-        self._message_bytes: list[bytes] = []  # message stream bytes not yet popped
         self._events: list[ChannelEvent] = []
         # sending side: our first two unidirectional streams
         self.control_stream_id = 2 if is_client else 3
         self.message_stream_id = self.control_stream_id + 4
-        self._next_id = 0
-        self._next_ticket = 0
-        self._unacked: deque[tuple[int, int]] = deque()  # (message id, size)
-        self._backlog: deque[tuple[int, bytes]] = deque()  # (ticket, payload)
-        self.in_flight_bytes = 0
-        self.peak_in_flight_bytes = 0
+        self._send = SendWindow(withdrawn)
         # receiving side
         self._rx_roles: dict[int, str] = {}
         self._ctrl_reader = ControlReader()
@@ -151,7 +138,17 @@ class ChannelProtocol:
     @property
     def backlog_messages(self) -> int:
         """Messages waiting for the send window."""
-        return len(self._backlog)
+        return self._send.backlog_messages
+
+    @property
+    def in_flight_bytes(self) -> int:
+        """Payload bytes sent and not yet acknowledged."""
+        return self._send.in_flight_bytes
+
+    @property
+    def peak_in_flight_bytes(self) -> int:
+        """The most payload bytes ever in flight at once."""
+        return self._send.peak_in_flight_bytes
 
     @property
     def held_messages(self) -> int:
@@ -161,36 +158,18 @@ class ChannelProtocol:
     @property
     def unacked_messages(self) -> int:
         """Messages sent and not yet acknowledged."""
-        return len(self._unacked)
+        return self._send.unacked_messages
 
     # -- outputs ----------------------------------------------------------------------------
     def pop_commands(self) -> list[Command]:
         """What the transport has to do, in order (and forget it). Message bytes written
         since the last call come first, small ones joined into one write."""
-        if self._message_bytes:
-            writes = self._coalesced_message_writes()
-            self._commands[:0] = writes
+        if self._send.has_unwritten:
+            self._commands[:0] = self._send.pop_writes(self.message_stream_id)
         out = self._commands
         if out:
             self._commands = []
         return out
-
-    def _coalesced_message_writes(self) -> list[Command]:
-        sid = self.message_stream_id
-        writes: list[Command] = []
-        small: list[bytes] = []
-        for chunk in self._message_bytes:
-            if len(chunk) <= _JOIN_LIMIT:
-                small.append(chunk)
-                continue
-            if small:
-                writes.append(WriteStream(sid, b"".join(small)))
-                small = []
-            writes.append(WriteStream(sid, chunk))  # no copy of a large payload
-        if small:
-            writes.append(WriteStream(sid, b"".join(small)))
-        self._message_bytes = []
-        return writes
 
     def pop_events(self) -> list[ChannelEvent]:
         """What happened for the application, in order (and forget it)."""
@@ -204,12 +183,16 @@ class ChannelProtocol:
         """Feed one transport event; nothing happens once the channel is closed."""
         if self.closed:
             return
+        kind = type(event)
+        if kind is DatagramReceived:  # the hot path first
+            self.stats["datagrams_received"] += 1
+            self._events.append(DatagramDelivered(event.data))  # type: ignore[union-attr]
+            return
         try:
-            if isinstance(event, StreamDataReceived):
-                self._on_stream_data(event.stream_id, event.data, event.end_stream)
-            elif isinstance(event, DatagramReceived):
-                self.stats["datagrams_received"] += 1
-                self._events.append(DatagramDelivered(event.data))
+            if kind is StreamDataReceived:
+                self._on_stream_data(
+                    event.stream_id, event.data, event.end_stream  # type: ignore[union-attr]
+                )
             elif isinstance(event, HandshakeCompleted):
                 self._on_handshake_completed()
             elif isinstance(event, StreamReset):
@@ -235,6 +218,7 @@ class ChannelProtocol:
 
     def _open(self, hello: Hello) -> None:
         self._peer_hello = hello
+        self._send.window = self.window
         self._events.append(ChannelOpened(self.max_message_size, self.window))
 
     def _on_hello(self, hello: Hello) -> None:
@@ -337,21 +321,14 @@ class ChannelProtocol:
             raise MessageTooLarge(
                 f"message of {size} bytes exceeds the channel's max_message_size of {limit} bytes"
             )
-        payload = data if type(data) is bytes else bytes(data)
-        if not self._backlog and self._fits(size):
-            return self._write_message(payload)
-        self._next_ticket += 1
-        self._backlog.append((self._next_ticket, payload))
-        return Queued(self._next_ticket)
+        return self._send.submit(data if type(data) is bytes else bytes(data))
 
     def withdraw(self, ticket: int) -> bool:
         """Drop a message still waiting in the backlog; False if it is not there (any more)."""
-        for i, (queued, _) in enumerate(self._backlog):
-            if queued == ticket:
-                del self._backlog[i]
-                self._pump_backlog()
-                return True
-        return False
+        if not self._send.withdraw(ticket):
+            return False
+        self._pump_backlog()
+        return True
 
     def send_datagram(self, data: bytes) -> None:
         """Send one unreliable datagram (at most DATAGRAM_MAX_PAYLOAD bytes)."""
@@ -364,62 +341,18 @@ class ChannelProtocol:
         self.stats["datagrams_sent"] += 1
         self._commands.append(SendDatagram(bytes(data)))
 
-    def _fits(self, size: int) -> bool:
-        if not self._unacked:
-            return True
-        return (
-            self.in_flight_bytes + size <= self.window
-            and len(self._unacked) < MAX_IN_FLIGHT_MESSAGES
-        )
-
-    def _write_message(self, payload: bytes) -> int:
-        self._next_id += 1
-        size = len(payload)
-        if size <= _JOIN_LIMIT:  # one buffer append for small messages
-            self._message_bytes.append(encode_length(size) + payload)
-        else:  # no 16 MiB copy just to prepend 8 bytes
-            self._message_bytes.append(encode_length(size))
-            self._message_bytes.append(payload)
-        self._unacked.append((self._next_id, size))
-        self.in_flight_bytes += size
-        if self.in_flight_bytes > self.peak_in_flight_bytes:
-            self.peak_in_flight_bytes = self.in_flight_bytes
-        return self._next_id
-
     def _on_ack(self, message_id: int) -> None:
-        if message_id > self._next_id:
-            raise ProtocolError(f"ack for message {message_id}, never sent")
-        unacked = self._unacked
-        first = 0
-        stats = self.stats
-        while unacked and unacked[0][0] <= message_id:
-            mid, size = unacked.popleft()
-            first = first or mid
-            self.in_flight_bytes -= size
-            stats["messages_sent"] += 1
-            stats["bytes_sent"] += size
+        first, count, size = self._send.acknowledge(message_id)
         if first:
+            self.stats["messages_sent"] += count
+            self.stats["bytes_sent"] += size
             self._events.append(MessagesAcknowledged(first, message_id))
         self._pump_backlog()
 
     def _pump_backlog(self) -> None:
-        """Write waiting messages, in call order, while the window has room."""
-        backlog = self._backlog
-        withdrawn = self._withdrawn
-        sent: list[int] = []
-        first_id = self._next_id + 1
-        while backlog:
-            ticket, payload = backlog[0]
-            if withdrawn is not None and withdrawn(ticket):
-                backlog.popleft()
-            elif self._fits(len(payload)):
-                backlog.popleft()
-                self._write_message(payload)
-                sent.append(ticket)
-            else:
-                break
-        if sent:
-            self._events.append(MessagesSent(tuple(sent), first_id))
+        sent = self._send.pump()
+        if sent is not None:
+            self._events.append(sent)
 
     # -- closing --------------------------------------------------------------------------------
     def close(self, reason: str = LOCAL_CLOSE_REASON) -> None:
@@ -439,9 +372,7 @@ class ChannelProtocol:
     def _finish(self, reason: str) -> None:
         self.closed = True
         self.close_reason = reason
-        self._unacked.clear()
-        self._backlog.clear()
-        self.in_flight_bytes = 0
+        self._send.clear()
         self._held.clear()
         self._held_bytes = 0
         self._events.append(ChannelClosed(reason))

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from tierlink.errors import HandshakeFailed
 from tierlink.protocol.channel import DATAGRAM_MAX_PAYLOAD
 from tierlink.transport.aioice_adapter import IceConnection
 from tierlink.transport.aioquic_adapter import (
@@ -32,12 +33,7 @@ from tierlink.transport.quic_setup import (
     start_client,
     start_server,
 )
-from tierlink.transport.secure_channel import (
-    DEFAULT_WINDOW,
-    SecureChannel,
-    check_channel_settings,
-    open_channel,
-)
+from tierlink.transport.secure_channel import DEFAULT_WINDOW, SecureChannel
 
 __all__ = [
     "DATAGRAM_MAX_PAYLOAD",
@@ -181,3 +177,70 @@ class PreparedChannel:
             probe_path_mtu=self._probe_path_mtu,
             peer_limits=peer_limits,
         )
+
+
+def check_channel_settings(
+    queue_capacity: int,
+    liveness_timeout: float,
+    handshake_timeout: float,
+    max_message_size: int,
+    window: int,
+) -> None:
+    """Raise ValueError for settings no channel can work with."""
+    if queue_capacity < 1 or liveness_timeout <= 0 or handshake_timeout <= 0:
+        raise ValueError("queue_capacity, liveness_timeout and handshake_timeout must be > 0")
+    if not 0 <= max_message_size < 2**62 or window < 1:
+        raise ValueError("max_message_size must be in [0, 2**62) and window >= 1")
+
+
+async def open_channel(
+    ice: IceConnection,
+    *,
+    is_client: bool,
+    certificate: LocalCertificate,
+    peer_cert_sha256: bytes,
+    queue_capacity: int = 16,
+    liveness_timeout: float = 15.0,
+    handshake_timeout: float = 10.0,
+    max_message_size: int = 16 * 1024 * 1024,
+    window: int = DEFAULT_WINDOW,
+    started: PinnedQuicConnection | None = None,
+    probe_path_mtu: bool = True,
+    peer_limits: tuple[int, int] | None = None,
+) -> SecureChannel:
+    """Run the pinned, mutually authenticated QUIC handshake over a connected ICE path.
+
+    ``is_client`` is True for the dialer. Raises HandshakeFailed (with the reason) if the
+    peer's certificate SHA-256 differs from ``peer_cert_sha256``, the peer rejects ours,
+    or nothing completes within ``handshake_timeout`` seconds. The caller keeps owning
+    ``ice``: closing the channel does not close it. ``probe_path_mtu``: find and use the
+    largest packet a direct path carries (:mod:`tierlink.protocol.pmtu`); off, packets stay
+    at 1200 bytes. ``peer_limits``: the peer's (max_message_size, window) if it told them
+    through an authenticated channel (its signed offer or sealed answer); the channel then
+    opens as soon as the handshake completes, a round trip before the peer's HELLO.
+    (``started``: internal, see :class:`tierlink.transport.channel.PreparedChannel`, which
+    prepares the dialer's side ahead of ICE.)
+    """
+    if len(peer_cert_sha256) != 32:
+        raise ValueError("peer_cert_sha256 must be the 32-byte SHA-256 of the DER certificate")
+    check_channel_settings(
+        queue_capacity, liveness_timeout, handshake_timeout, max_message_size, window
+    )
+    if ice.selected_pair() is None:
+        raise HandshakeFailed("the ICE connection has no selected pair (connect it first)")
+    channel = SecureChannel(
+        ice,
+        is_client=is_client,
+        certificate=certificate,
+        peer_cert_sha256=bytes(peer_cert_sha256),
+        queue_capacity=queue_capacity,
+        liveness_timeout=liveness_timeout,
+        max_message_size=max_message_size,
+        window=window,
+        started=started,
+        probe_path_mtu=probe_path_mtu,
+        peer_limits=peer_limits,
+    )
+    await channel.complete_handshake(handshake_timeout)
+    return channel
+

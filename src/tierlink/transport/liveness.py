@@ -58,6 +58,13 @@ class Liveness:
                 handle.cancel()
         self._ping_timer = self._live_timer = None
 
+    def release(self) -> None:
+        """Stop for good and drop the callbacks, so the connection that owns this watchdog
+        holds no reference cycle through it and is freed as soon as it is dropped."""
+        self.stop()
+        self._ping = _ignore
+        self._expire = _ignore
+
     def _on_ping_timer(self) -> None:
         self._ping_timer = None
         if self._loop.time() - self._last_rx >= self._quiet:
@@ -74,3 +81,7 @@ class Liveness:
             self._expire(f"peer silent for {self._timeout:g} s (liveness timeout)")
         else:
             self._live_timer = self._loop.call_at(deadline, self._on_live_timer)
+
+
+def _ignore(_: object) -> None:
+    """A released watchdog's callbacks."""

@@ -68,11 +68,34 @@ __all__ = [
 DATAGRAM_SEND_BACKLOG = 256
 
 
+class _Detached:
+    """The listener of a closed pump: it no longer references its channel (no cycle)."""
+
+    def transport_event(self, event: TransportEvent) -> None:
+        """Ignored: the channel already heard ConnectionTerminated."""
+
+    def transport_events(self, events: list[TransportEvent]) -> None:
+        """Ignored, as :meth:`transport_event`."""
+
+    def keep_reading(self) -> bool:
+        """Nothing reads any more."""
+        return False
+
+    def before_flush(self) -> None:
+        """Nothing to write."""
+
+
+DETACHED = _Detached()
+
+
 class PumpListener(Protocol):
     """What the pump reports to, and asks of, the channel it carries."""
 
     def transport_event(self, event: TransportEvent) -> None:
         """One transport event; ConnectionTerminated comes once, last."""
+
+    def transport_events(self, events: list[TransportEvent]) -> None:
+        """Several transport events, in order, from one batch of received packets."""
 
     def keep_reading(self) -> bool:
         """Whether to read another datagram in this loop pass (see set_datagram_handler)."""
@@ -292,21 +315,27 @@ class QuicPump:
         ``datagrams_to_send``)."""
         quic = self._quic
         assert quic is not None
-        deliver = self._listener.transport_event
+        batch: list[TransportEvent] = []  # handed over in one call: one pass of the channel
+        terminated: events.ConnectionTerminated | None = None
         while (event := quic.next_event()) is not None:
             if isinstance(event, events.StreamDataReceived):
-                deliver(StreamDataReceived(event.stream_id, event.data, event.end_stream))
+                batch.append(StreamDataReceived(event.stream_id, event.data, event.end_stream))
             elif isinstance(event, events.DatagramFrameReceived):
-                deliver(DatagramReceived(event.data))
+                batch.append(DatagramReceived(event.data))
             elif isinstance(event, events.HandshakeCompleted):
                 if self._pin_matches():
-                    deliver(HandshakeCompleted())
+                    batch.append(HandshakeCompleted())
             elif isinstance(event, events.StreamReset):
-                deliver(StreamReset(event.stream_id))
+                batch.append(StreamReset(event.stream_id))
             elif isinstance(event, events.ConnectionTerminated):
-                self._on_terminated(event)
-            if self.closed:
-                return
+                terminated = event
+                break
+        if batch:
+            self._listener.transport_events(batch)
+        if terminated is not None and not self.closed:
+            self._on_terminated(terminated)
+        if self.closed:
+            return
         if quic.pin_error is not None:
             self.close(quic.pin_error, error_code=ERROR_HANDSHAKE)
             return
@@ -394,11 +423,12 @@ class QuicPump:
             if handle is not None:
                 handle.cancel()
         self._flush_handle = self._quic_timer = self._handshake_timer = None
-        self._liveness.stop()
+        self._liveness.release()
         self._mtu.stop()
         if not self._ready.done():
             self._ready.set_exception(HandshakeFailed(reason))
-        self._listener.transport_event(ConnectionTerminated(reason))
+        listener, self._listener = self._listener, DETACHED
+        listener.transport_event(ConnectionTerminated(reason))
         self._quic = None  # release aioquic's buffers
         if quic is not None:
             self._last_packet_size = max_datagram_size(quic)

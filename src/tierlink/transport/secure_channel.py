@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
-from tierlink.errors import ConnectionClosed, HandshakeFailed
+from tierlink.errors import ConnectionClosed
 from tierlink.protocol.channel import ChannelProtocol
 from tierlink.protocol.channel_events import (
     ChannelClosed,
@@ -69,13 +70,14 @@ class SecureChannel:
         peer_limits: tuple[int, int] | None = None,
     ) -> None:
         self._loop = asyncio.get_running_loop()
+        self._queued: dict[int, asyncio.Future[int]] = {}  # backlog ticket -> its send
         self._core = ChannelProtocol(
             is_client=is_client,
             max_message_size=max_message_size,
             window=window,
             queue_capacity=queue_capacity,
             peer_limits=peer_limits,
-            withdrawn=self._is_withdrawn,
+            withdrawn=_cancelled_in(self._queued),
         )
         config = quic_configuration(
             is_client=is_client,
@@ -95,7 +97,6 @@ class SecureChannel:
         self.is_client = is_client
         self.peer_cert_sha256 = peer_cert_sha256
         self._in_flight: dict[int, asyncio.Future[int]] = {}  # message id -> its send
-        self._queued: dict[int, asyncio.Future[int]] = {}  # backlog ticket -> its send
         self._inbox: RecvQueue[bytes] = RecvQueue(queue_capacity)
         self._datagrams: RecvQueue[bytes] = RecvQueue(queue_capacity)
         self._datagrams_send_dropped = 0
@@ -202,6 +203,11 @@ class SecureChannel:
         probed path carries. For paths that lose large packets without telling."""
         self._pump.limit_packet_size(size)
 
+    async def complete_handshake(self, timeout: float) -> None:
+        """Run the QUIC handshake over the ICE path; HandshakeFailed after ``timeout`` s,
+        on a certificate that is not the pinned one, or when the peer rejects ours."""
+        await self._pump.start(timeout)
+
     async def wait_closed(self) -> None:
         """Wait until the channel is closed, for whatever reason."""
         await self._pump.wait_closed()
@@ -248,15 +254,6 @@ class SecureChannel:
                 self._apply()
                 return
 
-    def _is_withdrawn(self, ticket: int) -> bool:
-        """The core asks when a backlogged message's turn comes: a cancelled future (a
-        :meth:`submit` the application gave up on) is forgotten and its message skipped."""
-        fut = self._queued.get(ticket)
-        if fut is None or not fut.cancelled():
-            return False
-        del self._queued[ticket]
-        return True
-
     def send_datagram(self, data: bytes) -> None:
         """Send one unreliable QUIC DATAGRAM (at most DATAGRAM_MAX_PAYLOAD bytes)."""
         self._core.send_datagram(data)
@@ -297,6 +294,13 @@ class SecureChannel:
         self._core.handle_event(event)
         self._apply()
 
+    def transport_events(self, events: list[TransportEvent]) -> None:
+        """From the pump: feed the protocol every event, then carry out what it asks for."""
+        handle = self._core.handle_event
+        for event in events:
+            handle(event)
+        self._apply()
+
     def keep_reading(self) -> bool:
         """Received datagrams wait in a drop-oldest queue: once it is half full, the
         application gets the loop before another packet (up to ~15 of them) is read."""
@@ -329,6 +333,8 @@ class SecureChannel:
             if kind is MessageReceived:
                 self._inbox.offer(event.data)  # type: ignore[union-attr]
                 self._pump.kick()  # its ACK leaves with the next flush
+            elif kind is DatagramDelivered:
+                self._datagrams.offer(event.data)  # type: ignore[union-attr]
             elif kind is MessagesAcknowledged:
                 in_flight = self._in_flight
                 for mid in range(event.first_id, event.last_id + 1):  # type: ignore[union-attr]
@@ -341,8 +347,6 @@ class SecureChannel:
                 for ticket in event.tickets:  # type: ignore[union-attr]
                     in_flight[mid] = queued.pop(ticket)
                     mid += 1
-            elif isinstance(event, DatagramDelivered):
-                self._datagrams.offer(event.data)
             elif isinstance(event, ChannelOpened):
                 self._pump.mark_ready()
             elif isinstance(event, ProtocolViolation):
@@ -362,67 +366,16 @@ class SecureChannel:
         self._datagrams.close(closed)
 
 
-def check_channel_settings(
-    queue_capacity: int,
-    liveness_timeout: float,
-    handshake_timeout: float,
-    max_message_size: int,
-    window: int,
-) -> None:
-    """Raise ValueError for settings no channel can work with."""
-    if queue_capacity < 1 or liveness_timeout <= 0 or handshake_timeout <= 0:
-        raise ValueError("queue_capacity, liveness_timeout and handshake_timeout must be > 0")
-    if not 0 <= max_message_size < 2**62 or window < 1:
-        raise ValueError("max_message_size must be in [0, 2**62) and window >= 1")
+def _cancelled_in(queued: dict[int, asyncio.Future[int]]) -> Callable[[int], bool]:
+    """The core's ``withdrawn`` question for backlogged sends: True (and forgotten) when the
+    application cancelled the send's future. Closes over the dict only, not the channel, so
+    the core and its channel form no reference cycle."""
 
+    def withdrawn(ticket: int) -> bool:
+        fut = queued.get(ticket)
+        if fut is None or not fut.cancelled():
+            return False
+        del queued[ticket]
+        return True
 
-async def open_channel(
-    ice: IceConnection,
-    *,
-    is_client: bool,
-    certificate: LocalCertificate,
-    peer_cert_sha256: bytes,
-    queue_capacity: int = 16,
-    liveness_timeout: float = 15.0,
-    handshake_timeout: float = 10.0,
-    max_message_size: int = 16 * 1024 * 1024,
-    window: int = DEFAULT_WINDOW,
-    started: PinnedQuicConnection | None = None,
-    probe_path_mtu: bool = True,
-    peer_limits: tuple[int, int] | None = None,
-) -> SecureChannel:
-    """Run the pinned, mutually authenticated QUIC handshake over a connected ICE path.
-
-    ``is_client`` is True for the dialer. Raises HandshakeFailed (with the reason) if the
-    peer's certificate SHA-256 differs from ``peer_cert_sha256``, the peer rejects ours,
-    or nothing completes within ``handshake_timeout`` seconds. The caller keeps owning
-    ``ice``: closing the channel does not close it. ``probe_path_mtu``: find and use the
-    largest packet a direct path carries (:mod:`tierlink.protocol.pmtu`); off, packets stay
-    at 1200 bytes. ``peer_limits``: the peer's (max_message_size, window) if it told them
-    through an authenticated channel (its signed offer or sealed answer); the channel then
-    opens as soon as the handshake completes, a round trip before the peer's HELLO.
-    (``started``: internal, see :class:`tierlink.transport.channel.PreparedChannel`, which
-    prepares the dialer's side ahead of ICE.)
-    """
-    if len(peer_cert_sha256) != 32:
-        raise ValueError("peer_cert_sha256 must be the 32-byte SHA-256 of the DER certificate")
-    check_channel_settings(
-        queue_capacity, liveness_timeout, handshake_timeout, max_message_size, window
-    )
-    if ice.selected_pair() is None:
-        raise HandshakeFailed("the ICE connection has no selected pair (connect it first)")
-    channel = SecureChannel(
-        ice,
-        is_client=is_client,
-        certificate=certificate,
-        peer_cert_sha256=bytes(peer_cert_sha256),
-        queue_capacity=queue_capacity,
-        liveness_timeout=liveness_timeout,
-        max_message_size=max_message_size,
-        window=window,
-        started=started,
-        probe_path_mtu=probe_path_mtu,
-        peer_limits=peer_limits,
-    )
-    await channel._pump.start(handshake_timeout)
-    return channel
+    return withdrawn
