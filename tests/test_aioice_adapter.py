@@ -13,6 +13,7 @@ from aioice import Candidate
 from aioice.ice import CandidatePair, StunProtocol, get_host_addresses
 from aioice.turn import TurnTransport
 
+from tests.ice_pairs import connect
 from tests.private_names import installed_version, missing, pinned_version
 from tests.waiting import eventually
 from tierlink.transport import aioice_adapter, aioice_socket
@@ -83,14 +84,7 @@ async def connected_pair(
         controlling=False, host_addresses=["127.0.0.1"], batch_receive=batch_receive,
         port_range=port_range,
     )
-    await asyncio.gather(a.gather_candidates(), b.gather_candidates())
-    for x, y in ((a, b), (b, a)):
-        for c in y.local_candidates:
-            await x.add_remote_candidate(c)
-        await x.add_remote_candidate(None)
-        x.remote_username, x.remote_password = y.local_username, y.local_password
-    await asyncio.wait_for(asyncio.gather(a.connect(), b.connect()), 10)
-    return a, b
+    return await connect(a, b)
 
 
 async def first_pass_then_all(got: list[bytes], total: int) -> int:
@@ -199,13 +193,7 @@ async def test_connect_with_several_pairs_and_fast_pacing() -> None:
     a = IceConnection(controlling=True, host_addresses=addrs, check_interval=0.005)
     b = IceConnection(controlling=False, host_addresses=addrs, check_interval=0.005)
     try:
-        await asyncio.gather(a.gather_candidates(), b.gather_candidates())
-        for x, y in ((a, b), (b, a)):
-            for c in y.local_candidates:
-                await x.add_remote_candidate(c)
-            await x.add_remote_candidate(None)
-            x.remote_username, x.remote_password = y.local_username, y.local_password
-        await asyncio.wait_for(asyncio.gather(a.connect(), b.connect()), 10)
+        await connect(a, b)
         got: list[bytes] = []
         b.set_datagram_handler(got.append)
         a.send_nowait(b"\x40hello")

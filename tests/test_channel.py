@@ -23,6 +23,7 @@ from aioice import Candidate
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
 
+from tests.ice_pairs import IcePair, connect_ice
 from tests.waiting import eventually
 from tierlink.errors import ConnectionClosed, HandshakeFailed, MessageTooLarge
 from tierlink.transport.aioice_adapter import IceConnection
@@ -34,23 +35,6 @@ from tierlink.transport.channel import (
     SecureChannel,
     open_channel,
 )
-
-IcePair = tuple[IceConnection, IceConnection]
-
-
-async def connect_ice() -> IcePair:
-    """Two IceConnections on 127.0.0.1 connected to each other (a controls)."""
-    a = IceConnection(controlling=True, host_addresses=["127.0.0.1"])
-    b = IceConnection(controlling=False, host_addresses=["127.0.0.1"])
-    await a.gather_candidates()
-    await b.gather_candidates()
-    for x, y in ((a, b), (b, a)):
-        for candidate in y.local_candidates:
-            await x.add_remote_candidate(candidate)
-        await x.add_remote_candidate(None)
-        x.remote_username, x.remote_password = y.local_username, y.local_password
-    await asyncio.gather(a.connect(), b.connect())
-    return a, b
 
 
 @pytest.fixture
@@ -208,25 +192,15 @@ async def test_client_without_certificate_is_refused(ice: IcePair, certs: Any) -
     pump()
     ca, cb = certs
     with pytest.raises(HandshakeFailed, match="no certificate matching the pinned SHA-256"):
-        await open_channel(
-            ice[1],
-            is_client=False,
-            certificate=cb,
-            peer_cert_sha256=ca.sha256,
-            handshake_timeout=5,
-        )
+        await open_channel(ice[1], is_client=False, certificate=cb,
+                           peer_cert_sha256=ca.sha256, handshake_timeout=5)
 
 
 async def test_handshake_timeout_when_peer_never_answers(ice: IcePair, certs: Any) -> None:
     ca, cb = certs
     with pytest.raises(HandshakeFailed, match=r"within 0\.3 s"):
-        await open_channel(
-            ice[0],
-            is_client=True,
-            certificate=ca,
-            peer_cert_sha256=cb.sha256,
-            handshake_timeout=0.3,
-        )
+        await open_channel(ice[0], is_client=True, certificate=ca,
+                           peer_cert_sha256=cb.sha256, handshake_timeout=0.3)
 
 
 # -- reliable messages ----------------------------------------------------------------------

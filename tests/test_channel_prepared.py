@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from tests.test_channel import connect_ice
+from tests.ice_pairs import connect_ice
 from tests.waiting import eventually
 from tierlink.errors import HandshakeFailed
 from tierlink.transport.certs import LocalCertificate

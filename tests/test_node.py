@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import threading
 import time
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
 from tests.nodes import config_for, released, resources
 from tests.waiting import eventually
-from tierlink.blocking import BlockingNode
+from tierlink.blocking import BlockingConnection, BlockingNode
 from tierlink.errors import (
     ConnectionClosed,
     DialTimeout,
@@ -340,12 +343,21 @@ async def test_node_republishes_with_higher_sequence(dht_cluster) -> None:
         await eventually(newer, what="a re-published record", interval=0.1)
 
 
-def test_blocking_facade_recv_timeout_contract(dht_cluster_sync) -> None:
+@contextlib.contextmanager
+def blocking_pair(
+    dht_cluster_sync: list[Any],
+) -> Iterator[tuple[BlockingConnection, BlockingConnection]]:
+    """Two blocking nodes, the first connected to the second: (dialer's, callee's) side."""
     a_dht, b_dht = dht_cluster_sync
     with BlockingNode(config_for(b_dht)) as b, BlockingNode(config_for(a_dht)) as a:
         ca = a.connect(b.fingerprint)
         cb = b.accept(timeout=10)
         assert cb is not None
+        yield ca, cb
+
+
+def test_blocking_facade_recv_timeout_contract(dht_cluster_sync) -> None:
+    with blocking_pair(dht_cluster_sync) as (ca, cb):
         assert cb.recv_timeout(0) is None
         assert cb.recv_timeout(200) is None
         ca.send(b"hi")
@@ -445,11 +457,7 @@ async def test_secure_and_raw_peers_refuse_each_other(dht_cluster) -> None:
 
 
 def test_blocking_datagrams(dht_cluster_sync) -> None:
-    a_dht, b_dht = dht_cluster_sync
-    with BlockingNode(config_for(b_dht)) as b, BlockingNode(config_for(a_dht)) as a:
-        ca = a.connect(b.fingerprint)
-        cb = b.accept(timeout=10)
-        assert cb is not None
+    with blocking_pair(dht_cluster_sync) as (ca, cb):
         assert isinstance(ca.send(b"reliable"), int)
         assert cb.recv_timeout(5000) == b"reliable"
         ca.send_datagram(b"datagram")

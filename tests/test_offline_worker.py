@@ -36,6 +36,15 @@ class Peer:
         self.got.append(env)
 
 
+async def stop(*peers: Peer) -> None:
+    """Stop each peer's worker and close its DHT client and stores."""
+    for p in peers:
+        await p.tier.stop()
+        await p.dht.close()
+        p.outbox.close()
+        p.log.close()
+
+
 def make_peer(
     node: DhtNodeProcess, db: Path, ident: Identity | None = None, **kw: Any
 ) -> Peer:
@@ -55,11 +64,7 @@ async def peers(
     try:
         yield alice, bob
     finally:
-        for p in (alice, bob):
-            await p.tier.stop()
-            await p.dht.close()
-            p.outbox.close()
-            p.log.close()
+        await stop(alice, bob)
 
 
 #: Polling the DHT through a proxy: not more often than this (seconds).
@@ -238,11 +243,7 @@ async def test_capped_burst_is_deferred_not_lost(
         assert bob.tier.errors == 0 and alice.tier.errors == 0
         print("bob's rejections:", dict(bob.tier.inbox.rejected))
     finally:
-        for p in (alice, bob):
-            await p.tier.stop()
-            await p.dht.close()
-            p.outbox.close()
-            p.log.close()
+        await stop(alice, bob)
 
 
 async def test_ack_from_a_stranger_does_not_mark_delivered(peers: tuple[Peer, Peer]) -> None:

@@ -7,6 +7,8 @@ import socket
 
 import pytest
 
+from tests.ice_pairs import connect_ice
+from tests.test_channel import open_pair
 from tests.waiting import eventually
 from tierlink.protocol.pmtu import (
     DEFAULT_SIZES,
@@ -20,8 +22,6 @@ from tierlink.protocol.pmtu import (
 from tierlink.transport.aioquic_adapter import MAX_PACKET_SIZE
 from tierlink.transport.certs import LocalCertificate
 from tierlink.transport.quic import MAX_DATAGRAM_SIZE
-
-from .test_channel import connect_ice, open_pair
 
 
 def test_probes_have_their_size_and_are_not_quic_or_stun() -> None:

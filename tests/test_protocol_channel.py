@@ -11,33 +11,13 @@ from typing import Any
 import pytest
 
 from tierlink.errors import ConnectionClosed, MessageTooLarge
+from tierlink.protocol import channel_events as ev
 from tierlink.protocol.channel import (
     DATAGRAM_MAX_PAYLOAD,
     LOCAL_CLOSE_REASON,
     MAX_IN_FLIGHT_MESSAGES,
     PEER_CLOSED_REASON,
     ChannelProtocol,
-)
-from tierlink.protocol.channel_events import (
-    ERROR_NONE,
-    ERROR_PROTOCOL,
-    ChannelClosed,
-    ChannelOpened,
-    CloseConnection,
-    Command,
-    ConnectionTerminated,
-    DatagramDelivered,
-    DatagramReceived,
-    HandshakeCompleted,
-    MessageReceived,
-    MessagesAcknowledged,
-    MessagesSent,
-    ProtocolViolation,
-    Queued,
-    SendDatagram,
-    StreamDataReceived,
-    StreamReset,
-    WriteStream,
 )
 from tierlink.wire.channel_frames import (
     PROTOCOL_VERSION,
@@ -56,23 +36,23 @@ def core(is_client: bool = True, **kw: Any) -> ChannelProtocol:
     return ChannelProtocol(is_client=is_client, **{**settings, **kw})
 
 
-def carry(src: ChannelProtocol, dst: ChannelProtocol, chunk: int = 0) -> list[Command]:
+def carry(src: ChannelProtocol, dst: ChannelProtocol, chunk: int = 0) -> list[ev.Command]:
     """Hand ``src``'s stream writes and datagrams to ``dst``; return the other commands."""
     return feed(dst, src.pop_commands(), chunk)
 
 
-def feed(dst: ChannelProtocol, commands: list[Command], chunk: int = 0) -> list[Command]:
+def feed(dst: ChannelProtocol, commands: list[ev.Command], chunk: int = 0) -> list[ev.Command]:
     """Hand stream writes (in ``chunk``-byte pieces if set) and datagrams to ``dst``;
     return the other commands."""
-    rest: list[Command] = []
+    rest: list[ev.Command] = []
     for command in commands:
-        if isinstance(command, WriteStream):
+        if isinstance(command, ev.WriteStream):
             data = command.data
             pieces = [data[i : i + chunk] for i in range(0, len(data), chunk)] if chunk else [data]
             for piece in pieces:
-                dst.handle_event(StreamDataReceived(command.stream_id, piece))
-        elif isinstance(command, SendDatagram):
-            dst.handle_event(DatagramReceived(command.data))
+                dst.handle_event(ev.StreamDataReceived(command.stream_id, piece))
+        elif isinstance(command, ev.SendDatagram):
+            dst.handle_event(ev.DatagramReceived(command.data))
         else:
             rest.append(command)
     return rest
@@ -83,21 +63,21 @@ def opened_pair(**kw: Any) -> tuple[ChannelProtocol, ChannelProtocol]:
     a = core(True, **{k: v for k, v in kw.items() if not k.startswith("b_")})
     b = core(False, **{k[2:]: v for k, v in kw.items() if k.startswith("b_")})
     for side in (a, b):
-        side.handle_event(HandshakeCompleted())
+        side.handle_event(ev.HandshakeCompleted())
     carry(a, b)
     carry(b, a)
     for side in (a, b):
-        assert [type(e) for e in side.pop_events()] == [ChannelOpened]
+        assert [type(e) for e in side.pop_events()] == [ev.ChannelOpened]
     return a, b
 
 
 def failed(side: ChannelProtocol, match: str) -> None:
     """``side`` closed on a protocol error that mentions ``match``."""
     events = side.pop_events()
-    assert isinstance(events[-2], ProtocolViolation) and match in events[-2].detail, events
-    assert events[-1] == ChannelClosed(f"protocol error: {events[-2].detail}")
+    assert isinstance(events[-2], ev.ProtocolViolation) and match in events[-2].detail, events
+    assert events[-1] == ev.ChannelClosed(f"protocol error: {events[-2].detail}")
     close = side.pop_commands()[-1]
-    assert isinstance(close, CloseConnection) and close.error_code == ERROR_PROTOCOL
+    assert isinstance(close, ev.CloseConnection) and close.error_code == ev.ERROR_PROTOCOL
     assert side.closed and not side.opened
 
 
@@ -106,36 +86,38 @@ def test_hello_exchange_opens_with_the_smaller_limits() -> None:
     a, b = core(True), core(False, max_message_size=500, window=9000)
     with pytest.raises(ConnectionClosed, match="not open yet"):
         a.send_message(b"early")
-    a.handle_event(HandshakeCompleted())
+    a.handle_event(ev.HandshakeCompleted())
     hello = encode_hello(Hello(PROTOCOL_VERSION, 1000, 4000))
-    assert a.pop_commands() == [WriteStream(A_CONTROL, b"C" + hello), WriteStream(A_MESSAGES, b"M")]
+    assert a.pop_commands() == [
+        ev.WriteStream(A_CONTROL, b"C" + hello), ev.WriteStream(A_MESSAGES, b"M")
+    ]
     assert a.pop_events() == [] and not a.opened
-    b.handle_event(HandshakeCompleted())
-    assert [c.stream_id for c in b.pop_commands() if isinstance(c, WriteStream)] == [3, 7]
-    b.handle_event(HandshakeCompleted())  # our greeting is one-off
+    b.handle_event(ev.HandshakeCompleted())
+    assert [c.stream_id for c in b.pop_commands() if isinstance(c, ev.WriteStream)] == [3, 7]
+    b.handle_event(ev.HandshakeCompleted())  # our greeting is one-off
     failed(b, "second handshake")
     a, b = core(True), core(False, max_message_size=500, window=9000)
     for side in (a, b):
-        side.handle_event(HandshakeCompleted())
+        side.handle_event(ev.HandshakeCompleted())
     carry(a, b)
     carry(b, a)
-    assert a.pop_events() == b.pop_events() == [ChannelOpened(500, 4000)]
+    assert a.pop_events() == b.pop_events() == [ev.ChannelOpened(500, 4000)]
     assert a.hello_received and b.hello_received
 
 
 def test_signaled_limits_open_at_the_handshake_and_the_hello_must_repeat_them() -> None:
     a = core(True, peer_limits=(1000, 4000))
     b = core(False)
-    a.handle_event(HandshakeCompleted())
-    assert a.pop_events() == [ChannelOpened(1000, 4000)] and not a.hello_received
+    a.handle_event(ev.HandshakeCompleted())
+    assert a.pop_events() == [ev.ChannelOpened(1000, 4000)] and not a.hello_received
     assert a.send_message(b"before the hello") == 1
-    b.handle_event(HandshakeCompleted())
+    b.handle_event(ev.HandshakeCompleted())
     carry(b, a)
     assert a.pop_events() == [] and a.hello_received and a.opened  # no second opening
     liar = core(True, peer_limits=(1000, 5000))
-    liar.handle_event(HandshakeCompleted())
+    liar.handle_event(ev.HandshakeCompleted())
     liar.pop_events()
-    liar.handle_event(StreamDataReceived(3, b"C" + encode_hello(Hello(1, 1000, 4000))))
+    liar.handle_event(ev.StreamDataReceived(3, b"C" + encode_hello(Hello(1, 1000, 4000))))
     failed(liar, "disagrees with the limits it signaled")
 
 
@@ -147,9 +129,9 @@ def test_a_large_message_is_written_without_joining_it() -> None:
     assert [a.send_message(m) for m in (b"x", big, b"y")] == [1, 2, 3]
     writes = a.pop_commands()
     assert writes == [
-        WriteStream(A_MESSAGES, encode_length(1) + b"x" + encode_length(len(big))),
-        WriteStream(A_MESSAGES, big),
-        WriteStream(A_MESSAGES, encode_length(1) + b"y"),
+        ev.WriteStream(A_MESSAGES, encode_length(1) + b"x" + encode_length(len(big))),
+        ev.WriteStream(A_MESSAGES, big),
+        ev.WriteStream(A_MESSAGES, encode_length(1) + b"y"),
     ]
     assert writes[1].data is big  # type: ignore[union-attr]
     feed(b, writes)
@@ -160,21 +142,21 @@ def test_message_ids_and_one_cumulative_ack() -> None:
     a, b = opened_pair()
     assert [a.send_message(m) for m in (b"one", b"", b"three")] == [1, 2, 3]
     writes = a.pop_commands()  # one write for the three small messages
-    assert writes == [WriteStream(A_MESSAGES, encode_length(3) + b"one" + encode_length(0)
+    assert writes == [ev.WriteStream(A_MESSAGES, encode_length(3) + b"one" + encode_length(0)
                                   + encode_length(5) + b"three")]
     assert a.unacked_messages == 3 and a.in_flight_bytes == 8
     a.send_message(b"again")
     feed(b, writes + a.pop_commands(), chunk=3)  # any chunking
     assert b.pop_events() == [
-        MessageReceived(1, b"one"), MessageReceived(2, b""), MessageReceived(3, b"three"),
-        MessageReceived(4, b"again"),
+        ev.MessageReceived(1, b"one"), ev.MessageReceived(2, b""), ev.MessageReceived(3, b"three"),
+        ev.MessageReceived(4, b"again"),
     ]
     b.write_ack()
     b.write_ack()  # nothing new: no second ACK
-    assert b.pop_commands() == [WriteStream(3, encode_ack(4))]
-    a.handle_event(StreamDataReceived(3, encode_ack(4)))
-    assert a.pop_events() == [MessagesAcknowledged(1, 4)]
-    a.handle_event(StreamDataReceived(3, encode_ack(2)))  # an older ACK changes nothing
+    assert b.pop_commands() == [ev.WriteStream(3, encode_ack(4))]
+    a.handle_event(ev.StreamDataReceived(3, encode_ack(4)))
+    assert a.pop_events() == [ev.MessagesAcknowledged(1, 4)]
+    a.handle_event(ev.StreamDataReceived(3, encode_ack(2)))  # an older ACK changes nothing
     assert a.pop_events() == [] and a.in_flight_bytes == 0 and a.opened
     assert a.stats["messages_sent"] == 4 and a.stats["bytes_sent"] == 13
     assert b.stats["messages_received"] == 4 and b.stats["bytes_received"] == 13
@@ -186,48 +168,48 @@ def test_full_window_queues_in_order_and_drains_on_ack() -> None:
     assert a.send_message(b"y" * 1000) == 2
     assert a.send_message(b"z" * 1000) == 3
     assert a.send_message(b"w" * 1000) == 4  # 4000 bytes: the window is full
-    assert a.send_message(b"v") == Queued(1)
-    assert a.send_message(b"u") == Queued(2)  # behind the queued one, though it would fit
+    assert a.send_message(b"v") == ev.Queued(1)
+    assert a.send_message(b"u") == ev.Queued(2)  # behind the queued one, though it would fit
     assert a.backlog_messages == 2 and a.peak_in_flight_bytes == 4000
     carry(a, b)
     b.pop_events()
     b.write_ack()
     carry(b, a)
-    assert a.pop_events() == [MessagesAcknowledged(1, 4), MessagesSent((1, 2), 5)]
+    assert a.pop_events() == [ev.MessagesAcknowledged(1, 4), ev.MessagesSent((1, 2), 5)]
     assert a.backlog_messages == 0 and a.in_flight_bytes == 2
     carry(a, b)
-    assert [e.data for e in b.pop_events() if isinstance(e, MessageReceived)] == [b"v", b"u"]
+    assert [e.data for e in b.pop_events() if isinstance(e, ev.MessageReceived)] == [b"v", b"u"]
 
 
 def test_a_message_above_the_window_goes_alone() -> None:
     a, b = opened_pair(max_message_size=10_000, b_max_message_size=10_000)
     assert a.send_message(b"s") == 1
-    assert a.send_message(bytes(9000)) == Queued(1)
+    assert a.send_message(bytes(9000)) == ev.Queued(1)
     carry(a, b)
     b.write_ack()
     carry(b, a)
-    assert a.pop_events() == [MessagesAcknowledged(1, 1), MessagesSent((1,), 2)]
+    assert a.pop_events() == [ev.MessagesAcknowledged(1, 1), ev.MessagesSent((1,), 2)]
     assert a.in_flight_bytes == 9000 > a.window
-    assert a.send_message(b"t") == Queued(2)
+    assert a.send_message(b"t") == ev.Queued(2)
 
 
 def test_withdrawn_message_is_skipped() -> None:
     a, b = opened_pair(max_message_size=4000, b_max_message_size=4000)
     a.send_message(bytes(4000))
     first, second = a.send_message(b"1"), a.send_message(b"2")
-    assert isinstance(first, Queued) and isinstance(second, Queued)
+    assert isinstance(first, ev.Queued) and isinstance(second, ev.Queued)
     assert a.withdraw(first.ticket) and not a.withdraw(first.ticket)
     carry(a, b)
     b.write_ack()
     carry(b, a)
-    assert a.pop_events() == [MessagesAcknowledged(1, 1), MessagesSent((second.ticket,), 2)]
+    assert a.pop_events() == [ev.MessagesAcknowledged(1, 1), ev.MessagesSent((second.ticket,), 2)]
 
 
 def test_in_flight_messages_are_capped() -> None:
     a, _b = opened_pair(window=10**9, b_window=10**9)
     ids = [a.send_message(b"") for _ in range(MAX_IN_FLIGHT_MESSAGES)]
     assert ids == list(range(1, MAX_IN_FLIGHT_MESSAGES + 1))
-    assert a.send_message(b"") == Queued(1)
+    assert a.send_message(b"") == ev.Queued(1)
 
 
 def test_full_receive_queue_holds_messages_back_unacknowledged() -> None:
@@ -235,14 +217,14 @@ def test_full_receive_queue_holds_messages_back_unacknowledged() -> None:
     for i in range(4):
         a.send_message(bytes([i]))
     carry(a, b)
-    assert [e.message_id for e in b.pop_events() if isinstance(e, MessageReceived)] == [1, 2]
+    assert [e.message_id for e in b.pop_events() if isinstance(e, ev.MessageReceived)] == [1, 2]
     assert b.held_messages == 2
     b.write_ack()
-    assert b.pop_commands() == [WriteStream(3, encode_ack(2))]
+    assert b.pop_commands() == [ev.WriteStream(3, encode_ack(2))]
     b.message_consumed()
-    assert b.pop_events() == [MessageReceived(3, b"\x02")] and b.held_messages == 1
+    assert b.pop_events() == [ev.MessageReceived(3, b"\x02")] and b.held_messages == 1
     b.write_ack()
-    assert b.pop_commands() == [WriteStream(3, encode_ack(3))]
+    assert b.pop_commands() == [ev.WriteStream(3, encode_ack(3))]
 
 
 def test_oversized_message_is_refused_and_the_channel_stays_usable() -> None:
@@ -275,24 +257,24 @@ def test_malformed_input_is_a_protocol_error(case: str) -> None:
     _a, b = opened_pair(b_queue_capacity=1)
     writes, match = BROKEN[case]
     for sid, data in writes:
-        b.handle_event(StreamDataReceived(sid, data))
+        b.handle_event(ev.StreamDataReceived(sid, data))
     failed(b, match)
-    b.handle_event(StreamDataReceived(A_MESSAGES, encode_length(1) + b"late"))
+    b.handle_event(ev.StreamDataReceived(A_MESSAGES, encode_length(1) + b"late"))
     assert b.pop_events() == [] and b.pop_commands() == []  # closed: nothing more happens
 
 
 def test_wrong_version_reset_and_ended_streams_are_protocol_errors() -> None:
     b = core(False)
-    b.handle_event(StreamDataReceived(A_CONTROL, b"C" + encode_hello(Hello(2, 1, 1))))
+    b.handle_event(ev.StreamDataReceived(A_CONTROL, b"C" + encode_hello(Hello(2, 1, 1))))
     failed(b, "peer speaks channel protocol 2, we speak 1")
     _, b = opened_pair()
-    b.handle_event(StreamReset(A_MESSAGES))
+    b.handle_event(ev.StreamReset(A_MESSAGES))
     failed(b, "peer reset stream 6")
     _, b = opened_pair()
-    b.handle_event(StreamDataReceived(A_MESSAGES, b"", end_stream=True))
+    b.handle_event(ev.StreamDataReceived(A_MESSAGES, b"", end_stream=True))
     failed(b, "peer ended its messages stream")
     b = core(False)
-    b.handle_event(StreamDataReceived(10, b"", end_stream=True))
+    b.handle_event(ev.StreamDataReceived(10, b"", end_stream=True))
     failed(b, "peer ended stream 10")
 
 
@@ -304,12 +286,12 @@ def test_local_close_acknowledges_first_then_closes_once() -> None:
     b.pop_events()
     b.close()
     assert b.pop_commands() == [
-        WriteStream(3, encode_ack(1)),
-        CloseConnection(ERROR_NONE, LOCAL_CLOSE_REASON, PEER_CLOSED_REASON),
+        ev.WriteStream(3, encode_ack(1)),
+        ev.CloseConnection(ev.ERROR_NONE, LOCAL_CLOSE_REASON, PEER_CLOSED_REASON),
     ]
-    assert b.pop_events() == [ChannelClosed(LOCAL_CLOSE_REASON)]
+    assert b.pop_events() == [ev.ChannelClosed(LOCAL_CLOSE_REASON)]
     b.close()
-    b.handle_event(ConnectionTerminated("later"))
+    b.handle_event(ev.ConnectionTerminated("later"))
     assert b.pop_events() == [] and b.pop_commands() == []
     with pytest.raises(ConnectionClosed, match=LOCAL_CLOSE_REASON):
         b.send_message(b"after close")
@@ -321,11 +303,11 @@ def test_termination_drops_what_is_in_flight() -> None:
     a, _b = opened_pair(max_message_size=4000, b_max_message_size=4000)
     a.send_message(bytes(4000))
     a.send_message(b"queued")
-    a.handle_event(ConnectionTerminated("connection closed: gone"))
-    assert a.pop_events() == [ChannelClosed("connection closed: gone")]
+    a.handle_event(ev.ConnectionTerminated("connection closed: gone"))
+    assert a.pop_events() == [ev.ChannelClosed("connection closed: gone")]
     assert a.in_flight_bytes == a.backlog_messages == a.unacked_messages == 0
     assert a.close_reason == "connection closed: gone"
-    a.handle_event(StreamDataReceived(3, encode_ack(1)))
+    a.handle_event(ev.StreamDataReceived(3, encode_ack(1)))
     assert a.pop_events() == []
 
 
@@ -336,5 +318,5 @@ def test_datagrams_pass_through_unframed() -> None:
     with pytest.raises(MessageTooLarge, match=f"limit of {DATAGRAM_MAX_PAYLOAD} bytes"):
         a.send_datagram(bytes(DATAGRAM_MAX_PAYLOAD + 1))
     assert carry(a, b) == []
-    assert b.pop_events() == [DatagramDelivered(b"d" * DATAGRAM_MAX_PAYLOAD)]
+    assert b.pop_events() == [ev.DatagramDelivered(b"d" * DATAGRAM_MAX_PAYLOAD)]
     assert a.stats["datagrams_sent"] == b.stats["datagrams_received"] == 1

@@ -6,16 +6,7 @@ import random
 
 import pytest
 
-from tierlink.wire.channel_frames import (
-    Ack,
-    ControlReader,
-    Hello,
-    MessageReader,
-    ProtocolError,
-    encode_ack,
-    encode_hello,
-    encode_length,
-)
+from tierlink.wire import channel_frames as cf
 
 
 def _chunks(data: bytes, rng: random.Random) -> list[bytes]:
@@ -30,9 +21,9 @@ def _chunks(data: bytes, rng: random.Random) -> list[bytes]:
 def test_messages_survive_any_chunking() -> None:
     rng = random.Random(3)
     messages = [b"", b"a", rng.randbytes(1200), b"", rng.randbytes(70_000), b"z" * 8]
-    stream = b"".join(encode_length(len(m)) + m for m in messages)
+    stream = b"".join(cf.encode_length(len(m)) + m for m in messages)
     for _ in range(20):
-        reader = MessageReader(limit=70_000)
+        reader = cf.MessageReader(limit=70_000)
         got: list[bytes] = []
         for chunk in _chunks(stream, rng):
             got += reader.feed(chunk)
@@ -41,35 +32,35 @@ def test_messages_survive_any_chunking() -> None:
 
 
 def test_message_over_limit_is_rejected_from_its_header() -> None:
-    reader = MessageReader(limit=10)
-    assert reader.feed(encode_length(10) + b"x" * 10) == [b"x" * 10]
-    with pytest.raises(ProtocolError, match="11 bytes, above the limit of 10"):
-        reader.feed(encode_length(11))
-    big = MessageReader(limit=1 << 30)
-    with pytest.raises(ProtocolError):
-        big.feed(encode_length(1 << 40))
+    reader = cf.MessageReader(limit=10)
+    assert reader.feed(cf.encode_length(10) + b"x" * 10) == [b"x" * 10]
+    with pytest.raises(cf.ProtocolError, match="11 bytes, above the limit of 10"):
+        reader.feed(cf.encode_length(11))
+    big = cf.MessageReader(limit=1 << 30)
+    with pytest.raises(cf.ProtocolError):
+        big.feed(cf.encode_length(1 << 40))
 
 
 def test_partial_bytes_counts_the_message_in_progress() -> None:
-    reader = MessageReader(limit=100)
-    assert reader.feed(encode_length(50) + b"x" * 20) == []
+    reader = cf.MessageReader(limit=100)
+    assert reader.feed(cf.encode_length(50) + b"x" * 20) == []
     assert reader.partial_bytes == 20
-    assert reader.feed(b"x" * 30 + encode_length(1)) == [b"x" * 50]
+    assert reader.feed(b"x" * 30 + cf.encode_length(1)) == [b"x" * 50]
     assert reader.partial_bytes == 0
 
 
 def test_control_frames_any_chunking() -> None:
     rng = random.Random(5)
-    hello = Hello(version=1, max_message_size=16 << 20, window=4 << 20)
-    stream = encode_hello(hello) + encode_ack(1) + encode_ack(2**40)
+    hello = cf.Hello(version=1, max_message_size=16 << 20, window=4 << 20)
+    stream = cf.encode_hello(hello) + cf.encode_ack(1) + cf.encode_ack(2**40)
     for _ in range(10):
-        reader = ControlReader()
+        reader = cf.ControlReader()
         frames = []
         for chunk in _chunks(stream, rng):
             frames += reader.feed(chunk)
-        assert frames == [hello, Ack(1), Ack(2**40)]
+        assert frames == [hello, cf.Ack(1), cf.Ack(2**40)]
 
 
 def test_unknown_control_frame_is_a_protocol_error() -> None:
-    with pytest.raises(ProtocolError, match="0x07"):
-        ControlReader().feed(b"\x07" + b"\0" * 16)
+    with pytest.raises(cf.ProtocolError, match="0x07"):
+        cf.ControlReader().feed(b"\x07" + b"\0" * 16)

@@ -5,13 +5,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.wire_samples import CANDIDATES
 from tierlink.dht.record_book import RecordBook
 from tierlink.errors import RecordError
 from tierlink.identity import Identity
 from tierlink.wire.records import (
     KIND_PEER_RECORD,
     MAX_VALUE_SIZE,
-    CandidateInfo,
     PeerRecord,
     now_ms,
     seal,
@@ -19,10 +19,7 @@ from tierlink.wire.records import (
 
 ALICE = Identity.generate()
 BOB = Identity.generate()
-CANDS = (
-    CandidateInfo("1a2b", 1, "udp", 2130706431, "198.18.1.2", 40000, "host"),
-    CandidateInfo("3c4d", 1, "udp", 1694498815, "203.0.113.10", 50000, "srflx", "198.18.1.2", 4),
-)
+CANDS = CANDIDATES[:2]
 
 
 def body_of(ident: Identity, over: dict[int, Any] | None = None) -> dict[int, Any]:

@@ -12,9 +12,10 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.wire_samples import CANDIDATES
 from tierlink.errors import RecordError
 from tierlink.identity import SIGNATURE_SIZE, Identity
-from tierlink.wire.records import KIND_ANSWER, MAX_VALUE_SIZE, WIRE_VERSION, CandidateInfo
+from tierlink.wire.records import KIND_ANSWER, MAX_VALUE_SIZE, WIRE_VERSION
 from tierlink.wire.signaling import (
     OfferSecret,
     SessionDescription,
@@ -27,12 +28,7 @@ from tierlink.wire.signaling import (
 
 DIALER = Identity.generate()
 CALLEE = Identity.generate()
-CANDS = (
-    CandidateInfo("1a2b", 1, "udp", 2130706431, "198.18.1.2", 40000, "host"),
-    CandidateInfo("3c4d", 1, "udp", 1694498815, "203.0.113.10", 50000, "srflx", "198.18.1.2", 4),
-    CandidateInfo("5e6f", 1, "udp", 16777215, "198.51.100.7", 3478, "relay", "203.0.113.10", 5),
-    CandidateInfo("7a8b", 1, "udp", 2130706175, "198.18.2.9", 40001, "host"),
-)
+CANDS = CANDIDATES
 DIALER_PARAMS = SessionDescription("dial", "d" * 22, CANDS[:2], bytes(range(32)), "messages")
 CALLEE_PARAMS = SessionDescription("call", "c" * 22, CANDS, bytes(range(32, 64)))
 
