@@ -32,6 +32,7 @@ from tierlink.transport.channel import (
     DATAGRAM_MAX_PAYLOAD,
     DATAGRAM_SEND_BACKLOG,
     DEFAULT_WINDOW,
+    ChannelSettings,
     SecureChannel,
     open_channel,
 )
@@ -55,15 +56,19 @@ def certs() -> tuple[LocalCertificate, LocalCertificate]:
 async def open_pair(
     ice: IcePair, certs: tuple[LocalCertificate, LocalCertificate], **kw: Any
 ) -> tuple[SecureChannel, SecureChannel]:
-    """Dialer channel on ice[0], callee channel on ice[1]."""
+    """Dialer channel on ice[0], callee channel on ice[1]; ``kw``: ChannelSettings fields
+    and ``peer_limits`` for both, ``b_``-prefixed ones for the callee only."""
     ca, cb = certs
     ka = {k: v for k, v in kw.items() if not k.startswith("b_")}
-    kb = {k[2:]: v for k, v in kw.items() if k.startswith("b_")}
-    kb = {**ka, **kb}
-    return await asyncio.gather(
-        open_channel(ice[0], is_client=True, certificate=ca, peer_cert_sha256=cb.sha256, **ka),
-        open_channel(ice[1], is_client=False, certificate=cb, peer_cert_sha256=ca.sha256, **kb),
-    )
+    kb = {**ka, **{k[2:]: v for k, v in kw.items() if k.startswith("b_")}}
+
+    def opening(ice: IceConnection, client: bool, kw: dict[str, Any]) -> Any:
+        limits = kw.pop("peer_limits", None)
+        cert, pin = (ca, cb.sha256) if client else (cb, ca.sha256)
+        return open_channel(ice, is_client=client, certificate=cert, peer_cert_sha256=pin,
+                            settings=ChannelSettings(**kw), peer_limits=limits)
+
+    return await asyncio.gather(opening(ice[0], True, ka), opening(ice[1], False, kb))
 
 
 def peak_rss_mib() -> float:
@@ -193,14 +198,16 @@ async def test_client_without_certificate_is_refused(ice: IcePair, certs: Any) -
     ca, cb = certs
     with pytest.raises(HandshakeFailed, match="no certificate matching the pinned SHA-256"):
         await open_channel(ice[1], is_client=False, certificate=cb,
-                           peer_cert_sha256=ca.sha256, handshake_timeout=5)
+                           peer_cert_sha256=ca.sha256,
+                           settings=ChannelSettings(handshake_timeout=5))
 
 
 async def test_handshake_timeout_when_peer_never_answers(ice: IcePair, certs: Any) -> None:
     ca, cb = certs
     with pytest.raises(HandshakeFailed, match=r"within 0\.3 s"):
         await open_channel(ice[0], is_client=True, certificate=ca,
-                           peer_cert_sha256=cb.sha256, handshake_timeout=0.3)
+                           peer_cert_sha256=cb.sha256,
+                           settings=ChannelSettings(handshake_timeout=0.3))
 
 
 # -- reliable messages ----------------------------------------------------------------------
@@ -432,7 +439,7 @@ from aioice import Candidate
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
 from tierlink.transport.certs import LocalCertificate
-from tierlink.transport.channel import open_channel
+from tierlink.transport.channel import ChannelSettings, open_channel
 from tierlink.transport.aioice_adapter import IceConnection
 
 async def main():
@@ -450,7 +457,7 @@ async def main():
     await ice.connect()
     channel = await open_channel(ice, is_client=False, certificate=cert,
                                  peer_cert_sha256=bytes.fromhex(peer["sha256"]),
-                                 liveness_timeout=peer["liveness"])
+                                 settings=ChannelSettings(liveness_timeout=peer["liveness"]))
     print("ready", flush=True)
     while True:
         await channel.send(await channel.recv())
@@ -497,7 +504,7 @@ async def test_peer_process_killed_wakes_receivers(certs: Any) -> None:
             is_client=True,
             certificate=ca,
             peer_cert_sha256=bytes.fromhex(peer["sha256"]),
-            liveness_timeout=liveness,
+            settings=ChannelSettings(liveness_timeout=liveness),
         )
         assert await asyncio.wait_for(proc.stdout.readline(), 20) == b"ready\n"
         await channel.send(b"echo?")

@@ -11,14 +11,20 @@ from tests.ice_pairs import connect_ice
 from tests.waiting import eventually
 from tierlink.errors import HandshakeFailed
 from tierlink.transport.certs import LocalCertificate
-from tierlink.transport.channel import DEFAULT_WINDOW, PreparedChannel, open_channel
+from tierlink.transport.channel import (
+    DEFAULT_WINDOW,
+    ChannelSettings,
+    PreparedChannel,
+    open_channel,
+)
 
 
 @pytest.mark.parametrize("stale", [False, True])
 async def test_draft_prepared_before_ice_opens_a_working_channel(stale: bool) -> None:
     ca, cb = LocalCertificate.generate(), LocalCertificate.generate()
     liveness = 0.5 if stale else 15.0
-    draft = PreparedChannel(certificate=ca, liveness_timeout=liveness)  # before any ICE
+    settings = ChannelSettings(liveness_timeout=liveness)
+    draft = PreparedChannel(certificate=ca, settings=settings)  # before any ICE
     a, b = await connect_ice()
     try:
         if stale:  # rebuilt at open

@@ -36,7 +36,7 @@ from aioice import Candidate
 from tierlink.protocol.pmtu import DEFAULT_ATTEMPTS, DEFAULT_INTERVAL
 from tierlink.transport.aioice_adapter import IceConnection
 from tierlink.transport.certs import LocalCertificate
-from tierlink.transport.channel import SecureChannel, open_channel
+from tierlink.transport.channel import ChannelSettings, SecureChannel, open_channel
 
 #: Wait after the channel opened: every probe round, plus a margin for the last answers.
 DEFAULT_SETTLE = DEFAULT_ATTEMPTS * DEFAULT_INTERVAL + 1.0
@@ -107,7 +107,7 @@ async def run_peer(args: argparse.Namespace, result: dict[str, Any]) -> None:
         channel = await open_channel(
             conn, is_client=args.controlling, certificate=cert,
             peer_cert_sha256=bytes.fromhex(offer["cert_sha256"]),
-            probe_path_mtu=not args.no_probe,
+            settings=ChannelSettings(probe_path_mtu=not args.no_probe),
         )
         await asyncio.sleep(args.settle)
         result["probed_size"] = channel.max_packet_size

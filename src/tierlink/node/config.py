@@ -9,6 +9,7 @@ from typing import Literal
 import platformdirs
 
 from tierlink.identity import Identity
+from tierlink.transport.channel import ChannelSettings
 from tierlink.transport.ice import IceSettings, TurnServer
 from tierlink.transport.recv_queue import DEFAULT_CAPACITY
 
@@ -66,6 +67,16 @@ class NodeConfig:
             return Path(self.data_dir)
         root = Path(platformdirs.user_data_dir("tierlink"))
         return root / self.identity.fingerprint[:32]
+
+    def channel_settings(self) -> ChannelSettings:
+        """The secure channel's part of the configuration."""
+        return ChannelSettings(
+            queue_capacity=self.queue_capacity,
+            liveness_timeout=self.liveness_timeout,
+            handshake_timeout=self.handshake_timeout,
+            max_message_size=self.max_message_size,
+            probe_path_mtu=self.path_mtu_probing,
+        )
 
     def ice_settings(self) -> IceSettings:
         """The ICE part of the configuration."""

@@ -11,7 +11,7 @@ from tierlink.errors import HandshakeFailed
 from tierlink.node.config import NodeConfig
 from tierlink.transport.aioice_adapter import IceConnection
 from tierlink.transport.certs import LocalCertificate
-from tierlink.transport.channel import DEFAULT_WINDOW, PreparedChannel, SecureChannel, open_channel
+from tierlink.transport.channel import PreparedChannel, SecureChannel, open_channel
 from tierlink.transport.connection import Connection
 from tierlink.transport.ice import IceSettings, local_infos
 from tierlink.wire.signaling import SessionDescription
@@ -35,23 +35,19 @@ class Endpoint:
     ) -> SessionDescription:
         """What an offer or answer tells the peer about this side of ``ice``."""
         secure = self.config.secure
+        settings = self.config.channel_settings()
         return SessionDescription(
             ice.local_username, ice.local_password, local_infos(ice),
             self.certificate.sha256 if secure else None, purpose,
-            (self.config.max_message_size, DEFAULT_WINDOW) if secure else None,
+            (settings.max_message_size, settings.window) if secure else None,
             quic_flight,
         )
 
     def prepared_channel(self, is_client: bool = True) -> PreparedChannel:
         """A QUIC endpoint built ahead of its ICE path (see :class:`PreparedChannel`)."""
         return PreparedChannel(
-            is_client=is_client,
-            certificate=self.certificate,
-            queue_capacity=self.config.queue_capacity,
-            liveness_timeout=self.config.liveness_timeout,
-            handshake_timeout=self.config.handshake_timeout,
-            max_message_size=self.config.max_message_size,
-            probe_path_mtu=self.config.path_mtu_probing,
+            is_client=is_client, certificate=self.certificate,
+            settings=self.config.channel_settings(),
         )
 
     def reply_channel(self, params: SessionDescription) -> PreparedChannel | None:
@@ -75,11 +71,7 @@ class Endpoint:
             return await draft.open(ice, peer_cert, peer_limits)
         return await open_channel(
             ice, is_client=is_client, certificate=self.certificate, peer_cert_sha256=peer_cert,
-            queue_capacity=self.config.queue_capacity,
-            liveness_timeout=self.config.liveness_timeout,
-            handshake_timeout=self.config.handshake_timeout,
-            max_message_size=self.config.max_message_size,
-            probe_path_mtu=self.config.path_mtu_probing, peer_limits=peer_limits,
+            settings=self.config.channel_settings(), peer_limits=peer_limits,
         )
 
     def adopt(

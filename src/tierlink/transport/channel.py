@@ -33,18 +33,22 @@ from tierlink.transport.quic_setup import (
     start_client,
     start_server,
 )
-from tierlink.transport.secure_channel import DEFAULT_WINDOW, SecureChannel
+from tierlink.transport.secure_channel import DEFAULT_WINDOW, ChannelSettings, SecureChannel
 
 __all__ = [
     "DATAGRAM_MAX_PAYLOAD",
     "DATAGRAM_SEND_BACKLOG",
+    "DEFAULT_SETTINGS",
     "DEFAULT_WINDOW",
+    "ChannelSettings",
     "PreparedChannel",
     "SecureChannel",
     "open_channel",
 ]
 
 log = logging.getLogger(__name__)
+
+DEFAULT_SETTINGS = ChannelSettings()
 
 
 class PreparedChannel:
@@ -57,41 +61,28 @@ class PreparedChannel:
     ICE checks run. Callee: :meth:`receive_first_flight` processes the offer's ClientHello
     and :meth:`reply` gives the flight for the answer. Once the path works the dialer sends
     its Finished at once (with its first message): the handshake costs no round trip on
-    the path. One draft opens one channel; a dialer's draft older than ``liveness_timeout``
-    and not yet handed out is rebuilt at open. Settings as for :func:`open_channel`;
-    create it on the loop that will open it.
+    the path. One draft opens one channel; a dialer's draft older than the settings'
+    ``liveness_timeout`` and not yet handed out is rebuilt at open. Create it on the loop
+    that will open it.
     """
 
     def __init__(
         self,
         *,
         certificate: LocalCertificate,
-        queue_capacity: int = 16,
-        liveness_timeout: float = 15.0,
-        handshake_timeout: float = 10.0,
-        max_message_size: int = 16 * 1024 * 1024,
-        window: int = DEFAULT_WINDOW,
-        probe_path_mtu: bool = True,
+        settings: ChannelSettings = DEFAULT_SETTINGS,
         is_client: bool = True,
     ) -> None:
-        check_channel_settings(
-            queue_capacity, liveness_timeout, handshake_timeout, max_message_size, window
-        )
         self.is_client = is_client
-        self._probe_path_mtu = probe_path_mtu
+        self.settings = settings
         self._certificate = certificate
-        self._queue_capacity = queue_capacity
-        self._liveness_timeout = liveness_timeout
-        self._handshake_timeout = handshake_timeout
-        self._max_message_size = max_message_size
-        self._window = window
         self._loop = asyncio.get_running_loop()
         self._created = self._loop.time()
         self._config = quic_configuration(
             is_client=is_client,
             certificate=certificate,
-            liveness_timeout=liveness_timeout,
-            window=window,
+            liveness_timeout=settings.liveness_timeout,
+            window=settings.window,
         )
         self._quic: PinnedQuicConnection | None = (
             start_client(self._config, self._created) if is_client else None
@@ -101,7 +92,8 @@ class PreparedChannel:
     @property
     def fresh(self) -> bool:
         """Not used and young enough to open a channel as it is."""
-        return not self._used and self._loop.time() - self._created <= self._liveness_timeout
+        age = self._loop.time() - self._created
+        return not self._used and age <= self.settings.liveness_timeout
 
     def first_flight(self) -> tuple[bytes, ...]:
         """Dialer: the datagrams of the first flight, to carry in the offer (built once;
@@ -168,29 +160,10 @@ class PreparedChannel:
             is_client=self.is_client,
             certificate=self._certificate,
             peer_cert_sha256=peer_cert_sha256,
-            queue_capacity=self._queue_capacity,
-            liveness_timeout=self._liveness_timeout,
-            handshake_timeout=self._handshake_timeout,
-            max_message_size=self._max_message_size,
-            window=self._window,
+            settings=self.settings,
             started=quic,
-            probe_path_mtu=self._probe_path_mtu,
             peer_limits=peer_limits,
         )
-
-
-def check_channel_settings(
-    queue_capacity: int,
-    liveness_timeout: float,
-    handshake_timeout: float,
-    max_message_size: int,
-    window: int,
-) -> None:
-    """Raise ValueError for settings no channel can work with."""
-    if queue_capacity < 1 or liveness_timeout <= 0 or handshake_timeout <= 0:
-        raise ValueError("queue_capacity, liveness_timeout and handshake_timeout must be > 0")
-    if not 0 <= max_message_size < 2**62 or window < 1:
-        raise ValueError("max_message_size must be in [0, 2**62) and window >= 1")
 
 
 async def open_channel(
@@ -199,23 +172,17 @@ async def open_channel(
     is_client: bool,
     certificate: LocalCertificate,
     peer_cert_sha256: bytes,
-    queue_capacity: int = 16,
-    liveness_timeout: float = 15.0,
-    handshake_timeout: float = 10.0,
-    max_message_size: int = 16 * 1024 * 1024,
-    window: int = DEFAULT_WINDOW,
+    settings: ChannelSettings = DEFAULT_SETTINGS,
     started: PinnedQuicConnection | None = None,
-    probe_path_mtu: bool = True,
     peer_limits: tuple[int, int] | None = None,
 ) -> SecureChannel:
     """Run the pinned, mutually authenticated QUIC handshake over a connected ICE path.
 
     ``is_client`` is True for the dialer. Raises HandshakeFailed (with the reason) if the
     peer's certificate SHA-256 differs from ``peer_cert_sha256``, the peer rejects ours,
-    or nothing completes within ``handshake_timeout`` seconds. The caller keeps owning
-    ``ice``: closing the channel does not close it. ``probe_path_mtu``: find and use the
-    largest packet a direct path carries (:mod:`tierlink.protocol.pmtu`); off, packets stay
-    at 1200 bytes. ``peer_limits``: the peer's (max_message_size, window) if it told them
+    or nothing completes within ``settings.handshake_timeout`` seconds (the settings:
+    :class:`ChannelSettings`). The caller keeps owning ``ice``: closing the channel does not
+    close it. ``peer_limits``: the peer's (max_message_size, window) if it told them
     through an authenticated channel (its signed offer or sealed answer); the channel then
     opens as soon as the handshake completes, a round trip before the peer's HELLO.
     (``started``: internal, see :class:`tierlink.transport.channel.PreparedChannel`, which
@@ -223,9 +190,6 @@ async def open_channel(
     """
     if len(peer_cert_sha256) != 32:
         raise ValueError("peer_cert_sha256 must be the 32-byte SHA-256 of the DER certificate")
-    check_channel_settings(
-        queue_capacity, liveness_timeout, handshake_timeout, max_message_size, window
-    )
     if ice.selected_pair() is None:
         raise HandshakeFailed("the ICE connection has no selected pair (connect it first)")
     channel = SecureChannel(
@@ -233,14 +197,10 @@ async def open_channel(
         is_client=is_client,
         certificate=certificate,
         peer_cert_sha256=bytes(peer_cert_sha256),
-        queue_capacity=queue_capacity,
-        liveness_timeout=liveness_timeout,
-        max_message_size=max_message_size,
-        window=window,
+        settings=settings,
         started=started,
-        probe_path_mtu=probe_path_mtu,
         peer_limits=peer_limits,
     )
-    await channel.complete_handshake(handshake_timeout)
+    await channel.complete_handshake(settings.handshake_timeout)
     return channel
 

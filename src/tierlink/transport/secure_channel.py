@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from tierlink.errors import ConnectionClosed
 from tierlink.protocol.channel import ChannelProtocol
@@ -47,6 +48,33 @@ log = logging.getLogger(__name__)
 DEFAULT_WINDOW = 4 * 1024 * 1024
 
 
+@dataclass(frozen=True)
+class ChannelSettings:
+    """A channel's limits and timers; a node opens every channel with the same ones.
+
+    ``queue_capacity``: received messages held for the application (beyond it, the sender
+    is held back); ``liveness_timeout``: a silent peer is declared dead after it;
+    ``handshake_timeout``: the QUIC handshake must complete within it; ``max_message_size``
+    and ``window``: our limits, told to the peer in HELLO; ``probe_path_mtu``: find and use
+    the largest packet a direct path carries (off: 1200-byte packets).
+    """
+
+    queue_capacity: int = 16
+    liveness_timeout: float = 15.0
+    handshake_timeout: float = 10.0
+    max_message_size: int = 16 * 1024 * 1024
+    window: int = DEFAULT_WINDOW
+    probe_path_mtu: bool = True
+
+    def __post_init__(self) -> None:
+        if self.queue_capacity < 1 or self.liveness_timeout <= 0 or self.handshake_timeout <= 0:
+            raise ValueError(
+                "queue_capacity, liveness_timeout and handshake_timeout must be > 0"
+            )
+        if not 0 <= self.max_message_size < 2**62 or self.window < 1:
+            raise ValueError("max_message_size must be in [0, 2**62) and window >= 1")
+
+
 class SecureChannel:
     """An authenticated, encrypted channel to one peer: reliable messages and datagrams.
 
@@ -61,44 +89,40 @@ class SecureChannel:
         is_client: bool,
         certificate: LocalCertificate,
         peer_cert_sha256: bytes,
-        queue_capacity: int,
-        liveness_timeout: float,
-        max_message_size: int,
-        window: int,
+        settings: ChannelSettings,
         started: PinnedQuicConnection | None = None,
-        probe_path_mtu: bool = True,
         peer_limits: tuple[int, int] | None = None,
     ) -> None:
         self._loop = asyncio.get_running_loop()
         self._queued: dict[int, asyncio.Future[int]] = {}  # backlog ticket -> its send
         self._core = ChannelProtocol(
             is_client=is_client,
-            max_message_size=max_message_size,
-            window=window,
-            queue_capacity=queue_capacity,
+            max_message_size=settings.max_message_size,
+            window=settings.window,
+            queue_capacity=settings.queue_capacity,
             peer_limits=peer_limits,
             withdrawn=_cancelled_in(self._queued),
         )
         config = quic_configuration(
             is_client=is_client,
             certificate=certificate,
-            liveness_timeout=liveness_timeout,
-            window=window,
+            liveness_timeout=settings.liveness_timeout,
+            window=settings.window,
         )
         self._pump = QuicPump(
             ice,
             self,
             config=config,
             peer_cert_sha256=peer_cert_sha256,
-            liveness_timeout=liveness_timeout,
+            liveness_timeout=settings.liveness_timeout,
             started=started,
-            probe_path_mtu=probe_path_mtu,
+            probe_path_mtu=settings.probe_path_mtu,
         )
         self.is_client = is_client
         self.peer_cert_sha256 = peer_cert_sha256
         self._in_flight: dict[int, asyncio.Future[int]] = {}  # message id -> its send
-        self._inbox: RecvQueue[bytes] = RecvQueue(queue_capacity)
-        self._datagrams: RecvQueue[bytes] = RecvQueue(queue_capacity)
+        self._inbox: RecvQueue[bytes] = RecvQueue(settings.queue_capacity)
+        self._datagrams: RecvQueue[bytes] = RecvQueue(settings.queue_capacity)
         self._datagrams_send_dropped = 0
 
     # -- state ------------------------------------------------------------------------------
