@@ -298,5 +298,7 @@ class Node:
             "offer_rejections": dict(self.offer_rejections),
             "record_rejections": dict(self.records.rejected),
             "background_tasks": len(self._tasks),
+            "duplicates_suppressed": self.messenger.duplicates_suppressed if self.messenger else 0,
+            "malformed_link_frames": self.messenger.malformed_link_frames if self.messenger else 0,
             "uptime_s": round(time.monotonic(), 1),
         }

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -143,7 +142,6 @@ class Connection:
         self.session_id = session_id
         self.connect_ms = connect_ms
         self.selected_pair: dict[str, dict[str, Any]] = describe_pair(ice)
-        self.opened_at = time.time()
         self.secure = channel is not None
         self._ice = ice
         self._transport: Transport = (

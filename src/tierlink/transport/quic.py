@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Protocol
 
 from aioquic.quic import events
 from aioquic.quic.configuration import QuicConfiguration
@@ -51,6 +50,7 @@ from tierlink.transport.aioquic_adapter import (
 )
 from tierlink.transport.liveness import Liveness
 from tierlink.transport.path_mtu import PathMtu
+from tierlink.transport.pump_listener import DETACHED, PumpListener
 from tierlink.transport.quic_setup import (
     CONNECTION_ID_LENGTH,
     MAX_DATAGRAM_SIZE,
@@ -66,42 +66,6 @@ __all__ = [
 
 #: Unsent datagrams kept in aioquic when the congestion window is full (oldest dropped).
 DATAGRAM_SEND_BACKLOG = 256
-
-
-class _Detached:
-    """The listener of a closed pump: it no longer references its channel (no cycle)."""
-
-    def transport_event(self, event: TransportEvent) -> None:
-        """Ignored: the channel already heard ConnectionTerminated."""
-
-    def transport_events(self, events: list[TransportEvent]) -> None:
-        """Ignored, as :meth:`transport_event`."""
-
-    def keep_reading(self) -> bool:
-        """Nothing reads any more."""
-        return False
-
-    def before_flush(self) -> None:
-        """Nothing to write."""
-
-
-DETACHED = _Detached()
-
-
-class PumpListener(Protocol):
-    """What the pump reports to, and asks of, the channel it carries."""
-
-    def transport_event(self, event: TransportEvent) -> None:
-        """One transport event; ConnectionTerminated comes once, last."""
-
-    def transport_events(self, events: list[TransportEvent]) -> None:
-        """Several transport events, in order, from one batch of received packets."""
-
-    def keep_reading(self) -> bool:
-        """Whether to read another datagram in this loop pass (see set_datagram_handler)."""
-
-    def before_flush(self) -> None:
-        """Write coalesced stream data (e.g. one cumulative ack) just before packetizing."""
 
 
 class QuicPump:

@@ -48,10 +48,6 @@ class RecvQueue(Generic[T]):
         """True once :meth:`close` was called."""
         return self._closed is not None
 
-    def full(self) -> bool:
-        """True when the queue holds ``capacity`` items."""
-        return len(self._items) >= self.capacity
-
     def offer(self, item: T) -> bool:
         """Append without waiting; when full drop the oldest item (counted). False if closed."""
         if self._closed is not None:
