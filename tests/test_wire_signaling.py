@@ -93,7 +93,7 @@ def test_answer_roundtrip_and_size() -> None:
 
 def test_raw_mode_answer_without_certificate() -> None:
     _, secret = offer_to()
-    raw = SessionDescription("u", "p" * 22, CANDS[:1], None, "app")
+    raw = SessionDescription("uuuu", "p" * 22, CANDS[:1], None, "app")
     assert decode_answer(encode_answer(secret, raw), secret) == raw
 
 
@@ -201,8 +201,10 @@ def test_answer_that_opens_but_is_malformed_is_rejected(plain: bytes) -> None:
 
 def test_answer_readers_ignore_unknown_and_unused_keys() -> None:
     secret = offer_to_cached()[1]
-    plain = cbor2.dumps({1: "u", 2: "p", 3: [], 5: CALLEE.kem_public_key, 99: "future"})
-    expected = SessionDescription("u", "p", (), None, "app")
+    plain = cbor2.dumps(
+        {1: "uuuu", 2: "p" * 22, 3: [], 5: CALLEE.kem_public_key, 99: "future"}
+    )
+    expected = SessionDescription("uuuu", "p" * 22, (), None, "app")
     assert decode_answer(sealed(secret, plain), secret) == expected
 
 

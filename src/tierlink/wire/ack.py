@@ -16,7 +16,7 @@ from tierlink.errors import RecordError
 from tierlink.identity import FINGERPRINT_HEX_LEN, Identity, is_fingerprint
 from tierlink.wire.decoding import Fields, check_bytes, malformed
 from tierlink.wire.envelope import MAX_TTL_S, MESSAGE_ID_SIZE
-from tierlink.wire.records import KIND_ACK, check_signer, open_value, seal
+from tierlink.wire.records import KIND_ACK, check_signer, check_times, open_value, seal
 from tierlink.wire.records import now_ms as _now_ms
 
 MAX_ACK_IDS = 2048
@@ -95,6 +95,10 @@ def open_ack(
     )
     if not ids or len(set(ids)) != len(ids):
         raise malformed(f"message ids are not 1 to {MAX_ACK_IDS} distinct 16-byte strings")
+    if not created < expires <= created + int(MAX_TTL_S * 1000):
+        raise malformed("ack lifetime is empty, negative or over 30 days")
+    t = _now_ms() if now_ms is None else now_ms
+    check_times("ack", created, expires, t, int(MAX_TTL_S * 1000))
 
     signer = check_signer(body, opened, K_RECIPIENT_FP, K_RECIPIENT_PK)
 
@@ -102,9 +106,4 @@ def open_ack(
         raise RecordError("fingerprint", "ack is signed by another peer than expected")
     if sender.hex() != expected_sender_fp:
         raise RecordError("recipient", "ack acknowledges another sender's messages")
-    if not created < expires <= created + int(MAX_TTL_S * 1000):
-        raise malformed("ack lifetime is empty, negative or over 30 days")
-    t = _now_ms() if now_ms is None else now_ms
-    if expires <= t:
-        raise RecordError("expired", f"ack expired {(t - expires) / 1000:.1f} s ago")
     return ReceivedAck(signer, sender.hex(), created, expires, ids)

@@ -36,6 +36,7 @@ from tierlink.wire.records import (
     MAX_VALUE_SIZE,
     WIRE_VERSION,
     check_signer,
+    check_times,
     open_value,
     seal,
 )
@@ -154,16 +155,15 @@ def open_envelope(
     kem_ct = body.bstr(K_KEM_CT, "kem_ciphertext", size=KEM_CIPHERTEXT_SIZE)
     nonce = body.bstr(K_NONCE, "nonce", size=NONCE_SIZE)
     ct = body.bstr(K_CIPHERTEXT, "ciphertext", min_size=TAG_SIZE)
+    if not created < expires <= created + int(MAX_TTL_S * 1000):
+        raise malformed("envelope lifetime is empty, negative or over 30 days")
+    t = _now_ms() if now_ms is None else now_ms
+    check_times("envelope", created, expires, t, int(MAX_TTL_S * 1000))
 
     sender_fp = check_signer(body, opened, K_SENDER_FP, K_SENDER_PK)
 
     if recipient.hex() != me.fingerprint:
         raise RecordError("recipient", f"envelope is addressed to {recipient.hex()[:16]}…")
-    if not created < expires <= created + int(MAX_TTL_S * 1000):
-        raise malformed("envelope lifetime is empty, negative or over 30 days")
-    t = _now_ms() if now_ms is None else now_ms
-    if expires <= t:
-        raise RecordError("expired", f"envelope expired {(t - expires) / 1000:.1f} s ago")
     if len(ct) - TAG_SIZE > max_payload:
         raise RecordError(
             "oversize", f"payload of {len(ct) - TAG_SIZE} bytes exceeds {max_payload}"

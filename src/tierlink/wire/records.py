@@ -37,9 +37,35 @@ KIND_ENVELOPE = 0x04
 KIND_ACK = 0x05
 
 
+MAX_CLOCK_SKEW_MS = 5 * 60 * 1000
+"""How far ahead of the receiver's clock a value's issued/created time may lie."""
+MAX_RECORD_LIFETIME_S = 24 * 3600.0
+"""Longest lifetime a peer record may claim (issued to expires)."""
+
+
 def now_ms() -> int:
     """Current Unix time in milliseconds."""
     return int(time.time() * 1000)
+
+
+def check_times(what: str, start: int, expires: int, now: int, max_lifetime_ms: int) -> None:
+    """Bound a value's times to a window of the receiver's clock ``now``.
+
+    ``start`` (issued or created) may lie at most :data:`MAX_CLOCK_SKEW_MS` ahead of ``now``;
+    ``start < expires <= start + max_lifetime_ms``; ``expires > now`` (else ``expired``,
+    checked first). Otherwise reason ``clock``. So every time field is
+    within ``[now - max_lifetime_ms, now + max_lifetime_ms + MAX_CLOCK_SKEW_MS]``.
+    """
+    if expires <= now:
+        raise RecordError("expired", f"{what} expired {(now - expires) / 1000:.1f} s ago")
+    if start > now + MAX_CLOCK_SKEW_MS:
+        raise RecordError(
+            "clock", f"{what} starts {(start - now) / 1000:.0f} s ahead of our clock"
+        )
+    if not start < expires <= start + max_lifetime_ms:
+        raise RecordError(
+            "clock", f"{what} lifetime is empty, negative or over {max_lifetime_ms // 1000} s"
+        )
 
 
 # -- the generic signed value ----------------------------------------------------------------
@@ -188,7 +214,12 @@ class PeerRecord:
         candidates: tuple[CandidateInfo, ...] = (),
         mode: str = "private",
     ) -> PeerRecord:
-        """A record for ``identity`` valid for ``lifetime_s`` seconds from now."""
+        """A record for ``identity`` valid for ``lifetime_s`` seconds from now.
+
+        ValueError unless ``0 < lifetime_s <= MAX_RECORD_LIFETIME_S``.
+        """
+        if not 0 < lifetime_s <= MAX_RECORD_LIFETIME_S:
+            raise ValueError(f"record lifetime must be in (0, {MAX_RECORD_LIFETIME_S:.0f}] s")
         t = now_ms()
         return cls(
             identity.fingerprint, identity.public_key, seq, t, t + int(lifetime_s * 1000),
@@ -215,22 +246,21 @@ class PeerRecord:
 
     @classmethod
     def decode(cls, value: bytes, *, now: int | None = None) -> PeerRecord:
-        """Parse and verify a record (signature, fingerprint binding, expiry, size)."""
+        """Parse and verify a record (size, structure, times, then signature and binding)."""
         opened = open_value(value, KIND_PEER_RECORD)
         body = Fields(opened.body, "peer record", range(1, 10))
-        fingerprint = check_signer(body, opened)
-        seq = body.uint(3, "seq")
         issued = body.uint(4, "issued_at_ms")
         expires = body.uint(5, "expires_at_ms")
+        t = now_ms() if now is None else now
+        check_times("record", issued, expires, t, int(MAX_RECORD_LIFETIME_S * 1000))
+        fingerprint = check_signer(body, opened)
+        seq = body.uint(3, "seq")
         cands = tuple(decode_candidate(c) for c in body.array(6, "candidates"))
         kem = body.opt_bstr(7, "kem_public_key", max_size=KEM_PUBLIC_KEY_SIZE) or b""
         if kem and len(kem) != KEM_PUBLIC_KEY_SIZE:
             raise malformed(f"kem_public_key must be {KEM_PUBLIC_KEY_SIZE} bytes or empty")
         mode = body.opt_text(8, "mode", "public", max_len=32)
         cert = body.opt_bstr(9, "cert_sha256", size=32)
-        t = now_ms() if now is None else now
-        if expires <= t:
-            raise RecordError("expired", f"record expired {(t - expires) / 1000:.1f} s ago")
         return cls(
             fingerprint, body.map[2], seq, issued, expires, cands, kem, mode, cert,
         )

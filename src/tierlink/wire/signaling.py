@@ -13,7 +13,9 @@ Byte layouts, key derivations and limits: docs/PROTOCOL.md, sections "Offer", "A
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,6 +41,7 @@ from tierlink.wire.records import (
     CandidateInfo,
     check_head,
     check_signer,
+    check_times,
     decode_candidate,
     encode_candidate,
     now_ms,
@@ -49,6 +52,14 @@ from tierlink.wire.records import (
 SESSION_ID_SIZE = 16
 NONCE_SIZE = 12
 DEFAULT_OFFER_LIFETIME_S = 60.0
+MAX_OFFER_LIFETIME_S = 600.0
+"""Longest lifetime an offer may claim (created to expires)."""
+MAX_CANDIDATES = 16
+"""Most ICE candidates in one session description."""
+#: RFC 8445 section 5.3: ufrag 4-256 and pwd 22-256 ice-chars (ALPHA / DIGIT / "+" / "/").
+UFRAG_LENGTH = (4, 256)
+PWD_LENGTH = (22, 256)
+_ICE_CHARS = re.compile(r"[A-Za-z0-9+/]*")
 PURPOSES = ("app", "messages")
 _ANSWER_PREFIX = bytes([WIRE_VERSION, KIND_ANSWER])
 _TAG_SIZE = 16
@@ -144,11 +155,36 @@ def _encode_params(params: SessionDescription) -> bytes:
     )
 
 
+def _ice_text(inner: Fields, key: int, name: str, bounds: tuple[int, int]) -> str:
+    """An ICE credential: ``bounds`` characters long, ice-chars only (RFC 8445 §5.3)."""
+    val = inner.text(key, name, max_len=bounds[1])
+    if len(val) < bounds[0] or not _ICE_CHARS.fullmatch(val):
+        raise malformed(f"ICE {name} is not {bounds[0]}-{bounds[1]} ice-chars")
+    return val
+
+
+def _ice_candidate(item: Any) -> CandidateInfo:
+    """A candidate ICE may check: IP literal addresses (no names to resolve), port 1-65535."""
+    c = decode_candidate(item)
+    for addr in (c.host, c.related_address):
+        if addr is None:  # a host candidate has no related address
+            continue
+        try:
+            ipaddress.ip_address(addr)
+        except ValueError:
+            raise malformed(f"candidate address {addr!r:.40} is not an IP literal") from None
+    if not 1 <= c.port <= 65535:
+        raise malformed(f"candidate port {c.port} is not 1-65535")
+    return c
+
+
 def _decode_params(plain: bytes) -> SessionDescription:
     inner = Fields(decode(plain), "session description", (1, 2, 3, 4, 6, 7, 8))
-    ufrag = inner.text(1, "ufrag")
-    pwd = inner.text(2, "pwd")
-    cands = tuple(decode_candidate(c) for c in inner.array(3, "candidates"))
+    ufrag = _ice_text(inner, 1, "ufrag", UFRAG_LENGTH)
+    pwd = _ice_text(inner, 2, "pwd", PWD_LENGTH)
+    cands = tuple(
+        _ice_candidate(c) for c in inner.array(3, "candidates", max_items=MAX_CANDIDATES)
+    )
     cert = inner.opt_bstr(4, "cert_sha256", size=32)
     purpose = inner.opt_text(6, "purpose", "app")
     if purpose not in PURPOSES:
@@ -181,8 +217,11 @@ def encode_offer(
 ) -> tuple[bytes, OfferSecret]:
     """Encrypt ``params`` to the recipient and sign the offer.
 
-    Returns the value and the secret the recipient's answer will be sealed with.
+    Returns the value and the secret the recipient's answer will be sealed with. A
+    ``lifetime_s`` above :data:`MAX_OFFER_LIFETIME_S` is ValueError (receivers refuse it).
     """
+    if lifetime_s > MAX_OFFER_LIFETIME_S:
+        raise ValueError(f"offer lifetime must be at most {MAX_OFFER_LIFETIME_S:.0f} s")
     t = now_ms()
     header: dict[int, Any] = {
         1: bytes.fromhex(signer.fingerprint),
@@ -202,19 +241,18 @@ def encode_offer(
 
 
 def decode_offer(value: bytes, me: Identity, *, now: int | None = None) -> Offer:
-    """Verify (structure, signature, fingerprint binding, recipient, expiry) then decrypt."""
+    """Verify (structure, times, signature, fingerprint binding, recipient) then decrypt."""
     opened = open_value(value, KIND_OFFER)
     body = Fields(opened.body, "offer", range(1, 10))
+    created = body.uint(5, "created_at_ms")
+    expires = body.uint(6, "expires_at_ms")
+    t = now_ms() if now is None else now
+    check_times("offer", created, expires, t, int(MAX_OFFER_LIFETIME_S * 1000))
     signer = check_signer(body, opened)
     recipient = body.bstr(3, "recipient", size=FINGERPRINT_HEX_LEN // 2).hex()
     if recipient != me.fingerprint:
         raise RecordError("recipient", "value is addressed to another fingerprint")
     session_id = body.bstr(4, "session_id", size=SESSION_ID_SIZE)
-    created = body.uint(5, "created_at_ms")
-    expires = body.uint(6, "expires_at_ms")
-    t = now_ms() if now is None else now
-    if expires <= t:
-        raise RecordError("expired", "offer expired")
     kem_ct = body.bstr(7, "kem_ciphertext", size=KEM_CIPHERTEXT_SIZE)
     nonce = body.bstr(8, "nonce", size=NONCE_SIZE)
     ct = body.bstr(9, "ciphertext", min_size=_TAG_SIZE)
