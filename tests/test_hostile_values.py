@@ -269,6 +269,8 @@ POISON: dict[str, Callable[[], bytes]] = {
     "created-near-2^63": lambda: envelope_to_victim(
         b"poison", ttl_s=1.0, created_at_ms=2**63 - 10_000
     ),
+    # ... and with the default lifetime: expires passes 2**63 (a signed 64-bit column).
+    "expires-past-2^63": lambda: envelope_to_victim(b"poison", created_at_ms=2**63 - 10_000),
     "created-far-future": lambda: envelope_to_victim(
         b"poison", created_at_ms=now_ms() + 3_600_000
     ),
@@ -415,3 +417,15 @@ async def test_hostile_offers_create_no_ice_agent(dht_cluster: list[DhtNodeProce
         await eventually(lambda: rejected() == 2 and b.offers_answered == 1,
                          what="two hostile offers rejected, the good one answered")
         assert agents == 1  # the good offer's only
+
+
+def test_writers_cap_lifetimes_at_what_readers_accept() -> None:
+    record = PeerRecord.create(VICTIM, 1, 10 * 86_400.0)
+    assert record.expires_at_ms - record.issued_at_ms == 86_400_000
+    assert PeerRecord.decode(record.encode(VICTIM)).fingerprint == VICTIM.fingerprint
+    offer = decode_offer(
+        encode_offer(ATTACKER, VICTIM.fingerprint, VICTIM.kem_public_key, new_session_id(),
+                     GOOD_PARAMS, lifetime_s=3600.0)[0],
+        VICTIM,
+    )
+    assert offer.expires_at_ms - offer.created_at_ms == 600_000

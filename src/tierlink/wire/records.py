@@ -214,15 +214,12 @@ class PeerRecord:
         candidates: tuple[CandidateInfo, ...] = (),
         mode: str = "private",
     ) -> PeerRecord:
-        """A record for ``identity`` valid for ``lifetime_s`` seconds from now.
-
-        ValueError unless ``0 < lifetime_s <= MAX_RECORD_LIFETIME_S``.
-        """
-        if not 0 < lifetime_s <= MAX_RECORD_LIFETIME_S:
-            raise ValueError(f"record lifetime must be in (0, {MAX_RECORD_LIFETIME_S:.0f}] s")
+        """A record for ``identity`` valid for ``lifetime_s`` seconds from now, at most
+        :data:`MAX_RECORD_LIFETIME_S` (readers refuse longer)."""
         t = now_ms()
+        lifetime_ms = int(min(lifetime_s, MAX_RECORD_LIFETIME_S) * 1000)
         return cls(
-            identity.fingerprint, identity.public_key, seq, t, t + int(lifetime_s * 1000),
+            identity.fingerprint, identity.public_key, seq, t, t + lifetime_ms,
             tuple(candidates), identity.kem_public_key, mode,
         )
 

@@ -217,11 +217,9 @@ def encode_offer(
 ) -> tuple[bytes, OfferSecret]:
     """Encrypt ``params`` to the recipient and sign the offer.
 
-    Returns the value and the secret the recipient's answer will be sealed with. A
-    ``lifetime_s`` above :data:`MAX_OFFER_LIFETIME_S` is ValueError (receivers refuse it).
+    Returns the value and the secret the recipient's answer will be sealed with. The
+    lifetime is capped at :data:`MAX_OFFER_LIFETIME_S` (receivers refuse longer).
     """
-    if lifetime_s > MAX_OFFER_LIFETIME_S:
-        raise ValueError(f"offer lifetime must be at most {MAX_OFFER_LIFETIME_S:.0f} s")
     t = now_ms()
     header: dict[int, Any] = {
         1: bytes.fromhex(signer.fingerprint),
@@ -229,7 +227,7 @@ def encode_offer(
         3: bytes.fromhex(recipient),
         4: session_id,
         5: t,
-        6: t + int(lifetime_s * 1000),
+        6: t + int(min(lifetime_s, MAX_OFFER_LIFETIME_S) * 1000),
     }
     shared, kem_ct = kem_encapsulate(recipient_kem_public_key)
     nonce = os.urandom(NONCE_SIZE)
