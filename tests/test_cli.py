@@ -14,6 +14,7 @@ import psutil
 import pytest
 
 from tests.waiting import eventually
+from tierlink.cli.node_commands import message_line
 from tierlink.dht import DhtClient, DhtNodeProcess
 from tierlink.hostport import parse_hostport
 
@@ -83,6 +84,39 @@ def test_unreadable_and_corrupt_key_files(tmp_path: Path) -> None:
         unreadable = run("id", "show", str(key))
         assert unreadable.returncode == 1
         no_traceback(unreadable)
+
+
+@pytest.mark.parametrize("content", [
+    b"[" * 100_000 + b"]" * 100_000,  # nested past the JSON decoder's recursion limit
+    b" " * (1 << 20) + b"{}",  # far larger than a key file
+    b"[1, 2, 3]",
+], ids=["nested", "huge", "not-an-object"])
+def test_hostile_key_file_is_one_line_error(tmp_path: Path, content: bytes) -> None:
+    key = tmp_path / "bad.json"
+    key.write_bytes(content)
+    key.chmod(0o600)
+    proc = run("id", "show", str(key))
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert proc.stderr.startswith("tierlink: ") and proc.stderr.count("\n") == 1
+    no_traceback(proc)
+
+
+@pytest.mark.parametrize(("text", "shown"), [
+    ("hello", "hello"),
+    ("\x1b[2J\x1b[31mred", "\\x1b[2J\\x1b[31mred"),  # clear screen, colour
+    ("a\nconnection from evil", "a\\nconnection from evil"),  # no forged second line
+    ("bell\x07 back\x08 del\x7f csi\x9b31m", "bell\\x07 back\\x08 del\\x7f csi\\x9b31m"),
+    ("cr\rtab\t", "cr\\rtab\\t"),
+    ("\\x1b literal", "\\\\x1b literal"),  # an escaped-looking text stays distinguishable
+    ("rtl \u202e evil", "rtl \\u202e evil"),
+    ("héllo ✓ 😀", "héllo ✓ 😀"),
+])
+def test_run_output_escapes_control_characters(text: str, shown: str) -> None:
+    sender = "ab" * 64
+    line = message_line(sender, text, "offline")
+    assert line == f"{sender[:16]}… [offline]: {shown}"
+    assert message_line(sender, text) == f"{sender[:16]}…: {shown}"
+    assert not any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F for c in line)
 
 
 @pytest.mark.parametrize("argv", [

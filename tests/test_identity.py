@@ -93,3 +93,52 @@ def test_key_file_rejections(tmp_path: Path) -> None:
         Identity.load(path)
     with pytest.raises(KeyFileError, match="no identity"):
         Identity.load(tmp_path / "missing.json")
+
+
+def test_key_file_is_never_written_through_a_planted_symlink(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "id.json"
+    victim = tmp_path / "victim"
+    victim.write_text("untouched")
+    (tmp_path / "id.json.tmp").symlink_to(victim)  # the name a fixed-suffix writer would use
+    first = Identity.generate()
+    first.save(path)
+    assert victim.read_text() == "untouched"
+    assert Identity.load(path).fingerprint == first.fingerprint
+    # The random temp name guessed and planted as a symlink: refused, nothing written.
+    monkeypatch.setattr("tierlink.identity.secrets.token_hex", lambda n: "guessed")
+    (tmp_path / ".id.json.guessed.tmp").symlink_to(victim)
+    with pytest.raises(KeyFileError, match="cannot create"):
+        Identity.generate().save(path, force=True)
+    assert victim.read_text() == "untouched"
+    assert Identity.load(path).fingerprint == first.fingerprint
+    monkeypatch.undo()
+    # The target itself a symlink: the rename replaces the link, the victim stays as it was.
+    path.unlink()
+    path.symlink_to(victim)
+    ident = Identity.generate()
+    ident.save(path, force=True)
+    assert victim.read_text() == "untouched" and not path.is_symlink()
+    assert Identity.load(path).fingerprint == ident.fingerprint
+    assert (path.stat().st_mode & 0o777) == 0o600
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")) == [
+        ".id.json.guessed.tmp", "id.json.tmp"]  # no temp file of ours left behind
+
+
+@pytest.mark.parametrize("content", [
+    b"[" * 50_000 + b"]" * 50_000,  # nested past the JSON decoder's recursion limit
+    b'{"a": ' * 20_000 + b"1" + b"}" * 20_000,
+    b" " * (1 << 20) + b"{}",  # far larger than any key file
+    b"[1, 2, 3]",
+    b'"tierlink-identity"',
+    b"null",
+    b'{"format": "tierlink-identity", "version": 1, "algorithm": "ML-DSA-87", '
+    b'"kem_algorithm": "ML-KEM-1024", "signing_seed": 5, "kem_seed": []}',
+], ids=["nested-list", "nested-object", "huge", "list", "string", "null", "seed-types"])
+def test_hostile_key_files_are_clean_errors(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "id.json"
+    path.write_bytes(content)
+    path.chmod(0o600)
+    with pytest.raises(KeyFileError):
+        Identity.load(path)

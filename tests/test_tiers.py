@@ -14,12 +14,14 @@ import pytest
 from tests.nodes import config_for
 from tests.waiting import eventually
 from tierlink.dht import DhtClient
+from tierlink.errors import DialTimeout
 from tierlink.identity import Identity
 from tierlink.node import Node
 from tierlink.node.delivery import Message
 from tierlink.offline import create_envelope
 from tierlink.offline.outbox import DELIVERED
-from tierlink.wire.dhtkeys import offline_queue_key
+from tierlink.transport.connection import Connection
+from tierlink.wire.dhtkeys import offline_acks_key, offline_queue_key
 
 
 async def collect(node: Node, into: list[Message]) -> None:
@@ -118,17 +120,17 @@ async def test_sender_killed_after_send_delivers_on_restart(dht_cluster, tmp_pat
     ia.save(key)
     data = tmp_path / "a-state"
     ib = Identity.generate()
-    b_cfg = config_for(dht_cluster[1], identity=ib, allow=set())  # online, answers nobody
-    async with Node(b_cfg) as b:
-        argv = [sys.executable, "-c", SENDER, dht_cluster[0].proxy_url, str(key), str(data),
-                b.fingerprint]
-        proc = await asyncio.create_subprocess_exec(*argv, "survive me",
-                                                    stdout=subprocess.PIPE)
-        assert proc.stdout is not None
-        mid = (await asyncio.wait_for(proc.stdout.readline(), 60)).decode().strip()
-        proc.send_signal(signal.SIGKILL)  # right after send() returned
-        await proc.wait()
-        b.config.allow = None  # now B answers: the restarted sender can deliver live
+    b_cfg = config_for(dht_cluster[1], identity=ib)
+    async with Node(b_cfg):
+        pass  # B was online once: its record (with its KEM key) is in the DHT
+    argv = [sys.executable, "-c", SENDER, dht_cluster[0].proxy_url, str(key), str(data),
+            ib.fingerprint]
+    proc = await asyncio.create_subprocess_exec(*argv, "survive me", stdout=subprocess.PIPE)
+    assert proc.stdout is not None
+    mid = (await asyncio.wait_for(proc.stdout.readline(), 60)).decode().strip()
+    proc.send_signal(signal.SIGKILL)  # right after send() returned
+    await proc.wait()
+    async with Node(b_cfg) as b:  # now B is online: the restarted sender delivers
         got: list[Message] = []
         reader = asyncio.create_task(collect(b, got))
         again = await asyncio.create_subprocess_exec(*argv, stdout=subprocess.PIPE)
@@ -205,7 +207,12 @@ async def test_dht_observer_cannot_read_payloads(dht_cluster) -> None:
     assert all(secret not in v and secret[:16] not in v for v in values)
 
 
-async def test_live_path_failing_midstream_falls_back_to_dht(dht_cluster) -> None:
+async def refuse(fingerprint: str, timeout: float) -> Connection:
+    """A dial that always fails, as when the peer stopped answering."""
+    raise DialTimeout(f"{fingerprint[:16]}… does not answer")
+
+
+async def test_live_path_failing_midstream_falls_back_to_dht(dht_cluster, monkeypatch) -> None:
     n = 20
     async with (
         Node(config_for(dht_cluster[0], ack_timeout=3.0, send_budget=2.0)) as a,
@@ -219,7 +226,7 @@ async def test_live_path_failing_midstream_falls_back_to_dht(dht_cluster) -> Non
             mids.append(await a.send(b.fingerprint, f"msg {i}".encode()))
             if i == n // 2:
                 await eventually(lambda: len(got) >= 3, what="three messages at B")
-                b.config.allow = set()  # no new live links to B from now on
+                monkeypatch.setattr(a.messenger, "dial", refuse)  # no new live links to B
                 link = await eventually(lambda: a.messenger.link(b.fingerprint),
                                         what="A's message link to B")
                 await link.close()  # the live path fails underneath
@@ -237,3 +244,26 @@ async def test_live_path_failing_midstream_falls_back_to_dht(dht_cluster) -> Non
     print(f"\nmid-stream failure: sent {n}, delivered {len(got)} "
           f"(direct {tiers.count('direct')}, offline {tiers.count('offline')}), "
           f"duplicates suppressed {dups}, lost 0")
+
+
+async def test_allow_listed_node_drops_strangers_offline_messages(dht_cluster) -> None:
+    friend, stranger = Identity.generate(), Identity.generate()
+    async with Node(config_for(dht_cluster[1], allow={friend.fingerprint})) as b:
+        assert b.messenger is not None
+        got: list[Message] = []
+        reader = asyncio.create_task(collect(b, got))
+        kem = b.identity.kem_public_key
+        spam, _ = create_envelope(stranger, b.fingerprint, kem, b"buy now", 60)
+        hello, _ = create_envelope(friend, b.fingerprint, kem, b"hello", 60)
+        async with DhtClient(dht_cluster[0].proxy_url) as dht:
+            await dht.put(offline_queue_key(b.fingerprint), spam)
+            await dht.put(offline_queue_key(b.fingerprint), hello)
+            rejected = b.messenger.offline.inbox.rejected
+            await eventually(lambda: got and rejected["blocked"],
+                             what="the friend's message delivered, the stranger's blocked")
+            await eventually(lambda: dht.get(offline_acks_key(friend.fingerprint)),
+                             what="the friend's ack")
+            stranger_acks = await dht.get(offline_acks_key(stranger.fingerprint))
+        reader.cancel()
+        assert [(m.sender, m.payload) for m in got] == [(friend.fingerprint, b"hello")]
+        assert rejected["blocked"] == 1 and stranger_acks == []

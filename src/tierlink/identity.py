@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import secrets
 import stat
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,8 @@ SIGNATURE_SIZE = 4627
 KEM_PUBLIC_KEY_SIZE = 1568
 KEM_CIPHERTEXT_SIZE = 1568
 FINGERPRINT_HEX_LEN = 128
+#: A key file is a few hundred bytes; anything much larger is not one (read no further).
+MAX_KEY_FILE_SIZE = 64 * 1024
 
 
 def fingerprint_of(public_key: bytes) -> str:
@@ -67,7 +70,10 @@ def default_identity_path() -> Path:
 
 @dataclass(frozen=True)
 class Identity:
-    """A private identity: signs records and decapsulates KEM ciphertexts."""
+    """A private identity: signs records and decapsulates KEM ciphertexts.
+
+    Its repr names only the fingerprint: the seeds never reach logs or tracebacks.
+    """
 
     signing_seed: bytes
     kem_seed: bytes
@@ -86,6 +92,11 @@ class Identity:
     kem_public_key: bytes = b""
     _sk: mldsa.MLDSA87PrivateKey = None  # type: ignore[assignment]
     _kem: mlkem.MLKEM1024PrivateKey = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"Identity(fingerprint={self.fingerprint!r})"
+
+    __str__ = __repr__
 
     @classmethod
     def generate(cls) -> Identity:
@@ -116,23 +127,33 @@ class Identity:
         )
 
     def save(self, path: Path, *, force: bool = False) -> None:
-        """Write the key file with mode 0600; refuse to overwrite unless ``force``."""
+        """Write the key file with mode 0600; refuse to overwrite unless ``force``.
+
+        The text goes to a fresh temp file beside the target (``O_EXCL|O_NOFOLLOW``: a file
+        or symlink planted at that name is refused, never written through), is fsynced,
+        renamed over the target, and the directory is fsynced so the rename survives a crash.
+        """
         path = Path(path)
         if path.exists() and not force:
             raise KeyFileError(f"{path} already exists; use --force to overwrite it")
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            fd = os.open(tmp, flags, 0o600)
+        except OSError as exc:
+            raise KeyFileError(f"cannot create {tmp}: {exc.strerror}") from None
         try:
             os.fchmod(fd, 0o600)
             with os.fdopen(fd, "w") as f:
                 f.write(self.to_json() + "\n")
                 f.flush()
                 os.fsync(f.fileno())
+            os.replace(tmp, path)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
-        os.replace(tmp, path)
+        _fsync_dir(path.parent)
 
     @classmethod
     def load(cls, path: Path) -> Identity:
@@ -151,10 +172,18 @@ class Identity:
                 f"{path} holds a private key but is accessible by others "
                 f"(mode {stat.S_IMODE(st.st_mode):04o}); run 'chmod 600 {path}'"
             )
+        if st.st_size > MAX_KEY_FILE_SIZE:
+            raise KeyFileError(f"{path} is not an identity file: {st.st_size} bytes")
         try:
-            doc = json.loads(path.read_text())
+            with path.open("rb") as f:
+                raw = f.read(MAX_KEY_FILE_SIZE + 1)
+            if len(raw) > MAX_KEY_FILE_SIZE:
+                raise KeyFileError(f"{path} is not an identity file: too large")
+            doc = json.loads(raw.decode("utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise KeyFileError(f"{path} is not a readable identity file: {exc}") from None
+        except RecursionError:
+            raise KeyFileError(f"{path} is not an identity file: nested too deeply") from None
         return cls.from_document(doc, str(path))
 
     @classmethod
@@ -172,7 +201,7 @@ class Identity:
         try:
             sseed = bytes.fromhex(doc["signing_seed"])
             kseed = bytes.fromhex(doc["kem_seed"])
-        except (KeyError, TypeError, ValueError):
+        except (KeyError, TypeError, ValueError, AttributeError):
             raise KeyFileError(f"{where} is corrupt: seeds missing or not hex") from None
         if len(sseed) != 32 or len(kseed) != 64:
             raise KeyFileError(f"{where} is corrupt: seeds have the wrong length")
@@ -180,3 +209,16 @@ class Identity:
         if doc.get("fingerprint") != ident.fingerprint:
             raise KeyFileError(f"{where} is corrupt: its fingerprint does not match its key")
         return ident
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make a rename inside ``directory`` durable (best effort where directories cannot be
+    opened)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -103,6 +103,36 @@ def _emit(args: argparse.Namespace, obj: dict[str, Any], text: str) -> None:
 
 
 # -- run -----------------------------------------------------------------------------------
+_NAMED_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t", "\\": "\\\\"}
+#: Line/paragraph separators and bidirectional overrides: they break or reorder a line.
+_UNICODE_CONTROLS = frozenset({0x2028, 0x2029, *range(0x202A, 0x202F), *range(0x2066, 0x206A)})
+
+
+def printable(text: str) -> str:
+    """``text`` safe for a terminal: C0 and C1 control characters and DEL (so every ANSI
+    escape sequence), line separators and bidi overrides shown as backslash escapes,
+    backslashes doubled so that the line reads unambiguously. A peer's message cannot move
+    the cursor, clear the screen or forge another output line."""
+    out = []
+    for ch in text:
+        code = ord(ch)
+        if ch in _NAMED_ESCAPES:
+            out.append(_NAMED_ESCAPES[ch])
+        elif code < 0x20 or 0x7F <= code <= 0x9F:
+            out.append(f"\\x{code:02x}")
+        elif code in _UNICODE_CONTROLS:
+            out.append(f"\\u{code:04x}")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def message_line(sender: str, text: str, tier: str | None = None) -> str:
+    """The human output line of a received message (sender shortened, text escaped)."""
+    via = f" [{tier}]" if tier is not None else ""
+    return f"{sender[:16]}…{via}: {printable(text)}"
+
+
 async def _print_messages(args: argparse.Namespace, conn: Connection) -> None:
     with contextlib.suppress(ConnectionClosed):
         while True:
@@ -112,7 +142,7 @@ async def _print_messages(args: argparse.Namespace, conn: Connection) -> None:
             text = msg.decode("utf-8", errors="replace")
             _emit(args, {"event": "message", "from": conn.remote_fingerprint,
                          "bytes": len(msg), "text": text},
-                  f"{conn.remote_fingerprint[:16]}…: {text}")
+                  message_line(conn.remote_fingerprint, text))
 
 
 async def _run(args: argparse.Namespace) -> int:
@@ -148,7 +178,7 @@ async def _run(args: argparse.Namespace) -> int:
                 text = m.payload.decode("utf-8", errors="replace")
                 _emit(args, {"event": "message", "from": m.sender, "bytes": len(m.payload),
                              "text": text, "tier": m.tier, "message_id": m.message_id.hex()},
-                      f"{m.sender[:16]}… [{m.tier}]: {text}")
+                      message_line(m.sender, text, m.tier))
 
         acceptor = asyncio.create_task(accept())
         messages = asyncio.create_task(queued_messages())

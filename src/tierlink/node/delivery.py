@@ -83,12 +83,13 @@ class Messenger:
     ``dial`` opens a message link (a secure connection whose offer names
     ``purpose=messages``); ``lookup`` is the node's shared record lookup, which the offline
     tier uses for recipients' KEM keys. ``secure`` says whether live links are possible.
+    ``allow`` says whether a sender may leave us offline messages (None: anyone).
     """
 
     def __init__(
         self, dht: Dht, identity: Identity, dial: DialLink, data_dir: Path, *,
         lookup: PeerLookup, secure: bool, send_budget: float, ack_timeout: float,
-        reput_interval_s: float,
+        reput_interval_s: float, allow: Callable[[str], bool] | None = None,
     ) -> None:
         self.dial = dial
         self.secure = secure
@@ -100,6 +101,7 @@ class Messenger:
         self.offline = OfflineTier(
             dht, identity, self.outbox, self.delivered_log, lookup=lookup,
             reput_interval_s=reput_interval_s, on_delivered=self._offline_delivered,
+            allow=allow,
         )
         self.duplicates_suppressed = 0
         self.malformed_link_frames = 0

@@ -151,6 +151,7 @@ class Node:
             dht, identity, self._dial_link, config.state_dir(), lookup=lookup,
             secure=config.secure, send_budget=config.send_budget,
             ack_timeout=config.ack_timeout, reput_interval_s=config.offline_reput_interval,
+            allow=self._allows,
         )
         return _Parts(dht, presence, dialer, answerer, messenger)
 
@@ -203,6 +204,11 @@ class Node:
         dialer = self._running().dialer
         timeout = self.config.dial_timeout if timeout is None else timeout
         return await dialer.connect(fingerprint, timeout, purpose)
+
+    def _allows(self, fingerprint: str) -> bool:
+        """Whether ``config.allow`` (read now: it may change while running) admits a peer."""
+        allow = self.config.allow
+        return allow is None or fingerprint in allow
 
     async def _dial_link(self, fingerprint: str, timeout: float) -> Connection:
         """A message link for the messenger: a dial whose offer names its purpose."""

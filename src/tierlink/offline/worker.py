@@ -86,11 +86,14 @@ class OfflineTier:
         lookup: PeerLookup | None = None,
         reput_interval_s: float = REPUT_INTERVAL_S,
         on_delivered: Callable[[bytes, str], None] | None = None,
+        allow: Callable[[str], bool] | None = None,
     ) -> None:
         self.dht = dht
         self.me = identity
         self.outbox = outbox
-        self.inbox = Inbox(identity, delivered_log, limits)
+        # ``allow`` (sender fingerprint -> bool): the node's allow-list; refused senders'
+        # envelopes are counted ``blocked``, never delivered and never acknowledged.
+        self.inbox = Inbox(identity, delivered_log, limits, allow)
         self.reput_interval_s = reput_interval_s
         self.on_delivered = on_delivered
         """Called with (message id, recipient) when an ack marks a message delivered."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from aioice import Candidate
 
@@ -22,12 +22,12 @@ TURN_CHANNEL_OVERHEAD = 4
 
 @dataclass(frozen=True)
 class TurnServer:
-    """A TURN server (RFC 8656) with long-term credentials."""
+    """A TURN server (RFC 8656) with long-term credentials; its repr leaves out the password."""
 
     host: str
     port: int
     username: str
-    password: str
+    password: str = field(repr=False)
 
 
 @dataclass(frozen=True)
