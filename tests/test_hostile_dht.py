@@ -111,15 +111,19 @@ async def test_poison_lines_in_a_get_are_skipped_beside_the_good_value(poisoned_
 
 
 @pytest.fixture
-async def poisoning_relay(dht_node) -> AsyncIterator[tuple[str, list[str]]]:
+async def poisoning_relay(dht_node) -> AsyncIterator[tuple[str, list[str], set[str]]]:
     """A relay in front of a real dhtnode's proxy that sends the poison lines first in every
     listen (an attacker writing through the proxy), then the node's own stream; yields its
-    URL and the listened paths."""
+    URL, the listened paths and a set of paths to answer once with an error."""
     upstream = dht_node.proxy_url.rstrip("/")
     listened: list[str] = []
+    fail_once: set[str] = set()
     async with aiohttp.ClientSession() as session:
 
         async def relay(request: web.Request) -> web.StreamResponse:
+            if request.path in fail_once:
+                fail_once.discard(request.path)
+                return web.Response(status=503)
             url = upstream + request.path_qs
             body = await request.read()
             timeout = aiohttp.ClientTimeout(total=None, sock_read=None)
@@ -139,13 +143,13 @@ async def poisoning_relay(dht_node) -> AsyncIterator[tuple[str, list[str]]]:
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", relay)
         async for url in serve(app):
-            yield url, listened
+            yield url, listened, fail_once
 
 
 async def test_a_node_behind_a_poisoning_proxy_can_still_be_dialed(
     dht_node, poisoning_relay,
 ) -> None:
-    relay_url, listened = poisoning_relay
+    relay_url, listened, _ = poisoning_relay
     victim = Node(dataclasses.replace(config_for(dht_node), dht_proxy=relay_url))
     dialer = Node(config_for(dht_node))
     async with victim, dialer:
@@ -164,6 +168,21 @@ async def test_a_node_behind_a_poisoning_proxy_can_still_be_dialed(
         stats = victim.stats()
         assert stats["proxy_lines_skipped"]["oversized"] >= 1
         assert stats["loop_restarts"] == {}  # nothing above ended the offer loop
+
+
+async def test_an_offer_loop_whose_listen_fails_is_restarted_and_counted(
+    dht_node, poisoning_relay,
+) -> None:
+    relay_url, listened, fail_once = poisoning_relay
+    victim = Node(dataclasses.replace(config_for(dht_node), dht_proxy=relay_url))
+    offers_path = f"/key/{offers_key(victim.fingerprint)}/listen"
+    fail_once.add(offers_path)
+    dialer = Node(config_for(dht_node))
+    async with victim, dialer:
+        await eventually(lambda: offers_path in listened, 20, "the offer loop to listen again")
+        assert victim.stats()["loop_restarts"] == {"offers": 1}
+        conn = await dialer.connect(victim.fingerprint)
+        await conn.close()
 
 
 class NoWait(Backoff):
