@@ -9,6 +9,11 @@ The API (OpenDHT 2.4):
 
 ``<k>`` is the 40-hex InfoHash from :mod:`tierlink.wire.dhtkeys`. Every call has a deadline and
 fails with :class:`~tierlink.errors.DhtUnavailable` when the node cannot be reached.
+
+Anyone can write through a proxy, so its lines are untrusted: a line longer than
+:data:`MAX_LINE_BYTES` is skipped without being buffered whole, and a line that is not a JSON
+object with base64 ``data`` is skipped; both are counted in :attr:`DhtClient.skipped_lines`
+and never end a get or a listen.
 """
 
 from __future__ import annotations
@@ -18,8 +23,8 @@ import base64
 import contextlib
 import json
 import logging
-from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections import Counter, OrderedDict
+from collections.abc import AsyncIterable, AsyncIterator
 from types import TracebackType
 from typing import Any
 
@@ -41,20 +46,73 @@ def _check_key(key: str) -> str:
     return key
 
 
+#: The longest proxy line read (bytes): a DHT value is at most 64 KiB, base64 adds a third,
+#: the JSON around it a little more.
+MAX_LINE_BYTES = 128 * 1024
+
+
+class _Skip(ValueError):
+    """A proxy line that is skipped, with the reason it is counted under."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
 def _decode_line(line: bytes) -> tuple[str, bytes, bool] | None:
-    """(value id, data, expired) from one JSON line, None for blank or foreign lines."""
+    """(value id, data, expired) from one JSON line; None for a blank line; _Skip (with a
+    reason) for a line that is not a proxy value."""
     line = line.strip()
     if not line:
         return None
+    if len(line) > MAX_LINE_BYTES:
+        raise _Skip("oversized")
     try:
         obj = json.loads(line)
-        data = base64.b64decode(obj.get("data", ""), validate=True)
-    except (ValueError, AttributeError, TypeError):
-        log.debug("ignoring unreadable proxy line %r", line[:80])
-        return None
+    except (ValueError, RecursionError):
+        raise _Skip("json") from None
     if not isinstance(obj, dict):
-        return None
-    return str(obj.get("id", "")), data, bool(obj.get("expired", False))
+        raise _Skip("shape")
+    data, vid = obj.get("data", ""), obj.get("id", "")
+    if not isinstance(data, str) or not isinstance(vid, str | int) or isinstance(vid, bool):
+        raise _Skip("shape")
+    try:
+        value = base64.b64decode(data, validate=True)
+    except ValueError:
+        raise _Skip("base64") from None
+    return str(vid), value, bool(obj.get("expired", False))
+
+
+async def _bounded_lines(
+    chunks: AsyncIterable[bytes], limit: int
+) -> AsyncIterator[bytes | None]:
+    """Lines (without the newline) from a byte stream; a line longer than ``limit`` bytes is
+    dropped as it streams in (never held whole) and yielded as None."""
+    buf = bytearray()
+    skipping = False
+    async for chunk in chunks:
+        start = 0
+        while True:
+            end = chunk.find(b"\n", start)
+            piece = chunk[start:] if end < 0 else chunk[start:end]
+            if not skipping:
+                buf += piece
+                if len(buf) > limit:
+                    buf.clear()
+                    skipping = True
+            if end < 0:
+                break
+            if skipping:
+                yield None
+                skipping = False
+            else:
+                yield bytes(buf)
+                buf.clear()
+            start = end + 1
+    if skipping:
+        yield None
+    elif buf:
+        yield bytes(buf)
 
 
 async def _mark_sent(session: aiohttp.ClientSession, ctx: Any, params: Any) -> None:
@@ -73,6 +131,20 @@ class DhtClient:
         self._session: aiohttp.ClientSession | None = None
         self._listeners: set[DhtListener] = set()
         self._lone_until = 0.0  # loop time until which "Put failed" means stored
+        self.skipped_lines: Counter[str] = Counter()
+        """Proxy lines skipped, by reason (``oversized``, ``json``, ``shape``, ``base64``)."""
+
+    def _read_line(self, line: bytes | None) -> tuple[str, bytes, bool] | None:
+        """(value id, data, expired) from one proxy line (None: an oversized line); None if
+        it holds no value (a skipped line is counted by reason in :attr:`skipped_lines`)."""
+        try:
+            if line is None:
+                raise _Skip("oversized")
+            return _decode_line(line)
+        except _Skip as skip:
+            self.skipped_lines[skip.reason] += 1
+            log.debug("skipping a proxy line (%s): %r", skip.reason, (line or b"")[:80])
+            return None
 
     async def __aenter__(self) -> DhtClient:
         return self
@@ -169,7 +241,7 @@ class DhtClient:
         body = await self._request("GET", self._url(key))
         out = []
         for line in body.splitlines():
-            item = _decode_line(line)
+            item = self._read_line(line)
             if item is not None and not item[2]:
                 out.append(item[1])
         return out
@@ -245,8 +317,9 @@ class DhtListener:
         while not self._closed:
             self._resp = await self._open()
             try:
-                async for line in self._resp.content:
-                    item = _decode_line(line)
+                lines = _bounded_lines(self._resp.content.iter_any(), MAX_LINE_BYTES)
+                async for line in lines:
+                    item = self._client._read_line(line)
                     if item is None or item[2]:
                         continue
                     vid, data, _ = item

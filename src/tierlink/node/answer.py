@@ -61,22 +61,24 @@ class Answerer:
         self._seen_sessions: dict[bytes, int] = {}
 
     async def run(self) -> None:
-        """Listen for offers (for ever) and answer each in its own supervised task."""
-        retry = Backoff(LISTEN_RETRY_S, maximum=LISTEN_RETRY_MAX_S)
-        while True:
-            try:
-                async for value in self.dht.listen(offers_key(self.identity.fingerprint)):
-                    retry.reset()
-                    await self._slots.acquire()
-                    try:
-                        self.tasks.spawn(self._handle(value), "offer")
-                    except BaseException:
-                        self._slots.release()
-                        raise
-            except TierlinkError as exc:
-                delay = retry.next_delay()
-                log.warning("listening for offers failed: %s (retrying in %.0f s)", exc, delay)
-                await asyncio.sleep(delay)
+        """Listen for offers and answer each in its own supervised task, until the listen
+        fails (the node's supervisor runs this again with :meth:`restart_backoff`)."""
+        listener = self.dht.listen(offers_key(self.identity.fingerprint))
+        try:
+            async for value in listener:
+                await self._slots.acquire()
+                try:
+                    self.tasks.spawn(self._handle(value), "offer")
+                except BaseException:
+                    self._slots.release()
+                    raise
+        finally:
+            await listener.aclose()
+
+    @staticmethod
+    def restart_backoff() -> Backoff:
+        """The waits before listening for offers again after the listen failed."""
+        return Backoff(LISTEN_RETRY_S, maximum=LISTEN_RETRY_MAX_S)
 
     def check_offer(self, value: bytes) -> Offer:
         """The offer in ``value`` if this node answers it; RecordError (with a reason) if not."""

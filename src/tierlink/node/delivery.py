@@ -21,10 +21,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from tierlink.backoff import Backoff
 from tierlink.dht.record_book import PeerLookup
 from tierlink.errors import ConnectionClosed, RecordError, TierlinkError
 from tierlink.identity import Identity
@@ -50,6 +52,10 @@ INBOX_CAPACITY = 256
 #: After a failed dial, messages to that peer go straight to the offline tier for this long
 #: (instead of each waiting out ``send_budget``); a link the peer dials to us ends it sooner.
 UNREACHABLE_S = 30.0
+#: The first wait before a recipient's delivery worker runs again after it failed (seconds).
+WORKER_RETRY_S = 1.0
+#: The longest wait before a failed delivery worker runs again (seconds).
+WORKER_RETRY_MAX_S = 60.0
 
 #: Opens a message link: dial a fingerprint within a time budget (seconds).
 DialLink = Callable[[str, float], Awaitable[Connection]]
@@ -137,6 +143,11 @@ class Messenger:
         self.outbox.close()
         self.delivered_log.close()
 
+    @property
+    def loop_restarts(self) -> Counter[str]:
+        """Restarts of the delivery workers and the offline tier's loops, by loop name."""
+        return self._tasks.restarts + self.offline.restarts
+
     # -- sending -------------------------------------------------------------------------
     async def send(self, recipient: str, payload: bytes, ttl_s: float = DEFAULT_TTL_S) -> bytes:
         """Store durably, schedule delivery; returns the message id."""
@@ -148,7 +159,10 @@ class Messenger:
         queue = self._queues.get(recipient)
         if queue is None:
             queue = self._queues[recipient] = asyncio.Queue()
-            self._tasks.spawn(self._worker(recipient, queue), "deliver")
+            self._tasks.keep_running(
+                lambda: self._worker(recipient, queue), "deliver",
+                Backoff(WORKER_RETRY_S, maximum=WORKER_RETRY_MAX_S),
+            )
         self.offline.held.add(mid)  # the live tier tries it first
         queue.put_nowait(mid)
 

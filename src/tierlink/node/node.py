@@ -134,8 +134,9 @@ class Node:
             self._parts = parts
             self.messenger = parts.messenger
             parts.messenger.start()
-            self._tasks.spawn(parts.presence.republish_loop(), "republish")
-            self._tasks.spawn(parts.answerer.run(), "offers")
+            self._tasks.keep_running(parts.presence.republish_loop, "republish",
+                                     parts.presence.restart_backoff())
+            self._tasks.keep_running(parts.answerer.run, "offers", parts.answerer.restart_backoff())
         except BaseException:
             await self.close()
             raise
@@ -292,6 +293,15 @@ class Node:
         """Offers refused so far, by reason."""
         return self._parts.answerer.rejections if self._parts else Counter()
 
+    @property
+    def loop_restarts(self) -> Counter[str]:
+        """Restarts of the node's long-running loops after a failure, by loop name
+        (``offers``, ``republish``, ``deliver``, ``offline-queue``, ...)."""
+        total = Counter(self._tasks.restarts)
+        if self.messenger is not None:
+            total.update(self.messenger.loop_restarts)
+        return total
+
     def stats(self) -> dict[str, object]:
         """Counters for tests and the CLI."""
         parts = self._parts
@@ -304,6 +314,8 @@ class Node:
             "offer_rejections": dict(self.offer_rejections),
             "record_rejections": dict(self.records.rejected),
             "background_tasks": len(self._tasks),
+            "loop_restarts": dict(self.loop_restarts),
+            "proxy_lines_skipped": dict(self.dht.skipped_lines) if self.dht else {},
             "duplicates_suppressed": self.messenger.duplicates_suppressed if self.messenger else 0,
             "malformed_link_frames": self.messenger.malformed_link_frames if self.messenger else 0,
             "uptime_s": round(time.monotonic(), 1),

@@ -69,7 +69,9 @@ class Presence:
     async def republish_loop(self) -> None:
         """Re-publish before expiry; in public mode also soon after the addresses change.
 
-        A failed attempt is retried with backoff (never later than the regular period).
+        A failed attempt is retried with backoff (never later than the regular period); the
+        node's supervisor runs this again (with :meth:`restart_backoff`) if anything else
+        fails.
         """
         period = max(self.config.record_lifetime / 3, 1.0)
         check = period
@@ -94,6 +96,11 @@ class Presence:
                 continue
             retry.reset()
             addresses, due = now_addresses, loop.time() + period
+
+    def restart_backoff(self) -> Backoff:
+        """The waits before running :meth:`republish_loop` again after it failed."""
+        period = max(self.config.record_lifetime / 3, 1.0)
+        return Backoff(min(period, REPUBLISH_RETRY_S), maximum=period)
 
     def host_addresses(self) -> frozenset[str]:
         """The addresses host candidates would be gathered on right now."""

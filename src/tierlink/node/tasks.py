@@ -3,6 +3,8 @@
 * :class:`Supervisor`: the owner of background work that outlives the call that started it
   (the offer loop, an offer being answered, a DHT put that settles after a dial already has
   its answer). It logs each failure and cancels and awaits everything on :meth:`close`.
+  :meth:`Supervisor.keep_running` runs a long-lived loop that restarts (with backoff) after
+  any failure, counted in :attr:`Supervisor.restarts`.
 * :func:`task_group`: an :class:`asyncio.TaskGroup` for work inside one call (a dial, an
   answer) that raises its first error as itself, so callers catch ``IceFailed`` or
   ``DhtError`` rather than an exception group.
@@ -16,9 +18,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Coroutine
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any, TypeVar
 
+from tierlink.backoff import Backoff, keep_restarting
 from tierlink.errors import TierlinkError
 
 log = logging.getLogger(__name__)
@@ -33,6 +37,8 @@ class Supervisor:
         self.name = name
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closed = False
+        self.restarts: Counter[str] = Counter()
+        """Restarts of loops run by :meth:`keep_running`, by loop name."""
 
     def __len__(self) -> int:
         return len(self._tasks)
@@ -46,6 +52,18 @@ class Supervisor:
         self._tasks.add(task)
         task.add_done_callback(self._done)
         return task
+
+    def keep_running(
+        self, factory: Callable[[], Coroutine[Any, Any, None]], name: str, backoff: Backoff
+    ) -> asyncio.Task[None]:
+        """Run ``factory()`` as a task owned here, and again (after the next delay of
+        ``backoff``) whenever it raises: a failure is logged once and counted in
+        :attr:`restarts`, and never ends the loop; returning or :meth:`close` does."""
+
+        def restarted(loop_name: str) -> None:
+            self.restarts[loop_name] += 1
+
+        return self.spawn(keep_restarting(factory, name, backoff, restarted), name)
 
     def _done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)

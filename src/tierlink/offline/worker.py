@@ -17,7 +17,8 @@ re-sent ids. A re-sent message is acked again but delivered once.
 
 :meth:`OfflineTier.start` runs both sides in the background: listens on our queue and ack
 keys (with a fetch at start for what arrived while we were away) and a periodic loop for
-re-puts, expiry and pruning; a failing background loop is retried with backoff. Everything
+re-puts, expiry and pruning; a failing background loop is restarted with backoff
+(:func:`~tierlink.backoff.keep_restarting`, counted in :attr:`OfflineTier.restarts`). Everything
 runs on one event loop (the stores are sqlite objects bound to their thread).
 
 Recipients' KEM keys come from their peer records through a
@@ -31,12 +32,13 @@ import asyncio
 import contextlib
 import inspect
 import logging
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Protocol
 
-from tierlink.backoff import Backoff
+from tierlink.backoff import Backoff, keep_restarting
 from tierlink.dht.record_book import PeerLookup
-from tierlink.errors import DhtError, PeerNotFound, RecordError, TierlinkError
+from tierlink.errors import DhtError, PeerNotFound, RecordError
 from tierlink.identity import Identity
 from tierlink.offline.delivered import DeliveredLog
 from tierlink.offline.inbox import FetchResult, Inbox, InboxLimits
@@ -101,6 +103,8 @@ class OfflineTier:
         """Where recipients' records (their KEM keys) come from."""
         self.errors = 0
         """Background failures so far (DHT unreachable, callback raised); each is logged."""
+        self.restarts: Counter[str] = Counter()
+        """Restarts of the background loops after a failure, by loop name."""
         self._fetch_lock = asyncio.Lock()
         self._inflight: set[bytes] = set()  # ids whose put is under way (not retried twice)
         self.held: set[bytes] = set()
@@ -267,20 +271,16 @@ class OfflineTier:
                 await task
 
     async def _retrying(self, what: str, body: Callable[[], Awaitable[None]]) -> None:
-        """Run ``body`` forever; log any failure and retry with backoff (a background task
-        must not die silently)."""
-        retry = Backoff(RETRY_S, maximum=RETRY_MAX_S)
-        while True:
-            try:
-                await body()
-                retry.reset()
-            except TierlinkError as exc:
-                self.errors += 1
-                log.warning("offline %s: %s; retrying in %.0f s", what, exc, retry.peek())
-            except Exception:
-                self.errors += 1
-                log.exception("offline %s failed; retrying in %.0f s", what, retry.peek())
-            await retry.sleep()
+        """Run ``body`` until it returns; restart it with backoff after any failure (a
+        background task must not die, nor die silently)."""
+
+        def restarted(name: str) -> None:
+            self.errors += 1
+            self.restarts[name] += 1
+
+        await keep_restarting(
+            body, f"offline-{what}", Backoff(RETRY_S, maximum=RETRY_MAX_S), restarted
+        )
 
     async def _listen_queue(self) -> None:
         async def body() -> None:
@@ -299,7 +299,7 @@ class OfflineTier:
             finally:
                 await _aclose(it)
 
-        await self._retrying("queue listen", body)
+        await self._retrying("queue", body)
 
     async def _deliver_incoming(self, callback: Callback) -> None:
         async def body() -> None:
@@ -310,7 +310,7 @@ class OfflineTier:
                 if batch:
                     await self.fetch_and_deliver(callback, batch)
 
-        await self._retrying("delivery", body)
+        await self._retrying("deliver", body)
 
     async def _listen_acks(self) -> None:
         async def body() -> None:
@@ -321,7 +321,7 @@ class OfflineTier:
             finally:
                 await _aclose(it)
 
-        await self._retrying("ack listen", body)
+        await self._retrying("acks", body)
 
     async def _maintain(self, period: float) -> None:
         async def body() -> None:
