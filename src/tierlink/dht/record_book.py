@@ -57,9 +57,7 @@ class RecordBook:
 
     def accept(self, value: bytes, fingerprint: str | None = None) -> PeerRecord:
         """Verify one value; if ``fingerprint`` is given it must be the record's owner."""
-        rec = PeerRecord.decode(value)
-        if fingerprint is not None and rec.fingerprint != fingerprint:
-            raise RecordError("fingerprint", "record belongs to another fingerprint")
+        rec = PeerRecord.decode(value, owner=fingerprint)
         seen = self.highest_seq.get(rec.fingerprint)
         if seen is not None and rec.seq < seen:
             raise RecordError("stale", f"sequence {rec.seq} is older than accepted {seen}")
@@ -71,9 +69,7 @@ class RecordBook:
         best: PeerRecord | None = None
         for value in values:
             try:
-                rec = PeerRecord.decode(value)
-                if rec.fingerprint != fingerprint:
-                    raise RecordError("fingerprint", "record belongs to another fingerprint")
+                rec = PeerRecord.decode(value, owner=fingerprint)
             except RecordError as exc:
                 self.rejected[exc.reason] += 1
                 continue

@@ -11,6 +11,7 @@ put, which may outlive the exchange, belongs to the node's
 from __future__ import annotations
 
 import asyncio
+import heapq
 import logging
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -26,7 +27,7 @@ from tierlink.transport.connection import Connection
 from tierlink.transport.ice import run_checks, set_remote
 from tierlink.wire.dhtkeys import answer_key, offers_key
 from tierlink.wire.records import now_ms
-from tierlink.wire.signaling import Offer, decode_offer, encode_answer
+from tierlink.wire.signaling import MAX_OFFER_LIFETIME_S, Offer, decode_offer, encode_answer
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,46 @@ OnConnection = Callable[[Connection, str], Awaitable[None]]
 LISTEN_RETRY_S = 1.0
 #: The longest wait between attempts to listen for offers again (seconds).
 LISTEN_RETRY_MAX_S = 30.0
+
+
+#: Most offer sessions remembered for replay detection at once.
+MAX_SEEN_SESSIONS = 4096
+
+
+class SeenSessions:
+    """Session ids of accepted offers, each kept until it expires on the receiver's clock.
+
+    An entry lives until ``min(offer expiry, receive time + MAX_OFFER_LIFETIME_S)``, so a
+    sender's clock cannot keep it longer. At most ``capacity`` entries: when full, the entry
+    that expires soonest goes first. A heap ordered by expiry makes each offer cost
+    O(log capacity), never a scan of every entry.
+    """
+
+    def __init__(self, capacity: int = MAX_SEEN_SESSIONS) -> None:
+        if capacity < 1:
+            raise ValueError("capacity must be at least 1")
+        self.capacity = capacity
+        self._expiry: dict[bytes, int] = {}
+        self._heap: list[tuple[int, bytes]] = []
+
+    def __len__(self) -> int:
+        return len(self._expiry)
+
+    def _drop_first(self) -> None:
+        del self._expiry[heapq.heappop(self._heap)[1]]
+
+    def add(self, session_id: bytes, expires_at_ms: int, now: int) -> bool:
+        """Remember ``session_id``; False (nothing changed) if it is already remembered."""
+        while self._heap and self._heap[0][0] < now:
+            self._drop_first()
+        if session_id in self._expiry:
+            return False
+        exp = min(expires_at_ms, now + int(MAX_OFFER_LIFETIME_S * 1000))
+        while len(self._expiry) >= self.capacity:
+            self._drop_first()
+        self._expiry[session_id] = exp
+        heapq.heappush(self._heap, (exp, session_id))
+        return True
 
 
 class Answerer:
@@ -58,7 +99,8 @@ class Answerer:
         """Offers refused, by reason (``signature``, ``replay``, ``not-allowed``, ...)."""
         self.offers_answered = 0
         self._slots = asyncio.Semaphore(self.MAX_CONCURRENT_OFFERS)
-        self._seen_sessions: dict[bytes, int] = {}
+        self.seen_sessions = SeenSessions()
+        """Sessions of accepted offers (a replay of one is refused)."""
 
     async def run(self) -> None:
         """Listen for offers and answer each in its own supervised task, until the listen
@@ -82,17 +124,10 @@ class Answerer:
 
     def check_offer(self, value: bytes) -> Offer:
         """The offer in ``value`` if this node answers it; RecordError (with a reason) if not."""
-        offer = decode_offer(value, self.identity)
         now = now_ms()
-        for sid, exp in list(self._seen_sessions.items()):
-            if exp < now:
-                del self._seen_sessions[sid]
-        if offer.session_id in self._seen_sessions:
+        offer = decode_offer(value, self.identity, now=now, allow=self.config.allow)
+        if not self.seen_sessions.add(offer.session_id, offer.expires_at_ms, now):
             raise RecordError("replay", "offer session was seen before")
-        self._seen_sessions[offer.session_id] = offer.expires_at_ms
-        allow = self.config.allow
-        if allow is not None and offer.signer not in allow:
-            raise RecordError("not-allowed", f"dialer {offer.signer[:16]}… is not allowed")
         return offer
 
     async def _handle(self, value: bytes) -> None:

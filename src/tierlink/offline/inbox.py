@@ -16,7 +16,7 @@ Reason words: every :class:`~tierlink.errors.RecordError` reason of
 ================  ==========================================================================
 ``duplicate``     the same bytes twice in one fetch (counted once, processed once)
 ``deferred``      beyond ``max_values_per_fetch``; left in the DHT for a later fetch
-``blocked``       the ``allow`` hook refused the (verified) sender
+``blocked``       the ``allow`` hook refused the claimed sender (before its signature)
 ``replay``        already delivered; listed in ``replayed`` for a fresh ack
 ``sender_count``  the sender already has ``max_envelopes_per_sender`` accepted this fetch
 ``sender_bytes``  accepting it would pass ``max_bytes_per_sender`` for this fetch
@@ -131,7 +131,9 @@ class Inbox:
         verified: list[ReceivedEnvelope] = []
         for v in todo:
             try:
-                verified.append(open_envelope(v, self.me, t, max_payload=lim.max_payload))
+                verified.append(
+                    open_envelope(v, self.me, t, max_payload=lim.max_payload, allow=self.allow)
+                )
             except RecordError as exc:
                 res.rejected[exc.reason] += 1
         verified.sort(key=lambda e: (e.created_at_ms, e.message_id))
@@ -141,9 +143,7 @@ class Inbox:
         taken: set[tuple[str, bytes]] = set()
         for env in verified:
             sender, key = env.sender_fingerprint, (env.sender_fingerprint, env.message_id)
-            if self.allow is not None and not self.allow(sender):
-                res.rejected["blocked"] += 1
-            elif key in taken or self.log.seen(*key):
+            if key in taken or self.log.seen(*key):
                 res.rejected["replay"] += 1
                 res.replayed.append(env)
             elif count[sender] >= lim.max_envelopes_per_sender:

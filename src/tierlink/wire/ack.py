@@ -16,7 +16,7 @@ from tierlink.errors import RecordError
 from tierlink.identity import FINGERPRINT_HEX_LEN, Identity, is_fingerprint
 from tierlink.wire.decoding import Fields, check_bytes, malformed
 from tierlink.wire.envelope import MAX_TTL_S, MESSAGE_ID_SIZE
-from tierlink.wire.records import KIND_ACK, check_signer, check_times, open_value, seal
+from tierlink.wire.records import KIND_ACK, check_times, claimed_signer, open_value, seal
 from tierlink.wire.records import now_ms as _now_ms
 
 MAX_ACK_IDS = 2048
@@ -80,6 +80,9 @@ def open_ack(
 ) -> ReceivedAck:
     """Verify an ack addressed to ``expected_sender_fp``; raises only RecordError.
 
+    The addressee and expected signer are checked on the claimed (hash-bound) signer before
+    the signature, so acks meant for others cost no ML-DSA verification.
+
     With ``expected_recipient_fp`` the ack must also be signed by that peer. Without it the
     caller must itself match each id against the recipient it was sent to (an ack from a
     stranger must not mark our message to someone else as delivered).
@@ -100,10 +103,10 @@ def open_ack(
     t = _now_ms() if now_ms is None else now_ms
     check_times("ack", created, expires, t, int(MAX_TTL_S * 1000))
 
-    signer = check_signer(body, opened, K_RECIPIENT_FP, K_RECIPIENT_PK)
-
+    signer, public_key = claimed_signer(body, K_RECIPIENT_FP, K_RECIPIENT_PK)
     if expected_recipient_fp is not None and signer != expected_recipient_fp:
         raise RecordError("fingerprint", "ack is signed by another peer than expected")
     if sender.hex() != expected_sender_fp:
         raise RecordError("recipient", "ack acknowledges another sender's messages")
+    opened.verify(public_key)
     return ReceivedAck(signer, sender.hex(), created, expires, ids)

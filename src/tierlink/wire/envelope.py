@@ -4,13 +4,15 @@ An envelope is a signed value of kind :data:`~tierlink.wire.records.KIND_ENVELOP
 put under the recipient's offline-queue key. The payload is AES-256-GCM under a key from an
 ML-KEM-1024 encapsulation to the recipient, with every other body field as associated data,
 so a re-signed stolen ciphertext does not decrypt. :func:`open_envelope` checks structure,
-signer, addressee, lifetime and the receiver's payload cap before any decryption work.
+lifetime, the claimed signer's fingerprint binding, addressee, the receiver's payload cap and
+allow-list, then the signature, before any decryption work.
 Layout, key derivation and check order: docs/PROTOCOL.md, section "Offline envelope".
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,8 +37,8 @@ from tierlink.wire.records import (
     KIND_ENVELOPE,
     MAX_VALUE_SIZE,
     WIRE_VERSION,
-    check_signer,
     check_times,
+    claimed_signer,
     open_value,
     seal,
 )
@@ -140,11 +142,17 @@ def create_envelope(
 
 
 def open_envelope(
-    value: bytes, me: Identity, now_ms: int | None = None, *, max_payload: int = MAX_PAYLOAD
+    value: bytes,
+    me: Identity,
+    now_ms: int | None = None,
+    *,
+    max_payload: int = MAX_PAYLOAD,
+    allow: Callable[[str], bool] | None = None,
 ) -> ReceivedEnvelope:
     """Verify and decrypt an envelope addressed to ``me``; raises only RecordError.
 
-    ``max_payload`` lets a receiver accept less than the protocol maximum (``oversize``).
+    ``max_payload`` lets a receiver accept less than the protocol maximum (``oversize``);
+    ``allow`` refuses claimed senders (``blocked``) before their signature is verified.
     """
     opened = open_value(value, KIND_ENVELOPE)
     body = Fields(opened.body, "envelope", range(1, 10))
@@ -160,14 +168,16 @@ def open_envelope(
     t = _now_ms() if now_ms is None else now_ms
     check_times("envelope", created, expires, t, int(MAX_TTL_S * 1000))
 
-    sender_fp = check_signer(body, opened, K_SENDER_FP, K_SENDER_PK)
-
+    sender_fp, sender_pk = claimed_signer(body, K_SENDER_FP, K_SENDER_PK)
     if recipient.hex() != me.fingerprint:
         raise RecordError("recipient", f"envelope is addressed to {recipient.hex()[:16]}…")
     if len(ct) - TAG_SIZE > max_payload:
         raise RecordError(
             "oversize", f"payload of {len(ct) - TAG_SIZE} bytes exceeds {max_payload}"
         )
+    if allow is not None and not allow(sender_fp):
+        raise RecordError("blocked", f"sender {sender_fp[:16]}… is not allowed")
+    opened.verify(sender_pk)
 
     aad = _aad({k: v for k, v in body.map.items() if k != K_CIPHERTEXT})
     try:

@@ -1,10 +1,11 @@
 """Signed DHT values (VERSION || KIND || BODY || SIGNATURE), candidates and the peer record.
 
 Every signed value has one layout and one opener (:func:`open_value`, then
-:func:`check_signer`), so every kind gets the same size, version, kind, CBOR and signature
-checks; the kind byte separates domains (a peer record can never be replayed as an offer).
-Bodies are read with :class:`~tierlink.wire.decoding.Fields`. Byte layouts: docs/PROTOCOL.md,
-sections "Signed values", "Candidates" and "Peer record".
+:func:`claimed_signer` and, after the kind's cheap addressee checks, :meth:`Opened.verify`), so
+every kind gets the same size, version, kind, CBOR and signature checks; the kind byte
+separates domains (a peer record can never be replayed as an offer). Bodies are read with
+:class:`~tierlink.wire.decoding.Fields`. Byte layouts: docs/PROTOCOL.md, sections "Signed
+values", "Candidates" and "Peer record".
 """
 
 from __future__ import annotations
@@ -117,18 +118,18 @@ def open_value(value: bytes, kind: int) -> Opened:
     return Opened(body, signed, signature)
 
 
-def check_signer(fields: Fields, opened: Opened, fp_key: int = 1, pk_key: int = 2) -> str:
-    """Check the body's public key hashes to its fingerprint and signed the value.
+def claimed_signer(fields: Fields, fp_key: int = 1, pk_key: int = 2) -> tuple[str, bytes]:
+    """The body's ``(fingerprint, public key)`` once SHA3-512 binds the key to the fingerprint.
 
-    Returns the signer's fingerprint (hex).
+    A hash, not a verification: callers run their cheap addressee and allow-list checks on
+    this claim before :meth:`Opened.verify` spends an ML-DSA verification on it.
     """
     fp = fields.bstr(fp_key, "fingerprint", size=FINGERPRINT_HEX_LEN // 2)
     pk = fields.bstr(pk_key, "public_key", size=PUBLIC_KEY_SIZE)
     fingerprint: str = fp.hex()
     if fingerprint_of(pk) != fingerprint:
         raise RecordError("fingerprint", "SHA3-512 of the public key is not the fingerprint")
-    opened.verify(pk)
-    return fingerprint
+    return fingerprint, pk
 
 
 # -- candidates ------------------------------------------------------------------------------
@@ -242,15 +243,21 @@ class PeerRecord:
         return seal(identity, KIND_PEER_RECORD, body)
 
     @classmethod
-    def decode(cls, value: bytes, *, now: int | None = None) -> PeerRecord:
-        """Parse and verify a record (size, structure, times, then signature and binding)."""
+    def decode(
+        cls, value: bytes, *, now: int | None = None, owner: str | None = None
+    ) -> PeerRecord:
+        """Parse and verify a record: size, structure, times, fingerprint binding, ``owner``
+        (the fingerprint looked up, if given), then the signature."""
         opened = open_value(value, KIND_PEER_RECORD)
         body = Fields(opened.body, "peer record", range(1, 10))
         issued = body.uint(4, "issued_at_ms")
         expires = body.uint(5, "expires_at_ms")
         t = now_ms() if now is None else now
         check_times("record", issued, expires, t, int(MAX_RECORD_LIFETIME_S * 1000))
-        fingerprint = check_signer(body, opened)
+        fingerprint, public_key = claimed_signer(body)
+        if owner is not None and fingerprint != owner:
+            raise RecordError("fingerprint", "record belongs to another fingerprint")
+        opened.verify(public_key)
         seq = body.uint(3, "seq")
         cands = tuple(decode_candidate(c) for c in body.array(6, "candidates"))
         kem = body.opt_bstr(7, "kem_public_key", max_size=KEM_PUBLIC_KEY_SIZE) or b""

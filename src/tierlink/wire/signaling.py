@@ -16,6 +16,7 @@ import hashlib
 import ipaddress
 import os
 import re
+from collections.abc import Container
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,8 +41,8 @@ from tierlink.wire.records import (
     WIRE_VERSION,
     CandidateInfo,
     check_head,
-    check_signer,
     check_times,
+    claimed_signer,
     decode_candidate,
     encode_candidate,
     now_ms,
@@ -238,18 +239,25 @@ def encode_offer(
     return value, _secret(shared, value, session_id, signer.fingerprint, recipient)
 
 
-def decode_offer(value: bytes, me: Identity, *, now: int | None = None) -> Offer:
-    """Verify (structure, times, signature, fingerprint binding, recipient) then decrypt."""
+def decode_offer(
+    value: bytes, me: Identity, *, now: int | None = None, allow: Container[str] | None = None
+) -> Offer:
+    """Check and open an offer to ``me``, cheapest checks first: structure and times,
+    fingerprint binding, recipient, ``allow`` on the claimed dialer (``not-allowed``), then
+    the signature, then decryption."""
     opened = open_value(value, KIND_OFFER)
     body = Fields(opened.body, "offer", range(1, 10))
     created = body.uint(5, "created_at_ms")
     expires = body.uint(6, "expires_at_ms")
     t = now_ms() if now is None else now
     check_times("offer", created, expires, t, int(MAX_OFFER_LIFETIME_S * 1000))
-    signer = check_signer(body, opened)
+    signer, public_key = claimed_signer(body)
     recipient = body.bstr(3, "recipient", size=FINGERPRINT_HEX_LEN // 2).hex()
     if recipient != me.fingerprint:
         raise RecordError("recipient", "value is addressed to another fingerprint")
+    if allow is not None and signer not in allow:
+        raise RecordError("not-allowed", f"dialer {signer[:16]}… is not allowed")
+    opened.verify(public_key)
     session_id = body.bstr(4, "session_id", size=SESSION_ID_SIZE)
     kem_ct = body.bstr(7, "kem_ciphertext", size=KEM_CIPHERTEXT_SIZE)
     nonce = body.bstr(8, "nonce", size=NONCE_SIZE)

@@ -1,0 +1,174 @@
+"""Cheap checks before costly ones, and bounded receiver state, written as attacks.
+
+A value's claimed signer and addressee are readable before its ML-DSA signature is verified:
+a value for someone else, or from a sender the receiver does not allow, must cost no
+verification. The answerer's replay cache stays bounded whatever the DHT delivers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import tierlink.wire.records as records_mod
+from tierlink.dht.record_book import RecordBook
+from tierlink.errors import RecordError
+from tierlink.identity import Identity, verify_signature
+from tierlink.node.answer import Answerer, SeenSessions
+from tierlink.node.config import NodeConfig
+from tierlink.offline.delivered import DeliveredLog
+from tierlink.offline.inbox import Inbox
+from tierlink.wire.ack import create_ack, open_ack
+from tierlink.wire.envelope import create_envelope, open_envelope
+from tierlink.wire.records import CandidateInfo, PeerRecord, now_ms
+from tierlink.wire.signaling import (
+    MAX_OFFER_LIFETIME_S,
+    SessionDescription,
+    decode_offer,
+    encode_offer,
+    new_session_id,
+)
+
+ME = Identity.generate()
+FRIEND = Identity.generate()
+STRANGER = Identity.generate()
+OTHER = Identity.generate()
+PARAMS = SessionDescription(
+    "uFrg", "p" * 22, (CandidateInfo("1", 1, "udp", 2130706431, "127.0.0.1", 40000, "host"),)
+)
+
+
+class VerifyCounter:
+    """Counts ML-DSA verifications (every signed value's check goes through one name)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.calls = 0
+
+        def counted(public_key: bytes, signature: bytes, data: bytes) -> bool:
+            self.calls += 1
+            return verify_signature(public_key, signature, data)
+
+        monkeypatch.setattr(records_mod, "verify_signature", counted)
+
+
+@pytest.fixture
+def verifies(monkeypatch: pytest.MonkeyPatch) -> VerifyCounter:
+    return VerifyCounter(monkeypatch)
+
+
+@pytest.fixture
+def log(tmp_path: Path) -> Iterator[DeliveredLog]:
+    d = DeliveredLog(tmp_path / "offline.sqlite", synchronous="NORMAL")
+    yield d
+    d.close()
+
+
+def envelope(sender: Identity, to: Identity = ME) -> bytes:
+    return create_envelope(sender, to.fingerprint, to.kem_public_key, b"hi", 3600.0)[0]
+
+
+def offer(dialer: Identity, to: Identity = ME) -> bytes:
+    return encode_offer(dialer, to.fingerprint, to.kem_public_key, new_session_id(), PARAMS)[0]
+
+
+def answerer(allow: set[str] | None = None) -> Answerer:
+    """An answerer whose offer checks run without a DHT, endpoint or tasks."""
+    none: Any = None
+    return Answerer(none, ME, NodeConfig(ME, allow=allow), none, none, none)
+
+
+# -- offline envelopes -----------------------------------------------------------------------
+def test_stranger_envelope_to_allow_listed_inbox_costs_no_verification(
+    log: DeliveredLog, verifies: VerifyCounter
+) -> None:
+    inbox = Inbox(ME, log, allow=lambda fp: fp == FRIEND.fingerprint)
+    res = inbox.process([envelope(STRANGER)])
+    assert res.rejected == {"blocked": 1} and verifies.calls == 0
+    res = inbox.process([envelope(FRIEND)])
+    assert [e.sender_fingerprint for e in res.accepted] == [FRIEND.fingerprint]
+    assert verifies.calls == 1
+
+
+def test_envelope_for_someone_else_costs_no_verification(verifies: VerifyCounter) -> None:
+    with pytest.raises(RecordError) as exc:
+        open_envelope(envelope(FRIEND, to=OTHER), ME)
+    assert exc.value.reason == "recipient" and verifies.calls == 0
+
+
+# -- offers ----------------------------------------------------------------------------------
+def test_stranger_offer_to_allow_listed_node_costs_no_verification(
+    verifies: VerifyCounter,
+) -> None:
+    a = answerer(allow={FRIEND.fingerprint})
+    with pytest.raises(RecordError) as exc:
+        a.check_offer(offer(STRANGER))
+    assert exc.value.reason == "not-allowed" and verifies.calls == 0
+    assert a.check_offer(offer(FRIEND)).signer == FRIEND.fingerprint
+    assert verifies.calls == 1
+
+
+def test_offer_for_someone_else_costs_no_verification(verifies: VerifyCounter) -> None:
+    with pytest.raises(RecordError) as exc:
+        decode_offer(offer(FRIEND, to=OTHER), ME)
+    assert exc.value.reason == "recipient" and verifies.calls == 0
+
+
+# -- acks ------------------------------------------------------------------------------------
+def test_ack_for_another_sender_costs_no_verification(verifies: VerifyCounter) -> None:
+    ack = create_ack(FRIEND, OTHER.fingerprint, [bytes(16)])
+    with pytest.raises(RecordError) as exc:
+        open_ack(ack, ME.fingerprint)
+    assert exc.value.reason == "recipient" and verifies.calls == 0
+    with pytest.raises(RecordError) as exc:
+        open_ack(create_ack(STRANGER, ME.fingerprint, [bytes(16)]), ME.fingerprint,
+                 expected_recipient_fp=FRIEND.fingerprint)
+    assert exc.value.reason == "fingerprint" and verifies.calls == 0
+    open_ack(create_ack(FRIEND, ME.fingerprint, [bytes(16)]), ME.fingerprint)
+    assert verifies.calls == 1
+
+
+# -- peer records ----------------------------------------------------------------------------
+def test_record_of_another_fingerprint_costs_no_verification(verifies: VerifyCounter) -> None:
+    """An attacker's own validly signed record under the victim's key costs no verify."""
+    book = RecordBook()
+    foreign = PeerRecord.create(STRANGER, 1).encode(STRANGER)
+    genuine = PeerRecord.create(FRIEND, 1).encode(FRIEND)
+    best = book.newest([foreign, genuine], FRIEND.fingerprint)
+    assert best is not None and best.fingerprint == FRIEND.fingerprint
+    assert book.rejected == {"fingerprint": 1} and verifies.calls == 1
+    with pytest.raises(RecordError) as exc:
+        book.accept(foreign, FRIEND.fingerprint)
+    assert exc.value.reason == "fingerprint" and verifies.calls == 1
+
+
+# -- the answerer's replay cache -------------------------------------------------------------
+def test_seen_sessions_stay_bounded_under_a_flood() -> None:
+    seen, now = SeenSessions(capacity=64), now_ms()
+    for i in range(10_000):
+        assert seen.add(i.to_bytes(16, "big"), now + 60_000, now)
+        assert len(seen) <= 64
+    assert not seen.add((9_999).to_bytes(16, "big"), now + 60_000, now)
+
+
+def test_seen_session_expires_on_the_receivers_clock() -> None:
+    """A sender's far expiry cannot keep an entry past the longest offer lifetime."""
+    seen, now = SeenSessions(), now_ms()
+    assert seen.add(b"s" * 16, now + 10**12, now)
+    later = now + int(MAX_OFFER_LIFETIME_S * 1000) + 1
+    assert seen.add(b"t" * 16, later + 60_000, later)
+    assert len(seen) == 1
+
+
+def test_replayed_offer_is_refused_after_a_flood() -> None:
+    a = answerer()
+    a.seen_sessions = SeenSessions(capacity=4)
+    values = [offer(FRIEND) for _ in range(10)]
+    for v in values:
+        a.check_offer(v)
+    assert len(a.seen_sessions) == 4
+    with pytest.raises(RecordError) as exc:
+        a.check_offer(values[-1])
+    assert exc.value.reason == "replay"
