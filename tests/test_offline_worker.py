@@ -9,14 +9,15 @@ from typing import Any
 
 import pytest
 
+import tierlink.wire.records as records_mod
 from tests.waiting import eventually
 from tierlink.dht import DhtClient, DhtNodeProcess
 from tierlink.errors import PeerNotFound
-from tierlink.identity import Identity
+from tierlink.identity import Identity, verify_signature
 from tierlink.offline.delivered import DeliveredLog
 from tierlink.offline.inbox import InboxLimits
 from tierlink.offline.outbox import DELIVERED, PENDING, QUEUED_DHT, Outbox
-from tierlink.offline.worker import OfflineTier
+from tierlink.offline.worker import MAX_ACKS_PER_FETCH, OfflineTier
 from tierlink.wire.ack import create_ack
 from tierlink.wire.dhtkeys import ice_candidates_key, offline_acks_key, offline_queue_key
 from tierlink.wire.envelope import ReceivedEnvelope
@@ -267,4 +268,32 @@ async def test_ack_from_a_stranger_does_not_mark_delivered(peers: tuple[Peer, Pe
         return await alice.tier.check_acks() == 1
 
     await eventually(acked, 10, interval=DHT_POLL_S)
+    assert alice.outbox.get(mid).state == DELIVERED  # type: ignore[union-attr]
+
+
+async def test_ack_fetch_opens_at_most_the_cap(
+    peers: tuple[Peer, Peer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A flood of validly signed acks costs at most MAX_ACKS_PER_FETCH verifications; the
+    rest are counted skipped, and the genuine ack among them is read by a later fetch."""
+    alice, bob = peers
+    mid = await alice.tier.send(bob.ident.fingerprint, b"for bob",
+                                recipient_kem_pk=bob.ident.kem_public_key)
+    carol = Identity.generate()
+    flood = [create_ack(carol, alice.ident.fingerprint, [bytes([i % 256, i // 256]) * 8])
+             for i in range(MAX_ACKS_PER_FETCH + 20)]
+    genuine = create_ack(bob.ident, alice.ident.fingerprint, [mid])
+    verifies = 0
+
+    def counted(public_key: bytes, signature: bytes, data: bytes) -> bool:
+        nonlocal verifies
+        verifies += 1
+        return verify_signature(public_key, signature, data)
+
+    monkeypatch.setattr(records_mod, "verify_signature", counted)
+    assert await alice.tier.check_acks([*flood, genuine]) == 0
+    assert verifies == MAX_ACKS_PER_FETCH
+    assert alice.tier.acks_skipped == 21
+    assert alice.outbox.get(mid).state == QUEUED_DHT  # type: ignore[union-attr]
+    assert await alice.tier.check_acks([genuine]) == 1
     assert alice.outbox.get(mid).state == DELIVERED  # type: ignore[union-attr]

@@ -60,6 +60,10 @@ TIER = "offline"
 
 Callback = Callable[[ReceivedEnvelope], Awaitable[None] | None]
 
+#: Most ack values one :meth:`OfflineTier.check_acks` opens (each costs up to one ML-DSA
+#: verification); the rest wait for a later fetch, counted in ``acks_skipped``.
+MAX_ACKS_PER_FETCH = 256
+
 #: The first wait before a failed background loop runs again (seconds).
 RETRY_S = 1.0
 #: The longest wait between attempts of a failing background loop (seconds).
@@ -105,6 +109,8 @@ class OfflineTier:
         """Background failures so far (DHT unreachable, callback raised); each is logged."""
         self.restarts: Counter[str] = Counter()
         """Restarts of the background loops after a failure, by loop name."""
+        self.acks_skipped = 0
+        """Ack values left unread because a fetch held more than MAX_ACKS_PER_FETCH."""
         self._fetch_lock = asyncio.Lock()
         self._inflight: set[bytes] = set()  # ids whose put is under way (not retried twice)
         self.held: set[bytes] = set()
@@ -195,12 +201,14 @@ class OfflineTier:
     async def check_acks(self, values: list[bytes] | None = None) -> int:
         """Read acks for us (or handle ``values``); returns messages newly marked delivered.
 
-        An id counts only if the ack's signer is the message's recipient.
+        An id counts only if the ack's signer is the message's recipient. At most
+        :data:`MAX_ACKS_PER_FETCH` values are opened, in the order given.
         """
         if values is None:
             values = await self.dht.get(offline_acks_key(self.me.fingerprint))
+        self.acks_skipped += max(0, len(values) - MAX_ACKS_PER_FETCH)
         marked = 0
-        for value in values:
+        for value in values[:MAX_ACKS_PER_FETCH]:
             try:
                 ack = open_ack(value, self.me.fingerprint)
             except RecordError as exc:
