@@ -1,10 +1,10 @@
 """The callee's side: take offers from the DHT, check them, answer the chosen dialers.
 
-Offers arrive through a listen on this node's offers key. Each is decrypted and checked
-(signature, addressee, expiry, replay, allow list) and, if accepted, answered: ICE gathers
-while the QUIC reply to the flight inside the offer is built, the sealed answer is put, and
-checks start at once (the dialer's agent answers them before it has our answer). The answer
-put, which may outlive the exchange, belongs to the node's
+Offers arrive through a listen on this node's offers key. Each is checked, cheapest first
+(expiry, addressee, allow list, signature, decryption, replay) and, if accepted, answered:
+ICE gathers while the QUIC reply to the flight inside the offer is built, the sealed answer
+is put, and checks start at once (the dialer's agent answers them before it has our
+answer). The answer put, which may outlive the exchange, belongs to the node's
 :class:`~tierlink.node.tasks.Supervisor`.
 """
 
