@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 
-import tierlink.wire.records as records_mod
+from tests.verify_counter import VerifyCounter
 from tierlink.dht.record_book import RecordBook
 from tierlink.errors import RecordError
-from tierlink.identity import Identity, verify_signature
+from tierlink.identity import Identity
 from tierlink.node.answer import Answerer, SeenSessions
 from tierlink.node.config import NodeConfig
 from tierlink.offline.delivered import DeliveredLog
@@ -39,24 +39,6 @@ OTHER = Identity.generate()
 PARAMS = SessionDescription(
     "uFrg", "p" * 22, (CandidateInfo("1", 1, "udp", 2130706431, "127.0.0.1", 40000, "host"),)
 )
-
-
-class VerifyCounter:
-    """Counts ML-DSA verifications (every signed value's check goes through one name)."""
-
-    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.calls = 0
-
-        def counted(public_key: bytes, signature: bytes, data: bytes) -> bool:
-            self.calls += 1
-            return verify_signature(public_key, signature, data)
-
-        monkeypatch.setattr(records_mod, "verify_signature", counted)
-
-
-@pytest.fixture
-def verifies(monkeypatch: pytest.MonkeyPatch) -> VerifyCounter:
-    return VerifyCounter(monkeypatch)
 
 
 @pytest.fixture

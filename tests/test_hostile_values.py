@@ -15,13 +15,13 @@ from typing import Any
 import cbor2
 import pytest
 
-import tierlink.wire.records as records_mod
 from tests.nodes import config_for
+from tests.verify_counter import VerifyCounter
 from tests.waiting import eventually
 from tierlink.dht import DhtNodeProcess
 from tierlink.dht.record_book import PeerLookup, RecordBook
 from tierlink.errors import RecordError
-from tierlink.identity import SIGNATURE_SIZE, Identity, verify_signature
+from tierlink.identity import SIGNATURE_SIZE, Identity
 from tierlink.node import Node
 from tierlink.offline.delivered import DeliveredLog
 from tierlink.offline.outbox import DELIVERED, Outbox
@@ -77,25 +77,6 @@ class MemoryDht:
 
     async def put(self, key: str, value: bytes) -> None:
         self.values.setdefault(key, []).append(value)
-
-
-class VerifyCounter:
-    """Counts ML-DSA verifications (every signed value's check goes through one name)."""
-
-    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.calls = 0
-        real = verify_signature
-
-        def counted(public_key: bytes, signature: bytes, data: bytes) -> bool:
-            self.calls += 1
-            return real(public_key, signature, data)
-
-        monkeypatch.setattr(records_mod, "verify_signature", counted)
-
-
-@pytest.fixture
-def verifies(monkeypatch: pytest.MonkeyPatch) -> VerifyCounter:
-    return VerifyCounter(monkeypatch)
 
 
 def genuine_record() -> bytes:
