@@ -18,6 +18,7 @@ from tierlink.dht.record_book import RecordBook
 from tierlink.errors import RecordError
 from tierlink.identity import Identity
 from tierlink.node.answer import Answerer, SeenSessions
+from tierlink.node.answered import AnsweredSessions
 from tierlink.node.config import NodeConfig
 from tierlink.offline.delivered import DeliveredLog
 from tierlink.offline.inbox import Inbox
@@ -56,10 +57,10 @@ def offer(dialer: Identity, to: Identity = ME) -> bytes:
     return encode_offer(dialer, to.fingerprint, to.kem_public_key, new_session_id(), PARAMS)[0]
 
 
-def answerer(allow: set[str] | None = None) -> Answerer:
+def answerer(allow: set[str] | None = None, data_dir: Path | None = None) -> Answerer:
     """An answerer whose offer checks run without a DHT, endpoint or tasks."""
     none: Any = None
-    return Answerer(none, ME, NodeConfig(ME, allow=allow), none, none, none)
+    return Answerer(none, ME, NodeConfig(ME, allow=allow, data_dir=data_dir), none, none, none)
 
 
 # -- offline envelopes -----------------------------------------------------------------------
@@ -93,9 +94,11 @@ def test_stranger_offer_to_allow_listed_node_costs_no_verification(
 
 
 def test_offer_for_someone_else_costs_no_verification(verifies: VerifyCounter) -> None:
+    """Sealed to another peer (its KEM key, its fingerprint as associated data): the AEAD
+    refuses it before anything inside is read."""
     with pytest.raises(RecordError) as exc:
         decode_offer(offer(FRIEND, to=OTHER), ME)
-    assert exc.value.reason == "recipient" and verifies.calls == 0
+    assert exc.value.reason == "decrypt" and verifies.calls == 0
 
 
 # -- acks ------------------------------------------------------------------------------------
@@ -154,3 +157,49 @@ def test_replayed_offer_is_refused_after_a_flood() -> None:
     with pytest.raises(RecordError) as exc:
         a.check_offer(values[-1])
     assert exc.value.reason == "replay"
+
+
+# -- replays across a restart ---------------------------------------------------------------
+def test_offer_replayed_after_a_restart_is_refused(tmp_path: Path) -> None:
+    """A captured offer put again after the callee restarted (a fresh Answerer, same identity
+    and state directory) is a replay; an offer it never answered, made while it was down, is
+    still accepted."""
+    captured, made_while_down = offer(FRIEND), offer(FRIEND)
+    before = answerer(data_dir=tmp_path)
+    with before.remembering():
+        before.check_offer(captured)
+    after = answerer(data_dir=tmp_path)
+    with after.remembering():
+        with pytest.raises(RecordError) as exc:
+            after.check_offer(captured)
+        assert exc.value.reason == "replay"
+        assert after.check_offer(made_while_down).signer == FRIEND.fingerprint
+    again = answerer(data_dir=tmp_path)
+    with again.remembering():
+        for value in (captured, made_while_down):
+            with pytest.raises(RecordError) as exc:
+                again.check_offer(value)
+            assert exc.value.reason == "replay"
+
+
+def test_remembered_sessions_stay_bounded_and_expire_across_restarts(tmp_path: Path) -> None:
+    log = AnsweredSessions(tmp_path / "state.db")
+    try:
+        seen, now = SeenSessions(capacity=2), now_ms()
+        seen.attach(log, now)
+        for i in range(5):
+            assert seen.add(bytes([i]) * 16, now + 60_000 + i, now)
+        assert len(log.load(now, 100)) == 2  # evicted from memory, forgotten on disk
+        assert seen.add(b"x" * 16, now + 1_000, now)  # evicts [3]*16, expires first
+    finally:
+        log.close()
+    log = AnsweredSessions(tmp_path / "state.db")
+    try:
+        restarted = SeenSessions(capacity=4)
+        restarted.attach(log, now + 2_000)  # b"x" has expired meanwhile
+        assert len(restarted) == 1 and len(log.load(now + 2_000, 100)) == 1
+        assert not restarted.add(bytes([4]) * 16, now + 60_000, now + 2_000)
+        assert restarted.add(bytes([3]) * 16, now + 60_000, now + 2_000)
+        assert restarted.add(b"x" * 16, now + 60_000, now + 2_000)
+    finally:
+        log.close()

@@ -6,9 +6,11 @@ import asyncio
 import contextlib
 import os
 import socket
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -27,7 +29,8 @@ from tierlink.errors import (
 )
 from tierlink.identity import SIGNATURE_SIZE, Identity
 from tierlink.node import Node
-from tierlink.wire.dhtkeys import answer_key, ice_candidates_key, offers_key
+from tierlink.wire.dhtkeys import ice_candidates_key, offers_key
+from tierlink.wire.records import now_ms
 from tierlink.wire.signaling import (
     OfferSecret,
     SessionDescription,
@@ -50,6 +53,22 @@ async def dial(a: Node, b: Node):
     cb = await b.accept(timeout=10)
     assert cb is not None
     return ca, cb
+
+
+def record_offer_secrets(monkeypatch: pytest.MonkeyPatch) -> list[OfferSecret]:
+    """The secret of every offer dialed from now on (what only the two peers know)."""
+    import tierlink.node.dial as dial_mod
+
+    secrets: list[OfferSecret] = []
+    real = dial_mod.encode_offer
+
+    def recording(*args: Any, **kw: Any) -> tuple[bytes, OfferSecret]:
+        value, secret = real(*args, **kw)
+        secrets.append(secret)
+        return value, secret
+
+    monkeypatch.setattr(dial_mod, "encode_offer", recording)
+    return secrets
 
 
 async def turns(n: int = 5) -> None:
@@ -207,15 +226,16 @@ async def test_tampered_expired_and_replayed_offers_are_ignored(dht_cluster) -> 
         good, _ = encode_offer(a.identity, b.fingerprint, rec.kem_public_key,
                                new_session_id(), params)
         tampered = bytearray(good)
-        tampered[-SIGNATURE_SIZE - 5] ^= 0xFF  # inside the ciphertext, covered by the signature
+        tampered[-SIGNATURE_SIZE - 5] ^= 0xFF  # inside the AES-GCM ciphertext
         expired, _ = encode_offer(a.identity, b.fingerprint, rec.kem_public_key,
-                                  new_session_id(), params, lifetime_s=-1)
+                                  new_session_id(), params, lifetime_s=1.0,
+                                  created_at_ms=now_ms() - 10_000)
         other = Identity.generate()
         misaddressed, _ = encode_offer(a.identity, other.fingerprint, other.kem_public_key,
                                        new_session_id(), params)
         for value in (bytes(tampered), expired, misaddressed, good, good, b"junk"):
             await dht.put(offers_key(b.fingerprint), value)
-        expect = {"signature": 1, "expired": 1, "recipient": 1, "malformed": 1}
+        expect = {"decrypt": 2, "expired": 1, "malformed": 1}
 
         def seen() -> dict[str, int]:
             return {k: v for k, v in b.offer_rejections.items() if k != "replay"}
@@ -232,22 +252,88 @@ async def test_tampered_expired_and_replayed_offers_are_ignored(dht_cluster) -> 
         assert b.offers_answered == 1
 
 
-async def test_answers_not_sealed_by_the_callee_are_ignored(dht_cluster) -> None:
+async def test_offer_replayed_after_the_callee_restarts_is_not_answered(dht_cluster) -> None:
+    """An offer B answered, put again after B restarted (same identity and state directory,
+    within the offer's lifetime), is refused as a replay: no second answer, no ICE checks
+    towards the dialer's addresses. A dial made after the restart is answered."""
+    callee, state = Identity.generate(), Path(tempfile.mkdtemp(prefix="tierlink-test-"))
+
+    def b_config() -> Any:
+        return config_for(dht_cluster[1], identity=callee, data_dir=state)
+
+    async with Node(config_for(dht_cluster[0])) as a:
+        assert a.dht is not None
+        async with Node(b_config()) as b:
+            rec = await a.lookup(b.fingerprint)
+            captured, _ = encode_offer(a.identity, b.fingerprint, rec.kem_public_key,
+                                       new_session_id(), SessionDescription("uFrg", "p" * 22, ()),
+                                       lifetime_s=600.0)
+            await a.dht.put(offers_key(b.fingerprint), captured)
+            await eventually(lambda: b.offers_answered == 1, what="the offer answered once")
+        async with Node(b_config()) as b:
+            await a.dht.put(offers_key(b.fingerprint), captured)  # the attacker's replay
+            await eventually(lambda: b.offer_rejections["replay"] >= 1, what="a replay refused")
+            assert b.offers_answered == 0
+            conn = await a.connect(b.fingerprint)
+            incoming = await b.accept(timeout=10)
+            assert incoming is not None and b.offers_answered == 1
+            await conn.close()
+            await incoming.close()
+
+
+async def test_dial_made_while_the_callee_is_down_is_answered_when_it_starts(
+    dht_cluster,
+) -> None:
+    """The offers a node finds stored when it starts, and never answered, are answered."""
+    callee, state = Identity.generate(), Path(tempfile.mkdtemp(prefix="tierlink-test-"))
+
+    def b_config() -> Any:
+        return config_for(dht_cluster[1], identity=callee, data_dir=state)
+
+    async with Node(config_for(dht_cluster[0])) as a:
+        assert a.dht is not None
+        async with Node(b_config()) as b:
+            await a.lookup(b.fingerprint)
+        dialing = asyncio.create_task(a.connect(callee.fingerprint, timeout=20.0))
+        try:
+            await eventually(lambda: a.dht.get(offers_key(callee.fingerprint)),
+                             what="the offer stored while the callee is down")
+            async with Node(b_config()) as b:
+                conn = await dialing
+                incoming = await b.accept(timeout=10)
+                assert incoming is not None
+                await conn.send(b"ping")
+                assert await incoming.recv(5) == b"ping"
+                await conn.close()
+                await incoming.close()
+        finally:
+            dialing.cancel()
+
+
+async def test_answers_not_sealed_by_the_callee_are_ignored(dht_cluster, monkeypatch) -> None:
     """Values under the dial's answer key that do not open with the offer's secret are
-    skipped (had one been taken, its bogus ICE parameters would fail the dial)."""
+    skipped (had one been taken, its bogus ICE parameters would fail the dial). They are put
+    before the offer, by someone who learned the answer key (only the two peers can derive
+    it), so the dialer's listen hands them over first."""
     session = new_session_id()
     a = Node(config_for(dht_cluster[0]), session_ids=lambda: session)
     b = Node(config_for(dht_cluster[1]))
+    secrets = record_offer_secrets(monkeypatch)
     async with b, a:
         assert a.dht is not None
         bogus = SessionDescription("bogus", "b" * 22, ())
-        forged = [
-            b"junk",
-            encode_answer(OfferSecret(os.urandom(32), session, a.fingerprint, b.fingerprint),
-                          bogus),
-        ]
-        for value in forged:
-            await a.dht.put(answer_key(a.fingerprint, session), value)
+        real_put = a.dht.put
+
+        async def forged_first(key: str, value: bytes, **kw: Any) -> None:
+            if key == offers_key(b.fingerprint):
+                stolen = secrets[-1]
+                for forged in (b"junk", encode_answer(
+                        OfferSecret(os.urandom(32), session, a.fingerprint, b.fingerprint),
+                        bogus)):
+                    await real_put(stolen.answer_key(), forged)
+            await real_put(key, value, **kw)
+
+        a.dht.put = forged_first  # type: ignore[method-assign]
         ca, cb = await dial(a, b)
         assert ca.session_id == cb.session_id == session
         await ca.send(b"ping")
@@ -300,8 +386,9 @@ async def test_wrong_ice_password_fails_checks(dht_cluster, monkeypatch) -> None
         await released(base, "fds")
 
 
-async def test_private_mode_leaks_no_address_to_dht_observers(dht_cluster) -> None:
+async def test_private_mode_leaks_no_address_to_dht_observers(dht_cluster, monkeypatch) -> None:
     a, b = await pair(dht_cluster)
+    secrets = record_offer_secrets(monkeypatch)
     async with a, b:
         ca, _ = await dial(a, b)
         assert ca.selected_pair["remote"]["address"] == "127.0.0.1"
@@ -310,7 +397,7 @@ async def test_private_mode_leaks_no_address_to_dht_observers(dht_cluster) -> No
 
         async with DhtClient(observer.proxy_url) as spy:
             keys = [ice_candidates_key(a.fingerprint), ice_candidates_key(b.fingerprint),
-                    offers_key(b.fingerprint), answer_key(a.fingerprint, ca.session_id)]
+                    offers_key(b.fingerprint), secrets[-1].answer_key()]
             values = []
             for key in keys:
                 values += await eventually(lambda key=key: spy.get(key), 10, f"a value at {key}",

@@ -1,4 +1,5 @@
-"""Offers (signed, KEM-encrypted) and answers (sealed under the offer's KEM-derived secret)."""
+"""Offers (sealed-sender: dialer, session and description inside) and answers (sealed under the
+offer's KEM-derived secret, under a key derived from it)."""
 
 from __future__ import annotations
 
@@ -15,8 +16,11 @@ from hypothesis import strategies as st
 from tests.wire_samples import CANDIDATES
 from tierlink.errors import RecordError
 from tierlink.identity import SIGNATURE_SIZE, Identity
-from tierlink.wire.records import KIND_ANSWER, MAX_VALUE_SIZE, WIRE_VERSION
+from tierlink.wire.dhtkeys import answer_key
+from tierlink.wire.records import KIND_ANSWER, MAX_VALUE_SIZE, WIRE_VERSION, now_ms
+from tierlink.wire.sealed import seal_to
 from tierlink.wire.signaling import (
+    OFFER,
     OfferSecret,
     SessionDescription,
     decode_answer,
@@ -71,6 +75,24 @@ def test_both_sides_derive_the_same_answer_secret() -> None:
     assert offer.session_id == secret.session_id
     assert offer.params == DIALER_PARAMS
     assert secret.key.hex() not in repr(secret)
+    assert offer.secret.answer_key() == secret.answer_key()
+
+
+def test_offer_names_no_one_and_its_answer_key_is_unlinkable() -> None:
+    """A DHT observer who knows both fingerprints finds neither, nor the session id, in the
+    offer, and cannot compute the answer's key from anything it sees."""
+    session = new_session_id()
+    value, secret = offer_to(session=session)
+    for hidden in (bytes.fromhex(DIALER.fingerprint), DIALER.public_key[:64],
+                   bytes.fromhex(CALLEE.fingerprint), session, DIALER_PARAMS.ufrag.encode()):
+        assert hidden not in value
+    key = secret.answer_key()
+    assert len(key) == 40 and key != answer_key(os.urandom(32))
+    observable = (DIALER.fingerprint, CALLEE.fingerprint, session.hex(), value.hex())
+    assert all(key != answer_key(bytes.fromhex(x)) for x in observable)
+    # The same session id offered twice gets two unrelated answer keys.
+    _, again = offer_to(session=session)
+    assert again.answer_key() != key
 
 
 def test_every_offer_has_its_own_secret() -> None:
@@ -120,7 +142,7 @@ def test_answer_sealed_by_someone_else_is_rejected() -> None:
     mallory = Identity.generate()
     with pytest.raises(RecordError) as exc:
         decode_offer(value, mallory)  # cannot even read the offer
-    assert exc.value.reason == "recipient"
+    assert exc.value.reason == "decrypt"
     forged = dataclasses.replace(secret, key=os.urandom(32))
     expect("decrypt", encode_answer(forged, CALLEE_PARAMS), secret)
 
@@ -224,17 +246,38 @@ def test_channel_limits_travel_in_offer_and_answer() -> None:
 def test_offer_rejections() -> None:
     value, _ = offer_to()
     tampered = bytearray(value)
-    tampered[-SIGNATURE_SIZE - 5] ^= 0xFF  # inside the AES-GCM ciphertext, signed
-    expired, _ = encode_offer(DIALER, CALLEE.fingerprint, CALLEE.kem_public_key,
-                              new_session_id(), DIALER_PARAMS, lifetime_s=-1)
+    tampered[-SIGNATURE_SIZE - 5] ^= 0xFF  # inside the AES-GCM ciphertext
+    old, _ = encode_offer(DIALER, CALLEE.fingerprint, CALLEE.kem_public_key, new_session_id(),
+                          DIALER_PARAMS, lifetime_s=5.0, created_at_ms=now_ms() - 10_000)
     # Addressed to the callee but encrypted to another KEM key: it cannot be opened.
     wrong_kem, _ = encode_offer(DIALER, CALLEE.fingerprint, DIALER.kem_public_key,
                                 new_session_id(), DIALER_PARAMS)
-    for bad, reason in ((bytes(tampered), "signature"), (expired, "expired"),
+    for bad, reason in ((bytes(tampered), "decrypt"), (old, "expired"),
                         (wrong_kem, "decrypt")):
         with pytest.raises(RecordError) as exc:
             decode_offer(bad, CALLEE)
         assert exc.value.reason == reason
+    with pytest.raises(ValueError):
+        encode_offer(DIALER, CALLEE.fingerprint, CALLEE.kem_public_key, new_session_id(),
+                     DIALER_PARAMS, lifetime_s=-1)
+    with pytest.raises(ValueError):
+        encode_offer(DIALER, CALLEE.fingerprint, CALLEE.kem_public_key, b"short",
+                     DIALER_PARAMS)
+
+
+def test_offer_fields_inside_are_checked_strictly() -> None:
+    """A dialer's validly sealed offer with a bad session id or description is malformed."""
+    def sealed_offer(fields: dict[int, object]) -> bytes:
+        return seal_to(DIALER, OFFER, CALLEE.fingerprint, CALLEE.kem_public_key, fields,
+                       expires_at_ms=now_ms() + 60_000).value
+
+    good = {1: new_session_id(), 2: {1: "uuuu", 2: "p" * 22, 3: []}}
+    assert decode_offer(sealed_offer(good), CALLEE).params.ufrag == "uuuu"
+    for bad in ({**good, 1: b"short"}, {2: good[2]}, {1: good[1]}, {**good, 2: b"cbor"},
+                {**good, 2: {1: "uuuu", 2: "p" * 22, 3: [], 7: [1]}}):
+        with pytest.raises(RecordError) as exc:
+            decode_offer(sealed_offer(bad), CALLEE)
+        assert exc.value.reason == "malformed"
 
 
 def test_quic_flights_travel_in_offer_and_answer() -> None:

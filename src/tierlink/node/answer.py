@@ -1,31 +1,34 @@
 """The callee's side: take offers from the DHT, check them, answer the chosen dialers.
 
 Offers arrive through a listen on this node's offers key. Each is checked, cheapest first
-(expiry, addressee, allow list, signature, decryption, replay) and, if accepted, answered:
-ICE gathers while the QUIC reply to the flight inside the offer is built, the sealed answer
-is put, and checks start at once (the dialer's agent answers them before it has our
-answer). The answer put, which may outlive the exchange, belongs to the node's
+(size and times, decapsulation, decryption, the inner fields, the dialer's fingerprint
+binding, allow list, signature, then replay, which survives restarts) and, if accepted,
+answered: ICE gathers while the QUIC reply to the flight inside the offer is built, the
+sealed answer is put under the key only the offer's secret gives, and checks start at once
+(the dialer's agent answers them before it has our answer). The answer put, which may outlive the exchange, belongs to the node's
 :class:`~tierlink.node.tasks.Supervisor`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import logging
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 
 from tierlink.backoff import Backoff
 from tierlink.dht import DhtClient
 from tierlink.errors import RecordError, TierlinkError
 from tierlink.identity import Identity
+from tierlink.node.answered import STATE_FILE, AnsweredSessions
 from tierlink.node.config import NodeConfig
 from tierlink.node.endpoint import Endpoint
 from tierlink.node.tasks import Supervisor, outcome_of, task_group
 from tierlink.transport.connection import Connection
 from tierlink.transport.ice import run_checks, set_remote
-from tierlink.wire.dhtkeys import answer_key, offers_key
+from tierlink.wire.dhtkeys import offers_key
 from tierlink.wire.records import now_ms
 from tierlink.wire.signaling import MAX_OFFER_LIFETIME_S, Offer, decode_offer, encode_answer
 
@@ -50,7 +53,10 @@ class SeenSessions:
     An entry lives until ``min(offer expiry, receive time + MAX_OFFER_LIFETIME_S)``, so a
     sender's clock cannot keep it longer. At most ``capacity`` entries: when full, the entry
     that expires soonest goes first. A heap ordered by expiry makes each offer cost
-    O(log capacity), never a scan of every entry.
+    O(log capacity), never a scan of every entry. While :meth:`attach` ed to an
+    :class:`~tierlink.node.answered.AnsweredSessions` file, every change is committed there
+    before :meth:`add` returns, and attaching loads it: a restart forgets nothing (why:
+    :mod:`tierlink.node.answered`).
     """
 
     def __init__(self, capacity: int = MAX_SEEN_SESSIONS) -> None:
@@ -59,24 +65,48 @@ class SeenSessions:
         self.capacity = capacity
         self._expiry: dict[bytes, int] = {}
         self._heap: list[tuple[int, bytes]] = []
+        self._log: AnsweredSessions | None = None
 
     def __len__(self) -> int:
         return len(self._expiry)
 
-    def _drop_first(self) -> None:
-        del self._expiry[heapq.heappop(self._heap)[1]]
+    def _drop_first(self) -> bytes:
+        sid = heapq.heappop(self._heap)[1]
+        del self._expiry[sid]
+        return sid
+
+    def _keep(self, session_id: bytes, exp: int) -> None:
+        self._expiry[session_id] = exp
+        heapq.heappush(self._heap, (exp, session_id))
+
+    def attach(self, log: AnsweredSessions, now: int) -> None:
+        """Load the sessions ``log`` remembers and commit every later change to it."""
+        for sid, exp in log.load(now, self.capacity):
+            if sid not in self._expiry and len(self._expiry) < self.capacity:
+                self._keep(sid, exp)
+        self._log = log
+
+    def detach(self) -> None:
+        """Stop committing changes (the log is closing)."""
+        self._log = None
 
     def add(self, session_id: bytes, expires_at_ms: int, now: int) -> bool:
-        """Remember ``session_id``; False (nothing changed) if it is already remembered."""
+        """Remember ``session_id``; False (nothing changed) if it is already remembered.
+
+        Raises StoreError (nothing remembered) if the attached log cannot commit it.
+        """
         while self._heap and self._heap[0][0] < now:
             self._drop_first()
         if session_id in self._expiry:
             return False
         exp = min(expires_at_ms, now + int(MAX_OFFER_LIFETIME_S * 1000))
+        full = len(self._expiry) - self.capacity + 1
+        if self._log is not None:
+            dropped = [sid for _exp, sid in heapq.nsmallest(max(full, 0), self._heap)]
+            self._log.remember(session_id, exp, now, dropped)
         while len(self._expiry) >= self.capacity:
             self._drop_first()
-        self._expiry[session_id] = exp
-        heapq.heappush(self._heap, (exp, session_id))
+        self._keep(session_id, exp)
         return True
 
 
@@ -105,17 +135,30 @@ class Answerer:
     async def run(self) -> None:
         """Listen for offers and answer each in its own supervised task, until the listen
         fails (the node's supervisor runs this again with :meth:`restart_backoff`)."""
-        listener = self.dht.listen(offers_key(self.identity.fingerprint))
+        with self.remembering():
+            listener = self.dht.listen(offers_key(self.identity.fingerprint))
+            try:
+                async for value in listener:
+                    await self._slots.acquire()
+                    try:
+                        self.tasks.spawn(self._handle(value), "offer")
+                    except BaseException:
+                        self._slots.release()
+                        raise
+            finally:
+                await listener.aclose()
+
+    @contextlib.contextmanager
+    def remembering(self) -> Iterator[None]:
+        """Keep :attr:`seen_sessions` in the node's state file meanwhile, so offers answered
+        before a restart are refused after it (:mod:`tierlink.node.answered`)."""
+        log = AnsweredSessions(self.config.state_dir() / STATE_FILE)
         try:
-            async for value in listener:
-                await self._slots.acquire()
-                try:
-                    self.tasks.spawn(self._handle(value), "offer")
-                except BaseException:
-                    self._slots.release()
-                    raise
+            self.seen_sessions.attach(log, now_ms())
+            yield
         finally:
-            await listener.aclose()
+            self.seen_sessions.detach()
+            log.close()
 
     @staticmethod
     def restart_backoff() -> Backoff:
@@ -159,7 +202,7 @@ class Answerer:
             reply = draft.reply() if draft else ()
             answer = encode_answer(offer.secret, self.endpoint.describe(ice, quic_flight=reply))
             put = self.tasks.spawn(
-                self.dht.put(answer_key(offer.signer, offer.session_id), answer), "answer-put"
+                self.dht.put(offer.secret.answer_key(), answer), "answer-put"
             )
             self.offers_answered += 1
             try:

@@ -1,10 +1,10 @@
 """The dialer's side: reach a peer by fingerprint and open a connection to it.
 
-A dial looks the callee's record up while ICE gathers, puts an encrypted offer (carrying the
-QUIC client's first flight) under the callee's offers key, listens for the sealed answer,
-then runs ICE checks and opens the pinned channel. Only the callee's KEM private key recovers
-the offer's secret, so an answer that decrypts under it is the callee's (see
-:mod:`tierlink.wire.signaling`).
+A dial looks the callee's record up while ICE gathers, puts a sealed-sender offer (carrying
+the QUIC client's first flight) under the callee's offers key, listens for the sealed answer
+under the key only the offer's secret gives, then runs ICE checks and opens the pinned
+channel. Only the callee's KEM private key recovers the offer's secret, so an answer that
+decrypts under it is the callee's (see :mod:`tierlink.wire.signaling`).
 
 The steps overlap where they can, since a dial's time is what users wait for: the answer is
 awaited while the offer put still runs (the DHT hands a value to listeners before the put's
@@ -30,7 +30,7 @@ from tierlink.transport.aioice_adapter import IceConnection
 from tierlink.transport.channel import PreparedChannel
 from tierlink.transport.connection import Connection
 from tierlink.transport.ice import run_checks, set_remote
-from tierlink.wire.dhtkeys import answer_key, offers_key
+from tierlink.wire.dhtkeys import offers_key
 from tierlink.wire.signaling import (
     OfferSecret,
     SessionDescription,
@@ -116,7 +116,7 @@ class Dialer:
                                "offer-put")
         try:
             await asyncio.wait([sent, put], return_when=asyncio.FIRST_COMPLETED)
-            listener = self.dht.listen(answer_key(self.identity.fingerprint, session))
+            listener = self.dht.listen(secret.answer_key())
             try:
                 self._refill_spare()
                 remaining = timeout - (loop.time() - started)

@@ -2,7 +2,8 @@
 
 A key is OpenDHT's InfoHash (SHA-1, 40 hex) of the lowercase hex SHA3-512 of the
 fingerprint and a purpose suffix, so each peer has one key per purpose that anyone who
-knows its fingerprint can compute. The exact derivation and the table of suffixes:
+knows its fingerprint can compute; an answer's key hashes a per-offer secret instead of a
+fingerprint. The exact derivation and the table of suffixes:
 docs/PROTOCOL.md, section "DHT keys".
 """
 
@@ -35,9 +36,11 @@ def offers_key(fingerprint: str) -> str:
     return _derive(fingerprint, ":offers")
 
 
-def answer_key(dialer_fingerprint: str, session_id: bytes) -> str:
-    """Where the callee puts its encrypted answer for one dial session (per-session key)."""
-    return _derive(dialer_fingerprint, ":answers:" + session_id.hex())
+def answer_key(locator: bytes) -> str:
+    """Where the callee puts its encrypted answer to one offer: ``locator`` is the secret
+    the offer's KEM exchange gives both sides (:meth:`tierlink.wire.signaling.OfferSecret.
+    answer_key`), in place of a fingerprint, so no one else can compute or link the key."""
+    return _derive(locator.hex(), ":answers")
 
 
 def offline_queue_key(fingerprint: str) -> str:

@@ -111,10 +111,12 @@ class Unsealed:
 
 
 def derive_key(shared_secret: bytes, value: bytes, kind: SealedKind, label: bytes) -> bytes:
-    """HKDF-SHA256(ikm = KEM secret, salt = SHA-256(value), info = DERIVE_LABEL || KIND ||
-    label): only the sender and the recipient can compute it, and only for this value."""
+    """HKDF-SHA256(ikm = KEM secret, salt = SHA-256(clear part of ``value``), info =
+    DERIVE_LABEL || KIND || label): only the sender and the recipient can compute it, each
+    for one value. The clear part (with the KEM ciphertext) names the value; the signature
+    inside is randomized, so salting with it would make derived keys unreproducible."""
     return HKDF(
-        algorithm=hashes.SHA256(), length=32, salt=hashlib.sha256(value).digest(),
+        algorithm=hashes.SHA256(), length=32, salt=hashlib.sha256(value[:CLEAR_SIZE]).digest(),
         info=DERIVE_LABEL + bytes([kind.kind]) + label,
     ).derive(shared_secret)
 

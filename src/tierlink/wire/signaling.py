@@ -1,18 +1,19 @@
 """Offers and answers: how two peers exchange ICE credentials through the DHT, privately.
 
-The dialer puts a signed offer (kind 0x02) under the callee's offers key, its session
-description encrypted to the callee's ML-KEM-1024 key; the callee puts a sealed answer
-(kind 0x03, no signature) under the per-session answer key, encrypted under a key derived
-from the offer's KEM secret. Only the callee can derive that key, so an answer whose tag
-verifies is the callee's and bound to this one offer (implicit authentication, as in
-KEMTLS); a DHT observer sees who dials whom, but no address and nothing about who answered.
+The dialer puts an offer (kind 0x02, a sealed-sender value, :mod:`tierlink.wire.sealed`)
+under the callee's offers key: its identity, signature, session id and session description
+all travel encrypted to the callee's ML-KEM-1024 key. The callee puts a sealed answer (kind
+0x03, no signature) under an answer key only the two can compute, encrypted under a key
+derived from the offer's KEM secret. Only the callee can derive that key, so an answer whose
+tag verifies is the callee's and bound to this one offer (implicit authentication, as in
+KEMTLS). A DHT observer sees that someone dials the callee, and an answer under an unrelated
+key; not who dials, no session id, no address, nothing that links the answer to its offer.
 Byte layouts, key derivations and limits: docs/PROTOCOL.md, sections "Offer", "Answer" and
 "Session description".
 """
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 import os
 import re
@@ -27,13 +28,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from tierlink.errors import RecordError
-from tierlink.identity import (
-    FINGERPRINT_HEX_LEN,
-    KEM_CIPHERTEXT_SIZE,
-    SIGNATURE_SIZE,
-    Identity,
-    kem_encapsulate,
-)
+from tierlink.identity import Identity
+from tierlink.wire import dhtkeys
 from tierlink.wire.decoding import Fields, check_bytes, check_uint, decode, malformed
 from tierlink.wire.records import (
     KIND_ANSWER,
@@ -41,14 +37,11 @@ from tierlink.wire.records import (
     WIRE_VERSION,
     CandidateInfo,
     check_head,
-    check_times,
-    claimed_signer,
     decode_candidate,
     encode_candidate,
     now_ms,
-    open_value,
-    seal,
 )
+from tierlink.wire.sealed import SealedKind, SealedValue, Unsealed, open_sealed, seal_to
 
 SESSION_ID_SIZE = 16
 NONCE_SIZE = 12
@@ -64,6 +57,14 @@ _ICE_CHARS = re.compile(r"[A-Za-z0-9+/]*")
 PURPOSES = ("app", "messages")
 _ANSWER_PREFIX = bytes([WIRE_VERSION, KIND_ANSWER])
 _TAG_SIZE = 16
+
+OFFER = SealedKind(KIND_OFFER, "offer", int(MAX_OFFER_LIFETIME_S * 1000), (1, 2))
+"""Offers as sealed-sender values, with inner fields K_SESSION_ID and K_PARAMS."""
+K_SESSION_ID, K_PARAMS = 1, 2
+ANSWER_SECRET_LABEL = b"answer-secret"
+"""Label of the answer's AEAD key (sealed-sender derivation of the offer)."""
+ANSWER_LOCATOR_LABEL = b"tierlink/answer-locator"
+"""HKDF info deriving the answer's DHT locator from the answer key."""
 
 
 def new_session_id() -> bytes:
@@ -108,6 +109,15 @@ class OfferSecret:
             + bytes.fromhex(self.dialer) + bytes.fromhex(self.callee)
         )
 
+    def answer_key(self) -> str:
+        """The DHT key of this offer's answer: its locator (HKDF of :attr:`key`, one-way)
+        hashed like every key (:func:`tierlink.wire.dhtkeys.answer_key`). Only the dialer
+        and the callee can compute it, and it shows nothing of the offer it answers."""
+        locator = HKDF(
+            algorithm=hashes.SHA256(), length=32, salt=None, info=ANSWER_LOCATOR_LABEL
+        ).derive(self.key)
+        return dhtkeys.answer_key(locator)
+
 
 @dataclass(frozen=True)
 class Offer:
@@ -123,37 +133,24 @@ class Offer:
     secret: OfferSecret
 
 
-def _hkdf(shared: bytes, salt: bytes, info: bytes) -> bytes:
-    return HKDF(algorithm=hashes.SHA256(), length=32, salt=salt, info=info).derive(shared)
-
-
-def _offer_key(shared: bytes, kem_ct: bytes) -> bytes:
-    return _hkdf(shared, kem_ct[:32], b"tierlink/offer")
-
-
-def _secret(
-    shared: bytes, offer: bytes, session_id: bytes, dialer: str, callee: str
-) -> OfferSecret:
-    """The answer secret of an offer value (``offer`` includes the signature, not hashed)."""
-    transcript = hashlib.sha256(offer[:-SIGNATURE_SIZE]).digest()
+def _secret(made_or_opened: SealedValue | Unsealed, session_id: bytes, dialer: str,
+            callee: str) -> OfferSecret:
+    """The answer secret of an offer: derived from its KEM secret and its clear part."""
     return OfferSecret(
-        _hkdf(shared, transcript, b"tierlink/answer-key"), session_id, dialer, callee
+        made_or_opened.derive(OFFER, ANSWER_SECRET_LABEL), session_id, dialer, callee
     )
 
 
-def _encode_params(params: SessionDescription) -> bytes:
-    return cbor2.dumps(
-        {
-            1: params.ufrag,
-            2: params.pwd,
-            3: [encode_candidate(c) for c in params.candidates],
-            4: params.cert_sha256,
-            6: params.purpose,
-            **({7: list(params.channel_limits)} if params.channel_limits is not None else {}),
-            **({8: list(params.quic_flight)} if params.quic_flight else {}),
-        },
-        canonical=True,
-    )
+def _params_map(params: SessionDescription) -> dict[int, Any]:
+    return {
+        1: params.ufrag,
+        2: params.pwd,
+        3: [encode_candidate(c) for c in params.candidates],
+        4: params.cert_sha256,
+        6: params.purpose,
+        **({7: list(params.channel_limits)} if params.channel_limits is not None else {}),
+        **({8: list(params.quic_flight)} if params.quic_flight else {}),
+    }
 
 
 def _ice_text(inner: Fields, key: int, name: str, bounds: tuple[int, int]) -> str:
@@ -179,8 +176,9 @@ def _ice_candidate(item: Any) -> CandidateInfo:
     return c
 
 
-def _decode_params(plain: bytes) -> SessionDescription:
-    inner = Fields(decode(plain), "session description", (1, 2, 3, 4, 6, 7, 8))
+def _decode_params(value: Any) -> SessionDescription:
+    """A session description from its decoded map (an answer's plaintext, an offer's key 2)."""
+    inner = Fields(value, "session description", (1, 2, 3, 4, 6, 7, 8))
     ufrag = _ice_text(inner, 1, "ufrag", UFRAG_LENGTH)
     pwd = _ice_text(inner, 2, "pwd", PWD_LENGTH)
     cands = tuple(
@@ -215,64 +213,40 @@ def encode_offer(
     session_id: bytes,
     params: SessionDescription,
     lifetime_s: float = DEFAULT_OFFER_LIFETIME_S,
+    *,
+    created_at_ms: int | None = None,
 ) -> tuple[bytes, OfferSecret]:
-    """Encrypt ``params`` to the recipient and sign the offer.
+    """Seal the session id and ``params`` from ``signer`` to the recipient.
 
     Returns the value and the secret the recipient's answer will be sealed with. The
-    lifetime is capped at :data:`MAX_OFFER_LIFETIME_S` (receivers refuse longer).
+    lifetime is capped at :data:`MAX_OFFER_LIFETIME_S` (receivers refuse longer) and must be
+    positive (ValueError); ``created_at_ms`` defaults to now (tests build old offers).
     """
-    t = now_ms()
-    header: dict[int, Any] = {
-        1: bytes.fromhex(signer.fingerprint),
-        2: signer.public_key,
-        3: bytes.fromhex(recipient),
-        4: session_id,
-        5: t,
-        6: t + int(min(lifetime_s, MAX_OFFER_LIFETIME_S) * 1000),
-    }
-    shared, kem_ct = kem_encapsulate(recipient_kem_public_key)
-    nonce = os.urandom(NONCE_SIZE)
-    ct = AESGCM(_offer_key(shared, kem_ct)).encrypt(
-        nonce, _encode_params(params), cbor2.dumps(header, canonical=True)
+    if len(session_id) != SESSION_ID_SIZE:
+        raise ValueError(f"a session id is {SESSION_ID_SIZE} bytes")
+    t = now_ms() if created_at_ms is None else created_at_ms
+    made = seal_to(
+        signer, OFFER, recipient, recipient_kem_public_key,
+        {K_SESSION_ID: bytes(session_id), K_PARAMS: _params_map(params)},
+        created_at_ms=t,
+        expires_at_ms=t + int(min(lifetime_s, MAX_OFFER_LIFETIME_S) * 1000),
     )
-    value = seal(signer, KIND_OFFER, {**header, 7: kem_ct, 8: nonce, 9: ct})
-    return value, _secret(shared, value, session_id, signer.fingerprint, recipient)
+    return made.value, _secret(made, bytes(session_id), signer.fingerprint, recipient)
 
 
 def decode_offer(
     value: bytes, me: Identity, *, now: int | None = None, allow: Container[str] | None = None
 ) -> Offer:
-    """Check and open an offer to ``me``, cheapest checks first: structure and times,
-    fingerprint binding, recipient, ``allow`` on the claimed dialer (``not-allowed``), then
-    the signature, then decryption."""
-    opened = open_value(value, KIND_OFFER)
-    body = Fields(opened.body, "offer", range(1, 10))
-    created = body.uint(5, "created_at_ms")
-    expires = body.uint(6, "expires_at_ms")
-    t = now_ms() if now is None else now
-    check_times("offer", created, expires, t, int(MAX_OFFER_LIFETIME_S * 1000))
-    signer, public_key = claimed_signer(body)
-    recipient = body.bstr(3, "recipient", size=FINGERPRINT_HEX_LEN // 2).hex()
-    if recipient != me.fingerprint:
-        raise RecordError("recipient", "value is addressed to another fingerprint")
-    if allow is not None and signer not in allow:
-        raise RecordError("not-allowed", f"dialer {signer[:16]}… is not allowed")
-    opened.verify(public_key)
-    session_id = body.bstr(4, "session_id", size=SESSION_ID_SIZE)
-    kem_ct = body.bstr(7, "kem_ciphertext", size=KEM_CIPHERTEXT_SIZE)
-    nonce = body.bstr(8, "nonce", size=NONCE_SIZE)
-    ct = body.bstr(9, "ciphertext", min_size=_TAG_SIZE)
-    header = {k: body.map[k] for k in range(1, 7)}
-    try:
-        shared = me.kem_decapsulate(kem_ct)
-        plain = AESGCM(_offer_key(shared, kem_ct)).decrypt(
-            nonce, ct, cbor2.dumps(header, canonical=True)
-        )
-    except (InvalidTag, ValueError):
-        raise RecordError("decrypt", "ciphertext does not decrypt with our key") from None
+    """Check and open an offer to ``me`` in the sealed-sender order (size, head, times,
+    decapsulation, AEAD, inner fields, the dialer's fingerprint binding, ``allow`` on the
+    claimed dialer (``not-allowed``), signature), then the session description."""
+    opened = open_sealed(value, OFFER, me, now=now, allow=allow)
+    session_id = opened.fields.bstr(K_SESSION_ID, "session_id", size=SESSION_ID_SIZE)
+    params = _decode_params(opened.fields.map.get(K_PARAMS))
     return Offer(
-        signer, body.map[2], recipient, session_id, created,
-        expires, _decode_params(plain), _secret(shared, value, session_id, signer, recipient),
+        opened.sender, opened.sender_public_key, opened.recipient, session_id,
+        opened.created_at_ms, opened.expires_at_ms, params,
+        _secret(opened, session_id, opened.sender, opened.recipient),
     )
 
 
@@ -280,7 +254,8 @@ def decode_offer(
 def encode_answer(secret: OfferSecret, params: SessionDescription) -> bytes:
     """Seal ``params`` as the answer to the offer that established ``secret``."""
     nonce = os.urandom(NONCE_SIZE)
-    ct = AESGCM(secret.key).encrypt(nonce, _encode_params(params), secret.aad())
+    plain = cbor2.dumps(_params_map(params), canonical=True)
+    ct = AESGCM(secret.key).encrypt(nonce, plain, secret.aad())
     return _ANSWER_PREFIX + nonce + ct
 
 
@@ -297,4 +272,4 @@ def decode_answer(value: bytes, secret: OfferSecret) -> SessionDescription:
         plain = AESGCM(secret.key).decrypt(nonce, ct, secret.aad())
     except InvalidTag:
         raise RecordError("decrypt", "answer does not decrypt with this dial's key") from None
-    return _decode_params(plain)
+    return _decode_params(decode(plain))
