@@ -13,6 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from tests.vectors import generate as gen
 from tierlink.identity import SIGNATURE_SIZE, Identity
@@ -23,13 +26,15 @@ from tierlink.wire.channel_frames import Ack, ControlReader, Hello, MessageReade
 from tierlink.wire.decoding import decode
 from tierlink.wire.link_frames import LinkAck, LinkMessage, decode_link_frame
 from tierlink.wire.records import encode_candidate
+from tierlink.wire.sealed import CLEAR_SIZE, KEY_LABEL, SIGNATURE_LABEL
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "PROTOCOL.md"
 BLOCK = re.compile(r"^```example (\S+)\n(.*?)^```$", re.MULTILINE | re.DOTALL)
 WIRE: dict[str, Any] = json.loads(gen.WIRE_PATH.read_text())
 VALUES: dict[str, dict[str, Any]] = WIRE["values"]
 SIGNED = [n for n, v in VALUES.items() if "signed" in v]
-SEALED = [n for n in VALUES if n not in SIGNED]
+SEALED_SENDER = [n for n, v in VALUES.items() if "clear" in v]
+SEALED = [n for n in VALUES if n not in SIGNED and n not in SEALED_SENDER]
 
 
 def examples(text: str) -> dict[str, str]:
@@ -66,6 +71,7 @@ def test_every_vector_has_its_example() -> None:
         "key-file.A", "key-file.B", "session-description.full", "pmtu.probe", "pmtu.ack",
         *(f"dht-key.{k}" for k in WIRE["keys"]),
         *(f"body.{n}" for n in SIGNED),
+        *(f"{part}.{n}" for n in SEALED_SENDER for part in ("clear", "inner")),
         *(f"value.{n}" for n in SEALED),
         *(f"{'link-frame' if k.startswith('link_') else 'channel'}.{k}" for k in WIRE["channel"]),
     }
@@ -84,7 +90,7 @@ def test_key_files() -> None:
 def test_dht_keys(name: str) -> None:
     a, _b = doc_identities()
     derive = getattr(dhtkeys, name)
-    args = (a.fingerprint, gen.SESSION_ID) if name == "answer_key" else (a.fingerprint,)
+    args = (gen.ANSWER_LOCATOR,) if name == "answer_key" else (a.fingerprint,)
     assert hex_of(f"dht-key.{name}").hex() == derive(*args) == WIRE["keys"][name]
 
 
@@ -96,18 +102,43 @@ def test_signed_bodies(name: str) -> None:
     assert gen.jsonable(decode_value(value)) == VALUES[name]["fields"]
 
 
+def sealed_sender_value(name: str) -> bytes:
+    """The document's clear part and INNER of ``name``, signed by A and sealed to B with the
+    stored KEM secret (what §5.2 specifies)."""
+    a, b = doc_identities()
+    clear, inner = hex_of(f"clear.{name}"), hex_of(f"inner.{name}")
+    signature = a.sign(SIGNATURE_LABEL + clear + bytes.fromhex(b.fingerprint) + inner)
+    shared = bytes.fromhex(WIRE["inputs"]["kem"]["shared_secret"])
+    key = HKDF(hashes.SHA256(), 32, None, KEY_LABEL + clear[1:2]).derive(shared)
+    sealed = AESGCM(key).encrypt(clear[-12:], inner + signature,
+                                 clear + bytes.fromhex(b.fingerprint))
+    return clear + sealed
+
+
+@pytest.mark.parametrize("name", SEALED_SENDER)
+def test_sealed_offers(name: str) -> None:
+    value = sealed_sender_value(name)
+    assert value[:CLEAR_SIZE].hex() == VALUES[name]["clear"]
+    assert len(value) == VALUES[name]["size"]
+    _build, decode_value = gen.builders({})[name]
+    offer = decode_value(value)
+    assert gen.jsonable(offer) == VALUES[name]["fields"]
+    assert offer.secret.answer_key() == VALUES[name]["answer_key"]
+
+
 @pytest.mark.parametrize("name", SEALED)
 def test_answers(name: str) -> None:
     value = hex_of(f"value.{name}")
     assert value.hex() == VALUES[name]["value"]
     which = name.removeprefix("answer_")
-    _build, decode_value = gen.builders({which: signed_value(f"offer_{which}")})[name]
+    offer = sealed_sender_value(f"offer_{which}")
+    _build, decode_value = gen.builders({which: offer})[name]
     assert gen.jsonable(decode_value(value)) == VALUES[name]["fields"]
 
 
 def test_session_description() -> None:
     plain = hex_of("session-description.full")
-    assert plain.hex() == VALUES["offer_full"]["aead"][0]["plaintext"]
+    assert plain.hex() == VALUES["answer_full"]["aead"][0]["plaintext"]
     p = gen.params(True)
     assert decode(plain) == {
         1: p.ufrag, 2: p.pwd, 3: [encode_candidate(c) for c in p.candidates],

@@ -10,17 +10,21 @@ What is fixed, and how (everything else in a value then follows deterministicall
   32, 64)), bytes(range(64, 128)))`` is B;
 * time: explicit timestamps (``T0``) everywhere; ``tierlink.wire.signaling.now_ms`` (the offer's
   clock) is patched to return ``T0``; decoders run with ``now=NOW``;
-* ``os.urandom`` (AES-GCM nonces in signaling and envelope, PMTU probe nonces) is patched
+* ``os.urandom`` (AES-GCM nonces in sealed, signaling and envelope, PMTU probe nonces) is patched
   by :func:`fixed`: its call ``i`` (from 0, counted per value) returns
   ``SHAKE-256(b"tierlink-refvec/" + str(i)).digest(n)``;
 * ML-KEM encapsulation cannot be seeded through ``cryptography``: ``kem_encapsulate`` is
-  patched (in ``tierlink.wire.signaling`` and ``tierlink.wire.envelope``) to return one real
+  patched (in ``tierlink.wire.sealed`` and ``tierlink.wire.envelope``) to return one real
   encapsulation to B's key, stored under ``inputs.kem`` and reused on regeneration;
-* ``AESGCM`` in both modules is wrapped to log (key, nonce, plaintext, aad) per value.
+* ``AESGCM`` in those modules and ``tierlink.wire.signaling`` is wrapped to log (key, nonce,
+  plaintext, aad) per value.
 
 Not fixable: ML-DSA-87 signing in ``cryptography`` is hedged (randomized), so the last
 4627 bytes (the signature) of a signed value differ on every run; the bytes before it
-(``signed`` = VERSION || KIND || BODY) are exact, and the signature verifies.
+(``signed`` = VERSION || KIND || BODY) are exact, and the signature verifies. A sealed-sender
+value (the offer) carries its signature inside its AEAD ciphertext, so its ciphertext differs
+on every run: its ``clear`` part is exact, and so are its AEAD inputs except the signature
+(logged as ``inner``, the plaintext without its last 4627 bytes).
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ from tierlink.transport.channel import DEFAULT_WINDOW
 from tierlink.wire import ack as ackmod
 from tierlink.wire import dhtkeys as keys
 from tierlink.wire import envelope as envmod
+from tierlink.wire import sealed as sealedmod
 from tierlink.wire import signaling as sig
 from tierlink.wire.channel_frames import (
     PROTOCOL_VERSION,
@@ -66,7 +71,10 @@ T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z in ms
 NOW = T0 + 1_000  # the decoders' clock: every vector is still valid
 SESSION_ID = bytes(range(0xA0, 0xB0))
 MESSAGE_IDS = (bytes(range(16)), bytes(range(16, 32)))
-SIGNED_KINDS = {0x01, 0x02, 0x04, 0x05}
+ANSWER_LOCATOR = bytes(range(0xC0, 0xE0))
+"""The locator the ``answer_key`` vector hashes (a real one is secret and per offer)."""
+SIGNED_KINDS = {0x01, 0x04, 0x05}
+SEALED_SENDER_KINDS = {0x02}
 
 
 def identities() -> tuple[Identity, Identity]:
@@ -128,8 +136,9 @@ def fixed(kem: tuple[bytes, bytes]) -> Iterator[list[dict[str, str]]]:
     with contextlib.ExitStack() as stack:
         stack.enter_context(mock.patch("os.urandom", urandom))
         stack.enter_context(mock.patch.object(sig, "now_ms", lambda: T0))
-        for mod in (sig, envmod):
+        for mod in (sealedmod, envmod):
             stack.enter_context(mock.patch.object(mod, "kem_encapsulate", lambda _pk: kem))
+        for mod in (sig, sealedmod, envmod):
             stack.enter_context(mock.patch.object(mod, "AESGCM", aead))
         yield log
 
@@ -204,8 +213,16 @@ def build_value(name: str, kem: tuple[bytes, bytes], table: Builders) -> dict[st
     if value[1] in SIGNED_KINDS:
         entry["signed"] = value[:-SIGNATURE_SIZE].hex()
         entry["body"] = jsonable(cbor2.loads(value[2:-SIGNATURE_SIZE]))
+    if value[1] in SEALED_SENDER_KINDS:
+        entry["clear"] = value[:sealedmod.CLEAR_SIZE].hex()
+        for used in aead:  # the signature inside the plaintext is not reproducible
+            used["inner"] = used.pop("plaintext")[:-2 * SIGNATURE_SIZE]
+        entry["inner"] = jsonable(cbor2.loads(bytes.fromhex(aead[0]["inner"])))
     entry["aead"] = aead
-    entry["fields"] = jsonable(decode(value))
+    decoded = decode(value)
+    entry["fields"] = jsonable(decoded)
+    if isinstance(decoded, sig.Offer):
+        entry["answer_key"] = decoded.secret.answer_key()
     return entry
 
 
@@ -236,11 +253,11 @@ def pmtu_vectors(kem: tuple[bytes, bytes]) -> dict[str, Any]:
 
 
 def dht_keys(fingerprint: str) -> dict[str, str]:
-    """Every key function of keys.py for one fingerprint (and SESSION_ID)."""
+    """Every key function of keys.py for one fingerprint (the answer key: ANSWER_LOCATOR)."""
     return {
         "ice_candidates_key": keys.ice_candidates_key(fingerprint),
         "offers_key": keys.offers_key(fingerprint),
-        "answer_key": keys.answer_key(fingerprint, SESSION_ID),
+        "answer_key": keys.answer_key(ANSWER_LOCATOR),
         "offline_queue_key": keys.offline_queue_key(fingerprint),
         "offline_acks_key": keys.offline_acks_key(fingerprint),
     }
@@ -253,6 +270,7 @@ def build_wire(kem: tuple[bytes, bytes]) -> dict[str, Any]:
     return {
         "inputs": {
             "T0": T0, "NOW": NOW, "session_id": SESSION_ID.hex(),
+            "answer_locator": ANSWER_LOCATOR.hex(),
             "message_ids": [m.hex() for m in MESSAGE_IDS],
             "identities": {n: json.loads(i.to_json()) for n, i in (("A", a), ("B", b))},
             "kem": {"shared_secret": kem[0].hex(), "ciphertext": kem[1].hex()},
@@ -291,7 +309,7 @@ def _roles(a: Identity, b: Identity) -> dict[str, str]:
 
 
 def _describe(
-    value: bytes, b: Identity, roles: dict[str, str], a_fp: str, offers: list[bytes]
+    value: bytes, b: Identity, roles: dict[str, str], offers: list[bytes]
 ) -> dict[str, Any]:
     """What is stable about a value: kind, body keys, plaintext keys, sizes where fixed."""
     out: dict[str, Any] = {"kind": value[0:2].hex()}
@@ -301,7 +319,7 @@ def _describe(
         out["size"] = len(value)  # private mode: every field has a fixed size
     if value[1] == 0x02:
         offer = sig.decode_offer(value, b)
-        roles[keys.answer_key(a_fp, offer.session_id)] = "answer:A"
+        roles[offer.secret.answer_key()] = "answer"
         offers.append(value)
         out["params"] = _params_shape(offer.params)
     if value[1] == 0x03:
@@ -376,7 +394,7 @@ async def record_dial(proxy_url: str) -> dict[str, Any]:
             await conn.close()
             await incoming.close()
     offers: list[bytes] = []
-    described = [{"by": sides.get(c, "?"), **_describe(v, b, roles, a.fingerprint, offers)}
+    described = [{"by": sides.get(c, "?"), **_describe(v, b, roles, offers)}
                  for c, _k, v in puts]  # roles learns the answer key from the offer
     for entry, (_c, key, _v) in zip(described, puts, strict=True):
         entry["key"] = roles.get(key, "unknown")
