@@ -5,8 +5,8 @@ Offers arrive through a listen on this node's offers key. Each is checked, cheap
 binding, allow list, signature, then replay, which survives restarts) and, if accepted,
 answered: ICE gathers while the QUIC reply to the flight inside the offer is built, the
 sealed answer is put under the key only the offer's secret gives, and checks start at once
-(the dialer's agent answers them before it has our answer). The answer put, which may outlive the exchange, belongs to the node's
-:class:`~tierlink.node.tasks.Supervisor`.
+(the dialer's agent answers them before it has our answer). The answer put, which may
+outlive the exchange, belongs to the node's :class:`~tierlink.node.tasks.Supervisor`.
 """
 
 from __future__ import annotations
