@@ -88,11 +88,12 @@ def clear_part(kind: SealedKind, to: Identity, created: int, expires: int
 
 
 def wrap(plain_for: Callable[[bytes], bytes], *, to: Identity = ME, kind: SealedKind = KIND,
-         aad_recipient: Identity | None = None, lifetime_ms: int = 60_000) -> bytes:
+         aad_recipient: Identity | None = None, lifetime_ms: int = 60_000,
+         times: tuple[int, int] | None = None) -> bytes:
     """The attacker's sealer: any plaintext (built from the clear part), AEAD-valid for ``to``
-    (or with another recipient in the associated data)."""
+    (or with another recipient in the associated data), at ``times`` or now."""
     t = now_ms()
-    clear, shared = clear_part(kind, to, t, t + lifetime_ms)
+    clear, shared = clear_part(kind, to, *(times or (t, t + lifetime_ms)))
     key = HKDF(hashes.SHA256(), 32, None, KEY_LABEL + bytes([kind.kind])).derive(shared)
     aad = clear + bytes.fromhex((aad_recipient or to).fingerprint)
     return clear + AESGCM(key).encrypt(clear[-12:], plain_for(clear), aad)
@@ -294,18 +295,21 @@ def test_impersonation_fails_at_the_signature(verifies: VerifyCounter) -> None:
 
 def test_stolen_inner_part_cannot_be_rewrapped(verifies: VerifyCounter) -> None:
     """The recipient (or anyone holding the KEM secret) takes FRIEND's signed inner part and
-    seals it again: to someone else, to itself under new times, or as another kind. The
-    signature covers the recipient, the clear part and the kind, so each fails."""
+    seals it again as its own value: to itself with the same times, to someone else, under
+    new times, or as another kind. The signature covers the recipient and the clear part
+    (kind, times, KEM ciphertext), so each fails."""
     value = sealed()
     got = open_sealed(value, KIND, ME)
     key = HKDF(hashes.SHA256(), 32, None, KEY_LABEL + bytes([KIND.kind])).derive(
         got.shared_secret)
     plain = AESGCM(key).decrypt(value[CLEAR_SIZE - 12:CLEAR_SIZE], value[CLEAR_SIZE:],
                                 value[:CLEAR_SIZE] + bytes.fromhex(ME.fingerprint))
+    times = (got.created_at_ms, got.expires_at_ms)
+    reject(wrap(lambda _clear: plain, times=times), "signature")  # only a fresh KEM ciphertext
     reject(wrap(lambda _clear: plain, to=OTHER), "signature", me=OTHER)
     reject(wrap(lambda _clear: plain, lifetime_ms=500_000), "signature")
     reject(wrap(lambda _clear: plain, kind=OTHER_KIND), "signature", kind=OTHER_KIND)
-    assert verifies.calls == 1 + 3
+    assert verifies.calls == 1 + 4
     # The same builder with an inner part FRIEND really signed for OTHER opens: the
     # failures above are the signature's, not the attacker tool's.
     rewrapped = wrap(inner(FRIEND, to=OTHER), to=OTHER)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+from typing import Any
 
 import cbor2
 import pytest
@@ -267,11 +268,11 @@ def test_offer_rejections() -> None:
 
 def test_offer_fields_inside_are_checked_strictly() -> None:
     """A dialer's validly sealed offer with a bad session id or description is malformed."""
-    def sealed_offer(fields: dict[int, object]) -> bytes:
+    def sealed_offer(fields: dict[int, Any]) -> bytes:
         return seal_to(DIALER, OFFER, CALLEE.fingerprint, CALLEE.kem_public_key, fields,
                        expires_at_ms=now_ms() + 60_000).value
 
-    good = {1: new_session_id(), 2: {1: "uuuu", 2: "p" * 22, 3: []}}
+    good: dict[int, Any] = {1: new_session_id(), 2: {1: "uuuu", 2: "p" * 22, 3: []}}
     assert decode_offer(sealed_offer(good), CALLEE).params.ufrag == "uuuu"
     for bad in ({**good, 1: b"short"}, {2: good[2]}, {1: good[1]}, {**good, 2: b"cbor"},
                 {**good, 2: {1: "uuuu", 2: "p" * 22, 3: [], 7: [1]}}):
