@@ -25,7 +25,6 @@ counted in :attr:`Admission.refused`.
 from __future__ import annotations
 
 from collections import Counter, OrderedDict
-from collections.abc import Container
 from dataclasses import dataclass
 
 from tierlink.errors import RecordError
@@ -103,14 +102,10 @@ class Ticket:
 
 
 class Admission:
-    """The admission policy of one callee. ``allow``: the allow-listed fingerprints (their
-    offers take the reserved lane); read at each offer, so it may change while running."""
+    """The admission policy of one callee."""
 
-    def __init__(
-        self, limits: AdmissionLimits, now: float, allow: Container[str] | None = None
-    ) -> None:
+    def __init__(self, limits: AdmissionLimits, now: float) -> None:
         self.limits = limits
-        self.allow = allow
         self._open = TokenBucket(limits.open_rate, limits.open_burst, now)
         self._answers = {
             lane: TokenBucket(limits.answer_rate, limits.answer_burst, now)
@@ -147,10 +142,9 @@ class Admission:
         while len(self._recent) > self.limits.max_tracked:
             self._recent.popitem(last=False)
 
-    def lane_of(self, dialer: str, now: float) -> str:
-        """The lane ``dialer``'s offers take."""
-        allow = self.allow
-        if allow is not None and dialer in allow:
+    def lane_of(self, dialer: str, now: float, allow_listed: bool = False) -> str:
+        """The lane ``dialer``'s offers take (``allow_listed``: it is in the allow list)."""
+        if allow_listed:
             return RESERVED
         seen = self._recent.get(dialer)
         if seen is not None:
@@ -170,12 +164,12 @@ class Admission:
         self._dialers.move_to_end(dialer)
         return bucket
 
-    def admit(self, dialer: str, now: float) -> Ticket:
+    def admit(self, dialer: str, now: float, *, allow_listed: bool = False) -> Ticket:
         """Admit an answering session for a *verified* dialer, or RecordError
         ``rate-limited`` / ``busy``. A session may use the general pool, or if the dialer
         has the reserved lane, the lane's own capacity once the general pool is full."""
         lanes = [GENERAL]
-        if self.lane_of(dialer, now) == RESERVED:
+        if self.lane_of(dialer, now, allow_listed) == RESERVED:
             lanes.append(RESERVED)
         cap = {GENERAL: self.limits.max_sessions, RESERVED: self.limits.reserved_sessions}
         for lane in lanes:
