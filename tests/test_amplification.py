@@ -23,6 +23,7 @@ from tests.waiting import eventually
 from tierlink.dht import DhtNodeProcess, start_nodes, stop_nodes
 from tierlink.identity import Identity
 from tierlink.node import Node, NodeConfig
+from tierlink.transport.aioice_adapter import IceConnection
 from tierlink.wire.dhtkeys import offers_key
 from tierlink.wire.records import CandidateInfo
 from tierlink.wire.signaling import (
@@ -144,9 +145,30 @@ async def test_the_worst_offer_makes_the_callee_send_less_than_three_times_its_s
                   f"{amp.payload_bytes} B (x{amp.factor:.2f}; x{amp.wire_factor:.2f} with "
                   "UDP/IP headers)")
             assert amp.datagrams > 0, "the callee sent no check: nothing was measured"
-            assert amp.factor < amp.wire_factor < LIMIT
+            assert amp.factor < amp.wire_factor <= callee.config.check_amplification < LIMIT
         # The budget, not the ICE timeout, is what ended the worst offer's checks.
         assert callee.stats()["ice_checks_dropped"] > 0
+
+
+async def test_a_peer_that_sends_valid_checks_is_outside_the_budget() -> None:
+    """A callee with no budget at all still connects: the dialer's authenticated checks
+    validate its address, and only then do the callee's own checks to it go out."""
+    a = IceConnection(controlling=True, host_addresses=["127.0.0.1"])
+    b = IceConnection(controlling=False, host_addresses=["127.0.0.1"])
+    try:
+        await asyncio.gather(a.gather_candidates(), b.gather_candidates())
+        b.limit_unvalidated_checks(0)
+        for x, y in ((a, b), (b, a)):
+            for candidate in y.local_candidates:
+                await x.add_remote_candidate(candidate)
+            await x.add_remote_candidate(None)
+            x.remote_username, x.remote_password = y.local_username, y.local_password
+        await asyncio.wait_for(asyncio.gather(a.connect(), b.connect()), 10)
+        assert b.selected_pair() is not None
+        assert b.checks_dropped >= 1  # its first check, before a's arrived
+        assert b.unvalidated_check_bytes == 0
+    finally:
+        await asyncio.gather(a.close(), b.close())
 
 
 async def main() -> None:

@@ -106,6 +106,8 @@ DatagramHandler = Callable[[bytes], None]
 #: aioice's pacing of connectivity checks (Ta); RFC 8445 section 14.2 forbids < 5 ms.
 DEFAULT_CHECK_INTERVAL = 0.02
 MIN_CHECK_INTERVAL = 0.005
+#: IP and UDP header bytes of a datagram, by whether it goes over IPv6.
+_IP_UDP_HEADERS = {False: 20 + 8, True: 40 + 8}
 #: Datagrams kept between ICE completion and the handler being set.
 _PENDING_LIMIT = 64
 _UNSTARTED = (CandidatePair.State.WAITING, CandidatePair.State.FROZEN)
@@ -285,16 +287,18 @@ class IceConnection(aioice.Connection):
 
     # -- the check budget -------------------------------------------------------------------
     def limit_unvalidated_checks(self, budget: int) -> None:
-        """Send at most ``budget`` bytes of connectivity checks, until nomination, to remote
-        addresses that have not sent us a valid check (one that has proves it runs ICE
-        with our credentials, so it is no reflection victim). Checks over the budget are
-        dropped as if lost (their transactions time out). Call once gathering is done."""
+        """Send at most ``budget`` bytes (IP and UDP headers included) of connectivity
+        checks, until nomination, to remote addresses that have not sent us a valid check
+        (one that has proves it runs ICE with our credentials, so it is no reflection
+        victim). Checks over the budget are dropped as if lost (their transactions time
+        out). Call once gathering is done."""
         for protocol in self._protocols:
             self._tl_guard(protocol, budget)
 
     @property
     def unvalidated_check_bytes(self) -> int:
-        """Bytes of checks sent to addresses that had not sent us a valid check."""
+        """Bytes of checks (with IP and UDP headers) sent to addresses that had not sent us
+        a valid check."""
         return self._tl_check_bytes
 
     @property
@@ -317,7 +321,7 @@ class IceConnection(aioice.Connection):
                 and self._tl_pair() is None
                 and _address(addr) not in self._tl_validated
             ):
-                size = len(bytes(message))
+                size = len(bytes(message)) + _IP_UDP_HEADERS[":" in addr[0]]
                 if self._tl_check_bytes + size > budget:
                     self._tl_checks_dropped += 1
                     return
