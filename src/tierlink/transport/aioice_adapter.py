@@ -30,7 +30,7 @@ import socket
 from collections.abc import Callable, Sequence
 
 import aioice
-from aioice import Candidate, TransportPolicy
+from aioice import Candidate, TransportPolicy, stun
 from aioice.candidate import candidate_foundation, candidate_priority
 from aioice.ice import (
     ICE_COMPLETED,
@@ -94,6 +94,11 @@ PRIVATE_NAMES: tuple[str, ...] = (
     "aioice.ice.CandidatePair.remote_candidate",
     "aioice.ice.StunProtocol.transport",
     "aioice.turn.TurnTransport.sendto(data, addr)",
+    # limit_unvalidated_checks(): every STUN message a protocol sends passes its budget
+    "aioice.ice.StunProtocol.send_stun(message, addr)",
+    "aioice.stun.Message(message_method, message_class, transaction_id, attributes)",
+    "aioice.stun.Class.REQUEST",
+    "aioice.stun.Class.RESPONSE",
 )
 
 DatagramHandler = Callable[[bytes], None]
@@ -101,6 +106,8 @@ DatagramHandler = Callable[[bytes], None]
 #: aioice's pacing of connectivity checks (Ta); RFC 8445 section 14.2 forbids < 5 ms.
 DEFAULT_CHECK_INTERVAL = 0.02
 MIN_CHECK_INTERVAL = 0.005
+#: IP and UDP header bytes of a datagram, by whether it goes over IPv6.
+_IP_UDP_HEADERS = {False: 20 + 8, True: 40 + 8}
 #: Datagrams kept between ICE completion and the handler being set.
 _PENDING_LIMIT = 64
 _UNSTARTED = (CandidatePair.State.WAITING, CandidatePair.State.FROZEN)
@@ -152,6 +159,10 @@ class IceConnection(aioice.Connection):
         self._tl_keep_reading: Callable[[], bool] | None = None
         self._tl_pending: list[bytes] = []
         self._tl_reader: BatchReader | None = None
+        self._tl_check_budget: int | None = None
+        self._tl_validated: set[tuple[str, int]] = set()
+        self._tl_check_bytes = 0
+        self._tl_checks_dropped = 0
 
     # -- gathering ------------------------------------------------------------------------
     async def gather_candidates(self) -> None:
@@ -274,6 +285,51 @@ class IceConnection(aioice.Connection):
             raise ConnectionError("ICE negotiation failed")
         self._query_consent_task = asyncio.create_task(self.query_consent())
 
+    # -- the check budget -------------------------------------------------------------------
+    def limit_unvalidated_checks(self, budget: int) -> None:
+        """Send at most ``budget`` bytes (IP and UDP headers included) of connectivity
+        checks, until nomination, to remote addresses that have not sent us a valid check
+        (one that has proves it runs ICE with our credentials, so it is no reflection
+        victim). Checks over the budget are dropped as if lost (their transactions time
+        out). Call once gathering is done."""
+        for protocol in self._protocols:
+            self._tl_guard(protocol, budget)
+
+    @property
+    def unvalidated_check_bytes(self) -> int:
+        """Bytes of checks (with IP and UDP headers) sent to addresses that had not sent us
+        a valid check."""
+        return self._tl_check_bytes
+
+    @property
+    def checks_dropped(self) -> int:
+        """Checks not sent because the budget of :meth:`limit_unvalidated_checks` was spent."""
+        return self._tl_checks_dropped
+
+    def _tl_guard(self, protocol: StunProtocol, budget: int) -> None:
+        """Route ``protocol``'s STUN messages through the check budget. A Binding success
+        response goes out only to a request aioice authenticated (aioice/ice.py
+        ``Connection.request_received``, lines 1294-1351): its address is validated."""
+        send = protocol.send_stun
+
+        def send_stun(message: stun.Message, addr: tuple[str, int]) -> None:
+            kind = message.message_class
+            if kind == stun.Class.RESPONSE:
+                self._tl_validated.add(_address(addr))
+            elif (
+                kind == stun.Class.REQUEST
+                and self._tl_pair() is None
+                and _address(addr) not in self._tl_validated
+            ):
+                size = len(bytes(message)) + _IP_UDP_HEADERS[":" in addr[0]]
+                if self._tl_check_bytes + size > budget:
+                    self._tl_checks_dropped += 1
+                    return
+                self._tl_check_bytes += size
+            send(message, addr)
+
+        setattr(protocol, "send_stun", send_stun)  # noqa: B010  (an instance's method)
+
     # -- the nominated pair ---------------------------------------------------------------
     def _tl_pair(self) -> CandidatePair | None:
         """The nominated pair of component 1 (the only one), or None before nomination."""
@@ -384,3 +440,11 @@ class IceConnection(aioice.Connection):
         """
         pair = self._tl_pair()
         return pair is not None and _forbid_fragmentation(pair.protocol)
+
+
+def _address(addr: tuple[str, int]) -> tuple[str, int]:
+    """``addr`` with its host in one canonical text form (IPv6 has several)."""
+    try:
+        return str(ipaddress.ip_address(addr[0])), addr[1]
+    except ValueError:
+        return addr[0], addr[1]
