@@ -7,13 +7,14 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections.abc import Iterator
+from unittest import mock
 
 import pytest
 
 from tests.nodes import config_for
 from tests.waiting import eventually
 from tierlink.errors import RecordError
-from tierlink.identity import SIGNATURE_SIZE, Identity
+from tierlink.identity import Identity
 from tierlink.node import Node
 from tierlink.node.admission import GENERAL, RESERVED, Admission, AdmissionLimits
 from tierlink.wire.dhtkeys import offers_key
@@ -220,11 +221,15 @@ async def test_one_dialers_rapid_offers_are_limited_and_forgeries_spend_no_quota
                          and callee.offers_answered == burst, 20,
                          "the attacker's burst answered, the 12 offers over it refused")
 
-        forged = []
-        for _ in range(3 * burst):
-            value = bytearray(offer_to(callee, friend, ()))
-            value[-SIGNATURE_SIZE + 7] ^= 0x01  # the friend's fingerprint, a bad signature
-            forged.append(bytes(value))
+        real_sign = Identity.sign
+
+        def bad_sign(self: Identity, data: bytes) -> bytes:
+            signature = bytearray(real_sign(self, data))
+            signature[7] ^= 0x01
+            return bytes(signature)
+
+        with mock.patch.object(Identity, "sign", bad_sign):  # the friend's name, a bad signature
+            forged = [offer_to(callee, friend, ()) for _ in range(3 * burst)]
         await put_all(attacker, callee, forged)
         await eventually(lambda: callee.offer_rejections["signature"] == 3 * burst, 20,
                          "the forged offers refused")
