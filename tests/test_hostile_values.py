@@ -15,6 +15,7 @@ from typing import Any
 import cbor2
 import pytest
 
+from tests.memory_dht import MemoryDht
 from tests.nodes import config_for
 from tests.verify_counter import VerifyCounter
 from tests.waiting import eventually
@@ -64,19 +65,6 @@ TAGGED = {
 #: Integers no tierlink field can hold (CBOR carries them as bignum tags), and one that
 #: fits 64 bits but lies far beyond any receiver's clock.
 ABSURD = [-(2**1034), 2**1034, 2**63 - 1]
-
-
-class MemoryDht:
-    """Values per key, as a DHT hands them back (every put kept, in order)."""
-
-    def __init__(self) -> None:
-        self.values: dict[str, list[bytes]] = {}
-
-    async def get(self, key: str) -> list[bytes]:
-        return list(self.values.get(key, []))
-
-    async def put(self, key: str, value: bytes) -> None:
-        self.values.setdefault(key, []).append(value)
 
 
 def genuine_record() -> bytes:

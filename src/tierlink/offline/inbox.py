@@ -20,6 +20,7 @@ Reason words: every :class:`~tierlink.errors.RecordError` reason of
 ``replay``        already delivered; listed in ``replayed`` for a fresh ack
 ``sender_count``  the sender already has ``max_envelopes_per_sender`` accepted this fetch
 ``sender_bytes``  accepting it would pass ``max_bytes_per_sender`` for this fetch
+``log_full``      the :class:`DeliveredLog` is full: held back, left in the DHT (see below)
 ================  ==========================================================================
 
 Envelopes refused by a per-sender cap are not acknowledged, so their sender keeps
@@ -27,6 +28,12 @@ re-putting them and a later fetch takes them: the caps bound the work and memory
 fetch, they do not lose messages. Caps count only verified envelopes, so a forger cannot
 use up another sender's share. Values are examined in random order so that a flood cannot
 keep the same honest values past the ``max_values_per_fetch`` window fetch after fetch.
+
+The delivered log is bounded and never evicts (:mod:`~tierlink.offline.delivered`): once it
+is full, a new message is held back (``log_full``, not acknowledged, so it stays in the DHT
+and a later fetch delivers it when entries expire) while a replay is still recognised and
+acknowledged again. A flood of valid envelopes from fresh identities can fill the log and
+delay new messages; it cannot make one arrive twice or be lost.
 
 Recording a delivery is the caller's job (:meth:`Inbox.delivered` after the application
 took the message): remembering before the hand-off could lose a message on a crash.
@@ -141,6 +148,7 @@ class Inbox:
         count: Counter[str] = Counter()
         size: Counter[str] = Counter()
         taken: set[tuple[str, bytes]] = set()
+        free = self.log.free(t) if verified else 0
         for env in verified:
             sender, key = env.sender_fingerprint, (env.sender_fingerprint, env.message_id)
             if key in taken or self.log.seen(*key):
@@ -150,6 +158,8 @@ class Inbox:
                 res.rejected["sender_count"] += 1
             elif size[sender] + len(env.payload) > lim.max_bytes_per_sender:
                 res.rejected["sender_bytes"] += 1
+            elif len(taken) >= free:
+                res.rejected["log_full"] += 1
             else:
                 count[sender] += 1
                 size[sender] += len(env.payload)
