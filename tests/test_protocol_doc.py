@@ -13,6 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from tests.vectors import generate as gen
 from tierlink.identity import SIGNATURE_SIZE, Identity
@@ -21,15 +24,18 @@ from tierlink.transport.channel import DEFAULT_WINDOW
 from tierlink.wire import dhtkeys
 from tierlink.wire.channel_frames import Ack, ControlReader, Hello, MessageReader
 from tierlink.wire.decoding import decode
+from tierlink.wire.envelope import ack_token
 from tierlink.wire.link_frames import LinkAck, LinkMessage, decode_link_frame
 from tierlink.wire.records import encode_candidate
+from tierlink.wire.sealed import CLEAR_SIZE, KEY_LABEL, SIGNATURE_LABEL
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "PROTOCOL.md"
 BLOCK = re.compile(r"^```example (\S+)\n(.*?)^```$", re.MULTILINE | re.DOTALL)
 WIRE: dict[str, Any] = json.loads(gen.WIRE_PATH.read_text())
 VALUES: dict[str, dict[str, Any]] = WIRE["values"]
 SIGNED = [n for n, v in VALUES.items() if "signed" in v]
-SEALED = [n for n in VALUES if n not in SIGNED]
+SEALED_SENDER = [n for n, v in VALUES.items() if "clear" in v]
+SEALED = [n for n in VALUES if n not in SIGNED and n not in SEALED_SENDER]
 
 
 def examples(text: str) -> dict[str, str]:
@@ -56,9 +62,9 @@ def doc_identities() -> tuple[Identity, Identity]:
 
 def signed_value(name: str) -> bytes:
     """The document's body of ``name``, signed by the identity the document names."""
-    a, b = doc_identities()
+    a, _b = doc_identities()
     head = bytes([1, VALUES[name]["kind"]]) + hex_of(f"body.{name}")
-    return head + (b if name == "offline_ack" else a).sign(head)
+    return head + a.sign(head)
 
 
 def test_every_vector_has_its_example() -> None:
@@ -66,6 +72,7 @@ def test_every_vector_has_its_example() -> None:
         "key-file.A", "key-file.B", "session-description.full", "pmtu.probe", "pmtu.ack",
         *(f"dht-key.{k}" for k in WIRE["keys"]),
         *(f"body.{n}" for n in SIGNED),
+        *(f"{part}.{n}" for n in SEALED_SENDER for part in ("clear", "inner")),
         *(f"value.{n}" for n in SEALED),
         *(f"{'link-frame' if k.startswith('link_') else 'channel'}.{k}" for k in WIRE["channel"]),
     }
@@ -82,9 +89,13 @@ def test_key_files() -> None:
 
 @pytest.mark.parametrize("name", list(WIRE["keys"]))
 def test_dht_keys(name: str) -> None:
-    a, _b = doc_identities()
+    a, b = doc_identities()
     derive = getattr(dhtkeys, name)
-    args = (a.fingerprint, gen.SESSION_ID) if name == "answer_key" else (a.fingerprint,)
+    args: tuple[Any, ...] = (a.fingerprint,)
+    if name == "answer_key":
+        args = (a.fingerprint, gen.SESSION_ID)
+    if name == "offline_acks_key":
+        args = (ack_token(a, b.fingerprint),)
     assert hex_of(f"dht-key.{name}").hex() == derive(*args) == WIRE["keys"][name]
 
 
@@ -96,12 +107,35 @@ def test_signed_bodies(name: str) -> None:
     assert gen.jsonable(decode_value(value)) == VALUES[name]["fields"]
 
 
+def sealed_sender_value(name: str) -> bytes:
+    """The document's clear part and INNER of ``name``, signed by A and sealed to B with the
+    stored KEM secret (what §5.2 specifies)."""
+    a, b = doc_identities()
+    clear, inner = hex_of(f"clear.{name}"), hex_of(f"inner.{name}")
+    signature = a.sign(SIGNATURE_LABEL + clear + bytes.fromhex(b.fingerprint) + inner)
+    shared = bytes.fromhex(WIRE["inputs"]["kem"]["shared_secret"])
+    key = HKDF(hashes.SHA256(), 32, None, KEY_LABEL + clear[1:2]).derive(shared)
+    sealed = AESGCM(key).encrypt(clear[-12:], inner + signature,
+                                 clear + bytes.fromhex(b.fingerprint))
+    return clear + sealed
+
+
+@pytest.mark.parametrize("name", SEALED_SENDER)
+def test_sealed_sender_values(name: str) -> None:
+    value = sealed_sender_value(name)
+    assert value[:CLEAR_SIZE].hex() == VALUES[name]["clear"]
+    assert len(value) == VALUES[name]["size"]
+    _build, decode_value = gen.builders({})[name]
+    assert gen.jsonable(decode_value(value)) == VALUES[name]["fields"]
+
+
 @pytest.mark.parametrize("name", SEALED)
-def test_answers(name: str) -> None:
+def test_sealed_values(name: str) -> None:
     value = hex_of(f"value.{name}")
     assert value.hex() == VALUES[name]["value"]
     which = name.removeprefix("answer_")
-    _build, decode_value = gen.builders({which: signed_value(f"offer_{which}")})[name]
+    offers = {which: signed_value(f"offer_{which}")} if name.startswith("answer_") else {}
+    _build, decode_value = gen.builders(offers)[name]
     assert gen.jsonable(decode_value(value)) == VALUES[name]["fields"]
 
 

@@ -10,17 +10,21 @@ What is fixed, and how (everything else in a value then follows deterministicall
   32, 64)), bytes(range(64, 128)))`` is B;
 * time: explicit timestamps (``T0``) everywhere; ``tierlink.wire.signaling.now_ms`` (the offer's
   clock) is patched to return ``T0``; decoders run with ``now=NOW``;
-* ``os.urandom`` (AES-GCM nonces in signaling and envelope, PMTU probe nonces) is patched
+* ``os.urandom`` (AES-GCM nonces in signaling, sealed and ack, PMTU probe nonces) is patched
   by :func:`fixed`: its call ``i`` (from 0, counted per value) returns
   ``SHAKE-256(b"tierlink-refvec/" + str(i)).digest(n)``;
 * ML-KEM encapsulation cannot be seeded through ``cryptography``: ``kem_encapsulate`` is
-  patched (in ``tierlink.wire.signaling`` and ``tierlink.wire.envelope``) to return one real
+  patched (in ``tierlink.wire.signaling`` and ``tierlink.wire.sealed``) to return one real
   encapsulation to B's key, stored under ``inputs.kem`` and reused on regeneration;
-* ``AESGCM`` in both modules is wrapped to log (key, nonce, plaintext, aad) per value.
+* ``AESGCM`` in those modules and ``tierlink.wire.ack`` is wrapped to log (key, nonce,
+  plaintext, aad) per value.
 
 Not fixable: ML-DSA-87 signing in ``cryptography`` is hedged (randomized), so the last
 4627 bytes (the signature) of a signed value differ on every run; the bytes before it
-(``signed`` = VERSION || KIND || BODY) are exact, and the signature verifies.
+(``signed`` = VERSION || KIND || BODY) are exact, and the signature verifies. A sealed-sender
+value (the offline envelope) carries its signature inside its AEAD ciphertext, so its
+ciphertext differs on every run: its ``clear`` part is exact, and so are its AEAD inputs
+except the signature (logged as ``inner``, the plaintext without its last 4627 bytes).
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ from tierlink.transport.channel import DEFAULT_WINDOW
 from tierlink.wire import ack as ackmod
 from tierlink.wire import dhtkeys as keys
 from tierlink.wire import envelope as envmod
+from tierlink.wire import sealed as sealedmod
 from tierlink.wire import signaling as sig
 from tierlink.wire.channel_frames import (
     PROTOCOL_VERSION,
@@ -66,7 +71,8 @@ T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z in ms
 NOW = T0 + 1_000  # the decoders' clock: every vector is still valid
 SESSION_ID = bytes(range(0xA0, 0xB0))
 MESSAGE_IDS = (bytes(range(16)), bytes(range(16, 32)))
-SIGNED_KINDS = {0x01, 0x02, 0x04, 0x05}
+SIGNED_KINDS = {0x01, 0x02}
+SEALED_SENDER_KINDS = {0x04}
 
 
 def identities() -> tuple[Identity, Identity]:
@@ -128,8 +134,9 @@ def fixed(kem: tuple[bytes, bytes]) -> Iterator[list[dict[str, str]]]:
     with contextlib.ExitStack() as stack:
         stack.enter_context(mock.patch("os.urandom", urandom))
         stack.enter_context(mock.patch.object(sig, "now_ms", lambda: T0))
-        for mod in (sig, envmod):
+        for mod in (sig, sealedmod):
             stack.enter_context(mock.patch.object(mod, "kem_encapsulate", lambda _pk: kem))
+        for mod in (sig, sealedmod, ackmod):
             stack.enter_context(mock.patch.object(mod, "AESGCM", aead))
         yield log
 
@@ -190,8 +197,9 @@ def builders(offers: dict[str, bytes]) -> Builders:
                                            3600.0, MESSAGE_IDS[0], created_at_ms=T0)[0],
             lambda v: envmod.open_envelope(v, b, NOW)),
         "offline_ack": (
-            lambda: ackmod.create_ack(b, a.fingerprint, MESSAGE_IDS, 3600.0, created_at_ms=T0),
-            lambda v: ackmod.open_ack(v, a.fingerprint, NOW, expected_recipient_fp=b.fingerprint)),
+            lambda: ackmod.create_ack(envmod.ack_token(a, b.fingerprint), MESSAGE_IDS, 3600.0,
+                                      created_at_ms=T0),
+            lambda v: ackmod.open_ack(v, envmod.ack_token(a, b.fingerprint), NOW)),
     }
 
 
@@ -204,6 +212,11 @@ def build_value(name: str, kem: tuple[bytes, bytes], table: Builders) -> dict[st
     if value[1] in SIGNED_KINDS:
         entry["signed"] = value[:-SIGNATURE_SIZE].hex()
         entry["body"] = jsonable(cbor2.loads(value[2:-SIGNATURE_SIZE]))
+    if value[1] in SEALED_SENDER_KINDS:
+        entry["clear"] = value[:sealedmod.CLEAR_SIZE].hex()
+        for used in aead:  # the signature inside the plaintext is not reproducible
+            used["inner"] = used.pop("plaintext")[:-2 * SIGNATURE_SIZE]
+        entry["inner"] = jsonable(cbor2.loads(bytes.fromhex(aead[0]["inner"])))
     entry["aead"] = aead
     entry["fields"] = jsonable(decode(value))
     return entry
@@ -236,13 +249,15 @@ def pmtu_vectors(kem: tuple[bytes, bytes]) -> dict[str, Any]:
 
 
 def dht_keys(fingerprint: str) -> dict[str, str]:
-    """Every key function of keys.py for one fingerprint (and SESSION_ID)."""
+    """Every key function of keys.py for one fingerprint (and SESSION_ID; the offline acks
+    key: of A's ack token for B)."""
+    a, b = identities()
     return {
         "ice_candidates_key": keys.ice_candidates_key(fingerprint),
         "offers_key": keys.offers_key(fingerprint),
         "answer_key": keys.answer_key(fingerprint, SESSION_ID),
         "offline_queue_key": keys.offline_queue_key(fingerprint),
-        "offline_acks_key": keys.offline_acks_key(fingerprint),
+        "offline_acks_key": keys.offline_acks_key(envmod.ack_token(a, b.fingerprint)),
     }
 
 
@@ -286,7 +301,8 @@ def _roles(a: Identity, b: Identity) -> dict[str, str]:
         out[keys.ice_candidates_key(fp)] = f"record:{who}"
         out[keys.offers_key(fp)] = f"offers:{who}"
         out[keys.offline_queue_key(fp)] = f"offline_queue:{who}"
-        out[keys.offline_acks_key(fp)] = f"offline_acks:{who}"
+    out[keys.offline_acks_key(envmod.ack_token(a, b.fingerprint))] = "offline_acks:A->B"
+    out[keys.offline_acks_key(envmod.ack_token(b, a.fingerprint))] = "offline_acks:B->A"
     return out
 
 
