@@ -9,14 +9,13 @@ so :meth:`OfflineTier.reput_due` puts the *same* envelope bytes again every
 ``pending`` and are retried by ``reput_due``.
 
 Acks for a recipient's messages come under :meth:`OfflineTier.ack_key`, derived from the ack
-token we give that recipient (:func:`~tierlink.wire.envelope.ack_token`): only the two of us
-can compute it. How ack listening scales: one key per *recipient* with undelivered messages,
-not one per message. The tier listens on the keys of at most :data:`MAX_ACK_LISTENS`
-recipients at once (one DHT listen each, the longest waiting first, re-chosen when messages
-are queued or delivered and every maintenance period), and the maintenance loop fetches the
-key of every recipient with undelivered messages once per period (one get each, which also
-covers recipients past the cap). So ack traffic grows with the number of distinct recipients
-awaiting acks, whatever the number of messages to each.
+token we give that recipient (:func:`~tierlink.wire.envelope.ack_token`): only we two can
+compute it. How ack listening scales: one key per *recipient* with undelivered messages, not
+per message. We listen on the keys of at most :data:`MAX_ACK_LISTENS` recipients (one DHT
+listen each, the longest waiting first, re-chosen when messages are queued or delivered and
+every maintenance period); the maintenance loop gets the key of every recipient with
+undelivered messages once per period (covering those past the cap). Ack traffic grows with
+the number of distinct recipients awaiting acks, whatever the number of messages to each.
 
 Receiver side: :meth:`OfflineTier.fetch_and_deliver` reads our queue key, runs the values
 through the :class:`Inbox` policy, hands each new message to the application callback,
@@ -109,8 +108,8 @@ class OfflineTier:
         self.dht = dht
         self.me = identity
         self.outbox = outbox
-        # ``allow`` (sender fingerprint -> bool): the node's allow-list; refused senders'
-        # envelopes are counted ``blocked``, never delivered and never acknowledged.
+        # ``allow`` (sender fingerprint -> bool): the node's allow-list, checked once an
+        # envelope decrypts; refused ones count ``not-allowed``, are never delivered nor acked.
         self.inbox = Inbox(identity, delivered_log, limits, allow)
         self.reput_interval_s = reput_interval_s
         self.on_delivered = on_delivered
@@ -224,13 +223,11 @@ class OfflineTier:
     async def check_acks(
         self, recipient: str | None = None, values: list[bytes] | None = None
     ) -> int:
-        """Read ``recipient``'s acks (or handle ``values`` from its ack key); returns messages
-        newly marked delivered. Without ``recipient``: every recipient with undelivered
-        messages, one get each.
-
-        At most :data:`MAX_ACKS_PER_FETCH` values are opened per key, in the order given. An
-        ack counts only if it decrypts under our token for ``recipient``, and an id only if
-        its message went to ``recipient``.
+        """Read ``recipient``'s acks (or handle ``values`` from its ack key; without it, every
+        recipient with undelivered messages, one get each); returns messages newly marked
+        delivered. At most :data:`MAX_ACKS_PER_FETCH` values are opened per key, in the order
+        given; an ack counts only if it decrypts under our token for ``recipient``, an id only
+        if its message went to ``recipient``.
         """
         if recipient is None:
             if values is not None:
