@@ -10,21 +10,21 @@ What is fixed, and how (everything else in a value then follows deterministicall
   32, 64)), bytes(range(64, 128)))`` is B;
 * time: explicit timestamps (``T0``) everywhere; ``tierlink.wire.signaling.now_ms`` (the offer's
   clock) is patched to return ``T0``; decoders run with ``now=NOW``;
-* ``os.urandom`` (AES-GCM nonces in sealed, signaling and envelope, PMTU probe nonces) is patched
+* ``os.urandom`` (AES-GCM nonces in signaling, sealed and ack, PMTU probe nonces) is patched
   by :func:`fixed`: its call ``i`` (from 0, counted per value) returns
   ``SHAKE-256(b"tierlink-refvec/" + str(i)).digest(n)``;
 * ML-KEM encapsulation cannot be seeded through ``cryptography``: ``kem_encapsulate`` is
-  patched (in ``tierlink.wire.sealed`` and ``tierlink.wire.envelope``) to return one real
-  encapsulation to B's key, stored under ``inputs.kem`` and reused on regeneration;
-* ``AESGCM`` in those modules and ``tierlink.wire.signaling`` is wrapped to log (key, nonce,
-  plaintext, aad) per value.
+  patched (in ``tierlink.wire.sealed``) to return one real encapsulation to B's key, stored
+  under ``inputs.kem`` and reused on regeneration;
+* ``AESGCM`` in that module, ``tierlink.wire.signaling`` and ``tierlink.wire.ack`` is wrapped
+  to log (key, nonce, plaintext, aad) per value.
 
 Not fixable: ML-DSA-87 signing in ``cryptography`` is hedged (randomized), so the last
 4627 bytes (the signature) of a signed value differ on every run; the bytes before it
 (``signed`` = VERSION || KIND || BODY) are exact, and the signature verifies. A sealed-sender
-value (the offer) carries its signature inside its AEAD ciphertext, so its ciphertext differs
-on every run: its ``clear`` part is exact, and so are its AEAD inputs except the signature
-(logged as ``inner``, the plaintext without its last 4627 bytes).
+value (the offer, the offline envelope) carries its signature inside its AEAD ciphertext, so
+its ciphertext differs on every run: its ``clear`` part is exact, and so are its AEAD inputs
+except the signature (logged as ``inner``, the plaintext without its last 4627 bytes).
 """
 
 from __future__ import annotations
@@ -73,8 +73,8 @@ SESSION_ID = bytes(range(0xA0, 0xB0))
 MESSAGE_IDS = (bytes(range(16)), bytes(range(16, 32)))
 ANSWER_LOCATOR = bytes(range(0xC0, 0xE0))
 """The locator the ``answer_key`` vector hashes (a real one is secret and per offer)."""
-SIGNED_KINDS = {0x01, 0x04, 0x05}
-SEALED_SENDER_KINDS = {0x02}
+SIGNED_KINDS = {0x01}
+SEALED_SENDER_KINDS = {0x02, 0x04}
 
 
 def identities() -> tuple[Identity, Identity]:
@@ -136,9 +136,8 @@ def fixed(kem: tuple[bytes, bytes]) -> Iterator[list[dict[str, str]]]:
     with contextlib.ExitStack() as stack:
         stack.enter_context(mock.patch("os.urandom", urandom))
         stack.enter_context(mock.patch.object(sig, "now_ms", lambda: T0))
-        for mod in (sealedmod, envmod):
-            stack.enter_context(mock.patch.object(mod, "kem_encapsulate", lambda _pk: kem))
-        for mod in (sig, sealedmod, envmod):
+        stack.enter_context(mock.patch.object(sealedmod, "kem_encapsulate", lambda _pk: kem))
+        for mod in (sig, sealedmod, ackmod):
             stack.enter_context(mock.patch.object(mod, "AESGCM", aead))
         yield log
 
@@ -199,8 +198,9 @@ def builders(offers: dict[str, bytes]) -> Builders:
                                            3600.0, MESSAGE_IDS[0], created_at_ms=T0)[0],
             lambda v: envmod.open_envelope(v, b, NOW)),
         "offline_ack": (
-            lambda: ackmod.create_ack(b, a.fingerprint, MESSAGE_IDS, 3600.0, created_at_ms=T0),
-            lambda v: ackmod.open_ack(v, a.fingerprint, NOW, expected_recipient_fp=b.fingerprint)),
+            lambda: ackmod.create_ack(envmod.ack_token(a, b.fingerprint), MESSAGE_IDS, 3600.0,
+                                      created_at_ms=T0),
+            lambda v: ackmod.open_ack(v, envmod.ack_token(a, b.fingerprint), NOW)),
     }
 
 
@@ -253,13 +253,15 @@ def pmtu_vectors(kem: tuple[bytes, bytes]) -> dict[str, Any]:
 
 
 def dht_keys(fingerprint: str) -> dict[str, str]:
-    """Every key function of keys.py for one fingerprint (the answer key: ANSWER_LOCATOR)."""
+    """Every key function of keys.py for one fingerprint (the answer key: ANSWER_LOCATOR;
+    the offline acks key: of A's ack token for B)."""
+    a, b = identities()
     return {
         "ice_candidates_key": keys.ice_candidates_key(fingerprint),
         "offers_key": keys.offers_key(fingerprint),
         "answer_key": keys.answer_key(ANSWER_LOCATOR),
         "offline_queue_key": keys.offline_queue_key(fingerprint),
-        "offline_acks_key": keys.offline_acks_key(fingerprint),
+        "offline_acks_key": keys.offline_acks_key(envmod.ack_token(a, b.fingerprint)),
     }
 
 
@@ -304,7 +306,8 @@ def _roles(a: Identity, b: Identity) -> dict[str, str]:
         out[keys.ice_candidates_key(fp)] = f"record:{who}"
         out[keys.offers_key(fp)] = f"offers:{who}"
         out[keys.offline_queue_key(fp)] = f"offline_queue:{who}"
-        out[keys.offline_acks_key(fp)] = f"offline_acks:{who}"
+    out[keys.offline_acks_key(envmod.ack_token(a, b.fingerprint))] = "offline_acks:A->B"
+    out[keys.offline_acks_key(envmod.ack_token(b, a.fingerprint))] = "offline_acks:B->A"
     return out
 
 

@@ -48,6 +48,7 @@ def offline_queue_key(fingerprint: str) -> str:
     return _derive(fingerprint, ":offline_queue")
 
 
-def offline_acks_key(fingerprint: str) -> str:
-    """Where recipients put signed acknowledgements for envelopes ``fingerprint`` sent."""
-    return _derive(fingerprint, ":offline_acks")
+def offline_acks_key(ack_token: bytes) -> str:
+    """Where a recipient puts sealed acks for the sender that gave it ``ack_token`` (a secret of
+    the two ends, :func:`tierlink.wire.ack.ack_token`): nobody else can compute the key."""
+    return _derive(ack_token.hex(), ":offline_acks")
