@@ -26,10 +26,8 @@ import pytest
 from tests.nodes import config_for
 from tests.test_cli import TIERLINK, start_serve
 from tests.waiting import eventually
-from tierlink.dht import DhtNodeProcess
-from tierlink.identity import Identity
-from tierlink.node import Node, control
-from tierlink.node.control import (
+from tierlink import control
+from tierlink.control import (
     MAX_MESSAGES,
     MAX_REQUEST,
     ControlError,
@@ -42,6 +40,9 @@ from tierlink.node.control import (
     encode_request,
     parse_request,
 )
+from tierlink.dht import DhtNodeProcess
+from tierlink.identity import Identity
+from tierlink.node import Node
 from tierlink.node.control_server import MAX_CLIENTS, ControlServer
 
 FP = "ab" * 64

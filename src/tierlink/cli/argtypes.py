@@ -9,12 +9,16 @@ from __future__ import annotations
 import argparse
 import ipaddress
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from tierlink.dht.launcher import DEFAULT_PORT as DHT_DEFAULT_PORT
 from tierlink.hostport import parse_hostport, parse_port
 from tierlink.identity import is_fingerprint
-from tierlink.transport.ice import TurnServer
 
+if TYPE_CHECKING:
+    from tierlink.transport.ice import TurnServer
+
+#: The UDP port OpenDHT nodes listen on unless told otherwise.
+DHT_DEFAULT_PORT = 4222
 #: STUN and TURN servers listen here unless told otherwise (RFC 8489).
 STUN_DEFAULT_PORT = 3478
 
@@ -37,6 +41,8 @@ stun_address = _endpoint(STUN_DEFAULT_PORT)
 
 def turn_server(text: str) -> TurnServer:
     """``USER:PASSWORD@HOST[:PORT]``."""
+    from tierlink.transport.ice import TurnServer  # the ICE stack loads only when used
+
     creds, at, addr = text.rpartition("@")
     user, colon, password = creds.partition(":")
     if not at or not colon or not user:

@@ -1,6 +1,6 @@
 """The control socket's server: a running :class:`~tierlink.node.node.Node` answers the
 ``tierlink send``, ``outbox`` and ``lookup`` commands of its user (protocol:
-:mod:`tierlink.node.control`).
+:mod:`tierlink.control`).
 
 One node per identity serves the socket: :meth:`ControlServer.claim` takes an exclusive
 ``flock`` on ``<socket>.lock`` (the kernel drops it when the process dies), so a second node
@@ -25,8 +25,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from tierlink.errors import TierlinkError
-from tierlink.node.control import (
+from tierlink.control import (
     MAX_REQUEST,
     ControlError,
     LookupRequest,
@@ -40,6 +39,7 @@ from tierlink.node.control import (
     record_json,
     reply_line,
 )
+from tierlink.errors import TierlinkError
 from tierlink.node.node import Node
 from tierlink.node.tasks import Supervisor
 from tierlink.offline.outbox import UNDELIVERED

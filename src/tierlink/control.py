@@ -16,7 +16,8 @@ Requests and replies are one JSON object per line (UTF-8, at most :data:`MAX_REQ
 
 Replies are ``{"ok": true, "node": {"pid": N, "fingerprint": FP}, ...}`` or
 ``{"ok": false, "reason": REASON, "error": TEXT}``. This module holds the protocol, the paths
-and the client; :mod:`tierlink.node.control_server` holds the server.
+and the client; :mod:`tierlink.node.control_server` holds the server. It imports no part of
+the node stack, so a command the running node serves starts without loading it.
 """
 
 from __future__ import annotations
