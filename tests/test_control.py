@@ -430,3 +430,15 @@ async def test_without_a_running_node_a_command_starts_its_own(cli: Cli) -> None
     assert not sock.exists()
     assert again.stderr is not None
     assert "removed the control socket a stopped node left" in again.stderr.read()
+
+
+def test_many_or_large_messages_are_split_into_requests_that_fit() -> None:
+    many = [b"m%d" % i for i in range(MAX_MESSAGES * 2 + 1)]
+    batches = control.send_requests(FP, many)
+    assert [len(b.payloads) for b in batches] == [MAX_MESSAGES, MAX_MESSAGES, 1]
+    large = [b"x" * (MAX_REQUEST // 3)] * 4  # base64 makes each 4/9 of the limit
+    batches = control.send_requests(FP, large)
+    assert [len(b.payloads) for b in batches] == [2, 2]
+    for batch in [*batches, *control.send_requests(FP, many)]:
+        assert parse_request(encode_request(batch)) == batch  # each one fits and parses
+    assert [p for b in control.send_requests(FP, many) for p in b.payloads] == many

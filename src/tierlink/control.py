@@ -33,7 +33,7 @@ import socket
 import stat
 import struct
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -128,6 +128,22 @@ def encode_request(req: Request) -> bytes:
         raise ControlError("too_long", f"the request is {len(line)} bytes, more than the "
                                        f"control socket takes ({MAX_REQUEST})")
     return line
+
+
+def send_requests(to: str, payloads: Sequence[bytes], wait: float = 5.0) -> list[SendRequest]:
+    """``payloads`` for ``to`` as as few send requests as fit the limits (in order): at most
+    :data:`MAX_MESSAGES` each, and each line at most :data:`MAX_REQUEST` bytes."""
+    room = MAX_REQUEST - 512  # the fields around the messages
+    batches: list[list[bytes]] = [[]]
+    used = 0
+    for payload in payloads:
+        size = 4 * ((len(payload) + 2) // 3) + 3  # base64, quotes and comma
+        if batches[-1] and (len(batches[-1]) == MAX_MESSAGES or used + size > room):
+            batches.append([])
+            used = 0
+        batches[-1].append(payload)
+        used += size
+    return [SendRequest(to, tuple(batch), wait) for batch in batches if batch]
 
 
 def _bad(reason: str, message: str) -> ControlError:

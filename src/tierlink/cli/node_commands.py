@@ -262,11 +262,15 @@ def _report_sent(args: argparse.Namespace, result: dict[str, Any], node: str) ->
 async def _send(args: argparse.Namespace) -> int:
     identity = load_identity(args)
     payloads = tuple(text.encode() for text in args.message)
-    req = control.SendRequest(args.fingerprint, payloads, args.wait)
-    reply = await _ask_running_node(args, identity, req, timeout=None)
+    requests = control.send_requests(args.fingerprint, payloads, args.wait)
+    reply = await _ask_running_node(args, identity, requests[0], timeout=None)
     if reply is not None:
-        results = control.send_results(reply)
-        return max(_report_sent(args, r, "running") for r in results)
+        code = max(_report_sent(args, r, "running") for r in control.send_results(reply))
+        for req in requests[1:]:
+            reply = await control.request(control.socket_path(identity.fingerprint), req, None)
+            code = max(code, *(_report_sent(args, r, "running")
+                               for r in control.send_results(reply)))
+        return code
     if not args.own_node:
         _no_running_node(identity)
     from tierlink.node.control_server import send_messages
