@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import statistics
 import subprocess
@@ -100,6 +101,7 @@ def main() -> int:
                     proc.wait(15)
                 except subprocess.TimeoutExpired:
                     proc.kill()
+        shutil.rmtree(tmp, ignore_errors=True)
     return 0
 
 
