@@ -7,12 +7,18 @@ line and exit status 2.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from tierlink.dht.launcher import DEFAULT_PORT as DHT_DEFAULT_PORT
 from tierlink.hostport import parse_hostport, parse_port
-from tierlink.transport.ice import TurnServer
+from tierlink.identity import is_fingerprint
 
+if TYPE_CHECKING:
+    from tierlink.transport.ice import TurnServer
+
+#: The UDP port OpenDHT nodes listen on unless told otherwise.
+DHT_DEFAULT_PORT = 4222
 #: STUN and TURN servers listen here unless told otherwise (RFC 8489).
 STUN_DEFAULT_PORT = 3478
 
@@ -35,6 +41,8 @@ stun_address = _endpoint(STUN_DEFAULT_PORT)
 
 def turn_server(text: str) -> TurnServer:
     """``USER:PASSWORD@HOST[:PORT]``."""
+    from tierlink.transport.ice import TurnServer  # the ICE stack loads only when used
+
     creds, at, addr = text.rpartition("@")
     user, colon, password = creds.partition(":")
     if not at or not colon or not user:
@@ -80,4 +88,46 @@ def positive_float(text: str) -> float:
         value = 0.0
     if not value > 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"invalid value {text!r}: expected seconds > 0")
+    return value
+
+
+def port_range(text: str) -> tuple[int, int]:
+    """``LOW-HIGH``, both within 1024-65535."""
+    low, dash, high = text.partition("-")
+    try:
+        lo, hi = int(low), int(high)
+    except ValueError:
+        lo = hi = -1
+    if not dash or not 1024 <= lo <= hi <= 65535:
+        raise argparse.ArgumentTypeError(f"invalid port range {text!r}: expected LOW-HIGH "
+                                         "within 1024-65535")
+    return lo, hi
+
+
+def ip_address(text: str) -> str:
+    """An IPv4 or IPv6 address, normalised."""
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an IP address") from None
+
+
+def fingerprint(text: str) -> str:
+    """A fingerprint (128 hex characters; case and surrounding blanks ignored)."""
+    text = text.strip().lower()
+    if not is_fingerprint(text):
+        shown = f"{text[:20]!r}…" if len(text) > 20 else repr(text)
+        raise argparse.ArgumentTypeError(f"{shown} is not a fingerprint (128 hex characters)")
+    return text
+
+
+def wait_seconds(text: str) -> float:
+    """A number of seconds to wait, 0 to 3600."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 3600:
+        raise argparse.ArgumentTypeError(f"invalid value {text!r}: expected seconds from 0 "
+                                         "to 3600")
     return value

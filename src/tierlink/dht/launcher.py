@@ -38,8 +38,6 @@ from tierlink.hostport import format_hostport
 
 log = logging.getLogger(__name__)
 
-#: The UDP port OpenDHT nodes listen on unless told otherwise.
-DEFAULT_PORT = 4222
 INSTALL_HINT = (
     "the 'dhtnode' program (OpenDHT) is not installed; on Debian/Ubuntu run "
     "'sudo apt-get install dhtnode', or pass --dht-proxy URL to use an existing OpenDHT proxy"
