@@ -35,6 +35,7 @@ from tierlink.transport.aioquic_adapter import (
     release,
     restamp_in_flight,
     set_max_datagram_size,
+    tls_exporter,
 )
 from tierlink.transport.certs import LocalCertificate, certificate_sha256
 from tierlink.transport.channel import DATAGRAM_MAX_PAYLOAD
@@ -119,6 +120,7 @@ def test_private_names_resolve_on_the_installed_aioquic() -> None:
     instances = {
         QuicConnection: plain,
         tls.Context: plain.tls,
+        tls.KeySchedule: tls.KeySchedule(tls.CipherSuite.AES_128_GCM_SHA256),
         QuicPacketRecovery: plain._loss,
         QuicPacketSpace: plain._loss.spaces[0],
         QuicPacketPacer: QuicPacketPacer(max_datagram_size=MAX_DATAGRAM_SIZE),
@@ -140,8 +142,8 @@ def test_pinned_connection_shadows_nothing_of_aioquic_but_initialize() -> None:
     plain = QuicConnection(configuration=_config(cert, True))
     added = set(vars(ours)) - set(vars(plain))
     assert added == {
-        "expected_peer_sha256", "peer_certificate_sha256", "pin_error", "early_datagrams",
-        "early_reply",
+        "expected_peer_sha256", "peer_certificate_sha256", "pin_error", "exporter_secret",
+        "early_datagrams", "early_reply",
     }
     assert not any(hasattr(QuicConnection, n) for n in added)
 
@@ -178,6 +180,27 @@ def test_mutual_handshake_pins_both_certificates() -> None:
     assert any(isinstance(e, events.HandshakeCompleted) for e in _events(pair.client))
     assert any(isinstance(e, events.HandshakeCompleted) for e in _events(pair.server))
     assert close_event(pair.client) is None and close_event(pair.server) is None
+
+
+def test_tls_exporter_is_one_value_per_connection_shared_by_both_ends() -> None:
+    """RFC 8446 §7.5 on both ends: the server has it from the ClientHello on, the client
+    from the server's Finished; labels and contexts separate values, connections too."""
+    pair = Pair(b"", b"")
+    with pytest.raises(RuntimeError):
+        tls_exporter(pair.client, b"EXPORTER-test", b"", 32)
+    pair.pump(1)  # the ClientHello reaches the server, whose flight reaches the client
+    assert pair.server is not None and pair.server.exporter_secret is not None
+    assert pair.client.exporter_secret is not None
+    pair.pump()
+    values = {tls_exporter(c, b"EXPORTER-test", b"", 32) for c in (pair.client, pair.server)}
+    assert len(values) == 1
+    (value,) = values
+    assert tls_exporter(pair.client, b"EXPORTER-other", b"", 32) != value
+    assert tls_exporter(pair.client, b"EXPORTER-test", b"ctx", 32) != value
+    assert len(tls_exporter(pair.client, b"EXPORTER-test", b"", 48)) == 48
+    other = Pair(b"", b"")
+    other.pump()
+    assert tls_exporter(other.client, b"EXPORTER-test", b"", 32) != value
 
 
 @pytest.mark.parametrize("side", ["client", "server"])

@@ -154,7 +154,7 @@ class Answerer:
             async with task_group() as group:
                 group.create_task(ice.gather_candidates())
                 await asyncio.sleep(0)  # gathering under way, the QUIC reply is built
-                draft = self.endpoint.reply_channel(p)
+                draft = self.endpoint.reply_channel(p, offer.secret)
             await set_remote(ice, p.ufrag, p.pwd, p.candidates)
             reply = draft.reply() if draft else ()
             answer = encode_answer(offer.secret, self.endpoint.describe(ice, quic_flight=reply))
@@ -172,9 +172,7 @@ class Answerer:
             except BaseException:
                 put.cancel()
                 raise
-            channel = await self.endpoint.open_channel(
-                ice, False, p.cert_sha256, p.channel_limits, draft
-            )
+            channel = await self.endpoint.open_channel(ice, False, p, offer.secret, draft)
         except BaseException:
             await ice.close()
             raise
