@@ -5,12 +5,11 @@ transport (:meth:`ChannelProtocol.pop_commands`) and events for the application
 (:meth:`ChannelProtocol.pop_events`); the records are in
 :mod:`tierlink.protocol.channel_events`, the bytes in :mod:`tierlink.wire.channel_frames`.
 
-* Once the connection's keys exist (:class:`~tierlink.protocol.channel_events.KeysReady`:
-  the callee's after the ClientHello, so its HELLO leaves as 0.5-RTT data with its first
-  flight; the dialer's with the callee's Finished, so its HELLO leaves with its own), each
-  side opens its control stream (tag ``C``, then HELLO with its binding proof) and its
-  message stream (tag ``M``): our first two unidirectional streams (RFC 9000 numbering: 2
-  and 6 for the client, 3 and 7 for the server).
+* Once the connection's keys exist (``KeysReady``: the callee's after the ClientHello, so
+  its HELLO is 0.5-RTT data; the dialer's with the callee's Finished, so its HELLO leaves
+  with its own), each side opens its control stream (tag ``C``, then HELLO with its
+  binding proof) and its message stream (tag ``M``): our first two unidirectional streams
+  (RFC 9000 numbering: 2 and 6 for the client, 3 and 7 for the server).
 * The channel opens once the handshake completed and the peer's HELLO proved this dial
   (:class:`~tierlink.wire.channel_frames.ChannelBinding`: session, both fingerprints, this
   TLS connection). Until then nothing reaches the application (messages are held,
@@ -260,8 +259,9 @@ class ChannelProtocol:
         if self._exporter is None:
             raise ProtocolError("HELLO before the connection's keys")
         if not self._binding.verify(not self.is_client, self._exporter, hello.proof):
-            self._refuse("the peer's HELLO does not prove this dial (session, fingerprints "
-                         "and TLS connection): channel binding failed")
+            detail = ("the peer's HELLO does not prove this dial (session, fingerprints and "
+                      "TLS connection): channel binding failed")
+            self._violation(detail, ERROR_HANDSHAKE)
             return
         self._proven = hello
         self._try_open()
@@ -403,17 +403,13 @@ class ChannelProtocol:
         self._commands.append(CloseConnection(ERROR_NONE, reason, PEER_CLOSED_REASON))
         self._finish(reason)
 
-    def _violation(self, detail: str) -> None:
-        reason = f"protocol error: {detail}"
+    def _violation(self, detail: str, code: int = ERROR_PROTOCOL) -> None:
+        """Close on the peer's fault: a protocol error, or a failed handshake (its HELLO
+        did not prove this dial)."""
+        what = "handshake failed" if code == ERROR_HANDSHAKE else "protocol error"
+        reason = f"{what}: {detail}"
         self._events.append(ProtocolViolation(detail))
-        self._commands.append(CloseConnection(ERROR_PROTOCOL, reason, reason[:200]))
-        self._finish(reason)
-
-    def _refuse(self, detail: str) -> None:
-        """The peer failed to prove this dial: close as a failed handshake."""
-        reason = f"handshake failed: {detail}"
-        self._events.append(ProtocolViolation(detail))
-        self._commands.append(CloseConnection(ERROR_HANDSHAKE, reason, reason[:200]))
+        self._commands.append(CloseConnection(code, reason, reason[:200]))
         self._finish(reason)
 
     def _finish(self, reason: str) -> None:

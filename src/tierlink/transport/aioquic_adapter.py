@@ -188,26 +188,31 @@ class PinnedQuicConnection(QuicConnection):
 
 @dataclass(frozen=True)
 class ExporterSecret:
-    """A connection's exporter master secret and the hash of its cipher suite."""
+    """A TLS 1.3 exporter master secret and the hash of the cipher suite it came from."""
 
     algorithm: hashes.HashAlgorithm
     secret: bytes = field(repr=False)
 
+    def export(self, label: bytes, context: bytes, length: int) -> bytes:
+        """TLS-Exporter(label, context, length) of RFC 8446 §7.5 (HKDF-Expand-Label of
+        Derive-Secret(secret, label, ""), "exporter", Hash(context))."""
+        algorithm = self.algorithm
+        empty, ctx = hashes.Hash(algorithm), hashes.Hash(algorithm)
+        ctx.update(context)
+        derived = tls.hkdf_expand_label(
+            algorithm, self.secret, label, empty.finalize(), algorithm.digest_size
+        )
+        return tls.hkdf_expand_label(algorithm, derived, b"exporter", ctx.finalize(), length)
+
 
 def tls_exporter(quic: PinnedQuicConnection, label: bytes, context: bytes, length: int) -> bytes:
-    """TLS-Exporter(label, context, length) of RFC 8446 §7.5 for ``quic``, whose 1-RTT keys
-    must exist (:attr:`PinnedQuicConnection.exporter_secret` set); both ends of one
-    connection get the same bytes, no other connection does."""
+    """TLS-Exporter(label, context, length) of ``quic``, whose 1-RTT keys must exist
+    (:attr:`PinnedQuicConnection.exporter_secret` set); both ends of one connection get
+    the same bytes, no other connection does."""
     exporter = quic.exporter_secret
     if exporter is None:
         raise RuntimeError("the connection has no exporter secret before its 1-RTT keys")
-    algorithm = exporter.algorithm
-    empty, ctx = hashes.Hash(algorithm), hashes.Hash(algorithm)
-    ctx.update(context)
-    derived = tls.hkdf_expand_label(
-        algorithm, exporter.secret, label, empty.finalize(), algorithm.digest_size
-    )
-    return tls.hkdf_expand_label(algorithm, derived, b"exporter", ctx.finalize(), length)
+    return exporter.export(label, context, length)
 
 
 def initial_destination_cid(datagram: bytes, cid_length: int) -> bytes | None:

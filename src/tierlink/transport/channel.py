@@ -38,12 +38,7 @@ from tierlink.transport.quic_setup import (
     start_client,
     start_server,
 )
-from tierlink.transport.secure_channel import (
-    DEFAULT_WINDOW,
-    ChannelSettings,
-    SecureChannel,
-    new_core,
-)
+from tierlink.transport.secure_channel import DEFAULT_WINDOW, ChannelSettings, SecureChannel
 from tierlink.wire.channel_frames import ChannelBinding
 
 __all__ = [
@@ -60,6 +55,17 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 DEFAULT_SETTINGS = ChannelSettings()
+
+
+def new_core(
+    is_client: bool, settings: ChannelSettings, binding: ChannelBinding,
+    peer_limits: tuple[int, int] | None,
+) -> ChannelProtocol:
+    """The channel protocol of one side with ``settings``, bound to ``binding``."""
+    return ChannelProtocol(
+        is_client=is_client, binding=binding, max_message_size=settings.max_message_size,
+        window=settings.window, queue_capacity=settings.queue_capacity, peer_limits=peer_limits,
+    )
 
 
 class PreparedChannel:
@@ -227,10 +233,8 @@ async def open_channel(
         certificate=certificate,
         peer_cert_sha256=bytes(peer_cert_sha256),
         settings=settings,
-        binding=binding,
+        core=greeted or new_core(is_client, settings, binding, peer_limits),
         started=started,
-        peer_limits=peer_limits,
-        greeted=greeted,
     )
     await channel.complete_handshake(settings.handshake_timeout)
     return channel

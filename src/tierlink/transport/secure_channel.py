@@ -41,7 +41,6 @@ from tierlink.transport.certs import LocalCertificate
 from tierlink.transport.quic import QuicPump
 from tierlink.transport.quic_setup import quic_configuration
 from tierlink.transport.recv_queue import RecvQueue
-from tierlink.wire.channel_frames import ChannelBinding
 
 log = logging.getLogger(__name__)
 
@@ -76,17 +75,6 @@ class ChannelSettings:
             raise ValueError("max_message_size must be in [0, 2**62) and window >= 1")
 
 
-def new_core(
-    is_client: bool, settings: ChannelSettings, binding: ChannelBinding,
-    peer_limits: tuple[int, int] | None,
-) -> ChannelProtocol:
-    """The channel protocol of one side with ``settings``, bound to ``binding``."""
-    return ChannelProtocol(
-        is_client=is_client, binding=binding, max_message_size=settings.max_message_size,
-        window=settings.window, queue_capacity=settings.queue_capacity, peer_limits=peer_limits,
-    )
-
-
 class SecureChannel:
     """An authenticated, encrypted channel to one peer: reliable messages and datagrams.
 
@@ -102,17 +90,15 @@ class SecureChannel:
         certificate: LocalCertificate,
         peer_cert_sha256: bytes,
         settings: ChannelSettings,
-        binding: ChannelBinding,
+        core: ChannelProtocol,
         started: PinnedQuicConnection | None = None,
-        peer_limits: tuple[int, int] | None = None,
-        greeted: ChannelProtocol | None = None,
     ) -> None:
-        """``greeted``: the core of a callee that already sent its HELLO in its first
-        flight (see :class:`tierlink.transport.channel.PreparedChannel`), with ``started``."""
+        """``core``: the channel protocol of this side, created with ``settings`` and not
+        opened yet (a prepared callee's has already written its HELLO into ``started``)."""
         self._loop = asyncio.get_running_loop()
         self._queued: dict[int, asyncio.Future[int]] = {}  # backlog ticket -> its send
-        self._core = greeted or new_core(is_client, settings, binding, peer_limits)
-        self._core.set_withdrawn(_cancelled_in(self._queued))
+        self._core = core
+        core.set_withdrawn(_cancelled_in(self._queued))
         config = quic_configuration(
             is_client=is_client,
             certificate=certificate,
