@@ -163,14 +163,23 @@ def test_binding_key_is_derived_from_the_offer_secret_under_its_own_label() -> N
 
 
 # -- over a real QUIC connection ------------------------------------------------------------------
-async def test_channels_bound_to_different_dials_fail_on_both_sides() -> None:
+CALLEE_BINDINGS = {
+    "the relay's dial": RELAYED,
+    "another session id": dataclasses.replace(BINDING, session_id=RELAYED.session_id),
+    "swapped fingerprints": dataclasses.replace(BINDING, dialer=BINDING.callee,
+                                                callee=BINDING.dialer),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CALLEE_BINDINGS))
+async def test_channels_bound_to_different_dials_fail_on_both_sides(case: str) -> None:
     ca, cb = LocalCertificate.generate(), LocalCertificate.generate()
     a, b = await connect_ice()
     try:
         results = await asyncio.gather(
             open_channel(a, binding=BINDING, is_client=True, certificate=ca,
                          peer_cert_sha256=cb.sha256),
-            open_channel(b, binding=RELAYED, is_client=False, certificate=cb,
+            open_channel(b, binding=CALLEE_BINDINGS[case], is_client=False, certificate=cb,
                          peer_cert_sha256=ca.sha256),
             return_exceptions=True,
         )

@@ -74,11 +74,11 @@ class Endpoint:
         to the dial whose offer ``secret`` is (None in raw mode)."""
         if not self.config.secure:
             return None
-        if peer.cert_sha256 is None:
-            raise HandshakeFailed("the peer offered no certificate: it runs without a secure "
-                                  "channel (secure=False); both sides must agree")
-        binding, limits = channel_binding(secret), peer.channel_limits
         try:
+            if peer.cert_sha256 is None:
+                raise HandshakeFailed("the peer offered no certificate: it runs without a "
+                                      "secure channel (secure=False); both sides must agree")
+            binding, limits = channel_binding(secret), peer.channel_limits
             if draft is not None:
                 return await draft.open(ice, peer.cert_sha256, binding, limits)
             return await open_channel(
