@@ -164,9 +164,9 @@ async def test_impostor_certificate_fails_on_both_sides(
 async def test_impostor_fails_with_signaled_limits_too(
     ice: IcePair, certs: Any, impostor: str
 ) -> None:
-    """Opening at handshake completion (limits known from signaling) keeps the pin: the
-    victim refuses; an impostor dialer may finish its side, but nothing it sends is ever
-    acknowledged and its channel closes with the victim's reason."""
+    """Limits known from signaling change nothing for the pin: the victim refuses; an
+    impostor dialer may finish its side, but nothing it sends is ever acknowledged and its
+    channel closes with the victim's reason."""
     ca, cb = certs
     ci = LocalCertificate.generate()
     limits = (16 * 1024 * 1024, DEFAULT_WINDOW)
