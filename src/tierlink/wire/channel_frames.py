@@ -19,7 +19,10 @@ key only the offer's two ends derive (:class:`ChannelBinding`), over the sender'
 session id, both fingerprints and the TLS exporter of the connection (RFC 8446 §7.5). A
 peer that relays another dial's offer and answer (so that two victims handshake with each
 other, each believing it talks to the relay) knows both dials' keys but cannot make either
-victim's proof name the other dial: each victim rejects the other's HELLO.
+victim's proof name the other dial: each victim rejects the other's HELLO. The exporter,
+not the certificates, names the connection: a node serves every connection with one
+certificate, while the exporter differs on every handshake, so a proof cannot be replayed
+into another connection.
 """
 
 from __future__ import annotations
