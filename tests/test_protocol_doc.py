@@ -7,6 +7,8 @@ document can neither drift from the code nor drop a format.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import re
 from pathlib import Path
@@ -161,12 +163,26 @@ def test_channel_frames() -> None:
     start = hex_of("channel.control_stream_start")
     assert start[:1] == b"C"
     control = start[1:] + hex_of("channel.ack_7") + hex_of("channel.ack_max")
+    proof = hex_of("channel.proof_dialer")
     assert ControlReader().feed(control) == [
-        Hello(1, 16 * 1024 * 1024, DEFAULT_WINDOW), Ack(7), Ack(2**64 - 1)
+        Hello(2, 16 * 1024 * 1024, DEFAULT_WINDOW, proof), Ack(7), Ack(2**64 - 1)
     ]
     assert hex_of("channel.message_stream_start") == b"M"
     messages = hex_of("channel.message_hello") + hex_of("channel.message_empty")
     assert MessageReader(1 << 20).feed(messages) == [b"hello", b""]
+
+
+def test_channel_binding_follows_the_documented_derivation() -> None:
+    """§12's formulas, computed here from the §18.6 inputs, give the examples."""
+    a, b = doc_identities()
+    key = HKDF(algorithm=hashes.SHA256(), length=32, salt=gen.SESSION_ID,
+               info=b"tierlink/channel-binding").derive(gen.BINDING_SECRET_KEY)
+    assert hex_of("channel.binding_key") == key
+    for role, name in ((1, "proof_dialer"), (2, "proof_callee")):
+        transcript = (b"tierlink/channel-proof" + bytes([role]) + gen.SESSION_ID
+                      + bytes.fromhex(a.fingerprint) + bytes.fromhex(b.fingerprint)
+                      + gen.EXPORTER)
+        assert hex_of(f"channel.{name}") == hmac.new(key, transcript, hashlib.sha256).digest()
 
 
 def test_link_frames() -> None:

@@ -126,7 +126,12 @@ def test_channel_frames() -> None:
     ctrl = bytes.fromhex(stored["control_stream_start"])
     assert ctrl[:1] == b"C"
     frames = ControlReader().feed(ctrl[1:] + bytes.fromhex(stored["ack_7"]))
-    assert frames[0] == Hello(1, 16 * 1024 * 1024, gen.DEFAULT_WINDOW)
+    proof = bytes.fromhex(stored["proof_dialer"])
+    assert frames[0] == Hello(2, 16 * 1024 * 1024, gen.DEFAULT_WINDOW, proof)
+    binding = gen.example_binding()
+    assert binding.key.hex() == stored["binding_key"]
+    assert binding.verify(True, gen.EXPORTER, proof)
+    assert binding.verify(False, gen.EXPORTER, bytes.fromhex(stored["proof_callee"]))
     assert frames[1].message_id == 7  # type: ignore[union-attr]
     reader = MessageReader(1 << 20)
     assert reader.feed(bytes.fromhex(stored["message_hello"] + stored["message_empty"])) == [

@@ -1,7 +1,10 @@
 """Reference vectors of today's wire formats, for proving a rewrite byte-compatible.
 
 Run ``PYTHONPATH=src python -m tests.vectors.generate`` (``--dial`` also records a dial on a
-lone loopback ``dhtnode``). It writes ``wire.json`` (and ``dial.json``) next to this file.
+lone loopback ``dhtnode``). It writes ``wire.json`` (and ``dial.json``) next to this file;
+``--channel`` rewrites only the ``channel`` section of an existing ``wire.json`` (every
+other vector, signatures included, stays byte for byte): ``python -m tests.vectors.generate
+--channel --dial`` regenerates what the channel frames change.
 The construction code is shared with ``tests/test_reference_vectors.py``.
 
 What is fixed, and how (everything else in a value then follows deterministically):
@@ -17,7 +20,10 @@ What is fixed, and how (everything else in a value then follows deterministicall
   patched (in ``tierlink.wire.sealed``) to return one real encapsulation to B's key, stored
   under ``inputs.kem`` and reused on regeneration;
 * ``AESGCM`` in that module, ``tierlink.wire.signaling`` and ``tierlink.wire.ack`` is wrapped
-  to log (key, nonce, plaintext, aad) per value.
+  to log (key, nonce, plaintext, aad) per value;
+* the channel binding example uses a fixed offer-secret key (``BINDING_SECRET_KEY``) and a
+  fixed TLS exporter value (``EXPORTER``); in the recorded dial, the HELLO proofs (which
+  cover each connection's TLS exporter) are recorded as zero bytes.
 
 Not fixable: ML-DSA-87 signing in ``cryptography`` is hedged (randomized), so the last
 4627 bytes (the signature) of a signed value differ on every run; the bytes before it
@@ -54,10 +60,13 @@ from tierlink.wire import envelope as envmod
 from tierlink.wire import sealed as sealedmod
 from tierlink.wire import signaling as sig
 from tierlink.wire.channel_frames import (
+    PROOF_SIZE,
     PROTOCOL_VERSION,
     TAG_CONTROL,
     TAG_MESSAGES,
+    ChannelBinding,
     Hello,
+    channel_binding,
     encode_ack,
     encode_hello,
     encode_length,
@@ -75,6 +84,10 @@ ANSWER_LOCATOR = bytes(range(0xC0, 0xE0))
 """The locator the ``answer_key`` vector hashes (a real one is secret and per offer)."""
 SIGNED_KINDS = {0x01}
 SEALED_SENDER_KINDS = {0x02, 0x04}
+BINDING_SECRET_KEY = bytes(range(0xC0, 0xE0))  # an offer secret's key
+EXPORTER = bytes(range(0xE0, 0x100))  # a connection's TLS exporter value
+#: Where a HELLO's proof sits in a control stream: after C, type, version and two u64.
+PROOF_OFFSET = 1 + 1 + 1 + 8 + 8
 
 
 def identities() -> tuple[Identity, Identity]:
@@ -226,10 +239,23 @@ def build_value(name: str, kem: tuple[bytes, bytes], table: Builders) -> dict[st
     return entry
 
 
+def example_binding() -> ChannelBinding:
+    """The binding of a dial of B by A in session SESSION_ID whose offer secret's key is
+    BINDING_SECRET_KEY."""
+    a, b = identities()
+    return channel_binding(sig.OfferSecret(BINDING_SECRET_KEY, SESSION_ID, a.fingerprint,
+                                           b.fingerprint))
+
+
 def channel_frames() -> dict[str, str]:
-    """Secure-channel stream bytes (framing.py) and delivery.py's link frames."""
-    hello = Hello(PROTOCOL_VERSION, 16 * 1024 * 1024, DEFAULT_WINDOW)
+    """Secure-channel stream bytes (channel_frames.py) and delivery.py's link frames."""
+    binding = example_binding()
+    proof = binding.proof(True, EXPORTER)
+    hello = Hello(PROTOCOL_VERSION, 16 * 1024 * 1024, DEFAULT_WINDOW, proof)
     return {
+        "binding_key": binding.key.hex(),
+        "proof_dialer": proof.hex(),
+        "proof_callee": binding.proof(False, EXPORTER).hex(),
         "control_stream_start": (TAG_CONTROL + encode_hello(hello)).hex(),
         "ack_7": encode_ack(7).hex(),
         "ack_max": encode_ack(2**64 - 1).hex(),
@@ -406,9 +432,18 @@ async def record_dial(proxy_url: str) -> dict[str, Any]:
         "puts": described,
         "reads": sorted(f"{sides.get(c, '?')} {op} {roles.get(k, 'unknown')}"
                         for c, op, k in reads),
-        "first_streams": {f"{side}:{sid}": data.hex() for (side, sid), data in
-                          sorted(streams.items()) if sid in (2, 3, 6, 7)},
+        "first_streams": {f"{side}:{sid}": _without_proof(sid, data).hex()
+                          for (side, sid), data in sorted(streams.items())
+                          if sid in (2, 3, 6, 7)},
     }
+
+
+def _without_proof(sid: int, data: bytes) -> bytes:
+    """A stream's bytes, a control stream's HELLO proof (connection-specific) zeroed."""
+    if sid not in (2, 3):
+        return data
+    end = PROOF_OFFSET + PROOF_SIZE
+    return data[:PROOF_OFFSET] + bytes(PROOF_SIZE) + data[end:]
 
 
 async def record_dial_on_lone_node() -> dict[str, Any]:
@@ -428,13 +463,17 @@ def _write(path: Path, doc: dict[str, Any]) -> None:
 
 
 def main() -> None:
-    """Write wire.json (reusing its KEM pair if present) and, with --dial, dial.json."""
+    """Write wire.json (reusing its KEM pair if present; ``--channel``: only its channel
+    section) and, with --dial, dial.json."""
     _a, b = identities()
-    if WIRE_PATH.exists():
-        kem = stored_kem(json.loads(WIRE_PATH.read_text()))
+    if "--channel" in sys.argv:
+        doc = json.loads(WIRE_PATH.read_text())
+        doc["channel"] = channel_frames()
+        _write(WIRE_PATH, doc)
     else:
-        kem = kem_encapsulate(b.kem_public_key)
-    _write(WIRE_PATH, build_wire(kem))
+        kem = (stored_kem(json.loads(WIRE_PATH.read_text())) if WIRE_PATH.exists()
+               else kem_encapsulate(b.kem_public_key))
+        _write(WIRE_PATH, build_wire(kem))
     if "--dial" in sys.argv:
         _write(DIAL_PATH, asyncio.run(record_dial_on_lone_node()))
 

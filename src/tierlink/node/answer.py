@@ -212,7 +212,7 @@ class Answerer:
             async with task_group() as group:
                 group.create_task(ice.gather_candidates())
                 await asyncio.sleep(0)  # gathering under way, the QUIC reply is built
-                draft = self.endpoint.reply_channel(p)
+                draft = self.endpoint.reply_channel(p, offer.secret)
             # Checks to addresses the offer names stay below check_amplification x its size.
             ice.limit_unvalidated_checks(int(self.config.check_amplification * offer_size))
             await set_remote(ice, p.ufrag, p.pwd, p.candidates)
@@ -232,9 +232,7 @@ class Answerer:
             except BaseException:
                 put.cancel()
                 raise
-            channel = await self.endpoint.open_channel(
-                ice, False, p.cert_sha256, p.channel_limits, draft
-            )
+            channel = await self.endpoint.open_channel(ice, False, p, offer.secret, draft)
         except BaseException:
             await ice.close()
             raise

@@ -312,6 +312,7 @@ class Node:
             "connections": len(self.endpoint.connections),
             "dials": parts.dialer.dials if parts else 0,
             "dials_failed": parts.dialer.failures if parts else 0,
+            "handshakes_failed": self.endpoint.handshakes_failed,
             "offers_answered": self.offers_answered,
             "offer_rejections": dict(self.offer_rejections),
             "offers_in_flight": parts.answerer.admission.sessions if parts else 0,

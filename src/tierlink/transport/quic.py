@@ -32,6 +32,7 @@ from tierlink.protocol.channel_events import (
     ConnectionTerminated,
     DatagramReceived,
     HandshakeCompleted,
+    KeysReady,
     StreamDataReceived,
     StreamReset,
     TransportEvent,
@@ -55,6 +56,7 @@ from tierlink.transport.quic_setup import (
     CONNECTION_ID_LENGTH,
     MAX_DATAGRAM_SIZE,
     QUIC_ADDR,
+    binding_exporter,
     new_server,
     start_client,
 )
@@ -108,6 +110,7 @@ class QuicPump:
         self._mtu = PathMtu(ice, MAX_DATAGRAM_SIZE)
         self._last_packet_size = MAX_DATAGRAM_SIZE  # what max_packet_size says once closed
         self._last_rtt = 0.0
+        self._keys_announced = False
 
     # -- state ------------------------------------------------------------------------------
     @property
@@ -280,6 +283,9 @@ class QuicPump:
         quic = self._quic
         assert quic is not None
         batch: list[TransportEvent] = []  # handed over in one call: one pass of the channel
+        if not self._keys_announced and quic.exporter_secret is not None:
+            self._keys_announced = True  # first: before any 1-RTT data it protects
+            batch.append(KeysReady(binding_exporter(quic)))
         terminated: events.ConnectionTerminated | None = None
         while (event := quic.next_event()) is not None:
             if isinstance(event, events.StreamDataReceived):
