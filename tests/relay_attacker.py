@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 
 from tierlink.dht import DhtClient
 from tierlink.identity import Identity
-from tierlink.wire.dhtkeys import answer_key, ice_candidates_key, offers_key
+from tierlink.wire.dhtkeys import ice_candidates_key, offers_key
 from tierlink.wire.records import PeerRecord, now_ms
 from tierlink.wire.signaling import (
     decode_answer,
@@ -65,7 +65,7 @@ class RelayAttacker:
         forwarded, secret = encode_offer(
             self.identity, self.victim, self.victim_kem_public_key, session, offer.params
         )
-        listener = self.dht.listen(answer_key(self.fingerprint, session))
+        listener = self.dht.listen(secret.answer_key())
         try:
             await self.dht.put(offers_key(self.victim), forwarded)
             async for sealed in listener:
@@ -76,8 +76,7 @@ class RelayAttacker:
         finally:
             await listener.aclose()
         self.relayed += 1
-        await self.dht.put(answer_key(offer.signer, offer.session_id),
-                           encode_answer(offer.secret, params))
+        await self.dht.put(offer.secret.answer_key(), encode_answer(offer.secret, params))
 
 
 @contextlib.asynccontextmanager
