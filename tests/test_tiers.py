@@ -269,3 +269,30 @@ async def test_allow_listed_node_drops_strangers_offline_messages(dht_cluster) -
         reader.cancel()
         assert [(m.sender, m.payload) for m in got] == [(friend.fingerprint, b"hello")]
         assert rejected["not-allowed"] == 1 and stranger_acks == []
+
+
+async def test_full_delivered_log_holds_live_messages_back_then_delivers_once(
+    dht_cluster,
+) -> None:
+    """A receiver whose delivered log is full takes no new message from a live link (no ack,
+    counted), so the sender keeps it; once the log has room it arrives, once."""
+    async with (
+        Node(config_for(dht_cluster[0], ack_timeout=2.0, send_budget=3.0)) as a,
+        Node(config_for(dht_cluster[1])) as b,
+    ):
+        assert b.messenger is not None
+        log = b.messenger.delivered_log
+        got: list[Message] = []
+        reader = asyncio.create_task(collect(b, got))
+        first = await a.send(b.fingerprint, b"fills the log")
+        assert await a.wait_delivered(first, 15) is not None
+        log.capacity = len(log)  # full: no entry may be added
+        held = await a.send(b.fingerprint, b"held back")
+        await eventually(lambda: b.stats()["messages_held_back"] >= 1, 20,
+                         "the live message held back")
+        assert [m.payload for m in got] == [b"fills the log"]
+        log.capacity = len(log) + 1
+        d = await a.wait_delivered(held, 60)
+        reader.cancel()
+        assert d is not None
+        assert [m.payload for m in got] == [b"fills the log", b"held back"]

@@ -322,6 +322,7 @@ class Node:
             "loop_restarts": dict(self.loop_restarts),
             "proxy_lines_skipped": dict(self.dht.skipped_lines) if self.dht else {},
             "duplicates_suppressed": self.messenger.duplicates_suppressed if self.messenger else 0,
+            "messages_held_back": self.messenger.held_back if self.messenger else 0,
             "malformed_link_frames": self.messenger.malformed_link_frames if self.messenger else 0,
             "uptime_s": round(time.monotonic(), 1),
         }

@@ -1,10 +1,11 @@
 """Every DHT key tierlink uses, derived in one place.
 
 A key is OpenDHT's InfoHash (SHA-1, 40 hex) of the lowercase hex SHA3-512 of the
-fingerprint and a purpose suffix, so each peer has one key per purpose that anyone who
-knows its fingerprint can compute; an answer's key hashes a per-offer secret instead of a
-fingerprint. The exact derivation and the table of suffixes:
-docs/PROTOCOL.md, section "DHT keys".
+fingerprint and a purpose suffix, so each peer has one record, offers and offline-queue
+key that anyone who knows its fingerprint can compute; answer and ack keys hash secrets
+only the two ends hold (a per-offer locator, a per-pair ack token) instead of a
+fingerprint. The exact derivation and the table of suffixes: docs/PROTOCOL.md, section
+"DHT keys".
 """
 
 from __future__ import annotations
