@@ -49,6 +49,9 @@ def _check_key(key: str) -> str:
 #: The longest proxy line read (bytes): a DHT value is at most 64 KiB, base64 adds a third,
 #: the JSON around it a little more.
 MAX_LINE_BYTES = 128 * 1024
+#: The most value bytes one get returns: what one OpenDHT node stores at most (64 MiB, its
+#: default storage limit), so every value a node can hold under a key fits.
+MAX_GET_BYTES = 64 * 1024 * 1024
 
 
 class _Skip(ValueError):
@@ -133,6 +136,8 @@ class DhtClient:
         self._lone_until = 0.0  # loop time until which "Put failed" means stored
         self.skipped_lines: Counter[str] = Counter()
         """Proxy lines skipped, by reason (``oversized``, ``json``, ``shape``, ``base64``)."""
+        self.capped_gets = 0
+        """Gets cut at their ``max_bytes`` (the key held more)."""
 
     def _read_line(self, line: bytes | None) -> tuple[str, bytes, bool] | None:
         """(value id, data, expired) from one proxy line (None: an oversized line); None if
@@ -236,14 +241,37 @@ class DhtClient:
                 return
             raise DhtError(f"DHT put failed: {answer}")
 
-    async def get(self, key: str) -> list[bytes]:
-        """Every value currently stored under ``key`` (possibly none)."""
-        body = await self._request("GET", self._url(key))
-        out = []
-        for line in body.splitlines():
-            item = self._read_line(line)
-            if item is not None and not item[2]:
-                out.append(item[1])
+    async def get(self, key: str, *, max_bytes: int = MAX_GET_BYTES) -> list[bytes]:
+        """The values currently stored under ``key`` (possibly none), ``max_bytes`` at most.
+
+        The answer is read line by line and cut before the value that would pass
+        ``max_bytes`` (the rest is not read; counted in :attr:`capped_gets`), so a flooded
+        key cannot make one get hold more than that.
+        """
+        timeout = aiohttp.ClientTimeout(total=self.timeout)
+        url = self._url(key)
+        out: list[bytes] = []
+        try:
+            async with self.session.get(url, timeout=timeout) as resp:
+                if resp.status >= 400:
+                    raise DhtError(f"DHT proxy answered {resp.status} to GET {url}")
+                lines = _bounded_lines(resp.content.iter_any(), MAX_LINE_BYTES)
+                size = 0
+                async for line in lines:
+                    item = self._read_line(line)
+                    if item is None or item[2]:
+                        continue
+                    size += len(item[1])
+                    if size > max_bytes:
+                        self.capped_gets += 1
+                        break
+                    out.append(item[1])
+        except (aiohttp.ClientError, OSError) as exc:
+            raise DhtUnavailable(f"DHT proxy {self.base_url} unreachable: {exc}") from None
+        except TimeoutError:
+            raise DhtUnavailable(
+                f"DHT proxy {self.base_url} did not answer within {self.timeout:.1f} s"
+            ) from None
         return out
 
     def listen(self, key: str, *, reconnect: bool = True) -> DhtListener:

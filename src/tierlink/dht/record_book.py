@@ -9,17 +9,27 @@ record is refused everywhere.
 from __future__ import annotations
 
 import asyncio
-from collections import Counter
+import hashlib
+from collections import Counter, OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from tierlink.backoff import Backoff
 from tierlink.errors import PeerNotFound, RecordError
 from tierlink.wire.dhtkeys import ice_candidates_key
-from tierlink.wire.records import PeerRecord, now_ms
+from tierlink.wire.records import PeerRecord, RecordClaim, now_ms
 
 #: The first wait before asking the DHT again for a record it did not have (seconds).
 LOOKUP_RETRY_S = 0.1
+#: Values of one key a lookup parses at most (OpenDHT's own bound per key and node); the rest
+#: are counted (``over_cap``), not parsed. A value of another signer costs a CBOR decode.
+MAX_VALUES_PER_LOOKUP = 65536
+#: Signatures a lookup verifies at most: only values that claim the owner and are not older
+#: than its accepted record get that far, newest claimed sequence first (``verify_cap``).
+MAX_VERIFIES_PER_LOOKUP = 64
+#: Digests of values whose signature failed, remembered so later lookups skip them unverified.
+MAX_REMEMBERED_FORGERIES = 4096
 
 
 @dataclass
@@ -27,7 +37,9 @@ class RecordBook:
     """Picks the newest valid record per fingerprint and remembers sequence numbers.
 
     A record older than one already accepted for that fingerprint is rejected (``stale``):
-    a replayed old record cannot roll a peer's addresses back.
+    a replayed old record cannot roll a peer's addresses back. Many values under one key
+    (a flood of other signers' records, or forgeries claiming the owner) cost cheap checks
+    each and at most :data:`MAX_VERIFIES_PER_LOOKUP` signature verifications per lookup.
     """
 
     highest_seq: dict[str, int] = field(default_factory=dict)
@@ -36,6 +48,13 @@ class RecordBook:
     latest: dict[str, tuple[PeerRecord, int]] = field(default_factory=dict)
     #: Fingerprints whose records are kept at most (the least recently accepted go first).
     max_cached: int = 1024
+    #: Signature verifications spent (every one, valid or not).
+    verified: int = 0
+    #: Signature verifications one :meth:`newest` spends at most.
+    max_verifies: int = MAX_VERIFIES_PER_LOOKUP
+    #: SHA-256 digests of values whose signature failed (the newest
+    #: :data:`MAX_REMEMBERED_FORGERIES`): skipped unverified when read again.
+    forgeries: OrderedDict[bytes, None] = field(default_factory=OrderedDict)
 
     def cached(self, fingerprint: str, now: int, max_age_ms: int) -> PeerRecord | None:
         """The newest accepted record of ``fingerprint`` if it was accepted less than
@@ -55,34 +74,74 @@ class RecordBook:
         while len(self.latest) > self.max_cached:
             del self.latest[next(iter(self.latest))]
 
+    def _forged(self, digest: bytes) -> None:
+        self.forgeries[digest] = None
+        while len(self.forgeries) > MAX_REMEMBERED_FORGERIES:
+            self.forgeries.popitem(last=False)
+
     def accept(self, value: bytes, fingerprint: str | None = None) -> PeerRecord:
         """Verify one value; if ``fingerprint`` is given it must be the record's owner."""
-        rec = PeerRecord.decode(value, owner=fingerprint)
-        seen = self.highest_seq.get(rec.fingerprint)
-        if seen is not None and rec.seq < seen:
-            raise RecordError("stale", f"sequence {rec.seq} is older than accepted {seen}")
+        claim = PeerRecord.claim(value, owner=fingerprint)
+        seen = self.highest_seq.get(claim.record.fingerprint)
+        if seen is not None and claim.seq < seen:
+            raise RecordError("stale", f"sequence {claim.seq} is older than accepted {seen}")
+        self.verified += 1
+        rec = claim.verify()
         self._remember(rec)
         return rec
 
-    def newest(self, values: list[bytes], fingerprint: str) -> PeerRecord | None:
-        """The newest valid record among ``values``; rejected ones are counted by reason."""
-        best: PeerRecord | None = None
-        for value in values:
+    def claims(self, values: Iterable[bytes], fingerprint: str) -> list[tuple[RecordClaim, bytes]]:
+        """The values that pass every cheap check as records of ``fingerprint`` (with their
+        digests), newest claimed sequence first; every other value is counted by reason."""
+        out: list[tuple[RecordClaim, bytes]] = []
+        digests: set[bytes] = set()
+        floor = self.highest_seq.get(fingerprint)
+        now = now_ms()
+        for i, value in enumerate(values):
+            if i >= MAX_VALUES_PER_LOOKUP:
+                self.rejected["over_cap"] += 1
+                continue
             try:
-                rec = PeerRecord.decode(value, owner=fingerprint)
+                claim = PeerRecord.claim(value, now=now, owner=fingerprint)
             except RecordError as exc:
                 self.rejected[exc.reason] += 1
                 continue
-            if best is None or rec.seq > best.seq:
-                best = rec
-        if best is None:
-            return None
-        seen = self.highest_seq.get(fingerprint)
-        if seen is not None and best.seq < seen:
-            self.rejected["stale"] += 1
-            return None
-        self._remember(best)
-        return best
+            digest = hashlib.sha256(value).digest()
+            if digest in self.forgeries:
+                self.rejected["signature"] += 1
+            elif digest in digests:
+                self.rejected["duplicate"] += 1
+            elif floor is not None and claim.seq < floor:
+                self.rejected["stale"] += 1
+            else:
+                digests.add(digest)
+                out.append((claim, digest))
+        out.sort(key=lambda item: item[0].seq, reverse=True)
+        return out
+
+    def newest(self, values: Iterable[bytes], fingerprint: str) -> PeerRecord | None:
+        """The newest valid record among ``values``; rejected ones are counted by reason.
+
+        Cheap checks run on every value (another signer's record under the key is refused
+        by comparing fingerprints); signatures are verified newest claim first, and the
+        first that verifies wins, so a value older than it is never verified.
+        """
+        budget = self.max_verifies
+        for claim, digest in self.claims(values, fingerprint):
+            if budget == 0:
+                self.rejected["verify_cap"] += 1
+                continue
+            budget -= 1
+            self.verified += 1
+            try:
+                record = claim.verify()
+            except RecordError as exc:
+                self.rejected[exc.reason] += 1
+                self._forged(digest)
+                continue
+            self._remember(record)
+            return record
+        return None
 
 
 class RecordSource(Protocol):
@@ -101,23 +160,28 @@ class PeerLookup:
     async def lookup(self, fingerprint: str, patience: float = 0.0) -> PeerRecord:
         """The newest valid record of ``fingerprint``; PeerNotFound otherwise.
 
-        A node that has just joined the DHT may not find values yet: an empty answer is
-        asked again with backoff for up to ``patience`` seconds.
+        A node that has just joined the DHT may not find values yet, and a key flooded with
+        forgeries of the owner may need several passes of :data:`MAX_VERIFIES_PER_LOOKUP`
+        (forgeries found once are skipped unverified): an empty answer, or one whose
+        verifications ran out before a valid record, is asked again with backoff for up to ``patience`` seconds.
         """
         loop = asyncio.get_running_loop()
         deadline, backoff = loop.time() + patience, Backoff(LOOKUP_RETRY_S)
+        key = ice_candidates_key(fingerprint)
         while True:
-            values = await self.dht.get(ice_candidates_key(fingerprint))
-            if values or loop.time() + backoff.peek() > deadline:
+            capped = self.book.rejected["verify_cap"]
+            values = await self.dht.get(key)
+            record = self.book.newest(values, fingerprint)
+            if record is not None:
+                return record
+            unread = not values or self.book.rejected["verify_cap"] > capped
+            if not unread or loop.time() + backoff.peek() > deadline:
                 break
             await backoff.sleep()
-        record = self.book.newest(values, fingerprint)
-        if record is None:
-            raise PeerNotFound(
-                f"no valid record for {fingerprint[:16]}… in the DHT "
-                f"({len(values)} value(s) found)"
-            )
-        return record
+        raise PeerNotFound(
+            f"no valid record for {fingerprint[:16]}… in the DHT "
+            f"({len(values)} value(s) found)"
+        )
 
     async def record_for(
         self, fingerprint: str, max_age_ms: int, patience: float = 0.0
