@@ -4,7 +4,8 @@ An attacker who knows a victim's fingerprint can put any number of values, each 
 fresh identity, under the victim's record key and offers key. This measures, on a few local
 nodes (loopback only, bounded in count and time), what OpenDHT 2.4 keeps of the genuine value,
 what the proxy's GET and listen return, and what a :class:`~tierlink.dht.record_book.PeerLookup`
-costs and finds. Run ``python -m tierlink.bench.dht_flood --n 2000``; it prints JSON.
+costs and finds. Run ``python -m tierlink.bench.dht_flood --n 2000``; it prints one JSON
+line per measurement.
 
 OpenDHT's own bounds (source, v2.4.12): ``Storage::MAX_VALUES`` = 65536 values per key and
 node (a value over that is refused, the stored ones stay); ``MAX_VALUE_SIZE`` = 64 KiB; a node
@@ -20,11 +21,12 @@ import asyncio
 import json
 import os
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 from tierlink.dht import DhtClient, DhtNodeProcess, start_nodes, stop_nodes
 from tierlink.dht.record_book import PeerLookup
+from tierlink.errors import TierlinkError
 from tierlink.identity import SIGNATURE_SIZE, Identity
 from tierlink.wire.dhtkeys import ice_candidates_key, offers_key
 from tierlink.wire.records import KIND_OFFER, CandidateInfo, PeerRecord, seal
@@ -89,7 +91,7 @@ async def put_all(client: DhtClient, key: str, values: Sequence[bytes]) -> JsonD
         async with sem:
             try:
                 await client.put(key, value)
-            except Exception:  # noqa: BLE001 - a refused put is a figure here
+            except TierlinkError:  # a refused put is a figure here
                 failed += 1
 
     t0 = time.perf_counter()
@@ -143,7 +145,7 @@ async def lookup_figures(
     try:
         rec = await _bounded("lookup", lookup.lookup(victim.fingerprint, patience))
         ok = rec.fingerprint == victim.fingerprint and rec.seq == seq
-    except Exception as exc:  # noqa: BLE001 - the failure is the figure
+    except (TierlinkError, TimeoutError) as exc:  # the failure is the figure
         return {"lookup_ok": False, "lookup_error": repr(exc)[:200]}
     return {
         "lookup_ok": ok, "lookup_s": round(time.perf_counter() - t0, 3),
@@ -192,31 +194,30 @@ async def flood_offers_key(nodes: Sequence[DhtNodeProcess], n: int) -> JsonDict:
     return out
 
 
-async def run(n: int, pad: int, node_count: int = 3) -> list[JsonDict]:
-    """Every flood measurement on ``node_count`` fresh local nodes."""
-    runs: list[tuple[str, Callable[[Sequence[DhtNodeProcess]], Awaitable[JsonDict]]]] = [
-        ("records", lambda ns: flood_record_key(ns, attacker_records(n), "records")),
-        ("forged", lambda ns: flood_record_key(
-            ns, forged_records(Identity.generate(), n, 3), "forged (another victim)")),
-        ("offers", lambda ns: flood_offers_key(ns, n)),
+async def run(n: int, pad: int, node_count: int = 3) -> AsyncIterator[JsonDict]:
+    """Every flood measurement on ``node_count`` fresh local nodes, one result at a time."""
+    runs: list[Callable[[Sequence[DhtNodeProcess]], Awaitable[JsonDict]]] = [
+        lambda ns: flood_record_key(ns, attacker_records(n), "records"),
+        lambda ns: flood_record_key(
+            ns, forged_records(Identity.generate(), n, 3), "forged (another victim)"),
+        lambda ns: flood_offers_key(ns, n),
+        forged_owner_run(n),
     ]
     if pad:
-        runs.append(("padded", lambda ns: flood_record_key(
-            ns, attacker_records(n, pad), f"records padded ({pad} candidates)")))
-    results = []
-    for _name, measure in runs:
+        runs.append(lambda ns: flood_record_key(
+            ns, attacker_records(n, pad), f"records padded ({pad} candidates)"))
+    for measure in runs:
         nodes = await start_nodes(node_count)
         try:
-            results.append(await measure(nodes))
+            yield await measure(nodes)
         finally:
             await stop_nodes(nodes)
-    return results
 
 
-async def forged_owner_run(n: int, node_count: int = 3) -> JsonDict:
+def forged_owner_run(n: int) -> Callable[[Sequence[DhtNodeProcess]], Awaitable[JsonDict]]:
     """Records claiming the victim's own key with bad signatures, beside its genuine one."""
-    nodes = await start_nodes(node_count)
-    try:
+
+    async def measure(nodes: Sequence[DhtNodeProcess]) -> JsonDict:
         victim = Identity.generate()
         key = ice_candidates_key(victim.fingerprint)
         async with DhtClient(nodes[0].proxy_url) as owner, \
@@ -226,14 +227,14 @@ async def forged_owner_run(n: int, node_count: int = 3) -> JsonDict:
             out: JsonDict = {"attack": "forged owner", "n": n}
             out |= await put_all(attacker, key, forged_records(victim, n, 10**9))
             out["lookup_no_patience"] = await lookup_figures(reader, victim, 2)
-            out["lookup_patience_30s"] = await lookup_figures(reader, victim, 2, patience=30.0)
+            out["lookup_patience_60s"] = await lookup_figures(reader, victim, 2, patience=60.0)
             shared = PeerLookup(reader)
             out["lookup_shared_book"] = [
                 await lookup_figures(reader, victim, 2, shared) for _ in range(3)
             ]
             return out
-    finally:
-        await stop_nodes(nodes)
+
+    return measure
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -246,11 +247,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not 0 < args.n <= 10_000:
         parser.error("--n must be 1..10000")
 
-    async def both() -> list[JsonDict]:
-        return [*await run(args.n, args.pad, args.nodes),
-                await forged_owner_run(args.n, args.nodes)]
+    async def each() -> None:
+        async for result in run(args.n, args.pad, args.nodes):
+            print(json.dumps(result, default=str), flush=True)
 
-    print(json.dumps(asyncio.run(both()), indent=1, default=str))
+    asyncio.run(each())
     return 0
 
 

@@ -45,9 +45,10 @@ MAX_RECORD_LIFETIME_S = 24 * 3600.0
 
 
 def republish_period_s(lifetime_s: float) -> float:
-    """How often a record of ``lifetime_s`` is published again: a third of its lifetime, at
-    least a second. A record's times are multiples of this period (:func:`record_times`)."""
-    return max(lifetime_s / 3, 1.0)
+    """How often a record of ``lifetime_s`` is published again: a third of its lifetime (of
+    at most :data:`MAX_RECORD_LIFETIME_S`), at least a second. A record's times are multiples
+    of this period (:func:`record_times`)."""
+    return max(min(lifetime_s, MAX_RECORD_LIFETIME_S) / 3, 1.0)
 
 
 def record_times(now: int, lifetime_s: float) -> tuple[int, int]:
