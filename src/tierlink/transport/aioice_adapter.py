@@ -41,7 +41,7 @@ from aioice.ice import (
     server_reflexive_candidate,
 )
 
-from tierlink.transport.aioice_socket import BatchReader, udp_socket
+from tierlink.transport.aioice_socket import BatchReader, Source, SourceGate, udp_socket
 from tierlink.transport.aioice_socket import forbid_fragmentation as _forbid_fragmentation
 
 __all__ = ["PRIVATE_NAMES", "IceConnection", "get_host_addresses"]
@@ -150,8 +150,9 @@ class IceConnection(aioice.Connection):
         self._tl_batch_receive = batch_receive
         self._tl_handler: DatagramHandler | None = None
         self._tl_keep_reading: Callable[[], bool] | None = None
-        self._tl_pending: list[bytes] = []
+        self._tl_pending: list[tuple[bytes, Source | None]] = []
         self._tl_reader: BatchReader | None = None
+        self._tl_gate = SourceGate()
 
     # -- gathering ------------------------------------------------------------------------
     async def gather_candidates(self) -> None:
@@ -252,6 +253,8 @@ class IceConnection(aioice.Connection):
             raise ConnectionError("Local candidates gathering was not performed")
         if self.remote_username is None or self.remote_password is None:
             raise ConnectionError("Remote username or password is missing")
+        for protocol in self._protocols:  # every local socket and TURN allocation
+            self._tl_gate.watch(protocol)
         for remote_candidate in self._remote_candidates:
             self._pair_remote_candidate(remote_candidate)
         self.sort_check_list()
@@ -315,33 +318,57 @@ class IceConnection(aioice.Connection):
         if handler is not None:
             self._tl_enable_batching()
             pending, self._tl_pending = self._tl_pending, []
-            for data in pending:
-                handler(data)
+            for data, source in pending:
+                if self._tl_admits(source):
+                    handler(data)
 
     @property
     def held_datagrams(self) -> int:
         """Datagrams received before a handler was set, held for it (at most 64)."""
         return len(self._tl_pending)
 
+    @property
+    def foreign_datagrams(self) -> int:
+        """Application datagrams dropped because they did not come from the nominated pair's
+        remote address to its local socket (a spoofing or stray sender)."""
+        return self._tl_gate.dropped
+
+    def _tl_admits(self, source: Source | None) -> bool:
+        pair = self._tl_pair()
+        if pair is None:
+            self._tl_gate.dropped += 1
+            return False
+        return self._tl_gate.admits(source, pair.protocol, pair.remote_addr)
+
     def data_received(self, data: bytes, component: int) -> None:
         """Called by aioice's protocols for every application datagram.
 
         Replaces aioice/ice.py ``Connection.data_received`` (lines 1277-1278), which queues
-        the datagram for ``recv``: with a handler set, ``recv`` is not used.
+        the datagram for ``recv``: with a handler set, ``recv`` is not used. Only the
+        nominated pair's remote address, received on that pair's local socket (or TURN
+        allocation), delivers; other datagrams are counted in :attr:`foreign_datagrams`.
         """
+        source = self._tl_gate.take()
+        nominated = self._tl_pair() is not None
+        if nominated and not self._tl_admits(source):
+            return
         handler = self._tl_handler
-        if handler is not None:
-            handler(data)
-            reader = self._tl_reader
-            if reader is not None and not reader.closed and not reader.draining:
-                keep = self._tl_keep_reading
-                if keep is None or keep():
-                    reader.drain(keep)
-        elif len(self._tl_pending) < _PENDING_LIMIT:
-            # Datagrams that arrive between ICE completion and the handler being set.
-            self._tl_pending.append(data)
+        if handler is None or not nominated:
+            # Held for the handler (at most 64: the window between ICE completion and the
+            # handler being set); one that came before nomination is checked when handed out.
+            if len(self._tl_pending) < _PENDING_LIMIT:
+                self._tl_pending.append((data, source))
+            return
+        handler(data)
+        reader = self._tl_reader
+        if reader is not None and not reader.closed and not reader.draining:
+            keep = self._tl_keep_reading
+            if keep is None or keep():
+                reader.drain(keep)
 
-    def _tl_deliver(self, data: bytes) -> None:
+    def _tl_deliver(self, data: bytes, addr: tuple[object, ...]) -> None:
+        if self._tl_reader is not None:
+            self._tl_gate.arrived(self._tl_reader.protocol, addr)
         self.data_received(data, 1)
 
     def _tl_enable_batching(self) -> None:
