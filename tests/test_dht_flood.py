@@ -21,7 +21,13 @@ from tierlink.dht.record_book import MAX_VERIFIES_PER_LOOKUP, PeerLookup, Record
 from tierlink.errors import PeerNotFound
 from tierlink.identity import SIGNATURE_SIZE, Identity
 from tierlink.wire.dhtkeys import ice_candidates_key, offers_key
-from tierlink.wire.records import KIND_OFFER, PeerRecord, seal
+from tierlink.wire.records import (
+    KIND_OFFER,
+    KIND_PEER_RECORD,
+    PeerRecord,
+    leads_with_signer,
+    seal,
+)
 
 VICTIM = Identity.generate()
 KEY = ice_candidates_key(VICTIM.fingerprint)
@@ -36,7 +42,7 @@ class MemoryDht:
         self.values: dict[str, list[bytes]] = {}
         self.gets = 0
 
-    async def get(self, key: str) -> list[bytes]:
+    async def get(self, key: str, **_: Any) -> list[bytes]:
         self.gets += 1
         return list(self.values.get(key, []))
 
@@ -147,13 +153,49 @@ async def test_flooded_record_key_on_real_nodes(
 
 
 async def test_get_is_cut_at_max_bytes(dht_node: DhtNodeProcess) -> None:
-    async with DhtClient(dht_node.proxy_url) as client:
+    async with DhtClient(dht_node.proxy_url, max_get_bytes=5500) as client:
         for i in range(20):
             await client.put(KEY, bytes([i]) * 1000)
-        assert len(await client.get(KEY)) == 20
-        assert client.capped_gets == 0
-        assert len(await client.get(KEY, max_bytes=5500)) == 5
+        assert len(await client.get(KEY)) == 5
         assert client.capped_gets == 1
+
+
+async def test_big_values_of_other_signers_do_not_hide_the_republished_record(
+    dht_cluster: list[DhtNodeProcess], verifies: VerifyCounter
+) -> None:
+    """Large records of fresh identities fill the get's unfiltered budget and its cap; the
+    owner's record put after them still reaches the lookup (only values that lead with the
+    owner's fingerprint are kept past the budget)."""
+    padded = attacker_records(40, pad=20)  # about 19 KB each
+    first, second = genuine(1), genuine(2)
+    limits = {"max_get_bytes": 300_000, "unfiltered_get_bytes": 100_000}
+    owner, attacker = (DhtClient(n.proxy_url) for n in dht_cluster[:2])
+    plain, reader = (DhtClient(dht_cluster[2].proxy_url, **limits) for _ in range(2))
+    async with owner, attacker, plain, reader:
+        await owner.put(KEY, first)
+        for value in padded:
+            await attacker.put(KEY, value)
+        await owner.put(KEY, second)
+        assert second not in await plain.get(KEY)  # cut by the cap without a filter
+        assert plain.capped_gets == 1
+        rec = await PeerLookup(reader).lookup(VICTIM.fingerprint)
+        assert rec.seq == 2
+        assert reader.filtered_values > 0 and reader.capped_gets == 0
+    assert verifies.calls == 1
+
+
+def test_leads_with_signer() -> None:
+    assert leads_with_signer(genuine(1), KIND_PEER_RECORD, VICTIM.fingerprint)
+    assert not leads_with_signer(FLOOD[0], KIND_PEER_RECORD, VICTIM.fingerprint)
+    assert not leads_with_signer(genuine(1), KIND_OFFER, VICTIM.fingerprint)
+    # the victim's fingerprint elsewhere in another signer's value does not count
+    other = Identity.generate()
+    body = {1: bytes.fromhex(other.fingerprint), 2: other.public_key,
+            99: bytes.fromhex(VICTIM.fingerprint)}
+    assert not leads_with_signer(seal(other, KIND_PEER_RECORD, body), KIND_PEER_RECORD,
+                                 VICTIM.fingerprint)
+    for junk in (b"", b"\x01\x01", b"\x01\x01\xb9\x00\x01" + bytes(100)):
+        assert not leads_with_signer(junk, KIND_PEER_RECORD, VICTIM.fingerprint)
 
 
 async def test_flooded_offers_key_still_delivers_the_genuine_offer(

@@ -341,10 +341,10 @@ async def record_dial(proxy_url: str) -> dict[str, Any]:
         finally:
             _IN_PUT.reset(token)
 
-    async def get(self: DhtClient, key: str) -> list[bytes]:
+    async def get(self: DhtClient, key: str, **kw: Any) -> list[bytes]:
         if not _IN_PUT.get():  # a lone node's read-back after a put is not recorded
             reads.add((id(self), "get", key))
-        return await real_get(self, key)
+        return await real_get(self, key, **kw)
 
     def listen(self: DhtClient, key: str, **kw: Any) -> Any:
         reads.add((id(self), "listen", key))

@@ -38,6 +38,8 @@ T = TypeVar("T")
 PHASE_TIMEOUT_S = 120.0
 #: Puts in flight at once.
 PUT_CONCURRENCY = 16
+#: The byte cap of the gets that show what a proxy returns (beyond a lookup's own cap).
+RAW_GET_BYTES = 512 * 1024 * 1024
 
 
 def padding(count: int) -> tuple[CandidateInfo, ...]:
@@ -151,6 +153,7 @@ async def lookup_figures(
         "lookup_ok": ok, "lookup_s": round(time.perf_counter() - t0, 3),
         "lookup_verified": lookup.book.verified - verified,
         "lookup_rejected": dict(lookup.book.rejected),
+        "get_filtered": client.filtered_values, "get_capped": client.capped_gets,
     }
 
 
@@ -171,7 +174,7 @@ async def flood_record_key(
         second = PeerRecord.create(victim, 2).encode(victim)
         await owner.put(key, second)
         for i, node in enumerate(nodes):
-            async with DhtClient(node.proxy_url) as c:
+            async with DhtClient(node.proxy_url, max_get_bytes=RAW_GET_BYTES) as c:
                 out[f"node{i}"] = await get_figures(c, key, [first, second])
         out |= await listen_figures(reader, key, second, len(attack) + 8)
         out |= await lookup_figures(reader, victim, 2)
@@ -185,7 +188,8 @@ async def flood_offers_key(nodes: Sequence[DhtNodeProcess], n: int) -> JsonDict:
     genuine = seal(Identity.generate(), KIND_OFFER, {1: b"genuine"})
     attack = attacker_offers(n)
     async with DhtClient(nodes[1].proxy_url) as attacker, \
-            DhtClient(nodes[0].proxy_url) as dialer, DhtClient(nodes[-1].proxy_url) as callee:
+            DhtClient(nodes[0].proxy_url) as dialer, \
+            DhtClient(nodes[-1].proxy_url, max_get_bytes=RAW_GET_BYTES) as callee:
         out: JsonDict = {"attack": "offers", "n": n}
         out |= await put_all(attacker, key, attack)
         await dialer.put(key, genuine)

@@ -11,14 +11,20 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from collections import Counter, OrderedDict, deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from tierlink.backoff import Backoff
 from tierlink.errors import PeerNotFound, RecordError
 from tierlink.wire.dhtkeys import ice_candidates_key
-from tierlink.wire.records import PeerRecord, RecordClaim, now_ms
+from tierlink.wire.records import (
+    KIND_PEER_RECORD,
+    PeerRecord,
+    RecordClaim,
+    leads_with_signer,
+    now_ms,
+)
 
 #: The first wait before asking the DHT again for a record it did not have (seconds).
 LOOKUP_RETRY_S = 0.1
@@ -157,9 +163,12 @@ class RecordBook:
 
 
 class RecordSource(Protocol):
-    """What a lookup needs from a DHT client (:class:`tierlink.dht.DhtClient`)."""
+    """What a lookup needs from a DHT client (:class:`tierlink.dht.DhtClient`): ``keep``
+    says which values matter once the answer is large (a client may skip the others)."""
 
-    async def get(self, key: str) -> list[bytes]: ...
+    async def get(
+        self, key: str, *, keep: Callable[[bytes], bool] | None = None
+    ) -> list[bytes]: ...
 
 
 class PeerLookup:
@@ -182,8 +191,13 @@ class PeerLookup:
         loop = asyncio.get_running_loop()
         deadline, backoff = loop.time() + patience, Backoff(LOOKUP_RETRY_S)
         key = ice_candidates_key(fingerprint)
+        def keep(value: bytes) -> bool:
+            return leads_with_signer(value, KIND_PEER_RECORD, fingerprint) and (
+                hashlib.sha256(value).digest() not in self.book.forgeries
+            )
+
         while True:
-            values = await self.dht.get(key)
+            values = await self.dht.get(key, keep=keep)
             claims = self.book.claims(values, fingerprint)
             spent = 0
             while claims and spent < self.book.max_verifies:

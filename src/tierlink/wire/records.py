@@ -161,6 +161,19 @@ def claimed_signer(fields: Fields, fp_key: int = 1, pk_key: int = 2) -> tuple[st
     return fingerprint, pk
 
 
+def leads_with_signer(value: bytes, kind: int, fingerprint: str) -> bool:
+    """True if ``value`` is a signed value of ``kind`` whose body begins, as canonical CBOR
+    orders it, with key 1 holding ``fingerprint``. A byte comparison, no decoding: a reader
+    flooded with values may keep only these past a budget (every tierlink writer encodes
+    canonically; a value that fails this may still be valid and is then merely skipped)."""
+    if len(value) < 4 or value[0] != WIRE_VERSION or value[1] != kind:
+        return False
+    head = value[2]
+    start = 3 if 0xA0 <= head <= 0xB7 else 4 if head == 0xB8 else 0
+    claim = b"\x01\x58\x40" + bytes.fromhex(fingerprint)
+    return start > 0 and value[start:start + len(claim)] == claim
+
+
 # -- candidates ------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class CandidateInfo:
