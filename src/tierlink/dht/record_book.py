@@ -186,7 +186,8 @@ class PeerLookup:
         verifications (run in chunks of :data:`VERIFY_CHUNK`, yielding to the event loop in
         between; a forgery found once is skipped unverified): an empty answer, or one whose
         verifications ran out before a valid record, is asked again with backoff for up to
-        ``patience`` seconds.
+        ``patience`` seconds. The DHT may skip, in a large answer, values that do not lead
+        with the owner's fingerprint and known forgeries (``keep``).
         """
         loop = asyncio.get_running_loop()
         deadline, backoff = loop.time() + patience, Backoff(LOOKUP_RETRY_S)
