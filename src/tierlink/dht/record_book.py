@@ -37,8 +37,9 @@ MAX_VALUES_PER_LOOKUP = 65536
 MAX_VERIFIES_PER_LOOKUP = 1024
 #: Verifications between two yields to the event loop during a lookup.
 VERIFY_CHUNK = 16
-#: Digests of values whose signature failed, remembered so later lookups skip them unverified.
-MAX_REMEMBERED_FORGERIES = 4096
+#: Digests of values whose signature failed, remembered so later lookups skip them unverified
+#: (about as many forgeries as one node can store under a key: 64 MiB of 7.3 KB values).
+MAX_REMEMBERED_FORGERIES = 16384
 
 
 @dataclass
