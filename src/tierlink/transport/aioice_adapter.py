@@ -161,19 +161,20 @@ class IceConnection(aioice.Connection):
         Follows aioice/ice.py ``Connection.gather_candidates`` (lines 568-595). Differs only
         with an allow-list (and the default policy): aioice first lists every interface of
         the machine (ifaddr, about 0.2 ms, measured), whose result the allow-list replaces;
-        a dial gathers twice on its critical path, so that listing is skipped here.
+        a dial gathers twice on its critical path, so that listing is skipped here. Every
+        socket gathered on is then watched by the source gate (see :meth:`data_received`).
         """
         if self._tl_allowed is None or self._tl_relay_only:
             await super().gather_candidates()
-            return
-        if self._local_candidates_start:
-            return
-        self._local_candidates_start = True
-        for component in self._components:
-            self._local_candidates += await self.get_component_candidates(
-                component=component, addresses=list(self._tl_allowed)
-            )
-        self._local_candidates_end = True
+        elif not self._local_candidates_start:
+            self._local_candidates_start = True
+            for component in self._components:
+                self._local_candidates += await self.get_component_candidates(
+                    component=component, addresses=list(self._tl_allowed)
+                )
+            self._local_candidates_end = True
+        for protocol in self._protocols:  # every local socket and TURN allocation
+            self._tl_gate.watch(protocol)
 
     async def get_component_candidates(
         self, component: int, addresses: list[str], timeout: int = 5
@@ -253,8 +254,6 @@ class IceConnection(aioice.Connection):
             raise ConnectionError("Local candidates gathering was not performed")
         if self.remote_username is None or self.remote_password is None:
             raise ConnectionError("Remote username or password is missing")
-        for protocol in self._protocols:  # every local socket and TURN allocation
-            self._tl_gate.watch(protocol)
         for remote_candidate in self._remote_candidates:
             self._pair_remote_candidate(remote_candidate)
         self.sort_check_list()
