@@ -8,18 +8,26 @@ The last tests flood real ``dhtnode`` processes.
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import json
 import os
+from collections.abc import AsyncIterator
 from typing import Any
 
 import cbor2
 import pytest
+from aiohttp import web
 
+from tests.nodes import config_for
+from tests.test_hostile_dht import serve
 from tests.verify_counter import VerifyCounter
 from tierlink.bench.dht_flood import attacker_offers, attacker_records, listen_figures
 from tierlink.dht import DhtClient, DhtNodeProcess
 from tierlink.dht.record_book import MAX_VERIFIES_PER_LOOKUP, PeerLookup, RecordBook
-from tierlink.errors import PeerNotFound
+from tierlink.errors import DhtUnavailable, PeerNotFound
 from tierlink.identity import SIGNATURE_SIZE, Identity
+from tierlink.node import Node
 from tierlink.wire.dhtkeys import ice_candidates_key, offers_key
 from tierlink.wire.records import (
     KIND_OFFER,
@@ -215,3 +223,53 @@ async def test_flooded_offers_key_still_delivers_the_genuine_offer(
             await attacker.put(key, value)
         figures = await listen_figures(callee, key, real, len(flood) + 8)
     assert figures["listen_found"] is True
+
+
+async def test_a_node_dials_a_peer_whose_record_key_is_flooded(
+    dht_cluster: list[DhtNodeProcess],
+) -> None:
+    """End to end: after the flood, a node looks the callee up, dials and talks to it."""
+    a = Node(config_for(dht_cluster[0]))
+    b = Node(config_for(dht_cluster[1]))
+    async with b, a, DhtClient(dht_cluster[2].proxy_url) as attacker:
+        key = ice_candidates_key(b.fingerprint)
+        for value in FLOOD:
+            await attacker.put(key, value)
+        conn = await a.connect(b.fingerprint)
+        incoming = await b.accept(timeout=20)
+        assert incoming is not None
+        await conn.send(b"through the flood")
+        assert await incoming.recv(timeout=20) == b"through the flood"
+        rejections = a.stats()["record_rejections"]
+        assert isinstance(rejections, dict) and rejections["fingerprint"] >= len(FLOOD)
+
+
+@pytest.fixture
+async def stalling_proxy() -> AsyncIterator[str]:
+    """A proxy whose get sends one value (for key ``00…``, none for others), then stalls."""
+    hold = asyncio.Event()
+
+    async def get(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse()
+        await resp.prepare(request)
+        if request.match_info["key"] == "0" * 40:
+            await resp.write(json.dumps({"data": base64.b64encode(b"v").decode(),
+                                         "id": "1"}).encode() + b"\n")
+        await hold.wait()
+        return resp
+
+    app = web.Application()
+    app.router.add_get("/key/{key}", get)
+    async for url in serve(app):
+        try:
+            yield url
+        finally:
+            hold.set()
+
+
+async def test_a_get_that_stalls_returns_what_arrived(stalling_proxy: str) -> None:
+    async with DhtClient(stalling_proxy, timeout=1.0) as client:
+        assert await client.get("0" * 40) == [b"v"]
+        assert client.capped_gets == 1
+        with pytest.raises(DhtUnavailable):
+            await client.get("1" * 40)

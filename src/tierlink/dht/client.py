@@ -144,7 +144,7 @@ class DhtClient:
         self.skipped_lines: Counter[str] = Counter()
         """Proxy lines skipped, by reason (``oversized``, ``json``, ``shape``, ``base64``)."""
         self.capped_gets = 0
-        """Gets cut at their ``max_bytes`` (the key held more)."""
+        """Gets cut at :attr:`max_get_bytes` or by the timeout (the key held more)."""
         self.filtered_values = 0
         """Values a get skipped past its unfiltered bytes because ``keep`` refused them."""
 
@@ -256,8 +256,9 @@ class DhtClient:
         The answer is read line by line. The first :attr:`unfiltered_get_bytes` of values
         are kept as they come; past them, only values ``keep`` accepts (the rest are counted
         in :attr:`filtered_values`), so a flood of other values cannot push the ones a
-        caller wants past the end; the get is cut before :attr:`max_get_bytes` (the rest is
-        not read; counted in :attr:`capped_gets`).
+        caller wants past the end; the get is cut before :attr:`max_get_bytes`, or when
+        ``timeout`` runs out after some values arrived (the rest is not read; both counted
+        in :attr:`capped_gets`).
         """
         max_bytes, unfiltered_bytes = self.max_get_bytes, self.unfiltered_get_bytes
         timeout = aiohttp.ClientTimeout(total=self.timeout)
@@ -283,12 +284,15 @@ class DhtClient:
                         self.capped_gets += 1
                         break
                     out.append(value)
-        except (aiohttp.ClientError, OSError) as exc:
-            raise DhtUnavailable(f"DHT proxy {self.base_url} unreachable: {exc}") from None
-        except TimeoutError:
+        except TimeoutError:  # aiohttp's socket timeouts are TimeoutErrors too
+            if out:  # a huge answer: what arrived in time is still the key's values
+                self.capped_gets += 1
+                return out
             raise DhtUnavailable(
                 f"DHT proxy {self.base_url} did not answer within {self.timeout:.1f} s"
             ) from None
+        except (aiohttp.ClientError, OSError) as exc:
+            raise DhtUnavailable(f"DHT proxy {self.base_url} unreachable: {exc}") from None
         return out
 
     def listen(self, key: str, *, reconnect: bool = True) -> DhtListener:
