@@ -11,7 +11,7 @@ class MemoryDht:
     def __init__(self) -> None:
         self.values: dict[str, list[bytes]] = {}
 
-    async def get(self, key: str) -> list[bytes]:
+    async def get(self, key: str, **_: object) -> list[bytes]:
         return list(self.values.get(key, []))
 
     async def put(self, key: str, value: bytes) -> None:

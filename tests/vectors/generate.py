@@ -71,7 +71,7 @@ from tierlink.wire.channel_frames import (
     encode_hello,
     encode_length,
 )
-from tierlink.wire.records import CandidateInfo, PeerRecord
+from tierlink.wire.records import CandidateInfo, PeerRecord, next_seq, record_times
 
 HERE = Path(__file__).parent
 WIRE_PATH = HERE / "wire.json"
@@ -184,8 +184,9 @@ def builders(offers: dict[str, bytes]) -> Builders:
         return sig.decode_offer(offers[which], b, now=NOW).secret
 
     def record(mode: str, cands: tuple[CandidateInfo, ...], cert: bytes | None) -> bytes:
-        return PeerRecord(a.fingerprint, a.public_key, 7, T0, T0 + 600_000, cands,
-                          a.kem_public_key, mode, cert).encode(a)
+        issued, expires = record_times(T0, 600.0)
+        return PeerRecord(a.fingerprint, a.public_key, next_seq(0, issued), issued, expires,
+                          cands, a.kem_public_key, mode, cert).encode(a)
 
     def offer(full: bool) -> bytes:
         value, _secret = sig.encode_offer(a, b.fingerprint, b.kem_public_key, SESSION_ID,
@@ -387,10 +388,10 @@ async def record_dial(proxy_url: str) -> dict[str, Any]:
         finally:
             _IN_PUT.reset(token)
 
-    async def get(self: DhtClient, key: str) -> list[bytes]:
+    async def get(self: DhtClient, key: str, **kw: Any) -> list[bytes]:
         if not _IN_PUT.get():  # a lone node's read-back after a put is not recorded
             reads.add((id(self), "get", key))
-        return await real_get(self, key)
+        return await real_get(self, key, **kw)
 
     def listen(self: DhtClient, key: str, **kw: Any) -> Any:
         reads.add((id(self), "listen", key))

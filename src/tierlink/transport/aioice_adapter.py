@@ -41,7 +41,7 @@ from aioice.ice import (
     server_reflexive_candidate,
 )
 
-from tierlink.transport.aioice_socket import BatchReader, udp_socket
+from tierlink.transport.aioice_socket import BatchReader, Source, SourceGate, udp_socket
 from tierlink.transport.aioice_socket import forbid_fragmentation as _forbid_fragmentation
 
 __all__ = ["PRIVATE_NAMES", "IceConnection", "get_host_addresses"]
@@ -157,12 +157,13 @@ class IceConnection(aioice.Connection):
         self._tl_batch_receive = batch_receive
         self._tl_handler: DatagramHandler | None = None
         self._tl_keep_reading: Callable[[], bool] | None = None
-        self._tl_pending: list[bytes] = []
+        self._tl_pending: list[tuple[bytes, Source | None]] = []
         self._tl_reader: BatchReader | None = None
         self._tl_check_budget: int | None = None
         self._tl_validated: set[tuple[str, int]] = set()
         self._tl_check_bytes = 0
         self._tl_checks_dropped = 0
+        self._tl_gate = SourceGate()
 
     # -- gathering ------------------------------------------------------------------------
     async def gather_candidates(self) -> None:
@@ -171,19 +172,20 @@ class IceConnection(aioice.Connection):
         Follows aioice/ice.py ``Connection.gather_candidates`` (lines 568-595). Differs only
         with an allow-list (and the default policy): aioice first lists every interface of
         the machine (ifaddr, about 0.2 ms, measured), whose result the allow-list replaces;
-        a dial gathers twice on its critical path, so that listing is skipped here.
+        a dial gathers twice on its critical path, so that listing is skipped here. Every
+        socket gathered on is then watched by the source gate (see :meth:`data_received`).
         """
         if self._tl_allowed is None or self._tl_relay_only:
             await super().gather_candidates()
-            return
-        if self._local_candidates_start:
-            return
-        self._local_candidates_start = True
-        for component in self._components:
-            self._local_candidates += await self.get_component_candidates(
-                component=component, addresses=list(self._tl_allowed)
-            )
-        self._local_candidates_end = True
+        elif not self._local_candidates_start:
+            self._local_candidates_start = True
+            for component in self._components:
+                self._local_candidates += await self.get_component_candidates(
+                    component=component, addresses=list(self._tl_allowed)
+                )
+            self._local_candidates_end = True
+        for protocol in self._protocols:  # every local socket and TURN allocation
+            self._tl_gate.watch(protocol)
 
     async def get_component_candidates(
         self, component: int, addresses: list[str], timeout: int = 5
@@ -371,33 +373,57 @@ class IceConnection(aioice.Connection):
         if handler is not None:
             self._tl_enable_batching()
             pending, self._tl_pending = self._tl_pending, []
-            for data in pending:
-                handler(data)
+            for data, source in pending:
+                if self._tl_admits(source):
+                    handler(data)
 
     @property
     def held_datagrams(self) -> int:
         """Datagrams received before a handler was set, held for it (at most 64)."""
         return len(self._tl_pending)
 
+    @property
+    def foreign_datagrams(self) -> int:
+        """Application datagrams dropped because they did not come from the nominated pair's
+        remote address to its local socket (a spoofing or stray sender)."""
+        return self._tl_gate.dropped
+
+    def _tl_admits(self, source: Source | None) -> bool:
+        pair = self._tl_pair()
+        if pair is None:
+            self._tl_gate.dropped += 1
+            return False
+        return self._tl_gate.admits(source, pair.protocol, pair.remote_addr)
+
     def data_received(self, data: bytes, component: int) -> None:
         """Called by aioice's protocols for every application datagram.
 
         Replaces aioice/ice.py ``Connection.data_received`` (lines 1277-1278), which queues
-        the datagram for ``recv``: with a handler set, ``recv`` is not used.
+        the datagram for ``recv``: with a handler set, ``recv`` is not used. Only the
+        nominated pair's remote address, received on that pair's local socket (or TURN
+        allocation), delivers; other datagrams are counted in :attr:`foreign_datagrams`.
         """
+        source = self._tl_gate.take()
+        nominated = self._tl_pair() is not None
+        if nominated and not self._tl_admits(source):
+            return
         handler = self._tl_handler
-        if handler is not None:
-            handler(data)
-            reader = self._tl_reader
-            if reader is not None and not reader.closed and not reader.draining:
-                keep = self._tl_keep_reading
-                if keep is None or keep():
-                    reader.drain(keep)
-        elif len(self._tl_pending) < _PENDING_LIMIT:
-            # Datagrams that arrive between ICE completion and the handler being set.
-            self._tl_pending.append(data)
+        if handler is None or not nominated:
+            # Held for the handler (at most 64: the window between ICE completion and the
+            # handler being set); one that came before nomination is checked when handed out.
+            if len(self._tl_pending) < _PENDING_LIMIT:
+                self._tl_pending.append((data, source))
+            return
+        handler(data)
+        reader = self._tl_reader
+        if reader is not None and not reader.closed and not reader.draining:
+            keep = self._tl_keep_reading
+            if keep is None or keep():
+                reader.drain(keep)
 
-    def _tl_deliver(self, data: bytes) -> None:
+    def _tl_deliver(self, data: bytes, addr: tuple[object, ...]) -> None:
+        if self._tl_reader is not None:
+            self._tl_gate.arrived(self._tl_reader.protocol, addr)
         self.data_received(data, 1)
 
     def _tl_enable_batching(self) -> None:

@@ -100,6 +100,8 @@ PRIVATE_NAMES: tuple[str, ...] = (
     "aioquic.quic.packet.QuicHeader.packet_type",
     "aioquic.quic.packet.QuicHeader.destination_cid",
     "aioquic.quic.packet.QuicPacketType.INITIAL",
+    # idle_deadline(): re-armed by every packet that decrypts (RFC 9000 section 10.1)
+    "aioquic.quic.connection.QuicConnection._close_at",
 )
 
 #: The largest packet aioquic can build: it writes STREAM and CRYPTO frame lengths as 2-byte
@@ -231,6 +233,14 @@ def close_event(quic: QuicConnection) -> ConnectionTerminated | None:
     """The pending ConnectionTerminated as soon as the connection started closing, or None."""
     event: ConnectionTerminated | None = quic._close_event
     return event
+
+
+def idle_deadline(quic: QuicConnection) -> float | None:
+    """When the connection would time out idle. ``receive_datagram`` moves it only for a
+    packet that decrypted (and for a server's first datagram), so a change across that call
+    means the peer was heard: garbage and forged packets leave it as it was."""
+    deadline: float | None = quic._close_at
+    return deadline
 
 
 def pending_datagrams(quic: QuicConnection) -> deque[bytes]:

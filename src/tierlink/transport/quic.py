@@ -42,6 +42,7 @@ from tierlink.transport.aioice_adapter import IceConnection
 from tierlink.transport.aioquic_adapter import (
     PinnedQuicConnection,
     close_event,
+    idle_deadline,
     max_datagram_size,
     pending_datagrams,
     release,
@@ -253,7 +254,6 @@ class QuicPump:
                 self._apply_packet_size()
             return
         now = self._loop.time()
-        self._liveness.heard(now)
         try:
             if self._quic is None:
                 if self.is_client:
@@ -261,7 +261,10 @@ class QuicPump:
                 self._quic = new_server(self._config, data, self.peer_cert_sha256)
                 if self._quic is None:
                     return
+            idle = idle_deadline(self._quic)
             self._quic.receive_datagram(data, QUIC_ADDR, now=now)
+            if idle_deadline(self._quic) != idle:  # a packet decrypted: the peer is alive
+                self._liveness.heard(now)
             self._process(flush=False)
         except Exception as exc:  # a bug must close the channel, not vanish inside aioice
             self.close(f"internal error: {exc!r}", error_code=ERROR_PROTOCOL)
