@@ -15,6 +15,7 @@ import contextlib
 import json
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -327,7 +328,8 @@ async def _lookup(args: argparse.Namespace) -> int:
         return 0
     print(f"fingerprint: {obj['fingerprint']}\nsequence:    {obj['seq']}\n"
           f"mode:        {obj['mode']}")
-    print(f"expires in:  {(obj['expires_at_ms'] - obj['issued_at_ms']) / 1000:.0f} s")
+    left_s = max(0.0, (obj["expires_at_ms"] - time.time() * 1000) / 1000)
+    print(f"expires in:  {left_s:.0f} s")
     for c in obj["candidates"]:
         print(f"candidate:   {c['type']} {c['host']}:{c['port']}")
     return 0
