@@ -205,6 +205,8 @@ def main(argv: Sequence[str]) -> int:
     except (TierlinkError, OSError, ValueError) as exc:
         print(f"tierlink bench: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # the parent removes the namespace and says so
+        return 130
     return 0
 
 
