@@ -110,8 +110,8 @@ async def run_bench_async(
     if mtu is not None and path_mtu != mtu:
         raise BenchError(f"loopback MTU is {path_mtu} here, not the {mtu} asked for")
     out_dir.mkdir(parents=True, exist_ok=True)
-    logs = out_dir / ("logs" if mtu is None else f"logs-mtu{mtu}")
-    logs.mkdir(exist_ok=True)
+    logs = out_dir / "logs" if mtu is None else out_dir / "logs" / f"mtu{mtu}"
+    logs.mkdir(parents=True, exist_ok=True)
     json_path = out_dir / results_name(mtu)
     results = load_json(json_path)
     machine = machine_info()
