@@ -6,8 +6,9 @@ dial up: once a kind of candidate (srflx, relay) has its first answer, the other
 that kind get :attr:`ServerGathering.grace` more; a kind with no answer yet gets
 :attr:`ServerGathering.idle_grace` after the first answer of any kind (a host behind a
 UDP-blocking firewall has its TCP relay at once and gives up on STUN soon after); with no
-answer at all, everything stops at :attr:`ServerGathering.timeout`. A server asked but not
-waited for counts as *abandoned* in :attr:`ServerGathering.stats`.
+answer at all, everything stops at :attr:`ServerGathering.timeout`. In
+:attr:`ServerGathering.stats`, a server given up on once others had answered counts as
+*abandoned*, one given up on because nothing answered at all as *timed out*.
 
 Candidates are not cached between dials: a server-reflexive candidate belongs to the host
 socket it was learnt on (every dial binds fresh ones), and a relay candidate is only as good
@@ -38,18 +39,18 @@ log = logging.getLogger(__name__)
 
 #: What a server's gathering task yields: a candidate and, for a relay, its protocol.
 Found = tuple[Candidate, HostSocket | None]
-#: Outcomes counted per server URL.
-OUTCOMES = ("answered", "failed", "abandoned")
 
 
 @dataclass
 class GatherStats:
     """Per server URL (``stun:HOST:PORT``, :attr:`TurnServer.url`): how often it answered,
-    failed (refused, unreachable, an error response) or was abandoned (not waited for)."""
+    failed (refused, unreachable, an error response), was abandoned (not waited for past
+    the others' answers and the grace) or timed out (nothing answered within the timeout)."""
 
     answered: Counter[str] = field(default_factory=Counter)
     failed: Counter[str] = field(default_factory=Counter)
     abandoned: Counter[str] = field(default_factory=Counter)
+    timed_out: Counter[str] = field(default_factory=Counter)
     gathers: int = 0
 
 
@@ -127,7 +128,8 @@ class ServerGathering:
             for task in [t for t, d in deadlines.items() if d <= now]:
                 task.cancel()
                 pending.discard(task)
-                self.stats.abandoned[tasks[task].url] += 1
+                given_up = self.stats.abandoned if first else self.stats.timed_out
+                given_up[tasks[task].url] += 1
                 log.info("gathering: gave up waiting for %s", tasks[task].url)
             if not pending:
                 break

@@ -151,10 +151,11 @@ class TurnUrl:
 
 
 def _check_text(text: str, what: str) -> str:
+    shown = f"…@{text.rpartition('@')[2]}" if "@" in text else text  # no password echoed
     if len(text) > _MAX_URL:
-        raise ValueError(f"invalid {what} {text[:40]!r}…: longer than {_MAX_URL} characters")
+        raise ValueError(f"invalid {what} {shown[:40]!r}…: longer than {_MAX_URL} characters")
     if not text.isprintable() or any(c.isspace() for c in text.strip()):
-        raise ValueError(f"invalid {what} {text!r}: contains spaces or control characters")
+        raise ValueError(f"invalid {what} {shown!r}: contains spaces or control characters")
     return text.strip()
 
 
@@ -172,9 +173,10 @@ def parse_turn_url(text: str) -> TurnUrl:
     if rest.startswith("//"):
         raise ValueError(f"invalid TURN URL {text!r}: a turn: URL has no '//' "
                          f"(write {scheme}:HOST[:PORT])")
-    if "@" in rest:
-        raise ValueError(f"invalid TURN URL {text!r}: credentials do not go in the URL; give "
-                         "--turn-user with --turn-password-file or TIERLINK_TURN_PASSWORD")
+    if "@" in rest:  # not echoed: it may hold a password
+        raise ValueError(f"invalid TURN URL {scheme}:…@{rest.rpartition('@')[2]}: credentials "
+                         "do not go in the URL; give --turn-user with --turn-password-file "
+                         "or TIERLINK_TURN_PASSWORD")
     if "/" in rest or "#" in rest:
         raise ValueError(f"invalid TURN URL {text!r}: expected {scheme}:HOST[:PORT]"
                          "[?transport=udp|tcp]")
@@ -200,10 +202,11 @@ def parse_turn_url(text: str) -> TurnUrl:
 def _legacy_turn(spec: str, text: str) -> TurnUrl:
     creds, _, where = spec.rpartition("@")
     user, colon, password = creds.partition(":")
+    shown = f"…@{where}"  # errors do not echo the password
     if not colon or not user:
-        raise ValueError(f"invalid TURN server {text!r}: expected USER:PASS@HOST[:PORT] "
+        raise ValueError(f"invalid TURN server {shown!r}: expected USER:PASS@HOST[:PORT] "
                          "or a turn: URL")
-    host, port = _server_address(where, STUN_PORT, text)
+    host, port = _server_address(where, STUN_PORT, shown)
     return TurnUrl(host, port, ("udp", "tcp"), user, password)
 
 
