@@ -1,6 +1,7 @@
 """Gathering from many STUN and TURN servers: a dead server beside a live one holds nothing
 up, TURN over TCP and TLS (verified) against a local coturn, time-limited credentials, TURN
-client sockets inside the port range, and a TCP relay when UDP goes unanswered."""
+client sockets inside the port range, a TCP relay when UDP goes unanswered, and nodes that
+connect that way with their signaling over a DHT proxy."""
 
 from __future__ import annotations
 
@@ -24,7 +25,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from tests.ice_pairs import connect
+from tests.nodes import config_for
 from tests.waiting import eventually
+from tierlink.dht import DhtNodeProcess
+from tierlink.errors import DhtUnavailable
+from tierlink.node import Node
 from tierlink.transport.aioice_adapter import IceConnection
 from tierlink.transport.gathering import ServerGathering
 from tierlink.transport.ice import IceSettings
@@ -311,3 +316,66 @@ async def test_turn_client_sockets_are_inside_the_port_range(coturn: Coturn) -> 
     assert sorted(c.type for c in candidates) == ["host", "relay", "relay"]
     ports = [c.port if c.type == "host" else c.related_port for c in candidates]
     assert all(p is not None and base <= p <= base + 9 for p in ports), candidates
+
+
+# -- nodes -----------------------------------------------------------------------------------
+async def node_pair(dht_cluster: list[DhtNodeProcess], **kw: Any) -> tuple[Node, Node]:
+    a = Node(config_for(dht_cluster[0], **kw))
+    b = Node(config_for(dht_cluster[1], **kw))
+    await b.start()
+    await a.start()
+    return a, b
+
+
+async def exchange(a: Node, b: Node) -> str:
+    """Dial b from a, pass a message each way over the secure channel; the path type."""
+    ca = await a.connect(b.fingerprint)
+    cb = await b.accept(timeout=10)
+    assert cb is not None
+    await ca.send(b"ping")
+    assert await cb.recv(10) == b"ping"
+    await cb.send(b"pong")
+    assert await ca.recv(10) == b"pong"
+    return ca.path_type
+
+
+async def test_a_node_dials_with_a_dead_stun_server_beside_a_live_one(
+    dht_cluster: list[DhtNodeProcess], live_stun: tuple[str, int], dead_udp: tuple[str, int]
+) -> None:
+    a, b = await node_pair(dht_cluster, stun_servers=[dead_udp, live_stun])
+    async with a, b:
+        assert await exchange(a, b) == "host"
+        stats = a.ice_settings.gathering.stats
+        assert stats.answered[f"stun:{live_stun[0]}:{live_stun[1]}"] >= 1
+        assert stats.abandoned[f"stun:{dead_udp[0]}:{dead_udp[1]}"] >= 1
+        assert not stats.timed_out
+
+
+@pytest.mark.parametrize("transport", ["tcp", "tls"])
+async def test_nodes_behind_udp_blocking_firewalls_connect_through_turn_over_tcp_or_tls(
+    dht_cluster: list[DhtNodeProcess], coturn: Coturn, dead_udp: tuple[str, int],
+    transport: str,
+) -> None:
+    """UDP to STUN and TURN goes unanswered (blocked); signaling goes through the DHT proxy
+    over TCP (HTTP), the channel through a relay allocated over TCP or TLS."""
+    blocked = TurnServer(dead_udp[0], dead_udp[1], USER, PASSWORD, "udp")
+    relay = turn(coturn, transport, ca_file=coturn.ca_file if transport == "tls" else None)
+    a, b = await node_pair(dht_cluster, stun_servers=[dead_udp], turn_servers=[blocked, relay],
+                           relay_only=True)
+    async with a, b:
+        assert await exchange(a, b) == "relay"
+        for node in (a, b):
+            stats = node.ice_settings.gathering.stats
+            assert stats.answered[relay.url] >= 1 and stats.abandoned[blocked.url] >= 1
+
+
+async def test_an_embedded_dht_node_that_reaches_no_one_says_to_use_a_dht_proxy(
+    dead_udp: tuple[str, int]
+) -> None:
+    if shutil.which("dhtnode") is None:
+        pytest.skip("dhtnode not installed (apt-get install dhtnode)")
+    node = DhtNodeProcess(bootstrap=[dead_udp], join_timeout=0.5)
+    with pytest.raises(DhtUnavailable, match="--dht-proxy https://") as info:
+        await node.start()
+    assert "UDP may be blocked" in str(info.value)
+    assert node.pid is None  # the child is not left running
