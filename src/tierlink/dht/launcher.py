@@ -385,13 +385,9 @@ class DhtNodeProcess:
 
 def _known_nodes(info: dict[str, Any]) -> int:
     """Good and dubious nodes in a dhtnode status object (both address families)."""
-    total = 0
-    for family in ("ipv4", "ipv6"):
-        counts = info.get(family)
-        if isinstance(counts, dict):
-            total += sum(v for k, v in counts.items()
-                         if k in ("good", "dubious") and isinstance(v, int))
-    return total
+    counts = [info.get(f) for f in ("ipv4", "ipv6")]
+    return sum(c.get(k, 0) for c in counts if isinstance(c, dict) for k in ("good", "dubious")
+               if isinstance(c.get(k, 0), int))
 
 
 @dataclass(frozen=True)

@@ -193,7 +193,7 @@ def parse_turn_url(text: str) -> TurnUrl:
         if scheme == "turns" and value == "udp":
             raise ValueError(f"invalid TURN URL {text!r}: turns: over UDP (DTLS) is not "
                              "supported; use turns:HOST or turn:HOST?transport=udp")
-        transports = ("tls",) if scheme == "turns" else (value,)  # type: ignore[assignment]
+        transports = ("tls",) if scheme == "turns" else ("udp",) if value == "udp" else ("tcp",)
     default = STUNS_PORT if scheme == "turns" else STUN_PORT
     host, port = _server_address(where, default, text)
     return TurnUrl(host, port, transports)
