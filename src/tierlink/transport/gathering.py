@@ -76,7 +76,7 @@ class ServerGathering:
     relay_only: bool = False
     timeout: float = 5.0
     grace: float = 0.25
-    idle_grace: float = 1.0
+    idle_grace: float = 0.5
     stats: GatherStats = field(default_factory=GatherStats)
 
     @property
