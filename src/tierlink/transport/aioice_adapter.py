@@ -1,4 +1,5 @@
-"""The one place tierlink touches aioice's internals (with :mod:`.aioice_socket`).
+"""The one place tierlink touches aioice's internals (with :mod:`.aioice_socket` and
+:mod:`.aioice_turn`).
 
 aioice (0.13.0, pinned exactly) gathers host candidates from every interface except
 127.0.0.1, queues every received datagram in an unbounded ``asyncio.Queue`` and sends through
