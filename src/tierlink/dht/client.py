@@ -51,39 +51,39 @@ def _check_key(key: str) -> str:
 MAX_LINE_BYTES = 128 * 1024
 
 
-class _Skip(ValueError):
+class SkippedLine(DhtError):
     """A proxy line that is skipped, with the reason it is counted under."""
 
     def __init__(self, reason: str) -> None:
-        super().__init__(reason)
+        super().__init__(f"proxy line skipped: {reason}")
         self.reason = reason
 
 
-def _decode_line(line: bytes) -> tuple[str, bytes, bool] | None:
-    """(value id, data, expired) from one JSON line; None for a blank line; _Skip (with a
-    reason) for a line that is not a proxy value."""
+def decode_proxy_line(line: bytes) -> tuple[str, bytes, bool] | None:
+    """(value id, data, expired) from one JSON line; None for a blank line; SkippedLine
+    (with a reason) for a line that is not a proxy value."""
     line = line.strip()
     if not line:
         return None
     if len(line) > MAX_LINE_BYTES:
-        raise _Skip("oversized")
+        raise SkippedLine("oversized")
     try:
         obj = json.loads(line)
     except (ValueError, RecursionError):
-        raise _Skip("json") from None
+        raise SkippedLine("json") from None
     if not isinstance(obj, dict):
-        raise _Skip("shape")
+        raise SkippedLine("shape")
     data, vid = obj.get("data", ""), obj.get("id", "")
     if not isinstance(data, str) or not isinstance(vid, str | int) or isinstance(vid, bool):
-        raise _Skip("shape")
+        raise SkippedLine("shape")
     try:
         value = base64.b64decode(data, validate=True)
     except ValueError:
-        raise _Skip("base64") from None
+        raise SkippedLine("base64") from None
     return str(vid), value, bool(obj.get("expired", False))
 
 
-async def _bounded_lines(
+async def bounded_lines(
     chunks: AsyncIterable[bytes], limit: int
 ) -> AsyncIterator[bytes | None]:
     """Lines (without the newline) from a byte stream; a line longer than ``limit`` bytes is
@@ -139,9 +139,9 @@ class DhtClient:
         it holds no value (a skipped line is counted by reason in :attr:`skipped_lines`)."""
         try:
             if line is None:
-                raise _Skip("oversized")
-            return _decode_line(line)
-        except _Skip as skip:
+                raise SkippedLine("oversized")
+            return decode_proxy_line(line)
+        except SkippedLine as skip:
             self.skipped_lines[skip.reason] += 1
             log.debug("skipping a proxy line (%s): %r", skip.reason, (line or b"")[:80])
             return None
@@ -317,7 +317,7 @@ class DhtListener:
         while not self._closed:
             self._resp = await self._open()
             try:
-                lines = _bounded_lines(self._resp.content.iter_any(), MAX_LINE_BYTES)
+                lines = bounded_lines(self._resp.content.iter_any(), MAX_LINE_BYTES)
                 async for line in lines:
                     item = self._client._read_line(line)
                     if item is None or item[2]:
