@@ -4,8 +4,9 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
+FUZZ_RUNS ?= 100000
 
-.PHONY: demo test bench lab lint typecheck clean
+.PHONY: demo test bench fuzz lab lint typecheck clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -21,7 +22,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	scripts/system-deps.sh test
-	$(BIN)/ruff check src tests
+	$(BIN)/ruff check src tests fuzz
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
@@ -31,12 +32,17 @@ bench: $(STAMP)
 	$(BIN)/python -m pip install -q -e ".[bench]"
 	$(BIN)/tierlink bench
 
+# Every parser of untrusted bytes, FUZZ_RUNS inputs each (coverage-guided with atheris).
+fuzz: $(STAMP)
+	$(BIN)/python -m pip install -q -e ".[fuzz]"
+	$(BIN)/python -m fuzz --runs $(FUZZ_RUNS)
+
 lab: $(STAMP)
 	scripts/system-deps.sh test
 	$(BIN)/tierlink lab --report lab-report
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests
+	$(BIN)/ruff check src tests fuzz
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 

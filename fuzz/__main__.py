@@ -27,7 +27,7 @@ def _atheris_run(name: str, runs: int, workdir: Path) -> dict[str, Any]:
     with log.open("wb") as err:
         proc = subprocess.run(
             [sys.executable, "-m", "fuzz.libfuzzer", name, str(runs), str(out)],
-            stdout=err, stderr=err, check=False,
+            stdout=err, stderr=err, check=False, cwd=Path(__file__).resolve().parent.parent,
         )
     stats: dict[str, Any] = json.loads(out.read_text())
     if proc.returncode != 0 or stats["inputs"] < runs:

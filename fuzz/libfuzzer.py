@@ -12,7 +12,7 @@ import json
 import sys
 from pathlib import Path
 
-import atheris  # type: ignore[import-not-found, unused-ignore]
+import atheris
 
 with atheris.instrument_imports(include=["tierlink"]):
     from fuzz import targets

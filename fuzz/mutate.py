@@ -91,7 +91,8 @@ def mutate_map(draw: Draw, body: dict[Any, Any], known: range) -> dict[Any, Any]
             out.pop(key, None)
         elif op == 3:
             for _ in range(draw.size(40)):
-                out[draw.choice((draw.below(2**16), draw.choice(EDGE_INTS), draw.choice(TEXTS)))] = 0
+                extra = (draw.below(2**16), draw.choice(EDGE_INTS), draw.choice(TEXTS))
+                out[draw.choice(extra)] = 0
         elif op == 4 and isinstance(out.get(key), int):
             out[key] = out[key] + draw.choice((-1, 1, -(2**32), 2**32, 2**62, -(2**62)))
         elif op == 5 and isinstance(out.get(key), bytes):
@@ -136,7 +137,9 @@ def resize(draw: Draw, data: bytes) -> bytes:
     return bytes(draw.choice(EDGE_SIZES))
 
 
-def mutate_bytes(draw: Draw, data: bytes, *, keep: int = 0, others: tuple[bytes, ...] = ()) -> bytes:
+def mutate_bytes(
+    draw: Draw, data: bytes, *, keep: int = 0, others: tuple[bytes, ...] = ()
+) -> bytes:
     """Raw edits of an encoding: flips, overwrites, inserts, cuts, splices, hostile heads.
 
     The first ``keep`` bytes stay (so a value's version and kind survive when wanted).

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import atexit
 import base64
+import contextlib
 import json
 import os
 import shutil
@@ -124,10 +125,8 @@ def parse_cbor(data: bytes) -> None:
             lambda k: [check_uint(v, "e") for v in fields.opt_array(k, "oa") or ()],
             lambda k: [check_bytes(v, "e", size=16) for v in fields.opt_array(k, "oa") or ()],
         ):
-            try:
+            with contextlib.suppress(TierlinkError):
                 read(key)
-            except TierlinkError:
-                pass
 
 
 # -- link and channel frames -------------------------------------------------------------
@@ -146,7 +145,8 @@ def build_link(draw: Draw) -> bytes:
 
 def chunked(draw: Draw, data: bytes) -> tuple[bytes, ...]:
     """``data`` cut into pieces at drawn points (incremental readers see every split)."""
-    pieces, pos = [], 0
+    pieces: list[bytes] = []
+    pos = 0
     while pos < len(data) and len(pieces) < 32:
         n = 1 + draw.size(len(data) - pos - 1)
         pieces.append(data[pos:pos + n])
@@ -245,10 +245,8 @@ def parse_proxy(arg: tuple[int, tuple[bytes, ...]]) -> None:
     source: AsyncIterable[bytes] = _stream(chunks)
     for line in drain(bounded_lines(source, limit)):
         if line is not None:
-            try:
+            with contextlib.suppress(SkippedLine):
                 decode_proxy_line(line)
-            except SkippedLine:
-                pass
 
 
 # -- identity key files ---------------------------------------------------------------------
