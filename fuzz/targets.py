@@ -9,14 +9,12 @@ still reaches the parser.
 from __future__ import annotations
 
 import atexit
-import base64
 import contextlib
 import json
 import os
 import shutil
-import struct
 import tempfile
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Coroutine
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,19 +22,22 @@ from typing import Any
 from fuzz import builders as b
 from fuzz.draw import Draw
 from fuzz.mutate import cbor_value, json_text, json_value, mutate_bytes, mutate_map
-from tierlink.dht.client import SkippedLine, bounded_lines, decode_proxy_line
+from fuzz.streams import (
+    build_channel,
+    build_control,
+    build_messages,
+    build_pmtu,
+    build_proxy,
+    parse_channel,
+    parse_control,
+    parse_messages,
+    parse_pmtu,
+    parse_proxy,
+)
 from tierlink.errors import TierlinkError
 from tierlink.identity import Identity
-from tierlink.protocol.pmtu import PROBE_ACK, PathMtuProber, answer
+from tierlink.protocol.pmtu import PathMtuProber
 from tierlink.wire.ack import open_ack
-from tierlink.wire.channel_frames import (
-    ControlReader,
-    Hello,
-    MessageReader,
-    encode_ack,
-    encode_hello,
-    encode_length,
-)
 from tierlink.wire.decoding import Fields, check_bytes, check_uint, decode
 from tierlink.wire.envelope import open_envelope
 from tierlink.wire.link_frames import decode_link_frame, encode_ack_frame, encode_message_frame
@@ -143,112 +144,6 @@ def build_link(draw: Draw) -> bytes:
     return mutate_bytes(draw, seed, others=LINK_SEEDS)
 
 
-def chunked(draw: Draw, data: bytes) -> tuple[bytes, ...]:
-    """``data`` cut into pieces at drawn points (incremental readers see every split)."""
-    pieces: list[bytes] = []
-    pos = 0
-    while pos < len(data) and len(pieces) < 32:
-        n = 1 + draw.size(len(data) - pos - 1)
-        pieces.append(data[pos:pos + n])
-        pos += n
-    if pos < len(data):
-        pieces.append(data[pos:])
-    return tuple(pieces)
-
-
-CONTROL_SEED = encode_hello(Hello(1, 1 << 20, 1 << 22)) + encode_ack(1) + encode_ack(2**64 - 1)
-MESSAGES_SEED = encode_length(3) + b"abc" + encode_length(0) + encode_length(5) + b"hello"
-
-
-def build_control(draw: Draw) -> tuple[bytes, ...]:
-    return chunked(draw, mutate_bytes(draw, CONTROL_SEED) if draw.chance(224) else CONTROL_SEED)
-
-
-def parse_control(chunks: tuple[bytes, ...]) -> None:
-    reader = ControlReader()
-    for chunk in chunks:
-        reader.feed(chunk)
-
-
-def build_messages(draw: Draw) -> tuple[int, tuple[bytes, ...]]:
-    data = mutate_bytes(draw, MESSAGES_SEED) if draw.chance(224) else MESSAGES_SEED
-    return draw.choice((1 << 20, 0, 4, 2**64 - 1)), chunked(draw, data)
-
-
-def parse_messages(arg: tuple[int, tuple[bytes, ...]]) -> None:
-    limit, chunks = arg
-    reader = MessageReader(limit)
-    for chunk in chunks:
-        reader.feed(chunk)
-
-
-# -- path-MTU probes -----------------------------------------------------------------------
-def build_pmtu(draw: Draw) -> tuple[PathMtuProber, bytes]:
-    """A prober with probes out, and a datagram: a mutated probe or acknowledgement."""
-    prober = PathMtuProber(1200, (1452, 1500))
-    probes = prober.start(0.0)
-    probe = draw.choice(probes)
-    ack = struct.pack(">B16sI", PROBE_ACK, probe[1:17], len(probe))
-    return prober, mutate_bytes(draw, draw.choice((ack, probe))) if draw.chance(224) else ack
-
-
-def parse_pmtu(arg: tuple[PathMtuProber, bytes]) -> None:
-    prober, data = arg
-    answer(data)
-    prober.on_ack(data)
-    prober.on_timer(1.0)
-
-
-# -- DHT proxy lines ----------------------------------------------------------------------
-PROXY_SEED = {"data": base64.b64encode(b.OFFER).decode(), "id": "5f3a", "type": 3}
-
-
-def build_proxy(draw: Draw) -> tuple[int, tuple[bytes, ...]]:
-    """(line limit, stream chunks) of JSON lines, mutated as JSON or as bytes."""
-    lines = []
-    for _ in range(1 + draw.below(3)):
-        doc: Any = dict(PROXY_SEED)
-        if draw.chance(96):
-            doc["expired"] = json_value(draw)
-        if draw.chance(128):
-            doc[draw.choice(("data", "id", "type", "expired"))] = json_value(draw)
-        if draw.chance(32):
-            doc = json_value(draw)
-        line = json_text(draw, doc)
-        lines.append(mutate_bytes(draw, line) if draw.chance(64) else line)
-    limit = draw.choice((128 * 1024, 64, 1))
-    return limit, chunked(draw, b"\n".join(lines))
-
-
-def drain(agen: AsyncIterator[bytes | None]) -> list[bytes | None]:
-    """Every item of an async generator that never suspends, without an event loop."""
-    out = []
-    while True:
-        step: Coroutine[Any, Any, bytes | None] = agen.__anext__()  # type: ignore[assignment]
-        try:
-            step.send(None)
-        except StopIteration as done:
-            out.append(done.value)
-        except StopAsyncIteration:
-            return out
-        else:
-            raise RuntimeError("the line reader suspended on a stream that never waits")
-
-
-async def _stream(chunks: tuple[bytes, ...]) -> AsyncIterator[bytes]:
-    for chunk in chunks:
-        yield chunk
-
-
-def parse_proxy(arg: tuple[int, tuple[bytes, ...]]) -> None:
-    limit, chunks = arg
-    source: AsyncIterable[bytes] = _stream(chunks)
-    for line in drain(bounded_lines(source, limit)):
-        if line is not None:
-            with contextlib.suppress(SkippedLine):
-                decode_proxy_line(line)
-
-
 # -- identity key files ---------------------------------------------------------------------
 _KEY_DIR = tempfile.mkdtemp(prefix="tierlink-fuzz-")
 KEY_FILE = Path(_KEY_DIR) / "identity.json"
@@ -314,6 +209,7 @@ TARGETS: dict[str, Target] = {
         ),
         Target("link_frame", build_link, decode_link_frame),
         Target("channel_control", build_control, parse_control, lambda data: (data,)),
+        Target("channel", build_channel, parse_channel, lambda data: ((3, data, False),)),
         Target(
             "channel_messages", build_messages, parse_messages, lambda data: (1 << 20, (data,))
         ),
