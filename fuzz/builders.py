@@ -133,9 +133,12 @@ SIGNED_SEEDS: dict[int, bytes] = {
 }
 
 
+_BODIES = {kind: open_value(value, kind).body for kind, value in SIGNED_SEEDS.items()}
+
+
 def body(kind: int) -> dict[Any, Any]:
-    """The decoded body of the seed value of a signed ``kind``."""
-    return dict(open_value(SIGNED_SEEDS[kind], kind).body)
+    """The decoded body of the seed value of a signed ``kind`` (a copy to mutate)."""
+    return dict(_BODIES[kind])
 
 
 def reseal(kind: int, fields: dict[Any, Any]) -> bytes:

@@ -3,7 +3,7 @@
 ``build`` turns a fuzz input into the parser's argument (a mutated valid encoding, often
 re-signed by the attacker); ``parse`` runs the parser on it. ``fallback`` gives the argument
 when ``build`` itself fails (an unencodable mutation): the raw fuzz input, so every input
-still reaches the parser.
+still reaches the parser. The stream parsers' inputs are made in :mod:`fuzz.streams`.
 """
 
 from __future__ import annotations
@@ -104,11 +104,15 @@ def build_answer(draw: Draw) -> bytes:
 
 
 # -- the strict CBOR decoder and the field reader -----------------------------------------
+CBOR_SEEDS = (
+    *(b.encode(b.body(kind)) for kind in b.SIGNED_SEEDS), b.encode(b.session_fields(b.PARAMS)),
+)
+
+
 def build_cbor(draw: Draw) -> bytes:
     """A body of any kind or any CBOR value, with raw mutations."""
-    seeds = (*(b.encode(b.body(k)) for k in b.SIGNED_SEEDS), b.encode(b.session_fields(b.PARAMS)))
-    base = draw.choice(seeds) if draw.chance(128) else b.encode(cbor_value(draw))
-    return mutate_bytes(draw, base, others=seeds) if draw.chance(192) else base
+    base = draw.choice(CBOR_SEEDS) if draw.chance(128) else b.encode(cbor_value(draw))
+    return mutate_bytes(draw, base, others=CBOR_SEEDS) if draw.chance(192) else base
 
 
 def parse_cbor(data: bytes) -> None:
@@ -130,7 +134,7 @@ def parse_cbor(data: bytes) -> None:
                 read(key)
 
 
-# -- link and channel frames -------------------------------------------------------------
+# -- link frames -------------------------------------------------------------------------
 LINK_SEEDS = (
     encode_message_frame(b.MESSAGE_IDS[0], b.NOW, b.NOW + 1000, b"payload"),
     encode_ack_frame(b.MESSAGE_IDS),
