@@ -7,7 +7,6 @@ split across two reads must parse as it does whole.
 from __future__ import annotations
 
 import base64
-import contextlib
 import struct
 from collections.abc import AsyncIterable, AsyncIterator, Coroutine
 from typing import Any
@@ -128,12 +127,20 @@ async def _stream(chunks: tuple[bytes, ...]) -> AsyncIterator[bytes]:
 
 
 def parse_proxy(arg: tuple[int, tuple[bytes, ...]]) -> None:
+    """Split the stream into lines and decode each, as a get or a listen does; the first
+    skipped line is raised once every line was read (the harness counts it)."""
     limit, chunks = arg
     source: AsyncIterable[bytes] = _stream(chunks)
+    skipped: SkippedLine | None = None
     for line in drain(bounded_lines(source, limit)):
-        if line is not None:
-            with contextlib.suppress(SkippedLine):
-                decode_proxy_line(line)
+        try:
+            if line is None:
+                raise SkippedLine("oversized")
+            decode_proxy_line(line)
+        except SkippedLine as skip:
+            skipped = skipped or skip
+    if skipped is not None:
+        raise skipped
 
 
 
