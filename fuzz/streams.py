@@ -14,7 +14,7 @@ from typing import Any
 from fuzz import builders as b
 from fuzz.draw import Draw
 from fuzz.mutate import json_text, json_value, mutate_bytes
-from tierlink.dht.client import SkippedLine, bounded_lines, decode_proxy_line
+from tierlink.dht.client import SkippedLine, bounded_lines, decode_proxy_json, decode_proxy_line
 from tierlink.protocol.channel import ChannelProtocol
 from tierlink.protocol.channel_events import HandshakeCompleted, StreamDataReceived
 from tierlink.protocol.pmtu import PROBE_ACK, PathMtuProber, answer
@@ -142,6 +142,31 @@ def parse_proxy(arg: tuple[int, tuple[bytes, ...]]) -> None:
     if skipped is not None:
         raise skipped
 
+
+
+#: A put that the node reported failed, and a node's status.
+PROXY_ANSWERS = (
+    {"err": "Put failed"},
+    {"node_id": "ab" * 20, "ipv4": {"good": 3, "dubious": 0}, "ipv6": {}, "public_ip": "::1"},
+)
+
+
+def build_proxy_answer(draw: Draw) -> bytes:
+    """The body of a proxy's answer to a put or a status request, mutated."""
+    doc: Any = dict(draw.choice(PROXY_ANSWERS))
+    if draw.chance(128):
+        doc[draw.choice(("err", "node_id", "ipv4", "x"))] = json_value(draw)
+    if draw.chance(32):
+        doc = json_value(draw)
+    text = json_text(draw, doc)
+    return mutate_bytes(draw, text) if draw.chance(64) else text
+
+
+def parse_proxy_answer(body: bytes) -> None:
+    """Read an answer as a put and a status request do."""
+    answer = decode_proxy_json(body, "answer")
+    if isinstance(answer, dict) and "err" in answer:
+        str(answer)
 
 
 # -- the channel protocol, fed the peer's streams ----------------------------------------

@@ -28,11 +28,13 @@ from fuzz.streams import (
     build_messages,
     build_pmtu,
     build_proxy,
+    build_proxy_answer,
     parse_channel,
     parse_control,
     parse_messages,
     parse_pmtu,
     parse_proxy,
+    parse_proxy_answer,
 )
 from tierlink.errors import TierlinkError
 from tierlink.identity import Identity
@@ -221,6 +223,7 @@ TARGETS: dict[str, Target] = {
             "pmtu", build_pmtu, parse_pmtu, lambda data: (PathMtuProber(1200, (1452,)), data)
         ),
         Target("proxy_line", build_proxy, parse_proxy, lambda data: (1024, (data,))),
+        Target("proxy_answer", build_proxy_answer, parse_proxy_answer),
         Target("key_file", build_key_file, load_key_file),
     )
 }

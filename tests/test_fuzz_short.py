@@ -10,13 +10,17 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 
 from fuzz.harness import Stats, run_one, run_random
 from fuzz.targets import TARGETS, Target
-from tierlink.errors import KeyFileError
+from tests.test_hostile_dht import serve
+from tierlink.dht import DhtClient
+from tierlink.errors import DhtError, KeyFileError
 from tierlink.identity import Identity
 
 SHORT_RUNS = 1000
@@ -63,3 +67,31 @@ def test_a_key_file_with_an_integer_of_5000_digits_is_a_key_file_error(tmp_path:
     hostile = json.dumps(doc).replace('"version": 1', '"version": ' + "1" * 5000)
     with pytest.raises(KeyFileError, match="not a readable identity file"):
         Identity.load(key_file(tmp_path, hostile))
+
+
+#: Parses with json's default recursion limit only by raising RecursionError.
+NESTED_ANSWER = b'{"err": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+
+
+@pytest.fixture
+async def answering_proxy() -> AsyncIterator[str]:
+    """A proxy that answers a put with the body named by the key's first character."""
+    bodies = {"a": b'{"ok": true}', "b": NESTED_ANSWER, "c": b"1" * 5000}
+
+    async def put(request: web.Request) -> web.Response:
+        return web.Response(body=bodies[request.match_info["key"][0]])
+
+    app = web.Application()
+    app.router.add_post("/key/{key}", put)
+    async for url in serve(app):
+        yield url
+
+
+async def test_a_proxy_answering_a_put_with_hostile_json_is_a_dht_error(
+    answering_proxy: str,
+) -> None:
+    async with DhtClient(answering_proxy) as client:
+        await client.put("a" * 40, b"value")  # a good answer
+        for key in ("b" * 40, "c" * 40):
+            with pytest.raises(DhtError, match="unreadable answer to a put"):
+                await client.put(key, b"value")

@@ -83,6 +83,15 @@ def decode_proxy_line(line: bytes) -> tuple[str, bytes, bool] | None:
     return str(vid), value, bool(obj.get("expired", False))
 
 
+def decode_proxy_json(body: bytes, what: str) -> Any:
+    """The JSON document of a proxy's answer (``what`` names it in the error); DhtError for
+    anything else: bad UTF-8 or JSON, an over-long integer, nesting too deep to parse."""
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError):
+        raise DhtError(f"DHT proxy sent an unreadable {what}: {body[:80]!r}") from None
+
+
 async def bounded_lines(
     chunks: AsyncIterable[bytes], limit: int
 ) -> AsyncIterator[bytes | None]:
@@ -189,10 +198,7 @@ class DhtClient:
     async def info(self) -> dict[str, Any]:
         """The node's status object (node id, public IP, connectivity counts)."""
         body = await self._request("GET", self.base_url + "/")
-        try:
-            obj = json.loads(body)
-        except ValueError:
-            raise DhtError(f"DHT proxy {self.base_url} sent an unreadable status") from None
+        obj = decode_proxy_json(body, f"status from {self.base_url}")
         if not isinstance(obj, dict):
             raise DhtError(f"DHT proxy {self.base_url} sent an unexpected status")
         return obj
@@ -220,10 +226,7 @@ class DhtClient:
         finally:
             if sent is not None and not sent.done():
                 sent.set_result(None)
-        try:
-            answer = json.loads(body) if body.strip() else {}
-        except ValueError:
-            raise DhtError(f"DHT proxy sent an unreadable answer to a put: {body[:80]!r}") from None
+        answer = decode_proxy_json(body, "answer to a put") if body.strip() else {}
         if isinstance(answer, dict) and ("err" in answer or "err:" in answer):
             loop = asyncio.get_running_loop()
             if loop.time() < self._lone_until:
