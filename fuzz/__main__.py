@@ -4,6 +4,9 @@
 the process when it is done); ``--engine random`` runs seeded random inputs in this
 process; ``auto`` (the default) takes atheris when it is installed. The exit status is 1
 when any parser has a finding; the findings, with their inputs, go to ``--report``.
+Columns: inputs parsed; accepted; rejected with a TierlinkError; findings; CPU time of the
+slowest input (re-measured without instrumentation); inputs whose mutation could not be
+encoded and that reached the parser as raw bytes instead (``fallback``).
 """
 
 from __future__ import annotations
@@ -74,7 +77,8 @@ def _row(stats: dict[str, Any], seconds: float) -> str:
     rejected = sum(n for k, n in outcomes.items() if k not in ("ok", "FINDING"))
     return (
         f"{stats['target']:<17} {stats['inputs']:>8} {outcomes.get('ok', 0):>8} {rejected:>8} "
-        f"{len(stats['findings']):>8} {stats['slowest_s'] * 1000:>9.1f} {seconds:>7.0f}"
+        f"{len(stats['findings']):>8} {stats['slowest_s'] * 1000:>10.1f} "
+        f"{stats['build_failures']:>8} {seconds:>7.0f}"
     )
 
 
@@ -99,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     names = args.targets or list(TARGETS)
     print(f"fuzzing {len(names)} parsers, {args.runs} inputs each, engine {engine}", flush=True)
     print(f"{'parser':<17} {'inputs':>8} {'ok':>8} {'rejected':>8} {'findings':>8} "
-          f"{'slowest ms':>9} {'wall s':>7}", flush=True)
+          f"{'slowest ms':>10} {'fallback':>8} {'wall s':>7}", flush=True)
     results = []
     with tempfile.TemporaryDirectory(prefix="tierlink-fuzz-") as tmp:
         for name in names:

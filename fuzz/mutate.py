@@ -59,7 +59,7 @@ def cbor_value(draw: Draw, depth: int = 0) -> Any:
         tag = draw.choice((0, 1, 2, 3, 4, 5, 24, 30, 55799, 2**64 - 1))
         return cbor2.CBORTag(tag, cbor_value(draw, depth + 1) if depth < 4 else 0)
     if kind == 9:
-        return nested(draw.below(40))
+        return nested(draw.choice((draw.below(40), 500, 950)))
     if kind in (10, 11) and depth < 4:
         return [cbor_value(draw, depth + 1) for _ in range(draw.below(6))]
     if kind in (12, 13) and depth < 4:
@@ -190,7 +190,7 @@ def json_value(draw: Draw, depth: int = 0) -> Any:
     if kind == 5:
         return draw.raw(draw.size(80)).hex()
     if kind == 6:
-        return nested(draw.below(60))
+        return nested(draw.choice((draw.below(60), 500, 950)))
     return draw.raw(draw.size(40)).decode("latin-1")
 
 
