@@ -3,7 +3,8 @@
 ``--engine atheris`` runs each target coverage-guided in its own process (libFuzzer exits
 the process when it is done); ``--engine random`` runs seeded random inputs in this
 process; ``auto`` (the default) takes atheris when it is installed. The exit status is 1
-when any parser has a finding; the findings, with their inputs, go to ``--report``.
+when any parser has a finding; the findings, with their inputs, go to ``--report`` (and
+libFuzzer's output to the ``-logs`` directory beside it).
 Columns: inputs parsed; accepted; rejected with a TierlinkError; findings; CPU time of the
 slowest input (re-measured without instrumentation); inputs whose mutation could not be
 encoded and that reached the parser as raw bytes instead (``fallback``).
@@ -105,16 +106,17 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'parser':<17} {'inputs':>8} {'ok':>8} {'rejected':>8} {'findings':>8} "
           f"{'slowest ms':>10} {'fallback':>8} {'wall s':>7}", flush=True)
     results = []
-    with tempfile.TemporaryDirectory(prefix="tierlink-fuzz-") as tmp:
-        for name in names:
-            start = time.monotonic()
-            if engine == "atheris":
-                stats = _atheris_run(name, args.runs, Path(tmp))
-            else:
-                stats = _random_run(name, args.runs, args.seed)
-            print(_row(stats, time.monotonic() - start), flush=True)
-            results.append(stats)
-            args.report.write_text(json.dumps(results, indent=1))
+    logs = args.report.with_name(args.report.stem + "-logs")  # libFuzzer's output per parser
+    logs.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        start = time.monotonic()
+        if engine == "atheris":
+            stats = _atheris_run(name, args.runs, logs)
+        else:
+            stats = _random_run(name, args.runs, args.seed)
+        print(_row(stats, time.monotonic() - start), flush=True)
+        results.append(stats)
+        args.report.write_text(json.dumps(results, indent=1))
     findings = [(s["target"], f) for s in results for f in s["findings"]]
     for target, f in findings:
         print(f"FINDING {target}: {f['kind']} at {f['where']}: {f['detail']}")
