@@ -7,7 +7,8 @@ into ``receive_datagram``, everything ``datagrams_to_send`` produces goes out th
 no second socket). The flush runs once per event-loop pass (``call_soon``), so a batch of
 datagrams read in one pass (see :mod:`tierlink.transport.aioice_adapter`) costs one
 ``datagrams_to_send`` and one ack packet. Once open it keeps the peer alive and watched
-(:mod:`tierlink.transport.liveness`) and probes the path MTU of a direct pair
+(:mod:`tierlink.transport.liveness`, on one timer shared by every connection of the loop;
+it replaces ICE's consent checks) and probes the path MTU of a direct pair
 (:mod:`tierlink.transport.path_mtu`).
 
 aioquic's events reach its :class:`PumpListener` as tierlink's own transport events
@@ -39,6 +40,7 @@ from tierlink.protocol.channel_events import (
 )
 from tierlink.protocol.pmtu import is_probe_traffic
 from tierlink.transport.aioice_adapter import IceConnection
+from tierlink.transport.aioice_consent import stop_consent_checks
 from tierlink.transport.aioquic_adapter import (
     PinnedQuicConnection,
     close_event,
@@ -183,13 +185,15 @@ class QuicPump:
         return dropped
 
     def mark_ready(self) -> None:
-        """The channel is open: stop the handshake timer, start keep-alive and watchdog."""
+        """The channel is open: stop the handshake timer, start keep-alive and watchdog,
+        which take over from ICE's consent checks (see :mod:`.aioice_consent`)."""
         if self._ready.done():
             return
         if self._handshake_timer is not None:
             self._handshake_timer.cancel()
             self._handshake_timer = None
         self._liveness.start()
+        stop_consent_checks(self._ice)
         self._ready.set_result(None)
         # Probe once what opened the channel (e.g. our HELLO) is on the wire (see _flush).
         self._probe_due = self._probe_path_mtu
