@@ -49,6 +49,10 @@ class Plan:
     #: reported with its min-max spread.
     rounds: int = 3
     idle_s: float = 60.0  # the issue asks for "seconds of CPU per minute"
+    #: Idle connections per process pair in the many-connection idle phase, and its length
+    #: (split into ``rounds`` consecutive windows; at least 5 minutes in a full run).
+    idle_connections: int = 20
+    idle_many_s: float = 300.0
     mem_connections: int = 100
 
     def __post_init__(self) -> None:
@@ -67,6 +71,8 @@ class Plan:
             dg_bisect_steps=1,
             dg_attempts=2,
             idle_s=2.0,
+            idle_connections=5,
+            idle_many_s=6.0,
             mem_connections=10,
         )
 

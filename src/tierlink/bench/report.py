@@ -29,11 +29,14 @@ METRICS: tuple[tuple[str, str, int, bool], ...] = (
     ("datagram_loss_percent", "datagram loss at that rate (%)", 2, False),
     ("datagram_native_msgs_per_s", "datagrams, counted in the library callback (msg/s)", 0, True),
     ("idle_cpu_percent", "idle CPU, blocked in recv (%)", 4, False),
+    ("idle_conn_cpu_percent", "idle CPU per connection, 20 idle, helpers counted (%)", 5, False),
+    ("idle_conn_wakeups_per_s", "event-loop wake-ups per idle connection (/s)", 3, False),
+    ("idle_conn_helper_cpu_percent", "of which: the dhtnode child, whole process (%)", 4, False),
     ("rss_kb_per_connection", "RSS per idle connection (KiB)", 0, False),
 )
 
 #: Rows where a ratio means nothing (a loss of 0 % is not "0x better").
-NO_RATIO = frozenset({"datagram_loss_percent"})
+NO_RATIO = frozenset({"datagram_loss_percent", "idle_conn_helper_cpu_percent"})
 
 
 def write_json(path: Path, results: JsonDict) -> None:
@@ -86,6 +89,8 @@ def targets(results: JsonDict) -> list[tuple[str, str, str]]:
     tcon = _get(results, "tierlink", "connect_ms_median")
     rtccon = _get(results, "aiortc_datachannel", "connect_ms_median")
     idle = _get(results, "tierlink", "idle_cpu_percent")
+    tconn = _get(results, "tierlink", "idle_conn_cpu_percent")
+    rtcconn = _get(results, "aiortc_datachannel", "idle_conn_cpu_percent")
 
     def check(a: Any, b: Any, want: float, at_least: bool) -> tuple[str, str]:
         if not isinstance(a, int | float) or not isinstance(b, int | float) or b == 0:
@@ -98,6 +103,7 @@ def targets(results: JsonDict) -> list[tuple[str, str, str]]:
         ("reliable 1 KiB msg/s >= 0.5x raw aioice", *check(t1k, raw1k, 0.5, True)),
         ("reliable 1 KiB msg/s >= 3x aiortc data channel", *check(t1k, rtc1k, 3.0, True)),
         ("connect median <= 0.5x aiortc's", *check(tcon, rtccon, 0.5, False)),
+        ("idle CPU per connection <= aiortc's", *check(tconn, rtcconn, 1.0, False)),
     ]
     if isinstance(idle, int | float):
         rows.append(("idle CPU < 0.1 %", f"{idle:.4f} %", "PASS" if idle < 0.1 else "FAIL"))
@@ -169,6 +175,17 @@ loopback MTU the run measured on.
   60 s (a minute, so periodic work such as keep-alives, ICE consent checks and tierlink's
   record re-publication every 200 s counts at its rate, not by chance of the window); CPU
   seconds (getrusage) / wall seconds of each process; the larger is reported.
+- **idle CPU per connection**: after the rounds, each system's process pair opens idle
+  connections until it holds 20 (`--quick`: 5), each with a task blocked in recv, and all
+  systems idle together for 5 minutes (`--quick`: 6 s), in 3 consecutive windows (the
+  "rounds" of these rows). Per window: CPU seconds of both worker processes plus the
+  system's helper processes (tierlink: the dhtnode child its nodes use, read from
+  `/proc/<pid>/stat`), / wall seconds / connections; so node-wide work (DHT listens,
+  re-publication, the dhtnode's own maintenance) is shared by the connections, as in a
+  node that holds them. The bench's two tierlink nodes share one dhtnode (a node on its
+  own embeds one: count its row twice for that). Wake-ups: passes of each worker's event
+  loop through its selector (a timer or a socket woke it), both workers, per second and
+  connection.
 - **memory**: RSS (/proc/self/statm) of each process before and after opening 100 more idle
   connections, delta / 100; the larger side is reported. The connections of one round stay
   open through the next (100, 200, 300 open), so a round does not reuse the memory the one

@@ -94,6 +94,7 @@ async def _measure(
                 continue
             stack.push_async_callback(stop_nodes, nodes)
             setups["tierlink"] = {"dht_proxy": nodes[0].proxy_url}
+            run.helper_pids = tuple(pid for node in nodes if (pid := node.pid) is not None)
     limit = RUN_LIMIT_S[quick] * max(1, len(runs))
     try:
         await asyncio.wait_for(run_interleaved(runs, plan, logs, setups), limit)

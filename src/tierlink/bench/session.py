@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -17,6 +18,11 @@ from pathlib import Path
 
 from tierlink.bench.base import JsonDict
 from tierlink.bench.harness import BenchStepError, BenchTimeout, Pair, Plan
+from tierlink.bench.idle import (
+    close_idle_connections,
+    measure_idle_window,
+    open_idle_connections,
+)
 from tierlink.bench.measure import (
     close_memory_connections,
     measure_connect,
@@ -67,6 +73,7 @@ HEADLINE = {
     "datagram": "datagram_msgs_per_s",
     "datagram_native": "datagram_native_msgs_per_s",
     "idle": "idle_cpu_percent",
+    "idle_conn": "idle_conn_cpu_percent",
     "memory": "rss_kb_per_connection",
 }
 #: Systems whose library has a native receive callback worth measuring on its own.
@@ -85,6 +92,8 @@ class SystemRun:
     errors: dict[str, str] = field(default_factory=dict)
     stopped: bool = False
     attempts: dict[str, int] = field(default_factory=dict)
+    #: Processes of the system besides its workers whose CPU counts as its idle cost.
+    helper_pids: tuple[int, ...] = ()
 
     @property
     def running(self) -> bool:
@@ -163,6 +172,23 @@ class SystemRun:
         return out
 
 
+async def _idle_connections(runs: list[SystemRun], plan: Plan) -> None:
+    """The many-connection idle phase (:mod:`tierlink.bench.idle`), all systems at once."""
+    n = plan.idle_connections
+    _progress(f"idle: opening {n} connections per system")
+    await asyncio.gather(*(run.step("idle_open", open_idle_connections, plan) for run in runs))
+    window = plan.idle_many_s / plan.rounds
+    for k in range(1, plan.rounds + 1):
+        _progress(f"idle window {k}/{plan.rounds}: {n} connections ({window:.0f} s)")
+        await asyncio.gather(*(
+            run.step("idle_conn", functools.partial(measure_idle_window, helpers=run.helper_pids),
+                     plan)
+            for run in runs
+            if run.samples.get("idle_open")
+        ))
+    await asyncio.gather(*(run.step("idle_close", close_idle_connections, plan) for run in runs))
+
+
 def _progress(text: str) -> None:
     print(f"bench: {text}", file=sys.stderr, flush=True)
 
@@ -183,6 +209,7 @@ async def run_interleaved(
                     await run.step(name, fn, plan)
             _progress(f"round {k}/{plan.rounds}: idle ({plan.idle_s:.0f} s)")
             await asyncio.gather(*(run.step("idle", measure_idle, plan) for run in runs))
+        await _idle_connections(runs, plan)
         for k in range(1, plan.rounds + 1):
             _progress(f"round {k}/{plan.rounds}: memory")
             for run in runs:

@@ -18,6 +18,7 @@ import struct
 import sys
 import traceback
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from tierlink.bench.base import BenchConn, BenchSide, JsonDict, Signal, now, stdout_for_protocol
 
@@ -26,6 +27,8 @@ DATAGRAM_HEADER = struct.Struct("!II")  # trial id, sequence number
 #: queue is dropped by the pacer and counted as lost (a socket with a full buffer does the
 #: same); without it aiortc's unbounded SCTP queue turns loss into ever-growing delay.
 DATAGRAM_BACKLOG_LIMIT = 64 * 1024
+#: An idle receiver's timeout: longer than any idle phase.
+IDLE_RECV_S = 3600.0
 
 
 def make_side(system: str, role: str, signal: Signal) -> BenchSide:
@@ -69,6 +72,8 @@ class Worker:
         self.dg_last: dict[int, float] = {}
         self.dg_stop: Callable[[], None] | None = None
         self.idle_task: asyncio.Task[bytes] | None = None
+        self.idle_conns: list[BenchConn] = []
+        self.idle_waiters: list[asyncio.Task[bytes]] = []
 
     @property
     def conn(self) -> BenchConn:
@@ -242,6 +247,60 @@ class Worker:
                 return {"woken": False}
         return {"woken": True}
 
+    async def cmd_idle_open(self, p: JsonDict) -> JsonDict:
+        """Open connections until ``n`` are idle (the main one counts), then block a task in
+        recv on each of them."""
+        if self.dg_stop is not None:
+            self.dg_stop()
+            self.dg_stop = None
+        while len(self.idle_conns) + 1 < int(p["n"]):
+            self.idle_conns.append(await self._open())
+        conns = [self.conn, *self.idle_conns]
+        self.idle_waiters = [asyncio.create_task(c.recv(IDLE_RECV_S)) for c in conns]
+        gc.collect()
+        await asyncio.sleep(1.0)  # the opening's last packets and timers settle
+        return {"connections": len(conns)}
+
+    async def cmd_idle_window(self, p: JsonDict) -> JsonDict:
+        """CPU of this process and its event loop's wake-ups (passes through the selector)
+        over ``seconds`` while every idle connection is blocked in recv."""
+        seconds = float(p["seconds"])
+        passes = 0
+        selector = getattr(asyncio.get_running_loop(), "_selector", None)
+        select = getattr(selector, "select", None)
+        if selector is not None and select is not None:
+
+            def counting(timeout: float | None = None) -> Any:
+                nonlocal passes
+                passes += 1
+                return select(timeout)
+
+            selector.select = counting
+        try:
+            c0, w0 = _cpu_s(), now()
+            await asyncio.sleep(seconds)
+            c1, w1 = _cpu_s(), now()
+        finally:
+            if selector is not None and select is not None:
+                del selector.select  # the class's method again
+        return {
+            "cpu_s": c1 - c0,
+            "wall_s": w1 - w0,
+            "wakeups": passes if select is not None else None,
+            "connections": 1 + len(self.idle_conns),
+        }
+
+    async def cmd_idle_close(self, p: JsonDict) -> JsonDict:
+        """End the idle phase: stop the receivers, close every connection but the main one."""
+        waiters, self.idle_waiters = self.idle_waiters, []
+        for task in waiters:
+            task.cancel()
+        await asyncio.gather(*waiters, return_exceptions=True)
+        conns, self.idle_conns = self.idle_conns, []
+        for conn in conns:
+            await conn.close()
+        return {"closed": len(conns)}
+
     async def cmd_rss(self, p: JsonDict) -> JsonDict:
         await asyncio.sleep(float(p.get("settle", 0.0)))
         gc.collect()
@@ -264,6 +323,7 @@ class Worker:
         if self.idle_task is not None:
             self.idle_task.cancel()
         await self.cmd_mem_close(p)
+        await self.cmd_idle_close(p)
         if self.main is not None:
             await self.main.close()
         await self.side.shutdown()

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import aioice
 
-__all__ = ["PRIVATE_NAMES", "stop_consent_checks"]
+__all__ = ["PRIVATE_NAMES", "consent_checks_running", "stop_consent_checks"]
 
 PRIVATE_NAMES: tuple[str, ...] = (
     # the consent task that aioice's connect() starts (and close() cancels when set)
@@ -35,3 +35,9 @@ def stop_consent_checks(ice: aioice.Connection) -> bool:
     task.cancel()
     ice._query_consent_task = None
     return True
+
+
+def consent_checks_running(ice: aioice.Connection) -> bool:
+    """True while ``ice`` sends consent checks."""
+    task = ice._query_consent_task
+    return task is not None and not task.done()
