@@ -35,6 +35,8 @@ RAW_FIGURES = (
     "datagram_loss_percent",
     "datagram_native_msgs_per_s",
     "idle_cpu_percent",
+    "idle_conn_cpu_percent",
+    "idle_conn_wakeups_per_s",
     "rss_kb_per_connection",
 )
 
@@ -52,7 +54,7 @@ def test_quick_bench_aioice_raw(tmp_path: Path) -> None:
         assert len(raw["round_values"][key]) == MIN_ROUNDS, key
     assert all(n == MIN_ROUNDS for n in raw["rounds"].values()), raw["rounds"]
     assert set(raw["rounds"]) == {
-        "connect", "datagram", "datagram_native", "idle", "memory"
+        "connect", "datagram", "datagram_native", "idle", "idle_conn", "memory"
     }
     assert 0 < raw["connect_ms_median"] <= raw["connect_ms_p95"]
     assert raw["connect_n"] == 5
@@ -61,6 +63,9 @@ def test_quick_bench_aioice_raw(tmp_path: Path) -> None:
     assert raw["reliable_1k_msgs_per_s_spread"] == raw["datagram_msgs_per_s_spread"]
     assert 0 <= raw["idle_cpu_percent"] < 100
     assert raw["mem_connections"] == 10
+    assert raw["idle_conn_connections"] == 5 and raw["idle_conn_cpu_percent"] > 0
+    assert raw["idle_conn_wakeups_per_s"] > 0  # aioice's consent checks at least
+    assert "idle_conn_helper_cpu_percent" not in raw  # raw aioice runs no helper process
     assert results["machine"]["cores"] >= 1
 
     on_disk = json.loads((tmp_path / "results.json").read_text())
@@ -116,6 +121,7 @@ def test_targets_and_table_from_fixed_results() -> None:
     assert rows["reliable 1 KiB msg/s >= 3x aiortc data channel"] == ("3.00x", "PASS")
     assert rows["connect median <= 0.5x aiortc's"] == ("0.40x", "PASS")
     assert rows["idle CPU < 0.1 %"][1] == "FAIL"
+    assert rows["idle CPU per connection <= aiortc's"] == ("-", "not measured")
     md = render_markdown([{**results, "mtu": 65536, "netns": None}, results])
     row = (
         "| reliable 1 KiB (msg/s) | 9,000 (8,000–9,500) | 20,000 | 3,000 (932–15,983) "

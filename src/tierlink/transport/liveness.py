@@ -12,8 +12,8 @@ slot, not once per connection and timer. Keep-alive checks are placed on a grid 
 (a quarter of the interval, at most one second), rounded *down*: connections whose checks
 fall in one slot are handled in one loop pass, and stay aligned. Watchdog deadlines are
 exact (never rounded), so a dead path is declared at ``liveness_timeout``, not later.
-A received packet only records the time (no timer is moved); the one timer of a
-connection is re-armed when it fires.
+A received packet only records the time (nothing is rescheduled); a connection's entry
+on the wheel moves when it comes due.
 """
 
 from __future__ import annotations
@@ -51,14 +51,16 @@ class LivenessWheel:
         """True while the wheel holds its loop timer (only while it watches something)."""
         return self._handle is not None
 
-    def _add(self, live: Liveness, when: float) -> None:
+    def watch(self, live: Liveness, when: float) -> None:
+        """Call ``live.tick`` at ``when`` (and then whenever it asks)."""
         if live.due is None:
             self._active += 1
         live.due = when
         heapq.heappush(self._heap, (when, next(self._order), live))
         self._arm()
 
-    def _remove(self, live: Liveness) -> None:
+    def unwatch(self, live: Liveness) -> None:
+        """Forget ``live``; the loop timer goes once nothing is watched."""
         if live.due is None:
             return
         live.due = None
@@ -97,7 +99,7 @@ class LivenessWheel:
             if live.due is not None:  # not stopped by an earlier one's callback
                 nxt = live.tick(now)
                 if nxt is None:
-                    self._remove(live)
+                    self.unwatch(live)
                 else:
                     live.due = nxt
                     heapq.heappush(heap, (nxt, next(self._order), live))
@@ -162,11 +164,11 @@ class Liveness:
         now = self._loop.time()
         self._last_rx = now
         self._next_check = self._on_grid(now + self._interval)
-        self._wheel._add(self, self._next_due())
+        self._wheel.watch(self, self._next_due())
 
     def stop(self) -> None:
         """Stop pinging and watching."""
-        self._wheel._remove(self)
+        self._wheel.unwatch(self)
 
     def release(self) -> None:
         """Stop for good and drop the callbacks, so the connection that owns this watchdog
