@@ -29,9 +29,10 @@ METRICS: tuple[tuple[str, str, int, bool], ...] = (
     ("datagram_loss_percent", "datagram loss at that rate (%)", 2, False),
     ("datagram_native_msgs_per_s", "datagrams, counted in the library callback (msg/s)", 0, True),
     ("idle_cpu_percent", "idle CPU, blocked in recv (%)", 4, False),
-    ("idle_conn_cpu_percent", "idle CPU per connection, 20 idle, helpers counted (%)", 5, False),
+    ("idle_conn_cpu_percent", "idle CPU per connection, 20 idle (quick: 5), dhtnode counted (%)",
+     5, False),
     ("idle_conn_wakeups_per_s", "event-loop wake-ups per idle connection (/s)", 3, False),
-    ("idle_conn_helper_cpu_percent", "of which: the dhtnode child, whole process (%)", 4, False),
+    ("idle_conn_helper_cpu_percent", "the dhtnode child meanwhile, whole process (%)", 4, False),
     ("rss_kb_per_connection", "RSS per idle connection (KiB)", 0, False),
 )
 
