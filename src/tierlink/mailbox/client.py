@@ -207,7 +207,7 @@ class MailboxClient:
             self.registered.discard(mailbox)
             await conn.close()
 
-    async def _take(self, envelope: bytes, deliver: Callback) -> bytes | None | bool:
+    async def _take(self, envelope: bytes, deliver: Callback) -> bytes | bool | None:
         """Deliver one envelope; its ack (delivered or a replay), None (never deliverable:
         delete it) or False (held back: leave it in the mailbox)."""
         res = await self.offline.fetch_and_deliver(deliver, [envelope])

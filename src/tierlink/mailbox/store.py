@@ -232,7 +232,8 @@ class SenderStore(SqliteStore):
     def holding(self) -> dict[str, dict[bytes, str]]:
         """Per mailbox, the message ids it holds for us and their recipients."""
         out: dict[str, dict[bytes, str]] = {}
-        for mid, box, who in self.conn.execute("SELECT message_id, mailbox, recipient FROM mb_sent"):
+        rows = self.conn.execute("SELECT message_id, mailbox, recipient FROM mb_sent")
+        for mid, box, who in rows:
             out.setdefault(box, {})[mid] = who
         return out
 

@@ -46,7 +46,8 @@ _OUTBOX_DDL = (
         created_ms   INTEGER NOT NULL,
         expires_ms   INTEGER NOT NULL,
         state        TEXT NOT NULL
-                     CHECK (state IN ('pending', 'queued_dht', 'in_mailbox', 'delivered', 'expired')),
+                     CHECK (state IN ('pending', 'queued_dht', 'in_mailbox', 'delivered',
+                                      'expired')),
         tier         TEXT,
         attempts     INTEGER NOT NULL DEFAULT 0,
         last_put_ms  INTEGER,
