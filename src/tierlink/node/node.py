@@ -189,9 +189,9 @@ class Node:
         store = MailboxStore(self.config.state_dir() / "mailbox.db")
         server = self.mailbox_server = MailboxServer(dht, self.fingerprint, store, settings)
         self._tasks.keep_running(server.reput_descriptors, "mailbox-descriptors",
-                                 Backoff(1.0, maximum=settings.descriptor_interval))
+                                 Backoff(0.5, maximum=max(0.5, settings.descriptor_interval)))
         self._tasks.keep_running(server.expire_loop, "mailbox-expiry",
-                                 Backoff(1.0, maximum=settings.expiry_interval))
+                                 Backoff(0.5, maximum=max(0.5, settings.expiry_interval)))
 
     async def _publish_descriptor(self, messenger: Messenger) -> None:
         """Put our mailbox descriptor in the DHT (our mailboxes keep it there later)."""

@@ -1,0 +1,117 @@
+"""Mailboxes: a message arrives although sender and recipient are never online together.
+
+Real dhtnode processes (behind a forwarder, so the whole DHT can be replaced by an empty one)
+and real nodes on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import tempfile
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.dht_switch import DhtSwitch
+from tests.nodes import config_for
+from tests.waiting import eventually
+from tierlink.dht import DhtClient
+from tierlink.identity import Identity
+from tierlink.mailbox import MailboxSettings
+from tierlink.node import Node
+from tierlink.node.delivery import Message
+from tierlink.offline.outbox import DELIVERED, IN_MAILBOX
+from tierlink.wire.dhtkeys import ice_candidates_key, mailboxes_key
+
+
+@pytest.fixture
+async def switch() -> AsyncIterator[DhtSwitch]:
+    if shutil.which("dhtnode") is None:
+        pytest.skip("dhtnode not installed")
+    sw = DhtSwitch()
+    await sw.start()
+    try:
+        yield sw
+    finally:
+        await sw.stop()
+
+
+def mailbox_config(sw: DhtSwitch, **kw: Any) -> Any:
+    """A mailbox node: republishes its record every second, descriptors twice a second."""
+    kw.setdefault("mailbox_serve", MailboxSettings(descriptor_interval=0.5, expiry_interval=0.5))
+    return config_for(sw, record_lifetime=3.0, **kw)  # type: ignore[arg-type]
+
+
+def peer_config(sw: DhtSwitch, **kw: Any) -> Any:
+    kw.setdefault("send_budget", 2.0)
+    kw.setdefault("mailbox_poll_interval", 0.5)
+    return config_for(sw, **kw)  # type: ignore[arg-type]
+
+
+async def in_dht(sw: DhtSwitch, *keys: str) -> None:
+    """Wait until every key holds a value in the (current) DHT."""
+    client = DhtClient(sw.proxy_url)
+    try:
+        async def present() -> bool:
+            for key in keys:
+                try:
+                    if not await client.get(key):
+                        return False
+                except Exception:  # noqa: BLE001 - the DHT behind the switch is restarting
+                    return False
+            return True
+
+        await eventually(present, 30, f"{len(keys)} keys in the new DHT")
+    finally:
+        await client.close()
+
+
+async def collect(node: Node, into: list[Message]) -> None:
+    async for msg in node.messages():
+        into.append(msg)
+
+
+def registered(m: Node, fp: str) -> bool:
+    assert m.mailbox_server is not None
+    return any(r["recipient"] == fp for r in m.mailbox_server.store.status())
+
+
+async def test_never_online_together_delivered_once_and_sender_sees_delivered(
+    switch: DhtSwitch,
+) -> None:
+    ia, ib = Identity.generate(), Identity.generate()
+    a_dir, b_dir = (Path(tempfile.mkdtemp(prefix="tierlink-test-")) for _ in range(2))
+    async with Node(mailbox_config(switch)) as m:
+        assert m.mailbox_server is not None
+        b_conf = peer_config(switch, identity=ib, data_dir=b_dir, mailboxes=[m.fingerprint])
+        async with Node(b_conf):
+            await eventually(lambda: registered(m, ib.fingerprint), 30, "B registered")
+        await switch.replace()  # B's record (and everything else) is gone
+        await in_dht(switch, ice_candidates_key(m.fingerprint), mailboxes_key(ib.fingerprint))
+
+        async with Node(peer_config(switch, identity=ia, data_dir=a_dir)) as a:
+            assert a.messenger is not None
+            mid = await a.send(ib.fingerprint, b"through the mailbox")
+            assert await a.messenger.wait_settled(mid, 60) == IN_MAILBOX
+            assert m.mailbox_server.deposits == 1
+        await switch.replace()
+        await in_dht(switch, ice_candidates_key(m.fingerprint))
+
+        got: list[Message] = []
+        async with Node(b_conf) as b:
+            reader = asyncio.create_task(collect(b, got))
+            await eventually(lambda: got, 30, "B received the message")
+            await eventually(lambda: m.mailbox_server.store.status()[0]["messages"] == 0, 30,
+                             "the mailbox deleted it")
+            async with Node(peer_config(switch, identity=ia, data_dir=a_dir)) as a:
+                assert a.messenger is not None
+                d = await a.wait_delivered(mid, 60)
+                assert d is not None and d.recipient == ib.fingerprint
+                entry = a.messenger.outbox.get(mid)
+                assert entry is not None and entry.state == DELIVERED
+            reader.cancel()
+        assert [(g.payload, g.sender, g.tier) for g in got] == [
+            (b"through the mailbox", ia.fingerprint, "mailbox")]
