@@ -60,7 +60,7 @@ async def in_dht(sw: DhtSwitch, *keys: str) -> None:
                 try:
                     if not await client.get(key):
                         return False
-                except Exception:  # noqa: BLE001 - the DHT behind the switch is restarting
+                except Exception:
                     return False
             return True
 

@@ -59,10 +59,11 @@ async def send_messages(
     node: Node, to: str, payloads: Sequence[bytes], wait: float
 ) -> list[dict[str, Any]]:
     """Send as ``tierlink send`` does: store every message, then wait until each is delivered
-    or queued in the DHT (up to the node's send budget + ``wait`` + 10 s) and a queued one up
-    to ``wait`` more seconds for its acknowledgement. One result per message: ``message_id``
+    or queued in the DHT or a mailbox (up to the node's send budget + ``wait`` + 10 s) and a
+    queued one up to ``wait`` more seconds for its acknowledgement. One result per message: ``message_id``
     (hex), ``bytes``, ``state`` (``delivered``, ``queued``, or the outbox state, e.g.
-    ``pending``) and ``tier`` (the tier that delivered it, else None)."""
+    ``pending``), ``tier`` (the tier that delivered it, else None) and ``mailboxes`` (the
+    fingerprints of the recipient's mailboxes holding it)."""
     messenger = node.messenger
     if messenger is None:
         raise TierlinkError("node is not running")
@@ -74,12 +75,12 @@ async def send_messages(
         if state == "delivered":
             delivery = await node.wait_delivered(mid, 0.01)
             tier = delivery.tier if delivery else "?"
-        elif state == "queued":
+        elif state in ("queued", "in_mailbox"):
             delivery = await node.wait_delivered(mid, wait)
             if delivery is not None:
                 state, tier = "delivered", delivery.tier
         results.append({"message_id": mid.hex(), "bytes": len(payload), "state": state,
-                        "tier": tier})
+                        "tier": tier, "mailboxes": messenger.mailboxes_holding(mid)})
     return results
 
 

@@ -231,6 +231,10 @@ class Messenger:
             return
         self._settled(mid)
 
+    def mailboxes_holding(self, mid: bytes) -> list[str]:
+        """Fingerprints of the recipient's mailboxes that hold ``mid`` for us."""
+        return [] if self.mailbox is None else self.mailbox.client.store.mailboxes_of(mid)
+
     def _settled(self, mid: bytes) -> None:
         for fut in self._settled_waiters.pop(mid, []):
             if not fut.done():
