@@ -60,8 +60,8 @@ async def send_messages(
 ) -> list[dict[str, Any]]:
     """Send as ``tierlink send`` does: store every message, then wait until each is delivered
     or queued in the DHT or a mailbox (up to the node's send budget + ``wait`` + 10 s) and a
-    queued one up to ``wait`` more seconds for its acknowledgement. One result per message: ``message_id``
-    (hex), ``bytes``, ``state`` (``delivered``, ``queued``, or the outbox state, e.g.
+    queued one up to ``wait`` more seconds for its acknowledgement. One result per message:
+    ``message_id`` (hex), ``bytes``, ``state`` (``delivered``, ``queued``, or the outbox state, e.g.
     ``pending``), ``tier`` (the tier that delivered it, else None) and ``mailboxes`` (the
     fingerprints of the recipient's mailboxes holding it)."""
     messenger = node.messenger
