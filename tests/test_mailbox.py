@@ -115,3 +115,29 @@ async def test_never_online_together_delivered_once_and_sender_sees_delivered(
             reader.cancel()
         assert [(g.payload, g.sender, g.tier) for g in got] == [
             (b"through the mailbox", ia.fingerprint, "mailbox")]
+
+
+async def test_a_dead_mailbox_is_skipped_for_another(switch: DhtSwitch) -> None:
+    ia, ib, dead = Identity.generate(), Identity.generate(), Identity.generate()
+    a_dir = Path(tempfile.mkdtemp(prefix="tierlink-test-"))
+    async with Node(mailbox_config(switch)) as m:
+        assert m.mailbox_server is not None
+        b_conf = peer_config(switch, identity=ib, mailboxes=[dead.fingerprint, m.fingerprint])
+        async with Node(b_conf):
+            await eventually(lambda: registered(m, ib.fingerprint), 30, "B registered")
+        async with Node(peer_config(switch, identity=ia, data_dir=a_dir)) as a:
+            assert a.messenger is not None and a.messenger.mailbox is not None
+            mid = await a.send(ib.fingerprint, b"one mailbox is down")
+            assert await a.messenger.wait_settled(mid, 60) == IN_MAILBOX
+            assert a.messenger.mailboxes_holding(mid) == [m.fingerprint]
+            got: list[Message] = []
+            async with Node(b_conf) as b:
+                reader = asyncio.create_task(collect(b, got))
+                d = await a.wait_delivered(mid, 60)
+                assert d is not None
+                await eventually(lambda: m.mailbox_server.store.status()[0]["messages"] == 0,
+                                 30, "the mailbox deleted it")
+                await eventually(lambda: not a.messenger.mailbox.client.store.holding(), 30,
+                                 "the sender took its receipt")
+                reader.cancel()
+            assert [g.payload for g in got] == [b"one mailbox is down"]

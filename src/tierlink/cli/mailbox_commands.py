@@ -39,8 +39,10 @@ async def _serve(args: argparse.Namespace) -> int:
 
     settings = MailboxSettings(retention_s=args.retention_days * 24 * 3600.0,
                                quota=int(args.quota_mb * MB),
-                               per_sender_quota=int(args.per_sender_quota_mb * MB))
-    config = dataclasses.replace(node_config(args), mailbox_serve=settings)
+                               per_sender_quota=int(args.per_sender_quota_mb * MB),
+                               descriptor_interval=args.descriptor_interval)
+    config = dataclasses.replace(node_config(args), mailbox_serve=settings,
+                                 record_lifetime=args.record_lifetime)
     logging.getLogger("tierlink.mailbox").setLevel(logging.INFO)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -100,6 +102,11 @@ def register(sub: Any) -> None:
                        help="envelope bytes held per recipient (default 64)")
     serve.add_argument("--per-sender-quota-mb", type=float, default=8.0,
                        help="envelope bytes one sender may leave per recipient (default 8)")
+    serve.add_argument("--record-lifetime", type=float, default=600.0, metavar="SECONDS",
+                       help="lifetime of our peer record, republished every third of it "
+                            "(default 600; shorter: found again sooner after DHT churn)")
+    serve.add_argument("--descriptor-interval", type=float, default=240.0, metavar="SECONDS",
+                       help="re-put registered recipients' descriptors this often (default 240)")
     serve.set_defaults(func=lambda a: asyncio.run(_serve(a)))
     for name, func, text in (("status", _status, "recipients, messages and bytes held"),
                              ("revoke", _revoke, "drop a recipient's registration")):
