@@ -141,3 +141,34 @@ async def test_a_dead_mailbox_is_skipped_for_another(switch: DhtSwitch) -> None:
                                  "the sender took its receipt")
                 reader.cancel()
             assert [g.payload for g in got] == [b"one mailbox is down"]
+
+
+async def test_a_returning_sender_learns_delivery_from_the_mailbox_alone(
+    switch: DhtSwitch,
+) -> None:
+    ia, ib = Identity.generate(), Identity.generate()
+    a_dir = Path(tempfile.mkdtemp(prefix="tierlink-test-"))
+    async with Node(mailbox_config(switch)) as m:
+        assert m.mailbox_server is not None
+        b_conf = peer_config(switch, identity=ib, mailboxes=[m.fingerprint])
+        async with Node(b_conf):
+            await eventually(lambda: registered(m, ib.fingerprint), 30, "B registered")
+        async with Node(peer_config(switch, identity=ia, data_dir=a_dir)) as a:
+            assert a.messenger is not None
+            mid = await a.send(ib.fingerprint, b"ack held for me")
+            assert await a.messenger.wait_settled(mid, 60) == IN_MAILBOX
+        got: list[Message] = []
+        async with Node(b_conf) as b:
+            reader = asyncio.create_task(collect(b, got))
+            await eventually(lambda: m.mailbox_server.store.receipts(ia.fingerprint, 8), 30,
+                             "the mailbox holds A's receipt")
+            reader.cancel()
+        await switch.replace()  # B's DHT ack is gone: only the mailbox can tell A
+        await in_dht(switch, ice_candidates_key(m.fingerprint))
+        async with Node(peer_config(switch, identity=ia, data_dir=a_dir)) as a:
+            assert a.messenger is not None
+            d = await a.wait_delivered(mid, 60)
+            assert d is not None
+            await eventually(lambda: not m.mailbox_server.store.receipts(ia.fingerprint, 8),
+                             30, "the mailbox forgot the receipt")
+        assert len(got) == 1

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +14,13 @@ import pytest
 
 from tierlink.errors import ConnectionClosed, RecordError
 from tierlink.identity import Identity
-from tierlink.mailbox import MailboxServer, MailboxSettings, MailboxStore, create_descriptor
+from tierlink.mailbox import (
+    MailboxServer,
+    MailboxSettings,
+    MailboxStore,
+    SenderStore,
+    create_descriptor,
+)
 from tierlink.mailbox.codec import (
     COLLECT,
     RECEIPTS_REQ,
@@ -259,3 +267,20 @@ def test_an_older_outbox_file_accepts_the_in_mailbox_state(tmp_path: Path) -> No
         assert box.mark_in_mailbox(mid)
         entry = box.get(mid)
         assert entry is not None and entry.state == IN_MAILBOX and entry.envelope == b"envelope"
+
+
+def test_another_process_reading_the_file_loses_none_of_our_writes(tmp_path: Path) -> None:
+    """A node holds several connections to its file (outbox, delivered log, mailbox deposits)
+    while ``tierlink outbox`` reads it from another process: our writes must stay visible."""
+    path = tmp_path / "tierlink.db"
+    peek = [sys.executable, "-c", "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); "
+            "print(c.execute('SELECT state FROM outbox').fetchall()[0][0]); c.close()", path]
+    with Outbox(path) as box, SenderStore(path) as sent:
+        mid = box.add(Identity.generate().fingerprint, b"hi")
+        assert subprocess.run(peek, capture_output=True, text=True).stdout.strip() == "pending"
+        box.mark_delivered(mid, "mailbox")
+        sent.deposited(mid, "m" * 128, "r" * 128)
+        assert subprocess.run(peek, capture_output=True, text=True).stdout.strip() == "delivered"
+    with Outbox(path) as box:
+        entry = box.get(mid)
+        assert entry is not None and entry.state == "delivered"

@@ -75,7 +75,9 @@ def _status(args: argparse.Namespace) -> int:
         print("no registered recipients")
     for r in rows:
         allow = "allow-list" if r["allow_list"] else "anyone"
-        print(f"{r['recipient'][:16]}…  {r['messages']} messages  {r['bytes']} B  ({allow})")
+        n = r["messages"]
+        print(f"{r['recipient'][:16]}…  {n} message{'' if n == 1 else 's'}  {r['bytes']} B  "
+              f"({allow})")
     return 0
 
 

@@ -159,6 +159,7 @@ class MailboxClient:
                 self.store.settled(mid)
                 settled.append(mid)
             if settled:
+                log.info("took %d receipts from mailbox %s…", len(settled), mailbox[:16])
                 await conn.send(encode_frame(DONE, {1: settled}))
             return len(settled)
         finally:

@@ -22,8 +22,8 @@ from tierlink.offline.worker import Callback
 
 log = logging.getLogger(__name__)
 
-#: First wait before a recipient dials its mailbox again after a failure (seconds).
-COLLECT_RETRY_S = 1.0
+#: First wait before a failed collect session or maintenance pass runs again (seconds).
+RETRY_S = 1.0
 
 
 class MailboxTier:
@@ -67,31 +67,41 @@ class MailboxTier:
             self.outbox.mark_in_mailbox(mid)
         return boxes
 
-    async def maintain_once(self) -> None:
+    async def maintain_once(self) -> bool:
         """Deposit queued messages no mailbox holds yet; take receipts from every mailbox
-        holding our messages (a mailbox that is down is tried again next time)."""
+        holding our messages. False if a step failed (a mailbox down, the DHT not joined
+        yet): it is tried again on the next pass."""
+        ok = True
         for entry in self.outbox.entries([QUEUED_DHT]):
             try:
                 await self.deposit(entry.message_id)
             except (TierlinkError, TimeoutError, OSError) as exc:
+                ok = False
                 self.errors += 1
                 log.info("deposit of %s failed: %s", entry.message_id.hex(), exc)
         for box, mine in self.client.store.holding().items():
             try:
                 await self.client.fetch_receipts(box, mine)
             except (TierlinkError, TimeoutError, OSError) as exc:
+                ok = False
                 self.errors += 1
                 log.info("receipts from mailbox %s… not taken: %s", box[:16], exc)
+        return ok
 
     async def maintain(self) -> None:
-        """:meth:`maintain_once` every ``poll_interval`` seconds, forever."""
+        """:meth:`maintain_once` every ``poll_interval`` seconds, sooner (with backoff from
+        :data:`RETRY_S`) after a pass that failed, forever."""
+        retry = Backoff(RETRY_S, maximum=max(RETRY_S, self.poll_interval))
         while True:
-            await self.maintain_once()
-            await asyncio.sleep(self.poll_interval)
+            if await self.maintain_once():
+                retry.reset()
+                await asyncio.sleep(self.poll_interval)
+            else:
+                await retry.sleep()
 
     async def collect_forever(self, mailbox: str, deliver: Callback) -> None:
         """Stay registered with ``mailbox`` and deliver what it holds; reconnect with backoff."""
-        backoff = Backoff(COLLECT_RETRY_S, maximum=max(COLLECT_RETRY_S, self.poll_interval))
+        backoff = Backoff(RETRY_S, maximum=max(RETRY_S, self.poll_interval))
         while True:
             try:
                 await self.client.collect(mailbox, deliver)
