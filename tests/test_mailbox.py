@@ -23,8 +23,9 @@ from tierlink.identity import Identity
 from tierlink.mailbox import MailboxSettings
 from tierlink.node import Node
 from tierlink.node.delivery import Message
-from tierlink.offline.outbox import DELIVERED, IN_MAILBOX
+from tierlink.offline.outbox import DELIVERED, EXPIRED, IN_MAILBOX
 from tierlink.wire.dhtkeys import ice_candidates_key, mailboxes_key
+from tierlink.wire.records import now_ms
 
 
 @pytest.fixture
@@ -172,3 +173,54 @@ async def test_a_returning_sender_learns_delivery_from_the_mailbox_alone(
             await eventually(lambda: not m.mailbox_server.store.receipts(ia.fingerprint, 8),
                              30, "the mailbox forgot the receipt")
         assert len(got) == 1
+
+
+async def test_a_mailbox_down_at_send_time_gets_the_message_when_it_is_back(
+    switch: DhtSwitch,
+) -> None:
+    ia, ib, im = Identity.generate(), Identity.generate(), Identity.generate()
+    m_dir = Path(tempfile.mkdtemp(prefix="tierlink-test-"))
+    m_conf = mailbox_config(switch, identity=im, data_dir=m_dir)
+    b_conf = peer_config(switch, identity=ib, mailboxes=[im.fingerprint])
+    async with Node(m_conf) as m, Node(b_conf):
+        await eventually(lambda: registered(m, ib.fingerprint), 30, "B registered")
+    async with Node(peer_config(switch, identity=ia)) as a:
+        assert a.messenger is not None
+        mid = await a.send(ib.fingerprint, b"the mailbox was down")
+        assert await a.messenger.wait_settled(mid, 60) == "queued"  # in the DHT only
+        async with Node(m_conf) as m:  # the mailbox is back, with what it had on disk
+            assert m.mailbox_server is not None and registered(m, ib.fingerprint)
+            await eventually(lambda: a.messenger.outbox.get(mid).state == IN_MAILBOX, 30,
+                             "A's retry deposited it")
+            assert m.mailbox_server.deposits == 1
+            got: list[Message] = []
+            async with Node(b_conf) as b:
+                reader = asyncio.create_task(collect(b, got))
+                assert await a.wait_delivered(mid, 60) is not None
+                reader.cancel()
+            assert [g.payload for g in got] == [b"the mailbox was down"]
+
+
+async def test_an_envelope_expiring_in_the_mailbox_is_reported_to_its_sender(
+    switch: DhtSwitch,
+) -> None:
+    ia, ib = Identity.generate(), Identity.generate()
+    offset = [0]
+
+    def clock() -> int:
+        return now_ms() + offset[0]
+
+    settings = MailboxSettings(retention_s=60, descriptor_interval=0.5, expiry_interval=3600,
+                               clock=clock)
+    async with Node(mailbox_config(switch, mailbox_serve=settings)) as m:
+        assert m.mailbox_server is not None
+        async with Node(peer_config(switch, identity=ib, mailboxes=[m.fingerprint])):
+            await eventually(lambda: registered(m, ib.fingerprint), 30, "B registered")
+        async with Node(peer_config(switch, identity=ia)) as a:
+            assert a.messenger is not None
+            mid = await a.send(ib.fingerprint, b"too late")
+            assert await a.messenger.wait_settled(mid, 60) == IN_MAILBOX
+            offset[0] = 61_000  # past the mailbox's retention, not the message's own TTL
+            assert m.mailbox_server.expire_now() == 1
+            await eventually(lambda: a.messenger.outbox.get(mid).state == EXPIRED, 30,
+                             "A told the message expired")

@@ -24,6 +24,7 @@ from tierlink.mailbox import (
 from tierlink.mailbox.codec import (
     COLLECT,
     RECEIPTS_REQ,
+    REVOKE,
     TAKEN,
     Frame,
     decode_frame,
@@ -284,3 +285,17 @@ def test_another_process_reading_the_file_loses_none_of_our_writes(tmp_path: Pat
     with Outbox(path) as box:
         entry = box.get(mid)
         assert entry is not None and entry.state == "delivered"
+
+
+async def test_a_recipient_revokes_its_registration(tmp_path: Path, clock: Clock) -> None:
+    server, box = server_at(tmp_path, clock)
+    a, b = Identity.generate(), Identity.generate()
+    await register(server, box, b)
+    value, mid = envelope(a, b)
+    await deposit(server, a, b, value, mid)
+    (reply,) = await ask(server, a, encode_frame(REVOKE))  # A has no registration to drop
+    assert read_result(reply) == (True, "") and server.store.status()[0]["messages"] == 1
+    (reply,) = await ask(server, b, encode_frame(REVOKE))
+    assert read_result(reply) == (True, "") and server.store.status() == []
+    value, mid = envelope(a, b)
+    assert await deposit(server, a, b, value, mid) == (False, "not-registered")

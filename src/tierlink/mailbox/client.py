@@ -25,6 +25,7 @@ from tierlink.mailbox.codec import (
     DONE,
     ITEM,
     RECEIPTS_REQ,
+    REVOKE,
     TAKEN,
     Descriptor,
     create_descriptor,
@@ -166,6 +167,13 @@ class MailboxClient:
             await conn.close()
 
     # -- recipient side ----------------------------------------------------------------------
+    async def revoke(self, mailbox: str) -> None:
+        """Withdraw our registration from ``mailbox`` (it drops what it holds for us)."""
+        (reply,) = await self._request(mailbox, [encode_frame(REVOKE)])
+        ok, reason = read_result(decode_frame(reply))
+        if not ok:
+            raise TierlinkError(f"mailbox {mailbox[:16]}… refused the revocation: {reason}")
+
     def own_descriptor(self) -> bytes:
         """A fresh descriptor naming our mailboxes."""
         return create_descriptor(self.me, self.mailboxes, self.descriptor_lifetime_s)

@@ -359,6 +359,17 @@ class Node:
             total.update(self.messenger.loop_restarts)
         return total
 
+    def _mailbox_stats(self) -> dict[str, object]:
+        out: dict[str, object] = {}
+        tier = self.messenger.mailbox if self.messenger else None
+        if tier is not None:
+            out["mailbox_refused_us"] = dict(tier.client.refusals)
+            out["mailbox_collected"] = tier.client.collected
+        if self.mailbox_server is not None:
+            out["mailbox_deposits"] = self.mailbox_server.deposits
+            out["mailbox_refusals"] = dict(self.mailbox_server.refusals)
+        return out
+
     def stats(self) -> dict[str, object]:
         """Counters for tests and the CLI."""
         parts = self._parts
@@ -379,5 +390,6 @@ class Node:
             "duplicates_suppressed": self.messenger.duplicates_suppressed if self.messenger else 0,
             "messages_held_back": self.messenger.held_back if self.messenger else 0,
             "malformed_link_frames": self.messenger.malformed_link_frames if self.messenger else 0,
+            **self._mailbox_stats(),
             "uptime_s": round(time.monotonic(), 1),
         }
