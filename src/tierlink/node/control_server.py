@@ -62,8 +62,8 @@ async def send_messages(
     or queued in the DHT or a mailbox (up to the node's send budget + ``wait`` + 10 s) and a
     queued one up to ``wait`` more seconds for its acknowledgement. One result per message:
     ``message_id`` (hex), ``bytes``, ``state`` (``delivered``, ``queued``, or the outbox state, e.g.
-    ``pending``), ``tier`` (the tier that delivered it, else None) and ``mailboxes`` (the
-    fingerprints of the recipient's mailboxes holding it)."""
+    ``pending``), ``tier`` (the tier that delivered it, else None) and, when a mailbox of the
+    recipient holds it, ``mailboxes`` (their fingerprints)."""
     messenger = node.messenger
     if messenger is None:
         raise TierlinkError("node is not running")
@@ -79,8 +79,12 @@ async def send_messages(
             delivery = await node.wait_delivered(mid, wait)
             if delivery is not None:
                 state, tier = "delivered", delivery.tier
-        results.append({"message_id": mid.hex(), "bytes": len(payload), "state": state,
-                        "tier": tier, "mailboxes": messenger.mailboxes_holding(mid)})
+        result: dict[str, Any] = {"message_id": mid.hex(), "bytes": len(payload),
+                                  "state": state, "tier": tier}
+        holding = messenger.mailboxes_holding(mid)
+        if holding:
+            result["mailboxes"] = holding
+        results.append(result)
     return results
 
 
