@@ -299,3 +299,23 @@ async def test_a_recipient_revokes_its_registration(tmp_path: Path, clock: Clock
     assert read_result(reply) == (True, "") and server.store.status() == []
     value, mid = envelope(a, b)
     assert await deposit(server, a, b, value, mid) == (False, "not-registered")
+
+
+async def test_a_mailbox_serving_named_recipients_refuses_others(
+    tmp_path: Path, clock: Clock
+) -> None:
+    b, x = Identity.generate(), Identity.generate()
+    server, box = server_at(tmp_path, clock, recipients=frozenset({b.fingerprint}))
+    assert await register(server, box, x) == (False, "not-served")
+    assert await register(server, box, b) == (True, "")
+
+
+async def test_a_deposit_that_is_not_an_envelope_is_refused(tmp_path: Path, clock: Clock) -> None:
+    server, box = server_at(tmp_path, clock)
+    a, b = Identity.generate(), Identity.generate()
+    await register(server, box, b)
+    value, mid = envelope(a, b)
+    record_kind = bytes([1, 1]) + value[2:]
+    assert await deposit(server, a, b, record_kind, mid) == (False, "kind")
+    assert await deposit(server, a, b, value[:100], mid) == (False, "malformed")
+    assert server.store.status()[0]["messages"] == 0

@@ -40,7 +40,8 @@ async def _serve(args: argparse.Namespace) -> int:
     settings = MailboxSettings(retention_s=args.retention_days * 24 * 3600.0,
                                quota=int(args.quota_mb * MB),
                                per_sender_quota=int(args.per_sender_quota_mb * MB),
-                               descriptor_interval=args.descriptor_interval)
+                               descriptor_interval=args.descriptor_interval,
+                               recipients=frozenset(args.serve_for) if args.serve_for else None)
     config = dataclasses.replace(node_config(args), mailbox_serve=settings,
                                  record_lifetime=args.record_lifetime)
     logging.getLogger("tierlink.mailbox").setLevel(logging.INFO)
@@ -104,6 +105,9 @@ def register(sub: Any) -> None:
                        help="envelope bytes held per recipient (default 64)")
     serve.add_argument("--per-sender-quota-mb", type=float, default=8.0,
                        help="envelope bytes one sender may leave per recipient (default 8)")
+    serve.add_argument("--serve-for", type=fingerprint, action="append", metavar="FINGERPRINT",
+                       help="accept registrations only from these recipients (repeatable; "
+                            "default: anyone)")
     serve.add_argument("--record-lifetime", type=float, default=600.0, metavar="SECONDS",
                        help="lifetime of our peer record, republished every third of it "
                             "(default 600; shorter: found again sooner after DHT churn)")

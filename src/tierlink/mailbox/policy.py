@@ -34,12 +34,16 @@ class MailboxSettings:
 
     ``descriptor_interval``: how often the descriptors of registered recipients are re-put in
     the DHT (OpenDHT keeps a value 10 minutes). ``expiry_interval``: how often expired
-    envelopes are deleted (and reported to their depositors). ``clock``: Unix ms (tests).
+    envelopes are deleted (and reported to their depositors). ``recipients``: the only
+    fingerprints that may register (None: anyone; each registration brings its own
+    ``quota``, so an open mailbox's disk is bounded only by how many register).
+    ``clock``: Unix ms (tests).
     """
 
     retention_s: float = 7 * DAY_S
     quota: int = 64 << 20
     per_sender_quota: int = 8 << 20
+    recipients: frozenset[str] | None = None
     descriptor_interval: float = 240.0
     expiry_interval: float = 60.0
     clock: Callable[[], int] = field(default=now_ms, compare=False)

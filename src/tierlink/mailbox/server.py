@@ -41,7 +41,8 @@ from tierlink.mailbox.store import MailboxStore
 from tierlink.offline.worker import Dht
 from tierlink.transport.connection import Connection
 from tierlink.wire.dhtkeys import mailboxes_key
-from tierlink.wire.sealed import TIME_SIZE
+from tierlink.wire.records import KIND_ENVELOPE, check_head
+from tierlink.wire.sealed import MIN_SIZE, TIME_SIZE
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +111,9 @@ class MailboxServer:
                 return self._refuse(conn, exc)
             if self.me not in desc.mailboxes:
                 return self._refuse(conn, MailboxRefused("not-named", "descriptor omits us"))
+            served = self.settings.recipients
+            if served is not None and who not in served:
+                return self._refuse(conn, MailboxRefused("not-served", "we serve others only"))
             expires = min(desc.expires_at_ms, now + int(self.settings.retention_s * 1000))
             self.store.register(who, desc.value, read_allow(frame), now, expires)
             log.info("mailbox registered %s…", who[:16])
@@ -135,9 +139,10 @@ class MailboxServer:
     def _deposit(self, conn: Connection, frame: Frame, now: int) -> bytes:
         who = conn.remote_fingerprint
         mid, recipient = frame.mid(1), frame.fp(2, "recipient")
-        envelope = frame.value(3, "envelope")
-        if len(envelope) < 2 + 2 * TIME_SIZE:
-            raise RecordError("malformed", "envelope too short for its times")
+        try:
+            envelope = check_head(frame.value(3, "envelope"), KIND_ENVELOPE, MIN_SIZE)
+        except RecordError as exc:
+            return self._refuse(conn, exc)
         if self.store.has(who, mid):
             return result_frame(True, "duplicate", mid)  # a retry after a lost answer
         registered, allow = self.store.registration(recipient, now)
