@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-from tierlink.dht import DhtNodeProcess, start_nodes, stop_nodes
+from tests.waiting import eventually
+from tierlink.dht import DhtClient, DhtNodeProcess, start_nodes, stop_nodes
+from tierlink.errors import DhtError
 
 
 class DhtSwitch:
@@ -70,3 +72,21 @@ class DhtSwitch:
         finally:
             self._writers.discard(writer)
             self._writers.discard(up_w)
+
+
+async def in_dht(sw: DhtSwitch, *keys: str) -> None:
+    """Wait until every key holds a value in the (current) DHT."""
+    client = DhtClient(sw.proxy_url)
+    try:
+        async def present() -> bool:
+            for key in keys:
+                try:
+                    if not await client.get(key):
+                        return False
+                except DhtError:  # the DHT behind the switch is restarting
+                    return False
+            return True
+
+        await eventually(present, 30, f"{len(keys)} keys in the new DHT")
+    finally:
+        await client.close()

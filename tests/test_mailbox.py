@@ -15,10 +15,9 @@ from typing import Any
 
 import pytest
 
-from tests.dht_switch import DhtSwitch
+from tests.dht_switch import DhtSwitch, in_dht
 from tests.nodes import config_for
 from tests.waiting import eventually
-from tierlink.dht import DhtClient
 from tierlink.identity import Identity
 from tierlink.mailbox import MailboxSettings
 from tierlink.node import Node
@@ -50,24 +49,6 @@ def peer_config(sw: DhtSwitch, **kw: Any) -> Any:
     kw.setdefault("send_budget", 2.0)
     kw.setdefault("mailbox_poll_interval", 0.5)
     return config_for(sw, **kw)  # type: ignore[arg-type]
-
-
-async def in_dht(sw: DhtSwitch, *keys: str) -> None:
-    """Wait until every key holds a value in the (current) DHT."""
-    client = DhtClient(sw.proxy_url)
-    try:
-        async def present() -> bool:
-            for key in keys:
-                try:
-                    if not await client.get(key):
-                        return False
-                except Exception:
-                    return False
-            return True
-
-        await eventually(present, 30, f"{len(keys)} keys in the new DHT")
-    finally:
-        await client.close()
 
 
 async def collect(node: Node, into: list[Message]) -> None:

@@ -15,8 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.dht_switch import DhtSwitch
-from tests.test_mailbox import in_dht
+from tests.dht_switch import DhtSwitch, in_dht
 from tests.waiting import eventually
 from tierlink.wire.dhtkeys import ice_candidates_key, mailboxes_key
 
