@@ -21,8 +21,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tierlink.lab import nat
+from tierlink.lab.links import EmulatedLink, emulated_link, unshape
 from tierlink.lab.netns import LabError, Run, python_argv
 from tierlink.lab.netns import run as sh
+from tierlink.lab.profiles import LinkProfile
 from tierlink.lab.services import (
     DHT_PROXY_PORT,
     PROBE_PORTS,
@@ -56,18 +58,28 @@ class Site:
     namespaces: list[str] = field(default_factory=list)
     public_ip: str = ""
     ports: list[str] = field(default_factory=list)  # its links' ends on the internet bridge
+    profile: LinkProfile | None = None
+    links: list[EmulatedLink] = field(default_factory=list)
 
 
 class Lab:
     """Internet namespace + coturn + DHT node + probe server, and NAT sites on demand."""
 
-    def __init__(self, *, turn: bool = True, dht: bool = True) -> None:
+    def __init__(
+        self, *, turn: bool = True, dht: bool = True, profile: LinkProfile | None = None
+    ) -> None:
         self.run = Run()
         self.internet = ""
+        self.profile = profile
         self._want_turn = turn
         self._want_dht = dht
         self._used: set[int] = set()
         self._ports: list[str] = []  # bridge ports of the site being built
+        self._links: list[EmulatedLink] = []  # emulated links of the site being built
+        self._site_profile: LinkProfile | None = None
+        #: Statistics of every emulated link removed so far (see :meth:`emulator_peak`).
+        self.link_stats: list[dict[str, Any]] = []
+        self._live_links: list[EmulatedLink] = []
 
     @property
     def prefix(self) -> str:
@@ -114,10 +126,15 @@ class Lab:
 
     # -- sites ----------------------------------------------------------------------------
     def _attach(self, ns: str, dev: str, index: int, tag: str) -> None:
-        """Plug ``dev`` of ``ns`` into the internet bridge (port name ``<tag><index>``)."""
+        """Plug ``dev`` of ``ns`` into the internet bridge (port name ``<tag><index>``):
+        a veth, or an emulated link when the site has a profile."""
         port = f"{tag}{index}"
         self._ports.append(port)
-        self.run.veth(ns, dev, self.internet, port)
+        if self._site_profile is None:
+            self.run.veth(ns, dev, self.internet, port)
+        else:
+            self._links.append(emulated_link(self.run, (ns, dev), (self.internet, port),
+                                             self._site_profile, port))
         sh(["ip", "-n", self.internet, "link", "set", port, "master", "br0"])
 
     def _router(self, role: str) -> str:
@@ -128,8 +145,12 @@ class Lab:
         r.sysctl(ns, "net.ipv4.conf.default.send_redirects", "0")
         return ns
 
-    def add_site(self, preset: str) -> Site:
-        """Build the namespaces and NAT of one preset; returns the site (not yet verified)."""
+    def add_site(self, preset: str, profile: LinkProfile | None | str = "lab") -> Site:
+        """Build the namespaces and NAT of one preset; returns the site (not yet verified).
+
+        ``profile``: the WAN link's profile (default: the lab's; None: a plain veth).
+        """
+        self._site_profile = self.profile if isinstance(profile, str) else profile
         if preset not in nat.PRESETS:
             raise LabError(f"unknown preset {preset!r}; known: {', '.join(nat.PRESETS)}")
         free = [i for i in range(1, MAX_SITES + 1) if i not in self._used]
@@ -139,6 +160,7 @@ class Lab:
         self._used.add(n)
         before = len(self.run.namespaces)
         self._ports = []
+        self._links = []
         try:
             site = self._build_site(preset, n)
         except BaseException:
@@ -148,6 +170,9 @@ class Lab:
             raise
         site.namespaces = self.run.namespaces[before:]
         site.ports = self._ports
+        site.profile = self._site_profile
+        site.links = self._links
+        self._live_links += self._links
         return site
 
     def _drop_ports(self, ports: list[str]) -> None:
@@ -155,6 +180,16 @@ class Lab:
         so the next site could otherwise find its port name still taken."""
         for port in ports:
             sh(["ip", "-n", self.internet, "link", "del", port], check=False)
+            unshape(self.internet, port)
+
+    def emulator_peak(self) -> dict[str, Any]:
+        """Busiest second of any emulated link so far (live ones included) and the totals."""
+        stats = list(self.link_stats)
+        stats += [link.stats() for link in self._live_links]
+        return {"links": len(stats),
+                "peak_pps": max((int(s.get("peak_pps", 0)) for s in stats), default=0),
+                "moved": sum(sum(s.get("moved", [])) for s in stats),
+                "dropped": sum(sum(s.get("dropped", [])) for s in stats)}
 
     def _build_site(self, preset: str, n: int) -> Site:
         r = self.run
@@ -214,7 +249,9 @@ class Lab:
     def remove_site(self, site: Site) -> None:
         """Remove a site's namespaces (and any process still running in them)."""
         self._drop_ports(site.ports)
-        self.run.remove_namespaces(site.namespaces)
+        self.run.remove_namespaces(site.namespaces)  # emulators write their last stats
+        self.link_stats += [link.stats() for link in site.links]
+        self._live_links = [x for x in self._live_links if x not in site.links]
         self._used.discard(site.index)
 
     # -- probes ---------------------------------------------------------------------------
