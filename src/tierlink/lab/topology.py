@@ -20,7 +20,7 @@ import subprocess
 from dataclasses import dataclass, field
 from typing import Any
 
-from tierlink.lab import nat
+from tierlink.lab import nat, worlds
 from tierlink.lab.links import EmulatedLink, emulated_link, unshape
 from tierlink.lab.netns import LabError, Run, python_argv
 from tierlink.lab.netns import run as sh
@@ -34,8 +34,8 @@ from tierlink.lab.services import (
     start_probe_server,
 )
 
-INTERNET_IP = "203.0.113.1"
-INTERNET_ALT_IP = "203.0.113.2"
+INTERNET_IP = worlds.INTERNET_IP
+INTERNET_ALT_IP = worlds.INTERNET_ALT_IP
 MAX_SITES = 89
 
 
@@ -60,17 +60,22 @@ class Site:
     ports: list[str] = field(default_factory=list)  # its links' ends on the internet bridge
     profile: LinkProfile | None = None
     links: list[EmulatedLink] = field(default_factory=list)
+    #: Preset facts (real-world presets, IPv6): see :mod:`tierlink.lab.worlds`.
+    info: dict[str, Any] = field(default_factory=dict)
 
 
 class Lab:
     """Internet namespace + coturn + DHT node + probe server, and NAT sites on demand."""
 
     def __init__(
-        self, *, turn: bool = True, dht: bool = True, profile: LinkProfile | None = None
+        self, *, turn: bool = True, dht: bool = True, profile: LinkProfile | None = None,
+        ipv6: bool = False,
     ) -> None:
         self.run = Run()
         self.internet = ""
         self.profile = profile
+        #: Give every site that can have it global IPv6 behind a stateful firewall.
+        self.ipv6 = ipv6
         self._want_turn = turn
         self._want_dht = dht
         self._used: set[int] = set()
@@ -122,10 +127,13 @@ class Lab:
             start_coturn(r, ns, INTERNET_IP)
         if self._want_dht:
             start_dhtnode(r, ns, INTERNET_IP)
-        start_probe_server(r, ns, (INTERNET_IP, INTERNET_ALT_IP))
+        for ip6 in (worlds.INTERNET_IP6, worlds.INTERNET_ALT_IP6):
+            sh(["ip", "-n", ns, "-6", "addr", "add", f"{ip6}/64", "dev", "br0", "nodad"])
+        start_probe_server(r, ns, (INTERNET_IP, INTERNET_ALT_IP, worlds.INTERNET_IP6,
+                                   worlds.INTERNET_ALT_IP6))
 
     # -- sites ----------------------------------------------------------------------------
-    def _attach(self, ns: str, dev: str, index: int, tag: str) -> None:
+    def attach(self, ns: str, dev: str, index: int, tag: str) -> None:
         """Plug ``dev`` of ``ns`` into the internet bridge (port name ``<tag><index>``):
         a veth, or an emulated link when the site has a profile."""
         port = f"{tag}{index}"
@@ -137,7 +145,7 @@ class Lab:
                                              self._site_profile, port))
         sh(["ip", "-n", self.internet, "link", "set", port, "master", "br0"])
 
-    def _router(self, role: str) -> str:
+    def router(self, role: str) -> str:
         r = self.run
         ns = r.add_namespace(role)
         r.sysctl(ns, "net.ipv4.ip_forward", "1")
@@ -194,21 +202,29 @@ class Lab:
     def _build_site(self, preset: str, n: int) -> Site:
         r = self.run
         lan_host = f"198.18.{n}.2"
+        if preset in worlds.WORLD_PRESETS:
+            built = worlds.build(self, preset, n)
+            return Site(preset, n, built.hosts, public_ip=built.public_ip, info=built.info)
         if preset == "open":
             h = r.add_namespace(f"h{n}")
             public = f"203.0.113.{100 + n}"
-            self._attach(h, "eth0", n, "o")
+            self.attach(h, "eth0", n, "o")
             r.address(h, "eth0", f"{public}/24")
             r.route_default(h, INTERNET_IP)
-            return Site(preset, n, [(h, public)], public_ip=public)
+            info: dict[str, Any] = {}
+            if self.ipv6:
+                v6 = f"2001:db8::{200 + n}"
+                sh(["ip", "-n", h, "-6", "addr", "add", f"{v6}/64", "dev", "eth0", "nodad"])
+                info["ipv6"] = [v6]
+            return Site(preset, n, [(h, public)], public_ip=public, info=info)
 
         wan_ip = f"203.0.113.{10 + n}"
         if preset == "double":
-            cgn = self._router(f"c{n}")
-            self._attach(cgn, "wan", n, "c")
+            cgn = self.router(f"c{n}")
+            self.attach(cgn, "wan", n, "c")
             r.address(cgn, "wan", f"{wan_ip}/24")
             r.route_default(cgn, INTERNET_IP)
-            rt = self._router(f"r{n}")
+            rt = self.router(f"r{n}")
             r.veth(cgn, "lan", rt, "wan")
             r.address(cgn, "lan", f"198.19.{n}.1/24")
             r.address(rt, "wan", f"198.19.{n}.2/24")
@@ -216,8 +232,8 @@ class Lab:
             r.nft(cgn, nat.port_restricted_rules())
             r.nft(rt, nat.port_restricted_rules())
         else:
-            rt = self._router(f"r{n}")
-            self._attach(rt, "wan", n, "r")
+            rt = self.router(f"r{n}")
+            self.attach(rt, "wan", n, "r")
             r.address(rt, "wan", f"{wan_ip}/24")
             r.route_default(rt, INTERNET_IP)
 
@@ -244,7 +260,10 @@ class Lab:
             r.nft(rt, rules)
         elif preset != "double":
             r.nft(rt, nat.rules_for(preset, host=lan_host))
-        return Site(preset, n, hosts, public_ip=wan_ip)
+        info = {}
+        if self.ipv6 and preset not in ("double", "hairpin"):
+            info["ipv6"] = [worlds.add_ipv6(self, rt, hosts[0][0], n, "lan")]
+        return Site(preset, n, hosts, public_ip=wan_ip, info=info)
 
     def remove_site(self, site: Site) -> None:
         """Remove a site's namespaces (and any process still running in them)."""
@@ -274,7 +293,9 @@ class Lab:
         result = self._probe_cmd(ns, "nat", "--bind", addr, "--primary", primary, "--alt", alt)[0]
         result["preset"] = site.preset
         if len(site.hosts) > 1:
-            result["hairpin"] = self._probe_hairpin(site, primary)
+            result["hairpin"] = (worlds.mutual_hairpin(self.run, site.hosts, primary)
+                                 if site.preset == "cgnat-shared"
+                                 else self._probe_hairpin(site, primary))
         result["lan_exposed"] = self._probe_lan_exposure(site, primary)
         spec = nat.PRESETS[site.preset]
         ok = result["mapping"] == spec.mapping and result["filtering"] == spec.filtering
@@ -284,6 +305,9 @@ class Lab:
         result["expected"] = {"mapping": spec.mapping, "filtering": spec.filtering}
         if spec.hairpin:
             result["expected"]["hairpin"] = True
+        if site.preset in worlds.WORLD_PRESETS:
+            result["world"] = worlds.check(self.run, site.preset, site.hosts, site.info, result)
+            ok = ok and bool(result["world"]["ok"])
         result["ok"] = ok
         return result
 
@@ -313,9 +337,9 @@ class Lab:
 
         Measured: with only the input-hook drop, yes (the router forwards it); the forward-hook
         drop of new inbound connections is what stops it. None where not applicable (open has
-        no LAN; double's CGN has no route to the home LAN).
+        no LAN; a CGN has no route to the home LAN; mobile-v6 has no 198.18 LAN).
         """
-        if site.preset in ("open", "double"):
+        if site.preset in ("open", "double", "cgnat", "cgnat-shared", "mobile-v6"):
             return None
         ns, addr = site.hosts[0]
         lan = f"198.18.{site.index}.0/24"
