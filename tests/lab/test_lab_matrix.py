@@ -10,9 +10,10 @@ from typing import Any
 
 import pytest
 
+from tierlink.lab.expectations import REDUCED_PAIRS
 from tierlink.lab.nat import PRESETS
 from tierlink.lab.report import write_reports
-from tierlink.lab.runner import REDUCED_PAIRS, run_matrix
+from tierlink.lab.runner import run_matrix
 
 pytestmark = pytest.mark.lab
 

@@ -9,16 +9,16 @@ import pytest
 
 from tierlink.lab import nat
 from tierlink.lab.command import all_as_expected, format_table, progress_line
-from tierlink.lab.netns import LabError, check_address
-from tierlink.lab.probe import classify_filtering, classify_mapping
-from tierlink.lab.report import outcome, write_reports
-from tierlink.lab.runner import (
+from tierlink.lab.expectations import (
     REDUCED_PAIRS,
     default_pairs,
     direct_possible,
     expected_cell,
-    summarize_cell,
 )
+from tierlink.lab.netns import LabError, check_address
+from tierlink.lab.probe import classify_filtering, classify_mapping
+from tierlink.lab.report import outcome, write_reports
+from tierlink.lab.runner import summarize_cell
 from tierlink.transport.ice import path_of, tier_of
 
 P, A = "203.0.113.1:40001", "203.0.113.2"

@@ -28,7 +28,7 @@ from tierlink.lab.topology import INTERNET_IP, Lab
 ECHO_PORT = 7000
 SINK_PORT = 7001
 #: Rates (datagrams/s) tried by :func:`measure_capacity`, one second each.
-CAPACITY_RATES = (1000, 2000, 4000, 8000, 16000)
+CAPACITY_RATES = (1000, 2000, 4000, 8000, 16000, 32000)
 #: A rate counts as carried when this share of it arrived.
 CARRIED = 0.99
 

@@ -18,6 +18,7 @@ time.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import select
 import signal
@@ -137,10 +138,8 @@ def flood(to: str, rates: list[int], seconds: float, size: int) -> dict[str, Any
         while n < total:
             due = int((time.monotonic() - start) * rate) + 1
             while n < min(due, total):
-                try:
+                with contextlib.suppress(BlockingIOError, ConnectionRefusedError):
                     s.send(_FLOOD.pack(step, n) + pad)
-                except (BlockingIOError, ConnectionRefusedError):
-                    pass
                 n += 1
             time.sleep(0.001)
         sent.append(n)

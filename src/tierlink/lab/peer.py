@@ -62,7 +62,7 @@ def make_config(args: argparse.Namespace, data_dir: Path) -> Any:
     return NodeConfig(
         identity=Identity.generate(),
         dht_proxy=args.dht,
-        host_addresses=[args.host_address],
+        host_addresses=args.host_address,
         stun_servers=[parse_hostport(args.stun)] if args.stun else [],
         turn_servers=turn,
         ice_timeout=args.ice_timeout,
@@ -211,7 +211,8 @@ def build_parser() -> argparse.ArgumentParser:
     for name in ("callee", "dial"):
         p = sub.add_parser(name)
         p.add_argument("--dht", required=True, help="DHT REST proxy URL")
-        p.add_argument("--host-address", required=True)
+        p.add_argument("--host-address", action="append", required=True,
+                       help="repeatable (IPv4, IPv6)")
         p.add_argument("--stun", default=None, help="ip:port")
         p.add_argument("--turn", default=None, help="ip:port")
         p.add_argument("--turn-user", default="lab")

@@ -42,7 +42,7 @@ def make_lab_ca(workdir: Path, server_ip: str) -> tuple[Path, Path, Path]:
 
     Returns (CA certificate, server certificate, server key) paths in ``workdir``.
     """
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "tierlink lab CA")])
     ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)

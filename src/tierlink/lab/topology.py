@@ -153,7 +153,7 @@ class Lab:
         r.sysctl(ns, "net.ipv4.conf.default.send_redirects", "0")
         return ns
 
-    def add_site(self, preset: str, profile: LinkProfile | None | str = "lab") -> Site:
+    def add_site(self, preset: str, profile: LinkProfile | str | None = "lab") -> Site:
         """Build the namespaces and NAT of one preset; returns the site (not yet verified).
 
         ``profile``: the WAN link's profile (default: the lab's; None: a plain veth).
