@@ -109,7 +109,8 @@ def test_one_preset_both_turn_modes_as_json(
     assert run_lab_cli(["open"], 1, None, True, report) == EXIT_OK
     out, err = capsys.readouterr()
     result = json.loads(out)
-    assert set(result) == {"cells", "presets"} and set(result["presets"]) == {"open"}
+    assert set(result) == {"cells", "presets", "profiles", "emulator"}
+    assert set(result["presets"]) == {"open"} and result["profiles"] == {}
     assert [(c["a"], c["b"], c["turn"]) for c in result["cells"]] == [
         ("open", "open", False), ("open", "open", True)]
     for cell in result["cells"]:

@@ -14,6 +14,7 @@ from tierlink.lab.expectations import (
     default_pairs,
     direct_possible,
     expected_cell,
+    matrix_pairs,
 )
 from tierlink.lab.netns import LabError, check_address
 from tierlink.lab.probe import classify_filtering, classify_mapping
@@ -46,7 +47,7 @@ def test_filtering_classes() -> None:
 
 
 def test_expectations_match_the_brief() -> None:
-    plain = [p for p in nat.PRESETS if p != "hairpin"]
+    plain = [p for p in nat.CLASSIC if p != "hairpin"]
     blocked = {frozenset(p) for p in [("port-restricted", "symmetric"),
                                       ("symmetric", "symmetric"), ("double", "symmetric")]}
     for a, b in default_pairs(plain):
@@ -62,9 +63,28 @@ def test_expectations_match_the_brief() -> None:
     assert expected_cell("hairpin", "hairpin", False)["paths"] == ["host"]
     assert expected_cell("hairpin", "hairpin", True)["tiers"] == ["direct"]
     assert ("hairpin", "hairpin") in default_pairs(list(nat.PRESETS))
-    assert not any("hairpin" in p and p != ("hairpin", "hairpin")
-                   for p in default_pairs(list(nat.PRESETS)))
-    assert {p for pair in REDUCED_PAIRS for p in pair} == set(nat.PRESETS)
+    for shared in ("hairpin", "cgnat-shared"):
+        assert not any(shared in p and p != (shared, shared)
+                       for p in default_pairs(list(nat.PRESETS)))
+    assert {p for pair in REDUCED_PAIRS for p in pair} == set(nat.CLASSIC)
+
+
+def test_real_world_expectations() -> None:
+    """A CGN behaves like a port-restricted NAT for ICE; a network without UDP has no path
+    until the client can use TURN over TCP/TLS (said in the cell); two phones behind
+    symmetric CGNs can only go direct over IPv6."""
+    assert expected_cell("cgnat", "port-restricted", False)["connects"]
+    assert not direct_possible("cgnat", "symmetric")
+    blocked = expected_cell("udp-blocked", "port-restricted", True)
+    assert not blocked["connects"] and blocked["tiers"] == ["offline"]
+    assert "TURN over TCP" in blocked["note"] and "ICE issue" in blocked["note"]
+    phones = expected_cell("mobile-v6", "mobile-v6", False)
+    assert phones["paths"] == ["host"] and "IPv6" in phones["note"]
+    assert not direct_possible("mobile-v6", "port-restricted")
+    assert expected_cell("cgnat-shared", "cgnat-shared", False)["connects"]
+    pairs = matrix_pairs()
+    assert set(default_pairs(nat.CLASSIC)) <= set(pairs)
+    assert {p for pair in pairs for p in pair} == set(nat.PRESETS)
 
 
 def test_path_of_takes_the_most_indirect_end() -> None:

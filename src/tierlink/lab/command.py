@@ -47,19 +47,22 @@ def format_table(result: dict[str, Any]) -> str:
     """The matrix as a plain-text table (one row per cell) plus the failing presets."""
     from tierlink.lab.report import outcome, tier_label
 
-    head = ("profile", "a", "b", "TURN", "connected", "path", "connect", "delivered", "tier",
-            "delivery", "outcome", "expected")
+    with_profile = any(c.get("profile") for c in result["cells"])
+    head: tuple[str, ...] = ("a", "b", "TURN", "connected", "path", "connect", "delivered",
+                             "tier", "delivery", "outcome", "expected")
+    if with_profile:
+        head = ("profile", *head)
     rows = [head]
     for c in result["cells"]:
         connect, delivery = c.get("connect_ms_median"), c.get("deliver_ms_median")
-        rows.append((
-            str(c.get("profile") or "-"), c["a"], c["b"], "on" if c["turn"] else "off",
-            f"{c['successes']}/{c['attempts']}",
+        row: tuple[str, ...] = (
+            c["a"], c["b"], "on" if c["turn"] else "off", f"{c['successes']}/{c['attempts']}",
             str(c["path"]), "-" if connect is None else f"{connect:.0f} ms",
             f"{c.get('delivered')}/{c['attempts']}" if c.get("messages") else "-",
             tier_label(c), "-" if delivery is None else f"{delivery:.0f} ms", outcome(c),
             "yes" if c.get("as_expected") else "NO",
-        ))
+        )
+        rows.append((str(c.get("profile") or "-"), *row) if with_profile else row)
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
     lines = ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip()
              for r in rows]
