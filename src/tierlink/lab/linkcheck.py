@@ -75,7 +75,7 @@ def check_profile(
     finally:
         for site in sites:
             lab.remove_site(site)
-    return summarize(profile, raw["sent"], raw["rtt_ms"])
+    return {**summarize(profile, raw["sent"], raw["rtt_ms"]), "reordered": raw["reordered"]}
 
 
 def summarize(profile: LinkProfile, sent: int, rtts: Sequence[float]) -> dict[str, Any]:

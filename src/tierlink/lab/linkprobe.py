@@ -5,7 +5,8 @@ line when ready (servers) or done (clients):
 
 * ``echo --bind IP:PORT``: sends every datagram back to its source;
 * ``rtt --to IP:PORT --count N --interval S``: N numbered echo requests, one per S seconds,
-  then waits for late replies; prints the RTTs (ms) and how many came back;
+  then waits for late replies; prints the RTTs (ms), how many came back, and how many came
+  back after a later-numbered one (``reordered``);
 * ``sink --bind IP:PORT``: counts datagrams per ``step`` tag, prints the counts on SIGTERM
   or after ``--duration``;
 * ``flood --to IP:PORT --rates R1,R2,.. --seconds S``: S seconds at each rate (datagrams/s),
@@ -74,6 +75,7 @@ def rtt(to: str, count: int, interval: float, wait: float, size: int) -> dict[st
     pad = b"\0" * max(0, size - _RTT.size)
     _warm_up(s, wait)
     rtts: dict[int, float] = {}
+    highest, reordered = -1, 0
     start = time.monotonic()
     sent = 0
     end = start + count * interval + wait
@@ -90,10 +92,13 @@ def rtt(to: str, count: int, interval: float, wait: float, size: int) -> dict[st
             except ConnectionRefusedError:
                 continue
             seq, t0 = _RTT.unpack_from(data)
-            if seq == 0xFFFFFFFF:
+            if seq == 0xFFFFFFFF or seq in rtts:
                 continue
-            rtts.setdefault(seq, (time.monotonic() - t0) * 1000)
-    return {"sent": sent, "received": len(rtts), "rtt_ms": [round(v, 3) for v in rtts.values()]}
+            rtts[seq] = (time.monotonic() - t0) * 1000
+            reordered += seq < highest
+            highest = max(highest, seq)
+    return {"sent": sent, "received": len(rtts), "reordered": reordered,
+            "rtt_ms": [round(v, 3) for v in rtts.values()]}
 
 
 def sink(bind: str, duration: float) -> None:

@@ -75,8 +75,9 @@ def coturn_config(workdir: Path, listen_ip: str) -> str:
     """coturn 4.6 configuration: lab address only, static user, UDP and TCP on 3478, TLS on
     443 (certificate from :func:`make_lab_ca`), no DTLS, no CLI.
 
-    ``denied-peer-ip`` covers the LAN range: without it coturn closes a client's whole
-    allocation when relaying to an unroutable LAN host candidate fails.
+    ``denied-peer-ip`` covers the LAN ranges and the CGN inside (shared address space):
+    without it coturn closes a client's whole allocation when relaying to an unroutable LAN
+    host candidate fails.
     """
     return "\n".join([
         f"listening-ip={listen_ip}",
@@ -95,6 +96,7 @@ def coturn_config(workdir: Path, listen_ip: str) -> str:
         "no-cli",
         "no-multicast-peers",
         "denied-peer-ip=198.18.0.0-198.19.255.255",
+        "denied-peer-ip=100.64.0.0-100.127.255.255",
         f"pidfile={workdir / 'turnserver.pid'}",
         f"userdb={workdir / 'turndb'}",
         f"log-file={workdir / 'turnserver.log'}",

@@ -26,7 +26,7 @@ from tierlink.lab.netns import LabError, Run, python_argv
 from tierlink.lab.netns import run as sh
 from tierlink.lab.profiles import LinkProfile
 from tierlink.lab.services import (
-    DHT_PROXY_PORT,
+    DHT_PROXY_WEB_PORT,
     PROBE_PORTS,
     TURN_PORT,
     start_coturn,
@@ -96,7 +96,9 @@ class Lab:
 
     @property
     def dht_proxy(self) -> str:
-        return f"http://{INTERNET_IP}:{DHT_PROXY_PORT}"
+        """The DHT proxy as peers use it: TCP 80 (redirected to the proxy's own port), which
+        also networks that only let web traffic out can reach."""
+        return f"http://{INTERNET_IP}:{DHT_PROXY_WEB_PORT}"
 
     def __enter__(self) -> Lab:
         self.run.__enter__()

@@ -168,7 +168,7 @@ def build(b: Builder, preset: str, n: int) -> Built:
 
 
 # -- probes ---------------------------------------------------------------------------------
-def _probe(run: Run, ns: str, *args: str, timeout: float = 60.0) -> dict[str, Any]:
+def world_probe(run: Run, ns: str, *args: str, timeout: float = 60.0) -> dict[str, Any]:
     proc = run.spawn(ns, python_argv("tierlink.lab.worldprobe", *args))
     try:
         out, err = proc.communicate(timeout=timeout)
@@ -185,11 +185,11 @@ def services_reach(run: Run, ns: str) -> dict[str, bool]:
     """Which lab internet services a host reaches: STUN over UDP/TCP/TLS, the DHT proxy on
     TCP 80."""
     ca = str(Path(run.workdir) / CA_FILE)
-    out = {proto: bool(_probe(run, ns, "stun", "--proto", proto, "--server",
+    out = {proto: bool(world_probe(run, ns, "stun", "--proto", proto, "--server",
                               f"{INTERNET_IP}:{TURN_TLS_PORT if proto == 'tls' else TURN_PORT}",
                               "--ca", ca)["ok"])
            for proto in ("udp", "tcp", "tls")}
-    web = _probe(run, ns, "http", "--to", f"{INTERNET_IP}:{DHT_PROXY_WEB_PORT}", "--path",
+    web = world_probe(run, ns, "http", "--to", f"{INTERNET_IP}:{DHT_PROXY_WEB_PORT}", "--path",
                  "/key/0000000000000000000000000000000000000000")
     out["dht_proxy_tcp80"] = bool(web["ok"])
     return out
@@ -222,7 +222,7 @@ def check(run: Run, preset: str, hosts: list[tuple[str, str]], info: dict[str, A
         oks.append(reach == {"udp": False, "tcp": False, "tls": True, "dht_proxy_tcp80": True})
     if preset == "short-timeout":
         t = int(info["udp_timeout"])
-        idle = _probe(run, ns, "idle", "--bind", addr, "--server",
+        idle = world_probe(run, ns, "idle", "--bind", addr, "--server",
                       f"{INTERNET_IP}:{PROBE_PORTS[0]}", "--delays", f"{t - 10},{t + 8}",
                       timeout=t + 40)
         facts["idle"] = idle["arrived"]
@@ -230,7 +230,7 @@ def check(run: Run, preset: str, hosts: list[tuple[str, str]], info: dict[str, A
     if preset == "pmtu-blackhole":
         mtu = int(info["mtu"])
         sizes = [1200, mtu, mtu + 8]
-        res = _probe(run, ns, "mtu", "--bind", addr, "--server",
+        res = world_probe(run, ns, "mtu", "--bind", addr, "--server",
                      f"{INTERNET_IP}:{PROBE_PORTS[0]}", "--sizes", ",".join(map(str, sizes)))
         facts["mtu"] = res
         answered = res["answered"]
