@@ -129,6 +129,7 @@ class Lab:
             start_coturn(r, ns, INTERNET_IP)
         if self._want_dht:
             start_dhtnode(r, ns, INTERNET_IP)
+        r.sysctl(ns, "net.ipv6.conf.all.forwarding", "1")  # sites' IPv6 prefixes meet here
         for ip6 in (worlds.INTERNET_IP6, worlds.INTERNET_ALT_IP6):
             sh(["ip", "-n", ns, "-6", "addr", "add", f"{ip6}/64", "dev", "br0", "nodad"])
         start_probe_server(r, ns, (INTERNET_IP, INTERNET_ALT_IP, worlds.INTERNET_IP6,
