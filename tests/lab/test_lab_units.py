@@ -81,6 +81,10 @@ def test_real_world_expectations() -> None:
     phones = expected_cell("mobile-v6", "mobile-v6", False)
     assert phones["paths"] == ["host"] and "IPv6" in phones["note"]
     assert not direct_possible("mobile-v6", "port-restricted")
+    assert not expected_cell("mobile-v6", "port-restricted", False)["connects"]
+    assert expected_cell("mobile-v6", "port-restricted", False, ipv6=True)["paths"] == ["host"]
+    assert expected_cell("symmetric", "symmetric", False, ipv6=True)["connects"]
+    assert not expected_cell("double", "symmetric", False, ipv6=True)["connects"]
     assert expected_cell("cgnat-shared", "cgnat-shared", False)["connects"]
     pairs = matrix_pairs()
     assert set(default_pairs(nat.CLASSIC)) <= set(pairs)

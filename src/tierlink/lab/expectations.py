@@ -60,7 +60,18 @@ def direct_possible(a: str, b: str) -> bool:
     return not blocked
 
 
-def expected_cell(a: str, b: str, turn: bool) -> dict[str, Any]:
+#: Presets that get global IPv6 when the lab runs with ``ipv6`` (others never, or always).
+IPV6_CAPABLE = ("open", "full-cone", "restricted", "port-restricted", "symmetric")
+#: Presets that always have global IPv6.
+IPV6_ALWAYS = ("ipv6", "mobile-v6")
+
+
+def has_ipv6(preset: str, lab_ipv6: bool) -> bool:
+    """Do the peers of ``preset`` have a global IPv6 address in this lab?"""
+    return preset in IPV6_ALWAYS or (lab_ipv6 and preset in IPV6_CAPABLE)
+
+
+def expected_cell(a: str, b: str, turn: bool, ipv6: bool = False) -> dict[str, Any]:
     """What a cell should show: whether it connects, through which path types, and which
     tiers may deliver its test message (Node driver).
 
@@ -69,7 +80,9 @@ def expected_cell(a: str, b: str, turn: bool) -> dict[str, Any]:
     retransmission (seen with restricted<->symmetric: the first direct check is dropped until
     the restricted side has sent toward the symmetric side's address). The message link is a
     dial of its own, so its tier follows the same rule. Without any path the message must
-    still arrive, through the DHT offline queue.
+    still arrive, through the DHT offline queue. Where both peers have global IPv6 behind
+    stateful firewalls (``ipv6``: the lab gave it to every site that can have it), their IPv6
+    host candidates make a direct path even when IPv4 has none.
     """
     if a == b == "hairpin":
         return {"connects": True, "paths": ["host"], "tiers": ["direct"]}
@@ -80,7 +93,7 @@ def expected_cell(a: str, b: str, turn: bool) -> dict[str, Any]:
     issue = ICE_ISSUES.get(a) or ICE_ISSUES.get(b)
     if issue:
         return {"connects": False, "paths": ["none"], "tiers": ["offline"], "note": issue}
-    if a == b == "mobile-v6":  # IPv4 only through symmetric CGNs: direct only over IPv6
+    if not direct_possible(a, b) and has_ipv6(a, ipv6) and has_ipv6(b, ipv6):
         paths = ["host", "relay"] if turn else ["host"]
         return {"connects": True, "paths": paths, "tiers": ["direct", "relay"] if turn
                 else ["direct"], "note": "direct only over IPv6 (host candidates)"}

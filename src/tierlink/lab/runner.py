@@ -212,7 +212,7 @@ def _match_received(
 # -- the matrix -----------------------------------------------------------------------------
 def summarize_cell(
     a: str, b: str, turn: bool, results: list[dict[str, Any]], *, messages: bool = False,
-    profile: str | None = None,
+    profile: str | None = None, ipv6: bool = False,
 ) -> dict[str, Any]:
     """One matrix cell from its attempts: successes, most common path, median connect ms and,
     with ``messages`` (Node driver), how the test messages were delivered.
@@ -225,12 +225,13 @@ def summarize_cell(
     good = [r for r in results if r.get("ok")]
     paths = Counter(str(r.get("path", "none")) for r in good)
     ms = [float(r["connect_ms"]) for r in good if r.get("connect_ms") is not None]
-    expected = expected_cell(a, b, turn)
+    expected = expected_cell(a, b, turn, ipv6)
     as_expected = bool(good) == expected["connects"] and (
         not good or all(r.get("path") in expected["paths"] for r in good)
     ) and (not expected["connects"] or len(good) == len(results))
     cell: dict[str, Any] = {
-        "a": a, "b": b, "turn": turn, "profile": profile, "attempts": len(results),
+        "a": a, "b": b, "turn": turn, "profile": profile, "ipv6": ipv6,
+        "attempts": len(results),
         "successes": len(good),
         "path": majority(paths), "paths": dict(paths),
         "connect_ms_median": round(statistics.median(ms), 1) if ms else None,
@@ -317,7 +318,7 @@ def run_matrix(
                         else:
                             res = node_attempts(lab, *endpoints, turn, attempts, ice_timeout)
                         cell = summarize_cell(a, b, turn, res, messages=driver == "node",
-                                              profile=name)
+                                              profile=name, ipv6=ipv6)
                         cells.append(cell)
                         if progress_cb is not None:
                             progress_cb(cell)

@@ -311,6 +311,10 @@ class Lab:
         if site.preset in worlds.WORLD_PRESETS:
             result["world"] = worlds.check(self.run, site.preset, site.hosts, site.info, result)
             ok = ok and bool(result["world"]["ok"])
+        elif site.info.get("ipv6"):  # --ipv6: global IPv6, firewalled except on open
+            result["ipv6"] = worlds.probe_ipv6(self.run, ns, site.info["ipv6"][0])
+            want = nat.EIF if site.preset == "open" else nat.APDF
+            ok = ok and result["ipv6"] == {"mapping": nat.NO_NAT, "filtering": want}
         result["ok"] = ok
         return result
 

@@ -212,10 +212,8 @@ def check(run: Run, preset: str, hosts: list[tuple[str, str]], info: dict[str, A
         oks.append(all(a.startswith("100.") for a in info["cgn_inside"]))
     if preset in V6_PRESETS:
         v6 = info["ipv6"][0]
-        result = _nat_probe(run, ns, v6, f"[{INTERNET_IP6}]:{PROBE_PORTS[0]}",
-                            f"[{INTERNET_ALT_IP6}]:{PROBE_PORTS[1]}")
-        facts["ipv6"] = {"mapping": result["mapping"], "filtering": result["filtering"]}
-        oks.append(result["mapping"] == nat.NO_NAT and result["filtering"] == nat.APDF)
+        facts["ipv6"] = probe_ipv6(run, ns, v6)
+        oks.append(facts["ipv6"] == {"mapping": nat.NO_NAT, "filtering": nat.APDF})
     if preset == "udp-blocked":
         reach = services_reach(run, ns)
         facts["reach"] = reach
@@ -240,14 +238,17 @@ def check(run: Run, preset: str, hosts: list[tuple[str, str]], info: dict[str, A
     return facts
 
 
-def _nat_probe(run: Run, ns: str, bind: str, primary: str, alt: str) -> dict[str, Any]:
-    proc = run.spawn(ns, python_argv("tierlink.lab.probe", "nat", "--bind", bind,
-                                     "--primary", primary, "--alt", alt))
+def probe_ipv6(run: Run, ns: str, address: str) -> dict[str, str]:
+    """Mapping and filtering seen from a host's global IPv6 address (no NAT expected; a
+    stateful firewall filters by address and port)."""
+    proc = run.spawn(ns, python_argv("tierlink.lab.probe", "nat", "--bind", address,
+                                     "--primary", f"[{INTERNET_IP6}]:{PROBE_PORTS[0]}",
+                                     "--alt", f"[{INTERNET_ALT_IP6}]:{PROBE_PORTS[1]}"))
     out, err = proc.communicate(timeout=30)
     if proc.returncode != 0:
         raise LabError(f"IPv6 probe in {ns} failed: {err.strip()[-300:]}")
-    result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
-    return result
+    result = json.loads(out.strip().splitlines()[-1])
+    return {"mapping": str(result["mapping"]), "filtering": str(result["filtering"])}
 
 
 def mutual_hairpin(run: Run, hosts: list[tuple[str, str]], server: str) -> dict[str, Any]:
