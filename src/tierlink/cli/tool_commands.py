@@ -16,7 +16,7 @@ def _lab(args: argparse.Namespace) -> int:
     if args.cleanup_stale:
         return run_cleanup_stale()
     if args.emulator_check:
-        return run_emulator_check(args.profile, args.json)
+        return run_emulator_check(args.profile, args.json, args.report)
     return run_lab_cli(args.nat, args.attempts, args.turn, args.json, args.report,
                        driver=args.driver, reduced=args.reduced, ice_timeout=args.ice_timeout,
                        profiles=args.profile, ipv6=args.ipv6)

@@ -74,9 +74,12 @@ def format_table(result: dict[str, Any]) -> str:
 
 
 def all_as_expected(result: dict[str, Any]) -> bool:
-    """Every cell met its expectation and every probed preset matched its definition."""
+    """Every cell met its expectation, every probed preset matched its definition, and the
+    link emulator (if used) carried at least twice the run's busiest second."""
     cells_ok = all(c.get("as_expected") for c in result["cells"])
-    return cells_ok and all(p.get("ok") for p in result.get("presets", {}).values())
+    emulator_ok = (result.get("emulator") or {}).get("sustains_twice", True)
+    return cells_ok and bool(emulator_ok) and all(
+        p.get("ok") for p in result.get("presets", {}).values())
 
 
 def _preflight(
@@ -186,10 +189,12 @@ def run_lab_cli(
     return EXIT_OK if all_as_expected(result) else EXIT_UNEXPECTED
 
 
-def run_emulator_check(profiles: list[str] | None, as_json: bool) -> int:
+def run_emulator_check(profiles: list[str] | None, as_json: bool,
+                       report: Path | None = None) -> int:
     """``tierlink lab --emulator-check``: requested vs measured RTT, jitter and loss of each
-    profile (default all) and the emulator's packet-rate capacity; 0 when every profile is
-    within tolerance."""
+    profile (default all) and the emulator's packet-rate capacity (also written as
+    ``emulator.json`` / ``emulator.md`` into ``report``); 0 when every profile is within
+    tolerance."""
     wanted = [p for p in dict.fromkeys(profiles or []) if p != "none"]
     bad = [p for p in wanted if p not in PROFILES]
     missing = missing_requirements()
@@ -207,6 +212,12 @@ def run_emulator_check(profiles: list[str] | None, as_json: bool) -> int:
         _err(f"tierlink lab: the check failed: {exc}")
         return EXIT_UNEXPECTED
     print(json.dumps(result, sort_keys=True) if as_json else format_check(result))
+    if report is not None:
+        report.mkdir(parents=True, exist_ok=True)
+        (report / "emulator.json").write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+        (report / "emulator.md").write_text("# Link emulator: requested vs measured\n\n"
+                                            + format_check(result) + "\n")
+        _err(f"wrote {report / 'emulator.json'} and {report / 'emulator.md'}")
     return EXIT_OK if all(r["ok"] for r in result["profiles"]) else EXIT_UNEXPECTED
 
 

@@ -188,13 +188,16 @@ def write_markdown(result: dict[str, Any], path: Path) -> Path:
 
 
 def write_png(result: dict[str, Any], path: Path) -> Path:
-    """Heatmap per TURN mode: rows/columns are presets, colour = outcome, text = path + ms."""
+    """Heatmap per TURN mode: rows/columns are presets, colour = outcome, text = path + ms
+    (cells of the run's first profile; the others are in ``connect_vs_rtt.png``)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.patches import Patch, Rectangle
 
+    first = result["cells"][0].get("profile") if result["cells"] else None
+    result = {**result, "cells": [c for c in result["cells"] if c.get("profile") == first]}
     names = _order(result)
     modes = sorted({bool(c["turn"]) for c in result["cells"]}) or [False]
     n = len(names)
@@ -241,8 +244,9 @@ def write_png(result: dict[str, Any], path: Path) -> Path:
     handles = [Patch(facecolor=c, label=label) for c, label in OUTCOMES.values()]
     fig.legend(handles=handles, loc="lower center", ncol=4, fontsize=8.5,
                frameon=False)
-    fig.suptitle("tierlink NAT lab: outcome per preset pair (row dials column; mirrored)\n"
-                 "cell: path, median connect time, successes/attempts, "
+    on = f" (link profile {first})" if first else ""
+    fig.suptitle(f"tierlink NAT lab: outcome per preset pair{on} (row dials column; "
+                 "mirrored)\ncell: path, median connect time, successes/attempts, "
                  "messages delivered/sent and their tier", fontsize=12)
     fig.tight_layout(rect=(0, 0.07, 1, 0.95))
     fig.savefig(path, dpi=120)

@@ -286,6 +286,8 @@ def run_matrix(
     attempt, then removed. A preset is probed the first time it is built; if the probe
     disagrees with the preset, its cells are recorded with an error (never run on an untrusted
     preset). ``ipv6``: sites that can have it get global IPv6 and the peers use it too.
+    With profiles, the emulator's capacity is measured at the end and compared with the
+    busiest second of the run (``emulator.sustains_twice``).
     ``progress_cb`` gets each cell as soon as it is done. ``ice_timeout`` is the peers' ICE
     timeout; the Node driver's send budget is 4 s more.
     """
@@ -326,6 +328,11 @@ def run_matrix(
                     for site in sites:
                         lab.remove_site(site)
         emulator = lab.emulator_peak()
+        if emulator["links"]:
+            from tierlink.lab.linkcheck import measure_capacity
+
+            emulator["capacity_pps"] = measure_capacity(lab=lab)["capacity_pps"]
+            emulator["sustains_twice"] = emulator["capacity_pps"] >= 2 * emulator["peak_pps"]
     figures = {p.name: profile_figures(p) for p in profiles if p is not None}
     return {"cells": cells, "presets": probes, "profiles": figures, "emulator": emulator}
 
