@@ -50,5 +50,13 @@ def test_emulator_carries_twice_a_lab_runs_packet_rate() -> None:
     assert result["profiles"]["broadband"]["rtt_ms"] == 20.0
     emulator = result["emulator"]
     assert emulator["links"] == 2 and emulator["moved"] > 0, emulator
-    capacity = measure_capacity()
-    assert capacity["capacity_pps"] >= 2 * max(emulator["peak_pps"], 1), (capacity, emulator)
+    assert emulator["capacity_pps"] >= 2 * max(emulator["peak_pps"], 1), emulator
+    assert emulator["sustains_twice"], emulator
+
+
+def test_capacity_steps_are_bounded_and_counted(lab: Lab) -> None:
+    """The capacity probe sends exactly what each step asks and counts what arrived."""
+    capacity = measure_capacity(rates=(500, 1000), lab=lab)
+    assert [s["sent"] for s in capacity["steps"]] == [500, 1000]
+    assert all(0 <= s["received"] <= s["sent"] for s in capacity["steps"])
+    assert capacity["capacity_pps"] in (0, 500, 1000)
