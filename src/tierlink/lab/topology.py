@@ -309,7 +309,8 @@ class Lab:
         if spec.hairpin:
             result["expected"]["hairpin"] = True
         if site.preset in worlds.WORLD_PRESETS:
-            result["world"] = worlds.check(self.run, site.preset, site.hosts, site.info, result)
+            result["world"] = worlds.check(self.run, site.preset, site.hosts, site.info, result,
+                                           dht=self._want_dht)
             ok = ok and bool(result["world"]["ok"])
         elif site.info.get("ipv6"):  # --ipv6: global IPv6, firewalled except on open
             result["ipv6"] = worlds.probe_ipv6(self.run, ns, site.info["ipv6"][0])
