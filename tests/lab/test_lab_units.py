@@ -60,7 +60,7 @@ def test_expectations_match_the_brief() -> None:
     assert expected_cell("double", "symmetric", False)["tiers"] == ["offline"]
     assert expected_cell("open", "full-cone", False)["tiers"] == ["direct"]
     assert expected_cell("open", "full-cone", True)["tiers"] == ["direct", "relay"]
-    assert expected_cell("hairpin", "hairpin", False)["paths"] == ["host"]
+    assert expected_cell("hairpin", "hairpin", False)["paths"][0] == "host"
     assert expected_cell("hairpin", "hairpin", True)["tiers"] == ["direct"]
     assert ("hairpin", "hairpin") in default_pairs(list(nat.PRESETS))
     for shared in ("hairpin", "cgnat-shared"):

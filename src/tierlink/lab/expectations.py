@@ -84,8 +84,8 @@ def expected_cell(a: str, b: str, turn: bool, ipv6: bool = False) -> dict[str, A
     stateful firewalls (``ipv6``: the lab gave it to every site that can have it), their IPv6
     host candidates make a direct path even when IPv4 has none.
     """
-    if a == b == "hairpin":
-        return {"connects": True, "paths": ["host"], "tiers": ["direct"]}
+    if a == b == "hairpin":  # host; the NAT's hairpin makes srflx valid too (seen with TURN)
+        return {"connects": True, "paths": list(DIRECT_PATHS), "tiers": ["direct"]}
     if a == b == "cgnat-shared":  # through the CGN's hairpin, or the relay
         paths = [*DIRECT_PATHS, "relay"] if turn else list(DIRECT_PATHS)
         return {"connects": True, "paths": paths, "tiers": ["direct", "relay"] if turn
