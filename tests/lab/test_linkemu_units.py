@@ -92,3 +92,22 @@ def test_loss_rule_drops_the_share_of_ip_frames_only() -> None:
     assert "meta protocol { ip, ip6 }" in rules
     assert f"mod 1000000 < {loss_threshold(PROFILES['lossy'].link_loss)} drop" in rules
     assert loss_threshold(0.05) == 50_000
+
+
+def test_world_rulesets_say_what_the_presets_promise() -> None:
+    from tierlink.lab import firewalls
+
+    cgn = firewalls.cgn_rules("203.0.113.11", [("100.64.1.2", 20000, 20999),
+                                               ("100.64.1.3", 21000, 21999)])
+    assert "snat ip to 203.0.113.11:20000-20999" in cgn
+    assert "snat ip to 203.0.113.11:21000-21999" in cgn
+    assert "dnat ip to udp dport map @owner" in cgn  # hairpin to the mapping's owner
+    assert "snat ip to ip saddr . udp sport map @public" in cgn  # ... from the sender's own
+    assert 'iifname "wan" ct state new drop' in cgn
+    blocked = firewalls.udp_blocked_rules()
+    assert 'oifname "wan" tcp dport { 80, 443 } accept' in blocked
+    assert blocked.index("tcp dport { 80, 443 } accept") < blocked.index('oifname "wan" drop')
+    v6 = firewalls.v6_firewall_rules()
+    assert 'iifname "wan" ct state established,related accept' in v6
+    hole = firewalls.icmp_black_hole_rules()
+    assert "frag-needed drop" in hole and "packet-too-big drop" in hole

@@ -129,7 +129,7 @@ def build(b: Builder, preset: str, n: int) -> Built:
             r.nft(home, nat.port_restricted_rules())
             inside.append((addr, *PORT_BLOCKS[k]))
         r.nft(cgn, firewalls.cgn_rules(public, inside))
-        return Built(hosts, public, {"cgn_inside": [a for a, _, _ in inside],
+        return Built(hosts, public, {"cgn_inside": [a for a, _, _ in inside], "public_ip": public,
                                      "port_blocks": [list(p) for p in PORT_BLOCKS[:len(subs)]]})
     if preset == "mobile-v6":
         cgn = b.router(f"c{n}")
@@ -205,12 +205,14 @@ def check(run: Run, preset: str, hosts: list[tuple[str, str]], info: dict[str, A
     oks: list[bool] = []
     if preset in ("cgnat", "cgnat-shared"):
         lo, hi = PORT_BLOCKS[0]
-        mapped_port = int(str(probe["mapped"][next(iter(probe["mapped"]))]).rsplit(":", 1)[1])
+        mapped = str(probe["mapped"][next(iter(probe["mapped"]))] or ":0")
+        mapped_ip, mapped_port = mapped.rsplit(":", 1)[0], int(mapped.rsplit(":", 1)[1])
         local_port = int(str(probe["local"]).rsplit(":", 1)[1])
         facts["port_block"] = [lo, hi]
         facts["mapped_port"] = mapped_port
+        # the CGN's own allocation (a port-preserving NAT would show the host's port)
         oks.append(lo <= mapped_port <= hi and mapped_port != local_port)
-        oks.append(all(a.startswith("100.") for a in info["cgn_inside"]))
+        oks.append(mapped_ip == info["public_ip"])
     if preset in V6_PRESETS:
         v6 = info["ipv6"][0]
         facts["ipv6"] = probe_ipv6(run, ns, v6)
