@@ -54,7 +54,8 @@ def test_world_preset_passes_its_probes(lab: Lab, preset: str) -> None:
         t = worlds.SHORT_UDP_TIMEOUT
         assert world["idle"] == {f"{t - 10:.1f}": True, f"{t + 8:.1f}": False}, summary
     if preset == "pmtu-blackhole":
-        assert world["mtu"]["answered"] == {"1200": True, "1492": True, "1500": False}
+        mtu = worlds.BLACK_HOLE_MTU
+        assert world["mtu"]["answered"] == {"1200": True, str(mtu): True, str(mtu + 8): False}
         assert world["mtu"]["errors"] == {}  # no ICMP came back: a black hole, not an error
 
 

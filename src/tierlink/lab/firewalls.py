@@ -106,9 +106,18 @@ table ip6 fw6 {
 
 def icmp_black_hole_rules() -> str:
     """Drop the ICMP that path-MTU discovery needs ("fragmentation needed", "packet too
-    big") on its way back to the inside: a path-MTU black hole."""
+    big") on its way back to the inside: a path-MTU black hole for UDP.
+
+    TCP gets what routers on small-MTU links (PPPoE, tunnels) give it: the MSS of forwarded
+    SYNs is clamped to the route's MTU. Measured without it: the DHT proxy's full-size
+    answers vanished at the hop and every HTTP request from the inside stalled.
+    """
     return """
 table inet blackhole {
+    chain c_clamp {
+        type filter hook forward priority mangle; policy accept;
+        tcp flags syn tcp option maxseg size set rt mtu
+    }
     chain c_out {
         type filter hook output priority filter; policy accept;
         icmp type destination-unreachable icmp code frag-needed drop

@@ -64,8 +64,8 @@ PRESETS: dict[str, PresetSpec] = {
         PresetSpec("udp-blocked", UNKNOWN, BLOCKED, "firewall lets only TCP 80/443 out"),
         PresetSpec("short-timeout", EIM, APDF, "port-restricted NAT dropping UDP mappings "
                    "idle for 30 s"),
-        PresetSpec("pmtu-blackhole", EIM, APDF, "port-restricted NAT, WAN MTU 1492, ICMP "
-                   "'fragmentation needed' dropped"),
+        PresetSpec("pmtu-blackhole", EIM, APDF, "port-restricted NAT, WAN MTU 1280, ICMP "
+                   "'fragmentation needed' dropped, TCP MSS clamped"),
     )
 }
 #: The presets of the RFC 4787 matrix (every pair of them by default).

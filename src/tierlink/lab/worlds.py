@@ -12,8 +12,9 @@ Addresses (site index N)::
     ipv6           port-restricted router (IPv4) + 2001:db8:N::/64 behind a stateful firewall
     udp-blocked    port-restricted router whose firewall lets only TCP 80/443 out
     short-timeout  port-restricted router with 30 s UDP conntrack timeouts
-    pmtu-blackhole port-restricted router whose WAN hop has MTU 1492; ICMP "fragmentation
-                   needed" / "packet too big" toward the inside is dropped
+    pmtu-blackhole port-restricted router whose WAN hop has MTU 1280; ICMP "fragmentation
+                   needed" / "packet too big" toward the inside is dropped (TCP MSS
+                   clamped, as such routers do)
 
 IPv6 on the internet: 2001:db8::1/64 and 2001:db8::2/64 on the bridge; router N's WAN is
 2001:db8::(100+N) and the internet routes 2001:db8:N::/64 to it.
@@ -43,7 +44,8 @@ INTERNET_ALT_IP = "203.0.113.2"
 INTERNET_IP6 = "2001:db8::1"
 INTERNET_ALT_IP6 = "2001:db8::2"
 SHORT_UDP_TIMEOUT = 30
-BLACK_HOLE_MTU = 1492
+#: The small hop's MTU: IPv6's minimum, as on many tunnels; QUIC's 1452-byte probes vanish.
+BLACK_HOLE_MTU = 1280
 #: Port block of the CGN's subscriber k (0, 1).
 PORT_BLOCKS = ((20000, 20999), (21000, 21999))
 
