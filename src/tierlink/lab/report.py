@@ -152,14 +152,21 @@ def write_markdown(result: dict[str, Any], path: Path) -> Path:
                   "| profile | RTT | jitter | loss | cells | connected | median connect direct "
                   "| median connect relay | median delivery |",
                   "|---|---|---|---|---|---|---|---|---|"]
-        lines += [f"| {r['profile']} | {r['rtt_ms']} ms | +-{r['jitter_ms']} ms "
-                  f"| {r['loss']:.1%} | {r['cells']} | {r['connected']} | {_ms(r['direct_ms'])} "
-                  f"| {_ms(r['relay_ms'])} | {_ms(r['deliver_ms'])} |" for r in profile_rows]
+        for r in profile_rows:
+            jitter = f"+-{r['jitter_ms']} ms" if r["jitter_ms"] else "-"
+            lines.append(f"| {r['profile']} | {r['rtt_ms']} ms | {jitter} | {r['loss']:.1%} "
+                         f"| {r['cells']} | {r['connected']} | {_ms(r['direct_ms'])} "
+                         f"| {_ms(r['relay_ms'])} | {_ms(r['deliver_ms'])} |")
         emu = result.get("emulator") or {}
         if emu.get("links"):
+            capacity = emu.get("capacity_pps")
             lines += ["", f"Link emulators: {emu['links']} links, busiest second "
                       f"{emu['peak_pps']} packets/s, {emu['moved']} packets moved, "
-                      f"{emu['dropped']} dropped by the emulator."]
+                      f"{emu['dropped']} dropped by the emulator (failed writes or a full queue). "
+                      + ("" if capacity is None else
+                         f"Measured capacity: {capacity} packets/s "
+                         f"({'at least' if emu.get('sustains_twice') else '**less than**'} "
+                         "twice the busiest second).")]
     with_profile = any(c.get("profile") for c in result["cells"])
     lines += ["", "## Cells", "",
               "`successes`/`path`/`median connect`: the connect attempts (dial + echo). "
