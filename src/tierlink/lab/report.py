@@ -275,9 +275,10 @@ def write_rtt_png(result: dict[str, Any], path: Path) -> Path:
         xs = [r["rtt_ms"] for r in rows for _ in r[key]]
         ys = [v for r in rows for v in r[key]]
         ax.scatter(xs, ys, label=label, color=colour, alpha=0.8, s=28)
-    for r in rows:
+    for i, r in enumerate(sorted(rows, key=lambda row: row["rtt_ms"])):
         ax.annotate(r["profile"], (r["rtt_ms"], 0), textcoords="offset points",
-                    xytext=(0, 4), ha="center", fontsize=8, color="#555555")
+                    xytext=(0, 4 + 11 * (i % 3)), ha="left", rotation=0, fontsize=8,
+                    color="#555555")  # staggered: close RTTs (lan, broadband, lossy)
     ax.set_xlabel("profile RTT (ms)")
     ax.set_ylabel("connect time (ms): DHT lookup, signaling, ICE, echo")
     ax.set_title("tierlink NAT lab: connect time against RTT per link profile")
