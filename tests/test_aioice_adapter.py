@@ -16,7 +16,7 @@ from aioice.turn import TurnTransport
 from tests.ice_pairs import connect
 from tests.private_names import installed_version, missing, pinned_version
 from tests.waiting import eventually
-from tierlink.transport import aioice_adapter, aioice_socket
+from tierlink.transport import aioice_adapter, aioice_socket, aioice_turn
 from tierlink.transport.aioice_adapter import IceConnection
 from tierlink.transport.aioice_socket import RECV_BATCH
 
@@ -43,7 +43,7 @@ async def test_private_names_resolve_on_the_installed_aioice() -> None:
         StunProtocol: protocol,
         CandidatePair: CandidatePair(protocol, candidate),
     }
-    names = aioice_adapter.PRIVATE_NAMES + aioice_socket.PRIVATE_NAMES
+    names = aioice_adapter.PRIVATE_NAMES + aioice_socket.PRIVATE_NAMES + aioice_turn.PRIVATE_NAMES
     problems = missing(names, "aioice", instances)
     assert not problems, "aioice changed:\n" + "\n".join(problems)
 

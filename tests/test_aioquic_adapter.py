@@ -8,7 +8,9 @@ channel misbehaves.
 
 from __future__ import annotations
 
+import contextlib
 import ssl
+from typing import Any
 
 import pytest
 from aioquic import tls
@@ -20,12 +22,14 @@ from aioquic.quic.congestion.reno import RenoCongestionControl
 from aioquic.quic.connection import QuicConnection
 from aioquic.quic.packet import pull_quic_header
 from aioquic.quic.recovery import QuicPacketPacer, QuicPacketRecovery, QuicPacketSpace
+from cryptography.hazmat.primitives import hashes
 
 from tests.private_names import installed_version, missing, pinned_version
 from tierlink.transport import aioquic_adapter
 from tierlink.transport.aioquic_adapter import (
     MAX_PACKET_SIZE,
     PIN_MISMATCH_REASON,
+    ExporterSecret,
     PinnedQuicConnection,
     close_event,
     forget_rtt_sample,
@@ -35,6 +39,7 @@ from tierlink.transport.aioquic_adapter import (
     release,
     restamp_in_flight,
     set_max_datagram_size,
+    tls_exporter,
 )
 from tierlink.transport.certs import LocalCertificate, certificate_sha256
 from tierlink.transport.channel import DATAGRAM_MAX_PAYLOAD
@@ -119,6 +124,7 @@ def test_private_names_resolve_on_the_installed_aioquic() -> None:
     instances = {
         QuicConnection: plain,
         tls.Context: plain.tls,
+        tls.KeySchedule: tls.KeySchedule(tls.CipherSuite.AES_128_GCM_SHA256),
         QuicPacketRecovery: plain._loss,
         QuicPacketSpace: plain._loss.spaces[0],
         QuicPacketPacer: QuicPacketPacer(max_datagram_size=MAX_DATAGRAM_SIZE),
@@ -140,8 +146,8 @@ def test_pinned_connection_shadows_nothing_of_aioquic_but_initialize() -> None:
     plain = QuicConnection(configuration=_config(cert, True))
     added = set(vars(ours)) - set(vars(plain))
     assert added == {
-        "expected_peer_sha256", "peer_certificate_sha256", "pin_error", "early_datagrams",
-        "early_reply",
+        "expected_peer_sha256", "peer_certificate_sha256", "pin_error", "exporter_secret",
+        "early_datagrams", "early_reply",
     }
     assert not any(hasattr(QuicConnection, n) for n in added)
 
@@ -178,6 +184,70 @@ def test_mutual_handshake_pins_both_certificates() -> None:
     assert any(isinstance(e, events.HandshakeCompleted) for e in _events(pair.client))
     assert any(isinstance(e, events.HandshakeCompleted) for e in _events(pair.server))
     assert close_event(pair.client) is None and close_event(pair.server) is None
+
+
+def test_tls_exporter_is_one_value_per_connection_shared_by_both_ends() -> None:
+    """RFC 8446 §7.5 on both ends: the server has it from the ClientHello on, the client
+    from the server's Finished; labels and contexts separate values, connections too."""
+    pair = Pair(b"", b"")
+    with pytest.raises(RuntimeError):
+        tls_exporter(pair.client, b"EXPORTER-test", b"", 32)
+    pair.pump(1)  # the ClientHello reaches the server, whose flight reaches the client
+    assert pair.server is not None and pair.server.exporter_secret is not None
+    assert pair.client.exporter_secret is not None
+    pair.pump()
+    values = {tls_exporter(c, b"EXPORTER-test", b"", 32) for c in (pair.client, pair.server)}
+    assert len(values) == 1
+    (value,) = values
+    assert tls_exporter(pair.client, b"EXPORTER-other", b"", 32) != value
+    assert tls_exporter(pair.client, b"EXPORTER-test", b"ctx", 32) != value
+    assert len(tls_exporter(pair.client, b"EXPORTER-test", b"", 48)) == 48
+    other = Pair(b"", b"")
+    other.pump()
+    assert tls_exporter(other.client, b"EXPORTER-test", b"", 32) != value
+
+
+def _openssl_tls13_pair() -> tuple[Any, Any, list[bytes]]:
+    """An OpenSSL TLS 1.3 client and server handshaken in memory, with their key log."""
+    from OpenSSL import SSL
+
+    cert = LocalCertificate.generate()
+    logged: list[bytes] = []
+
+    def context(server: bool) -> Any:
+        ctx = SSL.Context(SSL.TLS_METHOD)
+        ctx.set_min_proto_version(SSL.TLS1_3_VERSION)
+        ctx.set_keylog_callback(lambda _conn, line: logged.append(bytes(line)))
+        if server:
+            ctx.use_certificate(cert.certificate)
+            ctx.use_privatekey(cert.private_key)
+        return ctx
+
+    server, client = SSL.Connection(context(True)), SSL.Connection(context(False))
+    server.set_accept_state()
+    client.set_connect_state()
+    for _ in range(10):
+        for here, there in ((client, server), (server, client)):
+            with contextlib.suppress(SSL.WantReadError):
+                here.do_handshake()
+            with contextlib.suppress(SSL.WantReadError):
+                there.bio_write(here.bio_read(65536))
+    return client, server, logged
+
+
+@pytest.mark.parametrize("context", [b"", b"some context"])
+def test_exporter_formula_is_rfc_8446_as_openssl_computes_it(context: bytes) -> None:
+    """ExporterSecret.export, from the exporter master secret OpenSSL logs for a TLS 1.3
+    connection, gives what OpenSSL's own exporter gives."""
+    client, server, logged = _openssl_tls13_pair()
+    (line,) = {entry for entry in logged if entry.startswith(b"EXPORTER_SECRET ")}  # both
+    secret = bytes.fromhex(line.split()[2].decode())
+    suite = client.get_cipher_name()
+    algorithm = hashes.SHA384() if suite.endswith("SHA384") else hashes.SHA256()
+    label = b"EXPORTER-tierlink-channel-binding"
+    ours = ExporterSecret(algorithm, secret).export(label, context, 32)
+    assert ours == client.export_keying_material(label, 32, context)
+    assert ours == server.export_keying_material(label, 32, context)
 
 
 @pytest.mark.parametrize("side", ["client", "server"])

@@ -23,6 +23,7 @@ from aioice import Candidate
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
 
+from tests.channel_bindings import BINDING
 from tests.ice_pairs import IcePair, connect_ice
 from tests.waiting import eventually
 from tierlink.errors import ConnectionClosed, HandshakeFailed, MessageTooLarge
@@ -65,7 +66,8 @@ async def open_pair(
     def opening(ice: IceConnection, client: bool, kw: dict[str, Any]) -> Any:
         limits = kw.pop("peer_limits", None)
         cert, pin = (ca, cb.sha256) if client else (cb, ca.sha256)
-        return open_channel(ice, is_client=client, certificate=cert, peer_cert_sha256=pin,
+        return open_channel(ice, binding=BINDING, is_client=client,
+                            certificate=cert, peer_cert_sha256=pin,
                             settings=ChannelSettings(**kw), peer_limits=limits)
 
     return await asyncio.gather(opening(ice[0], True, ka), opening(ice[1], False, kb))
@@ -138,33 +140,43 @@ async def test_impostor_certificate_fails_on_both_sides(
     ca, cb = certs
     ci = LocalCertificate.generate()
     if impostor == "callee":  # dialer expects cb, the callee presents ci
-        dialer = open_channel(ice[0], is_client=True, certificate=ca, peer_cert_sha256=cb.sha256)
-        callee = open_channel(ice[1], is_client=False, certificate=ci, peer_cert_sha256=ca.sha256)
+        dialer = open_channel(ice[0], binding=BINDING, is_client=True,
+                              certificate=ca, peer_cert_sha256=cb.sha256)
+        callee = open_channel(ice[1], binding=BINDING, is_client=False,
+                              certificate=ci, peer_cert_sha256=ca.sha256)
     else:  # callee expects ca, the dialer presents ci
-        dialer = open_channel(ice[0], is_client=True, certificate=ci, peer_cert_sha256=cb.sha256)
-        callee = open_channel(ice[1], is_client=False, certificate=cb, peer_cert_sha256=ca.sha256)
+        dialer = open_channel(ice[0], binding=BINDING, is_client=True,
+                              certificate=ci, peer_cert_sha256=cb.sha256)
+        callee = open_channel(ice[1], binding=BINDING, is_client=False,
+                              certificate=cb, peer_cert_sha256=ca.sha256)
     results = await asyncio.gather(dialer, callee, return_exceptions=True)
-    assert all(isinstance(r, HandshakeFailed) for r in results), results
     victim, fake = (results[0], results[1]) if impostor == "callee" else results[::-1]
+    assert isinstance(victim, HandshakeFailed), results
     assert ci.sha256.hex() in str(victim) and "does not match" in str(victim)
-    assert "certificate rejected" in str(fake)
+    if isinstance(fake, SecureChannel):  # a dialer's side completes before the callee checks
+        with pytest.raises(ConnectionClosed, match="certificate rejected"):
+            await fake.send(b"never acknowledged")
+    else:
+        assert isinstance(fake, HandshakeFailed) and "certificate rejected" in str(fake), fake
 
 
 @pytest.mark.parametrize("impostor", ["callee", "dialer"])
 async def test_impostor_fails_with_signaled_limits_too(
     ice: IcePair, certs: Any, impostor: str
 ) -> None:
-    """Opening at handshake completion (limits known from signaling) keeps the pin: the
-    victim refuses; an impostor dialer may finish its side, but nothing it sends is ever
-    acknowledged and its channel closes with the victim's reason."""
+    """Limits known from signaling change nothing for the pin: the victim refuses; an
+    impostor dialer may finish its side, but nothing it sends is ever acknowledged and its
+    channel closes with the victim's reason."""
     ca, cb = certs
     ci = LocalCertificate.generate()
     limits = (16 * 1024 * 1024, DEFAULT_WINDOW)
     a_cert, b_cert = (ca, ci) if impostor == "callee" else (ci, cb)
     results = await asyncio.gather(
-        open_channel(ice[0], is_client=True, certificate=a_cert, peer_cert_sha256=cb.sha256,
+        open_channel(ice[0], binding=BINDING, is_client=True,
+                     certificate=a_cert, peer_cert_sha256=cb.sha256,
                      peer_limits=limits),
-        open_channel(ice[1], is_client=False, certificate=b_cert, peer_cert_sha256=ca.sha256,
+        open_channel(ice[1], binding=BINDING, is_client=False,
+                     certificate=b_cert, peer_cert_sha256=ca.sha256,
                      peer_limits=limits),
         return_exceptions=True,
     )
@@ -197,7 +209,7 @@ async def test_client_without_certificate_is_refused(ice: IcePair, certs: Any) -
     pump()
     ca, cb = certs
     with pytest.raises(HandshakeFailed, match="no certificate matching the pinned SHA-256"):
-        await open_channel(ice[1], is_client=False, certificate=cb,
+        await open_channel(ice[1], binding=BINDING, is_client=False, certificate=cb,
                            peer_cert_sha256=ca.sha256,
                            settings=ChannelSettings(handshake_timeout=5))
 
@@ -205,7 +217,7 @@ async def test_client_without_certificate_is_refused(ice: IcePair, certs: Any) -
 async def test_handshake_timeout_when_peer_never_answers(ice: IcePair, certs: Any) -> None:
     ca, cb = certs
     with pytest.raises(HandshakeFailed, match=r"within 0\.3 s"):
-        await open_channel(ice[0], is_client=True, certificate=ca,
+        await open_channel(ice[0], binding=BINDING, is_client=True, certificate=ca,
                            peer_cert_sha256=cb.sha256,
                            settings=ChannelSettings(handshake_timeout=0.3))
 
@@ -344,11 +356,22 @@ async def test_signaled_limits_open_before_the_hello(ice: IcePair, certs: Any) -
     await a.close()
 
 
-async def test_hello_disagreeing_with_signaled_limits_closes(ice: IcePair, certs: Any) -> None:
-    a, b = await open_pair(ice, certs, peer_limits=(1000, 5000), b_peer_limits=None)
-    with pytest.raises(ConnectionClosed, match="disagrees with the limits it signaled"):
-        await a.recv(5)
-    await b.close()
+async def test_hello_disagreeing_with_signaled_limits_fails_the_handshake(
+    ice: IcePair, certs: Any
+) -> None:
+    ca, cb = certs
+    results = await asyncio.gather(
+        open_channel(ice[0], binding=BINDING, is_client=True, certificate=ca,
+                     peer_cert_sha256=cb.sha256, peer_limits=(1000, 5000)),
+        open_channel(ice[1], binding=BINDING, is_client=False, certificate=cb,
+                     peer_cert_sha256=ca.sha256),
+        return_exceptions=True,
+    )
+    assert isinstance(results[0], HandshakeFailed), results
+    assert "disagrees with the limits it signaled" in str(results[0])
+    assert isinstance(results[1], HandshakeFailed | SecureChannel), results
+    if isinstance(results[1], SecureChannel):
+        await results[1].close()
 
 
 async def test_submit_pipelines_in_order_with_backpressure(ice: IcePair, certs: Any) -> None:
@@ -441,6 +464,7 @@ from aioquic.quic.connection import QuicConnection
 from tierlink.transport.certs import LocalCertificate
 from tierlink.transport.channel import ChannelSettings, open_channel
 from tierlink.transport.aioice_adapter import IceConnection
+from tests.channel_bindings import BINDING
 
 async def main():
     ice = IceConnection(controlling=False, host_addresses=["127.0.0.1"])
@@ -455,7 +479,7 @@ async def main():
     await ice.add_remote_candidate(None)
     ice.remote_username, ice.remote_password = peer["ufrag"], peer["pwd"]
     await ice.connect()
-    channel = await open_channel(ice, is_client=False, certificate=cert,
+    channel = await open_channel(ice, binding=BINDING, is_client=False, certificate=cert,
                                  peer_cert_sha256=bytes.fromhex(peer["sha256"]),
                                  settings=ChannelSettings(liveness_timeout=peer["liveness"]))
     print("ready", flush=True)
@@ -501,6 +525,7 @@ async def test_peer_process_killed_wakes_receivers(certs: Any) -> None:
         await asyncio.wait_for(ice.connect(), 20)
         channel = await open_channel(
             ice,
+            binding=BINDING,
             is_client=True,
             certificate=ca,
             peer_cert_sha256=bytes.fromhex(peer["sha256"]),

@@ -7,6 +7,7 @@ import asyncio
 
 import pytest
 
+from tests.channel_bindings import BINDING
 from tests.ice_pairs import connect_ice
 from tests.waiting import eventually
 from tierlink.errors import HandshakeFailed
@@ -32,15 +33,16 @@ async def test_draft_prepared_before_ice_opens_a_working_channel(stale: bool) ->
         else:
             assert draft.fresh
         dialer, callee = await asyncio.gather(
-            draft.open(a, cb.sha256),
-            open_channel(b, is_client=False, certificate=cb, peer_cert_sha256=ca.sha256),
+            draft.open(a, cb.sha256, BINDING),
+            open_channel(b, binding=BINDING, is_client=False,
+                         certificate=cb, peer_cert_sha256=ca.sha256),
         )
         assert await dialer.send(b"prepared") == 1
         assert await callee.recv(5) == b"prepared"
         await dialer.close()
         await callee.close()
         with pytest.raises(RuntimeError, match="one channel"):
-            await draft.open(a, cb.sha256)
+            await draft.open(a, cb.sha256, BINDING)
     finally:
         await a.close()
         await b.close()
@@ -53,8 +55,9 @@ async def test_draft_still_enforces_the_pin_given_at_open() -> None:
     a, b = await connect_ice()
     try:
         results = await asyncio.gather(
-            draft.open(a, cb.sha256),
-            open_channel(b, is_client=False, certificate=impostor, peer_cert_sha256=ca.sha256),
+            draft.open(a, cb.sha256, BINDING),
+            open_channel(b, binding=BINDING, is_client=False,
+                         certificate=impostor, peer_cert_sha256=ca.sha256),
             return_exceptions=True,
         )
         assert all(isinstance(r, HandshakeFailed) for r in results), results
@@ -79,15 +82,15 @@ async def test_flights_ahead_of_the_path_open_the_dialer_without_a_round_trip() 
     assert client.first_flight() == flight  # packetized once
     server = PreparedChannel(certificate=cb, is_client=False)
     await asyncio.sleep(SIGNALING_DELAY)
-    assert server.receive_first_flight(flight, ca.sha256)
+    assert server.receive_first_flight(flight, ca.sha256, BINDING)
     reply = server.reply()
     await asyncio.sleep(SIGNALING_DELAY)
     client.receive_reply(reply, cb.sha256)
     a, b = await connect_ice()
     try:
-        dialer = await client.open(a, cb.sha256, LIMITS)  # no callee on the path yet
+        dialer = await client.open(a, cb.sha256, BINDING, LIMITS)  # no callee on the path yet
         sent = asyncio.ensure_future(dialer.send(b"first"))  # with the client's Finished
-        callee = await server.open(b, ca.sha256, LIMITS)
+        callee = await server.open(b, ca.sha256, BINDING, LIMITS)
         assert await callee.recv(5) == b"first"
         assert await asyncio.wait_for(sent, 5) == 1
         for _ in range(3):
@@ -109,7 +112,7 @@ async def test_callee_that_cannot_use_the_flight_still_connects(flight) -> None:
     client = PreparedChannel(certificate=ca)
     early = client.first_flight()  # went out in the offer; the answer brings no reply
     server = PreparedChannel(certificate=cb, is_client=False)
-    assert not server.receive_first_flight(flight, ca.sha256)
+    assert not server.receive_first_flight(flight, ca.sha256, BINDING)
     a, b = await connect_ice()
     sent: list[bytes] = []
     send_nowait = a.send_nowait
@@ -121,8 +124,9 @@ async def test_callee_that_cannot_use_the_flight_still_connects(flight) -> None:
     a.send_nowait = record  # type: ignore[method-assign]
     try:
         dialer, callee = await asyncio.gather(
-            client.open(a, cb.sha256),
-            open_channel(b, is_client=False, certificate=cb, peer_cert_sha256=ca.sha256),
+            client.open(a, cb.sha256, BINDING),
+            open_channel(b, binding=BINDING, is_client=False,
+                         certificate=cb, peer_cert_sha256=ca.sha256),
         )
         assert tuple(sent[: len(early)]) == early
         assert await dialer.send(b"on the path") == 1
@@ -138,12 +142,12 @@ async def test_reply_from_the_wrong_certificate_fails_the_dial() -> None:
     ca, cb, impostor = (LocalCertificate.generate() for _ in range(3))
     client = PreparedChannel(certificate=ca)
     server = PreparedChannel(certificate=impostor, is_client=False)
-    assert server.receive_first_flight(client.first_flight(), ca.sha256)
+    assert server.receive_first_flight(client.first_flight(), ca.sha256, BINDING)
     client.receive_reply(server.reply(), cb.sha256)
     a, b = await connect_ice()
     try:
         with pytest.raises(HandshakeFailed, match="does not match"):
-            await client.open(a, cb.sha256, LIMITS)
+            await client.open(a, cb.sha256, BINDING, LIMITS)
     finally:
         await a.close()
         await b.close()

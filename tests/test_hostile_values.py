@@ -15,13 +15,14 @@ from typing import Any
 import cbor2
 import pytest
 
+from tests.memory_dht import MemoryDht
 from tests.nodes import config_for
 from tests.verify_counter import VerifyCounter
 from tests.waiting import eventually
 from tierlink.dht import DhtNodeProcess
 from tierlink.dht.record_book import PeerLookup, RecordBook
 from tierlink.errors import RecordError
-from tierlink.identity import SIGNATURE_SIZE, Identity
+from tierlink.identity import Identity
 from tierlink.node import Node
 from tierlink.offline.delivered import DeliveredLog
 from tierlink.offline.outbox import DELIVERED, Outbox
@@ -33,7 +34,13 @@ from tierlink.wire.dhtkeys import (
     offline_acks_key,
     offline_queue_key,
 )
-from tierlink.wire.envelope import ReceivedEnvelope, create_envelope, open_envelope
+from tierlink.wire.envelope import (
+    ACK_TOKEN_SIZE,
+    ReceivedEnvelope,
+    ack_token,
+    create_envelope,
+    open_envelope,
+)
 from tierlink.wire.records import (
     KIND_ENVELOPE,
     KIND_PEER_RECORD,
@@ -66,19 +73,6 @@ TAGGED = {
 ABSURD = [-(2**1034), 2**1034, 2**63 - 1]
 
 
-class MemoryDht:
-    """Values per key, as a DHT hands them back (every put kept, in order)."""
-
-    def __init__(self) -> None:
-        self.values: dict[str, list[bytes]] = {}
-
-    async def get(self, key: str) -> list[bytes]:
-        return list(self.values.get(key, []))
-
-    async def put(self, key: str, value: bytes) -> None:
-        self.values.setdefault(key, []).append(value)
-
-
 def genuine_record() -> bytes:
     cand = CandidateInfo("1", 1, "udp", 2130706431, "127.0.0.1", 40000, "host")
     return PeerRecord.create(VICTIM, 7, 600.0, (cand,), "public").encode(VICTIM)
@@ -104,7 +98,7 @@ def garbage(kind: int) -> list[bytes]:
     """Values that are not valid ``kind`` values: empty, junk, truncated, oversize, tagged,
     and a valid value of another kind."""
     other = attacker_record() if kind != KIND_PEER_RECORD else create_ack(
-        ATTACKER, VICTIM.fingerprint, [bytes(16)]
+        bytes(ACK_TOKEN_SIZE), [i.to_bytes(16, "big") for i in range(300)]
     )
     return [
         b"", b"junk", bytes([1, kind]), bytes([1, kind, 0xC5]) + bytes(100),
@@ -203,12 +197,9 @@ async def test_node_lookup_beside_an_absurd_record(
 
 
 # -- the offline tier: envelopes and acks ----------------------------------------------------
-def reseal(value: bytes, identity: Identity, **fields: Any) -> bytes:
-    """``value``'s body with ``fields`` (``k5=...``) changed, signed by ``identity``."""
-    body = cbor2.loads(value[2:-SIGNATURE_SIZE])
-    body.update({1: bytes.fromhex(identity.fingerprint), 2: identity.public_key})
-    body.update({int(k[1:]): v for k, v in fields.items()})
-    return seal(identity, value[1], body)
+def retimed(value: bytes, created: int, expires: int) -> bytes:
+    """``value`` (an envelope or ack) with other clear times: what anyone can put."""
+    return value[:2] + created.to_bytes(8, "big") + expires.to_bytes(8, "big") + value[18:]
 
 
 class Tier:
@@ -255,9 +246,13 @@ POISON: dict[str, Callable[[], bytes]] = {
     "created-far-future": lambda: envelope_to_victim(
         b"poison", created_at_ms=now_ms() + 3_600_000
     ),
-    "created-bignum": lambda: reseal(envelope_to_victim(), ATTACKER, k5=-(2**1034)),
-    "expires-bignum": lambda: reseal(envelope_to_victim(), ATTACKER, k6=2**1034),
-    "tagged": lambda: reseal(envelope_to_victim(), ATTACKER, k6=TAGGED["bigfloat"]),
+    "times-all-ones": lambda: retimed(envelope_to_victim(), 2**64 - 1, 2**64 - 1),
+    "lifetime-over-30-days": lambda: retimed(
+        envelope_to_victim(), now_ms() - 1000, now_ms() + 31 * 86_400_000
+    ),
+    "expires-before-created": lambda: retimed(
+        envelope_to_victim(), now_ms() + 60_000, now_ms() + 30_000
+    ),
 }
 
 
@@ -273,19 +268,21 @@ async def test_poison_envelope_beside_a_genuine_one(
         res = await victim.tier.fetch_and_deliver(victim.deliver)
         assert sum(res.rejected[r] for r in ("clock", "malformed")) == 1
     assert [e.payload for e in victim.got] == [b"genuine"]
-    acks = dht.values[offline_acks_key(SENDER.fingerprint)]
+    acks = dht.values[offline_acks_key(ack_token(SENDER, VICTIM.fingerprint))]
     assert len(acks) == 2  # one per fetch: the delivery, then its re-acknowledgement
     assert len(victim.log) == 1
 
 
-def test_envelope_times_are_checked_before_the_signature(verifies: VerifyCounter) -> None:
-    for make in POISON.values():
-        value = make()
-        verifies.calls = 0
+def test_envelope_times_are_checked_before_the_kem(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(self: Identity, ciphertext: bytes) -> bytes:
+        raise AssertionError("decapsulated an envelope whose times are out of range")
+
+    values = {name: make() for name, make in POISON.items()}
+    monkeypatch.setattr(Identity, "kem_decapsulate", refuse)
+    for value in values.values():
         with pytest.raises(RecordError) as exc:
             open_envelope(value, VICTIM)
         assert exc.value.reason in ("clock", "malformed")
-        assert verifies.calls == 0
 
 
 # -- per-value isolation ---------------------------------------------------------------------
@@ -308,7 +305,7 @@ async def test_envelope_fetch_garbage_beside_a_genuine_envelope(
     res = await victim.tier.fetch_and_deliver(victim.deliver)
     assert [e.payload for e in victim.got] == [b"genuine"]
     assert sum(res.rejected.values()) == len(junk)
-    assert len(dht.values[offline_acks_key(SENDER.fingerprint)]) == 1
+    assert len(dht.values[offline_acks_key(ack_token(SENDER, VICTIM.fingerprint))]) == 1
 
 
 async def test_ack_fetch_garbage_beside_a_genuine_ack(
@@ -316,14 +313,20 @@ async def test_ack_fetch_garbage_beside_a_genuine_ack(
 ) -> None:
     dht, _, sender = tiers
     mid = await sender.tier.send(VICTIM.fingerprint, b"m", recipient_kem_pk=VICTIM.kem_public_key)
-    ack = create_ack(VICTIM, SENDER.fingerprint, [mid])
-    absurd = reseal(ack, VICTIM, k4=-(2**1034))  # re-signed: even the victim's key
-    poisons = [*garbage(0x05), absurd, reseal(ack, ATTACKER, k5=2**63 - 1)]
+    token = ack_token(SENDER, VICTIM.fingerprint)
+    ack = create_ack(token, [mid])
+    poisons = [
+        *garbage(0x05),
+        retimed(ack, 2**64 - 1, 2**64 - 1),  # absurd clear times
+        retimed(ack, now_ms() - 1000, now_ms() + 60_000),  # times bound by the AEAD
+        create_ack(ack_token(ATTACKER, VICTIM.fingerprint), [mid]),  # another token
+    ]
     for value in [*poisons, ack]:
-        await dht.put(offline_acks_key(SENDER.fingerprint), value)
+        await dht.put(offline_acks_key(token), value)
     assert await sender.tier.check_acks() == 1
     entry = sender.outbox.get(mid)
     assert entry is not None and entry.state == DELIVERED
+    assert sum(sender.tier.acks_rejected.values()) == len(poisons)
 
 
 # -- High 2: ICE parameters bounded ----------------------------------------------------------

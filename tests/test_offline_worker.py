@@ -9,18 +9,17 @@ from typing import Any
 
 import pytest
 
-import tierlink.wire.records as records_mod
 from tests.waiting import eventually
 from tierlink.dht import DhtClient, DhtNodeProcess
 from tierlink.errors import PeerNotFound
-from tierlink.identity import Identity, verify_signature
+from tierlink.identity import Identity
 from tierlink.offline.delivered import DeliveredLog
 from tierlink.offline.inbox import InboxLimits
 from tierlink.offline.outbox import DELIVERED, PENDING, QUEUED_DHT, Outbox
 from tierlink.offline.worker import MAX_ACKS_PER_FETCH, OfflineTier
 from tierlink.wire.ack import create_ack
 from tierlink.wire.dhtkeys import ice_candidates_key, offline_acks_key, offline_queue_key
-from tierlink.wire.envelope import ReceivedEnvelope
+from tierlink.wire.envelope import ReceivedEnvelope, ack_token
 from tierlink.wire.records import PeerRecord, now_ms
 
 
@@ -247,13 +246,18 @@ async def test_capped_burst_is_deferred_not_lost(
         await stop(alice, bob)
 
 
-async def test_ack_from_a_stranger_does_not_mark_delivered(peers: tuple[Peer, Peer]) -> None:
+async def test_ack_without_the_pairs_token_does_not_mark_delivered(
+    peers: tuple[Peer, Peer],
+) -> None:
+    """Whoever learns Alice's ack key for Bob (it is in the DHT) can put values there, but
+    an ack counts only if it was made with the token Alice gave Bob."""
     alice, bob = peers
     carol = Identity.generate()
     mid = await alice.tier.send(bob.ident.fingerprint, b"for bob only",
                                 recipient_kem_pk=bob.ident.kem_public_key)
-    key = offline_acks_key(alice.ident.fingerprint)
-    await bob.dht.put(key, create_ack(carol, alice.ident.fingerprint, [mid]))
+    key = alice.tier.ack_key(bob.ident.fingerprint)
+    assert key == offline_acks_key(ack_token(alice.ident, bob.ident.fingerprint))
+    await bob.dht.put(key, create_ack(ack_token(carol, bob.ident.fingerprint), [mid]))
     await bob.dht.put(key, b"not an ack at all")
 
     async def arrived() -> bool:
@@ -261,8 +265,9 @@ async def test_ack_from_a_stranger_does_not_mark_delivered(peers: tuple[Peer, Pe
 
     await eventually(arrived, 10, interval=DHT_POLL_S)
     assert await alice.tier.check_acks() == 0
+    assert alice.tier.acks_rejected == {"decrypt": 1, "malformed": 1}
     assert alice.outbox.get(mid).state == QUEUED_DHT  # type: ignore[union-attr]
-    await bob.dht.put(key, create_ack(bob.ident, alice.ident.fingerprint, [mid]))
+    await bob.dht.put(key, create_ack(ack_token(alice.ident, bob.ident.fingerprint), [mid]))
 
     async def acked() -> bool:
         return await alice.tier.check_acks() == 1
@@ -271,29 +276,40 @@ async def test_ack_from_a_stranger_does_not_mark_delivered(peers: tuple[Peer, Pe
     assert alice.outbox.get(mid).state == DELIVERED  # type: ignore[union-attr]
 
 
-async def test_ack_fetch_opens_at_most_the_cap(
-    peers: tuple[Peer, Peer], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A flood of validly signed acks costs at most MAX_ACKS_PER_FETCH verifications; the
+async def test_ack_fetch_opens_at_most_the_cap(peers: tuple[Peer, Peer]) -> None:
+    """A flood of acks under our key is opened at most MAX_ACKS_PER_FETCH at a time; the
     rest are counted skipped, and the genuine ack among them is read by a later fetch."""
     alice, bob = peers
-    mid = await alice.tier.send(bob.ident.fingerprint, b"for bob",
-                                recipient_kem_pk=bob.ident.kem_public_key)
+    bob_fp = bob.ident.fingerprint
+    mid = await alice.tier.send(bob_fp, b"for bob", recipient_kem_pk=bob.ident.kem_public_key)
     carol = Identity.generate()
-    flood = [create_ack(carol, alice.ident.fingerprint, [bytes([i % 256, i // 256]) * 8])
+    flood = [create_ack(ack_token(carol, bob_fp), [bytes([i % 256, i // 256]) * 8])
              for i in range(MAX_ACKS_PER_FETCH + 20)]
-    genuine = create_ack(bob.ident, alice.ident.fingerprint, [mid])
-    verifies = 0
-
-    def counted(public_key: bytes, signature: bytes, data: bytes) -> bool:
-        nonlocal verifies
-        verifies += 1
-        return verify_signature(public_key, signature, data)
-
-    monkeypatch.setattr(records_mod, "verify_signature", counted)
-    assert await alice.tier.check_acks([*flood, genuine]) == 0
-    assert verifies == MAX_ACKS_PER_FETCH
+    genuine = create_ack(ack_token(alice.ident, bob_fp), [mid])
+    assert await alice.tier.check_acks(bob_fp, [*flood, genuine]) == 0
+    assert alice.tier.acks_rejected == {"decrypt": MAX_ACKS_PER_FETCH}
     assert alice.tier.acks_skipped == 21
     assert alice.outbox.get(mid).state == QUEUED_DHT  # type: ignore[union-attr]
-    assert await alice.tier.check_acks([genuine]) == 1
+    assert await alice.tier.check_acks(bob_fp, [genuine]) == 1
     assert alice.outbox.get(mid).state == DELIVERED  # type: ignore[union-attr]
+
+
+async def test_one_ack_listen_per_recipient_awaiting_acks(peers: tuple[Peer, Peer]) -> None:
+    """Five messages to two recipients: two ack listens, not five; a recipient whose
+    messages are all acknowledged is no longer listened for."""
+    alice, bob = peers
+    carol = Identity.generate()
+    alice.tier.start(alice.deliver)
+    for i in range(3):
+        await alice.tier.send(bob.ident.fingerprint, b"to bob %d" % i,
+                              recipient_kem_pk=bob.ident.kem_public_key)
+    for i in range(2):
+        await alice.tier.send(carol.fingerprint, b"to carol %d" % i,
+                              recipient_kem_pk=carol.kem_public_key)
+    both = {bob.ident.fingerprint, carol.fingerprint}
+    await eventually(lambda: alice.tier.ack_listens == both, 10, what="two ack listens")
+    bob.tier.start(bob.deliver)
+    await eventually(lambda: len(bob.got) == 3, 15, interval=DHT_POLL_S, what="bob's three")
+    await eventually(lambda: alice.tier.ack_listens == {carol.fingerprint}, 15,
+                     what="bob's listen ended once his acks came")
+    assert alice.tier.errors == 0 and bob.tier.errors == 0

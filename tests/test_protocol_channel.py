@@ -21,6 +21,7 @@ from tierlink.protocol.channel import (
 )
 from tierlink.wire.channel_frames import (
     PROTOCOL_VERSION,
+    ChannelBinding,
     Hello,
     encode_ack,
     encode_hello,
@@ -31,9 +32,25 @@ from tierlink.wire.channel_frames import (
 A_CONTROL, A_MESSAGES = 2, 6
 
 
+BINDING = ChannelBinding(bytes(range(32)), bytes(16), b"\xaa" * 64, b"\xbb" * 64)
+EXPORTER = bytes(range(100, 132))
+
+
 def core(is_client: bool = True, **kw: Any) -> ChannelProtocol:
-    settings: dict[str, Any] = {"max_message_size": 1000, "window": 4000, "queue_capacity": 4}
+    settings: dict[str, Any] = {"max_message_size": 1000, "window": 4000, "queue_capacity": 4,
+                                "binding": BINDING}
     return ChannelProtocol(is_client=is_client, **{**settings, **kw})
+
+
+def handshake(side: ChannelProtocol, exporter: bytes = EXPORTER) -> None:
+    """The connection's keys exist, then its handshake completes."""
+    side.handle_event(ev.KeysReady(exporter))
+    side.handle_event(ev.HandshakeCompleted())
+
+
+def hello(limits: tuple[int, int], dialer: bool) -> Hello:
+    """A HELLO with the limits and a valid proof of ``dialer``'s side."""
+    return Hello(PROTOCOL_VERSION, *limits, BINDING.proof(dialer, EXPORTER))
 
 
 def carry(src: ChannelProtocol, dst: ChannelProtocol, chunk: int = 0) -> list[ev.Command]:
@@ -63,7 +80,7 @@ def opened_pair(**kw: Any) -> tuple[ChannelProtocol, ChannelProtocol]:
     a = core(True, **{k: v for k, v in kw.items() if not k.startswith("b_")})
     b = core(False, **{k[2:]: v for k, v in kw.items() if k.startswith("b_")})
     for side in (a, b):
-        side.handle_event(ev.HandshakeCompleted())
+        handshake(side)
     carry(a, b)
     carry(b, a)
     for side in (a, b):
@@ -86,38 +103,39 @@ def test_hello_exchange_opens_with_the_smaller_limits() -> None:
     a, b = core(True), core(False, max_message_size=500, window=9000)
     with pytest.raises(ConnectionClosed, match="not open yet"):
         a.send_message(b"early")
-    a.handle_event(ev.HandshakeCompleted())
-    hello = encode_hello(Hello(PROTOCOL_VERSION, 1000, 4000))
+    handshake(a)
     assert a.pop_commands() == [
-        ev.WriteStream(A_CONTROL, b"C" + hello), ev.WriteStream(A_MESSAGES, b"M")
+        ev.WriteStream(A_CONTROL, b"C" + encode_hello(hello((1000, 4000), True))),
+        ev.WriteStream(A_MESSAGES, b"M"),
     ]
     assert a.pop_events() == [] and not a.opened
-    b.handle_event(ev.HandshakeCompleted())
+    b.handle_event(ev.KeysReady(EXPORTER))  # a callee greets before the handshake completes
     assert [c.stream_id for c in b.pop_commands() if isinstance(c, ev.WriteStream)] == [3, 7]
-    b.handle_event(ev.HandshakeCompleted())  # our greeting is one-off
+    b.handle_event(ev.KeysReady(EXPORTER))  # announced again: our greeting is one-off
+    assert b.pop_commands() == []
+    b.handle_event(ev.HandshakeCompleted())
+    b.handle_event(ev.HandshakeCompleted())
     failed(b, "second handshake")
     a, b = core(True), core(False, max_message_size=500, window=9000)
     for side in (a, b):
-        side.handle_event(ev.HandshakeCompleted())
+        handshake(side)
     carry(a, b)
     carry(b, a)
     assert a.pop_events() == b.pop_events() == [ev.ChannelOpened(500, 4000)]
     assert a.hello_received and b.hello_received
 
 
-def test_signaled_limits_open_at_the_handshake_and_the_hello_must_repeat_them() -> None:
+def test_signaled_limits_must_be_the_ones_the_proven_hello_repeats() -> None:
     a = core(True, peer_limits=(1000, 4000))
     b = core(False)
-    a.handle_event(ev.HandshakeCompleted())
-    assert a.pop_events() == [ev.ChannelOpened(1000, 4000)] and not a.hello_received
-    assert a.send_message(b"before the hello") == 1
-    b.handle_event(ev.HandshakeCompleted())
+    handshake(a)
+    assert a.pop_events() == [] and not a.opened  # the peer's proof comes first
+    handshake(b)
     carry(b, a)
-    assert a.pop_events() == [] and a.hello_received and a.opened  # no second opening
+    assert a.pop_events() == [ev.ChannelOpened(1000, 4000)] and a.hello_received
     liar = core(True, peer_limits=(1000, 5000))
-    liar.handle_event(ev.HandshakeCompleted())
-    liar.pop_events()
-    liar.handle_event(ev.StreamDataReceived(3, b"C" + encode_hello(Hello(1, 1000, 4000))))
+    handshake(liar)
+    liar.handle_event(ev.StreamDataReceived(3, b"C" + encode_hello(hello((1000, 4000), False))))
     failed(liar, "disagrees with the limits it signaled")
 
 
@@ -242,7 +260,7 @@ BROKEN: dict[str, tuple[list[tuple[int, bytes]], str]] = {
     "our own stream id": ([(3, b"C")], "unexpected stream 3"),
     "bidirectional stream": ([(0, b"M")], "unexpected stream 0"),
     "unknown control frame": ([(A_CONTROL, b"\x07")], "unknown control frame type 0x07"),
-    "second HELLO": ([(A_CONTROL, encode_hello(Hello(1, 1000, 4000)))], "second HELLO"),
+    "second HELLO": ([(A_CONTROL, encode_hello(hello((1000, 4000), True)))], "second HELLO"),
     "ack for an unsent id": ([(A_CONTROL, encode_ack(1))], "ack for message 1, never sent"),
     "length above the limit": ([(A_MESSAGES, encode_length(1001))], "above the limit of 1000"),
     "flow control": (
@@ -265,8 +283,9 @@ def test_malformed_input_is_a_protocol_error(case: str) -> None:
 
 def test_wrong_version_reset_and_ended_streams_are_protocol_errors() -> None:
     b = core(False)
-    b.handle_event(ev.StreamDataReceived(A_CONTROL, b"C" + encode_hello(Hello(2, 1, 1))))
-    failed(b, "peer speaks channel protocol 2, we speak 1")
+    old = Hello(1, 1, 1, BINDING.proof(True, EXPORTER))
+    b.handle_event(ev.StreamDataReceived(A_CONTROL, b"C" + encode_hello(old)))
+    failed(b, f"peer speaks channel protocol 1, we speak {PROTOCOL_VERSION}")
     _, b = opened_pair()
     b.handle_event(ev.StreamReset(A_MESSAGES))
     failed(b, "peer reset stream 6")

@@ -7,6 +7,8 @@ document can neither drift from the code nor drop a format.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import re
 from pathlib import Path
@@ -24,6 +26,7 @@ from tierlink.transport.channel import DEFAULT_WINDOW
 from tierlink.wire import dhtkeys
 from tierlink.wire.channel_frames import Ack, ControlReader, Hello, MessageReader
 from tierlink.wire.decoding import decode
+from tierlink.wire.envelope import ack_token
 from tierlink.wire.link_frames import LinkAck, LinkMessage, decode_link_frame
 from tierlink.wire.records import encode_candidate
 from tierlink.wire.sealed import CLEAR_SIZE, KEY_LABEL, SIGNATURE_LABEL
@@ -61,9 +64,9 @@ def doc_identities() -> tuple[Identity, Identity]:
 
 def signed_value(name: str) -> bytes:
     """The document's body of ``name``, signed by the identity the document names."""
-    a, b = doc_identities()
+    a, _b = doc_identities()
     head = bytes([1, VALUES[name]["kind"]]) + hex_of(f"body.{name}")
-    return head + (b if name == "offline_ack" else a).sign(head)
+    return head + a.sign(head)
 
 
 def test_every_vector_has_its_example() -> None:
@@ -88,9 +91,13 @@ def test_key_files() -> None:
 
 @pytest.mark.parametrize("name", list(WIRE["keys"]))
 def test_dht_keys(name: str) -> None:
-    a, _b = doc_identities()
+    a, b = doc_identities()
     derive = getattr(dhtkeys, name)
-    args = (gen.ANSWER_LOCATOR,) if name == "answer_key" else (a.fingerprint,)
+    args: tuple[Any, ...] = (a.fingerprint,)
+    if name == "answer_key":
+        args = (gen.ANSWER_LOCATOR,)
+    if name == "offline_acks_key":
+        args = (ack_token(a, b.fingerprint),)
     assert hex_of(f"dht-key.{name}").hex() == derive(*args) == WIRE["keys"][name]
 
 
@@ -116,23 +123,25 @@ def sealed_sender_value(name: str) -> bytes:
 
 
 @pytest.mark.parametrize("name", SEALED_SENDER)
-def test_sealed_offers(name: str) -> None:
+def test_sealed_sender_values(name: str) -> None:
     value = sealed_sender_value(name)
     assert value[:CLEAR_SIZE].hex() == VALUES[name]["clear"]
     assert len(value) == VALUES[name]["size"]
     _build, decode_value = gen.builders({})[name]
-    offer = decode_value(value)
-    assert gen.jsonable(offer) == VALUES[name]["fields"]
-    assert offer.secret.answer_key() == VALUES[name]["answer_key"]
+    decoded = decode_value(value)
+    assert gen.jsonable(decoded) == VALUES[name]["fields"]
+    if name.startswith("offer_"):
+        assert decoded.secret.answer_key() == VALUES[name]["answer_key"]
 
 
 @pytest.mark.parametrize("name", SEALED)
-def test_answers(name: str) -> None:
+def test_sealed_values(name: str) -> None:
     value = hex_of(f"value.{name}")
     assert value.hex() == VALUES[name]["value"]
     which = name.removeprefix("answer_")
-    offer = sealed_sender_value(f"offer_{which}")
-    _build, decode_value = gen.builders({which: offer})[name]
+    offers = ({which: sealed_sender_value(f"offer_{which}")} if name.startswith("answer_")
+              else {})
+    _build, decode_value = gen.builders(offers)[name]
     assert gen.jsonable(decode_value(value)) == VALUES[name]["fields"]
 
 
@@ -154,12 +163,26 @@ def test_channel_frames() -> None:
     start = hex_of("channel.control_stream_start")
     assert start[:1] == b"C"
     control = start[1:] + hex_of("channel.ack_7") + hex_of("channel.ack_max")
+    proof = hex_of("channel.proof_dialer")
     assert ControlReader().feed(control) == [
-        Hello(1, 16 * 1024 * 1024, DEFAULT_WINDOW), Ack(7), Ack(2**64 - 1)
+        Hello(2, 16 * 1024 * 1024, DEFAULT_WINDOW, proof), Ack(7), Ack(2**64 - 1)
     ]
     assert hex_of("channel.message_stream_start") == b"M"
     messages = hex_of("channel.message_hello") + hex_of("channel.message_empty")
     assert MessageReader(1 << 20).feed(messages) == [b"hello", b""]
+
+
+def test_channel_binding_follows_the_documented_derivation() -> None:
+    """§12's formulas, computed here from the §18.6 inputs, give the examples."""
+    a, b = doc_identities()
+    key = HKDF(algorithm=hashes.SHA256(), length=32, salt=gen.SESSION_ID,
+               info=b"tierlink/channel-binding").derive(gen.BINDING_SECRET_KEY)
+    assert hex_of("channel.binding_key") == key
+    for role, name in ((1, "proof_dialer"), (2, "proof_callee")):
+        transcript = (b"tierlink/channel-proof" + bytes([role]) + gen.SESSION_ID
+                      + bytes.fromhex(a.fingerprint) + bytes.fromhex(b.fingerprint)
+                      + gen.EXPORTER)
+        assert hex_of(f"channel.{name}") == hmac.new(key, transcript, hashlib.sha256).digest()
 
 
 def test_link_frames() -> None:

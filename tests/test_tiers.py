@@ -22,6 +22,7 @@ from tierlink.offline import create_envelope
 from tierlink.offline.outbox import DELIVERED
 from tierlink.transport.connection import Connection
 from tierlink.wire.dhtkeys import offline_acks_key, offline_queue_key
+from tierlink.wire.envelope import ack_token
 
 
 async def collect(node: Node, into: list[Message]) -> None:
@@ -177,7 +178,7 @@ async def test_forged_and_misaddressed_envelopes_deliver_nothing(dht_cluster) ->
         mallory, alice, carol = Identity.generate(), Identity.generate(), Identity.generate()
         good, _ = create_envelope(alice, b.fingerprint, b.identity.kem_public_key, b"hi", 60)
         forged = bytearray(good)
-        forged[-10] ^= 1  # signature no longer verifies
+        forged[-10] ^= 1  # the AEAD tag no longer verifies
         other, _ = create_envelope(mallory, carol.fingerprint, carol.kem_public_key, b"x", 60)
         async with DhtClient(dht_cluster[0].proxy_url) as dht:
             for value in (bytes(forged), other, b"\x01\x04garbage"):
@@ -185,7 +186,7 @@ async def test_forged_and_misaddressed_envelopes_deliver_nothing(dht_cluster) ->
             await dht.put(offline_queue_key(b.fingerprint), good)
         assert b.messenger is not None
         rejected = b.messenger.offline.inbox.rejected
-        await eventually(lambda: got and rejected["signature"] and rejected["recipient"],
+        await eventually(lambda: got and rejected["decrypt"] >= 2,
                          what="the good envelope delivered, the bad ones rejected")
         reader.cancel()
         assert [m.payload for m in got] == [b"hi"] and got[0].sender == alice.fingerprint
@@ -205,6 +206,7 @@ async def test_dht_observer_cannot_read_payloads(dht_cluster) -> None:
                 "the envelope readable from a third node", interval=0.1,
             )
     assert all(secret not in v and secret[:16] not in v for v in values)
+    assert all(bytes.fromhex(a.fingerprint) not in v for v in values)  # nor the sender
 
 
 async def refuse(fingerprint: str, timeout: float) -> Connection:
@@ -259,11 +261,38 @@ async def test_allow_listed_node_drops_strangers_offline_messages(dht_cluster) -
             await dht.put(offline_queue_key(b.fingerprint), spam)
             await dht.put(offline_queue_key(b.fingerprint), hello)
             rejected = b.messenger.offline.inbox.rejected
-            await eventually(lambda: got and rejected["blocked"],
-                             what="the friend's message delivered, the stranger's blocked")
-            await eventually(lambda: dht.get(offline_acks_key(friend.fingerprint)),
+            await eventually(lambda: got and rejected["not-allowed"],
+                             what="the friend's message delivered, the stranger's refused")
+            await eventually(lambda: dht.get(offline_acks_key(ack_token(friend, b.fingerprint))),
                              what="the friend's ack")
-            stranger_acks = await dht.get(offline_acks_key(stranger.fingerprint))
+            stranger_acks = await dht.get(offline_acks_key(ack_token(stranger, b.fingerprint)))
         reader.cancel()
         assert [(m.sender, m.payload) for m in got] == [(friend.fingerprint, b"hello")]
-        assert rejected["blocked"] == 1 and stranger_acks == []
+        assert rejected["not-allowed"] == 1 and stranger_acks == []
+
+
+async def test_full_delivered_log_holds_live_messages_back_then_delivers_once(
+    dht_cluster,
+) -> None:
+    """A receiver whose delivered log is full takes no new message from a live link (no ack,
+    counted), so the sender keeps it; once the log has room it arrives, once."""
+    async with (
+        Node(config_for(dht_cluster[0], ack_timeout=2.0, send_budget=3.0)) as a,
+        Node(config_for(dht_cluster[1])) as b,
+    ):
+        assert b.messenger is not None
+        log = b.messenger.delivered_log
+        got: list[Message] = []
+        reader = asyncio.create_task(collect(b, got))
+        first = await a.send(b.fingerprint, b"fills the log")
+        assert await a.wait_delivered(first, 15) is not None
+        log.capacity = len(log)  # full: no entry may be added
+        held = await a.send(b.fingerprint, b"held back")
+        await eventually(lambda: b.stats()["messages_held_back"] >= 1, 20,
+                         "the live message held back")
+        assert [m.payload for m in got] == [b"fills the log"]
+        log.capacity = len(log) + 1
+        d = await a.wait_delivered(held, 60)
+        reader.cancel()
+        assert d is not None
+        assert [m.payload for m in got] == [b"fills the log", b"held back"]

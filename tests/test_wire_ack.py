@@ -1,4 +1,4 @@
-"""Offline acknowledgements: round trip and every typed rejection."""
+"""Offline acknowledgements: round trip, what an observer sees, every typed rejection."""
 
 from __future__ import annotations
 
@@ -7,48 +7,69 @@ from typing import Any
 
 import cbor2
 import pytest
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tierlink.errors import RecordError
 from tierlink.identity import Identity
-from tierlink.wire.ack import MAX_ACK_IDS, create_ack, open_ack
-from tierlink.wire.envelope import create_envelope
-from tierlink.wire.records import KIND_ACK, MAX_VALUE_SIZE, now_ms, open_value, seal
+from tierlink.wire.ack import CLEAR_SIZE, K_IDS, KEY_LABEL, MAX_ACK_IDS, create_ack, open_ack
+from tierlink.wire.dhtkeys import offline_acks_key, offline_queue_key
+from tierlink.wire.envelope import ack_token, create_envelope
+from tierlink.wire.records import KIND_ACK, MAX_VALUE_SIZE, WIRE_VERSION, now_ms
 
 ALICE = Identity.generate()  # sent the messages
-BOB = Identity.generate()  # received them, signs the ack
+BOB = Identity.generate()  # received them, acknowledges
 CAROL = Identity.generate()
+TOKEN = ack_token(ALICE, BOB.fingerprint)
 IDS = [bytes([i]) * 16 for i in range(1, 4)]
 
 
-def reason(value: bytes, sender: str = ALICE.fingerprint, **kw: Any) -> str:
+def reason(value: bytes, token: bytes = TOKEN, **kw: Any) -> str:
     with pytest.raises(RecordError) as info:
-        open_ack(value, sender, **kw)
+        open_ack(value, token, **kw)
     return info.value.reason
 
 
-def reseal(value: bytes, signer: Identity, **changes: Any) -> bytes:
-    body = dict(open_value(value, KIND_ACK).body)
-    for name, val in changes.items():
-        body[int(name[1:])] = val
-    return seal(signer, KIND_ACK, body)
+def forge(plain: Any, token: bytes = TOKEN, created: int | None = None,
+          lifetime_ms: int = 60_000) -> bytes:
+    """An ack whose plaintext is ``plain`` (CBOR-encoded unless bytes), sealed with ``token``:
+    what a holder of the token could put."""
+    t = now_ms() if created is None else created
+    clear = (bytes([WIRE_VERSION, KIND_ACK]) + t.to_bytes(8, "big")
+             + (t + lifetime_ms).to_bytes(8, "big") + bytes(12))
+    key = HKDF(hashes.SHA256(), 32, salt=None, info=KEY_LABEL).derive(token)
+    data = plain if isinstance(plain, bytes) else cbor2.dumps(plain)
+    return clear + AESGCM(key).encrypt(clear[-12:], data, clear)
 
 
 def test_round_trip() -> None:
-    value = create_ack(BOB, ALICE.fingerprint, [*IDS, IDS[0]], ttl_s=60)
-    ack = open_ack(value, ALICE.fingerprint, expected_recipient_fp=BOB.fingerprint)
+    value = create_ack(TOKEN, [*IDS, IDS[0]], ttl_s=60)
+    ack = open_ack(value, TOKEN)
     assert ack.message_ids == tuple(IDS)  # duplicates dropped, order kept
-    assert ack.recipient_fingerprint == BOB.fingerprint
-    assert ack.sender_fingerprint == ALICE.fingerprint
     assert ack.expires_at_ms - ack.created_at_ms == 60_000
+
+
+def test_ack_names_nobody_and_its_key_is_secret() -> None:
+    """No fingerprint, key, signature or id in the value; the key follows from the token
+    alone, not from either end's fingerprint."""
+    value = create_ack(TOKEN, IDS)
+    for needle in (bytes.fromhex(ALICE.fingerprint), bytes.fromhex(BOB.fingerprint), *IDS,
+                   TOKEN):
+        assert needle not in value
+    assert len(value) < 200  # no public key, no signature
+    key = offline_acks_key(TOKEN)
+    assert key not in {offline_queue_key(fp) for fp in (ALICE.fingerprint, BOB.fingerprint)}
+    assert key != offline_acks_key(ack_token(ALICE, CAROL.fingerprint))
 
 
 def test_largest_ack_fits() -> None:
     ids = [i.to_bytes(16, "big") for i in range(MAX_ACK_IDS)]
-    value = create_ack(BOB, ALICE.fingerprint, ids)
+    value = create_ack(TOKEN, ids)
     assert len(value) <= MAX_VALUE_SIZE
-    assert len(open_ack(value, ALICE.fingerprint).message_ids) == MAX_ACK_IDS
+    assert len(open_ack(value, TOKEN).message_ids) == MAX_ACK_IDS
 
 
 @pytest.mark.parametrize(
@@ -56,76 +77,80 @@ def test_largest_ack_fits() -> None:
 )
 def test_create_rejects_bad_ids(ids: list[bytes]) -> None:
     with pytest.raises(ValueError):
-        create_ack(BOB, ALICE.fingerprint, ids)
+        create_ack(TOKEN, ids)
 
 
-def test_create_rejects_bad_sender_and_ttl() -> None:
+def test_create_rejects_bad_token_and_ttl() -> None:
     with pytest.raises(ValueError):
-        create_ack(BOB, "nope", IDS)
+        create_ack(b"short", IDS)
     with pytest.raises(ValueError):
-        create_ack(BOB, ALICE.fingerprint, IDS, ttl_s=-1)
+        create_ack(TOKEN, IDS, ttl_s=-1)
 
 
-def test_for_another_sender() -> None:
-    assert reason(create_ack(BOB, CAROL.fingerprint, IDS)) == "recipient"
+def test_made_with_another_token_does_not_decrypt() -> None:
+    # Carol's ack for her own messages, put under Alice's key for Bob, marks nothing.
+    assert reason(create_ack(ack_token(CAROL, BOB.fingerprint), IDS)) == "decrypt"
+    assert reason(create_ack(ack_token(ALICE, CAROL.fingerprint), IDS)) == "decrypt"
 
 
-def test_signed_by_another_key() -> None:
-    value = create_ack(BOB, ALICE.fingerprint, IDS)
-    signed = value[:-4627]
-    assert reason(signed + CAROL.sign(signed)) == "signature"
-
-
-def test_public_key_not_matching_fingerprint() -> None:
-    value = reseal(create_ack(BOB, ALICE.fingerprint, IDS), CAROL, k2=CAROL.public_key)
-    assert reason(value) == "fingerprint"
-
-
-def test_from_unexpected_recipient() -> None:
-    # Carol's genuine ack must not mark Alice's messages to Bob as delivered.
-    value = create_ack(CAROL, ALICE.fingerprint, IDS)
-    assert open_ack(value, ALICE.fingerprint).recipient_fingerprint == CAROL.fingerprint
-    assert reason(value, expected_recipient_fp=BOB.fingerprint) == "fingerprint"
+def test_tampered_bytes_do_not_decrypt() -> None:
+    value = create_ack(TOKEN, IDS)
+    for pos in (CLEAR_SIZE - 1, CLEAR_SIZE, len(value) - 1):  # nonce, ciphertext, tag
+        bad = bytearray(value)
+        bad[pos] ^= 1
+        assert reason(bytes(bad)) == "decrypt"
+    later = bytearray(value)
+    later[9] ^= 1  # created, still inside the window: bound as associated data
+    assert reason(bytes(later)) == "decrypt"
 
 
 def test_expired() -> None:
-    old = create_ack(BOB, ALICE.fingerprint, IDS, ttl_s=60, created_at_ms=now_ms() - 120_000)
+    old = create_ack(TOKEN, IDS, ttl_s=60, created_at_ms=now_ms() - 120_000)
     assert reason(old) == "expired"
-    fresh = create_ack(BOB, ALICE.fingerprint, IDS, ttl_s=60)
-    ack = open_ack(fresh, ALICE.fingerprint)
+    fresh = create_ack(TOKEN, IDS, ttl_s=60)
+    ack = open_ack(fresh, TOKEN)
     assert reason(fresh, now_ms=ack.expires_at_ms) == "expired"
 
 
+def test_times_are_checked_before_decryption(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*_: Any) -> bytes:
+        raise AssertionError("decrypted an ack whose times are out of range")
+
+    monkeypatch.setattr(AESGCM, "decrypt", refuse)
+    assert reason(forge({K_IDS: IDS}, created=now_ms() + 3_600_000)) == "clock"
+    assert reason(forge({K_IDS: IDS}, lifetime_ms=31 * 86400_000)) == "clock"
+    assert reason(forge({K_IDS: IDS}, lifetime_ms=0)) == "expired"
+
+
 @pytest.mark.parametrize(
-    "changes",
+    "plain",
     [
-        {"k6": [IDS[0], IDS[0]]},  # duplicate ids
-        {"k6": [b"short"]},
-        {"k6": []},
-        {"k6": [[1, 2]]},  # unhashable item
-        {"k6": "ids"},
-        {"k3": b"\x00" * 10},
-        {"k4": "yesterday"},
-        {"k5": 0},  # expires before created
-        {"k4": True},  # bool is not an integer
-        {"k5": 2**64 - 1},  # past the integer bound
-        {"k6": [IDS[0], cbor2.CBORTag(2, b"\x01")]},  # a tagged id
+        {K_IDS: [IDS[0], IDS[0]]},  # duplicate ids
+        {K_IDS: [b"short"]},
+        {K_IDS: []},
+        {K_IDS: [[1, 2]]},  # unhashable item
+        {K_IDS: "ids"},
+        {2: IDS},  # no ids
+        [IDS],  # not a map
+        {K_IDS: [IDS[0], cbor2.CBORTag(2, b"\x01")]},  # a tagged id
+        b"\xff\x00",  # not CBOR
     ],
 )
-def test_malformed(changes: dict[str, Any]) -> None:
-    value = reseal(create_ack(BOB, ALICE.fingerprint, IDS), BOB, **changes)
-    assert reason(value) == "malformed"
+def test_malformed_plaintext(plain: Any) -> None:
+    assert reason(forge(plain)) == "malformed"
 
 
-def test_wrong_kind_and_truncation() -> None:
+def test_wrong_kind_version_and_truncation() -> None:
     env, _ = create_envelope(ALICE, BOB.fingerprint, BOB.kem_public_key, b"x", 60)
     assert reason(env) == "kind"
-    value = create_ack(BOB, ALICE.fingerprint, IDS)
-    assert reason(value[:-1]) in ("malformed", "signature")
-    assert reason(value[:10]) == "malformed"
+    value = create_ack(TOKEN, IDS)
+    assert reason(b"\x02" + value[1:]) == "version"
+    assert reason(value[:-1]) == "decrypt"
+    assert reason(value[:CLEAR_SIZE]) == "malformed"
+    assert reason(value + bytes(MAX_VALUE_SIZE)) == "oversize"
 
 
-VALID = create_ack(BOB, ALICE.fingerprint, IDS)
+VALID = create_ack(TOKEN, IDS)
 
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -136,4 +161,4 @@ def test_fuzz_only_record_error(data: st.DataObject) -> None:
         value[pos] ^= data.draw(st.integers(1, 255))
     cut = data.draw(st.integers(0, len(value)))
     with contextlib.suppress(RecordError):
-        open_ack(bytes(value[:cut]), ALICE.fingerprint)
+        open_ack(bytes(value[:cut]), TOKEN)

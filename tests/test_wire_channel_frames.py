@@ -51,7 +51,7 @@ def test_partial_bytes_counts_the_message_in_progress() -> None:
 
 def test_control_frames_any_chunking() -> None:
     rng = random.Random(5)
-    hello = cf.Hello(version=1, max_message_size=16 << 20, window=4 << 20)
+    hello = cf.Hello(version=2, max_message_size=16 << 20, window=4 << 20, proof=bytes(range(32)))
     stream = cf.encode_hello(hello) + cf.encode_ack(1) + cf.encode_ack(2**40)
     for _ in range(10):
         reader = cf.ControlReader()

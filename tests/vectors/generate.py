@@ -1,7 +1,10 @@
 """Reference vectors of today's wire formats, for proving a rewrite byte-compatible.
 
 Run ``PYTHONPATH=src python -m tests.vectors.generate`` (``--dial`` also records a dial on a
-lone loopback ``dhtnode``). It writes ``wire.json`` (and ``dial.json``) next to this file.
+lone loopback ``dhtnode``). It writes ``wire.json`` (and ``dial.json``) next to this file;
+``--channel`` rewrites only the ``channel`` section of an existing ``wire.json`` (every
+other vector, signatures included, stays byte for byte): ``python -m tests.vectors.generate
+--channel --dial`` regenerates what the channel frames change.
 The construction code is shared with ``tests/test_reference_vectors.py``.
 
 What is fixed, and how (everything else in a value then follows deterministically):
@@ -10,21 +13,24 @@ What is fixed, and how (everything else in a value then follows deterministicall
   32, 64)), bytes(range(64, 128)))`` is B;
 * time: explicit timestamps (``T0``) everywhere; ``tierlink.wire.signaling.now_ms`` (the offer's
   clock) is patched to return ``T0``; decoders run with ``now=NOW``;
-* ``os.urandom`` (AES-GCM nonces in sealed, signaling and envelope, PMTU probe nonces) is patched
+* ``os.urandom`` (AES-GCM nonces in signaling, sealed and ack, PMTU probe nonces) is patched
   by :func:`fixed`: its call ``i`` (from 0, counted per value) returns
   ``SHAKE-256(b"tierlink-refvec/" + str(i)).digest(n)``;
 * ML-KEM encapsulation cannot be seeded through ``cryptography``: ``kem_encapsulate`` is
-  patched (in ``tierlink.wire.sealed`` and ``tierlink.wire.envelope``) to return one real
-  encapsulation to B's key, stored under ``inputs.kem`` and reused on regeneration;
-* ``AESGCM`` in those modules and ``tierlink.wire.signaling`` is wrapped to log (key, nonce,
-  plaintext, aad) per value.
+  patched (in ``tierlink.wire.sealed``) to return one real encapsulation to B's key, stored
+  under ``inputs.kem`` and reused on regeneration;
+* ``AESGCM`` in that module, ``tierlink.wire.signaling`` and ``tierlink.wire.ack`` is wrapped
+  to log (key, nonce, plaintext, aad) per value;
+* the channel binding example uses a fixed offer-secret key (``BINDING_SECRET_KEY``) and a
+  fixed TLS exporter value (``EXPORTER``); in the recorded dial, the HELLO proofs (which
+  cover each connection's TLS exporter) are recorded as zero bytes.
 
 Not fixable: ML-DSA-87 signing in ``cryptography`` is hedged (randomized), so the last
 4627 bytes (the signature) of a signed value differ on every run; the bytes before it
 (``signed`` = VERSION || KIND || BODY) are exact, and the signature verifies. A sealed-sender
-value (the offer) carries its signature inside its AEAD ciphertext, so its ciphertext differs
-on every run: its ``clear`` part is exact, and so are its AEAD inputs except the signature
-(logged as ``inner``, the plaintext without its last 4627 bytes).
+value (the offer, the offline envelope) carries its signature inside its AEAD ciphertext, so
+its ciphertext differs on every run: its ``clear`` part is exact, and so are its AEAD inputs
+except the signature (logged as ``inner``, the plaintext without its last 4627 bytes).
 """
 
 from __future__ import annotations
@@ -54,15 +60,18 @@ from tierlink.wire import envelope as envmod
 from tierlink.wire import sealed as sealedmod
 from tierlink.wire import signaling as sig
 from tierlink.wire.channel_frames import (
+    PROOF_SIZE,
     PROTOCOL_VERSION,
     TAG_CONTROL,
     TAG_MESSAGES,
+    ChannelBinding,
     Hello,
+    channel_binding,
     encode_ack,
     encode_hello,
     encode_length,
 )
-from tierlink.wire.records import CandidateInfo, PeerRecord
+from tierlink.wire.records import CandidateInfo, PeerRecord, next_seq, record_times
 
 HERE = Path(__file__).parent
 WIRE_PATH = HERE / "wire.json"
@@ -73,8 +82,12 @@ SESSION_ID = bytes(range(0xA0, 0xB0))
 MESSAGE_IDS = (bytes(range(16)), bytes(range(16, 32)))
 ANSWER_LOCATOR = bytes(range(0xC0, 0xE0))
 """The locator the ``answer_key`` vector hashes (a real one is secret and per offer)."""
-SIGNED_KINDS = {0x01, 0x04, 0x05}
-SEALED_SENDER_KINDS = {0x02}
+SIGNED_KINDS = {0x01}
+SEALED_SENDER_KINDS = {0x02, 0x04}
+BINDING_SECRET_KEY = bytes(range(0xC0, 0xE0))  # an offer secret's key
+EXPORTER = bytes(range(0xE0, 0x100))  # a connection's TLS exporter value
+#: Where a HELLO's proof sits in a control stream: after C, type, version and two u64.
+PROOF_OFFSET = 1 + 1 + 1 + 8 + 8
 
 
 def identities() -> tuple[Identity, Identity]:
@@ -136,9 +149,8 @@ def fixed(kem: tuple[bytes, bytes]) -> Iterator[list[dict[str, str]]]:
     with contextlib.ExitStack() as stack:
         stack.enter_context(mock.patch("os.urandom", urandom))
         stack.enter_context(mock.patch.object(sig, "now_ms", lambda: T0))
-        for mod in (sealedmod, envmod):
-            stack.enter_context(mock.patch.object(mod, "kem_encapsulate", lambda _pk: kem))
-        for mod in (sig, sealedmod, envmod):
+        stack.enter_context(mock.patch.object(sealedmod, "kem_encapsulate", lambda _pk: kem))
+        for mod in (sig, sealedmod, ackmod):
             stack.enter_context(mock.patch.object(mod, "AESGCM", aead))
         yield log
 
@@ -172,8 +184,9 @@ def builders(offers: dict[str, bytes]) -> Builders:
         return sig.decode_offer(offers[which], b, now=NOW).secret
 
     def record(mode: str, cands: tuple[CandidateInfo, ...], cert: bytes | None) -> bytes:
-        return PeerRecord(a.fingerprint, a.public_key, 7, T0, T0 + 600_000, cands,
-                          a.kem_public_key, mode, cert).encode(a)
+        issued, expires = record_times(T0, 600.0)
+        return PeerRecord(a.fingerprint, a.public_key, next_seq(0, issued), issued, expires,
+                          cands, a.kem_public_key, mode, cert).encode(a)
 
     def offer(full: bool) -> bytes:
         value, _secret = sig.encode_offer(a, b.fingerprint, b.kem_public_key, SESSION_ID,
@@ -199,8 +212,9 @@ def builders(offers: dict[str, bytes]) -> Builders:
                                            3600.0, MESSAGE_IDS[0], created_at_ms=T0)[0],
             lambda v: envmod.open_envelope(v, b, NOW)),
         "offline_ack": (
-            lambda: ackmod.create_ack(b, a.fingerprint, MESSAGE_IDS, 3600.0, created_at_ms=T0),
-            lambda v: ackmod.open_ack(v, a.fingerprint, NOW, expected_recipient_fp=b.fingerprint)),
+            lambda: ackmod.create_ack(envmod.ack_token(a, b.fingerprint), MESSAGE_IDS, 3600.0,
+                                      created_at_ms=T0),
+            lambda v: ackmod.open_ack(v, envmod.ack_token(a, b.fingerprint), NOW)),
     }
 
 
@@ -226,10 +240,23 @@ def build_value(name: str, kem: tuple[bytes, bytes], table: Builders) -> dict[st
     return entry
 
 
+def example_binding() -> ChannelBinding:
+    """The binding of a dial of B by A in session SESSION_ID whose offer secret's key is
+    BINDING_SECRET_KEY."""
+    a, b = identities()
+    return channel_binding(sig.OfferSecret(BINDING_SECRET_KEY, SESSION_ID, a.fingerprint,
+                                           b.fingerprint))
+
+
 def channel_frames() -> dict[str, str]:
-    """Secure-channel stream bytes (framing.py) and delivery.py's link frames."""
-    hello = Hello(PROTOCOL_VERSION, 16 * 1024 * 1024, DEFAULT_WINDOW)
+    """Secure-channel stream bytes (channel_frames.py) and delivery.py's link frames."""
+    binding = example_binding()
+    proof = binding.proof(True, EXPORTER)
+    hello = Hello(PROTOCOL_VERSION, 16 * 1024 * 1024, DEFAULT_WINDOW, proof)
     return {
+        "binding_key": binding.key.hex(),
+        "proof_dialer": proof.hex(),
+        "proof_callee": binding.proof(False, EXPORTER).hex(),
         "control_stream_start": (TAG_CONTROL + encode_hello(hello)).hex(),
         "ack_7": encode_ack(7).hex(),
         "ack_max": encode_ack(2**64 - 1).hex(),
@@ -253,13 +280,15 @@ def pmtu_vectors(kem: tuple[bytes, bytes]) -> dict[str, Any]:
 
 
 def dht_keys(fingerprint: str) -> dict[str, str]:
-    """Every key function of keys.py for one fingerprint (the answer key: ANSWER_LOCATOR)."""
+    """Every key function of keys.py for one fingerprint (the answer key: ANSWER_LOCATOR;
+    the offline acks key: of A's ack token for B)."""
+    a, b = identities()
     return {
         "ice_candidates_key": keys.ice_candidates_key(fingerprint),
         "offers_key": keys.offers_key(fingerprint),
         "answer_key": keys.answer_key(ANSWER_LOCATOR),
         "offline_queue_key": keys.offline_queue_key(fingerprint),
-        "offline_acks_key": keys.offline_acks_key(fingerprint),
+        "offline_acks_key": keys.offline_acks_key(envmod.ack_token(a, b.fingerprint)),
     }
 
 
@@ -304,7 +333,8 @@ def _roles(a: Identity, b: Identity) -> dict[str, str]:
         out[keys.ice_candidates_key(fp)] = f"record:{who}"
         out[keys.offers_key(fp)] = f"offers:{who}"
         out[keys.offline_queue_key(fp)] = f"offline_queue:{who}"
-        out[keys.offline_acks_key(fp)] = f"offline_acks:{who}"
+    out[keys.offline_acks_key(envmod.ack_token(a, b.fingerprint))] = "offline_acks:A->B"
+    out[keys.offline_acks_key(envmod.ack_token(b, a.fingerprint))] = "offline_acks:B->A"
     return out
 
 
@@ -358,10 +388,10 @@ async def record_dial(proxy_url: str) -> dict[str, Any]:
         finally:
             _IN_PUT.reset(token)
 
-    async def get(self: DhtClient, key: str) -> list[bytes]:
+    async def get(self: DhtClient, key: str, **kw: Any) -> list[bytes]:
         if not _IN_PUT.get():  # a lone node's read-back after a put is not recorded
             reads.add((id(self), "get", key))
-        return await real_get(self, key)
+        return await real_get(self, key, **kw)
 
     def listen(self: DhtClient, key: str, **kw: Any) -> Any:
         reads.add((id(self), "listen", key))
@@ -403,9 +433,18 @@ async def record_dial(proxy_url: str) -> dict[str, Any]:
         "puts": described,
         "reads": sorted(f"{sides.get(c, '?')} {op} {roles.get(k, 'unknown')}"
                         for c, op, k in reads),
-        "first_streams": {f"{side}:{sid}": data.hex() for (side, sid), data in
-                          sorted(streams.items()) if sid in (2, 3, 6, 7)},
+        "first_streams": {f"{side}:{sid}": _without_proof(sid, data).hex()
+                          for (side, sid), data in sorted(streams.items())
+                          if sid in (2, 3, 6, 7)},
     }
+
+
+def _without_proof(sid: int, data: bytes) -> bytes:
+    """A stream's bytes, a control stream's HELLO proof (connection-specific) zeroed."""
+    if sid not in (2, 3):
+        return data
+    end = PROOF_OFFSET + PROOF_SIZE
+    return data[:PROOF_OFFSET] + bytes(PROOF_SIZE) + data[end:]
 
 
 async def record_dial_on_lone_node() -> dict[str, Any]:
@@ -425,13 +464,17 @@ def _write(path: Path, doc: dict[str, Any]) -> None:
 
 
 def main() -> None:
-    """Write wire.json (reusing its KEM pair if present) and, with --dial, dial.json."""
+    """Write wire.json (reusing its KEM pair if present; ``--channel``: only its channel
+    section) and, with --dial, dial.json."""
     _a, b = identities()
-    if WIRE_PATH.exists():
-        kem = stored_kem(json.loads(WIRE_PATH.read_text()))
+    if "--channel" in sys.argv:
+        doc = json.loads(WIRE_PATH.read_text())
+        doc["channel"] = channel_frames()
+        _write(WIRE_PATH, doc)
     else:
-        kem = kem_encapsulate(b.kem_public_key)
-    _write(WIRE_PATH, build_wire(kem))
+        kem = (stored_kem(json.loads(WIRE_PATH.read_text())) if WIRE_PATH.exists()
+               else kem_encapsulate(b.kem_public_key))
+        _write(WIRE_PATH, build_wire(kem))
     if "--dial" in sys.argv:
         _write(DIAL_PATH, asyncio.run(record_dial_on_lone_node()))
 

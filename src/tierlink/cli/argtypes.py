@@ -7,14 +7,16 @@ line and exit status 2.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 from collections.abc import Callable
+from pathlib import Path
 
-from tierlink.dht.launcher import DEFAULT_PORT as DHT_DEFAULT_PORT
 from tierlink.hostport import parse_hostport, parse_port
-from tierlink.transport.ice import TurnServer
+from tierlink.identity import is_fingerprint
+from tierlink.transport.ice_servers import TurnUrl, parse_stun_url, parse_turn_url, tls_context
 
-#: STUN and TURN servers listen here unless told otherwise (RFC 8489).
-STUN_DEFAULT_PORT = 3478
+#: The UDP port OpenDHT nodes listen on unless told otherwise.
+DHT_DEFAULT_PORT = 4222
 
 
 def _endpoint(default_port: int) -> Callable[[str], tuple[str, int]]:
@@ -29,20 +31,54 @@ def _endpoint(default_port: int) -> Callable[[str], tuple[str, int]]:
 
 #: ``--bootstrap HOST[:PORT]`` (an OpenDHT node, port 4222 by default).
 dht_address = _endpoint(DHT_DEFAULT_PORT)
-#: ``--stun HOST[:PORT]`` (port 3478 by default).
-stun_address = _endpoint(STUN_DEFAULT_PORT)
 
 
-def turn_server(text: str) -> TurnServer:
-    """``USER:PASSWORD@HOST[:PORT]``."""
-    creds, at, addr = text.rpartition("@")
-    user, colon, password = creds.partition(":")
-    if not at or not colon or not user:
-        raise argparse.ArgumentTypeError(
-            f"invalid TURN server {text!r}: expected USER:PASS@HOST:PORT"
-        )
-    host, port = stun_address(addr)
-    return TurnServer(host, port, user, password)
+def stun_address(text: str) -> tuple[str, int]:
+    """``--stun stun:HOST[:PORT]`` or ``HOST[:PORT]`` (port 3478 by default)."""
+    try:
+        return parse_stun_url(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def turn_server(text: str) -> TurnUrl:
+    """``--turn turn:HOST[:PORT][?transport=udp|tcp]``, ``turns:HOST[:PORT]`` or
+    ``USER:PASS@HOST[:PORT]``."""
+    try:
+        return parse_turn_url(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+#: Longest secret read from a file (a password or a shared secret is far shorter).
+_MAX_SECRET = 4096
+
+
+def secret_file(text: str) -> str:
+    """A file holding one secret (a TURN password or shared secret): its first line,
+    read now, so a bad file is a usage error."""
+    try:
+        with Path(text).open("rb") as f:
+            data = f.read(_MAX_SECRET + 1)
+    except OSError as exc:
+        raise argparse.ArgumentTypeError(f"cannot read {text!r}: {exc.strerror}") from None
+    try:
+        secret = data.decode().splitlines()[0] if data.strip() else ""
+    except UnicodeDecodeError:
+        secret = ""
+    if not secret or len(data) > _MAX_SECRET or not secret.isprintable():
+        raise argparse.ArgumentTypeError(f"{text!r} does not hold a secret: expected one "
+                                         f"line of text (at most {_MAX_SECRET} bytes)")
+    return secret
+
+
+def ca_file(text: str) -> str:
+    """A PEM file of CA certificates to verify TURN servers against (loaded now)."""
+    try:
+        tls_context(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
 
 
 def port_number(text: str) -> int:
@@ -80,4 +116,46 @@ def positive_float(text: str) -> float:
         value = 0.0
     if not value > 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"invalid value {text!r}: expected seconds > 0")
+    return value
+
+
+def port_range(text: str) -> tuple[int, int]:
+    """``LOW-HIGH``, both within 1024-65535."""
+    low, dash, high = text.partition("-")
+    try:
+        lo, hi = int(low), int(high)
+    except ValueError:
+        lo = hi = -1
+    if not dash or not 1024 <= lo <= hi <= 65535:
+        raise argparse.ArgumentTypeError(f"invalid port range {text!r}: expected LOW-HIGH "
+                                         "within 1024-65535")
+    return lo, hi
+
+
+def ip_address(text: str) -> str:
+    """An IPv4 or IPv6 address, normalised."""
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an IP address") from None
+
+
+def fingerprint(text: str) -> str:
+    """A fingerprint (128 hex characters; case and surrounding blanks ignored)."""
+    text = text.strip().lower()
+    if not is_fingerprint(text):
+        shown = f"{text[:20]!r}…" if len(text) > 20 else repr(text)
+        raise argparse.ArgumentTypeError(f"{shown} is not a fingerprint (128 hex characters)")
+    return text
+
+
+def wait_seconds(text: str) -> float:
+    """A number of seconds to wait, 0 to 3600."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 3600:
+        raise argparse.ArgumentTypeError(f"invalid value {text!r}: expected seconds from 0 "
+                                         "to 3600")
     return value

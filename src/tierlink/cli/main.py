@@ -14,8 +14,7 @@ from typing import Any
 
 from tierlink.cli import node_commands as cli_node
 from tierlink.cli import tool_commands as cli_tools
-from tierlink.cli.argtypes import dht_address, port_number, port_or_zero
-from tierlink.dht.launcher import DEFAULT_PORT, DhtNodeProcess
+from tierlink.cli.argtypes import DHT_DEFAULT_PORT, dht_address, port_number, port_or_zero
 from tierlink.errors import TierlinkError
 from tierlink.identity import ALGORITHM, KEM_ALGORITHM, Identity, default_identity_path
 
@@ -67,6 +66,8 @@ def cmd_id_show(args: argparse.Namespace) -> int:
 
 # -- dht -----------------------------------------------------------------------------------
 async def _serve(args: argparse.Namespace) -> int:
+    from tierlink.dht.launcher import DhtNodeProcess  # loads only for the commands that use it
+
     node = DhtNodeProcess(
         port=args.port or None,
         proxy_port=args.proxy_port,
@@ -120,8 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
     dsub = dht.add_subparsers(dest="dht_command", metavar="DHT_COMMAND")
     dsub.required = True
     serve = dsub.add_parser("serve", help="run a dhtnode in the foreground (a bootstrap)")
-    serve.add_argument("--port", type=port_or_zero, default=DEFAULT_PORT,
-                       help=f"DHT UDP port (default {DEFAULT_PORT}; 0: any free port, printed)")
+    serve.add_argument("--port", type=port_or_zero, default=DHT_DEFAULT_PORT,
+                       help=f"DHT UDP port (default {DHT_DEFAULT_PORT}; 0: any free port, printed)")
     serve.add_argument("--proxy-port", type=port_number, default=None,
                        help="REST proxy TCP port (default: a free one, printed)")
     serve.add_argument("--proxy-host", default="127.0.0.1", help="REST proxy address")

@@ -24,7 +24,7 @@ import contextlib
 import json
 import logging
 from collections import Counter, OrderedDict
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable
 from types import TracebackType
 from typing import Any
 
@@ -49,6 +49,11 @@ def _check_key(key: str) -> str:
 #: The longest proxy line read (bytes): a DHT value is at most 64 KiB, base64 adds a third,
 #: the JSON around it a little more.
 MAX_LINE_BYTES = 128 * 1024
+#: The most value bytes one get returns: what one OpenDHT node stores at most (64 MiB, its
+#: default storage limit), so every value a node can hold under a key fits.
+MAX_GET_BYTES = 64 * 1024 * 1024
+#: Value bytes one get keeps unfiltered; past them only values its ``keep`` accepts.
+UNFILTERED_GET_BYTES = 8 * 1024 * 1024
 
 
 class _Skip(ValueError):
@@ -125,14 +130,23 @@ async def _mark_sent(session: aiohttp.ClientSession, ctx: Any, params: Any) -> N
 class DhtClient:
     """Put, get and listen through one OpenDHT proxy."""
 
-    def __init__(self, base_url: str, *, timeout: float = DEFAULT_TIMEOUT) -> None:
+    def __init__(
+        self, base_url: str, *, timeout: float = DEFAULT_TIMEOUT,
+        max_get_bytes: int = MAX_GET_BYTES, unfiltered_get_bytes: int = UNFILTERED_GET_BYTES,
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
+        self.max_get_bytes = max_get_bytes
+        self.unfiltered_get_bytes = unfiltered_get_bytes
         self._session: aiohttp.ClientSession | None = None
         self._listeners: set[DhtListener] = set()
         self._lone_until = 0.0  # loop time until which "Put failed" means stored
         self.skipped_lines: Counter[str] = Counter()
         """Proxy lines skipped, by reason (``oversized``, ``json``, ``shape``, ``base64``)."""
+        self.capped_gets = 0
+        """Gets cut at :attr:`max_get_bytes` or by the timeout (the key held more)."""
+        self.filtered_values = 0
+        """Values a get skipped past its unfiltered bytes because ``keep`` refused them."""
 
     def _read_line(self, line: bytes | None) -> tuple[str, bytes, bool] | None:
         """(value id, data, expired) from one proxy line (None: an oversized line); None if
@@ -236,14 +250,49 @@ class DhtClient:
                 return
             raise DhtError(f"DHT put failed: {answer}")
 
-    async def get(self, key: str) -> list[bytes]:
-        """Every value currently stored under ``key`` (possibly none)."""
-        body = await self._request("GET", self._url(key))
-        out = []
-        for line in body.splitlines():
-            item = self._read_line(line)
-            if item is not None and not item[2]:
-                out.append(item[1])
+    async def get(self, key: str, *, keep: Callable[[bytes], bool] | None = None) -> list[bytes]:
+        """The values currently stored under ``key`` (possibly none).
+
+        The answer is read line by line. The first :attr:`unfiltered_get_bytes` of values
+        are kept as they come; past them, only values ``keep`` accepts (the rest are counted
+        in :attr:`filtered_values`), so a flood of other values cannot push the ones a
+        caller wants past the end; the get is cut before :attr:`max_get_bytes`, or when
+        ``timeout`` runs out after some values arrived (the rest is not read; both counted
+        in :attr:`capped_gets`).
+        """
+        max_bytes, unfiltered_bytes = self.max_get_bytes, self.unfiltered_get_bytes
+        timeout = aiohttp.ClientTimeout(total=self.timeout)
+        url = self._url(key)
+        out: list[bytes] = []
+        try:
+            async with self.session.get(url, timeout=timeout) as resp:
+                if resp.status >= 400:
+                    raise DhtError(f"DHT proxy answered {resp.status} to GET {url}")
+                lines = _bounded_lines(resp.content.iter_any(), MAX_LINE_BYTES)
+                size = 0
+                async for line in lines:
+                    item = self._read_line(line)
+                    if item is None or item[2]:
+                        continue
+                    value = item[1]
+                    if size + len(value) > unfiltered_bytes and keep is not None \
+                            and not keep(value):
+                        self.filtered_values += 1
+                        continue
+                    size += len(value)
+                    if size > max_bytes:
+                        self.capped_gets += 1
+                        break
+                    out.append(value)
+        except TimeoutError:  # aiohttp's socket timeouts are TimeoutErrors too
+            if out:  # a huge answer: what arrived in time is still the key's values
+                self.capped_gets += 1
+                return out
+            raise DhtUnavailable(
+                f"DHT proxy {self.base_url} did not answer within {self.timeout:.1f} s"
+            ) from None
+        except (aiohttp.ClientError, OSError) as exc:
+            raise DhtUnavailable(f"DHT proxy {self.base_url} unreachable: {exc}") from None
         return out
 
     def listen(self, key: str, *, reconnect: bool = True) -> DhtListener:

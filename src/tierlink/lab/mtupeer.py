@@ -37,6 +37,12 @@ from tierlink.protocol.pmtu import DEFAULT_ATTEMPTS, DEFAULT_INTERVAL
 from tierlink.transport.aioice_adapter import IceConnection
 from tierlink.transport.certs import LocalCertificate
 from tierlink.transport.channel import ChannelSettings, SecureChannel, open_channel
+from tierlink.wire.channel_frames import ChannelBinding
+
+#: The lab's peers have no identities and no offer secret: the certificate pins alone
+#: authenticate them, and every channel carries this fixed binding.
+LAB_BINDING = ChannelBinding(hashlib.sha256(b"tierlink lab").digest(), bytes(16), bytes(64),
+                             bytes(64))
 
 #: Wait after the channel opened: every probe round, plus a margin for the last answers.
 DEFAULT_SETTLE = DEFAULT_ATTEMPTS * DEFAULT_INTERVAL + 1.0
@@ -106,7 +112,7 @@ async def run_peer(args: argparse.Namespace, result: dict[str, Any]) -> None:
             result["pair"] = [f"{c.type} {c.host}:{c.port}" for c in selected]
         channel = await open_channel(
             conn, is_client=args.controlling, certificate=cert,
-            peer_cert_sha256=bytes.fromhex(offer["cert_sha256"]),
+            peer_cert_sha256=bytes.fromhex(offer["cert_sha256"]), binding=LAB_BINDING,
             settings=ChannelSettings(probe_path_mtu=not args.no_probe),
         )
         await asyncio.sleep(args.settle)

@@ -2,11 +2,13 @@
 
 Offers arrive through a listen on this node's offers key. Each is checked, cheapest first
 (size and times, decapsulation, decryption, the inner fields, the dialer's fingerprint
-binding, allow list, signature, then replay, which survives restarts) and, if accepted,
-answered: ICE gathers while the QUIC reply to the flight inside the offer is built, the
-sealed answer is put under the key only the offer's secret gives, and checks start at once
-(the dialer's agent answers them before it has our answer). The answer put, which may
-outlive the exchange, belongs to the node's :class:`~tierlink.node.tasks.Supervisor`.
+binding, allow list, signature, then replay, which survives restarts) and, if accepted and
+admitted, answered (:mod:`tierlink.node.admission` budgets opening each value and, once an
+offer passed every check, answering it): ICE gathers while the QUIC reply to the flight
+inside the offer is built, the sealed answer is put under the key only the offer's secret
+gives, and checks start at once (the dialer's agent answers them before it has our
+answer). The answer put, which may outlive the exchange, belongs to the node's
+:class:`~tierlink.node.tasks.Supervisor`.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import asyncio
 import contextlib
 import heapq
 import logging
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 
@@ -22,6 +25,7 @@ from tierlink.backoff import Backoff
 from tierlink.dht import DhtClient
 from tierlink.errors import RecordError, TierlinkError
 from tierlink.identity import Identity
+from tierlink.node.admission import Admission, Ticket
 from tierlink.node.answered import STATE_FILE, AnsweredSessions
 from tierlink.node.config import NodeConfig
 from tierlink.node.endpoint import Endpoint
@@ -113,8 +117,6 @@ class SeenSessions:
 class Answerer:
     """Answers the offers addressed to one node."""
 
-    MAX_CONCURRENT_OFFERS = 16
-
     def __init__(
         self, dht: DhtClient, identity: Identity, config: NodeConfig, endpoint: Endpoint,
         tasks: Supervisor, on_connection: OnConnection,
@@ -128,7 +130,10 @@ class Answerer:
         self.rejections: Counter[str] = Counter()
         """Offers refused, by reason (``signature``, ``replay``, ``not-allowed``, ...)."""
         self.offers_answered = 0
-        self._slots = asyncio.Semaphore(self.MAX_CONCURRENT_OFFERS)
+        self.admission = Admission(config.admission, time.monotonic())
+        """Which offers are opened and answered (refusals also count in ``rejections``)."""
+        self.checks_dropped = 0
+        """ICE checks answers did not send: over their amplification budget."""
         self.seen_sessions = SeenSessions()
         """Sessions of accepted offers (a replay of one is refused)."""
 
@@ -139,12 +144,12 @@ class Answerer:
             listener = self.dht.listen(offers_key(self.identity.fingerprint))
             try:
                 async for value in listener:
-                    await self._slots.acquire()
-                    try:
-                        self.tasks.spawn(self._handle(value), "offer")
-                    except BaseException:
-                        self._slots.release()
-                        raise
+                    try:  # admission: the CPU budget gates the opening
+                        self.admission.may_open(time.monotonic())
+                    except RecordError as exc:
+                        self.rejections[exc.reason] += 1
+                        continue
+                    self.tasks.spawn(self._handle(value), "offer")
             finally:
                 await listener.aclose()
 
@@ -173,22 +178,32 @@ class Answerer:
             raise RecordError("replay", "offer session was seen before")
         return offer
 
+    def _admit(self, offer: Offer) -> Ticket:
+        """Admission of a fully verified offer, before any ICE work (per-dialer bucket, the
+        reserved lane for allow-listed and recently dialed peers, the global budget)."""
+        allow = self.config.allow
+        listed = allow is not None and offer.signer in allow
+        return self.admission.admit(offer.signer, time.monotonic(), allow_listed=listed)
+
     async def _handle(self, value: bytes) -> None:
         try:
-            try:
-                offer = self.check_offer(value)
-            except RecordError as exc:
-                self.rejections[exc.reason] += 1
-                log.info("offer rejected: %s", exc)
-                return
-            conn = await self._answer(offer)
+            offer = self.check_offer(value)
+            ticket = self._admit(offer)
+        except RecordError as exc:
+            self.rejections[exc.reason] += 1
+            log.info("offer rejected: %s", exc)
+            return
+        connected = False
+        try:
+            conn = await self._answer(offer, len(value))
+            connected = True
             await self.on_connection(conn, offer.params.purpose)
         except TierlinkError as exc:
             log.info("incoming dial failed: %s", exc)
         finally:
-            self._slots.release()
+            self.admission.finish(ticket, time.monotonic(), connected=connected)
 
-    async def _answer(self, offer: Offer) -> Connection:
+    async def _answer(self, offer: Offer, offer_size: int) -> Connection:
         loop = asyncio.get_running_loop()
         started = loop.time()
         p = offer.params
@@ -197,7 +212,9 @@ class Answerer:
             async with task_group() as group:
                 group.create_task(ice.gather_candidates())
                 await asyncio.sleep(0)  # gathering under way, the QUIC reply is built
-                draft = self.endpoint.reply_channel(p)
+                draft = self.endpoint.reply_channel(p, offer.secret)
+            # Checks to addresses the offer names stay below check_amplification x its size.
+            ice.limit_unvalidated_checks(int(self.config.check_amplification * offer_size))
             await set_remote(ice, p.ufrag, p.pwd, p.candidates)
             reply = draft.reply() if draft else ()
             answer = encode_answer(offer.secret, self.endpoint.describe(ice, quic_flight=reply))
@@ -215,11 +232,11 @@ class Answerer:
             except BaseException:
                 put.cancel()
                 raise
-            channel = await self.endpoint.open_channel(
-                ice, False, p.cert_sha256, p.channel_limits, draft
-            )
+            channel = await self.endpoint.open_channel(ice, False, p, offer.secret, draft)
         except BaseException:
             await ice.close()
             raise
+        finally:
+            self.checks_dropped += ice.checks_dropped
         ms = (loop.time() - started) * 1000
         return self.endpoint.adopt(ice, offer.signer, False, offer.session_id, ms, channel)

@@ -9,8 +9,10 @@ from typing import Literal
 import platformdirs
 
 from tierlink.identity import Identity
+from tierlink.node.admission import AdmissionLimits
 from tierlink.transport.channel import ChannelSettings
-from tierlink.transport.ice import IceSettings, TurnServer
+from tierlink.transport.ice import IceSettings
+from tierlink.transport.ice_servers import TurnServer
 from tierlink.transport.recv_queue import DEFAULT_CAPACITY
 
 __all__ = ["NodeConfig", "TurnServer"]
@@ -29,6 +31,9 @@ class NodeConfig:
     ``data_dir``: the durable outbox (default: the user's data dir, per identity);
     ``send_budget``: how long :meth:`Node.send` tries a live path before the offline tier.
     ``address_check_interval``: how often a public node checks whether its addresses changed.
+    ``admission``: how many offers are opened and answered (see :mod:`tierlink.node.admission`).
+    ``check_amplification``: an answer's ICE checks send at most this many bytes per byte of
+    the offer to addresses that have not sent us a valid check themselves.
     """
 
     identity: Identity
@@ -60,6 +65,8 @@ class NodeConfig:
     send_budget: float = 10.0
     ack_timeout: float = 10.0
     offline_reput_interval: float = 300.0
+    admission: AdmissionLimits = field(default_factory=AdmissionLimits)
+    check_amplification: float = 2.5
 
     def state_dir(self) -> Path:
         """Where the outbox and delivered log live (per identity)."""

@@ -6,12 +6,14 @@ committed before ``send`` returns), then delivered by the best tier that works:
 1. **direct** / 2. **relay**: a live *message link* to the recipient (a secure connection
    whose offer says ``purpose=messages``), reused or dialed within ``send_budget`` seconds;
    the recipient acknowledges each message once its application took it;
-3. **offline**: an encrypted, signed envelope in the DHT under the recipient's offline queue
-   key (:mod:`tierlink.offline`), re-put until a signed acknowledgement comes back.
+3. **offline**: a sealed-sender envelope in the DHT under the recipient's offline queue
+   key (:mod:`tierlink.offline`), re-put until a sealed acknowledgement comes back.
 
 The receiver remembers delivered ids in a :class:`~tierlink.offline.delivered.DeliveredLog`: a
 message re-sent after a lost acknowledgement (by any tier) is acknowledged again but handed
 to the application once. "Handed to the application" means taken from ``node.messages()``.
+The log is bounded: when it is full, new messages are held back unacknowledged (by any
+tier), so their senders keep them; none is delivered twice or lost.
 
 Link frames: :mod:`tierlink.wire.link_frames` (docs/PROTOCOL.md, "Link frames").
 """
@@ -110,6 +112,9 @@ class Messenger:
             allow=allow,
         )
         self.duplicates_suppressed = 0
+        self.held_back = 0
+        """Live-link messages not taken because the delivered log was full (left unacked:
+        the sender keeps them and tries again, as the offline inbox does)."""
         self.malformed_link_frames = 0
         self._loop = asyncio.get_running_loop()
         self._inbox: asyncio.Queue[tuple[Message, asyncio.Future[None]]] = asyncio.Queue(
@@ -353,6 +358,9 @@ class Messenger:
         if self.delivered_log.seen(sender, mid):
             self.duplicates_suppressed += 1
             await self._ack(conn, mid)
+            return
+        if self.delivered_log.free() == 0:
+            self.held_back += 1
             return
         taken = await self._hand_over(sender, mid, created, payload, tier)
         if taken is None:

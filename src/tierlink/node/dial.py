@@ -76,7 +76,9 @@ class Dialer:
         ice = self.endpoint.new_ice(controlling=True)
         session = self.session_ids()
         try:
-            answer, draft = await self._exchange(ice, fingerprint, session, purpose, timeout)
+            answer, secret, draft = await self._exchange(
+                ice, fingerprint, session, purpose, timeout
+            )
             await set_remote(ice, answer.ufrag, answer.pwd, answer.candidates)
             async with task_group() as group:
                 group.create_task(run_checks(ice, self.config.ice_timeout, started))
@@ -84,9 +86,7 @@ class Dialer:
                     # The callee's QUIC reply is processed while the checks run.
                     await io_turns()
                     draft.receive_reply(answer.quic_flight, answer.cert_sha256)
-            channel = await self.endpoint.open_channel(
-                ice, True, answer.cert_sha256, answer.channel_limits, draft
-            )
+            channel = await self.endpoint.open_channel(ice, True, answer, secret, draft)
         except BaseException:
             self.failures += 1
             await ice.close()
@@ -96,7 +96,7 @@ class Dialer:
 
     async def _exchange(
         self, ice: IceConnection, fingerprint: str, session: bytes, purpose: str, timeout: float
-    ) -> tuple[SessionDescription, PreparedChannel | None]:
+    ) -> tuple[SessionDescription, OfferSecret, PreparedChannel | None]:
         """The dialer's signaling: gather, put the offer, wait for the sealed answer.
 
         The answer listen starts once the offer's request is written (a listen hands over
@@ -136,7 +136,7 @@ class Dialer:
             put.cancel()
             await listener.aclose()
             raise
-        return answer, draft
+        return answer, secret, draft
 
     async def _gather_and_find(self, ice: IceConnection, fingerprint: str) -> bytes:
         """Gather candidates while the callee's record is found; returns its KEM key.

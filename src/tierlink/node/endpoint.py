@@ -1,8 +1,8 @@
 """This node's transport side, shared by dialing and answering.
 
 The certificate and ICE settings, the session description it sends in offers and answers,
-the pinned QUIC channel over an ICE pair (prepared ahead or opened on the spot), and the set
-of open connections.
+the pinned QUIC channel over an ICE pair (prepared ahead or opened on the spot, bound to the
+dial's offer secret), and the set of open connections.
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ from tierlink.transport.certs import LocalCertificate
 from tierlink.transport.channel import PreparedChannel, SecureChannel, open_channel
 from tierlink.transport.connection import Connection
 from tierlink.transport.ice import IceSettings, local_infos
-from tierlink.wire.signaling import SessionDescription
+from tierlink.wire.channel_frames import channel_binding
+from tierlink.wire.signaling import OfferSecret, SessionDescription
 
 
 class Endpoint:
@@ -25,6 +26,8 @@ class Endpoint:
         self.certificate = LocalCertificate.generate()
         self.ice_settings: IceSettings = config.ice_settings()
         self.connections: set[Connection] = set()
+        self.handshakes_failed = 0
+        """Secure channels that failed to open (pin, binding proof, timeout, ...)."""
 
     def new_ice(self, controlling: bool) -> IceConnection:
         """A fresh ICE agent with this node's settings."""
@@ -50,29 +53,42 @@ class Endpoint:
             settings=self.config.channel_settings(),
         )
 
-    def reply_channel(self, params: SessionDescription) -> PreparedChannel | None:
+    def reply_channel(
+        self, params: SessionDescription, secret: OfferSecret
+    ) -> PreparedChannel | None:
         """The callee's side of a channel whose handshake began in the offer, if it did."""
         if not (self.config.secure and params.quic_flight and params.cert_sha256):
             return None
         draft = self.prepared_channel(is_client=False)
-        return draft if draft.receive_first_flight(params.quic_flight, params.cert_sha256) else None
+        usable = draft.receive_first_flight(
+            params.quic_flight, params.cert_sha256, channel_binding(secret),
+            params.channel_limits,
+        )
+        return draft if usable else None
 
     async def open_channel(
-        self, ice: IceConnection, is_client: bool, peer_cert: bytes | None,
-        peer_limits: tuple[int, int] | None, draft: PreparedChannel | None = None,
+        self, ice: IceConnection, is_client: bool, peer: SessionDescription,
+        secret: OfferSecret, draft: PreparedChannel | None = None,
     ) -> SecureChannel | None:
-        """The pinned QUIC channel over the ICE path (None in raw mode)."""
+        """The pinned QUIC channel over the ICE path to the side ``peer`` describes, bound
+        to the dial whose offer ``secret`` is (None in raw mode)."""
         if not self.config.secure:
             return None
-        if peer_cert is None:
-            raise HandshakeFailed("the peer offered no certificate: it runs without a secure "
-                                  "channel (secure=False); both sides must agree")
-        if draft is not None:
-            return await draft.open(ice, peer_cert, peer_limits)
-        return await open_channel(
-            ice, is_client=is_client, certificate=self.certificate, peer_cert_sha256=peer_cert,
-            settings=self.config.channel_settings(), peer_limits=peer_limits,
-        )
+        try:
+            if peer.cert_sha256 is None:
+                raise HandshakeFailed("the peer offered no certificate: it runs without a "
+                                      "secure channel (secure=False); both sides must agree")
+            binding, limits = channel_binding(secret), peer.channel_limits
+            if draft is not None:
+                return await draft.open(ice, peer.cert_sha256, binding, limits)
+            return await open_channel(
+                ice, is_client=is_client, certificate=self.certificate,
+                peer_cert_sha256=peer.cert_sha256, binding=binding,
+                settings=self.config.channel_settings(), peer_limits=limits,
+            )
+        except HandshakeFailed:
+            self.handshakes_failed += 1
+            raise
 
     def adopt(
         self, ice: IceConnection, peer: str, initiator: bool, session: bytes, ms: float,

@@ -202,9 +202,11 @@ class Node:
         time spent. The answer counts only if it decrypts under the secret this dial's offer
         established with the callee's KEM key (see :mod:`tierlink.node.dial`).
         """
-        dialer = self._running().dialer
+        parts = self._running()
         timeout = self.config.dial_timeout if timeout is None else timeout
-        return await dialer.connect(fingerprint, timeout, purpose)
+        conn = await parts.dialer.connect(fingerprint, timeout, purpose)
+        parts.answerer.admission.dialed(fingerprint, time.monotonic())  # its reserved lane
+        return conn
 
     def _allows(self, fingerprint: str) -> bool:
         """Whether ``config.allow`` (read now: it may change while running) admits a peer."""
@@ -310,13 +312,17 @@ class Node:
             "connections": len(self.endpoint.connections),
             "dials": parts.dialer.dials if parts else 0,
             "dials_failed": parts.dialer.failures if parts else 0,
+            "handshakes_failed": self.endpoint.handshakes_failed,
             "offers_answered": self.offers_answered,
             "offer_rejections": dict(self.offer_rejections),
+            "offers_in_flight": parts.answerer.admission.sessions if parts else 0,
+            "ice_checks_dropped": parts.answerer.checks_dropped if parts else 0,
             "record_rejections": dict(self.records.rejected),
             "background_tasks": len(self._tasks),
             "loop_restarts": dict(self.loop_restarts),
             "proxy_lines_skipped": dict(self.dht.skipped_lines) if self.dht else {},
             "duplicates_suppressed": self.messenger.duplicates_suppressed if self.messenger else 0,
+            "messages_held_back": self.messenger.held_back if self.messenger else 0,
             "malformed_link_frames": self.messenger.malformed_link_frames if self.messenger else 0,
             "uptime_s": round(time.monotonic(), 1),
         }

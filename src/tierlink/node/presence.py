@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+from pathlib import Path
 
 from tierlink.backoff import Backoff
 from tierlink.dht import DhtClient
@@ -21,7 +23,14 @@ from tierlink.node.endpoint import Endpoint
 from tierlink.transport.aioice_adapter import get_host_addresses
 from tierlink.transport.ice import local_infos
 from tierlink.wire.dhtkeys import ice_candidates_key
-from tierlink.wire.records import CandidateInfo, PeerRecord, now_ms
+from tierlink.wire.records import (
+    CandidateInfo,
+    PeerRecord,
+    next_seq,
+    now_ms,
+    record_times,
+    republish_period_s,
+)
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +39,8 @@ log = logging.getLogger(__name__)
 RECORD_CACHE_MS = 60_000
 #: The first wait before re-publishing again after a failed attempt (seconds, at most).
 REPUBLISH_RETRY_S = 5.0
+#: The file in the node's state dir holding the last published record sequence number.
+SEQ_FILE = "record-seq"
 
 
 class Presence:
@@ -48,7 +59,9 @@ class Presence:
         self._seq = 0
 
     async def publish(self) -> PeerRecord:
-        """Sign and put a fresh record (sequence = Unix ms, so it grows across restarts)."""
+        """Sign and put a fresh record (times and sequence by :func:`record_times` and
+        :func:`next_seq`; the sequence is saved before the put, so it grows across
+        restarts)."""
         candidates: tuple[CandidateInfo, ...] = ()
         if self.config.mode == "public":
             probe = self.endpoint.new_ice(controlling=False)
@@ -57,14 +70,47 @@ class Presence:
                 candidates = tuple(c for c in local_infos(probe) if c.type != "relay")
             finally:
                 await probe.close()
-        self._seq = max(self._seq + 1, now_ms())
+        now = now_ms()
+        issued, _ = record_times(now, self.config.record_lifetime)
+        if self._seq == 0:
+            self._seq = self.saved_seq()
+        self._seq = next_seq(self._seq, issued)
         record = PeerRecord.create(
-            self.identity, self._seq, self.config.record_lifetime, candidates, self.config.mode
+            self.identity, self._seq, self.config.record_lifetime, candidates,
+            self.config.mode, now=now,
         )
+        self.save_seq(self._seq)
         await self.dht.put(ice_candidates_key(self.identity.fingerprint),
                            record.encode(self.identity))
         self.record = record
         return record
+
+    @property
+    def seq_path(self) -> Path:
+        """Where the last published sequence number is kept (the node's state dir)."""
+        return self.config.state_dir() / SEQ_FILE
+
+    def saved_seq(self) -> int:
+        """The sequence number last published by this identity here (0: none readable)."""
+        try:
+            return int(self.seq_path.read_text().strip())
+        except FileNotFoundError:
+            return 0
+        except (OSError, ValueError) as exc:
+            log.warning("cannot read %s (%s): record sequence restarts", self.seq_path, exc)
+            return 0
+
+    def save_seq(self, seq: int) -> None:
+        """Remember ``seq`` for the next start (atomically; a failure is logged: records
+        still order by period, only a second publish within one period may repeat)."""
+        path = self.seq_path
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_text(f"{seq}\n")
+            os.replace(tmp, path)
+        except OSError as exc:
+            log.warning("cannot save the record sequence to %s: %s", path, exc)
 
     async def republish_loop(self) -> None:
         """Re-publish before expiry; in public mode also soon after the addresses change.
@@ -73,7 +119,7 @@ class Presence:
         node's supervisor runs this again (with :meth:`restart_backoff`) if anything else
         fails.
         """
-        period = max(self.config.record_lifetime / 3, 1.0)
+        period = republish_period_s(self.config.record_lifetime)
         check = period
         if self.config.mode == "public":
             check = min(period, self.config.address_check_interval)
@@ -99,7 +145,7 @@ class Presence:
 
     def restart_backoff(self) -> Backoff:
         """The waits before running :meth:`republish_loop` again after it failed."""
-        period = max(self.config.record_lifetime / 3, 1.0)
+        period = republish_period_s(self.config.record_lifetime)
         return Backoff(min(period, REPUBLISH_RETRY_S), maximum=period)
 
     def host_addresses(self) -> frozenset[str]:

@@ -1,12 +1,14 @@
 """The offline tier's data layer: envelopes, acks, inbox policy, durable outbox.
 
-A sender that cannot reach a peer directly encrypts the message into a signed
-:mod:`~tierlink.wire.envelope` and puts it under the peer's offline-queue DHT key,
-re-putting it until the peer's signed :mod:`~tierlink.wire.ack` arrives or the message
-expires; the :mod:`~tierlink.offline.outbox` keeps that state across restarts. The receiver
-runs each fetch through the :mod:`~tierlink.offline.inbox` policy and remembers what it
-delivered so a re-sent message reaches the application once. The
-:mod:`~tierlink.offline.worker` (:class:`OfflineTier`) drives both sides through the DHT.
+A sender that cannot reach a peer directly seals the message into a sealed-sender
+:mod:`~tierlink.wire.envelope` (only the recipient learns who sent it) and puts it under the
+peer's offline-queue DHT key, re-putting it until the peer's :mod:`~tierlink.wire.ack`
+(sealed under a key only the two ends know) arrives or the message expires; the
+:mod:`~tierlink.offline.outbox` keeps that state across restarts. The receiver runs each
+fetch through the :mod:`~tierlink.offline.inbox` policy and remembers what it delivered in a
+bounded :mod:`~tierlink.offline.delivered` log so a re-sent message reaches the application
+once. The :mod:`~tierlink.offline.worker` (:class:`OfflineTier`) drives both sides through
+the DHT.
 """
 
 from tierlink.offline.delivered import DeliveredLog

@@ -11,15 +11,17 @@ the raw values of one fetch into:
 * ``rejected``: a count per reason word.
 
 Reason words: every :class:`~tierlink.errors.RecordError` reason of
-:func:`~tierlink.wire.envelope.open_envelope` (``malformed``, ``signature``, ...), plus
+:func:`~tierlink.wire.envelope.open_envelope` (``malformed``, ``kem``, ``decrypt``,
+``not-allowed`` for a sender the ``allow`` hook refuses, checked after decryption and before
+the signature, ``signature``, ...), plus
 
 ================  ==========================================================================
 ``duplicate``     the same bytes twice in one fetch (counted once, processed once)
 ``deferred``      beyond ``max_values_per_fetch``; left in the DHT for a later fetch
-``blocked``       the ``allow`` hook refused the claimed sender (before its signature)
 ``replay``        already delivered; listed in ``replayed`` for a fresh ack
 ``sender_count``  the sender already has ``max_envelopes_per_sender`` accepted this fetch
 ``sender_bytes``  accepting it would pass ``max_bytes_per_sender`` for this fetch
+``log_full``      the :class:`DeliveredLog` is full: held back, left in the DHT (see below)
 ================  ==========================================================================
 
 Envelopes refused by a per-sender cap are not acknowledged, so their sender keeps
@@ -27,6 +29,12 @@ re-putting them and a later fetch takes them: the caps bound the work and memory
 fetch, they do not lose messages. Caps count only verified envelopes, so a forger cannot
 use up another sender's share. Values are examined in random order so that a flood cannot
 keep the same honest values past the ``max_values_per_fetch`` window fetch after fetch.
+
+The delivered log is bounded and never evicts (:mod:`~tierlink.offline.delivered`): once it
+is full, a new message is held back (``log_full``, not acknowledged, so it stays in the DHT
+and a later fetch delivers it when entries expire) while a replay is still recognised and
+acknowledged again. A flood of valid envelopes from fresh identities can fill the log and
+delay new messages; it cannot make one arrive twice or be lost.
 
 Recording a delivery is the caller's job (:meth:`Inbox.delivered` after the application
 took the message): remembering before the hand-off could lose a message on a crash.
@@ -37,7 +45,7 @@ from __future__ import annotations
 import hashlib
 import random
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Container, Iterable
 from dataclasses import dataclass, field
 
 from tierlink.errors import RecordError
@@ -79,14 +87,24 @@ class FetchResult:
     replayed: list[ReceivedEnvelope] = field(default_factory=list)
     rejected: Counter[str] = field(default_factory=Counter)
 
-    def ack_ids(self, delivered: Iterable[ReceivedEnvelope] = ()) -> dict[str, list[bytes]]:
-        """Message ids to acknowledge per sender: the replays plus ``delivered``."""
-        out: dict[str, list[bytes]] = {}
+    def ack_ids(self, delivered: Iterable[ReceivedEnvelope] = ()) -> dict[bytes, list[bytes]]:
+        """Message ids to acknowledge per sender's ack token: the replays plus ``delivered``."""
+        out: dict[bytes, list[bytes]] = {}
         for env in [*self.replayed, *delivered]:
-            ids = out.setdefault(env.sender_fingerprint, [])
+            ids = out.setdefault(env.ack_token, [])
             if env.message_id not in ids:
                 ids.append(env.message_id)
         return out
+
+
+class _Allowed(Container[str]):
+    """The ``allow`` hook as the container :func:`open_envelope` checks senders against."""
+
+    def __init__(self, allow: Callable[[str], bool]) -> None:
+        self._allow = allow
+
+    def __contains__(self, fingerprint: object) -> bool:
+        return isinstance(fingerprint, str) and self._allow(fingerprint)
 
 
 class Inbox:
@@ -102,7 +120,7 @@ class Inbox:
         self.me = me
         self.log = delivered_log
         self.limits = limits or InboxLimits()
-        self.allow = allow
+        self.allow = None if allow is None else _Allowed(allow)
         self.rejected: Counter[str] = Counter()
         """Rejections by reason over every fetch so far."""
         self._rng = random.SystemRandom()
@@ -141,6 +159,7 @@ class Inbox:
         count: Counter[str] = Counter()
         size: Counter[str] = Counter()
         taken: set[tuple[str, bytes]] = set()
+        free = self.log.free(t) if verified else 0
         for env in verified:
             sender, key = env.sender_fingerprint, (env.sender_fingerprint, env.message_id)
             if key in taken or self.log.seen(*key):
@@ -150,6 +169,8 @@ class Inbox:
                 res.rejected["sender_count"] += 1
             elif size[sender] + len(env.payload) > lim.max_bytes_per_sender:
                 res.rejected["sender_bytes"] += 1
+            elif len(taken) >= free:
+                res.rejected["log_full"] += 1
             else:
                 count[sender] += 1
                 size[sender] += len(env.payload)

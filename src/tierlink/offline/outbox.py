@@ -161,6 +161,16 @@ class Outbox(SqliteStore):
         rows = self.conn.execute(sql + " ORDER BY created_ms, rowid", args).fetchall()
         return [_entry(r) for r in rows]
 
+    def recipients(self, now_ms: int | None = None, limit: int | None = None) -> list[str]:
+        """Recipients with undelivered, unexpired messages, the longest waiting first."""
+        t = _now_ms() if now_ms is None else now_ms
+        rows = self.conn.execute(
+            "SELECT recipient FROM outbox WHERE state IN (?, ?) AND expires_ms > ?"
+            " GROUP BY recipient ORDER BY min(created_ms), recipient LIMIT ?",
+            (*UNDELIVERED, t, -1 if limit is None else limit),
+        ).fetchall()
+        return [r[0] for r in rows]
+
     def mark_queued(self, message_id: bytes, envelope: bytes, now_ms: int | None = None) -> bool:
         """Record a DHT put of ``envelope``: state queued_dht, attempts+1, last_put = now.
 

@@ -1,23 +1,31 @@
 """The offline tier at work: put envelopes in the DHT, re-put them, fetch, deliver, ack.
 
 Sender side: :meth:`OfflineTier.send` stores the message in the :class:`Outbox` (durable
-first), encrypts it into one signed envelope and puts it under the recipient's
+first), seals it into one sealed-sender envelope and puts it under the recipient's
 :func:`~tierlink.wire.dhtkeys.offline_queue_key`. OpenDHT forgets a value 10 minutes after its put,
 so :meth:`OfflineTier.reput_due` puts the *same* envelope bytes again every
-:data:`~tierlink.offline.outbox.REPUT_INTERVAL_S` until an ack arrives under our
-:func:`~tierlink.wire.dhtkeys.offline_acks_key`
-(:meth:`OfflineTier.check_acks`) or the message's TTL
-passes. Messages whose put failed stay ``pending`` and are retried by ``reput_due``.
+:data:`~tierlink.offline.outbox.REPUT_INTERVAL_S` until an ack arrives
+(:meth:`OfflineTier.check_acks`) or the message's TTL passes. Messages whose put failed stay
+``pending`` and are retried by ``reput_due``.
+
+Acks for a recipient's messages come under :meth:`OfflineTier.ack_key`, derived from the ack
+token we give that recipient (:func:`~tierlink.wire.envelope.ack_token`): only we two can
+compute it. How ack listening scales: one key per *recipient* with undelivered messages, not
+per message. We listen on the keys of at most :data:`MAX_ACK_LISTENS` recipients (one DHT
+listen each, the longest waiting first, re-chosen when messages are queued or delivered and
+every maintenance period); the maintenance loop gets the key of every recipient with
+undelivered messages once per period (covering those past the cap). Ack traffic grows with
+the number of distinct recipients awaiting acks, whatever the number of messages to each.
 
 Receiver side: :meth:`OfflineTier.fetch_and_deliver` reads our queue key, runs the values
 through the :class:`Inbox` policy, hands each new message to the application callback,
 remembers it in the :class:`DeliveredLog` *after* the callback returned (at-least-once to
-the callback, once across restarts), then puts one ack per sender listing the delivered and
-re-sent ids. A re-sent message is acked again but delivered once.
+the callback, once across restarts), then puts one sealed ack per sender (per ack token)
+listing the delivered and re-sent ids. A re-sent message is acked again but delivered once.
 
-:meth:`OfflineTier.start` runs both sides in the background: listens on our queue and ack
-keys (with a fetch at start for what arrived while we were away) and a periodic loop for
-re-puts, expiry and pruning; a failing background loop is restarted with backoff
+:meth:`OfflineTier.start` runs both sides in the background: listens on our queue key and
+the ack keys above (with a fetch at start for what arrived while we were away) and a periodic
+loop for re-puts, expiry and pruning; a failing background loop is restarted with backoff
 (:func:`~tierlink.backoff.keep_restarting`, counted in :attr:`OfflineTier.restarts`). Everything
 runs on one event loop (the stores are sqlite objects bound to their thread).
 
@@ -50,7 +58,7 @@ from tierlink.offline.outbox import (
 )
 from tierlink.wire.ack import MAX_ACK_IDS, create_ack, open_ack
 from tierlink.wire.dhtkeys import offline_acks_key, offline_queue_key
-from tierlink.wire.envelope import DEFAULT_TTL_S, ReceivedEnvelope, create_envelope
+from tierlink.wire.envelope import DEFAULT_TTL_S, ReceivedEnvelope, ack_token, create_envelope
 from tierlink.wire.records import now_ms as _now_ms
 
 log = logging.getLogger(__name__)
@@ -60,9 +68,12 @@ TIER = "offline"
 
 Callback = Callable[[ReceivedEnvelope], Awaitable[None] | None]
 
-#: Most ack values one :meth:`OfflineTier.check_acks` opens (each costs up to one ML-DSA
-#: verification); the rest wait for a later fetch, counted in ``acks_skipped``.
+#: Most ack values one :meth:`OfflineTier.check_acks` opens per ack key (each costs an
+#: AES-GCM decryption); the rest wait for a later fetch, counted in ``acks_skipped``.
 MAX_ACKS_PER_FETCH = 256
+#: Most recipients whose ack keys are listened on at once (one DHT listen each); the
+#: maintenance loop's fetch reads the keys of the others.
+MAX_ACK_LISTENS = 64
 
 #: The first wait before a failed background loop runs again (seconds).
 RETRY_S = 1.0
@@ -74,7 +85,9 @@ class Dht(Protocol):
     """What the offline tier needs from a DHT client (:class:`tierlink.dht.DhtClient`)."""
 
     async def put(self, key: str, value: bytes) -> None: ...
-    async def get(self, key: str) -> list[bytes]: ...
+    async def get(
+        self, key: str, *, keep: Callable[[bytes], bool] | None = None
+    ) -> list[bytes]: ...
     def listen(self, key: str) -> AsyncIterator[bytes]: ...
 
 
@@ -97,8 +110,8 @@ class OfflineTier:
         self.dht = dht
         self.me = identity
         self.outbox = outbox
-        # ``allow`` (sender fingerprint -> bool): the node's allow-list; refused senders'
-        # envelopes are counted ``blocked``, never delivered and never acknowledged.
+        # ``allow`` (sender fingerprint -> bool): the node's allow-list, checked once an
+        # envelope decrypts; refused ones count ``not-allowed``, are never delivered nor acked.
         self.inbox = Inbox(identity, delivered_log, limits, allow)
         self.reput_interval_s = reput_interval_s
         self.on_delivered = on_delivered
@@ -111,6 +124,11 @@ class OfflineTier:
         """Restarts of the background loops after a failure, by loop name."""
         self.acks_skipped = 0
         """Ack values left unread because a fetch held more than MAX_ACKS_PER_FETCH."""
+        self.acks_rejected: Counter[str] = Counter()
+        """Ack values refused, by reason (``decrypt``: not made with our token, ...)."""
+        self.ack_listens: set[str] = set()
+        """Recipients whose ack keys are listened on right now."""
+        self._recipients_changed = asyncio.Event()
         self._fetch_lock = asyncio.Lock()
         self._inflight: set[bytes] = set()  # ids whose put is under way (not retried twice)
         self.held: set[bytes] = set()
@@ -178,6 +196,8 @@ class OfflineTier:
         finally:
             self._inflight.discard(entry.message_id)
         self.outbox.mark_queued(message_id, value)
+        if entry.recipient not in self.ack_listens:
+            self._recipients_changed.set()
         return value
 
     async def reput_due(self, now_ms: int | None = None) -> int:
@@ -198,30 +218,48 @@ class OfflineTier:
                 log.warning("offline message %s not put: %s", entry.message_id.hex(), exc)
         return puts
 
-    async def check_acks(self, values: list[bytes] | None = None) -> int:
-        """Read acks for us (or handle ``values``); returns messages newly marked delivered.
+    def ack_key(self, recipient: str) -> str:
+        """The DHT key where ``recipient`` acknowledges our messages (only we two know it)."""
+        return offline_acks_key(ack_token(self.me, recipient))
 
-        An id counts only if the ack's signer is the message's recipient. At most
-        :data:`MAX_ACKS_PER_FETCH` values are opened, in the order given.
+    async def check_acks(
+        self, recipient: str | None = None, values: list[bytes] | None = None
+    ) -> int:
+        """Read ``recipient``'s acks (or handle ``values`` from its ack key; without it, every
+        recipient with undelivered messages, one get each); returns messages newly marked
+        delivered. At most :data:`MAX_ACKS_PER_FETCH` values are opened per key, in the order
+        given; an ack counts only if it decrypts under our token for ``recipient``, an id only
+        if its message went to ``recipient``.
         """
+        if recipient is None:
+            if values is not None:
+                raise ValueError("ack values must come with the recipient whose key held them")
+            marked = 0
+            for who in self.outbox.recipients():
+                marked += await self.check_acks(who)
+            return marked
+        token = ack_token(self.me, recipient)
         if values is None:
-            values = await self.dht.get(offline_acks_key(self.me.fingerprint))
+            values = await self.dht.get(offline_acks_key(token))
         self.acks_skipped += max(0, len(values) - MAX_ACKS_PER_FETCH)
         marked = 0
         for value in values[:MAX_ACKS_PER_FETCH]:
             try:
-                ack = open_ack(value, self.me.fingerprint)
+                ack = open_ack(value, token)
             except RecordError as exc:
+                self.acks_rejected[exc.reason] += 1
                 log.debug("ignoring ack: %s", exc)
                 continue
             for mid in ack.message_ids:
                 entry = self.outbox.get(mid)
-                if entry is None or entry.recipient != ack.recipient_fingerprint:
+                if entry is None or entry.recipient != recipient:
                     continue
                 if self.outbox.mark_delivered(mid, TIER):
                     marked += 1
                     if self.on_delivered is not None:
                         self.on_delivered(mid, entry.recipient)
+        if marked:
+            self._recipients_changed.set()
         return marked
 
     # -- receiver side --------------------------------------------------------------------
@@ -250,10 +288,10 @@ class OfflineTier:
                     continue
                 self.inbox.delivered(env)
                 delivered.append(env)
-            for sender, ids in res.ack_ids(delivered).items():
+            for token, ids in res.ack_ids(delivered).items():
                 for i in range(0, len(ids), MAX_ACK_IDS):
-                    ack = create_ack(self.me, sender, ids[i : i + MAX_ACK_IDS])
-                    await self.dht.put(offline_acks_key(sender), ack)
+                    ack = create_ack(token, ids[i : i + MAX_ACK_IDS])
+                    await self.dht.put(offline_acks_key(token), ack)
             return res
 
     # -- background -----------------------------------------------------------------------
@@ -265,7 +303,7 @@ class OfflineTier:
         self._tasks = [
             asyncio.create_task(self._listen_queue(), name="offline-queue"),
             asyncio.create_task(self._deliver_incoming(callback), name="offline-deliver"),
-            asyncio.create_task(self._listen_acks(), name="offline-acks"),
+            asyncio.create_task(self._listen_acks(period), name="offline-acks"),
             asyncio.create_task(self._maintain(period), name="offline-maintenance"),
         ]
 
@@ -320,12 +358,41 @@ class OfflineTier:
 
         await self._retrying("deliver", body)
 
-    async def _listen_acks(self) -> None:
+    async def _listen_acks(self, period: float) -> None:
+        """Keep one listen per recipient awaiting acks (at most MAX_ACK_LISTENS)."""
+
         async def body() -> None:
-            it = self.dht.listen(offline_acks_key(self.me.fingerprint))
+            listens: dict[str, asyncio.Task[None]] = {}
+            try:
+                while True:
+                    self._recipients_changed.clear()
+                    wanted = set(self.outbox.recipients(limit=MAX_ACK_LISTENS))
+                    for who in [w for w, task in listens.items()
+                                if w not in wanted or task.done()]:
+                        listens.pop(who).cancel()
+                    for who in wanted - listens.keys():
+                        listens[who] = asyncio.create_task(
+                            self._listen_ack_key(who), name=f"offline-acks-{who[:8]}"
+                        )
+                    self.ack_listens = set(listens)
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._recipients_changed.wait(), period)
+            finally:
+                self.ack_listens = set()
+                for task in listens.values():
+                    task.cancel()
+                for task in listens.values():
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+
+        await self._retrying("acks", body)
+
+    async def _listen_ack_key(self, recipient: str) -> None:
+        async def body() -> None:
+            it = self.dht.listen(self.ack_key(recipient))
             try:
                 async for value in it:
-                    await self.check_acks([value])
+                    await self.check_acks(recipient, [value])
             finally:
                 await _aclose(it)
 

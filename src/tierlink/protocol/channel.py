@@ -5,11 +5,17 @@ transport (:meth:`ChannelProtocol.pop_commands`) and events for the application
 (:meth:`ChannelProtocol.pop_events`); the records are in
 :mod:`tierlink.protocol.channel_events`, the bytes in :mod:`tierlink.wire.channel_frames`.
 
-* After the handshake each side opens its control stream (tag ``C``, then HELLO) and its
-  message stream (tag ``M``); they are our first two unidirectional streams (RFC 9000
-  numbering: 2 and 6 for the client, 3 and 7 for the server). The channel opens once the
-  peer's HELLO arrived, or at the handshake when its limits came signed with its offer or
-  answer (its HELLO must then repeat them).
+* Once the connection's keys exist (``KeysReady``: the callee's after the ClientHello, so
+  its HELLO is 0.5-RTT data; the dialer's with the callee's Finished, so its HELLO leaves
+  with its own), each side opens its control stream (tag ``C``, then HELLO with its
+  binding proof) and its message stream (tag ``M``): our first two unidirectional streams
+  (RFC 9000 numbering: 2 and 6 for the client, 3 and 7 for the server).
+* The channel opens once the handshake completed and the peer's HELLO proved this dial
+  (:class:`~tierlink.wire.channel_frames.ChannelBinding`: session, both fingerprints, this
+  TLS connection). Until then nothing reaches the application (messages are held,
+  datagrams dropped) and nothing can be sent; a wrong proof closes the connection as a
+  failed handshake (``ERROR_HANDSHAKE``). Limits that came signed with the peer's offer or
+  answer must be the ones its HELLO repeats.
 * The n-th message on the message stream has id n. The receiver hands a message to the
   application only while the application's queue (``queue_capacity``) has room, and
   acknowledges what it handed over with one cumulative ACK per :meth:`~ChannelProtocol.
@@ -25,6 +31,7 @@ from collections.abc import Callable
 
 from tierlink.errors import ConnectionClosed, MessageTooLarge
 from tierlink.protocol.channel_events import (
+    ERROR_HANDSHAKE,
     ERROR_NONE,
     ERROR_PROTOCOL,
     ChannelClosed,
@@ -36,6 +43,7 @@ from tierlink.protocol.channel_events import (
     DatagramDelivered,
     DatagramReceived,
     HandshakeCompleted,
+    KeysReady,
     MessageReceived,
     MessagesAcknowledged,
     ProtocolViolation,
@@ -52,6 +60,7 @@ from tierlink.wire.channel_frames import (
     TAG_CONTROL,
     TAG_MESSAGES,
     Ack,
+    ChannelBinding,
     ControlReader,
     Hello,
     MessageReader,
@@ -75,18 +84,20 @@ class ChannelProtocol:
         self,
         *,
         is_client: bool,
+        binding: ChannelBinding,
         max_message_size: int,
         window: int,
         queue_capacity: int,
         peer_limits: tuple[int, int] | None = None,
-        withdrawn: Callable[[int], bool] | None = None,
     ) -> None:
-        """``withdrawn(ticket)``: asked when a backlogged message's turn comes; True skips it
-        (the application gave up on it), so withdrawing costs nothing per message."""
         if queue_capacity < 1 or window < 1 or not 0 <= max_message_size < 2**62:
             raise ValueError("queue_capacity and window must be >= 1, max_message_size in "
                              "[0, 2**62)")
         self.is_client = is_client
+        self._binding = binding
+        self._exporter: bytes | None = None  # set once the keys exist: we greeted
+        self._handshake_done = False
+        self._proven: Hello | None = None  # the peer's HELLO, its proof verified
         self._max_message_size = max_message_size
         self._window = window
         self._queue_capacity = queue_capacity
@@ -95,13 +106,12 @@ class ChannelProtocol:
         self.hello_received = False
         self.closed = False
         self.close_reason: str | None = None
-        self._greeted = False
         self._commands: list[Command] = []
         self._events: list[ChannelEvent] = []
         # sending side: our first two unidirectional streams
         self.control_stream_id = 2 if is_client else 3
         self.message_stream_id = self.control_stream_id + 4
-        self._send = SendWindow(withdrawn)
+        self._send = SendWindow()
         # receiving side
         self._rx_roles: dict[int, str] = {}
         self._ctrl_reader = ControlReader()
@@ -116,6 +126,14 @@ class ChannelProtocol:
              "datagrams_sent", "datagrams_received"),
             0,
         )
+
+    def set_withdrawn(self, withdrawn: Callable[[int], bool]) -> None:
+        """``withdrawn(ticket)``: asked when a backlogged message's turn comes; True skips it
+        (the application gave up on it), so withdrawing costs nothing per message. Set it
+        before the channel opens (nothing can be sent before)."""
+        if self._peer_hello is not None:
+            raise RuntimeError("set_withdrawn is for a channel that is not open yet")
+        self._send = SendWindow(withdrawn)
 
     # -- state ------------------------------------------------------------------------------
     @property
@@ -185,6 +203,8 @@ class ChannelProtocol:
             return
         kind = type(event)
         if kind is DatagramReceived:  # the hot path first
+            if self._peer_hello is None:
+                return  # nothing from an unproven peer reaches the application
             self.stats["datagrams_received"] += 1
             self._events.append(DatagramDelivered(event.data))  # type: ignore[union-attr]
             return
@@ -193,6 +213,8 @@ class ChannelProtocol:
                 self._on_stream_data(
                     event.stream_id, event.data, event.end_stream  # type: ignore[union-attr]
                 )
+            elif isinstance(event, KeysReady):
+                self._on_keys(event.exporter)
             elif isinstance(event, HandshakeCompleted):
                 self._on_handshake_completed()
             elif isinstance(event, StreamReset):
@@ -202,24 +224,26 @@ class ChannelProtocol:
         except ProtocolError as exc:
             self._violation(str(exc))
 
-    def _on_handshake_completed(self) -> None:
-        if self._greeted:
-            raise ProtocolError("second handshake completion")
-        self._greeted = True
-        hello = Hello(PROTOCOL_VERSION, self._max_message_size, self._window)
+    def _on_keys(self, exporter: bytes) -> None:
+        if self._exporter is not None:  # a prepared callee's pump announces them again
+            if exporter != self._exporter:
+                raise ProtocolError("the connection's exporter value changed")
+            return
+        self._exporter = exporter
+        proof = self._binding.proof(self.is_client, exporter)
+        hello = Hello(PROTOCOL_VERSION, self._max_message_size, self._window, proof)
         self._commands += (
             WriteStream(self.control_stream_id, TAG_CONTROL + encode_hello(hello)),
             WriteStream(self.message_stream_id, TAG_MESSAGES),
         )
-        if self._peer_limits is not None and self._peer_hello is None:
-            # The peer's limits came signed (or sealed) with its offer or answer: open now,
-            # one round trip before its HELLO arrives (which must then repeat them).
-            self._open(Hello(PROTOCOL_VERSION, *self._peer_limits))
 
-    def _open(self, hello: Hello) -> None:
-        self._peer_hello = hello
-        self._send.window = self.window
-        self._events.append(ChannelOpened(self.max_message_size, self.window))
+    def _on_handshake_completed(self) -> None:
+        if self._handshake_done:
+            raise ProtocolError("second handshake completion")
+        if self._exporter is None:
+            raise ProtocolError("handshake completed before the keys were announced")
+        self._handshake_done = True
+        self._try_open()
 
     def _on_hello(self, hello: Hello) -> None:
         if self.hello_received:
@@ -229,12 +253,26 @@ class ChannelProtocol:
             raise ProtocolError(
                 f"peer speaks channel protocol {hello.version}, we speak {PROTOCOL_VERSION}"
             )
-        if self._peer_limits is not None:
-            if (hello.max_message_size, hello.window) != tuple(self._peer_limits):
-                raise ProtocolError("the peer's HELLO disagrees with the limits it signaled")
-            if self._peer_hello is not None:
-                return  # opened at the handshake with these very limits
-        self._open(hello)
+        limits = self._peer_limits
+        if limits is not None and (hello.max_message_size, hello.window) != tuple(limits):
+            raise ProtocolError("the peer's HELLO disagrees with the limits it signaled")
+        if self._exporter is None:
+            raise ProtocolError("HELLO before the connection's keys")
+        if not self._binding.verify(not self.is_client, self._exporter, hello.proof):
+            detail = ("the peer's HELLO does not prove this dial (session, fingerprints and "
+                      "TLS connection): channel binding failed")
+            self._violation(detail, ERROR_HANDSHAKE)
+            return
+        self._proven = hello
+        self._try_open()
+
+    def _try_open(self) -> None:
+        """Open once the handshake completed and the peer proved this dial."""
+        if self._handshake_done and self._proven is not None and self._peer_hello is None:
+            self._peer_hello = self._proven
+            self._send.window = self.window
+            self._events.append(ChannelOpened(self.max_message_size, self.window))
+            self._hand_over()  # messages that arrived before the proof
 
     def _on_stream_data(self, sid: int, data: bytes, end: bool) -> None:
         role = self._rx_roles.get(sid)
@@ -278,6 +316,8 @@ class ChannelProtocol:
     # -- receiving ------------------------------------------------------------------------------
     def _hand_over(self) -> None:
         """Hand held messages to the application while its queue has room."""
+        if self._peer_hello is None:
+            return
         held = self._held
         stats = self.stats
         while held and self._handed < self._queue_capacity:
@@ -299,7 +339,7 @@ class ChannelProtocol:
     def write_ack(self) -> None:
         """Acknowledge, in one ACK frame, every message handed over since the last one
         (call once per packetization pass: acks coalesce)."""
-        if self._delivered != self._acked and self._greeted and not self.closed:
+        if self._delivered != self._acked and self._exporter is not None and not self.closed:
             self._acked = self._delivered
             self._commands.append(WriteStream(self.control_stream_id, encode_ack(self._acked)))
 
@@ -363,10 +403,13 @@ class ChannelProtocol:
         self._commands.append(CloseConnection(ERROR_NONE, reason, PEER_CLOSED_REASON))
         self._finish(reason)
 
-    def _violation(self, detail: str) -> None:
-        reason = f"protocol error: {detail}"
+    def _violation(self, detail: str, code: int = ERROR_PROTOCOL) -> None:
+        """Close on the peer's fault: a protocol error, or a failed handshake (its HELLO
+        did not prove this dial)."""
+        what = "handshake failed" if code == ERROR_HANDSHAKE else "protocol error"
+        reason = f"{what}: {detail}"
         self._events.append(ProtocolViolation(detail))
-        self._commands.append(CloseConnection(ERROR_PROTOCOL, reason, reason[:200]))
+        self._commands.append(CloseConnection(code, reason, reason[:200]))
         self._finish(reason)
 
     def _finish(self, reason: str) -> None:

@@ -3,7 +3,8 @@
 Three kinds of small records, none tied to a QUIC library:
 
 * transport events, fed in by the shell that drives the QUIC connection (it maps its QUIC
-  library's events onto these): :class:`HandshakeCompleted`, :class:`StreamDataReceived`,
+  library's events onto these): :class:`KeysReady`, :class:`HandshakeCompleted`,
+  :class:`StreamDataReceived`,
   :class:`StreamReset`, :class:`DatagramReceived`, :class:`ConnectionTerminated`;
 * commands for that shell: :class:`WriteStream`, :class:`SendDatagram`,
   :class:`CloseConnection`;
@@ -26,6 +27,14 @@ ERROR_LIVENESS = 0x3
 
 
 # -- transport events (in) -------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class KeysReady:
+    """The connection's 1-RTT keys exist (callee: after the ClientHello; dialer: with the
+    callee's Finished); ``exporter`` is its TLS exporter value for the channel binding."""
+
+    exporter: bytes
+
+
 @dataclass(frozen=True, slots=True)
 class HandshakeCompleted:
     """The secure handshake completed and the peer's certificate matched its pin."""
@@ -62,7 +71,8 @@ class ConnectionTerminated:
 
 
 TransportEvent = (
-    HandshakeCompleted | StreamDataReceived | StreamReset | DatagramReceived | ConnectionTerminated
+    KeysReady | HandshakeCompleted | StreamDataReceived | StreamReset | DatagramReceived
+    | ConnectionTerminated
 )
 
 

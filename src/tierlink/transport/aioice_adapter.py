@@ -1,4 +1,5 @@
-"""The one place tierlink touches aioice's internals (with :mod:`.aioice_socket`).
+"""The one place tierlink touches aioice's internals (with :mod:`.aioice_socket` and
+:mod:`.aioice_turn`).
 
 aioice (0.13.0, pinned exactly) gathers host candidates from every interface except
 127.0.0.1, queues every received datagram in an unbounded ``asyncio.Queue`` and sends through
@@ -27,10 +28,10 @@ import asyncio
 import ipaddress
 import random
 import socket
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 import aioice
-from aioice import Candidate, TransportPolicy
+from aioice import Candidate, TransportPolicy, stun
 from aioice.candidate import candidate_foundation, candidate_priority
 from aioice.ice import (
     ICE_COMPLETED,
@@ -41,7 +42,7 @@ from aioice.ice import (
     server_reflexive_candidate,
 )
 
-from tierlink.transport.aioice_socket import BatchReader, udp_socket
+from tierlink.transport.aioice_socket import BatchReader, Source, SourceGate, udp_socket
 from tierlink.transport.aioice_socket import forbid_fragmentation as _forbid_fragmentation
 
 __all__ = ["PRIVATE_NAMES", "IceConnection", "get_host_addresses"]
@@ -94,13 +95,27 @@ PRIVATE_NAMES: tuple[str, ...] = (
     "aioice.ice.CandidatePair.remote_candidate",
     "aioice.ice.StunProtocol.transport",
     "aioice.turn.TurnTransport.sendto(data, addr)",
+    # limit_unvalidated_checks(): every STUN message a protocol sends passes its budget
+    "aioice.ice.StunProtocol.send_stun(message, addr)",
+    "aioice.stun.Message(message_method, message_class, transaction_id, attributes)",
+    "aioice.stun.Class.REQUEST",
+    "aioice.stun.Class.RESPONSE",
 )
 
 DatagramHandler = Callable[[bytes], None]
+#: Asks STUN and TURN servers for one component (:class:`~.gathering.ServerGathering`):
+#: given the host sockets and a factory of relay protocols, the candidates found (with the
+#: protocol of each relay).
+ServerGatherer = Callable[
+    [int, list[StunProtocol], Callable[[], StunProtocol]],
+    Awaitable[list[tuple[Candidate, StunProtocol | None]]],
+]
 
 #: aioice's pacing of connectivity checks (Ta); RFC 8445 section 14.2 forbids < 5 ms.
 DEFAULT_CHECK_INTERVAL = 0.02
 MIN_CHECK_INTERVAL = 0.005
+#: IP and UDP header bytes of a datagram, by whether it goes over IPv6.
+_IP_UDP_HEADERS = {False: 20 + 8, True: 40 + 8}
 #: Datagrams kept between ICE completion and the handler being set.
 _PENDING_LIMIT = 64
 _UNSTARTED = (CandidatePair.State.WAITING, CandidatePair.State.FROZEN)
@@ -125,6 +140,7 @@ class IceConnection(aioice.Connection):
         check_interval: float = DEFAULT_CHECK_INTERVAL,
         batch_receive: bool = True,
         port_range: tuple[int, int] | None = None,
+        servers: ServerGatherer | None = None,
     ) -> None:
         if check_interval < MIN_CHECK_INTERVAL:
             raise ValueError(f"check_interval must be >= {MIN_CHECK_INTERVAL} s (RFC 8445 Ta)")
@@ -150,8 +166,14 @@ class IceConnection(aioice.Connection):
         self._tl_batch_receive = batch_receive
         self._tl_handler: DatagramHandler | None = None
         self._tl_keep_reading: Callable[[], bool] | None = None
-        self._tl_pending: list[bytes] = []
+        self._tl_pending: list[tuple[bytes, Source | None]] = []
         self._tl_reader: BatchReader | None = None
+        self._tl_check_budget: int | None = None
+        self._tl_validated: set[tuple[str, int]] = set()
+        self._tl_check_bytes = 0
+        self._tl_checks_dropped = 0
+        self._tl_gate = SourceGate()
+        self._tl_servers = servers
 
     # -- gathering ------------------------------------------------------------------------
     async def gather_candidates(self) -> None:
@@ -160,19 +182,34 @@ class IceConnection(aioice.Connection):
         Follows aioice/ice.py ``Connection.gather_candidates`` (lines 568-595). Differs only
         with an allow-list (and the default policy): aioice first lists every interface of
         the machine (ifaddr, about 0.2 ms, measured), whose result the allow-list replaces;
-        a dial gathers twice on its critical path, so that listing is skipped here.
+        a dial gathers twice on its critical path, so that listing is skipped here. With
+        ``servers``, their candidates join the host ones (:meth:`_tl_gather_servers`). Every
+        socket gathered on is then watched by the source gate (see :meth:`data_received`).
         """
+        first = not self._local_candidates_start
         if self._tl_allowed is None or self._tl_relay_only:
             await super().gather_candidates()
-            return
-        if self._local_candidates_start:
-            return
-        self._local_candidates_start = True
+        elif not self._local_candidates_start:
+            self._local_candidates_start = True
+            for component in self._components:
+                self._local_candidates += await self.get_component_candidates(
+                    component=component, addresses=list(self._tl_allowed)
+                )
+            self._local_candidates_end = True
+        if first and self._tl_servers is not None:
+            await self._tl_gather_servers(self._tl_servers)
+        for protocol in self._protocols:  # every local socket and TURN allocation
+            self._tl_gate.watch(protocol)
+
+    async def _tl_gather_servers(self, servers: ServerGatherer) -> None:
+        """Add the STUN and TURN servers' candidates to the host candidates gathered."""
+        hosts = list(self._protocols)
         for component in self._components:
-            self._local_candidates += await self.get_component_candidates(
-                component=component, addresses=list(self._tl_allowed)
-            )
-        self._local_candidates_end = True
+            mine = [p for p in hosts if p.local_candidate.component == component]
+            for candidate, protocol in await servers(component, mine, lambda: StunProtocol(self)):
+                self._local_candidates.append(candidate)
+                if protocol is not None:
+                    self._protocols.append(protocol)
 
     async def get_component_candidates(
         self, component: int, addresses: list[str], timeout: int = 5
@@ -274,6 +311,51 @@ class IceConnection(aioice.Connection):
             raise ConnectionError("ICE negotiation failed")
         self._query_consent_task = asyncio.create_task(self.query_consent())
 
+    # -- the check budget -------------------------------------------------------------------
+    def limit_unvalidated_checks(self, budget: int) -> None:
+        """Send at most ``budget`` bytes (IP and UDP headers included) of connectivity
+        checks, until nomination, to remote addresses that have not sent us a valid check
+        (one that has proves it runs ICE with our credentials, so it is no reflection
+        victim). Checks over the budget are dropped as if lost (their transactions time
+        out). Call once gathering is done."""
+        for protocol in self._protocols:
+            self._tl_guard(protocol, budget)
+
+    @property
+    def unvalidated_check_bytes(self) -> int:
+        """Bytes of checks (with IP and UDP headers) sent to addresses that had not sent us
+        a valid check."""
+        return self._tl_check_bytes
+
+    @property
+    def checks_dropped(self) -> int:
+        """Checks not sent because the budget of :meth:`limit_unvalidated_checks` was spent."""
+        return self._tl_checks_dropped
+
+    def _tl_guard(self, protocol: StunProtocol, budget: int) -> None:
+        """Route ``protocol``'s STUN messages through the check budget. A Binding success
+        response goes out only to a request aioice authenticated (aioice/ice.py
+        ``Connection.request_received``, lines 1294-1351): its address is validated."""
+        send = protocol.send_stun
+
+        def send_stun(message: stun.Message, addr: tuple[str, int]) -> None:
+            kind = message.message_class
+            if kind == stun.Class.RESPONSE:
+                self._tl_validated.add(_address(addr))
+            elif (
+                kind == stun.Class.REQUEST
+                and self._tl_pair() is None
+                and _address(addr) not in self._tl_validated
+            ):
+                size = len(bytes(message)) + _IP_UDP_HEADERS[":" in addr[0]]
+                if self._tl_check_bytes + size > budget:
+                    self._tl_checks_dropped += 1
+                    return
+                self._tl_check_bytes += size
+            send(message, addr)
+
+        setattr(protocol, "send_stun", send_stun)  # noqa: B010  (an instance's method)
+
     # -- the nominated pair ---------------------------------------------------------------
     def _tl_pair(self) -> CandidatePair | None:
         """The nominated pair of component 1 (the only one), or None before nomination."""
@@ -315,33 +397,57 @@ class IceConnection(aioice.Connection):
         if handler is not None:
             self._tl_enable_batching()
             pending, self._tl_pending = self._tl_pending, []
-            for data in pending:
-                handler(data)
+            for data, source in pending:
+                if self._tl_admits(source):
+                    handler(data)
 
     @property
     def held_datagrams(self) -> int:
         """Datagrams received before a handler was set, held for it (at most 64)."""
         return len(self._tl_pending)
 
+    @property
+    def foreign_datagrams(self) -> int:
+        """Application datagrams dropped because they did not come from the nominated pair's
+        remote address to its local socket (a spoofing or stray sender)."""
+        return self._tl_gate.dropped
+
+    def _tl_admits(self, source: Source | None) -> bool:
+        pair = self._tl_pair()
+        if pair is None:
+            self._tl_gate.dropped += 1
+            return False
+        return self._tl_gate.admits(source, pair.protocol, pair.remote_addr)
+
     def data_received(self, data: bytes, component: int) -> None:
         """Called by aioice's protocols for every application datagram.
 
         Replaces aioice/ice.py ``Connection.data_received`` (lines 1277-1278), which queues
-        the datagram for ``recv``: with a handler set, ``recv`` is not used.
+        the datagram for ``recv``: with a handler set, ``recv`` is not used. Only the
+        nominated pair's remote address, received on that pair's local socket (or TURN
+        allocation), delivers; other datagrams are counted in :attr:`foreign_datagrams`.
         """
+        source = self._tl_gate.take()
+        nominated = self._tl_pair() is not None
+        if nominated and not self._tl_admits(source):
+            return
         handler = self._tl_handler
-        if handler is not None:
-            handler(data)
-            reader = self._tl_reader
-            if reader is not None and not reader.closed and not reader.draining:
-                keep = self._tl_keep_reading
-                if keep is None or keep():
-                    reader.drain(keep)
-        elif len(self._tl_pending) < _PENDING_LIMIT:
-            # Datagrams that arrive between ICE completion and the handler being set.
-            self._tl_pending.append(data)
+        if handler is None or not nominated:
+            # Held for the handler (at most 64: the window between ICE completion and the
+            # handler being set); one that came before nomination is checked when handed out.
+            if len(self._tl_pending) < _PENDING_LIMIT:
+                self._tl_pending.append((data, source))
+            return
+        handler(data)
+        reader = self._tl_reader
+        if reader is not None and not reader.closed and not reader.draining:
+            keep = self._tl_keep_reading
+            if keep is None or keep():
+                reader.drain(keep)
 
-    def _tl_deliver(self, data: bytes) -> None:
+    def _tl_deliver(self, data: bytes, addr: tuple[object, ...]) -> None:
+        if self._tl_reader is not None:
+            self._tl_gate.arrived(self._tl_reader.protocol, addr)
         self.data_received(data, 1)
 
     def _tl_enable_batching(self) -> None:
@@ -384,3 +490,11 @@ class IceConnection(aioice.Connection):
         """
         pair = self._tl_pair()
         return pair is not None and _forbid_fragmentation(pair.protocol)
+
+
+def _address(addr: tuple[str, int]) -> tuple[str, int]:
+    """``addr`` with its host in one canonical text form (IPv6 has several)."""
+    try:
+        return str(ipaddress.ip_address(addr[0])), addr[1]
+    except ValueError:
+        return addr[0], addr[1]

@@ -1,4 +1,4 @@
-"""The nominated direct ICE pair's UDP socket: batched reads, buffer sizes, don't-fragment.
+"""The nominated ICE pair's socket: batched reads, buffer sizes, don't-fragment, sources.
 
 Half of the aioice adapter (:mod:`tierlink.transport.aioice_adapter` is the other half): the
 parts that work on the socket behind aioice's ``StunProtocol`` of a host or server-reflexive
@@ -6,6 +6,9 @@ pair. asyncio's datagram transport reads one datagram per event-loop pass; a
 :class:`BatchReader` reads what else waits on that socket (through a ``dup`` of it, public
 socket API) in the same pass, so QUIC packetizes its answer (acks) once per batch instead of
 once per datagram. Larger socket buffers absorb the bursts that batching lets through.
+
+A :class:`SourceGate` remembers where each datagram came from (the protocol that read it and
+the sender's address), so that only the nominated pair's remote address delivers data.
 
 Every aioice name used here that aioice does not export is listed in :data:`PRIVATE_NAMES`;
 ``tests/test_aioice_adapter.py`` resolves each one on the installed aioice.
@@ -16,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import socket
 from collections.abc import Callable
+from typing import Any
 
 from aioice.ice import StunProtocol
 
@@ -25,6 +29,7 @@ __all__ = [
     "RECV_SIZE",
     "SOCKET_BUFFER",
     "BatchReader",
+    "SourceGate",
     "forbid_fragmentation",
 ]
 
@@ -36,7 +41,8 @@ PRIVATE_NAMES: tuple[str, ...] = (
     "aioice.ice.StunProtocol",
     "aioice.ice.StunProtocol.transport",
     "aioice.turn.TurnTransport.get_extra_info(name, default)",
-    # batched reads hand STUN (consent checks) and socket errors to aioice's own handling
+    # batched reads hand STUN (consent checks) and socket errors to aioice's own handling;
+    # SourceGate wraps it on each protocol to learn every datagram's sender
     "aioice.ice.StunProtocol.datagram_received(data, addr)",
     "aioice.ice.StunProtocol.error_received(exc)",
 )
@@ -55,6 +61,12 @@ _FIRST_NON_STUN_BYTE = 0x40
 _IP_MTU_DISCOVER = getattr(socket, "IP_MTU_DISCOVER", 10)
 _IPV6_MTU_DISCOVER = getattr(socket, "IPV6_MTU_DISCOVER", 23)
 _PMTUDISC_PROBE = getattr(socket, "IP_PMTUDISC_PROBE", 3)
+
+#: Where a datagram came from: the protocol (socket or TURN allocation) that received it and
+#: the sender's (host, port).
+Source = tuple[StunProtocol, tuple[Any, Any]]
+#: A batch reader's callback: one application datagram and its sender's address.
+Deliver = Callable[[bytes, tuple[Any, ...]], None]
 
 
 def udp_socket(protocol: StunProtocol) -> socket.socket | None:
@@ -91,12 +103,13 @@ def forbid_fragmentation(protocol: StunProtocol) -> bool:
 class BatchReader:
     """Reads the datagrams already waiting on a direct pair's socket, in the same loop pass.
 
-    Application datagrams (first byte >= 0x40) go to ``deliver``; STUN goes to aioice's
+    Application datagrams (first byte >= 0x40) go to ``deliver`` with their sender's
+    address; STUN goes to aioice's
     ``StunProtocol.datagram_received`` as if asyncio had read it.
     """
 
     def __init__(
-        self, protocol: StunProtocol, sock: socket.socket, deliver: Callable[[bytes], None]
+        self, protocol: StunProtocol, sock: socket.socket, deliver: Deliver
     ) -> None:
         self.protocol = protocol
         self._sock: socket.socket | None = sock
@@ -105,9 +118,7 @@ class BatchReader:
         self.draining = False
 
     @classmethod
-    def open(
-        cls, protocol: StunProtocol, deliver: Callable[[bytes], None]
-    ) -> BatchReader | None:
+    def open(cls, protocol: StunProtocol, deliver: Deliver) -> BatchReader | None:
         """A reader on ``protocol``'s socket (buffers raised), or None if it has none (a
         relayed pair: asyncio's one-per-pass reading stays) or it is closing."""
         tsock = udp_socket(protocol)
@@ -151,7 +162,7 @@ class BatchReader:
                     protocol.error_received(exc)
                     break
                 if data and data[0] >= _FIRST_NON_STUN_BYTE:
-                    self._deliver(data)
+                    self._deliver(data, addr)
                 else:  # STUN (consent checks): aioice's own handling
                     protocol.datagram_received(data, addr)
                 if self._sock is None:  # closed meanwhile
@@ -164,3 +175,52 @@ class BatchReader:
         sock, self._sock = self._sock, None
         if sock is not None:
             sock.close()
+
+
+class SourceGate:
+    """Admits application datagrams only from one source: the nominated pair's protocol and
+    remote address; every other one is counted in :attr:`dropped`.
+
+    aioice hands application datagrams to ``Connection.data_received`` without their
+    sender. :meth:`watch` wraps a protocol's ``datagram_received`` so that, for the duration
+    of that synchronous call, :attr:`source` says which protocol read the datagram and who
+    sent it; the batch reader reports the same through :meth:`arrived`.
+    """
+
+    def __init__(self) -> None:
+        self.source: Source | None = None
+        #: Application datagrams refused: another sender, or another local socket.
+        self.dropped = 0
+        self._watched: set[int] = set()
+
+    def watch(self, protocol: StunProtocol) -> None:
+        """Learn the sender of every datagram ``protocol`` receives (idempotent)."""
+        if id(protocol) in self._watched:
+            return
+        self._watched.add(id(protocol))
+        original = protocol.datagram_received
+
+        def received(data: bytes | str, addr: tuple[Any, ...]) -> None:
+            self.source = (protocol, (addr[0], addr[1]))
+            try:
+                original(data, addr)
+            finally:
+                self.source = None
+
+        protocol.datagram_received = received  # type: ignore[method-assign]
+
+    def arrived(self, protocol: StunProtocol, addr: tuple[Any, ...]) -> None:
+        """The batch reader read a datagram from ``addr`` on ``protocol``'s socket."""
+        self.source = (protocol, (addr[0], addr[1]))
+
+    def take(self) -> Source | None:
+        """The current datagram's source (None: unknown), cleared for the next one."""
+        source, self.source = self.source, None
+        return source
+
+    def admits(self, source: Source | None, protocol: StunProtocol, remote: Any) -> bool:
+        """True if ``source`` is ``protocol`` receiving from ``remote``; else counted."""
+        if source is not None and source[0] is protocol and source[1] == tuple(remote):
+            return True
+        self.dropped += 1
+        return False

@@ -7,7 +7,12 @@ needs:
   "for test purposes only");
 * checking the peer's certificate *during* the handshake, so a wrong certificate aborts it
   with a TLS alert on both sides (we wrap ``tls.Context._set_peer_certificate``);
-* installing both on the TLS context, which is created inside
+* the TLS exporter (RFC 8446 §7.5) that binds the channel to the dial: aioquic has none,
+  so the exporter master secret is derived (``tls.Context.key_schedule``,
+  ``tls.KeySchedule.derive_secret``) at the one moment its transcript is the one RFC 8446
+  §7.1 names, ClientHello..server Finished: when ``tls.Context._setup_traffic_protection``
+  derives the server's application traffic secret, on both sides;
+* installing all three on the TLS context, which is created inside
   ``QuicConnection._initialize``;
 * offering only the X25519 key exchange (``tls.Context._supported_groups``): aioquic's
   client otherwise generates four key shares (P-256, P-384, X25519, X448) per handshake,
@@ -40,6 +45,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections import deque
+from dataclasses import dataclass, field
 from typing import Any
 
 from aioquic import tls
@@ -48,6 +54,7 @@ from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
 from aioquic.quic.events import ConnectionTerminated
 from aioquic.quic.packet import QuicPacketType, pull_quic_header
+from cryptography.hazmat.primitives import hashes
 
 #: aioquic names this module relies on that are not its documented API; a trailing ``(...)``
 #: lists the parameters a called or overridden function must still take.
@@ -61,6 +68,12 @@ PRIVATE_NAMES: tuple[str, ...] = (
     "aioquic.tls.Certificate.certificates",
     "aioquic.tls.AlertBadCertificate",
     "aioquic.tls.Group.X25519",
+    # the exporter master secret and the TLS exporter
+    "aioquic.tls.Context._setup_traffic_protection(direction, epoch, label)",
+    "aioquic.tls.Context.key_schedule",
+    "aioquic.tls.KeySchedule.derive_secret(label)",
+    "aioquic.tls.KeySchedule.algorithm",
+    "aioquic.tls.hkdf_expand_label(algorithm, secret, label, hash_value, length)",
     # close_event(), pending_datagrams(), max_datagram_size()
     "aioquic.quic.connection.QuicConnection._close_event",
     "aioquic.quic.connection.QuicConnection._datagrams_pending",
@@ -87,6 +100,8 @@ PRIVATE_NAMES: tuple[str, ...] = (
     "aioquic.quic.packet.QuicHeader.packet_type",
     "aioquic.quic.packet.QuicHeader.destination_cid",
     "aioquic.quic.packet.QuicPacketType.INITIAL",
+    # idle_deadline(): re-armed by every packet that decrypts (RFC 9000 section 10.1)
+    "aioquic.quic.connection.QuicConnection._close_at",
 )
 
 #: The largest packet aioquic can build: it writes STREAM and CRYPTO frame lengths as 2-byte
@@ -97,6 +112,11 @@ MIN_PACKET_SIZE = 1200
 
 #: The only TLS key-exchange group offered and accepted (fast, and every TLS 1.3 stack has it).
 KEY_EXCHANGE_GROUPS = [tls.Group.X25519]
+
+#: The label under which TLS 1.3 derives the exporter master secret (RFC 8446 §7.1).
+EXPORTER_MASTER_LABEL = b"exp master"
+#: The label of the server's application traffic secret, derived from the same transcript.
+_SERVER_APPLICATION_LABEL = b"s ap traffic"
 
 #: Reason sent in the TLS alert when a certificate does not match its pin.
 PIN_MISMATCH_REASON = (
@@ -111,6 +131,8 @@ class PinnedQuicConnection(QuicConnection):
     peer's leaf certificate with ``expected_peer_sha256`` as soon as it arrives and abort
     with a ``bad_certificate`` alert on mismatch. ``peer_certificate_sha256`` is set only
     once a matching certificate was seen; ``pin_error`` explains a local rejection.
+    ``exporter_secret`` is the TLS exporter master secret once the 1-RTT keys exist (see
+    :func:`tls_exporter`).
     """
 
     def __init__(
@@ -127,6 +149,7 @@ class PinnedQuicConnection(QuicConnection):
         self.expected_peer_sha256 = expected_peer_sha256
         self.peer_certificate_sha256: bytes | None = None
         self.pin_error: str | None = None
+        self.exporter_secret: ExporterSecret | None = None
         #: Datagrams handed out ahead of the path, in the signaling (see PreparedChannel).
         self.early_datagrams: tuple[bytes, ...] = ()
         #: Client: the server's reply to those arrived the same way.
@@ -151,6 +174,47 @@ class PinnedQuicConnection(QuicConnection):
             self.peer_certificate_sha256 = digest
 
         context._set_peer_certificate = checked  # type: ignore[method-assign]
+        protect = context._setup_traffic_protection
+
+        def keyed(direction: Any, epoch: Any, label: bytes) -> None:
+            if label == _SERVER_APPLICATION_LABEL and self.exporter_secret is None:
+                schedule = context.key_schedule
+                assert schedule is not None
+                self.exporter_secret = ExporterSecret(
+                    schedule.algorithm, schedule.derive_secret(EXPORTER_MASTER_LABEL)
+                )
+            protect(direction, epoch, label)
+
+        context._setup_traffic_protection = keyed  # type: ignore[method-assign]
+
+
+@dataclass(frozen=True)
+class ExporterSecret:
+    """A TLS 1.3 exporter master secret and the hash of the cipher suite it came from."""
+
+    algorithm: hashes.HashAlgorithm
+    secret: bytes = field(repr=False)
+
+    def export(self, label: bytes, context: bytes, length: int) -> bytes:
+        """TLS-Exporter(label, context, length) of RFC 8446 §7.5 (HKDF-Expand-Label of
+        Derive-Secret(secret, label, ""), "exporter", Hash(context))."""
+        algorithm = self.algorithm
+        empty, ctx = hashes.Hash(algorithm), hashes.Hash(algorithm)
+        ctx.update(context)
+        derived = tls.hkdf_expand_label(
+            algorithm, self.secret, label, empty.finalize(), algorithm.digest_size
+        )
+        return tls.hkdf_expand_label(algorithm, derived, b"exporter", ctx.finalize(), length)
+
+
+def tls_exporter(quic: PinnedQuicConnection, label: bytes, context: bytes, length: int) -> bytes:
+    """TLS-Exporter(label, context, length) of ``quic``, whose 1-RTT keys must exist
+    (:attr:`PinnedQuicConnection.exporter_secret` set); both ends of one connection get
+    the same bytes, no other connection does."""
+    exporter = quic.exporter_secret
+    if exporter is None:
+        raise RuntimeError("the connection has no exporter secret before its 1-RTT keys")
+    return exporter.export(label, context, length)
 
 
 def initial_destination_cid(datagram: bytes, cid_length: int) -> bytes | None:
@@ -169,6 +233,14 @@ def close_event(quic: QuicConnection) -> ConnectionTerminated | None:
     """The pending ConnectionTerminated as soon as the connection started closing, or None."""
     event: ConnectionTerminated | None = quic._close_event
     return event
+
+
+def idle_deadline(quic: QuicConnection) -> float | None:
+    """When the connection would time out idle. ``receive_datagram`` moves it only for a
+    packet that decrypted (and for a server's first datagram), so a change across that call
+    means the peer was heard: garbage and forged packets leave it as it was."""
+    deadline: float | None = quic._close_at
+    return deadline
 
 
 def pending_datagrams(quic: QuicConnection) -> deque[bytes]:

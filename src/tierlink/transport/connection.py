@@ -6,7 +6,8 @@ and acknowledged, ``send_datagram`` is unreliable. With ``secure=False`` it carr
 datagrams: ``send`` and ``send_datagram`` are then the same, 1 byte up
 to :attr:`Connection.max_payload` (65,507 on a direct IPv4 path, 4 less through TURN).
 
-The receive side: bounded queues (capacity 16 by default),
+Only the nominated pair's remote address delivers datagrams (others are counted in
+``foreign_datagrams``). The receive side: bounded queues (capacity 16 by default),
 drop-oldest for datagrams with a counter, ``recv(timeout)`` without polling, and ``close()``
 that wakes every waiter and releases every socket, task and timer.
 """
@@ -44,7 +45,18 @@ class Transport(Protocol):
 
 
 class RawDatagrams:
-    """Raw ICE datagrams as a transport: no encryption, no acknowledgement, drop-oldest."""
+    """Raw ICE datagrams as a transport: no encryption, no acknowledgement, drop-oldest.
+
+    What raw mode promises: a datagram is delivered only if it came from the nominated
+    pair's remote address to that pair's local socket (or TURN allocation); any other
+    sender's datagrams are dropped and counted (``foreign_datagrams`` in the connection's
+    stats). The connection stays open as long as ICE consent holds (RFC 7675 checks, every
+    4-6 s, answered with the peer's ICE password); received datagrams never extend it.
+    What it cannot promise: the source address is not authenticated. An attacker who can
+    spoof the peer's address and port (on path, or off path where the network does not
+    filter spoofed sources) can inject datagrams, and one on the path can read, drop and
+    change them. Use the secure channel (the default) for anything that needs integrity.
+    """
 
     def __init__(self, ice: IceConnection, queue_capacity: int) -> None:
         self._ice = ice
@@ -214,6 +226,7 @@ class Connection:
             "received": self.received,
             "dropped": self.dropped,
             "closed": self.closed,
+            "foreign_datagrams": self._ice.foreign_datagrams,
             **self._transport.stats,
         }
 

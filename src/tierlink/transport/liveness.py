@@ -1,9 +1,10 @@
 """Keep-alive and watchdog of one connection on asyncio (QUIC sends no keep-alives itself).
 
 A PING goes out when the path has been quiet, and the connection expires when nothing
-arrived for ``liveness_timeout`` seconds. The client keeps the pair alive: its PINGs feed
-the server's watchdog and their ACKs its own. The server pings only when the client's PINGs
-went missing, so an idle connection costs one PING and one ACK per interval, not two of each.
+authenticated arrived for ``liveness_timeout`` seconds (see :meth:`Liveness.heard`). The
+client keeps the pair alive: its PINGs feed the server's watchdog and their ACKs its own.
+The server pings only when the client's PINGs went missing, so an idle connection costs one
+PING and one ACK per interval, not two of each.
 """
 
 from __future__ import annotations
@@ -42,7 +43,9 @@ class Liveness:
         return (self._ping_timer is not None) + (self._live_timer is not None)
 
     def heard(self, now: float) -> None:
-        """Something arrived from the peer at ``now``."""
+        """Authenticated traffic arrived from the peer at ``now``: a QUIC packet that
+        decrypted. Anything an attacker can send without the keys (garbage, forged packets,
+        path-MTU probes) must not be reported, or a spoofer could keep a dead peer alive."""
         self._last_rx = now
 
     def start(self) -> None:

@@ -32,6 +32,7 @@ from tierlink.protocol.channel_events import (
     ConnectionTerminated,
     DatagramReceived,
     HandshakeCompleted,
+    KeysReady,
     StreamDataReceived,
     StreamReset,
     TransportEvent,
@@ -41,6 +42,7 @@ from tierlink.transport.aioice_adapter import IceConnection
 from tierlink.transport.aioquic_adapter import (
     PinnedQuicConnection,
     close_event,
+    idle_deadline,
     max_datagram_size,
     pending_datagrams,
     release,
@@ -55,6 +57,7 @@ from tierlink.transport.quic_setup import (
     CONNECTION_ID_LENGTH,
     MAX_DATAGRAM_SIZE,
     QUIC_ADDR,
+    binding_exporter,
     new_server,
     start_client,
 )
@@ -108,6 +111,7 @@ class QuicPump:
         self._mtu = PathMtu(ice, MAX_DATAGRAM_SIZE)
         self._last_packet_size = MAX_DATAGRAM_SIZE  # what max_packet_size says once closed
         self._last_rtt = 0.0
+        self._keys_announced = False
 
     # -- state ------------------------------------------------------------------------------
     @property
@@ -250,7 +254,6 @@ class QuicPump:
                 self._apply_packet_size()
             return
         now = self._loop.time()
-        self._liveness.heard(now)
         try:
             if self._quic is None:
                 if self.is_client:
@@ -258,7 +261,10 @@ class QuicPump:
                 self._quic = new_server(self._config, data, self.peer_cert_sha256)
                 if self._quic is None:
                     return
+            idle = idle_deadline(self._quic)
             self._quic.receive_datagram(data, QUIC_ADDR, now=now)
+            if idle_deadline(self._quic) != idle:  # a packet decrypted: the peer is alive
+                self._liveness.heard(now)
             self._process(flush=False)
         except Exception as exc:  # a bug must close the channel, not vanish inside aioice
             self.close(f"internal error: {exc!r}", error_code=ERROR_PROTOCOL)
@@ -280,6 +286,9 @@ class QuicPump:
         quic = self._quic
         assert quic is not None
         batch: list[TransportEvent] = []  # handed over in one call: one pass of the channel
+        if not self._keys_announced and quic.exporter_secret is not None:
+            self._keys_announced = True  # first: before any 1-RTT data it protects
+            batch.append(KeysReady(binding_exporter(quic)))
         terminated: events.ConnectionTerminated | None = None
         while (event := quic.next_event()) is not None:
             if isinstance(event, events.StreamDataReceived):

@@ -11,8 +11,13 @@ import ssl
 
 from aioquic.quic.configuration import QuicConfiguration
 
-from tierlink.transport.aioquic_adapter import PinnedQuicConnection, initial_destination_cid
+from tierlink.transport.aioquic_adapter import (
+    PinnedQuicConnection,
+    initial_destination_cid,
+    tls_exporter,
+)
 from tierlink.transport.certs import LocalCertificate
+from tierlink.wire.channel_frames import EXPORTER_LABEL, EXPORTER_SIZE
 
 ALPN = "tierlink/1"
 #: The constant pseudo-address given to aioquic: the ICE pair is the only path.
@@ -88,3 +93,9 @@ def hand_out_first_flight(quic: PinnedQuicConnection, now: float) -> tuple[bytes
     if not quic.early_datagrams:
         quic.early_datagrams = tuple(d for d, _ in quic.datagrams_to_send(now=now))
     return quic.early_datagrams
+
+
+def binding_exporter(quic: PinnedQuicConnection) -> bytes:
+    """The TLS exporter value a HELLO proof binds (see
+    :class:`tierlink.wire.channel_frames.ChannelBinding`); the 1-RTT keys must exist."""
+    return tls_exporter(quic, EXPORTER_LABEL, b"", EXPORTER_SIZE)

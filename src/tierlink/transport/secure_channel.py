@@ -90,19 +90,15 @@ class SecureChannel:
         certificate: LocalCertificate,
         peer_cert_sha256: bytes,
         settings: ChannelSettings,
+        core: ChannelProtocol,
         started: PinnedQuicConnection | None = None,
-        peer_limits: tuple[int, int] | None = None,
     ) -> None:
+        """``core``: the channel protocol of this side, created with ``settings`` and not
+        opened yet (a prepared callee's has already written its HELLO into ``started``)."""
         self._loop = asyncio.get_running_loop()
         self._queued: dict[int, asyncio.Future[int]] = {}  # backlog ticket -> its send
-        self._core = ChannelProtocol(
-            is_client=is_client,
-            max_message_size=settings.max_message_size,
-            window=settings.window,
-            queue_capacity=settings.queue_capacity,
-            peer_limits=peer_limits,
-            withdrawn=_cancelled_in(self._queued),
-        )
+        self._core = core
+        core.set_withdrawn(_cancelled_in(self._queued))
         config = quic_configuration(
             is_client=is_client,
             certificate=certificate,

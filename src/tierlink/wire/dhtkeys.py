@@ -1,10 +1,11 @@
 """Every DHT key tierlink uses, derived in one place.
 
 A key is OpenDHT's InfoHash (SHA-1, 40 hex) of the lowercase hex SHA3-512 of the
-fingerprint and a purpose suffix, so each peer has one key per purpose that anyone who
-knows its fingerprint can compute; an answer's key hashes a per-offer secret instead of a
-fingerprint. The exact derivation and the table of suffixes:
-docs/PROTOCOL.md, section "DHT keys".
+fingerprint and a purpose suffix, so each peer has one record, offers and offline-queue
+key that anyone who knows its fingerprint can compute; answer and ack keys hash secrets
+only the two ends hold (a per-offer locator, a per-pair ack token) instead of a
+fingerprint. The exact derivation and the table of suffixes: docs/PROTOCOL.md, section
+"DHT keys".
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ def offline_queue_key(fingerprint: str) -> str:
     return _derive(fingerprint, ":offline_queue")
 
 
-def offline_acks_key(fingerprint: str) -> str:
-    """Where recipients put signed acknowledgements for envelopes ``fingerprint`` sent."""
-    return _derive(fingerprint, ":offline_acks")
+def offline_acks_key(ack_token: bytes) -> str:
+    """Where a recipient puts sealed acks for the sender that gave it ``ack_token`` (a secret of
+    the two ends, :func:`tierlink.wire.ack.ack_token`): nobody else can compute the key."""
+    return _derive(ack_token.hex(), ":offline_acks")

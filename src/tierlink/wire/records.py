@@ -44,6 +44,35 @@ MAX_RECORD_LIFETIME_S = 24 * 3600.0
 """Longest lifetime a peer record may claim (issued to expires)."""
 
 
+def republish_period_s(lifetime_s: float) -> float:
+    """How often a record of ``lifetime_s`` is published again: a third of its lifetime (of
+    at most :data:`MAX_RECORD_LIFETIME_S`), at least a second. A record's times are multiples
+    of this period (:func:`record_times`)."""
+    return max(min(lifetime_s, MAX_RECORD_LIFETIME_S) / 3, 1.0)
+
+
+def record_times(now: int, lifetime_s: float) -> tuple[int, int]:
+    """``(issued_at_ms, expires_at_ms)`` of a record published at ``now`` (Unix ms).
+
+    ``issued`` is ``now`` rounded down to the republish period P, so the record tells which
+    period it was published in and nothing finer; ``expires = issued + P + lifetime``, so it
+    stays valid at least ``lifetime`` after ``now`` (the lifetime is capped so that this
+    span stays within :data:`MAX_RECORD_LIFETIME_S`).
+    """
+    period = int(republish_period_s(lifetime_s) * 1000)
+    lifetime = min(int(lifetime_s * 1000), int(MAX_RECORD_LIFETIME_S * 1000) - period)
+    issued = now - now % period
+    return issued, issued + period + lifetime
+
+
+def next_seq(previous: int, issued: int) -> int:
+    """The sequence number of a record issued at ``issued`` after one numbered ``previous``
+    (0: none): ``issued`` itself, or ``previous + 1`` if that is larger (a second publish in
+    one period). It orders a publisher's records by period, also across restarts once the
+    publisher remembers ``previous``, and reveals no time finer than the period."""
+    return max(previous + 1, issued)
+
+
 def now_ms() -> int:
     """Current Unix time in milliseconds."""
     return int(time.time() * 1000)
@@ -132,6 +161,19 @@ def claimed_signer(fields: Fields, fp_key: int = 1, pk_key: int = 2) -> tuple[st
     return fingerprint, pk
 
 
+def leads_with_signer(value: bytes, kind: int, fingerprint: str) -> bool:
+    """True if ``value`` is a signed value of ``kind`` whose body begins, as canonical CBOR
+    orders it, with key 1 holding ``fingerprint``. A byte comparison, no decoding: a reader
+    flooded with values may keep only these past a budget (every tierlink writer encodes
+    canonically; a value that fails this may still be valid and is then merely skipped)."""
+    if len(value) < 4 or value[0] != WIRE_VERSION or value[1] != kind:
+        return False
+    head = value[2]
+    start = 3 if 0xA0 <= head <= 0xB7 else 4 if head == 0xB8 else 0
+    claim = b"\x01\x58\x40" + bytes.fromhex(fingerprint)
+    return start > 0 and value[start:start + len(claim)] == claim
+
+
 # -- candidates ------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class CandidateInfo:
@@ -214,13 +256,13 @@ class PeerRecord:
         lifetime_s: float = 600.0,
         candidates: tuple[CandidateInfo, ...] = (),
         mode: str = "private",
+        now: int | None = None,
     ) -> PeerRecord:
-        """A record for ``identity`` valid for ``lifetime_s`` seconds from now, at most
-        :data:`MAX_RECORD_LIFETIME_S` (readers refuse longer)."""
-        t = now_ms()
-        lifetime_ms = int(min(lifetime_s, MAX_RECORD_LIFETIME_S) * 1000)
+        """A record for ``identity`` published at ``now`` (default: the clock), its times
+        quantized to the republish period by :func:`record_times`."""
+        issued, expires = record_times(now_ms() if now is None else now, lifetime_s)
         return cls(
-            identity.fingerprint, identity.public_key, seq, t, t + lifetime_ms,
+            identity.fingerprint, identity.public_key, seq, issued, expires,
             tuple(candidates), identity.kem_public_key, mode,
         )
 
@@ -246,18 +288,28 @@ class PeerRecord:
     def decode(
         cls, value: bytes, *, now: int | None = None, owner: str | None = None
     ) -> PeerRecord:
-        """Parse and verify a record: size, structure, times, fingerprint binding, ``owner``
-        (the fingerprint looked up, if given), then the signature."""
+        """Parse and verify a record: :meth:`claim`, then the signature."""
+        return cls.claim(value, now=now, owner=owner).verify()
+
+    @classmethod
+    def claim(
+        cls, value: bytes, *, now: int | None = None, owner: str | None = None
+    ) -> RecordClaim:
+        """Every check but the signature: size, structure, times, ``owner`` (the fingerprint
+        looked up, if given; compared before any hashing), the fingerprint binding, fields.
+
+        A reader holding many values of one key runs this on each (cheap) and spends a
+        signature verification only on the claims it prefers (:meth:`RecordClaim.verify`).
+        """
         opened = open_value(value, KIND_PEER_RECORD)
         body = Fields(opened.body, "peer record", range(1, 10))
         issued = body.uint(4, "issued_at_ms")
         expires = body.uint(5, "expires_at_ms")
         t = now_ms() if now is None else now
         check_times("record", issued, expires, t, int(MAX_RECORD_LIFETIME_S * 1000))
-        fingerprint, public_key = claimed_signer(body)
-        if owner is not None and fingerprint != owner:
+        if owner is not None and body.map.get(1) != bytes.fromhex(owner):
             raise RecordError("fingerprint", "record belongs to another fingerprint")
-        opened.verify(public_key)
+        fingerprint, public_key = claimed_signer(body)
         seq = body.uint(3, "seq")
         cands = tuple(decode_candidate(c) for c in body.array(6, "candidates"))
         kem = body.opt_bstr(7, "kem_public_key", max_size=KEM_PUBLIC_KEY_SIZE) or b""
@@ -265,6 +317,23 @@ class PeerRecord:
             raise malformed(f"kem_public_key must be {KEM_PUBLIC_KEY_SIZE} bytes or empty")
         mode = body.opt_text(8, "mode", "public", max_len=32)
         cert = body.opt_bstr(9, "cert_sha256", size=32)
-        return cls(
-            fingerprint, body.map[2], seq, issued, expires, cands, kem, mode, cert,
-        )
+        record = cls(fingerprint, public_key, seq, issued, expires, cands, kem, mode, cert)
+        return RecordClaim(record, opened)
+
+
+@dataclass(frozen=True)
+class RecordClaim:
+    """A peer record that passed every check but its signature."""
+
+    record: PeerRecord
+    opened: Opened
+
+    @property
+    def seq(self) -> int:
+        """The claimed sequence number (not yet authenticated)."""
+        return self.record.seq
+
+    def verify(self) -> PeerRecord:
+        """The record, once its claimed key's signature verifies; RecordError otherwise."""
+        self.opened.verify(self.record.public_key)
+        return self.record
