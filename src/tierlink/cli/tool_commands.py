@@ -41,7 +41,7 @@ def register(sub: Any) -> None:
     lab = sub.add_parser("lab", help="NAT lab: the NAT-pair matrix in network namespaces (root)")
     lab.add_argument("--nat", action="append", choices=list(PRESETS), metavar="TYPE",
                      help=f"preset to include, repeatable ({', '.join(PRESETS)}); "
-                     "default all")
+                     "default: every pair of the classic presets plus the real-world pairs")
     lab.add_argument("--attempts", type=positive_int, default=1, help="dials per cell")
     turn = lab.add_mutually_exclusive_group()
     turn.add_argument("--turn", dest="turn", action="store_const", const=True,
