@@ -70,14 +70,17 @@ def test_expectations_match_the_brief() -> None:
 
 
 def test_real_world_expectations() -> None:
-    """A CGN behaves like a port-restricted NAT for ICE; a network without UDP has no path
-    until the client can use TURN over TCP/TLS (said in the cell); two phones behind
+    """A CGN behaves like a port-restricted NAT for ICE; a network without UDP connects only
+    through a relay reached over TLS (said in the cell); two phones behind
     symmetric CGNs can only go direct over IPv6."""
     assert expected_cell("cgnat", "port-restricted", False)["connects"]
     assert not direct_possible("cgnat", "symmetric")
     blocked = expected_cell("udp-blocked", "port-restricted", True)
     assert not blocked["connects"] and blocked["tiers"] == ["offline"]
-    assert "TURN over TCP" in blocked["note"] and "ICE issue" in blocked["note"]
+    assert "no TURN over TLS" in blocked["note"]
+    tls = expected_cell("udp-blocked", "port-restricted", True, turn_tls=True)
+    assert tls["paths"] == ["relay"] and tls["tiers"] == ["relay"] and "TLS" in tls["note"]
+    assert not expected_cell("udp-blocked", "open", False, turn_tls=True)["connects"]
     phones = expected_cell("mobile-v6", "mobile-v6", False)
     assert phones["paths"] == ["host"] and "IPv6" in phones["note"]
     assert not direct_possible("mobile-v6", "port-restricted")

@@ -38,10 +38,8 @@ WORLD_PAIRS: tuple[tuple[str, str], ...] = (
 )
 #: Presets whose one site holds both peers (they pair only with themselves).
 SHARED_SITE = ("hairpin", "cgnat-shared")
-#: Why a cell has no path today although the network has one (not a lab problem).
-ICE_ISSUES = {
-    "udp-blocked": "needs TURN over TCP/TLS (443) in the client: ICE issue",
-}
+#: Presets from which no UDP gets out: only a relay reached over TCP/TLS connects them.
+NO_UDP = ("udp-blocked",)
 
 
 # -- expectations ---------------------------------------------------------------------------
@@ -51,7 +49,7 @@ def direct_possible(a: str, b: str) -> bool:
     port, and never from a network that lets no UDP out."""
     if a in SHARED_SITE or b in SHARED_SITE:
         return a == b
-    if "udp-blocked" in (a, b):
+    if a in NO_UDP or b in NO_UDP:
         return False
     sa, sb = nat.PRESETS[a], nat.PRESETS[b]
     blocked = (sa.mapping == nat.APDM and sb.filtering == nat.APDF) or (
@@ -71,7 +69,9 @@ def has_ipv6(preset: str, lab_ipv6: bool) -> bool:
     return preset in IPV6_ALWAYS or (lab_ipv6 and preset in IPV6_CAPABLE)
 
 
-def expected_cell(a: str, b: str, turn: bool, ipv6: bool = False) -> dict[str, Any]:
+def expected_cell(
+    a: str, b: str, turn: bool, ipv6: bool = False, *, turn_tls: bool = False
+) -> dict[str, Any]:
     """What a cell should show: whether it connects, through which path types, and which
     tiers may deliver its test message (Node driver).
 
@@ -82,7 +82,9 @@ def expected_cell(a: str, b: str, turn: bool, ipv6: bool = False) -> dict[str, A
     dial of its own, so its tier follows the same rule. Without any path the message must
     still arrive, through the DHT offline queue. Where both peers have global IPv6 behind
     stateful firewalls (``ipv6``: the lab gave it to every site that can have it), their IPv6
-    host candidates make a direct path even when IPv4 has none.
+    host candidates make a direct path even when IPv4 has none. From a network without UDP
+    only a relay reached over TLS connects (``turn_tls``: the peers ask TURN over TLS on 443
+    too, as the Node driver's do; raw ICE peers ask UDP TURN only).
     """
     if a == b == "hairpin":  # host; the NAT's hairpin makes srflx valid too (seen with TURN)
         return {"connects": True, "paths": list(DIRECT_PATHS), "tiers": ["direct"]}
@@ -90,9 +92,13 @@ def expected_cell(a: str, b: str, turn: bool, ipv6: bool = False) -> dict[str, A
         paths = [*DIRECT_PATHS, "relay"] if turn else list(DIRECT_PATHS)
         return {"connects": True, "paths": paths, "tiers": ["direct", "relay"] if turn
                 else ["direct"]}
-    issue = ICE_ISSUES.get(a) or ICE_ISSUES.get(b)
-    if issue:
-        return {"connects": False, "paths": ["none"], "tiers": ["offline"], "note": issue}
+    if a in NO_UDP or b in NO_UDP:
+        if turn and turn_tls:
+            return {"connects": True, "paths": ["relay"], "tiers": ["relay"],
+                    "note": "no UDP out: relay over TURN/TLS (443)"}
+        note = ("no UDP out and no TURN over TLS asked" if turn
+                else "no UDP out: no path without a relay over TLS")
+        return {"connects": False, "paths": ["none"], "tiers": ["offline"], "note": note}
     if not direct_possible(a, b) and has_ipv6(a, ipv6) and has_ipv6(b, ipv6):
         paths = ["host", "relay"] if turn else ["host"]
         return {"connects": True, "paths": paths, "tiers": ["direct", "relay"] if turn

@@ -58,6 +58,10 @@ def make_config(args: argparse.Namespace, data_dir: Path) -> Any:
     if args.turn:
         host, port = parse_hostport(args.turn)
         turn = [TurnServer(host, port, args.turn_user, args.turn_password)]
+    if args.turn_tls:
+        host, port = parse_hostport(args.turn_tls)
+        turn.append(TurnServer(host, port, args.turn_user, args.turn_password,
+                               transport="tls", ca_file=args.turn_ca))
     budget = args.send_budget if args.send_budget is not None else args.ice_timeout + 4.0
     return NodeConfig(
         identity=Identity.generate(),
@@ -215,6 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="repeatable (IPv4, IPv6)")
         p.add_argument("--stun", default=None, help="ip:port")
         p.add_argument("--turn", default=None, help="ip:port")
+        p.add_argument("--turn-tls", default=None, help="ip:port of TURN over TLS")
+        p.add_argument("--turn-ca", default=None, help="CA file that signed the TLS server")
         p.add_argument("--turn-user", default="lab")
         p.add_argument("--turn-password", default="labpass")
         p.add_argument("--ice-timeout", type=float, default=8.0)

@@ -30,7 +30,7 @@ from tierlink.lab import nat
 from tierlink.lab.expectations import SHARED_SITE, default_pairs, expected_cell
 from tierlink.lab.netns import LabError, python_argv
 from tierlink.lab.profiles import PROFILES, LinkProfile
-from tierlink.lab.services import TURN_PASSWORD, TURN_PORT, TURN_USER
+from tierlink.lab.services import CA_FILE, TURN_PASSWORD, TURN_PORT, TURN_TLS_PORT, TURN_USER
 from tierlink.lab.topology import INTERNET_IP, Lab, PresetMismatch, Site
 from tierlink.transport.ice import path_of
 
@@ -148,6 +148,9 @@ def node_attempts(
     """``attempts`` Node dials from ``a`` to a callee at ``b`` (fingerprint via stdout), each
     followed by one tiered message; every result says whether the callee received it."""
     common = ["--dht", lab.dht_proxy, *_server_args(turn), "--ice-timeout", str(timeout)]
+    if turn:  # the Node also asks TURN over TLS on 443 (what a network without UDP allows)
+        common += ["--turn-tls", f"{INTERNET_IP}:{TURN_TLS_PORT}",
+                   "--turn-ca", str(lab.run.workdir / CA_FILE)]
     data = lab.run.workdir / f"peer-{secrets.token_hex(4)}"
     callee = lab.run.spawn(b[0], python_argv(
         "tierlink.lab.peer", "callee", *_host_args(b), "--stdin-control",
@@ -212,7 +215,7 @@ def _match_received(
 # -- the matrix -----------------------------------------------------------------------------
 def summarize_cell(
     a: str, b: str, turn: bool, results: list[dict[str, Any]], *, messages: bool = False,
-    profile: str | None = None, ipv6: bool = False,
+    profile: str | None = None, ipv6: bool = False, turn_tls: bool = False,
 ) -> dict[str, Any]:
     """One matrix cell from its attempts: successes, most common path, median connect ms and,
     with ``messages`` (Node driver), how the test messages were delivered.
@@ -225,7 +228,7 @@ def summarize_cell(
     good = [r for r in results if r.get("ok")]
     paths = Counter(str(r.get("path", "none")) for r in good)
     ms = [float(r["connect_ms"]) for r in good if r.get("connect_ms") is not None]
-    expected = expected_cell(a, b, turn, ipv6)
+    expected = expected_cell(a, b, turn, ipv6, turn_tls=turn_tls)
     as_expected = bool(good) == expected["connects"] and (
         not good or all(r.get("path") in expected["paths"] for r in good)
     ) and (not expected["connects"] or len(good) == len(results))
@@ -320,7 +323,8 @@ def run_matrix(
                         else:
                             res = node_attempts(lab, *endpoints, turn, attempts, ice_timeout)
                         cell = summarize_cell(a, b, turn, res, messages=driver == "node",
-                                              profile=name, ipv6=ipv6)
+                                              profile=name, ipv6=ipv6,
+                                              turn_tls=driver == "node")
                         cells.append(cell)
                         if progress_cb is not None:
                             progress_cb(cell)
