@@ -92,8 +92,7 @@ def test_real_world_cells() -> None:
     """The Node across real-world presets, TURN off, one attempt each: through a CGN as
     through any port-restricted NAT; two subscribers of one CGN through its hairpin; two
     phones behind symmetric CGNs directly over IPv6 only; a network that lets no UDP out
-    has no path (the cell says it needs TURN over TCP/TLS) and its message goes through the
-    DHT proxy on TCP 80, offline."""
+    has no path without TURN and its message goes through the DHT proxy on TCP 80, offline."""
     pairs = [("cgnat", "port-restricted"), ("cgnat-shared", "cgnat-shared"),
              ("mobile-v6", "mobile-v6"), ("udp-blocked", "port-restricted")]
     result = run_matrix([], 1, [False], pairs=pairs, driver="node", ice_timeout=8.0)
@@ -108,4 +107,15 @@ def test_real_world_cells() -> None:
     assert cells[("cgnat-shared", "cgnat-shared")]["path"] in ("srflx", "prflx")
     blocked = cells[("udp-blocked", "port-restricted")]
     assert (blocked["path"], blocked["tier"]) == ("none", "offline")
-    assert "TURN over TCP" in blocked["expected"]["note"]
+    assert "no UDP out" in blocked["expected"]["note"]
+
+
+def test_no_udp_network_connects_through_turn_over_tls() -> None:
+    """From a LAN that lets only TCP 80/443 out, the Node (asking TURN over UDP and over TLS
+    on 443) connects through the relay it reached over TLS."""
+    result = run_matrix([], 1, [True], pairs=[("udp-blocked", "port-restricted")],
+                        driver="node", ice_timeout=8.0)
+    (cell,) = result["cells"]
+    summary = json.dumps({k: v for k, v in cell.items() if k != "expected"})
+    assert cell["as_expected"] and (cell["path"], cell["tier"]) == ("relay", "relay"), summary
+    assert cell["results"][0]["selected_pair"]["local"]["type"] == "relay", summary
