@@ -10,9 +10,10 @@ from typing import Any
 
 import pytest
 
-from tierlink.lab.nat import PRESETS
+from tierlink.lab.expectations import REDUCED_PAIRS
+from tierlink.lab.nat import CLASSIC
 from tierlink.lab.report import write_reports
-from tierlink.lab.runner import REDUCED_PAIRS, run_matrix
+from tierlink.lab.runner import run_matrix
 
 pytestmark = pytest.mark.lab
 
@@ -20,7 +21,7 @@ NO_PATH = ({"port-restricted", "symmetric"}, {"symmetric"})
 
 
 def _check_presets(result: dict[str, Any]) -> None:
-    assert set(result["presets"]) == set(PRESETS)
+    assert set(result["presets"]) == set(CLASSIC)
     assert all(p["ok"] for p in result["presets"].values()), result["presets"]
 
 
@@ -85,3 +86,36 @@ def test_reduced_node_matrix_delivers_every_message(tmp_path: Path) -> None:
     written = write_reports(result, tmp_path)
     md = written["md"].read_text()
     assert "| port-restricted | symmetric | off | 0/1 | none | - | 1/1 | offline |" in md
+
+
+def test_real_world_cells() -> None:
+    """The Node across real-world presets, TURN off, one attempt each: through a CGN as
+    through any port-restricted NAT; two subscribers of one CGN through its hairpin; two
+    phones behind symmetric CGNs directly over IPv6 only; a network that lets no UDP out
+    has no path without TURN and its message goes through the DHT proxy on TCP 80, offline."""
+    pairs = [("cgnat", "port-restricted"), ("cgnat-shared", "cgnat-shared"),
+             ("mobile-v6", "mobile-v6"), ("udp-blocked", "port-restricted")]
+    result = run_matrix([], 1, [False], pairs=pairs, driver="node", ice_timeout=8.0)
+    assert all(p["ok"] for p in result["presets"].values()), result["presets"]
+    cells = {(c["a"], c["b"]): c for c in result["cells"]}
+    for cell in cells.values():
+        summary = json.dumps({k: v for k, v in cell.items() if k != "expected"})
+        assert cell["as_expected"] and cell["delivered"] == cell["received"] == 1, summary
+    phones = cells[("mobile-v6", "mobile-v6")]
+    assert phones["path"] == "host" and ":" in phones["results"][0]["selected_pair"]["local"][
+        "address"]
+    assert cells[("cgnat-shared", "cgnat-shared")]["path"] in ("srflx", "prflx")
+    blocked = cells[("udp-blocked", "port-restricted")]
+    assert (blocked["path"], blocked["tier"]) == ("none", "offline")
+    assert "no UDP out" in blocked["expected"]["note"]
+
+
+def test_no_udp_network_connects_through_turn_over_tls() -> None:
+    """From a LAN that lets only TCP 80/443 out, the Node (asking TURN over UDP and over TLS
+    on 443) connects through the relay it reached over TLS."""
+    result = run_matrix([], 1, [True], pairs=[("udp-blocked", "port-restricted")],
+                        driver="node", ice_timeout=8.0)
+    (cell,) = result["cells"]
+    summary = json.dumps({k: v for k, v in cell.items() if k != "expected"})
+    assert cell["as_expected"] and (cell["path"], cell["tier"]) == ("relay", "relay"), summary
+    assert cell["results"][0]["selected_pair"]["local"]["type"] == "relay", summary
