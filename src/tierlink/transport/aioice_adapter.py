@@ -13,7 +13,9 @@ a coroutine. tierlink needs what it does not offer publicly:
   interval (Ta, 20 ms) after starting the *last* check before it looks at the result, so
   even a one-pair loopback connect takes 20 ms. :meth:`IceConnection.connect` is aioice's
   loop with that trailing sleep dropped (Ta still paces the start of every further check)
-  and Ta configurable (``check_interval``; RFC 8445 section 14.2 allows down to 5 ms).
+  and Ta configurable (``check_interval``; RFC 8445 section 14.2 allows down to 5 ms);
+* nomination by priority (direct first) and fast check retransmission: the check itself is
+  :mod:`.aioice_checks` (the base class :class:`~.aioice_checks.ScheduledChecks`).
 
 Every aioice name used here that aioice does not export (``aioice.__all__``: Candidate,
 Connection, ConnectionClosed, TransportPolicy) is listed in :data:`PRIVATE_NAMES`;
@@ -29,7 +31,6 @@ import random
 import socket
 from collections.abc import Callable, Sequence
 
-import aioice
 from aioice import Candidate, TransportPolicy, stun
 from aioice.candidate import candidate_foundation, candidate_priority
 from aioice.ice import (
@@ -41,6 +42,8 @@ from aioice.ice import (
     server_reflexive_candidate,
 )
 
+from tierlink.protocol.nomination import GraceSettings
+from tierlink.transport.aioice_checks import ScheduledChecks
 from tierlink.transport.aioice_socket import BatchReader, Source, SourceGate, udp_socket
 from tierlink.transport.aioice_socket import forbid_fragmentation as _forbid_fragmentation
 
@@ -113,8 +116,9 @@ _PENDING_LIMIT = 64
 _UNSTARTED = (CandidatePair.State.WAITING, CandidatePair.State.FROZEN)
 
 
-class IceConnection(aioice.Connection):
-    """An aioice Connection with an address allow-list, a receive callback and sync send."""
+class IceConnection(ScheduledChecks):
+    """An aioice Connection with an address allow-list, direct-first nomination, a receive
+    callback and sync send."""
 
     def __init__(
         self,
@@ -132,6 +136,7 @@ class IceConnection(aioice.Connection):
         check_interval: float = DEFAULT_CHECK_INTERVAL,
         batch_receive: bool = True,
         port_range: tuple[int, int] | None = None,
+        grace: GraceSettings | None = None,
     ) -> None:
         if check_interval < MIN_CHECK_INTERVAL:
             raise ValueError(f"check_interval must be >= {MIN_CHECK_INTERVAL} s (RFC 8445 Ta)")
@@ -164,6 +169,7 @@ class IceConnection(aioice.Connection):
         self._tl_check_bytes = 0
         self._tl_checks_dropped = 0
         self._tl_gate = SourceGate()
+        self._tl_init_checks(grace or GraceSettings())
 
     # -- gathering ------------------------------------------------------------------------
     async def gather_candidates(self) -> None:
@@ -248,7 +254,8 @@ class IceConnection(aioice.Connection):
 
     # -- connectivity checks --------------------------------------------------------------
     async def connect(self) -> None:
-        """aioice's ``connect`` (RFC 8445 checks, aggressive nomination) minus the idle Ta.
+        """aioice's ``connect`` (RFC 8445 checks; nomination: :mod:`.aioice_checks`) minus
+        the idle Ta.
 
         Starts one check per ``check_interval`` like aioice, but stops pacing as soon as no
         pair is left to start (and no remote candidate is expected), so the result is seen
@@ -265,6 +272,8 @@ class IceConnection(aioice.Connection):
             raise ConnectionError("Local candidates gathering was not performed")
         if self.remote_username is None or self.remote_password is None:
             raise ConnectionError("Remote username or password is missing")
+        loop = asyncio.get_running_loop()
+        self._tl_times["started"] = loop.time()
         for remote_candidate in self._remote_candidates:
             self._pair_remote_candidate(remote_candidate)
         self.sort_check_list()
@@ -279,10 +288,14 @@ class IceConnection(aioice.Connection):
             ):
                 break  # aioice would sleep Ta here only to find nothing left to start
             await asyncio.sleep(self._tl_check_interval)
-        res = await self._check_list_state.get() if self._check_list else ICE_FAILED
+        try:
+            res = await self._check_list_state.get() if self._check_list else ICE_FAILED
+        finally:
+            self._tl_nominator.close()
         for check in self._check_list:
             if check.task:
                 check.task.cancel()
+        self._tl_times["ended"] = loop.time()
         if res != ICE_COMPLETED:
             raise ConnectionError("ICE negotiation failed")
         self._query_consent_task = asyncio.create_task(self.query_consent())
@@ -436,6 +449,7 @@ class IceConnection(aioice.Connection):
 
     async def close(self) -> None:
         """Close the ICE connection and the batch reader's socket duplicate."""
+        self._tl_nominator.close()
         try:
             await super().close()
         finally:
