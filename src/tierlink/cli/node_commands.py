@@ -201,6 +201,9 @@ async def _online(
                          "selected_pair": conn.selected_pair},
                   f"connection from {conn.remote_fingerprint[:16]}… "
                   f"({conn.path_type})")
+            if args.json:  # the path it took and how ICE chose it
+                _emit(args, {"event": "path", "peer": conn.remote_fingerprint,
+                             **conn.path_report()}, "")
             task = asyncio.create_task(_print_messages(args, conn))
             readers.add(task)
             task.add_done_callback(readers.discard)

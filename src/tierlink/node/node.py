@@ -35,7 +35,7 @@ from tierlink.node.presence import Presence
 from tierlink.node.tasks import Supervisor
 from tierlink.transport.certs import LocalCertificate
 from tierlink.transport.connection import Connection
-from tierlink.transport.ice import IceSettings, TurnServer
+from tierlink.transport.ice import IceSettings, PathTally, TurnServer
 from tierlink.wire.records import PeerRecord
 from tierlink.wire.signaling import new_session_id
 
@@ -317,6 +317,8 @@ class Node:
             "offer_rejections": dict(self.offer_rejections),
             "offers_in_flight": parts.answerer.admission.sessions if parts else 0,
             "ice_checks_dropped": parts.answerer.checks_dropped if parts else 0,
+            "ice_paths": (parts.dialer.paths.merged(parts.answerer.paths) if parts
+                          else dict.fromkeys(PathTally.COUNTERS, 0)),
             "record_rejections": dict(self.records.rejected),
             "background_tasks": len(self._tasks),
             "loop_restarts": dict(self.loop_restarts),

@@ -258,16 +258,19 @@ class IceConnection(ScheduledChecks):
         the idle Ta.
 
         Starts one check per ``check_interval`` like aioice, but stops pacing as soon as no
-        pair is left to start (and no remote candidate is expected), so the result is seen
-        the moment the last check completes. Raises ConnectionError if ICE fails.
+        pair is left to start (and no remote candidate is expected) or the check list
+        completes, so the result is seen the moment it is known. Raises ConnectionError if
+        ICE fails.
         """
         # A copy of aioice/ice.py Connection.connect (lines 608-657). Differs only in the
         # check loop ("Perform the checks", lines 636-640: ``while True: if not
         # self._check_periodic(): break; await asyncio.sleep(0.02)``): the sleep is
-        # check_interval, and the loop ends without it once every pair's check has started
-        # (a started pair has its task set before its state leaves WAITING/FROZEN) and no
-        # remote candidate is expected: aioice's next Connection._check_periodic call
-        # (lines 995-1019) would start nothing and return False.
+        # check_interval and ends early when the check list completes or fails (aioice
+        # would see that only at its next Ta), and the loop ends without it once every
+        # pair's check has started (a started pair has its task set before its state leaves
+        # WAITING/FROZEN) and no remote candidate is expected: aioice's next
+        # Connection._check_periodic call (lines 995-1019) would start nothing and return
+        # False.
         if not self._local_candidates_end:
             raise ConnectionError("Local candidates gathering was not performed")
         if self.remote_username is None or self.remote_password is None:
@@ -282,15 +285,19 @@ class IceConnection(ScheduledChecks):
             self.check_incoming(*early_check)
         self._early_checks.clear()
         self._early_checks_done = True
-        while self._check_periodic():
-            if not self._remote_candidates_expected() and not any(
-                p.state in _UNSTARTED and p.task is None for p in self._check_list
-            ):
-                break  # aioice would sleep Ta here only to find nothing left to start
-            await asyncio.sleep(self._tl_check_interval)
+        outcome = asyncio.ensure_future(self._check_list_state.get())
         try:
-            res = await self._check_list_state.get() if self._check_list else ICE_FAILED
+            while self._check_periodic():
+                if not self._remote_candidates_expected() and not any(
+                    p.state in _UNSTARTED and p.task is None for p in self._check_list
+                ):
+                    break  # aioice would sleep Ta here only to find nothing left to start
+                await asyncio.wait([outcome], timeout=self._tl_check_interval)
+                if outcome.done():
+                    break  # completed or failed: no need to wait out the Ta
+            res = await outcome if self._check_list else ICE_FAILED
         finally:
+            outcome.cancel()
             self._tl_nominator.close()
         for check in self._check_list:
             if check.task:
