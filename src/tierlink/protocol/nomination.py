@@ -30,8 +30,8 @@ from typing import Literal
 
 __all__ = [
     "INITIAL_RTO",
+    "MAX_EARLY_RESENDS",
     "MAX_RTO",
-    "MIN_RESEND_GAP",
     "MIN_RTO",
     "GraceSettings",
     "Nominate",
@@ -48,8 +48,11 @@ MIN_RTO = 0.05
 MAX_RTO = 0.5
 #: How many RTTs a check waits before its first retransmission.
 RTO_RTT_FACTOR = 2.0
-#: A check resent early (its peer's check just arrived) is not resent again sooner than this.
-MIN_RESEND_GAP = 0.01
+#: Copies of one check resent early, when a check from its destination arrived: that check
+#: and ours usually cross in flight (ours reached the peer's NAT first and was dropped), so a
+#: copy goes out at once, however recently the last one did; the cap keeps two agents whose
+#: responses are lost from resending to each other until their checks time out.
+MAX_EARLY_RESENDS = 3
 
 PairState = Literal["pending", "succeeded", "failed"]
 
@@ -58,7 +61,7 @@ PairState = Literal["pending", "succeeded", "failed"]
 class GraceSettings:
     """How long direct pairs may still win once a relayed pair has succeeded (seconds)."""
 
-    floor: float = 0.08
+    floor: float = 0.05
     rtt_factor: float = 4.0
     cap: float = 1.0
 

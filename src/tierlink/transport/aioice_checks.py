@@ -18,7 +18,8 @@ aioice's ``check_start`` and extends ``check_incoming``:
   :func:`~tierlink.protocol.nomination.check_rto` (100 ms, then 2x the largest RTT seen,
   50-500 ms), doubling, 7 transmissions like aioice; and resent at once when a valid check
   arrives from the address it goes to (RFC 8445 section 7.3.1.4's triggered check: the
-  peer's NAT has now seen us, so the copy the NAT dropped gets through).
+  peer's NAT has now seen us, so the copy the NAT dropped gets through; at most
+  ``MAX_EARLY_RESENDS`` per check).
 
 Every check goes out through the protocol's ``send_stun``, so the amplification budget of
 ``limit_unvalidated_checks`` still counts each copy. Every aioice name used here that aioice
@@ -38,7 +39,7 @@ from aioice import stun
 from aioice.ice import CandidatePair, StunProtocol, candidate_pair_priority
 
 from tierlink.protocol.nomination import (
-    MIN_RESEND_GAP,
+    MAX_EARLY_RESENDS,
     GraceSettings,
     Nominate,
     PairFacts,
@@ -120,8 +121,8 @@ class CheckTransaction:
         self._future: asyncio.Future[tuple[stun.Message, Address]] = self._loop.create_future()
         self._timer: asyncio.TimerHandle | None = None
         self._sent = 0
+        self._early = 0
         self._first_sent = 0.0
-        self._last_sent = 0.0
         #: Seconds from the only transmission to the response; None if resent (ambiguous).
         self.rtt: float | None = None
 
@@ -150,20 +151,17 @@ class CheckTransaction:
 
     def resend_now(self) -> bool:
         """Send one more copy now (not counted as a retransmission try); False if the
-        transaction ended or a copy went out less than MIN_RESEND_GAP ago."""
-        if self._future.done() or not self._sent:
+        transaction ended, has not started, or already resent MAX_EARLY_RESENDS copies."""
+        if self._future.done() or not self._sent or self._early >= MAX_EARLY_RESENDS:
             return False
-        if self._loop.time() - self._last_sent < MIN_RESEND_GAP:
-            return False
+        self._early += 1
         self._send()
         self._on_send(False)
         return True
 
     def _send(self) -> None:
-        now = self._loop.time()
         if not self._sent:
-            self._first_sent = now
-        self._last_sent = now
+            self._first_sent = self._loop.time()
         self._sent += 1
         self._protocol.send_stun(self.request, self._raw_addr)
 
