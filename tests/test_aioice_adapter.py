@@ -16,7 +16,7 @@ from aioice.turn import TurnTransport
 from tests.ice_pairs import connect
 from tests.private_names import installed_version, missing, pinned_version
 from tests.waiting import eventually
-from tierlink.transport import aioice_adapter, aioice_checks, aioice_socket
+from tierlink.transport import aioice_adapter, aioice_checks, aioice_socket, aioice_transaction
 from tierlink.transport.aioice_adapter import IceConnection
 from tierlink.transport.aioice_checks import ScheduledChecks
 from tierlink.transport.aioice_socket import RECV_BATCH
@@ -24,10 +24,9 @@ from tierlink.transport.aioice_socket import RECV_BATCH
 #: The aioice methods IceConnection and its base ScheduledChecks override on purpose (each
 #: listed in PRIVATE_NAMES).
 OVERRIDES = {
-    "__init__", "gather_candidates", "get_component_candidates", "connect", "data_received",
-    "close",
+    "__init__", "gather_candidates", "get_component_candidates", "data_received", "close",
 }
-CHECK_OVERRIDES = {"check_start", "check_incoming"}
+CHECK_OVERRIDES = {"connect", "check_start", "check_incoming"}
 
 
 def test_installed_aioice_is_the_pinned_version() -> None:
@@ -49,7 +48,7 @@ async def test_private_names_resolve_on_the_installed_aioice() -> None:
     }
     names = (
         aioice_adapter.PRIVATE_NAMES + aioice_checks.PRIVATE_NAMES
-        + aioice_socket.PRIVATE_NAMES
+        + aioice_transaction.PRIVATE_NAMES + aioice_socket.PRIVATE_NAMES
     )
     problems = missing(names, "aioice", instances)
     assert not problems, "aioice changed:\n" + "\n".join(problems)

@@ -25,7 +25,8 @@ from tierlink.protocol.nomination import (
     decide,
 )
 from tierlink.transport.aioice_adapter import IceConnection
-from tierlink.transport.aioice_checks import CheckTransaction
+from tierlink.transport.aioice_transaction import CheckTransaction
+from tierlink.transport.ice import PathTally
 
 GRACE = GraceSettings(floor=0.05, rtt_factor=4.0, cap=0.5)
 
@@ -221,6 +222,11 @@ async def test_a_direct_pair_that_succeeds_after_the_relay_is_still_nominated() 
         assert report["checks_resent_early"] + report["checks_retransmitted"] >= 1
         sel = b.selected_pair()
         assert sel is not None and sel[0].host == "127.0.0.1"  # both ends agree
+        tally, events = PathTally(), []
+        tally.listeners.append(events.append)
+        tally.add(a, connected=True, peer="b")
+        assert tally.counts["paths_direct"] == tally.counts["direct_after_relay"] == 1
+        assert [(e["peer"], e["tier"]) for e in events] == [("b", "direct")]
     finally:
         await a.close()
         await b.close()
@@ -235,6 +241,10 @@ async def test_relay_is_nominated_after_the_grace_when_no_direct_check_succeeds(
         report = a.check_report()
         assert report["first_success"] == "relay" and report["direct_ms"] is None
         assert report["relay_wait_ms"] is not None and report["relay_wait_ms"] > 0
+        tally = PathTally()
+        tally.add(a, connected=True)
+        assert tally.counts["paths_relay"] == tally.counts["relay_after_wait"] == 1
+        assert tally.counts["checks_sent"] == report["checks_sent"]
     finally:
         await a.close()
         await b.close()

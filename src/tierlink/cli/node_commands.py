@@ -193,6 +193,8 @@ async def _online(
         text += f"--bootstrap 127.0.0.1:{info['dht_port']})"
     text += f"\n(send, outbox and lookup of this identity use this node: {server.path})"
     _emit(args, info, text)
+    if args.json:  # every connection's path (dialed or answered) and how ICE chose it
+        node.watch_paths(lambda event: _emit(args, event, ""))
     readers: set[asyncio.Task[None]] = set()
 
     async def accept() -> None:
@@ -201,9 +203,6 @@ async def _online(
                          "selected_pair": conn.selected_pair},
                   f"connection from {conn.remote_fingerprint[:16]}… "
                   f"({conn.path_type})")
-            if args.json:  # the path it took and how ICE chose it
-                _emit(args, {"event": "path", "peer": conn.remote_fingerprint,
-                             **conn.path_report()}, "")
             task = asyncio.create_task(_print_messages(args, conn))
             readers.add(task)
             task.add_done_callback(readers.discard)

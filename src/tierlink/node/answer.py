@@ -242,6 +242,6 @@ class Answerer:
             raise
         finally:
             self.checks_dropped += ice.checks_dropped
-            self.paths.add(ice, connected=channel_open)
+            self.paths.add(ice, connected=channel_open, peer=offer.signer)
         ms = (loop.time() - started) * 1000
         return self.endpoint.adopt(ice, offer.signer, False, offer.session_id, ms, channel)

@@ -94,7 +94,7 @@ class Dialer:
             self.paths.add(ice, connected=False)
             await ice.close()
             raise
-        self.paths.add(ice, connected=True)
+        self.paths.add(ice, connected=True, peer=fingerprint)
         ms = (loop.time() - started) * 1000
         return self.endpoint.adopt(ice, fingerprint, True, session, ms, channel)
 

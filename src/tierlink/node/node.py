@@ -35,7 +35,7 @@ from tierlink.node.presence import Presence
 from tierlink.node.tasks import Supervisor
 from tierlink.transport.certs import LocalCertificate
 from tierlink.transport.connection import Connection
-from tierlink.transport.ice import IceSettings, PathTally, TurnServer
+from tierlink.transport.ice import IceSettings, PathListener, PathTally, TurnServer
 from tierlink.wire.records import PeerRecord
 from tierlink.wire.signaling import new_session_id
 
@@ -303,6 +303,13 @@ class Node:
         if self.messenger is not None:
             total.update(self.messenger.loop_restarts)
         return total
+
+    def watch_paths(self, listener: PathListener) -> None:
+        """Call ``listener`` with a path event for each ICE agent of this node that connects
+        (dialed or answered): see :meth:`tierlink.transport.ice.PathTally.add`."""
+        parts = self._running()
+        parts.dialer.paths.listeners.append(listener)
+        parts.answerer.paths.listeners.append(listener)
 
     def stats(self) -> dict[str, object]:
         """Counters for tests and the CLI."""

@@ -7,14 +7,18 @@ while a direct pair was one retransmission away. Its checks retransmit after 500
 changes nothing, so a check filtered by a NAT that had not yet seen the peer waits 500 ms.
 
 :class:`ScheduledChecks` (the base of :class:`~.aioice_adapter.IceConnection`) replaces
-aioice's ``check_start`` and extends ``check_incoming``:
+aioice's ``connect`` and ``check_start`` and extends ``check_incoming``:
 
+* ``connect`` is aioice's check loop without its idle waits: aioice sleeps one pacing
+  interval (Ta, 20 ms) after starting the *last* check, and sees a completed check list
+  only at its next Ta; here the loop ends once nothing is left to start and returns the
+  moment the list completes, and Ta is ``check_interval`` (10 ms by default);
 * the controlling agent checks without USE-CANDIDATE; each success is reported to a
-  :class:`Nominator`, which applies :func:`tierlink.protocol.nomination.decide` (a direct
+  :class:`~.aioice_transaction.Nominator`, which applies :func:`tierlink.protocol.nomination.decide` (a direct
   pair at once; a relayed one only after a grace scaled by the relay's RTT) and lets exactly
   one succeeded pair send the nominating check. The controlled agent is aioice's: it
   nominates the pair the controlling agent's USE-CANDIDATE names;
-* every check runs as a :class:`CheckTransaction`: the first retransmission after
+* every check runs as a :class:`~.aioice_transaction.CheckTransaction`: the first retransmission after
   :func:`~tierlink.protocol.nomination.check_rto` (100 ms, then 2x the largest RTT seen,
   50-500 ms), doubling, 7 transmissions like aioice; and resent at once when a valid check
   arrives from the address it goes to (RFC 8445 section 7.3.1.4's triggered check: the
@@ -30,38 +34,60 @@ resolves each one on the installed aioice.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
-from collections.abc import Callable
 from typing import Any
 
 import aioice
 from aioice import stun
-from aioice.ice import CandidatePair, StunProtocol, candidate_pair_priority
-
-from tierlink.protocol.nomination import (
-    MAX_EARLY_RESENDS,
-    GraceSettings,
-    Nominate,
-    PairFacts,
-    PairState,
-    check_rto,
-    decide,
+from aioice.ice import (
+    ICE_COMPLETED,
+    ICE_FAILED,
+    CandidatePair,
+    StunProtocol,
+    candidate_pair_priority,
 )
 
-__all__ = ["PRIVATE_NAMES", "CheckTransaction", "Nominator", "ScheduledChecks"]
+from tierlink.protocol.nomination import GraceSettings, PairFacts, PairState, check_rto
+from tierlink.transport.aioice_transaction import (
+    Address,
+    CheckTransaction,
+    Nominator,
+    canonical,
+)
+
+__all__ = ["DEFAULT_CHECK_INTERVAL", "MIN_CHECK_INTERVAL", "PRIVATE_NAMES", "ScheduledChecks"]
 
 #: aioice names this module relies on that aioice (0.13.0) does not export; a trailing
 #: ``(...)`` lists the parameters a called or overridden function must still take.
 PRIVATE_NAMES: tuple[str, ...] = (
-    # overridden: aioice calls them on itself
+    # overridden: aioice calls them on itself (connect: the application)
+    "aioice.ice.Connection.connect()",
     "aioice.ice.Connection.check_start(pair)",
     "aioice.ice.Connection.check_incoming(message, addr, protocol)",
+    # connect(): aioice's check loop
+    "aioice.ice.Connection._local_candidates_end",
+    "aioice.ice.Connection._remote_candidates",
+    "aioice.ice.Connection._pair_remote_candidate(remote_candidate)",
+    "aioice.ice.Connection.sort_check_list()",
+    "aioice.ice.Connection._unfreeze_initial()",
+    "aioice.ice.Connection._early_checks",
+    "aioice.ice.Connection._early_checks_done",
+    "aioice.ice.Connection._check_periodic()",
+    "aioice.ice.Connection._remote_candidates_expected()",
+    "aioice.ice.Connection._check_list",
+    "aioice.ice.Connection._check_list_state",
+    "aioice.ice.Connection._query_consent_task",
+    "aioice.ice.Connection.query_consent()",
+    "aioice.ice.CandidatePair.state",
+    "aioice.ice.CandidatePair.task",
+    "aioice.ice.CandidatePair.State.WAITING",
+    "aioice.ice.CandidatePair.State.FROZEN",
+    "aioice.ice.ICE_COMPLETED",
+    "aioice.ice.ICE_FAILED",
     # check_start(): aioice's, with our transaction and nomination
     "aioice.ice.Connection.check_state(pair, state)",
     "aioice.ice.Connection.check_complete(pair)",
     "aioice.ice.Connection.build_request(pair, nominate)",
     "aioice.ice.Connection.switch_role(ice_controlling)",
-    "aioice.ice.Connection._check_list",
     "aioice.ice.Connection._nominated",
     "aioice.ice.candidate_pair_priority(local, remote, ice_controlling)",
     "aioice.ice.CandidatePair.State.IN_PROGRESS",
@@ -73,175 +99,27 @@ PRIVATE_NAMES: tuple[str, ...] = (
     "aioice.ice.CandidatePair.remote_addr",
     "aioice.ice.CandidatePair.local_candidate",
     "aioice.ice.CandidatePair.remote_candidate",
-    # CheckTransaction: the protocol hands responses to transactions[transaction_id]
-    "aioice.ice.StunProtocol.transactions",
-    "aioice.ice.StunProtocol.send_stun(message, addr)",
     "aioice.stun.Message.add_message_integrity(key)",
-    "aioice.stun.Message.check_message_integrity(key)",
-    "aioice.stun.Message.transaction_id",
     "aioice.stun.Message.error_code",
-    "aioice.stun.Class.RESPONSE",
     "aioice.stun.TransactionError",
-    "aioice.stun.TransactionFailed(response)",
-    "aioice.stun.TransactionTimeout",
 )
 
-#: Transmissions of one check before it fails (aioice: 1 + stun.RETRY_MAX).
-CHECK_TRANSMISSIONS = 7
-Address = tuple[str, int]
-
-
-def canonical(addr: tuple[Any, ...]) -> Address:
-    """``(host, port)`` with the host in one text form (IPv6 has several)."""
-    try:
-        return str(ipaddress.ip_address(addr[0])), int(addr[1])
-    except ValueError:
-        return str(addr[0]), int(addr[1])
-
-
-class CheckTransaction:
-    """One check's STUN transaction: aioice's ``stun.Transaction`` with a given first
-    retransmission timeout and :meth:`resend_now`.
-
-    ``on_send(retransmission, early)`` is told of every copy sent after the first.
-    """
-
-    def __init__(
-        self, request: stun.Message, addr: Address, protocol: StunProtocol,
-        integrity_key: bytes, rto: float, on_send: Callable[[bool], None],
-    ) -> None:
-        self.request = request
-        self.addr = canonical(addr)
-        self._raw_addr = addr
-        self._protocol = protocol
-        self._key = integrity_key
-        self._delay = rto
-        self._on_send = on_send
-        self._loop = asyncio.get_running_loop()
-        self._future: asyncio.Future[tuple[stun.Message, Address]] = self._loop.create_future()
-        self._timer: asyncio.TimerHandle | None = None
-        self._sent = 0
-        self._early = 0
-        self._first_sent = 0.0
-        #: Seconds from the only transmission to the response; None if resent (ambiguous).
-        self.rtt: float | None = None
-
-    def response_received(self, message: stun.Message, addr: Address) -> None:
-        """Called by the protocol for a response with our transaction id."""
-        if self._future.done() or not message.check_message_integrity(self._key):
-            return  # unauthenticated: retransmissions go on (RFC 8489 section 9.1.4)
-        if self._sent == 1:
-            self.rtt = self._loop.time() - self._first_sent
-        if message.message_class == stun.Class.RESPONSE:
-            self._future.set_result((message, addr))
-        else:
-            self._future.set_exception(stun.TransactionFailed(message))
-
-    async def run(self) -> tuple[stun.Message, Address]:
-        """Send the check (and its retransmissions); the response, or TransactionError."""
-        tid = self.request.transaction_id
-        self._protocol.transactions[tid] = self  # type: ignore[assignment]
-        try:
-            self._retry()
-            return await self._future
-        finally:
-            self._protocol.transactions.pop(tid, None)
-            if self._timer is not None:
-                self._timer.cancel()
-
-    def resend_now(self) -> bool:
-        """Send one more copy now (not counted as a retransmission try); False if the
-        transaction ended, has not started, or already resent MAX_EARLY_RESENDS copies."""
-        if self._future.done() or not self._sent or self._early >= MAX_EARLY_RESENDS:
-            return False
-        self._early += 1
-        self._send()
-        self._on_send(False)
-        return True
-
-    def _send(self) -> None:
-        if not self._sent:
-            self._first_sent = self._loop.time()
-        self._sent += 1
-        self._protocol.send_stun(self.request, self._raw_addr)
-
-    def _retry(self) -> None:
-        if self._future.done():
-            return
-        if self._sent >= CHECK_TRANSMISSIONS:
-            self._future.set_exception(stun.TransactionTimeout())
-            return
-        if self._sent:
-            self._on_send(True)
-        self._send()
-        self._timer = self._loop.call_later(self._delay, self._retry)
-        self._delay *= 2
-
-
-class Nominator:
-    """Lets exactly one succeeded pair nominate, when :func:`decide` says so.
-
-    ``facts()`` describes every pair now. A pair whose check succeeded awaits
-    :meth:`chosen`; :meth:`changed` (after every check outcome, and at the grace deadline)
-    asks the policy again.
-    """
-
-    def __init__(self, settings: GraceSettings, facts: Callable[[], list[PairFacts]]) -> None:
-        self.settings = settings
-        self._facts = facts
-        self._waiting: dict[int, asyncio.Future[bool]] = {}
-        self._timer: asyncio.TimerHandle | None = None
-        self._nominating: int | None = None
-        #: The decision that picked the pair being nominated (None before one).
-        self.decision: Nominate | None = None
-
-    async def chosen(self, key: int) -> None:
-        """Return once the pair ``key`` (its check succeeded) is picked to nominate (a pair
-        never picked waits until the agent completes and cancels its check)."""
-        fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._waiting[key] = fut
-        self.changed()
-        try:
-            await fut
-        finally:
-            self._waiting.pop(key, None)
-
-    def changed(self) -> None:
-        """Ask the policy again (a check ended, or the grace deadline came)."""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        if self._nominating is not None:
-            return
-        loop = asyncio.get_running_loop()
-        decision = decide(self._facts(), loop.time(), self.settings)
-        if isinstance(decision, Nominate):
-            fut = self._waiting.get(decision.key)
-            if fut is not None and not fut.done():
-                self._nominating = decision.key
-                self.decision = decision
-                fut.set_result(True)
-        elif decision.until is not None:
-            self._timer = loop.call_at(decision.until, self.changed)
-
-    def failed(self, key: int) -> None:
-        """The pair ``key`` could not be nominated: pick again."""
-        if self._nominating == key:
-            self._nominating = None
-            self.changed()
-
-    def close(self) -> None:
-        """Stop the grace timer."""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+#: The pacing of connectivity checks (Ta; aioice's is 20 ms, RFC 8445 section 14.2 forbids
+#: < 5 ms). The pair that works is often the second or fifth of a list ordered by priority
+#: (the peer's LAN address comes first), so Ta multiplies into every connect time.
+DEFAULT_CHECK_INTERVAL = 0.01
+MIN_CHECK_INTERVAL = 0.005
+_UNSTARTED = (CandidatePair.State.WAITING, CandidatePair.State.FROZEN)
 
 
 class ScheduledChecks(aioice.Connection):
     """aioice's agent with the checks described in the module docstring; call
     :meth:`_tl_init_checks` from ``__init__``."""
 
-    def _tl_init_checks(self, grace: GraceSettings) -> None:
+    def _tl_init_checks(self, grace: GraceSettings, check_interval: float) -> None:
+        if check_interval < MIN_CHECK_INTERVAL:
+            raise ValueError(f"check_interval must be >= {MIN_CHECK_INTERVAL} s (RFC 8445 Ta)")
+        self._tl_check_interval = check_interval
         self._tl_nominator = Nominator(grace, self._tl_facts)
         self._tl_open: set[CheckTransaction] = set()
         self._tl_succeeded: dict[int, tuple[float, float | None]] = {}
@@ -302,6 +180,61 @@ class ScheduledChecks(aioice.Connection):
                 state, at, rtt,
             ))
         return facts
+
+    # -- the check loop ---------------------------------------------------------------------
+    async def connect(self) -> None:
+        """aioice's ``connect`` (RFC 8445 checks, nomination as in the module docstring)
+        minus the idle Ta.
+
+        Starts one check per ``check_interval`` like aioice, but stops pacing as soon as no
+        pair is left to start (and no remote candidate is expected) or the check list
+        completes, so the result is seen the moment it is known. Raises ConnectionError if
+        ICE fails.
+        """
+        # A copy of aioice/ice.py Connection.connect (lines 608-657). Differs only in the
+        # check loop ("Perform the checks", lines 636-640: ``while True: if not
+        # self._check_periodic(): break; await asyncio.sleep(0.02)``): the sleep is
+        # check_interval and ends early when the check list completes or fails (aioice
+        # would see that only at its next Ta), and the loop ends without it once every
+        # pair's check has started (a started pair has its task set before its state leaves
+        # WAITING/FROZEN) and no remote candidate is expected: aioice's next
+        # Connection._check_periodic call (lines 995-1019) would start nothing and return
+        # False.
+        if not self._local_candidates_end:
+            raise ConnectionError("Local candidates gathering was not performed")
+        if self.remote_username is None or self.remote_password is None:
+            raise ConnectionError("Remote username or password is missing")
+        loop = asyncio.get_running_loop()
+        self._tl_times["started"] = loop.time()
+        for remote_candidate in self._remote_candidates:
+            self._pair_remote_candidate(remote_candidate)
+        self.sort_check_list()
+        self._unfreeze_initial()
+        for early_check in self._early_checks:
+            self.check_incoming(*early_check)
+        self._early_checks.clear()
+        self._early_checks_done = True
+        outcome = asyncio.ensure_future(self._check_list_state.get())
+        try:
+            while self._check_periodic():
+                if not self._remote_candidates_expected() and not any(
+                    p.state in _UNSTARTED and p.task is None for p in self._check_list
+                ):
+                    break  # aioice would sleep Ta here only to find nothing left to start
+                await asyncio.wait([outcome], timeout=self._tl_check_interval)
+                if outcome.done():
+                    break  # completed or failed: no need to wait out the Ta
+            res = await outcome if self._check_list else ICE_FAILED
+        finally:
+            outcome.cancel()
+            self._tl_nominator.close()
+        for check in self._check_list:
+            if check.task:
+                check.task.cancel()
+        self._tl_times["ended"] = loop.time()
+        if res != ICE_COMPLETED:
+            raise ConnectionError("ICE negotiation failed")
+        self._query_consent_task = asyncio.create_task(self.query_consent())
 
     # -- checks ---------------------------------------------------------------------------
     async def _tl_transact(

@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from aioice import Candidate
 
@@ -160,8 +161,13 @@ def selected_path(ice: IceConnection) -> str:
     return path_of(c.type for c in sel) if sel is not None else "none"
 
 
+#: Called with each path event (see :meth:`PathTally.add`).
+PathListener = Callable[[dict[str, Any]], None]
+
+
 class PathTally:
-    """Counters of the paths a node's ICE agents ended on and of the checks they sent.
+    """Counters of the paths a node's ICE agents ended on and of the checks they sent, and
+    the listeners told of each agent that connected.
 
     ``paths_direct`` / ``paths_relay``: connected agents by tier; ``direct_after_relay``: a
     relayed pair had succeeded first, yet a direct pair was selected (the relay was never
@@ -174,9 +180,12 @@ class PathTally:
 
     def __init__(self) -> None:
         self.counts: Counter[str] = Counter({name: 0 for name in self.COUNTERS})
+        self.listeners: list[PathListener] = []
 
-    def add(self, ice: IceConnection, connected: bool) -> None:
-        """Count one finished agent (``connected``: it selected a pair and is in use)."""
+    def add(self, ice: IceConnection, connected: bool, peer: str = "") -> None:
+        """Count one finished agent (``connected``: it selected a pair and is in use); for a
+        connected one, tell every listener ``{"event": "path", "peer", "path", "tier",
+        "selected_pair", "ice": check report}``."""
         report = ice.check_report()
         for name in ("checks_sent", "checks_retransmitted", "checks_resent_early"):
             self.counts[name] += report[name]
@@ -188,6 +197,10 @@ class PathTally:
             self.counts["direct_after_relay"] += 1
         if tier == "relay" and (report["relay_wait_ms"] or 0) > 0:
             self.counts["relay_after_wait"] += 1
+        event = {"event": "path", "peer": peer, "path": selected_path(ice), "tier": tier,
+                 "selected_pair": describe_pair(ice), "ice": report}
+        for listener in self.listeners:
+            listener(event)
 
     def merged(self, other: PathTally) -> dict[str, int]:
         """This tally's counters plus ``other``'s, JSON-ready."""
