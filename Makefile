@@ -4,6 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 
 .PHONY: demo test bench lab lint typecheck clean
 
@@ -29,7 +30,8 @@ test: $(STAMP)
 bench: $(STAMP)
 	scripts/system-deps.sh demo
 	$(BIN)/python -m pip install -q -e ".[bench]"
-	$(BIN)/tierlink bench
+	$(BIN)/tierlink bench $(BENCH_ARGS)
+	$(BIN)/tierlink bench --mtu 1500 $(BENCH_ARGS)
 
 lab: $(STAMP)
 	scripts/system-deps.sh test

@@ -16,7 +16,13 @@ from aioice.turn import TurnTransport
 from tests.ice_pairs import connect
 from tests.private_names import installed_version, missing, pinned_version
 from tests.waiting import eventually
-from tierlink.transport import aioice_adapter, aioice_checks, aioice_socket, aioice_transaction
+from tierlink.transport import (
+    aioice_adapter,
+    aioice_checks,
+    aioice_socket,
+    aioice_transaction,
+    aioice_turn,
+)
 from tierlink.transport.aioice_adapter import IceConnection
 from tierlink.transport.aioice_checks import ScheduledChecks
 from tierlink.transport.aioice_socket import RECV_BATCH
@@ -49,6 +55,7 @@ async def test_private_names_resolve_on_the_installed_aioice() -> None:
     names = (
         aioice_adapter.PRIVATE_NAMES + aioice_checks.PRIVATE_NAMES
         + aioice_transaction.PRIVATE_NAMES + aioice_socket.PRIVATE_NAMES
+        + aioice_turn.PRIVATE_NAMES
     )
     problems = missing(names, "aioice", instances)
     assert not problems, "aioice changed:\n" + "\n".join(problems)

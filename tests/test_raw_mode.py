@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from tests.channel_bindings import BINDING
 from tests.ice_pairs import IcePair, connect_ice
 from tests.waiting import eventually
 from tierlink.errors import ConnectionClosed
@@ -103,9 +104,9 @@ async def test_garbage_from_the_peers_address_does_not_keep_a_silent_peer_alive(
     certs = LocalCertificate.generate(), LocalCertificate.generate()
     settings = ChannelSettings(liveness_timeout=1.0)
     a, b = await asyncio.gather(
-        open_channel(ice[0], is_client=True, certificate=certs[0],
+        open_channel(ice[0], binding=BINDING, is_client=True, certificate=certs[0],
                      peer_cert_sha256=certs[1].sha256, settings=settings),
-        open_channel(ice[1], is_client=False, certificate=certs[1],
+        open_channel(ice[1], binding=BINDING, is_client=False, certificate=certs[1],
                      peer_cert_sha256=certs[0].sha256, settings=settings),
     )
     send = ice[1].send_nowait

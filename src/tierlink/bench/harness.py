@@ -14,6 +14,8 @@ from typing import IO, Any
 from tierlink.bench.base import JsonDict
 
 READY_TIMEOUT = 60.0
+#: Fewest rounds a figure may rest on: one round of a bimodal figure means little.
+MIN_ROUNDS = 3
 
 
 class BenchStepError(Exception):
@@ -43,14 +45,19 @@ class Plan:
     #: channel itself bounds the bytes in flight and queues the rest in call order. 8-64 gave
     #: the best 1 KiB rate here; >= 1024 pending sends cut it to a third.
     send_window: int = 64
-    #: Rounds of the connect/throughput/datagram measurements; the best round is kept.
-    rounds: int = 2
+    #: Interleaved rounds of every measurement; each figure is the median of the rounds,
+    #: reported with its min-max spread.
+    rounds: int = 3
     idle_s: float = 60.0  # the issue asks for "seconds of CPU per minute"
     mem_connections: int = 100
 
+    def __post_init__(self) -> None:
+        if self.rounds < MIN_ROUNDS:
+            raise ValueError(f"rounds must be at least {MIN_ROUNDS}, not {self.rounds}")
+
     @classmethod
     def quick(cls) -> Plan:
-        """Small counts for a smoke run (a few seconds per system)."""
+        """Small counts for a smoke run (a few seconds per system and round)."""
         return cls(
             connects=5,
             reliable_1k_count=1_000,
@@ -59,7 +66,6 @@ class Plan:
             dg_trial_s=0.25,
             dg_bisect_steps=1,
             dg_attempts=2,
-            rounds=1,
             idle_s=2.0,
             mem_connections=10,
         )

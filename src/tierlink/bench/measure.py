@@ -174,12 +174,15 @@ async def measure_idle(pair: Pair, plan: Plan) -> JsonDict:
 
 
 async def measure_memory(pair: Pair, plan: Plan) -> JsonDict:
-    """RSS delta of each process for ``mem_connections`` more idle connections, / count."""
+    """RSS delta of each process for ``mem_connections`` more idle connections, / count.
+
+    The connections stay open (:func:`close_memory_connections` closes them after the last
+    round), so each round adds to the ones before instead of reusing their freed memory.
+    """
     n = plan.mem_connections
     d0, c0 = await pair.both("rss", 30.0, settle=0.5)
     await pair.both("mem_open", 30.0 * n + 30.0, n=n)
     d1, c1 = await pair.both("rss", 30.0, settle=1.0)
-    await pair.both("mem_close", 10.0 * n + 30.0)
     per = {
         "dialer": (int(d1["rss_kb"]) - int(d0["rss_kb"])) / n,
         "callee": (int(c1["rss_kb"]) - int(c0["rss_kb"])) / n,
@@ -189,6 +192,12 @@ async def measure_memory(pair: Pair, plan: Plan) -> JsonDict:
         "rss_kb_per_connection_sides": {k: round(v, 1) for k, v in per.items()},
         "mem_connections": n,
     }
+
+
+async def close_memory_connections(pair: Pair, plan: Plan) -> JsonDict:
+    """Close every connection the memory rounds opened."""
+    await pair.both("mem_close", 10.0 * plan.mem_connections * plan.rounds + 30.0)
+    return {}
 
 
 async def measure_reliable_1k(pair: Pair, plan: Plan) -> JsonDict:

@@ -1,4 +1,4 @@
-"""Writers of ``bench/results.json`` and the side-by-side table in ``BENCHMARKS.md``."""
+"""Writers of ``bench/results*.json`` and the side-by-side tables in ``BENCHMARKS.md``."""
 
 from __future__ import annotations
 
@@ -56,6 +56,17 @@ def _fmt(value: Any, digits: int) -> str:
     return f"{value:,.{digits}f}"
 
 
+def _cell(results: JsonDict, system: str, key: str, digits: int) -> str:
+    """A figure as "median (min–max)", or the bare value if it has no spread."""
+    value = _get(results, system, key)
+    spread = _get(results, system, key + "_spread")
+    if not isinstance(value, int | float):
+        return "-"
+    if isinstance(spread, list) and len(spread) == 2:
+        return f"{_fmt(value, digits)} ({_fmt(spread[0], digits)}–{_fmt(spread[1], digits)})"
+    return _fmt(value, digits)
+
+
 def _ratio(a: Any, b: Any) -> str:
     if not isinstance(a, int | float) or not isinstance(b, int | float) or b == 0:
         return "-"
@@ -105,17 +116,31 @@ answers, timestamps) over pipes; one event loop for both sides would starve and 
 Times are CLOCK_MONOTONIC, shared by the processes, so "dialer started" and "callee got it"
 can be subtracted. Every step is bounded in count and time.
 
-The systems are interleaved: each measurement is taken for every system in turn before the
-next one starts, so a change in the machine's load hits all of them alike. Connect,
-reliable and datagram measurements run in 2 such rounds and the better round of each is
-kept (interference only makes a figure worse); idle CPU is measured for all systems at once.
+**Rounds.** Every measurement runs in 3 rounds (`--rounds N`, at least 3), interleaved:
+round 1 of each measurement for every system in turn, then round 2, ..., so a change in the
+machine's load hits all systems alike. Each figure is the median of its rounds with the
+lowest and highest round beside it ("median (min–max)"; in the JSON `<key>` and
+`<key>_spread` = `[min, max]`, all round values in `round_values`); a ratio is of the
+medians. A figure from one round means little here: aiortc's 1 KiB rate was 932 and 15,983
+msg/s in two back-to-back runs. Details (datagram trials, counts) are those of the median
+round. A failed round is listed under the run's notes; its figure is the median of the
+rounds that succeeded (`rounds` in the JSON says how many). Idle CPU is measured for all
+systems at once, once per round.
+
+**Two path MTUs.** Loopback carries 64 KiB packets, which no real path does. `tierlink bench
+--mtu 1500` (root) runs the same bench inside a network namespace it creates (`ip netns add`,
+`ip -n NS link set lo mtu 1500 up`; removed afterwards, also on failure or Ctrl-C), so every
+packet of every system is limited to 1,500 bytes as on Ethernet; its results go to
+`bench/results-mtu1500.json`. `make bench` runs both; the JSON's top-level `mtu` is the
+loopback MTU the run measured on.
 
 - **connect**: N sequential new connections on one process pair (N=20): dialer starts
   dialing -> first message delivered to the callee's application. tierlink: dial by
   fingerprint (DHT lookup through a fresh local `dhtnode` proxy, offer/answer, ICE, QUIC);
   aiortc: createOffer (full gathering) -> SDP over the pipe -> ICE, DTLS, SCTP, channels
   open -> first message; raw aioice: gather -> candidates over the pipe -> ICE -> first
-  datagram. Process start-up and node start-up are not included.
+  datagram. Process start-up and node start-up are not included. A round's figures are
+  the median and p95 of its N connects.
 - **reliable throughput**: one connection, 20,000 x 1 KiB and 400 x 64 KiB messages (bounded
   by 20 s), from the dialer's first send to the callee's last delivery; a run where any
   message is missing is reported as an error, not as a rate. tierlink keeps 64 sends
@@ -133,7 +158,7 @@ kept (interference only makes a figure worse); idle CPU is measured for all syst
   doubled from 2,000/s until a trial fails, then bisected (geometric, 3 steps); a failed
   trial is retried up to twice (shared machine). A trial passes with < 1 % loss and a
   receiver that kept up (delivered rate >= 85 % of the paced rate). Reported: delivered
-  msg/s and MB/s of the best passing trial. For every system the receiver is an
+  msg/s and MB/s of the best passing trial of the round. For every system the receiver is an
   application loop awaiting `recv_datagram` (aioice, aiortc: a queue fed by their
   callbacks, as `aioice.Connection.recv()` does); for raw aioice the search is repeated
   counting inside aioice's datagram callback itself (no queue, no await): the transport's
@@ -145,24 +170,34 @@ kept (interference only makes a figure worse); idle CPU is measured for all syst
   record re-publication every 200 s counts at its rate, not by chance of the window); CPU
   seconds (getrusage) / wall seconds of each process; the larger is reported.
 - **memory**: RSS (/proc/self/statm) of each process before and after opening 100 more idle
-  connections, delta / 100; the larger side is reported.
-- Loopback only: raw aioice and tierlink gather on 127.0.0.1 through
-  `tierlink.transport.aioice_adapter.IceConnection(host_addresses=["127.0.0.1"])`; aiortc runs with
-  `iceServers=[]` and, in its worker processes only, `aioice.ice.get_host_addresses` patched to
-  return `["127.0.0.1"]`.
+  connections, delta / 100; the larger side is reported. The connections of one round stay
+  open through the next (100, 200, 300 open), so a round does not reuse the memory the one
+  before freed; all are closed after the last round.
+- Loopback only (in the `--mtu` namespace too, whose only link is its loopback): raw aioice
+  and tierlink gather on 127.0.0.1 through
+  `tierlink.transport.aioice_adapter.IceConnection(host_addresses=["127.0.0.1"])`; aiortc
+  runs with `iceServers=[]` and, in its worker processes only,
+  `aioice.ice.get_host_addresses` patched to return `["127.0.0.1"]`.
 
-Caveat: the machine is small and shared with other sessions; figures are noisy (often
-+-20-30 %), so read ratios from one run, not across runs.
+Caveat: the machine is small and shared with other sessions; figures are noisy (see the
+spreads), so read ratios within one run, not across runs.
 """
 
 
-def render_markdown(results: JsonDict) -> str:
-    """BENCHMARKS.md: the table, ratios to tierlink, the targets, the method."""
+def run_title(results: JsonDict) -> str:
+    """The heading of one run: plain loopback, or the ``--mtu`` namespace."""
+    mtu = results.get("mtu", "?")
+    if results.get("netns"):
+        return f"MTU {mtu}: inside a network namespace whose loopback has MTU {mtu}"
+    return f"Loopback (MTU {mtu})"
+
+
+def render_run(results: JsonDict) -> list[str]:
+    """One run's section: machine, the table, the targets, the notes."""
     machine = results.get("machine", {})
+    rounds = results.get("plan", {}).get("rounds", "?")
     lines = [
-        "# Benchmarks",
-        "",
-        "Generated by `tierlink bench` from `bench/results.json`; do not edit by hand.",
+        f"## {run_title(results)}",
         "",
         f"Machine: {machine.get('cores', '?')} cores, Python {machine.get('python', '?')}, "
         f"{machine.get('platform', '?')}; run {machine.get('date', '?')}"
@@ -170,6 +205,9 @@ def render_markdown(results: JsonDict) -> str:
         f"Versions: {', '.join(f'{k} {v}' for k, v in machine.get('versions', {}).items())}.",
         f"Load average (1/5/15 min) at start {machine.get('loadavg_at_start', '?')}, "
         f"at end {machine.get('loadavg_at_end', '?')}: the machine is shared, figures are noisy.",
+        "",
+        f"Each figure: the median of {rounds} interleaved rounds, (min–max) of the rounds beside "
+        "it; ratios are of the medians.",
         "",
         "| metric | tierlink | raw aioice | aiortc data channel | tierlink / raw aioice "
         "| tierlink / aiortc |",
@@ -180,12 +218,11 @@ def render_markdown(results: JsonDict) -> str:
         ratios = (
             ("-", "-") if key in NO_RATIO else (_ratio(vals[0], vals[1]), _ratio(vals[0], vals[2]))
         )
-        lines.append(
-            f"| {label} | {' | '.join(_fmt(v, digits) for v in vals)} | {ratios[0]} | {ratios[1]} |"
-        )
+        cells = " | ".join(_cell(results, s, key, digits) for s in SYSTEMS)
+        lines.append(f"| {label} | {cells} | {ratios[0]} | {ratios[1]} |")
     lines += [
         "",
-        "## Targets (tierlink)",
+        "Targets (tierlink):",
         "",
         "| target | measured ratio | status |",
         "|---|---:|---|",
@@ -204,6 +241,18 @@ def render_markdown(results: JsonDict) -> str:
         if "reliable_note" in entry:
             notes.append(f"- `{s}`: {entry['reliable_note']}.")
     if notes:
-        lines += ["", "## Notes of this run", "", *notes]
+        lines += ["", "Notes of this run:", "", *notes]
+    return lines
+
+
+def render_markdown(runs: list[JsonDict]) -> str:
+    """BENCHMARKS.md: one section per run (loopback, then each MTU), then the method."""
+    lines = [
+        "# Benchmarks",
+        "",
+        "Generated by `tierlink bench` from `bench/results*.json`; do not edit by hand.",
+    ]
+    for results in runs:
+        lines += ["", *render_run(results)]
     lines += ["", METHOD]
     return "\n".join(lines)

@@ -1,4 +1,10 @@
-"""``run_bench``: every system, side by side, into results.json and BENCHMARKS.md."""
+"""``run_bench``: every system, side by side, round after round, into a results file per
+path MTU (``results.json`` on plain loopback, ``results-mtu1500.json`` for ``--mtu 1500``)
+and BENCHMARKS.md, which shows every results file of the directory.
+
+``python -m tierlink.bench.runner PARAMS_JSON`` is the run inside an ``--mtu`` namespace
+(see :mod:`tierlink.bench.netns`).
+"""
 
 from __future__ import annotations
 
@@ -8,23 +14,30 @@ import dataclasses
 import datetime
 import importlib.metadata
 import importlib.util
+import json
 import os
 import platform
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from tierlink.bench.base import JsonDict
 from tierlink.bench.harness import Plan
+from tierlink.bench.netns import NETNS_ENV, BenchError, loopback_mtu, run_in_namespace
 from tierlink.bench.report import SYSTEMS, load_json, render_markdown, write_json
 from tierlink.bench.session import SystemRun, run_interleaved
 from tierlink.dht.launcher import start_nodes, stop_nodes
 from tierlink.errors import TierlinkError
 
 #: Wall-clock bound of a run, per system measured (process start to stop).
-RUN_LIMIT_S = {False: 600.0, True: 120.0}
+RUN_LIMIT_S = {False: 900.0, True: 180.0}
 #: What each system needs importable before its workers are started.
 REQUIRES = {"aioice_raw": "aioice", "aiortc_datachannel": "aiortc", "tierlink": "tierlink.node"}
+INSTALL_HINT = "run `make bench`, or install the bench extra: pip install -e '.[bench]'"
+#: Path MTUs ``--mtu`` accepts: QUIC and ICE need 1200-byte datagrams (IPv6 minimum 1280).
+MTU_RANGE = (1280, 65536)
+MTU_RESULTS_GLOB = "results-mtu*.json"
 
 
 def machine_info() -> JsonDict:
@@ -44,13 +57,26 @@ def machine_info() -> JsonDict:
     }
 
 
-def _missing(system: str) -> str | None:
-    module = REQUIRES[system]
+def _importable(module: str) -> bool:
     try:
-        found = importlib.util.find_spec(module) is not None
+        return importlib.util.find_spec(module) is not None
     except ModuleNotFoundError:
-        found = False
-    return None if found else f"{module} is not importable"
+        return False
+
+
+def check_installed(systems: Sequence[str]) -> None:
+    """BenchError naming every chosen system whose library is not installed."""
+    missing = [f"{REQUIRES[s]} (for {s})" for s in systems if not _importable(REQUIRES[s])]
+    if missing:
+        raise BenchError(
+            f"not installed: {', '.join(missing)}; {INSTALL_HINT}; "
+            "or measure only installed systems with --system NAME"
+        )
+
+
+def results_name(mtu: int | None) -> str:
+    """The results file of a plain loopback run (None) or of an ``--mtu`` run."""
+    return "results.json" if mtu is None else f"results-mtu{mtu}.json"
 
 
 async def _measure(
@@ -77,44 +103,38 @@ async def _measure(
 
 
 async def run_bench_async(
-    systems: Sequence[str] | None, quick: bool, out_dir: Path, *, markdown_path: Path | None = None
+    systems: Sequence[str], plan: Plan, quick: bool, out_dir: Path, mtu: int | None
 ) -> JsonDict:
-    """Async form of :func:`run_bench`."""
-    chosen = list(systems) if systems else list(SYSTEMS)
-    unknown = [s for s in chosen if s not in SYSTEMS]
-    if unknown:
-        raise ValueError(f"unknown system(s) {unknown}; choose from {list(SYSTEMS)}")
+    """Measure ``systems`` in this network namespace; ``mtu``: the loopback MTU expected."""
+    path_mtu = loopback_mtu()
+    if mtu is not None and path_mtu != mtu:
+        raise BenchError(f"loopback MTU is {path_mtu} here, not the {mtu} asked for")
     out_dir.mkdir(parents=True, exist_ok=True)
-    logs = out_dir / "logs"
-    logs.mkdir(exist_ok=True)
-    json_path = out_dir / "results.json"
+    logs = out_dir / "logs" if mtu is None else out_dir / "logs" / f"mtu{mtu}"
+    logs.mkdir(parents=True, exist_ok=True)
+    json_path = out_dir / results_name(mtu)
     results = load_json(json_path)
     machine = machine_info()
-    entries: dict[str, JsonDict] = {}
-    runs: list[SystemRun] = []
-    for system in dict.fromkeys(chosen):
-        missing = _missing(system)
-        if missing is not None:
-            entries[system] = {"error": missing}
-        else:
-            runs.append(SystemRun(system))
+    runs = [SystemRun(system) for system in dict.fromkeys(systems)]
     all_runs = list(runs)
-    plan = Plan.quick() if quick else Plan()
     started = time.monotonic()
     async with contextlib.AsyncExitStack() as stack:
         await _measure(runs, plan, quick, logs, stack)
-    for run in all_runs:
-        entries[run.system] = run.entry()
     machine["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
-    for system, entry in entries.items():
+    for run in all_runs:
+        entry = run.entry()
         entry.update(machine=machine, quick=quick, run_seconds=round(time.monotonic() - started))
-        results[system] = entry
-    ordered: JsonDict = {"machine": machine, "quick": quick, "plan": dataclasses.asdict(plan)}
+        results[run.system] = entry
+    ordered: JsonDict = {
+        "machine": machine,
+        "quick": quick,
+        "mtu": path_mtu,
+        "netns": os.environ.get(NETNS_ENV),
+        "plan": dataclasses.asdict(plan),
+    }
     ordered.update({s: results[s] for s in SYSTEMS if s in results})
     write_json(json_path, ordered)
-    if markdown_path is None:
-        markdown_path = default_markdown_path(out_dir)
-    markdown_path.write_text(render_markdown(ordered))
+    write_markdown(out_dir)
     return ordered
 
 
@@ -124,14 +144,71 @@ def default_markdown_path(out_dir: Path) -> Path:
     return out.parent / "BENCHMARKS.md" if out.name == "bench" else out / "BENCHMARKS.md"
 
 
-def run_bench(
-    systems: list[str] | None, quick: bool, out_dir: Path, *, markdown_path: Path | None = None
-) -> JsonDict:
-    """Measure ``systems`` (default: all three) on loopback, side by side, in worker processes.
+def write_markdown(out_dir: Path) -> Path:
+    """BENCHMARKS.md from the results files in ``out_dir``: loopback's, then each MTU's."""
+    files = [out_dir / results_name(None)]
+    files += sorted(out_dir.glob(MTU_RESULTS_GLOB))
+    path = default_markdown_path(out_dir)
+    path.write_text(render_markdown([r for r in map(load_json, files) if r]))
+    return path
 
-    Writes ``out_dir/results.json`` (merged with the systems of earlier runs) and the table
-    in BENCHMARKS.md (see :func:`default_markdown_path`); returns the results. ``quick`` uses
-    small counts (seconds per system) for smoke tests. A system that cannot run is recorded
-    as ``{"error": ...}``; the others still run.
+
+def make_plan(quick: bool, rounds: int | None) -> Plan:
+    """The counts of a full or ``quick`` run, with ``rounds`` if given (ValueError if < 3)."""
+    plan = Plan.quick() if quick else Plan()
+    return plan if rounds is None else dataclasses.replace(plan, rounds=rounds)
+
+
+def run_bench(
+    systems: Sequence[str] | None,
+    quick: bool,
+    out_dir: Path,
+    *,
+    rounds: int | None = None,
+    mtu: int | None = None,
+) -> JsonDict:
+    """Measure ``systems`` (default: all three) side by side, in worker processes.
+
+    ``mtu`` None: on this namespace's loopback, into ``out_dir/results.json``; else inside a
+    fresh network namespace whose loopback has that MTU (root), into
+    ``results-mtu<N>.json``. Each run replaces the systems it measured in its file and keeps
+    the others; BENCHMARKS.md (see :func:`default_markdown_path`) shows every file. ``quick``
+    uses small counts (seconds per system and round) for smoke tests. A chosen system whose
+    library is not installed is refused (BenchError), not skipped.
     """
-    return asyncio.run(run_bench_async(systems, quick, out_dir, markdown_path=markdown_path))
+    chosen = list(dict.fromkeys(systems)) if systems else list(SYSTEMS)
+    unknown = [s for s in chosen if s not in SYSTEMS]
+    if unknown:
+        raise ValueError(f"unknown system(s) {unknown}; choose from {list(SYSTEMS)}")
+    if mtu is not None and not MTU_RANGE[0] <= mtu <= MTU_RANGE[1]:
+        raise ValueError(f"--mtu must be within {MTU_RANGE[0]}..{MTU_RANGE[1]}, not {mtu}")
+    check_installed(chosen)
+    plan = make_plan(quick, rounds)
+    if mtu is not None and os.environ.get(NETNS_ENV) is None:
+        params = {
+            "systems": chosen,
+            "quick": quick,
+            "out_dir": str(out_dir.resolve()),
+            "rounds": plan.rounds,
+            "mtu": mtu,
+        }
+        return run_in_namespace(mtu, params, out_dir / results_name(mtu))
+    return asyncio.run(run_bench_async(chosen, plan, quick, out_dir, mtu))
+
+
+def main(argv: Sequence[str]) -> int:
+    """The run inside an ``--mtu`` namespace: ``run_bench`` with the parent's parameters."""
+    p = json.loads(argv[0])
+    try:
+        run_bench(p["systems"], bool(p["quick"]), Path(p["out_dir"]),
+                  rounds=int(p["rounds"]), mtu=int(p["mtu"]))
+    except (TierlinkError, OSError, ValueError) as exc:
+        print(f"tierlink bench: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:  # the parent removes the namespace and says so
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,13 +1,16 @@
 """One run of several systems, interleaved: each measurement is taken for every system in
-turn before the next one starts, so a change in the (shared) machine's load hits all
-systems alike and the ratios stay meaningful. Idle CPU is measured for all systems at once
-(nothing else runs then); everything else runs one system at a time.
+turn before the next one starts, and the whole sequence is repeated ``plan.rounds`` times
+(round 1 of every system, then round 2, ...), so a change in the (shared) machine's load
+hits all systems alike and the ratios stay meaningful. Every figure is the median of its
+rounds with its ``[min, max]`` spread (:mod:`tierlink.bench.spread`). Idle CPU is measured
+for all systems at once (nothing else runs then); everything else one system at a time.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +18,7 @@ from pathlib import Path
 from tierlink.bench.base import JsonDict
 from tierlink.bench.harness import BenchStepError, BenchTimeout, Pair, Plan
 from tierlink.bench.measure import (
+    close_memory_connections,
     measure_connect,
     measure_datagrams,
     measure_datagrams_native,
@@ -24,6 +28,8 @@ from tierlink.bench.measure import (
     measure_reliable_1k_base_packets,
     measure_reliable_64k,
 )
+from tierlink.bench.report import METRICS
+from tierlink.bench.spread import SPREAD_SUFFIX, combine
 
 Measurement = Callable[[Pair, Plan], Awaitable[JsonDict]]
 
@@ -33,6 +39,8 @@ RELIABLE_NOTE = (
     "raw aioice has no reliable mode: reliable_1k_* is the paced 1 KiB datagram ceiling "
     "(< 1 % loss), an upper bound for anything reliable built on it"
 )
+#: The keys that are figures (rates, times, shares): medians with a spread.
+FIGURES = frozenset(key for key, *_ in METRICS)
 
 
 async def open_main(pair: Pair, plan: Plan) -> JsonDict:
@@ -41,22 +49,26 @@ async def open_main(pair: Pair, plan: Plan) -> JsonDict:
     return {}
 
 
-#: Repeated ``plan.rounds`` times, interleaved: (name, measurement, headline field, higher is
-#: better). Of the rounds, the one with the best headline is kept (whole, details included):
-#: on a shared machine interference only ever makes a figure worse.
-ROUND_STEPS: tuple[tuple[str, Measurement, str, bool], ...] = (
-    ("connect", measure_connect, "connect_ms_median", False),
-    ("reliable_1k", measure_reliable_1k, "reliable_1k_msgs_per_s", True),
-    (
-        "reliable_1k_base_packets",
-        measure_reliable_1k_base_packets,
-        "reliable_1k_base_packets_msgs_per_s",
-        True,
-    ),
-    ("reliable_64k", measure_reliable_64k, "reliable_64k_mb_per_s", True),
-    ("datagram", measure_datagrams, "datagram_msgs_per_s", True),
-    ("datagram_native", measure_datagrams_native, "datagram_native_msgs_per_s", True),
+#: Taken once per round for each system in turn: (name, measurement).
+ROUND_STEPS: tuple[tuple[str, Measurement], ...] = (
+    ("connect", measure_connect),
+    ("reliable_1k", measure_reliable_1k),
+    ("reliable_1k_base_packets", measure_reliable_1k_base_packets),
+    ("reliable_64k", measure_reliable_64k),
+    ("datagram", measure_datagrams),
+    ("datagram_native", measure_datagrams_native),
 )
+#: The field of each measurement whose median round supplies the details (trial lists, ...).
+HEADLINE = {
+    "connect": "connect_ms_median",
+    "reliable_1k": "reliable_1k_msgs_per_s",
+    "reliable_1k_base_packets": "reliable_1k_base_packets_msgs_per_s",
+    "reliable_64k": "reliable_64k_mb_per_s",
+    "datagram": "datagram_msgs_per_s",
+    "datagram_native": "datagram_native_msgs_per_s",
+    "idle": "idle_cpu_percent",
+    "memory": "rss_kb_per_connection",
+}
 #: Systems whose library has a native receive callback worth measuring on its own.
 NATIVE_DATAGRAM = frozenset({"aioice_raw"})
 #: Systems that raise their packet size by path MTU probing (and can be capped back).
@@ -65,14 +77,14 @@ PATH_MTU_PROBING = frozenset({"tierlink"})
 
 @dataclass
 class SystemRun:
-    """One system's worker pair, its results so far and its errors."""
+    """One system's worker pair, each measurement's round results so far, and its errors."""
 
     system: str
     pair: Pair | None = None
-    result: JsonDict = field(default_factory=dict)
+    samples: dict[str, list[JsonDict]] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
     stopped: bool = False
-    rounds: dict[str, int] = field(default_factory=dict)
+    attempts: dict[str, int] = field(default_factory=dict)
 
     @property
     def running(self) -> bool:
@@ -91,42 +103,30 @@ class SystemRun:
         finally:
             log.close()  # the children hold their own descriptors
 
-    async def step(
-        self,
-        name: str,
-        fn: Measurement,
-        plan: Plan,
-        required: bool = False,
-        headline: tuple[str, bool] | None = None,
-    ) -> None:
-        """Run one measurement; record its error. A timeout or a required step ends the run.
-
-        With ``headline`` (field, higher is better) a repeated step replaces the earlier
-        result only if its headline is better.
-        """
-        if not self.running or self.pair is None:
-            return
+    def applies(self, name: str) -> bool:
+        """Whether measurement ``name`` means anything for this system."""
         if name.startswith("reliable") and self.system in RELIABLE_IS_DATAGRAM:
-            return
+            return False
         if name == "datagram_native" and self.system not in NATIVE_DATAGRAM:
+            return False
+        return name != "reliable_1k_base_packets" or self.system in PATH_MTU_PROBING
+
+    async def step(self, name: str, fn: Measurement, plan: Plan, required: bool = False) -> None:
+        """Run one round of a measurement and keep its result; record an error instead.
+
+        A timeout (the workers are out of step) or a failed ``required`` step ends the run.
+        """
+        if not self.running or self.pair is None or not self.applies(name):
             return
-        if name == "reliable_1k_base_packets" and self.system not in PATH_MTU_PROBING:
-            return
-        self.rounds[name] = self.rounds.get(name, 0) + 1
+        attempt = self.attempts[name] = self.attempts.get(name, 0) + 1
         try:
             new = await fn(self.pair, plan)
         except BenchStepError as exc:
-            self.errors[f"{name} (round {self.rounds[name]})"] = str(exc)
+            self.errors[f"{name} (round {attempt})"] = str(exc)
             if required or isinstance(exc, BenchTimeout):
                 self.stopped = True
             return
-        if headline is None or _better(new, self.result, *headline):
-            self.result.update(new)
-        if name == "datagram" and self.system in RELIABLE_IS_DATAGRAM:
-            if "datagram_msgs_per_s" in self.result:
-                self.result["reliable_1k_msgs_per_s"] = self.result["datagram_msgs_per_s"]
-                self.result["reliable_1k_mb_per_s"] = self.result["datagram_mb_per_s"]
-            self.result["reliable_note"] = RELIABLE_NOTE
+        self.samples.setdefault(name, []).append(new)
 
     async def stop(self) -> None:
         """Stop both workers (idempotent)."""
@@ -136,39 +136,59 @@ class SystemRun:
             await pair.stop()
 
     def entry(self) -> JsonDict:
-        """The system's object in results.json."""
-        out = dict(self.result)
-        out["rounds"] = dict(self.rounds)
+        """The system's object in results.json: medians, ``*_spread`` and the round values."""
+        out: JsonDict = {}
+        values: dict[str, list[float]] = {}
+        rounds: dict[str, int] = {}
+        for name, headline in HEADLINE.items():
+            samples = self.samples.get(name, [])
+            if not samples:
+                continue
+            combined, series = combine(samples, headline, FIGURES)
+            out.update(combined)
+            values.update(series)
+            rounds[name] = len(samples)
+        if self.system in RELIABLE_IS_DATAGRAM:
+            for rel, dg in (("reliable_1k_msgs_per_s", "datagram_msgs_per_s"),
+                            ("reliable_1k_mb_per_s", "datagram_mb_per_s")):
+                if dg in out:
+                    out[rel] = out[dg]
+                    out[rel + SPREAD_SUFFIX] = out[dg + SPREAD_SUFFIX]
+                    values[rel] = values[dg]
+            out["reliable_note"] = RELIABLE_NOTE
+        out["rounds"] = rounds
+        out["round_values"] = values
         if self.errors:
             out["errors"] = dict(self.errors)
         return out
 
 
-def _better(new: JsonDict, old: JsonDict, key: str, higher: bool) -> bool:
-    """True if ``new[key]`` beats ``old[key]`` (or old has none)."""
-    if key not in new:
-        return key not in old
-    if key not in old:
-        return True
-    return bool(new[key] > old[key]) if higher else bool(new[key] < old[key])
+def _progress(text: str) -> None:
+    print(f"bench: {text}", file=sys.stderr, flush=True)
 
 
 async def run_interleaved(
     runs: list[SystemRun], plan: Plan, logs: Path, setups: dict[str, JsonDict]
 ) -> None:
-    """Every measurement for every system, interleaved; always stops every worker."""
+    """Every measurement for every system, round after round; always stops every worker."""
     try:
         for run in runs:
             await run.start(logs / f"{run.system}.log", setups.get(run.system, {}))
         for run in runs:
             await run.step("open_main", open_main, plan, required=True)
-        for _ in range(plan.rounds):
-            for name, fn, key, higher in ROUND_STEPS:
+        for k in range(1, plan.rounds + 1):
+            for name, fn in ROUND_STEPS:
+                _progress(f"round {k}/{plan.rounds}: {name}")
                 for run in runs:
-                    await run.step(name, fn, plan, headline=(key, higher))
-        await asyncio.gather(*(run.step("idle", measure_idle, plan) for run in runs))
+                    await run.step(name, fn, plan)
+            _progress(f"round {k}/{plan.rounds}: idle ({plan.idle_s:.0f} s)")
+            await asyncio.gather(*(run.step("idle", measure_idle, plan) for run in runs))
+        for k in range(1, plan.rounds + 1):
+            _progress(f"round {k}/{plan.rounds}: memory")
+            for run in runs:
+                await run.step("memory", measure_memory, plan)
         for run in runs:
-            await run.step("memory", measure_memory, plan)
+            await run.step("memory_close", close_memory_connections, plan)
     finally:
         with contextlib.suppress(Exception):
             await asyncio.gather(*(run.stop() for run in runs), return_exceptions=True)

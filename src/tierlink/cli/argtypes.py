@@ -9,18 +9,14 @@ from __future__ import annotations
 import argparse
 import ipaddress
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from pathlib import Path
 
 from tierlink.hostport import parse_hostport, parse_port
 from tierlink.identity import is_fingerprint
-
-if TYPE_CHECKING:
-    from tierlink.transport.ice import TurnServer
+from tierlink.transport.ice_servers import TurnUrl, parse_stun_url, parse_turn_url, tls_context
 
 #: The UDP port OpenDHT nodes listen on unless told otherwise.
 DHT_DEFAULT_PORT = 4222
-#: STUN and TURN servers listen here unless told otherwise (RFC 8489).
-STUN_DEFAULT_PORT = 3478
 
 
 def _endpoint(default_port: int) -> Callable[[str], tuple[str, int]]:
@@ -35,22 +31,54 @@ def _endpoint(default_port: int) -> Callable[[str], tuple[str, int]]:
 
 #: ``--bootstrap HOST[:PORT]`` (an OpenDHT node, port 4222 by default).
 dht_address = _endpoint(DHT_DEFAULT_PORT)
-#: ``--stun HOST[:PORT]`` (port 3478 by default).
-stun_address = _endpoint(STUN_DEFAULT_PORT)
 
 
-def turn_server(text: str) -> TurnServer:
-    """``USER:PASSWORD@HOST[:PORT]``."""
-    from tierlink.transport.ice import TurnServer  # the ICE stack loads only when used
+def stun_address(text: str) -> tuple[str, int]:
+    """``--stun stun:HOST[:PORT]`` or ``HOST[:PORT]`` (port 3478 by default)."""
+    try:
+        return parse_stun_url(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
-    creds, at, addr = text.rpartition("@")
-    user, colon, password = creds.partition(":")
-    if not at or not colon or not user:
-        raise argparse.ArgumentTypeError(
-            f"invalid TURN server {text!r}: expected USER:PASS@HOST:PORT"
-        )
-    host, port = stun_address(addr)
-    return TurnServer(host, port, user, password)
+
+def turn_server(text: str) -> TurnUrl:
+    """``--turn turn:HOST[:PORT][?transport=udp|tcp]``, ``turns:HOST[:PORT]`` or
+    ``USER:PASS@HOST[:PORT]``."""
+    try:
+        return parse_turn_url(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+#: Longest secret read from a file (a password or a shared secret is far shorter).
+_MAX_SECRET = 4096
+
+
+def secret_file(text: str) -> str:
+    """A file holding one secret (a TURN password or shared secret): its first line,
+    read now, so a bad file is a usage error."""
+    try:
+        with Path(text).open("rb") as f:
+            data = f.read(_MAX_SECRET + 1)
+    except OSError as exc:
+        raise argparse.ArgumentTypeError(f"cannot read {text!r}: {exc.strerror}") from None
+    try:
+        secret = data.decode().splitlines()[0] if data.strip() else ""
+    except UnicodeDecodeError:
+        secret = ""
+    if not secret or len(data) > _MAX_SECRET or not secret.isprintable():
+        raise argparse.ArgumentTypeError(f"{text!r} does not hold a secret: expected one "
+                                         f"line of text (at most {_MAX_SECRET} bytes)")
+    return secret
+
+
+def ca_file(text: str) -> str:
+    """A PEM file of CA certificates to verify TURN servers against (loaded now)."""
+    try:
+        tls_context(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
 
 
 def port_number(text: str) -> int:

@@ -13,18 +13,22 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tierlink import control
 from tierlink.cli.argtypes import (
+    ca_file,
     dht_address,
     fingerprint,
     ip_address,
     port_number,
     port_range,
+    secret_file,
     stun_address,
     turn_server,
     wait_seconds,
@@ -33,7 +37,7 @@ from tierlink.errors import ConnectionClosed, TierlinkError
 from tierlink.identity import Identity, default_identity_path
 
 if TYPE_CHECKING:
-    from tierlink.node import Node, NodeConfig
+    from tierlink.node import Node, NodeConfig, TurnServer
     from tierlink.node.control_server import ControlServer
     from tierlink.transport.connection import Connection
 
@@ -48,9 +52,19 @@ def add_node_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-rate-limit", action="store_true",
                    help="embedded dhtnode without rate limits (loopback tests)")
     p.add_argument("--stun", type=stun_address, action="append", default=[],
-                   metavar="HOST[:PORT]")
-    p.add_argument("--turn", type=turn_server, action="append", default=[],
-                   metavar="USER:PASS@HOST:PORT")
+                   metavar="stun:HOST[:PORT]", help="STUN server (repeatable; all are asked)")
+    p.add_argument("--turn", type=turn_server, action="append", default=[], metavar="URL",
+                   help="TURN server: turn:HOST[:PORT] (UDP and TCP), "
+                        "turn:HOST[:PORT]?transport=udp|tcp, turns:HOST[:PORT] (TLS, port "
+                        "5349), or USER:PASS@HOST[:PORT] (repeatable; all are asked)")
+    p.add_argument("--turn-user", metavar="NAME", help="TURN user name for turn: URLs")
+    p.add_argument("--turn-password-file", type=secret_file, metavar="FILE",
+                   dest="turn_password", help=f"TURN password (else ${TURN_PASSWORD_ENV})")
+    p.add_argument("--turn-secret-file", type=secret_file, metavar="FILE", dest="turn_secret",
+                   help="coturn static-auth-secret: time-limited TURN credentials")
+    p.add_argument("--turn-ca", type=ca_file, metavar="FILE",
+                   help="CA certificates (PEM) to verify turns: servers against "
+                        "(default: the system's)")
     p.add_argument("--host-address", type=ip_address, action="append", dest="host_addresses",
                    metavar="IP", help="gather host candidates only on these addresses")
     p.add_argument("--relay-only", action="store_true", help="connect only through TURN")
@@ -64,6 +78,23 @@ def add_node_options(p: argparse.ArgumentParser) -> None:
                    help="seconds to try a live path before the offline tier")
     p.add_argument("--data-dir", help="outbox directory (default: per identity, XDG data dir)")
     p.add_argument("--json", action="store_true", help="JSON output")
+
+
+#: Environment variable holding the TURN password (not shown in /proc like an argument).
+TURN_PASSWORD_ENV = "TIERLINK_TURN_PASSWORD"
+
+
+def turn_servers(args: argparse.Namespace) -> list[TurnServer]:
+    """The ``--turn`` servers with their credentials: the URL's own (``USER:PASS@``), or
+    ``--turn-user`` with ``--turn-secret-file``, ``--turn-password-file`` or
+    $TIERLINK_TURN_PASSWORD. ValueError names a server that has none."""
+    password = args.turn_password or os.environ.get(TURN_PASSWORD_ENV) or None
+    return [
+        server
+        for url in args.turn
+        for server in url.servers(args.turn_user, password, secret=args.turn_secret,
+                                  ca_file=args.turn_ca)
+    ]
 
 
 def load_identity(args: argparse.Namespace) -> Identity:
@@ -83,7 +114,7 @@ def node_config(args: argparse.Namespace, identity: Identity | None = None) -> N
         dht_no_rate_limit=args.no_rate_limit,
         host_addresses=args.host_addresses,
         stun_servers=list(args.stun),
-        turn_servers=list(args.turn),
+        turn_servers=turn_servers(args),
         relay_only=args.relay_only,
         port_range=args.port_range,
         mode=args.mode,
@@ -329,7 +360,8 @@ async def _lookup(args: argparse.Namespace) -> int:
         return 0
     print(f"fingerprint: {obj['fingerprint']}\nsequence:    {obj['seq']}\n"
           f"mode:        {obj['mode']}")
-    print(f"expires in:  {(obj['expires_at_ms'] - obj['issued_at_ms']) / 1000:.0f} s")
+    left_s = max(0.0, (obj["expires_at_ms"] - time.time() * 1000) / 1000)
+    print(f"expires in:  {left_s:.0f} s")
     for c in obj["candidates"]:
         print(f"candidate:   {c['type']} {c['host']}:{c['port']}")
     return 0

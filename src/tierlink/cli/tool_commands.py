@@ -23,8 +23,8 @@ def _bench(args: argparse.Namespace) -> int:
     from tierlink.bench.report import render_markdown
     from tierlink.bench.runner import run_bench
 
-    results = run_bench(args.system, args.quick, args.out)
-    print(json.dumps(results, indent=2) if args.json else render_markdown(results))
+    results = run_bench(args.system, args.quick, args.out, rounds=args.rounds, mtu=args.mtu)
+    print(json.dumps(results, indent=2) if args.json else render_markdown([results]))
     return 0
 
 
@@ -63,6 +63,11 @@ def register(sub: Any) -> None:
     bench.add_argument("--system", action="append", choices=SYSTEMS,
                        help="system to measure, repeatable (default all)")
     bench.add_argument("--quick", action="store_true", help="small counts (a smoke run)")
+    bench.add_argument("--rounds", type=positive_int, default=None, metavar="N",
+                       help="interleaved rounds, each figure their median (default 3, min 3)")
+    bench.add_argument("--mtu", type=positive_int, default=None, metavar="BYTES",
+                       help="run inside a network namespace whose loopback has this MTU "
+                       "(root), e.g. 1500")
     bench.add_argument("--json", action="store_true", help="print results.json")
     bench.add_argument("--out", type=Path, default=Path("bench"), help="results directory")
     bench.set_defaults(func=_bench)

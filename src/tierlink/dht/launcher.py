@@ -46,6 +46,12 @@ _PR_SET_PDEATHSIG = 1
 _TCP_LISTEN = "0A"
 #: Starts with a freshly picked proxy port before giving up (a lost port race costs one).
 _PROXY_PORT_TRIES = 3
+#: What a node that cannot reach the DHT over UDP should do instead.
+UDP_BLOCKED_HINT = (
+    "UDP may be blocked on this network (many corporate and hotel networks block it); use an "
+    "OpenDHT proxy reachable over TCP instead of the embedded node: --dht-proxy "
+    "https://HOST/ (port 443) or http://HOST/ (port 80)"
+)
 
 
 def _die_with_parent() -> None:
@@ -163,7 +169,9 @@ class DhtNodeProcess:
     ``port`` None: the kernel picks the UDP port; :attr:`port` holds it once started.
     ``proxy_port`` None: a free one is picked. ``netns``: run inside that network namespace
     (``proxy_host`` must then be one of its addresses; readiness is checked through ``/proc``
-    only, the proxy being unreachable from here).
+    only, the proxy being unreachable from here). With ``bootstrap``, :meth:`start` waits up
+    to ``join_timeout`` for the node to know another DHT node, else fails with
+    :class:`DhtUnavailable` saying to use a proxy over TCP (``--dht-proxy``).
     """
 
     def __init__(
@@ -177,6 +185,7 @@ class DhtNodeProcess:
         netns: str | None = None,
         executable: str = "dhtnode",
         start_timeout: float = 10.0,
+        join_timeout: float = 10.0,
     ) -> None:
         self.port = port
         self.proxy_port = proxy_port
@@ -186,6 +195,7 @@ class DhtNodeProcess:
         self.netns = netns
         self.executable = executable
         self.start_timeout = start_timeout
+        self.join_timeout = join_timeout
         self.restarts = 0
         self._proc: asyncio.subprocess.Process | None = None
         self._watch: asyncio.Task[None] | None = None
@@ -232,6 +242,12 @@ class DhtNodeProcess:
                     raise
                 log.debug("dhtnode start on proxy port %s failed (%s); new port",
                           self.proxy_port, exc)
+        if self.bootstrap and self.netns is None:
+            try:
+                await self._wait_joined()
+            except BaseException:
+                await self._kill()
+                raise
         self._watch = asyncio.create_task(self._supervise(), name="dhtnode-supervisor")
 
     @staticmethod
@@ -300,6 +316,24 @@ class DhtNodeProcess:
                         ) from None
                     await asyncio.sleep(0.05)
 
+    async def _wait_joined(self) -> None:
+        """Wait until the node knows another DHT node (its bootstrap answered); a node that
+        hears from none is cut off from the DHT, most often by a firewall dropping UDP."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.join_timeout
+        async with DhtClient(self.proxy_url, timeout=1.0) as client:
+            while True:
+                info = await client.info()
+                if _known_nodes(info) > 0:
+                    return
+                if loop.time() > deadline:
+                    where = ", ".join(format_hostport(*b) for b in self.bootstrap)
+                    raise DhtUnavailable(
+                        f"the embedded dhtnode reached no DHT node through {where} within "
+                        f"{self.join_timeout:.0f} s: {UDP_BLOCKED_HINT}"
+                    )
+                await asyncio.sleep(0.05)
+
     async def _supervise(self) -> None:
         while not self._stopping:
             proc = self._proc
@@ -347,6 +381,13 @@ class DhtNodeProcess:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
+
+
+def _known_nodes(info: dict[str, Any]) -> int:
+    """Good and dubious nodes in a dhtnode status object (both address families)."""
+    counts = [info.get(f) for f in ("ipv4", "ipv6")]
+    return sum(c.get(k, 0) for c in counts if isinstance(c, dict) for k in ("good", "dubious")
+               if isinstance(c.get(k, 0), int))
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,8 @@ import platformdirs
 from tierlink.identity import Identity
 from tierlink.node.admission import AdmissionLimits
 from tierlink.transport.channel import ChannelSettings
-from tierlink.transport.ice import IceSettings, TurnServer
+from tierlink.transport.ice import IceSettings
+from tierlink.transport.ice_servers import TurnServer
 from tierlink.transport.recv_queue import DEFAULT_CAPACITY
 
 __all__ = ["NodeConfig", "TurnServer"]

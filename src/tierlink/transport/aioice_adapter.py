@@ -1,5 +1,5 @@
 """The one place tierlink touches aioice's internals (with :mod:`.aioice_socket`,
-:mod:`.aioice_checks` and :mod:`.aioice_transaction`).
+:mod:`.aioice_turn`, :mod:`.aioice_checks` and :mod:`.aioice_transaction`).
 
 aioice (0.13.0, pinned exactly) gathers host candidates from every interface except
 127.0.0.1, queues every received datagram in an unbounded ``asyncio.Queue`` and sends through
@@ -26,7 +26,7 @@ import asyncio
 import ipaddress
 import random
 import socket
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 from aioice import Candidate, TransportPolicy, stun
 from aioice.candidate import candidate_foundation, candidate_priority
@@ -80,6 +80,13 @@ PRIVATE_NAMES: tuple[str, ...] = (
 )
 
 DatagramHandler = Callable[[bytes], None]
+#: Asks STUN and TURN servers for one component (:class:`~.gathering.ServerGathering`):
+#: given the host sockets and a factory of relay protocols, the candidates found (with the
+#: protocol of each relay).
+ServerGatherer = Callable[
+    [int, list[StunProtocol], Callable[[], StunProtocol]],
+    Awaitable[list[tuple[Candidate, StunProtocol | None]]],
+]
 
 #: IP and UDP header bytes of a datagram, by whether it goes over IPv6.
 _IP_UDP_HEADERS = {False: 20 + 8, True: 40 + 8}
@@ -107,6 +114,7 @@ class IceConnection(ScheduledChecks):
         check_interval: float = DEFAULT_CHECK_INTERVAL,
         batch_receive: bool = True,
         port_range: tuple[int, int] | None = None,
+        servers: ServerGatherer | None = None,
         grace: GraceSettings | None = None,
     ) -> None:
         super().__init__(
@@ -137,6 +145,7 @@ class IceConnection(ScheduledChecks):
         self._tl_check_bytes = 0
         self._tl_checks_dropped = 0
         self._tl_gate = SourceGate()
+        self._tl_servers = servers
         self._tl_init_checks(grace or GraceSettings(), check_interval)
 
     # -- gathering ------------------------------------------------------------------------
@@ -146,9 +155,11 @@ class IceConnection(ScheduledChecks):
         Follows aioice/ice.py ``Connection.gather_candidates`` (lines 568-595). Differs only
         with an allow-list (and the default policy): aioice first lists every interface of
         the machine (ifaddr, about 0.2 ms, measured), whose result the allow-list replaces;
-        a dial gathers twice on its critical path, so that listing is skipped here. Every
+        a dial gathers twice on its critical path, so that listing is skipped here. With
+        ``servers``, their candidates join the host ones (:meth:`_tl_gather_servers`). Every
         socket gathered on is then watched by the source gate (see :meth:`data_received`).
         """
+        first = not self._local_candidates_start
         if self._tl_allowed is None or self._tl_relay_only:
             await super().gather_candidates()
         elif not self._local_candidates_start:
@@ -158,8 +169,20 @@ class IceConnection(ScheduledChecks):
                     component=component, addresses=list(self._tl_allowed)
                 )
             self._local_candidates_end = True
+        if first and self._tl_servers is not None:
+            await self._tl_gather_servers(self._tl_servers)
         for protocol in self._protocols:  # every local socket and TURN allocation
             self._tl_gate.watch(protocol)
+
+    async def _tl_gather_servers(self, servers: ServerGatherer) -> None:
+        """Add the STUN and TURN servers' candidates to the host candidates gathered."""
+        hosts = list(self._protocols)
+        for component in self._components:
+            mine = [p for p in hosts if p.local_candidate.component == component]
+            for candidate, protocol in await servers(component, mine, lambda: StunProtocol(self)):
+                self._local_candidates.append(candidate)
+                if protocol is not None:
+                    self._protocols.append(protocol)
 
     async def get_component_candidates(
         self, component: int, addresses: list[str], timeout: int = 5

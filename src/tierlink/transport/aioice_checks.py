@@ -14,16 +14,17 @@ aioice's ``connect`` and ``check_start`` and extends ``check_incoming``:
   only at its next Ta; here the loop ends once nothing is left to start and returns the
   moment the list completes, and Ta is ``check_interval`` (10 ms by default);
 * the controlling agent checks without USE-CANDIDATE; each success is reported to a
-  :class:`~.aioice_transaction.Nominator`, which applies :func:`tierlink.protocol.nomination.decide` (a direct
-  pair at once; a relayed one only after a grace scaled by the relay's RTT) and lets exactly
-  one succeeded pair send the nominating check. The controlled agent is aioice's: it
-  nominates the pair the controlling agent's USE-CANDIDATE names;
-* every check runs as a :class:`~.aioice_transaction.CheckTransaction`: the first retransmission after
-  :func:`~tierlink.protocol.nomination.check_rto` (100 ms, then 2x the largest RTT seen,
-  50-500 ms), doubling, 7 transmissions like aioice; and resent at once when a valid check
-  arrives from the address it goes to (RFC 8445 section 7.3.1.4's triggered check: the
-  peer's NAT has now seen us, so the copy the NAT dropped gets through; at most
-  ``MAX_EARLY_RESENDS`` per check).
+  :class:`~.aioice_transaction.Nominator`, which applies
+  :func:`tierlink.protocol.nomination.decide` (a direct pair at once; a relayed one only
+  after a grace scaled by the relay's RTT) and lets exactly one succeeded pair send the
+  nominating check. The controlled agent is aioice's: it nominates the pair the
+  controlling agent's USE-CANDIDATE names;
+* every check runs as a :class:`~.aioice_transaction.CheckTransaction`: the first
+  retransmission after :func:`~tierlink.protocol.nomination.check_rto` (100 ms, then 2x the
+  largest RTT seen, 50-500 ms), doubling, 7 transmissions like aioice; and resent at once
+  when a valid check arrives from the address it goes to (RFC 8445 section 7.3.1.4's
+  triggered check: the peer's NAT has now seen us, so the copy the NAT dropped gets
+  through; at most ``MAX_EARLY_RESENDS`` per check).
 
 Every check goes out through the protocol's ``send_stun``, so the amplification budget of
 ``limit_unvalidated_checks`` still counts each copy. Every aioice name used here that aioice

@@ -13,6 +13,8 @@ from aioice import Candidate
 
 from tierlink.errors import IceFailed
 from tierlink.transport.aioice_adapter import IceConnection
+from tierlink.transport.gathering import ServerGathering
+from tierlink.transport.ice_servers import TurnServer as TurnServer  # re-exported: its old home
 from tierlink.wire.records import CandidateInfo
 
 #: Largest UDP payload on a direct path (IPv4: 65535 - 20 IP - 8 UDP; IPv6: 65535 - 8).
@@ -23,24 +25,15 @@ TURN_CHANNEL_OVERHEAD = 4
 
 
 @dataclass(frozen=True)
-class TurnServer:
-    """A TURN server (RFC 8656) with long-term credentials; its repr leaves out the password."""
-
-    host: str
-    port: int
-    username: str
-    password: str = field(repr=False)
-
-
-@dataclass(frozen=True)
 class IceSettings:
     """How a node gathers and connects.
 
     ``host_addresses``: the local addresses to gather host candidates on (loopback allowed);
     None means every interface but 127.0.0.1 (aioice's default). ``relay_only`` hides the
     node's addresses even from its peers (aioice's relay transport policy; needs TURN).
-    aioice takes one STUN and one TURN server per connection: the first of each is used.
-    ``port_range`` (LOW, HIGH) binds host sockets (and so srflx mappings) inside that range.
+    Every STUN and TURN server is asked, in parallel (:mod:`.gathering`; its counters are
+    :attr:`gathering`'s ``stats``). ``port_range`` (LOW, HIGH) binds host sockets (and so
+    srflx mappings) and TURN client sockets inside that range.
     """
 
     host_addresses: Sequence[str] | None = None
@@ -50,23 +43,25 @@ class IceSettings:
     use_ipv6: bool = False
     timeout: float = 30.0
     port_range: tuple[int, int] | None = None
+    gathering: ServerGathering = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.relay_only and not self.turn_servers:
             raise ValueError("relay_only needs at least one TURN server")
         for addr in self.host_addresses or ():
             ipaddress.ip_address(addr)  # ValueError with the bad address
+        gathering = ServerGathering(
+            tuple(self.stun_servers), tuple(self.turn_servers), self.port_range,
+            self.relay_only,
+        )
+        object.__setattr__(self, "gathering", gathering)
 
     def new_connection(self, controlling: bool) -> IceConnection:
         """A fresh ICE agent for one session."""
-        turn = self.turn_servers[0] if self.turn_servers else None
         return IceConnection(
             controlling=controlling,
             host_addresses=self.host_addresses,
-            stun_server=self.stun_servers[0] if self.stun_servers else None,
-            turn_server=(turn.host, turn.port) if turn else None,
-            turn_username=turn.username if turn else None,
-            turn_password=turn.password if turn else None,
+            servers=self.gathering if self.gathering.configured else None,
             relay_only=self.relay_only,
             use_ipv6=self.use_ipv6,
             port_range=self.port_range,
