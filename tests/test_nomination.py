@@ -108,58 +108,58 @@ class FakeProtocol:
 
     def __init__(self) -> None:
         self.transactions: dict[bytes, Any] = {}
-        self.sent: list[bytes] = []
+        self.sent: list[stun.Message] = []
 
     def send_stun(self, message: stun.Message, addr: tuple[str, int]) -> None:
-        self.sent.append(bytes(message))
+        self.sent.append(stun.parse_message(bytes(message)))
 
 
 KEY = b"remote-password-remote-pw"
 
 
 def transaction(protocol: FakeProtocol, rto: float, counts: list[bool]) -> CheckTransaction:
-    request = stun.Message(stun.Method.BINDING, stun.Class.REQUEST)
-    request.add_message_integrity(KEY)
+    request = stun.Message(stun.Method.BINDING, stun.Class.REQUEST,
+                           attributes={"USERNAME": "them:us", "PRIORITY": 1})
     return CheckTransaction(request, ("127.0.0.1", 9), protocol,  # type: ignore[arg-type]
                             KEY, rto, counts.append)
 
 
-def response_to(t: CheckTransaction, key: bytes = KEY) -> stun.Message:
+def response_to(copy: stun.Message, key: bytes = KEY) -> stun.Message:
     response = stun.Message(stun.Method.BINDING, stun.Class.RESPONSE,
-                            transaction_id=t.request.transaction_id)
+                            transaction_id=copy.transaction_id)
     response.add_message_integrity(key)
     return stun.parse_message(bytes(response))
 
 
-async def test_resend_now_sends_a_copy_at_once_and_makes_the_rtt_ambiguous() -> None:
+async def test_every_copy_is_a_signed_transaction_of_its_own_and_answers_are_matched() -> None:
     protocol, counts = FakeProtocol(), []
     t = transaction(protocol, rto=30.0, counts=counts)
     task = asyncio.ensure_future(t.run())
     await eventually(lambda: len(protocol.sent) == 1, what="the first copy")
     assert [t.resend_now() for _ in range(MAX_EARLY_RESENDS + 1)] == [True] * 3 + [False]
-    assert len(protocol.sent) == 1 + MAX_EARLY_RESENDS and counts == [False] * 3
-    t.response_received(response_to(t, b"someone-else-password-x"), ("127.0.0.1", 9))
-    assert not task.done()  # unauthenticated responses are ignored
-    t.response_received(response_to(t), ("127.0.0.1", 9))
+    assert len(protocol.sent) == 1 + MAX_EARLY_RESENDS == t.copies and counts == [False] * 3
+    assert len({m.transaction_id for m in protocol.sent}) == 4 == len(protocol.transactions)
+    assert all(m.check_message_integrity(KEY) and m.attributes["USERNAME"] == "them:us"
+               for m in protocol.sent)
+    t.response_received(response_to(protocol.sent[0], b"someone-else-password-x"),
+                        ("127.0.0.1", 9))
+    stranger = stun.Message(stun.Method.BINDING, stun.Class.REQUEST)
+    t.response_received(response_to(stranger), ("127.0.0.1", 9))
+    assert not task.done()  # unauthenticated, or not one of our copies: ignored
+    t.response_received(response_to(protocol.sent[2]), ("127.0.0.1", 9))
     message, _ = await task
     assert message.message_class == stun.Class.RESPONSE
-    assert t.rtt is None and protocol.transactions == {}
-    assert t.resend_now() is False
+    assert t.rtt is not None and t.rtt >= 0  # the answered copy's own RTT
+    assert protocol.transactions == {} and t.resend_now() is False
 
 
-async def test_a_lone_transmission_measures_the_rtt_and_silence_times_out() -> None:
+async def test_silence_times_out_after_seven_transmissions() -> None:
     protocol, counts = FakeProtocol(), []
-    t = transaction(protocol, rto=30.0, counts=counts)
-    task = asyncio.ensure_future(t.run())
-    await eventually(lambda: protocol.sent, what="the first copy")
-    t.response_received(response_to(t), ("127.0.0.1", 9))
-    await task
-    assert t.rtt is not None and t.rtt >= 0 and counts == []
-
     quiet = transaction(protocol, rto=0.001, counts=counts)
     with pytest.raises(stun.TransactionTimeout):
         await quiet.run()
-    assert counts == [True] * 6  # 7 transmissions: 6 retransmissions on timeout
+    assert counts == [True] * 6 and len(protocol.sent) == 7  # 6 retransmissions on timeout
+    assert protocol.transactions == {}
 
 
 # -- two agents on loopback ----------------------------------------------------------------------

@@ -100,7 +100,6 @@ PRIVATE_NAMES: tuple[str, ...] = (
     "aioice.ice.CandidatePair.remote_addr",
     "aioice.ice.CandidatePair.local_candidate",
     "aioice.ice.CandidatePair.remote_candidate",
-    "aioice.stun.Message.add_message_integrity(key)",
     "aioice.stun.Message.error_code",
     "aioice.stun.TransactionError",
 )
@@ -243,7 +242,6 @@ class ScheduledChecks(aioice.Connection):
     ) -> tuple[stun.Message, Address, float | None]:
         assert self.remote_password is not None
         key = self.remote_password.encode("utf8")
-        request.add_message_integrity(key)
         transaction = CheckTransaction(
             request, pair.remote_addr, pair.protocol, key, check_rto(self._tl_largest_rtt),
             self._tl_count_resend,

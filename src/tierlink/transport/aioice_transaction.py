@@ -35,8 +35,13 @@ PRIVATE_NAMES: tuple[str, ...] = (
     # CheckTransaction: the protocol hands responses to transactions[transaction_id]
     "aioice.ice.StunProtocol.transactions",
     "aioice.ice.StunProtocol.send_stun(message, addr)",
+    "aioice.stun.Message(message_method, message_class, transaction_id, attributes)",
+    "aioice.stun.Message.add_message_integrity(key)",
     "aioice.stun.Message.check_message_integrity(key)",
     "aioice.stun.Message.transaction_id",
+    "aioice.stun.Message.message_method",
+    "aioice.stun.Message.message_class",
+    "aioice.stun.Message.attributes",
     "aioice.stun.Class.RESPONSE",
     "aioice.stun.TransactionFailed(response)",
     "aioice.stun.TransactionTimeout",
@@ -56,10 +61,16 @@ def canonical(addr: tuple[Any, ...]) -> Address:
 
 
 class CheckTransaction:
-    """One check's STUN transaction: aioice's ``stun.Transaction`` with a given first
-    retransmission timeout and :meth:`resend_now`.
+    """One check: aioice's ``stun.Transaction`` with a first retransmission timeout chosen per
+    check, :meth:`resend_now`, and a fresh transaction id on every copy.
 
-    ``on_send(retransmission, early)`` is told of every copy sent after the first.
+    Each copy is a new STUN transaction of the same request (RFC 8445 section 7.2.5.4 makes
+    every triggered check a new one), so a response says which copy it answers and the RTT
+    is exact even when copies were resent (a retransmitted STUN transaction's RTT is
+    ambiguous: with a 100 ms first timeout and a 250 ms path, every check would be).
+    ``request`` is unsigned; each copy is signed with ``integrity_key``. ``on_send``
+    (``True``: a retransmission on timeout, ``False``: an early resend) is told of every
+    copy after the first.
     """
 
     def __init__(
@@ -76,18 +87,25 @@ class CheckTransaction:
         self._loop = asyncio.get_running_loop()
         self._future: asyncio.Future[tuple[stun.Message, Address]] = self._loop.create_future()
         self._timer: asyncio.TimerHandle | None = None
-        self._sent = 0
+        self._copies: dict[bytes, float] = {}  # transaction id -> loop time sent
+        self._retries = 0
         self._early = 0
-        self._first_sent = 0.0
-        #: Seconds from the only transmission to the response; None if resent (ambiguous).
+        #: Seconds from sending the copy that was answered to its response.
         self.rtt: float | None = None
 
+    @property
+    def copies(self) -> int:
+        """Copies sent so far."""
+        return len(self._copies)
+
     def response_received(self, message: stun.Message, addr: Address) -> None:
-        """Called by the protocol for a response with our transaction id."""
-        if self._future.done() or not message.check_message_integrity(self._key):
+        """Called by the protocol for a response to one of our copies."""
+        sent = self._copies.get(message.transaction_id)
+        if self._future.done() or sent is None:
+            return
+        if not message.check_message_integrity(self._key):
             return  # unauthenticated: retransmissions go on (RFC 8489 section 9.1.4)
-        if self._sent == 1:
-            self.rtt = self._loop.time() - self._first_sent
+        self.rtt = self._loop.time() - sent
         if message.message_class == stun.Class.RESPONSE:
             self._future.set_result((message, addr))
         else:
@@ -95,20 +113,19 @@ class CheckTransaction:
 
     async def run(self) -> tuple[stun.Message, Address]:
         """Send the check (and its retransmissions); the response, or TransactionError."""
-        tid = self.request.transaction_id
-        self._protocol.transactions[tid] = self  # type: ignore[assignment]
         try:
             self._retry()
             return await self._future
         finally:
-            self._protocol.transactions.pop(tid, None)
+            for tid in self._copies:
+                self._protocol.transactions.pop(tid, None)
             if self._timer is not None:
                 self._timer.cancel()
 
     def resend_now(self) -> bool:
         """Send one more copy now (not counted as a retransmission try); False if the
-        transaction ended, has not started, or already resent MAX_EARLY_RESENDS copies."""
-        if self._future.done() or not self._sent or self._early >= MAX_EARLY_RESENDS:
+        check ended, has not started, or already resent MAX_EARLY_RESENDS copies."""
+        if self._future.done() or not self._copies or self._early >= MAX_EARLY_RESENDS:
             return False
         self._early += 1
         self._send()
@@ -116,19 +133,24 @@ class CheckTransaction:
         return True
 
     def _send(self) -> None:
-        if not self._sent:
-            self._first_sent = self._loop.time()
-        self._sent += 1
-        self._protocol.send_stun(self.request, self._raw_addr)
+        attributes = {k: v for k, v in self.request.attributes.items()
+                      if k not in ("MESSAGE-INTEGRITY", "FINGERPRINT")}
+        copy = stun.Message(self.request.message_method, self.request.message_class,
+                            attributes=attributes)  # a fresh random transaction id
+        copy.add_message_integrity(self._key)
+        self._copies[copy.transaction_id] = self._loop.time()
+        self._protocol.transactions[copy.transaction_id] = self  # type: ignore[assignment]
+        self._protocol.send_stun(copy, self._raw_addr)
 
     def _retry(self) -> None:
         if self._future.done():
             return
-        if self._sent >= CHECK_TRANSMISSIONS:
+        if self._retries >= CHECK_TRANSMISSIONS:
             self._future.set_exception(stun.TransactionTimeout())
             return
-        if self._sent:
+        if self._retries:
             self._on_send(True)
+        self._retries += 1
         self._send()
         self._timer = self._loop.call_later(self._delay, self._retry)
         self._delay *= 2
