@@ -62,7 +62,7 @@ class GraceSettings:
     """How long direct pairs may still win once a relayed pair has succeeded (seconds)."""
 
     floor: float = 0.05
-    rtt_factor: float = 4.0
+    rtt_factor: float = 3.0
     cap: float = 1.0
 
     def __post_init__(self) -> None:
