@@ -5,8 +5,9 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
+FUZZ_RUNS ?= 100000
 
-.PHONY: demo test bench lab lint typecheck clean
+.PHONY: demo test bench fuzz lab lint typecheck clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -22,7 +23,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	scripts/system-deps.sh test
-	$(BIN)/ruff check src tests
+	$(BIN)/ruff check src tests fuzz
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
@@ -33,12 +34,17 @@ bench: $(STAMP)
 	$(BIN)/tierlink bench $(BENCH_ARGS)
 	$(BIN)/tierlink bench --mtu 1500 $(BENCH_ARGS)
 
+# Every parser of untrusted bytes, FUZZ_RUNS inputs each (coverage-guided with atheris).
+fuzz: $(STAMP)
+	$(BIN)/python -m pip install -q -e ".[fuzz]"
+	$(BIN)/python -m fuzz --runs $(FUZZ_RUNS)
+
 lab: $(STAMP)
 	scripts/system-deps.sh test
 	$(BIN)/tierlink lab --report lab-report
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests
+	$(BIN)/ruff check src tests fuzz
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 

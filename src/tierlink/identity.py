@@ -180,7 +180,7 @@ class Identity:
             if len(raw) > MAX_KEY_FILE_SIZE:
                 raise KeyFileError(f"{path} is not an identity file: too large")
             doc = json.loads(raw.decode("utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        except (OSError, ValueError) as exc:  # ValueError: bad UTF-8, JSON, over-long integer
             raise KeyFileError(f"{path} is not a readable identity file: {exc}") from None
         except RecursionError:
             raise KeyFileError(f"{path} is not an identity file: nested too deeply") from None

@@ -56,39 +56,48 @@ MAX_GET_BYTES = 64 * 1024 * 1024
 UNFILTERED_GET_BYTES = 8 * 1024 * 1024
 
 
-class _Skip(ValueError):
+class SkippedLine(DhtError):
     """A proxy line that is skipped, with the reason it is counted under."""
 
     def __init__(self, reason: str) -> None:
-        super().__init__(reason)
+        super().__init__(f"proxy line skipped: {reason}")
         self.reason = reason
 
 
-def _decode_line(line: bytes) -> tuple[str, bytes, bool] | None:
-    """(value id, data, expired) from one JSON line; None for a blank line; _Skip (with a
-    reason) for a line that is not a proxy value."""
+def decode_proxy_line(line: bytes) -> tuple[str, bytes, bool] | None:
+    """(value id, data, expired) from one JSON line; None for a blank line; SkippedLine
+    (with a reason) for a line that is not a proxy value."""
     line = line.strip()
     if not line:
         return None
     if len(line) > MAX_LINE_BYTES:
-        raise _Skip("oversized")
+        raise SkippedLine("oversized")
     try:
         obj = json.loads(line)
     except (ValueError, RecursionError):
-        raise _Skip("json") from None
+        raise SkippedLine("json") from None
     if not isinstance(obj, dict):
-        raise _Skip("shape")
+        raise SkippedLine("shape")
     data, vid = obj.get("data", ""), obj.get("id", "")
     if not isinstance(data, str) or not isinstance(vid, str | int) or isinstance(vid, bool):
-        raise _Skip("shape")
+        raise SkippedLine("shape")
     try:
         value = base64.b64decode(data, validate=True)
     except ValueError:
-        raise _Skip("base64") from None
+        raise SkippedLine("base64") from None
     return str(vid), value, bool(obj.get("expired", False))
 
 
-async def _bounded_lines(
+def decode_proxy_json(body: bytes, what: str) -> Any:
+    """The JSON document of a proxy's answer (``what`` names it in the error); DhtError for
+    anything else: bad UTF-8 or JSON, an over-long integer, nesting too deep to parse."""
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError):
+        raise DhtError(f"DHT proxy sent an unreadable {what}: {body[:80]!r}") from None
+
+
+async def bounded_lines(
     chunks: AsyncIterable[bytes], limit: int
 ) -> AsyncIterator[bytes | None]:
     """Lines (without the newline) from a byte stream; a line longer than ``limit`` bytes is
@@ -153,9 +162,9 @@ class DhtClient:
         it holds no value (a skipped line is counted by reason in :attr:`skipped_lines`)."""
         try:
             if line is None:
-                raise _Skip("oversized")
-            return _decode_line(line)
-        except _Skip as skip:
+                raise SkippedLine("oversized")
+            return decode_proxy_line(line)
+        except SkippedLine as skip:
             self.skipped_lines[skip.reason] += 1
             log.debug("skipping a proxy line (%s): %r", skip.reason, (line or b"")[:80])
             return None
@@ -203,10 +212,7 @@ class DhtClient:
     async def info(self) -> dict[str, Any]:
         """The node's status object (node id, public IP, connectivity counts)."""
         body = await self._request("GET", self.base_url + "/")
-        try:
-            obj = json.loads(body)
-        except ValueError:
-            raise DhtError(f"DHT proxy {self.base_url} sent an unreadable status") from None
+        obj = decode_proxy_json(body, f"status from {self.base_url}")
         if not isinstance(obj, dict):
             raise DhtError(f"DHT proxy {self.base_url} sent an unexpected status")
         return obj
@@ -234,10 +240,7 @@ class DhtClient:
         finally:
             if sent is not None and not sent.done():
                 sent.set_result(None)
-        try:
-            answer = json.loads(body) if body.strip() else {}
-        except ValueError:
-            raise DhtError(f"DHT proxy sent an unreadable answer to a put: {body[:80]!r}") from None
+        answer = decode_proxy_json(body, "answer to a put") if body.strip() else {}
         if isinstance(answer, dict) and ("err" in answer or "err:" in answer):
             loop = asyncio.get_running_loop()
             if loop.time() < self._lone_until:
@@ -268,7 +271,7 @@ class DhtClient:
             async with self.session.get(url, timeout=timeout) as resp:
                 if resp.status >= 400:
                     raise DhtError(f"DHT proxy answered {resp.status} to GET {url}")
-                lines = _bounded_lines(resp.content.iter_any(), MAX_LINE_BYTES)
+                lines = bounded_lines(resp.content.iter_any(), MAX_LINE_BYTES)
                 size = 0
                 async for line in lines:
                     item = self._read_line(line)
@@ -366,7 +369,7 @@ class DhtListener:
         while not self._closed:
             self._resp = await self._open()
             try:
-                lines = _bounded_lines(self._resp.content.iter_any(), MAX_LINE_BYTES)
+                lines = bounded_lines(self._resp.content.iter_any(), MAX_LINE_BYTES)
                 async for line in lines:
                     item = self._client._read_line(line)
                     if item is None or item[2]:
