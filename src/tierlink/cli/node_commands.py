@@ -225,6 +225,8 @@ async def _online(
         text += f"--bootstrap 127.0.0.1:{info['dht_port']})"
     text += f"\n(send, outbox and lookup of this identity use this node: {server.path})"
     _emit(args, info, text)
+    if args.json:  # every connection's path (dialed or answered) and how ICE chose it
+        node.watch_paths(lambda event: _emit(args, event, ""))
     readers: set[asyncio.Task[None]] = set()
 
     async def accept() -> None:

@@ -46,7 +46,7 @@ from tierlink.node.presence import Presence
 from tierlink.node.tasks import Supervisor
 from tierlink.transport.certs import LocalCertificate
 from tierlink.transport.connection import Connection
-from tierlink.transport.ice import IceSettings, TurnServer
+from tierlink.transport.ice import IceSettings, PathListener, PathTally, TurnServer
 from tierlink.wire.records import PeerRecord
 from tierlink.wire.signaling import new_session_id
 
@@ -359,6 +359,13 @@ class Node:
             total.update(self.messenger.loop_restarts)
         return total
 
+    def watch_paths(self, listener: PathListener) -> None:
+        """Call ``listener`` with a path event for each ICE agent of this node that connects
+        (dialed or answered): see :meth:`tierlink.transport.ice.PathTally.add`."""
+        parts = self._running()
+        parts.dialer.paths.listeners.append(listener)
+        parts.answerer.paths.listeners.append(listener)
+
     def _mailbox_stats(self) -> dict[str, object]:
         out: dict[str, object] = {}
         tier = self.messenger.mailbox if self.messenger else None
@@ -383,6 +390,8 @@ class Node:
             "offer_rejections": dict(self.offer_rejections),
             "offers_in_flight": parts.answerer.admission.sessions if parts else 0,
             "ice_checks_dropped": parts.answerer.checks_dropped if parts else 0,
+            "ice_paths": (parts.dialer.paths.merged(parts.answerer.paths) if parts
+                          else dict.fromkeys(PathTally.COUNTERS, 0)),
             "record_rejections": dict(self.records.rejected),
             "background_tasks": len(self._tasks),
             "loop_restarts": dict(self.loop_restarts),
