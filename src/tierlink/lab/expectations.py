@@ -75,13 +75,12 @@ def expected_cell(
     """What a cell should show: whether it connects, through which path types, and which
     tiers may deliver its test message (Node driver).
 
-    With TURN, a pair that could go direct may still end up on the relay: aioice nominates the
-    first pair whose check succeeds, and a relay check can beat a direct one that needed a
-    retransmission (seen with restricted<->symmetric: the first direct check is dropped until
-    the restricted side has sent toward the symmetric side's address). The message link is a
-    dial of its own, so its tier follows the same rule. Without any path the message must
-    still arrive, through the DHT offline queue. Where both peers have global IPv6 behind
-    stateful firewalls (``ipv6``: the lab gave it to every site that can have it), their IPv6
+    With TURN, a pair that could go direct still ends on a direct pair: the dialer nominates
+    by priority and gives direct checks a grace after a relay check succeeds
+    (:mod:`tierlink.protocol.nomination`), so the relay is expected only where no direct path
+    exists. The message link is a dial of its own and follows the same rule. Without any path
+    the message must still arrive, through the DHT offline queue. Where both peers have
+    global IPv6 behind stateful firewalls (``ipv6``: the lab gave it to every site that can have it), their IPv6
     host candidates make a direct path even when IPv4 has none. From a network without UDP
     only a relay reached over TLS connects (``turn_tls``: the peers ask TURN over TLS on 443
     too, as the Node driver's do; raw ICE peers ask UDP TURN only).
@@ -104,9 +103,6 @@ def expected_cell(
         return {"connects": True, "paths": paths, "tiers": ["direct", "relay"] if turn
                 else ["direct"], "note": "direct only over IPv6 (host candidates)"}
     if direct_possible(a, b):
-        if turn:
-            return {"connects": True, "paths": [*DIRECT_PATHS, "relay"],
-                    "tiers": ["direct", "relay"]}
         return {"connects": True, "paths": list(DIRECT_PATHS), "tiers": ["direct"]}
     if turn:
         return {"connects": True, "paths": ["relay"], "tiers": ["relay"]}
