@@ -80,8 +80,8 @@ def expected_cell(
     (:mod:`tierlink.protocol.nomination`), so the relay is expected only where no direct path
     exists. The message link is a dial of its own and follows the same rule. Without any path
     the message must still arrive, through the DHT offline queue. Where both peers have
-    global IPv6 behind stateful firewalls (``ipv6``: the lab gave it to every site that can have it), their IPv6
-    host candidates make a direct path even when IPv4 has none. From a network without UDP
+    global IPv6 behind stateful firewalls (``ipv6``: the lab gave it to every site that can
+    have it), their IPv6 host candidates make a direct path even when IPv4 has none. From a network without UDP
     only a relay reached over TLS connects (``turn_tls``: the peers ask TURN over TLS on 443
     too, as the Node driver's do; raw ICE peers ask UDP TURN only).
     """
