@@ -72,18 +72,19 @@ def has_ipv6(preset: str, lab_ipv6: bool) -> bool:
 def expected_cell(
     a: str, b: str, turn: bool, ipv6: bool = False, *, turn_tls: bool = False
 ) -> dict[str, Any]:
-    """What a cell should show: whether it connects, through which path types, and which
-    tiers may deliver its test message (Node driver).
+    """What a cell should show: whether it connects, through which path types, and which tiers
+    may deliver its test message (Node driver).
 
     With TURN, a pair that could go direct still ends on a direct pair: the dialer nominates
     by priority and gives direct checks a grace after a relay check succeeds
-    (:mod:`tierlink.protocol.nomination`), so the relay is expected only where no direct path
-    exists. The message link is a dial of its own and follows the same rule. Without any path
-    the message must still arrive, through the DHT offline queue. Where both peers have
-    global IPv6 behind stateful firewalls (``ipv6``: the lab gave it to every site that can
-    have it), their IPv6 host candidates make a direct path even when IPv4 has none. From a network without UDP
-    only a relay reached over TLS connects (``turn_tls``: the peers ask TURN over TLS on 443
-    too, as the Node driver's do; raw ICE peers ask UDP TURN only).
+    (:mod:`tierlink.protocol.nomination`), so the relay is expected only where no direct
+    path exists. The message link is a dial of its own and follows the same rule. Without
+    any path the message must still arrive, through the DHT offline queue. Where both peers
+    have global IPv6 behind stateful firewalls (``ipv6``: the lab gave it to every site that
+    can have it), their IPv6 host candidates make a direct path even when IPv4 has none.
+    From a network without UDP only a relay reached over TLS connects (``turn_tls``: the
+    peers ask TURN over TLS on 443 too, as the Node driver's do; raw ICE peers ask UDP TURN
+    only).
     """
     if a == b == "hairpin":  # host; the NAT's hairpin makes srflx valid too (seen with TURN)
         return {"connects": True, "paths": list(DIRECT_PATHS), "tiers": ["direct"]}
