@@ -9,7 +9,8 @@ import json
 
 import pytest
 
-from tierlink.lab.runner import DIRECT_PATHS, direct_possible, run_matrix
+from tierlink.lab.expectations import DIRECT_PATHS, direct_possible
+from tierlink.lab.runner import run_matrix
 
 pytestmark = pytest.mark.lab
 
