@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import shutil
+from collections.abc import AsyncIterator
+
+import pytest
 
 from tests.waiting import eventually
 from tierlink.dht import DhtClient, DhtNodeProcess, start_nodes, stop_nodes
@@ -90,3 +94,16 @@ async def in_dht(sw: DhtSwitch, *keys: str) -> None:
         await eventually(present, 30, f"{len(keys)} keys in the new DHT")
     finally:
         await client.close()
+
+
+@pytest.fixture
+async def switch() -> AsyncIterator[DhtSwitch]:
+    """A started :class:`DhtSwitch` (skips when ``dhtnode`` is missing), stopped after."""
+    if shutil.which("dhtnode") is None:
+        pytest.skip("dhtnode not installed")
+    sw = DhtSwitch()
+    await sw.start()
+    try:
+        yield sw
+    finally:
+        await sw.stop()

@@ -7,13 +7,9 @@ and real nodes on 127.0.0.1.
 from __future__ import annotations
 
 import asyncio
-import shutil
 import tempfile
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from tests.dht_switch import DhtSwitch, in_dht
 from tests.nodes import config_for
@@ -25,18 +21,6 @@ from tierlink.node.delivery import Message
 from tierlink.offline.outbox import DELIVERED, EXPIRED, IN_MAILBOX
 from tierlink.wire.dhtkeys import ice_candidates_key, mailboxes_key
 from tierlink.wire.records import now_ms
-
-
-@pytest.fixture
-async def switch() -> AsyncIterator[DhtSwitch]:
-    if shutil.which("dhtnode") is None:
-        pytest.skip("dhtnode not installed")
-    sw = DhtSwitch()
-    await sw.start()
-    try:
-        yield sw
-    finally:
-        await sw.stop()
 
 
 def mailbox_config(sw: DhtSwitch, **kw: Any) -> Any:

@@ -5,15 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from tests.dht_switch import DhtSwitch, in_dht
 from tests.waiting import eventually
@@ -22,16 +18,6 @@ from tierlink.wire.dhtkeys import ice_candidates_key, mailboxes_key
 TIERLINK = [sys.executable, "-m", "tierlink.cli"]
 
 
-@pytest.fixture
-async def switch() -> AsyncIterator[DhtSwitch]:
-    if shutil.which("dhtnode") is None:
-        pytest.skip("dhtnode not installed")
-    sw = DhtSwitch()
-    await sw.start()
-    try:
-        yield sw
-    finally:
-        await sw.stop()
 
 
 async def run(*args: str) -> subprocess.CompletedProcess[str]:
