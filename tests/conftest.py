@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
+from tests.dht_switch import switch  # noqa: F401  (a fixture for every test module)
 from tests.verify_counter import verifies  # noqa: F401  (a fixture for every test module)
 from tierlink.dht import DhtNodeProcess, start_nodes, stop_nodes
 

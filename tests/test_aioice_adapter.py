@@ -9,22 +9,31 @@ from typing import Any, cast
 
 import aioice
 import pytest
-from aioice import Candidate
+from aioice import Candidate, stun
 from aioice.ice import CandidatePair, StunProtocol, get_host_addresses
 from aioice.turn import TurnTransport
 
 from tests.ice_pairs import connect
 from tests.private_names import installed_version, missing, pinned_version
 from tests.waiting import eventually
-from tierlink.transport import aioice_adapter, aioice_consent, aioice_socket, aioice_turn
+from tierlink.transport import (
+    aioice_adapter,
+    aioice_checks,
+    aioice_consent,
+    aioice_socket,
+    aioice_transaction,
+    aioice_turn,
+)
 from tierlink.transport.aioice_adapter import IceConnection
+from tierlink.transport.aioice_checks import ScheduledChecks
 from tierlink.transport.aioice_socket import RECV_BATCH
 
-#: The aioice methods IceConnection overrides on purpose (each listed in PRIVATE_NAMES).
+#: The aioice methods IceConnection and its base ScheduledChecks override on purpose (each
+#: listed in PRIVATE_NAMES).
 OVERRIDES = {
-    "__init__", "gather_candidates", "get_component_candidates", "connect", "data_received",
-    "close",
+    "__init__", "gather_candidates", "get_component_candidates", "data_received", "close",
 }
+CHECK_OVERRIDES = {"connect", "check_start", "check_incoming"}
 
 
 def test_installed_aioice_is_the_pinned_version() -> None:
@@ -42,9 +51,13 @@ async def test_private_names_resolve_on_the_installed_aioice() -> None:
         aioice.Connection: plain,
         StunProtocol: protocol,
         CandidatePair: CandidatePair(protocol, candidate),
+        stun.Message: stun.Message(stun.Method.BINDING, stun.Class.REQUEST),
     }
-    names = aioice_adapter.PRIVATE_NAMES + aioice_socket.PRIVATE_NAMES + aioice_turn.PRIVATE_NAMES
-    names += aioice_consent.PRIVATE_NAMES
+    names = (
+        aioice_adapter.PRIVATE_NAMES + aioice_checks.PRIVATE_NAMES
+        + aioice_transaction.PRIVATE_NAMES + aioice_socket.PRIVATE_NAMES
+        + aioice_turn.PRIVATE_NAMES + aioice_consent.PRIVATE_NAMES
+    )
     problems = missing(names, "aioice", instances)
     assert not problems, "aioice changed:\n" + "\n".join(problems)
 
@@ -70,8 +83,12 @@ def test_a_changed_name_or_signature_is_reported() -> None:
 
 
 def test_ice_connection_shadows_nothing_of_aioice_but_its_overrides() -> None:
+    plain = {"__doc__", "__module__", "__dict__", "__weakref__"}
     overridden = {n for n in vars(IceConnection) if hasattr(aioice.Connection, n)}
-    assert overridden - {"__doc__", "__module__", "__dict__", "__weakref__"} == OVERRIDES
+    assert overridden - plain == OVERRIDES
+    in_checks = {n for n in vars(ScheduledChecks) if hasattr(aioice.Connection, n)}
+    assert in_checks - plain == CHECK_OVERRIDES
+    assert IceConnection.__mro__[1:3] == (ScheduledChecks, aioice.Connection)
     ours = set(vars(IceConnection(controlling=True))) - set(vars(aioice.Connection(True)))
     assert ours and all(n.startswith("_tl_") for n in ours)
     assert not any(hasattr(aioice.Connection, n) for n in ours)

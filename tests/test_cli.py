@@ -223,7 +223,7 @@ def test_send_rejects_bad_fingerprint_and_missing_identity(tmp_path: Path) -> No
 def test_run_send_outbox_lookup_end_to_end(tmp_path: Path) -> None:
     """Two terminals as in the README: live delivery, then offline delivery."""
     a_key, b_key = tmp_path / "a.json", tmp_path / "b.json"
-    run("id", "new", "--out", str(a_key))
+    a_fp = run("id", "new", "--out", str(a_key)).stdout.strip()
     b_fp = run("id", "new", "--out", str(b_key)).stdout.strip()
     dht, port, _, _ = start_serve("--port", "0")
     common = ["--bootstrap", f"127.0.0.1:{port}", "--no-rate-limit",
@@ -248,6 +248,9 @@ def test_run_send_outbox_lookup_end_to_end(tmp_path: Path) -> None:
         assert live.returncode == 0, live.stderr
         assert json.loads(live.stdout)["tier"] == "direct"
         assert b.stdout is not None
+        path = json.loads(b.stdout.readline())  # the answered link's path, then the message
+        assert (path["event"], path["peer"], path["tier"]) == ("path", a_fp, "direct")
+        assert path["ice"]["nominated_ms"] is not None and path["selected_pair"]
         got = json.loads(b.stdout.readline())
         assert got["text"] == "hello live" and got["tier"] == "direct"
 

@@ -372,6 +372,9 @@ async def test_send_outbox_lookup_use_the_running_node(cli: Cli) -> None:
     result = json.loads(sent.stdout)
     assert result["node"] == "running" and result["state"] == "delivered"
     assert result["tier"] == "direct"
+    for proc, peer in ((a, b_fp), (b, a_fp)):  # each run prints the link's path first
+        path = await cli.event(proc)
+        assert (path["event"], path["peer"], path["tier"]) == ("path", peer, "direct"), path
     by_request = await cli.event(a)  # the sender's run prints the delivery
     assert by_request == {"event": "sent", "to": b_fp, "message_id": result["message_id"],
                           "bytes": 24, "state": "delivered", "tier": "direct",

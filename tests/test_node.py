@@ -84,6 +84,14 @@ async def test_dial_by_fingerprint_and_exchange(dht_cluster, secure: bool) -> No
         ca, cb = await dial(a, b)
         assert ca.remote_fingerprint == b.fingerprint and cb.remote_fingerprint == a.fingerprint
         assert ca.selected_pair["local"]["type"] == "host"
+        report = ca.path_report()
+        assert report["tier"] == "direct" and report["direct_ms"] == report["connect_ms"]
+        assert report["ice"]["first_success"] == "direct"
+        assert report["ice"]["checks_sent"] >= 2  # a check, then the nominating one
+        for node in (a, b):
+            paths = node.stats()["ice_paths"]
+            assert isinstance(paths, dict)
+            assert (paths["paths_direct"], paths["paths_relay"]) == (1, 0), paths
         assert ca.secure is secure and cb.secure is secure
         limit = 16 * 2**20 if secure else 65_507
         assert ca.max_payload == limit

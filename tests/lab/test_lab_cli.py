@@ -46,6 +46,12 @@ def test_without_root_exits_2_with_one_line() -> None:
     assert not Path("/tmp/never-written").exists()
 
 
+def test_unknown_profile_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run_lab_cli(["open"], 1, False, False, None, profiles=["dialup"]) == EXIT_UNAVAILABLE
+    out, err = capsys.readouterr()
+    assert out == "" and "unknown profile dialup" in err and err.count("\n") == 1
+
+
 @pytest.mark.parametrize(("nat", "attempts", "needle"), [
     (["open", "no-such-nat"], 1, "unknown NAT type no-such-nat"),
     (["open"], 0, "--attempts must be at least 1"),
@@ -109,7 +115,8 @@ def test_one_preset_both_turn_modes_as_json(
     assert run_lab_cli(["open"], 1, None, True, report) == EXIT_OK
     out, err = capsys.readouterr()
     result = json.loads(out)
-    assert set(result) == {"cells", "presets"} and set(result["presets"]) == {"open"}
+    assert set(result) == {"cells", "presets", "profiles", "emulator"}
+    assert set(result["presets"]) == {"open"} and result["profiles"] == {}
     assert [(c["a"], c["b"], c["turn"]) for c in result["cells"]] == [
         ("open", "open", False), ("open", "open", True)]
     for cell in result["cells"]:

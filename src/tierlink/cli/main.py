@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from tierlink.cli import mailbox_commands as cli_mailbox
 from tierlink.cli import node_commands as cli_node
 from tierlink.cli import tool_commands as cli_tools
 from tierlink.cli.argtypes import DHT_DEFAULT_PORT, dht_address, port_number, port_or_zero
@@ -132,6 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(func=cmd_dht_serve)
 
     cli_node.register(sub)
+    cli_mailbox.register(sub)
     cli_tools.register(sub)
     return p
 

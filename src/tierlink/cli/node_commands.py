@@ -122,6 +122,7 @@ def node_config(args: argparse.Namespace, identity: Identity | None = None) -> N
         dial_timeout=args.timeout,
         send_budget=args.timeout,
         data_dir=Path(args.data_dir) if args.data_dir else None,
+        mailboxes=list(getattr(args, "mailbox", None) or []),
     )
 
 
@@ -224,6 +225,8 @@ async def _online(
         text += f"--bootstrap 127.0.0.1:{info['dht_port']})"
     text += f"\n(send, outbox and lookup of this identity use this node: {server.path})"
     _emit(args, info, text)
+    if args.json:  # every connection's path (dialed or answered) and how ICE chose it
+        node.watch_paths(lambda event: _emit(args, event, ""))
     readers: set[asyncio.Task[None]] = set()
 
     async def accept() -> None:
@@ -283,11 +286,16 @@ def _report_sent(args: argparse.Namespace, result: dict[str, Any], node: str) ->
     elif state == "queued":
         line = (f"queued {mid[:12]} in the DHT offline queue; the recipient gets it when "
                 "it comes online (the outbox keeps it until acked)")
+    elif state == "in_mailbox":
+        boxes = result.get("mailboxes") or ["?"]
+        obj["mailboxes"] = boxes
+        line = (f"queued {mid[:12]} in mailbox {boxes[0]}; the recipient collects it when "
+                "it comes online, even if this node is offline by then")
     else:
         line = (f"{mid[:12]} is {state}: kept in the outbox, retried by the next "
                 "'tierlink run' or 'tierlink send'")
     _emit(args, obj, line)
-    return 0 if state in ("delivered", "queued") else 1
+    return 0 if state in ("delivered", "queued", "in_mailbox") else 1
 
 
 async def _send(args: argparse.Namespace) -> int:
@@ -383,6 +391,8 @@ def register(sub: Any) -> None:
     """Add the node commands to the top-level subparsers."""
     run = sub.add_parser("run", help="run an online node and print incoming messages")
     add_node_options(run)
+    run.add_argument("--mailbox", type=fingerprint, action="append", metavar="FINGERPRINT",
+                     help="a mailbox that holds messages for us while we are away (repeatable)")
     run.set_defaults(func=lambda a: asyncio.run(_run(a)))
 
     own = {"action": "store_true",

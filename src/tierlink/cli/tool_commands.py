@@ -11,12 +11,15 @@ from tierlink.cli.argtypes import positive_float, positive_int
 
 
 def _lab(args: argparse.Namespace) -> int:
-    from tierlink.lab.command import run_cleanup_stale, run_lab_cli
+    from tierlink.lab.command import run_cleanup_stale, run_emulator_check, run_lab_cli
 
     if args.cleanup_stale:
         return run_cleanup_stale()
+    if args.emulator_check:
+        return run_emulator_check(args.profile, args.json, args.report)
     return run_lab_cli(args.nat, args.attempts, args.turn, args.json, args.report,
-                       driver=args.driver, reduced=args.reduced, ice_timeout=args.ice_timeout)
+                       driver=args.driver, reduced=args.reduced, ice_timeout=args.ice_timeout,
+                       profiles=args.profile, ipv6=args.ipv6)
 
 
 def _bench(args: argparse.Namespace) -> int:
@@ -33,11 +36,12 @@ def register(sub: Any) -> None:
     from tierlink.bench.report import SYSTEMS
     from tierlink.lab.command import DEFAULT_ICE_TIMEOUT
     from tierlink.lab.nat import PRESETS
+    from tierlink.lab.profiles import PROFILES
 
     lab = sub.add_parser("lab", help="NAT lab: the NAT-pair matrix in network namespaces (root)")
     lab.add_argument("--nat", action="append", choices=list(PRESETS), metavar="TYPE",
                      help=f"preset to include, repeatable ({', '.join(PRESETS)}); "
-                     "default all")
+                     "default: every pair of the classic presets plus the real-world pairs")
     lab.add_argument("--attempts", type=positive_int, default=1, help="dials per cell")
     turn = lab.add_mutually_exclusive_group()
     turn.add_argument("--turn", dest="turn", action="store_const", const=True,
@@ -55,6 +59,15 @@ def register(sub: Any) -> None:
     lab.add_argument("--json", action="store_true", help="print the matrix as JSON")
     lab.add_argument("--report", type=Path, metavar="DIR",
                      help="write matrix.json, matrix.md and matrix.png there")
+    lab.add_argument("--profile", action="append", choices=[*PROFILES, "none"],
+                     metavar="NAME", help="link profile of the WAN links, repeatable (one "
+                     f"matrix each): {', '.join(PROFILES)}, none; default plain links")
+    lab.add_argument("--ipv6", action="store_true",
+                     help="global IPv6 (behind stateful firewalls) on every site that can "
+                     "have it, used by the peers")
+    lab.add_argument("--emulator-check", action="store_true",
+                     help="only measure the link emulator: requested vs measured RTT, jitter "
+                     "and loss per profile (--profile to choose), and its packet rate")
     lab.add_argument("--cleanup-stale", action="store_true",
                      help="only remove leftovers of dead lab runs, then exit")
     lab.set_defaults(func=_lab)

@@ -3,13 +3,22 @@
 Needs root, ``ip``, ``nft``, ``turnserver`` (coturn) and ``dhtnode``. Modules:
 
 * :mod:`tierlink.lab.netns` - one run's namespaces and processes, cleanup, ``cleanup_stale``;
-* :mod:`tierlink.lab.nat` - preset definitions and their nftables rulesets;
-* :mod:`tierlink.lab.services` - coturn, the DHT node (launcher command line) and the probe
-  server;
+* :mod:`tierlink.lab.nat` - preset definitions and the classic presets' nftables rulesets;
+* :mod:`tierlink.lab.worlds` / :mod:`tierlink.lab.firewalls` - the real-world presets (CGN,
+  UDP-blocking firewall, short UDP timeouts, IPv6, path-MTU black hole), their rulesets and
+  the probes that prove them;
+* :mod:`tierlink.lab.services` - coturn (UDP/TCP/TLS, lab CA), the DHT node (launcher
+  command line) and the probe server;
+* :mod:`tierlink.lab.profiles` / :mod:`tierlink.lab.links` / :mod:`tierlink.lab.linkemu` -
+  link profiles, emulated WAN links (TAP pair moved by a user-space delay process; loss and
+  rate in the kernel) and the emulator process;
+* :mod:`tierlink.lab.linkcheck` - the emulator's measured accuracy and capacity;
 * :mod:`tierlink.lab.topology` - :class:`~tierlink.lab.topology.Lab`, sites, probes;
-* :mod:`tierlink.lab.probe` - the UDP probe programs run inside namespaces;
-* :mod:`tierlink.lab.runner` - ``run_matrix`` and the expected outcome of each cell (path and,
-  with the Node driver, the tier that delivers the cell's test message);
+* :mod:`tierlink.lab.probe` / :mod:`tierlink.lab.worldprobe` / :mod:`tierlink.lab.linkprobe` -
+  the probe programs run inside namespaces;
+* :mod:`tierlink.lab.expectations` - the expected outcome of each cell (path and, with the
+  Node driver, the tier that delivers the cell's test message) and the pair lists;
+* :mod:`tierlink.lab.runner` - ``run_matrix``;
 * :mod:`tierlink.lab.icepeer` / :mod:`tierlink.lab.peer` - peer processes (raw ICE / Node with
   one tiered ``node.send`` per attempt);
 * :mod:`tierlink.lab.report` - ``matrix.json``, ``matrix.md``, ``matrix.png``;

@@ -50,7 +50,7 @@ async def run_peer(args: argparse.Namespace) -> dict[str, Any]:
                 "turn_password": args.turn_password}
     conn = IceConnection(
         controlling=args.controlling,
-        host_addresses=[args.host_address],
+        host_addresses=args.host_address,
         stun_server=parse_hostport(args.stun) if args.stun else None,
         **turn,
     )
@@ -115,7 +115,8 @@ def main(argv: list[str] | None = None) -> None:
     role = parser.add_mutually_exclusive_group(required=True)
     role.add_argument("--controlling", action="store_true")
     role.add_argument("--controlled", action="store_true")
-    parser.add_argument("--host-address", required=True)
+    parser.add_argument("--host-address", action="append", required=True,
+                        help="repeatable (IPv4, IPv6)")
     parser.add_argument("--stun", default=None, help="ip:port")
     parser.add_argument("--turn", default=None, help="ip:port")
     parser.add_argument("--turn-user", default="lab")

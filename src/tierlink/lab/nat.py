@@ -20,9 +20,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 # RFC 4787 behaviour names, shared with the probes that measure them.
-from tierlink.lab.probe import ADF, ADM, APDF, APDM, EIF, EIM, NO_NAT
+from tierlink.lab.probe import ADF, ADM, APDF, APDM, BLOCKED, EIF, EIM, NO_NAT, UNKNOWN
 
-__all__ = ["ADF", "ADM", "APDF", "APDM", "EIF", "EIM", "NO_NAT", "PRESETS", "PresetSpec",
+__all__ = ["ADF", "ADM", "APDF", "APDM", "BLOCKED", "CLASSIC", "EIF", "EIM", "NO_NAT",
+           "PRESETS", "UNKNOWN", "PresetSpec",
            "full_cone_rules", "hairpin_rules", "port_restricted_rules", "restricted_rules",
            "rules_for"]
 
@@ -51,8 +52,25 @@ PRESETS: dict[str, PresetSpec] = {
             hairpin=True,
         ),
         PresetSpec("double", EIM, APDF, "port-restricted home NAT behind a port-restricted CGN"),
+        # real-world presets, built and checked by tierlink.lab.worlds
+        PresetSpec("cgnat", EIM, APDF, "port-restricted home NAT (WAN in 100.64.0.0/10) behind "
+                   "a provider CGN with a port block per subscriber"),
+        PresetSpec("cgnat-shared", EIM, APDF, "two subscribers' home NATs behind one CGN that "
+                   "hairpins", hairpin=True),
+        PresetSpec("mobile-v6", APDM, APDF, "phone behind a symmetric CGN (IPv4) with global "
+                   "IPv6 behind a stateful firewall"),
+        PresetSpec("ipv6", EIM, APDF, "port-restricted NAT (IPv4) and global IPv6 behind a "
+                   "stateful firewall"),
+        PresetSpec("udp-blocked", UNKNOWN, BLOCKED, "firewall lets only TCP 80/443 out"),
+        PresetSpec("short-timeout", EIM, APDF, "port-restricted NAT dropping UDP mappings "
+                   "idle for 30 s"),
+        PresetSpec("pmtu-blackhole", EIM, APDF, "port-restricted NAT, WAN MTU 1280, ICMP "
+                   "'fragmentation needed' dropped, TCP MSS clamped"),
     )
 }
+#: The presets of the RFC 4787 matrix (every pair of them by default).
+CLASSIC = ("open", "full-cone", "restricted", "port-restricted", "symmetric", "hairpin",
+           "double")
 
 _FILTER_NEW_INBOUND = """
     chain c_input {

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import ipaddress
 import json
 import os
 import secrets
@@ -31,8 +32,10 @@ from tierlink.errors import TierlinkError
 STATE_DIR = Path("/run/tierlink-lab")
 PREFIX_HEAD = "tl"
 
-#: Only these ranges may be configured inside lab namespaces (contributor network rules).
-ALLOWED_NETWORKS = ("198.18.", "198.19.", "203.0.113.", "198.51.100.")
+#: Only these ranges may be configured inside lab namespaces (contributor network rules):
+#: LANs, a carrier-grade NAT's inside (shared address space), the simulated internet, IPv6.
+ALLOWED_NETWORKS = tuple(ipaddress.ip_network(n) for n in (
+    "198.18.0.0/15", "100.64.0.0/10", "203.0.113.0/24", "198.51.100.0/24", "2001:db8::/32"))
 
 
 class LabError(TierlinkError):
@@ -55,9 +58,15 @@ def missing_requirements() -> list[str]:
 
 
 def check_address(address: str) -> str:
-    """Refuse any address outside the lab's allowed ranges (an ``a.b.c.d/len`` or plain IP)."""
-    if not address.startswith(ALLOWED_NETWORKS):
-        raise LabError(f"address {address} is outside the lab ranges {ALLOWED_NETWORKS}")
+    """Refuse any address outside the lab's allowed ranges (``addr/len`` or a plain address)."""
+    try:
+        net = ipaddress.ip_network(address, strict=False)
+    except ValueError:
+        raise LabError(f"address {address!r} is not an IP address") from None
+    if not any(net.version == a.version and net.subnet_of(a)  # type: ignore[arg-type]
+               for a in ALLOWED_NETWORKS):
+        allowed = ", ".join(str(a) for a in ALLOWED_NETWORKS)
+        raise LabError(f"address {address} is outside the lab ranges {allowed}")
     return address
 
 

@@ -58,11 +58,15 @@ def make_config(args: argparse.Namespace, data_dir: Path) -> Any:
     if args.turn:
         host, port = parse_hostport(args.turn)
         turn = [TurnServer(host, port, args.turn_user, args.turn_password)]
+    if args.turn_tls:
+        host, port = parse_hostport(args.turn_tls)
+        turn.append(TurnServer(host, port, args.turn_user, args.turn_password,
+                               transport="tls", ca_file=args.turn_ca))
     budget = args.send_budget if args.send_budget is not None else args.ice_timeout + 4.0
     return NodeConfig(
         identity=Identity.generate(),
         dht_proxy=args.dht,
-        host_addresses=[args.host_address],
+        host_addresses=args.host_address,
         stun_servers=[parse_hostport(args.stun)] if args.stun else [],
         turn_servers=turn,
         ice_timeout=args.ice_timeout,
@@ -211,9 +215,12 @@ def build_parser() -> argparse.ArgumentParser:
     for name in ("callee", "dial"):
         p = sub.add_parser(name)
         p.add_argument("--dht", required=True, help="DHT REST proxy URL")
-        p.add_argument("--host-address", required=True)
+        p.add_argument("--host-address", action="append", required=True,
+                       help="repeatable (IPv4, IPv6)")
         p.add_argument("--stun", default=None, help="ip:port")
         p.add_argument("--turn", default=None, help="ip:port")
+        p.add_argument("--turn-tls", default=None, help="ip:port of TURN over TLS")
+        p.add_argument("--turn-ca", default=None, help="CA file that signed the TLS server")
         p.add_argument("--turn-user", default="lab")
         p.add_argument("--turn-password", default="labpass")
         p.add_argument("--ice-timeout", type=float, default=8.0)

@@ -1,4 +1,5 @@
-"""Matrix reports: ``matrix.json`` (everything), ``matrix.md`` (tables), ``matrix.png`` (heatmap).
+"""Matrix reports: ``matrix.json`` (everything), ``matrix.md`` (tables), ``matrix.png`` (heatmap)
+and, when the run had link profiles, ``connect_vs_rtt.png`` (connect time against RTT).
 
 Input is the object :func:`tierlink.lab.runner.run_matrix` returns::
 
@@ -14,6 +15,7 @@ matplotlib is needed only for the PNG (``pip install matplotlib``; the ``lab`` e
 from __future__ import annotations
 
 import json
+import statistics
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -101,8 +103,38 @@ def write_json(result: dict[str, Any], path: Path) -> Path:
     return path
 
 
+def by_profile(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """Connect time against RTT: one row per profile of the run (cells with a profile), with
+    the median connect time of the connected attempts by path class and the median delivery.
+    """
+    rows = []
+    for name, fig in result.get("profiles", {}).items():
+        cells = [c for c in result["cells"] if c.get("profile") == name]
+        attempts = [r for c in cells for r in c.get("results", []) if r.get("ok")]
+        direct = [float(r["connect_ms"]) for r in attempts
+                  if r.get("connect_ms") is not None and r.get("path") != "relay"]
+        relay = [float(r["connect_ms"]) for r in attempts
+                 if r.get("connect_ms") is not None and r.get("path") == "relay"]
+        deliver = [float(r["deliver_ms"]) for c in cells for r in c.get("results", [])
+                   if r.get("deliver_ms") is not None]
+        rows.append({
+            "profile": name, "rtt_ms": fig["rtt_ms"], "jitter_ms": fig["jitter_ms"],
+            "loss": fig["loss"], "cells": len(cells),
+            "connected": f"{sum(c['successes'] for c in cells)}/"
+                         f"{sum(c['attempts'] for c in cells)}",
+            "direct_ms": _median(direct), "relay_ms": _median(relay),
+            "deliver_ms": _median(deliver), "direct_points": direct, "relay_points": relay,
+        })
+    return rows
+
+
+def _median(values: list[float]) -> float | None:
+    return round(statistics.median(values), 1) if values else None
+
+
 def write_markdown(result: dict[str, Any], path: Path) -> Path:
-    """Two tables: preset probe results, then one row per cell."""
+    """Tables: preset probe results, connect time against RTT per profile (when the run had
+    profiles), then one row per cell."""
     lines = ["# NAT lab connectivity matrix", "", "## Presets (probe results)", "",
              "| preset | mapping | filtering | hairpin | LAN reachable by routing "
              "| matches definition |",
@@ -114,19 +146,46 @@ def write_markdown(result: dict[str, Any], path: Path) -> Path:
         lines.append(f"| {name} | {probe.get('mapping')} | {probe.get('filtering')} | {hairpin} "
                      f"| {'-' if exposed is None else _yes(exposed)} "
                      f"| {'yes' if probe.get('ok') else '**NO**'} |")
+    profile_rows = by_profile(result)
+    if profile_rows:
+        lines += ["", "## Connect time against RTT (per link profile)", "",
+                  "| profile | RTT | jitter | loss | cells | connected | median connect direct "
+                  "| median connect relay | median delivery |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for r in profile_rows:
+            jitter = f"+-{r['jitter_ms']} ms" if r["jitter_ms"] else "-"
+            lines.append(f"| {r['profile']} | {r['rtt_ms']} ms | {jitter} | {r['loss']:.1%} "
+                         f"| {r['cells']} | {r['connected']} | {_ms(r['direct_ms'])} "
+                         f"| {_ms(r['relay_ms'])} | {_ms(r['deliver_ms'])} |")
+        emu = result.get("emulator") or {}
+        if emu.get("links"):
+            capacity = emu.get("capacity_pps")
+            lines += ["", f"Link emulators: {emu['links']} links, busiest second "
+                      f"{emu['peak_pps']} packets/s, {emu['moved']} packets moved, "
+                      f"{emu['dropped']} dropped by the emulator (failed writes or a full queue). "
+                      + ("" if capacity is None else
+                         f"Measured capacity: {capacity} packets/s "
+                         f"({'at least' if emu.get('sustains_twice') else '**less than**'} "
+                         "twice the busiest second).")]
+    with_profile = any(c.get("profile") for c in result["cells"])
     lines += ["", "## Cells", "",
               "`successes`/`path`/`median connect`: the connect attempts (dial + echo). "
               "`delivered`/`tier`/`median delivery`: the one test message sent after each "
               "attempt with `node.send` (acknowledged by the callee; `none` = not delivered).",
               "",
-              "| a | b | TURN | successes | path | median connect | delivered | tier "
+              ("| profile " if with_profile else "")
+              + "| a | b | TURN | successes | path | median connect | delivered | tier "
               "| median delivery | outcome | expected |",
-              "|---|---|---|---|---|---|---|---|---|---|---|"]
+              "|---" * (12 if with_profile else 11) + "|"]
     for c in result["cells"]:
         expected = c.get("as_expected")
         mark = "-" if expected is None else ("yes" if expected else "**NO**")
+        note = (c.get("expected") or {}).get("note")
+        if note:
+            mark += f" ({note})"
         lines.append(
-            f"| {c['a']} | {c['b']} | {'on' if c['turn'] else 'off'} "
+            (f"| {c.get('profile') or '-'} " if with_profile else "")
+            + f"| {c['a']} | {c['b']} | {'on' if c['turn'] else 'off'} "
             f"| {c['successes']}/{c['attempts']} | {_path_label(c)} "
             f"| {_ms(c.get('connect_ms_median'))} | {_delivered(c)} | {tier_label(c)} "
             f"| {_ms(c.get('deliver_ms_median'))} | {outcome(c)} | {mark} |"
@@ -136,13 +195,16 @@ def write_markdown(result: dict[str, Any], path: Path) -> Path:
 
 
 def write_png(result: dict[str, Any], path: Path) -> Path:
-    """Heatmap per TURN mode: rows/columns are presets, colour = outcome, text = path + ms."""
+    """Heatmap per TURN mode: rows/columns are presets, colour = outcome, text = path + ms
+    (cells of the run's first profile; the others are in ``connect_vs_rtt.png``)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.patches import Patch, Rectangle
 
+    first = result["cells"][0].get("profile") if result["cells"] else None
+    result = {**result, "cells": [c for c in result["cells"] if c.get("profile") == first]}
     names = _order(result)
     modes = sorted({bool(c["turn"]) for c in result["cells"]}) or [False]
     n = len(names)
@@ -189,10 +251,40 @@ def write_png(result: dict[str, Any], path: Path) -> Path:
     handles = [Patch(facecolor=c, label=label) for c, label in OUTCOMES.values()]
     fig.legend(handles=handles, loc="lower center", ncol=4, fontsize=8.5,
                frameon=False)
-    fig.suptitle("tierlink NAT lab: outcome per preset pair (row dials column; mirrored)\n"
-                 "cell: path, median connect time, successes/attempts, "
+    on = f" (link profile {first})" if first else ""
+    fig.suptitle(f"tierlink NAT lab: outcome per preset pair{on} (row dials column; "
+                 "mirrored)\ncell: path, median connect time, successes/attempts, "
                  "messages delivered/sent and their tier", fontsize=12)
     fig.tight_layout(rect=(0, 0.07, 1, 0.95))
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def write_rtt_png(result: dict[str, Any], path: Path) -> Path:
+    """Connect time against the profile's RTT: every connected attempt, direct and relay."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = by_profile(result)
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    for key, label, colour in (("direct_points", "direct", OUTCOMES["direct"][0]),
+                               ("relay_points", "relay (TURN)", OUTCOMES["relay"][0])):
+        xs = [r["rtt_ms"] for r in rows for _ in r[key]]
+        ys = [v for r in rows for v in r[key]]
+        ax.scatter(xs, ys, label=label, color=colour, alpha=0.8, s=28)
+    for i, r in enumerate(sorted(rows, key=lambda row: row["rtt_ms"])):
+        ax.annotate(r["profile"], (r["rtt_ms"], 0), textcoords="offset points",
+                    xytext=(0, 4 + 11 * (i % 3)), ha="left", rotation=0, fontsize=8,
+                    color="#555555")  # staggered: close RTTs (lan, broadband, lossy)
+    ax.set_xlabel("profile RTT (ms)")
+    ax.set_ylabel("connect time (ms): DHT lookup, signaling, ICE, echo")
+    ax.set_title("tierlink NAT lab: connect time against RTT per link profile")
+    ax.set_ylim(bottom=0)
+    ax.legend(frameon=False)
+    fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
@@ -210,4 +302,6 @@ def write_reports(
         written["md"] = write_markdown(result, out_dir / "matrix.md")
     if "png" in formats:
         written["png"] = write_png(result, out_dir / "matrix.png")
+        if result.get("profiles"):
+            written["rtt_png"] = write_rtt_png(result, out_dir / "connect_vs_rtt.png")
     return written

@@ -27,71 +27,17 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import IO, Any
 
 from tierlink.lab import nat
+from tierlink.lab.expectations import SHARED_SITE, default_pairs, expected_cell
 from tierlink.lab.netns import LabError, python_argv
-from tierlink.lab.services import TURN_PASSWORD, TURN_PORT, TURN_USER
+from tierlink.lab.profiles import PROFILES, LinkProfile
+from tierlink.lab.services import CA_FILE, TURN_PASSWORD, TURN_PORT, TURN_TLS_PORT, TURN_USER
 from tierlink.lab.topology import INTERNET_IP, Lab, PresetMismatch, Site
-from tierlink.transport.ice import PATH_TYPES, path_of
+from tierlink.transport.ice import path_of
 
-DIRECT_PATHS = PATH_TYPES[:-1]
 #: How long the Node driver waits for a test message's acknowledgement.
 MESSAGE_TIMEOUT = 30.0
 ProgressCallback = Callable[[dict[str, Any]], None]
-
-#: A reduced matrix: every preset at least once, including both pairs that need a relay.
-REDUCED_PAIRS: tuple[tuple[str, str], ...] = (
-    ("open", "full-cone"),
-    ("restricted", "symmetric"),
-    ("port-restricted", "symmetric"),
-    ("symmetric", "symmetric"),
-    ("double", "port-restricted"),
-    ("hairpin", "hairpin"),
-)
-Endpoint = tuple[str, str]  # (namespace, LAN address)
-
-
-# -- expectations ---------------------------------------------------------------------------
-def direct_possible(a: str, b: str) -> bool:
-    """Can ICE connect two presets without a relay? No when one side's mapping depends on the
-    destination port (symmetric) while the other side filters by address and port."""
-    if "hairpin" in (a, b):
-        return a == b
-    sa, sb = nat.PRESETS[a], nat.PRESETS[b]
-    blocked = (sa.mapping == nat.APDM and sb.filtering == nat.APDF) or (
-        sb.mapping == nat.APDM and sa.filtering == nat.APDF
-    )
-    return not blocked
-
-
-def expected_cell(a: str, b: str, turn: bool) -> dict[str, Any]:
-    """What a cell should show: whether it connects, through which path types, and which
-    tiers may deliver its test message (Node driver).
-
-    With TURN, a pair that could go direct may still end up on the relay: aioice nominates the
-    first pair whose check succeeds, and a relay check can beat a direct one that needed a
-    retransmission (seen with restricted<->symmetric: the first direct check is dropped until
-    the restricted side has sent toward the symmetric side's address). The message link is a
-    dial of its own, so its tier follows the same rule. Without any path the message must
-    still arrive, through the DHT offline queue.
-    """
-    if a == "hairpin" or b == "hairpin":
-        return {"connects": True, "paths": ["host"], "tiers": ["direct"]}
-    if direct_possible(a, b):
-        if turn:
-            return {"connects": True, "paths": [*DIRECT_PATHS, "relay"],
-                    "tiers": ["direct", "relay"]}
-        return {"connects": True, "paths": list(DIRECT_PATHS), "tiers": ["direct"]}
-    if turn:
-        return {"connects": True, "paths": ["relay"], "tiers": ["relay"]}
-    return {"connects": False, "paths": ["none"], "tiers": ["offline"]}
-
-
-def default_pairs(presets: Sequence[str]) -> list[tuple[str, str]]:
-    """Every unordered pair of presets; ``hairpin`` pairs only with itself (one shared NAT)."""
-    plain = [p for p in presets if p != "hairpin"]
-    pairs = [(a, b) for i, a in enumerate(plain) for b in plain[i:]]
-    if "hairpin" in presets:
-        pairs.append(("hairpin", "hairpin"))
-    return pairs
+Endpoint = tuple[str, ...]  # (namespace, IPv4 address, further addresses such as IPv6)
 
 
 def majority(counts: Counter[str]) -> str:
@@ -144,6 +90,11 @@ def _finish(proc: subprocess.Popen[str], timeout: float = 5.0) -> str:
     return err.strip()[-600:]
 
 
+def _host_args(end: Endpoint) -> list[str]:
+    """``--host-address A`` for every address of an endpoint (IPv4, then IPv6 if any)."""
+    return [arg for addr in end[1:] for arg in ("--host-address", addr)]
+
+
 def _server_args(turn: bool) -> list[str]:
     args = ["--stun", f"{INTERNET_IP}:{TURN_PORT}"]
     if turn:
@@ -157,9 +108,9 @@ def ice_attempt(lab: Lab, a: Endpoint, b: Endpoint, turn: bool, timeout: float) 
     """One raw-ICE attempt: controlling peer at ``a``, controlled at ``b``."""
     common = [*_server_args(turn), "--timeout", str(timeout)]
     procs = [
-        lab.run.spawn(ns, python_argv("tierlink.lab.icepeer", role, "--host-address", addr,
-                                      *common), stdin=subprocess.PIPE)
-        for (ns, addr), role in ((a, "--controlling"), (b, "--controlled"))
+        lab.run.spawn(end[0], python_argv("tierlink.lab.icepeer", role, *_host_args(end),
+                                          *common), stdin=subprocess.PIPE)
+        for end, role in ((a, "--controlling"), (b, "--controlled"))
     ]
     readers = [LineReader(p.stdout) for p in procs if p.stdout is not None]
     try:
@@ -197,9 +148,12 @@ def node_attempts(
     """``attempts`` Node dials from ``a`` to a callee at ``b`` (fingerprint via stdout), each
     followed by one tiered message; every result says whether the callee received it."""
     common = ["--dht", lab.dht_proxy, *_server_args(turn), "--ice-timeout", str(timeout)]
+    if turn:  # the Node also asks TURN over TLS on 443 (what a network without UDP allows)
+        common += ["--turn-tls", f"{INTERNET_IP}:{TURN_TLS_PORT}",
+                   "--turn-ca", str(lab.run.workdir / CA_FILE)]
     data = lab.run.workdir / f"peer-{secrets.token_hex(4)}"
     callee = lab.run.spawn(b[0], python_argv(
-        "tierlink.lab.peer", "callee", "--host-address", b[1], "--stdin-control",
+        "tierlink.lab.peer", "callee", *_host_args(b), "--stdin-control",
         "--data-dir", str(data / "callee"), *common
     ), stdin=subprocess.PIPE)
     assert callee.stdout is not None
@@ -210,7 +164,7 @@ def node_attempts(
         return [{"ok": False, "path": "none", "tier": "none", "delivered": False,
                  "received": False, "error": f"callee not ready: {err}"}] * attempts
     dialer = lab.run.spawn(a[0], python_argv(
-        "tierlink.lab.peer", "dial", "--to", ready["fingerprint"], "--host-address", a[1],
+        "tierlink.lab.peer", "dial", "--to", ready["fingerprint"], *_host_args(a),
         "--attempts", str(attempts), "--message-timeout", str(message_timeout),
         "--data-dir", str(data / "dialer"), *common
     ))
@@ -260,7 +214,8 @@ def _match_received(
 
 # -- the matrix -----------------------------------------------------------------------------
 def summarize_cell(
-    a: str, b: str, turn: bool, results: list[dict[str, Any]], *, messages: bool = False
+    a: str, b: str, turn: bool, results: list[dict[str, Any]], *, messages: bool = False,
+    profile: str | None = None, ipv6: bool = False, turn_tls: bool = False,
 ) -> dict[str, Any]:
     """One matrix cell from its attempts: successes, most common path, median connect ms and,
     with ``messages`` (Node driver), how the test messages were delivered.
@@ -273,12 +228,14 @@ def summarize_cell(
     good = [r for r in results if r.get("ok")]
     paths = Counter(str(r.get("path", "none")) for r in good)
     ms = [float(r["connect_ms"]) for r in good if r.get("connect_ms") is not None]
-    expected = expected_cell(a, b, turn)
+    expected = expected_cell(a, b, turn, ipv6, turn_tls=turn_tls)
     as_expected = bool(good) == expected["connects"] and (
         not good or all(r.get("path") in expected["paths"] for r in good)
     ) and (not expected["connects"] or len(good) == len(results))
     cell: dict[str, Any] = {
-        "a": a, "b": b, "turn": turn, "attempts": len(results), "successes": len(good),
+        "a": a, "b": b, "turn": turn, "profile": profile, "ipv6": ipv6,
+        "attempts": len(results),
+        "successes": len(good),
         "path": majority(paths), "paths": dict(paths),
         "connect_ms_median": round(statistics.median(ms), 1) if ms else None,
         "messages": messages,
@@ -321,14 +278,21 @@ def run_matrix(
     pairs: Sequence[tuple[str, str]] | None = None,
     driver: str = "node",
     ice_timeout: float = 8.0,
+    profiles: Sequence[LinkProfile | None] = (None,),
+    ipv6: bool = False,
 ) -> dict[str, Any]:
-    """Run the matrix; returns ``{"cells": [...], "presets": {name: probe_result}}``.
+    """Run the matrix; returns ``{"cells": [...], "presets": {name: probe_result},
+    "profiles": {name: figures}, "emulator": busiest second of the link emulators}``.
 
-    ``pairs`` defaults to every unordered pair of ``presets``. Each pair's sites are built once
-    and reused for every TURN mode and attempt, then removed. A preset is probed the first time
-    it is built; if the probe disagrees with the preset, its cells are recorded with an error
-    (never run on an untrusted preset). ``progress_cb`` gets each cell as soon as it is done.
-    ``ice_timeout`` is the peers' ICE timeout; the Node driver's send budget is 4 s more.
+    ``pairs`` defaults to every unordered pair of ``presets``. For each profile (None: plain
+    veth WAN links) each pair's sites are built once and reused for every TURN mode and
+    attempt, then removed. A preset is probed the first time it is built; if the probe
+    disagrees with the preset, its cells are recorded with an error (never run on an untrusted
+    preset). ``ipv6``: sites that can have it get global IPv6 and the peers use it too.
+    With profiles, the emulator's capacity is measured at the end and compared with the
+    busiest second of the run (``emulator.sustains_twice``).
+    ``progress_cb`` gets each cell as soon as it is done. ``ice_timeout`` is the peers' ICE
+    timeout; the Node driver's send budget is 4 s more.
     """
     if driver not in ("ice", "node"):
         raise ValueError("driver must be 'ice' or 'node'")
@@ -342,43 +306,74 @@ def run_matrix(
                 raise LabError(f"unknown preset {p!r}")
     cells: list[dict[str, Any]] = []
     probes: dict[str, dict[str, Any]] = {}
-    with Lab(dht=driver == "node") as lab:
-        for a, b in todo:
-            sites: list[Site] = []
-            try:
-                endpoints, mismatch = _build_pair(lab, a, b, sites, probes)
-                for turn in modes:
-                    if mismatch is not None:
-                        res = [{"ok": False, "path": "none", "error": str(mismatch)}] * attempts
-                    elif driver == "ice":
-                        res = [ice_attempt(lab, *endpoints, turn, ice_timeout)
-                               for _ in range(attempts)]
-                    else:
-                        res = node_attempts(lab, *endpoints, turn, attempts, ice_timeout)
-                    cell = summarize_cell(a, b, turn, res, messages=driver == "node")
-                    cells.append(cell)
-                    if progress_cb is not None:
-                        progress_cb(cell)
-            finally:
-                for site in sites:
-                    lab.remove_site(site)
-    return {"cells": cells, "presets": probes}
+    with Lab(dht=driver == "node", ipv6=ipv6) as lab:
+        for profile in profiles:
+            name = profile.name if profile is not None else None
+            for a, b in todo:
+                sites: list[Site] = []
+                try:
+                    endpoints, mismatch = _build_pair(lab, a, b, sites, probes, profile)
+                    for turn in modes:
+                        if mismatch is not None:
+                            res = [{"ok": False, "path": "none", "error": str(mismatch)}]
+                            res *= attempts
+                        elif driver == "ice":
+                            res = [ice_attempt(lab, *endpoints, turn, ice_timeout)
+                                   for _ in range(attempts)]
+                        else:
+                            res = node_attempts(lab, *endpoints, turn, attempts, ice_timeout)
+                        cell = summarize_cell(a, b, turn, res, messages=driver == "node",
+                                              profile=name, ipv6=ipv6,
+                                              turn_tls=driver == "node")
+                        cells.append(cell)
+                        if progress_cb is not None:
+                            progress_cb(cell)
+                finally:
+                    for site in sites:
+                        lab.remove_site(site)
+        emulator = lab.emulator_peak()
+        if emulator["links"]:
+            from tierlink.lab.linkcheck import measure_capacity
+
+            emulator["capacity_pps"] = measure_capacity(lab=lab)["capacity_pps"]
+            emulator["sustains_twice"] = emulator["capacity_pps"] >= 2 * emulator["peak_pps"]
+    figures = {p.name: profile_figures(p) for p in profiles if p is not None}
+    return {"cells": cells, "presets": probes, "profiles": figures, "emulator": emulator}
+
+
+def profile_figures(profile: LinkProfile) -> dict[str, Any]:
+    """A profile's requested figures, as the reports show them."""
+    return {"rtt_ms": profile.rtt_ms, "jitter_ms": profile.jitter_ms, "loss": profile.loss,
+            "rate_mbit": profile.rate_mbit, "description": profile.description}
+
+
+def resolve_profiles(names: Sequence[str] | None) -> list[LinkProfile | None]:
+    """Profile names -> profiles (``none`` or no names: plain links); LabError if unknown."""
+    if not names:
+        return [None]
+    unknown = [n for n in names if n != "none" and n not in PROFILES]
+    if unknown:
+        raise LabError(f"unknown profile {', '.join(unknown)} (choose from "
+                       f"{', '.join(PROFILES)}, none)")
+    return [None if n == "none" else PROFILES[n] for n in names]
 
 
 def _build_pair(
-    lab: Lab, a: str, b: str, sites: list[Site], probes: dict[str, dict[str, Any]]
+    lab: Lab, a: str, b: str, sites: list[Site], probes: dict[str, dict[str, Any]],
+    profile: LinkProfile | None = None,
 ) -> tuple[tuple[Endpoint, Endpoint], PresetMismatch | None]:
     """Build (and on first use probe) the sites of one pair; returns the two peer endpoints."""
-    names = [a] if a == b == "hairpin" else [a, b]
+    names = [a] if a == b and a in SHARED_SITE else [a, b]
     mismatch: PresetMismatch | None = None
     for name in names:
-        site = lab.add_site(name)
+        site = lab.add_site(name, profile)
         sites.append(site)
         if name not in probes:
             probes[name] = lab.probe(site)
         if not probes[name]["ok"]:
             mismatch = PresetMismatch(name, probes[name])
+    ends = [(ns, addr, *s.info.get("ipv6", [])[i:i + 1])
+            for s in sites for i, (ns, addr) in enumerate(s.hosts)]
     if len(sites) == 1:
-        h1, h2 = sites[0].hosts[:2]
-        return (h1, h2), mismatch
-    return (sites[0].hosts[0], sites[1].hosts[0]), mismatch
+        return (ends[0], ends[1]), mismatch
+    return (ends[0], ends[len(sites[0].hosts)]), mismatch

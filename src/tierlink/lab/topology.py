@@ -20,11 +20,13 @@ import subprocess
 from dataclasses import dataclass, field
 from typing import Any
 
-from tierlink.lab import nat
+from tierlink.lab import nat, worlds
+from tierlink.lab.links import EmulatedLink, emulated_link, unshape
 from tierlink.lab.netns import LabError, Run, python_argv
 from tierlink.lab.netns import run as sh
+from tierlink.lab.profiles import LinkProfile
 from tierlink.lab.services import (
-    DHT_PROXY_PORT,
+    DHT_PROXY_WEB_PORT,
     PROBE_PORTS,
     TURN_PORT,
     start_coturn,
@@ -32,8 +34,8 @@ from tierlink.lab.services import (
     start_probe_server,
 )
 
-INTERNET_IP = "203.0.113.1"
-INTERNET_ALT_IP = "203.0.113.2"
+INTERNET_IP = worlds.INTERNET_IP
+INTERNET_ALT_IP = worlds.INTERNET_ALT_IP
 MAX_SITES = 89
 
 
@@ -56,18 +58,33 @@ class Site:
     namespaces: list[str] = field(default_factory=list)
     public_ip: str = ""
     ports: list[str] = field(default_factory=list)  # its links' ends on the internet bridge
+    profile: LinkProfile | None = None
+    links: list[EmulatedLink] = field(default_factory=list)
+    #: Preset facts (real-world presets, IPv6): see :mod:`tierlink.lab.worlds`.
+    info: dict[str, Any] = field(default_factory=dict)
 
 
 class Lab:
     """Internet namespace + coturn + DHT node + probe server, and NAT sites on demand."""
 
-    def __init__(self, *, turn: bool = True, dht: bool = True) -> None:
+    def __init__(
+        self, *, turn: bool = True, dht: bool = True, profile: LinkProfile | None = None,
+        ipv6: bool = False,
+    ) -> None:
         self.run = Run()
         self.internet = ""
+        self.profile = profile
+        #: Give every site that can have it global IPv6 behind a stateful firewall.
+        self.ipv6 = ipv6
         self._want_turn = turn
         self._want_dht = dht
         self._used: set[int] = set()
         self._ports: list[str] = []  # bridge ports of the site being built
+        self._links: list[EmulatedLink] = []  # emulated links of the site being built
+        self._site_profile: LinkProfile | None = None
+        #: Statistics of every emulated link removed so far (see :meth:`emulator_peak`).
+        self.link_stats: list[dict[str, Any]] = []
+        self._live_links: list[EmulatedLink] = []
 
     @property
     def prefix(self) -> str:
@@ -79,7 +96,9 @@ class Lab:
 
     @property
     def dht_proxy(self) -> str:
-        return f"http://{INTERNET_IP}:{DHT_PROXY_PORT}"
+        """The DHT proxy as peers use it: TCP 80 (redirected to the proxy's own port), which
+        also networks that only let web traffic out can reach."""
+        return f"http://{INTERNET_IP}:{DHT_PROXY_WEB_PORT}"
 
     def __enter__(self) -> Lab:
         self.run.__enter__()
@@ -110,17 +129,26 @@ class Lab:
             start_coturn(r, ns, INTERNET_IP)
         if self._want_dht:
             start_dhtnode(r, ns, INTERNET_IP)
-        start_probe_server(r, ns, (INTERNET_IP, INTERNET_ALT_IP))
+        r.sysctl(ns, "net.ipv6.conf.all.forwarding", "1")  # sites' IPv6 prefixes meet here
+        for ip6 in (worlds.INTERNET_IP6, worlds.INTERNET_ALT_IP6):
+            sh(["ip", "-n", ns, "-6", "addr", "add", f"{ip6}/64", "dev", "br0", "nodad"])
+        start_probe_server(r, ns, (INTERNET_IP, INTERNET_ALT_IP, worlds.INTERNET_IP6,
+                                   worlds.INTERNET_ALT_IP6))
 
     # -- sites ----------------------------------------------------------------------------
-    def _attach(self, ns: str, dev: str, index: int, tag: str) -> None:
-        """Plug ``dev`` of ``ns`` into the internet bridge (port name ``<tag><index>``)."""
+    def attach(self, ns: str, dev: str, index: int, tag: str) -> None:
+        """Plug ``dev`` of ``ns`` into the internet bridge (port name ``<tag><index>``):
+        a veth, or an emulated link when the site has a profile."""
         port = f"{tag}{index}"
         self._ports.append(port)
-        self.run.veth(ns, dev, self.internet, port)
+        if self._site_profile is None:
+            self.run.veth(ns, dev, self.internet, port)
+        else:
+            self._links.append(emulated_link(self.run, (ns, dev), (self.internet, port),
+                                             self._site_profile, port))
         sh(["ip", "-n", self.internet, "link", "set", port, "master", "br0"])
 
-    def _router(self, role: str) -> str:
+    def router(self, role: str) -> str:
         r = self.run
         ns = r.add_namespace(role)
         r.sysctl(ns, "net.ipv4.ip_forward", "1")
@@ -128,8 +156,12 @@ class Lab:
         r.sysctl(ns, "net.ipv4.conf.default.send_redirects", "0")
         return ns
 
-    def add_site(self, preset: str) -> Site:
-        """Build the namespaces and NAT of one preset; returns the site (not yet verified)."""
+    def add_site(self, preset: str, profile: LinkProfile | str | None = "lab") -> Site:
+        """Build the namespaces and NAT of one preset; returns the site (not yet verified).
+
+        ``profile``: the WAN link's profile (default: the lab's; None: a plain veth).
+        """
+        self._site_profile = self.profile if isinstance(profile, str) else profile
         if preset not in nat.PRESETS:
             raise LabError(f"unknown preset {preset!r}; known: {', '.join(nat.PRESETS)}")
         free = [i for i in range(1, MAX_SITES + 1) if i not in self._used]
@@ -139,6 +171,7 @@ class Lab:
         self._used.add(n)
         before = len(self.run.namespaces)
         self._ports = []
+        self._links = []
         try:
             site = self._build_site(preset, n)
         except BaseException:
@@ -148,6 +181,9 @@ class Lab:
             raise
         site.namespaces = self.run.namespaces[before:]
         site.ports = self._ports
+        site.profile = self._site_profile
+        site.links = self._links
+        self._live_links += self._links
         return site
 
     def _drop_ports(self, ports: list[str]) -> None:
@@ -155,25 +191,43 @@ class Lab:
         so the next site could otherwise find its port name still taken."""
         for port in ports:
             sh(["ip", "-n", self.internet, "link", "del", port], check=False)
+            unshape(self.internet, port)
+
+    def emulator_peak(self) -> dict[str, Any]:
+        """Busiest second of any emulated link so far (live ones included) and the totals."""
+        stats = list(self.link_stats)
+        stats += [link.stats() for link in self._live_links]
+        return {"links": len(stats),
+                "peak_pps": max((int(s.get("peak_pps", 0)) for s in stats), default=0),
+                "moved": sum(sum(s.get("moved", [])) for s in stats),
+                "dropped": sum(sum(s.get("dropped", [])) for s in stats)}
 
     def _build_site(self, preset: str, n: int) -> Site:
         r = self.run
         lan_host = f"198.18.{n}.2"
+        if preset in worlds.WORLD_PRESETS:
+            built = worlds.build(self, preset, n)
+            return Site(preset, n, built.hosts, public_ip=built.public_ip, info=built.info)
         if preset == "open":
             h = r.add_namespace(f"h{n}")
             public = f"203.0.113.{100 + n}"
-            self._attach(h, "eth0", n, "o")
+            self.attach(h, "eth0", n, "o")
             r.address(h, "eth0", f"{public}/24")
             r.route_default(h, INTERNET_IP)
-            return Site(preset, n, [(h, public)], public_ip=public)
+            info: dict[str, Any] = {}
+            if self.ipv6:
+                v6 = f"2001:db8::{200 + n}"
+                sh(["ip", "-n", h, "-6", "addr", "add", f"{v6}/64", "dev", "eth0", "nodad"])
+                info["ipv6"] = [v6]
+            return Site(preset, n, [(h, public)], public_ip=public, info=info)
 
         wan_ip = f"203.0.113.{10 + n}"
         if preset == "double":
-            cgn = self._router(f"c{n}")
-            self._attach(cgn, "wan", n, "c")
+            cgn = self.router(f"c{n}")
+            self.attach(cgn, "wan", n, "c")
             r.address(cgn, "wan", f"{wan_ip}/24")
             r.route_default(cgn, INTERNET_IP)
-            rt = self._router(f"r{n}")
+            rt = self.router(f"r{n}")
             r.veth(cgn, "lan", rt, "wan")
             r.address(cgn, "lan", f"198.19.{n}.1/24")
             r.address(rt, "wan", f"198.19.{n}.2/24")
@@ -181,8 +235,8 @@ class Lab:
             r.nft(cgn, nat.port_restricted_rules())
             r.nft(rt, nat.port_restricted_rules())
         else:
-            rt = self._router(f"r{n}")
-            self._attach(rt, "wan", n, "r")
+            rt = self.router(f"r{n}")
+            self.attach(rt, "wan", n, "r")
             r.address(rt, "wan", f"{wan_ip}/24")
             r.route_default(rt, INTERNET_IP)
 
@@ -209,12 +263,17 @@ class Lab:
             r.nft(rt, rules)
         elif preset != "double":
             r.nft(rt, nat.rules_for(preset, host=lan_host))
-        return Site(preset, n, hosts, public_ip=wan_ip)
+        info = {}
+        if self.ipv6 and preset not in ("double", "hairpin"):
+            info["ipv6"] = [worlds.add_ipv6(self, rt, hosts[0][0], n, "lan")]
+        return Site(preset, n, hosts, public_ip=wan_ip, info=info)
 
     def remove_site(self, site: Site) -> None:
         """Remove a site's namespaces (and any process still running in them)."""
         self._drop_ports(site.ports)
-        self.run.remove_namespaces(site.namespaces)
+        self.run.remove_namespaces(site.namespaces)  # emulators write their last stats
+        self.link_stats += [link.stats() for link in site.links]
+        self._live_links = [x for x in self._live_links if x not in site.links]
         self._used.discard(site.index)
 
     # -- probes ---------------------------------------------------------------------------
@@ -237,7 +296,9 @@ class Lab:
         result = self._probe_cmd(ns, "nat", "--bind", addr, "--primary", primary, "--alt", alt)[0]
         result["preset"] = site.preset
         if len(site.hosts) > 1:
-            result["hairpin"] = self._probe_hairpin(site, primary)
+            result["hairpin"] = (worlds.mutual_hairpin(self.run, site.hosts, primary)
+                                 if site.preset == "cgnat-shared"
+                                 else self._probe_hairpin(site, primary))
         result["lan_exposed"] = self._probe_lan_exposure(site, primary)
         spec = nat.PRESETS[site.preset]
         ok = result["mapping"] == spec.mapping and result["filtering"] == spec.filtering
@@ -247,6 +308,14 @@ class Lab:
         result["expected"] = {"mapping": spec.mapping, "filtering": spec.filtering}
         if spec.hairpin:
             result["expected"]["hairpin"] = True
+        if site.preset in worlds.WORLD_PRESETS:
+            result["world"] = worlds.check(self.run, site.preset, site.hosts, site.info, result,
+                                           dht=self._want_dht)
+            ok = ok and bool(result["world"]["ok"])
+        elif site.info.get("ipv6"):  # --ipv6: global IPv6, firewalled except on open
+            result["ipv6"] = worlds.probe_ipv6(self.run, ns, site.info["ipv6"][0])
+            want = nat.EIF if site.preset == "open" else nat.APDF
+            ok = ok and result["ipv6"] == {"mapping": nat.NO_NAT, "filtering": want}
         result["ok"] = ok
         return result
 
@@ -276,9 +345,9 @@ class Lab:
 
         Measured: with only the input-hook drop, yes (the router forwards it); the forward-hook
         drop of new inbound connections is what stops it. None where not applicable (open has
-        no LAN; double's CGN has no route to the home LAN).
+        no LAN; a CGN has no route to the home LAN; mobile-v6 has no 198.18 LAN).
         """
-        if site.preset in ("open", "double"):
+        if site.preset in ("open", "double", "cgnat", "cgnat-shared", "mobile-v6"):
             return None
         ns, addr = site.hosts[0]
         lan = f"198.18.{site.index}.0/24"

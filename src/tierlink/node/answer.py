@@ -31,7 +31,7 @@ from tierlink.node.config import NodeConfig
 from tierlink.node.endpoint import Endpoint
 from tierlink.node.tasks import Supervisor, outcome_of, task_group
 from tierlink.transport.connection import Connection
-from tierlink.transport.ice import run_checks, set_remote
+from tierlink.transport.ice import PathTally, run_checks, set_remote
 from tierlink.wire.dhtkeys import offers_key
 from tierlink.wire.records import now_ms
 from tierlink.wire.signaling import MAX_OFFER_LIFETIME_S, Offer, decode_offer, encode_answer
@@ -134,6 +134,8 @@ class Answerer:
         """Which offers are opened and answered (refusals also count in ``rejections``)."""
         self.checks_dropped = 0
         """ICE checks answers did not send: over their amplification budget."""
+        self.paths = PathTally()
+        """The paths answered dials ended on, and their checks."""
         self.seen_sessions = SeenSessions()
         """Sessions of accepted offers (a replay of one is refused)."""
 
@@ -208,6 +210,7 @@ class Answerer:
         started = loop.time()
         p = offer.params
         ice = self.endpoint.new_ice(controlling=False)
+        channel_open = False
         try:
             async with task_group() as group:
                 group.create_task(ice.gather_candidates())
@@ -233,10 +236,12 @@ class Answerer:
                 put.cancel()
                 raise
             channel = await self.endpoint.open_channel(ice, False, p, offer.secret, draft)
+            channel_open = True
         except BaseException:
             await ice.close()
             raise
         finally:
             self.checks_dropped += ice.checks_dropped
+            self.paths.add(ice, connected=channel_open, peer=offer.signer)
         ms = (loop.time() - started) * 1000
         return self.endpoint.adopt(ice, offer.signer, False, offer.session_id, ms, channel)

@@ -9,6 +9,7 @@ from typing import Literal
 import platformdirs
 
 from tierlink.identity import Identity
+from tierlink.mailbox.policy import MailboxSettings
 from tierlink.node.admission import AdmissionLimits
 from tierlink.transport.channel import ChannelSettings
 from tierlink.transport.ice import IceSettings
@@ -34,6 +35,11 @@ class NodeConfig:
     ``admission``: how many offers are opened and answered (see :mod:`tierlink.node.admission`).
     ``check_amplification``: an answer's ICE checks send at most this many bytes per byte of
     the offer to addresses that have not sent us a valid check themselves.
+    ``mailboxes``: fingerprints of this node's mailboxes (it registers with each, collects
+    from them and names them in its descriptor, valid ``mailbox_descriptor_lifetime``);
+    ``mailbox_redundancy``: how many of a recipient's mailboxes a deposit goes to;
+    ``mailbox_poll_interval``: how often receipts are fetched and failed deposits retried.
+    ``mailbox_serve``: serve as a mailbox for others (None: do not).
     """
 
     identity: Identity
@@ -67,6 +73,11 @@ class NodeConfig:
     offline_reput_interval: float = 300.0
     admission: AdmissionLimits = field(default_factory=AdmissionLimits)
     check_amplification: float = 2.5
+    mailboxes: list[str] = field(default_factory=list)
+    mailbox_redundancy: int = 1
+    mailbox_poll_interval: float = 60.0
+    mailbox_descriptor_lifetime: float = 7 * 24 * 3600.0
+    mailbox_serve: MailboxSettings | None = None
 
     def state_dir(self) -> Path:
         """Where the outbox and delivered log live (per identity)."""

@@ -59,10 +59,11 @@ async def send_messages(
     node: Node, to: str, payloads: Sequence[bytes], wait: float
 ) -> list[dict[str, Any]]:
     """Send as ``tierlink send`` does: store every message, then wait until each is delivered
-    or queued in the DHT (up to the node's send budget + ``wait`` + 10 s) and a queued one up
-    to ``wait`` more seconds for its acknowledgement. One result per message: ``message_id``
-    (hex), ``bytes``, ``state`` (``delivered``, ``queued``, or the outbox state, e.g.
-    ``pending``) and ``tier`` (the tier that delivered it, else None)."""
+    or queued in the DHT or a mailbox (up to the node's send budget + ``wait`` + 10 s) and a
+    queued one up to ``wait`` more seconds for its acknowledgement. One result per message:
+    ``message_id`` (hex), ``bytes``, ``state`` (``delivered``, ``queued``, or the outbox state, e.g.
+    ``pending``), ``tier`` (the tier that delivered it, else None) and, when a mailbox of the
+    recipient holds it, ``mailboxes`` (their fingerprints)."""
     messenger = node.messenger
     if messenger is None:
         raise TierlinkError("node is not running")
@@ -74,12 +75,16 @@ async def send_messages(
         if state == "delivered":
             delivery = await node.wait_delivered(mid, 0.01)
             tier = delivery.tier if delivery else "?"
-        elif state == "queued":
+        elif state in ("queued", "in_mailbox"):
             delivery = await node.wait_delivered(mid, wait)
             if delivery is not None:
                 state, tier = "delivered", delivery.tier
-        results.append({"message_id": mid.hex(), "bytes": len(payload), "state": state,
-                        "tier": tier})
+        result: dict[str, Any] = {"message_id": mid.hex(), "bytes": len(payload),
+                                  "state": state, "tier": tier}
+        holding = messenger.mailboxes_holding(mid)
+        if holding:
+            result["mailboxes"] = holding
+        results.append(result)
     return results
 
 

@@ -7,7 +7,8 @@ committed before ``send`` returns), then delivered by the best tier that works:
    whose offer says ``purpose=messages``), reused or dialed within ``send_budget`` seconds;
    the recipient acknowledges each message once its application took it;
 3. **offline**: a sealed-sender envelope in the DHT under the recipient's offline queue
-   key (:mod:`tierlink.offline`), re-put until a sealed acknowledgement comes back.
+   key (:mod:`tierlink.offline`), re-put until a sealed acknowledgement comes back, and
+   deposited with the recipient's mailboxes if it names any (:mod:`tierlink.mailbox`).
 
 The receiver remembers delivered ids in a :class:`~tierlink.offline.delivered.DeliveredLog`: a
 message re-sent after a lost acknowledgement (by any tier) is acknowledged again but handed
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -32,9 +34,10 @@ from tierlink.backoff import Backoff
 from tierlink.dht.record_book import PeerLookup
 from tierlink.errors import ConnectionClosed, RecordError, TierlinkError
 from tierlink.identity import Identity
+from tierlink.mailbox.tier import MailboxTier
 from tierlink.node.tasks import Supervisor
 from tierlink.offline import DeliveredLog, OfflineTier, Outbox
-from tierlink.offline.outbox import DELIVERED, PENDING, UNDELIVERED
+from tierlink.offline.outbox import DELIVERED, PENDING, QUEUED_DHT, UNDELIVERED
 from tierlink.offline.worker import Dht
 from tierlink.transport.connection import Connection
 from tierlink.wire.envelope import ReceivedEnvelope
@@ -130,11 +133,20 @@ class Messenger:
         self._settled_waiters: dict[bytes, list[asyncio.Future[None]]] = {}
         self._deliveries: asyncio.Queue[Delivery] = asyncio.Queue(1024)
         self._tasks = Supervisor("messenger")
+        self.mailbox: MailboxTier | None = None
+        """The mailbox tier, when the node has one (set before :meth:`start`)."""
 
     # -- life ----------------------------------------------------------------------------
     def start(self) -> None:
         """Start the offline tier and resume every undelivered message from the outbox."""
         self.offline.start(self._offline_message)
+        if self.mailbox is not None:
+            tier, poll = self.mailbox, self.mailbox.poll_interval
+            self._tasks.keep_running(tier.maintain, "mailbox-maintenance", Backoff(poll))
+            for box in tier.client.mailboxes:
+                self._tasks.keep_running(
+                    functools.partial(tier.collect_forever, box, self._mailbox_message),
+                    "mailbox-collect", Backoff(poll))
         for entry in self.outbox.pending():
             if entry.state == PENDING:
                 self._enqueue(entry.recipient, entry.message_id)
@@ -147,6 +159,8 @@ class Messenger:
             await conn.close()
         self.outbox.close()
         self.delivered_log.close()
+        if self.mailbox is not None:
+            self.mailbox.client.store.close()
 
     @property
     def loop_restarts(self) -> Counter[str]:
@@ -208,11 +222,18 @@ class Messenger:
         if entry is None or entry.state not in UNDELIVERED:
             return
         try:
-            await self.offline.queue(mid)
+            if self.mailbox is not None:
+                await self.mailbox.place(mid)
+            else:
+                await self.offline.queue(mid)
         except (TierlinkError, ValueError, KeyError) as exc:
             log.warning("message %s stays pending (offline tier: %s)", mid.hex(), exc)
             return
         self._settled(mid)
+
+    def mailboxes_holding(self, mid: bytes) -> list[str]:
+        """Fingerprints of the recipient's mailboxes that hold ``mid`` for us."""
+        return [] if self.mailbox is None else self.mailbox.client.store.mailboxes_of(mid)
 
     def _settled(self, mid: bytes) -> None:
         for fut in self._settled_waiters.pop(mid, []):
@@ -277,13 +298,13 @@ class Messenger:
                 waiters.remove(fut)
 
     async def wait_settled(self, mid: bytes, timeout: float | None = None) -> str:
-        """Wait until ``mid`` is delivered or queued in the DHT: "delivered", "queued" or
-        (after ``timeout``) the outbox state, e.g. "pending"."""
+        """Wait until ``mid`` is delivered or queued: "delivered", "queued" (in the DHT),
+        "in_mailbox" or (after ``timeout``) the outbox state, e.g. "pending"."""
         entry = self.outbox.get(mid)
         if entry is None:
             raise KeyError(f"no message {mid.hex()} in the outbox")
         if entry.state != PENDING:
-            return "queued" if entry.state == "queued_dht" else entry.state
+            return "queued" if entry.state == QUEUED_DHT else entry.state
         settled: asyncio.Future[None] = self._loop.create_future()
         self._settled_waiters.setdefault(mid, []).append(settled)
         try:
@@ -297,7 +318,7 @@ class Messenger:
                 waiters.remove(settled)
         entry = self.outbox.get(mid)
         state = entry.state if entry is not None else "unknown"
-        return "queued" if state == "queued_dht" else state
+        return "queued" if state == QUEUED_DHT else state
 
     async def deliveries(self) -> AsyncIterator[Delivery]:
         """Every acknowledgement, as it arrives."""
@@ -394,6 +415,13 @@ class Messenger:
 
     async def _offline_message(self, env: ReceivedEnvelope) -> None:
         """OfflineTier callback: return once the application took the message."""
+        await self._sealed_message(env, "offline")
+
+    async def _mailbox_message(self, env: ReceivedEnvelope) -> None:
+        """Mailbox collect callback: return once the application took the message."""
+        await self._sealed_message(env, "mailbox")
+
+    async def _sealed_message(self, env: ReceivedEnvelope, tier: str) -> None:
         key = (env.sender_fingerprint, env.message_id)
         pending = self._pending_in.get(key)
         if pending is not None:  # the same message is waiting from a live link
@@ -401,7 +429,7 @@ class Messenger:
             await asyncio.shield(pending)
             return
         taken = await self._hand_over(env.sender_fingerprint, env.message_id,
-                                      env.created_at_ms, env.payload, "offline")
+                                      env.created_at_ms, env.payload, tier)
         if taken is not None:
             await asyncio.shield(taken)
             self._pending_in.pop(key, None)

@@ -29,7 +29,7 @@ from tierlink.node.tasks import Supervisor, io_turns, outcome_of, task_group
 from tierlink.transport.aioice_adapter import IceConnection
 from tierlink.transport.channel import PreparedChannel
 from tierlink.transport.connection import Connection
-from tierlink.transport.ice import run_checks, set_remote
+from tierlink.transport.ice import PathTally, run_checks, set_remote
 from tierlink.wire.dhtkeys import offers_key
 from tierlink.wire.signaling import (
     OfferSecret,
@@ -64,6 +64,8 @@ class Dialer:
         """Dials started (each counted once, whatever its outcome)."""
         self.failures = 0
         """Dials that raised."""
+        self.paths = PathTally()
+        """The paths dials ended on, and their checks."""
         self._spare: PreparedChannel | None = None
 
     async def connect(self, fingerprint: str, timeout: float, purpose: str) -> Connection:
@@ -89,8 +91,10 @@ class Dialer:
             channel = await self.endpoint.open_channel(ice, True, answer, secret, draft)
         except BaseException:
             self.failures += 1
+            self.paths.add(ice, connected=False)
             await ice.close()
             raise
+        self.paths.add(ice, connected=True, peer=fingerprint)
         ms = (loop.time() - started) * 1000
         return self.endpoint.adopt(ice, fingerprint, True, session, ms, channel)
 

@@ -5,7 +5,10 @@
 * :class:`~tierlink.node.presence.Presence`: the signed record, kept fresh, and lookups;
 * :class:`~tierlink.node.dial.Dialer`: dials others by fingerprint;
 * :class:`~tierlink.node.answer.Answerer`: answers the offers of the dialers it chooses to;
-* :class:`~tierlink.node.delivery.Messenger`: tiered messages (live links, the offline tier);
+* :class:`~tierlink.node.delivery.Messenger`: tiered messages (live links, the offline tier,
+  mailboxes: :mod:`tierlink.mailbox`);
+* :class:`~tierlink.mailbox.MailboxServer`: when ``config.mailbox_serve`` is set, the mailbox
+  service for the ``mailbox``-purpose connections others dial to us;
 
 and routes each answered connection: message links to the messenger, the rest to
 :meth:`Node.incoming`. One :class:`~tierlink.node.tasks.Supervisor` owns the node's
@@ -22,10 +25,18 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from types import TracebackType
 
+from tierlink.backoff import Backoff
 from tierlink.dht import DhtClient, DhtNodeProcess
 from tierlink.dht.record_book import PeerLookup, RecordBook
 from tierlink.errors import TierlinkError
 from tierlink.identity import is_fingerprint
+from tierlink.mailbox import (
+    MailboxClient,
+    MailboxServer,
+    MailboxStore,
+    SenderStore,
+)
+from tierlink.mailbox.tier import MailboxTier
 from tierlink.node.answer import Answerer
 from tierlink.node.config import NodeConfig
 from tierlink.node.delivery import DEFAULT_TTL_S, Delivery, Message, Messenger
@@ -35,7 +46,7 @@ from tierlink.node.presence import Presence
 from tierlink.node.tasks import Supervisor
 from tierlink.transport.certs import LocalCertificate
 from tierlink.transport.connection import Connection
-from tierlink.transport.ice import IceSettings, TurnServer
+from tierlink.transport.ice import IceSettings, PathListener, PathTally, TurnServer
 from tierlink.wire.records import PeerRecord
 from tierlink.wire.signaling import new_session_id
 
@@ -77,6 +88,8 @@ class Node:
         self.dht: DhtClient | None = None
         self.dht_process: DhtNodeProcess | None = None
         self.messenger: Messenger | None = None
+        self.mailbox_server: MailboxServer | None = None
+        """The mailbox service (``config.mailbox_serve``), once started."""
         self._session_ids = session_ids
         self._parts: _Parts | None = None
         self._tasks = Supervisor("node")
@@ -133,7 +146,11 @@ class Node:
             await parts.presence.publish()
             self._parts = parts
             self.messenger = parts.messenger
+            if self.config.mailbox_serve is not None:
+                self._serve_mailbox(self.dht)
             parts.messenger.start()
+            if self.config.mailboxes:
+                self._tasks.spawn(self._publish_descriptor(parts.messenger), "descriptor")
             self._tasks.keep_running(parts.presence.republish_loop, "republish",
                                      parts.presence.restart_backoff())
             self._tasks.keep_running(parts.answerer.run, "offers", parts.answerer.restart_backoff())
@@ -154,7 +171,32 @@ class Node:
             ack_timeout=config.ack_timeout, reput_interval_s=config.offline_reput_interval,
             allow=self._allows,
         )
+        messenger.mailbox = MailboxTier(
+            MailboxClient(
+                self._dial_mailbox, identity, messenger.offline,
+                SenderStore(config.state_dir() / "tierlink.db"), mailboxes=config.mailboxes,
+                allow=lambda: None if config.allow is None else set(config.allow),
+                descriptor_lifetime_s=config.mailbox_descriptor_lifetime,
+                redundancy=config.mailbox_redundancy, dial_timeout=config.dial_timeout,
+            ),
+            poll_interval=config.mailbox_poll_interval,
+        )
         return _Parts(dht, presence, dialer, answerer, messenger)
+
+    def _serve_mailbox(self, dht: DhtClient) -> None:
+        settings = self.config.mailbox_serve
+        assert settings is not None
+        store = MailboxStore(self.config.state_dir() / "mailbox.db")
+        server = self.mailbox_server = MailboxServer(dht, self.fingerprint, store, settings)
+        self._tasks.keep_running(server.reput_descriptors, "mailbox-descriptors",
+                                 Backoff(0.5, maximum=max(0.5, settings.descriptor_interval)))
+        self._tasks.keep_running(server.expire_loop, "mailbox-expiry",
+                                 Backoff(0.5, maximum=max(0.5, settings.expiry_interval)))
+
+    async def _publish_descriptor(self, messenger: Messenger) -> None:
+        """Put our mailbox descriptor in the DHT (our mailboxes keep it there later)."""
+        assert messenger.mailbox is not None
+        await messenger.mailbox.client.publish_descriptor()
 
     async def close(self) -> None:
         """Close every connection, stop every task and listener, stop the embedded DHT."""
@@ -163,6 +205,8 @@ class Node:
         self._closed = True
         if self.messenger is not None:
             await self.messenger.stop()
+        if self.mailbox_server is not None:
+            self.mailbox_server.store.close()
         for conn in list(self.endpoint.connections):
             await conn.close()
         await self._tasks.close()
@@ -217,10 +261,21 @@ class Node:
         """A message link for the messenger: a dial whose offer names its purpose."""
         return await self.connect(fingerprint, timeout, purpose="messages")
 
+    async def _dial_mailbox(self, fingerprint: str, timeout: float) -> Connection:
+        """A connection to a mailbox (ours, or a recipient's for a deposit)."""
+        return await self.connect(fingerprint, timeout, purpose="mailbox")
+
     async def _route(self, conn: Connection, purpose: str) -> None:
-        """An answered connection: a message link to the messenger, else to incoming."""
+        """An answered connection: a message link to the messenger, a mailbox connection to
+        the mailbox service (closed if we serve none), else to incoming."""
         if purpose == "messages" and self.messenger is not None and conn.secure:
             self.messenger.adopt_link(conn)
+            return
+        if purpose == "mailbox":
+            if self.mailbox_server is not None and conn.secure:
+                self._tasks.spawn(self.mailbox_server.handle(conn), "mailbox-conn")
+            else:
+                await conn.close()
             return
         try:
             self._incoming.put_nowait(conn)
@@ -304,6 +359,24 @@ class Node:
             total.update(self.messenger.loop_restarts)
         return total
 
+    def watch_paths(self, listener: PathListener) -> None:
+        """Call ``listener`` with a path event for each ICE agent of this node that connects
+        (dialed or answered): see :meth:`tierlink.transport.ice.PathTally.add`."""
+        parts = self._running()
+        parts.dialer.paths.listeners.append(listener)
+        parts.answerer.paths.listeners.append(listener)
+
+    def _mailbox_stats(self) -> dict[str, object]:
+        out: dict[str, object] = {}
+        tier = self.messenger.mailbox if self.messenger else None
+        if tier is not None:
+            out["mailbox_refused_us"] = dict(tier.client.refusals)
+            out["mailbox_collected"] = tier.client.collected
+        if self.mailbox_server is not None:
+            out["mailbox_deposits"] = self.mailbox_server.deposits
+            out["mailbox_refusals"] = dict(self.mailbox_server.refusals)
+        return out
+
     def stats(self) -> dict[str, object]:
         """Counters for tests and the CLI."""
         parts = self._parts
@@ -317,6 +390,8 @@ class Node:
             "offer_rejections": dict(self.offer_rejections),
             "offers_in_flight": parts.answerer.admission.sessions if parts else 0,
             "ice_checks_dropped": parts.answerer.checks_dropped if parts else 0,
+            "ice_paths": (parts.dialer.paths.merged(parts.answerer.paths) if parts
+                          else dict.fromkeys(PathTally.COUNTERS, 0)),
             "record_rejections": dict(self.records.rejected),
             "background_tasks": len(self._tasks),
             "loop_restarts": dict(self.loop_restarts),
@@ -324,5 +399,6 @@ class Node:
             "duplicates_suppressed": self.messenger.duplicates_suppressed if self.messenger else 0,
             "messages_held_back": self.messenger.held_back if self.messenger else 0,
             "malformed_link_frames": self.messenger.malformed_link_frames if self.messenger else 0,
+            **self._mailbox_stats(),
             "uptime_s": round(time.monotonic(), 1),
         }

@@ -6,6 +6,7 @@ its TTL) settles it; storage and its durability: :mod:`tierlink.offline.store`.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -25,10 +26,13 @@ from tierlink.wire.records import now_ms as _now_ms
 
 PENDING = "pending"
 QUEUED_DHT = "queued_dht"
+IN_MAILBOX = "in_mailbox"
 DELIVERED = "delivered"
 EXPIRED = "expired"
-STATES = (PENDING, QUEUED_DHT, DELIVERED, EXPIRED)
-UNDELIVERED = (PENDING, QUEUED_DHT)
+STATES = (PENDING, QUEUED_DHT, IN_MAILBOX, DELIVERED, EXPIRED)
+UNDELIVERED = (PENDING, QUEUED_DHT, IN_MAILBOX)
+QUEUED = (QUEUED_DHT, IN_MAILBOX)
+"""States whose envelope is in the DHT (and, for ``in_mailbox``, held by a mailbox too)."""
 
 REPUT_INTERVAL_S = 300.0
 """Re-put a queued envelope this often: OpenDHT drops values 10 minutes after a put."""
@@ -42,7 +46,8 @@ _OUTBOX_DDL = (
         created_ms   INTEGER NOT NULL,
         expires_ms   INTEGER NOT NULL,
         state        TEXT NOT NULL
-                     CHECK (state IN ('pending', 'queued_dht', 'delivered', 'expired')),
+                     CHECK (state IN ('pending', 'queued_dht', 'in_mailbox', 'delivered',
+                                      'expired')),
         tier         TEXT,
         attempts     INTEGER NOT NULL DEFAULT 0,
         last_put_ms  INTEGER,
@@ -98,12 +103,37 @@ class Outbox(SqliteStore):
     """Outgoing messages and their delivery state; see the module docstring.
 
     States: ``pending`` (accepted, not yet in the DHT) → ``queued_dht`` (an envelope was
-    put; re-put every :data:`REPUT_INTERVAL_S`) → ``delivered`` (by some tier: an ack, or a
+    put; re-put every :data:`REPUT_INTERVAL_S`) → ``in_mailbox`` (a mailbox of the recipient
+    holds it durably too; still re-put) → ``delivered`` (by some tier: an ack, or a
     direct connection) or ``expired`` (its TTL passed undelivered). Times are Unix ms.
     """
 
     _NAME = "outbox"
     _DDL = _OUTBOX_DDL
+
+    def __init__(self, path: str | os.PathLike[str], synchronous: str = "FULL") -> None:
+        super().__init__(path, synchronous)
+        self._allow_in_mailbox()
+
+    def _allow_in_mailbox(self) -> None:
+        """Widen an older file's state CHECK to admit ``in_mailbox`` (rebuilds the table)."""
+        row = self.conn.execute(
+            "SELECT sql FROM sqlite_master WHERE type='table' AND name='outbox'").fetchone()
+        if row is None or IN_MAILBOX in row[0]:
+            return
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            self.conn.execute("ALTER TABLE outbox RENAME TO outbox_old")
+            self.conn.execute("DROP INDEX outbox_state")
+            self.conn.execute("DROP INDEX outbox_recipient")
+            for stmt in _OUTBOX_DDL:
+                self.conn.execute(stmt)
+            self.conn.execute(f"INSERT INTO outbox ({_COLUMNS}) SELECT {_COLUMNS} FROM outbox_old")
+            self.conn.execute("DROP TABLE outbox_old")
+            self.conn.execute("COMMIT")
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
 
     def __enter__(self) -> Outbox:
         return self
@@ -153,7 +183,7 @@ class Outbox(SqliteStore):
     def pending(self, recipient: str | None = None, now_ms: int | None = None) -> list[OutboxEntry]:
         """Undelivered, unexpired messages (pending or queued_dht), oldest first."""
         t = _now_ms() if now_ms is None else now_ms
-        sql = f"SELECT {_COLUMNS} FROM outbox WHERE state IN (?, ?) AND expires_ms > ?"
+        sql = f"SELECT {_COLUMNS} FROM outbox WHERE state IN (?, ?, ?) AND expires_ms > ?"
         args: list[Any] = [*UNDELIVERED, t]
         if recipient is not None:
             sql += " AND recipient=?"
@@ -165,7 +195,7 @@ class Outbox(SqliteStore):
         """Recipients with undelivered, unexpired messages, the longest waiting first."""
         t = _now_ms() if now_ms is None else now_ms
         rows = self.conn.execute(
-            "SELECT recipient FROM outbox WHERE state IN (?, ?) AND expires_ms > ?"
+            "SELECT recipient FROM outbox WHERE state IN (?, ?, ?) AND expires_ms > ?"
             " GROUP BY recipient ORDER BY min(created_ms), recipient LIMIT ?",
             (*UNDELIVERED, t, -1 if limit is None else limit),
         ).fetchall()
@@ -193,7 +223,7 @@ class Outbox(SqliteStore):
             self.conn.execute(
                 "UPDATE outbox SET state=?, envelope=?, attempts=attempts+1, last_put_ms=?"
                 " WHERE message_id=?",
-                (QUEUED_DHT, env, t, mid),
+                (IN_MAILBOX if row[0] == IN_MAILBOX else QUEUED_DHT, env, t, mid),
             )
             self.conn.execute("COMMIT")
         except BaseException:
@@ -214,15 +244,28 @@ class Outbox(SqliteStore):
         )
         return cur.rowcount > 0
 
+    def mark_in_mailbox(self, message_id: bytes) -> bool:
+        """A mailbox holds the (already queued) envelope durably; True if the state changed."""
+        cur = self.conn.execute("UPDATE outbox SET state=? WHERE message_id=? AND state=?",
+                                (IN_MAILBOX, bytes(message_id), QUEUED_DHT))
+        return cur.rowcount > 0
+
+    def mark_expired(self, message_id: bytes) -> bool:
+        """A mailbox reported the message expired undelivered; True if the state changed."""
+        cur = self.conn.execute(
+            "UPDATE outbox SET state=? WHERE message_id=? AND state IN (?, ?, ?)",
+            (EXPIRED, bytes(message_id), *UNDELIVERED))
+        return cur.rowcount > 0
+
     def due_for_reput(
         self, now_ms: int | None = None, interval_s: float = REPUT_INTERVAL_S
     ) -> list[OutboxEntry]:
         """Queued, unexpired messages whose last put is at least ``interval_s`` old."""
         t = _now_ms() if now_ms is None else now_ms
         rows = self.conn.execute(
-            f"SELECT {_COLUMNS} FROM outbox WHERE state=? AND expires_ms > ?"
+            f"SELECT {_COLUMNS} FROM outbox WHERE state IN (?, ?) AND expires_ms > ?"
             " AND last_put_ms <= ? ORDER BY last_put_ms, rowid",
-            (QUEUED_DHT, t, t - int(interval_s * 1000)),
+            (*QUEUED, t, t - int(interval_s * 1000)),
         ).fetchall()
         return [_entry(r) for r in rows]
 
@@ -230,7 +273,7 @@ class Outbox(SqliteStore):
         """Mark undelivered messages past their expiry as expired; returns their ids."""
         t = _now_ms() if now_ms is None else now_ms
         rows = self.conn.execute(
-            "UPDATE outbox SET state=? WHERE state IN (?, ?) AND expires_ms <= ?"
+            "UPDATE outbox SET state=? WHERE state IN (?, ?, ?) AND expires_ms <= ?"
             " RETURNING message_id",
             (EXPIRED, *UNDELIVERED, t),
         ).fetchall()

@@ -53,7 +53,11 @@ def connect(path: str | os.PathLike[str], synchronous: str = "FULL") -> sqlite3.
     p = Path(path)
     try:
         p.parent.mkdir(parents=True, exist_ok=True)
-        os.close(os.open(p, os.O_WRONLY | os.O_CREAT, 0o600))
+        if not p.exists():
+            # Only to create it with mode 0600: closing a second descriptor of a file this
+            # process already has open drops every POSIX lock SQLite holds on it, and another
+            # process could then checkpoint and delete the WAL under our connections.
+            os.close(os.open(p, os.O_WRONLY | os.O_CREAT, 0o600))
         conn = sqlite3.connect(p, isolation_level=None, timeout=5.0)
     except OSError as exc:
         raise StoreError(f"cannot open offline store {p}: {exc.strerror or exc}") from None

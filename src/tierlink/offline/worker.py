@@ -52,8 +52,8 @@ from tierlink.offline.delivered import DeliveredLog
 from tierlink.offline.inbox import FetchResult, Inbox, InboxLimits
 from tierlink.offline.outbox import (
     PENDING,
-    QUEUED_DHT,
     REPUT_INTERVAL_S,
+    UNDELIVERED,
     Outbox,
 )
 from tierlink.wire.ack import MAX_ACK_IDS, create_ack, open_ack
@@ -180,7 +180,7 @@ class OfflineTier:
         entry = self.outbox.get(message_id)
         if entry is None:
             raise KeyError(message_id.hex())
-        if entry.state not in (PENDING, QUEUED_DHT):
+        if entry.state not in UNDELIVERED:
             raise ValueError(f"message {message_id.hex()} is {entry.state}")
         self._inflight.add(entry.message_id)
         try:

@@ -1,5 +1,5 @@
-"""The one place tierlink touches aioice's internals (with :mod:`.aioice_socket` and
-:mod:`.aioice_turn`).
+"""The one place tierlink touches aioice's internals (with :mod:`.aioice_socket`,
+:mod:`.aioice_turn`, :mod:`.aioice_checks` and :mod:`.aioice_transaction`).
 
 aioice (0.13.0, pinned exactly) gathers host candidates from every interface except
 127.0.0.1, queues every received datagram in an unbounded ``asyncio.Queue`` and sends through
@@ -10,11 +10,9 @@ a coroutine. tierlink needs what it does not offer publicly:
 * a synchronous receive callback (the QUIC pump and the bounded receive queue sit behind it),
   with batched reads of the nominated socket (:class:`~.aioice_socket.BatchReader`);
 * a synchronous send on the nominated pair, and the nominated pair itself;
-* connectivity checks without aioice's idle wait: aioice's ``connect`` sleeps one pacing
-  interval (Ta, 20 ms) after starting the *last* check before it looks at the result, so
-  even a one-pair loopback connect takes 20 ms. :meth:`IceConnection.connect` is aioice's
-  loop with that trailing sleep dropped (Ta still paces the start of every further check)
-  and Ta configurable (``check_interval``; RFC 8445 section 14.2 allows down to 5 ms).
+* connectivity checks without aioice's idle waits, nominating direct pairs first, with
+  fast retransmission: :mod:`.aioice_checks` (the base class
+  :class:`~.aioice_checks.ScheduledChecks`), its transactions :mod:`.aioice_transaction`.
 
 Every aioice name used here that aioice does not export (``aioice.__all__``: Candidate,
 Connection, ConnectionClosed, TransportPolicy) is listed in :data:`PRIVATE_NAMES`;
@@ -30,18 +28,17 @@ import random
 import socket
 from collections.abc import Awaitable, Callable, Sequence
 
-import aioice
 from aioice import Candidate, TransportPolicy, stun
 from aioice.candidate import candidate_foundation, candidate_priority
 from aioice.ice import (
-    ICE_COMPLETED,
-    ICE_FAILED,
     CandidatePair,
     StunProtocol,
     get_host_addresses,
     server_reflexive_candidate,
 )
 
+from tierlink.protocol.nomination import GraceSettings
+from tierlink.transport.aioice_checks import DEFAULT_CHECK_INTERVAL, ScheduledChecks
 from tierlink.transport.aioice_socket import BatchReader, Source, SourceGate, udp_socket
 from tierlink.transport.aioice_socket import forbid_fragmentation as _forbid_fragmentation
 
@@ -66,27 +63,7 @@ PRIVATE_NAMES: tuple[str, ...] = (
     "aioice.ice.Connection._local_candidates_start",
     "aioice.ice.Connection._local_candidates",
     "aioice.ice.Connection._components",
-    # connect(): aioice's check loop
     "aioice.ice.Connection._local_candidates_end",
-    "aioice.ice.Connection._remote_candidates",
-    "aioice.ice.Connection._pair_remote_candidate(remote_candidate)",
-    "aioice.ice.Connection.sort_check_list()",
-    "aioice.ice.Connection._unfreeze_initial()",
-    "aioice.ice.Connection._early_checks",
-    "aioice.ice.Connection.check_incoming(message, addr, protocol)",
-    "aioice.ice.Connection._early_checks_done",
-    "aioice.ice.Connection._check_periodic()",
-    "aioice.ice.Connection._remote_candidates_expected()",
-    "aioice.ice.Connection._check_list",
-    "aioice.ice.Connection._check_list_state",
-    "aioice.ice.Connection._query_consent_task",
-    "aioice.ice.Connection.query_consent()",
-    "aioice.ice.CandidatePair.state",
-    "aioice.ice.CandidatePair.task",
-    "aioice.ice.CandidatePair.State.WAITING",
-    "aioice.ice.CandidatePair.State.FROZEN",
-    "aioice.ice.ICE_COMPLETED",
-    "aioice.ice.ICE_FAILED",
     # the nominated pair: sending on it, reading its candidates
     "aioice.ice.Connection._nominated",
     "aioice.ice.CandidatePair.protocol",
@@ -111,18 +88,15 @@ ServerGatherer = Callable[
     Awaitable[list[tuple[Candidate, StunProtocol | None]]],
 ]
 
-#: aioice's pacing of connectivity checks (Ta); RFC 8445 section 14.2 forbids < 5 ms.
-DEFAULT_CHECK_INTERVAL = 0.02
-MIN_CHECK_INTERVAL = 0.005
 #: IP and UDP header bytes of a datagram, by whether it goes over IPv6.
 _IP_UDP_HEADERS = {False: 20 + 8, True: 40 + 8}
 #: Datagrams kept between ICE completion and the handler being set.
 _PENDING_LIMIT = 64
-_UNSTARTED = (CandidatePair.State.WAITING, CandidatePair.State.FROZEN)
 
 
-class IceConnection(aioice.Connection):
-    """An aioice Connection with an address allow-list, a receive callback and sync send."""
+class IceConnection(ScheduledChecks):
+    """An aioice Connection with an address allow-list, direct-first nomination, a receive
+    callback and sync send."""
 
     def __init__(
         self,
@@ -141,9 +115,8 @@ class IceConnection(aioice.Connection):
         batch_receive: bool = True,
         port_range: tuple[int, int] | None = None,
         servers: ServerGatherer | None = None,
+        grace: GraceSettings | None = None,
     ) -> None:
-        if check_interval < MIN_CHECK_INTERVAL:
-            raise ValueError(f"check_interval must be >= {MIN_CHECK_INTERVAL} s (RFC 8445 Ta)")
         super().__init__(
             ice_controlling=controlling,
             components=1,
@@ -162,7 +135,6 @@ class IceConnection(aioice.Connection):
         self._tl_port_range = port_range
         self._tl_allowed = list(host_addresses) if host_addresses is not None else None
         self._tl_relay_only = relay_only
-        self._tl_check_interval = check_interval
         self._tl_batch_receive = batch_receive
         self._tl_handler: DatagramHandler | None = None
         self._tl_keep_reading: Callable[[], bool] | None = None
@@ -174,6 +146,7 @@ class IceConnection(aioice.Connection):
         self._tl_checks_dropped = 0
         self._tl_gate = SourceGate()
         self._tl_servers = servers
+        self._tl_init_checks(grace or GraceSettings(), check_interval)
 
     # -- gathering ------------------------------------------------------------------------
     async def gather_candidates(self) -> None:
@@ -269,47 +242,6 @@ class IceConnection(aioice.Connection):
             )
             return protocol
         raise OSError(f"no free UDP port on {address} in the range {low}-{high}")
-
-    # -- connectivity checks --------------------------------------------------------------
-    async def connect(self) -> None:
-        """aioice's ``connect`` (RFC 8445 checks, aggressive nomination) minus the idle Ta.
-
-        Starts one check per ``check_interval`` like aioice, but stops pacing as soon as no
-        pair is left to start (and no remote candidate is expected), so the result is seen
-        the moment the last check completes. Raises ConnectionError if ICE fails.
-        """
-        # A copy of aioice/ice.py Connection.connect (lines 608-657). Differs only in the
-        # check loop ("Perform the checks", lines 636-640: ``while True: if not
-        # self._check_periodic(): break; await asyncio.sleep(0.02)``): the sleep is
-        # check_interval, and the loop ends without it once every pair's check has started
-        # (a started pair has its task set before its state leaves WAITING/FROZEN) and no
-        # remote candidate is expected: aioice's next Connection._check_periodic call
-        # (lines 995-1019) would start nothing and return False.
-        if not self._local_candidates_end:
-            raise ConnectionError("Local candidates gathering was not performed")
-        if self.remote_username is None or self.remote_password is None:
-            raise ConnectionError("Remote username or password is missing")
-        for remote_candidate in self._remote_candidates:
-            self._pair_remote_candidate(remote_candidate)
-        self.sort_check_list()
-        self._unfreeze_initial()
-        for early_check in self._early_checks:
-            self.check_incoming(*early_check)
-        self._early_checks.clear()
-        self._early_checks_done = True
-        while self._check_periodic():
-            if not self._remote_candidates_expected() and not any(
-                p.state in _UNSTARTED and p.task is None for p in self._check_list
-            ):
-                break  # aioice would sleep Ta here only to find nothing left to start
-            await asyncio.sleep(self._tl_check_interval)
-        res = await self._check_list_state.get() if self._check_list else ICE_FAILED
-        for check in self._check_list:
-            if check.task:
-                check.task.cancel()
-        if res != ICE_COMPLETED:
-            raise ConnectionError("ICE negotiation failed")
-        self._query_consent_task = asyncio.create_task(self.query_consent())
 
     # -- the check budget -------------------------------------------------------------------
     def limit_unvalidated_checks(self, budget: int) -> None:
@@ -460,6 +392,7 @@ class IceConnection(aioice.Connection):
 
     async def close(self) -> None:
         """Close the ICE connection and the batch reader's socket duplicate."""
+        self._tl_nominator.close()
         try:
             await super().close()
         finally:

@@ -215,13 +215,32 @@ class Connection:
         """The delivery tier this connection's path belongs to: ``relay`` or ``direct``."""
         return tier_of(self.path_type)
 
+    @property
+    def direct_ms(self) -> float | None:
+        """When the final, direct pair carried the connection (ms, like ``connect_ms``);
+        None on the relay. The selected pair never changes (regular nomination: see
+        :mod:`tierlink.protocol.nomination`), so on a direct path it is ``connect_ms``."""
+        return self.connect_ms if self.tier == "direct" else None
+
+    def path_report(self) -> dict[str, Any]:
+        """The path and how ICE chose it, JSON-ready: ``path``, ``tier``, ``selected_pair``,
+        ``connect_ms`` (first usable pair, the dial included), ``direct_ms`` and ``ice``
+        (the agent's check report: first success, nomination time, relay wait, checks)."""
+        return {
+            "path": self.path_type,
+            "tier": self.tier,
+            "selected_pair": self.selected_pair,
+            "connect_ms": round(self.connect_ms, 2),
+            "direct_ms": None if self.direct_ms is None else round(self.direct_ms, 2),
+            "ice": self._ice.check_report(),
+        }
+
     def stats(self) -> dict[str, Any]:
         """Counters and path facts, JSON-ready."""
         return {
             "remote": self.remote_fingerprint,
             "secure": self.secure,
-            "selected_pair": self.selected_pair,
-            "connect_ms": round(self.connect_ms, 2),
+            **self.path_report(),
             "sent": self.sent,
             "received": self.received,
             "dropped": self.dropped,

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-from collections.abc import Iterable, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from aioice import Candidate
 
@@ -146,6 +148,58 @@ def max_payload(ice: IceConnection) -> int:
     if path_of((local.type, remote.type)) == "relay":
         limit -= TURN_CHANNEL_OVERHEAD
     return limit
+
+
+def selected_path(ice: IceConnection) -> str:
+    """The path of ``ice``'s selected pair (``none`` before nomination)."""
+    sel = ice.selected_pair()
+    return path_of(c.type for c in sel) if sel is not None else "none"
+
+
+#: Called with each path event (see :meth:`PathTally.add`).
+PathListener = Callable[[dict[str, Any]], None]
+
+
+class PathTally:
+    """Counters of the paths a node's ICE agents ended on and of the checks they sent, and
+    the listeners told of each agent that connected.
+
+    ``paths_direct`` / ``paths_relay``: connected agents by tier; ``direct_after_relay``: a
+    relayed pair had succeeded first, yet a direct pair was selected (the relay was never
+    used); ``relay_after_wait``: a relayed pair was selected after waiting for a direct one;
+    ``checks_*``: see :meth:`~tierlink.transport.aioice_checks.ScheduledChecks.check_report`.
+    """
+
+    COUNTERS = ("paths_direct", "paths_relay", "direct_after_relay", "relay_after_wait",
+                "checks_sent", "checks_retransmitted", "checks_resent_early")
+
+    def __init__(self) -> None:
+        self.counts: Counter[str] = Counter({name: 0 for name in self.COUNTERS})
+        self.listeners: list[PathListener] = []
+
+    def add(self, ice: IceConnection, connected: bool, peer: str = "") -> None:
+        """Count one finished agent (``connected``: it selected a pair and is in use); for a
+        connected one, tell every listener ``{"event": "path", "peer", "path", "tier",
+        "selected_pair", "ice": check report}``."""
+        report = ice.check_report()
+        for name in ("checks_sent", "checks_retransmitted", "checks_resent_early"):
+            self.counts[name] += report[name]
+        if not connected:
+            return
+        tier = tier_of(selected_path(ice))
+        self.counts[f"paths_{tier}"] += 1
+        if report["first_success"] == "relay" and tier == "direct":
+            self.counts["direct_after_relay"] += 1
+        if tier == "relay" and (report["relay_wait_ms"] or 0) > 0:
+            self.counts["relay_after_wait"] += 1
+        event = {"event": "path", "peer": peer, "path": selected_path(ice), "tier": tier,
+                 "selected_pair": describe_pair(ice), "ice": report}
+        for listener in self.listeners:
+            listener(event)
+
+    def merged(self, other: PathTally) -> dict[str, int]:
+        """This tally's counters plus ``other``'s, JSON-ready."""
+        return {name: self.counts[name] + other.counts[name] for name in self.COUNTERS}
 
 
 def describe_pair(ice: IceConnection) -> dict[str, dict[str, object]]:

@@ -53,3 +53,9 @@ def offline_acks_key(ack_token: bytes) -> str:
     """Where a recipient puts sealed acks for the sender that gave it ``ack_token`` (a secret of
     the two ends, :func:`tierlink.wire.ack.ack_token`): nobody else can compute the key."""
     return _derive(ack_token.hex(), ":offline_acks")
+
+
+def mailboxes_key(fingerprint: str) -> str:
+    """Where a recipient's signed mailbox descriptor is put (by it and by its mailboxes), so a
+    sender who knows only the fingerprint finds its mailboxes while it is away."""
+    return _derive(fingerprint, ":mailboxes")

@@ -54,7 +54,7 @@ MAX_CANDIDATES = 16
 UFRAG_LENGTH = (4, 256)
 PWD_LENGTH = (22, 256)
 _ICE_CHARS = re.compile(r"[A-Za-z0-9+/]*")
-PURPOSES = ("app", "messages")
+PURPOSES = ("app", "messages", "mailbox")
 _ANSWER_PREFIX = bytes([WIRE_VERSION, KIND_ANSWER])
 _TAG_SIZE = 16
 

@@ -1,0 +1,125 @@
+"""CLI commands of mailboxes: ``tierlink mailbox serve``, ``status`` and ``revoke``.
+
+``serve`` runs an always-on node that stores sealed envelopes for the recipients that
+register with it (``tierlink run --mailbox FINGERPRINT`` on their side); ``status`` and
+``revoke`` read and change its database directly (SQLite in WAL mode: a running mailbox keeps
+serving meanwhile). Refusals are logged on stderr by the serving node, one line each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import json
+import logging
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from tierlink.cli.argtypes import fingerprint
+from tierlink.cli.node_commands import add_node_options, load_identity, node_config
+from tierlink.identity import default_identity_path
+
+MB = 1 << 20
+
+
+def _db_path(args: argparse.Namespace) -> Path:
+    if args.data_dir:
+        return Path(args.data_dir) / "mailbox.db"
+    from tierlink.node import NodeConfig
+
+    return NodeConfig(identity=load_identity(args)).state_dir() / "mailbox.db"
+
+
+async def _serve(args: argparse.Namespace) -> int:
+    from tierlink.mailbox import MailboxSettings
+    from tierlink.node import Node
+
+    settings = MailboxSettings(retention_s=args.retention_days * 24 * 3600.0,
+                               quota=int(args.quota_mb * MB),
+                               per_sender_quota=int(args.per_sender_quota_mb * MB),
+                               descriptor_interval=args.descriptor_interval,
+                               recipients=frozenset(args.serve_for) if args.serve_for else None)
+    config = dataclasses.replace(node_config(args), mailbox_serve=settings,
+                                 record_lifetime=args.record_lifetime)
+    logging.getLogger("tierlink.mailbox").setLevel(logging.INFO)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with Node(config) as node:
+        info = {"event": "mailbox", "fingerprint": node.fingerprint,
+                "retention_days": args.retention_days, "quota_mb": args.quota_mb,
+                "per_sender_quota_mb": args.per_sender_quota_mb}
+        print(json.dumps(info) if args.json else
+              f"mailbox online as {node.fingerprint}\n(recipients: tierlink run --mailbox "
+              f"{node.fingerprint})", flush=True)
+        await stop.wait()
+    print("stopped", file=sys.stderr)
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from tierlink.mailbox import MailboxStore
+
+    path = _db_path(args)
+    rows: list[dict[str, Any]] = []
+    if path.exists():
+        with MailboxStore(path) as store:
+            rows = store.status()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    if not rows:
+        print("no registered recipients")
+    for r in rows:
+        allow = "allow-list" if r["allow_list"] else "anyone"
+        n = r["messages"]
+        print(f"{r['recipient'][:16]}…  {n} message{'' if n == 1 else 's'}  {r['bytes']} B  "
+              f"({allow})")
+    return 0
+
+
+def _revoke(args: argparse.Namespace) -> int:
+    from tierlink.mailbox import MailboxStore
+
+    with MailboxStore(_db_path(args)) as store:
+        dropped = store.revoke(args.fingerprint)
+    print(f"revoked {args.fingerprint[:16]}… ({dropped} messages dropped)")
+    return 0
+
+
+def register(sub: Any) -> None:
+    """Add ``tierlink mailbox serve|status|revoke`` to the top-level subparsers."""
+    box = sub.add_parser("mailbox", help="serve or administer a mailbox for absent recipients")
+    msub = box.add_subparsers(dest="mailbox_command", metavar="MAILBOX_COMMAND")
+    msub.required = True
+    serve = msub.add_parser("serve", help="run an always-on node that stores sealed "
+                                          "envelopes for registered recipients")
+    add_node_options(serve)
+    serve.add_argument("--retention-days", type=float, default=7.0,
+                       help="keep an envelope at most this long (default 7)")
+    serve.add_argument("--quota-mb", type=float, default=64.0,
+                       help="envelope bytes held per recipient (default 64)")
+    serve.add_argument("--per-sender-quota-mb", type=float, default=8.0,
+                       help="envelope bytes one sender may leave per recipient (default 8)")
+    serve.add_argument("--serve-for", type=fingerprint, action="append", metavar="FINGERPRINT",
+                       help="accept registrations only from these recipients (repeatable; "
+                            "default: anyone)")
+    serve.add_argument("--record-lifetime", type=float, default=600.0, metavar="SECONDS",
+                       help="lifetime of our peer record, republished every third of it "
+                            "(default 600; shorter: found again sooner after DHT churn)")
+    serve.add_argument("--descriptor-interval", type=float, default=240.0, metavar="SECONDS",
+                       help="re-put registered recipients' descriptors this often (default 240)")
+    serve.set_defaults(func=lambda a: asyncio.run(_serve(a)))
+    for name, func, text in (("status", _status, "recipients, messages and bytes held"),
+                             ("revoke", _revoke, "drop a recipient's registration")):
+        p = msub.add_parser(name, help=text)
+        if name == "revoke":
+            p.add_argument("fingerprint", type=fingerprint)
+        p.add_argument("--identity", help=f"key file (default {default_identity_path()})")
+        p.add_argument("--data-dir", help="the mailbox's data directory")
+        p.add_argument("--json", action="store_true", help="JSON output")
+        p.set_defaults(func=func)

@@ -1,0 +1,70 @@
+"""Mailbox policy: who may deposit, how much, for how long (with an injectable clock).
+
+Checks, in order, each refusal a :class:`MailboxRefused` with its reason word:
+``not-registered`` (the recipient never registered here, or revoked), ``not-allowed`` (the
+recipient handed us an allow-list without the depositor), ``expired`` (the envelope's clear
+expiry has passed), ``sender-quota`` (the depositor's bytes held for this recipient would pass
+``per_sender_quota``), ``quota`` (the recipient's bytes held would pass ``quota``). With an
+allow-list only its members deposit, so fresh (Sybil) identities cannot fill the quota of an
+allow-listed recipient; without one, each identity holds at most ``per_sender_quota``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from tierlink.errors import TierlinkError
+from tierlink.wire.records import now_ms
+
+DAY_S = 24 * 3600.0
+
+
+class MailboxRefused(TierlinkError):
+    """A mailbox refused a request; ``reason`` is one word of the policy."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"mailbox refused ({reason}){': ' + detail if detail else ''}")
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class MailboxSettings:
+    """What ``tierlink mailbox serve`` configures (defaults in the CLI help).
+
+    ``descriptor_interval``: how often the descriptors of registered recipients are re-put in
+    the DHT (OpenDHT keeps a value 10 minutes). ``expiry_interval``: how often expired
+    envelopes are deleted (and reported to their depositors). ``recipients``: the only
+    fingerprints that may register (None: anyone; each registration brings its own
+    ``quota``, so an open mailbox's disk is bounded only by how many register).
+    ``clock``: Unix ms (tests).
+    """
+
+    retention_s: float = 7 * DAY_S
+    quota: int = 64 << 20
+    per_sender_quota: int = 8 << 20
+    recipients: frozenset[str] | None = None
+    descriptor_interval: float = 240.0
+    expiry_interval: float = 60.0
+    clock: Callable[[], int] = field(default=now_ms, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.retention_s <= 0 or min(self.quota, self.per_sender_quota) < 0:
+            raise ValueError("retention must be positive and quotas not negative")
+
+
+def check_deposit(
+    settings: MailboxSettings, *, registered: bool, allow: set[str] | None, depositor: str,
+    expires_ms: int, size: int, sender_bytes: int, recipient_bytes: int,
+) -> None:
+    """Raise MailboxRefused unless a deposit of ``size`` bytes may be stored (module order)."""
+    if not registered:
+        raise MailboxRefused("not-registered", "the recipient has no registration here")
+    if allow is not None and depositor not in allow:
+        raise MailboxRefused("not-allowed", "the recipient does not accept this sender")
+    if expires_ms <= settings.clock():
+        raise MailboxRefused("expired", "the envelope has expired")
+    if sender_bytes + size > settings.per_sender_quota:
+        raise MailboxRefused("sender-quota", f"{sender_bytes} bytes held for this sender")
+    if recipient_bytes + size > settings.quota:
+        raise MailboxRefused("quota", f"{recipient_bytes} bytes held for this recipient")

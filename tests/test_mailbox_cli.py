@@ -1,0 +1,123 @@
+"""The README's mailbox scenario from the CLI, as separate processes: a mailbox, B and A, never
+online together; the whole DHT replaced twice; the mailbox SIGKILLed and restarted between."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from tests.dht_switch import DhtSwitch, in_dht
+from tests.waiting import eventually
+from tierlink.wire.dhtkeys import ice_candidates_key, mailboxes_key
+
+TIERLINK = [sys.executable, "-m", "tierlink.cli"]
+
+
+
+
+async def run(*args: str) -> subprocess.CompletedProcess[str]:
+    """A CLI command to its end (in a thread: the DHT forwarder runs on this loop)."""
+    return await asyncio.to_thread(
+        subprocess.run, [*TIERLINK, *args], capture_output=True, text=True, timeout=90)
+
+
+class Proc:
+    """A long-running CLI process whose JSON stdout lines are read one at a time."""
+
+    def __init__(self, *args: str) -> None:
+        self.p = subprocess.Popen([*TIERLINK, *args], stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True)
+
+    async def line(self) -> dict[str, Any]:
+        """The next JSON line other than a path event (``run`` prints one per link)."""
+        assert self.p.stdout is not None
+        while True:
+            text = await asyncio.wait_for(asyncio.to_thread(self.p.stdout.readline), 60)
+            assert text, self.p.stderr.read() if self.p.stderr else "no output"
+            obj: dict[str, Any] = json.loads(text)
+            if obj.get("event") != "path":
+                return obj
+
+    async def stop(self, sig: signal.Signals = signal.SIGINT) -> int:
+        if self.p.poll() is None:
+            self.p.send_signal(sig)
+        return await asyncio.to_thread(self.p.wait, 30)
+
+
+async def test_mailbox_scenario_from_the_cli(switch: DhtSwitch, tmp_path: Path) -> None:
+    keys = {n: tmp_path / f"{n}.json" for n in "mab"}
+    fps = {n: (await run("id", "new", "--out", str(k))).stdout.strip() for n, k in keys.items()}
+    common = ["--dht-proxy", switch.proxy_url, "--host-address", "127.0.0.1", "--json"]
+
+    def node(n: str) -> list[str]:
+        return ["--identity", str(keys[n]), "--data-dir", str(tmp_path / n), *common]
+
+    serve = ["mailbox", "serve", *node("m"), "--record-lifetime", "3",
+             "--descriptor-interval", "1"]
+    procs: list[Proc] = []
+    try:
+        m = Proc(*serve)
+        procs.append(m)
+        assert (await m.line())["fingerprint"] == fps["m"]
+        b = Proc("run", *node("b"), "--mailbox", fps["m"])
+        procs.append(b)
+        assert (await b.line())["event"] == "online"
+
+        async def holds(count: int | None) -> bool:
+            st = await run("mailbox", "status", "--data-dir", str(tmp_path / "m"), "--json")
+            rows = json.loads(st.stdout or "[]")
+            return any(r["recipient"] == fps["b"] and (count is None or r["messages"] == count)
+                       for r in rows)
+
+        await eventually(lambda: holds(None), 60, "B registered with the mailbox")
+        assert await b.stop() == 0
+        await switch.replace()  # B's record is gone, as after days away
+        await in_dht(switch, ice_candidates_key(fps["m"]), mailboxes_key(fps["b"]))
+
+        sent = await run("send", fps["b"], "hello via the mailbox", *node("a"),
+                         "--timeout", "2", "--wait", "0")
+        assert sent.returncode == 0, sent.stderr
+        result = json.loads(sent.stdout)
+        assert result["state"] == "in_mailbox" and result["mailboxes"] == [fps["m"]]
+        box = await run("outbox", "--data-dir", str(tmp_path / "a"), "--json")
+        assert [e["state"] for e in json.loads(box.stdout)] == ["in_mailbox"]
+        assert await holds(1)
+
+        await m.stop(signal.SIGKILL)  # the mailbox dies; what it acknowledged is on disk
+        m = Proc(*serve)
+        procs.append(m)
+        await m.line()
+        assert await holds(1)
+        await switch.replace()
+        await in_dht(switch, ice_candidates_key(fps["m"]))
+
+        b = Proc("run", *node("b"), "--mailbox", fps["m"])
+        procs.append(b)
+        assert (await b.line())["event"] == "online"
+        got = await b.line()
+        assert (got["text"], got["from"], got["tier"]) == (
+            "hello via the mailbox", fps["a"], "mailbox")
+        await eventually(lambda: holds(0), 60, "the mailbox deleted the message")
+        assert await b.stop() == 0
+        assert b.p.stdout is not None
+        rest = [json.loads(line) for line in b.p.stdout.read().splitlines()]
+        assert all(e["event"] == "path" for e in rest), rest  # the message exactly once
+
+        a = Proc("run", *node("a"))  # A returns; B is gone again
+        procs.append(a)
+        await a.line()
+
+        async def delivered() -> bool:
+            out = await run("outbox", "--all", "--data-dir", str(tmp_path / "a"), "--json")
+            return [e["state"] for e in json.loads(out.stdout)] == ["delivered"]
+
+        await eventually(delivered, 60, "A's outbox shows delivered")
+    finally:
+        for p in procs:
+            if p.p.poll() is None:
+                await p.stop(signal.SIGKILL)
