@@ -24,6 +24,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import FrameType
 
+from tierlink import namespaces
 from tierlink.bench.base import JsonDict
 from tierlink.errors import TierlinkError
 
@@ -55,32 +56,13 @@ def _ip(*args: str, check: bool = True) -> str:
     return proc.stdout
 
 
-def _owner_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _remove(ns: str) -> None:
-    """Kill every process in ``ns`` (all started by the bench), then delete it."""
-    for word in _ip("netns", "pids", ns, check=False).split():
-        with contextlib.suppress(ValueError, ProcessLookupError):
-            os.kill(int(word), signal.SIGKILL)
-    _ip("netns", "del", ns, check=False)
-
-
 def remove_stale() -> list[str]:
     """Delete bench namespaces whose parent process is gone; returns their names."""
     removed = []
-    for line in _ip("netns", "list", check=False).splitlines():
-        name = line.split()[0] if line.strip() else ""
+    for name in sorted(namespaces.existing()):
         pid = name.removeprefix(NETNS_HEAD)
-        if name.startswith(NETNS_HEAD) and pid.isdigit() and not _owner_alive(int(pid)):
-            _remove(name)
+        if name.startswith(NETNS_HEAD) and pid.isdigit() and not namespaces.pid_alive(int(pid)):
+            namespaces.remove(name)
             removed.append(name)
     return removed
 
@@ -112,7 +94,7 @@ def mtu_namespace(mtu: int) -> Iterator[str]:
         _ip("-n", ns, "link", "set", "lo", "mtu", str(mtu), "up")
         yield ns
     finally:
-        _remove(ns)
+        namespaces.remove(ns)
         signal.signal(signal.SIGTERM, previous)
 
 

@@ -27,6 +27,7 @@ from pathlib import Path
 from types import FrameType
 from typing import IO, Any
 
+from tierlink import namespaces
 from tierlink.errors import TierlinkError
 
 STATE_DIR = Path("/run/tierlink-lab")
@@ -85,34 +86,11 @@ def ns_cmd(ns: str, *args: str) -> list[str]:
     return ["ip", "netns", "exec", ns, *args]
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _kill_namespace_pids(ns: str) -> None:
-    """SIGKILL every process living in one of our namespaces (all were started by a lab run)."""
-    out = run(["ip", "netns", "pids", ns], check=False)
-    for word in out.split():
-        with contextlib.suppress(ValueError, ProcessLookupError):
-            os.kill(int(word), signal.SIGKILL)
-
-
-def _existing_namespaces() -> set[str]:
-    out = run(["ip", "netns", "list"], check=False)
-    return {line.split()[0] for line in out.splitlines() if line.strip()}
-
-
 def _delete_namespaces(names: Sequence[str]) -> None:
-    existing = _existing_namespaces()
+    existing = namespaces.existing()
     for ns in names:
         if ns in existing:
-            _kill_namespace_pids(ns)
+            namespaces.kill_processes(ns)
     for ns in names:
         if ns in existing:
             run(["ip", "netns", "del", ns], check=False)
@@ -126,7 +104,7 @@ def cleanup_stale() -> list[str]:
     removed: list[str] = []
     if not STATE_DIR.is_dir():
         return removed
-    existing = _existing_namespaces()
+    existing = namespaces.existing()
     for state_file in sorted(STATE_DIR.glob(f"{PREFIX_HEAD}*.json")):
         try:
             state = json.loads(state_file.read_text())
@@ -134,7 +112,7 @@ def cleanup_stale() -> list[str]:
             start = float(state.get("owner_start", 0.0))
         except (OSError, ValueError, KeyError, TypeError):
             continue
-        if _pid_alive(owner) and _process_start(owner) == start:
+        if namespaces.pid_alive(owner) and _process_start(owner) == start:
             continue
         prefix = state_file.stem
         names = [ns for ns in existing if ns.startswith(prefix + "-")]
