@@ -10,17 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-_DROP_NEW_INBOUND = """
-    chain c_input {
-        type filter hook input priority filter; policy accept;
-        iifname "wan" ct state new drop
-    }
-    chain c_forward {
-        type filter hook forward priority filter; policy accept;
-        iifname "wan" ct state new ct status dnat accept
-        iifname "wan" ct state new drop
-    }
-"""
+from tierlink.lab.nat import FILTER_NEW_INBOUND
 
 
 def cgn_rules(public_ip: str, subscribers: Sequence[tuple[str, int, int]]) -> str:
@@ -47,7 +37,7 @@ table ip cgn {{
         flags dynamic,timeout
         timeout 5m
     }}
-{_DROP_NEW_INBOUND}
+{FILTER_NEW_INBOUND}
     chain c_prenat {{
         type nat hook prerouting priority dstnat;
         iifname "lan" ip daddr {public_ip} meta l4proto udp dnat ip to udp dport map @owner
@@ -69,7 +59,7 @@ def udp_blocked_rules() -> str:
     """Port-restricted NAT whose firewall lets only TCP 80 and 443 out (and their replies)."""
     return f"""
 table ip lab {{
-{_DROP_NEW_INBOUND}
+{FILTER_NEW_INBOUND}
     chain c_out {{
         type filter hook forward priority filter + 10; policy accept;
         oifname "wan" ct state established,related accept

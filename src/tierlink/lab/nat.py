@@ -72,7 +72,9 @@ PRESETS: dict[str, PresetSpec] = {
 CLASSIC = ("open", "full-cone", "restricted", "port-restricted", "symmetric", "hairpin",
            "double")
 
-_FILTER_NEW_INBOUND = """
+#: Chains that drop new inbound connections on the WAN (input and forward hooks), except
+#: those a DNAT rule admitted; shared by every NAT and firewall ruleset of the lab.
+FILTER_NEW_INBOUND = """
     chain c_input {
         type filter hook input priority filter; policy accept;
         iifname "wan" ct state new drop
@@ -90,7 +92,7 @@ def port_restricted_rules(*, fully_random: bool = False) -> str:
     flags = " fully-random" if fully_random else ""
     return f"""
 table ip lab {{
-{_FILTER_NEW_INBOUND}
+{FILTER_NEW_INBOUND}
     chain c_postnat {{
         type nat hook postrouting priority srcnat;
         oifname "wan" masquerade{flags}
@@ -103,7 +105,7 @@ def full_cone_rules(host: str) -> str:
     """EIM + EIF: port-preserving masquerade, every new inbound UDP DNAT'ed to the host."""
     return f"""
 table ip lab {{
-{_FILTER_NEW_INBOUND}
+{FILTER_NEW_INBOUND}
     chain c_prenat {{
         type nat hook prerouting priority dstnat;
         iifname "wan" meta l4proto udp dnat to {host}
@@ -127,7 +129,7 @@ table ip lab {{
     set contacted {{
         type ipv4_addr . inet_service; flags dynamic, timeout; timeout 5m;
     }}
-{_FILTER_NEW_INBOUND}
+{FILTER_NEW_INBOUND}
     chain c_prenat {{
         type nat hook prerouting priority dstnat;
         iifname "wan" ip saddr . udp dport @contacted dnat to {host}
@@ -166,7 +168,7 @@ def hairpin_rules(wan_ip: str, lan_net: str, hosts: list[str]) -> str:
     )
     return f"""
 table ip lab {{
-{sets}{_FILTER_NEW_INBOUND}
+{sets}{FILTER_NEW_INBOUND}
     chain c_prenat {{
         type nat hook prerouting priority dstnat;
 {dnat}    }}
