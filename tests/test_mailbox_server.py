@@ -31,6 +31,7 @@ from tierlink.mailbox.codec import (
     deposit_frame,
     encode_frame,
     open_descriptor,
+    read_dropped,
     read_receipts,
     read_result,
     register_frame,
@@ -132,7 +133,7 @@ async def test_stranger_deposit_for_an_unregistered_recipient_is_refused(
 
 
 async def test_allow_list_keeps_strangers_and_sybils_out(tmp_path: Path, clock: Clock) -> None:
-    server, box = server_at(tmp_path, clock, quota=10_000, per_sender_quota=10_000)
+    server, box = server_at(tmp_path, clock, recipient_quota=10_000, per_sender_quota=10_000)
     a, b = Identity.generate(), Identity.generate()
     assert await register(server, box, b, allow={a.fingerprint}) == (True, "")
     for _ in range(3):  # fresh identities, each within the per-sender quota
@@ -148,7 +149,8 @@ async def test_allow_list_keeps_strangers_and_sybils_out(tmp_path: Path, clock: 
 async def test_quotas_refuse_clearly(tmp_path: Path, clock: Clock) -> None:
     a, b, c, d = (Identity.generate() for _ in range(4))
     size = len(envelope(a, b)[0])
-    server, box = server_at(tmp_path, clock, per_sender_quota=size + 10, quota=2 * size + 10)
+    server, box = server_at(tmp_path, clock, per_sender_quota=size + 10,
+                            recipient_quota=2 * size + 10)
     await register(server, box, b)
     results = []
     for sender in (a, a, c, d):
@@ -156,6 +158,30 @@ async def test_quotas_refuse_clearly(tmp_path: Path, clock: Clock) -> None:
         results.append(await deposit(server, sender, b, value, mid))
     assert results == [(True, ""), (False, "sender-quota"), (True, ""), (False, "quota")]
     assert server.refusals == {"sender-quota": 1, "quota": 1}
+
+
+async def test_sybil_recipients_cannot_fill_an_open_mailbox_past_its_total_quota(
+    tmp_path: Path, clock: Clock
+) -> None:
+    """Anyone may register with an open mailbox, each registration with its own
+    per-recipient quota: the total quota bounds the disk however many register."""
+    a = Identity.generate()
+    size = len(envelope(a, a)[0])
+    server, box = server_at(tmp_path, clock, total_quota=2 * size + 10,
+                            recipient_quota=10 * size, per_sender_quota=10 * size)
+    sybils = [Identity.generate() for _ in range(3)]
+    results = []
+    for who in sybils:
+        assert await register(server, box, who) == (True, "")
+        value, mid = envelope(who, who)  # each fills its own registration
+        results.append(await deposit(server, who, who, value, mid))
+    assert results == [(True, ""), (True, ""), (False, "full")]
+    assert server.refusals == {"full": 1} and server.store.held_bytes() == 2 * size
+    value, mid = envelope(a, sybils[2])
+    assert await deposit(server, a, sybils[2], value, mid) == (False, "full")
+    (held,) = server.store.held(sybils[0].fingerprint)  # one is collected: room again
+    await ask(server, sybils[0], encode_frame(TAKEN, {1: held.handle}))
+    assert await deposit(server, a, sybils[2], value, mid) == (True, "")
 
 
 async def test_a_deposit_repeated_after_a_lost_answer_is_stored_once(
@@ -296,7 +322,10 @@ async def test_a_recipient_revokes_its_registration(tmp_path: Path, clock: Clock
     (reply,) = await ask(server, a, encode_frame(REVOKE))  # A has no registration to drop
     assert read_result(reply) == (True, "") and server.store.status()[0]["messages"] == 1
     (reply,) = await ask(server, b, encode_frame(REVOKE))
-    assert read_result(reply) == (True, "") and server.store.status() == []
+    assert read_result(reply) == (True, "") and read_dropped(reply) == 1
+    assert server.store.status() == []
+    (reply,) = await ask(server, a, encode_frame(RECEIPTS_REQ))  # A is told: not delivered
+    assert read_receipts(reply) == [(mid, None)]
     value, mid = envelope(a, b)
     assert await deposit(server, a, b, value, mid) == (False, "not-registered")
 

@@ -1,9 +1,11 @@
-"""CLI commands of mailboxes: ``tierlink mailbox serve``, ``status`` and ``revoke``.
+"""CLI commands of mailboxes: ``tierlink mailbox serve|status|revoke|unregister``.
 
 ``serve`` runs an always-on node that stores sealed envelopes for the recipients that
 register with it (``tierlink run --mailbox FINGERPRINT`` on their side); ``status`` and
-``revoke`` read and change its database directly (SQLite in WAL mode: a running mailbox keeps
-serving meanwhile). Refusals are logged on stderr by the serving node, one line each.
+``revoke`` (the operator's) read and change its database directly (SQLite in WAL mode: a
+running mailbox keeps serving meanwhile). ``unregister`` is the recipient's: its node dials
+the mailbox and withdraws its registration over the authenticated connection. Refusals are
+logged on stderr by the serving node, one line each.
 """
 
 from __future__ import annotations
@@ -14,12 +16,14 @@ import dataclasses
 import json
 import logging
 import signal
+import sqlite3
 import sys
 from pathlib import Path
 from typing import Any
 
 from tierlink.cli.argtypes import fingerprint
 from tierlink.cli.node_commands import add_node_options, load_identity, node_config
+from tierlink.errors import TierlinkError
 from tierlink.identity import default_identity_path
 
 MB = 1 << 20
@@ -38,7 +42,8 @@ async def _serve(args: argparse.Namespace) -> int:
     from tierlink.node import Node
 
     settings = MailboxSettings(retention_s=args.retention_days * 24 * 3600.0,
-                               quota=int(args.quota_mb * MB),
+                               total_quota=int(args.quota_mb * MB),
+                               recipient_quota=int(args.per_recipient_quota_mb * MB),
                                per_sender_quota=int(args.per_sender_quota_mb * MB),
                                descriptor_interval=args.descriptor_interval,
                                recipients=frozenset(args.serve_for) if args.serve_for else None)
@@ -52,6 +57,7 @@ async def _serve(args: argparse.Namespace) -> int:
     async with Node(config) as node:
         info = {"event": "mailbox", "fingerprint": node.fingerprint,
                 "retention_days": args.retention_days, "quota_mb": args.quota_mb,
+                "per_recipient_quota_mb": args.per_recipient_quota_mb,
                 "per_sender_quota_mb": args.per_sender_quota_mb}
         print(json.dumps(info) if args.json else
               f"mailbox online as {node.fingerprint}\n(recipients: tierlink run --mailbox "
@@ -61,13 +67,27 @@ async def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _status(args: argparse.Namespace) -> int:
+class MailboxDbError(TierlinkError):
+    """The mailbox database named on the command line cannot be used."""
+
+
+def _open_store(args: argparse.Namespace) -> Any:
+    """The mailbox's store; MailboxDbError if there is none or it is not a mailbox database."""
     from tierlink.mailbox import MailboxStore
 
     path = _db_path(args)
+    if not path.is_file():
+        raise MailboxDbError(f"no mailbox database at {path} (is --data-dir the mailbox's?)")
+    try:
+        return MailboxStore(path)
+    except sqlite3.Error as exc:
+        raise MailboxDbError(f"{path} is not a usable mailbox database: {exc}") from None
+
+
+def _status(args: argparse.Namespace) -> int:
     rows: list[dict[str, Any]] = []
-    if path.exists():
-        with MailboxStore(path) as store:
+    if _db_path(args).exists():
+        with _open_store(args) as store:
             rows = store.status()
     if args.json:
         print(json.dumps(rows, indent=2))
@@ -83,16 +103,45 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _revoke(args: argparse.Namespace) -> int:
-    from tierlink.mailbox import MailboxStore
+    from tierlink.wire.records import now_ms
 
-    with MailboxStore(_db_path(args)) as store:
-        dropped = store.revoke(args.fingerprint)
-    print(f"revoked {args.fingerprint[:16]}… ({dropped} messages dropped)")
+    with _open_store(args) as store:
+        dropped = store.revoke(args.fingerprint, now_ms())
+    _report_revoked(args, args.fingerprint, dropped)
+    return 0
+
+
+def _report_revoked(args: argparse.Namespace, who: str, dropped: int) -> None:
+    obj = {"event": "revoked", "recipient": who, "dropped": dropped}
+    print(json.dumps(obj) if args.json else
+          f"registration of {who[:16]}… revoked; {dropped} held message"
+          f"{'' if dropped == 1 else 's'} dropped (their senders are told: not delivered)")
+
+
+async def _unregister(args: argparse.Namespace) -> int:
+    from tierlink import control
+    from tierlink.node import Node
+    from tierlink.node.control_server import ControlServer
+
+    identity = load_identity(args)
+    claim = ControlServer(control.socket_path(identity.fingerprint))
+    claim.claim()  # a running node of this identity would register again: stop it first
+    try:
+        async with Node(node_config(args, identity)) as node:
+            assert node.messenger is not None and node.messenger.mailbox is not None
+            dropped = await node.messenger.mailbox.client.revoke(args.mailbox_fp)
+    finally:
+        await claim.close()
+    obj = {"event": "unregistered", "mailbox": args.mailbox_fp, "dropped": dropped}
+    print(json.dumps(obj) if args.json else
+          f"unregistered from mailbox {args.mailbox_fp[:16]}…; it dropped {dropped} held "
+          f"message{'' if dropped == 1 else 's'} (their senders are told: not delivered). "
+          "Start 'tierlink run' without this --mailbox, or it registers again.")
     return 0
 
 
 def register(sub: Any) -> None:
-    """Add ``tierlink mailbox serve|status|revoke`` to the top-level subparsers."""
+    """Add ``tierlink mailbox serve|status|revoke|unregister`` to the top-level subparsers."""
     box = sub.add_parser("mailbox", help="serve or administer a mailbox for absent recipients")
     msub = box.add_subparsers(dest="mailbox_command", metavar="MAILBOX_COMMAND")
     msub.required = True
@@ -101,10 +150,12 @@ def register(sub: Any) -> None:
     add_node_options(serve)
     serve.add_argument("--retention-days", type=float, default=7.0,
                        help="keep an envelope at most this long (default 7)")
-    serve.add_argument("--quota-mb", type=float, default=64.0,
-                       help="envelope bytes held per recipient (default 64)")
+    serve.add_argument("--quota-mb", type=float, default=1024.0,
+                       help="envelope MiB held for all recipients together (default 1024)")
+    serve.add_argument("--per-recipient-quota-mb", type=float, default=64.0,
+                       help="envelope MiB held per recipient (default 64)")
     serve.add_argument("--per-sender-quota-mb", type=float, default=8.0,
-                       help="envelope bytes one sender may leave per recipient (default 8)")
+                       help="envelope MiB one sender may leave per recipient (default 8)")
     serve.add_argument("--serve-for", type=fingerprint, action="append", metavar="FINGERPRINT",
                        help="accept registrations only from these recipients (repeatable; "
                             "default: anyone)")
@@ -114,6 +165,11 @@ def register(sub: Any) -> None:
     serve.add_argument("--descriptor-interval", type=float, default=240.0, metavar="SECONDS",
                        help="re-put registered recipients' descriptors this often (default 240)")
     serve.set_defaults(func=lambda a: asyncio.run(_serve(a)))
+    unreg = msub.add_parser("unregister", help="withdraw our registration from a mailbox "
+                                               "(run as the recipient, its node stopped)")
+    unreg.add_argument("mailbox_fp", type=fingerprint, metavar="MAILBOX_FINGERPRINT")
+    add_node_options(unreg)
+    unreg.set_defaults(func=lambda a: asyncio.run(_unregister(a)))
     for name, func, text in (("status", _status, "recipients, messages and bytes held"),
                              ("revoke", _revoke, "drop a recipient's registration")):
         p = msub.add_parser(name, help=text)

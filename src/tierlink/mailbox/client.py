@@ -33,10 +33,12 @@ from tierlink.mailbox.codec import (
     deposit_frame,
     encode_frame,
     open_descriptor,
+    read_dropped,
     read_receipts,
     read_result,
     register_frame,
 )
+from tierlink.mailbox.policy import MailboxRefused
 from tierlink.mailbox.store import SenderStore
 from tierlink.offline import OfflineTier
 from tierlink.offline.worker import Callback
@@ -167,12 +169,16 @@ class MailboxClient:
             await conn.close()
 
     # -- recipient side ----------------------------------------------------------------------
-    async def revoke(self, mailbox: str) -> None:
-        """Withdraw our registration from ``mailbox`` (it drops what it holds for us)."""
+    async def revoke(self, mailbox: str) -> int:
+        """Withdraw our registration from ``mailbox``; returns the envelopes it dropped (their
+        depositors are told they were not delivered). MailboxRefused if it refuses."""
         (reply,) = await self._request(mailbox, [encode_frame(REVOKE)])
-        ok, reason = read_result(decode_frame(reply))
+        frame = decode_frame(reply)
+        ok, reason = read_result(frame)
         if not ok:
-            raise TierlinkError(f"mailbox {mailbox[:16]}… refused the revocation: {reason}")
+            raise MailboxRefused(reason, f"mailbox {mailbox[:16]}… refused the revocation")
+        self.registered.discard(mailbox)
+        return read_dropped(frame)
 
     def own_descriptor(self) -> bytes:
         """A fresh descriptor naming our mailboxes."""

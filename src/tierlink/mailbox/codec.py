@@ -163,9 +163,14 @@ def deposit_frame(recipient: str, message_id: bytes, envelope: bytes) -> bytes:
     return encode_frame(DEPOSIT, {1: message_id, 2: bytes.fromhex(recipient), 3: envelope})
 
 
-def result_frame(ok: bool, reason: str = "", message_id: bytes = b"") -> bytes:
-    """RESULT: the answer to REGISTER, REVOKE or DEPOSIT (``ok`` only once durable)."""
-    return encode_frame(RESULT, {1: message_id, 2: ok, 3: reason})
+def result_frame(ok: bool, reason: str = "", message_id: bytes = b"",
+                 dropped: int | None = None) -> bytes:
+    """RESULT: the answer to REGISTER, REVOKE or DEPOSIT (``ok`` only once durable); a
+    REVOKE's answer also counts the envelopes the mailbox ``dropped``."""
+    fields: dict[int, Any] = {1: message_id, 2: ok, 3: reason}
+    if dropped is not None:
+        fields[4] = dropped
+    return encode_frame(RESULT, fields)
 
 
 def read_result(frame: Frame) -> tuple[bool, str]:
@@ -174,6 +179,12 @@ def read_result(frame: Frame) -> tuple[bool, str]:
     if frame.type != RESULT or type(ok) is not bool:
         raise malformed("expected a RESULT frame")
     return ok, frame.fields.text(3, "reason", max_len=256)
+
+
+def read_dropped(frame: Frame) -> int:
+    """The envelopes dropped by a revocation (0 when the RESULT does not say)."""
+    n = frame.fields.map.get(4)
+    return 0 if n is None else frame.fields.uint(4, "dropped")
 
 
 def receipts_frame(items: list[tuple[bytes, bytes | None]]) -> bytes:

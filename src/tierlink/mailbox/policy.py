@@ -4,9 +4,11 @@ Checks, in order, each refusal a :class:`MailboxRefused` with its reason word:
 ``not-registered`` (the recipient never registered here, or revoked), ``not-allowed`` (the
 recipient handed us an allow-list without the depositor), ``expired`` (the envelope's clear
 expiry has passed), ``sender-quota`` (the depositor's bytes held for this recipient would pass
-``per_sender_quota``), ``quota`` (the recipient's bytes held would pass ``quota``). With an
+``per_sender_quota``), ``quota`` (the recipient's bytes held would pass ``recipient_quota``),
+``full`` (the bytes held for every recipient together would pass ``total_quota``). With an
 allow-list only its members deposit, so fresh (Sybil) identities cannot fill the quota of an
-allow-listed recipient; without one, each identity holds at most ``per_sender_quota``.
+allow-listed recipient; without one, each identity holds at most ``per_sender_quota``, and
+the whole disk of an open mailbox is bounded by ``total_quota`` however many register.
 """
 
 from __future__ import annotations
@@ -35,13 +37,14 @@ class MailboxSettings:
     ``descriptor_interval``: how often the descriptors of registered recipients are re-put in
     the DHT (OpenDHT keeps a value 10 minutes). ``expiry_interval``: how often expired
     envelopes are deleted (and reported to their depositors). ``recipients``: the only
-    fingerprints that may register (None: anyone; each registration brings its own
-    ``quota``, so an open mailbox's disk is bounded only by how many register).
-    ``clock``: Unix ms (tests).
+    fingerprints that may register (None: anyone). Quotas are envelope bytes held:
+    ``total_quota`` for all recipients together, ``recipient_quota`` per recipient,
+    ``per_sender_quota`` per (recipient, depositor). ``clock``: Unix ms (tests).
     """
 
     retention_s: float = 7 * DAY_S
-    quota: int = 64 << 20
+    total_quota: int = 1 << 30
+    recipient_quota: int = 64 << 20
     per_sender_quota: int = 8 << 20
     recipients: frozenset[str] | None = None
     descriptor_interval: float = 240.0
@@ -49,13 +52,14 @@ class MailboxSettings:
     clock: Callable[[], int] = field(default=now_ms, compare=False)
 
     def __post_init__(self) -> None:
-        if self.retention_s <= 0 or min(self.quota, self.per_sender_quota) < 0:
+        quotas = (self.total_quota, self.recipient_quota, self.per_sender_quota)
+        if self.retention_s <= 0 or min(quotas) < 0:
             raise ValueError("retention must be positive and quotas not negative")
 
 
 def check_deposit(
     settings: MailboxSettings, *, registered: bool, allow: set[str] | None, depositor: str,
-    expires_ms: int, size: int, sender_bytes: int, recipient_bytes: int,
+    expires_ms: int, size: int, sender_bytes: int, recipient_bytes: int, total_bytes: int,
 ) -> None:
     """Raise MailboxRefused unless a deposit of ``size`` bytes may be stored (module order)."""
     if not registered:
@@ -66,5 +70,7 @@ def check_deposit(
         raise MailboxRefused("expired", "the envelope has expired")
     if sender_bytes + size > settings.per_sender_quota:
         raise MailboxRefused("sender-quota", f"{sender_bytes} bytes held for this sender")
-    if recipient_bytes + size > settings.quota:
+    if recipient_bytes + size > settings.recipient_quota:
         raise MailboxRefused("quota", f"{recipient_bytes} bytes held for this recipient")
+    if total_bytes + size > settings.total_quota:
+        raise MailboxRefused("full", f"{total_bytes} bytes held for all recipients")

@@ -119,9 +119,10 @@ class MailboxServer:
             log.info("mailbox registered %s…", who[:16])
             return result_frame(True)
         if frame.type == REVOKE:
-            dropped = self.store.revoke(who)
-            log.info("mailbox registration of %s… revoked (%d dropped)", who[:16], dropped)
-            return result_frame(True)
+            dropped = self.store.revoke(who, now)
+            log.info("mailbox registration of %s… revoked (%d dropped, their depositors told)",
+                     who[:16], dropped)
+            return result_frame(True, dropped=dropped)
         if frame.type == DEPOSIT:
             return self._deposit(conn, frame, now)
         if frame.type == TAKEN:
@@ -154,6 +155,7 @@ class MailboxServer:
                 expires_ms=expires, size=len(envelope),
                 sender_bytes=self.store.held_bytes(recipient, who),
                 recipient_bytes=self.store.held_bytes(recipient),
+                total_bytes=self.store.held_bytes(),
             )
         except MailboxRefused as exc:
             return self._refuse(conn, exc)

@@ -75,17 +75,21 @@ class MailboxStore(SqliteStore):
         self.conn.execute("INSERT OR REPLACE INTO mb_registration VALUES (?, ?, ?, ?, ?)",
                           (recipient, descriptor, blob, now, expires))
 
-    def revoke(self, recipient: str) -> int:
-        """Drop a registration and every envelope held for it; returns envelopes dropped."""
+    def revoke(self, recipient: str, now: int) -> int:
+        """Drop a registration and every envelope held for it, leaving each depositor an
+        undelivered notice (as on expiry), in one transaction; returns envelopes dropped."""
         self.conn.execute("BEGIN IMMEDIATE")
         try:
             self.conn.execute("DELETE FROM mb_registration WHERE recipient=?", (recipient,))
-            n = self.conn.execute("DELETE FROM mb_deposit WHERE recipient=?", (recipient,))
+            rows = self.conn.execute("DELETE FROM mb_deposit WHERE recipient=?"
+                                     " RETURNING depositor, message_id", (recipient,)).fetchall()
+            self.conn.executemany("INSERT OR REPLACE INTO mb_receipt VALUES (?, ?, NULL, ?)",
+                                  [(r[0], r[1], now) for r in rows])
             self.conn.execute("COMMIT")
         except BaseException:
             self.conn.execute("ROLLBACK")
             raise
-        return n.rowcount
+        return len(rows)
 
     def registration(self, recipient: str, now: int) -> tuple[bool, set[str] | None]:
         """(registered and unexpired, its allow-list or None)."""
@@ -102,13 +106,16 @@ class MailboxStore(SqliteStore):
             "SELECT recipient, descriptor FROM mb_registration WHERE expires_ms > ?", (now,))]
 
     # -- deposits ------------------------------------------------------------------------
-    def held_bytes(self, recipient: str, depositor: str | None = None) -> int:
-        """Envelope bytes held for ``recipient`` (from ``depositor`` only, if given)."""
-        sql, args = "SELECT coalesce(sum(length(envelope)), 0) FROM mb_deposit WHERE recipient=?", [
-            recipient]
-        if depositor is not None:
-            sql += " AND depositor=?"
-            args.append(depositor)
+    def held_bytes(self, recipient: str | None = None, depositor: str | None = None) -> int:
+        """Envelope bytes held: for every recipient, for ``recipient``, or for ``recipient``
+        from ``depositor``."""
+        sql, args = "SELECT coalesce(sum(length(envelope)), 0) FROM mb_deposit", []
+        if recipient is not None:
+            sql += " WHERE recipient=?"
+            args.append(recipient)
+            if depositor is not None:
+                sql += " AND depositor=?"
+                args.append(depositor)
         return int(self.conn.execute(sql, args).fetchone()[0])
 
     def add(self, recipient: str, depositor: str, message_id: bytes, envelope: bytes,
