@@ -189,3 +189,34 @@ async def test_an_envelope_expiring_in_the_mailbox_is_reported_to_its_sender(
             assert m.mailbox_server.expire_now() == 1
             await eventually(lambda: a.messenger.outbox.get(mid).state == EXPIRED, 30,
                              "A told the message expired")
+
+
+async def test_a_full_mailbox_refuses_and_the_sender_tries_the_next_or_keeps_the_message(
+    switch: DhtSwitch,
+) -> None:
+    """An open mailbox at its total quota refuses (``full``): the sender deposits with the
+    recipient's next mailbox, and while none takes it the message stays in its outbox."""
+    ia, ib, im2 = Identity.generate(), Identity.generate(), Identity.generate()
+    full = MailboxSettings(total_quota=1, descriptor_interval=0.5, expiry_interval=0.5)
+    m2_conf = mailbox_config(switch, identity=im2,
+                             data_dir=Path(tempfile.mkdtemp(prefix="tierlink-test-")))
+    async with Node(mailbox_config(switch, mailbox_serve=full)) as m1:
+        assert m1.mailbox_server is not None
+        b_conf = peer_config(switch, identity=ib, mailboxes=[m1.fingerprint, im2.fingerprint])
+        async with Node(m2_conf) as m2, Node(b_conf):
+            await eventually(lambda: registered(m1, ib.fingerprint)
+                             and registered(m2, ib.fingerprint), 30, "B registered with both")
+        async with Node(peer_config(switch, identity=ia)) as a:  # the second mailbox is down
+            assert a.messenger is not None and a.messenger.mailbox is not None
+            client = a.messenger.mailbox.client
+            mid = await a.send(ib.fingerprint, b"the first mailbox is full")
+            assert await a.messenger.wait_settled(mid, 60) == "queued"  # kept in the outbox
+            assert client.refusals["full"] >= 1 and m1.mailbox_server.refusals["full"] >= 1
+            assert a.messenger.mailboxes_holding(mid) == []
+            async with Node(m2_conf) as m2:
+                assert m2.mailbox_server is not None
+                await eventually(lambda: a.messenger.outbox.get(mid).state == IN_MAILBOX, 30,
+                                 "A's retry deposited it with the next mailbox")
+                assert a.messenger.mailboxes_holding(mid) == [im2.fingerprint]
+                assert m2.mailbox_server.deposits == 1
+                assert m1.mailbox_server.store.held_bytes() == 0

@@ -121,3 +121,86 @@ async def test_mailbox_scenario_from_the_cli(switch: DhtSwitch, tmp_path: Path) 
         for p in procs:
             if p.p.poll() is None:
                 await p.stop(signal.SIGKILL)
+
+
+async def test_a_recipient_unregisters_from_the_cli(switch: DhtSwitch, tmp_path: Path) -> None:
+    """``tierlink mailbox unregister``: B's node withdraws B's registration; the mailbox drops
+    what it held for B and A, when it returns, sees its message ``expired`` (never silent)."""
+    keys = {n: tmp_path / f"{n}.json" for n in "mab"}
+    fps = {n: (await run("id", "new", "--out", str(k))).stdout.strip() for n, k in keys.items()}
+    common = ["--dht-proxy", switch.proxy_url, "--host-address", "127.0.0.1", "--json"]
+
+    def node(n: str) -> list[str]:
+        return ["--identity", str(keys[n]), "--data-dir", str(tmp_path / n), *common]
+
+    async def status() -> list[dict[str, Any]]:
+        st = await run("mailbox", "status", "--data-dir", str(tmp_path / "m"), "--json")
+        assert st.returncode == 0, st.stderr
+        rows: list[dict[str, Any]] = json.loads(st.stdout)
+        return rows
+
+    procs: list[Proc] = []
+    try:
+        m = Proc("mailbox", "serve", *node("m"), "--record-lifetime", "3")
+        procs.append(m)
+        await m.line()
+        b = Proc("run", *node("b"), "--mailbox", fps["m"])
+        procs.append(b)
+        await b.line()
+        await eventually(status, 60, "B registered with the mailbox")
+        busy = await run("mailbox", "unregister", fps["m"], *node("b"))
+        assert busy.returncode == 1 and "already runs" in busy.stderr, busy.stderr
+        assert "Traceback" not in busy.stderr
+        assert await b.stop() == 0
+
+        sent = await run("send", fps["b"], "held, then dropped", *node("a"), "--timeout", "2",
+                         "--wait", "0")
+        assert json.loads(sent.stdout)["state"] == "in_mailbox", sent.stderr
+        assert [r["messages"] for r in await status()] == [1]
+
+        out = await run("mailbox", "unregister", fps["m"], *node("b"))
+        assert out.returncode == 0, out.stderr
+        assert json.loads(out.stdout) == {"event": "unregistered", "mailbox": fps["m"],
+                                          "dropped": 1}
+        assert await status() == []
+        again = await run("send", fps["b"], "after the revocation", *node("a"), "--timeout",
+                          "2", "--wait", "0")
+        assert json.loads(again.stdout)["state"] == "queued"  # refused: not-registered
+
+        async def told() -> bool:
+            box = await run("outbox", "--all", "--data-dir", str(tmp_path / "a"), "--json")
+            return sorted(e["state"] for e in json.loads(box.stdout)) == ["expired",
+                                                                           "queued_dht"]
+
+        a = Proc("run", *node("a"))  # A returns and takes the mailbox's notice
+        procs.append(a)
+        await a.line()
+        await eventually(told, 60, "A's outbox shows the dropped message expired")
+    finally:
+        for p in procs:
+            if p.p.poll() is None:
+                await p.stop(signal.SIGKILL)
+
+
+async def test_bad_mailbox_commands_fail_clearly(tmp_path: Path) -> None:
+    """Bad input: one clear line and a non-zero status, never a traceback."""
+    junk = tmp_path / "junk"
+    junk.mkdir()
+    (junk / "mailbox.db").write_text("not a database")
+    fp = "ab" * 64
+    key = tmp_path / "m.json"
+    await run("id", "new", "--out", str(key))
+    cases = [
+        (["mailbox", "unregister", "not-a-fingerprint"], 2, "fingerprint"),
+        (["mailbox", "revoke", fp, "--data-dir", str(tmp_path / "none")], 1,
+         "no mailbox database"),
+        (["mailbox", "status", "--data-dir", str(junk)], 1, "not a usable tierlink store"),
+        (["mailbox", "revoke", fp, "--data-dir", str(junk)], 1, "not a usable tierlink store"),
+        (["mailbox", "serve", "--quota-mb", "-1", "--identity", str(key)], 1,
+         "quotas not negative"),
+        (["mailbox", "serve", "--quota-mb", "lots"], 2, "invalid float"),
+    ]
+    for argv, code, needle in cases:
+        res = await run(*argv)
+        assert res.returncode == code, (argv, res.stderr)
+        assert needle in res.stderr and "Traceback" not in res.stderr, (argv, res.stderr)

@@ -16,7 +16,6 @@ import dataclasses
 import json
 import logging
 import signal
-import sqlite3
 import sys
 from pathlib import Path
 from typing import Any
@@ -72,16 +71,13 @@ class MailboxDbError(TierlinkError):
 
 
 def _open_store(args: argparse.Namespace) -> Any:
-    """The mailbox's store; MailboxDbError if there is none or it is not a mailbox database."""
+    """The mailbox's store (MailboxDbError if there is none: never create one here)."""
     from tierlink.mailbox import MailboxStore
 
     path = _db_path(args)
     if not path.is_file():
         raise MailboxDbError(f"no mailbox database at {path} (is --data-dir the mailbox's?)")
-    try:
-        return MailboxStore(path)
-    except sqlite3.Error as exc:
-        raise MailboxDbError(f"{path} is not a usable mailbox database: {exc}") from None
+    return MailboxStore(path)
 
 
 def _status(args: argparse.Namespace) -> int:
