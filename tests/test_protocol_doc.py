@@ -77,6 +77,7 @@ def test_every_vector_has_its_example() -> None:
         *(f"{part}.{n}" for n in SEALED_SENDER for part in ("clear", "inner")),
         *(f"value.{n}" for n in SEALED),
         *(f"{'link-frame' if k.startswith('link_') else 'channel'}.{k}" for k in WIRE["channel"]),
+        *(f"mailbox-frame.{k}" for k in WIRE["mailbox"]),
     }
     assert set(EXAMPLES) == expected
 
@@ -197,3 +198,15 @@ def test_pmtu_probe() -> None:
     assert probe.hex() == WIRE["pmtu"]["probes"][0] and ack.hex() == WIRE["pmtu"]["ack"]
     assert pmtu.is_probe_traffic(probe) and len(probe) == 64
     assert pmtu.answer(probe) == ack
+
+
+@pytest.mark.parametrize("name", list(WIRE["mailbox"]))
+def test_mailbox_frames(name: str) -> None:
+    """§19.5: a ``<value.NAME>`` line is that value's bytes; the frame decodes."""
+    from tierlink.mailbox.codec import decode_frame
+
+    parts = [bytes.fromhex(VALUES[line[7:-1]]["value"]) if line.startswith("<value.")
+             else bytes.fromhex(line) for line in EXAMPLES[f"mailbox-frame.{name}"].split()]
+    frame = b"".join(parts)
+    assert frame.hex() == WIRE["mailbox"][name]
+    assert decode_frame(frame).fields.map == decode(frame)

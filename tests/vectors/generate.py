@@ -4,7 +4,9 @@ Run ``PYTHONPATH=src python -m tests.vectors.generate`` (``--dial`` also records
 lone loopback ``dhtnode``). It writes ``wire.json`` (and ``dial.json``) next to this file;
 ``--channel`` rewrites only the ``channel`` section of an existing ``wire.json`` (every
 other vector, signatures included, stays byte for byte): ``python -m tests.vectors.generate
---channel --dial`` regenerates what the channel frames change.
+--channel --dial`` regenerates what the channel frames change. ``--mailbox`` likewise
+rewrites only the mailbox vectors (the descriptor value, the mailboxes key and the
+``mailbox`` frames, built around the stored envelope and ack values).
 The construction code is shared with ``tests/test_reference_vectors.py``.
 
 What is fixed, and how (everything else in a value then follows deterministically):
@@ -52,6 +54,7 @@ import cbor2
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from tierlink.identity import SIGNATURE_SIZE, Identity, kem_encapsulate
+from tierlink.mailbox import codec as mbcodec
 from tierlink.protocol import pmtu
 from tierlink.transport.channel import DEFAULT_WINDOW
 from tierlink.wire import ack as ackmod
@@ -82,7 +85,7 @@ SESSION_ID = bytes(range(0xA0, 0xB0))
 MESSAGE_IDS = (bytes(range(16)), bytes(range(16, 32)))
 ANSWER_LOCATOR = bytes(range(0xC0, 0xE0))
 """The locator the ``answer_key`` vector hashes (a real one is secret and per offer)."""
-SIGNED_KINDS = {0x01}
+SIGNED_KINDS = {0x01, 0x06}
 SEALED_SENDER_KINDS = {0x02, 0x04}
 BINDING_SECRET_KEY = bytes(range(0xC0, 0xE0))  # an offer secret's key
 EXPORTER = bytes(range(0xE0, 0x100))  # a connection's TLS exporter value
@@ -197,6 +200,10 @@ def builders(offers: dict[str, bytes]) -> Builders:
     def dec_record(v: bytes) -> Any:
         return PeerRecord.decode(v, now=NOW)
 
+    def dec_descriptor(v: bytes) -> dict[str, Any]:
+        d = mbcodec.open_descriptor(v, owner=a.fingerprint, now=NOW)
+        return {f.name: getattr(d, f.name) for f in dataclasses.fields(d) if f.name != "value"}
+
     return {
         "peer_record_public": (lambda: record("public", candidates(), bytes(range(32))),
                                dec_record),
@@ -215,6 +222,9 @@ def builders(offers: dict[str, bytes]) -> Builders:
             lambda: ackmod.create_ack(envmod.ack_token(a, b.fingerprint), MESSAGE_IDS, 3600.0,
                                       created_at_ms=T0),
             lambda v: ackmod.open_ack(v, envmod.ack_token(a, b.fingerprint), NOW)),
+        "mailbox_descriptor": (
+            lambda: mbcodec.create_descriptor(a, [b.fingerprint], 7 * 24 * 3600.0, now=T0),
+            dec_descriptor),
     }
 
 
@@ -289,13 +299,53 @@ def dht_keys(fingerprint: str) -> dict[str, str]:
         "answer_key": keys.answer_key(ANSWER_LOCATOR),
         "offline_queue_key": keys.offline_queue_key(fingerprint),
         "offline_acks_key": keys.offline_acks_key(envmod.ack_token(a, b.fingerprint)),
+        "mailboxes_key": keys.mailboxes_key(fingerprint),
     }
+
+
+#: Values a mailbox frame vector carries, by the name of their own vector: the document
+#: writes ``<value.NAME>`` for their bytes instead of repeating them.
+MAILBOX_EMBEDDED = ("mailbox_descriptor", "offline_envelope")
+
+
+def mailbox_frames(values: dict[str, bytes]) -> dict[str, str]:
+    """One frame of each mailbox type (mailbox/codec.py) between A (recipient of the
+    descriptor, depositor of the envelope) and mailbox B, around the stored ``values``
+    (mailbox_descriptor, offline_envelope, offline_ack) and handle 7."""
+    _a, b = identities()
+    desc, env, ack = (values[n] for n in ("mailbox_descriptor", "offline_envelope",
+                                          "offline_ack"))
+    frame = mbcodec.encode_frame
+    out = {
+        "register": mbcodec.register_frame(desc, {b.fingerprint}),
+        "register_open": mbcodec.register_frame(desc, None),
+        "revoke": frame(mbcodec.REVOKE),
+        "deposit": mbcodec.deposit_frame(b.fingerprint, MESSAGE_IDS[0], env),
+        "result_ok": mbcodec.result_frame(True, "", MESSAGE_IDS[0]),
+        "result_duplicate": mbcodec.result_frame(True, "duplicate", MESSAGE_IDS[0]),
+        "result_refused": mbcodec.result_frame(False, "full", MESSAGE_IDS[0]),
+        "result_revoked": mbcodec.result_frame(True, dropped=2),
+        "collect": frame(mbcodec.COLLECT),
+        "item": frame(mbcodec.ITEM, {1: 7, 2: env}),
+        "taken": frame(mbcodec.TAKEN, {1: 7, 2: ack}),
+        "taken_undeliverable": frame(mbcodec.TAKEN, {1: 7}),
+        "receipts_request": frame(mbcodec.RECEIPTS_REQ),
+        "receipts": mbcodec.receipts_frame([(MESSAGE_IDS[0], ack), (MESSAGE_IDS[1], None)]),
+        "done": frame(mbcodec.DONE, {1: list(MESSAGE_IDS)}),
+    }
+    return {name: f.hex() for name, f in out.items()}
+
+
+def stored_values(doc: dict[str, Any]) -> dict[str, bytes]:
+    """Every value of a wire.json document, as bytes."""
+    return {n: bytes.fromhex(v["value"]) for n, v in doc["values"].items()}
 
 
 def build_wire(kem: tuple[bytes, bytes]) -> dict[str, Any]:
     """The whole wire.json document."""
     a, b = identities()
     table = builders({})
+    values = {name: build_value(name, kem, table) for name in table}
     return {
         "inputs": {
             "T0": T0, "NOW": NOW, "session_id": SESSION_ID.hex(),
@@ -308,8 +358,9 @@ def build_wire(kem: tuple[bytes, bytes]) -> dict[str, Any]:
         },
         "identity_file_A": a.to_json(),
         "keys": dht_keys(a.fingerprint),
-        "values": {name: build_value(name, kem, table) for name in table},
+        "values": values,
         "channel": channel_frames(),
+        "mailbox": mailbox_frames({n: bytes.fromhex(v["value"]) for n, v in values.items()}),
         "raw_datagrams": "connection.RawDatagrams: the payload is the datagram, no framing",
         "pmtu": pmtu_vectors(kem),
     }
@@ -464,12 +515,18 @@ def _write(path: Path, doc: dict[str, Any]) -> None:
 
 
 def main() -> None:
-    """Write wire.json (reusing its KEM pair if present; ``--channel``: only its channel
-    section) and, with --dial, dial.json."""
+    """Write wire.json (reusing its KEM pair if present; ``--channel``, ``--mailbox``: only
+    those vectors) and, with --dial, dial.json."""
     _a, b = identities()
-    if "--channel" in sys.argv:
+    if "--channel" in sys.argv or "--mailbox" in sys.argv:
         doc = json.loads(WIRE_PATH.read_text())
-        doc["channel"] = channel_frames()
+        if "--channel" in sys.argv:
+            doc["channel"] = channel_frames()
+        if "--mailbox" in sys.argv:
+            doc["values"]["mailbox_descriptor"] = build_value(
+                "mailbox_descriptor", stored_kem(doc), builders({}))
+            doc["keys"]["mailboxes_key"] = dht_keys(_a.fingerprint)["mailboxes_key"]
+            doc["mailbox"] = mailbox_frames(stored_values(doc))
         _write(WIRE_PATH, doc)
     else:
         kem = (stored_kem(json.loads(WIRE_PATH.read_text())) if WIRE_PATH.exists()
