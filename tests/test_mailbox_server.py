@@ -194,6 +194,7 @@ async def test_a_deposit_repeated_after_a_lost_answer_is_stored_once(
     assert await deposit(server, a, b, value, mid) == (True, "")
     assert await deposit(server, a, b, value, mid) == (True, "duplicate")
     assert server.deposits == 1 and server.store.status()[0]["messages"] == 1
+    assert server.duplicates == 1
 
 
 async def test_forged_and_foreign_registrations_are_refused(tmp_path: Path, clock: Clock) -> None:

@@ -59,6 +59,8 @@ class MailboxServer:
         """Refused requests by reason (also logged)."""
         self.deposits = 0
         """Deposits stored (duplicates not counted)."""
+        self.duplicates = 0
+        """Deposits repeated after a lost answer, answered ok and not stored again."""
         self._collectors: dict[str, asyncio.Event] = {}
 
     def _now(self) -> int:
@@ -144,8 +146,10 @@ class MailboxServer:
             envelope = check_head(frame.value(3, "envelope"), KIND_ENVELOPE, MIN_SIZE)
         except RecordError as exc:
             return self._refuse(conn, exc)
-        if self.store.has(who, mid):
-            return result_frame(True, "duplicate", mid)  # a retry after a lost answer
+        if self.store.has(who, mid):  # a retry after a lost answer
+            self.duplicates += 1
+            log.info("mailbox already holds %s from %s…: stored once", mid.hex(), who[:16])
+            return result_frame(True, "duplicate", mid)
         registered, allow = self.store.registration(recipient, now)
         expires = int.from_bytes(envelope[2 + TIME_SIZE:2 + 2 * TIME_SIZE], "big")
         expires = min(expires, now + int(self.settings.retention_s * 1000))
