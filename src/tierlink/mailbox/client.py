@@ -156,8 +156,9 @@ class MailboxClient:
                 if recipient is not None and ack is not None:
                     await self.offline.check_acks(recipient, [ack])
                 elif recipient is not None:
-                    log.warning("message %s to %s… expired in mailbox %s… undelivered",
-                                mid.hex(), recipient[:16], mailbox[:16])
+                    log.warning("message %s to %s… left mailbox %s… undelivered (expired, or "
+                                "the recipient withdrew)", mid.hex(), recipient[:16],
+                                mailbox[:16])
                     self.offline.outbox.mark_expired(mid)
                 self.store.settled(mid)
                 settled.append(mid)
