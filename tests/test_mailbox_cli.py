@@ -163,6 +163,9 @@ async def test_a_recipient_unregisters_from_the_cli(switch: DhtSwitch, tmp_path:
         assert json.loads(out.stdout) == {"event": "unregistered", "mailbox": fps["m"],
                                           "dropped": 1}
         assert await status() == []
+        nobody = await run("mailbox", "unregister", "cd" * 64, *node("b"), "--timeout", "2")
+        assert nobody.returncode == 1 and nobody.stderr.startswith("tierlink: "), nobody.stderr
+        assert "Traceback" not in nobody.stderr
         again = await run("send", fps["b"], "after the revocation", *node("a"), "--timeout",
                           "2", "--wait", "0")
         assert json.loads(again.stdout)["state"] == "queued"  # refused: not-registered
