@@ -1,12 +1,15 @@
 """Server-reflexive and relay candidates from every configured STUN and TURN server at once.
 
-Each host socket asks every STUN server, and every TURN server is asked for an allocation
-(each transport of it: UDP, TCP, TLS), all in parallel. A dead or slow server never holds a
-dial up: once a kind of candidate (srflx, relay) has its first answer, the other servers of
-that kind get :attr:`ServerGathering.grace` more; a kind with no answer yet gets
-:attr:`ServerGathering.idle_grace` after the first answer of any kind (a host behind a
-UDP-blocking firewall has its TCP relay at once and gives up on STUN soon after); with no
-answer at all, everything stops at :attr:`ServerGathering.timeout`. In
+Each host socket asks every STUN server of its address family, and every TURN server is asked
+for an allocation (each transport of it: UDP, TCP, TLS; each address family the agent has
+host sockets in, for a server named by a host name), all in parallel. A server-reflexive
+candidate equal to its base (no NAT, as for most IPv6 hosts) is dropped as redundant.
+
+A dead or slow server never holds a dial up: once a kind of candidate (srflx, relay) has its
+first answer, the other servers of that kind get :attr:`ServerGathering.grace` more; a kind
+with no answer yet gets :attr:`ServerGathering.idle_grace` after the first answer of any
+kind (a host behind a UDP-blocking firewall has its TCP relay at once and gives up on STUN
+soon after); with no answer at all, everything stops at :attr:`ServerGathering.timeout`. In
 :attr:`ServerGathering.stats`, a server given up on once others had answered counts as
 *abandoned*, one given up on because nothing answered at all as *timed out*.
 
@@ -18,7 +21,9 @@ as its live allocation, which belongs to one ICE agent and is freed with it.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
+import socket
 from collections import Counter
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
@@ -27,12 +32,8 @@ from typing import Any
 from aioice import Candidate
 
 from tierlink.hostport import format_hostport
-from tierlink.transport.aioice_turn import (
-    SERVER_ERRORS,
-    HostSocket,
-    reflexive_candidate,
-    relay_candidate,
-)
+from tierlink.transport.aioice_gather import reflexive_candidate
+from tierlink.transport.aioice_turn import SERVER_ERRORS, HostSocket, relay_candidate
 from tierlink.transport.ice_servers import TurnServer
 
 log = logging.getLogger(__name__)
@@ -88,21 +89,29 @@ class ServerGathering:
         self, component: int, hosts: Sequence[HostSocket],
         protocol_factory: Callable[[], HostSocket],
     ) -> list[Found]:
-        """The srflx candidates of ``hosts`` (IPv4 ones) and a relay candidate per TURN
-        server and transport; servers that fail or are abandoned give none."""
+        """The srflx candidates of ``hosts`` and the relay candidates of every TURN server
+        and transport (see :func:`_families`); servers that fail or are abandoned give none.
+        A STUN server named by an address of one family is asked by the host sockets of
+        that family only; one named by a host name, by every host socket (resolved in the
+        socket's family)."""
         tasks: dict[asyncio.Task[Found], _Ask] = {}
         for host in hosts:
-            if ":" in host.local_candidate.host:
-                continue  # STUN over IPv6 is not asked (aioice resolves servers as IPv4)
+            family = _family(host.local_candidate.host)
             for stun in self.stun_servers:
-                ask = _Ask("srflx", "stun:" + format_hostport(*stun))
-                tasks[asyncio.ensure_future(_srflx(host, stun))] = ask
+                if _family(stun[0]) in (family, socket.AF_UNSPEC):
+                    ask = _Ask("srflx", "stun:" + format_hostport(*stun))
+                    tasks[asyncio.ensure_future(_srflx(host, stun))] = ask
+        host_families = {_family(h.local_candidate.host) for h in hosts}
         for turn in self.turn_servers:
-            coro = relay_candidate(
-                turn, component=component, protocol_factory=protocol_factory,
-                hide_related_address=self.relay_only, port_range=self.port_range,
-            )
-            tasks[asyncio.ensure_future(_relay(coro))] = _Ask("relay", turn.url)
+            for family in _families(turn.host, host_families):
+                coro = relay_candidate(
+                    turn, component=component, protocol_factory=protocol_factory,
+                    hide_related_address=self.relay_only, port_range=self.port_range,
+                    family=family,
+                )
+                url = turn.url + (" over IPv6" if family == socket.AF_INET6
+                                  and _family(turn.host) == socket.AF_UNSPEC else "")
+                tasks[asyncio.ensure_future(_relay(coro))] = _Ask("relay", url)
         self.stats.gathers += 1
         found: list[Found] = []
         try:
@@ -149,7 +158,7 @@ class ServerGathering:
                 self.stats.answered[ask.url] += 1
                 first.setdefault(ask.kind, loop.time())
                 candidate = task.result()
-                if not _duplicate(candidate[0], found):
+                if not _redundant(candidate[0], found):
                     found.append(candidate)
 
     def _deadline(self, kind: str, first: dict[str, float], start: float) -> float:
@@ -169,10 +178,34 @@ async def _relay(coro: Coroutine[Any, Any, tuple[Candidate, HostSocket]]) -> Fou
     return candidate, protocol
 
 
-def _duplicate(candidate: Candidate, found: list[Found]) -> bool:
-    """A server-reflexive candidate another server already gave for the same base."""
-    return candidate.type == "srflx" and any(
-        c.type == "srflx" and (c.host, c.port, c.related_port)
-        == (candidate.host, candidate.port, candidate.related_port)
+def _family(host: str) -> int:
+    """AF_INET / AF_INET6 for an address literal, AF_UNSPEC for a host name."""
+    try:
+        return socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
+    except ValueError:
+        return socket.AF_UNSPEC
+
+
+def _families(server: str, host_families: set[int]) -> list[int]:
+    """The address families a TURN server is asked over: a literal's own; for a host name,
+    each family this agent has host sockets in (a relay reaches only peers of its own
+    family, so a dual-stack agent wants one of each), or the name's first address when
+    there are none (relay only)."""
+    if _family(server) != socket.AF_UNSPEC:
+        return [_family(server)]
+    return sorted(host_families) or [socket.AF_UNSPEC]
+
+
+def _redundant(candidate: Candidate, found: list[Found]) -> bool:
+    """A server-reflexive candidate equal to its base (no NAT: an IPv6 host behind a
+    stateful firewall, an open IPv4 host), RFC 8445 section 5.1.3, or one another server
+    already gave for the same base."""
+    if candidate.type != "srflx":
+        return False
+    if (candidate.host, candidate.port) == (candidate.related_address, candidate.related_port):
+        return True
+    return any(
+        c.type == "srflx" and (c.host, c.port, c.related_address, c.related_port)
+        == (candidate.host, candidate.port, candidate.related_address, candidate.related_port)
         for c, _ in found
     )
