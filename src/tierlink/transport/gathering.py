@@ -1,9 +1,9 @@
 """Server-reflexive and relay candidates from every configured STUN and TURN server at once.
 
 Each host socket asks every STUN server of its address family, and every TURN server is asked
-for an allocation (each transport of it: UDP, TCP, TLS; each address family the agent has
-host sockets in, for a server named by a host name), all in parallel. A server-reflexive
-candidate equal to its base (no NAT, as for most IPv6 hosts) is dropped as redundant.
+for an allocation (each transport of it: UDP, TCP, TLS; over IPv4 or IPv6, see
+:func:`_turn_family`), all in parallel. A server-reflexive candidate equal to its base (no
+NAT, as for most IPv6 hosts) is dropped as redundant.
 
 A dead or slow server never holds a dial up: once a kind of candidate (srflx, relay) has its
 first answer, the other servers of that kind get :attr:`ServerGathering.grace` more; a kind
@@ -90,7 +90,8 @@ class ServerGathering:
         protocol_factory: Callable[[], HostSocket],
     ) -> list[Found]:
         """The srflx candidates of ``hosts`` and the relay candidates of every TURN server
-        and transport (see :func:`_families`); servers that fail or are abandoned give none.
+        and transport (see :func:`_turn_family`); servers that fail or are abandoned give
+        none.
         A STUN server named by an address of one family is asked by the host sockets of
         that family only; one named by a host name, by every host socket (resolved in the
         socket's family)."""
@@ -103,15 +104,12 @@ class ServerGathering:
                     tasks[asyncio.ensure_future(_srflx(host, stun))] = ask
         host_families = {_family(h.local_candidate.host) for h in hosts}
         for turn in self.turn_servers:
-            for family in _families(turn.host, host_families):
-                coro = relay_candidate(
-                    turn, component=component, protocol_factory=protocol_factory,
-                    hide_related_address=self.relay_only, port_range=self.port_range,
-                    family=family,
-                )
-                url = turn.url + (" over IPv6" if family == socket.AF_INET6
-                                  and _family(turn.host) == socket.AF_UNSPEC else "")
-                tasks[asyncio.ensure_future(_relay(coro))] = _Ask("relay", url)
+            coro = relay_candidate(
+                turn, component=component, protocol_factory=protocol_factory,
+                hide_related_address=self.relay_only, port_range=self.port_range,
+                family=_turn_family(turn.host, host_families),
+            )
+            tasks[asyncio.ensure_future(_relay(coro))] = _Ask("relay", turn.url)
         self.stats.gathers += 1
         found: list[Found] = []
         try:
@@ -186,14 +184,17 @@ def _family(host: str) -> int:
         return socket.AF_UNSPEC
 
 
-def _families(server: str, host_families: set[int]) -> list[int]:
-    """The address families a TURN server is asked over: a literal's own; for a host name,
-    each family this agent has host sockets in (a relay reaches only peers of its own
-    family, so a dual-stack agent wants one of each), or the name's first address when
-    there are none (relay only)."""
+def _turn_family(server: str, host_families: set[int]) -> int:
+    """The address family a TURN server is reached over: a literal's own; for a host name,
+    IPv4 if this agent has IPv4 host sockets, IPv6 if it has only IPv6 ones, else the name's
+    first address. The relayed address is IPv4 either way: aioice sends no
+    REQUESTED-ADDRESS-FAMILY, and RFC 8656 section 7.2 then allocates IPv4 (the family most
+    peers can reach; IPv6 peers have their direct pairs)."""
     if _family(server) != socket.AF_UNSPEC:
-        return [_family(server)]
-    return sorted(host_families) or [socket.AF_UNSPEC]
+        return _family(server)
+    if not host_families:
+        return socket.AF_UNSPEC
+    return socket.AF_INET if socket.AF_INET in host_families else socket.AF_INET6
 
 
 def _redundant(candidate: Candidate, found: list[Found]) -> bool:
