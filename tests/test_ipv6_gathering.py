@@ -101,13 +101,13 @@ async def test_between_dual_stack_agents_the_ipv6_pair_is_checked_first_and_sele
     a, b = await connect(IceConnection(controlling=True, host_addresses=DUAL),
                          IceConnection(controlling=False, host_addresses=DUAL))
     try:
+        await eventually(lambda: a.selected_pair() and b.selected_pair(), what="nomination")
         for ice in (a, b):
             prio = {c.host: c.priority for c in ice.local_candidates}
             assert prio["::1"] > prio["127.0.0.1"]
-            await eventually(lambda ice=ice: ice.selected_pair(), what="nomination")
-            local, remote = ice.selected_pair() or (None, None)
-            assert local is not None and remote is not None
-            assert (local.host, remote.host) == ("::1", "::1")
+            pair = ice.selected_pair()
+            assert pair is not None
+            assert (pair[0].host, pair[1].host) == ("::1", "::1")
     finally:
         await asyncio.gather(a.close(), b.close())
 
