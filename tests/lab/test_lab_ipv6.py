@@ -23,6 +23,8 @@ pytestmark = pytest.mark.lab
 
 ATTEMPTS = 3
 ICE_TIMEOUT = 8.0
+#: How many times a site's preset is probed before the cell is refused.
+PROBES = 3
 V4_SERVERS = [f"{INTERNET_IP}:{TURN_PORT}"]
 V6_SERVERS = [f"[{worlds.INTERNET_IP6}]:{TURN_PORT}"]
 
@@ -53,9 +55,10 @@ def run_cell(lab: Lab, a: str, b: str, *, ipv4: bool, server_addrs: list[str],
         for preset in (a, b):
             sites.append(lab.add_site(preset))
         for site in sites:
-            probe = lab.probe(site)
-            if not probe["ok"]:  # a lost probe reply on a loaded machine: probe once more
+            for _ in range(PROBES):  # probe replies get lost on a loaded machine: ask again
                 probe = lab.probe(site)
+                if probe["ok"]:
+                    break
             assert probe["ok"], json.dumps(probe)
         ends = [endpoint(s, ipv4) for s in sites]
         results = node_attempts(lab, ends[0], ends[1], turn, ATTEMPTS, ICE_TIMEOUT,
