@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import os
 import socket
 import time
@@ -16,6 +17,7 @@ from tests.waiting import eventually
 from tierlink.dht import DhtClient
 from tierlink.identity import Identity
 from tierlink.node import Node
+from tierlink.transport.address_watch import address_usable, address_watch
 from tierlink.transport.connection import Connection
 from tierlink.wire.dhtkeys import offers_key
 from tierlink.wire.signaling import (
@@ -123,7 +125,7 @@ async def test_a_dead_path_moves_to_a_new_pair_and_no_message_is_lost_or_doubled
         assert await ca.recv(10) == b"back"
 
         detected = ca.migration.last_suspect_at
-        gaps = [t2 - t1 for t1, t2 in zip(arrival, arrival[1:], strict=False)]
+        gaps = [t2 - t1 for t1, t2 in itertools.pairwise(arrival)]
         print(f"\nmigration: detection {(detected or 0) - faulted:.2f} s after the fault "
               f"(loop clock), restart {event['restart_ms']:.0f} ms after detection, "
               f"longest delivery gap {max(gaps):.2f} s, in flight {event['in_flight']} "
@@ -145,6 +147,43 @@ async def test_a_restart_on_a_healthy_path_keeps_the_connection(dht_node) -> Non
             assert await cb.recv(10) == b"m%d" % i
         assert cb.migration.stats()["restarts"]["started"] == 1
         assert ca.migration.stats()["restarts"]["answered"] == 1
+
+
+async def test_when_both_sides_restart_at_once_the_dialers_restart_wins(dht_node) -> None:
+    a, b = await _pair(dht_node)
+    async with a, b:
+        ca = await a.connect(b.fingerprint)
+        cb = await b.accept(timeout=10)
+        assert cb is not None
+        ca.migration.suspect("unanswered")
+        cb.migration.suspect("unanswered")
+        await eventually(lambda: ca.migration.changes and cb.migration.changes, 30,
+                         "both sides on the new path")
+        dialer, callee = ca.migration.stats(), cb.migration.stats()
+        assert dialer["restarts"]["started"] == callee["restarts"]["started"] == 1
+        assert dialer["restarts"]["succeeded"] == 1 and dialer["restarts"]["answered"] == 0
+        assert callee["restarts"]["yielded"] == 1 and callee["restarts"]["answered"] == 1
+        assert dialer["restarts_refused"] == {"conflict": 1}
+        assert ca.migration.changes == cb.migration.changes == 1
+        await ca.send(b"after")
+        assert await cb.recv(10) == b"after"
+
+
+def test_the_address_watch_reports_a_path_whose_address_is_gone() -> None:
+    async def run() -> list[str]:
+        watch = address_watch()
+        gone: list[str] = []
+        here = watch.watch(lambda: "127.0.0.1", lambda: gone.append("here"))
+        away = watch.watch(lambda: "192.0.2.1", lambda: gone.append("away"))  # TEST-NET-1
+        relayed = watch.watch(lambda: None, lambda: gone.append("relayed"))
+        watch.check()
+        for path in (here, away, relayed):
+            watch.unwatch(path)
+        assert not watch.listening
+        return gone
+
+    assert address_usable("127.0.0.1") and not address_usable("192.0.2.1")
+    assert asyncio.run(run()) == ["away"]
 
 
 async def _restart_values(spy: DhtClient, key: str, found: list[bytes]) -> None:

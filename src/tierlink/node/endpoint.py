@@ -36,7 +36,7 @@ class Endpoint:
         """Secure channels that failed to open (pin, binding proof, timeout, ...)."""
         self.restarts = PathRestarts(
             self.new_ice, self.describe, ice_timeout=config.ice_timeout,
-            answer_timeout=config.dial_timeout,
+            answer_timeout=config.dial_timeout, check_amplification=config.check_amplification,
         )
         """ICE restarts of the open connections' paths (:mod:`tierlink.node.migration`)."""
 

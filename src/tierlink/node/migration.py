@@ -138,6 +138,9 @@ class _Session:
         switched = False
         try:
             await ice.gather_candidates()
+            # As for an offer: checks to addresses the peer names stay within a budget (of
+            # the largest restart value: the real one is small, its candidates are not few).
+            ice.limit_unvalidated_checks(int(self.owner.check_amplification * MAX_RESTART_SIZE))
             await self._put(Restart(RESTART_ANSWER, offer.seq, self.owner.describe(ice)))
             switched = await self._connect(ice, offer.params, seq=offer.seq, initiated="peer",
                                            reason="peer")
@@ -180,9 +183,10 @@ class PathRestarts:
 
     def __init__(
         self, new_agent: NewAgent, describe: Describe, *, ice_timeout: float,
-        answer_timeout: float,
+        answer_timeout: float, check_amplification: float,
     ) -> None:
         self.new_agent = new_agent
+        self.check_amplification = check_amplification
         self.describe = describe
         self.ice_timeout = ice_timeout
         self.answer_timeout = answer_timeout

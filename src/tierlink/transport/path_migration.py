@@ -32,10 +32,11 @@ EVENT_BACKLOG = 64
 class PathWatch:
     """The dead-path detector of one pump, on one timer armed only while data is out."""
 
-    def __init__(self, on_suspect: Callable[[str], None]) -> None:
+    def __init__(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._detector = DeadPathDetector()
-        self._on_suspect = on_suspect
+        #: Called with ``"unanswered"`` each time the open path looks dead.
+        self.on_suspect: Callable[[str], None] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._pto = 0.0
         self.active = False
@@ -74,7 +75,8 @@ class PathWatch:
             return
         self._detector.declared(now, self._pto)
         self._timer = self._loop.call_at(self._detector.deadline or now, self._fire)
-        self._on_suspect("unanswered")
+        if self.on_suspect is not None:
+            self.on_suspect("unanswered")
 
     def reset(self) -> None:
         """A new path: nothing outstanding on it yet."""
@@ -82,8 +84,9 @@ class PathWatch:
         self._cancel()
 
     def stop(self) -> None:
-        """Stop watching (the connection closed)."""
+        """Stop watching for good (the connection closed)."""
         self.active = False
+        self.on_suspect = None
         self.reset()
 
     def _cancel(self) -> None:

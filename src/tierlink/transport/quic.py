@@ -12,15 +12,15 @@ it replaces ICE's consent checks) and probes the path MTU of a direct pair
 (:mod:`tierlink.transport.path_mtu`).
 
 aioquic's events reach its :class:`PumpListener` as tierlink's own transport events
-(:mod:`tierlink.protocol.channel_events`), the end of the connection included; the listener
-calls :meth:`QuicPump.mark_ready` once its own greeting completed.
+(:mod:`.quic_events`); the listener calls :meth:`QuicPump.mark_ready` once its own greeting
+completed. A dead path is noticed (:mod:`.path_migration`) and replaced under the same
+QUIC connection by :meth:`QuicPump.switch_path`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
 
 from aioquic.quic import events
 from aioquic.quic.configuration import QuicConfiguration
@@ -78,15 +78,9 @@ class QuicPump:
     """Pump, timers, liveness and teardown of one pinned QUIC connection over ICE."""
 
     def __init__(
-        self,
-        ice: IceConnection,
-        listener: PumpListener,
-        *,
-        config: QuicConfiguration,
-        peer_cert_sha256: bytes,
-        liveness_timeout: float,
-        started: PinnedQuicConnection | None = None,
-        probe_path_mtu: bool = True,
+        self, ice: IceConnection, listener: PumpListener, *, config: QuicConfiguration,
+        peer_cert_sha256: bytes, liveness_timeout: float,
+        started: PinnedQuicConnection | None = None, probe_path_mtu: bool = True,
     ) -> None:
         self._loop = asyncio.get_running_loop()
         self._ice = ice
@@ -115,9 +109,8 @@ class QuicPump:
         self._last_packet_size = MAX_DATAGRAM_SIZE  # what max_packet_size says once closed
         self._last_rtt = 0.0
         self._keys_announced = False
-        #: Called with a reason when the open path looks dead (see :mod:`.path_migration`).
-        self.on_path_suspect: Callable[[str], None] | None = None
-        self._watch = PathWatch(self._path_suspect)
+        #: Notices a dead path once open (set its ``on_suspect``: :mod:`.path_migration`).
+        self.path_watch = PathWatch()
 
     # -- state ------------------------------------------------------------------------------
     @property
@@ -146,7 +139,7 @@ class QuicPump:
         handles = (self._flush_handle, self._quic_timer, self._handshake_timer)
         own = sum(h is not None for h in handles)
         return (own + self._liveness.armed_timers + self._mtu.timer_armed
-                + self._watch.timer_armed)
+                + self.path_watch.timer_armed)
 
     @property
     def keepalives_sent(self) -> int:
@@ -198,7 +191,7 @@ class QuicPump:
             self._handshake_timer.cancel()
             self._handshake_timer = None
         self._liveness.start()
-        self._watch.active = True
+        self.path_watch.active = True
         stop_consent_checks(self._ice)
         self._ready.set_result(None)
         # Probe once what opened the channel (e.g. our HELLO) is on the wire (see _flush).
@@ -275,7 +268,7 @@ class QuicPump:
             self._quic.receive_datagram(data, QUIC_ADDR, now=now)
             if idle_deadline(self._quic) != idle:  # a packet decrypted: the peer is alive
                 self._liveness.heard(now)
-                self._watch.received(self._quic, now, in_flight)
+                self.path_watch.received(self._quic, now, in_flight)
             self._process(flush=False)
         except Exception as exc:  # a bug must close the channel, not vanish inside aioice
             self.close(f"internal error: {exc!r}", error_code=ERROR_PROTOCOL)
@@ -338,7 +331,7 @@ class QuicPump:
         except ConnectionError as exc:
             self.close(f"ICE path lost: {exc}", notify=False)
             return
-        self._watch.sent(quic, now)
+        self.path_watch.sent(quic, now)
         when = quic.get_timer()
         timer = self._quic_timer
         if timer is not None and (when is None or timer.when() != when):
@@ -356,10 +349,6 @@ class QuicPump:
             self._flush_handle = self._loop.call_soon(self._flush)
 
     # -- path migration -----------------------------------------------------------------------
-    def _path_suspect(self, reason: str) -> None:
-        if self.on_path_suspect is not None and not self.closed:
-            self.on_path_suspect(reason)
-
     def switch_path(self, ice: IceConnection) -> int:
         """Carry the connection over ``ice`` (connected) from now on (the caller closes the
         old agent). What depends on the path starts over (1200-byte packets until probed,
@@ -373,7 +362,7 @@ class QuicPump:
         self._mtu = self._mtu.renewed(ice)
         stop_consent_checks(ice)
         lost = reset_path(self._quic, self._loop.time(), self._mtu.packet_size)
-        self._watch.reset()
+        self.path_watch.reset()
         ice.set_datagram_handler(self._on_datagram, keep_reading=self._listener.keep_reading)
         self._quic.send_ping(0)
         self._probe_due = self._probe_path_mtu
@@ -415,8 +404,7 @@ class QuicPump:
         self._flush_handle = self._quic_timer = self._handshake_timer = None
         self._liveness.release()
         self._mtu.stop()
-        self._watch.stop()
-        self.on_path_suspect = None
+        self.path_watch.stop()
         if not self._ready.done():
             self._ready.set_exception(HandshakeFailed(reason))
         listener, self._listener = self._listener, DETACHED

@@ -225,7 +225,7 @@ class SecureChannel:
 
     def watch_path(self, on_suspect: Callable[[str], None] | None) -> None:
         """Call ``on_suspect("unanswered")`` whenever the open path looks dead."""
-        self._pump.on_path_suspect = on_suspect
+        self._pump.path_watch.on_suspect = on_suspect
 
     def switch_path(self, ice: IceConnection) -> int:
         """Continue over the connected ``ice`` (see :meth:`QuicPump.switch_path`)."""
