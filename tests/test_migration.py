@@ -34,9 +34,13 @@ from tierlink.wire.signaling import (
 def _sockets_bound_to(address: str, port: int) -> Iterator[socket.socket]:
     """Duplicates of this process's UDP sockets bound to ``(address, port)``."""
     for name in os.listdir("/proc/self/fd"):
-        fd = int(name)
         with contextlib.suppress(OSError):
-            sock = socket.socket(fileno=os.dup(fd))
+            fd = os.dup(int(name))
+            try:
+                sock = socket.socket(fileno=fd)
+            except OSError:  # not a socket
+                os.close(fd)
+                continue
             if sock.type == socket.SOCK_DGRAM and sock.getsockname()[:2] == (address, port):
                 yield sock
             else:
@@ -119,6 +123,7 @@ async def test_a_dead_path_moves_to_a_new_pair_and_no_message_is_lost_or_doubled
         assert ca.migration.suspects["unanswered"] >= 1
         stats = a.stats()["path_migration"]
         assert stats["path_changes"] >= 1 and stats["restarts_succeeded"] >= 1  # type: ignore[index]
+        assert stats["tier_changes"] == {"direct_to_direct": ca.migration.changes}  # type: ignore[index]
         assert b.stats()["path_migration"]["restarts_answered"] >= 1  # type: ignore[index]
         # and the connection still works both ways on the new path
         await cb.send(b"back")

@@ -197,6 +197,8 @@ class PathRestarts:
         sessions' keys opens it; ``oversize``, ``malformed``, ...), plus each session's
         refusals (``replay``, ``conflict``, ``unexpected``)."""
         self.listeners: list[PathListener] = []
+        self.tier_changes: Counter[str] = Counter()
+        """Path changes by the tiers they went from and to (``relay_to_direct``, ...)."""
 
     def attach(
         self, conn: Connection, secret: OfferSecret, dht: DhtClient, tasks: Supervisor
@@ -216,7 +218,8 @@ class PathRestarts:
             self.refused.update(stats["restarts_refused"])
 
     def emit(self, event: dict[str, Any]) -> None:
-        """Hand one path-change event to every listener."""
+        """Count one path change by tiers and hand it to every listener."""
+        self.tier_changes[f"{event['old_tier']}_to_{event['tier']}"] += 1
         for listener in list(self.listeners):
             listener(event)
 
@@ -250,4 +253,5 @@ class PathRestarts:
             refused.update(stats["restarts_refused"])
         names = ("path_changes", "restarts_started", "restarts_answered",
                  "restarts_succeeded", "restarts_failed", "restarts_yielded")
-        return {**{name: total[name] for name in names}, "restarts_refused": dict(refused)}
+        return {**{name: total[name] for name in names}, "restarts_refused": dict(refused),
+                "tier_changes": dict(self.tier_changes)}

@@ -324,12 +324,13 @@ class Connection:
         """Continue this connection over ``ice`` (connected, same peer: an ICE restart's
         agent) and close the old agent; the QUIC connection, the channel and its message
         ids go on. Tells :attr:`migration`'s listeners ``{"event": "path", "change": True,
-        "peer", "old_pair", "selected_pair", "path", "tier", "in_flight", **facts}``."""
+        "peer", "old_pair", "selected_pair", "old_tier", "path", "tier", "in_flight"
+        (packets sent again on the new path), **facts}``."""
         if not isinstance(self._transport, SecureChannel) or self.closed:
             await ice.close()
             raise ConnectionClosed("connection is closed" if self.closed
                                    else "a raw connection cannot change its path")
-        old, old_pair = self._ice, self.selected_pair
+        old, old_pair, old_tier = self._ice, self.selected_pair, self.tier
         in_flight = self._transport.switch_path(ice)
         self._ice, self.selected_pair = ice, describe_pair(ice)
         self._watchers[0].cancel()
@@ -337,7 +338,7 @@ class Connection:
         old.set_datagram_handler(None)
         await old.close()
         event = {"event": "path", "change": True, "peer": self.remote_fingerprint,
-                 "old_pair": old_pair, "selected_pair": self.selected_pair,
+                 "old_pair": old_pair, "selected_pair": self.selected_pair, "old_tier": old_tier,
                  "path": self.path_type, "tier": self.tier, "in_flight": in_flight, **facts}
         self.migration.changed(event)
         return event
