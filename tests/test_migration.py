@@ -12,9 +12,12 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import pytest
+
 from tests.nodes import config_for
 from tests.waiting import eventually
 from tierlink.dht import DhtClient
+from tierlink.errors import ConnectionClosed
 from tierlink.identity import Identity
 from tierlink.node import Node
 from tierlink.transport.address_watch import address_usable, address_watch
@@ -189,6 +192,27 @@ def test_the_address_watch_reports_a_path_whose_address_is_gone() -> None:
 
     assert address_usable("127.0.0.1") and not address_usable("192.0.2.1")
     assert asyncio.run(run()) == ["away"]
+
+
+async def test_without_a_new_path_the_connection_closes_at_the_liveness_timeout(
+    dht_node,
+) -> None:
+    a = Node(config_for(dht_node, liveness_timeout=4.0))
+    b = Node(config_for(dht_node, liveness_timeout=4.0))
+    await b.start()
+    await a.start()
+    async with a, b:
+        ca = await a.connect(b.fingerprint)
+        cb = await b.accept(timeout=10)
+        assert cb is not None
+        black_hole(cb)
+        await dht_node.stop()  # no signaling either: no restart can be exchanged
+        sending = ca.submit(b"never acknowledged")
+        await eventually(lambda: ca.closed and cb.closed, 30, "both sides closed")
+        assert ca.migration.stats()["restarts"]["started"] >= 1  # it was tried
+        assert ca.migration.changes == cb.migration.changes == 0
+        with pytest.raises(ConnectionClosed):
+            await sending
 
 
 async def _restart_values(spy: DhtClient, key: str, found: list[bytes]) -> None:

@@ -16,14 +16,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from tierlink.errors import ConnectionClosed, MessageTooLarge
 from tierlink.transport.aioice_adapter import IceConnection
 from tierlink.transport.channel import DATAGRAM_MAX_PAYLOAD, SecureChannel
 from tierlink.transport.ice import describe_pair, max_payload, path_of, tier_of
-from tierlink.transport.path_migration import Migration
+from tierlink.transport.path_migration import Migration, PathEvents
 from tierlink.transport.recv_queue import DEFAULT_CAPACITY, RecvQueue
 
 
@@ -309,8 +309,9 @@ class Connection:
         return await self._transport.recv_datagram(timeout)
 
     # -- path changes --------------------------------------------------------------------
-    def path_events(self) -> AsyncIterator[dict[str, Any]]:
-        """Every path change from now on (see :meth:`switch_path`), as it happens."""
+    def path_events(self) -> PathEvents:
+        """Every path change from this call on (see :meth:`switch_path`), as it happens;
+        ``aclose()`` the iterator when done."""
         return self.migration.events()
 
     @property

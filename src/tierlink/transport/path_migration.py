@@ -29,6 +29,25 @@ PathEventListener = Callable[[dict[str, Any]], None]
 EVENT_BACKLOG = 64
 
 
+class PathEvents(AsyncIterator[dict[str, Any]]):
+    """An async iterator of a connection's path-change events (see :meth:`Migration.events`)."""
+
+    def __init__(self, queues: list[asyncio.Queue[dict[str, Any]]]) -> None:
+        self._queues = queues
+        self._queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(EVENT_BACKLOG)
+        queues.append(self._queue)
+
+    async def __anext__(self) -> dict[str, Any]:
+        if self._queue not in self._queues:
+            raise StopAsyncIteration
+        return await self._queue.get()
+
+    async def aclose(self) -> None:
+        """Stop receiving events."""
+        if self._queue in self._queues:
+            self._queues.remove(self._queue)
+
+
 class PathWatch:
     """The dead-path detector of one pump, on one timer armed only while data is out."""
 
@@ -129,16 +148,10 @@ class Migration:
                 queue.get_nowait()  # a lagging reader loses the oldest event
             queue.put_nowait(event)
 
-    async def events(self) -> AsyncIterator[dict[str, Any]]:
-        """Every path-change event from now on, as it happens (ends when the consumer
-        stops iterating; the connection closing does not end it)."""
-        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(EVENT_BACKLOG)
-        self._queues.append(queue)
-        try:
-            while True:
-                yield await queue.get()
-        finally:
-            self._queues.remove(queue)
+    def events(self) -> PathEvents:
+        """Every path-change event from this call on, as it happens (the newest
+        ``EVENT_BACKLOG`` kept for a reader that lags); ``aclose()`` stops it."""
+        return PathEvents(self._queues)
 
     def stats(self) -> dict[str, Any]:
         """Counters, JSON-ready: ``path_changes``, ``path_suspects`` by reason, the restarts
