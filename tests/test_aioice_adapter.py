@@ -20,12 +20,14 @@ from tierlink.transport import (
     aioice_adapter,
     aioice_checks,
     aioice_consent,
+    aioice_gather,
     aioice_socket,
     aioice_transaction,
     aioice_turn,
 )
 from tierlink.transport.aioice_adapter import IceConnection
 from tierlink.transport.aioice_checks import ScheduledChecks
+from tierlink.transport.aioice_gather import machine_addresses
 from tierlink.transport.aioice_socket import RECV_BATCH
 
 #: The aioice methods IceConnection and its base ScheduledChecks override on purpose (each
@@ -56,7 +58,7 @@ async def test_private_names_resolve_on_the_installed_aioice() -> None:
     names = (
         aioice_adapter.PRIVATE_NAMES + aioice_checks.PRIVATE_NAMES
         + aioice_transaction.PRIVATE_NAMES + aioice_socket.PRIVATE_NAMES
-        + aioice_turn.PRIVATE_NAMES + aioice_consent.PRIVATE_NAMES
+        + aioice_turn.PRIVATE_NAMES + aioice_consent.PRIVATE_NAMES + aioice_gather.PRIVATE_NAMES
     )
     problems = missing(names, "aioice", instances)
     assert not problems, "aioice changed:\n" + "\n".join(problems)
@@ -122,13 +124,15 @@ async def test_gathering_is_restricted_to_the_allow_list() -> None:
         await conn.close()
 
 
-async def test_without_allow_list_gathering_is_aioices_default() -> None:
+async def test_without_allow_list_gathering_is_on_the_machines_reachable_addresses() -> None:
     conn = IceConnection(controlling=True)
     try:
         await conn.gather_candidates()
         hosts = [c.host for c in conn.local_candidates]
-        assert hosts == get_host_addresses(use_ipv4=True, use_ipv6=False)
-        assert "127.0.0.1" not in hosts
+        assert hosts == machine_addresses()
+        listed = get_host_addresses(use_ipv4=True, use_ipv6=False)
+        assert [h for h in hosts if ":" not in h] == [a for a in listed if a != "127.0.0.1"]
+        assert "127.0.0.1" not in hosts and "::1" not in hosts
     finally:
         await conn.close()
 

@@ -86,11 +86,8 @@ async def test_a_dead_stun_server_beside_a_live_one_does_not_hold_the_dial_up(
         assert stats.answered == {live: 2}
         assert stats.abandoned == {dead: 2}  # given up after the live answer, not timed out
         assert not stats.timed_out and not stats.failed
-        for ice in (a, b):
-            (host,) = [c for c in ice.local_candidates if c.type == "host"]
-            (srflx,) = [c for c in ice.local_candidates if c.type == "srflx"]
-            assert (srflx.host, srflx.port, srflx.related_port) == ("127.0.0.1", host.port,
-                                                                     host.port)
+        for ice in (a, b):  # the answer (the host's own address) is a redundant srflx
+            assert [c.type for c in ice.local_candidates] == ["host"]
         assert a.selected_pair() is not None
     finally:
         await asyncio.gather(a.close(), b.close())

@@ -3,10 +3,11 @@
 Run ``PYTHONPATH=src python -m tests.vectors.generate`` (``--dial`` also records a dial on a
 lone loopback ``dhtnode``). It writes ``wire.json`` (and ``dial.json``) next to this file;
 ``--channel`` rewrites only the ``channel`` section of an existing ``wire.json`` (every
-other vector, signatures included, stays byte for byte): ``python -m tests.vectors.generate
---channel --dial`` regenerates what the channel frames change. ``--mailbox`` likewise
-rewrites only the mailbox vectors (the descriptor value, the mailboxes key and the
-``mailbox`` frames, built around the stored envelope and ack values).
+other vector, signatures included, stays byte for byte), ``--new-values`` only adds the
+value vectors it lacks (a new value kind): ``python -m tests.vectors.generate
+--channel --dial`` regenerates what the channel frames change. ``--mailbox`` rewrites only
+the mailbox vectors (the descriptor value, the mailboxes key and the ``mailbox`` frames,
+built around the stored envelope and ack values).
 The construction code is shared with ``tests/test_reference_vectors.py``.
 
 What is fixed, and how (everything else in a value then follows deterministically):
@@ -222,10 +223,26 @@ def builders(offers: dict[str, bytes]) -> Builders:
             lambda: ackmod.create_ack(envmod.ack_token(a, b.fingerprint), MESSAGE_IDS, 3600.0,
                                       created_at_ms=T0),
             lambda v: ackmod.open_ack(v, envmod.ack_token(a, b.fingerprint), NOW)),
+        "restart_offer": (
+            lambda: sig.encode_restart(example_secret(), sig.TO_CALLEE, restart()),
+            lambda v: sig.decode_restart(v, example_secret(), sig.TO_CALLEE)),
         "mailbox_descriptor": (
             lambda: mbcodec.create_descriptor(a, [b.fingerprint], 7 * 24 * 3600.0, now=T0),
             dec_descriptor),
     }
+
+
+def example_secret() -> sig.OfferSecret:
+    """The offer secret of a dial of B by A in session SESSION_ID whose key is
+    BINDING_SECRET_KEY (the channel binding and restart examples)."""
+    a, b = identities()
+    return sig.OfferSecret(BINDING_SECRET_KEY, SESSION_ID, a.fingerprint, b.fingerprint)
+
+
+def restart() -> sig.Restart:
+    """A's first restart offer: new credentials and the candidates of ``params``."""
+    fresh = sig.SessionDescription("rstA", "restartpasswordofA0123", candidates()[:2])
+    return sig.Restart(sig.RESTART_OFFER, 1, fresh)
 
 
 def build_value(name: str, kem: tuple[bytes, bytes], table: Builders) -> dict[str, Any]:
@@ -253,9 +270,7 @@ def build_value(name: str, kem: tuple[bytes, bytes], table: Builders) -> dict[st
 def example_binding() -> ChannelBinding:
     """The binding of a dial of B by A in session SESSION_ID whose offer secret's key is
     BINDING_SECRET_KEY."""
-    a, b = identities()
-    return channel_binding(sig.OfferSecret(BINDING_SECRET_KEY, SESSION_ID, a.fingerprint,
-                                           b.fingerprint))
+    return channel_binding(example_secret())
 
 
 def channel_frames() -> dict[str, str]:
@@ -516,7 +531,8 @@ def _write(path: Path, doc: dict[str, Any]) -> None:
 
 def main() -> None:
     """Write wire.json (reusing its KEM pair if present; ``--channel``, ``--mailbox``: only
-    those vectors) and, with --dial, dial.json."""
+    those vectors; ``--new-values``: only the value vectors it lacks) and, with --dial,
+    dial.json."""
     _a, b = identities()
     if "--channel" in sys.argv or "--mailbox" in sys.argv:
         doc = json.loads(WIRE_PATH.read_text())
@@ -527,6 +543,16 @@ def main() -> None:
                 "mailbox_descriptor", stored_kem(doc), builders({}))
             doc["keys"]["mailboxes_key"] = dht_keys(_a.fingerprint)["mailboxes_key"]
             doc["mailbox"] = mailbox_frames(stored_values(doc))
+        _write(WIRE_PATH, doc)
+    elif "--new-values" in sys.argv:
+        doc = json.loads(WIRE_PATH.read_text())
+        table = builders({})
+        for name in table:
+            if name.startswith("offer_"):  # answers need their offers built first
+                build_value(name, stored_kem(doc), table)
+        for name in table:
+            if name not in doc["values"]:
+                doc["values"][name] = build_value(name, stored_kem(doc), table)
         _write(WIRE_PATH, doc)
     else:
         kem = (stored_kem(json.loads(WIRE_PATH.read_text())) if WIRE_PATH.exists()

@@ -7,12 +7,12 @@ line and exit status 2.
 from __future__ import annotations
 
 import argparse
-import ipaddress
 from collections.abc import Callable
 from pathlib import Path
 
 from tierlink.hostport import parse_hostport, parse_port
 from tierlink.identity import is_fingerprint
+from tierlink.transport.host_addresses import check_host_address
 from tierlink.transport.ice_servers import TurnUrl, parse_stun_url, parse_turn_url, tls_context
 
 #: The UDP port OpenDHT nodes listen on unless told otherwise.
@@ -132,12 +132,13 @@ def port_range(text: str) -> tuple[int, int]:
     return lo, hi
 
 
-def ip_address(text: str) -> str:
-    """An IPv4 or IPv6 address, normalised."""
+def host_address(text: str) -> str:
+    """``--host-address``: an IPv4 or IPv6 address of this host (``[v6]`` too), normalised;
+    not link-local, multicast or unspecified."""
     try:
-        return str(ipaddress.ip_address(text))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an IP address") from None
+        return check_host_address(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def fingerprint(text: str) -> str:

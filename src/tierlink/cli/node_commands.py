@@ -25,7 +25,7 @@ from tierlink.cli.argtypes import (
     ca_file,
     dht_address,
     fingerprint,
-    ip_address,
+    host_address,
     port_number,
     port_range,
     secret_file,
@@ -65,8 +65,10 @@ def add_node_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--turn-ca", type=ca_file, metavar="FILE",
                    help="CA certificates (PEM) to verify turns: servers against "
                         "(default: the system's)")
-    p.add_argument("--host-address", type=ip_address, action="append", dest="host_addresses",
-                   metavar="IP", help="gather host candidates only on these addresses")
+    p.add_argument("--host-address", type=host_address, action="append", dest="host_addresses",
+                   metavar="IP", help="gather host candidates only on these addresses, IPv4 "
+                                      "or IPv6 (repeatable; default: every global address, "
+                                      "temporary IPv6 ones rather than stable)")
     p.add_argument("--relay-only", action="store_true", help="connect only through TURN")
     p.add_argument("--port-range", type=port_range, metavar="LOW-HIGH",
                    help="bind ICE host sockets inside this UDP port range")

@@ -22,7 +22,6 @@ import asyncio
 import contextlib
 import ctypes
 import logging
-import os
 import shutil
 import signal
 import socket
@@ -33,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tierlink.dht.client import DhtClient
+from tierlink.dht.proc_sockets import bound_udp_port
 from tierlink.errors import DhtError, DhtNodeMissing, DhtUnavailable
 from tierlink.hostport import format_hostport
 
@@ -43,7 +43,6 @@ INSTALL_HINT = (
     "'sudo apt-get install dhtnode', or pass --dht-proxy URL to use an existing OpenDHT proxy"
 )
 _PR_SET_PDEATHSIG = 1
-_TCP_LISTEN = "0A"
 #: Starts with a freshly picked proxy port before giving up (a lost port race costs one).
 _PROXY_PORT_TRIES = 3
 #: What a node that cannot reach the DHT over UDP should do instead.
@@ -97,53 +96,6 @@ class DhtNodeCommand:
         if self.netns is not None:
             argv = ["ip", "netns", "exec", self.netns, *argv]
         return argv
-
-
-# -- what a child has bound ------------------------------------------------------------------
-def _socket_inodes(pid: int) -> set[str]:
-    inodes: set[str] = set()
-    with contextlib.suppress(OSError):
-        for fd in os.listdir(f"/proc/{pid}/fd"):
-            with contextlib.suppress(OSError):
-                target = os.readlink(f"/proc/{pid}/fd/{fd}")
-                if target.startswith("socket:["):
-                    inodes.add(target[8:-1])
-    return inodes
-
-
-def _table(pid: int, name: str) -> list[tuple[int, bool, str, str]]:
-    """(local port, remote unset, state, inode) of each socket in the child's namespace."""
-    rows: list[tuple[int, bool, str, str]] = []
-    with contextlib.suppress(OSError), open(f"/proc/{pid}/net/{name}") as f:
-        for line in f.readlines()[1:]:
-            cols = line.split()
-            if len(cols) < 10:
-                continue
-            port = int(cols[1].rpartition(":")[2], 16)
-            unset = set(cols[2].partition(":")[0]) == {"0"}
-            rows.append((port, unset, cols[3], cols[9]))
-    return rows
-
-
-def bound_udp_port(pid: int, proxy_port: int) -> tuple[int | None, bool]:
-    """(the DHT UDP port the child bound or None, whether someone else listens on the proxy
-    port). The UDP port is returned only once the child also listens on ``proxy_port``."""
-    mine = _socket_inodes(pid)
-    proxy_ours = proxy_taken = False
-    for name in ("tcp", "tcp6"):
-        for port, _, state, inode in _table(pid, name):
-            if port == proxy_port and state == _TCP_LISTEN:
-                if inode in mine:
-                    proxy_ours = True
-                else:
-                    proxy_taken = True
-    if not proxy_ours:
-        return None, proxy_taken
-    for name in ("udp", "udp6"):
-        ports = sorted(p for p, unset, _, inode in _table(pid, name) if unset and inode in mine)
-        if ports:
-            return ports[0], False
-    return None, False
 
 
 def wait_started(proc: subprocess.Popen[Any], proxy_port: int, timeout: float = 10.0) -> int:

@@ -55,9 +55,9 @@ def make_config(args: argparse.Namespace, data_dir: Path) -> Any:
     from tierlink.node import NodeConfig, TurnServer
 
     turn = []
-    if args.turn:
-        host, port = parse_hostport(args.turn)
-        turn = [TurnServer(host, port, args.turn_user, args.turn_password)]
+    for spec in args.turn:
+        host, port = parse_hostport(spec)
+        turn.append(TurnServer(host, port, args.turn_user, args.turn_password))
     if args.turn_tls:
         host, port = parse_hostport(args.turn_tls)
         turn.append(TurnServer(host, port, args.turn_user, args.turn_password,
@@ -67,7 +67,7 @@ def make_config(args: argparse.Namespace, data_dir: Path) -> Any:
         identity=Identity.generate(),
         dht_proxy=args.dht,
         host_addresses=args.host_address,
-        stun_servers=[parse_hostport(args.stun)] if args.stun else [],
+        stun_servers=[parse_hostport(s) for s in args.stun],
         turn_servers=turn,
         ice_timeout=args.ice_timeout,
         data_dir=data_dir,
@@ -217,8 +217,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--dht", required=True, help="DHT REST proxy URL")
         p.add_argument("--host-address", action="append", required=True,
                        help="repeatable (IPv4, IPv6)")
-        p.add_argument("--stun", default=None, help="ip:port")
-        p.add_argument("--turn", default=None, help="ip:port")
+        p.add_argument("--stun", action="append", default=[], help="ip:port (repeatable)")
+        p.add_argument("--turn", action="append", default=[], help="ip:port (repeatable)")
         p.add_argument("--turn-tls", default=None, help="ip:port of TURN over TLS")
         p.add_argument("--turn-ca", default=None, help="CA file that signed the TLS server")
         p.add_argument("--turn-user", default="lab")

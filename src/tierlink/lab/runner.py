@@ -143,12 +143,15 @@ def ice_attempt(lab: Lab, a: Endpoint, b: Endpoint, turn: bool, timeout: float) 
 
 def node_attempts(
     lab: Lab, a: Endpoint, b: Endpoint, turn: bool, attempts: int, timeout: float,
-    message_timeout: float = MESSAGE_TIMEOUT,
+    message_timeout: float = MESSAGE_TIMEOUT, servers: Sequence[str] | None = None,
 ) -> list[dict[str, Any]]:
     """``attempts`` Node dials from ``a`` to a callee at ``b`` (fingerprint via stdout), each
-    followed by one tiered message; every result says whether the callee received it."""
-    common = ["--dht", lab.dht_proxy, *_server_args(turn), "--ice-timeout", str(timeout)]
-    if turn:  # the Node also asks TURN over TLS on 443 (what a network without UDP allows)
+    followed by one tiered message; every result says whether the callee received it.
+    ``servers``: the peers' STUN/TURN options instead of the lab's IPv4 defaults."""
+    common = ["--dht", lab.dht_proxy, *(_server_args(turn) if servers is None else servers),
+              "--ice-timeout", str(timeout)]
+    # the Node also asks TURN over TLS on 443 (what a network without UDP allows)
+    if turn and servers is None:
         common += ["--turn-tls", f"{INTERNET_IP}:{TURN_TLS_PORT}",
                    "--turn-ca", str(lab.run.workdir / CA_FILE)]
     data = lab.run.workdir / f"peer-{secrets.token_hex(4)}"

@@ -71,17 +71,19 @@ def make_lab_ca(workdir: Path, server_ip: str) -> tuple[Path, Path, Path]:
     return paths
 
 
-def coturn_config(workdir: Path, listen_ip: str) -> str:
+def coturn_config(workdir: Path, listen_ip: str, listen_ip6: str | None = None) -> str:
     """coturn 4.6 configuration: lab address only, static user, UDP and TCP on 3478, TLS on
     443 (certificate from :func:`make_lab_ca`), no DTLS, no CLI.
 
     ``denied-peer-ip`` covers the LAN ranges and the CGN inside (shared address space):
     without it coturn closes a client's whole allocation when relaying to an unroutable LAN
-    host candidate fails.
+    host candidate fails. ``listen_ip6``: also listen and relay on this IPv6 address.
     """
+    v6 = [f"listening-ip={listen_ip6}", f"relay-ip={listen_ip6}"] if listen_ip6 else []
     return "\n".join([
         f"listening-ip={listen_ip}",
         f"relay-ip={listen_ip}",
+        *v6,
         f"listening-port={TURN_PORT}",
         f"tls-listening-port={TURN_TLS_PORT}",
         f"cert={workdir / 'turn-cert.pem'}",
@@ -124,18 +126,22 @@ def wait_listening(
     raise LabError(f"nothing listening on {proto} {address} in {ns} after {timeout} s")
 
 
-def start_coturn(lab: Run, ns: str, listen_ip: str) -> subprocess.Popen[str]:
+def start_coturn(
+    lab: Run, ns: str, listen_ip: str, listen_ip6: str | None = None
+) -> subprocess.Popen[str]:
     """Start coturn in the foreground (so we own its pid) and wait for its UDP, TCP and TLS
-    ports."""
+    ports (and UDP on ``listen_ip6``, if given)."""
     make_lab_ca(lab.workdir, listen_ip)
     conf = lab.workdir / "turnserver.conf"
-    conf.write_text(coturn_config(lab.workdir, listen_ip))
+    conf.write_text(coturn_config(lab.workdir, listen_ip, listen_ip6))
     log = (lab.workdir / "turnserver.out").open("w")
     proc = lab.spawn(ns, ["turnserver", "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT)
     log.close()
     wait_listening(ns, "udp", f"{listen_ip}:{TURN_PORT}", proc)
     wait_listening(ns, "tcp", f"{listen_ip}:{TURN_PORT}", proc)
     wait_listening(ns, "tcp", f"{listen_ip}:{TURN_TLS_PORT}", proc)
+    if listen_ip6:
+        wait_listening(ns, "udp", f"[{listen_ip6}]:{TURN_PORT}", proc)
     return proc
 
 

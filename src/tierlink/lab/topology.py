@@ -125,13 +125,13 @@ class Lab:
         sh(["ip", "-n", ns, "link", "set", "br0", "up"])
         r.address(ns, "br0", f"{INTERNET_IP}/24")
         r.address(ns, "br0", f"{INTERNET_ALT_IP}/24")
-        if self._want_turn:
-            start_coturn(r, ns, INTERNET_IP)
-        if self._want_dht:
-            start_dhtnode(r, ns, INTERNET_IP)
         r.sysctl(ns, "net.ipv6.conf.all.forwarding", "1")  # sites' IPv6 prefixes meet here
         for ip6 in (worlds.INTERNET_IP6, worlds.INTERNET_ALT_IP6):
             sh(["ip", "-n", ns, "-6", "addr", "add", f"{ip6}/64", "dev", "br0", "nodad"])
+        if self._want_turn:  # STUN and TURN over IPv6 too
+            start_coturn(r, ns, INTERNET_IP, worlds.INTERNET_IP6)
+        if self._want_dht:
+            start_dhtnode(r, ns, INTERNET_IP)
         start_probe_server(r, ns, (INTERNET_IP, INTERNET_ALT_IP, worlds.INTERNET_IP6,
                                    worlds.INTERNET_ALT_IP6))
 

@@ -34,7 +34,13 @@ from tierlink.transport.connection import Connection
 from tierlink.transport.ice import PathTally, run_checks, set_remote
 from tierlink.wire.dhtkeys import offers_key
 from tierlink.wire.records import now_ms
-from tierlink.wire.signaling import MAX_OFFER_LIFETIME_S, Offer, decode_offer, encode_answer
+from tierlink.wire.signaling import (
+    MAX_OFFER_LIFETIME_S,
+    Offer,
+    decode_offer,
+    encode_answer,
+    is_restart,
+)
 
 log = logging.getLogger(__name__)
 
@@ -146,10 +152,13 @@ class Answerer:
             listener = self.dht.listen(offers_key(self.identity.fingerprint))
             try:
                 async for value in listener:
-                    try:  # admission: the CPU budget gates the opening
+                    try:  # admission: the CPU budget gates the opening (restarts too)
                         self.admission.may_open(time.monotonic())
                     except RecordError as exc:
                         self.rejections[exc.reason] += 1
+                        continue
+                    if is_restart(value):  # a path restart of an open connection
+                        self.endpoint.restarts.receive(value)
                         continue
                     self.tasks.spawn(self._handle(value), "offer")
             finally:
@@ -244,4 +253,5 @@ class Answerer:
             self.checks_dropped += ice.checks_dropped
             self.paths.add(ice, connected=channel_open, peer=offer.signer)
         ms = (loop.time() - started) * 1000
-        return self.endpoint.adopt(ice, offer.signer, False, offer.session_id, ms, channel)
+        return self.endpoint.adopt(ice, offer.signer, False, offer.session_id, ms, channel,
+                                   (offer.secret, self.dht, self.tasks))

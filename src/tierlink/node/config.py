@@ -12,6 +12,7 @@ from tierlink.identity import Identity
 from tierlink.mailbox.policy import MailboxSettings
 from tierlink.node.admission import AdmissionLimits
 from tierlink.transport.channel import ChannelSettings
+from tierlink.transport.host_addresses import check_host_address
 from tierlink.transport.ice import IceSettings
 from tierlink.transport.ice_servers import TurnServer
 from tierlink.transport.recv_queue import DEFAULT_CAPACITY
@@ -40,6 +41,10 @@ class NodeConfig:
     ``mailbox_redundancy``: how many of a recipient's mailboxes a deposit goes to;
     ``mailbox_poll_interval``: how often receipts are fetched and failed deposits retried.
     ``mailbox_serve``: serve as a mailbox for others (None: do not).
+    ``host_addresses``: gather host candidates on exactly these (IPv4 or IPv6, normalised;
+    ValueError for link-local, multicast or unspecified ones); None: every address of the
+    machine a peer could reach (:mod:`tierlink.transport.host_addresses`), IPv6 too unless
+    ``use_ipv6`` is False.
     """
 
     identity: Identity
@@ -48,6 +53,7 @@ class NodeConfig:
     dht_port: int | None = None
     dht_no_rate_limit: bool = False
     host_addresses: list[str] | None = None
+    use_ipv6: bool = True
     stun_servers: list[tuple[str, int]] = field(default_factory=list)
     turn_servers: list[TurnServer] = field(default_factory=list)
     relay_only: bool = False
@@ -79,6 +85,10 @@ class NodeConfig:
     mailbox_descriptor_lifetime: float = 7 * 24 * 3600.0
     mailbox_serve: MailboxSettings | None = None
 
+    def __post_init__(self) -> None:
+        if self.host_addresses is not None:
+            self.host_addresses = [check_host_address(a) for a in self.host_addresses]
+
     def state_dir(self) -> Path:
         """Where the outbox and delivered log live (per identity)."""
         if self.data_dir is not None:
@@ -100,6 +110,7 @@ class NodeConfig:
         """The ICE part of the configuration."""
         return IceSettings(
             host_addresses=self.host_addresses,
+            use_ipv6=self.use_ipv6,
             stun_servers=tuple(self.stun_servers),
             turn_servers=tuple(self.turn_servers),
             relay_only=self.relay_only,

@@ -96,7 +96,8 @@ class Dialer:
             raise
         self.paths.add(ice, connected=True, peer=fingerprint)
         ms = (loop.time() - started) * 1000
-        return self.endpoint.adopt(ice, fingerprint, True, session, ms, channel)
+        return self.endpoint.adopt(ice, fingerprint, True, session, ms, channel,
+                                   (secret, self.dht, self.tasks))
 
     async def _exchange(
         self, ice: IceConnection, fingerprint: str, session: bytes, purpose: str, timeout: float

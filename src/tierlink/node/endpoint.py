@@ -7,8 +7,11 @@ dial's offer secret), and the set of open connections.
 
 from __future__ import annotations
 
+from tierlink.dht import DhtClient
 from tierlink.errors import HandshakeFailed
 from tierlink.node.config import NodeConfig
+from tierlink.node.migration import PathRestarts
+from tierlink.node.tasks import Supervisor
 from tierlink.transport.aioice_adapter import IceConnection
 from tierlink.transport.certs import LocalCertificate
 from tierlink.transport.channel import PreparedChannel, SecureChannel, open_channel
@@ -16,6 +19,9 @@ from tierlink.transport.connection import Connection
 from tierlink.transport.ice import IceSettings, local_infos
 from tierlink.wire.channel_frames import channel_binding
 from tierlink.wire.signaling import OfferSecret, SessionDescription
+
+#: What a connection's ICE restarts need: its dial's offer secret, the DHT, the node's tasks.
+RestartSignaling = tuple[OfferSecret, DhtClient, Supervisor]
 
 
 class Endpoint:
@@ -28,6 +34,11 @@ class Endpoint:
         self.connections: set[Connection] = set()
         self.handshakes_failed = 0
         """Secure channels that failed to open (pin, binding proof, timeout, ...)."""
+        self.restarts = PathRestarts(
+            self.new_ice, self.describe, ice_timeout=config.ice_timeout,
+            answer_timeout=config.dial_timeout, check_amplification=config.check_amplification,
+        )
+        """ICE restarts of the open connections' paths (:mod:`tierlink.node.migration`)."""
 
     def new_ice(self, controlling: bool) -> IceConnection:
         """A fresh ICE agent with this node's settings."""
@@ -92,13 +103,21 @@ class Endpoint:
 
     def adopt(
         self, ice: IceConnection, peer: str, initiator: bool, session: bytes, ms: float,
-        channel: SecureChannel | None,
+        channel: SecureChannel | None, restart: RestartSignaling | None = None,
     ) -> Connection:
-        """Wrap a connected ICE pair (and its channel) as a tracked :class:`Connection`."""
+        """Wrap a connected ICE pair (and its channel) as a tracked :class:`Connection`;
+        with ``restart`` (the dial's offer secret, the DHT and the node's tasks), a dead
+        path is replaced by an ICE restart (:mod:`tierlink.node.migration`)."""
         conn = Connection(
             ice, peer, initiator=initiator, session_id=session, connect_ms=ms,
             channel=channel, queue_capacity=self.config.queue_capacity,
-            on_close=self.connections.discard,
+            on_close=self._closed,
         )
         self.connections.add(conn)
+        if restart is not None:
+            self.restarts.attach(conn, *restart)
         return conn
+
+    def _closed(self, conn: Connection) -> None:
+        self.connections.discard(conn)
+        self.restarts.detach(conn)

@@ -361,10 +361,13 @@ class Node:
 
     def watch_paths(self, listener: PathListener) -> None:
         """Call ``listener`` with a path event for each ICE agent of this node that connects
-        (dialed or answered): see :meth:`tierlink.transport.ice.PathTally.add`."""
+        (dialed or answered): see :meth:`tierlink.transport.ice.PathTally.add`; and with a
+        ``path`` event carrying ``old_pair`` whenever a connection's path changes (see
+        :meth:`tierlink.transport.connection.Connection.switch_path`)."""
         parts = self._running()
         parts.dialer.paths.listeners.append(listener)
         parts.answerer.paths.listeners.append(listener)
+        self.endpoint.restarts.listeners.append(listener)  # path changes (ICE restarts)
 
     def _mailbox_stats(self) -> dict[str, object]:
         out: dict[str, object] = {}
@@ -392,6 +395,7 @@ class Node:
             "ice_checks_dropped": parts.answerer.checks_dropped if parts else 0,
             "ice_paths": (parts.dialer.paths.merged(parts.answerer.paths) if parts
                           else dict.fromkeys(PathTally.COUNTERS, 0)),
+            "path_migration": self.endpoint.restarts.stats(),
             "record_rejections": dict(self.records.rejected),
             "background_tasks": len(self._tasks),
             "loop_restarts": dict(self.loop_restarts),

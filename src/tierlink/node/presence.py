@@ -20,7 +20,7 @@ from tierlink.errors import TierlinkError
 from tierlink.identity import Identity, is_fingerprint
 from tierlink.node.config import NodeConfig
 from tierlink.node.endpoint import Endpoint
-from tierlink.transport.aioice_adapter import get_host_addresses
+from tierlink.transport.aioice_gather import machine_addresses
 from tierlink.transport.ice import local_infos
 from tierlink.wire.dhtkeys import ice_candidates_key
 from tierlink.wire.records import (
@@ -152,7 +152,7 @@ class Presence:
         """The addresses host candidates would be gathered on right now."""
         if self.config.host_addresses is not None:
             return frozenset(self.config.host_addresses)
-        return frozenset(get_host_addresses(use_ipv4=True, use_ipv6=False))
+        return frozenset(machine_addresses(self.config.use_ipv6))
 
     async def lookup(self, fingerprint: str, patience: float = 2.0) -> PeerRecord:
         """The newest valid record of ``fingerprint``, verified; PeerNotFound otherwise.

@@ -1,12 +1,14 @@
 """The one place tierlink touches aioice's internals (with :mod:`.aioice_socket`,
-:mod:`.aioice_turn`, :mod:`.aioice_checks` and :mod:`.aioice_transaction`).
+:mod:`.aioice_gather`, :mod:`.aioice_turn`, :mod:`.aioice_checks` and
+:mod:`.aioice_transaction`).
 
 aioice (0.13.0, pinned exactly) gathers host candidates from every interface except
 127.0.0.1, queues every received datagram in an unbounded ``asyncio.Queue`` and sends through
 a coroutine. tierlink needs what it does not offer publicly:
 
-* gathering restricted to an allow-list of local addresses (loopback included), and host
-  sockets bound inside a port range;
+* gathering on an allow-list of local addresses (loopback included) or on tierlink's own
+  listing (global IPv6, temporary addresses first), with host sockets bound inside a port
+  range and at most what an offer carries: :mod:`.aioice_gather`;
 * a synchronous receive callback (the QUIC pump and the bounded receive queue sit behind it),
   with batched reads of the nominated socket (:class:`~.aioice_socket.BatchReader`);
 * a synchronous send on the nominated pair, and the nominated pair itself;
@@ -24,41 +26,37 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-import random
 import socket
 from collections.abc import Awaitable, Callable, Sequence
 
 from aioice import Candidate, TransportPolicy, stun
-from aioice.candidate import candidate_foundation, candidate_priority
-from aioice.ice import (
-    CandidatePair,
-    StunProtocol,
-    get_host_addresses,
-    server_reflexive_candidate,
-)
+from aioice.ice import CandidatePair, StunProtocol
 
 from tierlink.protocol.nomination import GraceSettings
 from tierlink.transport.aioice_checks import DEFAULT_CHECK_INTERVAL, ScheduledChecks
+from tierlink.transport.aioice_gather import (
+    bind_in_range,
+    keep_within_budget,
+    machine_addresses,
+    reflexive_candidate,
+    set_local_preferences,
+)
 from tierlink.transport.aioice_socket import BatchReader, Source, SourceGate, udp_socket
 from tierlink.transport.aioice_socket import forbid_fragmentation as _forbid_fragmentation
 
-__all__ = ["PRIVATE_NAMES", "IceConnection", "get_host_addresses"]
+__all__ = ["PRIVATE_NAMES", "IceConnection"]
 
 #: aioice names this module relies on that aioice (0.13.0) does not export; a trailing
 #: ``(...)`` lists the parameters a called or overridden function must still take.
 PRIVATE_NAMES: tuple[str, ...] = (
-    # node.py lists the machine's addresses the way aioice does (re-exported here)
-    "aioice.ice.get_host_addresses(use_ipv4, use_ipv6)",
     # overridden: aioice calls them on itself
     "aioice.ice.Connection.get_component_candidates(component, addresses, timeout)",
     "aioice.ice.Connection.data_received(data, component)",
     # get_component_candidates() with a port range: aioice's host gathering, redone
     "aioice.ice.Connection._protocols",
+    "aioice.ice.Connection.stun_server",
     "aioice.ice.StunProtocol(receiver)",
     "aioice.ice.StunProtocol.local_candidate",
-    "aioice.ice.server_reflexive_candidate(protocol, stun_server)",
-    "aioice.candidate.candidate_foundation(candidate_type, candidate_transport, base_address)",
-    "aioice.candidate.candidate_priority(candidate_component, candidate_type, local_pref)",
     # gather_candidates() with an allow-list: aioice's gathering without listing interfaces
     "aioice.ice.Connection._local_candidates_start",
     "aioice.ice.Connection._local_candidates",
@@ -108,7 +106,7 @@ class IceConnection(ScheduledChecks):
         turn_username: str | None = None,
         turn_password: str | None = None,
         relay_only: bool = False,
-        use_ipv6: bool = False,
+        use_ipv6: bool = True,
         local_username: str | None = None,
         local_password: str | None = None,
         check_interval: float = DEFAULT_CHECK_INTERVAL,
@@ -135,6 +133,7 @@ class IceConnection(ScheduledChecks):
         self._tl_port_range = port_range
         self._tl_allowed = list(host_addresses) if host_addresses is not None else None
         self._tl_relay_only = relay_only
+        self._tl_use_ipv6 = use_ipv6
         self._tl_batch_receive = batch_receive
         self._tl_handler: DatagramHandler | None = None
         self._tl_keep_reading: Callable[[], bool] | None = None
@@ -150,27 +149,35 @@ class IceConnection(ScheduledChecks):
 
     # -- gathering ------------------------------------------------------------------------
     async def gather_candidates(self) -> None:
-        """Gather local candidates; with an allow-list, on exactly those addresses.
+        """Gather local candidates on the allow-list, or on :func:`machine_addresses`.
 
-        Follows aioice/ice.py ``Connection.gather_candidates`` (lines 568-595). Differs only
-        with an allow-list (and the default policy): aioice first lists every interface of
-        the machine (ifaddr, about 0.2 ms, measured), whose result the allow-list replaces;
-        a dial gathers twice on its critical path, so that listing is skipped here. With
-        ``servers``, their candidates join the host ones (:meth:`_tl_gather_servers`). Every
-        socket gathered on is then watched by the source gate (see :meth:`data_received`).
+        Follows aioice/ice.py ``Connection.gather_candidates`` (lines 568-595). Differs: the
+        addresses are the allow-list or tierlink's own listing (IPv6 global and temporary
+        first, see :mod:`.host_addresses`), never aioice's; host candidates carry that
+        module's local preference; with ``servers``, their candidates join the host ones
+        (:meth:`_tl_gather_servers`); the candidates beyond what a session description may
+        carry are dropped with their sockets (:func:`.keep_within_budget`). Every socket kept
+        is then watched by the source gate (see :meth:`data_received`).
         """
         first = not self._local_candidates_start
-        if self._tl_allowed is None or self._tl_relay_only:
+        if self._tl_relay_only:
             await super().gather_candidates()
-        elif not self._local_candidates_start:
+        elif first:
             self._local_candidates_start = True
+            addresses = self._tl_allowed
+            if addresses is None:
+                addresses = machine_addresses(self._tl_use_ipv6)
             for component in self._components:
                 self._local_candidates += await self.get_component_candidates(
-                    component=component, addresses=list(self._tl_allowed)
+                    component=component, addresses=list(addresses)
                 )
             self._local_candidates_end = True
         if first and self._tl_servers is not None:
             await self._tl_gather_servers(self._tl_servers)
+        if first:
+            self._local_candidates, self._protocols = keep_within_budget(
+                self._local_candidates, self._protocols
+            )
         for protocol in self._protocols:  # every local socket and TURN allocation
             self._tl_gate.watch(protocol)
 
@@ -187,61 +194,35 @@ class IceConnection(ScheduledChecks):
     async def get_component_candidates(
         self, component: int, addresses: list[str], timeout: int = 5
     ) -> list[Candidate]:
-        """Gather one component's candidates on the allow-list, inside ``port_range`` if set.
+        """Gather one component's host candidates on ``addresses``, inside ``port_range``
+        if set, each with its local preference (:func:`.set_local_preferences`).
 
-        aioice's public ``gather_candidates`` (aioice/ice.py ``Connection.gather_candidates``,
-        lines 568-595) calls this with every host address but 127.0.0.1, or none under the
-        relay policy; with an allow-list, the allow-list replaces them (relay policy: still
-        none). Host and server-reflexive candidates come from our sockets when a port range
-        is set; a TURN allocation (its client socket is not in the range) still comes from
-        aioice.
+        Without a range, aioice's own gathering (aioice/ice.py
+        ``Connection.get_component_candidates``, lines 1137-1218) binds the sockets; its
+        srflx and TURN part (the one ``stun_server`` and ``turn_server`` given to the
+        constructor) runs as aioice's, with a range called with no host address.
         """
-        if self._tl_allowed is not None and not self._tl_relay_only:
-            addresses = list(self._tl_allowed)
+        addresses = [str(ipaddress.ip_address(a)) for a in addresses]
         if self._tl_port_range is None or not addresses:
-            return list(await super().get_component_candidates(component, addresses, timeout))
-        # Follows aioice/ice.py Connection.get_component_candidates (lines 1137-1218) for the
-        # host and srflx part. Differs: host sockets bind to a free port of the range
-        # (_tl_bind_in_range), keep the kernel's SO_RCVBUF (aioice sets its TURN buffer size),
-        # and the candidate carries the address asked for, not getsockname()'s; the TURN part
-        # is aioice's own, called with no host address.
-        protocols = [await self._tl_bind_in_range(component, a) for a in addresses]
+            found = await super().get_component_candidates(component, addresses, timeout)
+            set_local_preferences(found, addresses)
+            return list(found)
+        factory = lambda: StunProtocol(self)  # noqa: E731
+        protocols = [await bind_in_range(factory, component, a, self._tl_port_range)
+                     for a in addresses]
         self._protocols += protocols
         candidates = [p.local_candidate for p in protocols]
-        tasks = [
-            asyncio.ensure_future(server_reflexive_candidate(p, self.stun_server))
-            for p in protocols
-            if self.stun_server and ipaddress.ip_address(p.local_candidate.host).version == 4
-        ]
+        set_local_preferences(candidates, addresses)
+        stun_server = self.stun_server
+        tasks = [asyncio.ensure_future(reflexive_candidate(p, stun_server))
+                 for p in protocols if stun_server]
         relayed = await super().get_component_candidates(component, [], timeout)
         if tasks:
             done, pending = await asyncio.wait(tasks, timeout=timeout)
-            candidates += [t.result()[0] for t in done if t.exception() is None]
+            candidates += [t.result() for t in done if t.exception() is None]
             for t in pending:
                 t.cancel()
         return candidates + list(relayed)
-
-    async def _tl_bind_in_range(self, component: int, address: str) -> StunProtocol:
-        assert self._tl_port_range is not None
-        low, high = self._tl_port_range
-        loop = asyncio.get_running_loop()
-        ports = list(range(low, high + 1))
-        random.shuffle(ports)
-        for port in ports:
-            try:
-                _, protocol = await loop.create_datagram_endpoint(
-                    lambda: StunProtocol(self), local_addr=(address, port)
-                )
-            except OSError:
-                continue
-            protocol.local_candidate = Candidate(
-                foundation=candidate_foundation("host", "udp", address),
-                component=component, transport="udp",
-                priority=candidate_priority(component, "host"),
-                host=address, port=port, type="host",
-            )
-            return protocol
-        raise OSError(f"no free UDP port on {address} in the range {low}-{high}")
 
     # -- the check budget -------------------------------------------------------------------
     def limit_unvalidated_checks(self, budget: int) -> None:

@@ -1,5 +1,5 @@
-"""Server-reflexive and relay candidates from one server each: the aioice adapter's part
-for STUN and TURN (with :mod:`.aioice_adapter` and :mod:`.aioice_socket`).
+"""Relay candidates from one TURN server each: the aioice adapter's part for TURN (with
+:mod:`.aioice_adapter` and :mod:`.aioice_socket`; STUN is :mod:`.aioice_gather`'s).
 
 aioice asks one STUN and one TURN server per connection, and its TURN client socket is
 bound wherever the kernel likes. Here a TURN allocation is made on a socket tierlink binds
@@ -20,7 +20,7 @@ from collections.abc import Callable
 
 from aioice import Candidate, stun
 from aioice.candidate import candidate_foundation, candidate_priority
-from aioice.ice import StunProtocol, server_reflexive_candidate
+from aioice.ice import StunProtocol
 from aioice.turn import (
     DEFAULT_ALLOCATION_LIFETIME,
     DEFAULT_CHANNEL_REFRESH_TIME,
@@ -36,7 +36,6 @@ __all__ = [
     "PRIVATE_NAMES",
     "SERVER_ERRORS",
     "HostSocket",
-    "reflexive_candidate",
     "relay_candidate",
 ]
 
@@ -45,7 +44,6 @@ __all__ = [
 PRIVATE_NAMES: tuple[str, ...] = (
     "aioice.ice.StunProtocol.local_candidate",
     "aioice.stun.TransactionError",
-    "aioice.ice.server_reflexive_candidate(protocol, stun_server)",
     "aioice.candidate.candidate_foundation(candidate_type, candidate_transport, base_address)",
     "aioice.candidate.candidate_priority(candidate_component, candidate_type, local_pref)",
     # aioice/turn.py create_turn_endpoint, redone on a socket we bind
@@ -71,16 +69,10 @@ SERVER_ERRORS: tuple[type[Exception], ...] = (OSError, stun.TransactionError, Va
 _RELAY_PREFERENCE = {"udp": 65535, "tcp": 32767, "tls": 16383}
 
 
-async def reflexive_candidate(host: HostSocket, server: tuple[str, int]) -> Candidate:
-    """The server-reflexive candidate of ``host`` as ``server`` sees it (aioice's Binding
-    request, retransmitted until answered or cancelled)."""
-    candidate, _ = await server_reflexive_candidate(host, server)
-    return candidate
-
-
 async def relay_candidate(
     server: TurnServer, *, component: int, protocol_factory: Callable[[], HostSocket],
     hide_related_address: bool, port_range: tuple[int, int] | None,
+    family: int = socket.AF_UNSPEC,
 ) -> tuple[Candidate, HostSocket]:
     """Allocate a relay on ``server`` over its transport; (relay candidate, its protocol).
 
@@ -88,12 +80,14 @@ async def relay_candidate(
     ``relayed_candidate`` (lines 105-150). Differs: the client socket is bound here (inside
     ``port_range`` if set), TLS verifies the server against ``server.ssl_context()`` with
     its host name, the credentials are made per allocation (time-limited ones fresh), and
-    the candidate's priority prefers UDP relays over TCP over TLS.
+    the candidate's priority prefers UDP relays over TCP over TLS. ``family``: the address
+    family to reach the server over (its relayed address is of that family too); by default
+    the first address the server's name resolves to.
     """
     loop = asyncio.get_running_loop()
     stream = server.transport != "udp"
     kind = socket.SOCK_STREAM if stream else socket.SOCK_DGRAM
-    infos = await loop.getaddrinfo(server.host, server.port, type=kind)
+    infos = await loop.getaddrinfo(server.host, server.port, family=family, type=kind)
     if not infos:
         raise OSError(f"cannot resolve TURN server {server.host}")
     family, _, _, _, address = infos[0]

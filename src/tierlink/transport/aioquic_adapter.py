@@ -28,6 +28,10 @@ needs:
   has no PMTUD;
 * keeping a flight sent in the signaling out of the RTT estimate (``_loss``'s sent packets,
   ``_time_of_last_sent_ack_eliciting_packet``, ``_rtt_initialized``);
+* moving the connection to a new ICE path (:func:`reset_path`): the packets in flight
+  declared lost (``_loss._on_packets_lost``), a new congestion controller and pacer, the
+  RTT estimate and PTO backoff forgotten; and, to notice a dead path, the bytes in flight
+  and the probe timeout (``_loss.bytes_in_flight``, ``_loss.get_probe_timeout``);
 * reading a client's first Initial packet (``aioquic.quic.packet.pull_quic_header`` on an
   ``aioquic.buffer.Buffer``) to create the server for it, as aioquic's own asyncio server does.
 
@@ -44,6 +48,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -54,6 +59,7 @@ from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
 from aioquic.quic.events import ConnectionTerminated
 from aioquic.quic.packet import QuicPacketType, pull_quic_header
+from aioquic.quic.recovery import QuicPacketPacer
 from cryptography.hazmat.primitives import hashes
 
 #: aioquic names this module relies on that are not its documented API; a trailing ``(...)``
@@ -102,6 +108,18 @@ PRIVATE_NAMES: tuple[str, ...] = (
     "aioquic.quic.packet.QuicPacketType.INITIAL",
     # idle_deadline(): re-armed by every packet that decrypts (RFC 9000 section 10.1)
     "aioquic.quic.connection.QuicConnection._close_at",
+    # bytes_in_flight(), probe_timeout(), reset_path(): path migration
+    "aioquic.quic.recovery.QuicPacketRecovery.bytes_in_flight",
+    "aioquic.quic.recovery.QuicPacketRecovery.get_probe_timeout(include_max_ack_delay)",
+    "aioquic.quic.recovery.QuicPacketRecovery._on_packets_lost("
+    "congestion_event, now, packets, persistent_congestion, space)",
+    "aioquic.quic.recovery.QuicPacketRecovery._pto_count",
+    "aioquic.quic.recovery.QuicPacketRecovery._rtt_latest",
+    "aioquic.quic.recovery.QuicPacketRecovery._rtt_min",
+    "aioquic.quic.recovery.QuicPacketRecovery._rtt_variance",
+    "aioquic.quic.recovery.QuicPacketPacer(max_datagram_size)",
+    "aioquic.quic.congestion.cubic.CubicCongestionControl(max_datagram_size)",
+    "aioquic.quic.congestion.reno.RenoCongestionControl(max_datagram_size)",
 )
 
 #: The largest packet aioquic can build: it writes STREAM and CRYPTO frame lengths as 2-byte
@@ -319,3 +337,39 @@ def smoothed_rtt(quic: QuicConnection) -> float:
     sample), read from ``QuicConnection._loss._rtt_smoothed``."""
     rtt: float = quic._loss._rtt_smoothed
     return rtt
+
+
+def bytes_in_flight(quic: QuicConnection) -> int:
+    """Bytes of sent packets that count as in flight (ack-eliciting or padded) and were
+    neither acknowledged nor declared lost; 0 when nothing is outstanding."""
+    sent: int = quic._loss.bytes_in_flight
+    return sent
+
+
+def probe_timeout(quic: QuicConnection) -> float:
+    """The connection's probe timeout (RFC 9002 section 6.2.1), seconds."""
+    pto: float = quic._loss.get_probe_timeout(include_max_ack_delay=True)
+    return pto
+
+
+def reset_path(quic: QuicConnection, now: float, size: int) -> int:
+    """Start over on a new path (RFC 9000 section 9.4): every packet in flight on the old
+    one is declared lost without a congestion event (its data is retransmitted by the next
+    ``datagrams_to_send``), the congestion controller and pacer are new ones for packets of
+    ``size`` bytes, the RTT estimate and the PTO backoff are forgotten. Returns how many
+    packets were in flight."""
+    loss = quic._loss
+    lost = 0
+    for space in loss.spaces:
+        packets = list(space.sent_packets.values())
+        if packets:
+            lost += len(packets)
+            loss._on_packets_lost(congestion_event=False, now=now, packets=packets, space=space)
+    quic._max_datagram_size = size
+    loss._cc = type(loss._cc)(max_datagram_size=size)
+    loss._pacer = QuicPacketPacer(max_datagram_size=size)
+    loss._pto_count = 0
+    loss._rtt_initialized = False
+    loss._rtt_latest = loss._rtt_smoothed = loss._rtt_variance = 0.0
+    loss._rtt_min = math.inf
+    return lost

@@ -23,6 +23,7 @@ from tierlink.errors import ConnectionClosed, MessageTooLarge
 from tierlink.transport.aioice_adapter import IceConnection
 from tierlink.transport.channel import DATAGRAM_MAX_PAYLOAD, SecureChannel
 from tierlink.transport.ice import describe_pair, max_payload, path_of, tier_of
+from tierlink.transport.path_migration import Migration, PathEvents
 from tierlink.transport.recv_queue import DEFAULT_CAPACITY, RecvQueue
 
 
@@ -161,6 +162,11 @@ class Connection:
         )
         self._on_close = on_close
         self._closing: asyncio.Task[None] | None = None
+        #: Path changes of this connection: counters, listeners, events (secure only: a
+        #: raw connection has no QUIC layer to carry over to a new path).
+        self.migration = Migration(is_dialer=initiator)
+        if channel is not None:
+            channel.watch_path(self.migration.suspect)
         self._watchers = [
             asyncio.create_task(self._watch_ice(), name="tierlink-ice-watch"),
             asyncio.create_task(self._watch_transport(), name="tierlink-transport-watch"),
@@ -218,8 +224,9 @@ class Connection:
     @property
     def direct_ms(self) -> float | None:
         """When the final, direct pair carried the connection (ms, like ``connect_ms``);
-        None on the relay. The selected pair never changes (regular nomination: see
-        :mod:`tierlink.protocol.nomination`), so on a direct path it is ``connect_ms``."""
+        None on the relay. Nomination never moves a connection from the relay to a direct
+        pair (regular nomination: see :mod:`tierlink.protocol.nomination`), so on a direct
+        path it is ``connect_ms``; a path change (:attr:`migration`) starts a new path."""
         return self.connect_ms if self.tier == "direct" else None
 
     def path_report(self) -> dict[str, Any]:
@@ -233,6 +240,7 @@ class Connection:
             "connect_ms": round(self.connect_ms, 2),
             "direct_ms": None if self.direct_ms is None else round(self.direct_ms, 2),
             "ice": self._ice.check_report(),
+            **self.migration.stats(),
         }
 
     def stats(self) -> dict[str, Any]:
@@ -299,6 +307,42 @@ class Connection:
     async def recv_datagram(self, timeout: float | None = None) -> bytes | None:
         """Next datagram, with the same timeout rules as :meth:`recv`."""
         return await self._transport.recv_datagram(timeout)
+
+    # -- path changes --------------------------------------------------------------------
+    def path_events(self) -> PathEvents:
+        """Every path change from this call on (see :meth:`switch_path`), as it happens;
+        ``aclose()`` the iterator when done."""
+        return self.migration.events()
+
+    @property
+    def path_local_address(self) -> str | None:
+        """The local address the selected pair sends from (None on a relayed pair, whose
+        TURN client socket is not bound to one address, or before a pair is selected)."""
+        sock = self._ice.nominated_socket()
+        return None if sock is None else str(sock.getsockname()[0])
+
+    async def switch_path(self, ice: IceConnection, **facts: Any) -> dict[str, Any]:
+        """Continue this connection over ``ice`` (connected, same peer: an ICE restart's
+        agent) and close the old agent; the QUIC connection, the channel and its message
+        ids go on. Tells :attr:`migration`'s listeners ``{"event": "path", "change": True,
+        "peer", "old_pair", "selected_pair", "old_tier", "path", "tier", "in_flight"
+        (packets sent again on the new path), **facts}``."""
+        if not isinstance(self._transport, SecureChannel) or self.closed:
+            await ice.close()
+            raise ConnectionClosed("connection is closed" if self.closed
+                                   else "a raw connection cannot change its path")
+        old, old_pair, old_tier = self._ice, self.selected_pair, self.tier
+        in_flight = self._transport.switch_path(ice)
+        self._ice, self.selected_pair = ice, describe_pair(ice)
+        self._watchers[0].cancel()
+        self._watchers[0] = asyncio.create_task(self._watch_ice(), name="tierlink-ice-watch")
+        old.set_datagram_handler(None)
+        await old.close()
+        event = {"event": "path", "change": True, "peer": self.remote_fingerprint,
+                 "old_pair": old_pair, "selected_pair": self.selected_pair, "old_tier": old_tier,
+                 "path": self.path_type, "tier": self.tier, "in_flight": in_flight, **facts}
+        self.migration.changed(event)
+        return event
 
     # -- life ----------------------------------------------------------------------------
     async def _watch_ice(self) -> None:

@@ -1,12 +1,15 @@
 """Server-reflexive and relay candidates from every configured STUN and TURN server at once.
 
-Each host socket asks every STUN server, and every TURN server is asked for an allocation
-(each transport of it: UDP, TCP, TLS), all in parallel. A dead or slow server never holds a
-dial up: once a kind of candidate (srflx, relay) has its first answer, the other servers of
-that kind get :attr:`ServerGathering.grace` more; a kind with no answer yet gets
-:attr:`ServerGathering.idle_grace` after the first answer of any kind (a host behind a
-UDP-blocking firewall has its TCP relay at once and gives up on STUN soon after); with no
-answer at all, everything stops at :attr:`ServerGathering.timeout`. In
+Each host socket asks every STUN server of its address family, and every TURN server is asked
+for an allocation (each transport of it: UDP, TCP, TLS; over IPv4 or IPv6, see
+:func:`_turn_family`), all in parallel. A server-reflexive candidate equal to its base (no
+NAT, as for most IPv6 hosts) is dropped as redundant.
+
+A dead or slow server never holds a dial up: once a kind of candidate (srflx, relay) has its
+first answer, the other servers of that kind get :attr:`ServerGathering.grace` more; a kind
+with no answer yet gets :attr:`ServerGathering.idle_grace` after the first answer of any
+kind (a host behind a UDP-blocking firewall has its TCP relay at once and gives up on STUN
+soon after); with no answer at all, everything stops at :attr:`ServerGathering.timeout`. In
 :attr:`ServerGathering.stats`, a server given up on once others had answered counts as
 *abandoned*, one given up on because nothing answered at all as *timed out*.
 
@@ -18,7 +21,9 @@ as its live allocation, which belongs to one ICE agent and is freed with it.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
+import socket
 from collections import Counter
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
@@ -27,12 +32,8 @@ from typing import Any
 from aioice import Candidate
 
 from tierlink.hostport import format_hostport
-from tierlink.transport.aioice_turn import (
-    SERVER_ERRORS,
-    HostSocket,
-    reflexive_candidate,
-    relay_candidate,
-)
+from tierlink.transport.aioice_gather import reflexive_candidate
+from tierlink.transport.aioice_turn import SERVER_ERRORS, HostSocket, relay_candidate
 from tierlink.transport.ice_servers import TurnServer
 
 log = logging.getLogger(__name__)
@@ -88,19 +89,25 @@ class ServerGathering:
         self, component: int, hosts: Sequence[HostSocket],
         protocol_factory: Callable[[], HostSocket],
     ) -> list[Found]:
-        """The srflx candidates of ``hosts`` (IPv4 ones) and a relay candidate per TURN
-        server and transport; servers that fail or are abandoned give none."""
+        """The srflx candidates of ``hosts`` and the relay candidates of every TURN server
+        and transport (see :func:`_turn_family`); servers that fail or are abandoned give
+        none.
+        A STUN server named by an address of one family is asked by the host sockets of
+        that family only; one named by a host name, by every host socket (resolved in the
+        socket's family)."""
         tasks: dict[asyncio.Task[Found], _Ask] = {}
         for host in hosts:
-            if ":" in host.local_candidate.host:
-                continue  # STUN over IPv6 is not asked (aioice resolves servers as IPv4)
+            family = _family(host.local_candidate.host)
             for stun in self.stun_servers:
-                ask = _Ask("srflx", "stun:" + format_hostport(*stun))
-                tasks[asyncio.ensure_future(_srflx(host, stun))] = ask
+                if _family(stun[0]) in (family, socket.AF_UNSPEC):
+                    ask = _Ask("srflx", "stun:" + format_hostport(*stun))
+                    tasks[asyncio.ensure_future(_srflx(host, stun))] = ask
+        host_families = {_family(h.local_candidate.host) for h in hosts}
         for turn in self.turn_servers:
             coro = relay_candidate(
                 turn, component=component, protocol_factory=protocol_factory,
                 hide_related_address=self.relay_only, port_range=self.port_range,
+                family=_turn_family(turn.host, host_families),
             )
             tasks[asyncio.ensure_future(_relay(coro))] = _Ask("relay", turn.url)
         self.stats.gathers += 1
@@ -149,7 +156,7 @@ class ServerGathering:
                 self.stats.answered[ask.url] += 1
                 first.setdefault(ask.kind, loop.time())
                 candidate = task.result()
-                if not _duplicate(candidate[0], found):
+                if not _redundant(candidate[0], found):
                     found.append(candidate)
 
     def _deadline(self, kind: str, first: dict[str, float], start: float) -> float:
@@ -169,10 +176,37 @@ async def _relay(coro: Coroutine[Any, Any, tuple[Candidate, HostSocket]]) -> Fou
     return candidate, protocol
 
 
-def _duplicate(candidate: Candidate, found: list[Found]) -> bool:
-    """A server-reflexive candidate another server already gave for the same base."""
-    return candidate.type == "srflx" and any(
-        c.type == "srflx" and (c.host, c.port, c.related_port)
-        == (candidate.host, candidate.port, candidate.related_port)
+def _family(host: str) -> int:
+    """AF_INET / AF_INET6 for an address literal, AF_UNSPEC for a host name."""
+    try:
+        return socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
+    except ValueError:
+        return socket.AF_UNSPEC
+
+
+def _turn_family(server: str, host_families: set[int]) -> int:
+    """The address family a TURN server is reached over: a literal's own; for a host name,
+    IPv4 if this agent has IPv4 host sockets, IPv6 if it has only IPv6 ones, else the name's
+    first address. The relayed address is IPv4 either way: aioice sends no
+    REQUESTED-ADDRESS-FAMILY, and RFC 8656 section 7.2 then allocates IPv4 (the family most
+    peers can reach; IPv6 peers have their direct pairs)."""
+    if _family(server) != socket.AF_UNSPEC:
+        return _family(server)
+    if not host_families:
+        return socket.AF_UNSPEC
+    return socket.AF_INET if socket.AF_INET in host_families else socket.AF_INET6
+
+
+def _redundant(candidate: Candidate, found: list[Found]) -> bool:
+    """A server-reflexive candidate equal to its base (no NAT: an IPv6 host behind a
+    stateful firewall, an open IPv4 host), RFC 8445 section 5.1.3, or one another server
+    already gave for the same base."""
+    if candidate.type != "srflx":
+        return False
+    if (candidate.host, candidate.port) == (candidate.related_address, candidate.related_port):
+        return True
+    return any(
+        c.type == "srflx" and (c.host, c.port, c.related_address, c.related_port)
+        == (candidate.host, candidate.port, candidate.related_address, candidate.related_port)
         for c, _ in found
     )

@@ -29,7 +29,8 @@ class IceSettings:
     """How a node gathers and connects.
 
     ``host_addresses``: the local addresses to gather host candidates on (loopback allowed);
-    None means every interface but 127.0.0.1 (aioice's default). ``relay_only`` hides the
+    None means every address a peer could reach (:mod:`.host_addresses`; IPv6 with
+    ``use_ipv6``). ``relay_only`` hides the
     node's addresses even from its peers (aioice's relay transport policy; needs TURN).
     Every STUN and TURN server is asked, in parallel (:mod:`.gathering`; its counters are
     :attr:`gathering`'s ``stats``). ``port_range`` (LOW, HIGH) binds host sockets (and so
@@ -40,7 +41,7 @@ class IceSettings:
     stun_servers: Sequence[tuple[str, int]] = ()
     turn_servers: Sequence[TurnServer] = ()
     relay_only: bool = False
-    use_ipv6: bool = False
+    use_ipv6: bool = True
     timeout: float = 30.0
     port_range: tuple[int, int] | None = None
     gathering: ServerGathering = field(init=False, repr=False, compare=False)

@@ -81,8 +81,14 @@ class PathMtu:
         self._path_mtu = size
         return True
 
+    def renewed(self, ice: IceConnection) -> PathMtu:
+        """A prober for a new path on ``ice``: the base size until probed, the same cap."""
+        fresh = PathMtu(ice, self._base)
+        fresh._cap = self._cap
+        return fresh
+
     def stop(self) -> None:
-        """Stop probing (the connection is closing)."""
+        """Stop probing (the connection is closing, or moved to a new path)."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None

@@ -12,8 +12,9 @@ it replaces ICE's consent checks) and probes the path MTU of a direct pair
 (:mod:`tierlink.transport.path_mtu`).
 
 aioquic's events reach its :class:`PumpListener` as tierlink's own transport events
-(:mod:`tierlink.protocol.channel_events`), the end of the connection included; the listener
-calls :meth:`QuicPump.mark_ready` once its own greeting completed.
+(:mod:`.quic_events`); the listener calls :meth:`QuicPump.mark_ready` once its own greeting
+completed. A dead path is noticed (:mod:`.path_migration`) and replaced under the same
+QUIC connection by :meth:`QuicPump.switch_path`.
 """
 
 from __future__ import annotations
@@ -31,11 +32,7 @@ from tierlink.protocol.channel_events import (
     ERROR_NONE,
     ERROR_PROTOCOL,
     ConnectionTerminated,
-    DatagramReceived,
-    HandshakeCompleted,
     KeysReady,
-    StreamDataReceived,
-    StreamReset,
     TransportEvent,
 )
 from tierlink.protocol.pmtu import is_probe_traffic
@@ -43,18 +40,22 @@ from tierlink.transport.aioice_adapter import IceConnection
 from tierlink.transport.aioice_consent import stop_consent_checks
 from tierlink.transport.aioquic_adapter import (
     PinnedQuicConnection,
+    bytes_in_flight,
     close_event,
     idle_deadline,
     max_datagram_size,
     pending_datagrams,
     release,
+    reset_path,
     restamp_in_flight,
     set_max_datagram_size,
     smoothed_rtt,
 )
 from tierlink.transport.liveness import Liveness
+from tierlink.transport.path_migration import PathWatch
 from tierlink.transport.path_mtu import PathMtu
 from tierlink.transport.pump_listener import DETACHED, PumpListener
+from tierlink.transport.quic_events import termination_reason, translate
 from tierlink.transport.quic_setup import (
     CONNECTION_ID_LENGTH,
     MAX_DATAGRAM_SIZE,
@@ -77,15 +78,9 @@ class QuicPump:
     """Pump, timers, liveness and teardown of one pinned QUIC connection over ICE."""
 
     def __init__(
-        self,
-        ice: IceConnection,
-        listener: PumpListener,
-        *,
-        config: QuicConfiguration,
-        peer_cert_sha256: bytes,
-        liveness_timeout: float,
-        started: PinnedQuicConnection | None = None,
-        probe_path_mtu: bool = True,
+        self, ice: IceConnection, listener: PumpListener, *, config: QuicConfiguration,
+        peer_cert_sha256: bytes, liveness_timeout: float,
+        started: PinnedQuicConnection | None = None, probe_path_mtu: bool = True,
     ) -> None:
         self._loop = asyncio.get_running_loop()
         self._ice = ice
@@ -114,6 +109,8 @@ class QuicPump:
         self._last_packet_size = MAX_DATAGRAM_SIZE  # what max_packet_size says once closed
         self._last_rtt = 0.0
         self._keys_announced = False
+        #: Notices a dead path once open (set its ``on_suspect``: :mod:`.path_migration`).
+        self.path_watch = PathWatch()
 
     # -- state ------------------------------------------------------------------------------
     @property
@@ -141,7 +138,8 @@ class QuicPump:
         """Timers and scheduled callbacks the pump holds on the event loop (0 once closed)."""
         handles = (self._flush_handle, self._quic_timer, self._handshake_timer)
         own = sum(h is not None for h in handles)
-        return own + self._liveness.armed_timers + self._mtu.timer_armed
+        return (own + self._liveness.armed_timers + self._mtu.timer_armed
+                + self.path_watch.timer_armed)
 
     @property
     def keepalives_sent(self) -> int:
@@ -193,6 +191,7 @@ class QuicPump:
             self._handshake_timer.cancel()
             self._handshake_timer = None
         self._liveness.start()
+        self.path_watch.active = True
         stop_consent_checks(self._ice)
         self._ready.set_result(None)
         # Probe once what opened the channel (e.g. our HELLO) is on the wire (see _flush).
@@ -265,10 +264,11 @@ class QuicPump:
                 self._quic = new_server(self._config, data, self.peer_cert_sha256)
                 if self._quic is None:
                     return
-            idle = idle_deadline(self._quic)
+            idle, in_flight = idle_deadline(self._quic), bytes_in_flight(self._quic)
             self._quic.receive_datagram(data, QUIC_ADDR, now=now)
             if idle_deadline(self._quic) != idle:  # a packet decrypted: the peer is alive
                 self._liveness.heard(now)
+                self.path_watch.received(self._quic, now, in_flight)
             self._process(flush=False)
         except Exception as exc:  # a bug must close the channel, not vanish inside aioice
             self.close(f"internal error: {exc!r}", error_code=ERROR_PROTOCOL)
@@ -293,20 +293,7 @@ class QuicPump:
         if not self._keys_announced and quic.exporter_secret is not None:
             self._keys_announced = True  # first: before any 1-RTT data it protects
             batch.append(KeysReady(binding_exporter(quic)))
-        terminated: events.ConnectionTerminated | None = None
-        while (event := quic.next_event()) is not None:
-            if isinstance(event, events.StreamDataReceived):
-                batch.append(StreamDataReceived(event.stream_id, event.data, event.end_stream))
-            elif isinstance(event, events.DatagramFrameReceived):
-                batch.append(DatagramReceived(event.data))
-            elif isinstance(event, events.HandshakeCompleted):
-                if self._pin_matches():
-                    batch.append(HandshakeCompleted())
-            elif isinstance(event, events.StreamReset):
-                batch.append(StreamReset(event.stream_id))
-            elif isinstance(event, events.ConnectionTerminated):
-                terminated = event
-                break
+        terminated = translate(quic, batch, self._pin_matches)
         if batch:
             self._listener.transport_events(batch)
         if terminated is not None and not self.closed:
@@ -326,15 +313,7 @@ class QuicPump:
             self.kick()
 
     def _on_terminated(self, event: events.ConnectionTerminated) -> None:
-        code = event.error_code
-        reason = event.reason_phrase or "no reason given"
-        if 0x100 <= code < 0x200:
-            detail = f"{reason} (TLS alert {code - 0x100})"
-        elif event.frame_type is None and code == ERROR_NONE:
-            detail = reason
-        else:
-            detail = f"{reason} (QUIC error 0x{code:x})"
-        self.close(f"connection closed: {detail}", notify=False)
+        self.close(termination_reason(event), notify=False)
 
     def _flush(self) -> None:
         """Send every datagram aioquic has ready and re-arm its timer."""
@@ -345,12 +324,14 @@ class QuicPump:
         if quic is None or self.closed:
             return
         self._listener.before_flush()
+        now = self._loop.time()
         try:
-            for data, _addr in quic.datagrams_to_send(now=self._loop.time()):
+            for data, _addr in quic.datagrams_to_send(now=now):
                 self._ice.send_nowait(data)
         except ConnectionError as exc:
             self.close(f"ICE path lost: {exc}", notify=False)
             return
+        self.path_watch.sent(quic, now)
         when = quic.get_timer()
         timer = self._quic_timer
         if timer is not None and (when is None or timer.when() != when):
@@ -366,6 +347,27 @@ class QuicPump:
         """Flush soon: coalesces everything queued in this loop iteration."""
         if self._flush_handle is None and not self.closed:
             self._flush_handle = self._loop.call_soon(self._flush)
+
+    # -- path migration -----------------------------------------------------------------------
+    def switch_path(self, ice: IceConnection) -> int:
+        """Carry the connection over ``ice`` (connected) from now on (the caller closes the
+        old agent). What depends on the path starts over (1200-byte packets until probed,
+        congestion window, RTT); what was in flight is sent again on the new path, with a
+        PING for an acknowledgement at once. Returns how many packets were in flight."""
+        if self.closed or self._quic is None:
+            return 0
+        self._ice.set_datagram_handler(None)
+        self._ice = ice
+        self._mtu.stop()
+        self._mtu = self._mtu.renewed(ice)
+        stop_consent_checks(ice)
+        lost = reset_path(self._quic, self._loop.time(), self._mtu.packet_size)
+        self.path_watch.reset()
+        ice.set_datagram_handler(self._on_datagram, keep_reading=self._listener.keep_reading)
+        self._quic.send_ping(0)
+        self._probe_due = self._probe_path_mtu
+        self.kick()
+        return lost
 
     def _ping(self, uid: int) -> None:
         if self._quic is not None and not self.closed:
@@ -402,6 +404,7 @@ class QuicPump:
         self._flush_handle = self._quic_timer = self._handshake_timer = None
         self._liveness.release()
         self._mtu.stop()
+        self.path_watch.stop()
         if not self._ready.done():
             self._ready.set_exception(HandshakeFailed(reason))
         listener, self._listener = self._listener, DETACHED

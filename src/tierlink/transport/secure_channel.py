@@ -223,6 +223,14 @@ class SecureChannel:
         probed path carries. For paths that lose large packets without telling."""
         self._pump.limit_packet_size(size)
 
+    def watch_path(self, on_suspect: Callable[[str], None] | None) -> None:
+        """Call ``on_suspect("unanswered")`` whenever the open path looks dead."""
+        self._pump.path_watch.on_suspect = on_suspect
+
+    def switch_path(self, ice: IceConnection) -> int:
+        """Continue over the connected ``ice`` (see :meth:`QuicPump.switch_path`)."""
+        return self._pump.switch_path(ice)
+
     async def complete_handshake(self, timeout: float) -> None:
         """Run the QUIC handshake over the ICE path; HandshakeFailed after ``timeout`` s,
         on a certificate that is not the pinned one, or when the peer rejects ours."""

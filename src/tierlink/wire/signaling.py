@@ -273,3 +273,85 @@ def decode_answer(value: bytes, secret: OfferSecret) -> SessionDescription:
     except InvalidTag:
         raise RecordError("decrypt", "answer does not decrypt with this dial's key") from None
     return _decode_params(decode(plain))
+
+
+# -- ICE restarts ----------------------------------------------------------------------------
+KIND_RESTART = 0x07
+"""A path restart offer or answer, sealed under the session's restart key and put under
+the peer's offers key (docs/PROTOCOL.md §10.1)."""
+_RESTART_PREFIX = bytes([WIRE_VERSION, KIND_RESTART])
+RESTART_KEY_LABEL = b"tierlink/restart-key"
+"""HKDF info deriving a session's restart AEAD key from its answer secret."""
+RESTART_OFFER, RESTART_ANSWER = 0, 1
+TO_CALLEE, TO_DIALER = 0, 1
+MAX_RESTART_SEQ = 2**32 - 1
+MAX_RESTART_SIZE = 4096
+"""Largest restart value: a receiver tries each of its connections' keys on it."""
+
+
+@dataclass(frozen=True)
+class Restart:
+    """One restart message: an offer (``RESTART_OFFER``, new ICE credentials and candidates
+    for a new path) or the answer to offer ``seq`` (``RESTART_ANSWER``)."""
+
+    kind: int
+    seq: int
+    params: SessionDescription
+
+
+def _hkdf(key: bytes, info: bytes) -> bytes:
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(key)
+
+
+def _restart_aad(secret: OfferSecret, direction: int) -> bytes:
+    return (
+        _RESTART_PREFIX + secret.session_id + bytes.fromhex(secret.dialer)
+        + bytes.fromhex(secret.callee) + bytes([direction])
+    )
+
+
+def encode_restart(secret: OfferSecret, direction: int, restart: Restart) -> bytes:
+    """Seal ``restart`` for the session of ``secret``, travelling in ``direction``."""
+    if restart.kind not in (RESTART_OFFER, RESTART_ANSWER):
+        raise ValueError("a restart is an offer or an answer")
+    if not 1 <= restart.seq <= MAX_RESTART_SEQ:
+        raise ValueError(f"a restart sequence number is 1-{MAX_RESTART_SEQ}")
+    params = restart.params
+    description = {1: params.ufrag, 2: params.pwd,
+                   3: [encode_candidate(c) for c in params.candidates]}
+    plain = cbor2.dumps({1: restart.kind, 2: restart.seq, 3: description}, canonical=True)
+    nonce = os.urandom(NONCE_SIZE)
+    key = _hkdf(secret.key, RESTART_KEY_LABEL)
+    value = _RESTART_PREFIX + nonce + AESGCM(key).encrypt(
+        nonce, plain, _restart_aad(secret, direction)
+    )
+    if len(value) > MAX_RESTART_SIZE:
+        raise ValueError(f"restart of {len(value)} bytes exceeds {MAX_RESTART_SIZE}")
+    return value
+
+
+def is_restart(value: bytes) -> bool:
+    """True if ``value`` claims to be a restart (its head; nothing is checked)."""
+    return value[:2] == _RESTART_PREFIX
+
+
+def decode_restart(value: bytes, secret: OfferSecret, direction: int) -> Restart:
+    """Open a restart value sent in ``direction`` in the session of ``secret``; RecordError
+    (``decrypt``) for a value of another session, pair or direction, or tampered with."""
+    value = check_head(value, KIND_RESTART, len(_RESTART_PREFIX) + NONCE_SIZE + _TAG_SIZE)
+    if len(value) > MAX_RESTART_SIZE:
+        raise RecordError("oversize", f"restart of {len(value)} bytes exceeds {MAX_RESTART_SIZE}")
+    start = len(_RESTART_PREFIX)
+    nonce, ct = value[start:start + NONCE_SIZE], value[start + NONCE_SIZE:]
+    key = _hkdf(secret.key, RESTART_KEY_LABEL)
+    try:
+        plain = AESGCM(key).decrypt(nonce, ct, _restart_aad(secret, direction))
+    except InvalidTag:
+        raise RecordError("decrypt", "restart does not decrypt with this session's key") from None
+    fields = Fields(decode(plain), "restart", (1, 2, 3))
+    kind = fields.uint(1, "kind", maximum=RESTART_ANSWER)
+    seq = fields.uint(2, "seq", minimum=1, maximum=MAX_RESTART_SEQ)
+    described = fields.map.get(3)
+    if not isinstance(described, dict) or set(described) - {1, 2, 3}:
+        raise malformed("restart session description has unknown keys")
+    return Restart(kind, seq, _decode_params(described))

@@ -1,0 +1,148 @@
+"""Path migration, sans-IO: when a connection's path is dead, and who restarts ICE.
+
+:class:`DeadPathDetector` declares the path suspect when ack-eliciting packets stay
+unanswered: from the moment something is outstanding (or last acknowledged while more stays
+outstanding), a deadline of ``multiple`` x PTO, bounded to ``[floor, ceiling]`` seconds. An
+idle connection has nothing outstanding, so it adds no traffic and no timer; its keep-alive
+PING is ack-eliciting, so an unanswered keep-alive is caught the same way.
+
+:class:`RestartNegotiation` is one connection's ICE restart state (docs/PROTOCOL.md §10.1):
+each side numbers its restart offers 1, 2, ...; an offer is accepted only with a number
+above every offer accepted from that peer before (a replayed one is refused), an answer
+only for the offer in progress. When both sides offer at once, the dialer's offer wins: the
+dialer refuses the callee's, the callee drops its own and answers the dialer's.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from enum import Enum
+
+#: Deadline for unanswered ack-eliciting packets: ``MULTIPLE`` x PTO within these bounds (s).
+SUSPECT_FLOOR_S = 1.0
+SUSPECT_CEILING_S = 3.0
+SUSPECT_PTO_MULTIPLE = 4.0
+
+
+class DeadPathDetector:
+    """Deadline of the ack-eliciting packets outstanding without an acknowledgement."""
+
+    def __init__(
+        self, floor: float = SUSPECT_FLOOR_S, ceiling: float = SUSPECT_CEILING_S,
+        multiple: float = SUSPECT_PTO_MULTIPLE,
+    ) -> None:
+        if not 0 < floor <= ceiling or multiple <= 0:
+            raise ValueError("need 0 < floor <= ceiling and multiple > 0")
+        self.floor, self.ceiling, self.multiple = floor, ceiling, multiple
+        #: When the path becomes suspect unless an acknowledgement comes (None: nothing
+        #: outstanding).
+        self.deadline: float | None = None
+
+    def bound(self, pto: float) -> float:
+        """How long outstanding packets may stay unanswered on a path whose PTO is ``pto``."""
+        return min(max(self.multiple * pto, self.floor), self.ceiling)
+
+    def update(self, now: float, outstanding: bool, acked: bool, pto: float) -> float | None:
+        """After a send or a receive at ``now``: ``outstanding``, ack-eliciting packets are
+        in flight; ``acked``, an acknowledgement of new packets just arrived. Returns the
+        deadline (None: nothing outstanding)."""
+        if not outstanding:
+            self.deadline = None
+        elif acked or self.deadline is None:
+            self.deadline = now + self.bound(pto)
+        return self.deadline
+
+    def expired(self, now: float) -> bool:
+        """True once the deadline passed with packets still unanswered."""
+        return self.deadline is not None and now >= self.deadline
+
+    def declared(self, now: float, pto: float) -> None:
+        """The path was declared suspect: the next declaration, if nothing is answered, is
+        one bound later (a restart that failed is tried again)."""
+        self.deadline = now + self.bound(pto)
+
+
+class State(Enum):
+    IDLE = "idle"
+    OFFERING = "offering"  # our restart runs (offered, maybe answered)
+    ANSWERING = "answering"  # the peer's restart runs (we answered it)
+
+
+class Verdict(Enum):
+    """What to do with a restart offer from the peer."""
+
+    ANSWER = "answer"  # answer it (nothing in progress)
+    REPLACE = "replace"  # drop the restart in progress, answer this one
+    REFUSE = "refuse"  # ignore it (counted in ``refused``)
+
+
+@dataclass
+class RestartNegotiation:
+    """One connection's restart offers and answers (see the module docstring). A restart
+    is named by ``(ours, seq)``: who offered it and its number."""
+
+    is_dialer: bool
+    state: State = State.IDLE
+    seq: int = 0  # the restart in progress (ours when offering, the peer's when answering)
+    answered: bool = False  # our offer in progress got its answer
+    sent_seq: int = 0  # our last offer's number
+    peer_seq: int = 0  # the peer's highest accepted offer
+
+    def __post_init__(self) -> None:
+        #: Restart messages refused, by reason: ``replay`` (an offer numbered at or below
+        #: one accepted before), ``conflict`` (the callee's offer while the dialer's runs),
+        #: ``unexpected`` (an answer to no offer in progress, or a second one).
+        self.refused: Counter[str] = Counter()
+        #: Restarts begun by us (``started``), by the peer (``answered``), ended with a new
+        #: path (``succeeded``) or without (``failed``), dropped for the dialer's (``yielded``).
+        self.counts: Counter[str] = Counter(
+            dict.fromkeys(("started", "answered", "succeeded", "failed", "yielded"), 0)
+        )
+
+    def start(self) -> int | None:
+        """The path is suspect: the number of our new offer, or None while a restart runs."""
+        if self.state is not State.IDLE:
+            return None
+        self.sent_seq += 1
+        self.state, self.seq, self.answered = State.OFFERING, self.sent_seq, False
+        self.counts["started"] += 1
+        return self.seq
+
+    def on_offer(self, seq: int) -> Verdict:
+        """The peer's offer number ``seq`` arrived (authenticated)."""
+        if seq <= self.peer_seq:
+            self.refused["replay"] += 1
+            return Verdict.REFUSE
+        self.peer_seq = seq
+        if self.state is State.OFFERING and self.is_dialer:
+            self.refused["conflict"] += 1
+            return Verdict.REFUSE
+        verdict = Verdict.ANSWER if self.state is State.IDLE else Verdict.REPLACE
+        if self.state is State.OFFERING:
+            self.counts["yielded"] += 1
+        self.state, self.seq = State.ANSWERING, seq
+        self.counts["answered"] += 1
+        return verdict
+
+    def on_answer(self, seq: int) -> bool:
+        """The peer's answer to our offer ``seq`` arrived: True if it answers the offer in
+        progress (once; a repeat, or an answer to an older offer, is ``unexpected``)."""
+        if self.state is State.OFFERING and seq == self.seq and not self.answered:
+            self.answered = True
+            return True
+        self.refused["unexpected"] += 1
+        return False
+
+    def current(self, ours: bool, seq: int) -> bool:
+        """True while restart ``(ours, seq)`` is the one in progress."""
+        mine = self.state is State.OFFERING
+        return self.state is not State.IDLE and mine == ours and seq == self.seq
+
+    def finish(self, ours: bool, seq: int, succeeded: bool) -> None:
+        """Restart ``(ours, seq)`` ended (a new path, or none); a superseded one changes
+        nothing."""
+        if not self.current(ours, seq):
+            return
+        self.state = State.IDLE
+        self.counts["succeeded" if succeeded else "failed"] += 1
