@@ -35,6 +35,10 @@ from tierlink.errors import DhtError, DhtUnavailable
 log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT = 10.0
+#: ``DhtClient.trace``: called with (event, key, value) at ``put`` (before the request),
+#: ``get`` (request sent), ``got`` (answer read, value empty), ``listen`` (stream asked for)
+#: and ``value`` (each new value a listen delivers); for measurements, never on by default.
+Trace = Callable[[str, str, bytes], None]
 #: After a put the node reported failed was found stored (a node without peers), the same
 #: report is taken as stored for this long without reading back (seconds).
 LONE_NODE_TRUST_S = 30.0
@@ -156,6 +160,12 @@ class DhtClient:
         """Gets cut at :attr:`max_get_bytes` or by the timeout (the key held more)."""
         self.filtered_values = 0
         """Values a get skipped past its unfiltered bytes because ``keep`` refused them."""
+        self.trace: Trace | None = None
+        """Called at each put, get and listened value (see :data:`Trace`); None: off."""
+
+    def _trace(self, event: str, key: str, value: bytes = b"") -> None:
+        if self.trace is not None:
+            self.trace(event, key, value)
 
     def _read_line(self, line: bytes | None) -> tuple[str, bytes, bool] | None:
         """(value id, data, expired) from one proxy line (None: an oversized line); None if
@@ -229,6 +239,7 @@ class DhtClient:
         ``sent`` gets its result once the request is written (or has failed): a caller
         with CPU work to do meanwhile waits for it, so its work does not delay the put.
         """
+        self._trace("put", key, value)
         payload = {"data": base64.b64encode(value).decode()}
         if permanent:
             payload["permanent"] = True  # type: ignore[assignment]
@@ -267,6 +278,7 @@ class DhtClient:
         timeout = aiohttp.ClientTimeout(total=self.timeout)
         url = self._url(key)
         out: list[bytes] = []
+        self._trace("get", key)
         try:
             async with self.session.get(url, timeout=timeout) as resp:
                 if resp.status >= 400:
@@ -296,6 +308,7 @@ class DhtClient:
             ) from None
         except (aiohttp.ClientError, OSError) as exc:
             raise DhtUnavailable(f"DHT proxy {self.base_url} unreachable: {exc}") from None
+        self._trace("got", key)
         return out
 
     def listen(self, key: str, *, reconnect: bool = True) -> DhtListener:
@@ -325,6 +338,7 @@ class DhtListener:
 
     def __init__(self, client: DhtClient, key: str, *, reconnect: bool = True) -> None:
         self._client = client
+        self.key = key
         self._url = client._url(key, "/listen")
         self._reconnect = reconnect
         self._seen: OrderedDict[str, None] = OrderedDict()
@@ -343,6 +357,7 @@ class DhtListener:
     async def _open(self) -> aiohttp.ClientResponse:
         deadline = asyncio.get_running_loop().time() + self._client.timeout
         delay = 0.1
+        self._client._trace("listen", self.key)
         while True:
             try:
                 resp = await self._client.session.get(
@@ -380,6 +395,7 @@ class DhtListener:
                     self._seen[vid] = None
                     if len(self._seen) > self.MAX_REMEMBERED:
                         self._seen.popitem(last=False)
+                    self._client._trace("value", self.key, data)
                     yield data
             except (aiohttp.ClientError, OSError) as exc:
                 log.debug("listen stream dropped: %s", exc)

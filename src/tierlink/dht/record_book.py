@@ -77,6 +77,16 @@ class RecordBook:
             return None
         return record
 
+    def forget(self, fingerprint: str) -> None:
+        """Drop the cached record of ``fingerprint`` (its sequence floor stays, so an older
+        record is still refused): the next dial looks it up again."""
+        self.latest.pop(fingerprint, None)
+
+    def accepted_at(self, fingerprint: str) -> int | None:
+        """When (ms) the cached record of ``fingerprint`` was accepted; None: none cached."""
+        entry = self.latest.get(fingerprint)
+        return None if entry is None else entry[1]
+
     def _remember(self, record: PeerRecord) -> None:
         self.highest_seq[record.fingerprint] = record.seq
         self.latest.pop(record.fingerprint, None)
