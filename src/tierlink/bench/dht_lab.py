@@ -1,11 +1,16 @@
 """A DHT lab at scale: many ``dhtnode`` processes, each in its own network namespace with its
-own address on one bridge, and churn (nodes leaving and fresh ones joining) at a set rate.
+own address behind one router, and churn (nodes leaving and fresh ones joining) at a set rate.
 
 OpenDHT rate-limits requests per source IP, so nodes sharing one loopback address would
 throttle each other; here every node and every tierlink peer has an address of its own in
-198.18.0.0/15. Layout (names start with ``tldm<owner pid>-``): ``br`` holds bridge ``br0``;
-``d<i>`` holds DHT node ``i``; ``p<i>`` holds tierlink peer ``i``. Each host namespace gets a
-veth ``eth0`` whose other end is a port of ``br0``; the root namespace holds nothing of ours.
+198.18.0.0/15. Layout (names start with ``tldm<owner pid>-``): ``rt`` is the router; ``d<i>``
+holds DHT node ``i``; ``p<i>`` holds tierlink peer ``i``. Each host namespace gets a veth
+``eth0`` (its address as a /32) to the router, its only neighbour. Routed, not bridged: the
+kernel's ARP table is shared by every namespace (``gc_thresh3``, 1024 entries by default),
+and on one bridge 100 DHT nodes talking to each other overflow it ("neighbor table
+overflow"): sends fail with ENOBUFS and OpenDHT waits for its request timeouts. Behind a
+router each host needs one entry and the router one per host. The root namespace holds
+nothing of ours.
 Every process of the lab lives in one of these namespaces, so deleting them (on every exit:
 normal, exception, Ctrl-C, SIGTERM, interpreter exit) ends everything; a lab whose owner
 died outright is removed by the next one (:func:`remove_stale`).
@@ -38,6 +43,8 @@ LAB_HEAD = "tldm"
 #: The lab's addresses: node ``i`` gets ``BASE + 16 + i``, peer ``i`` ``BASE + 8192 + i``.
 NETWORK = ipaddress.ip_network("198.18.0.0/15")
 PEER_OFFSET = 8192
+#: The router's address on every host link (each host's only neighbour).
+GATEWAY = str(NETWORK.network_address + 1)
 
 
 class DhtLabError(TierlinkError):
@@ -80,29 +87,34 @@ def remove_stale() -> list[str]:
 
 
 class Hosts:
-    """The lab's namespaces: a bridge and hosts on it, each with one address."""
+    """The lab's namespaces: a router and hosts behind it, each with one address."""
 
     def __init__(self) -> None:
         self.prefix = f"{LAB_HEAD}{os.getpid()}"
-        self.bridge = f"{self.prefix}-br"
+        self.router = f"{self.prefix}-rt"
         self.names: list[str] = []
 
     def create(self, roles: Sequence[tuple[str, int]]) -> list[tuple[str, str]]:
-        """Create a host namespace per (role letter, index) on the bridge; their
+        """Create a host namespace per (role letter, index) behind the router; their
         (namespace, address)."""
-        fresh = [self.bridge] if not self.names else []
+        fresh = [self.router] if not self.names else []
         hosts = [(f"{self.prefix}-{r}{i}", address_of(i + (PEER_OFFSET if r == "p" else 0)),
                   f"v{r}{i}") for r, i in roles]
         self.names += fresh + [ns for ns, _, _ in hosts]
         _ip([], "".join(f"netns add {ns}\n" for ns in fresh + [ns for ns, _, _ in hosts]))
-        lines = ["link add br0 type bridge\n", "link set br0 up\n"] if fresh else []
-        for ns, _, port in hosts:
+        if fresh:
+            subprocess.run(["ip", "netns", "exec", self.router, "sysctl", "-qw",
+                            "net.ipv4.ip_forward=1"], check=True, timeout=30)
+        lines = ["link set lo up\n"] if fresh else []
+        for ns, addr, port in hosts:
             lines += [f"link add {port} type veth peer name eth0 netns {ns}\n",
-                      f"link set {port} master br0 up\n"]
-        _ip(["-n", self.bridge], "".join(lines))
+                      f"addr add {GATEWAY}/32 dev {port}\n", f"link set {port} up\n",
+                      f"route add {addr}/32 dev {port}\n"]
+        _ip(["-n", self.router], "".join(lines))
         for ns, addr, _ in hosts:
-            _ip(["-n", ns], f"link set lo up\naddr add {addr}/{NETWORK.prefixlen} dev eth0\n"
-                            "link set eth0 up\n")
+            _ip(["-n", ns], f"link set lo up\naddr add {addr}/32 dev eth0\nlink set eth0 up\n"
+                            f"route add {GATEWAY}/32 dev eth0\n"
+                            f"route add {NETWORK} via {GATEWAY} dev eth0\n")
         return [(ns, addr) for ns, addr, _ in hosts]
 
     def remove(self) -> None:
@@ -153,16 +165,20 @@ class Churn:
 
 
 class DhtLab:
-    """``n`` dhtnodes in their own namespaces (see the module doc); use ``async with``."""
+    """``n`` dhtnodes in their own namespaces (see the module doc); use ``async with``.
+
+    ``log_dir``: where :meth:`log_path` puts OpenDHT's verbose logs (of the peers, and with
+    ``log_nodes`` of every lab node too: that costs CPU)."""
 
     def __init__(self, hosts: Hosts, n: int, *, seed: int = 1, rate_limit: bool = True,
-                 log_dir: str | None = None) -> None:
+                 log_dir: str | None = None, log_nodes: bool = False) -> None:
         if n < 2:
             raise ValueError("the DHT lab needs at least 2 nodes")
         self.hosts = hosts
         self.n = n
         self.rate_limit = rate_limit
         self.log_dir = log_dir
+        self.log_nodes = log_nodes
         self.rng = random.Random(seed)
         self.places: list[NodePlace] = []
         self.nodes: list[DhtNodeProcess] = []
@@ -174,8 +190,8 @@ class DhtLab:
     async def start(self) -> None:
         """Create the namespaces and start every node (node 0 is everyone's bootstrap)."""
         made = await asyncio.to_thread(self.hosts.create, [("d", i) for i in range(self.n)])
-        self.places = [NodePlace(ns, addr, self.log_path(f"d{i}")) for i, (ns, addr) in
-                       enumerate(made)]
+        self.places = [NodePlace(ns, addr, self.log_path(f"d{i}") if self.log_nodes else None)
+                       for i, (ns, addr) in enumerate(made)]
         self.nodes = await start_nodes(self.n, places=self.places,
                                        no_rate_limit=not self.rate_limit)
 

@@ -56,6 +56,7 @@ class ManyPlan:
     dial_timeout: float = 10.0
     rate_limit: bool = True
     log_dir: str | None = None
+    log_nodes: bool = False
     seed: int = 1
 
     @classmethod
@@ -206,7 +207,7 @@ async def measure(plan: ManyPlan) -> JsonDict:
     started = time.monotonic()
     with lab_hosts() as hosts:
         async with DhtLab(hosts, plan.nodes, seed=plan.seed, rate_limit=plan.rate_limit,
-                          log_dir=plan.log_dir) as lab:
+                          log_dir=plan.log_dir, log_nodes=plan.log_nodes) as lab:
             ticks, t0 = _cpu_ticks(lab.pids()), time.monotonic()
             await asyncio.sleep(plan.settle_s)
             idle_cpu = (_cpu_ticks(lab.pids()) - ticks) / os.sysconf("SC_CLK_TCK")
@@ -291,11 +292,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--dialers", type=int, default=4)
     ap.add_argument("--dials", type=int, default=40)
     ap.add_argument("--churn", type=float, default=20.0, help="nodes leaving per minute")
-    ap.add_argument("--log-dir", default=None, help="OpenDHT verbose logs of every node")
+    ap.add_argument("--log-dir", default=None, help="OpenDHT verbose logs of the peers' nodes")
+    ap.add_argument("--log-nodes", action="store_true", help="and of every lab node")
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--no-rate-limit", action="store_true", help="lab dhtnodes run with -U")
     a = ap.parse_args(argv)
     plan = ManyPlan.quick(a.nodes) if a.quick else ManyPlan(nodes=a.nodes)
-    plan = replace(plan, churn_per_min=a.churn, log_dir=a.log_dir,
+    plan = replace(plan, churn_per_min=a.churn, log_dir=a.log_dir, log_nodes=a.log_nodes,
+                   rate_limit=not a.no_rate_limit,
                    **({} if a.quick else {"dialers": a.dialers, "dials": a.dials}))
     if a.log_dir:
         os.makedirs(a.log_dir, exist_ok=True)

@@ -24,12 +24,14 @@ from pathlib import Path
 from typing import Any
 
 from tierlink.dht import DhtClient, DhtNodeProcess
-from tierlink.errors import TierlinkError
+from tierlink.errors import DhtUnavailable, TierlinkError
 from tierlink.identity import Identity
 from tierlink.node import Node, NodeConfig
 from tierlink.wire.records import now_ms
 
 JsonDict = dict[str, Any]
+#: Starts of the peer's dhtnode before giving up on joining the lab.
+JOIN_TRIES = 3
 
 
 def emit(obj: JsonDict) -> None:
@@ -75,12 +77,25 @@ async def _dial(node: Node, fingerprint: str, timeout: float, events: list[JsonD
     return out
 
 
+async def _join(host: str, port: int, log_file: str | None) -> DhtNodeProcess:
+    """A dhtnode joined through ``host:port``. dhtnode 2.4's proxy refreshes the node info
+    it serves only twice (at start and 3 s later), so a bootstrap answer later than that is
+    never seen by the join check: such a start is tried again."""
+    for attempt in range(JOIN_TRIES):
+        dht = DhtNodeProcess(bootstrap=[(host, port)], log_file=log_file, join_timeout=10.0)
+        try:
+            await dht.start()
+            return dht
+        except DhtUnavailable:
+            if attempt == JOIN_TRIES - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
 async def run(params: JsonDict) -> None:
     """Start the dhtnode and the Node, then act as ``params["role"]``."""
     host, port = params["bootstrap"]
-    dht = DhtNodeProcess(bootstrap=[(host, int(port))], log_file=params.get("log_file"),
-                         join_timeout=30.0)
-    await dht.start()
+    dht = await _join(host, int(port), params.get("log_file"))
     state = tempfile.mkdtemp(prefix="tldm-peer-")
     config = NodeConfig(Identity.generate(), dht_proxy=dht.proxy_url,
                         host_addresses=[params["address"]], data_dir=Path(state))
