@@ -4,7 +4,8 @@ A :class:`~tierlink.bench.dht_lab.DhtLab` of ``nodes`` dhtnodes (root: network n
 runs one long-lived callee and ``dialers`` long-lived dialers (:mod:`tierlink.bench.dht_peer`),
 each in its own namespace with its own dhtnode joined through a different lab node, as a
 node that stays up (``tierlink run``) would be. The dialers dial the callee in turn, one dial
-at a time, each cold (the callee's record forgotten first, so every dial looks it up). Per
+at a time (``dial_interval_s`` apart), each cold (the callee's record forgotten first, so
+every dial looks it up). Per
 dial, from the peers' traced DHT events on one machine-wide monotonic clock:
 
 * ``lookup``: dial start until the callee's record was accepted;
@@ -50,9 +51,10 @@ class ManyPlan:
     dials: int = 40
     churn_per_min: float = 20.0
     churn_share: float = 0.5
-    down_s: float = 5.0
+    down_s: float = 20.0
     settle_s: float = 15.0
-    churn_warmup_s: float = 15.0
+    churn_warmup_s: float = 30.0
+    dial_interval_s: float = 2.0
     dial_timeout: float = 10.0
     rate_limit: bool = True
     log_dir: str | None = None
@@ -62,7 +64,8 @@ class ManyPlan:
     @classmethod
     def quick(cls, nodes: int = 100) -> ManyPlan:
         """Small counts: a smoke run of a minute or two."""
-        return cls(nodes=nodes, dialers=2, dials=10, settle_s=5.0, churn_warmup_s=5.0)
+        return cls(nodes=nodes, dialers=2, dials=10, settle_s=5.0, churn_warmup_s=10.0,
+                   dial_interval_s=1.0)
 
 
 def _loadavg() -> list[float]:
@@ -184,6 +187,8 @@ async def _phase(lab: DhtLab, callee: Peer, events: list[JsonDict], dialers: Seq
         await asyncio.sleep(plan.churn_warmup_s)
     dials: list[JsonDict] = []
     for i in range(plan.dials):
+        if i:  # spread the dials over the churn, not only its first seconds
+            await asyncio.sleep(plan.dial_interval_s)
         reply = await dialers[i % len(dialers)].ask(
             {"dial": callee.fingerprint, "timeout": plan.dial_timeout}, plan.dial_timeout + 30)
         await asyncio.sleep(0.05)  # the callee's event lines of this dial
