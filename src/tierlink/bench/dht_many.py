@@ -287,7 +287,7 @@ def render(result: JsonDict) -> list[str]:
         lines.append(f"\n{name}: {p.get('dials_ok')}/{p.get('dials_tried')} dials connected, "
                      f"{p.get('left')} nodes left, {p.get('joined')} joined, load average "
                      f"{p.get('loadavg_before')} -> {p.get('loadavg_after')}.")
-    return lines + [""]
+    return [*lines, ""]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -11,9 +11,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from collections import Counter, OrderedDict, deque
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from tierlink.backoff import Backoff
 from tierlink.errors import PeerNotFound, RecordError
@@ -182,12 +182,93 @@ class RecordSource(Protocol):
     ) -> list[bytes]: ...
 
 
+class ValueStream(Protocol):
+    """Values arriving under one key (:class:`tierlink.dht.DhtListener`)."""
+
+    def __aiter__(self) -> AsyncIterator[bytes]: ...
+
+    async def aclose(self) -> None: ...
+
+
+@runtime_checkable
+class ListenSource(Protocol):
+    """A DHT client that can also listen (:class:`tierlink.dht.DhtClient`)."""
+
+    def listen(self, key: str) -> ValueStream: ...
+
+
 class PeerLookup:
     """Peer records from the DHT, verified through one shared :class:`RecordBook`."""
 
     def __init__(self, dht: RecordSource, book: RecordBook | None = None) -> None:
         self.dht = dht
         self.book = book if book is not None else RecordBook()
+        self.first_by: Counter[str] = Counter()
+        """Which way each :meth:`first_record` got its record (``listen`` or ``get``)."""
+
+    def _keep(self, fingerprint: str) -> Callable[[bytes], bool]:
+        """The cheap test a value must pass to be worth parsing as ``fingerprint``'s record."""
+        def keep(value: bytes) -> bool:
+            return leads_with_signer(value, KIND_PEER_RECORD, fingerprint) and (
+                hashlib.sha256(value).digest() not in self.book.forgeries
+            )
+        return keep
+
+    async def first_record(self, fingerprint: str, patience: float = 0.0) -> PeerRecord:
+        """The first valid record of ``fingerprint`` the DHT hands over; PeerNotFound if
+        :meth:`lookup` finds none.
+
+        A get answers only once OpenDHT's search is complete, which waits out the request
+        timeout (about 1 s) of every one of the key's closest nodes that does not answer, a
+        node that has left for one; a listen hands each value over as soon as any node
+        returns it. Both run: the listen's first valid record wins, and :meth:`lookup`'s
+        answer (newest record, or PeerNotFound) is taken when it comes first. Any valid
+        record serves a dial (its KEM key is the identity's); the listen verifies at most
+        ``book.max_verifies`` values, cheapest checks first.
+        """
+        if not isinstance(self.dht, ListenSource):
+            return await self.lookup(fingerprint, patience)
+        listened = asyncio.create_task(self._listened(fingerprint))
+        got = asyncio.create_task(self.lookup(fingerprint, patience))
+        try:
+            done, _ = await asyncio.wait({listened, got}, return_when=asyncio.FIRST_COMPLETED)
+            if listened in done and listened.exception() is None:
+                self.first_by["listen"] += 1
+                return listened.result()
+            record = await got
+            self.first_by["get"] += 1
+            return record
+        finally:
+            for task in (listened, got):
+                task.cancel()
+            await asyncio.wait({listened, got})
+            for task in (listened, got):
+                if not task.cancelled():
+                    task.exception()  # retrieved: the other way's answer was taken
+
+    async def _listened(self, fingerprint: str) -> PeerRecord:
+        """The first value a listen on ``fingerprint``'s record key delivers that verifies."""
+        assert isinstance(self.dht, ListenSource)
+        keep, budget = self._keep(fingerprint), self.book.max_verifies
+        listener = self.dht.listen(ice_candidates_key(fingerprint))
+        try:
+            async for value in listener:
+                if not keep(value):
+                    continue
+                claims = self.book.claims([value], fingerprint)
+                if not claims:
+                    continue
+                if budget <= 0:
+                    self.book.rejected["verify_cap"] += 1
+                    continue
+                budget -= 1
+                record = self.book.pick(claims, 1)
+                if record is not None:
+                    return record
+                await asyncio.sleep(0)  # the node's other work runs between verifications
+        finally:
+            await listener.aclose()
+        raise PeerNotFound(f"the listen for {fingerprint[:16]}… ended without a record")
 
     async def lookup(self, fingerprint: str, patience: float = 0.0) -> PeerRecord:
         """The newest valid record of ``fingerprint``; PeerNotFound otherwise.
@@ -203,11 +284,7 @@ class PeerLookup:
         loop = asyncio.get_running_loop()
         deadline, backoff = loop.time() + patience, Backoff(LOOKUP_RETRY_S)
         key = ice_candidates_key(fingerprint)
-        def keep(value: bytes) -> bool:
-            return leads_with_signer(value, KIND_PEER_RECORD, fingerprint) and (
-                hashlib.sha256(value).digest() not in self.book.forgeries
-            )
-
+        keep = self._keep(fingerprint)
         while True:
             values = await self.dht.get(key, keep=keep)
             claims = self.book.claims(values, fingerprint)
@@ -232,6 +309,6 @@ class PeerLookup:
     async def record_for(
         self, fingerprint: str, max_age_ms: int, patience: float = 0.0
     ) -> PeerRecord:
-        """A record accepted less than ``max_age_ms`` ago, else a fresh :meth:`lookup`."""
+        """A record accepted less than ``max_age_ms`` ago, else :meth:`first_record`."""
         cached = self.book.cached(fingerprint, now_ms(), max_age_ms)
-        return cached if cached is not None else await self.lookup(fingerprint, patience)
+        return cached if cached is not None else await self.first_record(fingerprint, patience)
