@@ -31,6 +31,7 @@ import random
 import shutil
 import signal
 import subprocess
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from types import FrameType
@@ -162,6 +163,8 @@ class Churn:
     left: int = 0
     joined: int = 0
     failed_joins: list[str] = field(default_factory=list)
+    #: (monotonic time, "leave" or "join", node index, address), to match against logs.
+    events: list[tuple[float, str, int, str]] = field(default_factory=list)
 
 
 class DhtLab:
@@ -179,6 +182,7 @@ class DhtLab:
         self.rate_limit = rate_limit
         self.log_dir = log_dir
         self.log_nodes = log_nodes
+        self.seed = seed
         self.rng = random.Random(seed)
         self.places: list[NodePlace] = []
         self.nodes: list[DhtNodeProcess] = []
@@ -214,9 +218,20 @@ class DhtLab:
         i = index if index is not None and index in live else self.rng.choice(live)
         return self.places[i].address, self.nodes[i].port or 0
 
+    def proxy_url(self, index: int) -> str:
+        """The REST proxy of node ``index`` (reachable from the lab's namespaces)."""
+        return self.nodes[index].proxy_url
+
     def pids(self) -> list[int]:
         """The pids of the running dhtnodes."""
         return [pid for node in self.nodes if (pid := node.pid) is not None]
+
+    def churnable(self, share: float) -> list[int]:
+        """The nodes that may leave at ``share`` (the same ones for one seed; never node 0):
+        the others are the lab's stable nodes."""
+        pool = list(range(1, self.n))
+        random.Random(self.seed).shuffle(pool)
+        return sorted(pool[:max(1, round(share * (self.n - 1)))])
 
     def start_churn(self, per_min: float, share: float = 0.5, down_s: float = 5.0) -> None:
         """Start churning (see :class:`Churn`); 0 per minute: none."""
@@ -235,9 +250,7 @@ class DhtLab:
             await asyncio.wait(self._pending)
 
     async def _churn_loop(self) -> None:
-        churning = list(range(1, self.n))
-        self.rng.shuffle(churning)
-        churning = churning[:max(1, round(self.churn.share * (self.n - 1)))]
+        churning = self.churnable(self.churn.share)
         interval = 60.0 / self.churn.per_min
         while True:
             await asyncio.sleep(interval)
@@ -247,6 +260,7 @@ class DhtLab:
             i = self.rng.choice(candidates)
             await self.nodes[i].stop()
             self.churn.left += 1
+            self.churn.events.append((time.monotonic(), "leave", i, self.places[i].address))
             task = asyncio.create_task(self._rejoin(i))
             self._pending.add(task)
             task.add_done_callback(self._pending.discard)
@@ -264,6 +278,7 @@ class DhtLab:
             return
         self.nodes[i] = node
         self.churn.joined += 1
+        self.churn.events.append((time.monotonic(), "join", i, place.address))
 
     async def close(self) -> None:
         """Stop churning and every node."""

@@ -352,7 +352,9 @@ class DhtListener:
     async def __anext__(self) -> bytes:
         if self._gen is None:
             self._gen = self._values()
-        return await self._gen.__anext__()
+        value = await self._gen.__anext__()
+        self._client._trace("value", self.key, value)
+        return value
 
     async def _open(self) -> aiohttp.ClientResponse:
         deadline = asyncio.get_running_loop().time() + self._client.timeout
@@ -395,7 +397,6 @@ class DhtListener:
                     self._seen[vid] = None
                     if len(self._seen) > self.MAX_REMEMBERED:
                         self._seen.popitem(last=False)
-                    self._client._trace("value", self.key, data)
                     yield data
             except (aiohttp.ClientError, OSError) as exc:
                 log.debug("listen stream dropped: %s", exc)
