@@ -1,11 +1,12 @@
-"""``PeerLookup.first_record``: a dial takes the first valid record a listen delivers instead
-of waiting for the get (which OpenDHT answers only once its search completes), without
-giving up any check: forgeries, other signers' records and replays stay refused."""
+"""``PeerLookup.first_record``: a dial takes the first valid record the proxy streams instead
+of waiting for the get to complete (OpenDHT completes it only once every one of the key's
+closest nodes answered or timed out), without giving up any check: forgeries, other signers'
+records and replays stay refused."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import pytest
@@ -21,6 +22,7 @@ from tierlink.wire.records import PeerRecord
 OWNER = Identity.generate()
 OTHER = Identity.generate()
 KEY = ice_candidates_key(OWNER.fingerprint)
+END = object()
 
 
 def record(seq: int, who: Identity = OWNER) -> bytes:
@@ -32,145 +34,112 @@ def forged(seq: int) -> bytes:
     return good[:-SIGNATURE_SIZE] + bytes(SIGNATURE_SIZE)
 
 
-class Stream:
-    """A listen fed by the test; counts closes."""
+class StreamingDht:
+    """A get whose values the test streams one by one (the search never completes unless
+    the test ends it), and a plain get that answers ``stored``."""
 
-    def __init__(self, dht: SlowGetDht) -> None:
-        self.dht = dht
-        self.queue: asyncio.Queue[bytes | BaseException] = asyncio.Queue()
+    def __init__(self, stored: list[bytes]) -> None:
+        self.stored = stored
+        self.feed: asyncio.Queue[object] = asyncio.Queue()
+        self.streams = 0
+        self.closed_streams = 0
+        self.gets = 0
 
-    def __aiter__(self) -> AsyncIterator[bytes]:
-        return self._values()
-
-    async def _values(self) -> AsyncIterator[bytes]:
-        while True:
-            item = await self.queue.get()
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-
-    async def aclose(self) -> None:
-        self.dht.closed_listens += 1
-
-
-class SlowGetDht:
-    """A get that answers only when the test releases it (a search waiting out timeouts),
-    and listens the test feeds value by value."""
-
-    def __init__(self, values: list[bytes]) -> None:
-        self.values = values
-        self.release = asyncio.Event()
-        self.streams: list[Stream] = []
-        self.gets_cancelled = 0
-        self.closed_listens = 0
+    async def values(self, key: str) -> AsyncGenerator[bytes, None]:
+        assert key == KEY
+        self.streams += 1
+        try:
+            while True:
+                item = await self.feed.get()
+                if item is END:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                assert isinstance(item, bytes)
+                yield item
+        finally:
+            self.closed_streams += 1
 
     async def get(self, key: str, **_: Any) -> list[bytes]:
         assert key == KEY
-        try:
-            await self.release.wait()
-        except asyncio.CancelledError:
-            self.gets_cancelled += 1
-            raise
-        return list(self.values)
+        self.gets += 1
+        return list(self.stored)
 
-    def listen(self, key: str) -> Stream:
-        assert key == KEY
-        stream = Stream(self)
-        self.streams.append(stream)
-        return stream
+    def stream(self, *items: object) -> None:
+        for item in items:
+            self.feed.put_nowait(item)
 
 
 class GetOnlyDht:
-    """A DHT client without listen."""
+    """A DHT client that cannot stream a get."""
 
-    def __init__(self, values: list[bytes]) -> None:
-        self.values = values
+    def __init__(self, stored: list[bytes]) -> None:
+        self.stored = stored
 
     async def get(self, key: str, **_: Any) -> list[bytes]:
-        return list(self.values)
+        return list(self.stored)
 
 
-async def _fed(dht: SlowGetDht, *values: bytes | BaseException) -> None:
-    await eventually(lambda: dht.streams, what="the lookup's listen")
-    for value in values:
-        dht.streams[0].queue.put_nowait(value)
-
-
-async def test_first_listened_record_wins_while_the_get_still_waits() -> None:
-    dht = SlowGetDht([record(1)])
+async def test_the_first_streamed_record_is_taken_before_the_search_completes() -> None:
+    dht = StreamingDht([])
     lookup = PeerLookup(dht)
-    feeder = asyncio.create_task(_fed(dht, record(1)))
+    dht.stream(record(1))  # and the search never completes
     found = await asyncio.wait_for(lookup.first_record(OWNER.fingerprint), 10)
-    await feeder
     assert found.seq == 1 and found.fingerprint == OWNER.fingerprint
-    assert lookup.first_by == {"listen": 1}
-    assert dht.gets_cancelled == 1, "the get still waiting is given up"
-    assert dht.closed_listens == 1
+    assert lookup.first_by == {"stream": 1}
+    assert dht.closed_streams == 1 and dht.gets == 0
 
 
-async def test_listen_forgeries_and_other_signers_are_refused(
-    verifies: VerifyCounter,
-) -> None:
-    dht = SlowGetDht([])
+async def test_streamed_forgeries_and_other_signers_are_refused(verifies: VerifyCounter) -> None:
+    dht = StreamingDht([])
     lookup = PeerLookup(dht)
-    feeder = asyncio.create_task(_fed(dht, record(9, OTHER), forged(8), record(3)))
+    dht.stream(record(9, OTHER), forged(8), record(3))
     found = await asyncio.wait_for(lookup.first_record(OWNER.fingerprint), 10)
-    await feeder
     assert found.seq == 3, "neither the other signer's record nor the forgery is taken"
     assert lookup.book.rejected["signature"] == 1
+    assert lookup.book.rejected["fingerprint"] == 1
     assert verifies.calls == 2, "another signer's record costs no verification"
 
 
-async def test_listened_replay_older_than_accepted_is_refused() -> None:
+async def test_a_streamed_replay_older_than_accepted_is_refused() -> None:
     book = RecordBook()
     book.accept(record(5), OWNER.fingerprint)
-    dht = SlowGetDht([record(5)])
+    dht = StreamingDht([record(5)])
     lookup = PeerLookup(dht, book)
-    feeder = asyncio.create_task(_fed(dht, record(2)))
-    task = asyncio.create_task(lookup.first_record(OWNER.fingerprint))
-    await feeder
-    await eventually(lambda: book.rejected["stale"], what="the replay refused")
-    assert not task.done(), "the replayed older record was not taken"
-    dht.release.set()
-    found = await asyncio.wait_for(task, 10)
+    dht.stream(record(2), END)
+    found = await asyncio.wait_for(lookup.first_record(OWNER.fingerprint), 10)
+    assert book.rejected["stale"] >= 1
     assert found.seq == 5 and lookup.first_by == {"get": 1}
 
 
-async def test_listen_verifications_are_bounded(verifies: VerifyCounter) -> None:
-    dht = SlowGetDht([record(1)])
+async def test_streamed_verifications_are_bounded(verifies: VerifyCounter) -> None:
+    dht = StreamingDht([record(1)])
     lookup = PeerLookup(dht, RecordBook(max_verifies=3))
-    forgeries = [forged(10 + i) for i in range(6)]
-    feeder = asyncio.create_task(_fed(dht, *forgeries))
+    dht.stream(*(forged(10 + i) for i in range(6)))
     task = asyncio.create_task(lookup.first_record(OWNER.fingerprint))
-    await feeder
     await eventually(lambda: lookup.book.rejected["verify_cap"] == 3, what="budget spent")
-    assert verifies.calls == 3
-    dht.release.set()
-    assert (await asyncio.wait_for(task, 10)).seq == 1
+    assert verifies.calls == 3 and not task.done()
+    dht.stream(END)
+    assert (await asyncio.wait_for(task, 10)).seq == 1, "then the get (forgeries known)"
 
 
-async def test_a_failed_listen_leaves_the_get() -> None:
-    dht = SlowGetDht([record(4)])
+async def test_a_failed_stream_leaves_the_get() -> None:
+    dht = StreamingDht([record(4)])
     lookup = PeerLookup(dht)
-    feeder = asyncio.create_task(_fed(dht, DhtUnavailable("proxy gone")))
-    task = asyncio.create_task(lookup.first_record(OWNER.fingerprint))
-    await feeder
-    await eventually(lambda: dht.closed_listens, what="the failed listen closed")
-    dht.release.set()
-    assert (await asyncio.wait_for(task, 10)).seq == 4
-    assert lookup.first_by == {"get": 1}
+    dht.stream(DhtUnavailable("proxy gone"))
+    assert (await asyncio.wait_for(lookup.first_record(OWNER.fingerprint), 10)).seq == 4
+    assert lookup.first_by == {"get": 1} and dht.closed_streams == 1
 
 
 async def test_nothing_valid_anywhere_is_not_found() -> None:
-    dht = SlowGetDht([forged(2)])
-    dht.release.set()
+    dht = StreamingDht([forged(2)])
     lookup = PeerLookup(dht)
+    dht.stream(forged(2), END)
     with pytest.raises(PeerNotFound):
         await asyncio.wait_for(lookup.first_record(OWNER.fingerprint), 10)
-    assert dht.closed_listens == 1
 
 
-async def test_a_client_without_listen_uses_the_get() -> None:
+async def test_a_client_without_streaming_uses_the_get() -> None:
     lookup = PeerLookup(GetOnlyDht([record(7)]))
     assert (await lookup.first_record(OWNER.fingerprint)).seq == 7
-    assert not lookup.first_by
+    assert lookup.first_by == {"get": 1}

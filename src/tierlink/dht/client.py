@@ -24,7 +24,7 @@ import contextlib
 import json
 import logging
 from collections import Counter, OrderedDict
-from collections.abc import AsyncIterable, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable
 from types import TracebackType
 from typing import Any
 
@@ -275,41 +275,67 @@ class DhtClient:
         in :attr:`capped_gets`).
         """
         max_bytes, unfiltered_bytes = self.max_get_bytes, self.unfiltered_get_bytes
-        timeout = aiohttp.ClientTimeout(total=self.timeout)
-        url = self._url(key)
         out: list[bytes] = []
-        self._trace("get", key)
+        size = 0
         try:
-            async with self.session.get(url, timeout=timeout) as resp:
-                if resp.status >= 400:
-                    raise DhtError(f"DHT proxy answered {resp.status} to GET {url}")
-                lines = bounded_lines(resp.content.iter_any(), MAX_LINE_BYTES)
-                size = 0
-                async for line in lines:
-                    item = self._read_line(line)
-                    if item is None or item[2]:
-                        continue
-                    value = item[1]
-                    if size + len(value) > unfiltered_bytes and keep is not None \
-                            and not keep(value):
-                        self.filtered_values += 1
-                        continue
-                    size += len(value)
-                    if size > max_bytes:
-                        self.capped_gets += 1
-                        break
-                    out.append(value)
+            async for value in self._streamed(key):
+                if size + len(value) > unfiltered_bytes and keep is not None \
+                        and not keep(value):
+                    self.filtered_values += 1
+                    continue
+                size += len(value)
+                if size > max_bytes:
+                    self.capped_gets += 1
+                    break
+                out.append(value)
         except TimeoutError:  # aiohttp's socket timeouts are TimeoutErrors too
             if out:  # a huge answer: what arrived in time is still the key's values
                 self.capped_gets += 1
                 return out
-            raise DhtUnavailable(
-                f"DHT proxy {self.base_url} did not answer within {self.timeout:.1f} s"
-            ) from None
-        except (aiohttp.ClientError, OSError) as exc:
-            raise DhtUnavailable(f"DHT proxy {self.base_url} unreachable: {exc}") from None
+            raise self._no_answer() from None
         self._trace("got", key)
         return out
+
+    async def values(self, key: str) -> AsyncGenerator[bytes, None]:
+        """The values under ``key`` one by one, as the proxy streams its get: OpenDHT hands
+        each over as soon as a node returns it, long before the search completes (which
+        waits out every unanswering node). Stop iterating to stop reading; the stream ends
+        when the search completes, after :attr:`max_get_bytes`, or after the timeout
+        (:class:`DhtUnavailable` if nothing came)."""
+        size = 0
+        try:
+            async for value in self._streamed(key):
+                size += len(value)
+                if size > self.max_get_bytes:
+                    self.capped_gets += 1
+                    return
+                yield value
+        except TimeoutError:
+            if not size:
+                raise self._no_answer() from None
+
+    def _no_answer(self) -> DhtUnavailable:
+        return DhtUnavailable(
+            f"DHT proxy {self.base_url} did not answer within {self.timeout:.1f} s")
+
+    async def _streamed(self, key: str) -> AsyncGenerator[bytes, None]:
+        """Each value of a get as its line arrives (skipped lines counted); TimeoutError
+        when the client's timeout runs out."""
+        url = self._url(key)
+        self._trace("get", key)
+        try:
+            async with self.session.get(url, timeout=aiohttp.ClientTimeout(total=self.timeout)) \
+                    as resp:
+                if resp.status >= 400:
+                    raise DhtError(f"DHT proxy answered {resp.status} to GET {url}")
+                async for line in bounded_lines(resp.content.iter_any(), MAX_LINE_BYTES):
+                    item = self._read_line(line)
+                    if item is not None and not item[2]:
+                        yield item[1]
+        except TimeoutError:  # aiohttp's timeouts are ClientErrors too: the caller decides
+            raise
+        except (aiohttp.ClientError, OSError) as exc:
+            raise DhtUnavailable(f"DHT proxy {self.base_url} unreachable: {exc}") from None
 
     def listen(self, key: str, *, reconnect: bool = True) -> DhtListener:
         """An async iterator of new values under ``key`` (existing ones first)."""
