@@ -218,10 +218,6 @@ class DhtLab:
         i = index if index is not None and index in live else self.rng.choice(live)
         return self.places[i].address, self.nodes[i].port or 0
 
-    def proxy_url(self, index: int) -> str:
-        """The REST proxy of node ``index`` (reachable from the lab's namespaces)."""
-        return self.nodes[index].proxy_url
-
     def pids(self) -> list[int]:
         """The pids of the running dhtnodes."""
         return [pid for node in self.nodes if (pid := node.pid) is not None]

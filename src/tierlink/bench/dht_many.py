@@ -60,8 +60,6 @@ class ManyPlan:
     log_dir: str | None = None
     log_nodes: bool = False
     seed: int = 1
-    #: Lab nodes (stable ones) each peer's puts and listens also go through.
-    mirrors: int = 0
 
     @classmethod
     def quick(cls, nodes: int = 100) -> ManyPlan:
@@ -93,13 +91,11 @@ class Peer:
         self.ready = ready
 
     @classmethod
-    async def start(cls, lab: DhtLab, role: str, contact: int, log_name: str,
-                    mirrors: Sequence[str] = ()) -> Peer:
-        """Start a peer whose dhtnode joins through lab node ``contact``; its puts and
-        listens also go through the proxies ``mirrors``."""
+    async def start(cls, lab: DhtLab, role: str, contact: int, log_name: str) -> Peer:
+        """Start a peer whose dhtnode joins through lab node ``contact``."""
         ns, address = await lab.add_peer_host()
         params = {"role": role, "address": address, "bootstrap": list(lab.contact(contact)),
-                  "log_file": lab.log_path(log_name), "mirrors": list(mirrors)}
+                  "log_file": lab.log_path(log_name)}
         proc = await asyncio.create_subprocess_exec(
             "ip", "netns", "exec", ns, sys.executable, "-m", "tierlink.bench.dht_peer",
             json.dumps(params), stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
@@ -227,18 +223,10 @@ async def measure(plan: ManyPlan) -> JsonDict:
             peers: list[Peer] = []
             try:
                 step = max(1, plan.nodes // (plan.dialers + 1))
-                churnable = set(lab.churnable(plan.churn_share))
-                stable = [i for i in range(plan.nodes) if i not in churnable]
-
-                def mirrors(k: int) -> list[str]:
-                    return [lab.proxy_url(stable[(k * plan.mirrors + j) % len(stable)])
-                            for j in range(plan.mirrors)]
-
-                callee = await Peer.start(lab, "callee", plan.nodes - 1, "callee", mirrors(0))
+                callee = await Peer.start(lab, "callee", plan.nodes - 1, "callee")
                 peers.append(callee)
                 for k in range(plan.dialers):
-                    peers.append(await Peer.start(lab, "dialer", 1 + k * step, f"dialer{k}",
-                                                  mirrors(k + 1)))
+                    peers.append(await Peer.start(lab, "dialer", 1 + k * step, f"dialer{k}"))
                 events: list[JsonDict] = []
                 reader = asyncio.create_task(_collect(callee, events))
                 phases = {
@@ -316,12 +304,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--log-nodes", action="store_true", help="and of every lab node")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--no-rate-limit", action="store_true", help="lab dhtnodes run with -U")
-    ap.add_argument("--mirrors", type=int, default=0,
-                    help="stable lab nodes each peer also puts and listens through")
     a = ap.parse_args(argv)
     plan = ManyPlan.quick(a.nodes) if a.quick else ManyPlan(nodes=a.nodes)
     plan = replace(plan, churn_per_min=a.churn, log_dir=a.log_dir, log_nodes=a.log_nodes,
-                   rate_limit=not a.no_rate_limit, mirrors=a.mirrors,
+                   rate_limit=not a.no_rate_limit,
                    **({} if a.quick else {"dialers": a.dialers, "dials": a.dials}))
     if a.log_dir:
         os.makedirs(a.log_dir, exist_ok=True)

@@ -98,7 +98,6 @@ async def run(params: JsonDict) -> None:
     dht = await _join(host, int(port), params.get("log_file"))
     state = tempfile.mkdtemp(prefix="tldm-peer-")
     config = NodeConfig(Identity.generate(), dht_proxy=dht.proxy_url,
-                        dht_mirrors=list(params.get("mirrors", [])),
                         host_addresses=[params["address"]], data_dir=Path(state))
     node = Node(config)
     stdin = await _lines()

@@ -2,7 +2,5 @@
 
 from tierlink.dht.client import DhtClient, DhtListener
 from tierlink.dht.launcher import DhtNodeProcess, NodePlace, start_nodes, stop_nodes
-from tierlink.dht.mirrors import MirroredDht
 
-__all__ = ["DhtClient", "DhtListener", "DhtNodeProcess", "MirroredDht", "NodePlace",
-           "start_nodes", "stop_nodes"]
+__all__ = ["DhtClient", "DhtListener", "DhtNodeProcess", "NodePlace", "start_nodes", "stop_nodes"]

@@ -24,10 +24,8 @@ class NodeConfig:
     """Everything a node needs. Only ``identity`` is required.
 
     ``dht_proxy``: URL of an existing OpenDHT REST proxy; None starts an embedded ``dhtnode``
-    child (joined to ``bootstrap``). ``dht_mirrors``: more proxies that puts and listens also
-    go through (see :mod:`tierlink.dht.mirrors`). ``mode``: ``private`` (default) publishes
-    no candidates, addresses travel only inside encrypted answers; ``public`` lists them in
-    the record.
+    child (joined to ``bootstrap``). ``mode``: ``private`` (default) publishes no candidates,
+    addresses travel only inside encrypted answers; ``public`` lists them in the record.
     ``allow``: fingerprints this node answers; None answers anyone.
     ``secure``: carry the pinned QUIC channel (reliable, encrypted); False carries raw ICE
     datagrams. ``liveness_timeout``: a dead peer is detected within it.
@@ -46,7 +44,6 @@ class NodeConfig:
 
     identity: Identity
     dht_proxy: str | None = None
-    dht_mirrors: list[str] = field(default_factory=list)
     bootstrap: list[tuple[str, int]] = field(default_factory=list)
     dht_port: int | None = None
     dht_no_rate_limit: bool = False

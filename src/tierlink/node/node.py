@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from types import TracebackType
 
 from tierlink.backoff import Backoff
-from tierlink.dht import DhtClient, DhtNodeProcess, MirroredDht
+from tierlink.dht import DhtClient, DhtNodeProcess
 from tierlink.dht.record_book import PeerLookup, RecordBook
 from tierlink.errors import TierlinkError
 from tierlink.identity import is_fingerprint
@@ -141,10 +141,7 @@ class Node:
                 )
                 await self.dht_process.start()
                 url = self.dht_process.proxy_url
-            self.dht = (
-                MirroredDht(url, self.config.dht_mirrors, timeout=self.config.dht_timeout)
-                if self.config.dht_mirrors else DhtClient(url, timeout=self.config.dht_timeout)
-            )
+            self.dht = DhtClient(url, timeout=self.config.dht_timeout)
             parts = self._build(self.dht)
             await parts.presence.publish()
             self._parts = parts
