@@ -33,6 +33,8 @@ bench: $(STAMP)
 	$(BIN)/python -m pip install -q -e ".[bench]"
 	$(BIN)/tierlink bench $(BENCH_ARGS)
 	$(BIN)/tierlink bench --mtu 1500 $(BENCH_ARGS)
+	@if [ "$$(id -u)" = 0 ]; then $(BIN)/tierlink bench --dht-many 100 $(BENCH_ARGS); \
+	else echo "make bench: --dht-many skipped (it needs root for network namespaces)"; fi
 
 # Every parser of untrusted bytes, FUZZ_RUNS inputs each (coverage-guided with atheris).
 fuzz: $(STAMP)

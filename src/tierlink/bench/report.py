@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from tierlink.bench.base import JsonDict
+from tierlink.bench.dht_many import render as render_dht_many
 
 SYSTEMS = ("tierlink", "aioice_raw", "aiortc_datachannel")
 
@@ -272,5 +273,8 @@ def render_markdown(runs: list[JsonDict]) -> str:
     ]
     for results in runs:
         lines += ["", *render_run(results)]
+    for results in runs:
+        if isinstance(results.get("dht_many"), dict):
+            lines += ["", *render_dht_many(results["dht_many"])]
     lines += ["", METHOD]
     return "\n".join(lines)

@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from tierlink.bench.base import JsonDict
+from tierlink.bench.dht_many import ManyPlan, run_dht_many
 from tierlink.bench.harness import Plan
 from tierlink.bench.netns import NETNS_ENV, BenchError, loopback_mtu, run_in_namespace
 from tierlink.bench.report import SYSTEMS, load_json, render_markdown, write_json
@@ -38,6 +39,8 @@ INSTALL_HINT = "run `make bench`, or install the bench extra: pip install -e '.[
 #: Path MTUs ``--mtu`` accepts: QUIC and ICE need 1200-byte datagrams (IPv6 minimum 1280).
 MTU_RANGE = (1280, 65536)
 MTU_RESULTS_GLOB = "results-mtu*.json"
+#: The key of ``--dht-many``'s results in results.json.
+DHT_MANY = "dht_many"
 
 
 def machine_info() -> JsonDict:
@@ -134,6 +137,8 @@ async def run_bench_async(
         "plan": dataclasses.asdict(plan),
     }
     ordered.update({s: results[s] for s in SYSTEMS if s in results})
+    if DHT_MANY in results:
+        ordered[DHT_MANY] = results[DHT_MANY]
     write_json(json_path, ordered)
     write_markdown(out_dir)
     return ordered
@@ -195,6 +200,21 @@ def run_bench(
         }
         return run_in_namespace(mtu, params, out_dir / results_name(mtu))
     return asyncio.run(run_bench_async(chosen, plan, quick, out_dir, mtu))
+
+
+def run_dht_many_bench(nodes: int, quick: bool, out_dir: Path) -> JsonDict:
+    """``--dht-many N``: dial by fingerprint on an N-node lab DHT without and with churn
+    (root; see :mod:`tierlink.bench.dht_many`), stored as results.json's ``dht_many`` (the
+    other entries kept) and shown in BENCHMARKS.md; returns the whole results.json."""
+    plan = ManyPlan.quick(nodes) if quick else ManyPlan(nodes=nodes)
+    result = run_dht_many(plan)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    json_path = out_dir / results_name(None)
+    results = load_json(json_path)
+    results[DHT_MANY] = result | {"quick": quick, "date": machine_info()["date"]}
+    write_json(json_path, results)
+    write_markdown(out_dir)
+    return results
 
 
 def main(argv: Sequence[str]) -> int:

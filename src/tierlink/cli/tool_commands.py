@@ -26,7 +26,12 @@ def _bench(args: argparse.Namespace) -> int:
     from tierlink.bench.report import render_markdown
     from tierlink.bench.runner import run_bench
 
-    results = run_bench(args.system, args.quick, args.out, rounds=args.rounds, mtu=args.mtu)
+    if args.dht_many is not None:
+        from tierlink.bench.runner import run_dht_many_bench
+
+        results = run_dht_many_bench(args.dht_many, args.quick, args.out)
+    else:
+        results = run_bench(args.system, args.quick, args.out, rounds=args.rounds, mtu=args.mtu)
     print(json.dumps(results, indent=2) if args.json else render_markdown([results]))
     return 0
 
@@ -81,6 +86,10 @@ def register(sub: Any) -> None:
     bench.add_argument("--mtu", type=positive_int, default=None, metavar="BYTES",
                        help="run inside a network namespace whose loopback has this MTU "
                        "(root), e.g. 1500")
+    bench.add_argument("--dht-many", type=positive_int, nargs="?", const=100, default=None,
+                       metavar="NODES",
+                       help="instead: dial by fingerprint on a lab DHT of NODES dhtnodes "
+                       "(default 100), without and with churn (root: network namespaces)")
     bench.add_argument("--json", action="store_true", help="print results.json")
     bench.add_argument("--out", type=Path, default=Path("bench"), help="results directory")
     bench.set_defaults(func=_bench)

@@ -24,7 +24,7 @@ import contextlib
 import json
 import logging
 from collections import Counter, OrderedDict
-from collections.abc import AsyncIterable, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable
 from types import TracebackType
 from typing import Any
 
@@ -35,6 +35,10 @@ from tierlink.errors import DhtError, DhtUnavailable
 log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT = 10.0
+#: ``DhtClient.trace``: called with (event, key, value) at ``put`` (before the request),
+#: ``get`` (request sent), ``got`` (answer read, value empty), ``listen`` (stream asked for)
+#: and ``value`` (each new value a listen delivers); for measurements, never on by default.
+Trace = Callable[[str, str, bytes], None]
 #: After a put the node reported failed was found stored (a node without peers), the same
 #: report is taken as stored for this long without reading back (seconds).
 LONE_NODE_TRUST_S = 30.0
@@ -156,6 +160,12 @@ class DhtClient:
         """Gets cut at :attr:`max_get_bytes` or by the timeout (the key held more)."""
         self.filtered_values = 0
         """Values a get skipped past its unfiltered bytes because ``keep`` refused them."""
+        self.trace: Trace | None = None
+        """Called at each put, get and listened value (see :data:`Trace`); None: off."""
+
+    def _trace(self, event: str, key: str, value: bytes = b"") -> None:
+        if self.trace is not None:
+            self.trace(event, key, value)
 
     def _read_line(self, line: bytes | None) -> tuple[str, bytes, bool] | None:
         """(value id, data, expired) from one proxy line (None: an oversized line); None if
@@ -229,6 +239,7 @@ class DhtClient:
         ``sent`` gets its result once the request is written (or has failed): a caller
         with CPU work to do meanwhile waits for it, so its work does not delay the put.
         """
+        self._trace("put", key, value)
         payload = {"data": base64.b64encode(value).decode()}
         if permanent:
             payload["permanent"] = True  # type: ignore[assignment]
@@ -264,39 +275,67 @@ class DhtClient:
         in :attr:`capped_gets`).
         """
         max_bytes, unfiltered_bytes = self.max_get_bytes, self.unfiltered_get_bytes
-        timeout = aiohttp.ClientTimeout(total=self.timeout)
-        url = self._url(key)
         out: list[bytes] = []
+        size = 0
         try:
-            async with self.session.get(url, timeout=timeout) as resp:
-                if resp.status >= 400:
-                    raise DhtError(f"DHT proxy answered {resp.status} to GET {url}")
-                lines = bounded_lines(resp.content.iter_any(), MAX_LINE_BYTES)
-                size = 0
-                async for line in lines:
-                    item = self._read_line(line)
-                    if item is None or item[2]:
-                        continue
-                    value = item[1]
-                    if size + len(value) > unfiltered_bytes and keep is not None \
-                            and not keep(value):
-                        self.filtered_values += 1
-                        continue
-                    size += len(value)
-                    if size > max_bytes:
-                        self.capped_gets += 1
-                        break
-                    out.append(value)
+            async for value in self._streamed(key):
+                if size + len(value) > unfiltered_bytes and keep is not None \
+                        and not keep(value):
+                    self.filtered_values += 1
+                    continue
+                size += len(value)
+                if size > max_bytes:
+                    self.capped_gets += 1
+                    break
+                out.append(value)
         except TimeoutError:  # aiohttp's socket timeouts are TimeoutErrors too
             if out:  # a huge answer: what arrived in time is still the key's values
                 self.capped_gets += 1
                 return out
-            raise DhtUnavailable(
-                f"DHT proxy {self.base_url} did not answer within {self.timeout:.1f} s"
-            ) from None
+            raise self._no_answer() from None
+        self._trace("got", key)
+        return out
+
+    async def values(self, key: str) -> AsyncGenerator[bytes, None]:
+        """The values under ``key`` one by one, as the proxy streams its get: OpenDHT hands
+        each over as soon as a node returns it, long before the search completes (which
+        waits out every unanswering node). Stop iterating to stop reading; the stream ends
+        when the search completes, after :attr:`max_get_bytes`, or after the timeout
+        (:class:`DhtUnavailable` if nothing came)."""
+        size = 0
+        try:
+            async for value in self._streamed(key):
+                size += len(value)
+                if size > self.max_get_bytes:
+                    self.capped_gets += 1
+                    return
+                yield value
+        except TimeoutError:
+            if not size:
+                raise self._no_answer() from None
+
+    def _no_answer(self) -> DhtUnavailable:
+        return DhtUnavailable(
+            f"DHT proxy {self.base_url} did not answer within {self.timeout:.1f} s")
+
+    async def _streamed(self, key: str) -> AsyncGenerator[bytes, None]:
+        """Each value of a get as its line arrives (skipped lines counted); TimeoutError
+        when the client's timeout runs out."""
+        url = self._url(key)
+        self._trace("get", key)
+        try:
+            async with self.session.get(url, timeout=aiohttp.ClientTimeout(total=self.timeout)) \
+                    as resp:
+                if resp.status >= 400:
+                    raise DhtError(f"DHT proxy answered {resp.status} to GET {url}")
+                async for line in bounded_lines(resp.content.iter_any(), MAX_LINE_BYTES):
+                    item = self._read_line(line)
+                    if item is not None and not item[2]:
+                        yield item[1]
+        except TimeoutError:  # aiohttp's timeouts are ClientErrors too: the caller decides
+            raise
         except (aiohttp.ClientError, OSError) as exc:
             raise DhtUnavailable(f"DHT proxy {self.base_url} unreachable: {exc}") from None
-        return out
 
     def listen(self, key: str, *, reconnect: bool = True) -> DhtListener:
         """An async iterator of new values under ``key`` (existing ones first)."""
@@ -325,6 +364,7 @@ class DhtListener:
 
     def __init__(self, client: DhtClient, key: str, *, reconnect: bool = True) -> None:
         self._client = client
+        self.key = key
         self._url = client._url(key, "/listen")
         self._reconnect = reconnect
         self._seen: OrderedDict[str, None] = OrderedDict()
@@ -338,11 +378,14 @@ class DhtListener:
     async def __anext__(self) -> bytes:
         if self._gen is None:
             self._gen = self._values()
-        return await self._gen.__anext__()
+        value = await self._gen.__anext__()
+        self._client._trace("value", self.key, value)
+        return value
 
     async def _open(self) -> aiohttp.ClientResponse:
         deadline = asyncio.get_running_loop().time() + self._client.timeout
         delay = 0.1
+        self._client._trace("listen", self.key)
         while True:
             try:
                 resp = await self._client.session.get(

@@ -72,6 +72,7 @@ class DhtNodeCommand:
 
     ``port`` 0 lets the kernel pick the UDP port. ``netns`` runs it through ``ip netns exec``
     (the pid stays the child's: ``ip`` execs dhtnode). dhtnode takes one bootstrap node.
+    ``log_file``: write OpenDHT's verbose log (searches, requests, proxy stats) there.
     """
 
     proxy_port: int
@@ -81,6 +82,7 @@ class DhtNodeCommand:
     no_rate_limit: bool = False
     netns: str | None = None
     executable: str = "dhtnode"
+    log_file: str | None = None
 
     def argv(self) -> list[str]:
         """The argv to execute; DhtNodeMissing with the install hint if dhtnode is absent."""
@@ -93,6 +95,8 @@ class DhtNodeCommand:
             argv.append("-U")
         if self.bootstrap is not None:
             argv += ["-b", format_hostport(*self.bootstrap)]
+        if self.log_file is not None:
+            argv += ["-v", "-l", self.log_file]
         if self.netns is not None:
             argv = ["ip", "netns", "exec", self.netns, *argv]
         return argv
@@ -123,7 +127,8 @@ class DhtNodeProcess:
     (``proxy_host`` must then be one of its addresses; readiness is checked through ``/proc``
     only, the proxy being unreachable from here). With ``bootstrap``, :meth:`start` waits up
     to ``join_timeout`` for the node to know another DHT node, else fails with
-    :class:`DhtUnavailable` saying to use a proxy over TCP (``--dht-proxy``).
+    :class:`DhtUnavailable` saying to use a proxy over TCP (``--dht-proxy``). ``log_file``:
+    OpenDHT's verbose log goes there.
     """
 
     def __init__(
@@ -138,6 +143,7 @@ class DhtNodeProcess:
         executable: str = "dhtnode",
         start_timeout: float = 10.0,
         join_timeout: float = 10.0,
+        log_file: str | None = None,
     ) -> None:
         self.port = port
         self.proxy_port = proxy_port
@@ -148,6 +154,7 @@ class DhtNodeProcess:
         self.executable = executable
         self.start_timeout = start_timeout
         self.join_timeout = join_timeout
+        self.log_file = log_file
         self.restarts = 0
         self._proc: asyncio.subprocess.Process | None = None
         self._watch: asyncio.Task[None] | None = None
@@ -169,6 +176,7 @@ class DhtNodeProcess:
             proxy_port=self.proxy_port or 0, port=self.port or 0, proxy_host=self.proxy_host,
             bootstrap=self.bootstrap[0] if self.bootstrap else None,
             no_rate_limit=self.no_rate_limit, netns=self.netns, executable=self.executable,
+            log_file=self.log_file,
         )
 
     async def start(self) -> None:
@@ -182,8 +190,9 @@ class DhtNodeProcess:
             self._check_free(socket.SOCK_DGRAM, "0.0.0.0", self.port, "UDP DHT")
         self._stopping = False
         for attempt in range(1, _PROXY_PORT_TRIES + 1):
-            if pick_proxy:
-                self.proxy_port = free_port(socket.SOCK_STREAM, self.proxy_host)
+            if pick_proxy:  # in another namespace: a port free here (its own are fresh)
+                here = "127.0.0.1" if self.netns is not None else self.proxy_host
+                self.proxy_port = free_port(socket.SOCK_STREAM, here)
             try:
                 await self._spawn()
                 break
@@ -345,10 +354,11 @@ def _known_nodes(info: dict[str, Any]) -> int:
 @dataclass(frozen=True)
 class NodePlace:
     """Where one node of :func:`start_nodes` runs: a namespace (None: this one) and the
-    address its proxy listens on and the others bootstrap to."""
+    address its proxy listens on and the others bootstrap to; ``log_file``: its verbose log."""
 
     netns: str | None = None
     address: str = "127.0.0.1"
+    log_file: str | None = None
 
 
 async def start_nodes(
@@ -367,7 +377,7 @@ async def start_nodes(
         for i, place in enumerate(where[:n]):
             boot = [] if i == 0 else [(where[0].address, nodes[0].port or 0)]
             node = DhtNodeProcess(bootstrap=boot, no_rate_limit=no_rate_limit, netns=place.netns,
-                                  proxy_host=place.address)
+                                  proxy_host=place.address, log_file=place.log_file)
             nodes.append(node)
             await node.start()
     except BaseException:
