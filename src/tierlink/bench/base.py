@@ -13,7 +13,7 @@ import json
 import sys
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any, BinaryIO
 
 JsonDict = dict[str, Any]
@@ -116,6 +116,10 @@ class BenchConn(ABC):
         """
         return None
 
+    def path_type(self) -> str | None:
+        """The kind of path the connection runs on (``host``, ``relay``, ...), if known."""
+        return None
+
     def limit_packet_size(self, size: int | None) -> bool:
         """Cap the sender's packet size (None: lift the cap); False if the system has no
         such knob (only tierlink probes the path MTU, so only it has one)."""
@@ -156,6 +160,15 @@ class BenchSide(ABC):
     @abstractmethod
     async def accept(self) -> BenchConn:
         """Accept the next connection from the dialer (callee role)."""
+
+    async def incoming(self) -> AsyncIterator[BenchConn]:
+        """Accepted connections as they come (callee role), without a timeout per accept."""
+        while True:
+            yield await self.accept()
+
+    def stats(self) -> JsonDict:
+        """The system's own counters (refusals, queues), for the report; {} if none."""
+        return {}
 
     async def shutdown(self) -> None:  # noqa: B027 - optional hook, nothing to release
         """Release everything ``setup`` created."""

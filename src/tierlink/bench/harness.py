@@ -54,6 +54,9 @@ class Plan:
     idle_connections: int = 20
     idle_many_s: float = 300.0
     mem_connections: int = 100
+    #: Latency probes per mode and their spacing (s); see :mod:`tierlink.bench.latency`.
+    latency_probes: int = 300
+    latency_interval_s: float = 0.01
 
     def __post_init__(self) -> None:
         if self.rounds < MIN_ROUNDS:
@@ -74,6 +77,7 @@ class Plan:
             idle_connections=5,
             idle_many_s=6.0,
             mem_connections=10,
+            latency_probes=50,
         )
 
 

@@ -28,6 +28,18 @@ METRICS: tuple[tuple[str, str, int, bool], ...] = (
     ("datagram_mb_per_s", "datagrams 1 KiB, < 1 % loss (MB/s)", 2, True),
     ("datagram_loss_percent", "datagram loss at that rate (%)", 2, False),
     ("datagram_native_msgs_per_s", "datagrams, counted in the library callback (msg/s)", 0, True),
+    ("latency_idle_p50_ms", "message latency, idle connection, p50 (ms)", 2, False),
+    ("latency_idle_p99_ms", "message latency, idle connection, p99 (ms)", 2, False),
+    ("latency_same_p50_ms", "latency with a 64 KiB stream on the same connection, p50 (ms)", 2,
+     False),
+    ("latency_same_p99_ms", "latency with a 64 KiB stream on the same connection, p99 (ms)", 2,
+     False),
+    ("latency_same_bulk_mb_per_s", "that stream meanwhile (MB/s)", 2, True),
+    ("latency_other_p50_ms", "latency with a 64 KiB stream on another connection, p50 (ms)", 2,
+     False),
+    ("latency_other_p99_ms", "latency with a 64 KiB stream on another connection, p99 (ms)", 2,
+     False),
+    ("latency_other_bulk_mb_per_s", "that stream meanwhile (MB/s)", 2, True),
     ("idle_cpu_percent", "idle CPU, blocked in recv (%)", 4, False),
     ("idle_conn_cpu_percent", "idle CPU per connection, 20 idle (quick: 5), dhtnode counted (%)",
      5, False),
@@ -106,6 +118,15 @@ def targets(results: JsonDict) -> list[tuple[str, str, str]]:
         ("connect median <= 0.5x aiortc's", *check(tcon, rtccon, 0.5, False)),
         ("idle CPU per connection <= aiortc's", *check(tconn, rtcconn, 1.0, False)),
     ]
+    t64 = _get(results, "tierlink", "reliable_64k_mb_per_s")
+    rows.append(("reliable 1 KiB msg/s >= 0.8x raw aioice (issue 17)",
+                 *check(t1k, raw1k, 0.8, True)))
+    rows.append(("reliable 64 KiB >= 100 MB/s (issue 17)", *check(t64, 100.0, 1.0, True)))
+    opened = _get(results, "tierlink", "connections_opened")
+    asked = _get(results, "tierlink", "connections_asked")
+    if isinstance(opened, int) and isinstance(asked, int):
+        rows.append(("1000 connections to one node", f"{opened} of {asked}",
+                     "PASS" if opened >= 1000 else "FAIL" if asked >= 1000 else "quick run"))
     if isinstance(idle, int | float):
         rows.append(("idle CPU < 0.1 %", f"{idle:.4f} %", "PASS" if idle < 0.1 else "FAIL"))
     else:
@@ -202,6 +223,64 @@ spreads), so read ratios within one run, not across runs.
 """
 
 
+#: tierlink through a TURN relay beside its direct figures: (key, label, digits).
+RELAY_ROWS: tuple[tuple[str, str, int], ...] = (
+    ("reliable_1k_msgs_per_s", "reliable 1 KiB (msg/s)", 0),
+    ("reliable_64k_mb_per_s", "reliable 64 KiB (MB/s)", 2),
+    ("latency_idle_p50_ms", "message latency, idle, p50 (ms)", 2),
+    ("latency_idle_p99_ms", "message latency, idle, p99 (ms)", 2),
+    ("latency_same_p50_ms", "latency with a 64 KiB stream on the connection, p50 (ms)", 2),
+    ("latency_same_p99_ms", "latency with a 64 KiB stream on the connection, p99 (ms)", 2),
+    ("latency_same_bulk_mb_per_s", "that stream meanwhile (MB/s)", 2),
+)
+#: The many-connection phase: (key, label, digits).
+CROWD_ROWS: tuple[tuple[str, str, int], ...] = (
+    ("connections_opened", "connections opened (of connections_asked)", 0),
+    ("crowd_dial_per_s", "dial rate, all dialers (connections/s)", 1),
+    ("rss_kb_per_connection_at_1000", "callee RSS per connection (KiB)", 1),
+    ("crowd_fds_per_connection", "callee fds per connection", 2),
+    ("crowd_tasks_per_connection", "callee asyncio tasks per connection (incl. the echo task)",
+     2),
+    ("crowd_idle_cpu_percent_per_connection", "callee idle CPU per connection (%)", 5),
+    ("crowd_idle_dht_cpu_percent", "the dhtnodes meanwhile, all (%)", 3),
+    ("crowd_echo_mixed", "echo on every connection at once: wrong replies", 0),
+    ("crowd_echo_lost", "echo on every connection at once: no reply", 0),
+    ("crowd_close_all_s", "dialers close all -> callee saw all closed (s)", 2),
+    ("crowd_fds_left_after_close", "callee fds left after close (vs. before)", 0),
+    ("crowd_tasks_left_after_close", "callee tasks left after close (vs. before)", 0),
+)
+
+
+def render_relay(results: JsonDict) -> list[str]:
+    """tierlink through a local coturn beside its direct figures (empty if not run)."""
+    entry = results.get("tierlink")
+    if not isinstance(entry, dict) or not any(k.startswith("relay_") for k in entry):
+        return []
+    lines = ["", "tierlink through a TURN relay (local coturn, TURN over UDP, both nodes "
+             "relay-only) beside its direct figures above:", "",
+             "| metric | direct | through the relay | relay / direct |", "|---|---:|---:|---:|"]
+    for key, label, digits in RELAY_ROWS:
+        direct, relayed = entry.get(key), entry.get("relay_" + key)
+        lines.append(f"| {label} | {_cell(results, 'tierlink', key, digits)} | "
+                     f"{_cell(results, 'tierlink', 'relay_' + key, digits)} | "
+                     f"{_ratio(relayed, direct)} |")
+    return lines
+
+
+def render_crowd(results: JsonDict) -> list[str]:
+    """The many-connection row block (empty if not run)."""
+    entry = results.get("tierlink")
+    if not isinstance(entry, dict) or "connections_asked" not in entry:
+        return []
+    e = entry
+    lines = ["", f"Many connections to one node: {e.get('connections_asked')} connections from "
+             f"{e.get('crowd_dialers')} dialer processes ({e.get('crowd_dials_in_flight')} "
+             f"dials in flight) through {e.get('crowd_dht_nodes')} dhtnodes, one round:", "",
+             "| metric | tierlink |", "|---|---:|"]
+    lines += [f"| {label} | {_fmt(e.get(key), digits)} |" for key, label, digits in CROWD_ROWS]
+    return lines
+
+
 def run_title(results: JsonDict) -> str:
     """The heading of one run: plain loopback, or the ``--mtu`` namespace."""
     mtu = results.get("mtu", "?")
@@ -238,6 +317,8 @@ def render_run(results: JsonDict) -> list[str]:
         )
         cells = " | ".join(_cell(results, s, key, digits) for s in SYSTEMS)
         lines.append(f"| {label} | {cells} | {ratios[0]} | {ratios[1]} |")
+    lines += render_relay(results)
+    lines += render_crowd(results)
     lines += [
         "",
         "Targets (tierlink):",

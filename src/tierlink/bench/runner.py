@@ -23,15 +23,19 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from tierlink.bench.base import JsonDict
-from tierlink.bench.harness import Plan
+from tierlink.bench.crowd import CrowdPlan, measure_crowd
+from tierlink.bench.harness import BenchStepError, Plan
 from tierlink.bench.netns import NETNS_ENV, BenchError, loopback_mtu, run_in_namespace
+from tierlink.bench.relay import measure_relay
 from tierlink.bench.report import SYSTEMS, load_json, render_markdown, write_json
-from tierlink.bench.session import SystemRun, run_interleaved
+from tierlink.bench.session import SystemRun, progress, run_interleaved
 from tierlink.dht.launcher import start_nodes, stop_nodes
 from tierlink.errors import TierlinkError
 
 #: Wall-clock bound of a run, per system measured (process start to stop).
 RUN_LIMIT_S = {False: 900.0, True: 180.0}
+#: Wall-clock bound of tierlink's relay and many-connection phases.
+PHASES_LIMIT_S = {False: 900.0, True: 240.0}
 #: What each system needs importable before its workers are started.
 REQUIRES = {"aioice_raw": "aioice", "aiortc_datachannel": "aiortc", "tierlink": "tierlink.node"}
 INSTALL_HINT = "run `make bench`, or install the bench extra: pip install -e '.[bench]'"
@@ -79,8 +83,25 @@ def results_name(mtu: int | None) -> str:
     return "results.json" if mtu is None else f"results-mtu{mtu}.json"
 
 
+async def _tierlink_phases(run: SystemRun, plan: Plan, quick: bool, logs: Path,
+                           proxy: str, crowd: bool) -> None:
+    """tierlink's phases on processes of their own: through a TURN relay, and (``crowd``)
+    many connections to one node; a failure is recorded, the figures kept."""
+    progress("relay: tierlink through a local coturn")
+    run.extra.update(await measure_relay(plan, proxy, logs))
+    if not crowd:
+        return
+    cplan = CrowdPlan.quick() if quick else CrowdPlan()
+    progress(f"crowd: {cplan.connections} connections to one node")
+    try:
+        run.extra.update(await measure_crowd(cplan, logs / "crowd.log"))
+    except (BenchStepError, TierlinkError, OSError) as exc:
+        run.errors["crowd"] = f"{type(exc).__name__}: {exc}"
+
+
 async def _measure(
-    runs: list[SystemRun], plan: Plan, quick: bool, logs: Path, stack: contextlib.AsyncExitStack
+    runs: list[SystemRun], plan: Plan, quick: bool, logs: Path, stack: contextlib.AsyncExitStack,
+    crowd: bool = False,
 ) -> None:
     """Start the dhtnode if tierlink runs, then every measurement, bounded in total time."""
     setups: dict[str, JsonDict] = {}
@@ -98,9 +119,16 @@ async def _measure(
     limit = RUN_LIMIT_S[quick] * max(1, len(runs))
     try:
         await asyncio.wait_for(run_interleaved(runs, plan, logs, setups), limit)
+        for run in runs:
+            if run.system == "tierlink":
+                proxy = str(setups["tierlink"]["dht_proxy"])
+                await asyncio.wait_for(
+                    _tierlink_phases(run, plan, quick, logs, proxy, crowd), PHASES_LIMIT_S[quick]
+                )
     except TimeoutError:
         for run in runs:
-            run.errors.setdefault("aborted", f"the whole run exceeded {limit:.0f} s")
+            run.errors.setdefault("aborted", f"the run exceeded its time bound ({limit:.0f} s "
+                                  f"+ {PHASES_LIMIT_S[quick]:.0f} s for relay and crowd)")
 
 
 async def run_bench_async(
@@ -120,7 +148,7 @@ async def run_bench_async(
     all_runs = list(runs)
     started = time.monotonic()
     async with contextlib.AsyncExitStack() as stack:
-        await _measure(runs, plan, quick, logs, stack)
+        await _measure(runs, plan, quick, logs, stack, crowd=mtu is None)
     machine["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     for run in all_runs:
         entry = run.entry()
