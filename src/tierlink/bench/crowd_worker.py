@@ -19,6 +19,7 @@ import sys
 from collections import Counter
 from typing import Any
 
+from tierlink.bench import loops
 from tierlink.bench.base import BenchConn, JsonDict, now
 from tierlink.bench.worker import Worker, cpu_s, rss_kb, serve
 
@@ -196,7 +197,7 @@ def main() -> None:
     """Entry point: ``python -m tierlink.bench.crowd_worker ROLE``."""
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
                         format=f"%(created).3f crowd/{sys.argv[1]} %(name)s: %(message)s")
-    asyncio.run(serve("tierlink", sys.argv[1], CrowdWorker))
+    loops.run(serve("tierlink", sys.argv[1], CrowdWorker))
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from tierlink.bench.base import JsonDict
+from tierlink.bench.packet_cost import render as packet_cost_lines
 
 SYSTEMS = ("tierlink", "aioice_raw", "aiortc_datachannel")
 
@@ -284,9 +285,11 @@ def render_crowd(results: JsonDict) -> list[str]:
 def run_title(results: JsonDict) -> str:
     """The heading of one run: plain loopback, or the ``--mtu`` namespace."""
     mtu = results.get("mtu", "?")
+    loop = results.get("machine", {}).get("loop", "asyncio")
+    tail = "" if loop == "asyncio" else f", every worker on {loop}"
     if results.get("netns"):
-        return f"MTU {mtu}: inside a network namespace whose loopback has MTU {mtu}"
-    return f"Loopback (MTU {mtu})"
+        return f"MTU {mtu}: inside a network namespace whose loopback has MTU {mtu}{tail}"
+    return f"Loopback (MTU {mtu}){tail}"
 
 
 def render_run(results: JsonDict) -> list[str]:
@@ -344,8 +347,9 @@ def render_run(results: JsonDict) -> list[str]:
     return lines
 
 
-def render_markdown(runs: list[JsonDict]) -> str:
-    """BENCHMARKS.md: one section per run (loopback, then each MTU), then the method."""
+def render_markdown(runs: list[JsonDict], packet_cost: JsonDict | None = None) -> str:
+    """BENCHMARKS.md: one section per run (loopback, then each MTU), the per-packet budget
+    (if measured), then the method."""
     lines = [
         "# Benchmarks",
         "",
@@ -353,5 +357,7 @@ def render_markdown(runs: list[JsonDict]) -> str:
     ]
     for results in runs:
         lines += ["", *render_run(results)]
+    if packet_cost:
+        lines += packet_cost_lines(packet_cost)
     lines += ["", METHOD]
     return "\n".join(lines)

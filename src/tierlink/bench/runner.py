@@ -22,10 +22,12 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from tierlink.bench import loops
 from tierlink.bench.base import JsonDict
 from tierlink.bench.crowd import CrowdPlan, measure_crowd
 from tierlink.bench.harness import BenchStepError, Plan
 from tierlink.bench.netns import NETNS_ENV, BenchError, loopback_mtu, run_in_namespace
+from tierlink.bench.packet_cost import RESULTS_FILE as PACKET_COST_FILE
 from tierlink.bench.relay import measure_relay
 from tierlink.bench.report import SYSTEMS, load_json, render_markdown, write_json
 from tierlink.bench.session import SystemRun, progress, run_interleaved
@@ -41,7 +43,7 @@ REQUIRES = {"aioice_raw": "aioice", "aiortc_datachannel": "aiortc", "tierlink": 
 INSTALL_HINT = "run `make bench`, or install the bench extra: pip install -e '.[bench]'"
 #: Path MTUs ``--mtu`` accepts: QUIC and ICE need 1200-byte datagrams (IPv6 minimum 1280).
 MTU_RANGE = (1280, 65536)
-MTU_RESULTS_GLOB = "results-mtu*.json"
+OTHER_RESULTS_GLOB = "results-*.json"
 
 
 def machine_info() -> JsonDict:
@@ -57,6 +59,7 @@ def machine_info() -> JsonDict:
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
         "interleaved": True,
+        "loop": loops.chosen_loop(),
         "versions": versions,
     }
 
@@ -78,9 +81,11 @@ def check_installed(systems: Sequence[str]) -> None:
         )
 
 
-def results_name(mtu: int | None) -> str:
-    """The results file of a plain loopback run (None) or of an ``--mtu`` run."""
-    return "results.json" if mtu is None else f"results-mtu{mtu}.json"
+def results_name(mtu: int | None, loop: str = "asyncio") -> str:
+    """The results file of a plain loopback run (None) or of an ``--mtu`` run, on asyncio's
+    loop or (``-uvloop``) on uvloop."""
+    tail = "" if loop == "asyncio" else f"-{loop}"
+    return f"results{tail}.json" if mtu is None else f"results-mtu{mtu}{tail}.json"
 
 
 async def _tierlink_phases(run: SystemRun, plan: Plan, quick: bool, logs: Path,
@@ -141,7 +146,7 @@ async def run_bench_async(
     out_dir.mkdir(parents=True, exist_ok=True)
     logs = out_dir / "logs" if mtu is None else out_dir / "logs" / f"mtu{mtu}"
     logs.mkdir(parents=True, exist_ok=True)
-    json_path = out_dir / results_name(mtu)
+    json_path = out_dir / results_name(mtu, loops.chosen_loop())
     results = load_json(json_path)
     machine = machine_info()
     runs = [SystemRun(system) for system in dict.fromkeys(systems)]
@@ -176,9 +181,10 @@ def default_markdown_path(out_dir: Path) -> Path:
 def write_markdown(out_dir: Path) -> Path:
     """BENCHMARKS.md from the results files in ``out_dir``: loopback's, then each MTU's."""
     files = [out_dir / results_name(None)]
-    files += sorted(out_dir.glob(MTU_RESULTS_GLOB))
+    files += sorted(out_dir.glob(OTHER_RESULTS_GLOB), key=lambda p: ("uvloop" in p.name, p.name))
     path = default_markdown_path(out_dir)
-    path.write_text(render_markdown([r for r in map(load_json, files) if r]))
+    cost = load_json(out_dir / PACKET_COST_FILE)
+    path.write_text(render_markdown([r for r in map(load_json, files) if r], cost or None))
     return path
 
 
@@ -212,6 +218,7 @@ def run_bench(
     if mtu is not None and not MTU_RANGE[0] <= mtu <= MTU_RANGE[1]:
         raise ValueError(f"--mtu must be within {MTU_RANGE[0]}..{MTU_RANGE[1]}, not {mtu}")
     check_installed(chosen)
+    loop = loops.chosen_loop()
     plan = make_plan(quick, rounds)
     if mtu is not None and os.environ.get(NETNS_ENV) is None:
         params = {
@@ -221,7 +228,7 @@ def run_bench(
             "rounds": plan.rounds,
             "mtu": mtu,
         }
-        return run_in_namespace(mtu, params, out_dir / results_name(mtu))
+        return run_in_namespace(mtu, params, out_dir / results_name(mtu, loop))
     return asyncio.run(run_bench_async(chosen, plan, quick, out_dir, mtu))
 
 

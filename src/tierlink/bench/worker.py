@@ -20,6 +20,7 @@ import traceback
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from tierlink.bench import loops
 from tierlink.bench.base import BenchConn, BenchSide, JsonDict, Signal, now, stdout_for_protocol
 from tierlink.bench.latency import receive_probes, send_probes
 
@@ -395,12 +396,12 @@ def main() -> None:
     system, role = sys.argv[1], sys.argv[2]
     profile_dir = os.environ.get("TIERLINK_BENCH_PROFILE")
     if not profile_dir:
-        asyncio.run(serve(system, role))
+        loops.run(serve(system, role))
         return
     import cProfile  # a developer's switch: one profile file per worker process
 
     with cProfile.Profile() as prof:
-        asyncio.run(serve(system, role))
+        loops.run(serve(system, role))
     prof.dump_stats(os.path.join(profile_dir, f"{system}-{role}.prof"))
 
 
