@@ -61,6 +61,12 @@ class BenchConn(ABC):
     async def send(self, data: bytes) -> None:
         """Send one message in the system's reliable mode (best effort for raw aioice)."""
 
+    def send_now(self, data: bytes) -> None:
+        """Hand one reliable message over without waiting for flow control (it queues behind
+        what is already queued): how a latency probe is sent, so a bulk sender waiting for
+        room cannot starve it."""
+        raise NotImplementedError("this system has no reliable send without waiting")
+
     def receive_queue_drops(self) -> int | None:
         """Datagrams the receiving side's own bounded queue dropped (None: no such queue)."""
         return None

@@ -1,5 +1,6 @@
-"""Message latency, alone and under load: the dialer sends small timestamped probes at a
-steady pace while (optionally) a bulk stream of 64 KiB messages runs on the same
+"""Message latency, alone and under load: the dialer hands small timestamped probes over at
+a steady pace (:meth:`~tierlink.bench.base.BenchConn.send_now`: queued at once, never
+waiting for flow control) while (optionally) a bulk stream of 64 KiB messages runs on the same
 connection or on a second one; the callee takes each probe's delivery time minus its send
 time (both CLOCK_MONOTONIC of one machine) and reports p50/p99.
 
@@ -58,7 +59,7 @@ async def send_probes(
     t0 = now()
     for i in range(count):
         await asyncio.sleep(max(0.0, t0 + i * interval - now()))
-        await probe_conn.send(PROBE.pack(P, now()) + pad)
+        probe_conn.send_now(PROBE.pack(P, now()) + pad)
     stop.set()
     if task is not None:
         await task

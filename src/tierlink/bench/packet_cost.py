@@ -30,6 +30,8 @@ from pathlib import Path
 from typing import Any
 
 PACKET = 1452
+RECV_BATCH = 64
+RECV_SIZE = 65536
 COUNT = 200_000
 RCVBUF = 4 << 20
 GSO_BUFFER = 44 * PACKET  # 63,888 bytes: the most 1452-byte segments under 64 KiB
@@ -43,7 +45,12 @@ def _cpu() -> float:
 
 
 def _receiver(loop_name: str, port_out: Any, result: Any) -> None:
-    """Count datagrams until 0.5 s pass without one; report CPU per datagram."""
+    """Count datagrams until 0.5 s pass without one; report CPU per datagram.
+
+    ``asyncio+batch``: the callback also reads what else waits with ``recvfrom`` on a dup of
+    the socket, up to RECV_BATCH per pass, as tierlink's BatchReader does on a direct pair.
+    """
+    batch: socket.socket | None = None
 
     class Counter(asyncio.DatagramProtocol):
         def __init__(self) -> None:
@@ -52,12 +59,23 @@ def _receiver(loop_name: str, port_out: Any, result: Any) -> None:
 
         def datagram_received(self, data: bytes, addr: Any) -> None:
             self.n += 1
+            if batch is not None:
+                for _ in range(RECV_BATCH - 1):
+                    try:
+                        batch.recvfrom(RECV_SIZE)
+                    except BlockingIOError:
+                        break
+                    self.n += 1
             self.last = time.monotonic()
 
     async def main() -> None:
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
         sock.bind(("127.0.0.1", 0))
+        nonlocal batch
+        if loop_name.endswith("+batch"):
+            batch = sock.dup()
+            batch.setblocking(False)
         loop = asyncio.get_running_loop()
         transport, proto = await loop.create_datagram_endpoint(Counter, sock=sock)
         port_out.send(sock.getsockname()[1])
@@ -152,6 +170,8 @@ def render(data: dict[str, Any]) -> list[str]:
     budget = 1e6 * PACKET / (TARGET_MB_S * 1e6)
     rows = [
         ("receive: asyncio DatagramProtocol (the default loop, as shipped)", "receive_asyncio"),
+        ("receive: asyncio, the callback reading what else waits (tierlink's BatchReader)",
+         "receive_asyncio_batch"),
         ("receive: uvloop DatagramProtocol", "receive_uvloop"),
         ("send: one sendto per datagram", "send_sendto"),
         ("send: UDP GSO, 44 datagrams per call (UDP_SEGMENT)", "send_gso"),
@@ -170,6 +190,7 @@ def render(data: dict[str, Any]) -> list[str]:
               f"| aioquic 1.7.2 receive (in memory) | {AIOQUIC_RECV_US:.1f} |", ""]
     sides = {
         "receive, asyncio": (AIOQUIC_RECV_US, _us(data, "receive_asyncio")),
+        "receive, asyncio + batch reads": (AIOQUIC_RECV_US, _us(data, "receive_asyncio_batch")),
         "receive, uvloop": (AIOQUIC_RECV_US, _us(data, "receive_uvloop")),
         "send, sendto": (AIOQUIC_SEND_US, _us(data, "send_sendto")),
         "send, GSO": (AIOQUIC_SEND_US, _us(data, "send_gso")),
@@ -191,12 +212,12 @@ def render(data: dict[str, Any]) -> list[str]:
 
 def measure() -> dict[str, Any]:
     """Every figure of this module, with the load average beside it."""
-    loops = ["asyncio"]
+    loops = ["asyncio", "asyncio+batch"]
     if importlib.util.find_spec("uvloop") is not None:
         loops.append("uvloop")
     out: dict[str, Any] = {"packet": PACKET, "loadavg_at_start": list(os.getloadavg())}
     for name in loops:
-        out[f"receive_{name}"] = receive_cost(name)
+        out[f"receive_{name.replace('+', '_')}"] = receive_cost(name)
     out["send_sendto"] = send_cost(False)
     out["send_gso"] = send_cost(True)
     out["loadavg_at_end"] = list(os.getloadavg())

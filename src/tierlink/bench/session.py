@@ -82,11 +82,6 @@ HEADLINE = {
 }
 #: Systems whose library has a native receive callback worth measuring on its own.
 NATIVE_DATAGRAM = frozenset({"aioice_raw"})
-#: Latency under a bulk stream, and the systems it is measured for: aiortc's data channel
-#: stalled with a 64 KiB stream and probes on it (no end mark within 60 s, and a timeout
-#: ends a system's run), so it has the idle latency only.
-LOADED_LATENCY = frozenset({"latency_same", "latency_other"})
-LOADED_LATENCY_SYSTEMS = frozenset({"tierlink"})
 #: Systems that raise their packet size by path MTU probing (and can be capped back).
 PATH_MTU_PROBING = frozenset({"tierlink"})
 
@@ -128,8 +123,6 @@ class SystemRun:
         if name.startswith(("reliable", "latency")) and self.system in RELIABLE_IS_DATAGRAM:
             return False
         if name == "datagram_native" and self.system not in NATIVE_DATAGRAM:
-            return False
-        if name in LOADED_LATENCY and self.system not in LOADED_LATENCY_SYSTEMS:
             return False
         return name != "reliable_1k_base_packets" or self.system in PATH_MTU_PROBING
 

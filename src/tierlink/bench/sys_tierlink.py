@@ -20,6 +20,11 @@ CONNECT_TIMEOUT = 20.0
 ACCEPT_TIMEOUT = 120.0
 
 
+def _consume(fut: asyncio.Future[Any]) -> None:
+    if not fut.cancelled():
+        fut.exception()
+
+
 class TierlinkBenchConn(BenchConn):
     """A tierlink connection as the benchmark drives it."""
 
@@ -42,6 +47,10 @@ class TierlinkBenchConn(BenchConn):
         if pending:
             await asyncio.gather(*pending)
         return sent
+
+    def send_now(self, data: bytes) -> None:
+        fut = self.conn.submit(data)
+        fut.add_done_callback(_consume)  # a failure shows up as a missing probe
 
     async def recv(self, timeout: float) -> bytes:
         data: bytes | None = await self.conn.recv(timeout=timeout)
