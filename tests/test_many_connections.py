@@ -15,9 +15,9 @@ from collections import Counter
 import pytest
 
 from tests.nodes import config_for, released, resources
-from tierlink.errors import ConnectionClosed
+from tierlink.errors import ConnectionClosed, RecordError
 from tierlink.node import Node, NodeConfig
-from tierlink.node.admission import AdmissionLimits
+from tierlink.node.admission import RESERVED, Admission, AdmissionLimits
 from tierlink.transport.connection import Connection
 
 DIALERS = 4
@@ -112,3 +112,26 @@ def test_limits_below_one_are_refused_with_the_field_named(field: str) -> None:
     config = NodeConfig(identity=Identity.generate(), **{field: 0})  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=field):
         Node(config)
+
+
+def test_raised_session_limit_still_bounds_a_flood_of_fresh_identities() -> None:
+    """The attacker's offers from fresh identities beside a friend's: raising max_sessions
+    for many legitimate dials (whose completed sessions refund their tokens) leaves a flood
+    bounded by the answer burst in the general pool; the friend's lane stays, and one
+    identity still gets no more than its burst of sessions that lead nowhere."""
+    limits = AdmissionLimits(max_sessions=64)
+    admission = Admission(limits, now=0.0)
+    tickets = []
+    with pytest.raises(RecordError) as refused:
+        for i in range(limits.max_sessions + 1):
+            tickets.append(admission.admit(f"fresh-{i}", 0.0))
+    assert refused.value.reason == "busy" and admission.refused["busy"] == 1
+    assert len(tickets) == min(limits.max_sessions, limits.answer_burst)
+    assert admission.admit("friend", 0.0, allow_listed=True).lane == RESERVED
+    for t in tickets:
+        admission.finish(t, 0.0, connected=False)  # the flood's sessions lead nowhere
+    later = 10.0  # the answer bucket has refilled
+    one = [admission.admit("attacker", later) for _ in range(limits.dialer_burst)]
+    with pytest.raises(RecordError) as limited:
+        admission.admit("attacker", later)
+    assert limited.value.reason == "rate-limited" and len(one) == limits.dialer_burst
