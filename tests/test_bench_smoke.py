@@ -128,6 +128,8 @@ def test_targets_and_table_from_fixed_results() -> None:
     assert rows["connect median <= 0.5x aiortc's"] == ("0.40x", "PASS")
     assert rows["idle CPU < 0.1 %"][1] == "FAIL"
     assert rows["idle CPU per connection <= aiortc's"] == ("-", "not measured")
+    assert rows["reliable 1 KiB msg/s >= 0.8x raw aioice, at MTU 1500"] == ("0.45x", "FAIL")
+    assert rows["reliable 64 KiB >= 100 MB/s, at MTU 1500"] == ("-", "not measured")
     md = render_markdown([{**results, "mtu": 65536, "netns": None}, results])
     row = (
         "| reliable 1 KiB (msg/s) | 9,000 (8,000–9,500) | 20,000 | 3,000 (932–15,983) "
@@ -226,6 +228,7 @@ def test_relay_and_crowd_rows_render_beside_the_direct_figures() -> None:
     assert "| callee RSS per connection (KiB) | 142.2 |" in md
     rows = {t: (m, s) for t, m, s in targets(results)}
     assert rows["1000 connections to one node"] == ("1000 of 1000", "PASS")
+    assert not any("MTU 1500" in t for t in rows)  # a loopback run: no real-MTU targets
 
 
 def test_loop_choice_is_checked_and_names_its_results_file(

@@ -47,7 +47,7 @@ class CrowdPlan:
     #: dialer's dial returns before the callee's session ends, so a node dialed this hard
     #: needs more than the dials in flight (the default, 16, refuses ``busy`` past it).
     callee_sessions: int = 64
-    idle_s: float = 30.0
+    idle_s: float = 20.0
 
     @classmethod
     def quick(cls) -> CrowdPlan:

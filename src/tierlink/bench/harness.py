@@ -55,7 +55,7 @@ class Plan:
     idle_many_s: float = 300.0
     mem_connections: int = 100
     #: Latency probes per mode and their spacing (s); see :mod:`tierlink.bench.latency`.
-    latency_probes: int = 300
+    latency_probes: int = 200
     latency_interval_s: float = 0.01
 
     def __post_init__(self) -> None:
