@@ -215,12 +215,13 @@ def measure() -> dict[str, Any]:
     loops = ["asyncio", "asyncio+batch"]
     if importlib.util.find_spec("uvloop") is not None:
         loops.append("uvloop")
-    out: dict[str, Any] = {"packet": PACKET, "loadavg_at_start": list(os.getloadavg())}
+    out: dict[str, Any] = {"packet": PACKET,
+                           "loadavg_at_start": [round(x, 2) for x in os.getloadavg()]}
     for name in loops:
         out[f"receive_{name.replace('+', '_')}"] = receive_cost(name)
     out["send_sendto"] = send_cost(False)
     out["send_gso"] = send_cost(True)
-    out["loadavg_at_end"] = list(os.getloadavg())
+    out["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     return out
 
 

@@ -218,6 +218,28 @@ loopback MTU the run measured on.
   connections, delta / 100; the larger side is reported. The connections of one round stay
   open through the next (100, 200, 300 open), so a round does not reuse the memory the one
   before freed; all are closed after the last round.
+- **latency**: the dialer hands a 100-byte timestamped probe over every 10 ms (200 per
+  round, `--quick` 50) without waiting for flow control (tierlink `Connection.submit`,
+  aiortc `send` into its buffer); the callee takes delivery time minus send time; p50 and
+  p99 of the round. Three modes: idle; with a stream of 64 KiB messages on the same
+  connection (sent as the reliable rows send them); with that stream on a second
+  connection. The stream's rate meanwhile is beside them. Raw aioice has no reliable mode.
+- **through a TURN relay** (tierlink, plain loopback run only): a local coturn on 127.0.0.1
+  (TURN over UDP, a static user), both nodes `relay_only`, the pair checked to be relayed;
+  reliable 1 KiB and 64 KiB and the idle and same-connection latency, 3 rounds, beside the
+  direct figures.
+- **many connections to one node** (tierlink, plain loopback run only, one round): one
+  callee Node, 4 dialer processes with 4 dials in flight each, all through 2 local
+  dhtnodes (callee on one, dialers on both); 1000 connections (`--quick`: 40). Dial rate
+  = connections / (first dial start -> last dial end); the callee's RSS, fds and tasks
+  before and with all held (per connection, including the bench's echo task); an echo on
+  every connection at once; callee CPU over 20 s idle per connection, the dhtnodes'
+  apart; dialers close all -> the callee's last connection seen closed; its fds and tasks
+  again after 2 s. The callee raises its own RLIMIT_NOFILE and sets
+  `AdmissionLimits(max_sessions=64)` (see README "At scale").
+- **per-packet budget**: `python -m tierlink.bench.packet_cost` (run by `make bench`).
+- **event loop**: every worker runs asyncio's default loop, as shipped;
+  `TIERLINK_BENCH_LOOP=uvloop` runs them on uvloop into `results*-uvloop.json`.
 - Loopback only (in the `--mtu` namespace too, whose only link is its loopback): raw aioice
   and tierlink gather on 127.0.0.1 through
   `tierlink.transport.aioice_adapter.IceConnection(host_addresses=["127.0.0.1"])`; aiortc
