@@ -53,6 +53,9 @@ class Plan:
     #: (split into ``rounds`` consecutive windows; at least 5 minutes in a full run).
     idle_connections: int = 20
     idle_many_s: float = 300.0
+    #: Whether the many-connection idle phase runs: an ``--mtu`` run skips it (idle
+    #: connections send keep-alives, not full packets; the loopback run measures it).
+    idle_many: bool = True
     mem_connections: int = 100
     #: Latency probes per mode and their spacing (s); see :mod:`tierlink.bench.latency`.
     latency_probes: int = 200

@@ -218,7 +218,8 @@ async def run_interleaved(
                     await run.step(name, fn, plan)
             progress(f"round {k}/{plan.rounds}: idle ({plan.idle_s:.0f} s)")
             await asyncio.gather(*(run.step("idle", measure_idle, plan) for run in runs))
-        await _idle_connections(runs, plan)
+        if plan.idle_many:
+            await _idle_connections(runs, plan)
         for k in range(1, plan.rounds + 1):
             progress(f"round {k}/{plan.rounds}: memory")
             for run in runs:
