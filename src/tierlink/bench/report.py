@@ -238,10 +238,10 @@ loopback MTU the run measured on.
   again after 2 s. The callee raises its own RLIMIT_NOFILE and sets
   `AdmissionLimits(max_sessions=64)` (see README "At scale").
 - **per-packet budget**: `python -m tierlink.bench.packet_cost` (run by `make bench`).
-- **time**: `make bench` (both runs and the budget) took 1,833 s at load 0.8-3.1 with relay
-  measured in both runs, 300 latency probes and a 30 s crowd window; since then the `--mtu`
-  run skips the relay, the crowd and the 5-minute many-connection idle phase (none depends
-  on the path MTU: the loopback run has them), which brings it near 24 minutes.
+- **time**: the `--mtu` run skips the relay, the crowd and the 5-minute many-connection
+  idle phase (none depends on the path MTU: the loopback run has them). Measured here
+  (2 shared cores): loopback run 929 s (load 3.1 at its start), `--mtu 1500` run 511 s,
+  the budget 6 s: `make bench` about 24 minutes; `tierlink bench --quick` 135 s.
 - **event loop**: every worker runs asyncio's default loop, as shipped;
   `TIERLINK_BENCH_LOOP=uvloop` runs them on uvloop into `results*-uvloop.json`.
 - Loopback only (in the `--mtu` namespace too, whose only link is its loopback): raw aioice
