@@ -31,6 +31,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	scripts/system-deps.sh demo
 	$(BIN)/python -m pip install -q -e ".[bench]"
+	$(BIN)/python -m tierlink.bench.packet_cost --json bench/packet-cost.json
 	$(BIN)/tierlink bench $(BENCH_ARGS)
 	$(BIN)/tierlink bench --mtu 1500 $(BENCH_ARGS)
 	@if [ "$$(id -u)" = 0 ]; then $(BIN)/tierlink bench --dht-many 100 $(BENCH_ARGS); \

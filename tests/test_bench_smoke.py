@@ -8,20 +8,26 @@ benchmark itself).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from tierlink.bench import netns, runner
+from tierlink.bench import loops, netns, packet_cost, runner
+from tierlink.bench.crowd import CrowdPlan, measure_crowd
 from tierlink.bench.harness import MIN_ROUNDS, Plan
+from tierlink.bench.netns import BenchError
+from tierlink.bench.relay import measure_relay
 from tierlink.bench.report import METRICS, render_markdown, targets
 from tierlink.bench.runner import run_bench
 from tierlink.bench.spread import combine
+from tierlink.dht.launcher import start_nodes, stop_nodes
 
 #: Keys every system of today's results.json has, and the figures among them that get spreads.
 RAW_FIGURES = (
@@ -122,6 +128,8 @@ def test_targets_and_table_from_fixed_results() -> None:
     assert rows["connect median <= 0.5x aiortc's"] == ("0.40x", "PASS")
     assert rows["idle CPU < 0.1 %"][1] == "FAIL"
     assert rows["idle CPU per connection <= aiortc's"] == ("-", "not measured")
+    assert rows["reliable 1 KiB msg/s >= 0.8x raw aioice, at MTU 1500"] == ("0.45x", "FAIL")
+    assert rows["reliable 64 KiB >= 100 MB/s, at MTU 1500"] == ("-", "not measured")
     md = render_markdown([{**results, "mtu": 65536, "netns": None}, results])
     row = (
         "| reliable 1 KiB (msg/s) | 9,000 (8,000–9,500) | 20,000 | 3,000 (932–15,983) "
@@ -167,3 +175,80 @@ def test_mtu_namespace_has_that_mtu_and_is_removed_on_failure() -> None:
         assert out.stdout.strip() == "1500"
         raise RuntimeError("a failing run")
     assert ns not in _namespaces()
+
+
+def test_crowd_phase_holds_every_connection_and_releases_them(tmp_path: Path) -> None:
+    if shutil.which("dhtnode") is None:
+        pytest.skip("dhtnode not installed")
+    plan = CrowdPlan(connections=12, dialers=2, concurrency=3, idle_s=0.5)
+    out = asyncio.run(measure_crowd(plan, tmp_path / "crowd.log"))
+    assert out["connections_asked"] == 12 and out["connections_opened"] == 12
+    assert out["crowd_accepted"] == 12 and out["crowd_closed_by_peer"] == 12
+    assert out["crowd_echo_mixed"] == 0 and out["crowd_echo_lost"] == 0
+    assert out["crowd_dial_failures"] == [{}, {}]
+    assert out["rss_kb_per_connection_at_1000"] is not None
+    assert out["crowd_fds_per_connection"] >= 1  # at least its UDP socket
+    assert out["crowd_tasks_left_after_close"] <= 0
+    refused = out["crowd_callee"]["held"]["node"]["offer_rejections"]
+    assert not refused, refused
+
+
+def test_relay_phase_goes_through_coturn(tmp_path: Path) -> None:
+    if shutil.which("dhtnode") is None or shutil.which("turnserver") is None:
+        pytest.skip("dhtnode or coturn not installed")
+
+    async def run() -> dict[str, Any]:
+        nodes = await start_nodes(1)
+        try:
+            return await measure_relay(Plan.quick(), nodes[0].proxy_url, tmp_path)
+        finally:
+            await stop_nodes(nodes)
+
+    out = asyncio.run(run())
+    assert "relay_errors" not in out, out
+    for key in ("relay_reliable_1k_msgs_per_s", "relay_reliable_64k_mb_per_s",
+                "relay_latency_idle_p50_ms", "relay_latency_same_p99_ms"):
+        value, (low, high) = out[key], out[f"{key}_spread"]
+        assert 0 < low <= value <= high, key
+
+
+def test_relay_and_crowd_rows_render_beside_the_direct_figures() -> None:
+    results = {
+        "machine": {}, "mtu": 65536, "netns": None, "plan": {"rounds": 3},
+        "tierlink": {
+            "reliable_1k_msgs_per_s": 40000.0, "relay_reliable_1k_msgs_per_s": 8000.0,
+            "relay_reliable_1k_msgs_per_s_spread": [7000.0, 9000.0],
+            "connections_asked": 1000, "connections_opened": 1000, "crowd_dialers": 4,
+            "crowd_dials_in_flight": 16, "crowd_dht_nodes": 2,
+            "rss_kb_per_connection_at_1000": 142.2,
+        },
+    }
+    md = render_markdown([results])
+    assert "| reliable 1 KiB (msg/s) | 40,000 | 8,000 (7,000–9,000) | 0.20x |" in md
+    assert "| callee RSS per connection (KiB) | 142.2 |" in md
+    rows = {t: (m, s) for t, m, s in targets(results)}
+    assert rows["1000 connections to one node"] == ("1000 of 1000", "PASS")
+    assert not any("MTU 1500" in t for t in rows)  # a loopback run: no real-MTU targets
+
+
+def test_loop_choice_is_checked_and_names_its_results_file(
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(loops.LOOP_ENV, "trio")
+    with pytest.raises(BenchError, match="choose one of asyncio, uvloop"):
+        loops.chosen_loop()
+    monkeypatch.delenv(loops.LOOP_ENV)
+    assert loops.chosen_loop() == "asyncio"
+    assert runner.results_name(None) == "results.json"
+    assert runner.results_name(1500, "uvloop") == "results-mtu1500-uvloop.json"
+
+
+def test_packet_budget_floors_from_fixed_figures() -> None:
+    figures = {"receive_asyncio": {"us_per_datagram": 17.5},
+               "send_gso": {"us_per_datagram": 0.5}, "loadavg_at_start": [1.0, 1.0, 1.0]}
+    text = "\n".join(packet_cost.render(figures))
+    assert "| receive: asyncio DatagramProtocol (the default loop, as shipped) | 17.50 |" in text
+    assert "| receive: uvloop DatagramProtocol | - |" in text
+    floor = packet_cost.AIOQUIC_RECV_US + 17.5
+    assert f"- receive, asyncio: {floor:.1f} µs -> at most {1452 / floor:.0f} MB/s" in text
+    assert "send, sendto" not in text  # not measured: no floor claimed

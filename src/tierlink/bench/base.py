@@ -13,7 +13,7 @@ import json
 import sys
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any, BinaryIO
 
 JsonDict = dict[str, Any]
@@ -60,6 +60,12 @@ class BenchConn(ABC):
     @abstractmethod
     async def send(self, data: bytes) -> None:
         """Send one message in the system's reliable mode (best effort for raw aioice)."""
+
+    def send_now(self, data: bytes) -> None:
+        """Hand one reliable message over without waiting for flow control (it queues behind
+        what is already queued): how a latency probe is sent, so a bulk sender waiting for
+        room cannot starve it."""
+        raise NotImplementedError("this system has no reliable send without waiting")
 
     def receive_queue_drops(self) -> int | None:
         """Datagrams the receiving side's own bounded queue dropped (None: no such queue)."""
@@ -116,6 +122,10 @@ class BenchConn(ABC):
         """
         return None
 
+    def path_type(self) -> str | None:
+        """The kind of path the connection runs on (``host``, ``relay``, ...), if known."""
+        return None
+
     def limit_packet_size(self, size: int | None) -> bool:
         """Cap the sender's packet size (None: lift the cap); False if the system has no
         such knob (only tierlink probes the path MTU, so only it has one)."""
@@ -156,6 +166,15 @@ class BenchSide(ABC):
     @abstractmethod
     async def accept(self) -> BenchConn:
         """Accept the next connection from the dialer (callee role)."""
+
+    async def incoming(self) -> AsyncIterator[BenchConn]:
+        """Accepted connections as they come (callee role), without a timeout per accept."""
+        while True:
+            yield await self.accept()
+
+    def stats(self) -> JsonDict:
+        """The system's own counters (refusals, queues), for the report; {} if none."""
+        return {}
 
     async def shutdown(self) -> None:  # noqa: B027 - optional hook, nothing to release
         """Release everything ``setup`` created."""

@@ -53,7 +53,13 @@ class Plan:
     #: (split into ``rounds`` consecutive windows; at least 5 minutes in a full run).
     idle_connections: int = 20
     idle_many_s: float = 300.0
+    #: Whether the many-connection idle phase runs: an ``--mtu`` run skips it (idle
+    #: connections send keep-alives, not full packets; the loopback run measures it).
+    idle_many: bool = True
     mem_connections: int = 100
+    #: Latency probes per mode and their spacing (s); see :mod:`tierlink.bench.latency`.
+    latency_probes: int = 200
+    latency_interval_s: float = 0.01
 
     def __post_init__(self) -> None:
         if self.rounds < MIN_ROUNDS:
@@ -74,6 +80,7 @@ class Plan:
             idle_connections=5,
             idle_many_s=6.0,
             mem_connections=10,
+            latency_probes=50,
         )
 
 

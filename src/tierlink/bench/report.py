@@ -8,6 +8,7 @@ from typing import Any
 
 from tierlink.bench.base import JsonDict
 from tierlink.bench.dht_many import render as render_dht_many
+from tierlink.bench.packet_cost import render as packet_cost_lines
 
 SYSTEMS = ("tierlink", "aioice_raw", "aiortc_datachannel")
 
@@ -29,6 +30,18 @@ METRICS: tuple[tuple[str, str, int, bool], ...] = (
     ("datagram_mb_per_s", "datagrams 1 KiB, < 1 % loss (MB/s)", 2, True),
     ("datagram_loss_percent", "datagram loss at that rate (%)", 2, False),
     ("datagram_native_msgs_per_s", "datagrams, counted in the library callback (msg/s)", 0, True),
+    ("latency_idle_p50_ms", "message latency, idle connection, p50 (ms)", 2, False),
+    ("latency_idle_p99_ms", "message latency, idle connection, p99 (ms)", 2, False),
+    ("latency_same_p50_ms", "latency with a 64 KiB stream on the same connection, p50 (ms)", 2,
+     False),
+    ("latency_same_p99_ms", "latency with a 64 KiB stream on the same connection, p99 (ms)", 2,
+     False),
+    ("latency_same_bulk_mb_per_s", "that stream meanwhile (MB/s)", 2, True),
+    ("latency_other_p50_ms", "latency with a 64 KiB stream on another connection, p50 (ms)", 2,
+     False),
+    ("latency_other_p99_ms", "latency with a 64 KiB stream on another connection, p99 (ms)", 2,
+     False),
+    ("latency_other_bulk_mb_per_s", "that stream meanwhile (MB/s)", 2, True),
     ("idle_cpu_percent", "idle CPU, blocked in recv (%)", 4, False),
     ("idle_conn_cpu_percent", "idle CPU per connection, 20 idle (quick: 5), dhtnode counted (%)",
      5, False),
@@ -37,6 +50,8 @@ METRICS: tuple[tuple[str, str, int, bool], ...] = (
     ("rss_kb_per_connection", "RSS per idle connection (KiB)", 0, False),
 )
 
+#: Path MTUs up to this one carry the real-MTU targets (Ethernet).
+REAL_MTU = 1500
 #: Rows where a ratio means nothing (a loss of 0 % is not "0x better").
 NO_RATIO = frozenset({"datagram_loss_percent", "idle_conn_helper_cpu_percent"})
 
@@ -107,6 +122,18 @@ def targets(results: JsonDict) -> list[tuple[str, str, str]]:
         ("connect median <= 0.5x aiortc's", *check(tcon, rtccon, 0.5, False)),
         ("idle CPU per connection <= aiortc's", *check(tconn, rtcconn, 1.0, False)),
     ]
+    mtu = results.get("mtu")
+    if isinstance(mtu, int) and mtu <= REAL_MTU:  # the real-MTU targets
+        t64 = _get(results, "tierlink", "reliable_64k_mb_per_s")
+        rows.append(("reliable 1 KiB msg/s >= 0.8x raw aioice, at MTU 1500",
+                     *check(t1k, raw1k, 0.8, True)))
+        rows.append(("reliable 64 KiB >= 100 MB/s, at MTU 1500",
+                     *check(t64, 100.0, 1.0, True)))
+    opened = _get(results, "tierlink", "connections_opened")
+    asked = _get(results, "tierlink", "connections_asked")
+    if isinstance(opened, int) and isinstance(asked, int):
+        rows.append(("1000 connections to one node", f"{opened} of {asked}",
+                     "PASS" if opened >= 1000 else "FAIL" if asked >= 1000 else "quick run"))
     if isinstance(idle, int | float):
         rows.append(("idle CPU < 0.1 %", f"{idle:.4f} %", "PASS" if idle < 0.1 else "FAIL"))
     else:
@@ -192,6 +219,32 @@ loopback MTU the run measured on.
   connections, delta / 100; the larger side is reported. The connections of one round stay
   open through the next (100, 200, 300 open), so a round does not reuse the memory the one
   before freed; all are closed after the last round.
+- **latency**: the dialer hands a 100-byte timestamped probe over every 10 ms (200 per
+  round, `--quick` 50) without waiting for flow control (tierlink `Connection.submit`,
+  aiortc `send` into its buffer); the callee takes delivery time minus send time; p50 and
+  p99 of the round. Three modes: idle; with a stream of 64 KiB messages on the same
+  connection (sent as the reliable rows send them); with that stream on a second
+  connection. The stream's rate meanwhile is beside them. Raw aioice has no reliable mode.
+- **through a TURN relay** (tierlink, plain loopback run only): a local coturn on 127.0.0.1
+  (TURN over UDP, a static user), both nodes `relay_only`, the pair checked to be relayed;
+  reliable 1 KiB and 64 KiB and the idle and same-connection latency, 3 rounds, beside the
+  direct figures.
+- **many connections to one node** (tierlink, plain loopback run only, one round): one
+  callee Node, 4 dialer processes with 4 dials in flight each, all through 2 local
+  dhtnodes (callee on one, dialers on both); 1000 connections (`--quick`: 40). Dial rate
+  = connections / (first dial start -> last dial end); the callee's RSS, fds and tasks
+  before and with all held (per connection, including the bench's echo task); an echo on
+  every connection at once; callee CPU over 20 s idle per connection, the dhtnodes'
+  apart; dialers close all -> the callee's last connection seen closed; its fds and tasks
+  again after 2 s. The callee raises its own RLIMIT_NOFILE and sets
+  `AdmissionLimits(max_sessions=64)` (see README "At scale").
+- **per-packet budget**: `python -m tierlink.bench.packet_cost` (run by `make bench`).
+- **time**: the `--mtu` run skips the relay, the crowd and the 5-minute many-connection
+  idle phase (none depends on the path MTU: the loopback run has them). Measured here
+  (2 shared cores): loopback run 929 s (load 3.1 at its start), `--mtu 1500` run 511 s,
+  the budget 6 s: `make bench` about 24 minutes; `tierlink bench --quick` 135 s.
+- **event loop**: every worker runs asyncio's default loop, as shipped;
+  `TIERLINK_BENCH_LOOP=uvloop` runs them on uvloop into `results*-uvloop.json`.
 - Loopback only (in the `--mtu` namespace too, whose only link is its loopback): raw aioice
   and tierlink gather on 127.0.0.1 through
   `tierlink.transport.aioice_adapter.IceConnection(host_addresses=["127.0.0.1"])`; aiortc
@@ -203,12 +256,72 @@ spreads), so read ratios within one run, not across runs.
 """
 
 
+#: tierlink through a TURN relay beside its direct figures: (key, label, digits).
+RELAY_ROWS: tuple[tuple[str, str, int], ...] = (
+    ("reliable_1k_msgs_per_s", "reliable 1 KiB (msg/s)", 0),
+    ("reliable_64k_mb_per_s", "reliable 64 KiB (MB/s)", 2),
+    ("latency_idle_p50_ms", "message latency, idle, p50 (ms)", 2),
+    ("latency_idle_p99_ms", "message latency, idle, p99 (ms)", 2),
+    ("latency_same_p50_ms", "latency with a 64 KiB stream on the connection, p50 (ms)", 2),
+    ("latency_same_p99_ms", "latency with a 64 KiB stream on the connection, p99 (ms)", 2),
+    ("latency_same_bulk_mb_per_s", "that stream meanwhile (MB/s)", 2),
+)
+#: The many-connection phase: (key, label, digits).
+CROWD_ROWS: tuple[tuple[str, str, int], ...] = (
+    ("connections_opened", "connections opened (of connections_asked)", 0),
+    ("crowd_dial_per_s", "dial rate, all dialers (connections/s)", 1),
+    ("rss_kb_per_connection_at_1000", "callee RSS per connection (KiB)", 1),
+    ("crowd_fds_per_connection", "callee fds per connection", 2),
+    ("crowd_tasks_per_connection", "callee asyncio tasks per connection (incl. the echo task)",
+     2),
+    ("crowd_idle_cpu_percent_per_connection", "callee idle CPU per connection (%)", 5),
+    ("crowd_idle_dht_cpu_percent", "the dhtnodes meanwhile, all (%)", 3),
+    ("crowd_echo_mixed", "echo on every connection at once: wrong replies", 0),
+    ("crowd_echo_lost", "echo on every connection at once: no reply", 0),
+    ("crowd_close_all_s", "dialers close all -> callee saw all closed (s)", 2),
+    ("crowd_fds_left_after_close", "callee fds left after close (vs. before)", 0),
+    ("crowd_tasks_left_after_close", "callee tasks left after close (vs. before)", 0),
+)
+
+
+def render_relay(results: JsonDict) -> list[str]:
+    """tierlink through a local coturn beside its direct figures (empty if not run)."""
+    entry = results.get("tierlink")
+    if not isinstance(entry, dict) or not any(k.startswith("relay_") for k in entry):
+        return []
+    lines = ["", "tierlink through a TURN relay (local coturn, TURN over UDP, both nodes "
+             "relay-only) beside its direct figures above:", "",
+             "| metric | direct | through the relay | relay / direct |", "|---|---:|---:|---:|"]
+    for key, label, digits in RELAY_ROWS:
+        direct, relayed = entry.get(key), entry.get("relay_" + key)
+        lines.append(f"| {label} | {_cell(results, 'tierlink', key, digits)} | "
+                     f"{_cell(results, 'tierlink', 'relay_' + key, digits)} | "
+                     f"{_ratio(relayed, direct)} |")
+    return lines
+
+
+def render_crowd(results: JsonDict) -> list[str]:
+    """The many-connection row block (empty if not run)."""
+    entry = results.get("tierlink")
+    if not isinstance(entry, dict) or "connections_asked" not in entry:
+        return []
+    e = entry
+    lines = ["", f"Many connections to one node: {e.get('connections_asked')} connections from "
+             f"{e.get('crowd_dialers')} dialer processes ({e.get('crowd_dials_in_flight')} "
+             f"dials in flight) through {e.get('crowd_dht_nodes')} dhtnodes, one round:", "",
+             "| metric | tierlink |", "|---|---:|"]
+    lines += [f"| {label} | {_fmt(e.get(key), digits)} |" for key, label, digits in CROWD_ROWS]
+    return lines
+
+
 def run_title(results: JsonDict) -> str:
     """The heading of one run: plain loopback, or the ``--mtu`` namespace."""
     mtu = results.get("mtu", "?")
+    loop = results.get("machine", {}).get("loop", "asyncio")
+    tail = "" if loop == "asyncio" else f", every worker on {loop}"
     if results.get("netns"):
-        return f"MTU {mtu}: inside a network namespace whose loopback has MTU {mtu}"
-    return f"Loopback (MTU {mtu})"
+        return f"MTU {mtu}: inside a network namespace whose loopback has MTU {mtu}{tail}"
+    return f"Loopback (MTU {mtu}){tail}"
 
 
 def render_run(results: JsonDict) -> list[str]:
@@ -239,6 +352,8 @@ def render_run(results: JsonDict) -> list[str]:
         )
         cells = " | ".join(_cell(results, s, key, digits) for s in SYSTEMS)
         lines.append(f"| {label} | {cells} | {ratios[0]} | {ratios[1]} |")
+    lines += render_relay(results)
+    lines += render_crowd(results)
     lines += [
         "",
         "Targets (tierlink):",
@@ -264,8 +379,9 @@ def render_run(results: JsonDict) -> list[str]:
     return lines
 
 
-def render_markdown(runs: list[JsonDict]) -> str:
-    """BENCHMARKS.md: one section per run (loopback, then each MTU), then the method."""
+def render_markdown(runs: list[JsonDict], packet_cost: JsonDict | None = None) -> str:
+    """BENCHMARKS.md: one section per run (loopback, then each MTU), the per-packet budget
+    (if measured), then the method."""
     lines = [
         "# Benchmarks",
         "",
@@ -276,5 +392,7 @@ def render_markdown(runs: list[JsonDict]) -> str:
     for results in runs:
         if isinstance(results.get("dht_many"), dict):
             lines += ["", *render_dht_many(results["dht_many"])]
+    if packet_cost:
+        lines += packet_cost_lines(packet_cost)
     lines += ["", METHOD]
     return "\n".join(lines)

@@ -22,23 +22,29 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from tierlink.bench import loops
 from tierlink.bench.base import JsonDict
+from tierlink.bench.crowd import CrowdPlan, measure_crowd
 from tierlink.bench.dht_many import ManyPlan, run_dht_many
-from tierlink.bench.harness import Plan
+from tierlink.bench.harness import BenchStepError, Plan
 from tierlink.bench.netns import NETNS_ENV, BenchError, loopback_mtu, run_in_namespace
+from tierlink.bench.packet_cost import RESULTS_FILE as PACKET_COST_FILE
+from tierlink.bench.relay import measure_relay
 from tierlink.bench.report import SYSTEMS, load_json, render_markdown, write_json
-from tierlink.bench.session import SystemRun, run_interleaved
+from tierlink.bench.session import SystemRun, progress, run_interleaved
 from tierlink.dht.launcher import start_nodes, stop_nodes
 from tierlink.errors import TierlinkError
 
 #: Wall-clock bound of a run, per system measured (process start to stop).
 RUN_LIMIT_S = {False: 900.0, True: 180.0}
+#: Wall-clock bound of tierlink's relay and many-connection phases.
+PHASES_LIMIT_S = {False: 900.0, True: 240.0}
 #: What each system needs importable before its workers are started.
 REQUIRES = {"aioice_raw": "aioice", "aiortc_datachannel": "aiortc", "tierlink": "tierlink.node"}
 INSTALL_HINT = "run `make bench`, or install the bench extra: pip install -e '.[bench]'"
 #: Path MTUs ``--mtu`` accepts: QUIC and ICE need 1200-byte datagrams (IPv6 minimum 1280).
 MTU_RANGE = (1280, 65536)
-MTU_RESULTS_GLOB = "results-mtu*.json"
+OTHER_RESULTS_GLOB = "results-*.json"
 #: The key of ``--dht-many``'s results in results.json.
 DHT_MANY = "dht_many"
 
@@ -56,6 +62,7 @@ def machine_info() -> JsonDict:
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
         "interleaved": True,
+        "loop": loops.chosen_loop(),
         "versions": versions,
     }
 
@@ -77,13 +84,30 @@ def check_installed(systems: Sequence[str]) -> None:
         )
 
 
-def results_name(mtu: int | None) -> str:
-    """The results file of a plain loopback run (None) or of an ``--mtu`` run."""
-    return "results.json" if mtu is None else f"results-mtu{mtu}.json"
+def results_name(mtu: int | None, loop: str = "asyncio") -> str:
+    """The results file of a plain loopback run (None) or of an ``--mtu`` run, on asyncio's
+    loop or (``-uvloop``) on uvloop."""
+    tail = "" if loop == "asyncio" else f"-{loop}"
+    return f"results{tail}.json" if mtu is None else f"results-mtu{mtu}{tail}.json"
+
+
+async def _tierlink_phases(run: SystemRun, plan: Plan, quick: bool, logs: Path,
+                           proxy: str) -> None:
+    """tierlink's phases on processes of their own: through a TURN relay, and many
+    connections to one node; a failure is recorded, the figures kept."""
+    progress("relay: tierlink through a local coturn")
+    run.extra.update(await measure_relay(plan, proxy, logs))
+    cplan = CrowdPlan.quick() if quick else CrowdPlan()
+    progress(f"crowd: {cplan.connections} connections to one node")
+    try:
+        run.extra.update(await measure_crowd(cplan, logs / "crowd.log"))
+    except (BenchStepError, TierlinkError, OSError) as exc:
+        run.errors["crowd"] = f"{type(exc).__name__}: {exc}"
 
 
 async def _measure(
-    runs: list[SystemRun], plan: Plan, quick: bool, logs: Path, stack: contextlib.AsyncExitStack
+    runs: list[SystemRun], plan: Plan, quick: bool, logs: Path, stack: contextlib.AsyncExitStack,
+    phases: bool = False,
 ) -> None:
     """Start the dhtnode if tierlink runs, then every measurement, bounded in total time."""
     setups: dict[str, JsonDict] = {}
@@ -101,9 +125,16 @@ async def _measure(
     limit = RUN_LIMIT_S[quick] * max(1, len(runs))
     try:
         await asyncio.wait_for(run_interleaved(runs, plan, logs, setups), limit)
+        for run in runs:
+            if run.system == "tierlink" and phases:
+                proxy = str(setups["tierlink"]["dht_proxy"])
+                await asyncio.wait_for(
+                    _tierlink_phases(run, plan, quick, logs, proxy), PHASES_LIMIT_S[quick]
+                )
     except TimeoutError:
         for run in runs:
-            run.errors.setdefault("aborted", f"the whole run exceeded {limit:.0f} s")
+            run.errors.setdefault("aborted", f"the run exceeded its time bound ({limit:.0f} s "
+                                  f"+ {PHASES_LIMIT_S[quick]:.0f} s for relay and crowd)")
 
 
 async def run_bench_async(
@@ -116,14 +147,18 @@ async def run_bench_async(
     out_dir.mkdir(parents=True, exist_ok=True)
     logs = out_dir / "logs" if mtu is None else out_dir / "logs" / f"mtu{mtu}"
     logs.mkdir(parents=True, exist_ok=True)
-    json_path = out_dir / results_name(mtu)
+    json_path = out_dir / results_name(mtu, loops.chosen_loop())
     results = load_json(json_path)
     machine = machine_info()
+    if mtu is not None:  # per-connection idle cost does not depend on the path MTU
+        plan = dataclasses.replace(plan, idle_many=False)
     runs = [SystemRun(system) for system in dict.fromkeys(systems)]
     all_runs = list(runs)
     started = time.monotonic()
     async with contextlib.AsyncExitStack() as stack:
-        await _measure(runs, plan, quick, logs, stack)
+        # relay and crowd once, on plain loopback: a relayed path keeps 1200-byte packets
+        # whatever the MTU, and the crowd's figures are per connection, not per packet
+        await _measure(runs, plan, quick, logs, stack, phases=mtu is None)
     machine["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     for run in all_runs:
         entry = run.entry()
@@ -153,9 +188,10 @@ def default_markdown_path(out_dir: Path) -> Path:
 def write_markdown(out_dir: Path) -> Path:
     """BENCHMARKS.md from the results files in ``out_dir``: loopback's, then each MTU's."""
     files = [out_dir / results_name(None)]
-    files += sorted(out_dir.glob(MTU_RESULTS_GLOB))
+    files += sorted(out_dir.glob(OTHER_RESULTS_GLOB), key=lambda p: ("uvloop" in p.name, p.name))
     path = default_markdown_path(out_dir)
-    path.write_text(render_markdown([r for r in map(load_json, files) if r]))
+    cost = load_json(out_dir / PACKET_COST_FILE)
+    path.write_text(render_markdown([r for r in map(load_json, files) if r], cost or None))
     return path
 
 
@@ -189,6 +225,7 @@ def run_bench(
     if mtu is not None and not MTU_RANGE[0] <= mtu <= MTU_RANGE[1]:
         raise ValueError(f"--mtu must be within {MTU_RANGE[0]}..{MTU_RANGE[1]}, not {mtu}")
     check_installed(chosen)
+    loop = loops.chosen_loop()
     plan = make_plan(quick, rounds)
     if mtu is not None and os.environ.get(NETNS_ENV) is None:
         params = {
@@ -198,7 +235,7 @@ def run_bench(
             "rounds": plan.rounds,
             "mtu": mtu,
         }
-        return run_in_namespace(mtu, params, out_dir / results_name(mtu))
+        return run_in_namespace(mtu, params, out_dir / results_name(mtu, loop))
     return asyncio.run(run_bench_async(chosen, plan, quick, out_dir, mtu))
 
 

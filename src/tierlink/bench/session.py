@@ -23,6 +23,8 @@ from tierlink.bench.idle import (
     measure_idle_window,
     open_idle_connections,
 )
+from tierlink.bench.latency import MODES as LATENCY_MODES
+from tierlink.bench.latency import latency_step
 from tierlink.bench.measure import (
     close_memory_connections,
     measure_connect,
@@ -63,6 +65,7 @@ ROUND_STEPS: tuple[tuple[str, Measurement], ...] = (
     ("reliable_64k", measure_reliable_64k),
     ("datagram", measure_datagrams),
     ("datagram_native", measure_datagrams_native),
+    *((f"latency_{mode}", latency_step(mode)) for mode in LATENCY_MODES),
 )
 #: The field of each measurement whose median round supplies the details (trial lists, ...).
 HEADLINE = {
@@ -72,6 +75,7 @@ HEADLINE = {
     "reliable_64k": "reliable_64k_mb_per_s",
     "datagram": "datagram_msgs_per_s",
     "datagram_native": "datagram_native_msgs_per_s",
+    **{f"latency_{mode}": f"latency_{mode}_p50_ms" for mode in LATENCY_MODES},
     "idle": "idle_cpu_percent",
     "idle_conn": "idle_conn_cpu_percent",
     "memory": "rss_kb_per_connection",
@@ -94,6 +98,8 @@ class SystemRun:
     attempts: dict[str, int] = field(default_factory=dict)
     #: Processes of the system besides its workers whose CPU counts as its idle cost.
     helper_pids: tuple[int, ...] = ()
+    #: Figures of phases run on their own processes (relay, many connections), as is.
+    extra: JsonDict = field(default_factory=dict)
 
     @property
     def running(self) -> bool:
@@ -114,7 +120,7 @@ class SystemRun:
 
     def applies(self, name: str) -> bool:
         """Whether measurement ``name`` means anything for this system."""
-        if name.startswith("reliable") and self.system in RELIABLE_IS_DATAGRAM:
+        if name.startswith(("reliable", "latency")) and self.system in RELIABLE_IS_DATAGRAM:
             return False
         if name == "datagram_native" and self.system not in NATIVE_DATAGRAM:
             return False
@@ -144,12 +150,13 @@ class SystemRun:
         if pair is not None:
             await pair.stop()
 
-    def entry(self) -> JsonDict:
-        """The system's object in results.json: medians, ``*_spread`` and the round values."""
+    def entry(self, headlines: dict[str, str] | None = None) -> JsonDict:
+        """The system's object in results.json: medians, ``*_spread`` and the round values
+        (``headlines``: the measurements to combine and their headline figures)."""
         out: JsonDict = {}
         values: dict[str, list[float]] = {}
         rounds: dict[str, int] = {}
-        for name, headline in HEADLINE.items():
+        for name, headline in (headlines or HEADLINE).items():
             samples = self.samples.get(name, [])
             if not samples:
                 continue
@@ -165,6 +172,7 @@ class SystemRun:
                     out[rel + SPREAD_SUFFIX] = out[dg + SPREAD_SUFFIX]
                     values[rel] = values[dg]
             out["reliable_note"] = RELIABLE_NOTE
+        out.update(self.extra)
         out["rounds"] = rounds
         out["round_values"] = values
         if self.errors:
@@ -175,11 +183,11 @@ class SystemRun:
 async def _idle_connections(runs: list[SystemRun], plan: Plan) -> None:
     """The many-connection idle phase (:mod:`tierlink.bench.idle`), all systems at once."""
     n = plan.idle_connections
-    _progress(f"idle: opening {n} connections per system")
+    progress(f"idle: opening {n} connections per system")
     await asyncio.gather(*(run.step("idle_open", open_idle_connections, plan) for run in runs))
     window = plan.idle_many_s / plan.rounds
     for k in range(1, plan.rounds + 1):
-        _progress(f"idle window {k}/{plan.rounds}: {n} connections ({window:.0f} s)")
+        progress(f"idle window {k}/{plan.rounds}: {n} connections ({window:.0f} s)")
         await asyncio.gather(*(
             run.step("idle_conn", functools.partial(measure_idle_window, helpers=run.helper_pids),
                      plan)
@@ -189,7 +197,8 @@ async def _idle_connections(runs: list[SystemRun], plan: Plan) -> None:
     await asyncio.gather(*(run.step("idle_close", close_idle_connections, plan) for run in runs))
 
 
-def _progress(text: str) -> None:
+def progress(text: str) -> None:
+    """One line of progress on stderr."""
     print(f"bench: {text}", file=sys.stderr, flush=True)
 
 
@@ -204,14 +213,15 @@ async def run_interleaved(
             await run.step("open_main", open_main, plan, required=True)
         for k in range(1, plan.rounds + 1):
             for name, fn in ROUND_STEPS:
-                _progress(f"round {k}/{plan.rounds}: {name}")
+                progress(f"round {k}/{plan.rounds}: {name}")
                 for run in runs:
                     await run.step(name, fn, plan)
-            _progress(f"round {k}/{plan.rounds}: idle ({plan.idle_s:.0f} s)")
+            progress(f"round {k}/{plan.rounds}: idle ({plan.idle_s:.0f} s)")
             await asyncio.gather(*(run.step("idle", measure_idle, plan) for run in runs))
-        await _idle_connections(runs, plan)
+        if plan.idle_many:
+            await _idle_connections(runs, plan)
         for k in range(1, plan.rounds + 1):
-            _progress(f"round {k}/{plan.rounds}: memory")
+            progress(f"round {k}/{plan.rounds}: memory")
             for run in runs:
                 await run.step("memory", measure_memory, plan)
         for run in runs:

@@ -66,6 +66,9 @@ class RtcBenchConn(BenchConn):
         await self._room()
         self.rel.send(data)
 
+    def send_now(self, data: bytes) -> None:
+        self.rel.send(data)  # queues in aiortc (bufferedAmount grows), never waits
+
     async def send_many(self, payload: bytes, count: int, deadline: float, window: int) -> int:
         sent = 0
         while sent < count and now() < deadline:

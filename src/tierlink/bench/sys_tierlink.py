@@ -11,12 +11,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 from tierlink.bench.base import BenchConn, BenchSide, JsonDict, Signal, now
 
 CONNECT_TIMEOUT = 20.0
 ACCEPT_TIMEOUT = 120.0
+
+
+def _consume(fut: asyncio.Future[Any]) -> None:
+    if not fut.cancelled():
+        fut.exception()
 
 
 class TierlinkBenchConn(BenchConn):
@@ -42,6 +48,10 @@ class TierlinkBenchConn(BenchConn):
             await asyncio.gather(*pending)
         return sent
 
+    def send_now(self, data: bytes) -> None:
+        fut = self.conn.submit(data)
+        fut.add_done_callback(_consume)  # a failure shows up as a missing probe
+
     async def recv(self, timeout: float) -> bytes:
         data: bytes | None = await self.conn.recv(timeout=timeout)
         if data is None:  # tierlink's recv returns None on timeout
@@ -63,12 +73,31 @@ class TierlinkBenchConn(BenchConn):
     def receive_queue_drops(self) -> int | None:
         return int(self.conn.stats().get("datagrams_dropped", 0))
 
+    def path_type(self) -> str | None:
+        return str(self.conn.path_type)
+
     def limit_packet_size(self, size: int | None) -> bool:
         self.conn.limit_packet_size(size)
         return True
 
     async def close(self) -> None:
         await self.conn.close()
+
+
+def node_overrides(params: JsonDict, node_mod: Any) -> JsonDict:
+    """NodeConfig fields a bench phase sets through ``setup``: ``turn`` (one TURN server as
+    {host, port, username, password}) with ``relay_only``, ``admission`` (AdmissionLimits
+    fields) and ``dht_connections``."""
+    out: JsonDict = {}
+    if turn := params.get("turn"):
+        out["turn_servers"] = [node_mod.TurnServer(**turn)]
+        out["relay_only"] = bool(params.get("relay_only", False))
+    if admission := params.get("admission"):
+        limits = importlib.import_module("tierlink.node.admission").AdmissionLimits
+        out["admission"] = limits(**admission)
+    if connections := params.get("dht_connections"):
+        out["dht_connections"] = int(connections)
+    return out
 
 
 class TierlinkSide(BenchSide):
@@ -89,6 +118,7 @@ class TierlinkSide(BenchSide):
             identity=identity,
             dht_proxy=params.get("dht_proxy"),
             host_addresses=["127.0.0.1"],
+            **node_overrides(params, node_mod),
         )
         self._node = await self._stack.enter_async_context(node_mod.Node(cfg))
         if self.role == "callee":
@@ -104,6 +134,18 @@ class TierlinkSide(BenchSide):
     async def accept(self) -> BenchConn:
         conn = await asyncio.wait_for(self._incoming.__anext__(), ACCEPT_TIMEOUT)
         return TierlinkBenchConn(conn)
+
+    async def incoming(self) -> AsyncIterator[BenchConn]:
+        async for conn in self._incoming:
+            yield TierlinkBenchConn(conn)
+
+    def stats(self) -> JsonDict:
+        """The node's offer refusals (admission: ``busy``, ``rate-limited``, ...) and the
+        offers it answered."""
+        if self._node is None:
+            return {}
+        return {"offer_rejections": dict(self._node.offer_rejections),
+                "offers_answered": self._node.offers_answered}
 
     async def shutdown(self) -> None:
         await self._stack.aclose()

@@ -20,7 +20,9 @@ import traceback
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from tierlink.bench import loops
 from tierlink.bench.base import BenchConn, BenchSide, JsonDict, Signal, now, stdout_for_protocol
+from tierlink.bench.latency import receive_probes, send_probes
 
 DATAGRAM_HEADER = struct.Struct("!II")  # trial id, sequence number
 #: A datagram offered while more than this many bytes of datagrams wait in the sender's own
@@ -48,13 +50,15 @@ def make_side(system: str, role: str, signal: Signal) -> BenchSide:
     raise ValueError(f"unknown system {system!r}")
 
 
-def _rss_kb() -> int:
+def rss_kb() -> int:
+    """Resident set size of this process (KiB)."""
     with open("/proc/self/statm") as f:
         pages = int(f.read().split()[1])
     return pages * resource.getpagesize() // 1024
 
 
-def _cpu_s() -> float:
+def cpu_s() -> float:
+    """CPU seconds (user + system) this process used so far."""
     ru = resource.getrusage(resource.RUSAGE_SELF)
     return ru.ru_utime + ru.ru_stime
 
@@ -74,6 +78,7 @@ class Worker:
         self.idle_task: asyncio.Task[bytes] | None = None
         self.idle_conns: list[BenchConn] = []
         self.idle_waiters: list[asyncio.Task[bytes]] = []
+        self.second: BenchConn | None = None  # the bulk stream's own connection (latency)
 
     @property
     def conn(self) -> BenchConn:
@@ -122,6 +127,9 @@ class Worker:
         else:
             await self.main.recv(20.0)
         return {}
+
+    async def cmd_path(self, p: JsonDict) -> JsonDict:
+        return {"path": self.conn.path_type()}
 
     async def cmd_packet_cap(self, p: JsonDict) -> JsonDict:
         """Cap (``size``) or uncap (null) the main connection's packet size."""
@@ -231,9 +239,9 @@ class Worker:
         gc.collect()
         self.idle_task = asyncio.create_task(self.conn.recv(seconds + 60.0))
         await asyncio.sleep(0.5)
-        c0, w0 = _cpu_s(), now()
+        c0, w0 = cpu_s(), now()
         await asyncio.sleep(seconds)
-        c1, w1 = _cpu_s(), now()
+        c1, w1 = cpu_s(), now()
         return {"cpu_s": c1 - c0, "wall_s": w1 - w0, "percent": 100.0 * (c1 - c0) / (w1 - w0)}
 
     async def cmd_wake(self, p: JsonDict) -> JsonDict:
@@ -277,9 +285,9 @@ class Worker:
 
             selector.select = counting
         try:
-            c0, w0 = _cpu_s(), now()
+            c0, w0 = cpu_s(), now()
             await asyncio.sleep(seconds)
-            c1, w1 = _cpu_s(), now()
+            c1, w1 = cpu_s(), now()
         finally:
             if selector is not None and select is not None:
                 del selector.select  # the class's method again
@@ -301,10 +309,21 @@ class Worker:
             await conn.close()
         return {"closed": len(conns)}
 
+    async def cmd_latency(self, p: JsonDict) -> JsonDict:
+        """Probes on the main connection; bulk on none, it, or a second one (``mode``)."""
+        mode = str(p["mode"])
+        if mode == "other" and self.second is None:
+            self.second = await self._open()
+        bulk = {"idle": None, "same": self.conn, "other": self.second}[mode]
+        if self.dialer:
+            return await send_probes(self.conn, bulk, int(p["count"]), float(p["interval"]),
+                                     int(p["window"]))
+        return await receive_probes(self.conn, bulk, float(p["limit"]))
+
     async def cmd_rss(self, p: JsonDict) -> JsonDict:
         await asyncio.sleep(float(p.get("settle", 0.0)))
         gc.collect()
-        return {"rss_kb": _rss_kb()}
+        return {"rss_kb": rss_kb()}
 
     async def cmd_mem_open(self, p: JsonDict) -> JsonDict:
         for _ in range(int(p["n"])):
@@ -324,17 +343,19 @@ class Worker:
             self.idle_task.cancel()
         await self.cmd_mem_close(p)
         await self.cmd_idle_close(p)
-        if self.main is not None:
-            await self.main.close()
+        for conn in (self.main, self.second):
+            if conn is not None:
+                await conn.close()
         await self.side.shutdown()
         return {}
 
 
-async def _serve(system: str, role: str) -> None:
+async def serve(system: str, role: str, worker_class: type[Worker] = Worker) -> None:
+    """Run one worker of ``system`` in ``role`` until the parent says shutdown."""
     out = stdout_for_protocol()
     signal = Signal(out)
     side = make_side(system, role, signal)
-    worker = Worker(side)
+    worker = worker_class(side)
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader(limit=1 << 22)
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
@@ -375,12 +396,12 @@ def main() -> None:
     system, role = sys.argv[1], sys.argv[2]
     profile_dir = os.environ.get("TIERLINK_BENCH_PROFILE")
     if not profile_dir:
-        asyncio.run(_serve(system, role))
+        loops.run(serve(system, role))
         return
     import cProfile  # a developer's switch: one profile file per worker process
 
     with cProfile.Profile() as prof:
-        asyncio.run(_serve(system, role))
+        loops.run(serve(system, role))
     prof.dump_stats(os.path.join(profile_dir, f"{system}-{role}.prof"))
 
 

@@ -39,6 +39,10 @@ DEFAULT_TIMEOUT = 10.0
 #: ``get`` (request sent), ``got`` (answer read, value empty), ``listen`` (stream asked for)
 #: and ``value`` (each new value a listen delivers); for measurements, never on by default.
 Trace = Callable[[str, str, bytes], None]
+#: HTTP connections one client keeps open to its proxy at once (aiohttp's pool limit). Each
+#: dial in flight holds one for its answer listen and one for its offer put; requests past
+#: the limit wait for a free connection.
+DEFAULT_CONNECTIONS = 64
 #: After a put the node reported failed was found stored (a node without peers), the same
 #: report is taken as stored for this long without reading back (seconds).
 LONE_NODE_TRUST_S = 30.0
@@ -146,7 +150,11 @@ class DhtClient:
     def __init__(
         self, base_url: str, *, timeout: float = DEFAULT_TIMEOUT,
         max_get_bytes: int = MAX_GET_BYTES, unfiltered_get_bytes: int = UNFILTERED_GET_BYTES,
+        connections: int = DEFAULT_CONNECTIONS,
     ) -> None:
+        if connections < 1:
+            raise ValueError(f"a DHT client needs at least 1 HTTP connection, not {connections}")
+        self.connections = connections
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
         self.max_get_bytes = max_get_bytes
@@ -196,7 +204,7 @@ class DhtClient:
             trace.on_request_end.append(_mark_sent)
             trace.on_request_exception.append(_mark_sent)
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=64, force_close=False),
+                connector=aiohttp.TCPConnector(limit=self.connections, force_close=False),
                 trace_configs=[trace],
             )
         return self._session

@@ -37,7 +37,16 @@ RESERVED = "reserved"
 @dataclass(frozen=True)
 class AdmissionLimits:
     """How much offer handling a callee takes on. Defaults do not bite normal use (a peer
-    reconnecting in a loop is refunded on every channel) yet bound a flood."""
+    reconnecting in a loop is refunded on every channel) yet bound a flood.
+
+    A node many peers dial at once (a server holding 1000 connections) raises
+    ``max_sessions`` above the dials it expects in flight: a dialer's dial returns a little
+    before the callee's session ends, so at the default 16 a steady 16 dials in flight are
+    already refused ``busy`` now and then, and a refused dialer learns it only by its
+    dial timeout. One dialer keeps its own dials in flight below ``dialer_burst`` for the
+    same reason (``rate-limited``). The opening budget and the reserved lane stay as they
+    are, so a flood of fresh identities still fills only the general pool.
+    """
 
     #: Offers opened (decapsulated, verified, decrypted) per second, and the burst.
     open_rate: float = 200.0

@@ -8,6 +8,7 @@ from typing import Literal
 
 import platformdirs
 
+from tierlink.dht.client import DEFAULT_CONNECTIONS
 from tierlink.identity import Identity
 from tierlink.mailbox.policy import MailboxSettings
 from tierlink.node.admission import AdmissionLimits
@@ -66,6 +67,12 @@ class NodeConfig:
     address_check_interval: float = 30.0
     queue_capacity: int = DEFAULT_CAPACITY
     dht_timeout: float = 10.0
+    #: HTTP connections to the DHT proxy at once: each dial in flight holds up to two (its
+    #: answer listen and its offer put), so more concurrent dials than half of it queue.
+    dht_connections: int = DEFAULT_CONNECTIONS
+    #: Answered connections waiting for :meth:`Node.accept` / :meth:`Node.incoming`; one
+    #: completing while this many wait is closed (and logged), as a full listen backlog.
+    incoming_backlog: int = 64
     secure: bool = True
     liveness_timeout: float = 15.0
     handshake_timeout: float = 10.0

@@ -74,13 +74,14 @@ class Node:
     ``session_ids`` makes the session id of each dial (random by default).
     """
 
-    MAX_PENDING_INCOMING = 64
-
     def __init__(
         self, config: NodeConfig, *, session_ids: Callable[[], bytes] = new_session_id
     ) -> None:
         if config.mode not in ("private", "public"):
             raise ValueError(f"mode must be 'private' or 'public', not {config.mode!r}")
+        for name in ("incoming_backlog", "dht_connections"):
+            if getattr(config, name) < 1:
+                raise ValueError(f"NodeConfig.{name} must be at least 1")
         self.config = config
         self.identity = config.identity
         self.endpoint = Endpoint(config)
@@ -93,7 +94,7 @@ class Node:
         self._session_ids = session_ids
         self._parts: _Parts | None = None
         self._tasks = Supervisor("node")
-        self._incoming: asyncio.Queue[Connection] = asyncio.Queue(self.MAX_PENDING_INCOMING)
+        self._incoming: asyncio.Queue[Connection] = asyncio.Queue(config.incoming_backlog)
         self._started = False
         self._closed = False
 
@@ -141,7 +142,8 @@ class Node:
                 )
                 await self.dht_process.start()
                 url = self.dht_process.proxy_url
-            self.dht = DhtClient(url, timeout=self.config.dht_timeout)
+            self.dht = DhtClient(url, timeout=self.config.dht_timeout,
+                                 connections=self.config.dht_connections)
             parts = self._build(self.dht)
             await parts.presence.publish()
             self._parts = parts
@@ -280,7 +282,8 @@ class Node:
         try:
             self._incoming.put_nowait(conn)
         except asyncio.QueueFull:
-            log.warning("incoming queue full; closing a new connection")
+            log.warning("incoming backlog full (NodeConfig.incoming_backlog=%d); closing a "
+                        "new connection", self.config.incoming_backlog)
             await conn.close()
 
     async def incoming(self) -> AsyncIterator[Connection]:

@@ -37,6 +37,7 @@ class LivenessWheel:
         self._heap: list[tuple[float, int, Liveness]] = []
         self._order = itertools.count()
         self._handle: asyncio.TimerHandle | None = None
+        self._handle_at = 0.0  # its deadline (uvloop's call_at may return a plain Handle)
         self._active = 0
         #: Times the wheel's loop timer fired (one loop wake-up each).
         self.wakeups = 0
@@ -80,10 +81,11 @@ class LivenessWheel:
         when = heap[0][0]
         handle = self._handle
         if handle is not None:
-            if handle.when() <= when:
+            if self._handle_at <= when:
                 return  # fires first; re-arms then
             handle.cancel()
         self._handle = self._loop.call_at(when, self._fire)
+        self._handle_at = when
 
     def _fire(self) -> None:
         self._handle = None

@@ -102,6 +102,7 @@ class QuicPump:
         self.close_reason: str | None = None
         self._flush_handle: asyncio.Handle | None = None
         self._quic_timer: asyncio.TimerHandle | None = None
+        self._quic_timer_at = 0.0  # its deadline (uvloop's call_at may return a plain Handle)
         self._handshake_timer: asyncio.TimerHandle | None = None
         self._probe_path_mtu = probe_path_mtu
         self._probe_due = False
@@ -334,11 +335,12 @@ class QuicPump:
         self.path_watch.sent(quic, now)
         when = quic.get_timer()
         timer = self._quic_timer
-        if timer is not None and (when is None or timer.when() != when):
+        if timer is not None and (when is None or self._quic_timer_at != when):
             timer.cancel()
             self._quic_timer = timer = None
         if when is not None and timer is None:
             self._quic_timer = self._loop.call_at(when, self._on_quic_timer)
+            self._quic_timer_at = when
         if self._probe_due:
             self._probe_due = False
             self._mtu.start()
