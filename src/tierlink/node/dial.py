@@ -191,9 +191,9 @@ class Dialer:
             async with asyncio.timeout(within), task_group() as group:
                 watch = group.create_task(outcome_of(put))
                 answer = await _first_of(
-                    self._answer_from(by_answer_key, secret, "taken-answer-key", None),
-                    self._answer_from(by_offers_key, secret, "taken-offers-key",
-                                      MAX_OFFERS_KEY_ANSWERS),
+                    first_answer(by_answer_key, secret, self.answers, "taken-answer-key"),
+                    first_answer(by_offers_key, secret, self.answers, "taken-offers-key",
+                                 bound=MAX_OFFERS_KEY_ANSWERS),
                 )
                 watch.cancel()
         except TimeoutError:
@@ -201,32 +201,6 @@ class Dialer:
                 f"{fingerprint[:16]}… did not answer within {timeout:.1f} s"
             ) from None
         return answer
-
-    async def _answer_from(
-        self, listener: AsyncIterator[bytes], secret: OfferSecret, taken: str,
-        bound: int | None,
-    ) -> SessionDescription:
-        """The first value of ``listener`` that opens under ``secret`` (only the callee can
-        seal one). With a ``bound`` (a key anyone writes to), values that are not answers by
-        kind are skipped unopened and at most ``bound`` answers are tried."""
-        tried = 0
-        async for value in listener:
-            if bound is not None:
-                if not is_answer(value):
-                    continue
-                if tried >= bound:
-                    self.answers["over-bound"] += 1
-                    continue
-                tried += 1
-            try:
-                answer = decode_answer(value, secret)
-            except RecordError as exc:
-                self.answers["not-ours"] += 1
-                log.debug("ignoring an answer: %s", exc)
-                continue
-            self.answers[taken] += 1
-            return answer
-        raise DialTimeout("the answer listen ended before an answer arrived")
 
     def _take_prepared(self) -> PreparedChannel:
         """The spare QUIC client if still fresh, else a new one."""
@@ -237,6 +211,35 @@ class Dialer:
         """Build the next dial's QUIC client (while this dial waits for its answer)."""
         if self.config.secure and (self._spare is None or not self._spare.fresh):
             self._spare = self.endpoint.prepared_channel()
+
+
+async def first_answer(
+    values: AsyncIterator[bytes], secret: OfferSecret, counts: Counter[str], taken: str,
+    *, bound: int | None = None,
+) -> SessionDescription:
+    """The first of ``values`` that opens under ``secret`` (only the callee can seal one),
+    counted in ``counts`` as ``taken``; values that do not open count as ``not-ours``. With a
+    ``bound`` (for a key anyone writes to), values that are not answers by their kind byte
+    are skipped unopened, and answers past the first ``bound`` count as ``over-bound``,
+    unopened. DialTimeout if ``values`` ends first."""
+    tried = 0
+    async for value in values:
+        if bound is not None:
+            if not is_answer(value):
+                continue
+            if tried >= bound:
+                counts["over-bound"] += 1
+                continue
+            tried += 1
+        try:
+            answer = decode_answer(value, secret)
+        except RecordError as exc:
+            counts["not-ours"] += 1
+            log.debug("ignoring an answer: %s", exc)
+            continue
+        counts[taken] += 1
+        return answer
+    raise DialTimeout("the answer listen ended before an answer arrived")
 
 
 async def _first_of(
