@@ -80,6 +80,18 @@ async def test_the_offers_key_reader_skips_other_kinds_and_bounds_its_opens() ->
     assert counts == {"not-ours": 10, "taken": 1}  # the other kinds were never opened
 
 
+async def test_the_offers_key_reader_gives_up_after_its_bytes() -> None:
+    s = secret()
+    big = [junk(KIND_OFFER) for _ in range(10)]  # 122 bytes each
+    counts: Counter[str] = Counter()
+    with pytest.raises(DialTimeout):
+        await first_answer(values(*big, encode_answer(s, PARAMS)), s, counts, "taken",
+                           bound=256, max_bytes=1000)
+    assert counts == {"gave-up": 1}
+    assert await first_answer(values(*big[:5], encode_answer(s, PARAMS)), s, counts, "taken",
+                              bound=256, max_bytes=1000) == PARAMS
+
+
 async def test_an_answer_of_another_dial_never_opens() -> None:
     mine, earlier = secret(), secret()
     counts: Counter[str] = Counter()

@@ -12,7 +12,8 @@ The offers-key listen is the fast one under churn: this node's DHT search for th
 warm (the offer was just put there), while the fresh answer key's search first waits out
 departed nodes. Anyone can put values there, so it is read warily: every value that is not an
 answer by its kind byte is skipped unopened, and at most :data:`MAX_OFFERS_KEY_ANSWERS`
-answer values are tried per dial (counted in :attr:`Dialer.answers`).
+answer values are tried and at most :data:`MAX_OFFERS_KEY_BYTES` read per dial (counted in
+:attr:`Dialer.answers`).
 
 The steps overlap where they can, since a dial's time is what users wait for: the answer is
 awaited while the offer put still runs (the DHT hands a value to listeners before the put's
@@ -57,6 +58,10 @@ OFFER_GRACE_S = 30.0
 #: Most answer values one dial tries to open from the callee's offers key (the rest, and
 #: every value of another kind there, are skipped unopened).
 MAX_OFFERS_KEY_ANSWERS = 256
+#: Most bytes of values (of any kind) one dial reads from the callee's offers key: the listen
+#: first hands over what is stored there (up to 10 minutes of offers of ~9 KB each); past
+#: this the dial waits on the answer key alone.
+MAX_OFFERS_KEY_BYTES = 4 << 20
 
 
 class Dialer:
@@ -84,7 +89,8 @@ class Dialer:
         """Answer values by outcome: ``taken-answer-key`` / ``taken-offers-key`` (the one a
         dial used, by the listen it came from), ``not-ours`` (did not open under the dial's
         secret: another dial's, or forged), ``over-bound`` (offers-key answers past
-        :data:`MAX_OFFERS_KEY_ANSWERS`, not opened)."""
+        :data:`MAX_OFFERS_KEY_ANSWERS`, not opened), ``gave-up`` (offers-key listens left
+        after :data:`MAX_OFFERS_KEY_BYTES`)."""
         self._spare: PreparedChannel | None = None
 
     async def connect(self, fingerprint: str, timeout: float, purpose: str) -> Connection:
@@ -193,7 +199,7 @@ class Dialer:
                 answer = await _first_of(
                     first_answer(by_answer_key, secret, self.answers, "taken-answer-key"),
                     first_answer(by_offers_key, secret, self.answers, "taken-offers-key",
-                                 bound=MAX_OFFERS_KEY_ANSWERS),
+                                 bound=MAX_OFFERS_KEY_ANSWERS, max_bytes=MAX_OFFERS_KEY_BYTES),
                 )
                 watch.cancel()
         except TimeoutError:
@@ -215,15 +221,20 @@ class Dialer:
 
 async def first_answer(
     values: AsyncIterator[bytes], secret: OfferSecret, counts: Counter[str], taken: str,
-    *, bound: int | None = None,
+    *, bound: int | None = None, max_bytes: int | None = None,
 ) -> SessionDescription:
     """The first of ``values`` that opens under ``secret`` (only the callee can seal one),
     counted in ``counts`` as ``taken``; values that do not open count as ``not-ours``. With a
     ``bound`` (for a key anyone writes to), values that are not answers by their kind byte
     are skipped unopened, and answers past the first ``bound`` count as ``over-bound``,
-    unopened. DialTimeout if ``values`` ends first."""
-    tried = 0
+    unopened; past ``max_bytes`` read it gives up (``gave-up``). DialTimeout if ``values``
+    ends first or it gives up."""
+    tried = size = 0
     async for value in values:
+        size += len(value)
+        if max_bytes is not None and size > max_bytes:
+            counts["gave-up"] += 1
+            raise DialTimeout(f"no answer in the first {max_bytes} bytes of the listen")
         if bound is not None:
             if not is_answer(value):
                 continue
