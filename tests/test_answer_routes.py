@@ -71,13 +71,13 @@ async def test_the_offers_key_reader_skips_other_kinds_and_bounds_its_opens() ->
     counts: Counter[str] = Counter()
     # 300 junk answers before the genuine one: 256 opened, the genuine one is over the bound.
     with pytest.raises(DialTimeout):
-        await first_answer(values(*others, *flood, genuine), s, counts, "taken", bound=256)
+        await first_answer(values(*others, *flood, genuine), s, counts, bound=256)
     assert counts == {"not-ours": 256, "over-bound": 45}
     counts.clear()
-    got = await first_answer(values(*others, *flood[:10], genuine), s, counts, "taken",
+    got = await first_answer(values(*others, *flood[:10], genuine), s, counts,
                              bound=256)
     assert got == PARAMS
-    assert counts == {"not-ours": 10, "taken": 1}  # the other kinds were never opened
+    assert counts == {"not-ours": 10}  # the other kinds were never opened
 
 
 async def test_the_offers_key_reader_gives_up_after_its_bytes() -> None:
@@ -85,10 +85,10 @@ async def test_the_offers_key_reader_gives_up_after_its_bytes() -> None:
     big = [junk(KIND_OFFER) for _ in range(10)]  # 122 bytes each
     counts: Counter[str] = Counter()
     with pytest.raises(DialTimeout):
-        await first_answer(values(*big, encode_answer(s, PARAMS)), s, counts, "taken",
+        await first_answer(values(*big, encode_answer(s, PARAMS)), s, counts,
                            bound=256, max_bytes=1000)
     assert counts == {"gave-up": 1}
-    assert await first_answer(values(*big[:5], encode_answer(s, PARAMS)), s, counts, "taken",
+    assert await first_answer(values(*big[:5], encode_answer(s, PARAMS)), s, counts,
                               bound=256, max_bytes=1000) == PARAMS
 
 
@@ -96,7 +96,7 @@ async def test_an_answer_of_another_dial_never_opens() -> None:
     mine, earlier = secret(), secret()
     counts: Counter[str] = Counter()
     with pytest.raises(DialTimeout):
-        await first_answer(values(encode_answer(earlier, PARAMS)), mine, counts, "taken",
+        await first_answer(values(encode_answer(earlier, PARAMS)), mine, counts,
                            bound=256)
     assert counts == {"not-ours": 1}
 

@@ -196,11 +196,12 @@ class Dialer:
         try:
             async with asyncio.timeout(within), task_group() as group:
                 watch = group.create_task(outcome_of(put))
-                answer = await _first_of(
-                    first_answer(by_answer_key, secret, self.answers, "taken-answer-key"),
-                    first_answer(by_offers_key, secret, self.answers, "taken-offers-key",
+                route, answer = await _first_of(
+                    first_answer(by_answer_key, secret, self.answers),
+                    first_answer(by_offers_key, secret, self.answers,
                                  bound=MAX_OFFERS_KEY_ANSWERS, max_bytes=MAX_OFFERS_KEY_BYTES),
                 )
+                self.answers[("taken-answer-key", "taken-offers-key")[route]] += 1
                 watch.cancel()
         except TimeoutError:
             raise DialTimeout(
@@ -220,11 +221,11 @@ class Dialer:
 
 
 async def first_answer(
-    values: AsyncIterator[bytes], secret: OfferSecret, counts: Counter[str], taken: str,
+    values: AsyncIterator[bytes], secret: OfferSecret, counts: Counter[str],
     *, bound: int | None = None, max_bytes: int | None = None,
 ) -> SessionDescription:
-    """The first of ``values`` that opens under ``secret`` (only the callee can seal one),
-    counted in ``counts`` as ``taken``; values that do not open count as ``not-ours``. With a
+    """The first of ``values`` that opens under ``secret`` (only the callee can seal one);
+    values that do not open count as ``not-ours`` in ``counts``. With a
     ``bound`` (for a key anyone writes to), values that are not answers by their kind byte
     are skipped unopened, and answers past the first ``bound`` count as ``over-bound``,
     unopened; past ``max_bytes`` read it gives up (``gave-up``). DialTimeout if ``values``
@@ -248,25 +249,24 @@ async def first_answer(
             counts["not-ours"] += 1
             log.debug("ignoring an answer: %s", exc)
             continue
-        counts[taken] += 1
         return answer
     raise DialTimeout("the answer listen ended before an answer arrived")
 
 
 async def _first_of(
     *waits: Coroutine[Any, Any, SessionDescription]
-) -> SessionDescription:
-    """The first answer any of ``waits`` returns; the others are cancelled. A wait that
-    fails (its listen ended or broke) leaves the others waiting; if all fail, the first
-    one's error is raised."""
+) -> tuple[int, SessionDescription]:
+    """The index and answer of the first of ``waits`` to return one (the lowest index if
+    several did at once); the others are cancelled. A wait that fails (its listen ended or
+    broke) leaves the others waiting; if all fail, the first one's error is raised."""
     tasks = [asyncio.ensure_future(w) for w in waits]
     try:
         pending = set(tasks)
         while pending:
             done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-            for task in done:
-                if task.exception() is None:
-                    return task.result()
+            for i, task in enumerate(tasks):
+                if task in done and task.exception() is None:
+                    return i, task.result()
         for task in tasks:
             exc = task.exception()
             if exc is not None:
