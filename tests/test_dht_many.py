@@ -87,7 +87,28 @@ def test_step_times_match_the_two_peers_events() -> None:
     ]
     steps = step_times(reply, callee, FP)
     assert steps == {"ok": True, "lookup": 5, "offer": 4.0, "callee": 6.0, "answer": 20.0,
-                     "dial": 40.0, "error": None, "t0": None, "answer_key": answer_key}
+                     "dial": 40.0, "error": None, "t0": None, "answer_key": answer_key,
+                     "answer_via": "answer"}
+
+
+def test_step_times_of_an_answer_first_delivered_under_the_offers_key() -> None:
+    answer_key = "c" * 40
+    reply = {"ok": True, "dial_ms": 30.0, "lookup_ms": 5, "events": [
+        _ev("put", offers_key(FP), "o1", 10.000),
+        _ev("value", offers_key(FP), "a0", 10.001),  # an earlier dial's answer, still stored
+        _ev("value", offers_key(FP), "o1", 10.002),  # the dialer's own offer, listened back
+        _ev("value", offers_key(FP), "a1", 10.015),
+        _ev("value", answer_key, "a1", 11.100),
+    ]}
+    callee = [
+        _ev("put", offers_key(FP), "a0", 2.0),
+        _ev("value", offers_key(FP), "o1", 10.004),
+        _ev("put", offers_key(FP), "a1", 10.010),
+        _ev("put", answer_key, "a1", 10.011),
+    ]
+    steps = step_times(reply, callee, FP)
+    assert (steps["offer"], steps["callee"], steps["answer"]) == (4.0, 6.0, 5.0)
+    assert steps["answer_key"] == answer_key and steps["answer_via"] == "offers"
 
 
 def test_step_times_of_a_failed_dial_are_missing_not_made_up() -> None:

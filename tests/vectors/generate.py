@@ -444,6 +444,7 @@ async def record_dial(proxy_url: str) -> dict[str, Any]:
     reads: set[tuple[int, str, str]] = set()
     streams: dict[tuple[str, int], bytes] = {}
     real_put, real_get, real_listen = DhtClient.put, DhtClient.get, DhtClient.listen
+    real_values = DhtClient.values
     real_send = QuicConnection.send_stream_data
 
     async def put(self: DhtClient, key: str, value: bytes, **kw: Any) -> None:
@@ -458,6 +459,10 @@ async def record_dial(proxy_url: str) -> dict[str, Any]:
         if not _IN_PUT.get():  # a lone node's read-back after a put is not recorded
             reads.add((id(self), "get", key))
         return await real_get(self, key, **kw)
+
+    def values(self: DhtClient, key: str) -> Any:  # a streamed get (the record lookup)
+        reads.add((id(self), "get", key))
+        return real_values(self, key)
 
     def listen(self: DhtClient, key: str, **kw: Any) -> Any:
         reads.add((id(self), "listen", key))
@@ -476,6 +481,7 @@ async def record_dial(proxy_url: str) -> dict[str, Any]:
 
     with mock.patch.object(DhtClient, "put", put), mock.patch.object(DhtClient, "get", get), \
             mock.patch.object(DhtClient, "listen", listen), \
+            mock.patch.object(DhtClient, "values", values), \
             mock.patch.object(QuicConnection, "send_stream_data", send_stream_data):
         async with Node(config(b)) as node_b, Node(config(a)) as node_a:
             assert node_a.dht is not None and node_b.dht is not None

@@ -345,6 +345,11 @@ class DhtClient:
         except (aiohttp.ClientError, OSError) as exc:
             raise DhtUnavailable(f"DHT proxy {self.base_url} unreachable: {exc}") from None
 
+    @property
+    def listening(self) -> list[str]:
+        """The keys of this client's open listens (one entry per listen)."""
+        return sorted(listener.key for listener in self._listeners)
+
     def listen(self, key: str, *, reconnect: bool = True) -> DhtListener:
         """An async iterator of new values under ``key`` (existing ones first)."""
         listener = DhtListener(self, key, reconnect=reconnect)

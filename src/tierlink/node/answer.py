@@ -6,8 +6,10 @@ binding, allow list, signature, then replay, which survives restarts) and, if ac
 admitted, answered (:mod:`tierlink.node.admission` budgets opening each value and, once an
 offer passed every check, answering it): ICE gathers while the QUIC reply to the flight
 inside the offer is built, the sealed answer is put under the key only the offer's secret
-gives, and checks start at once (the dialer's agent answers them before it has our
-answer). The answer put, which may outlive the exchange, belongs to the node's
+gives and under this node's own offers key (:func:`put_answer`), and checks start at once
+(the dialer's agent answers them before it has our answer). Answer values arriving on the
+offers listen are skipped by their kind byte before any budget (:attr:`Answerer.answers_seen`).
+The answer put, which may outlive the exchange, belongs to the node's
 :class:`~tierlink.node.tasks.Supervisor`.
 """
 
@@ -37,8 +39,10 @@ from tierlink.wire.records import now_ms
 from tierlink.wire.signaling import (
     MAX_OFFER_LIFETIME_S,
     Offer,
+    OfferSecret,
     decode_offer,
     encode_answer,
+    is_answer,
     is_restart,
 )
 
@@ -55,6 +59,27 @@ LISTEN_RETRY_MAX_S = 30.0
 
 #: Most offer sessions remembered for replay detection at once.
 MAX_SEEN_SESSIONS = 4096
+
+
+async def put_answer(dht: DhtClient, secret: OfferSecret, me: str, answer: bytes) -> None:
+    """Put ``answer`` under this node's offers key and under the offer's answer key at once.
+
+    The offers key is where this node listens, so its DHT search is synced and the put goes
+    out at once; a fresh answer key's search first waits out every departed node (OpenDHT's
+    1 s request timeout under churn). The answer-key copy serves dialers that listen only
+    there. Fails only if both puts fail (the first error).
+    """
+    results = await asyncio.gather(
+        dht.put(offers_key(me), answer), dht.put(secret.answer_key(), answer),
+        return_exceptions=True,
+    )
+    errors = [r for r in results if isinstance(r, BaseException)]
+    if len(errors) == len(results):
+        raise errors[0]
+    for error in errors:
+        if not isinstance(error, Exception):  # a cancellation or exit: not a failed put
+            raise error
+        log.info("one copy of an answer was not put: %s", error)
 
 
 class SeenSessions:
@@ -144,6 +169,9 @@ class Answerer:
         """The paths answered dials ended on, and their checks."""
         self.seen_sessions = SeenSessions()
         """Sessions of accepted offers (a replay of one is refused)."""
+        self.answers_seen = 0
+        """Answer values (ours and others') the offers listen skipped by their kind byte,
+        before any budget or cryptography: answers travel under this key too."""
 
     async def run(self) -> None:
         """Listen for offers and answer each in its own supervised task, until the listen
@@ -152,6 +180,9 @@ class Answerer:
             listener = self.dht.listen(offers_key(self.identity.fingerprint))
             try:
                 async for value in listener:
+                    if is_answer(value):  # an answer to some dial: nothing for us to open
+                        self.answers_seen += 1
+                        continue
                     try:  # admission: the CPU budget gates the opening (restarts too)
                         self.admission.may_open(time.monotonic())
                     except RecordError as exc:
@@ -231,7 +262,8 @@ class Answerer:
             reply = draft.reply() if draft else ()
             answer = encode_answer(offer.secret, self.endpoint.describe(ice, quic_flight=reply))
             put = self.tasks.spawn(
-                self.dht.put(offer.secret.answer_key(), answer), "answer-put"
+                put_answer(self.dht, offer.secret, self.identity.fingerprint, answer),
+                "answer-put",
             )
             self.offers_answered += 1
             try:

@@ -2,9 +2,18 @@
 
 A dial looks the callee's record up while ICE gathers, puts a sealed-sender offer (carrying
 the QUIC client's first flight) under the callee's offers key, listens for the sealed answer
-under the key only the offer's secret gives, then runs ICE checks and opens the pinned
-channel. Only the callee's KEM private key recovers the offer's secret, so an answer that
-decrypts under it is the callee's (see :mod:`tierlink.wire.signaling`).
+under the key only the offer's secret gives and under the callee's offers key (the callee
+puts it under both: see :func:`tierlink.node.answer.put_answer`), takes the first that opens,
+then runs ICE checks and opens the pinned channel. Only the callee's KEM private key recovers
+the offer's secret, so an answer that decrypts under it is the callee's (see
+:mod:`tierlink.wire.signaling`).
+
+The offers-key listen is the fast one under churn: this node's DHT search for that key is
+warm (the offer was just put there), while the fresh answer key's search first waits out
+departed nodes. Anyone can put values there, so it is read warily: every value that is not an
+answer by its kind byte is skipped unopened, and at most :data:`MAX_OFFERS_KEY_ANSWERS`
+answer values are tried and at most :data:`MAX_OFFERS_KEY_BYTES` read per dial (counted in
+:attr:`Dialer.answers`).
 
 The steps overlap where they can, since a dial's time is what users wait for: the answer is
 awaited while the offer put still runs (the DHT hands a value to listeners before the put's
@@ -17,7 +26,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Any
 
 from tierlink.dht import DhtClient, DhtListener
 from tierlink.errors import DialTimeout, PeerNotFound, RecordError, TierlinkError
@@ -36,6 +47,7 @@ from tierlink.wire.signaling import (
     SessionDescription,
     decode_answer,
     encode_offer,
+    is_answer,
     new_session_id,
 )
 
@@ -43,6 +55,13 @@ log = logging.getLogger(__name__)
 
 #: How long an offer stays valid beyond the dial's timeout (seconds).
 OFFER_GRACE_S = 30.0
+#: Most answer values one dial tries to open from the callee's offers key (the rest, and
+#: every value of another kind there, are skipped unopened).
+MAX_OFFERS_KEY_ANSWERS = 256
+#: Most bytes of values (of any kind) one dial reads from the callee's offers key: the listen
+#: first hands over what is stored there (up to 10 minutes of offers of ~9 KB each); past
+#: this the dial waits on the answer key alone.
+MAX_OFFERS_KEY_BYTES = 4 << 20
 
 
 class Dialer:
@@ -66,6 +85,12 @@ class Dialer:
         """Dials that raised."""
         self.paths = PathTally()
         """The paths dials ended on, and their checks."""
+        self.answers: Counter[str] = Counter()
+        """Answer values by outcome: ``taken-answer-key`` / ``taken-offers-key`` (the one a
+        dial used, by the listen it came from), ``not-ours`` (did not open under the dial's
+        secret: another dial's, or forged), ``over-bound`` (offers-key answers past
+        :data:`MAX_OFFERS_KEY_ANSWERS`, not opened), ``gave-up`` (offers-key listens left
+        after :data:`MAX_OFFERS_KEY_BYTES`)."""
         self._spare: PreparedChannel | None = None
 
     async def connect(self, fingerprint: str, timeout: float, purpose: str) -> Connection:
@@ -121,25 +146,26 @@ class Dialer:
                                "offer-put")
         try:
             await asyncio.wait([sent, put], return_when=asyncio.FIRST_COMPLETED)
-            listener = self.dht.listen(secret.answer_key())
+            listeners = (self.dht.listen(secret.answer_key()),
+                         self.dht.listen(offers_key(fingerprint)))
             try:
                 self._refill_spare()
                 remaining = timeout - (loop.time() - started)
                 answer = await self._answer_while_putting(
-                    put, listener, secret, max(remaining, 0.01), fingerprint, timeout
+                    put, listeners, secret, max(remaining, 0.01), fingerprint, timeout
                 )
             except BaseException:
-                await listener.aclose()
+                await _close_all(listeners)
                 raise
         except BaseException:
             put.cancel()
             raise
-        # The answer proves the offer arrived: the put and the listen end off the dial's path.
+        # The answer proves the offer arrived: the put and the listens end off the dial's path.
         try:
-            self.tasks.spawn(_close_after(put, listener), "offer-settle")
+            self.tasks.spawn(_close_after(put, listeners), "offer-settle")
         except TierlinkError:  # the node is closing
             put.cancel()
-            await listener.aclose()
+            await _close_all(listeners)
             raise
         return answer, secret, draft
 
@@ -161,14 +187,21 @@ class Dialer:
         return found.kem_public_key
 
     async def _answer_while_putting(
-        self, put: asyncio.Task[None], listener: DhtListener, secret: OfferSecret,
-        within: float, fingerprint: str, timeout: float,
+        self, put: asyncio.Task[None], listeners: tuple[DhtListener, DhtListener],
+        secret: OfferSecret, within: float, fingerprint: str, timeout: float,
     ) -> SessionDescription:
-        """The sealed answer, awaited while the offer put runs (its failure fails this)."""
+        """The sealed answer from either listen (answer key, offers key), awaited while the
+        offer put runs (its failure fails this)."""
+        by_answer_key, by_offers_key = listeners
         try:
             async with asyncio.timeout(within), task_group() as group:
                 watch = group.create_task(outcome_of(put))
-                answer = await _await_answer(listener, secret)
+                route, answer = await _first_of(
+                    first_answer(by_answer_key, secret, self.answers),
+                    first_answer(by_offers_key, secret, self.answers,
+                                 bound=MAX_OFFERS_KEY_ANSWERS, max_bytes=MAX_OFFERS_KEY_BYTES),
+                )
+                self.answers[("taken-answer-key", "taken-offers-key")[route]] += 1
                 watch.cancel()
         except TimeoutError:
             raise DialTimeout(
@@ -187,18 +220,71 @@ class Dialer:
             self._spare = self.endpoint.prepared_channel()
 
 
-async def _await_answer(listener: AsyncIterator[bytes], secret: OfferSecret) -> SessionDescription:
-    """The first value that decrypts under ``secret``: only the callee can seal one."""
-    async for value in listener:
+async def first_answer(
+    values: AsyncIterator[bytes], secret: OfferSecret, counts: Counter[str],
+    *, bound: int | None = None, max_bytes: int | None = None,
+) -> SessionDescription:
+    """The first of ``values`` that opens under ``secret`` (only the callee can seal one);
+    values that do not open count as ``not-ours`` in ``counts``. With a
+    ``bound`` (for a key anyone writes to), values that are not answers by their kind byte
+    are skipped unopened, and answers past the first ``bound`` count as ``over-bound``,
+    unopened; past ``max_bytes`` read it gives up (``gave-up``). DialTimeout if ``values``
+    ends first or it gives up."""
+    tried = size = 0
+    async for value in values:
+        size += len(value)
+        if max_bytes is not None and size > max_bytes:
+            counts["gave-up"] += 1
+            raise DialTimeout(f"no answer in the first {max_bytes} bytes of the listen")
+        if bound is not None:
+            if not is_answer(value):
+                continue
+            if tried >= bound:
+                counts["over-bound"] += 1
+                continue
+            tried += 1
         try:
-            return decode_answer(value, secret)
+            answer = decode_answer(value, secret)
         except RecordError as exc:
-            log.info("ignoring an answer: %s", exc)
+            counts["not-ours"] += 1
+            log.debug("ignoring an answer: %s", exc)
+            continue
+        return answer
     raise DialTimeout("the answer listen ended before an answer arrived")
 
 
-async def _close_after(put: asyncio.Task[None], listener: DhtListener) -> None:
-    """Let a put that has served its purpose finish, then close the answer listen.
+async def _first_of(
+    *waits: Coroutine[Any, Any, SessionDescription]
+) -> tuple[int, SessionDescription]:
+    """The index and answer of the first of ``waits`` to return one (the lowest index if
+    several did at once); the others are cancelled. A wait that fails (its listen ended or
+    broke) leaves the others waiting; if all fail, the first one's error is raised."""
+    tasks = [asyncio.ensure_future(w) for w in waits]
+    try:
+        pending = set(tasks)
+        while pending:
+            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            for i, task in enumerate(tasks):
+                if task in done and task.exception() is None:
+                    return i, task.result()
+        for task in tasks:
+            exc = task.exception()
+            if exc is not None:
+                raise exc
+        raise AssertionError("unreachable")
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def _close_all(listeners: tuple[DhtListener, ...]) -> None:
+    for listener in listeners:
+        await listener.aclose()
+
+
+async def _close_after(put: asyncio.Task[None], listeners: tuple[DhtListener, ...]) -> None:
+    """Let a put that has served its purpose finish, then close the answer listens.
 
     Cancelling an HTTP request mid-flight costs its pooled connection, and the dial already
     has what it waited for.
@@ -206,4 +292,4 @@ async def _close_after(put: asyncio.Task[None], listener: DhtListener) -> None:
     try:
         await asyncio.wait([put])
     finally:
-        await listener.aclose()
+        await _close_all(listeners)

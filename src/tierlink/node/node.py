@@ -396,6 +396,8 @@ class Node:
             "offer_rejections": dict(self.offer_rejections),
             "offers_in_flight": parts.answerer.admission.sessions if parts else 0,
             "ice_checks_dropped": parts.answerer.checks_dropped if parts else 0,
+            "answers_seen": parts.answerer.answers_seen if parts else 0,
+            "dial_answers": dict(parts.dialer.answers) if parts else {},
             "ice_paths": (parts.dialer.paths.merged(parts.answerer.paths) if parts
                           else dict.fromkeys(PathTally.COUNTERS, 0)),
             "path_migration": self.endpoint.restarts.stats(),

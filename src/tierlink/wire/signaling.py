@@ -3,11 +3,13 @@
 The dialer puts an offer (kind 0x02, a sealed-sender value, :mod:`tierlink.wire.sealed`)
 under the callee's offers key: its identity, signature, session id and session description
 all travel encrypted to the callee's ML-KEM-1024 key. The callee puts a sealed answer (kind
-0x03, no signature) under an answer key only the two can compute, encrypted under a key
+0x03, no signature) under an answer key only the two can compute, and the same value under
+its own offers key (where a dialer's listen is already synced), encrypted under a key
 derived from the offer's KEM secret. Only the callee can derive that key, so an answer whose
 tag verifies is the callee's and bound to this one offer (implicit authentication, as in
-KEMTLS). A DHT observer sees that someone dials the callee, and an answer under an unrelated
-key; not who dials, no session id, no address, nothing that links the answer to its offer.
+KEMTLS). A DHT observer sees that someone dials the callee and that the callee answered some dial at
+that time, and an answer under an unrelated key; not who dials, no session id, no address,
+nothing that links an answer to its offer.
 Byte layouts, key derivations and limits: docs/PROTOCOL.md, sections "Offer", "Answer" and
 "Session description".
 """
@@ -257,6 +259,12 @@ def encode_answer(secret: OfferSecret, params: SessionDescription) -> bytes:
     plain = cbor2.dumps(_params_map(params), canonical=True)
     ct = AESGCM(secret.key).encrypt(nonce, plain, secret.aad())
     return _ANSWER_PREFIX + nonce + ct
+
+
+def is_answer(value: bytes) -> bool:
+    """True if ``value`` claims to be an answer (its head; nothing is checked): answers also
+    travel under the callee's offers key, where offers and restarts are."""
+    return value[:2] == _ANSWER_PREFIX
 
 
 def decode_answer(value: bytes, secret: OfferSecret) -> SessionDescription:
