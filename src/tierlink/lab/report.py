@@ -190,6 +190,10 @@ def write_markdown(result: dict[str, Any], path: Path) -> Path:
             f"| {_ms(c.get('connect_ms_median'))} | {_delivered(c)} | {tier_label(c)} "
             f"| {_ms(c.get('deliver_ms_median'))} | {outcome(c)} | {mark} |"
         )
+    if result.get("faults"):
+        from tierlink.lab.faultrun import fault_markdown
+
+        lines += ["", *fault_markdown(result["faults"])]
     path.write_text("\n".join(lines) + "\n")
     return path
 
@@ -300,7 +304,7 @@ def write_reports(
         written["json"] = write_json(result, out_dir / "matrix.json")
     if "md" in formats:
         written["md"] = write_markdown(result, out_dir / "matrix.md")
-    if "png" in formats:
+    if "png" in formats and result["cells"]:
         written["png"] = write_png(result, out_dir / "matrix.png")
         if result.get("profiles"):
             written["rtt_png"] = write_rtt_png(result, out_dir / "connect_vs_rtt.png")
