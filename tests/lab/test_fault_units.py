@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from tierlink.lab.command import EXIT_UNAVAILABLE, run_lab_cli
-from tierlink.lab.faultpeer import DeliveryLog, payload_of, seq_of
+from tierlink.lab.faultpeer import DeliveryLog, payload_of, sent_at_of, seq_of
 from tierlink.lab.faultrun import fault_markdown, format_fault_table, read_log, summarize_run
 from tierlink.lab.faults import FAULTS, REDUCED_FAULTS
 from tierlink.lab.report import write_reports
@@ -20,21 +20,27 @@ def _handled(seq: int, t: float) -> dict[str, Any]:
     return {"seq": seq, "api": "send", "tier": "direct", "t": t}
 
 
-def test_payloads_carry_their_sequence_number() -> None:
+def test_payloads_carry_their_sequence_number_and_send_time() -> None:
     assert seq_of(payload_of(17)) == 17
+    padded = payload_of(17, 4000, 123.25)
+    assert len(padded) == 4000 and seq_of(padded) == 17 and sent_at_of(padded) == 123.25
     assert seq_of(b"lab-msg 17") is None
     assert seq_of(b"fault-msg x") is None
+    assert sent_at_of(b"fault-msg 3") is None
 
 
 def test_receiver_log_round_trip_skips_a_torn_line(tmp_path: Path) -> None:
     path = tmp_path / "handled.jsonl"
     log = DeliveryLog(path)
-    log.record(1, "send", "direct")
-    log.record(2, "connection", "relay")
+    log.record(payload_of(1, 0, 12.5), "send", "direct")
+    log.record(b"ping", "send", "direct")  # not a stream message: not recorded
+    log.record(payload_of(2, 300, 13.0), "connection", "relay")
     log.close()
     with path.open("a") as f:
         f.write('{"seq": 3, "api"')  # SIGKILL in the middle of a write
-    assert [h["seq"] for h in read_log(path)] == [1, 2]
+    handled = read_log(path)
+    assert [(h["seq"], h["sent_at"], h["api"]) for h in handled] == [
+        (1, 12.5, "send"), (2, 13.0, "connection")]
     assert read_log(tmp_path / "missing.jsonl") == []
 
 
@@ -51,6 +57,10 @@ def test_a_run_counts_lost_duplicates_and_recovery() -> None:
     assert row["lost"] == 1 and row["lost_seqs"] == [7]
     # the first message sent after the fault (seq > 3) was handled at t=14 (seq 4)
     assert row["recovery_ms"] == 1500.0
+    # with send times, "after the fault" is by the time a message was handed to the API
+    timed = [{**_handled(4, 14.0), "sent_at": 12.0}, {**_handled(5, 13.0), "sent_at": 12.6}]
+    row = summarize_run("nat-rebinding", None, "send", result, timed, 12.5, 3)
+    assert row["recovery_ms"] == 500.0
     nothing = summarize_run("blackhole", None, "send", {"sent": [0]}, [], 1.0, 0)
     assert nothing["recovery_ms"] is None and nothing["lost"] == 1
 
@@ -69,6 +79,7 @@ def test_fault_tables_and_report(tmp_path: Path) -> None:
     written = write_reports({"cells": [], "presets": {}, "faults": [row]}, tmp_path)
     assert "png" not in written
     assert "## Fault matrix" in written["md"].read_text()
+    assert "## Cells" not in written["md"].read_text()
     assert json.loads(written["json"].read_text())["faults"][0]["fault"] == "receiver-restart"
 
 

@@ -7,8 +7,9 @@ stdout line is one JSON object.
   the same peer with the same outbox and delivered log). Prints ``{"event": "ready",
   "fingerprint"}`` once published. Every message it handles (tiered ones from
   ``node.messages()``, and the messages of every incoming ``Connection``) is appended to
-  ``--log`` as ``{"seq", "api", "tier", "t"}`` (``t``: CLOCK_MONOTONIC, shared by every
-  process of the machine) and fsync'ed before the loop awaits again. The acknowledgement of a
+  ``--log`` as ``{"seq", "api", "tier", "t", "sent_at"}`` (``t``: when handled, ``sent_at``:
+  when the sender handed it to the API; CLOCK_MONOTONIC, shared by every process of the
+  machine) and fsync'ed before the loop awaits again. The acknowledgement of a
   tiered message goes out from another task, which runs only after that await: so a message
   is acknowledged only after it was handled (recorded durably).
 * ``sender --api send|connection``: ``--count`` messages at ``--rate`` per second, through
@@ -38,6 +39,8 @@ from pathlib import Path
 from typing import Any
 
 PAYLOAD_HEAD = b"fault-msg "
+#: Errors (dials, sends other than "not connected") a result keeps.
+MAX_ERRORS = 8
 
 
 def _emit(obj: dict[str, Any]) -> None:
@@ -62,10 +65,19 @@ def shift_clock(offset_s: float) -> None:
     time.time_ns = shifted_ns
 
 
-def payload_of(seq: int, size: int = 0) -> bytes:
-    """Message ``seq`` of the stream, padded with ``.`` to ``size`` bytes (if longer)."""
-    head = PAYLOAD_HEAD + str(seq).encode() + b" "
+def payload_of(seq: int, size: int = 0, sent_at: float = 0.0) -> bytes:
+    """Message ``seq`` of the stream, handed to the API at ``sent_at`` (CLOCK_MONOTONIC),
+    padded with ``.`` to ``size`` bytes (if longer)."""
+    head = PAYLOAD_HEAD + f"{seq} {sent_at:.4f} ".encode()
     return head + b"." * max(0, size - len(head))
+
+
+def sent_at_of(payload: bytes) -> float | None:
+    """When a stream payload was handed to the API (None for anything else)."""
+    try:
+        return float(payload[len(PAYLOAD_HEAD):].split(b" ", 2)[1])
+    except (IndexError, ValueError):
+        return None
 
 
 def seq_of(payload: bytes) -> int | None:
@@ -141,8 +153,13 @@ class DeliveryLog:
     def __init__(self, path: Path) -> None:
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
 
-    def record(self, seq: int, api: str, tier: str) -> None:
-        line = json.dumps({"seq": seq, "api": api, "tier": tier, "t": time.monotonic()})
+    def record(self, payload: bytes, api: str, tier: str) -> None:
+        """Record a handled stream message (anything else is ignored)."""
+        seq = seq_of(payload)
+        if seq is None:
+            return
+        line = json.dumps({"seq": seq, "api": api, "tier": tier, "t": time.monotonic(),
+                           "sent_at": sent_at_of(payload)})
         os.write(self._fd, line.encode() + b"\n")
         os.fsync(self._fd)
 
@@ -157,17 +174,14 @@ async def receiver(args: argparse.Namespace) -> None:
 
         async def consume() -> None:
             async for msg in node.messages():
-                seq = seq_of(msg.payload)
-                if seq is not None:
-                    log.record(seq, "send", msg.tier)  # before the ack task can run
+                log.record(msg.payload, "send", msg.tier)  # before the ack task can run
 
         async def read(conn: Any) -> None:
             with contextlib.suppress(Exception):
                 while True:
                     data = await conn.recv()
-                    seq = seq_of(data) if data else None
-                    if seq is not None:
-                        log.record(seq, "connection", conn.tier)
+                    if data:
+                        log.record(data, "connection", conn.tier)
 
         async def serve() -> None:
             async for conn in node.incoming():
@@ -234,7 +248,8 @@ async def send_stream(node: Any, args: argparse.Namespace) -> dict[str, Any]:
 
     async def one(seq: int) -> None:
         try:
-            mids[seq] = await node.send(args.to, payload_of(seq, args.payload_size))
+            payload = payload_of(seq, args.payload_size, time.monotonic())
+            mids[seq] = await node.send(args.to, payload)
             sent.append(seq)
         except Exception:
             failed.append(seq)
@@ -294,11 +309,12 @@ async def connection_stream(node: Any, args: argparse.Namespace) -> dict[str, An
         try:
             conn = connection()
             async with asyncio.timeout(args.send_timeout):
-                await conn.send(payload_of(seq, args.payload_size))
+                await conn.send(payload_of(seq, args.payload_size, time.monotonic()))
             sent.append(seq)
         except Exception as exc:
             failed.append(seq)
-            _note(state, f"{seq}: {type(exc).__name__}: {exc}")
+            _note(state, f"{seq}: {type(exc).__name__}: {exc}",
+                  keep=not isinstance(exc, ConnectionClosed))
             conn, state["conn"] = state["conn"], None
             if conn is not None:
                 closing.add(loop.create_task(conn.close()))
@@ -316,7 +332,7 @@ async def connection_stream(node: Any, args: argparse.Namespace) -> dict[str, An
     result = {"sent": sent, "failed": failed, "path_before": state["path_before"],
               "path_after": after.path_type if after is not None else "none",
               "tier_after": after.tier if after is not None else "none",
-              "redials": state["redials"], "errors": state["errors"][:5],
+              "redials": state["redials"], "errors": state["errors"],
               "max_packet_size": _packet_size(after)}
     if changes is not None:
         result["path_changes"] = changes
@@ -326,9 +342,10 @@ async def connection_stream(node: Any, args: argparse.Namespace) -> dict[str, An
     return result
 
 
-def _note(state: dict[str, Any], text: str) -> None:
-    """Keep the first errors for the result; every one goes to stderr."""
-    state["errors"].append(text)
+def _note(state: dict[str, Any], text: str, *, keep: bool = True) -> None:
+    """Every note goes to stderr; ``keep``: also into the result's ``errors`` (the first)."""
+    if keep and len(state["errors"]) < MAX_ERRORS:
+        state["errors"].append(text)
     print(f"{time.monotonic():.3f} {text}", file=sys.stderr, flush=True)
 
 

@@ -11,8 +11,8 @@ reads its fsync'ed log of handled messages. A run's record:
   ``failed``: sends that raised (the caller saw it);
 * ``delivered``: distinct messages the receiving application handled; ``duplicates``: extra
   handlings of a message; ``lost``: accepted but never handled after settling;
-* ``recovery_ms``: from the fault's start to the first handling of a message sent after the
-  fault began (None: none was handled);
+* ``recovery_ms``: from the moment the fault took effect to the first handling of a message
+  handed to the API after that moment (None: none was handled);
 * ``tier_after``: ``send``: the tier of the last acknowledged message; ``connection``: the
   tier of the connection in use at the end; ``path_before`` / ``path_after``: the path of
   the sender's connection to the receiver at the fault and at the end (``none``: no open
@@ -129,7 +129,10 @@ def summarize_run(
     """One row of the fault matrix from the sender's result and the receiver's log."""
     seqs = Counter(int(h["seq"]) for h in handled)
     sent = [int(s) for s in result.get("sent", [])]
-    after = [float(h["t"]) for h in handled if int(h["seq"]) > fault_at]
+    after = [float(h["t"]) for h in handled
+             if fault_started is not None and (
+                 float(h["sent_at"]) >= fault_started if h.get("sent_at")
+                 else int(h["seq"]) > fault_at)]
     recovery = (round((min(after) - fault_started) * 1000, 1)
                 if after and fault_started is not None else None)
     lost = sorted(s for s in sent if s not in seqs)

@@ -79,8 +79,8 @@ def address_change(ctx: FaultContext) -> None:
     r = ctx.lab.run
     r.veth(ctx.router_ns, "lan2", ctx.host_ns, "eth1")
     r.address(ctx.router_ns, "lan2", f"{net}.1/24")
-    _begin(ctx)
     run(["ip", "-n", ctx.host_ns, "link", "set", "eth0", "down"])
+    _begin(ctx)
     run(["ip", "-n", ctx.host_ns, "addr", "flush", "dev", "eth0"])
     r.address(ctx.host_ns, "eth1", f"{net}.2/24")
     run(["ip", "-n", ctx.host_ns, "route", "replace", "default", "via", f"{net}.1"])
@@ -101,20 +101,20 @@ table ip lab_rebind {{
     }}
 }}
 """
-    _begin(ctx)
     ctx.lab.run.nft(ctx.router_ns, rules)
     _conntrack(ctx.router_ns, "-D", "-s", ctx.host_addr)
+    _begin(ctx)
 
 
 def nat_reboot(ctx: FaultContext) -> None:
-    _begin(ctx)
     _conntrack(ctx.router_ns, "-F")
+    _begin(ctx)
 
 
 def link_down(ctx: FaultContext) -> None:
     gateway = f"198.18.{ctx.index}.1"
-    _begin(ctx)
     run(["ip", "-n", ctx.host_ns, "link", "set", "eth0", "down"])
+    _begin(ctx)
     time.sleep(OUTAGE_S)
     run(["ip", "-n", ctx.host_ns, "link", "set", "eth0", "up"])
     run(["ip", "-n", ctx.host_ns, "route", "replace", "default", "via", gateway])
@@ -132,8 +132,8 @@ table inet lab_blackhole {
 
 
 def blackhole(ctx: FaultContext) -> None:
-    _begin(ctx)
     ctx.lab.run.nft(ctx.router_ns, BLACKHOLE_RULES)
+    _begin(ctx)
     time.sleep(OUTAGE_S)
     run(ns_cmd(ctx.router_ns, "nft", "delete", "table", "inet", "lab_blackhole"))
 

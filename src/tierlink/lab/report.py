@@ -134,7 +134,14 @@ def _median(values: list[float]) -> float | None:
 
 def write_markdown(result: dict[str, Any], path: Path) -> Path:
     """Tables: preset probe results, connect time against RTT per profile (when the run had
-    profiles), then one row per cell."""
+    profiles), then one row per cell, then the fault matrix (when the run had faults; a
+    fault-only run writes just that)."""
+    if not result["cells"] and result.get("faults"):
+        from tierlink.lab.faultrun import fault_markdown
+
+        lines = ["# NAT lab fault matrix", "", *fault_markdown(result["faults"])]
+        path.write_text("\n".join(lines) + "\n")
+        return path
     lines = ["# NAT lab connectivity matrix", "", "## Presets (probe results)", "",
              "| preset | mapping | filtering | hairpin | LAN reachable by routing "
              "| matches definition |",
