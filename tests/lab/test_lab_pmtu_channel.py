@@ -20,7 +20,7 @@ IP_UDP_HEADERS = 28  # IPv4 (20) + UDP (8)
 
 @pytest.mark.parametrize("api", ["connection", "send"])
 def test_channel_settles_below_the_black_hole(api: str) -> None:
-    with Lab(dht=True, turn=False) as lab:
+    with Lab(dht=True, turn=True) as lab:  # coturn is also the STUN server
         row = pmtu_channel_check(lab, api)
     summary = json.dumps(row)
     assert row["error"] is None, summary

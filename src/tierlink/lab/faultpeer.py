@@ -11,7 +11,9 @@ stdout line is one JSON object.
   when the sender handed it to the API; CLOCK_MONOTONIC, shared by every process of the
   machine) and fsync'ed before the loop awaits again. The acknowledgement of a
   tiered message goes out from another task, which runs only after that await: so a message
-  is acknowledged only after it was handled (recorded durably).
+  is acknowledged only after it was handled (recorded durably). When its stdin closes it
+  prints ``{"event": "stats", ...}`` (offers answered and refused, duplicates suppressed)
+  and exits.
 * ``sender --api send|connection``: ``--count`` messages at ``--rate`` per second, through
   ``node.send`` (then ``wait_delivered`` for each until ``--settle`` seconds pass) or through
   one ``Connection`` (``send`` bounded by ``--send-timeout``; a send that raises is
@@ -197,6 +199,10 @@ async def receiver(args: argparse.Namespace) -> None:
         for task in [*workers, *tasks]:
             task.cancel()
         await asyncio.gather(*workers, *tasks, return_exceptions=True)
+        stats = node.stats()
+        _emit({"event": "stats", **{k: stats.get(k) for k in (
+            "offer_rejections", "offers_answered", "duplicates_suppressed",
+            "record_rejections", "loop_restarts")}})
     log.close()
 
 

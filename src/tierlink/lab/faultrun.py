@@ -73,7 +73,8 @@ class _Peers:
     receiver: subprocess.Popen[str] | None = None
     sender: subprocess.Popen[str] | None = None
     fingerprint: str = ""
-    stderr: list[str] = field(default_factory=list)
+    events: LineReader | None = None
+    receiver_stats: dict[str, Any] = field(default_factory=dict)
 
     def start_receiver(self) -> None:
         argv = python_argv("tierlink.lab.faultpeer", "receiver", *self.common,
@@ -83,7 +84,8 @@ class _Peers:
             proc = self.lab.run.spawn(self.receiver_ns, argv, stdin=subprocess.PIPE,
                                       stderr=err)
         assert proc.stdout is not None
-        ready = LineReader(proc.stdout).json(timeout=60)
+        self.events = LineReader(proc.stdout)
+        ready = self.events.json(timeout=60)
         if ready is None or "fingerprint" not in ready:
             raise LabError("fault run: the receiver did not start")
         self.receiver = proc
@@ -97,9 +99,14 @@ class _Peers:
         self.start_receiver()
 
     def stop(self) -> None:
+        """Let the receiver finish (its stats go to :attr:`receiver_stats`), stop both."""
         if self.receiver is not None and self.receiver.stdin is not None:
             with contextlib.suppress(OSError):
                 self.receiver.stdin.close()
+            while self.events is not None and (event := self.events.json(timeout=15)):
+                if event.get("event") == "stats":
+                    self.receiver_stats = {k: v for k, v in event.items() if k != "event"}
+                    break
         for proc in (self.sender, self.receiver):
             if proc is None:
                 continue
@@ -217,6 +224,8 @@ def fault_run(
     row = summarize_run(fault.name, profile.name if profile else None, api, result,
                         read_log(data / "handled.jsonl"), started, settings.fault_at)
     facts = ctx.facts if ctx is not None else {}
+    if peers is not None:
+        facts["receiver"] = peers.receiver_stats
     row.update(facts=facts, error=error,
                errors=result.get("errors", []), max_packet_size=result.get("max_packet_size"))
     if fault.name == "dht-restart":
