@@ -10,8 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from tierlink.lab.command import EXIT_UNAVAILABLE, run_lab_cli
-from tierlink.lab.faultpeer import DeliveryLog, payload_of, sent_at_of, seq_of
-from tierlink.lab.faultrun import fault_markdown, format_fault_table, read_log, summarize_run
+from tierlink.lab.faultmsg import DeliveryLog, payload_of, sent_at_of, seq_of
+from tierlink.lab.faultreport import fault_markdown, format_fault_table
+from tierlink.lab.faultrun import read_log, summarize_run
 from tierlink.lab.faults import FAULTS, REDUCED_FAULTS
 from tierlink.lab.report import write_reports
 
@@ -76,8 +77,8 @@ def test_fault_tables_and_report(tmp_path: Path) -> None:
     md = "\n".join(fault_markdown([row, bad]))
     assert "| broadband | receiver-restart | send | 2 | 0 | 2 | 0 | 0 | 1500 ms |" in md
     assert "the sender gave no result" in md
-    written = write_reports({"cells": [], "presets": {}, "faults": [row]}, tmp_path)
-    assert "png" not in written
+    written = write_reports({"cells": [], "presets": {}, "faults": [row, bad]}, tmp_path)
+    assert "png" not in written and written["faults_png"].stat().st_size > 0
     assert "## Fault matrix" in written["md"].read_text()
     assert "## Cells" not in written["md"].read_text()
     assert json.loads(written["json"].read_text())["faults"][0]["fault"] == "receiver-restart"

@@ -198,7 +198,8 @@ def run_fault_cli(
 ) -> int:
     """``tierlink lab --faults [NAME,...]``: the fault matrix on each profile (both apis);
     0 when every run lost nothing and delivered nothing twice."""
-    from tierlink.lab.faultrun import fault_line, format_fault_table, run_faults
+    from tierlink.lab.faultreport import format_fault_table
+    from tierlink.lab.faultrun import fault_line, run_faults
     from tierlink.lab.faults import FAULTS
     from tierlink.lab.runner import profile_figures, resolve_profiles
 

@@ -1,5 +1,6 @@
 """Matrix reports: ``matrix.json`` (everything), ``matrix.md`` (tables), ``matrix.png`` (heatmap)
-and, when the run had link profiles, ``connect_vs_rtt.png`` (connect time against RTT).
+and, when the run had link profiles, ``connect_vs_rtt.png`` (connect time against RTT); with
+a fault matrix also its table and ``faults.png`` (:mod:`tierlink.lab.faultreport`).
 
 Input is the object :func:`tierlink.lab.runner.run_matrix` returns::
 
@@ -137,7 +138,7 @@ def write_markdown(result: dict[str, Any], path: Path) -> Path:
     profiles), then one row per cell, then the fault matrix (when the run had faults; a
     fault-only run writes just that)."""
     if not result["cells"] and result.get("faults"):
-        from tierlink.lab.faultrun import fault_markdown
+        from tierlink.lab.faultreport import fault_markdown
 
         lines = ["# NAT lab fault matrix", "", *fault_markdown(result["faults"])]
         path.write_text("\n".join(lines) + "\n")
@@ -198,7 +199,7 @@ def write_markdown(result: dict[str, Any], path: Path) -> Path:
             f"| {_ms(c.get('deliver_ms_median'))} | {outcome(c)} | {mark} |"
         )
     if result.get("faults"):
-        from tierlink.lab.faultrun import fault_markdown
+        from tierlink.lab.faultreport import fault_markdown
 
         lines += ["", *fault_markdown(result["faults"])]
     path.write_text("\n".join(lines) + "\n")
@@ -315,4 +316,8 @@ def write_reports(
         written["png"] = write_png(result, out_dir / "matrix.png")
         if result.get("profiles"):
             written["rtt_png"] = write_rtt_png(result, out_dir / "connect_vs_rtt.png")
+    if "png" in formats and result.get("faults"):
+        from tierlink.lab.faultreport import write_fault_png
+
+        written["faults_png"] = write_fault_png(result["faults"], out_dir / "faults.png")
     return written
