@@ -183,8 +183,9 @@ async def _paced(count: int, rate: float, fault_at: int,
 
 
 async def send_stream(node: Any, args: argparse.Namespace) -> dict[str, Any]:
-    """The stream through ``node.send``; waits until every message is acknowledged or
-    ``--settle`` seconds pass after the last one."""
+    """The stream through ``node.send``; then waits until every message is acknowledged,
+    as long as acknowledgements keep coming (none for ``--settle-idle`` s: settled) and at
+    most ``--settle`` s."""
     sent: list[int] = []
     failed: list[int] = []
     mids: dict[int, bytes] = {}
@@ -201,13 +202,16 @@ async def send_stream(node: Any, args: argparse.Namespace) -> dict[str, Any]:
             path_before[0] = _path_to(node, args.to)
 
     await _paced(args.count, args.rate, args.fault_at, one)
-    deadline = asyncio.get_running_loop().time() + args.settle
+    loop = asyncio.get_running_loop()
+    hard = progress = loop.time()
+    hard += args.settle
     tiers: dict[int, str] = {}
     for seq in sent:
-        left = max(0.1, deadline - asyncio.get_running_loop().time())
+        left = max(0.0, min(hard, progress + args.settle_idle) - loop.time())
         delivery = await node.wait_delivered(mids[seq], left)
         if delivery is not None:
             tiers[seq] = delivery.tier
+            progress = loop.time()
     last = max(tiers) if tiers else None
     return {"sent": sent, "failed": failed, "acknowledged": sorted(tiers),
             "path_before": path_before[0], "path_after": _path_to(node, args.to),
@@ -352,7 +356,10 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--rate", type=float, default=20.0)
             p.add_argument("--fault-at", type=int, default=60)
             p.add_argument("--send-timeout", type=float, default=5.0)
-            p.add_argument("--settle", type=float, default=60.0)
+            p.add_argument("--settle", type=float, default=180.0,
+                           help="at most this long for acknowledgements after the stream")
+            p.add_argument("--settle-idle", type=float, default=20.0,
+                           help="settled once no acknowledgement came for this long")
             p.add_argument("--payload-size", type=int, default=0, help="pad messages to it")
     return parser
 

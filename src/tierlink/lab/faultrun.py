@@ -49,12 +49,14 @@ FaultProgress = Callable[[dict[str, Any]], None]
 class StreamSettings:
     """The stream of one run: ``count`` messages (of ``payload_size`` bytes, at least their
     header) at ``rate`` per second, the fault after message ``fault_at``, then at most
-    ``settle`` seconds for acknowledgements; ``turn``: the peers may use the lab's TURN."""
+    ``settle`` seconds for acknowledgements (``send``: settled earlier once none came for
+    ``settle_idle`` seconds); ``turn``: the peers may use the lab's TURN."""
 
     count: int = 400
     rate: float = 20.0
     fault_at: int = 60
-    settle: float = 60.0
+    settle: float = 180.0
+    settle_idle: float = 20.0
     ice_timeout: float = 8.0
     payload_size: int = 0
     turn: bool = True
@@ -195,6 +197,7 @@ def fault_run(
             str(data / "sender"), "--to", peers.fingerprint, "--api", api,
             "--count", str(settings.count), "--rate", str(settings.rate),
             "--fault-at", str(settings.fault_at), "--settle", str(settings.settle),
+            "--settle-idle", str(settings.settle_idle),
             "--payload-size", str(settings.payload_size)),
             stderr=(data / "sender.err").open("w"))
         assert peers.sender.stdout is not None
@@ -202,7 +205,7 @@ def fault_run(
         ctx = FaultContext(lab, a_ns, a_addr, f"{lab.prefix}-r{sites[0].index}",
                            sites[0].index, peers.restart_receiver)
         ctx.facts["proxy_probes"] = tries
-        wait = settings.count / settings.rate + settings.ice_timeout + 60
+        wait = settings.count / settings.rate + settings.settle + settings.ice_timeout + 60
         while (event := events.json(timeout=wait)) is not None:
             if event.get("event") == "midway":
                 fault.inject(ctx)
@@ -265,8 +268,8 @@ def _record_back(lab: Lab, ns: str, fingerprint: str, timeout: float = 60.0) -> 
 NO_FAULT = Fault("none", "no fault", lambda ctx: None)
 #: The channel check across the path-MTU black hole: messages of 4000 bytes, so every
 #: message needs full-size packets; no TURN, so the path is direct and probed.
-PMTU_SETTINGS = StreamSettings(count=60, fault_at=59, settle=30.0, payload_size=4000,
-                               turn=False)
+PMTU_SETTINGS = StreamSettings(count=60, fault_at=59, settle=30.0, settle_idle=10.0,
+                               payload_size=4000, turn=False)
 
 
 def pmtu_channel_check(lab: Lab, api: str) -> dict[str, Any]:
