@@ -15,9 +15,10 @@ stdout line is one JSON object.
   prints ``{"event": "stats", ...}`` (offers answered and refused, duplicates suppressed)
   and exits.
 * ``sender --api send|connection``: ``--count`` messages at ``--rate`` per second, through
-  ``node.send`` (then ``wait_delivered`` for each until ``--settle`` seconds pass) or through
-  one ``Connection`` (``send`` bounded by ``--send-timeout``; a send that raises is
-  ``failed``; a closed connection is dialed again before the next message). Prints
+  ``node.send`` (then ``wait_delivered`` for each, until none came for ``--settle-idle``
+  seconds or ``--settle`` seconds passed) or through one ``Connection`` (``send`` bounded by
+  ``--send-timeout``; a send that raises or times out is ``failed`` and closes that
+  connection; a new one is dialed in the background while due messages fail at once). Prints
   ``{"event": "midway"}`` after message ``--fault-at`` (the runner injects the fault then)
   and finally ``{"event": "result", "sent", "failed", "path_before", "path_after",
   "tier_after", "redials", "max_packet_size", ...}`` (``sent``/``failed``: lists of
