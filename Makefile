@@ -5,6 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
+FAULT_PROFILES ?= broadband
 FUZZ_RUNS ?= 100000
 
 .PHONY: demo test bench fuzz lab lint typecheck clean
@@ -42,9 +43,11 @@ fuzz: $(STAMP)
 	$(BIN)/python -m pip install -q -e ".[fuzz]"
 	$(BIN)/python -m fuzz --runs $(FUZZ_RUNS)
 
+# The connectivity matrix, then the full fault matrix on each of FAULT_PROFILES.
 lab: $(STAMP)
 	scripts/system-deps.sh test
 	$(BIN)/tierlink lab --report lab-report
+	$(BIN)/tierlink lab --faults $(addprefix --profile ,$(FAULT_PROFILES)) --report lab-report/faults
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests fuzz

@@ -3,8 +3,8 @@
 # Usage: scripts/system-deps.sh demo|test
 set -euo pipefail
 want=(dhtnode)
-[ "${1:-demo}" = test ] && want+=(nftables iproute2 coturn)
-declare -A bin_of=([dhtnode]=dhtnode [nftables]=nft [iproute2]=ip [coturn]=turnserver)
+[ "${1:-demo}" = test ] && want+=(nftables iproute2 coturn conntrack)
+declare -A bin_of=([dhtnode]=dhtnode [nftables]=nft [iproute2]=ip [coturn]=turnserver [conntrack]=conntrack)
 missing=()
 for pkg in "${want[@]}"; do
   command -v "${bin_of[$pkg]}" >/dev/null 2>&1 || missing+=("$pkg")

@@ -19,7 +19,7 @@ def _lab(args: argparse.Namespace) -> int:
         return run_emulator_check(args.profile, args.json, args.report)
     return run_lab_cli(args.nat, args.attempts, args.turn, args.json, args.report,
                        driver=args.driver, reduced=args.reduced, ice_timeout=args.ice_timeout,
-                       profiles=args.profile, ipv6=args.ipv6)
+                       profiles=args.profile, ipv6=args.ipv6, faults=args.faults)
 
 
 def _bench(args: argparse.Namespace) -> int:
@@ -70,6 +70,9 @@ def register(sub: Any) -> None:
     lab.add_argument("--ipv6", action="store_true",
                      help="global IPv6 (behind stateful firewalls) on every site that can "
                      "have it, used by the peers")
+    lab.add_argument("--faults", nargs="?", const="all", default=None, metavar="NAME,...",
+                     help="run the fault matrix instead (all faults, or the named ones) on "
+                     "each --profile, through node.send and a Connection")
     lab.add_argument("--emulator-check", action="store_true",
                      help="only measure the link emulator: requested vs measured RTT, jitter "
                      "and loss per profile (--profile to choose), and its packet rate")

@@ -21,7 +21,11 @@ Needs root, ``ip``, ``nft``, ``turnserver`` (coturn) and ``dhtnode``. Modules:
 * :mod:`tierlink.lab.runner` - ``run_matrix``;
 * :mod:`tierlink.lab.icepeer` / :mod:`tierlink.lab.peer` - peer processes (raw ICE / Node with
   one tiered ``node.send`` per attempt);
-* :mod:`tierlink.lab.report` - ``matrix.json``, ``matrix.md``, ``matrix.png``;
+* :mod:`tierlink.lab.faults` / :mod:`tierlink.lab.faultrun` / :mod:`tierlink.lab.faultpeer` -
+  faults injected mid-stream (address change, NAT rebinding and reboot, link flaps, receiver
+  SIGKILL, DHT and TURN restarts, clock skew), the fault matrix runner and its peers;
+* :mod:`tierlink.lab.report` - ``matrix.json``, ``matrix.md`` (with the fault matrix),
+  ``matrix.png``;
 * :mod:`tierlink.lab.command` - ``run_lab_cli`` and ``run_cleanup_stale``, behind
   ``tierlink lab`` (the one lab command line).
 

@@ -129,6 +129,7 @@ def run_lab_cli(
     ice_timeout: float = DEFAULT_ICE_TIMEOUT,
     profiles: list[str] | None = None,
     ipv6: bool = False,
+    faults: str | None = None,
 ) -> int:
     """``tierlink lab``: run the matrix and print it; returns the exit status.
 
@@ -139,7 +140,10 @@ def run_lab_cli(
     ``node`` (the Node, one tiered message per attempt) or ``ice`` (raw ICE only).
     ``profiles``: link profiles of the WAN links, one matrix each (None: plain links).
     ``ipv6``: global IPv6 on every site that can have it, used by the peers.
+    ``faults``: run the fault matrix instead (``all`` or comma-separated fault names).
     """
+    if faults is not None:
+        return run_fault_cli(faults, profiles, as_json, report)
     from tierlink.lab.expectations import REDUCED_PAIRS, default_pairs, matrix_pairs
     from tierlink.lab.runner import resolve_profiles, run_matrix
 
@@ -187,6 +191,59 @@ def run_lab_cli(
         for path in write_reports(result, report).values():
             _err(f"wrote {path}")
     return EXIT_OK if all_as_expected(result) else EXIT_UNEXPECTED
+
+
+def run_fault_cli(
+    faults: str, profiles: list[str] | None, as_json: bool, report: Path | None
+) -> int:
+    """``tierlink lab --faults [NAME,...]``: the fault matrix on each profile (both apis);
+    0 when every run lost nothing and delivered nothing twice."""
+    from tierlink.lab.faultreport import format_fault_table
+    from tierlink.lab.faultrun import fault_line, run_faults
+    from tierlink.lab.faults import FAULTS
+    from tierlink.lab.runner import profile_figures, resolve_profiles
+
+    names = list(FAULTS) if faults == "all" else [
+        n.strip() for n in faults.split(",") if n.strip()]
+    wanted = list(dict.fromkeys(profiles or []))
+    unknown = [n for n in names if n not in FAULTS]
+    problem = (f"unknown fault {', '.join(unknown)} (choose from {', '.join(FAULTS)})"
+               if unknown or not names else
+               _preflight([], 1, report, "node", DEFAULT_ICE_TIMEOUT, True, wanted))
+    if problem is not None:
+        _err(f"tierlink lab: {problem}")
+        return EXIT_UNAVAILABLE
+    links = resolve_profiles(wanted)
+    total = len(names) * len(links) * 2
+    _err(f"tierlink lab: fault matrix, {total} runs ({', '.join(names)}; profiles "
+         f"{', '.join(wanted) or 'none'}; apis send, connection)")
+    done = [0]
+
+    def progress(row: dict[str, Any]) -> None:
+        done[0] += 1
+        _err(f"{done[0]:>3}/{total} {fault_line(row)}")
+
+    try:
+        rows = run_faults(names, links, progress=progress)
+    except LabUnavailable as exc:
+        _err(f"tierlink lab: {exc}")
+        return EXIT_UNAVAILABLE
+    except LabError as exc:
+        _err(f"tierlink lab: the lab failed: {exc}")
+        return EXIT_UNEXPECTED
+    except KeyboardInterrupt:
+        _err("tierlink lab: interrupted (namespaces and processes removed)")
+        return EXIT_INTERRUPTED
+    result = {"cells": [], "presets": {}, "faults": rows,
+              "profiles": {p.name: profile_figures(p) for p in links if p is not None}}
+    print(json.dumps(result, sort_keys=True, default=str) if as_json
+          else format_fault_table(rows))
+    if report is not None:
+        from tierlink.lab.report import write_reports
+
+        for path in write_reports(result, report).values():
+            _err(f"wrote {path}")
+    return EXIT_OK if all(r["ok"] for r in rows) else EXIT_UNEXPECTED
 
 
 def run_emulator_check(profiles: list[str] | None, as_json: bool,

@@ -1,5 +1,6 @@
 """Matrix reports: ``matrix.json`` (everything), ``matrix.md`` (tables), ``matrix.png`` (heatmap)
-and, when the run had link profiles, ``connect_vs_rtt.png`` (connect time against RTT).
+and, when the run had link profiles, ``connect_vs_rtt.png`` (connect time against RTT); with
+a fault matrix also its table and ``faults.png`` (:mod:`tierlink.lab.faultreport`).
 
 Input is the object :func:`tierlink.lab.runner.run_matrix` returns::
 
@@ -134,7 +135,14 @@ def _median(values: list[float]) -> float | None:
 
 def write_markdown(result: dict[str, Any], path: Path) -> Path:
     """Tables: preset probe results, connect time against RTT per profile (when the run had
-    profiles), then one row per cell."""
+    profiles), then one row per cell, then the fault matrix (when the run had faults; a
+    fault-only run writes just that)."""
+    if not result["cells"] and result.get("faults"):
+        from tierlink.lab.faultreport import fault_markdown
+
+        lines = ["# NAT lab fault matrix", "", *fault_markdown(result["faults"])]
+        path.write_text("\n".join(lines) + "\n")
+        return path
     lines = ["# NAT lab connectivity matrix", "", "## Presets (probe results)", "",
              "| preset | mapping | filtering | hairpin | LAN reachable by routing "
              "| matches definition |",
@@ -190,6 +198,10 @@ def write_markdown(result: dict[str, Any], path: Path) -> Path:
             f"| {_ms(c.get('connect_ms_median'))} | {_delivered(c)} | {tier_label(c)} "
             f"| {_ms(c.get('deliver_ms_median'))} | {outcome(c)} | {mark} |"
         )
+    if result.get("faults"):
+        from tierlink.lab.faultreport import fault_markdown
+
+        lines += ["", *fault_markdown(result["faults"])]
     path.write_text("\n".join(lines) + "\n")
     return path
 
@@ -300,8 +312,12 @@ def write_reports(
         written["json"] = write_json(result, out_dir / "matrix.json")
     if "md" in formats:
         written["md"] = write_markdown(result, out_dir / "matrix.md")
-    if "png" in formats:
+    if "png" in formats and result["cells"]:
         written["png"] = write_png(result, out_dir / "matrix.png")
         if result.get("profiles"):
             written["rtt_png"] = write_rtt_png(result, out_dir / "connect_vs_rtt.png")
+    if "png" in formats and result.get("faults"):
+        from tierlink.lab.faultreport import write_fault_png
+
+        written["faults_png"] = write_fault_png(result["faults"], out_dir / "faults.png")
     return written

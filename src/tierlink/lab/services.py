@@ -157,9 +157,12 @@ table ip web {{
 """
 
 
-def start_dhtnode(lab: Run, ns: str, listen_ip: str) -> subprocess.Popen[str]:
+def start_dhtnode(
+    lab: Run, ns: str, listen_ip: str, *, web_door: bool = True
+) -> subprocess.Popen[str]:
     """Start a lone OpenDHT node (no rate limit) with its REST proxy, through the launcher's
-    command line, and wait until the proxy listens."""
+    command line, and wait until the proxy listens; ``web_door``: also redirect TCP 80 to the
+    proxy (once per lab)."""
     command = DhtNodeCommand(port=DHT_PORT, proxy_port=DHT_PROXY_PORT, proxy_host=listen_ip,
                              no_rate_limit=True)
     try:
@@ -173,7 +176,8 @@ def start_dhtnode(lab: Run, ns: str, listen_ip: str) -> subprocess.Popen[str]:
         wait_started(proc, DHT_PROXY_PORT)
     except DhtError as exc:
         raise LabError(f"the lab's dhtnode in {ns}: {exc}") from None
-    lab.nft(ns, web_door_rules(listen_ip))
+    if web_door:
+        lab.nft(ns, web_door_rules(listen_ip))
     return proc
 
 

@@ -39,6 +39,12 @@ INTERNET_ALT_IP = worlds.INTERNET_ALT_IP
 MAX_SITES = 89
 
 
+def _kill(proc: subprocess.Popen[str] | None) -> None:
+    if proc is not None and proc.poll() is None:
+        proc.kill()
+        proc.wait(timeout=5)
+
+
 class PresetMismatch(LabError):
     """A preset's probe result disagrees with the preset's definition: do not trust it."""
 
@@ -85,6 +91,9 @@ class Lab:
         #: Statistics of every emulated link removed so far (see :meth:`emulator_peak`).
         self.link_stats: list[dict[str, Any]] = []
         self._live_links: list[EmulatedLink] = []
+        #: The internet's coturn and DHT node processes (restarted by fault runs).
+        self.turn_process: subprocess.Popen[str] | None = None
+        self.dht_process: subprocess.Popen[str] | None = None
 
     @property
     def prefix(self) -> str:
@@ -129,11 +138,24 @@ class Lab:
         for ip6 in (worlds.INTERNET_IP6, worlds.INTERNET_ALT_IP6):
             sh(["ip", "-n", ns, "-6", "addr", "add", f"{ip6}/64", "dev", "br0", "nodad"])
         if self._want_turn:  # STUN and TURN over IPv6 too
-            start_coturn(r, ns, INTERNET_IP, worlds.INTERNET_IP6)
+            self.turn_process = start_coturn(r, ns, INTERNET_IP, worlds.INTERNET_IP6)
         if self._want_dht:
-            start_dhtnode(r, ns, INTERNET_IP)
+            self.dht_process = start_dhtnode(r, ns, INTERNET_IP)
         start_probe_server(r, ns, (INTERNET_IP, INTERNET_ALT_IP, worlds.INTERNET_IP6,
                                    worlds.INTERNET_ALT_IP6))
+
+    def kill_turn(self) -> None:
+        """SIGKILL the lab's coturn (its allocations die with it)."""
+        _kill(self.turn_process)
+
+    def start_turn(self) -> None:
+        """Start coturn again (after :meth:`kill_turn`), with the same configuration."""
+        self.turn_process = start_coturn(self.run, self.internet, INTERNET_IP, worlds.INTERNET_IP6)
+
+    def restart_dht(self) -> None:
+        """SIGKILL the lab's DHT node and start a new one with empty storage."""
+        _kill(self.dht_process)
+        self.dht_process = start_dhtnode(self.run, self.internet, INTERNET_IP, web_door=False)
 
     # -- sites ----------------------------------------------------------------------------
     def attach(self, ns: str, dev: str, index: int, tag: str) -> None:
@@ -272,6 +294,8 @@ class Lab:
         """Remove a site's namespaces (and any process still running in them)."""
         self._drop_ports(site.ports)
         self.run.remove_namespaces(site.namespaces)  # emulators write their last stats
+        # the next site may reuse its addresses behind new devices (new MAC addresses)
+        sh(["ip", "-n", self.internet, "neigh", "flush", "dev", "br0"], check=False)
         self.link_stats += [link.stats() for link in site.links]
         self._live_links = [x for x in self._live_links if x not in site.links]
         self._used.discard(site.index)

@@ -41,6 +41,9 @@ RECORD_CACHE_MS = 60_000
 REPUBLISH_RETRY_S = 5.0
 #: The file in the node's state dir holding the last published record sequence number.
 SEQ_FILE = "record-seq"
+#: How often the republish loop asks the DHT proxy for its node id (seconds): a new id means
+#: the DHT node restarted, likely with empty storage, so the record is put again at once.
+DHT_CHECK_S = 10.0
 
 
 class Presence:
@@ -57,6 +60,8 @@ class Presence:
         self.peers = lookup
         self.record: PeerRecord | None = None
         self._seq = 0
+        #: DHT node restarts noticed (each one re-published the record at once).
+        self.dht_restarts_seen = 0
 
     async def publish(self) -> PeerRecord:
         """Sign and put a fresh record (times and sequence by :func:`record_times` and
@@ -115,23 +120,32 @@ class Presence:
     async def republish_loop(self) -> None:
         """Re-publish before expiry; in public mode also soon after the addresses change.
 
-        A failed attempt is retried with backoff (never later than the regular period); the
-        node's supervisor runs this again (with :meth:`restart_backoff`) if anything else
-        fails.
+        Also at once when the DHT proxy's node id changes (its node restarted and may have
+        lost every stored value). A failed attempt is retried with backoff (never later than
+        the regular period); the node's supervisor runs this again (with
+        :meth:`restart_backoff`) if anything else fails.
         """
         period = republish_period_s(self.config.record_lifetime)
-        check = period
+        check = min(period, DHT_CHECK_S)
         if self.config.mode == "public":
-            check = min(period, self.config.address_check_interval)
+            check = min(check, self.config.address_check_interval)
         retry = Backoff(min(period, REPUBLISH_RETRY_S), maximum=period)
         loop = asyncio.get_running_loop()
         due = loop.time() + period
         addresses = self.host_addresses()
+        node_id = await self.dht_node_id()
         while True:
             await asyncio.sleep(max(min(check, due - loop.time()), 0.0))
             now_addresses = self.host_addresses()
-            if loop.time() < due and now_addresses == addresses:
+            if self.config.mode != "public":
+                now_addresses = addresses
+            now_id = await self.dht_node_id()
+            restarted = None not in (node_id, now_id) and now_id != node_id
+            node_id = now_id or node_id
+            if loop.time() < due and now_addresses == addresses and not restarted:
                 continue
+            if restarted:
+                self.dht_restarts_seen += 1
             try:
                 await self.publish()
             except TierlinkError as exc:
@@ -142,6 +156,14 @@ class Presence:
                 continue
             retry.reset()
             addresses, due = now_addresses, loop.time() + period
+
+    async def dht_node_id(self) -> str | None:
+        """The DHT proxy's node id (None when it cannot be asked right now)."""
+        try:
+            node_id = (await self.dht.info()).get("node_id")
+        except TierlinkError:
+            return None
+        return node_id if isinstance(node_id, str) else None
 
     def restart_backoff(self) -> Backoff:
         """The waits before running :meth:`republish_loop` again after it failed."""
