@@ -168,6 +168,8 @@ class DhtClient:
         """Gets cut at :attr:`max_get_bytes` or by the timeout (the key held more)."""
         self.filtered_values = 0
         """Values a get skipped past its unfiltered bytes because ``keep`` refused them."""
+        self.renewals = 0
+        """Times every connection was dropped by :meth:`renew_connections`."""
         self.trace: Trace | None = None
         """Called at each put, get and listened value (see :data:`Trace`); None: off."""
 
@@ -355,6 +357,18 @@ class DhtClient:
         listener = DhtListener(self, key, reconnect=reconnect)
         self._listeners.add(listener)
         return listener
+
+    async def renew_connections(self) -> None:
+        """Drop every HTTP connection, pooled or streaming a listen, and start afresh.
+
+        For when this host's address changed: a TCP connection bound to a vanished address
+        hangs silently until its timeouts. Listens reconnect at once from the new address; a
+        request in flight fails with :class:`DhtUnavailable` and its caller retries.
+        """
+        self.renewals += 1
+        old, self._session = self._session, None
+        if old is not None:
+            await old.close()
 
     async def close(self) -> None:
         """Cancel every listen and close the HTTP session."""

@@ -155,6 +155,9 @@ class Node:
                 self._tasks.spawn(self._publish_descriptor(parts.messenger), "descriptor")
             self._tasks.keep_running(parts.presence.republish_loop, "republish",
                                      parts.presence.restart_backoff())
+            if parts.presence.watches_dht_route():
+                self._tasks.keep_running(parts.presence.dht_route_loop, "dht-route",
+                                         parts.presence.restart_backoff())
             self._tasks.keep_running(parts.answerer.run, "offers", parts.answerer.restart_backoff())
         except BaseException:
             await self.close()
@@ -405,6 +408,8 @@ class Node:
             "background_tasks": len(self._tasks),
             "loop_restarts": dict(self.loop_restarts),
             "proxy_lines_skipped": dict(self.dht.skipped_lines) if self.dht else {},
+            "dht_restarts_seen": parts.presence.dht_restarts_seen if parts else 0,
+            "dht_route_changes": parts.presence.dht_route_changes if parts else 0,
             "duplicates_suppressed": self.messenger.duplicates_suppressed if self.messenger else 0,
             "messages_held_back": self.messenger.held_back if self.messenger else 0,
             "malformed_link_frames": self.messenger.malformed_link_frames if self.messenger else 0,

@@ -9,6 +9,7 @@ tier.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import os
 from pathlib import Path
@@ -16,10 +17,12 @@ from pathlib import Path
 from tierlink.backoff import Backoff
 from tierlink.dht import DhtClient
 from tierlink.dht.record_book import PeerLookup
+from tierlink.dht.route import source_address
 from tierlink.errors import TierlinkError
 from tierlink.identity import Identity, is_fingerprint
 from tierlink.node.config import NodeConfig
 from tierlink.node.endpoint import Endpoint
+from tierlink.transport.address_watch import address_usable, address_watch
 from tierlink.transport.aioice_gather import machine_addresses
 from tierlink.transport.ice import local_infos
 from tierlink.wire.dhtkeys import ice_candidates_key
@@ -62,6 +65,9 @@ class Presence:
         self._seq = 0
         #: DHT node restarts noticed (each one re-published the record at once).
         self.dht_restarts_seen = 0
+        #: Times the address the DHT proxy is reached from went away (connections renewed).
+        self.dht_route_changes = 0
+        self._dht_source: str | None = None
 
     async def publish(self) -> PeerRecord:
         """Sign and put a fresh record (times and sequence by :func:`record_times` and
@@ -156,6 +162,42 @@ class Presence:
                 continue
             retry.reset()
             addresses, due = now_addresses, loop.time() + period
+
+    def watches_dht_route(self) -> bool:
+        """Whether :meth:`dht_route_loop` has anything to watch: a proxy reached from an
+        address that can go away (not loopback, and an IP literal)."""
+        self._dht_source = source = source_address(self.dht.base_url)
+        return source is not None and not ipaddress.ip_address(source).is_loopback
+
+    async def dht_route_loop(self) -> None:
+        """Renew the DHT client's connections as soon as the local address they were made
+        from goes away (rtnetlink, no polling): its pooled and listening connections would
+        otherwise hang silently, and with them the signaling a path restart needs."""
+        watch = address_watch()
+        gone = asyncio.Event()
+        # The address the first connections were made from, so a change before this loop
+        # first ran is caught too.
+        source = [self._dht_source or source_address(self.dht.base_url)]
+
+        def current() -> str | None:
+            if source[0] is None:
+                source[0] = source_address(self.dht.base_url)
+            return source[0]
+
+        path_id = watch.watch(current, gone.set)
+        if source[0] is not None and not address_usable(source[0]):
+            gone.set()
+        try:
+            while True:
+                await gone.wait()
+                gone.clear()
+                self.dht_route_changes += 1
+                log.info("the address %s that reaches the DHT proxy is gone; reconnecting",
+                         source[0])
+                await self.dht.renew_connections()
+                source[0] = source_address(self.dht.base_url)
+        finally:
+            watch.unwatch(path_id)
 
     async def dht_node_id(self) -> str | None:
         """The DHT proxy's node id (None when it cannot be asked right now)."""
