@@ -24,7 +24,7 @@ from tierlink.offline.delivered import DeliveredLog
 from tierlink.offline.inbox import Inbox
 from tierlink.wire.ack import create_ack, open_ack
 from tierlink.wire.envelope import ack_token, create_envelope, open_envelope
-from tierlink.wire.records import CandidateInfo, PeerRecord, now_ms
+from tierlink.wire.records import MAX_CLOCK_SKEW_MS, CandidateInfo, PeerRecord, now_ms
 from tierlink.wire.signaling import (
     MAX_OFFER_LIFETIME_S,
     SessionDescription,
@@ -137,10 +137,11 @@ def test_seen_sessions_stay_bounded_under_a_flood() -> None:
 
 
 def test_seen_session_expires_on_the_receivers_clock() -> None:
-    """A sender's far expiry cannot keep an entry past the longest offer lifetime."""
+    """A sender's far expiry cannot keep an entry past the longest offer lifetime (plus the
+    clock skew an offer is accepted with, before and after)."""
     seen, now = SeenSessions(), now_ms()
     assert seen.add(b"s" * 16, now + 10**12, now)
-    later = now + int(MAX_OFFER_LIFETIME_S * 1000) + 1
+    later = now + int(MAX_OFFER_LIFETIME_S * 1000) + 2 * MAX_CLOCK_SKEW_MS + 1
     assert seen.add(b"t" * 16, later + 60_000, later)
     assert len(seen) == 1
 
@@ -194,10 +195,11 @@ def test_remembered_sessions_stay_bounded_and_expire_across_restarts(tmp_path: P
     log = AnsweredSessions(tmp_path / "state.db")
     try:
         restarted = SeenSessions(capacity=4)
-        restarted.attach(log, now + 2_000)  # b"x" has expired meanwhile
-        assert len(restarted) == 1 and len(log.load(now + 2_000, 100)) == 1
-        assert not restarted.add(bytes([4]) * 16, now + 60_000, now + 2_000)
-        assert restarted.add(bytes([3]) * 16, now + 60_000, now + 2_000)
-        assert restarted.add(b"x" * 16, now + 60_000, now + 2_000)
+        later = now + MAX_CLOCK_SKEW_MS + 2_000  # b"x" can no longer count: forgotten
+        restarted.attach(log, later)
+        assert len(restarted) == 1 and len(log.load(later, 100)) == 1
+        assert not restarted.add(bytes([4]) * 16, now + 60_000, later)
+        assert restarted.add(bytes([3]) * 16, now + 60_000, later)
+        assert restarted.add(b"x" * 16, now + 60_000, later)
     finally:
         log.close()

@@ -18,7 +18,13 @@ from tests.wire_samples import CANDIDATES
 from tierlink.errors import RecordError
 from tierlink.identity import SIGNATURE_SIZE, Identity
 from tierlink.wire.dhtkeys import answer_key
-from tierlink.wire.records import KIND_ANSWER, MAX_VALUE_SIZE, WIRE_VERSION, now_ms
+from tierlink.wire.records import (
+    KIND_ANSWER,
+    MAX_CLOCK_SKEW_MS,
+    MAX_VALUE_SIZE,
+    WIRE_VERSION,
+    now_ms,
+)
 from tierlink.wire.sealed import seal_to
 from tierlink.wire.signaling import (
     OFFER,
@@ -244,12 +250,24 @@ def test_channel_limits_travel_in_offer_and_answer() -> None:
     assert decode_answer(encode_answer(offer.secret, CALLEE_PARAMS), secret).channel_limits is None
 
 
+def test_offer_from_a_clock_minutes_behind_still_counts() -> None:
+    """A dialer whose clock is 5 minutes behind: its offer has expired on our clock, yet it
+    opens (offers count until the skew after their expiry); past that it is ``expired``."""
+    late, _ = encode_offer(DIALER, CALLEE.fingerprint, CALLEE.kem_public_key, new_session_id(),
+                           DIALER_PARAMS, created_at_ms=now_ms() - 5 * 60_000)
+    assert decode_offer(late, CALLEE).session_id
+    with pytest.raises(RecordError) as exc:
+        decode_offer(late, CALLEE, now=now_ms() + MAX_CLOCK_SKEW_MS)
+    assert exc.value.reason == "expired"
+
+
 def test_offer_rejections() -> None:
     value, _ = offer_to()
     tampered = bytearray(value)
     tampered[-SIGNATURE_SIZE - 5] ^= 0xFF  # inside the AES-GCM ciphertext
     old, _ = encode_offer(DIALER, CALLEE.fingerprint, CALLEE.kem_public_key, new_session_id(),
-                          DIALER_PARAMS, lifetime_s=5.0, created_at_ms=now_ms() - 10_000)
+                          DIALER_PARAMS, lifetime_s=5.0,
+                          created_at_ms=now_ms() - MAX_CLOCK_SKEW_MS - 10_000)
     # Addressed to the callee but encrypted to another KEM key: it cannot be opened.
     wrong_kem, _ = encode_offer(DIALER, CALLEE.fingerprint, DIALER.kem_public_key,
                                 new_session_id(), DIALER_PARAMS)

@@ -35,7 +35,7 @@ from tierlink.node.tasks import Supervisor, outcome_of, task_group
 from tierlink.transport.connection import Connection
 from tierlink.transport.ice import PathTally, run_checks, set_remote
 from tierlink.wire.dhtkeys import offers_key
-from tierlink.wire.records import now_ms
+from tierlink.wire.records import MAX_CLOCK_SKEW_MS, now_ms
 from tierlink.wire.signaling import (
     MAX_OFFER_LIFETIME_S,
     Offer,
@@ -85,13 +85,14 @@ async def put_answer(dht: DhtClient, secret: OfferSecret, me: str, answer: bytes
 class SeenSessions:
     """Session ids of accepted offers, each kept until it expires on the receiver's clock.
 
-    An entry lives until ``min(offer expiry, receive time + MAX_OFFER_LIFETIME_S)``, so a
-    sender's clock cannot keep it longer. At most ``capacity`` entries: when full, the entry
-    that expires soonest goes first. A heap ordered by expiry makes each offer cost
-    O(log capacity), never a scan of every entry. While :meth:`attach` ed to an
-    :class:`~tierlink.node.answered.AnsweredSessions` file, every change is committed there
-    before :meth:`add` returns, and attaching loads it: a restart forgets nothing (why:
-    :mod:`tierlink.node.answered`).
+    An entry lives until ``min(offer expiry + skew, receive time + MAX_OFFER_LIFETIME_S +
+    2 × skew)`` (skew: ``MAX_CLOCK_SKEW_MS``), as long as an offer can still be accepted, so
+    a replay is refused while it could count and a sender's clock cannot keep it longer. At
+    most ``capacity`` entries: when full, the entry that expires soonest goes first. A heap
+    ordered by expiry makes each offer cost O(log capacity), never a scan of every entry.
+    While :meth:`attach` ed to an :class:`~tierlink.node.answered.AnsweredSessions` file,
+    every change is committed there before :meth:`add` returns, and attaching loads it: a
+    restart forgets nothing (why: :mod:`tierlink.node.answered`).
     """
 
     def __init__(self, capacity: int = MAX_SEEN_SESSIONS) -> None:
@@ -134,7 +135,8 @@ class SeenSessions:
             self._drop_first()
         if session_id in self._expiry:
             return False
-        exp = min(expires_at_ms, now + int(MAX_OFFER_LIFETIME_S * 1000))
+        exp = min(expires_at_ms + MAX_CLOCK_SKEW_MS,
+                  now + int(MAX_OFFER_LIFETIME_S * 1000) + 2 * MAX_CLOCK_SKEW_MS)
         full = len(self._expiry) - self.capacity + 1
         if self._log is not None:
             dropped = [sid for _exp, sid in heapq.nsmallest(max(full, 0), self._heap)]

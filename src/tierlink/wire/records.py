@@ -39,7 +39,7 @@ KIND_ACK = 0x05
 KIND_MAILBOX_DESCRIPTOR = 0x06
 
 
-MAX_CLOCK_SKEW_MS = 5 * 60 * 1000
+MAX_CLOCK_SKEW_MS = 10 * 60 * 1000
 """How far ahead of the receiver's clock a value's issued/created time may lie."""
 MAX_RECORD_LIFETIME_S = 24 * 3600.0
 """Longest lifetime a peer record may claim (issued to expires)."""
@@ -79,15 +79,18 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def check_times(what: str, start: int, expires: int, now: int, max_lifetime_ms: int) -> None:
+def check_times(
+    what: str, start: int, expires: int, now: int, max_lifetime_ms: int, late_ms: int = 0
+) -> None:
     """Bound a value's times to a window of the receiver's clock ``now``.
 
     ``start`` (issued or created) may lie at most :data:`MAX_CLOCK_SKEW_MS` ahead of ``now``;
-    ``start < expires <= start + max_lifetime_ms``; ``expires > now`` (else ``expired``,
-    checked first). Otherwise reason ``clock``. So every time field is
-    within ``[now - max_lifetime_ms, now + max_lifetime_ms + MAX_CLOCK_SKEW_MS]``.
+    ``start < expires <= start + max_lifetime_ms``; ``expires + late_ms > now`` (else
+    ``expired``, checked first; ``late_ms`` lets a short-lived value from a sender whose clock
+    is behind ours still count). Otherwise reason ``clock``. So every time field is within
+    ``[now - max_lifetime_ms - late_ms, now + max_lifetime_ms + MAX_CLOCK_SKEW_MS]``.
     """
-    if expires <= now:
+    if expires + late_ms <= now:
         raise RecordError("expired", f"{what} expired {(now - expires) / 1000:.1f} s ago")
     if start > now + MAX_CLOCK_SKEW_MS:
         raise RecordError(

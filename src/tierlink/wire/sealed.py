@@ -78,6 +78,9 @@ class SealedKind:
     max_lifetime_ms: int
     known: Collection[int]
     """The keys of the kind's inner fields map (others are tolerated, bounded)."""
+    late_ms: int = 0
+    """How long after its expiry (receiver's clock) a value still counts: the clock skew
+    tolerated for kinds whose lifetime is shorter than the skew (see ``check_times``)."""
 
 
 @dataclass(frozen=True)
@@ -192,7 +195,7 @@ def open_sealed(
     created = int.from_bytes(value[2:2 + TIME_SIZE], "big")
     expires = int.from_bytes(value[2 + TIME_SIZE:2 + 2 * TIME_SIZE], "big")
     check_times(kind.name, created, expires, now_ms() if now is None else now,
-                kind.max_lifetime_ms)
+                kind.max_lifetime_ms, kind.late_ms)
     clear = value[:CLEAR_SIZE]
     kem_ct = clear[2 + 2 * TIME_SIZE:2 + 2 * TIME_SIZE + KEM_CIPHERTEXT_SIZE]
     nonce = clear[-NONCE_SIZE:]

@@ -36,6 +36,7 @@ from tierlink.wire.decoding import Fields, check_bytes, check_uint, decode, malf
 from tierlink.wire.records import (
     KIND_ANSWER,
     KIND_OFFER,
+    MAX_CLOCK_SKEW_MS,
     WIRE_VERSION,
     CandidateInfo,
     check_head,
@@ -60,8 +61,13 @@ PURPOSES = ("app", "messages", "mailbox")
 _ANSWER_PREFIX = bytes([WIRE_VERSION, KIND_ANSWER])
 _TAG_SIZE = 16
 
-OFFER = SealedKind(KIND_OFFER, "offer", int(MAX_OFFER_LIFETIME_S * 1000), (1, 2))
-"""Offers as sealed-sender values, with inner fields K_SESSION_ID and K_PARAMS."""
+OFFER = SealedKind(
+    KIND_OFFER, "offer", int(MAX_OFFER_LIFETIME_S * 1000), (1, 2), late_ms=MAX_CLOCK_SKEW_MS
+)
+"""Offers as sealed-sender values, with inner fields K_SESSION_ID and K_PARAMS. An offer
+lives a minute, so a dialer whose clock is minutes behind the callee's would always look
+expired: offers count until :data:`MAX_CLOCK_SKEW_MS` after their expiry, and the callee
+remembers answered sessions that much longer (replays stay refused)."""
 K_SESSION_ID, K_PARAMS = 1, 2
 ANSWER_SECRET_LABEL = b"answer-secret"
 """Label of the answer's AEAD key (sealed-sender derivation of the offer)."""
