@@ -58,6 +58,13 @@ def _order(result: dict[str, Any]) -> list[str]:
     return [p for p in PRESETS if p in seen] + sorted(seen - set(PRESETS))
 
 
+def _rtts(ms: float | None, rtt_ms: float | None) -> str:
+    """A connect time in round trips of its profile ("-" when either is unknown)."""
+    if ms is None or not rtt_ms:
+        return "-"
+    return f"{ms / rtt_ms:.1f}"
+
+
 def _ms(value: Any) -> str:
     return "-" if value is None else f"{float(value):.0f} ms"
 
@@ -158,13 +165,14 @@ def write_markdown(result: dict[str, Any], path: Path) -> Path:
     if profile_rows:
         lines += ["", "## Connect time against RTT (per link profile)", "",
                   "| profile | RTT | jitter | loss | cells | connected | median connect direct "
-                  "| median connect relay | median delivery |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+                  "| in RTTs | median connect relay | in RTTs | median delivery |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in profile_rows:
             jitter = f"+-{r['jitter_ms']} ms" if r["jitter_ms"] else "-"
             lines.append(f"| {r['profile']} | {r['rtt_ms']} ms | {jitter} | {r['loss']:.1%} "
                          f"| {r['cells']} | {r['connected']} | {_ms(r['direct_ms'])} "
-                         f"| {_ms(r['relay_ms'])} | {_ms(r['deliver_ms'])} |")
+                         f"| {_rtts(r['direct_ms'], r['rtt_ms'])} | {_ms(r['relay_ms'])} "
+                         f"| {_rtts(r['relay_ms'], r['rtt_ms'])} | {_ms(r['deliver_ms'])} |")
         emu = result.get("emulator") or {}
         if emu.get("links"):
             capacity = emu.get("capacity_pps")
