@@ -330,7 +330,10 @@ def _render_profile(name: str, result: JsonDict) -> list[str]:
         "four such directions, a peer-to-DHT-node one two); the DHT nodes stay on plain "
         f"links. {result.get('nodes')} nodes, churn {result.get('churn_per_min')} nodes/min.",
         "", *_table(result),
-        "", f"Per-dial numbers: `bench/results.json` (`dht_many.profiles.{name}`).",
+        "", "The emulators' peak rate is for comparing with their capacity "
+        "(`tierlink lab --emulator-check`): far below it, and with nothing dropped by them, "
+        "the emulators add only the profile's delay. Per-dial numbers: `bench/results.json` "
+        f"(`dht_many.profiles.{name}`).",
     ]
 
 
