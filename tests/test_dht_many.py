@@ -12,8 +12,9 @@ import pytest
 
 from tierlink import namespaces
 from tierlink.bench import dht_lab, dht_many
-from tierlink.bench.dht_lab import DhtLab, DhtLabError, lab_hosts
+from tierlink.bench.dht_lab import AccessLink, DhtLab, DhtLabError, lab_hosts
 from tierlink.bench.dht_many import ManyPlan, step_times, summary
+from tierlink.lab.profiles import PROFILES
 from tierlink.wire.dhtkeys import offers_key
 
 FP = "ab" * 64
@@ -43,6 +44,38 @@ def test_dials_succeed_and_records_are_found_through_churn() -> None:
                 "dial_ms_p95"):
         assert result[key] is not None, key
     assert not _ours(), "the lab's namespaces were removed"
+
+
+def _mobile() -> AccessLink:
+    p = PROFILES["mobile"]
+    return AccessLink(p.name, p.link_delay_ms, p.link_jitter_ms, p.link_loss, p.rate_mbit)
+
+
+@NEEDS_ROOT
+def test_peers_on_the_mobile_profile_dial_through_their_link_emulators() -> None:
+    plan = ManyPlan(nodes=6, dialers=2, dials=3, churn_per_min=30.0, churn_share=0.5,
+                    down_s=1.0, settle_s=2.0, churn_warmup_s=3.0, dial_interval_s=0.5,
+                    access=_mobile())
+    result = asyncio.run(asyncio.wait_for(dht_many.measure(plan), 300))
+    assert result["profile"] == "mobile"
+    for name in ("quiet", "churn"):
+        phase = result["phases"][name]
+        assert phase["dials_ok"] == phase["dials_tried"] == 3, phase["dials"]
+        assert phase["emulator"]["links"] == 3, "the callee's and both dialers' links"
+    assert result["phases"]["churn"]["emulator"]["moved"] > 0
+    assert not _ours(), "the lab's namespaces were removed"
+
+
+@NEEDS_ROOT
+def test_link_emulators_end_with_the_lab_on_an_error() -> None:
+    pids: list[int] = []
+    with pytest.raises(RuntimeError, match="boom"), lab_hosts() as hosts:
+        hosts.create([("p", 1), ("p", 2)], _mobile())
+        pids = [proc.pid for proc, _ in hosts.links.values()]
+        assert len(pids) == 2 and all(namespaces.pid_alive(pid) for pid in pids)
+        raise RuntimeError("boom")
+    assert pids and not any(namespaces.pid_alive(pid) for pid in pids)
+    assert not _ours()
 
 
 @NEEDS_ROOT

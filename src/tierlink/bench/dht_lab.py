@@ -26,15 +26,20 @@ import asyncio
 import atexit
 import contextlib
 import ipaddress
+import json
 import os
 import random
 import shutil
 import signal
 import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import FrameType
+from typing import Any
 
 from tierlink import namespaces
 from tierlink.dht.launcher import DhtNodeProcess, NodePlace, start_nodes, stop_nodes
@@ -76,6 +81,45 @@ def address_of(index: int) -> str:
     return str(NETWORK.network_address + 16 + index)
 
 
+@dataclass(frozen=True)
+class AccessLink:
+    """What one direction of a peer's access link adds: ``delay_ms`` plus a jitter uniform on
+    ``[-jitter_ms, +jitter_ms]``, ``loss`` (0..1) and ``rate_mbit`` (None: unshaped). ``name``
+    is the link profile these are a per-link share of (the CLI resolves it)."""
+
+    name: str
+    delay_ms: float
+    jitter_ms: float
+    loss: float
+    rate_mbit: float | None
+    reorder: bool = False
+
+
+#: TBF bucket and queue bound of a shaped access link.
+TBF_BURST = "32kb"
+TBF_LATENCY = "50ms"
+
+
+def _shape(ns: str, dev: str, link: AccessLink) -> None:
+    """Loss (nftables netdev egress, IP frames only) and rate (TBF) on one end of a link."""
+    if link.loss > 0:
+        threshold = round(link.loss * 1_000_000)
+        ruleset = (f"table netdev le_{dev} {{\n chain egress {{\n  type filter hook egress "
+                   f'device "{dev}" priority filter; policy accept;\n  meta protocol '
+                   f"{{ ip, ip6 }} numgen random mod 1000000 < {threshold} drop\n }}\n}}\n")
+        proc = subprocess.run(["ip", "netns", "exec", ns, "nft", "-f", "-"], input=ruleset,
+                              capture_output=True, text=True, timeout=60, check=False)
+        if proc.returncode != 0:
+            raise DhtLabError(f"nft on {ns}/{dev} failed: {proc.stderr.strip()[:400]}")
+    if link.rate_mbit:
+        proc = subprocess.run(["ip", "netns", "exec", ns, "tc", "qdisc", "add", "dev", dev,
+                               "root", "tbf", "rate", f"{link.rate_mbit}mbit", "burst",
+                               TBF_BURST, "latency", TBF_LATENCY],
+                              capture_output=True, text=True, timeout=60, check=False)
+        if proc.returncode != 0:
+            raise DhtLabError(f"tc on {ns}/{dev} failed: {proc.stderr.strip()[:400]}")
+
+
 def remove_stale() -> list[str]:
     """Delete lab namespaces whose owner process is gone; returns their names."""
     removed = []
@@ -94,10 +138,47 @@ class Hosts:
         self.prefix = f"{LAB_HEAD}{os.getpid()}"
         self.router = f"{self.prefix}-rt"
         self.names: list[str] = []
+        self.workdir = Path(tempfile.mkdtemp(prefix=f"{self.prefix}-"))
+        #: Emulated access links: peer namespace -> (emulator process, statistics file).
+        self.links: dict[str, tuple[subprocess.Popen[bytes], Path]] = {}
 
-    def create(self, roles: Sequence[tuple[str, int]]) -> list[tuple[str, str]]:
-        """Create a host namespace per (role letter, index) behind the router; their
-        (namespace, address)."""
+    def _emulate(self, ns: str, port: str, link: AccessLink) -> None:
+        """Join ``port`` (router side) and ``eth0`` (in ``ns``) through a link emulator in
+        a namespace of its own, then shape both ends."""
+        emu = f"{ns}-l"
+        _ip([], f"netns add {emu}\n")
+        self.names.append(emu)
+        stats, err = self.workdir / f"{port}.json", self.workdir / f"{port}.err"
+        argv = ["ip", "netns", "exec", emu, sys.executable, "-m", "tierlink.lab.linkemu",
+                "--tap", port, "--tap", "eth0", "--delay-ms", str(link.delay_ms),
+                "--jitter-ms", str(link.jitter_ms), "--stats", str(stats),
+                "--seed", str(len(self.links) + 1), *(["--reorder"] if link.reorder else [])]
+        with err.open("wb") as err_out:
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                    stderr=err_out)
+        self.links[ns] = (proc, stats)
+        assert proc.stdout is not None
+        line = proc.stdout.readline()  # the emulator prints one line once its TAPs exist
+        proc.stdout.close()
+        if b"ready" not in line:
+            raise DhtLabError(f"the link emulator of {ns} did not start: "
+                              f"{err.read_text(errors='replace').strip()[-300:]}")
+        _ip(["-n", emu], f"link set {port} netns {self.router}\nlink set eth0 netns {ns}\n")
+        _shape(self.router, port, link)
+        _shape(ns, "eth0", link)
+
+    def link_stats(self) -> dict[str, dict[str, Any]]:
+        """Each emulated access link's last statistics, by peer namespace."""
+        out: dict[str, dict[str, Any]] = {}
+        for ns, (_, path) in self.links.items():
+            with contextlib.suppress(OSError, ValueError):
+                out[ns] = json.loads(path.read_text())
+        return out
+
+    def create(self, roles: Sequence[tuple[str, int]],
+               access: AccessLink | None = None) -> list[tuple[str, str]]:
+        """Create a host namespace per (role letter, index) behind the router, peers behind
+        ``access`` when given; their (namespace, address)."""
         fresh = [self.router] if not self.names else []
         hosts = [(f"{self.prefix}-{r}{i}", address_of(i + (PEER_OFFSET if r == "p" else 0)),
                   f"v{r}{i}") for r, i in roles]
@@ -106,10 +187,16 @@ class Hosts:
         if fresh:
             subprocess.run(["ip", "netns", "exec", self.router, "sysctl", "-qw",
                             "net.ipv4.ip_forward=1"], check=True, timeout=30)
+        emulated = {ns for ns, _, port in hosts if access is not None and port[1] == "p"}
+        for ns, _, port in hosts:
+            if ns in emulated:
+                assert access is not None
+                self._emulate(ns, port, access)
         lines = ["link set lo up\n"] if fresh else []
         for ns, addr, port in hosts:
-            lines += [f"link add {port} type veth peer name eth0 netns {ns}\n",
-                      f"addr add {GATEWAY}/32 dev {port}\n", f"link set {port} up\n",
+            if ns not in emulated:
+                lines.append(f"link add {port} type veth peer name eth0 netns {ns}\n")
+            lines += [f"addr add {GATEWAY}/32 dev {port}\n", f"link set {port} up\n",
                       f"route add {addr}/32 dev {port}\n"]
         _ip(["-n", self.router], "".join(lines))
         for ns, addr, _ in hosts:
@@ -128,6 +215,11 @@ class Hosts:
             if ns in existing:
                 namespaces.remove(ns)
         self.names.clear()
+        for proc, _ in self.links.values():
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=10)  # killed with its namespace: reap it
+        self.links.clear()
+        shutil.rmtree(self.workdir, ignore_errors=True)
 
 
 def _raise_on_signal(signum: int, frame: FrameType | None) -> None:
@@ -171,10 +263,12 @@ class DhtLab:
     """``n`` dhtnodes in their own namespaces (see the module doc); use ``async with``.
 
     ``log_dir``: where :meth:`log_path` puts OpenDHT's verbose logs (of the peers, and with
-    ``log_nodes`` of every lab node too: that costs CPU)."""
+    ``log_nodes`` of every lab node too: that costs CPU). ``access``: the peers' access link
+    (None: plain veths like the nodes')."""
 
     def __init__(self, hosts: Hosts, n: int, *, seed: int = 1, rate_limit: bool = True,
-                 log_dir: str | None = None, log_nodes: bool = False) -> None:
+                 log_dir: str | None = None, log_nodes: bool = False,
+                 access: AccessLink | None = None) -> None:
         if n < 2:
             raise ValueError("the DHT lab needs at least 2 nodes")
         self.hosts = hosts
@@ -183,6 +277,7 @@ class DhtLab:
         self.log_dir = log_dir
         self.log_nodes = log_nodes
         self.seed = seed
+        self.access = access
         self.rng = random.Random(seed)
         self.places: list[NodePlace] = []
         self.nodes: list[DhtNodeProcess] = []
@@ -205,7 +300,7 @@ class DhtLab:
     async def add_peer_host(self) -> tuple[str, str]:
         """A new namespace (with its address) for a tierlink peer."""
         self._peers += 1
-        made = await asyncio.to_thread(self.hosts.create, [("p", self._peers)])
+        made = await asyncio.to_thread(self.hosts.create, [("p", self._peers)], self.access)
         return made[0]
 
     def live(self) -> list[int]:

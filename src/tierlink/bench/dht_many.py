@@ -13,6 +13,11 @@ dial, from the peers' traced DHT events on one machine-wide monotonic clock:
 * ``answer``: the callee's answer put started until the dialer's listen delivered it;
 * ``dial``: the whole ``Node.connect`` (lookup, offer, answer, ICE checks, QUIC).
 
+With ``access`` (a link profile's per-link share) every peer's access link goes through the
+lab's link emulator (the peers are the phones; the DHT nodes stay on plain links), and each
+phase records the emulators' own statistics (peak packet rate, longest queue, frames they
+dropped) to show they were not the bottleneck.
+
 Phase ``quiet`` runs without churn, then phase ``churn`` with ``churn_per_min`` nodes leaving
 (and fresh ones joining) per minute. Each phase keeps every dial's numbers (``dials``), the
 load average around it, and the lab's dhtnodes' own CPU.
@@ -32,7 +37,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from tierlink.bench.dht_lab import DhtLab, lab_hosts
+from tierlink.bench.dht_lab import AccessLink, DhtLab, lab_hosts
 from tierlink.bench.measure import p95
 from tierlink.wire.dhtkeys import ice_candidates_key, offers_key
 
@@ -60,6 +65,7 @@ class ManyPlan:
     log_dir: str | None = None
     log_nodes: bool = False
     seed: int = 1
+    access: AccessLink | None = None
 
     @classmethod
     def quick(cls, nodes: int = 100) -> ManyPlan:
@@ -179,6 +185,18 @@ def step_times(reply: JsonDict, callee: Sequence[JsonDict], fingerprint: str) ->
     }
 
 
+def emulator_load(stats: dict[str, JsonDict]) -> JsonDict | None:
+    """The emulated access links' busiest figures (None without emulated links): peak
+    frames/s and longest queue of any one emulator, frames moved and dropped by all."""
+    if not stats:
+        return None
+    return {"links": len(stats),
+            "peak_pps": max(s.get("peak_pps", 0) for s in stats.values()),
+            "max_queue": max(s.get("max_queue", 0) for s in stats.values()),
+            "moved": sum(sum(s.get("moved", [])) for s in stats.values()),
+            "dropped": sum(sum(s.get("dropped", [])) for s in stats.values())}
+
+
 def summary(values: Sequence[float | None]) -> JsonDict:
     """p50, p95 and max (ms) of the values measured, and how many were."""
     got = [float(v) for v in values if v is not None]
@@ -213,6 +231,7 @@ async def _phase(lab: DhtLab, callee: Peer, events: list[JsonDict], dialers: Seq
         churn_events=lab.churn.events,
         loadavg_before=load, loadavg_after=_loadavg(), seconds=round(seconds, 1),
         lab_dhtnodes_cpu_percent=None if cpu is None else round(100 * cpu / seconds, 2),
+        emulator=emulator_load(lab.hosts.link_stats()),
         dials=dials,
     )
     return out
@@ -223,7 +242,8 @@ async def measure(plan: ManyPlan) -> JsonDict:
     started = time.monotonic()
     with lab_hosts() as hosts:
         async with DhtLab(hosts, plan.nodes, seed=plan.seed, rate_limit=plan.rate_limit,
-                          log_dir=plan.log_dir, log_nodes=plan.log_nodes) as lab:
+                          log_dir=plan.log_dir, log_nodes=plan.log_nodes,
+                          access=plan.access) as lab:
             ticks, t0 = _cpu_ticks(lab.pids()), time.monotonic()
             await asyncio.sleep(plan.settle_s)
             idle_cpu = (_cpu_ticks(lab.pids()) - ticks) / os.sysconf("SC_CLK_TCK")
@@ -254,6 +274,7 @@ async def measure(plan: ManyPlan) -> JsonDict:
         "lookup_ms_p95": churn["lookup"].get("p95"),
         "dial_ms_p50": churn["dial"].get("p50"),
         "dial_ms_p95": churn["dial"].get("p95"),
+        "profile": None if plan.access is None else plan.access.name,
         "plan": asdict(plan),
         "lab_idle_cpu_percent": round(100 * idle_cpu / idle_s, 2),
         "run_seconds": round(time.monotonic() - started),
@@ -271,9 +292,54 @@ def run_dht_many(plan: ManyPlan) -> JsonDict:
     return asyncio.run(measure(plan))
 
 
-def render(result: JsonDict) -> list[str]:
-    """BENCHMARKS.md lines for a ``dht_many`` object: p50 / p95 / max per step and phase."""
+def _table(result: JsonDict) -> list[str]:
+    """The p50 / p95 / max table per step and phase, and a line per phase."""
     phases = result.get("phases", {})
+    lines = ["| step (ms) | no churn p50 | p95 | max | churn p50 | p95 | max |",
+             "|---|---|---|---|---|---|---|"]
+    for step in (*STEPS, "callee"):
+        cells = []
+        for name in ("quiet", "churn"):
+            s = phases.get(name, {}).get(step, {})
+            cells += [str(s.get(k, "-")) for k in ("p50", "p95", "max")]
+        lines.append(f"| {step} | " + " | ".join(cells) + " |")
+    for name in ("quiet", "churn"):
+        p = phases.get(name, {})
+        via = [d.get("answer_via") for d in p.get("dials", [])]
+        emu = p.get("emulator")
+        busy = ("" if not emu else
+                f"; link emulators: peak {emu['peak_pps']} frames/s and longest queue "
+                f"{emu['max_queue']} frames on one link, {emu['dropped']} frames dropped "
+                f"of {emu['moved']} moved")
+        lines.append(f"\n{name}: {p.get('dials_ok')}/{p.get('dials_tried')} dials connected "
+                     f"(answer first via the offers key {via.count('offers')}, via the answer "
+                     f"key {via.count('answer')}), {p.get('left')} nodes left, "
+                     f"{p.get('joined')} joined, load average {p.get('loadavg_before')} -> "
+                     f"{p.get('loadavg_after')}{busy}.")
+    return lines
+
+
+def _render_profile(name: str, result: JsonDict) -> list[str]:
+    link = result.get("plan", {}).get("access") or {}
+    return [
+        "", f"### The peers on the `{name}` profile", "",
+        f"The same bench with every peer's access link (the dialers' and the callee's: the "
+        f"phones) through the lab's user-space link emulator, each direction "
+        f"{link.get('delay_ms')} ms +- {link.get('jitter_ms')} ms, {link.get('loss', 0):.2%} "
+        f"loss, {link.get('rate_mbit') or 'no'} Mbit/s (a peer-to-peer round trip crosses "
+        "four such directions, a peer-to-DHT-node one two); the DHT nodes stay on plain "
+        f"links. {result.get('nodes')} nodes, churn {result.get('churn_per_min')} nodes/min.",
+        "", *_table(result),
+        "", "The emulators' peak rate is for comparing with their capacity "
+        "(`tierlink lab --emulator-check`): far below it, and with nothing dropped by them, "
+        "the emulators add only the profile's delay. Per-dial numbers: `bench/results.json` "
+        f"(`dht_many.profiles.{name}`).",
+    ]
+
+
+def render(result: JsonDict) -> list[str]:
+    """BENCHMARKS.md lines for a ``dht_many`` object: p50 / p95 / max per step and phase, on
+    plain links and on each profile in ``profiles``."""
     plan = result.get("plan", {})
     lines = [
         f"## Dial by fingerprint on a {result.get('nodes')}-node DHT (`tierlink bench "
@@ -284,24 +350,7 @@ def render(result: JsonDict) -> list[str]:
         f"time); churn: {result.get('churn_per_min')} nodes/min leave and are replaced "
         f"(among {plan.get('churn_share')} of the nodes). Lab dhtnodes idle: "
         f"{result.get('lab_idle_cpu_percent')} % of one core in total.", "",
-        "| step (ms) | no churn p50 | p95 | max | churn p50 | p95 | max |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for step in (*STEPS, "callee"):
-        cells = []
-        for name in ("quiet", "churn"):
-            s = phases.get(name, {}).get(step, {})
-            cells += [str(s.get(k, "-")) for k in ("p50", "p95", "max")]
-        lines.append(f"| {step} | " + " | ".join(cells) + " |")
-    for name in ("quiet", "churn"):
-        p = phases.get(name, {})
-        via = [d.get("answer_via") for d in p.get("dials", [])]
-        lines.append(f"\n{name}: {p.get('dials_ok')}/{p.get('dials_tried')} dials connected "
-                     f"(answer first via the offers key {via.count('offers')}, via the answer "
-                     f"key {via.count('answer')}), {p.get('left')} nodes left, "
-                     f"{p.get('joined')} joined, load average {p.get('loadavg_before')} -> "
-                     f"{p.get('loadavg_after')}.")
-    lines += [
+        *_table(result),
         "",
         "Steps: `lookup` dial start to the callee's record accepted; `offer` the dialer's put "
         "to the callee's listen; `callee` offer in to answer put; `answer` the callee's put to "
@@ -315,6 +364,8 @@ def render(result: JsonDict) -> list[str]:
         "streams, so the lookup does not wait either. Per-dial numbers: `bench/results.json` "
         "(`dht_many`).",
     ]
+    for name, profiled in result.get("profiles", {}).items():
+        lines += _render_profile(name, profiled)
     return lines
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 from tierlink.bench import loops
 from tierlink.bench.base import JsonDict
 from tierlink.bench.crowd import CrowdPlan, measure_crowd
+from tierlink.bench.dht_lab import AccessLink
 from tierlink.bench.dht_many import ManyPlan, run_dht_many
 from tierlink.bench.harness import BenchStepError, Plan
 from tierlink.bench.netns import NETNS_ENV, BenchError, loopback_mtu, run_in_namespace
@@ -239,16 +240,23 @@ def run_bench(
     return asyncio.run(run_bench_async(chosen, plan, quick, out_dir, mtu))
 
 
-def run_dht_many_bench(nodes: int, quick: bool, out_dir: Path) -> JsonDict:
+def run_dht_many_bench(nodes: int, quick: bool, out_dir: Path,
+                       access: AccessLink | None = None) -> JsonDict:
     """``--dht-many N``: dial by fingerprint on an N-node lab DHT without and with churn
     (root; see :mod:`tierlink.bench.dht_many`), stored as results.json's ``dht_many`` (the
-    other entries kept) and shown in BENCHMARKS.md; returns the whole results.json."""
+    other entries kept) and shown in BENCHMARKS.md; returns the whole results.json. With
+    ``access`` (the peers on a link profile) the run goes to ``dht_many.profiles.<name>``
+    beside the plain-link one."""
     plan = ManyPlan.quick(nodes) if quick else ManyPlan(nodes=nodes)
-    result = run_dht_many(plan)
+    result = run_dht_many(dataclasses.replace(plan, access=access))
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path = out_dir / results_name(None)
     results = load_json(json_path)
-    results[DHT_MANY] = result | {"quick": quick, "date": machine_info()["date"]}
+    stamped = result | {"quick": quick, "date": machine_info()["date"]}
+    if access is None:
+        results[DHT_MANY] = stamped | {"profiles": results.get(DHT_MANY, {}).get("profiles", {})}
+    else:
+        results.setdefault(DHT_MANY, {}).setdefault("profiles", {})[access.name] = stamped
     write_json(json_path, results)
     write_markdown(out_dir)
     return results

@@ -5,9 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tierlink.cli.argtypes import positive_float, positive_int
+
+if TYPE_CHECKING:
+    from tierlink.bench.dht_lab import AccessLink
 
 
 def _lab(args: argparse.Namespace) -> int:
@@ -29,11 +32,27 @@ def _bench(args: argparse.Namespace) -> int:
     if args.dht_many is not None:
         from tierlink.bench.runner import run_dht_many_bench
 
-        results = run_dht_many_bench(args.dht_many, args.quick, args.out)
+        results = run_dht_many_bench(args.dht_many, args.quick, args.out,
+                                     _access_link(args.profile))
+    elif args.profile is not None:
+        raise SystemExit("tierlink bench: --profile goes with --dht-many")
     else:
         results = run_bench(args.system, args.quick, args.out, rounds=args.rounds, mtu=args.mtu)
     print(json.dumps(results, indent=2) if args.json else render_markdown([results]))
     return 0
+
+
+def _access_link(name: str | None) -> AccessLink | None:
+    """The per-link share of link profile ``name`` as the DHT bench's access link (None:
+    plain links)."""
+    if name is None or name == "none":
+        return None
+    from tierlink.bench.dht_lab import AccessLink
+    from tierlink.lab.profiles import PROFILES
+
+    p = PROFILES[name]
+    return AccessLink(p.name, p.link_delay_ms, p.link_jitter_ms, p.link_loss, p.rate_mbit,
+                      p.reorder)
 
 
 def register(sub: Any) -> None:
@@ -93,6 +112,9 @@ def register(sub: Any) -> None:
                        metavar="NODES",
                        help="instead: dial by fingerprint on a lab DHT of NODES dhtnodes "
                        "(default 100), without and with churn (root: network namespaces)")
+    bench.add_argument("--profile", choices=[*PROFILES, "none"], default=None, metavar="NAME",
+                       help="with --dht-many: the peers' access links on this link profile "
+                       f"({', '.join(PROFILES)}; the DHT nodes stay on plain links)")
     bench.add_argument("--json", action="store_true", help="print results.json")
     bench.add_argument("--out", type=Path, default=Path("bench"), help="results directory")
     bench.set_defaults(func=_bench)
