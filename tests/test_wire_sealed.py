@@ -166,7 +166,7 @@ def test_seal_refuses_bad_arguments() -> None:
         seal_to(FRIEND, KIND, ME.fingerprint, b"short", FIELDS, expires_at_ms=t + 1)
     with pytest.raises(RecordError) as exc:
         seal_to(FRIEND, KIND, ME.fingerprint, ME.kem_public_key, {1: bytes(MAX_VALUE_SIZE)},
-                expires_at_ms=t + 1)
+                created_at_ms=t, expires_at_ms=t + 1)
     assert exc.value.reason == "oversize"
 
 
