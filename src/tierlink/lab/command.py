@@ -13,9 +13,9 @@ import importlib.util
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from tierlink.lab.nat import PRESETS
 from tierlink.lab.netns import LabError, LabUnavailable, cleanup_stale, missing_requirements
@@ -23,6 +23,25 @@ from tierlink.lab.profiles import PROFILES
 
 EXIT_OK, EXIT_UNEXPECTED, EXIT_UNAVAILABLE, EXIT_INTERRUPTED = 0, 1, 2, 130
 DEFAULT_ICE_TIMEOUT = 8.0
+
+
+T = TypeVar("T")
+
+
+def _guarded(work: Callable[[], T]) -> tuple[T | None, int]:
+    """Run a lab job: (its result, 0), or (None, the exit code) after saying why it failed
+    (the lab removes its namespaces and processes on every exit)."""
+    try:
+        return work(), 0
+    except LabUnavailable as exc:
+        _err(f"tierlink lab: {exc}")
+        return None, EXIT_UNAVAILABLE
+    except LabError as exc:
+        _err(f"tierlink lab: the lab failed: {exc}")
+        return None, EXIT_UNEXPECTED
+    except KeyboardInterrupt:
+        _err("tierlink lab: interrupted (namespaces and processes removed)")
+        return None, EXIT_INTERRUPTED
 
 
 def _err(text: str) -> None:
@@ -169,18 +188,11 @@ def run_lab_cli(
         done[0] += 1
         _err(f"{done[0]:>3}/{total} {progress_line(cell)}")
 
-    try:
-        result = run_matrix(names, attempts, modes, progress, pairs=pairs, driver=driver,
-                            ice_timeout=ice_timeout, profiles=links, ipv6=ipv6)
-    except LabUnavailable as exc:
-        _err(f"tierlink lab: {exc}")
-        return EXIT_UNAVAILABLE
-    except LabError as exc:
-        _err(f"tierlink lab: the lab failed: {exc}")
-        return EXIT_UNEXPECTED
-    except KeyboardInterrupt:
-        _err("tierlink lab: interrupted (namespaces and processes removed)")
-        return EXIT_INTERRUPTED
+    result, code = _guarded(lambda: run_matrix(
+        names, attempts, modes, progress, pairs=pairs, driver=driver,
+        ice_timeout=ice_timeout, profiles=links, ipv6=ipv6))
+    if result is None:
+        return code
     if as_json:
         print(json.dumps(result, sort_keys=True, default=str))
     else:
@@ -223,17 +235,9 @@ def run_fault_cli(
         done[0] += 1
         _err(f"{done[0]:>3}/{total} {fault_line(row)}")
 
-    try:
-        rows = run_faults(names, links, progress=progress)
-    except LabUnavailable as exc:
-        _err(f"tierlink lab: {exc}")
-        return EXIT_UNAVAILABLE
-    except LabError as exc:
-        _err(f"tierlink lab: the lab failed: {exc}")
-        return EXIT_UNEXPECTED
-    except KeyboardInterrupt:
-        _err("tierlink lab: interrupted (namespaces and processes removed)")
-        return EXIT_INTERRUPTED
+    rows, code = _guarded(lambda: run_faults(names, links, progress=progress))
+    if rows is None:
+        return code
     result = {"cells": [], "presets": {}, "faults": rows,
               "profiles": {p.name: profile_figures(p) for p in links if p is not None}}
     print(json.dumps(result, sort_keys=True, default=str) if as_json
