@@ -229,12 +229,25 @@ def fault_run(
     facts = ctx.facts if ctx is not None else {}
     if peers is not None:
         facts["receiver"] = peers.receiver_stats
+    facts["migration"] = result.get("migration")
+    facts["logs"] = {name: _log_tail(data / f"{name}.err") for name in ("sender", "receiver")}
     row.update(facts=facts, error=error,
                errors=result.get("errors", []), max_packet_size=result.get("max_packet_size"))
     if fault.name == "dht-restart":
         row["record_back_ms"] = record_ms
     row["ok"] = error is None and row["lost"] == 0 and row["duplicates"] == 0
     return row
+
+
+#: Lines of each peer's stderr a run's facts keep (the last ones).
+LOG_TAIL = 40
+
+
+def _log_tail(path: Path) -> list[str]:
+    """The last :data:`LOG_TAIL` lines of a peer's stderr (its notes and tierlink's log)."""
+    with contextlib.suppress(FileNotFoundError):
+        return path.read_text(errors="replace").splitlines()[-LOG_TAIL:]
+    return []
 
 
 def wait_reachable(lab: Lab, ns: str, attempts: int = 8) -> int:

@@ -29,6 +29,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from tierlink.dht import DhtClient
+from tierlink.dht.route import source_address
 from tierlink.errors import RecordError, TierlinkError
 from tierlink.node.tasks import Supervisor
 from tierlink.protocol.path_restart import Verdict
@@ -51,6 +52,13 @@ from tierlink.wire.signaling import (
 )
 
 log = logging.getLogger(__name__)
+
+#: How often, and how long at most, a restart waits for a route to the DHT proxy before
+#: gathering: an address change removes the old address before the new one and its
+#: default route exist, and an agent gathered in between has no reflexive or relayed
+#: candidate (and its offer cannot be put).
+ROUTE_POLL_S = 0.05
+ROUTE_WAIT_S = 5.0
 
 #: Makes a fresh ICE agent (controlling or not) and describes it for the peer.
 NewAgent = Callable[[bool], IceConnection]
@@ -110,13 +118,23 @@ class _Session:
             self._run(self._answer(restart), "path-restart-answer")
         elif (self.negotiation.on_answer(restart.seq) and self.answer is not None
               and not self.answer.done()):
+            log.info("path restart %d: answered", restart.seq)
             self.answer.set_result(restart.params)
 
     # -- the two sides ----------------------------------------------------------------------
+    async def _route_ready(self) -> None:
+        """Return once this host has a route to the DHT proxy (at most :data:`ROUTE_WAIT_S`)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + ROUTE_WAIT_S
+        while source_address(self.dht.base_url) is None and loop.time() < deadline:
+            await asyncio.sleep(ROUTE_POLL_S)
+
     async def _offer(self, seq: int, reason: str) -> None:
+        log.info("path restart %d to %s… (%s)", seq, self.conn.remote_fingerprint[:16], reason)
         ice = self.owner.new_agent(self.conn.initiator)
         switched = False
         try:
+            await self._route_ready()
             await ice.gather_candidates()
             self.answer = asyncio.get_running_loop().create_future()
             await self._put(Restart(RESTART_OFFER, seq, self.owner.describe(ice)))
@@ -134,9 +152,11 @@ class _Session:
             self._finish(True, seq, switched)
 
     async def _answer(self, offer: Restart) -> None:
+        log.info("answering path restart %d of %s…", offer.seq, self.conn.remote_fingerprint[:16])
         ice = self.owner.new_agent(self.conn.initiator)
         switched = False
         try:
+            await self._route_ready()
             await ice.gather_candidates()
             # As for an offer: checks to addresses the peer names stay within a budget (of
             # the largest restart value: the real one is small, its candidates are not few).
