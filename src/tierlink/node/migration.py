@@ -49,6 +49,7 @@ from tierlink.wire.signaling import (
     SessionDescription,
     decode_restart,
     encode_restart,
+    is_restart,
 )
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,8 @@ log = logging.getLogger(__name__)
 #: candidate (and its offer cannot be put).
 ROUTE_POLL_S = 0.05
 ROUTE_WAIT_S = 5.0
+#: How often an offer in progress asks the DHT for its answer (see :meth:`_Session._poll_answer`).
+ANSWER_POLL_S = 0.5
 
 #: Makes a fresh ICE agent (controlling or not) and describes it for the peer.
 NewAgent = Callable[[bool], IceConnection]
@@ -139,7 +142,11 @@ class _Session:
             self.answer = asyncio.get_running_loop().create_future()
             await self._put(Restart(RESTART_OFFER, seq, self.owner.describe(ice)))
             async with asyncio.timeout(self.owner.answer_timeout):
-                params = await self.answer
+                poll = asyncio.ensure_future(self._poll_answer(seq))
+                try:
+                    params = await self.answer
+                finally:
+                    poll.cancel()
             switched = await self._connect(ice, params, seq=seq, initiated="local",
                                            reason=reason)
         except (TimeoutError, TierlinkError, OSError) as exc:
@@ -172,6 +179,33 @@ class _Session:
                 await ice.close()
             self._finish(False, offer.seq, switched)
 
+    async def _poll_answer(self, seq: int) -> None:
+        """Ask the DHT for the answer to our offer ``seq`` every :data:`ANSWER_POLL_S`, beside
+        the offers listen: what killed the path (NAT mappings lost) can leave that listen's
+        long-lived connection silently dead, while a fresh request gets through."""
+        key = offers_key(self.owner.fingerprint)
+
+        def ours(value: bytes) -> bool:
+            return is_restart(value) and len(value) <= MAX_RESTART_SIZE
+
+        while True:
+            await asyncio.sleep(ANSWER_POLL_S)
+            try:
+                values = await self.dht.get(key, keep=ours)
+            except TierlinkError:
+                continue
+            for value in values:
+                if not ours(value):
+                    continue
+                try:
+                    restart = decode_restart(value, self.secret, self.inbound)
+                except RecordError:
+                    continue  # another session's, or an older value
+                if restart.kind == RESTART_ANSWER and restart.seq == seq:
+                    self.owner.answers_polled += 1
+                    self.handle(restart)
+                    return
+
     async def _put(self, restart: Restart) -> None:
         value = encode_restart(self.secret, self.outbound, restart)
         await self.dht.put(offers_key(self.conn.remote_fingerprint), value)
@@ -203,9 +237,13 @@ class PathRestarts:
 
     def __init__(
         self, new_agent: NewAgent, describe: Describe, *, ice_timeout: float,
-        answer_timeout: float, check_amplification: float,
+        answer_timeout: float, check_amplification: float, fingerprint: str,
     ) -> None:
         self.new_agent = new_agent
+        self.fingerprint = fingerprint
+        """This node's fingerprint: restart answers to it arrive under its offers key."""
+        self.answers_polled = 0
+        """Restart answers found by asking the DHT (the offers listen had not brought them)."""
         self.check_amplification = check_amplification
         self.describe = describe
         self.ice_timeout = ice_timeout
@@ -274,4 +312,5 @@ class PathRestarts:
         names = ("path_changes", "restarts_started", "restarts_answered",
                  "restarts_succeeded", "restarts_failed", "restarts_yielded")
         return {**{name: total[name] for name in names}, "restarts_refused": dict(refused),
+                "answers_polled": self.answers_polled,
                 "tier_changes": dict(self.tier_changes)}
