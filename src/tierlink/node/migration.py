@@ -62,6 +62,8 @@ ROUTE_POLL_S = 0.05
 ROUTE_WAIT_S = 5.0
 #: How often an offer in progress asks the DHT for its answer (see :meth:`_Session._poll_answer`).
 ANSWER_POLL_S = 0.5
+#: Longest wait for one of those requests (a connection that died with the path hangs).
+ANSWER_GET_S = 2.0
 
 #: Makes a fresh ICE agent (controlling or not) and describes it for the peer.
 NewAgent = Callable[[bool], IceConnection]
@@ -191,8 +193,10 @@ class _Session:
         while True:
             await asyncio.sleep(ANSWER_POLL_S)
             try:
-                values = await self.dht.get(key, keep=ours)
-            except TierlinkError:
+                async with asyncio.timeout(ANSWER_GET_S):
+                    values = await self.dht.get(key, keep=ours)
+            except (TierlinkError, TimeoutError, OSError) as exc:
+                log.info("path restart %d: asking the DHT for the answer: %r", seq, exc)
                 continue
             for value in values:
                 if not ours(value):
