@@ -21,11 +21,15 @@ stdout line is one JSON object.
   connection; a new one is dialed in the background while due messages fail at once). Prints
   ``{"event": "midway"}`` after message ``--fault-at`` (the runner injects the fault then)
   and finally ``{"event": "result", "sent", "failed", "path_before", "path_after",
-  "tier_after", "redials", "max_packet_size", ...}`` (``sent``/``failed``: lists of
-  sequence numbers; ``max_packet_size``: the QUIC packet size the channel settled on).
+  "tier_after", "redials", "max_packet_size", "migration", ...}`` (``sent``/``failed``:
+  lists of sequence numbers; ``max_packet_size``: the QUIC packet size the channel settled
+  on; ``migration``: the path migration counters of the node and of the last connection).
+  A send that times out while an ICE restart of the connection's path runs is ``failed``
+  but keeps the connection, which continues on the new path.
 
 ``--clock-offset S`` shifts this process's wall clock (``time.time``, which every record,
 envelope and expiry time of tierlink reads) by S seconds: the lab's injectable clock.
+tierlink's log goes to stderr at ``--log-level`` (default info).
 """
 
 from __future__ import annotations

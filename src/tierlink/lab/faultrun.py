@@ -16,7 +16,9 @@ reads its fsync'ed log of handled messages. A run's record:
 * ``tier_after``: ``send``: the tier of the last acknowledged message; ``connection``: the
   tier of the connection in use at the end; ``path_before`` / ``path_after``: the path of
   the sender's connection to the receiver at the fault and at the end (``none``: no open
-  connection); ``redials`` (``connection``): new connections the stream needed.
+  connection); ``redials`` (``connection``): new connections the stream needed;
+* ``facts``: what the fault reported, the receiver's stats, the sender's path migration
+  counters (``migration``) and the last lines of both peers' stderr (``logs``).
 """
 
 from __future__ import annotations
