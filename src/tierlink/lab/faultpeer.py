@@ -23,7 +23,8 @@ stdout line is one JSON object.
   and finally ``{"event": "result", "sent", "failed", "path_before", "path_after",
   "tier_after", "redials", "max_packet_size", "migration", ...}`` (``sent``/``failed``:
   lists of sequence numbers; ``max_packet_size``: the QUIC packet size the channel settled
-  on; ``migration``: the path migration counters of the node and of the last connection).
+  on; ``migration``: the path migration counters of the node and of the last connection;
+  ``path_changes``: ICE restarts that moved a connection to a new pair).
   A send that times out while an ICE restart of the connection's path runs is ``failed``
   but keeps the connection, which continues on the new path.
 
@@ -286,14 +287,11 @@ async def connection_stream(node: Any, args: argparse.Namespace) -> dict[str, An
     if state["dial"] is not None:
         state["dial"].cancel()
     after = state["conn"] if state["conn"] is not None and not state["conn"].closed else None
-    changes = getattr(after, "path_changes", None)
     result = {"sent": sent, "failed": failed, "path_before": state["path_before"],
               "path_after": after.path_type if after is not None else "none",
               "tier_after": after.tier if after is not None else "none",
               "redials": state["redials"], "errors": state["errors"],
               "max_packet_size": _packet_size(after), "migration": _migration(node, after)}
-    if changes is not None:
-        result["path_changes"] = changes
     if after is not None:
         with contextlib.suppress(Exception):
             await after.close()
@@ -328,7 +326,8 @@ async def sender(args: argparse.Namespace) -> None:
         _emit({"event": "ready", "fingerprint": node.fingerprint})
         stream = send_stream if args.api == "send" else connection_stream
         result = await stream(node, args)
-        _emit({"event": "result", "api": args.api, **result})
+        changes = result["migration"]["node"]["path_changes"]
+        _emit({"event": "result", "api": args.api, "path_changes": changes, **result})
 
 
 async def record_watch(args: argparse.Namespace) -> None:

@@ -17,6 +17,8 @@ reads its fsync'ed log of handled messages. A run's record:
   tier of the connection in use at the end; ``path_before`` / ``path_after``: the path of
   the sender's connection to the receiver at the fault and at the end (``none``: no open
   connection); ``redials`` (``connection``): new connections the stream needed;
+  ``path_changes``: ICE restarts that moved a sender's connection to a new pair (the same
+  connection continued; the path type may stay the same);
 * ``facts``: what the fault reported, the receiver's stats, the sender's path migration
   counters (``migration``) and the last lines of both peers' stderr (``logs``).
 """
@@ -157,6 +159,7 @@ def summarize_run(
         "path_before": result.get("path_before", "none"),
         "path_after": result.get("path_after", "none"),
         "redials": result.get("redials"),
+        "path_changes": result.get("path_changes"),
         "delivered_tiers": dict(Counter(str(h.get("tier")) for h in handled)),
         "lost_seqs": lost[:20],
     }
@@ -328,6 +331,8 @@ def fault_line(row: dict[str, Any]) -> str:
             f"lost {row['lost']:>3} dup {row['duplicates']:>2} "
             f"recovery {'-' if rec is None else f'{rec:.0f} ms':>9} "
             f"tier {row['tier_after']:<7} path {row['path_before']}->{row['path_after']}")
+    if row.get("path_changes"):
+        line += f" ({row['path_changes']} path change{'s' if row['path_changes'] > 1 else ''})"
     if row.get("error"):
         line += f"  ERROR {row['error'][:80]}"
     return line + ("  ok" if row["ok"] else "  NOT OK")
