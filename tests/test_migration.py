@@ -158,7 +158,7 @@ async def test_a_restart_on_a_healthy_path_keeps_the_connection(dht_node) -> Non
 
 
 async def test_an_offer_whose_answer_the_listen_never_brings_finds_it_in_the_dht(
-    dht_node,
+    dht_node, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The offerer's offers listen is dead (as after its NAT lost the mapping of that
     long-lived connection): the restart still gets its answer by asking the DHT."""
@@ -168,7 +168,7 @@ async def test_an_offer_whose_answer_the_listen_never_brings_finds_it_in_the_dht
         cb = await b.accept(timeout=10)
         assert cb is not None
         dropped: list[bytes] = []
-        a.endpoint.restarts.receive = dropped.append  # type: ignore[method-assign]
+        monkeypatch.setattr(a.endpoint.restarts, "receive", dropped.append)
         ca.migration.suspect("unanswered")
         await eventually(lambda: ca.migration.changes and cb.migration.changes, 30,
                          "both sides on the new path")
