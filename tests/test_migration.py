@@ -157,6 +157,63 @@ async def test_a_restart_on_a_healthy_path_keeps_the_connection(dht_node) -> Non
         assert ca.migration.stats()["restarts"]["answered"] == 1
 
 
+async def test_an_offer_whose_answer_the_listen_never_brings_finds_it_in_the_dht(
+    dht_node, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The offerer's offers listen is dead (as after its NAT lost the mapping of that
+    long-lived connection): the restart still gets its answer by asking the DHT."""
+    a, b = await _pair(dht_node)
+    async with a, b:
+        ca = await a.connect(b.fingerprint)
+        cb = await b.accept(timeout=10)
+        assert cb is not None
+        dropped: list[bytes] = []
+        monkeypatch.setattr(a.endpoint.restarts, "receive", dropped.append)
+        ca.migration.suspect("unanswered")
+        await eventually(lambda: ca.migration.changes and cb.migration.changes, 30,
+                         "both sides on the new path")
+        assert dropped, "the listen did bring the answer, and it was dropped"
+        assert a.stats()["path_migration"]["answers_polled"] == 1  # type: ignore[index]
+        await ca.send(b"after")
+        assert await cb.recv(10) == b"after"
+
+
+async def test_a_replaced_agent_that_is_slow_to_close_does_not_hold_up_the_switch(
+    dht_node, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The old agent's close can hang (its TURN allocation is released from an address
+    that is gone): the connection still reports the new path and the restart ends."""
+    from tierlink.transport.aioice_adapter import IceConnection
+
+    a, b = await _pair(dht_node)
+    async with a, b:
+        ca = await a.connect(b.fingerprint)
+        cb = await b.accept(timeout=10)
+        assert cb is not None
+        release = asyncio.Event()
+        held: list[object] = []
+        real_close = IceConnection.close
+
+        async def slow_close(self: IceConnection) -> None:
+            if not held:  # the first agent closed: the dialer's replaced one
+                held.append(self)
+                await release.wait()
+            await real_close(self)
+
+        monkeypatch.setattr(IceConnection, "close", slow_close)
+        ca.migration.suspect("unanswered")
+        try:
+            await eventually(lambda: ca.migration.changes and cb.migration.changes, 30,
+                             "both sides on the new path")
+            await eventually(lambda: ca.migration.stats()["restarts"]["succeeded"] == 1, 10,
+                             "the dialer's restart ended")
+            assert held, "no agent was closed"
+            await ca.send(b"after")
+            assert await cb.recv(10) == b"after"
+        finally:
+            release.set()
+
+
 async def test_when_both_sides_restart_at_once_the_dialers_restart_wins(dht_node) -> None:
     a, b = await _pair(dht_node)
     async with a, b:

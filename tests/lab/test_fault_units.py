@@ -12,7 +12,7 @@ from typing import Any
 from tierlink.lab.command import EXIT_UNAVAILABLE, run_lab_cli
 from tierlink.lab.faultmsg import DeliveryLog, payload_of, sent_at_of, seq_of
 from tierlink.lab.faultreport import fault_markdown, format_fault_table
-from tierlink.lab.faultrun import read_log, summarize_run
+from tierlink.lab.faultrun import fault_line, read_log, summarize_run
 from tierlink.lab.faults import FAULTS, REDUCED_FAULTS
 from tierlink.lab.report import write_reports
 
@@ -47,7 +47,7 @@ def test_receiver_log_round_trip_skips_a_torn_line(tmp_path: Path) -> None:
 
 def test_a_run_counts_lost_duplicates_and_recovery() -> None:
     result = {"sent": list(range(8)), "failed": [8, 9], "tier_after": "direct",
-              "path_before": "srflx", "path_after": "srflx", "redials": 1}
+              "path_before": "srflx", "path_after": "srflx", "redials": 1, "path_changes": 1}
     handled = [_handled(s, 10.0 + s) for s in (0, 1, 2, 3, 3, 4, 6)]
     handled.append(_handled(5, 20.0))  # sent after the fault, handled late
     row = summarize_run("nat-rebinding", "broadband", "connection", result, handled,
@@ -58,6 +58,7 @@ def test_a_run_counts_lost_duplicates_and_recovery() -> None:
     assert row["lost"] == 1 and row["lost_seqs"] == [7]
     # the first message sent after the fault (seq > 3) was handled at t=14 (seq 4)
     assert row["recovery_ms"] == 1500.0
+    assert row["path_changes"] == 1 and "(1 path change)" in fault_line({**row, "ok": True})
     # with send times, "after the fault" is by the time a message was handed to the API
     timed = [{**_handled(4, 14.0), "sent_at": 12.0}, {**_handled(5, 13.0), "sent_at": 12.6}]
     row = summarize_run("nat-rebinding", None, "send", result, timed, 12.5, 3)

@@ -21,11 +21,16 @@ stdout line is one JSON object.
   connection; a new one is dialed in the background while due messages fail at once). Prints
   ``{"event": "midway"}`` after message ``--fault-at`` (the runner injects the fault then)
   and finally ``{"event": "result", "sent", "failed", "path_before", "path_after",
-  "tier_after", "redials", "max_packet_size", ...}`` (``sent``/``failed``: lists of
-  sequence numbers; ``max_packet_size``: the QUIC packet size the channel settled on).
+  "tier_after", "redials", "max_packet_size", "migration", ...}`` (``sent``/``failed``:
+  lists of sequence numbers; ``max_packet_size``: the QUIC packet size the channel settled
+  on; ``migration``: the path migration counters of the node and of the last connection;
+  ``path_changes``: ICE restarts that moved a connection to a new pair).
+  A send that times out while an ICE restart of the connection's path runs is ``failed``
+  but keeps the connection, which continues on the new path.
 
 ``--clock-offset S`` shifts this process's wall clock (``time.time``, which every record,
 envelope and expiry time of tierlink reads) by S seconds: the lab's injectable clock.
+tierlink's log goes to stderr at ``--log-level`` (default info).
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import logging
 import sys
 import time
 from collections.abc import Callable
@@ -218,6 +224,7 @@ async def send_stream(node: Any, args: argparse.Namespace) -> dict[str, Any]:
             "path_before": path_before[0], "path_after": _path_to(node, args.to),
             "tier_after": tiers[last] if last is not None else "none",
             "max_packet_size": _packet_size(_conn_to(node, args.to)),
+            "migration": _migration(node, _conn_to(node, args.to)),
             "tiers": {t: list(tiers.values()).count(t) for t in set(tiers.values())}}
 
 
@@ -264,8 +271,11 @@ async def connection_stream(node: Any, args: argparse.Namespace) -> dict[str, An
             failed.append(seq)
             _note(state, f"{seq}: {type(exc).__name__}: {exc}",
                   keep=not isinstance(exc, ConnectionClosed))
-            conn, state["conn"] = state["conn"], None
-            if conn is not None:
+            conn = state["conn"]
+            # A send outlasting the timeout while the path is being restarted failed, but
+            # the connection is kept: it continues on the new path.
+            if conn is not None and not (isinstance(exc, TimeoutError) and _migrating(conn)):
+                state["conn"] = None
                 closing.add(loop.create_task(conn.close()))
         if seq == args.fault_at:
             conn = state["conn"]
@@ -277,18 +287,31 @@ async def connection_stream(node: Any, args: argparse.Namespace) -> dict[str, An
     if state["dial"] is not None:
         state["dial"].cancel()
     after = state["conn"] if state["conn"] is not None and not state["conn"].closed else None
-    changes = getattr(after, "path_changes", None)
     result = {"sent": sent, "failed": failed, "path_before": state["path_before"],
               "path_after": after.path_type if after is not None else "none",
               "tier_after": after.tier if after is not None else "none",
               "redials": state["redials"], "errors": state["errors"],
-              "max_packet_size": _packet_size(after)}
-    if changes is not None:
-        result["path_changes"] = changes
+              "max_packet_size": _packet_size(after), "migration": _migration(node, after)}
     if after is not None:
         with contextlib.suppress(Exception):
             await after.close()
     return result
+
+
+def _migrating(conn: Any) -> bool:
+    """True while ``conn`` is open and an ICE restart of its path runs."""
+    from tierlink.protocol.path_restart import State
+
+    return (conn is not None and not conn.closed
+            and conn.migration.negotiation.state is not State.IDLE)
+
+
+def _migration(node: Any, conn: Any) -> dict[str, Any]:
+    """The path migration counters: the node's (every connection) and ``conn``'s."""
+    out = {"node": node.stats().get("path_migration")}
+    if conn is not None:
+        out["connection"] = conn.migration.stats()
+    return out
 
 
 def _note(state: dict[str, Any], text: str, *, keep: bool = True) -> None:
@@ -303,7 +326,8 @@ async def sender(args: argparse.Namespace) -> None:
         _emit({"event": "ready", "fingerprint": node.fingerprint})
         stream = send_stream if args.api == "send" else connection_stream
         result = await stream(node, args)
-        _emit({"event": "result", "api": args.api, **result})
+        changes = result["migration"]["node"]["path_changes"]
+        _emit({"event": "result", "api": args.api, "path_changes": changes, **result})
 
 
 async def record_watch(args: argparse.Namespace) -> None:
@@ -347,6 +371,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--liveness-timeout", type=float, default=15.0)
         p.add_argument("--reput-interval", type=float, default=5.0)
         p.add_argument("--clock-offset", type=float, default=0.0, help="seconds")
+        p.add_argument("--log-level", default="info", help="tierlink's logging to stderr")
         if name == "receiver":
             p.add_argument("--log", type=Path, required=True, help="handled messages")
             p.add_argument("--max-seconds", type=float, default=600.0)
@@ -371,6 +396,8 @@ def main(argv: list[str] | None = None) -> None:
         asyncio.run(record_watch(args))
         return
     shift_clock(args.clock_offset)
+    logging.basicConfig(stream=sys.stderr, level=getattr(logging, args.log_level.upper()),
+                        format="%(created).3f %(name)s %(levelname)s %(message)s")
     asyncio.run(receiver(args) if args.role == "receiver" else sender(args))
 
 

@@ -16,7 +16,11 @@ reads its fsync'ed log of handled messages. A run's record:
 * ``tier_after``: ``send``: the tier of the last acknowledged message; ``connection``: the
   tier of the connection in use at the end; ``path_before`` / ``path_after``: the path of
   the sender's connection to the receiver at the fault and at the end (``none``: no open
-  connection); ``redials`` (``connection``): new connections the stream needed.
+  connection); ``redials`` (``connection``): new connections the stream needed;
+  ``path_changes``: ICE restarts that moved a sender's connection to a new pair (the same
+  connection continued; the path type may stay the same);
+* ``facts``: what the fault reported, the receiver's stats, the sender's path migration
+  counters (``migration``) and the last lines of both peers' stderr (``logs``).
 """
 
 from __future__ import annotations
@@ -155,6 +159,7 @@ def summarize_run(
         "path_before": result.get("path_before", "none"),
         "path_after": result.get("path_after", "none"),
         "redials": result.get("redials"),
+        "path_changes": result.get("path_changes"),
         "delivered_tiers": dict(Counter(str(h.get("tier")) for h in handled)),
         "lost_seqs": lost[:20],
     }
@@ -229,12 +234,25 @@ def fault_run(
     facts = ctx.facts if ctx is not None else {}
     if peers is not None:
         facts["receiver"] = peers.receiver_stats
+    facts["migration"] = result.get("migration")
+    facts["logs"] = {name: _log_tail(data / f"{name}.err") for name in ("sender", "receiver")}
     row.update(facts=facts, error=error,
                errors=result.get("errors", []), max_packet_size=result.get("max_packet_size"))
     if fault.name == "dht-restart":
         row["record_back_ms"] = record_ms
     row["ok"] = error is None and row["lost"] == 0 and row["duplicates"] == 0
     return row
+
+
+#: Lines of each peer's stderr a run's facts keep (the last ones).
+LOG_TAIL = 40
+
+
+def _log_tail(path: Path) -> list[str]:
+    """The last :data:`LOG_TAIL` lines of a peer's stderr (its notes and tierlink's log)."""
+    with contextlib.suppress(FileNotFoundError):
+        return path.read_text(errors="replace").splitlines()[-LOG_TAIL:]
+    return []
 
 
 def wait_reachable(lab: Lab, ns: str, attempts: int = 8) -> int:
@@ -313,6 +331,8 @@ def fault_line(row: dict[str, Any]) -> str:
             f"lost {row['lost']:>3} dup {row['duplicates']:>2} "
             f"recovery {'-' if rec is None else f'{rec:.0f} ms':>9} "
             f"tier {row['tier_after']:<7} path {row['path_before']}->{row['path_after']}")
+    if row.get("path_changes"):
+        line += f" ({row['path_changes']} path change{'s' if row['path_changes'] > 1 else ''})"
     if row.get("error"):
         line += f"  ERROR {row['error'][:80]}"
     return line + ("  ok" if row["ok"] else "  NOT OK")

@@ -37,6 +37,7 @@ class Endpoint:
         self.restarts = PathRestarts(
             self.new_ice, self.describe, ice_timeout=config.ice_timeout,
             answer_timeout=config.dial_timeout, check_amplification=config.check_amplification,
+            fingerprint=config.identity.fingerprint,
         )
         """ICE restarts of the open connections' paths (:mod:`tierlink.node.migration`)."""
 

@@ -29,6 +29,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from tierlink.dht import DhtClient
+from tierlink.dht.route import source_address
 from tierlink.errors import RecordError, TierlinkError
 from tierlink.node.tasks import Supervisor
 from tierlink.protocol.path_restart import Verdict
@@ -48,9 +49,21 @@ from tierlink.wire.signaling import (
     SessionDescription,
     decode_restart,
     encode_restart,
+    is_restart,
 )
 
 log = logging.getLogger(__name__)
+
+#: How often, and how long at most, a restart waits for a route to the DHT proxy before
+#: gathering: an address change removes the old address before the new one and its
+#: default route exist, and an agent gathered in between has no reflexive or relayed
+#: candidate (and its offer cannot be put).
+ROUTE_POLL_S = 0.05
+ROUTE_WAIT_S = 5.0
+#: How often an offer in progress asks the DHT for its answer (see :meth:`_Session._poll_answer`).
+ANSWER_POLL_S = 0.5
+#: Longest wait for one of those requests (a connection that died with the path hangs).
+ANSWER_GET_S = 2.0
 
 #: Makes a fresh ICE agent (controlling or not) and describes it for the peer.
 NewAgent = Callable[[bool], IceConnection]
@@ -110,18 +123,32 @@ class _Session:
             self._run(self._answer(restart), "path-restart-answer")
         elif (self.negotiation.on_answer(restart.seq) and self.answer is not None
               and not self.answer.done()):
+            log.info("path restart %d: answered", restart.seq)
             self.answer.set_result(restart.params)
 
     # -- the two sides ----------------------------------------------------------------------
+    async def _route_ready(self) -> None:
+        """Return once this host has a route to the DHT proxy (at most :data:`ROUTE_WAIT_S`)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + ROUTE_WAIT_S
+        while source_address(self.dht.base_url) is None and loop.time() < deadline:
+            await asyncio.sleep(ROUTE_POLL_S)
+
     async def _offer(self, seq: int, reason: str) -> None:
+        log.info("path restart %d to %s… (%s)", seq, self.conn.remote_fingerprint[:16], reason)
         ice = self.owner.new_agent(self.conn.initiator)
         switched = False
         try:
+            await self._route_ready()
             await ice.gather_candidates()
             self.answer = asyncio.get_running_loop().create_future()
             await self._put(Restart(RESTART_OFFER, seq, self.owner.describe(ice)))
             async with asyncio.timeout(self.owner.answer_timeout):
-                params = await self.answer
+                poll = asyncio.ensure_future(self._poll_answer(seq))
+                try:
+                    params = await self.answer
+                finally:
+                    poll.cancel()
             switched = await self._connect(ice, params, seq=seq, initiated="local",
                                            reason=reason)
         except (TimeoutError, TierlinkError, OSError) as exc:
@@ -134,9 +161,11 @@ class _Session:
             self._finish(True, seq, switched)
 
     async def _answer(self, offer: Restart) -> None:
+        log.info("answering path restart %d of %s…", offer.seq, self.conn.remote_fingerprint[:16])
         ice = self.owner.new_agent(self.conn.initiator)
         switched = False
         try:
+            await self._route_ready()
             await ice.gather_candidates()
             # As for an offer: checks to addresses the peer names stay within a budget (of
             # the largest restart value: the real one is small, its candidates are not few).
@@ -151,6 +180,35 @@ class _Session:
             if not switched:
                 await ice.close()
             self._finish(False, offer.seq, switched)
+
+    async def _poll_answer(self, seq: int) -> None:
+        """Ask the DHT for the answer to our offer ``seq`` every :data:`ANSWER_POLL_S`, beside
+        the offers listen: what killed the path (NAT mappings lost) can leave that listen's
+        long-lived connection silently dead, while a fresh request gets through."""
+        key = offers_key(self.owner.fingerprint)
+
+        def ours(value: bytes) -> bool:
+            return is_restart(value) and len(value) <= MAX_RESTART_SIZE
+
+        while True:
+            await asyncio.sleep(ANSWER_POLL_S)
+            try:
+                async with asyncio.timeout(ANSWER_GET_S):
+                    values = await self.dht.get(key, keep=ours)
+            except (TierlinkError, TimeoutError, OSError) as exc:
+                log.info("path restart %d: asking the DHT for the answer: %r", seq, exc)
+                continue
+            for value in values:
+                if not ours(value):
+                    continue
+                try:
+                    restart = decode_restart(value, self.secret, self.inbound)
+                except RecordError:
+                    continue  # another session's, or an older value
+                if restart.kind == RESTART_ANSWER and restart.seq == seq:
+                    self.owner.answers_polled += 1
+                    self.handle(restart)
+                    return
 
     async def _put(self, restart: Restart) -> None:
         value = encode_restart(self.secret, self.outbound, restart)
@@ -183,9 +241,13 @@ class PathRestarts:
 
     def __init__(
         self, new_agent: NewAgent, describe: Describe, *, ice_timeout: float,
-        answer_timeout: float, check_amplification: float,
+        answer_timeout: float, check_amplification: float, fingerprint: str,
     ) -> None:
         self.new_agent = new_agent
+        self.fingerprint = fingerprint
+        """This node's fingerprint: restart answers to it arrive under its offers key."""
+        self.answers_polled = 0
+        """Restart answers found by asking the DHT (the offers listen had not brought them)."""
         self.check_amplification = check_amplification
         self.describe = describe
         self.ice_timeout = ice_timeout
@@ -254,4 +316,5 @@ class PathRestarts:
         names = ("path_changes", "restarts_started", "restarts_answered",
                  "restarts_succeeded", "restarts_failed", "restarts_yielded")
         return {**{name: total[name] for name in names}, "restarts_refused": dict(refused),
+                "answers_polled": self.answers_polled,
                 "tier_changes": dict(self.tier_changes)}

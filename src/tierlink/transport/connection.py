@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -25,6 +26,11 @@ from tierlink.transport.channel import DATAGRAM_MAX_PAYLOAD, SecureChannel
 from tierlink.transport.ice import describe_pair, max_payload, path_of, tier_of
 from tierlink.transport.path_migration import Migration, PathEvents
 from tierlink.transport.recv_queue import DEFAULT_CAPACITY, RecvQueue
+
+log = logging.getLogger(__name__)
+
+#: Longest a closing connection waits for replaced ICE agents still closing (seconds).
+RETIRE_WAIT_S = 2.0
 
 
 class Transport(Protocol):
@@ -162,6 +168,7 @@ class Connection:
         )
         self._on_close = on_close
         self._closing: asyncio.Task[None] | None = None
+        self._retiring: set[asyncio.Future[None]] = set()
         #: Path changes of this connection: counters, listeners, events (secure only: a
         #: raw connection has no QUIC layer to carry over to a new path).
         self.migration = Migration(is_dialer=initiator)
@@ -337,12 +344,25 @@ class Connection:
         self._watchers[0].cancel()
         self._watchers[0] = asyncio.create_task(self._watch_ice(), name="tierlink-ice-watch")
         old.set_datagram_handler(None)
-        await old.close()
+        self._retire(old)
         event = {"event": "path", "change": True, "peer": self.remote_fingerprint,
                  "old_pair": old_pair, "selected_pair": self.selected_pair, "old_tier": old_tier,
                  "path": self.path_type, "tier": self.tier, "in_flight": in_flight, **facts}
         self.migration.changed(event)
         return event
+
+    def _retire(self, old: IceConnection) -> None:
+        """Close a replaced agent in the background: its sockets can belong to an address
+        that is gone, and releasing its TURN allocation then waits for retransmission
+        timeouts that must not hold up the new path or the restart's end."""
+        task = asyncio.ensure_future(old.close())
+        self._retiring.add(task)
+        task.add_done_callback(self._retired)
+
+    def _retired(self, task: asyncio.Task[None]) -> None:
+        self._retiring.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.info("closing a replaced ICE agent failed: %r", task.exception())
 
     # -- life ----------------------------------------------------------------------------
     async def _watch_ice(self) -> None:
@@ -377,6 +397,8 @@ class Connection:
                     await task
         self._ice.set_datagram_handler(None)
         await self._ice.close()
+        if self._retiring:  # replaced agents still closing: a bounded wait, no cancel
+            await asyncio.wait(set(self._retiring), timeout=RETIRE_WAIT_S)
         if self._on_close is not None:
             self._on_close(self)
 
