@@ -14,7 +14,12 @@ from typing import Any
 from fuzz import builders as b
 from fuzz.draw import Draw
 from fuzz.mutate import json_text, json_value, mutate_bytes
-from tierlink.dht.client import SkippedLine, bounded_lines, decode_proxy_json, decode_proxy_line
+from tierlink.dht.proxy_lines import (
+    SkippedLine,
+    bounded_lines,
+    decode_proxy_json,
+    decode_proxy_line,
+)
 from tierlink.protocol.channel import ChannelProtocol
 from tierlink.protocol.channel_events import HandshakeCompleted, KeysReady, StreamDataReceived
 from tierlink.protocol.pmtu import PROBE_ACK, PathMtuProber, answer

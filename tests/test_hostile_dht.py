@@ -20,7 +20,7 @@ from tests.nodes import config_for
 from tests.waiting import eventually
 from tierlink.backoff import Backoff
 from tierlink.dht import DhtClient
-from tierlink.dht.client import MAX_LINE_BYTES
+from tierlink.dht.proxy_lines import MAX_LINE_BYTES
 from tierlink.errors import DhtUnavailable
 from tierlink.node import Node
 from tierlink.node.tasks import Supervisor
