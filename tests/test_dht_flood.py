@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import json
 import os
 from collections.abc import AsyncIterator
@@ -40,7 +41,11 @@ from tierlink.wire.records import (
 VICTIM = Identity.generate()
 KEY = ice_candidates_key(VICTIM.fingerprint)
 #: Attacker records signed by fresh identities, made once for the module (signing is slow).
-FLOOD = attacker_records(300)
+@functools.cache
+def flood() -> list[bytes]:
+    """300 records of fresh identities, made at first use: records expire, so not at import
+    (a long suite reaches these tests many minutes after collecting them)."""
+    return attacker_records(300)
 
 
 class MemoryDht:
@@ -75,12 +80,12 @@ def forgeries(n: int, first_seq: int) -> list[bytes]:
 
 async def test_flood_of_other_signers_costs_one_verification(verifies: VerifyCounter) -> None:
     dht = MemoryDht()
-    for value in [*FLOOD[:150], genuine(5), *FLOOD[150:]]:
+    for value in [*flood()[:150], genuine(5), *flood()[150:]]:
         await dht.put(KEY, value)
     lookup = PeerLookup(dht)
     rec = await lookup.lookup(VICTIM.fingerprint)
     assert (rec.fingerprint, rec.seq) == (VICTIM.fingerprint, 5)
-    assert lookup.book.rejected == {"fingerprint": len(FLOOD)}
+    assert lookup.book.rejected == {"fingerprint": len(flood())}
     assert verifies.calls == lookup.book.verified == 1
 
 
@@ -147,17 +152,17 @@ async def test_flooded_record_key_on_real_nodes(
     owner, attacker, reader = (DhtClient(n.proxy_url) for n in dht_cluster)
     async with owner, attacker, reader:
         await owner.put(KEY, first)
-        for value in [*FLOOD, *forgeries(40, 10**6)]:
+        for value in [*flood(), *forgeries(40, 10**6)]:
             await attacker.put(KEY, value)
         await owner.put(KEY, second)
         got = await reader.get(KEY)
         assert first in got and second in got
-        assert len(got) == len(FLOOD) + 40 + 2
+        assert len(got) == len(flood()) + 40 + 2
         lookup = PeerLookup(reader, RecordBook(max_verifies=16))
         rec = await lookup.lookup(VICTIM.fingerprint, patience=30.0)
     assert rec.seq == 2
     assert verifies.calls == 41  # 40 forgeries (each once) + the genuine record
-    assert lookup.book.rejected["fingerprint"] >= len(FLOOD)
+    assert lookup.book.rejected["fingerprint"] >= len(flood())
 
 
 async def test_get_is_cut_at_max_bytes(dht_node: DhtNodeProcess) -> None:
@@ -194,7 +199,7 @@ async def test_big_values_of_other_signers_do_not_hide_the_republished_record(
 
 def test_leads_with_signer() -> None:
     assert leads_with_signer(genuine(1), KIND_PEER_RECORD, VICTIM.fingerprint)
-    assert not leads_with_signer(FLOOD[0], KIND_PEER_RECORD, VICTIM.fingerprint)
+    assert not leads_with_signer(flood()[0], KIND_PEER_RECORD, VICTIM.fingerprint)
     assert not leads_with_signer(genuine(1), KIND_OFFER, VICTIM.fingerprint)
     # the victim's fingerprint elsewhere in another signer's value does not count
     other = Identity.generate()
@@ -233,7 +238,7 @@ async def test_a_node_dials_a_peer_whose_record_key_is_flooded(
     b = Node(config_for(dht_cluster[1]))
     async with b, a, DhtClient(dht_cluster[2].proxy_url) as attacker:
         key = ice_candidates_key(b.fingerprint)
-        for value in FLOOD:
+        for value in flood():
             await attacker.put(key, value)
         conn = await a.connect(b.fingerprint)
         incoming = await b.accept(timeout=20)

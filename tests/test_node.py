@@ -30,7 +30,7 @@ from tierlink.errors import (
 from tierlink.identity import SIGNATURE_SIZE, Identity
 from tierlink.node import Node
 from tierlink.wire.dhtkeys import ice_candidates_key, offers_key
-from tierlink.wire.records import now_ms
+from tierlink.wire.records import MAX_CLOCK_SKEW_MS, now_ms
 from tierlink.wire.signaling import (
     OfferSecret,
     SessionDescription,
@@ -237,7 +237,7 @@ async def test_tampered_expired_and_replayed_offers_are_ignored(dht_cluster) -> 
         tampered[-SIGNATURE_SIZE - 5] ^= 0xFF  # inside the AES-GCM ciphertext
         expired, _ = encode_offer(a.identity, b.fingerprint, rec.kem_public_key,
                                   new_session_id(), params, lifetime_s=1.0,
-                                  created_at_ms=now_ms() - 10_000)
+                                  created_at_ms=now_ms() - MAX_CLOCK_SKEW_MS - 10_000)
         other = Identity.generate()
         misaddressed, _ = encode_offer(a.identity, other.fingerprint, other.kem_public_key,
                                        new_session_id(), params)
