@@ -32,3 +32,6 @@ def test_reduced_fault_matrix() -> None:
         assert row["delivered"] >= row["sent"], summary
     restarted = [r for r in rows if r["fault"] == "receiver-restart"]
     assert all("receiver_back_ms" in r["facts"] for r in restarted)
+    # NAT rebinding: the same Connection moves to a new pair (migration), never a redial.
+    rebound = [r for r in rows if r["fault"] == "nat-rebinding" and r["api"] == "connection"]
+    assert rebound and all(r["redials"] == 0 and r["path_changes"] >= 1 for r in rebound), rebound
