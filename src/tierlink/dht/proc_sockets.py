@@ -40,20 +40,22 @@ def _table(pid: int, name: str) -> list[tuple[int, bool, str, str]]:
 
 def bound_udp_port(pid: int, proxy_port: int) -> tuple[int | None, bool]:
     """(the DHT UDP port the child bound or None, whether someone else listens on the proxy
-    port). The UDP port is returned only once the child also listens on ``proxy_port``."""
+    port). The UDP port is returned only once the child also listens on ``proxy_port``.
+
+    The socket tables are read before the child's descriptors: a socket the child opens
+    between the two reads is then missing from the tables (seen next time), never present
+    in them without its descriptor (which would make it look like another program's)."""
+    tcp = [row for name in ("tcp", "tcp6") for row in _table(pid, name)]
+    udp = [row for name in ("udp", "udp6") for row in _table(pid, name)]
     mine = _socket_inodes(pid)
     proxy_ours = proxy_taken = False
-    for name in ("tcp", "tcp6"):
-        for port, _, state, inode in _table(pid, name):
-            if port == proxy_port and state == _TCP_LISTEN:
-                if inode in mine:
-                    proxy_ours = True
-                else:
-                    proxy_taken = True
+    for port, _, state, inode in tcp:
+        if port == proxy_port and state == _TCP_LISTEN:
+            if inode in mine:
+                proxy_ours = True
+            else:
+                proxy_taken = True
     if not proxy_ours:
         return None, proxy_taken
-    for name in ("udp", "udp6"):
-        ports = sorted(p for p, unset, _, inode in _table(pid, name) if unset and inode in mine)
-        if ports:
-            return ports[0], False
-    return None, False
+    ports = sorted(p for p, unset, _, inode in udp if unset and inode in mine)
+    return (ports[0] if ports else None), False
