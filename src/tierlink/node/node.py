@@ -39,9 +39,11 @@ from tierlink.mailbox import (
 from tierlink.mailbox.tier import MailboxTier
 from tierlink.node.answer import Answerer
 from tierlink.node.config import NodeConfig
-from tierlink.node.delivery import DEFAULT_TTL_S, Delivery, Message, Messenger
+from tierlink.node.delivery import DEFAULT_TTL_S, Messenger
+from tierlink.node.delivery_events import Delivery
 from tierlink.node.dial import Dialer
 from tierlink.node.endpoint import Endpoint
+from tierlink.node.incoming_messages import Message
 from tierlink.node.presence import Presence
 from tierlink.node.tasks import Supervisor
 from tierlink.transport.certs import LocalCertificate
@@ -389,6 +391,7 @@ class Node:
     def stats(self) -> dict[str, object]:
         """Counters for tests and the CLI."""
         parts = self._parts
+        incoming = self.messenger.incoming if self.messenger else None
         return {
             "fingerprint": self.fingerprint,
             "connections": len(self.endpoint.connections),
@@ -410,8 +413,8 @@ class Node:
             "proxy_lines_skipped": dict(self.dht.skipped_lines) if self.dht else {},
             "dht_restarts_seen": parts.presence.dht_restarts_seen if parts else 0,
             "dht_route_changes": parts.presence.dht_route_changes if parts else 0,
-            "duplicates_suppressed": self.messenger.duplicates_suppressed if self.messenger else 0,
-            "messages_held_back": self.messenger.held_back if self.messenger else 0,
+            "duplicates_suppressed": incoming.duplicates_suppressed if incoming else 0,
+            "messages_held_back": incoming.held_back if incoming else 0,
             "malformed_link_frames": self.messenger.malformed_link_frames if self.messenger else 0,
             **self._mailbox_stats(),
             "uptime_s": round(time.monotonic(), 1),
