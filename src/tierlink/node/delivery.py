@@ -39,8 +39,8 @@ from tierlink.node.delivery_events import Delivery, DeliveryEvents
 from tierlink.node.incoming_messages import IncomingMessages, Message
 from tierlink.node.tasks import Supervisor
 from tierlink.offline import DeliveredLog, OfflineTier, Outbox
+from tierlink.offline.dht_access import Dht
 from tierlink.offline.outbox import PENDING, UNDELIVERED
-from tierlink.offline.worker import Dht
 from tierlink.transport.connection import Connection
 from tierlink.wire.envelope import ReceivedEnvelope
 from tierlink.wire.link_frames import LinkAck, LinkMessage, decode_link_frame, encode_message_frame
