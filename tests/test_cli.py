@@ -14,7 +14,7 @@ import psutil
 import pytest
 
 from tests.waiting import eventually
-from tierlink.cli.node_commands import message_line
+from tierlink.cli.output import message_line
 from tierlink.dht import DhtClient, DhtNodeProcess
 from tierlink.hostport import parse_hostport
 

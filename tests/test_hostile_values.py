@@ -326,7 +326,7 @@ async def test_ack_fetch_garbage_beside_a_genuine_ack(
     assert await sender.tier.check_acks() == 1
     entry = sender.outbox.get(mid)
     assert entry is not None and entry.state == DELIVERED
-    assert sum(sender.tier.acks_rejected.values()) == len(poisons)
+    assert sum(sender.tier.acks.rejected.values()) == len(poisons)
 
 
 # -- High 2: ICE parameters bounded ----------------------------------------------------------

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from tierlink.cli.main import build_parser
-from tierlink.cli.node_commands import node_config
+from tierlink.cli.node_options import node_config
 from tierlink.identity import Identity
 
 

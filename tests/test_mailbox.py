@@ -17,7 +17,7 @@ from tests.waiting import eventually
 from tierlink.identity import Identity
 from tierlink.mailbox import MailboxSettings
 from tierlink.node import Node
-from tierlink.node.delivery import Message
+from tierlink.node.incoming_messages import Message
 from tierlink.offline.outbox import DELIVERED, EXPIRED, IN_MAILBOX
 from tierlink.wire.dhtkeys import ice_candidates_key, mailboxes_key
 from tierlink.wire.records import now_ms

@@ -33,7 +33,7 @@ from tierlink.identity import Identity
 from tierlink.mailbox import MailboxStore
 from tierlink.mailbox.codec import DEPOSIT, decode_frame
 from tierlink.node import Node
-from tierlink.node.delivery import Message
+from tierlink.node.incoming_messages import Message
 from tierlink.offline.outbox import IN_MAILBOX
 from tierlink.transport.connection import Connection
 from tierlink.wire.dhtkeys import ice_candidates_key

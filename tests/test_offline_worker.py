@@ -13,10 +13,11 @@ from tests.waiting import eventually
 from tierlink.dht import DhtClient, DhtNodeProcess
 from tierlink.errors import PeerNotFound
 from tierlink.identity import Identity
+from tierlink.offline.acks import MAX_ACKS_PER_FETCH
 from tierlink.offline.delivered import DeliveredLog
 from tierlink.offline.inbox import InboxLimits
 from tierlink.offline.outbox import DELIVERED, PENDING, QUEUED_DHT, Outbox
-from tierlink.offline.worker import MAX_ACKS_PER_FETCH, OfflineTier
+from tierlink.offline.worker import OfflineTier
 from tierlink.wire.ack import create_ack
 from tierlink.wire.dhtkeys import ice_candidates_key, offline_acks_key, offline_queue_key
 from tierlink.wire.envelope import ReceivedEnvelope, ack_token
@@ -255,7 +256,7 @@ async def test_ack_without_the_pairs_token_does_not_mark_delivered(
     carol = Identity.generate()
     mid = await alice.tier.send(bob.ident.fingerprint, b"for bob only",
                                 recipient_kem_pk=bob.ident.kem_public_key)
-    key = alice.tier.ack_key(bob.ident.fingerprint)
+    key = alice.tier.acks.key(bob.ident.fingerprint)
     assert key == offline_acks_key(ack_token(alice.ident, bob.ident.fingerprint))
     await bob.dht.put(key, create_ack(ack_token(carol, bob.ident.fingerprint), [mid]))
     await bob.dht.put(key, b"not an ack at all")
@@ -265,7 +266,7 @@ async def test_ack_without_the_pairs_token_does_not_mark_delivered(
 
     await eventually(arrived, 10, interval=DHT_POLL_S)
     assert await alice.tier.check_acks() == 0
-    assert alice.tier.acks_rejected == {"decrypt": 1, "malformed": 1}
+    assert alice.tier.acks.rejected == {"decrypt": 1, "malformed": 1}
     assert alice.outbox.get(mid).state == QUEUED_DHT  # type: ignore[union-attr]
     await bob.dht.put(key, create_ack(ack_token(alice.ident, bob.ident.fingerprint), [mid]))
 
@@ -287,8 +288,8 @@ async def test_ack_fetch_opens_at_most_the_cap(peers: tuple[Peer, Peer]) -> None
              for i in range(MAX_ACKS_PER_FETCH + 20)]
     genuine = create_ack(ack_token(alice.ident, bob_fp), [mid])
     assert await alice.tier.check_acks(bob_fp, [*flood, genuine]) == 0
-    assert alice.tier.acks_rejected == {"decrypt": MAX_ACKS_PER_FETCH}
-    assert alice.tier.acks_skipped == 21
+    assert alice.tier.acks.rejected == {"decrypt": MAX_ACKS_PER_FETCH}
+    assert alice.tier.acks.skipped == 21
     assert alice.outbox.get(mid).state == QUEUED_DHT  # type: ignore[union-attr]
     assert await alice.tier.check_acks(bob_fp, [genuine]) == 1
     assert alice.outbox.get(mid).state == DELIVERED  # type: ignore[union-attr]
@@ -307,9 +308,9 @@ async def test_one_ack_listen_per_recipient_awaiting_acks(peers: tuple[Peer, Pee
         await alice.tier.send(carol.fingerprint, b"to carol %d" % i,
                               recipient_kem_pk=carol.kem_public_key)
     both = {bob.ident.fingerprint, carol.fingerprint}
-    await eventually(lambda: alice.tier.ack_listens == both, 10, what="two ack listens")
+    await eventually(lambda: alice.tier.acks.listening == both, 10, what="two ack listens")
     bob.tier.start(bob.deliver)
     await eventually(lambda: len(bob.got) == 3, 15, interval=DHT_POLL_S, what="bob's three")
-    await eventually(lambda: alice.tier.ack_listens == {carol.fingerprint}, 15,
+    await eventually(lambda: alice.tier.acks.listening == {carol.fingerprint}, 15,
                      what="bob's listen ended once his acks came")
     assert alice.tier.errors == 0 and bob.tier.errors == 0

@@ -17,7 +17,7 @@ from tierlink.dht import DhtClient
 from tierlink.errors import DialTimeout
 from tierlink.identity import Identity
 from tierlink.node import Node
-from tierlink.node.delivery import Message
+from tierlink.node.incoming_messages import Message
 from tierlink.offline import create_envelope
 from tierlink.offline.outbox import DELIVERED
 from tierlink.transport.connection import Connection
@@ -150,7 +150,7 @@ async def test_lost_ack_is_resent_but_delivered_once(dht_cluster, monkeypatch) -
         Node(config_for(dht_cluster[1])) as b,
     ):
         assert b.messenger is not None
-        real_ack = b.messenger._ack
+        real_ack = b.messenger.incoming.ack
         dropped = []
 
         async def lossy_ack(conn, mid):
@@ -159,7 +159,7 @@ async def test_lost_ack_is_resent_but_delivered_once(dht_cluster, monkeypatch) -
                 return
             await real_ack(conn, mid)
 
-        monkeypatch.setattr(b.messenger, "_ack", lossy_ack)
+        monkeypatch.setattr(b.messenger.incoming, "ack", lossy_ack)
         got: list[Message] = []
         reader = asyncio.create_task(collect(b, got))
         mid = await a.send(b.fingerprint, b"only once please")
@@ -242,7 +242,7 @@ async def test_live_path_failing_midstream_falls_back_to_dht(dht_cluster, monkey
         assert payloads == sorted(f"msg {i}".encode() for i in range(n))  # each exactly once
         assert "direct" in tiers and "offline" in tiers
         assert all(a.messenger.outbox.get(m).state == DELIVERED for m in mids)
-        dups = b.messenger.duplicates_suppressed
+        dups = b.messenger.incoming.duplicates_suppressed
     print(f"\nmid-stream failure: sent {n}, delivered {len(got)} "
           f"(direct {tiers.count('direct')}, offline {tiers.count('offline')}), "
           f"duplicates suppressed {dups}, lost 0")

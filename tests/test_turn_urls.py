@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tierlink.cli.argtypes import ca_file, secret_file
-from tierlink.cli.node_commands import TURN_PASSWORD_ENV, add_node_options, turn_servers
+from tierlink.cli.node_options import TURN_PASSWORD_ENV, add_node_options, turn_servers
 from tierlink.transport.ice_servers import (
     REST_CREDENTIAL_LIFETIME,
     TurnServer,

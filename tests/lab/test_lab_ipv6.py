@@ -17,7 +17,8 @@ import pytest
 from tierlink.lab import worlds
 from tierlink.lab.runner import node_attempts
 from tierlink.lab.services import TURN_PORT
-from tierlink.lab.topology import INTERNET_IP, Lab, Site
+from tierlink.lab.site import Site
+from tierlink.lab.topology import INTERNET_IP, Lab
 
 pytestmark = pytest.mark.lab
 

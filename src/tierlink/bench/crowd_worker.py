@@ -21,7 +21,8 @@ from typing import Any
 
 from tierlink.bench import loops
 from tierlink.bench.base import BenchConn, JsonDict, now
-from tierlink.bench.worker import Worker, cpu_s, rss_kb, serve
+from tierlink.bench.process_usage import cpu_s, rss_kb
+from tierlink.bench.worker import Worker, serve
 
 #: Descriptors a crowd process wants beyond its connections (dhtnode pipes, HTTP, logs).
 FD_HEADROOM = 256

@@ -13,22 +13,16 @@ import asyncio
 import gc
 import json
 import os
-import resource
-import struct
 import sys
 import traceback
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 from tierlink.bench import loops
 from tierlink.bench.base import BenchConn, BenchSide, JsonDict, Signal, now, stdout_for_protocol
+from tierlink.bench.datagram_trials import DatagramCounter, send_paced
 from tierlink.bench.latency import receive_probes, send_probes
+from tierlink.bench.process_usage import cpu_s, rss_kb, usage_over
 
-DATAGRAM_HEADER = struct.Struct("!II")  # trial id, sequence number
-#: A datagram offered while more than this many bytes of datagrams wait in the sender's own
-#: queue is dropped by the pacer and counted as lost (a socket with a full buffer does the
-#: same); without it aiortc's unbounded SCTP queue turns loss into ever-growing delay.
-DATAGRAM_BACKLOG_LIMIT = 64 * 1024
 #: An idle receiver's timeout: longer than any idle phase.
 IDLE_RECV_S = 3600.0
 
@@ -50,19 +44,6 @@ def make_side(system: str, role: str, signal: Signal) -> BenchSide:
     raise ValueError(f"unknown system {system!r}")
 
 
-def rss_kb() -> int:
-    """Resident set size of this process (KiB)."""
-    with open("/proc/self/statm") as f:
-        pages = int(f.read().split()[1])
-    return pages * resource.getpagesize() // 1024
-
-
-def cpu_s() -> float:
-    """CPU seconds (user + system) this process used so far."""
-    ru = resource.getrusage(resource.RUSAGE_SELF)
-    return ru.ru_utime + ru.ru_stime
-
-
 class Worker:
     """Runs the commands of one side; the dialer sends, the callee receives."""
 
@@ -71,10 +52,7 @@ class Worker:
         self.dialer = side.role == "dialer"
         self.main: BenchConn | None = None
         self.extra: list[BenchConn] = []
-        self.dg_counts: dict[int, int] = {}
-        self.dg_first: dict[int, float] = {}
-        self.dg_last: dict[int, float] = {}
-        self.dg_stop: Callable[[], None] | None = None
+        self.datagrams = DatagramCounter()
         self.idle_task: asyncio.Task[bytes] | None = None
         self.idle_conns: list[BenchConn] = []
         self.idle_waiters: list[asyncio.Task[bytes]] = []
@@ -164,78 +142,24 @@ class Worker:
             nbytes += len(data)
         return {"received": received, "bytes": nbytes, "t_first": t_first, "t_last": t_last}
 
-    def _count_datagram(self, data: bytes) -> None:
-        t = now()
-        trial = DATAGRAM_HEADER.unpack_from(data)[0]
-        n = self.dg_counts.get(trial, 0)
-        if n == 0:
-            self.dg_first[trial] = t
-        self.dg_counts[trial] = n + 1
-        self.dg_last[trial] = t
-
     async def cmd_dg_listen(self, p: JsonDict) -> JsonDict:
-        """Start counting datagrams per trial: ``sink`` "recv" (a recv_datagram loop, as an
-        application receives) or "native" (the library's own callback)."""
-        if self.dg_stop is not None:
-            self.dg_stop()
-            self.dg_stop = None
-        self.dg_counts.clear()
-        self.dg_first.clear()
-        self.dg_last.clear()
-        if p.get("sink", "recv") == "native":
-            self.dg_stop = self.conn.start_native_datagram_sink(self._count_datagram)
-            if self.dg_stop is None:
-                raise NotImplementedError("this system has no native datagram callback")
-        else:
-            self.dg_stop = self.conn.start_datagram_pump(self._count_datagram)
+        """Start counting datagrams per trial (``sink``: see :meth:`DatagramCounter.listen`)."""
+        self.datagrams.listen(self.conn, str(p.get("sink", "recv")))
         return {}
 
     async def cmd_dg_send(self, p: JsonDict) -> JsonDict:
         """Send ``count`` datagrams paced at ``rate``/s (catching up when late)."""
-        trial, rate, count = int(p["trial"]), float(p["rate"]), int(p["count"])
-        size = int(p["size"])
-        pad = bytes(size - DATAGRAM_HEADER.size)
-        send = self.conn.send_datagram
-        backlog = self.conn.datagram_backlog
-        pack = DATAGRAM_HEADER.pack
-        t0 = now()
-        offered = dropped = 0
-        while offered < count:
-            due = min(count, int((now() - t0) * rate) + 1)
-            while offered < due:
-                if backlog() > DATAGRAM_BACKLOG_LIMIT:
-                    dropped += 1
-                else:
-                    send(pack(trial, offered) + pad)
-                offered += 1
-            await asyncio.sleep(0)
-        t_end = now()
-        while backlog() > 0 and now() - t_end < 5.0:  # let the queue drain: trials must not overlap
-            await asyncio.sleep(0.002)
-        return {"t0": t0, "t_end": t_end, "sent": offered, "dropped_by_sender": dropped}
+        return await send_paced(self.conn, int(p["trial"]), float(p["rate"]), int(p["count"]),
+                                int(p["size"]))
 
     async def cmd_dg_collect(self, p: JsonDict) -> JsonDict:
         """Wait until the trial's datagrams stop arriving, then report what arrived."""
-        trial, quiet = int(p["trial"]), float(p["quiet"])
-        start = now()
-        while now() - start < 5.0:
-            last = self.dg_last.get(trial, start)
-            if now() - last > quiet:
-                break
-            await asyncio.sleep(quiet / 4)
-        return {
-            "queue_drops": self.conn.receive_queue_drops(),
-            "received": self.dg_counts.get(trial, 0),
-            "t_first": self.dg_first.get(trial, 0.0),
-            "t_last": self.dg_last.get(trial, 0.0),
-        }
+        return await self.datagrams.collect(self.conn, int(p["trial"]), float(p["quiet"]))
 
     async def cmd_idle(self, p: JsonDict) -> JsonDict:
         """CPU of this process over ``seconds`` while a task is blocked in recv."""
         seconds = float(p["seconds"])
-        if self.dg_stop is not None:
-            self.dg_stop()
-            self.dg_stop = None
+        self.datagrams.stop()
         gc.collect()
         self.idle_task = asyncio.create_task(self.conn.recv(seconds + 60.0))
         await asyncio.sleep(0.5)
@@ -258,9 +182,7 @@ class Worker:
     async def cmd_idle_open(self, p: JsonDict) -> JsonDict:
         """Open connections until ``n`` are idle (the main one counts), then block a task in
         recv on each of them."""
-        if self.dg_stop is not None:
-            self.dg_stop()
-            self.dg_stop = None
+        self.datagrams.stop()
         while len(self.idle_conns) + 1 < int(p["n"]):
             self.idle_conns.append(await self._open())
         conns = [self.conn, *self.idle_conns]
@@ -272,31 +194,8 @@ class Worker:
     async def cmd_idle_window(self, p: JsonDict) -> JsonDict:
         """CPU of this process and its event loop's wake-ups (passes through the selector)
         over ``seconds`` while every idle connection is blocked in recv."""
-        seconds = float(p["seconds"])
-        passes = 0
-        selector = getattr(asyncio.get_running_loop(), "_selector", None)
-        select = getattr(selector, "select", None)
-        if selector is not None and select is not None:
-
-            def counting(timeout: float | None = None) -> Any:
-                nonlocal passes
-                passes += 1
-                return select(timeout)
-
-            selector.select = counting
-        try:
-            c0, w0 = cpu_s(), now()
-            await asyncio.sleep(seconds)
-            c1, w1 = cpu_s(), now()
-        finally:
-            if selector is not None and select is not None:
-                del selector.select  # the class's method again
-        return {
-            "cpu_s": c1 - c0,
-            "wall_s": w1 - w0,
-            "wakeups": passes if select is not None else None,
-            "connections": 1 + len(self.idle_conns),
-        }
+        usage = await usage_over(float(p["seconds"]))
+        return {**usage, "connections": 1 + len(self.idle_conns)}
 
     async def cmd_idle_close(self, p: JsonDict) -> JsonDict:
         """End the idle phase: stop the receivers, close every connection but the main one."""
@@ -337,8 +236,7 @@ class Worker:
         return {"closed": len(conns)}
 
     async def cmd_shutdown(self, p: JsonDict) -> JsonDict:
-        if self.dg_stop is not None:
-            self.dg_stop()
+        self.datagrams.stop()
         if self.idle_task is not None:
             self.idle_task.cancel()
         await self.cmd_mem_close(p)

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from tierlink.cli.argtypes import fingerprint
-from tierlink.cli.node_commands import add_node_options, load_identity, node_config
+from tierlink.cli.node_options import add_node_options, load_identity, node_config
 from tierlink.errors import TierlinkError
 from tierlink.identity import default_identity_path
 

@@ -41,7 +41,8 @@ from tierlink.lab.netns import LabError, LabUnavailable, python_argv
 from tierlink.lab.profiles import LinkProfile
 from tierlink.lab.runner import LineReader
 from tierlink.lab.services import TURN_PORT
-from tierlink.lab.topology import INTERNET_IP, Lab, Site
+from tierlink.lab.site import Site
+from tierlink.lab.topology import INTERNET_IP, Lab
 from tierlink.lab.worlds import world_probe
 
 APIS = ("send", "connection")

@@ -31,7 +31,8 @@ from tierlink.lab.expectations import SHARED_SITE, default_pairs, expected_cell
 from tierlink.lab.netns import LabError, python_argv
 from tierlink.lab.profiles import PROFILES, LinkProfile
 from tierlink.lab.services import CA_FILE, TURN_PASSWORD, TURN_PORT, TURN_TLS_PORT, TURN_USER
-from tierlink.lab.topology import INTERNET_IP, Lab, PresetMismatch, Site
+from tierlink.lab.site import Site
+from tierlink.lab.topology import INTERNET_IP, Lab, PresetMismatch
 from tierlink.transport.ice import path_of
 
 #: How long the Node driver waits for a test message's acknowledgement.

@@ -15,24 +15,23 @@ preset promises.
 
 from __future__ import annotations
 
-import json
 import subprocess
-from dataclasses import dataclass, field
 from typing import Any
 
 from tierlink.lab import nat, worlds
 from tierlink.lab.links import EmulatedLink, emulated_link, unshape
-from tierlink.lab.netns import LabError, Run, python_argv
+from tierlink.lab.netns import LabError, Run
 from tierlink.lab.netns import run as sh
 from tierlink.lab.profiles import LinkProfile
 from tierlink.lab.services import (
     DHT_PROXY_WEB_PORT,
-    PROBE_PORTS,
     TURN_PORT,
     start_coturn,
     start_dhtnode,
     start_probe_server,
 )
+from tierlink.lab.site import Site
+from tierlink.lab.site_probes import probe_site
 
 INTERNET_IP = worlds.INTERNET_IP
 INTERNET_ALT_IP = worlds.INTERNET_ALT_IP
@@ -52,22 +51,6 @@ class PresetMismatch(LabError):
         super().__init__(f"preset {preset!r} probe disagrees with its definition: {result}")
         self.preset = preset
         self.result = result
-
-
-@dataclass
-class Site:
-    """One preset's namespaces: ``hosts`` are (namespace, LAN address) of the peers."""
-
-    preset: str
-    index: int
-    hosts: list[tuple[str, str]]
-    namespaces: list[str] = field(default_factory=list)
-    public_ip: str = ""
-    ports: list[str] = field(default_factory=list)  # its links' ends on the internet bridge
-    profile: LinkProfile | None = None
-    links: list[EmulatedLink] = field(default_factory=list)
-    #: Preset facts (real-world presets, IPv6): see :mod:`tierlink.lab.worlds`.
-    info: dict[str, Any] = field(default_factory=dict)
 
 
 class Lab:
@@ -300,98 +283,10 @@ class Lab:
         self._live_links = [x for x in self._live_links if x not in site.links]
         self._used.discard(site.index)
 
-    # -- probes ---------------------------------------------------------------------------
-    def _probe_cmd(self, ns: str, *args: str, timeout: float = 15.0) -> list[dict[str, Any]]:
-        proc = self.run.spawn(ns, python_argv("tierlink.lab.probe", *args))
-        try:
-            out, err = proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired as exc:
-            proc.kill()
-            raise LabError(f"probe {args} in {ns} timed out") from exc
-        if proc.returncode != 0:
-            raise LabError(f"probe {args} in {ns} failed: {err.strip()}")
-        return [json.loads(line) for line in out.splitlines() if line.strip()]
-
     def probe(self, site: Site) -> dict[str, Any]:
-        """Measure mapping and filtering (and hairpinning) of a site; returns a plain dict."""
-        ns, addr = site.hosts[0]
-        primary = f"{INTERNET_IP}:{PROBE_PORTS[0]}"
-        alt = f"{INTERNET_ALT_IP}:{PROBE_PORTS[1]}"
-        result = self._probe_cmd(ns, "nat", "--bind", addr, "--primary", primary, "--alt", alt)[0]
-        result["preset"] = site.preset
-        if len(site.hosts) > 1:
-            result["hairpin"] = (worlds.mutual_hairpin(self.run, site.hosts, primary)
-                                 if site.preset == "cgnat-shared"
-                                 else self._probe_hairpin(site, primary))
-        result["lan_exposed"] = self._probe_lan_exposure(site, primary)
-        spec = nat.PRESETS[site.preset]
-        ok = result["mapping"] == spec.mapping and result["filtering"] == spec.filtering
-        ok = ok and not result["lan_exposed"]
-        if spec.hairpin:
-            ok = ok and bool(result["hairpin"]["received"])
-        result["expected"] = {"mapping": spec.mapping, "filtering": spec.filtering}
-        if spec.hairpin:
-            result["expected"]["hairpin"] = True
-        if site.preset in worlds.WORLD_PRESETS:
-            result["world"] = worlds.check(self.run, site.preset, site.hosts, site.info, result,
-                                           dht=self._want_dht)
-            ok = ok and bool(result["world"]["ok"])
-        elif site.info.get("ipv6"):  # --ipv6: global IPv6, firewalled except on open
-            result["ipv6"] = worlds.probe_ipv6(self.run, ns, site.info["ipv6"][0])
-            want = nat.EIF if site.preset == "open" else nat.APDF
-            ok = ok and result["ipv6"] == {"mapping": nat.NO_NAT, "filtering": want}
-        result["ok"] = ok
-        return result
-
-    def _probe_hairpin(self, site: Site, server: str) -> dict[str, Any]:
-        (ns1, a1), (ns2, a2) = site.hosts[:2]
-        recv = self.run.spawn(
-            ns1, python_argv("tierlink.lab.probe", "hairpin-recv", "--bind", a1,
-                             "--server", server, "--wait", "3")
-        )
-        try:
-            assert recv.stdout is not None
-            first = json.loads(recv.stdout.readline() or "{}")
-            mapped = first.get("mapped")
-            if not mapped:
-                raise LabError(f"hairpin probe got no mapping in {ns1}")
-            sent = self._probe_cmd(ns2, "hairpin-send", "--bind", a2, "--server", server,
-                                   "--to", mapped)[0]
-            out, _ = recv.communicate(timeout=10)
-        finally:
-            if recv.poll() is None:
-                recv.kill()
-        got = json.loads(out.strip().splitlines()[-1]) if out.strip() else {"received": False}
-        return {"receiver_mapped": mapped, "sender_mapped": sent.get("mapped"), **got}
-
-    def _probe_lan_exposure(self, site: Site, server: str) -> bool | None:
-        """Can an internet neighbour that routes the LAN prefix via our WAN reach the host?
-
-        Measured: with only the input-hook drop, yes (the router forwards it); the forward-hook
-        drop of new inbound connections is what stops it. None where not applicable (open has
-        no LAN; a CGN has no route to the home LAN; mobile-v6 has no 198.18 LAN).
-        """
-        if site.preset in ("open", "double", "cgnat", "cgnat-shared", "mobile-v6"):
-            return None
-        ns, addr = site.hosts[0]
-        lan = f"198.18.{site.index}.0/24"
-        recv = self.run.spawn(ns, python_argv("tierlink.lab.probe", "hairpin-recv", "--bind",
-                                              addr, "--server", server, "--wait", "1.5"))
-        sh(["ip", "-n", self.internet, "route", "add", lan, "via", site.public_ip])
-        try:
-            assert recv.stdout is not None
-            local = json.loads(recv.stdout.readline() or "{}").get("local")
-            if not local:
-                raise LabError(f"LAN exposure probe did not start in {ns}")
-            self._probe_cmd(self.internet, "hairpin-send", "--bind", INTERNET_ALT_IP,
-                            "--server", f"{INTERNET_IP}:{PROBE_PORTS[1]}", "--to", local)
-            out, _ = recv.communicate(timeout=10)
-        finally:
-            sh(["ip", "-n", self.internet, "route", "del", lan], check=False)
-            if recv.poll() is None:
-                recv.kill()
-        last = out.strip().splitlines()[-1] if out.strip() else "{}"
-        return bool(json.loads(last).get("received"))
+        """Measure mapping and filtering (and hairpinning) of a site; returns a plain dict
+        (see :func:`~tierlink.lab.site_probes.probe_site`)."""
+        return probe_site(self.run, self.internet, site, dht=self._want_dht)
 
     def verify(self, site: Site) -> dict[str, Any]:
         """Probe a site; raise :class:`PresetMismatch` unless it behaves as its preset."""

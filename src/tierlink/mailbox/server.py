@@ -38,7 +38,7 @@ from tierlink.mailbox.codec import (
 )
 from tierlink.mailbox.policy import MailboxRefused, MailboxSettings, check_deposit
 from tierlink.mailbox.store import MailboxStore
-from tierlink.offline.worker import Dht
+from tierlink.offline.dht_access import Dht
 from tierlink.transport.connection import Connection
 from tierlink.wire.dhtkeys import mailboxes_key
 from tierlink.wire.records import KIND_ENVELOPE, check_head

@@ -9,7 +9,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from tierlink.node.config import NodeConfig
-from tierlink.node.delivery import Delivery, Message
+from tierlink.node.delivery_events import Delivery
+from tierlink.node.incoming_messages import Message
 from tierlink.transport.ice import TurnServer
 
 if TYPE_CHECKING:  # the static type of the attribute __getattr__ loads

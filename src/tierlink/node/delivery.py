@@ -16,18 +16,18 @@ to the application once. "Handed to the application" means taken from ``node.mes
 The log is bounded: when it is full, new messages are held back unacknowledged (by any
 tier), so their senders keep them; none is delivered twice or lost.
 
-Link frames: :mod:`tierlink.wire.link_frames` (docs/PROTOCOL.md, "Link frames").
+Incoming messages: :mod:`tierlink.node.incoming_messages`; delivery notices:
+:mod:`tierlink.node.delivery_events`. Link frames: :mod:`tierlink.wire.link_frames`
+(docs/PROTOCOL.md, "Link frames").
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 from tierlink.backoff import Backoff
@@ -35,25 +35,20 @@ from tierlink.dht.record_book import PeerLookup
 from tierlink.errors import ConnectionClosed, RecordError, TierlinkError
 from tierlink.identity import Identity
 from tierlink.mailbox.tier import MailboxTier
+from tierlink.node.delivery_events import Delivery, DeliveryEvents
+from tierlink.node.incoming_messages import IncomingMessages, Message
 from tierlink.node.tasks import Supervisor
 from tierlink.offline import DeliveredLog, OfflineTier, Outbox
-from tierlink.offline.outbox import DELIVERED, PENDING, QUEUED_DHT, UNDELIVERED
-from tierlink.offline.worker import Dht
+from tierlink.offline.dht_access import Dht
+from tierlink.offline.outbox import PENDING, UNDELIVERED
 from tierlink.transport.connection import Connection
 from tierlink.wire.envelope import ReceivedEnvelope
-from tierlink.wire.link_frames import (
-    LinkAck,
-    LinkMessage,
-    decode_link_frame,
-    encode_ack_frame,
-    encode_message_frame,
-)
+from tierlink.wire.link_frames import LinkAck, LinkMessage, decode_link_frame, encode_message_frame
 from tierlink.wire.records import now_ms
 
 log = logging.getLogger(__name__)
 
 DEFAULT_TTL_S = 7 * 24 * 3600.0
-INBOX_CAPACITY = 256
 #: After a failed dial, messages to that peer go straight to the offline tier for this long
 #: (instead of each waiting out ``send_budget``); a link the peer dials to us ends it sooner.
 UNREACHABLE_S = 30.0
@@ -64,28 +59,6 @@ WORKER_RETRY_MAX_S = 60.0
 
 #: Opens a message link: dial a fingerprint within a time budget (seconds).
 DialLink = Callable[[str, float], Awaitable[Connection]]
-
-
-@dataclass(frozen=True)
-class Message:
-    """A message handed to the application."""
-
-    sender: str
-    message_id: bytes
-    payload: bytes
-    tier: str
-    created_at_ms: int
-    received_at_ms: int
-
-
-@dataclass(frozen=True)
-class Delivery:
-    """The recipient acknowledged a message: when and through which tier."""
-
-    message_id: bytes
-    recipient: str
-    tier: str
-    delivered_at_ms: int
 
 
 class Messenger:
@@ -114,25 +87,15 @@ class Messenger:
             reput_interval_s=reput_interval_s, on_delivered=self._offline_delivered,
             allow=allow,
         )
-        self.duplicates_suppressed = 0
-        self.held_back = 0
-        """Live-link messages not taken because the delivered log was full (left unacked:
-        the sender keeps them and tries again, as the offline inbox does)."""
         self.malformed_link_frames = 0
+        self._tasks = Supervisor("messenger")
+        self.incoming = IncomingMessages(self.delivered_log, self._tasks)
+        self.events = DeliveryEvents(self.outbox)
         self._loop = asyncio.get_running_loop()
-        self._inbox: asyncio.Queue[tuple[Message, asyncio.Future[None]]] = asyncio.Queue(
-            INBOX_CAPACITY
-        )
-        self._pending_in: dict[tuple[str, bytes], asyncio.Future[None]] = {}
         self._links: dict[str, Connection] = {}
         self._unreachable: dict[str, float] = {}  # recipient -> loop time of a failed dial
         self._queues: dict[str, asyncio.Queue[bytes]] = {}
         self._ack_waiters: dict[bytes, asyncio.Future[None]] = {}
-        self._delivery_waiters: dict[bytes, list[asyncio.Future[Delivery]]] = {}
-        # Waiters for "delivered or queued in the DHT", whichever comes first.
-        self._settled_waiters: dict[bytes, list[asyncio.Future[None]]] = {}
-        self._deliveries: asyncio.Queue[Delivery] = asyncio.Queue(1024)
-        self._tasks = Supervisor("messenger")
         self.mailbox: MailboxTier | None = None
         """The mailbox tier, when the node has one (set before :meth:`start`)."""
 
@@ -215,7 +178,7 @@ class Messenger:
             return
         self._ack_waiters.pop(mid, None)
         if self.outbox.mark_delivered(mid, tier):
-            self._delivered(mid, recipient, tier)
+            self.events.delivered(mid, recipient, tier)
 
     async def _go_offline(self, mid: bytes) -> None:
         entry = self.outbox.get(mid)
@@ -229,16 +192,11 @@ class Messenger:
         except (TierlinkError, ValueError, KeyError) as exc:
             log.warning("message %s stays pending (offline tier: %s)", mid.hex(), exc)
             return
-        self._settled(mid)
+        self.events.settled(mid)
 
     def mailboxes_holding(self, mid: bytes) -> list[str]:
         """Fingerprints of the recipient's mailboxes that hold ``mid`` for us."""
         return [] if self.mailbox is None else self.mailbox.client.store.mailboxes_of(mid)
-
-    def _settled(self, mid: bytes) -> None:
-        for fut in self._settled_waiters.pop(mid, []):
-            if not fut.done():
-                fut.set_result(None)
 
     def link(self, recipient: str) -> Connection | None:
         """The open message link to ``recipient``, if there is one."""
@@ -266,73 +224,25 @@ class Messenger:
         return conn
 
     # -- delivery events -----------------------------------------------------------------
-    def _delivered(self, mid: bytes, recipient: str, tier: str) -> None:
-        d = Delivery(mid, recipient, tier, now_ms())
-        with contextlib.suppress(asyncio.QueueFull):
-            self._deliveries.put_nowait(d)
-        for fut in self._delivery_waiters.pop(mid, []):
-            if not fut.done():
-                fut.set_result(d)
-        self._settled(mid)
-
     def _offline_delivered(self, mid: bytes, recipient: str) -> None:
-        self._delivered(mid, recipient, "offline")
+        self.events.delivered(mid, recipient, "offline")
 
     async def wait_delivered(self, mid: bytes, timeout: float | None = None) -> Delivery | None:
         """The delivery of ``mid`` once acknowledged; None after ``timeout`` seconds."""
-        entry = self.outbox.get(mid)
-        if entry is None:
-            raise KeyError(f"no message {mid.hex()} in the outbox")
-        if entry.state == DELIVERED:
-            return Delivery(mid, entry.recipient, entry.tier or "?", entry.delivered_ms or 0)
-        fut: asyncio.Future[Delivery] = self._loop.create_future()
-        self._delivery_waiters.setdefault(mid, []).append(fut)
-        try:
-            async with asyncio.timeout(timeout):
-                return await fut
-        except TimeoutError:
-            return None
-        finally:
-            waiters = self._delivery_waiters.get(mid)
-            if waiters and fut in waiters:
-                waiters.remove(fut)
+        return await self.events.wait_delivered(mid, timeout)
 
     async def wait_settled(self, mid: bytes, timeout: float | None = None) -> str:
-        """Wait until ``mid`` is delivered or queued: "delivered", "queued" (in the DHT),
-        "in_mailbox" or (after ``timeout``) the outbox state, e.g. "pending"."""
-        entry = self.outbox.get(mid)
-        if entry is None:
-            raise KeyError(f"no message {mid.hex()} in the outbox")
-        if entry.state != PENDING:
-            return "queued" if entry.state == QUEUED_DHT else entry.state
-        settled: asyncio.Future[None] = self._loop.create_future()
-        self._settled_waiters.setdefault(mid, []).append(settled)
-        try:
-            async with asyncio.timeout(timeout):
-                await settled
-        except TimeoutError:
-            pass
-        finally:
-            waiters = self._settled_waiters.get(mid)
-            if waiters and settled in waiters:
-                waiters.remove(settled)
-        entry = self.outbox.get(mid)
-        state = entry.state if entry is not None else "unknown"
-        return "queued" if state == QUEUED_DHT else state
+        """Wait until ``mid`` is delivered or queued (see :meth:`DeliveryEvents.wait_settled`)."""
+        return await self.events.wait_settled(mid, timeout)
 
-    async def deliveries(self) -> AsyncIterator[Delivery]:
+    def deliveries(self) -> AsyncIterator[Delivery]:
         """Every acknowledgement, as it arrives."""
-        while True:
-            yield await self._deliveries.get()
+        return self.events.deliveries()
 
     # -- receiving -----------------------------------------------------------------------
-    async def messages(self) -> AsyncIterator[Message]:
+    def messages(self) -> AsyncIterator[Message]:
         """Incoming messages, each exactly once; taking one acknowledges it."""
-        while True:
-            msg, taken = await self._inbox.get()
-            if not taken.done():
-                taken.set_result(None)
-            yield msg
+        return self.incoming.messages()
 
     def adopt_link(self, conn: Connection) -> None:
         """Serve a message link (dialed by us or by the peer)."""
@@ -362,8 +272,7 @@ class Messenger:
                         if fut is not None and not fut.done():
                             fut.set_result(None)
                 elif isinstance(frame, LinkMessage):
-                    await self._receive(peer, frame.message_id, frame.created_at_ms,
-                                        frame.expires_at_ms, frame.payload, conn.tier, conn)
+                    await self.incoming.from_link(conn, frame)
         except ConnectionClosed:
             pass
         finally:
@@ -372,65 +281,10 @@ class Messenger:
             if not conn.closed:
                 await conn.close()
 
-    async def _receive(
-        self, sender: str, mid: bytes, created: int, expires: int, payload: bytes, tier: str,
-        conn: Connection,
-    ) -> None:
-        if self.delivered_log.seen(sender, mid):
-            self.duplicates_suppressed += 1
-            await self._ack(conn, mid)
-            return
-        if self.delivered_log.free() == 0:
-            self.held_back += 1
-            return
-        taken = await self._hand_over(sender, mid, created, payload, tier)
-        if taken is None:
-            return
-        self._tasks.spawn(self._ack_when_taken(conn, sender, mid, expires, taken), "ack")
-
-    async def _hand_over(
-        self, sender: str, mid: bytes, created: int, payload: bytes, tier: str
-    ) -> asyncio.Future[None] | None:
-        """Queue for the application unless already queued; None if already queued."""
-        key = (sender, mid)
-        if key in self._pending_in:
-            self.duplicates_suppressed += 1
-            return None
-        taken: asyncio.Future[None] = self._loop.create_future()
-        self._pending_in[key] = taken
-        await self._inbox.put((Message(sender, mid, payload, tier, created, now_ms()), taken))
-        return taken
-
-    async def _ack_when_taken(
-        self, conn: Connection, sender: str, mid: bytes, expires: int, taken: asyncio.Future[None]
-    ) -> None:
-        await taken
-        self.delivered_log.remember(sender, mid, expires)
-        self._pending_in.pop((sender, mid), None)
-        await self._ack(conn, mid)
-
-    async def _ack(self, conn: Connection, mid: bytes) -> None:
-        with contextlib.suppress(TierlinkError):
-            await conn.send(encode_ack_frame([mid]))
-
     async def _offline_message(self, env: ReceivedEnvelope) -> None:
         """OfflineTier callback: return once the application took the message."""
-        await self._sealed_message(env, "offline")
+        await self.incoming.sealed(env, "offline")
 
     async def _mailbox_message(self, env: ReceivedEnvelope) -> None:
         """Mailbox collect callback: return once the application took the message."""
-        await self._sealed_message(env, "mailbox")
-
-    async def _sealed_message(self, env: ReceivedEnvelope, tier: str) -> None:
-        key = (env.sender_fingerprint, env.message_id)
-        pending = self._pending_in.get(key)
-        if pending is not None:  # the same message is waiting from a live link
-            self.duplicates_suppressed += 1
-            await asyncio.shield(pending)
-            return
-        taken = await self._hand_over(env.sender_fingerprint, env.message_id,
-                                      env.created_at_ms, env.payload, tier)
-        if taken is not None:
-            await asyncio.shield(taken)
-            self._pending_in.pop(key, None)
-
+        await self.incoming.sealed(env, "mailbox")

@@ -1,18 +1,10 @@
 """The node: an identity, a DHT, ICE settings, and the tiers put together.
 
-:class:`Node` is the composition root. It starts (or reaches) the DHT and builds the parts:
-
-* :class:`~tierlink.node.presence.Presence`: the signed record, kept fresh, and lookups;
-* :class:`~tierlink.node.dial.Dialer`: dials others by fingerprint;
-* :class:`~tierlink.node.answer.Answerer`: answers the offers of the dialers it chooses to;
-* :class:`~tierlink.node.delivery.Messenger`: tiered messages (live links, the offline tier,
-  mailboxes: :mod:`tierlink.mailbox`);
-* :class:`~tierlink.mailbox.MailboxServer`: when ``config.mailbox_serve`` is set, the mailbox
-  service for the ``mailbox``-purpose connections others dial to us;
-
-and routes each answered connection: message links to the messenger, the rest to
-:meth:`Node.incoming`. One :class:`~tierlink.node.tasks.Supervisor` owns the node's
-background work; one :class:`~tierlink.dht.record_book.PeerLookup` serves every lookup.
+:class:`Node` is the composition root. It starts (or reaches) the DHT, builds the parts
+(:mod:`tierlink.node.parts`: presence, dialer, answerer, messenger, mailbox service) and
+routes each answered connection: message links to the messenger, mailbox connections to the
+mailbox service, the rest to :meth:`Node.incoming`. One
+:class:`~tierlink.node.tasks.Supervisor` owns the node's background work.
 """
 
 from __future__ import annotations
@@ -22,27 +14,20 @@ import logging
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable
-from dataclasses import dataclass
 from types import TracebackType
 
-from tierlink.backoff import Backoff
 from tierlink.dht import DhtClient, DhtNodeProcess
-from tierlink.dht.record_book import PeerLookup, RecordBook
+from tierlink.dht.record_book import RecordBook
 from tierlink.errors import TierlinkError
 from tierlink.identity import is_fingerprint
-from tierlink.mailbox import (
-    MailboxClient,
-    MailboxServer,
-    MailboxStore,
-    SenderStore,
-)
-from tierlink.mailbox.tier import MailboxTier
+from tierlink.mailbox import MailboxServer
 from tierlink.node.answer import Answerer
 from tierlink.node.config import NodeConfig
-from tierlink.node.delivery import DEFAULT_TTL_S, Delivery, Message, Messenger
-from tierlink.node.dial import Dialer
+from tierlink.node.delivery import DEFAULT_TTL_S, Messenger
+from tierlink.node.delivery_events import Delivery
 from tierlink.node.endpoint import Endpoint
-from tierlink.node.presence import Presence
+from tierlink.node.incoming_messages import Message
+from tierlink.node.parts import NodeParts, Wiring, build_parts, message_stats, serve_mailbox
 from tierlink.node.tasks import Supervisor
 from tierlink.transport.certs import LocalCertificate
 from tierlink.transport.connection import Connection
@@ -55,17 +40,6 @@ log = logging.getLogger(__name__)
 __all__ = ["Delivery", "Message", "Node", "NodeConfig", "TurnServer"]
 
 _NOT_RUNNING = "node is not running (use 'async with Node(config)')"
-
-
-@dataclass
-class _Parts:
-    """What a running node is made of (built by :meth:`Node.start`)."""
-
-    dht: DhtClient
-    presence: Presence
-    dialer: Dialer
-    answerer: Answerer
-    messenger: Messenger
 
 
 class Node:
@@ -92,7 +66,7 @@ class Node:
         self.mailbox_server: MailboxServer | None = None
         """The mailbox service (``config.mailbox_serve``), once started."""
         self._session_ids = session_ids
-        self._parts: _Parts | None = None
+        self._parts: NodeParts | None = None
         self._tasks = Supervisor("node")
         self._incoming: asyncio.Queue[Connection] = asyncio.Queue(config.incoming_backlog)
         self._started = False
@@ -144,12 +118,16 @@ class Node:
                 url = self.dht_process.proxy_url
             self.dht = DhtClient(url, timeout=self.config.dht_timeout,
                                  connections=self.config.dht_connections)
-            parts = self._build(self.dht)
+            parts = build_parts(
+                self.dht, self.config, self.endpoint, self.records, self._tasks,
+                self._session_ids,
+                Wiring(self._dial_link, self._dial_mailbox, self._route, self._allows),
+            )
             await parts.presence.publish()
             self._parts = parts
             self.messenger = parts.messenger
             if self.config.mailbox_serve is not None:
-                self._serve_mailbox(self.dht)
+                self.mailbox_server = serve_mailbox(self.dht, self.config, self._tasks)
             parts.messenger.start()
             if self.config.mailboxes:
                 self._tasks.spawn(self._publish_descriptor(parts.messenger), "descriptor")
@@ -162,41 +140,6 @@ class Node:
         except BaseException:
             await self.close()
             raise
-
-    def _build(self, dht: DhtClient) -> _Parts:
-        config, identity = self.config, self.identity
-        lookup = PeerLookup(dht, self.records)
-        presence = Presence(dht, identity, config, self.endpoint, lookup)
-        dialer = Dialer(dht, identity, config, self.endpoint, presence, self._tasks,
-                        self._session_ids)
-        answerer = Answerer(dht, identity, config, self.endpoint, self._tasks, self._route)
-        messenger = Messenger(
-            dht, identity, self._dial_link, config.state_dir(), lookup=lookup,
-            secure=config.secure, send_budget=config.send_budget,
-            ack_timeout=config.ack_timeout, reput_interval_s=config.offline_reput_interval,
-            allow=self._allows,
-        )
-        messenger.mailbox = MailboxTier(
-            MailboxClient(
-                self._dial_mailbox, identity, messenger.offline,
-                SenderStore(config.state_dir() / "tierlink.db"), mailboxes=config.mailboxes,
-                allow=lambda: None if config.allow is None else set(config.allow),
-                descriptor_lifetime_s=config.mailbox_descriptor_lifetime,
-                redundancy=config.mailbox_redundancy, dial_timeout=config.dial_timeout,
-            ),
-            poll_interval=config.mailbox_poll_interval,
-        )
-        return _Parts(dht, presence, dialer, answerer, messenger)
-
-    def _serve_mailbox(self, dht: DhtClient) -> None:
-        settings = self.config.mailbox_serve
-        assert settings is not None
-        store = MailboxStore(self.config.state_dir() / "mailbox.db")
-        server = self.mailbox_server = MailboxServer(dht, self.fingerprint, store, settings)
-        self._tasks.keep_running(server.reput_descriptors, "mailbox-descriptors",
-                                 Backoff(0.5, maximum=max(0.5, settings.descriptor_interval)))
-        self._tasks.keep_running(server.expire_loop, "mailbox-expiry",
-                                 Backoff(0.5, maximum=max(0.5, settings.expiry_interval)))
 
     async def _publish_descriptor(self, messenger: Messenger) -> None:
         """Put our mailbox descriptor in the DHT (our mailboxes keep it there later)."""
@@ -222,7 +165,7 @@ class Node:
         if self.dht_process is not None:
             await self.dht_process.stop()
 
-    def _running(self) -> _Parts:
+    def _running(self) -> NodeParts:
         if self._parts is None or self._closed:
             raise TierlinkError(_NOT_RUNNING)
         return self._parts
@@ -375,17 +318,6 @@ class Node:
         parts.answerer.paths.listeners.append(listener)
         self.endpoint.restarts.listeners.append(listener)  # path changes (ICE restarts)
 
-    def _mailbox_stats(self) -> dict[str, object]:
-        out: dict[str, object] = {}
-        tier = self.messenger.mailbox if self.messenger else None
-        if tier is not None:
-            out["mailbox_refused_us"] = dict(tier.client.refusals)
-            out["mailbox_collected"] = tier.client.collected
-        if self.mailbox_server is not None:
-            out["mailbox_deposits"] = self.mailbox_server.deposits
-            out["mailbox_refusals"] = dict(self.mailbox_server.refusals)
-        return out
-
     def stats(self) -> dict[str, object]:
         """Counters for tests and the CLI."""
         parts = self._parts
@@ -410,9 +342,6 @@ class Node:
             "proxy_lines_skipped": dict(self.dht.skipped_lines) if self.dht else {},
             "dht_restarts_seen": parts.presence.dht_restarts_seen if parts else 0,
             "dht_route_changes": parts.presence.dht_route_changes if parts else 0,
-            "duplicates_suppressed": self.messenger.duplicates_suppressed if self.messenger else 0,
-            "messages_held_back": self.messenger.held_back if self.messenger else 0,
-            "malformed_link_frames": self.messenger.malformed_link_frames if self.messenger else 0,
-            **self._mailbox_stats(),
+            **message_stats(self.messenger, self.mailbox_server),
             "uptime_s": round(time.monotonic(), 1),
         }

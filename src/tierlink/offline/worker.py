@@ -5,17 +5,9 @@ first), seals it into one sealed-sender envelope and puts it under the recipient
 :func:`~tierlink.wire.dhtkeys.offline_queue_key`. OpenDHT forgets a value 10 minutes after its put,
 so :meth:`OfflineTier.reput_due` puts the *same* envelope bytes again every
 :data:`~tierlink.offline.outbox.REPUT_INTERVAL_S` until an ack arrives
-(:meth:`OfflineTier.check_acks`) or the message's TTL passes. Messages whose put failed stay
-``pending`` and are retried by ``reput_due``.
-
-Acks for a recipient's messages come under :meth:`OfflineTier.ack_key`, derived from the ack
-token we give that recipient (:func:`~tierlink.wire.envelope.ack_token`): only we two can
-compute it. How ack listening scales: one key per *recipient* with undelivered messages, not
-per message. We listen on the keys of at most :data:`MAX_ACK_LISTENS` recipients (one DHT
-listen each, the longest waiting first, re-chosen when messages are queued or delivered and
-every maintenance period); the maintenance loop gets the key of every recipient with
-undelivered messages once per period (covering those past the cap). Ack traffic grows with
-the number of distinct recipients awaiting acks, whatever the number of messages to each.
+(:meth:`OfflineTier.check_acks`, :mod:`tierlink.offline.acks`: keys and listens) or the
+message's TTL passes. Messages whose put failed stay ``pending`` and are retried by
+``reput_due``.
 
 Receiver side: :meth:`OfflineTier.fetch_and_deliver` reads our queue key, runs the values
 through the :class:`Inbox` policy, hands each new message to the application callback,
@@ -38,17 +30,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import inspect
 import logging
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Protocol
+from collections.abc import Awaitable, Callable
 
 from tierlink.backoff import Backoff, keep_restarting
 from tierlink.dht.record_book import PeerLookup
-from tierlink.errors import DhtError, PeerNotFound, RecordError
+from tierlink.errors import DhtError, PeerNotFound
 from tierlink.identity import Identity
+from tierlink.offline.acks import AckWatch
 from tierlink.offline.delivered import DeliveredLog
+from tierlink.offline.dht_access import Dht, close_listen
 from tierlink.offline.inbox import FetchResult, Inbox, InboxLimits
 from tierlink.offline.outbox import (
     PENDING,
@@ -56,39 +50,19 @@ from tierlink.offline.outbox import (
     UNDELIVERED,
     Outbox,
 )
-from tierlink.wire.ack import MAX_ACK_IDS, create_ack, open_ack
+from tierlink.wire.ack import MAX_ACK_IDS, create_ack
 from tierlink.wire.dhtkeys import offline_acks_key, offline_queue_key
-from tierlink.wire.envelope import DEFAULT_TTL_S, ReceivedEnvelope, ack_token, create_envelope
+from tierlink.wire.envelope import DEFAULT_TTL_S, ReceivedEnvelope, create_envelope
 from tierlink.wire.records import now_ms as _now_ms
 
 log = logging.getLogger(__name__)
 
-TIER = "offline"
-"""The tier name recorded in the outbox for deliveries acknowledged through the DHT."""
-
 Callback = Callable[[ReceivedEnvelope], Awaitable[None] | None]
-
-#: Most ack values one :meth:`OfflineTier.check_acks` opens per ack key (each costs an
-#: AES-GCM decryption); the rest wait for a later fetch, counted in ``acks_skipped``.
-MAX_ACKS_PER_FETCH = 256
-#: Most recipients whose ack keys are listened on at once (one DHT listen each); the
-#: maintenance loop's fetch reads the keys of the others.
-MAX_ACK_LISTENS = 64
 
 #: The first wait before a failed background loop runs again (seconds).
 RETRY_S = 1.0
 #: The longest wait between attempts of a failing background loop (seconds).
 RETRY_MAX_S = 60.0
-
-
-class Dht(Protocol):
-    """What the offline tier needs from a DHT client (:class:`tierlink.dht.DhtClient`)."""
-
-    async def put(self, key: str, value: bytes) -> None: ...
-    async def get(
-        self, key: str, *, keep: Callable[[bytes], bool] | None = None
-    ) -> list[bytes]: ...
-    def listen(self, key: str) -> AsyncIterator[bytes]: ...
 
 
 class OfflineTier:
@@ -114,21 +88,15 @@ class OfflineTier:
         # envelope decrypts; refused ones count ``not-allowed``, are never delivered nor acked.
         self.inbox = Inbox(identity, delivered_log, limits, allow)
         self.reput_interval_s = reput_interval_s
-        self.on_delivered = on_delivered
-        """Called with (message id, recipient) when an ack marks a message delivered."""
+        self.acks = AckWatch(dht, identity, outbox, on_delivered)
+        """Acks of our messages (``on_delivered``: called with (message id, recipient) when
+        one marks a message delivered)."""
         self.lookup = lookup if lookup is not None else PeerLookup(dht)
         """Where recipients' records (their KEM keys) come from."""
         self.errors = 0
         """Background failures so far (DHT unreachable, callback raised); each is logged."""
         self.restarts: Counter[str] = Counter()
         """Restarts of the background loops after a failure, by loop name."""
-        self.acks_skipped = 0
-        """Ack values left unread because a fetch held more than MAX_ACKS_PER_FETCH."""
-        self.acks_rejected: Counter[str] = Counter()
-        """Ack values refused, by reason (``decrypt``: not made with our token, ...)."""
-        self.ack_listens: set[str] = set()
-        """Recipients whose ack keys are listened on right now."""
-        self._recipients_changed = asyncio.Event()
         self._fetch_lock = asyncio.Lock()
         self._inflight: set[bytes] = set()  # ids whose put is under way (not retried twice)
         self.held: set[bytes] = set()
@@ -196,8 +164,8 @@ class OfflineTier:
         finally:
             self._inflight.discard(entry.message_id)
         self.outbox.mark_queued(message_id, value)
-        if entry.recipient not in self.ack_listens:
-            self._recipients_changed.set()
+        if entry.recipient not in self.acks.listening:
+            self.acks.recipients_changed()
         return value
 
     async def reput_due(self, now_ms: int | None = None) -> int:
@@ -218,49 +186,12 @@ class OfflineTier:
                 log.warning("offline message %s not put: %s", entry.message_id.hex(), exc)
         return puts
 
-    def ack_key(self, recipient: str) -> str:
-        """The DHT key where ``recipient`` acknowledges our messages (only we two know it)."""
-        return offline_acks_key(ack_token(self.me, recipient))
-
     async def check_acks(
         self, recipient: str | None = None, values: list[bytes] | None = None
     ) -> int:
-        """Read ``recipient``'s acks (or handle ``values`` from its ack key; without it, every
-        recipient with undelivered messages, one get each); returns messages newly marked
-        delivered. At most :data:`MAX_ACKS_PER_FETCH` values are opened per key, in the order
-        given; an ack counts only if it decrypts under our token for ``recipient``, an id only
-        if its message went to ``recipient``.
-        """
-        if recipient is None:
-            if values is not None:
-                raise ValueError("ack values must come with the recipient whose key held them")
-            marked = 0
-            for who in self.outbox.recipients():
-                marked += await self.check_acks(who)
-            return marked
-        token = ack_token(self.me, recipient)
-        if values is None:
-            values = await self.dht.get(offline_acks_key(token))
-        self.acks_skipped += max(0, len(values) - MAX_ACKS_PER_FETCH)
-        marked = 0
-        for value in values[:MAX_ACKS_PER_FETCH]:
-            try:
-                ack = open_ack(value, token)
-            except RecordError as exc:
-                self.acks_rejected[exc.reason] += 1
-                log.debug("ignoring ack: %s", exc)
-                continue
-            for mid in ack.message_ids:
-                entry = self.outbox.get(mid)
-                if entry is None or entry.recipient != recipient:
-                    continue
-                if self.outbox.mark_delivered(mid, TIER):
-                    marked += 1
-                    if self.on_delivered is not None:
-                        self.on_delivered(mid, entry.recipient)
-        if marked:
-            self._recipients_changed.set()
-        return marked
+        """Read acks of our messages and mark them delivered (see :meth:`AckWatch.check`);
+        returns messages newly marked delivered."""
+        return await self.acks.check(recipient, values)
 
     # -- receiver side --------------------------------------------------------------------
     async def fetch_and_deliver(
@@ -343,7 +274,7 @@ class OfflineTier:
                     self._incoming.append(value)
                     self._wake.set()
             finally:
-                await _aclose(it)
+                await close_listen(it)
 
         await self._retrying("queue", body)
 
@@ -359,44 +290,7 @@ class OfflineTier:
         await self._retrying("deliver", body)
 
     async def _listen_acks(self, period: float) -> None:
-        """Keep one listen per recipient awaiting acks (at most MAX_ACK_LISTENS)."""
-
-        async def body() -> None:
-            listens: dict[str, asyncio.Task[None]] = {}
-            try:
-                while True:
-                    self._recipients_changed.clear()
-                    wanted = set(self.outbox.recipients(limit=MAX_ACK_LISTENS))
-                    for who in [w for w, task in listens.items()
-                                if w not in wanted or task.done()]:
-                        listens.pop(who).cancel()
-                    for who in wanted - listens.keys():
-                        listens[who] = asyncio.create_task(
-                            self._listen_ack_key(who), name=f"offline-acks-{who[:8]}"
-                        )
-                    self.ack_listens = set(listens)
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._recipients_changed.wait(), period)
-            finally:
-                self.ack_listens = set()
-                for task in listens.values():
-                    task.cancel()
-                for task in listens.values():
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await task
-
-        await self._retrying("acks", body)
-
-    async def _listen_ack_key(self, recipient: str) -> None:
-        async def body() -> None:
-            it = self.dht.listen(self.ack_key(recipient))
-            try:
-                async for value in it:
-                    await self.check_acks(recipient, [value])
-            finally:
-                await _aclose(it)
-
-        await self._retrying("acks", body)
+        await self._retrying("acks", functools.partial(self.acks.listen, period, self._retrying))
 
     async def _maintain(self, period: float) -> None:
         async def body() -> None:
@@ -409,8 +303,3 @@ class OfflineTier:
 
         await self._retrying("maintenance", body)
 
-
-async def _aclose(it: object) -> None:
-    close = getattr(it, "aclose", None)
-    if close is not None:
-        await close()

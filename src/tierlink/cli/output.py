@@ -1,0 +1,42 @@
+"""What the CLI prints: a JSON object or a line of text, and text a peer sent made safe."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+
+def emit(args: argparse.Namespace, obj: dict[str, Any], text: str) -> None:
+    """Print ``obj`` as one JSON line under ``--json``, else ``text``."""
+    print(json.dumps(obj) if args.json else text, flush=True)
+
+
+_NAMED_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t", "\\": "\\\\"}
+#: Line/paragraph separators and bidirectional overrides: they break or reorder a line.
+_UNICODE_CONTROLS = frozenset({0x2028, 0x2029, *range(0x202A, 0x202F), *range(0x2066, 0x206A)})
+
+
+def printable(text: str) -> str:
+    """``text`` safe for a terminal: C0 and C1 control characters and DEL (so every ANSI
+    escape sequence), line separators and bidi overrides shown as backslash escapes,
+    backslashes doubled so that the line reads unambiguously. A peer's message cannot move
+    the cursor, clear the screen or forge another output line."""
+    out = []
+    for ch in text:
+        code = ord(ch)
+        if ch in _NAMED_ESCAPES:
+            out.append(_NAMED_ESCAPES[ch])
+        elif code < 0x20 or 0x7F <= code <= 0x9F:
+            out.append(f"\\x{code:02x}")
+        elif code in _UNICODE_CONTROLS:
+            out.append(f"\\u{code:04x}")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def message_line(sender: str, text: str, tier: str | None = None) -> str:
+    """The human output line of a received message (sender shortened, text escaped)."""
+    via = f" [{tier}]" if tier is not None else ""
+    return f"{sender[:16]}…{via}: {printable(text)}"
