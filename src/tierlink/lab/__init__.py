@@ -13,7 +13,8 @@ Needs root, ``ip``, ``nft``, ``turnserver`` (coturn) and ``dhtnode``. Modules:
   link profiles, emulated WAN links (TAP pair moved by a user-space delay process; loss and
   rate in the kernel) and the emulator process;
 * :mod:`tierlink.lab.linkcheck` - the emulator's measured accuracy and capacity;
-* :mod:`tierlink.lab.topology` - :class:`~tierlink.lab.topology.Lab`, sites, probes;
+* :mod:`tierlink.lab.topology` / :mod:`tierlink.lab.site` / :mod:`tierlink.lab.site_probes` -
+  :class:`~tierlink.lab.topology.Lab`, its sites and their probes;
 * :mod:`tierlink.lab.probe` / :mod:`tierlink.lab.worldprobe` / :mod:`tierlink.lab.linkprobe` -
   the probe programs run inside namespaces;
 * :mod:`tierlink.lab.expectations` - the expected outcome of each cell (path and, with the
@@ -21,9 +22,11 @@ Needs root, ``ip``, ``nft``, ``turnserver`` (coturn) and ``dhtnode``. Modules:
 * :mod:`tierlink.lab.runner` - ``run_matrix``;
 * :mod:`tierlink.lab.icepeer` / :mod:`tierlink.lab.peer` - peer processes (raw ICE / Node with
   one tiered ``node.send`` per attempt);
-* :mod:`tierlink.lab.faults` / :mod:`tierlink.lab.faultrun` / :mod:`tierlink.lab.faultpeer` -
-  faults injected mid-stream (address change, NAT rebinding and reboot, link flaps, receiver
-  SIGKILL, DHT and TURN restarts, clock skew), the fault matrix runner and its peers;
+* :mod:`tierlink.lab.faults` / :mod:`tierlink.lab.faultrun` / :mod:`tierlink.lab.faultpeer` /
+  :mod:`tierlink.lab.faultstream` - faults injected mid-stream (address change, NAT rebinding
+  and reboot, link flaps, receiver SIGKILL, DHT and TURN restarts, clock skew), the fault
+  matrix runner, its peers and the sender's message streams; :mod:`tierlink.lab.faultmsg` /
+  :mod:`tierlink.lab.faultreport` - the fault messages, the receiver's log, the reports;
 * :mod:`tierlink.lab.report` - ``matrix.json``, ``matrix.md`` (with the fault matrix),
   ``matrix.png``;
 * :mod:`tierlink.lab.command` - ``run_lab_cli`` and ``run_cleanup_stale``, behind
