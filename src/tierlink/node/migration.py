@@ -13,6 +13,13 @@ both offer at once the dialer's offer wins (:mod:`tierlink.protocol.path_restart
 restart succeeds before the liveness watchdog fires, the connection closes as it would
 without migration.
 
+A peer that restarted (a new process of the same identity) has no session to answer with.
+While an offer waits, the peer's signed record is looked up; once a record newer than the
+connection's shows the peer published again and the offer stays unanswered past a grace
+(:class:`~tierlink.protocol.path_restart.PeerRestartCheck`), the connection closes with a
+``peer restarted`` reason (counted in ``peers_restarted``), so whoever uses it dials the
+new process at once instead of waiting out the liveness timeout.
+
 Restart values arrive on the offers listen the node already holds (no listen per
 connection, so an idle connection costs nothing here); the Answerer hands them to
 :meth:`PathRestarts.receive`, which opens each with the key of every connection it may
@@ -22,6 +29,7 @@ belong to.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import Counter
@@ -29,15 +37,17 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from tierlink.dht import DhtClient
+from tierlink.dht.record_book import PeerLookup
 from tierlink.dht.route import source_address
 from tierlink.errors import RecordError, TierlinkError
 from tierlink.node.tasks import Supervisor
-from tierlink.protocol.path_restart import Verdict
+from tierlink.protocol.path_restart import PeerRestartCheck, Verdict
 from tierlink.transport.address_watch import address_watch
 from tierlink.transport.aioice_adapter import IceConnection
 from tierlink.transport.connection import Connection
 from tierlink.transport.ice import PathListener, run_checks, set_remote
 from tierlink.wire.dhtkeys import offers_key
+from tierlink.wire.records import now_ms
 from tierlink.wire.signaling import (
     MAX_RESTART_SIZE,
     RESTART_ANSWER,
@@ -64,6 +74,9 @@ ROUTE_WAIT_S = 5.0
 ANSWER_POLL_S = 0.5
 #: Longest wait for one of those requests (a connection that died with the path hangs).
 ANSWER_GET_S = 2.0
+#: How often an offer in progress looks the peer's record up, until one shows that the peer
+#: published again (see :meth:`_Session._watch_peer`).
+RECORD_POLL_S = 1.0
 
 #: Makes a fresh ICE agent (controlling or not) and describes it for the peer.
 NewAgent = Callable[[bool], IceConnection]
@@ -84,6 +97,7 @@ class _Session:
         self.attempt: asyncio.Task[None] | None = None
         self.answer: asyncio.Future[SessionDescription] | None = None
         self.suspected_at: float | None = None
+        self.check = PeerRestartCheck(owner.known_seq(conn.remote_fingerprint), now_ms())
         conn.migration.on_suspect = self.suspect
         conn.migration.listeners.append(owner.emit)
         self.address_id = address_watch().watch(
@@ -136,21 +150,30 @@ class _Session:
 
     async def _offer(self, seq: int, reason: str) -> None:
         log.info("path restart %d to %s… (%s)", seq, self.conn.remote_fingerprint[:16], reason)
+        loop = asyncio.get_running_loop()
         ice = self.owner.new_agent(self.conn.initiator)
         switched = False
+        gone: str | None = None
         try:
             await self._route_ready()
+            started = loop.time()
             await ice.gather_candidates()
-            self.answer = asyncio.get_running_loop().create_future()
+            answer = self.answer = loop.create_future()
             await self._put(Restart(RESTART_OFFER, seq, self.owner.describe(ice)))
+            offered_at = loop.time()
             async with asyncio.timeout(self.owner.answer_timeout):
                 poll = asyncio.ensure_future(self._poll_answer(seq))
+                watch = asyncio.ensure_future(self._watch_peer(offered_at, offered_at - started))
                 try:
-                    params = await self.answer
+                    await asyncio.wait((answer, watch), return_when=asyncio.FIRST_COMPLETED)
                 finally:
                     poll.cancel()
-            switched = await self._connect(ice, params, seq=seq, initiated="local",
-                                           reason=reason)
+                    watch.cancel()
+            if answer.done():
+                switched = await self._connect(ice, answer.result(), seq=seq,
+                                               initiated="local", reason=reason)
+            else:
+                gone = watch.result()
         except (TimeoutError, TierlinkError, OSError) as exc:
             log.info("path restart %d to %s… failed: %r", seq,
                      self.conn.remote_fingerprint[:16], exc)
@@ -159,6 +182,8 @@ class _Session:
             if not switched:
                 await ice.close()
             self._finish(True, seq, switched)
+        if gone is not None:
+            self.owner.peer_restarted(self, gone)
 
     async def _answer(self, offer: Restart) -> None:
         log.info("answering path restart %d of %s…", offer.seq, self.conn.remote_fingerprint[:16])
@@ -210,6 +235,41 @@ class _Session:
                     self.handle(restart)
                     return
 
+    async def _watch_peer(self, offered_at: float, signaling_s: float) -> str:
+        """While our offer (out since ``offered_at``, its gathering and put took
+        ``signaling_s``) waits: look the peer's signed record up every
+        :data:`RECORD_POLL_S` until one shows it published again, then wait for the
+        :class:`PeerRestartCheck` verdict. Returns why the peer is taken to have restarted;
+        runs until cancelled (the answer came) otherwise."""
+        loop = asyncio.get_running_loop()
+        lookup, check, peer = self.owner.lookup, self.check, self.conn.remote_fingerprint
+        lookup_s = 0.0
+        while True:
+            if lookup is not None and check.evidence_seq is None:
+                asked = loop.time()
+                try:
+                    async with asyncio.timeout(ANSWER_GET_S):
+                        record = await lookup.lookup(peer)
+                except (TierlinkError, TimeoutError, OSError) as exc:
+                    log.info("path restart: looking up the record of %s…: %r", peer[:16], exc)
+                else:
+                    lookup_s = loop.time() - asked
+                    if check.record(record.seq, record.issued_at_ms, loop.time()):
+                        self.owner.newer_records += 1
+                        log.info("path restart: %s… published record %d since this "
+                                 "connection opened (it began with %s)", peer[:16],
+                                 record.seq, check.baseline_seq)
+            now = loop.time()
+            spent = signaling_s + lookup_s
+            if check.gone(now, offered_at, spent, self.conn.migration.last_suspect_at):
+                return (f"peer restarted: {peer[:16]}… published record "
+                        f"{check.evidence_seq} since this connection opened (with "
+                        f"{check.baseline_seq}) and left the path restart unanswered for "
+                        f"{now - offered_at:.1f} s")
+            deadline = check.deadline(offered_at, spent)
+            wait = RECORD_POLL_S if deadline is None else deadline - now
+            await asyncio.sleep(min(max(wait, ROUTE_POLL_S), RECORD_POLL_S))
+
     async def _put(self, restart: Restart) -> None:
         value = encode_restart(self.secret, self.outbound, restart)
         await self.dht.put(offers_key(self.conn.remote_fingerprint), value)
@@ -252,6 +312,13 @@ class PathRestarts:
         self.describe = describe
         self.ice_timeout = ice_timeout
         self.answer_timeout = answer_timeout
+        self.lookup: PeerLookup | None = None
+        """The node's record lookup (set once the node runs): restarts read peers' records
+        through it to tell a restarted peer from a slow one."""
+        self.peers_restarted = 0
+        self.newer_records = 0
+        """Connections whose restart found the peer's record newer than at the opening."""
+        """Connections closed because the peer restarted (see :meth:`peer_restarted`)."""
         self._sessions: dict[Connection, _Session] = {}
         self._ended: Counter[str] = Counter()
         self.refused: Counter[str] = Counter()
@@ -261,6 +328,23 @@ class PathRestarts:
         self.listeners: list[PathListener] = []
         self.tier_changes: Counter[str] = Counter()
         """Path changes by the tiers they went from and to (``relay_to_direct``, ...)."""
+
+    def known_seq(self, fingerprint: str) -> int | None:
+        """The sequence of the newest record of ``fingerprint`` accepted so far (None:
+        none): a connection opening now began with it."""
+        return None if self.lookup is None else self.lookup.book.highest_seq.get(fingerprint)
+
+    def peer_restarted(self, session: _Session, reason: str) -> None:
+        """``session``'s peer restarted: close its connection with ``reason`` (the close
+        runs on the node's tasks; closing detaches the session)."""
+        conn = session.conn
+        if conn.closed:
+            return
+        self.peers_restarted += 1
+        conn.migration.peer_restarted = True
+        log.info("closing the connection to %s…: %s", conn.remote_fingerprint[:16], reason)
+        with contextlib.suppress(TierlinkError):  # the node is closing: it closes conn itself
+            session.tasks.spawn(conn.close(reason), "peer-restarted")
 
     def attach(
         self, conn: Connection, secret: OfferSecret, dht: DhtClient, tasks: Supervisor
@@ -316,5 +400,6 @@ class PathRestarts:
         names = ("path_changes", "restarts_started", "restarts_answered",
                  "restarts_succeeded", "restarts_failed", "restarts_yielded")
         return {**{name: total[name] for name in names}, "restarts_refused": dict(refused),
-                "answers_polled": self.answers_polled,
+                "answers_polled": self.answers_polled, "newer_records": self.newer_records,
+                "peers_restarted": self.peers_restarted,
                 "tier_changes": dict(self.tier_changes)}

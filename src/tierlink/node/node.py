@@ -166,6 +166,7 @@ class Node:
     def _build(self, dht: DhtClient) -> _Parts:
         config, identity = self.config, self.identity
         lookup = PeerLookup(dht, self.records)
+        self.endpoint.restarts.lookup = lookup  # tells a restarted peer from a slow one
         presence = Presence(dht, identity, config, self.endpoint, lookup)
         dialer = Dialer(dht, identity, config, self.endpoint, presence, self._tasks,
                         self._session_ids)

@@ -11,6 +11,11 @@ each side numbers its restart offers 1, 2, ...; an offer is accepted only with a
 above every offer accepted from that peer before (a replayed one is refused), an answer
 only for the offer in progress. When both sides offer at once, the dialer's offer wins: the
 dialer refuses the callee's, the callee drops its own and answers the dialer's.
+
+:class:`PeerRestartCheck` decides when an unanswered restart means the peer itself started
+again (a new process without the session): the connection is then closed at once, so the
+application (or the node's delivery) dials the new process, instead of waiting out the
+liveness timeout.
 """
 
 from __future__ import annotations
@@ -146,3 +151,71 @@ class RestartNegotiation:
             return
         self.state = State.IDLE
         self.counts["succeeded" if succeeded else "failed"] += 1
+
+
+#: An unanswered restart offer is given at least this long (seconds), or
+#: :data:`GONE_SIGNALING_MULTIPLE` x the signaling time the offer itself took if longer,
+#: before :class:`PeerRestartCheck` takes its peer for restarted.
+GONE_FLOOR_S = 3.0
+GONE_SIGNALING_MULTIPLE = 3.0
+
+
+@dataclass
+class PeerRestartCheck:
+    """Whether the peer of a restart that goes unanswered started again (lost the session).
+
+    A peer that restarts (same identity, new process) publishes a new signed record at once
+    and cannot answer a restart of a session it no longer holds. Neither fact alone proves
+    it: a live peer also republishes (every republish period, after an address change in
+    public mode), and a live peer's answer can be slow. So the verdict needs both:
+
+    * **evidence**: a verified record of the peer with a sequence above ``baseline_seq``
+      (the newest known when the connection opened); with no baseline, the first record
+      seen becomes it, unless it was issued after the connection opened (``opened_at_ms``);
+    * **silence**: the restart offer has been out for :meth:`grace` since it went out and
+      the evidence was seen (whichever came later), with no answer, and the path was
+      declared dead again after the offer went out (a path that answers again is not gone).
+
+    Only the peer can sign a record, and a replayed older one is no evidence; a hostile DHT
+    can delay answers, which already fails the restart, but cannot make a live peer's
+    answer count as missing sooner than :meth:`grace`.
+    """
+
+    baseline_seq: int | None
+    opened_at_ms: int
+    #: The sequence of the first record that showed a publish since the connection opened.
+    evidence_seq: int | None = None
+    #: When (loop time) that record was seen.
+    evidence_at: float | None = None
+
+    def record(self, seq: int, issued_at_ms: int, now: float) -> bool:
+        """A verified record of the peer (``seq``, ``issued_at_ms``) was read at ``now``;
+        True once there is evidence of a publish since the connection opened."""
+        if self.evidence_seq is None:
+            if self.baseline_seq is None and issued_at_ms <= self.opened_at_ms:
+                self.baseline_seq = seq
+            elif self.baseline_seq is None or seq > self.baseline_seq:
+                self.evidence_seq, self.evidence_at = seq, now
+        return self.evidence_seq is not None
+
+    @staticmethod
+    def grace(signaling_s: float) -> float:
+        """How long an offer whose own signaling (gathering, put, lookup) took
+        ``signaling_s`` waits for its answer before the silence counts."""
+        return max(GONE_FLOOR_S, GONE_SIGNALING_MULTIPLE * signaling_s)
+
+    def deadline(self, offered_at: float, signaling_s: float) -> float | None:
+        """When the silence counts for an offer out since ``offered_at`` (None: no evidence)."""
+        if self.evidence_at is None:
+            return None
+        return max(offered_at, self.evidence_at) + self.grace(signaling_s)
+
+    def gone(
+        self, now: float, offered_at: float, signaling_s: float, declared_at: float | None
+    ) -> bool:
+        """True if the peer is taken to have restarted at ``now``: evidence, the offer out
+        since ``offered_at`` unanswered past :meth:`deadline`, and the path last declared
+        dead at ``declared_at``, after the offer went out."""
+        deadline = self.deadline(offered_at, signaling_s)
+        return (deadline is not None and now >= deadline and declared_at is not None
+                and declared_at >= offered_at)
