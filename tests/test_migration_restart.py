@@ -19,7 +19,11 @@ from tierlink.errors import ConnectionClosed
 from tierlink.identity import Identity
 from tierlink.node import Node
 from tierlink.node.delivery import Message
-from tierlink.protocol.path_restart import GONE_FLOOR_S, PeerRestartCheck
+from tierlink.protocol.path_restart import (
+    GONE_FLOOR_S,
+    GONE_LATER_PERIOD_S,
+    PeerRestartCheck,
+)
 from tierlink.transport.connection import Connection
 from tierlink.wire.dhtkeys import ice_candidates_key
 from tierlink.wire.records import KIND_PEER_RECORD, PeerRecord, seal
@@ -31,20 +35,20 @@ NO_WATCHDOG_S = 120.0
 
 # -- the verdict, sans-IO --------------------------------------------------------------------
 def test_a_newer_record_and_a_silent_restart_make_the_verdict() -> None:
-    check = PeerRestartCheck(baseline_seq=100, opened_at_ms=5_000)
+    check = PeerRestartCheck(baseline_seq=100, baseline_issued_ms=4_000, opened_at_ms=5_000)
     assert not check.record(100, 4_000, now=10.0)  # the record the connection began with
     assert not check.record(99, 4_000, now=10.5)  # an older one (replayed)
     assert check.deadline(10.0, 0.1) is None
     assert not check.gone(99.0, 10.0, 0.1, declared_at=50.0)
-    assert check.record(101, 4_000, now=11.0)  # the peer published again
-    assert check.evidence_seq == 101
+    assert check.record(101, 4_000, now=11.0)  # the peer published again, same period
+    assert check.evidence_seq == 101 and not check.evidence_later
     assert check.deadline(10.0, 0.1) == 11.0 + GONE_FLOOR_S  # from the later of the two
     assert not check.gone(11.0 + GONE_FLOOR_S - 0.01, 10.0, 0.1, declared_at=12.0)
     assert check.gone(11.0 + GONE_FLOOR_S, 10.0, 0.1, declared_at=12.0)
 
 
 def test_a_path_that_answers_again_is_not_a_restarted_peer() -> None:
-    check = PeerRestartCheck(baseline_seq=1, opened_at_ms=0)
+    check = PeerRestartCheck(baseline_seq=1, baseline_issued_ms=0, opened_at_ms=0)
     check.record(2, 0, now=1.0)
     # declared dead before the offer went out (at 1.0), never again since: it answers
     assert not check.gone(60.0, 1.0, 0.1, declared_at=0.5)
@@ -53,21 +57,42 @@ def test_a_path_that_answers_again_is_not_a_restarted_peer() -> None:
 
 
 def test_slow_signaling_stretches_the_grace() -> None:
-    assert PeerRestartCheck.grace(0.01) == GONE_FLOOR_S
-    assert PeerRestartCheck.grace(4.0) == 12.0  # a DHT this slow answers that slowly too
-    check = PeerRestartCheck(baseline_seq=1, opened_at_ms=0)
+    check = PeerRestartCheck(baseline_seq=1, baseline_issued_ms=0, opened_at_ms=0)
+    assert check.grace(0.01) == GONE_FLOOR_S
+    assert check.grace(4.0) == 12.0  # a DHT this slow answers that slowly too
     check.record(2, 0, now=0.0)
     assert not check.gone(11.9, 0.0, 4.0, declared_at=5.0)
     assert check.gone(12.0, 0.0, 4.0, declared_at=5.0)
 
 
+def test_a_record_of_a_later_period_waits_longer() -> None:
+    """What a live peer's periodic republish looks like proves less than a second record
+    within the connection's period."""
+    check = PeerRestartCheck(baseline_seq=200_000, baseline_issued_ms=200_000,
+                             opened_at_ms=250_000)
+    assert check.record(400_000, 400_000, now=1.0)
+    assert check.evidence_later and check.grace(0.01) == GONE_LATER_PERIOD_S
+    assert not check.gone(1.0 + GONE_FLOOR_S, 1.0, 0.01, declared_at=2.0)
+    assert check.gone(1.0 + GONE_LATER_PERIOD_S, 1.0, 0.01, declared_at=2.0)
+
+
+def test_a_peer_that_proves_the_session_resets_the_evidence() -> None:
+    check = PeerRestartCheck(baseline_seq=5, baseline_issued_ms=0, opened_at_ms=0)
+    assert check.record(6, 0, now=1.0)
+    check.alive()  # it answered a restart: record 6 is a live peer's
+    assert check.evidence_seq is None and check.baseline_seq == 6
+    assert not check.gone(99.0, 0.0, 0.1, declared_at=50.0)
+    assert not check.record(6, 0, now=2.0)
+    assert check.record(7, 0, now=3.0)
+
+
 def test_without_a_baseline_only_a_record_issued_after_the_opening_is_evidence() -> None:
-    check = PeerRestartCheck(baseline_seq=None, opened_at_ms=5_000)
+    check = PeerRestartCheck(baseline_seq=None, baseline_issued_ms=None, opened_at_ms=5_000)
     assert not check.record(7, 4_000, now=1.0)  # first seen: becomes the baseline
     assert check.baseline_seq == 7
-    assert check.record(8, 4_000, now=2.0)
-    later = PeerRestartCheck(baseline_seq=None, opened_at_ms=5_000)
-    assert later.record(3, 6_000, now=1.0)  # issued after the connection opened
+    assert check.record(8, 4_000, now=2.0) and not check.evidence_later
+    later = PeerRestartCheck(baseline_seq=None, baseline_issued_ms=None, opened_at_ms=5_000)
+    assert later.record(3, 6_000, now=1.0) and later.evidence_later  # issued after opening
 
 
 # -- on real nodes ---------------------------------------------------------------------------

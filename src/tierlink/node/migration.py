@@ -13,12 +13,10 @@ both offer at once the dialer's offer wins (:mod:`tierlink.protocol.path_restart
 restart succeeds before the liveness watchdog fires, the connection closes as it would
 without migration.
 
-A peer that restarted (a new process of the same identity) has no session to answer with.
-While an offer waits, the peer's signed record is looked up; once a record newer than the
-connection's shows the peer published again and the offer stays unanswered past a grace
-(:class:`~tierlink.protocol.path_restart.PeerRestartCheck`), the connection closes with a
-``peer restarted`` reason (counted in ``peers_restarted``), so whoever uses it dials the
-new process at once instead of waiting out the liveness timeout.
+A peer that restarted (a new process, same identity) cannot answer: while an offer waits,
+the peer's signed record is looked up, and a newer one plus an answer that does not come
+(:class:`~tierlink.protocol.path_restart.PeerRestartCheck`) close the connection with a
+``peer restarted`` reason at once, so its user dials the new process.
 
 Restart values arrive on the offers listen the node already holds (no listen per
 connection, so an idle connection costs nothing here); the Answerer hands them to
@@ -97,7 +95,7 @@ class _Session:
         self.attempt: asyncio.Task[None] | None = None
         self.answer: asyncio.Future[SessionDescription] | None = None
         self.suspected_at: float | None = None
-        self.check = PeerRestartCheck(owner.known_seq(conn.remote_fingerprint), now_ms())
+        self.check = PeerRestartCheck(*owner.known_record(conn.remote_fingerprint), now_ms())
         conn.migration.on_suspect = self.suspect
         conn.migration.listeners.append(owner.emit)
         self.address_id = address_watch().watch(
@@ -128,17 +126,24 @@ class _Session:
             self.attempt = None
 
     def handle(self, restart: Restart) -> None:
-        """An authenticated restart message of this session."""
+        """An authenticated restart message of this session. A fresh one (an offer numbered
+        above every earlier one, the answer to our offer in progress; not a replay) proves
+        the peer still holds the session."""
         if restart.kind == RESTART_OFFER:
-            if self.negotiation.on_offer(restart.seq) is Verdict.REFUSE:
+            fresh = restart.seq > self.negotiation.peer_seq
+            verdict = self.negotiation.on_offer(restart.seq)
+            if fresh:
+                self.check.alive()
+            if verdict is Verdict.REFUSE:
                 return
             if self.suspected_at is None:
                 self.suspected_at = time.time()
             self._run(self._answer(restart), "path-restart-answer")
-        elif (self.negotiation.on_answer(restart.seq) and self.answer is not None
-              and not self.answer.done()):
-            log.info("path restart %d: answered", restart.seq)
-            self.answer.set_result(restart.params)
+        elif self.negotiation.on_answer(restart.seq):
+            self.check.alive()
+            if self.answer is not None and not self.answer.done():
+                log.info("path restart %d: answered", restart.seq)
+                self.answer.set_result(restart.params)
 
     # -- the two sides ----------------------------------------------------------------------
     async def _route_ready(self) -> None:
@@ -256,15 +261,11 @@ class _Session:
                     lookup_s = loop.time() - asked
                     if check.record(record.seq, record.issued_at_ms, loop.time()):
                         self.owner.newer_records += 1
-                        log.info("path restart: %s… published record %d since this "
-                                 "connection opened (it began with %s)", peer[:16],
-                                 record.seq, check.baseline_seq)
             now = loop.time()
             spent = signaling_s + lookup_s
             if check.gone(now, offered_at, spent, self.conn.migration.last_suspect_at):
-                return (f"peer restarted: {peer[:16]}… published record "
-                        f"{check.evidence_seq} since this connection opened (with "
-                        f"{check.baseline_seq}) and left the path restart unanswered for "
+                return (f"peer restarted: record {check.evidence_seq} (this connection's: "
+                        f"{check.baseline_seq}), the path restart unanswered for "
                         f"{now - offered_at:.1f} s")
             deadline = check.deadline(offered_at, spent)
             wait = RECORD_POLL_S if deadline is None else deadline - now
@@ -313,8 +314,7 @@ class PathRestarts:
         self.ice_timeout = ice_timeout
         self.answer_timeout = answer_timeout
         self.lookup: PeerLookup | None = None
-        """The node's record lookup (set once the node runs): restarts read peers' records
-        through it to tell a restarted peer from a slow one."""
+        """The node's record lookup (set once it runs): tells a restarted peer from a slow one."""
         self.peers_restarted = 0
         self.newer_records = 0
         """Connections whose restart found the peer's record newer than at the opening."""
@@ -329,10 +329,11 @@ class PathRestarts:
         self.tier_changes: Counter[str] = Counter()
         """Path changes by the tiers they went from and to (``relay_to_direct``, ...)."""
 
-    def known_seq(self, fingerprint: str) -> int | None:
-        """The sequence of the newest record of ``fingerprint`` accepted so far (None:
-        none): a connection opening now began with it."""
-        return None if self.lookup is None else self.lookup.book.highest_seq.get(fingerprint)
+    def known_record(self, fingerprint: str) -> tuple[int | None, int | None]:
+        """The sequence and issued time of the newest record of ``fingerprint`` accepted so
+        far (None: none known): a connection opening now began with it."""
+        entry = None if self.lookup is None else self.lookup.book.latest.get(fingerprint)
+        return (None, None) if entry is None else (entry[0].seq, entry[0].issued_at_ms)
 
     def peer_restarted(self, session: _Session, reason: str) -> None:
         """``session``'s peer restarted: close its connection with ``reason`` (the close

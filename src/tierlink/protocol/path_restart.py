@@ -158,6 +158,9 @@ class RestartNegotiation:
 #: before :class:`PeerRestartCheck` takes its peer for restarted.
 GONE_FLOOR_S = 3.0
 GONE_SIGNALING_MULTIPLE = 3.0
+#: The least grace when the newer record was issued in a later republish period than the
+#: connection's (a live peer republishes once per period, so such a record proves less).
+GONE_LATER_PERIOD_S = 8.0
 
 
 @dataclass
@@ -166,43 +169,61 @@ class PeerRestartCheck:
 
     A peer that restarts (same identity, new process) publishes a new signed record at once
     and cannot answer a restart of a session it no longer holds. Neither fact alone proves
-    it: a live peer also republishes (every republish period, after an address change in
-    public mode), and a live peer's answer can be slow. So the verdict needs both:
+    it: a live peer also republishes (once per republish period, and after an address
+    change in public mode), and a live peer's answer can be slow. So the verdict needs both:
 
-    * **evidence**: a verified record of the peer with a sequence above ``baseline_seq``
-      (the newest known when the connection opened); with no baseline, the first record
-      seen becomes it, unless it was issued after the connection opened (``opened_at_ms``);
-    * **silence**: the restart offer has been out for :meth:`grace` since it went out and
-      the evidence was seen (whichever came later), with no answer, and the path was
-      declared dead again after the offer went out (a path that answers again is not gone).
+    * **evidence**: a verified record of the peer with a sequence above the baseline (the
+      newest known when the connection opened, or when the peer last proved it holds the
+      session: :meth:`alive`); with no baseline, the first record seen becomes it, unless it
+      was issued after the connection opened (``opened_at_ms``);
+    * **silence**: the restart offer has waited :meth:`grace` since it went out and the
+      evidence was seen (whichever came later), with no answer, and the path was declared
+      dead again after the offer went out (a path that answers again is not gone).
 
-    Only the peer can sign a record, and a replayed older one is no evidence; a hostile DHT
-    can delay answers, which already fails the restart, but cannot make a live peer's
-    answer count as missing sooner than :meth:`grace`.
+    The grace covers a live peer's answer through a slow DHT (a multiple of the time our own
+    offer's signaling took); evidence issued in a later republish period than the baseline
+    (what a live peer's periodic republish looks like) gets at least
+    :data:`GONE_LATER_PERIOD_S`. Only the peer can sign a record and an older one is no
+    evidence; a hostile DHT can withhold answers, which fails the restart anyway, but
+    cannot shorten the grace.
     """
 
     baseline_seq: int | None
+    baseline_issued_ms: int | None
     opened_at_ms: int
-    #: The sequence of the first record that showed a publish since the connection opened.
+    #: The first record that showed a publish since the baseline: sequence, issued time,
+    #: when (loop time) it was seen and whether it was issued in a later period.
     evidence_seq: int | None = None
-    #: When (loop time) that record was seen.
+    evidence_issued_ms: int = 0
     evidence_at: float | None = None
+    evidence_later: bool = False
 
     def record(self, seq: int, issued_at_ms: int, now: float) -> bool:
         """A verified record of the peer (``seq``, ``issued_at_ms``) was read at ``now``;
-        True once there is evidence of a publish since the connection opened."""
+        True once there is evidence of a publish since the baseline."""
         if self.evidence_seq is None:
             if self.baseline_seq is None and issued_at_ms <= self.opened_at_ms:
-                self.baseline_seq = seq
+                self.baseline_seq, self.baseline_issued_ms = seq, issued_at_ms
             elif self.baseline_seq is None or seq > self.baseline_seq:
-                self.evidence_seq, self.evidence_at = seq, now
+                self.evidence_seq, self.evidence_issued_ms = seq, issued_at_ms
+                self.evidence_at = now
+                self.evidence_later = (self.baseline_issued_ms is None
+                                       or issued_at_ms > self.baseline_issued_ms)
         return self.evidence_seq is not None
 
-    @staticmethod
-    def grace(signaling_s: float) -> float:
+    def alive(self) -> None:
+        """The peer proved it holds the session (an authenticated restart message): the
+        records seen so far are a live peer's, and the newest becomes the baseline."""
+        if self.evidence_seq is not None:
+            self.baseline_seq, self.baseline_issued_ms = (self.evidence_seq,
+                                                          self.evidence_issued_ms)
+            self.evidence_seq, self.evidence_at, self.evidence_later = None, None, False
+
+    def grace(self, signaling_s: float) -> float:
         """How long an offer whose own signaling (gathering, put, lookup) took
         ``signaling_s`` waits for its answer before the silence counts."""
-        return max(GONE_FLOOR_S, GONE_SIGNALING_MULTIPLE * signaling_s)
+        floor = GONE_LATER_PERIOD_S if self.evidence_later else GONE_FLOOR_S
+        return max(floor, GONE_SIGNALING_MULTIPLE * signaling_s)
 
     def deadline(self, offered_at: float, signaling_s: float) -> float | None:
         """When the silence counts for an offer out since ``offered_at`` (None: no evidence)."""
