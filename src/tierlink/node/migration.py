@@ -73,8 +73,10 @@ ANSWER_POLL_S = 0.5
 #: Longest wait for one of those requests (a connection that died with the path hangs).
 ANSWER_GET_S = 2.0
 #: How often an offer in progress looks the peer's record up, until one shows that the peer
-#: published again (see :meth:`_Session._watch_peer`).
+#: published again (see :meth:`_Session._watch_peer`), and the longest wait for one lookup
+#: (a get completes once the DHT's search does, which can take a second or more).
 RECORD_POLL_S = 1.0
+RECORD_GET_S = 5.0
 
 #: Makes a fresh ICE agent (controlling or not) and describes it for the peer.
 NewAgent = Callable[[bool], IceConnection]
@@ -241,11 +243,9 @@ class _Session:
                     return
 
     async def _watch_peer(self, offered_at: float, signaling_s: float) -> str:
-        """While our offer (out since ``offered_at``, its gathering and put took
-        ``signaling_s``) waits: look the peer's signed record up every
-        :data:`RECORD_POLL_S` until one shows it published again, then wait for the
-        :class:`PeerRestartCheck` verdict. Returns why the peer is taken to have restarted;
-        runs until cancelled (the answer came) otherwise."""
+        """While our offer (out since ``offered_at``; its gathering and put took
+        ``signaling_s``) waits: read the peer's record until it shows a new publish, then
+        return the reason once :class:`PeerRestartCheck` takes the peer for restarted."""
         loop = asyncio.get_running_loop()
         lookup, check, peer = self.owner.lookup, self.check, self.conn.remote_fingerprint
         lookup_s = 0.0
@@ -253,7 +253,7 @@ class _Session:
             if lookup is not None and check.evidence_seq is None:
                 asked = loop.time()
                 try:
-                    async with asyncio.timeout(ANSWER_GET_S):
+                    async with asyncio.timeout(RECORD_GET_S):
                         record = await lookup.lookup(peer)
                 except (TierlinkError, TimeoutError, OSError) as exc:
                     log.info("path restart: looking up the record of %s…: %r", peer[:16], exc)
@@ -315,10 +315,8 @@ class PathRestarts:
         self.answer_timeout = answer_timeout
         self.lookup: PeerLookup | None = None
         """The node's record lookup (set once it runs): tells a restarted peer from a slow one."""
-        self.peers_restarted = 0
-        self.newer_records = 0
-        """Connections whose restart found the peer's record newer than at the opening."""
-        """Connections closed because the peer restarted (see :meth:`peer_restarted`)."""
+        self.peers_restarted = 0  # connections closed because the peer restarted
+        self.newer_records = 0  # connections whose restart found a newer record of the peer
         self._sessions: dict[Connection, _Session] = {}
         self._ended: Counter[str] = Counter()
         self.refused: Counter[str] = Counter()
