@@ -192,9 +192,13 @@ async def test_a_connection_to_a_restarted_peer_closes_saying_so(dht_node) -> No
             await b2.close()
 
 
-async def test_a_live_peer_with_a_newer_record_keeps_its_connection(dht_node) -> None:
+async def test_a_live_peer_with_a_newer_record_keeps_its_connection(
+    dht_node, monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """The peer published again (as every republish period, or after an address change)
-    and then its path died: it answers the restart, the connection migrates."""
+    and then its path died: it answers the restart, the connection migrates. (The peer
+    takes the restart offer only once the offerer has seen the newer record, so the answer
+    cannot beat the lookup.)"""
     a = Node(config_for(dht_node, liveness_timeout=NO_WATCHDOG_S))
     b = Node(config_for(dht_node, liveness_timeout=NO_WATCHDOG_S))
     await b.start()
@@ -204,8 +208,15 @@ async def test_a_live_peer_with_a_newer_record_keeps_its_connection(dht_node) ->
         cb = await b.accept(timeout=10)
         assert cb is not None
         await b.publish()
+        held: list[bytes] = []
+        monkeypatch.setattr(b.endpoint.restarts, "receive", held.append)
         black_hole(cb)
         sending = ca.submit(b"across the change")
+        await eventually(lambda: _migration(a)["newer_records"] == 1, 30, "the newer record")
+        monkeypatch.undo()
+        assert held, "the restart offer never reached the peer"
+        for value in held:
+            b.endpoint.restarts.receive(value)
         await eventually(lambda: ca.migration.changes >= 1, 30, "the path change")
         assert await cb.recv(30) == b"across the change"
         await sending

@@ -373,11 +373,12 @@ class Messenger:
         finally:
             if self._links.get(peer) is conn:
                 del self._links[peer]
-            if conn.migration.peer_restarted:  # its acknowledgements never come: resend now
+            if conn.migration.peer_restarted and self.link(peer) is None:  # acks never come
                 for entry in self.outbox.pending(peer):
                     fut = self._ack_waiters.get(entry.message_id)
                     if fut is not None and not fut.done():
                         fut.set_exception(ConnectionClosed("the peer restarted"))
+                        fut.exception()  # retrieved: its sender may have failed already
             if not conn.closed:
                 await conn.close()
 
