@@ -32,6 +32,10 @@ def test_reduced_fault_matrix() -> None:
         assert row["delivered"] >= row["sent"], summary
     restarted = [r for r in rows if r["fault"] == "receiver-restart"]
     assert all("receiver_back_ms" in r["facts"] for r in restarted)
+    # The restarted receiver is recognised (its newer record, its silence): the sender's
+    # connection closes as "peer restarted", not at the liveness timeout.
+    assert all(r["facts"]["migration"]["node"]["peers_restarted"] >= 1 for r in restarted), [
+        r["facts"]["migration"] for r in restarted]
     # NAT rebinding: the same Connection moves to a new pair (migration), never a redial.
     rebound = [r for r in rows if r["fault"] == "nat-rebinding" and r["api"] == "connection"]
     assert rebound and all(r["redials"] == 0 and r["path_changes"] >= 1 for r in rebound), rebound

@@ -157,10 +157,11 @@ class Messenger:
             finally:
                 self.offline.held.discard(mid)
 
-    async def _deliver_one(self, recipient: str, mid: bytes) -> None:
+    async def _deliver_one(self, recipient: str, mid: bytes, redialed: bool = False) -> None:
         entry = self.outbox.get(mid)
         if entry is None or entry.state != PENDING or entry.expires_ms <= now_ms():
             return
+        conn: Connection | None = None
         try:
             conn = await self._link_to(recipient)
             tier = conn.tier
@@ -171,9 +172,12 @@ class Messenger:
             async with asyncio.timeout(self.ack_timeout):
                 await asyncio.shield(fut)
         except (TierlinkError, TimeoutError, OSError) as exc:
+            self._ack_waiters.pop(mid, None)
+            if conn is not None and conn.migration.peer_restarted and not redialed:
+                await self._deliver_one(recipient, mid, redialed=True)  # to the new process
+                return
             log.info("live delivery of %s failed (%s); using the offline tier", mid.hex(),
                      exc)
-            self._ack_waiters.pop(mid, None)
             await self._go_offline(mid)
             return
         self._ack_waiters.pop(mid, None)
@@ -278,6 +282,12 @@ class Messenger:
         finally:
             if self._links.get(peer) is conn:
                 del self._links[peer]
+            if conn.migration.peer_restarted and self.link(peer) is None:  # acks never come
+                for entry in self.outbox.pending(peer):
+                    fut = self._ack_waiters.get(entry.message_id)
+                    if fut is not None and not fut.done():
+                        fut.set_exception(ConnectionClosed("the peer restarted"))
+                        fut.exception()  # retrieved: its sender may have failed already
             if not conn.closed:
                 await conn.close()
 

@@ -13,6 +13,11 @@ both offer at once the dialer's offer wins (:mod:`tierlink.protocol.path_restart
 restart succeeds before the liveness watchdog fires, the connection closes as it would
 without migration.
 
+A peer that restarted (a new process, same identity) cannot answer: while an offer waits,
+the peer's signed record is looked up, and a newer one plus an answer that does not come
+(:class:`~tierlink.protocol.path_restart.PeerRestartCheck`) close the connection with a
+``peer restarted`` reason at once, so its user dials the new process.
+
 Restart values arrive on the offers listen the node already holds (no listen per
 connection, so an idle connection costs nothing here); the Answerer hands them to
 :meth:`PathRestarts.receive`, which opens each with the key of every connection it may
@@ -22,6 +27,7 @@ belong to.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import Counter
@@ -29,15 +35,17 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from tierlink.dht import DhtClient
+from tierlink.dht.record_book import PeerLookup
 from tierlink.dht.route import source_address
 from tierlink.errors import RecordError, TierlinkError
 from tierlink.node.tasks import Supervisor
-from tierlink.protocol.path_restart import Verdict
+from tierlink.protocol.path_restart import PeerRestartCheck, Verdict
 from tierlink.transport.address_watch import address_watch
 from tierlink.transport.aioice_adapter import IceConnection
 from tierlink.transport.connection import Connection
 from tierlink.transport.ice import PathListener, run_checks, set_remote
 from tierlink.wire.dhtkeys import offers_key
+from tierlink.wire.records import now_ms
 from tierlink.wire.signaling import (
     MAX_RESTART_SIZE,
     RESTART_ANSWER,
@@ -64,6 +72,11 @@ ROUTE_WAIT_S = 5.0
 ANSWER_POLL_S = 0.5
 #: Longest wait for one of those requests (a connection that died with the path hangs).
 ANSWER_GET_S = 2.0
+#: How often an offer in progress looks the peer's record up, until one shows that the peer
+#: published again (see :meth:`_Session._watch_peer`), and the longest wait for one lookup
+#: (a get completes once the DHT's search does, which can take a second or more).
+RECORD_POLL_S = 1.0
+RECORD_GET_S = 5.0
 
 #: Makes a fresh ICE agent (controlling or not) and describes it for the peer.
 NewAgent = Callable[[bool], IceConnection]
@@ -84,6 +97,7 @@ class _Session:
         self.attempt: asyncio.Task[None] | None = None
         self.answer: asyncio.Future[SessionDescription] | None = None
         self.suspected_at: float | None = None
+        self.check = PeerRestartCheck(*owner.known_record(conn.remote_fingerprint), now_ms())
         conn.migration.on_suspect = self.suspect
         conn.migration.listeners.append(owner.emit)
         self.address_id = address_watch().watch(
@@ -114,17 +128,24 @@ class _Session:
             self.attempt = None
 
     def handle(self, restart: Restart) -> None:
-        """An authenticated restart message of this session."""
+        """An authenticated restart message of this session. A fresh one (an offer numbered
+        above every earlier one, the answer to our offer in progress; not a replay) proves
+        the peer still holds the session."""
         if restart.kind == RESTART_OFFER:
-            if self.negotiation.on_offer(restart.seq) is Verdict.REFUSE:
+            fresh = restart.seq > self.negotiation.peer_seq
+            verdict = self.negotiation.on_offer(restart.seq)
+            if fresh:
+                self.check.alive()
+            if verdict is Verdict.REFUSE:
                 return
             if self.suspected_at is None:
                 self.suspected_at = time.time()
             self._run(self._answer(restart), "path-restart-answer")
-        elif (self.negotiation.on_answer(restart.seq) and self.answer is not None
-              and not self.answer.done()):
-            log.info("path restart %d: answered", restart.seq)
-            self.answer.set_result(restart.params)
+        elif self.negotiation.on_answer(restart.seq):
+            self.check.alive()
+            if self.answer is not None and not self.answer.done():
+                log.info("path restart %d: answered", restart.seq)
+                self.answer.set_result(restart.params)
 
     # -- the two sides ----------------------------------------------------------------------
     async def _route_ready(self) -> None:
@@ -136,21 +157,30 @@ class _Session:
 
     async def _offer(self, seq: int, reason: str) -> None:
         log.info("path restart %d to %s… (%s)", seq, self.conn.remote_fingerprint[:16], reason)
+        loop = asyncio.get_running_loop()
         ice = self.owner.new_agent(self.conn.initiator)
         switched = False
+        gone: str | None = None
         try:
             await self._route_ready()
+            started = loop.time()
             await ice.gather_candidates()
-            self.answer = asyncio.get_running_loop().create_future()
+            answer = self.answer = loop.create_future()
             await self._put(Restart(RESTART_OFFER, seq, self.owner.describe(ice)))
+            offered_at = loop.time()
             async with asyncio.timeout(self.owner.answer_timeout):
                 poll = asyncio.ensure_future(self._poll_answer(seq))
+                watch = asyncio.ensure_future(self._watch_peer(offered_at, offered_at - started))
                 try:
-                    params = await self.answer
+                    await asyncio.wait((answer, watch), return_when=asyncio.FIRST_COMPLETED)
                 finally:
                     poll.cancel()
-            switched = await self._connect(ice, params, seq=seq, initiated="local",
-                                           reason=reason)
+                    watch.cancel()
+            if answer.done():
+                switched = await self._connect(ice, answer.result(), seq=seq,
+                                               initiated="local", reason=reason)
+            else:
+                gone = watch.result()
         except (TimeoutError, TierlinkError, OSError) as exc:
             log.info("path restart %d to %s… failed: %r", seq,
                      self.conn.remote_fingerprint[:16], exc)
@@ -159,6 +189,8 @@ class _Session:
             if not switched:
                 await ice.close()
             self._finish(True, seq, switched)
+        if gone is not None:
+            self.owner.peer_restarted(self, gone)
 
     async def _answer(self, offer: Restart) -> None:
         log.info("answering path restart %d of %s…", offer.seq, self.conn.remote_fingerprint[:16])
@@ -210,6 +242,35 @@ class _Session:
                     self.handle(restart)
                     return
 
+    async def _watch_peer(self, offered_at: float, signaling_s: float) -> str:
+        """While our offer (out since ``offered_at``; its gathering and put took
+        ``signaling_s``) waits: read the peer's record until it shows a new publish, then
+        return the reason once :class:`PeerRestartCheck` takes the peer for restarted."""
+        loop = asyncio.get_running_loop()
+        lookup, check, peer = self.owner.lookup, self.check, self.conn.remote_fingerprint
+        lookup_s = 0.0
+        while True:
+            if lookup is not None and check.evidence_seq is None:
+                asked = loop.time()
+                try:
+                    async with asyncio.timeout(RECORD_GET_S):
+                        record = await lookup.lookup(peer)
+                except (TierlinkError, TimeoutError, OSError) as exc:
+                    log.info("path restart: looking up the record of %s…: %r", peer[:16], exc)
+                else:
+                    lookup_s = loop.time() - asked
+                    if check.record(record.seq, record.issued_at_ms, loop.time()):
+                        self.owner.newer_records += 1
+            now = loop.time()
+            spent = signaling_s + lookup_s
+            if check.gone(now, offered_at, spent, self.conn.migration.last_suspect_at):
+                return (f"peer restarted: record {check.evidence_seq} (this connection's: "
+                        f"{check.baseline_seq}), the path restart unanswered for "
+                        f"{now - offered_at:.1f} s")
+            deadline = check.deadline(offered_at, spent)
+            wait = RECORD_POLL_S if deadline is None else deadline - now
+            await asyncio.sleep(min(max(wait, ROUTE_POLL_S), RECORD_POLL_S))
+
     async def _put(self, restart: Restart) -> None:
         value = encode_restart(self.secret, self.outbound, restart)
         await self.dht.put(offers_key(self.conn.remote_fingerprint), value)
@@ -252,6 +313,10 @@ class PathRestarts:
         self.describe = describe
         self.ice_timeout = ice_timeout
         self.answer_timeout = answer_timeout
+        self.lookup: PeerLookup | None = None
+        """The node's record lookup (set once it runs): tells a restarted peer from a slow one."""
+        self.peers_restarted = 0  # connections closed because the peer restarted
+        self.newer_records = 0  # connections whose restart found a newer record of the peer
         self._sessions: dict[Connection, _Session] = {}
         self._ended: Counter[str] = Counter()
         self.refused: Counter[str] = Counter()
@@ -261,6 +326,24 @@ class PathRestarts:
         self.listeners: list[PathListener] = []
         self.tier_changes: Counter[str] = Counter()
         """Path changes by the tiers they went from and to (``relay_to_direct``, ...)."""
+
+    def known_record(self, fingerprint: str) -> tuple[int | None, int | None]:
+        """The sequence and issued time of the newest record of ``fingerprint`` accepted so
+        far (None: none known): a connection opening now began with it."""
+        entry = None if self.lookup is None else self.lookup.book.latest.get(fingerprint)
+        return (None, None) if entry is None else (entry[0].seq, entry[0].issued_at_ms)
+
+    def peer_restarted(self, session: _Session, reason: str) -> None:
+        """``session``'s peer restarted: close its connection with ``reason`` (the close
+        runs on the node's tasks; closing detaches the session)."""
+        conn = session.conn
+        if conn.closed:
+            return
+        self.peers_restarted += 1
+        conn.migration.peer_restarted = True
+        log.info("closing the connection to %s…: %s", conn.remote_fingerprint[:16], reason)
+        with contextlib.suppress(TierlinkError):  # the node is closing: it closes conn itself
+            session.tasks.spawn(conn.close(reason), "peer-restarted")
 
     def attach(
         self, conn: Connection, secret: OfferSecret, dht: DhtClient, tasks: Supervisor
@@ -316,5 +399,6 @@ class PathRestarts:
         names = ("path_changes", "restarts_started", "restarts_answered",
                  "restarts_succeeded", "restarts_failed", "restarts_yielded")
         return {**{name: total[name] for name in names}, "restarts_refused": dict(refused),
-                "answers_polled": self.answers_polled,
+                "answers_polled": self.answers_polled, "newer_records": self.newer_records,
+                "peers_restarted": self.peers_restarted,
                 "tier_changes": dict(self.tier_changes)}

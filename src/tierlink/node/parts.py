@@ -59,6 +59,7 @@ def build_parts(
     """The parts of a node over ``dht``; ``tasks`` owns their background work."""
     identity = config.identity
     lookup = PeerLookup(dht, records)
+    endpoint.restarts.lookup = lookup  # tells a restarted peer from a slow one
     presence = Presence(dht, identity, config, endpoint, lookup)
     dialer = Dialer(dht, identity, config, endpoint, presence, tasks, session_ids)
     answerer = Answerer(dht, identity, config, endpoint, tasks, wiring.route)

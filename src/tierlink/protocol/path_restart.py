@@ -11,6 +11,11 @@ each side numbers its restart offers 1, 2, ...; an offer is accepted only with a
 above every offer accepted from that peer before (a replayed one is refused), an answer
 only for the offer in progress. When both sides offer at once, the dialer's offer wins: the
 dialer refuses the callee's, the callee drops its own and answers the dialer's.
+
+:class:`PeerRestartCheck` decides when an unanswered restart means the peer itself started
+again (a new process without the session): the connection is then closed at once, so the
+application (or the node's delivery) dials the new process, instead of waiting out the
+liveness timeout.
 """
 
 from __future__ import annotations
@@ -146,3 +151,92 @@ class RestartNegotiation:
             return
         self.state = State.IDLE
         self.counts["succeeded" if succeeded else "failed"] += 1
+
+
+#: An unanswered restart offer is given at least this long (seconds), or
+#: :data:`GONE_SIGNALING_MULTIPLE` x the signaling time the offer itself took if longer,
+#: before :class:`PeerRestartCheck` takes its peer for restarted.
+GONE_FLOOR_S = 3.0
+GONE_SIGNALING_MULTIPLE = 3.0
+#: The least grace when the newer record was issued in a later republish period than the
+#: connection's (a live peer republishes once per period, so such a record proves less).
+GONE_LATER_PERIOD_S = 8.0
+
+
+@dataclass
+class PeerRestartCheck:
+    """Whether the peer of a restart that goes unanswered started again (lost the session).
+
+    A peer that restarts (same identity, new process) publishes a new signed record at once
+    and cannot answer a restart of a session it no longer holds. Neither fact alone proves
+    it: a live peer also republishes (once per republish period, and after an address
+    change in public mode), and a live peer's answer can be slow. So the verdict needs both:
+
+    * **evidence**: a verified record of the peer with a sequence above the baseline (the
+      newest known when the connection opened, or when the peer last proved it holds the
+      session: :meth:`alive`); with no baseline, the first record seen becomes it, unless it
+      was issued after the connection opened (``opened_at_ms``);
+    * **silence**: the restart offer has waited :meth:`grace` since it went out and the
+      evidence was seen (whichever came later), with no answer, and the path was declared
+      dead again after the offer went out (a path that answers again is not gone).
+
+    The grace covers a live peer's answer through a slow DHT (a multiple of the time our own
+    offer's signaling took); evidence issued in a later republish period than the baseline
+    (what a live peer's periodic republish looks like) gets at least
+    :data:`GONE_LATER_PERIOD_S`. Only the peer can sign a record and an older one is no
+    evidence; a hostile DHT can withhold answers, which fails the restart anyway, but
+    cannot shorten the grace.
+    """
+
+    baseline_seq: int | None
+    baseline_issued_ms: int | None
+    opened_at_ms: int
+    #: The first record that showed a publish since the baseline: sequence, issued time,
+    #: when (loop time) it was seen and whether it was issued in a later period.
+    evidence_seq: int | None = None
+    evidence_issued_ms: int = 0
+    evidence_at: float | None = None
+    evidence_later: bool = False
+
+    def record(self, seq: int, issued_at_ms: int, now: float) -> bool:
+        """A verified record of the peer (``seq``, ``issued_at_ms``) was read at ``now``;
+        True once there is evidence of a publish since the baseline."""
+        if self.evidence_seq is None:
+            if self.baseline_seq is None and issued_at_ms <= self.opened_at_ms:
+                self.baseline_seq, self.baseline_issued_ms = seq, issued_at_ms
+            elif self.baseline_seq is None or seq > self.baseline_seq:
+                self.evidence_seq, self.evidence_issued_ms = seq, issued_at_ms
+                self.evidence_at = now
+                self.evidence_later = (self.baseline_issued_ms is None
+                                       or issued_at_ms > self.baseline_issued_ms)
+        return self.evidence_seq is not None
+
+    def alive(self) -> None:
+        """The peer proved it holds the session (an authenticated restart message): the
+        records seen so far are a live peer's, and the newest becomes the baseline."""
+        if self.evidence_seq is not None:
+            self.baseline_seq, self.baseline_issued_ms = (self.evidence_seq,
+                                                          self.evidence_issued_ms)
+            self.evidence_seq, self.evidence_at, self.evidence_later = None, None, False
+
+    def grace(self, signaling_s: float) -> float:
+        """How long an offer whose own signaling (gathering, put, lookup) took
+        ``signaling_s`` waits for its answer before the silence counts."""
+        floor = GONE_LATER_PERIOD_S if self.evidence_later else GONE_FLOOR_S
+        return max(floor, GONE_SIGNALING_MULTIPLE * signaling_s)
+
+    def deadline(self, offered_at: float, signaling_s: float) -> float | None:
+        """When the silence counts for an offer out since ``offered_at`` (None: no evidence)."""
+        if self.evidence_at is None:
+            return None
+        return max(offered_at, self.evidence_at) + self.grace(signaling_s)
+
+    def gone(
+        self, now: float, offered_at: float, signaling_s: float, declared_at: float | None
+    ) -> bool:
+        """True if the peer is taken to have restarted at ``now``: evidence, the offer out
+        since ``offered_at`` unanswered past :meth:`deadline`, and the path last declared
+        dead at ``declared_at``, after the offer went out."""
+        deadline = self.deadline(offered_at, signaling_s)
+        return (deadline is not None and now >= deadline and declared_at is not None
+                and declared_at >= offered_at)

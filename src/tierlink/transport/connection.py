@@ -47,7 +47,7 @@ class Transport(Protocol):
     def send_datagram(self, data: bytes) -> None: ...
     async def recv(self, timeout: float | None = None) -> bytes | None: ...
     async def recv_datagram(self, timeout: float | None = None) -> bytes | None: ...
-    async def close(self) -> None: ...
+    async def close(self, reason: str | None = None) -> None: ...
     async def wait_closed(self) -> None: ...
 
 
@@ -133,9 +133,9 @@ class RawDatagrams:
         if not self._closed.done():
             self._closed.set_result(None)
 
-    async def close(self) -> None:
+    async def close(self, reason: str | None = None) -> None:
         self._ice.set_datagram_handler(None)
-        self.fail("connection closed locally")
+        self.fail(reason or "connection closed locally")
 
     async def wait_closed(self) -> None:
         await asyncio.shield(self._closed)
@@ -382,14 +382,14 @@ class Connection:
             await self._transport.wait_closed()
             self._start_close()
 
-    def _start_close(self) -> asyncio.Task[None]:
+    def _start_close(self, reason: str | None = None) -> asyncio.Task[None]:
         if self._closing is None:
-            self._closing = asyncio.ensure_future(self._release())
+            self._closing = asyncio.ensure_future(self._release(reason))
         return self._closing
 
-    async def _release(self) -> None:
+    async def _release(self, reason: str | None) -> None:
         current = asyncio.current_task()
-        await self._transport.close()
+        await self._transport.close(reason)
         for task in self._watchers:
             if task is not current and not task.done():
                 task.cancel()
@@ -402,6 +402,7 @@ class Connection:
         if self._on_close is not None:
             self._on_close(self)
 
-    async def close(self) -> None:
-        """Close: every waiting receiver wakes with ConnectionClosed; sockets are released."""
-        await asyncio.shield(self._start_close())
+    async def close(self, reason: str | None = None) -> None:
+        """Close: every waiting receiver wakes with ConnectionClosed (saying ``reason``, if
+        given); sockets are released."""
+        await asyncio.shield(self._start_close(reason))

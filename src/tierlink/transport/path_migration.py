@@ -127,6 +127,10 @@ class Migration:
         self.changes = 0
         """Path changes: a new ICE pair took over the connection."""
         self.last_suspect_at: float | None = None
+        """When (loop time) the path was last declared dead."""
+        self.peer_restarted = False
+        """True once the node's restart signaling closed this connection because the peer
+        started again without the session (its restart could never be answered)."""
         self.listeners: list[PathEventListener] = []
         self._queues: list[asyncio.Queue[dict[str, Any]]] = []
 
@@ -155,10 +159,11 @@ class Migration:
 
     def stats(self) -> dict[str, Any]:
         """Counters, JSON-ready: ``path_changes``, ``path_suspects`` by reason, the restarts
-        (``started``, ``answered``, ``succeeded``, ``failed``, ``yielded``) and the restart
-        messages refused by reason."""
+        (``started``, ``answered``, ``succeeded``, ``failed``, ``yielded``), the restart
+        messages refused by reason and whether the peer restarted (``peer_restarted``)."""
         return {
             "path_changes": self.changes,
+            "peer_restarted": self.peer_restarted,
             "path_suspects": dict(self.suspects),
             "restarts": dict(self.negotiation.counts),
             "restarts_refused": dict(self.negotiation.refused),

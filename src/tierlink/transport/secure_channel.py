@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from tierlink.errors import ConnectionClosed
-from tierlink.protocol.channel import ChannelProtocol
+from tierlink.protocol.channel import LOCAL_CLOSE_REASON, ChannelProtocol
 from tierlink.protocol.channel_events import (
     ChannelClosed,
     ChannelOpened,
@@ -301,9 +301,10 @@ class SecureChannel:
         return await self._datagrams.get(timeout)
 
     # -- closing ----------------------------------------------------------------------------
-    async def close(self) -> None:
-        """Close the channel; every waiter gets ConnectionClosed. The ICE stays open."""
-        self._core.close()
+    async def close(self, reason: str | None = None) -> None:
+        """Close the channel; every waiter gets ConnectionClosed (saying ``reason``, if
+        given). The ICE stays open."""
+        self._core.close(reason or LOCAL_CLOSE_REASON)
         self._apply()
 
     async def __aenter__(self) -> SecureChannel:
