@@ -112,6 +112,7 @@ class ChannelProtocol:
         self.control_stream_id = 2 if is_client else 3
         self.message_stream_id = self.control_stream_id + 4
         self._send = SendWindow()
+        self._send_limit = 0  # max_message_size, fixed once open
         # receiving side
         self._rx_roles: dict[int, str] = {}
         self._ctrl_reader = ControlReader()
@@ -271,6 +272,7 @@ class ChannelProtocol:
         if self._handshake_done and self._proven is not None and self._peer_hello is None:
             self._peer_hello = self._proven
             self._send.window = self.window
+            self._send_limit = self.max_message_size
             self._events.append(ChannelOpened(self.max_message_size, self.window))
             self._hand_over()  # messages that arrived before the proof
 
@@ -304,9 +306,10 @@ class ChannelProtocol:
                     self._on_hello(frame)
             return
         held = self._held
-        for message in self._msg_reader.feed(data):
-            held.append(message)
-            self._held_bytes += len(message)
+        messages = self._msg_reader.feed(data)
+        if messages:
+            held.extend(messages)
+            self._held_bytes += sum(map(len, messages))
         buffered = self._held_bytes + self._msg_reader.partial_bytes
         limit = max(self._window, self._max_message_size)
         if buffered > limit or len(held) > MAX_IN_FLIGHT_MESSAGES:
@@ -354,9 +357,10 @@ class ChannelProtocol:
         """Send one reliable message: its id if it went out now, else its place in the
         backlog. Raises MessageTooLarge above :attr:`max_message_size`, ConnectionClosed
         unless open."""
-        self._check_open()
+        if self.closed or self._peer_hello is None:
+            self._check_open()  # raises
         size = len(data)
-        limit = self.max_message_size
+        limit = self._send_limit
         if size > limit:
             raise MessageTooLarge(
                 f"message of {size} bytes exceeds the channel's max_message_size of {limit} bytes"
