@@ -322,15 +322,21 @@ class ChannelProtocol:
         if self._peer_hello is None:
             return
         held = self._held
-        stats = self.stats
-        while held and self._handed < self._queue_capacity:
-            message = held.popleft()
-            self._held_bytes -= len(message)
-            self._handed += 1
-            self._delivered += 1
-            stats["messages_received"] += 1
-            stats["bytes_received"] += len(message)
-            self._events.append(MessageReceived(self._delivered, message))
+        count = min(len(held), self._queue_capacity - self._handed)
+        if count <= 0:
+            return
+        append, pop = self._events.append, held.popleft
+        delivered, size = self._delivered, 0
+        for _ in range(count):
+            message = pop()
+            size += len(message)
+            delivered += 1
+            append(MessageReceived(delivered, message))
+        self._held_bytes -= size
+        self._handed += count
+        self._delivered = delivered
+        self.stats["messages_received"] += count
+        self.stats["bytes_received"] += size
 
     def message_consumed(self) -> None:
         """The application took one message off its queue: hand over the next held one."""
