@@ -117,6 +117,7 @@ class ChannelProtocol:
         self._rx_roles: dict[int, str] = {}
         self._ctrl_reader = ControlReader()
         self._msg_reader = MessageReader(max_message_size)
+        self._rx_limit = max(window, max_message_size)  # payload bytes a peer may have buffered
         self._held: deque[bytes] = deque()
         self._held_bytes = 0
         self._handed = 0  # messages handed to the application and not yet consumed
@@ -306,15 +307,16 @@ class ChannelProtocol:
                     self._on_hello(frame)
             return
         held = self._held
-        messages = self._msg_reader.feed(data)
+        reader = self._msg_reader
+        messages = reader.feed(data)
         if messages:
             held.extend(messages)
             self._held_bytes += sum(map(len, messages))
-        buffered = self._held_bytes + self._msg_reader.partial_bytes
-        limit = max(self._window, self._max_message_size)
-        if buffered > limit or len(held) > MAX_IN_FLIGHT_MESSAGES:
+        if (self._held_bytes + reader.partial_bytes > self._rx_limit
+                or len(held) > MAX_IN_FLIGHT_MESSAGES):
             raise ProtocolError("peer exceeded the flow-control window")
-        self._hand_over()
+        if held:
+            self._hand_over()
 
     # -- receiving ------------------------------------------------------------------------------
     def _hand_over(self) -> None:
@@ -342,7 +344,7 @@ class ChannelProtocol:
         """The application took one message off its queue: hand over the next held one."""
         if self._handed > 0:
             self._handed -= 1
-        if not self.closed:
+        if self._held and not self.closed:
             self._hand_over()
 
     def write_ack(self) -> None:
