@@ -110,10 +110,6 @@ class QuicPump:
         self._last_packet_size = MAX_DATAGRAM_SIZE  # what max_packet_size says once closed
         self._last_rtt = 0.0
         self._keys_announced = False
-        # the last authenticated packet of the batch read since the last flush, and the
-        # bytes in flight before its first one (the path watch is told once per batch)
-        self._heard_at: float | None = None
-        self._in_flight_before = 0
         #: Notices a dead path once open (set its ``on_suspect``: :mod:`.path_migration`).
         self.path_watch = PathWatch()
 
@@ -269,16 +265,11 @@ class QuicPump:
                 self._quic = new_server(self._config, data, self.peer_cert_sha256)
                 if self._quic is None:
                     return
-            quic = self._quic
-            idle = idle_deadline(quic)
-            # the batch's first authenticated packet needs the bytes in flight before it
-            in_flight = bytes_in_flight(quic) if self._heard_at is None else 0
-            quic.receive_datagram(data, QUIC_ADDR, now=now)
-            if idle_deadline(quic) != idle:  # a packet decrypted: the peer is alive
+            idle, in_flight = idle_deadline(self._quic), bytes_in_flight(self._quic)
+            self._quic.receive_datagram(data, QUIC_ADDR, now=now)
+            if idle_deadline(self._quic) != idle:  # a packet decrypted: the peer is alive
                 self._liveness.heard(now)
-                if self._heard_at is None:
-                    self._in_flight_before = in_flight
-                self._heard_at = now  # the path watch learns it once per batch (_flush)
+                self.path_watch.received(self._quic, now, in_flight)
             self._process(flush=False)
         except Exception as exc:  # a bug must close the channel, not vanish inside aioice
             self.close(f"internal error: {exc!r}", error_code=ERROR_PROTOCOL)
@@ -333,9 +324,6 @@ class QuicPump:
         quic = self._quic
         if quic is None or self.closed:
             return
-        if self._heard_at is not None:  # what the batch of received packets acknowledged
-            self.path_watch.received(quic, self._heard_at, self._in_flight_before)
-            self._heard_at = None
         self._listener.before_flush()
         now = self._loop.time()
         try:
@@ -377,7 +365,6 @@ class QuicPump:
         stop_consent_checks(ice)
         lost = reset_path(self._quic, self._loop.time(), self._mtu.packet_size)
         self.path_watch.reset()
-        self._heard_at = None  # heard on the old path
         ice.set_datagram_handler(self._on_datagram, keep_reading=self._listener.keep_reading)
         self._quic.send_ping(0)
         self._probe_due = self._probe_path_mtu
