@@ -39,8 +39,9 @@ def carry(src, dst, piece):
     for c in src.pop_commands():
         if isinstance(c, ev.WriteStream):
             data = c.data
-            for i in range(0, len(data), piece or len(data) or 1):
-                dst.handle_event(ev.StreamDataReceived(c.stream_id, data[i:i + (piece or len(data))]))
+            step = piece or len(data) or 1
+            for i in range(0, len(data), step):
+                dst.handle_event(ev.StreamDataReceived(c.stream_id, data[i:i + step]))
 
 a, b = core(True), core(False)
 for side in (a, b):
@@ -85,7 +86,8 @@ for _ in range(MESSAGES // 64):
     tx += (t1 - t0) + (t4 - t3)
     rx += t3 - t2
 assert got == MESSAGES, got
-print(json.dumps({"dialer_us_per_msg": tx / MESSAGES * 1e6, "callee_us_per_msg": rx / MESSAGES * 1e6}))
+print(json.dumps({"dialer_us_per_msg": tx / MESSAGES * 1e6,
+                  "callee_us_per_msg": rx / MESSAGES * 1e6}))
 """
 
 

@@ -6,9 +6,11 @@
 Each variant is a pair of ``tierlink.bench.worker`` processes (dialer, callee: two Nodes
 dialing through one local dhtnode) whose ``PYTHONPATH`` is that variant's ``src``. Every
 round runs the 1 KiB and the 64 KiB reliable step of :mod:`tierlink.bench.measure` on each
-variant in turn (ABBA order), and reads both workers' CPU time (``/proc/PID/stat``) around
-each step: CPU per message per side. With ``--mtu`` the whole run happens inside a fresh
-network namespace whose loopback has that MTU (root; see :mod:`tierlink.bench.netns`).
+variant in turn (ABBA order; with ``--fresh`` on new workers and a new connection each
+time, so no congestion state carries over), and reads both workers' CPU time
+(``/proc/PID/stat``) around each step: CPU per message per side, and the UDP datagrams
+the namespace sent per message. With ``--mtu`` the whole run happens inside a fresh network
+namespace whose loopback has that MTU (root; see :mod:`tierlink.bench.netns`).
 With ``--pyspy`` one more 1 KiB step per variant runs under py-spy (collapsed stacks of
 both workers, for a per-function breakdown).
 """
@@ -90,18 +92,27 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     samples: dict[str, dict[str, list[dict[str, float]]]] = {
         v: {"1k": [], "64k": []} for v in variants}
     log = open(args.log, "ab")  # noqa: SIM115 - the workers write to it until the end
+    async def start(name: str) -> Pair:
+        os.environ["PYTHONPATH"] = variants[name]
+        pair = pairs[name] = await Pair.start("tierlink", log)
+        setup = {"dht_proxy": nodes[0].proxy_url}
+        c = await pair.callee.call("setup", 120.0, **setup)
+        await pair.dialer.call("setup", 120.0, peer=c["fingerprint"], **setup)
+        await pair.both("open_main", 60.0)
+        return pair
+
     try:
-        for name, src in variants.items():
-            os.environ["PYTHONPATH"] = src
-            pair = pairs[name] = await Pair.start("tierlink", log)
-            setup = {"dht_proxy": nodes[0].proxy_url}
-            c = await pair.callee.call("setup", 120.0, **setup)
-            await pair.dialer.call("setup", 120.0, peer=c["fingerprint"], **setup)
-            await pair.both("open_main", 60.0)
         names = list(variants)
+        if not args.fresh:
+            for name in names:
+                await start(name)
         for k in range(args.rounds):
             order = names if k % 2 == 0 else names[::-1]
             for name in order:
+                if args.fresh:  # new processes and connection: no state carried over
+                    if name in pairs:
+                        await pairs.pop(name).stop()
+                    await start(name)
                 for label, size, count in (("1k", 1024, plan.reliable_1k_count),
                                            ("64k", 65536, plan.reliable_64k_count)):
                     if label not in args.sizes:
@@ -135,6 +146,8 @@ def main() -> None:
     parser.add_argument("variants", nargs="+", help="NAME=SRC_DIR")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--mtu", type=int)
+    parser.add_argument("--fresh", action="store_true",
+                        help="new worker processes and connection for every step")
     parser.add_argument("--sizes", default="1k,64k", help="steps to run: 1k, 64k or both")
     parser.add_argument("--pyspy")
     parser.add_argument("--pyspy-out", default="/tmp/ab-reliable-prof")
