@@ -112,10 +112,12 @@ class ChannelProtocol:
         self.control_stream_id = 2 if is_client else 3
         self.message_stream_id = self.control_stream_id + 4
         self._send = SendWindow()
+        self._send_limit = 0  # max_message_size, fixed once open
         # receiving side
         self._rx_roles: dict[int, str] = {}
         self._ctrl_reader = ControlReader()
         self._msg_reader = MessageReader(max_message_size)
+        self._rx_limit = max(window, max_message_size)  # payload bytes a peer may have buffered
         self._held: deque[bytes] = deque()
         self._held_bytes = 0
         self._handed = 0  # messages handed to the application and not yet consumed
@@ -271,6 +273,7 @@ class ChannelProtocol:
         if self._handshake_done and self._proven is not None and self._peer_hello is None:
             self._peer_hello = self._proven
             self._send.window = self.window
+            self._send_limit = self.max_message_size
             self._events.append(ChannelOpened(self.max_message_size, self.window))
             self._hand_over()  # messages that arrived before the proof
 
@@ -304,14 +307,16 @@ class ChannelProtocol:
                     self._on_hello(frame)
             return
         held = self._held
-        for message in self._msg_reader.feed(data):
-            held.append(message)
-            self._held_bytes += len(message)
-        buffered = self._held_bytes + self._msg_reader.partial_bytes
-        limit = max(self._window, self._max_message_size)
-        if buffered > limit or len(held) > MAX_IN_FLIGHT_MESSAGES:
+        reader = self._msg_reader
+        messages = reader.feed(data)
+        if messages:
+            held.extend(messages)
+            self._held_bytes += sum(map(len, messages))
+        if (self._held_bytes + reader.partial_bytes > self._rx_limit
+                or len(held) > MAX_IN_FLIGHT_MESSAGES):
             raise ProtocolError("peer exceeded the flow-control window")
-        self._hand_over()
+        if held:
+            self._hand_over()
 
     # -- receiving ------------------------------------------------------------------------------
     def _hand_over(self) -> None:
@@ -319,21 +324,27 @@ class ChannelProtocol:
         if self._peer_hello is None:
             return
         held = self._held
-        stats = self.stats
-        while held and self._handed < self._queue_capacity:
-            message = held.popleft()
-            self._held_bytes -= len(message)
-            self._handed += 1
-            self._delivered += 1
-            stats["messages_received"] += 1
-            stats["bytes_received"] += len(message)
-            self._events.append(MessageReceived(self._delivered, message))
+        count = min(len(held), self._queue_capacity - self._handed)
+        if count <= 0:
+            return
+        append, pop = self._events.append, held.popleft
+        delivered, size = self._delivered, 0
+        for _ in range(count):
+            message = pop()
+            size += len(message)
+            delivered += 1
+            append(MessageReceived(delivered, message))
+        self._held_bytes -= size
+        self._handed += count
+        self._delivered = delivered
+        self.stats["messages_received"] += count
+        self.stats["bytes_received"] += size
 
     def message_consumed(self) -> None:
         """The application took one message off its queue: hand over the next held one."""
         if self._handed > 0:
             self._handed -= 1
-        if not self.closed:
+        if self._held and not self.closed:
             self._hand_over()
 
     def write_ack(self) -> None:
@@ -354,9 +365,10 @@ class ChannelProtocol:
         """Send one reliable message: its id if it went out now, else its place in the
         backlog. Raises MessageTooLarge above :attr:`max_message_size`, ConnectionClosed
         unless open."""
-        self._check_open()
+        if self.closed or self._peer_hello is None:
+            self._check_open()  # raises
         size = len(data)
-        limit = self.max_message_size
+        limit = self._send_limit
         if size > limit:
             raise MessageTooLarge(
                 f"message of {size} bytes exceeds the channel's max_message_size of {limit} bytes"

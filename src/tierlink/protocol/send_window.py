@@ -17,8 +17,8 @@ from tierlink.wire.channel_frames import ProtocolError, encode_length
 
 #: Unacknowledged messages at most (bounds per-message bookkeeping of tiny messages).
 MAX_IN_FLIGHT_MESSAGES = 1024
-#: Messages up to this size are written with their length prefix in one piece, and joined
-#: with their neighbours; a larger payload is handed over as it is (never copied).
+#: Message payloads up to this size are joined with their length prefix and neighbours into
+#: one write; a larger payload is handed over as it is (never copied).
 JOIN_LIMIT = 65536
 
 
@@ -137,11 +137,9 @@ class SendWindow:
     def _write(self, payload: bytes) -> int:
         self.last_id += 1
         size = len(payload)
-        if size <= JOIN_LIMIT:
-            self._unwritten.append(encode_length(size) + payload)
-        else:  # no 16 MiB copy just to prepend 8 bytes
-            self._unwritten.append(encode_length(size))
-            self._unwritten.append(payload)
+        # prefix and payload apart: pop_writes joins them (and their neighbours) in one
+        # copy; a payload above JOIN_LIMIT is handed over as it is
+        self._unwritten += (encode_length(size), payload)
         self._unacked.append((self.last_id, size))
         self.in_flight_bytes += size
         if self.in_flight_bytes > self.peak_in_flight_bytes:

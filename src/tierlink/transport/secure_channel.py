@@ -30,7 +30,6 @@ from tierlink.protocol.channel_events import (
     MessagesAcknowledged,
     MessagesSent,
     ProtocolViolation,
-    Queued,
     SendDatagram,
     TransportEvent,
     WriteStream,
@@ -266,11 +265,11 @@ class SecureChannel:
         """
         result = self._core.send_message(data)
         fut: asyncio.Future[int] = self._loop.create_future()
-        if isinstance(result, Queued):
-            self._queued[result.ticket] = fut
-        else:
+        if isinstance(result, int):
             self._in_flight[result] = fut
             self._pump.kick()  # its bytes are written at the flush, with every other send
+        else:
+            self._queued[result.ticket] = fut
         return fut
 
     def _withdraw(self, fut: asyncio.Future[int]) -> None:
@@ -290,7 +289,9 @@ class SecureChannel:
     # -- receiving --------------------------------------------------------------------------
     async def recv(self, timeout: float | None = None) -> bytes | None:
         """Next reliable message; None after ``timeout`` s (0: at once, None: forever)."""
-        item = await self._inbox.get(timeout)
+        item = self._inbox.get_nowait()  # no coroutine while messages wait
+        if item is None:
+            item = await self._inbox.get(timeout)
         if item is not None:
             self._core.message_consumed()
             self._apply()

@@ -200,17 +200,21 @@ class MessageReader:
     def feed(self, data: bytes) -> list[bytes]:
         """Consume bytes; return every complete message in order. Raises ProtocolError."""
         out: list[bytes] = []
-        view = memoryview(data)
         pos, end = 0, len(data)
+        unpack_from = _LENGTH.unpack_from
         while pos < end:
             if self._need < 0:
-                take = min(LENGTH_PREFIX_SIZE - len(self._header), end - pos)
-                self._header += view[pos : pos + take]
-                pos += take
-                if len(self._header) < LENGTH_PREFIX_SIZE:
-                    break
-                (length,) = _LENGTH.unpack(self._header)
-                self._header.clear()
+                if not self._header and end - pos >= LENGTH_PREFIX_SIZE:
+                    (length,) = unpack_from(data, pos)  # the whole prefix in this chunk
+                    pos += LENGTH_PREFIX_SIZE
+                else:
+                    take = min(LENGTH_PREFIX_SIZE - len(self._header), end - pos)
+                    self._header += data[pos : pos + take]
+                    pos += take
+                    if len(self._header) < LENGTH_PREFIX_SIZE:
+                        break
+                    (length,) = _LENGTH.unpack(self._header)
+                    self._header.clear()
                 if length > self._limit:
                     raise ProtocolError(
                         f"peer sent a message of {length} bytes, above the limit of "
@@ -219,14 +223,13 @@ class MessageReader:
                 if length == 0:
                     out.append(b"")
                     continue
+                if not self._parts and end - pos >= length:
+                    out.append(data[pos : pos + length])  # whole message in this chunk
+                    pos += length
+                    continue
                 self._need = length
             take = min(self._need - self._got, end - pos)
-            if not self._parts and take == self._need:
-                out.append(bytes(view[pos : pos + take]))  # whole message in one chunk
-                pos += take
-                self._need = -1
-                continue
-            self._parts.append(bytes(view[pos : pos + take]))
+            self._parts.append(data[pos : pos + take])
             self._got += take
             pos += take
             if self._got == self._need:
