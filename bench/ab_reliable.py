@@ -1,6 +1,6 @@
 """A/B of tierlink's reliable throughput and CPU per message, two code trees interleaved.
 
-    flock /tmp/tools/lab.lock python bench/ab_reliable.py --mtu 1500 --rounds 5 \
+    python bench/ab_reliable.py --mtu 1500 --rounds 5 \
         A=/path/to/old/src B=/path/to/new/src [--pyspy /path/to/py-spy --pyspy-out DIR]
 
 Each variant is a pair of ``tierlink.bench.worker`` processes (dialer, callee: two Nodes
