@@ -15,7 +15,7 @@ transport (:meth:`ChannelProtocol.pop_commands`) and events for the application
   TLS connection). Until then nothing reaches the application (messages are held,
   datagrams dropped) and nothing can be sent; a wrong proof closes the connection as a
   failed handshake (``ERROR_HANDSHAKE``). Limits that came signed with the peer's offer or
-  answer must be the ones its HELLO repeats.
+  answer must be the ones its HELLO repeats (:mod:`tierlink.protocol.channel_greeting`).
 * The n-th message on the message stream has id n. The receiver hands a message to the
   application only while the application's queue (``queue_capacity``) has room, and
   acknowledges what it handed over with one cumulative ACK per :meth:`~ChannelProtocol.
@@ -54,9 +54,9 @@ from tierlink.protocol.channel_events import (
     TransportEvent,
     WriteStream,
 )
+from tierlink.protocol.channel_greeting import Greeting
 from tierlink.protocol.send_window import MAX_IN_FLIGHT_MESSAGES, SendWindow
 from tierlink.wire.channel_frames import (
-    PROTOCOL_VERSION,
     TAG_CONTROL,
     TAG_MESSAGES,
     Ack,
@@ -66,7 +66,6 @@ from tierlink.wire.channel_frames import (
     MessageReader,
     ProtocolError,
     encode_ack,
-    encode_hello,
 )
 
 #: Largest datagram payload: always fits one 1-RTT packet of 1200 bytes.
@@ -94,16 +93,13 @@ class ChannelProtocol:
             raise ValueError("queue_capacity and window must be >= 1, max_message_size in "
                              "[0, 2**62)")
         self.is_client = is_client
-        self._binding = binding
-        self._exporter: bytes | None = None  # set once the keys exist: we greeted
-        self._handshake_done = False
-        self._proven: Hello | None = None  # the peer's HELLO, its proof verified
+        self._greeting = Greeting(is_client=is_client, binding=binding,
+                                  max_message_size=max_message_size, window=window,
+                                  peer_limits=peer_limits)
         self._max_message_size = max_message_size
         self._window = window
         self._queue_capacity = queue_capacity
-        self._peer_limits = peer_limits
-        self._peer_hello: Hello | None = None
-        self.hello_received = False
+        self._peer_hello: Hello | None = None  # the proven HELLO, once the channel opened
         self.closed = False
         self.close_reason: str | None = None
         self._commands: list[Command] = []
@@ -138,6 +134,11 @@ class ChannelProtocol:
         self._send = SendWindow(withdrawn)
 
     # -- state ------------------------------------------------------------------------------
+    @property
+    def hello_received(self) -> bool:
+        """True once the peer's HELLO arrived (proven or not)."""
+        return self._greeting.hello_received
+
     @property
     def opened(self) -> bool:
         """True once the peer's limits are known (until closed)."""
@@ -227,51 +228,27 @@ class ChannelProtocol:
             self._violation(str(exc))
 
     def _on_keys(self, exporter: bytes) -> None:
-        if self._exporter is not None:  # a prepared callee's pump announces them again
-            if exporter != self._exporter:
-                raise ProtocolError("the connection's exporter value changed")
-            return
-        self._exporter = exporter
-        proof = self._binding.proof(self.is_client, exporter)
-        hello = Hello(PROTOCOL_VERSION, self._max_message_size, self._window, proof)
-        self._commands += (
-            WriteStream(self.control_stream_id, TAG_CONTROL + encode_hello(hello)),
-            WriteStream(self.message_stream_id, TAG_MESSAGES),
-        )
+        greeting = self._greeting.on_keys(exporter)
+        if greeting is not None:
+            self._commands += (WriteStream(self.control_stream_id, greeting),
+                               WriteStream(self.message_stream_id, TAG_MESSAGES))
 
     def _on_handshake_completed(self) -> None:
-        if self._handshake_done:
-            raise ProtocolError("second handshake completion")
-        if self._exporter is None:
-            raise ProtocolError("handshake completed before the keys were announced")
-        self._handshake_done = True
+        self._greeting.on_handshake_completed()
         self._try_open()
 
     def _on_hello(self, hello: Hello) -> None:
-        if self.hello_received:
-            raise ProtocolError("second HELLO")
-        self.hello_received = True
-        if hello.version != PROTOCOL_VERSION:
-            raise ProtocolError(
-                f"peer speaks channel protocol {hello.version}, we speak {PROTOCOL_VERSION}"
-            )
-        limits = self._peer_limits
-        if limits is not None and (hello.max_message_size, hello.window) != tuple(limits):
-            raise ProtocolError("the peer's HELLO disagrees with the limits it signaled")
-        if self._exporter is None:
-            raise ProtocolError("HELLO before the connection's keys")
-        if not self._binding.verify(not self.is_client, self._exporter, hello.proof):
+        if not self._greeting.on_hello(hello):
             detail = ("the peer's HELLO does not prove this dial (session, fingerprints and "
                       "TLS connection): channel binding failed")
             self._violation(detail, ERROR_HANDSHAKE)
             return
-        self._proven = hello
         self._try_open()
 
     def _try_open(self) -> None:
         """Open once the handshake completed and the peer proved this dial."""
-        if self._handshake_done and self._proven is not None and self._peer_hello is None:
-            self._peer_hello = self._proven
+        if self._greeting.ready and self._peer_hello is None:
+            self._peer_hello = self._greeting.proven
             self._send.window = self.window
             self._send_limit = self.max_message_size
             self._events.append(ChannelOpened(self.max_message_size, self.window))
@@ -350,7 +327,8 @@ class ChannelProtocol:
     def write_ack(self) -> None:
         """Acknowledge, in one ACK frame, every message handed over since the last one
         (call once per packetization pass: acks coalesce)."""
-        if self._delivered != self._acked and self._exporter is not None and not self.closed:
+        if (self._delivered != self._acked and self._greeting.exporter is not None
+                and not self.closed):
             self._acked = self._delivered
             self._commands.append(WriteStream(self.control_stream_id, encode_ack(self._acked)))
 
