@@ -13,11 +13,7 @@ that ``PYTHONPATH``; rounds alternate ABBA; figures are medians (min-max).
 
 from __future__ import annotations
 
-import json
-import os
-import statistics
-import subprocess
-import sys
+from ab_rounds import compare
 
 MESSAGES = 30_000
 
@@ -111,29 +107,9 @@ asyncio.run(main())
 """
 
 
-def run(src: str) -> dict[str, float]:
-    out = subprocess.run(
-        [sys.executable, "-c", CHILD, str(MESSAGES)],
-        env={**os.environ, "PYTHONPATH": src}, capture_output=True, text=True, check=True,
-    ).stdout
-    result: dict[str, float] = json.loads(out)
-    return result
-
 
 def main() -> None:
-    args = [a for a in sys.argv[1:] if "=" in a]
-    rounds = int(sys.argv[sys.argv.index("--rounds") + 1]) if "--rounds" in sys.argv else 9
-    variants = dict(a.split("=", 1) for a in args)
-    rows: dict[str, list[dict[str, float]]] = {v: [] for v in variants}
-    names = list(variants)
-    for k in range(rounds):
-        for name in names if k % 2 == 0 else names[::-1]:
-            rows[name].append(run(variants[name]))
-    for name, results in rows.items():
-        for key in ("us_per_msg", "msgs_per_s"):
-            vals = [r[key] for r in results]
-            print(f"{name} {key}: {statistics.median(vals):.2f} "
-                  f"({min(vals):.2f}-{max(vals):.2f})")
+    compare(CHILD, [str(MESSAGES)], ("us_per_msg", "msgs_per_s"))
 
 
 if __name__ == "__main__":

@@ -281,3 +281,17 @@ def _stop(proc: subprocess.Popen[Any]) -> None:
 def python_argv(module: str, *args: str) -> list[str]:
     """argv running ``python -m module args`` with this interpreter (the project venv)."""
     return [sys.executable, "-u", "-m", module, *args]
+
+
+def run_module(run: Run, ns: str, module: str, *args: str, timeout: float, what: str) -> str:
+    """Run ``python -m module args`` in ``ns`` to its end; its stdout. LabError (naming
+    ``what``) if it times out (it is killed) or fails (with the end of its stderr)."""
+    proc = run.spawn(ns, python_argv(module, *args))
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired as exc:
+        proc.kill()
+        raise LabError(f"{what} {args} in {ns} timed out") from exc
+    if proc.returncode != 0:
+        raise LabError(f"{what} {args} in {ns} failed: {err.strip()[-300:]}")
+    return str(out)

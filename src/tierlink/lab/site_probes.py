@@ -7,11 +7,10 @@ the internet's probe server.
 from __future__ import annotations
 
 import json
-import subprocess
 from typing import Any
 
 from tierlink.lab import nat, worlds
-from tierlink.lab.netns import LabError, Run, python_argv
+from tierlink.lab.netns import LabError, Run, python_argv, run_module
 from tierlink.lab.netns import run as sh
 from tierlink.lab.services import PROBE_PORTS
 from tierlink.lab.site import Site
@@ -20,14 +19,7 @@ from tierlink.lab.worlds import INTERNET_ALT_IP, INTERNET_IP
 
 def _probe_cmd(run: Run, ns: str, *args: str, timeout: float = 15.0) -> list[dict[str, Any]]:
     """Run one probe in ``ns``; its JSON output lines."""
-    proc = run.spawn(ns, python_argv("tierlink.lab.probe", *args))
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired as exc:
-        proc.kill()
-        raise LabError(f"probe {args} in {ns} timed out") from exc
-    if proc.returncode != 0:
-        raise LabError(f"probe {args} in {ns} failed: {err.strip()}")
+    out = run_module(run, ns, "tierlink.lab.probe", *args, timeout=timeout, what="probe")
     return [json.loads(line) for line in out.splitlines() if line.strip()]
 
 

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from tierlink.lab import firewalls, nat
-from tierlink.lab.netns import LabError, Run, check_address, python_argv
+from tierlink.lab.netns import LabError, Run, check_address, python_argv, run_module
 from tierlink.lab.netns import run as sh
 from tierlink.lab.services import (
     CA_FILE,
@@ -171,14 +171,8 @@ def build(b: Builder, preset: str, n: int) -> Built:
 
 # -- probes ---------------------------------------------------------------------------------
 def world_probe(run: Run, ns: str, *args: str, timeout: float = 60.0) -> dict[str, Any]:
-    proc = run.spawn(ns, python_argv("tierlink.lab.worldprobe", *args))
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired as exc:
-        proc.kill()
-        raise LabError(f"world probe {args} in {ns} timed out") from exc
-    if proc.returncode != 0:
-        raise LabError(f"world probe {args} in {ns} failed: {err.strip()[-300:]}")
+    out = run_module(run, ns, "tierlink.lab.worldprobe", *args, timeout=timeout,
+                     what="world probe")
     result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
     return result
 
