@@ -241,8 +241,9 @@ loopback MTU the run measured on.
 - **per-packet budget**: `python -m tierlink.bench.packet_cost` (run by `make bench`).
 - **time**: the `--mtu` run skips the relay, the crowd and the 5-minute many-connection
   idle phase (none depends on the path MTU: the loopback run has them). Measured here
-  (2 shared cores): loopback run 929 s (load 3.1 at its start), `--mtu 1500` run 511 s,
-  the budget 6 s: `make bench` about 24 minutes; `tierlink bench --quick` 135 s.
+  (2 shared cores, load 0.5-1.5), `make bench` on a fresh clone, end to end: 1630 s
+  (27 min): set-up and the budget 25 s, loopback run 875 s, `--mtu 1500` run 491 s,
+  `--dht-many 100` 239 s. `tierlink bench --quick` 135 s.
 - **event loop**: every worker runs asyncio's default loop, as shipped;
   `TIERLINK_BENCH_LOOP=uvloop` runs them on uvloop into `results*-uvloop.json`.
 - Loopback only (in the `--mtu` namespace too, whose only link is its loopback): raw aioice
