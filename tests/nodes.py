@@ -14,7 +14,8 @@ import psutil
 from tests.waiting import DEFAULT_TIMEOUT, eventually
 from tierlink.dht import DhtNodeProcess
 from tierlink.identity import Identity
-from tierlink.node import NodeConfig
+from tierlink.node import Node, NodeConfig
+from tierlink.transport.connection import Connection
 
 
 def config_for(dht: DhtNodeProcess, **kw: Any) -> NodeConfig:
@@ -25,6 +26,14 @@ def config_for(dht: DhtNodeProcess, **kw: Any) -> NodeConfig:
     kw.setdefault("ice_timeout", 10.0)
     kw.setdefault("data_dir", Path(tempfile.mkdtemp(prefix="tierlink-test-")))
     return NodeConfig(dht_proxy=dht.proxy_url, **kw)
+
+
+async def dial(a: Node, b: Node) -> tuple[Connection, Connection]:
+    """``a`` dials ``b`` by fingerprint: both ends of the new connection."""
+    ca = await a.connect(b.fingerprint)
+    cb = await b.accept(timeout=10)
+    assert cb is not None
+    return ca, cb
 
 
 #: Keep-alive connections one DHT client may pool (dht/client.py's aiohttp connector limit).

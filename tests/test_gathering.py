@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from tests.ice_pairs import connect
-from tests.nodes import config_for
+from tests.nodes import config_for, dial
 from tests.waiting import eventually
 from tierlink.dht import DhtNodeProcess
 from tierlink.errors import DhtUnavailable
@@ -326,9 +326,7 @@ async def node_pair(dht_cluster: list[DhtNodeProcess], **kw: Any) -> tuple[Node,
 
 async def exchange(a: Node, b: Node) -> str:
     """Dial b from a, pass a message each way over the secure channel; the path type."""
-    ca = await a.connect(b.fingerprint)
-    cb = await b.accept(timeout=10)
-    assert cb is not None
+    ca, cb = await dial(a, b)
     await ca.send(b"ping")
     assert await cb.recv(10) == b"ping"
     await cb.send(b"pong")

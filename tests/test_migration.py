@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.nodes import config_for
+from tests.nodes import config_for, dial
 from tests.waiting import eventually
 from tierlink.dht import DhtClient
 from tierlink.errors import ConnectionClosed
@@ -79,9 +79,7 @@ async def test_a_dead_path_moves_to_a_new_pair_and_no_message_is_lost_or_doubled
 ) -> None:
     a, b = await _pair(dht_node)
     async with a, b:
-        ca = await a.connect(b.fingerprint)
-        cb = await b.accept(timeout=10)
-        assert cb is not None
+        ca, cb = await dial(a, b)
         events: list[dict[str, Any]] = []
         watched: list[dict[str, Any]] = []
         a.watch_paths(watched.append)
@@ -144,9 +142,7 @@ async def test_a_dead_path_moves_to_a_new_pair_and_no_message_is_lost_or_doubled
 async def test_a_restart_on_a_healthy_path_keeps_the_connection(dht_node) -> None:
     a, b = await _pair(dht_node)
     async with a, b:
-        ca = await a.connect(b.fingerprint)
-        cb = await b.accept(timeout=10)
-        assert cb is not None
+        ca, cb = await dial(a, b)
         cb.migration.suspect("address")  # the callee restarts this time
         await eventually(lambda: ca.migration.changes and cb.migration.changes, 30,
                          "both sides on the new path")
@@ -164,9 +160,7 @@ async def test_an_offer_whose_answer_the_listen_never_brings_finds_it_in_the_dht
     long-lived connection): the restart still gets its answer by asking the DHT."""
     a, b = await _pair(dht_node)
     async with a, b:
-        ca = await a.connect(b.fingerprint)
-        cb = await b.accept(timeout=10)
-        assert cb is not None
+        ca, cb = await dial(a, b)
         dropped: list[bytes] = []
         monkeypatch.setattr(a.endpoint.restarts, "receive", dropped.append)
         ca.migration.suspect("unanswered")
@@ -187,9 +181,7 @@ async def test_a_replaced_agent_that_is_slow_to_close_does_not_hold_up_the_switc
 
     a, b = await _pair(dht_node)
     async with a, b:
-        ca = await a.connect(b.fingerprint)
-        cb = await b.accept(timeout=10)
-        assert cb is not None
+        ca, cb = await dial(a, b)
         release = asyncio.Event()
         held: list[object] = []
         real_close = IceConnection.close
@@ -217,9 +209,7 @@ async def test_a_replaced_agent_that_is_slow_to_close_does_not_hold_up_the_switc
 async def test_when_both_sides_restart_at_once_the_dialers_restart_wins(dht_node) -> None:
     a, b = await _pair(dht_node)
     async with a, b:
-        ca = await a.connect(b.fingerprint)
-        cb = await b.accept(timeout=10)
-        assert cb is not None
+        ca, cb = await dial(a, b)
         ca.migration.suspect("unanswered")
         cb.migration.suspect("unanswered")
         await eventually(lambda: ca.migration.changes and cb.migration.changes, 30,
@@ -259,9 +249,7 @@ async def test_without_a_new_path_the_connection_closes_at_the_liveness_timeout(
     await b.start()
     await a.start()
     async with a, b:
-        ca = await a.connect(b.fingerprint)
-        cb = await b.accept(timeout=10)
-        assert cb is not None
+        ca, cb = await dial(a, b)
         black_hole(cb)
         await dht_node.stop()  # no signaling either: no restart can be exchanged
         sending = ca.submit(b"never acknowledged")
@@ -283,9 +271,7 @@ async def test_forged_and_replayed_restarts_are_refused_and_counted(dht_node) ->
     async with a, b, DhtClient(dht_node.proxy_url) as spy:
         seen: list[bytes] = []
         spying = asyncio.create_task(_restart_values(spy, offers_key(b.fingerprint), seen))
-        ca = await a.connect(b.fingerprint)
-        cb = await b.accept(timeout=10)
-        assert cb is not None
+        ca, cb = await dial(a, b)
         ca.migration.suspect("address")  # a real restart, offered by A to B
         await eventually(lambda: cb.migration.changes == 1 and seen, 30, "the first restart")
         pair_after = cb.selected_pair

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.nodes import config_for
+from tests.nodes import config_for, dial
 from tests.test_migration import black_hole
 from tests.waiting import eventually
 from tierlink.dht import DhtClient
@@ -172,9 +172,7 @@ async def test_a_connection_to_a_restarted_peer_closes_saying_so(dht_node) -> No
     await a.start()
     b2: Node | None = None
     try:
-        ca = await a.connect(b.fingerprint)
-        cb = await b.accept(timeout=10)
-        assert cb is not None
+        ca, cb = await dial(a, b)
         await _die(b, cb)
         b2 = Node(config_for(dht_node, identity=identity, data_dir=data_dir))
         await b2.start()
@@ -204,9 +202,7 @@ async def test_a_live_peer_with_a_newer_record_keeps_its_connection(
     await b.start()
     await a.start()
     async with a, b:
-        ca = await a.connect(b.fingerprint)
-        cb = await b.accept(timeout=10)
-        assert cb is not None
+        ca, cb = await dial(a, b)
         await b.publish()
         held: list[bytes] = []
         monkeypatch.setattr(b.endpoint.restarts, "receive", held.append)
@@ -245,9 +241,7 @@ async def test_a_forged_or_replayed_record_does_not_make_a_dead_peer_restarted(
     await b.start()
     await a.start()
     async with a, DhtClient(dht_node.proxy_url) as attacker:
-        ca = await a.connect(b.fingerprint)
-        cb = await b.accept(timeout=10)
-        assert cb is not None
+        ca, cb = await dial(a, b)
         real = await a.lookup(b.fingerprint)
         key = ice_candidates_key(b.fingerprint)
         (value,) = [v for v in await attacker.get(key) if PeerRecord.decode(v).seq == real.seq]

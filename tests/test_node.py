@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.nodes import config_for, released, resources
+from tests.nodes import config_for, dial, released, resources
 from tests.waiting import eventually
 from tierlink.blocking import BlockingConnection, BlockingNode
 from tierlink.errors import (
@@ -46,13 +46,6 @@ async def pair(dht_cluster, secure: bool = True, **kw_b):
     await b.start()
     await a.start()
     return a, b
-
-
-async def dial(a: Node, b: Node):
-    ca = await a.connect(b.fingerprint)
-    cb = await b.accept(timeout=10)
-    assert cb is not None
-    return ca, cb
 
 
 def record_offer_secrets(monkeypatch: pytest.MonkeyPatch) -> list[OfferSecret]:

@@ -8,7 +8,14 @@ import time
 import psutil
 import pytest
 
-from tests.nodes import HTTP_POOL_LIMIT, config_for, pooled_http_connections, released, resources
+from tests.nodes import (
+    HTTP_POOL_LIMIT,
+    config_for,
+    dial,
+    pooled_http_connections,
+    released,
+    resources,
+)
 from tierlink.node import Node
 
 CYCLES = int(os.environ.get("TIERLINK_SOAK_CYCLES", "1000"))
@@ -21,9 +28,7 @@ async def test_connect_close_cycles_release_everything(dht_cluster) -> None:
     async with Node(config_for(dht_cluster[0])) as a, Node(config_for(dht_cluster[1])) as b:
 
         async def cycle(i: int) -> None:
-            ca = await a.connect(b.fingerprint)
-            cb = await b.accept(timeout=10)
-            assert cb is not None
+            ca, cb = await dial(a, b)
             await ca.send(f"cycle {i}".encode())
             assert await cb.recv(5) == f"cycle {i}".encode()
             await ca.close()
