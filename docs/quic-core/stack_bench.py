@@ -44,7 +44,8 @@ CID_LEN = 8
 WINDOW = 1 << 20  # bytes the sender may be ahead of the receiver application
 CREDIT_STEP = 64 << 10  # the receiver returns credit every this many bytes
 WARMUP_S = 0.5
-SOCK_BUF = 2 << 20  # tierlink's SOCKET_BUFFER
+#: SO_RCVBUF/SO_SNDBUF asked for (tierlink's SOCKET_BUFFER); 0 keeps the kernel default
+SOCK_BUF = int(os.environ.get("STACK_BENCH_SOCKBUF", 2 << 20))
 RECV_BATCH = 64
 SOL_UDP = 17
 UDP_SEGMENT = 103
@@ -150,7 +151,8 @@ class Io:
         self.transport: Any = None
         self.rx = self.tx = self.send_calls = self.recv_calls = self.send_dropped = 0
         for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
-            sock.setsockopt(socket.SOL_SOCKET, opt, SOCK_BUF)
+            if SOCK_BUF:
+                sock.setsockopt(socket.SOL_SOCKET, opt, SOCK_BUF)
         sock.setblocking(False)
         self.dup = None
         if variant == "batch":
