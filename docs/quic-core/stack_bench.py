@@ -21,6 +21,7 @@ Usage (root; run it under ``flock /tmp/tools/bench.lock``):
   PYTHONPATH=src:/tmp/qh3stack-lib python docs/quic-core/stack_bench.py [--rounds 3]
       [--seconds 3] [--out docs/quic-core/stack_results.jsonl]
 One JSON line per measurement is appended to --out; summarize with ``--summary FILE``.
+``STACK_BENCH_SOCKBUF=0`` keeps the kernel's default socket buffers (a diagnostic).
 """
 
 from __future__ import annotations
@@ -466,7 +467,8 @@ async def quic_role(a: argparse.Namespace) -> dict[str, Any]:
            "timer_fires": pump.timer_fires, "flushes": pump.flushes,
            "empty_flushes": pump.empty_flushes,
            "rcvbuf": sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)}
-    loop.remove_reader(sock.fileno()) if a.variant == "gso" else None
+    if a.variant == "gso":
+        loop.remove_reader(sock.fileno())
     return out
 
 
