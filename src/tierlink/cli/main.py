@@ -10,7 +10,7 @@ import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from tierlink.cli import mailbox_commands as cli_mailbox
 from tierlink.cli import node_commands as cli_node
@@ -28,6 +28,13 @@ Handler = Callable[[argparse.Namespace], int]
 
 class UsageError(TierlinkError):
     """Bad command-line input (exit code 2)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line (exit 2), pointing at ``--help``."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
 
 
 def _print_json(obj: Any) -> None:
@@ -98,7 +105,7 @@ def cmd_dht_serve(args: argparse.Namespace) -> int:
 
 # -- parser --------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="tierlink",
         description="Reach a peer by its public-key fingerprint alone.",
     )
