@@ -43,3 +43,30 @@ def test_a_bad_argument_is_one_line_not_a_usage_dump(argv: tuple[str, ...]) -> N
     (nine lines for ``send``) is one ``--help`` away instead of burying the error."""
     line = one_line_error(run(*argv), 2)
     assert "error: " in line and "--help" in line, line
+
+
+def test_every_message_is_checked_before_any_is_stored(tmp_path: Path) -> None:
+    """``send FP ok BAD``: a bad message anywhere refuses the whole command up front, so
+    ``ok`` is neither stored nor delivered behind an error the user would answer by sending
+    it again."""
+    key = tmp_path / "a.json"
+    assert run("id", "new", "--out", str(key)).returncode == 0
+    data = tmp_path / "a"
+    node = ["--identity", str(key), "--data-dir", str(data), "--dht-proxy",
+            "http://127.0.0.1:9/"]
+    empty = one_line_error(run("send", FP, "ok", "", *node), 2)
+    assert "empty message" in empty
+    big = one_line_error(run("send", FP, "ok", "x" * 51037, *node), 2)
+    assert "51037 bytes is over the limit of 51036" in big
+    assert not (data / "tierlink.db").exists()  # no node started, nothing stored
+
+
+def test_a_message_is_sent_as_the_bytes_the_shell_passed() -> None:
+    """Text that is not UTF-8 (a latin-1 terminal) is sent as given, not refused with an
+    encoder's error."""
+    from tierlink.cli.argtypes import message
+    from tierlink.wire.envelope import MAX_PAYLOAD
+
+    assert message(os.fsdecode(b"caf\xe9")) == b"caf\xe9"
+    assert message("h\u00e9") == "h\u00e9".encode()
+    assert len(message("x" * MAX_PAYLOAD)) == MAX_PAYLOAD

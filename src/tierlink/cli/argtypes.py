@@ -7,6 +7,7 @@ line and exit status 2.
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from tierlink.hostport import parse_hostport, parse_port
 from tierlink.identity import is_fingerprint
 from tierlink.transport.host_addresses import check_host_address
 from tierlink.transport.ice_servers import TurnUrl, parse_stun_url, parse_turn_url, tls_context
+from tierlink.wire.envelope import MAX_PAYLOAD
 
 #: The UDP port OpenDHT nodes listen on unless told otherwise.
 DHT_DEFAULT_PORT = 4222
@@ -160,3 +162,16 @@ def wait_seconds(text: str) -> float:
         raise argparse.ArgumentTypeError(f"invalid value {text!r}: expected seconds from 0 "
                                          "to 3600")
     return value
+
+
+def message(text: str) -> bytes:
+    """A message to send: the bytes given on the command line (not UTF-8 too: as the shell
+    passed them), 1 to the offline envelope's :data:`MAX_PAYLOAD` bytes, so that every message
+    of one ``send`` is checked before any of them is stored."""
+    data = os.fsencode(text)
+    if not data:
+        raise argparse.ArgumentTypeError("cannot send an empty message")
+    if len(data) > MAX_PAYLOAD:
+        raise argparse.ArgumentTypeError(f"a message of {len(data)} bytes is over the limit of "
+                                         f"{MAX_PAYLOAD} bytes (what one DHT envelope carries)")
+    return data

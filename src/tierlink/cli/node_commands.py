@@ -18,11 +18,12 @@ from typing import Any
 
 from tierlink import control
 from tierlink.cli import run_command
-from tierlink.cli.argtypes import fingerprint, wait_seconds
+from tierlink.cli.argtypes import fingerprint, message, wait_seconds
 from tierlink.cli.node_options import add_node_options, load_identity, node_config, own_node
 from tierlink.cli.output import emit
 from tierlink.errors import TierlinkError
 from tierlink.identity import Identity, default_identity_path
+from tierlink.wire.envelope import MAX_PAYLOAD
 
 
 # -- send / outbox / lookup: through the running node of the identity, else an own one ----
@@ -69,7 +70,7 @@ def _report_sent(args: argparse.Namespace, result: dict[str, Any], node: str) ->
 
 async def _send(args: argparse.Namespace) -> int:
     identity = load_identity(args)
-    payloads = tuple(text.encode() for text in args.message)
+    payloads: tuple[bytes, ...] = tuple(args.message)
     requests = control.send_requests(args.fingerprint, payloads, args.wait)
     reply = await _ask_running_node(args, identity, requests[0], timeout=None)
     if reply is not None:
@@ -169,7 +170,8 @@ def register(sub: Any) -> None:
     send = sub.add_parser("send", help="send messages by the best tier (live, relay, offline)"
                                        " through the running node, else an own one")
     send.add_argument("fingerprint", type=fingerprint)
-    send.add_argument("message", nargs="+")
+    send.add_argument("message", nargs="+", type=message,
+                      help=f"text to send, 1 to {MAX_PAYLOAD} bytes each")
     add_node_options(send)
     send.add_argument("--wait", type=wait_seconds, default=5.0,
                       help="extra seconds to wait for an acknowledgement of a queued message")
