@@ -70,3 +70,29 @@ def test_a_message_is_sent_as_the_bytes_the_shell_passed() -> None:
     assert message(os.fsdecode(b"caf\xe9")) == b"caf\xe9"
     assert message("h\u00e9") == "h\u00e9".encode()
     assert len(message("x" * MAX_PAYLOAD)) == MAX_PAYLOAD
+
+
+@pytest.mark.parametrize(("argv", "option"), [
+    (("send", FP, "hi", "--timeout", "nan"), "--timeout"),
+    (("send", FP, "hi", "--timeout", "-1"), "--timeout"),
+    (("send", FP, "hi", "--timeout", "inf"), "--timeout"),
+    (("lookup", FP, "--timeout", "1e308"), "--timeout"),
+    (("send", FP, "hi", "--wait", "nan"), "--wait"),
+    (("mailbox", "serve", "--retention-days", "nan"), "--retention-days"),
+    (("mailbox", "serve", "--retention-days", "0"), "--retention-days"),
+    (("mailbox", "serve", "--quota-mb", "-1"), "--quota-mb"),
+    (("mailbox", "serve", "--per-sender-quota-mb", "inf"), "--per-sender-quota-mb"),
+    (("mailbox", "serve", "--record-lifetime", "0"), "--record-lifetime"),
+    (("mailbox", "serve", "--record-lifetime", "90000"), "--record-lifetime"),
+    (("mailbox", "serve", "--descriptor-interval", "nan"), "--descriptor-interval"),
+    (("demo", "--messages", "-1"), "--messages"),
+    (("lab", "--ice-timeout", "nan"), "--ice-timeout"),
+])
+def test_numbers_out_of_range_are_refused_before_anything_starts(
+    argv: tuple[str, ...], option: str, tmp_path: Path
+) -> None:
+    """NaN, infinite, negative or out-of-range numbers never reach a node (``--timeout nan``
+    otherwise crashes the delivery loop with a traceback and leaves the command hanging)."""
+    env = dict(os.environ, XDG_DATA_HOME=str(tmp_path))  # no identity: nothing could start
+    line = one_line_error(run(*argv, env=env), 2)
+    assert f"argument {option}: invalid value" in line, line

@@ -7,6 +7,7 @@ line and exit status 2.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -110,15 +111,29 @@ def positive_int(text: str) -> int:
     return value
 
 
-def positive_float(text: str) -> float:
-    """A number of seconds > 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = 0.0
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"invalid value {text!r}: expected seconds > 0")
-    return value
+def number_in(low: float, high: float, unit: str, *,
+              above: bool = False) -> Callable[[str], float]:
+    """An argparse type: a number from ``low`` (``above``: more than ``low``) to ``high``.
+    NaN and the infinities are refused, so no option can wedge a timer or a loop."""
+    lowest = f"more than {low:g}" if above else f"from {low:g}"
+
+    def convert(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not (low < value if above else low <= value) or not value <= high:
+            raise argparse.ArgumentTypeError(f"invalid value {text!r}: expected {unit} "
+                                             f"{lowest} to {high:g}")
+        return value
+
+    return convert
+
+
+#: ``--timeout``, ``--wait``: seconds, 0 to an hour.
+seconds = number_in(0, 3600, "seconds")
+#: A timeout that cannot be 0 (``lab --ice-timeout``).
+positive_seconds = number_in(0, 3600, "seconds", above=True)
 
 
 def port_range(text: str) -> tuple[int, int]:
@@ -150,18 +165,6 @@ def fingerprint(text: str) -> str:
         shown = f"{text[:20]!r}…" if len(text) > 20 else repr(text)
         raise argparse.ArgumentTypeError(f"{shown} is not a fingerprint (128 hex characters)")
     return text
-
-
-def wait_seconds(text: str) -> float:
-    """A number of seconds to wait, 0 to 3600."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0 <= value <= 3600:
-        raise argparse.ArgumentTypeError(f"invalid value {text!r}: expected seconds from 0 "
-                                         "to 3600")
-    return value
 
 
 def message(text: str) -> bytes:

@@ -20,12 +20,18 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tierlink.cli.argtypes import fingerprint
+from tierlink.cli.argtypes import fingerprint, number_in
 from tierlink.cli.node_options import add_node_options, load_identity, node_config
 from tierlink.errors import TierlinkError
 from tierlink.identity import default_identity_path
 
 MB = 1 << 20
+#: ``--retention-days``: more than 0 days, at most ten years.
+_days = number_in(0, 3650, "days", above=True)
+#: The ``--*quota-mb`` options: MiB, 0 to 1 TiB.
+_mib = number_in(0, 1 << 20, "MiB")
+#: ``--record-lifetime`` (a record lives at most 24 h) and ``--descriptor-interval``.
+_period = number_in(1, 24 * 3600, "seconds")
 
 
 def _db_path(args: argparse.Namespace) -> Path:
@@ -144,21 +150,21 @@ def register(sub: Any) -> None:
     serve = msub.add_parser("serve", help="run an always-on node that stores sealed "
                                           "envelopes for registered recipients")
     add_node_options(serve)
-    serve.add_argument("--retention-days", type=float, default=7.0,
+    serve.add_argument("--retention-days", type=_days, default=7.0,
                        help="keep an envelope at most this long (default 7)")
-    serve.add_argument("--quota-mb", type=float, default=1024.0,
+    serve.add_argument("--quota-mb", type=_mib, default=1024.0,
                        help="envelope MiB held for all recipients together (default 1024)")
-    serve.add_argument("--per-recipient-quota-mb", type=float, default=64.0,
+    serve.add_argument("--per-recipient-quota-mb", type=_mib, default=64.0,
                        help="envelope MiB held per recipient (default 64)")
-    serve.add_argument("--per-sender-quota-mb", type=float, default=8.0,
+    serve.add_argument("--per-sender-quota-mb", type=_mib, default=8.0,
                        help="envelope MiB one sender may leave per recipient (default 8)")
     serve.add_argument("--serve-for", type=fingerprint, action="append", metavar="FINGERPRINT",
                        help="accept registrations only from these recipients (repeatable; "
                             "default: anyone)")
-    serve.add_argument("--record-lifetime", type=float, default=600.0, metavar="SECONDS",
+    serve.add_argument("--record-lifetime", type=_period, default=600.0, metavar="SECONDS",
                        help="lifetime of our peer record, republished every third of it "
                             "(default 600; shorter: found again sooner after DHT churn)")
-    serve.add_argument("--descriptor-interval", type=float, default=240.0, metavar="SECONDS",
+    serve.add_argument("--descriptor-interval", type=_period, default=240.0, metavar="SECONDS",
                        help="re-put registered recipients' descriptors this often (default 240)")
     serve.set_defaults(func=lambda a: asyncio.run(_serve(a)))
     unreg = msub.add_parser("unregister", help="withdraw our registration from a mailbox "

@@ -18,7 +18,7 @@ from typing import Any
 
 from tierlink import control
 from tierlink.cli import run_command
-from tierlink.cli.argtypes import fingerprint, message, wait_seconds
+from tierlink.cli.argtypes import fingerprint, message, positive_int, seconds
 from tierlink.cli.node_options import add_node_options, load_identity, node_config, own_node
 from tierlink.cli.output import emit
 from tierlink.errors import TierlinkError
@@ -173,7 +173,7 @@ def register(sub: Any) -> None:
     send.add_argument("message", nargs="+", type=message,
                       help=f"text to send, 1 to {MAX_PAYLOAD} bytes each")
     add_node_options(send)
-    send.add_argument("--wait", type=wait_seconds, default=5.0,
+    send.add_argument("--wait", type=seconds, default=5.0,
                       help="extra seconds to wait for an acknowledgement of a queued message")
     send.add_argument("--own-node", **own)
     send.set_defaults(func=lambda a: asyncio.run(_send(a)))
@@ -194,7 +194,7 @@ def register(sub: Any) -> None:
 
     demo = sub.add_parser("demo", help="self-contained loopback demo (no root)")
     demo.add_argument("--json", action="store_true", help="print one JSON object")
-    demo.add_argument("--messages", type=int, default=10, help="messages each way")
+    demo.add_argument("--messages", type=positive_int, default=10, help="messages each way")
     demo.set_defaults(func=lambda a: asyncio.run(_demo(a)))
 
 

@@ -18,6 +18,7 @@ from tierlink.cli.argtypes import (
     host_address,
     port_number,
     port_range,
+    seconds,
     secret_file,
     stun_address,
     turn_server,
@@ -62,7 +63,7 @@ def add_node_options(p: argparse.ArgumentParser) -> None:
                    help="list candidates in the public record (public) or not (private)")
     p.add_argument("--allow", type=fingerprint, action="append", metavar="FINGERPRINT",
                    help="answer only these dialers (repeatable)")
-    p.add_argument("--timeout", type=float, default=10.0,
+    p.add_argument("--timeout", type=seconds, default=10.0,
                    help="seconds to try a live path before the offline tier")
     p.add_argument("--data-dir", help="outbox directory (default: per identity, XDG data dir)")
     p.add_argument("--json", action="store_true", help="JSON output")

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tierlink.cli.argtypes import positive_float, positive_int
+from tierlink.cli.argtypes import positive_int, positive_seconds
 
 if TYPE_CHECKING:
     from tierlink.bench.dht_lab import AccessLink
@@ -78,7 +78,7 @@ def register(sub: Any) -> None:
                      "attempt (default); ice: raw ICE only")
     lab.add_argument("--reduced", action="store_true",
                      help="only the reduced pair list (each preset at least once)")
-    lab.add_argument("--ice-timeout", type=positive_float, default=DEFAULT_ICE_TIMEOUT,
+    lab.add_argument("--ice-timeout", type=positive_seconds, default=DEFAULT_ICE_TIMEOUT,
                      metavar="SECONDS", help=f"peers' ICE timeout (default {DEFAULT_ICE_TIMEOUT})")
     lab.add_argument("--json", action="store_true", help="print the matrix as JSON")
     lab.add_argument("--report", type=Path, metavar="DIR",
