@@ -4,6 +4,7 @@ stderr with a non-zero exit, nothing half-sent, never a traceback."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -96,3 +97,36 @@ def test_numbers_out_of_range_are_refused_before_anything_starts(
     env = dict(os.environ, XDG_DATA_HOME=str(tmp_path))  # no identity: nothing could start
     line = one_line_error(run(*argv, env=env), 2)
     assert f"argument {option}: invalid value" in line, line
+
+
+def test_a_mailbox_claims_its_identity_like_run(tmp_path: Path) -> None:
+    """``mailbox serve`` is a node of its identity: a second ``mailbox serve`` or a ``run``
+    of it is refused (two nodes would share one database and publish over each other), and
+    ``lookup`` of that identity goes through the serving node instead of starting another."""
+    from tests.test_cli import start_serve
+
+    key = tmp_path / "m.json"
+    fp = run("id", "new", "--out", str(key)).stdout.strip()
+    dht, port, _, _ = start_serve("--port", "0")
+    node = ["--identity", str(key), "--data-dir", str(tmp_path / "m"), "--bootstrap",
+            f"127.0.0.1:{port}", "--no-rate-limit", "--host-address", "127.0.0.1"]
+    serve = subprocess.Popen([*TIERLINK, "mailbox", "serve", *node, "--json"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert serve.stdout is not None
+        online = serve.stdout.readline()
+        assert f'"fingerprint": "{fp}"' in online, serve.stderr.read() if serve.stderr else ""
+        for argv in (("mailbox", "serve", *node), ("run", *node)):
+            line = one_line_error(run(*argv, timeout=30), 1)
+            assert "a node of this identity already runs" in line, line
+        look = run("lookup", fp, "--json", *node, timeout=30)
+        assert look.returncode == 0 and "no running node" not in look.stderr, look.stderr
+        assert f'"fingerprint": "{fp}"' in look.stdout
+    finally:
+        for proc in (serve, dht):
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()

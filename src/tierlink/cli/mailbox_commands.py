@@ -15,11 +15,11 @@ import asyncio
 import dataclasses
 import json
 import logging
-import signal
 import sys
 from pathlib import Path
 from typing import Any
 
+from tierlink.cli import run_command
 from tierlink.cli.argtypes import fingerprint, number_in
 from tierlink.cli.node_options import add_node_options, load_identity, node_config
 from tierlink.errors import TierlinkError
@@ -52,22 +52,27 @@ async def _serve(args: argparse.Namespace) -> int:
                                per_sender_quota=int(args.per_sender_quota_mb * MB),
                                descriptor_interval=args.descriptor_interval,
                                recipients=frozenset(args.serve_for) if args.serve_for else None)
-    config = dataclasses.replace(node_config(args), mailbox_serve=settings,
+    identity = load_identity(args)
+    config = dataclasses.replace(node_config(args, identity), mailbox_serve=settings,
                                  record_lifetime=args.record_lifetime)
     logging.getLogger("tierlink.mailbox").setLevel(logging.INFO)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    async with Node(config) as node:
-        info = {"event": "mailbox", "fingerprint": node.fingerprint,
-                "retention_days": args.retention_days, "quota_mb": args.quota_mb,
-                "per_recipient_quota_mb": args.per_recipient_quota_mb,
-                "per_sender_quota_mb": args.per_sender_quota_mb}
-        print(json.dumps(info) if args.json else
-              f"mailbox online as {node.fingerprint}\n(recipients: tierlink run --mailbox "
-              f"{node.fingerprint})", flush=True)
-        await stop.wait()
+    stop = run_command.stop_on_signals()
+    server = run_command.claim_control(identity)
+    try:
+        async with Node(config) as node:
+            await run_command.serve_control(args, server, node)
+            info = {"event": "mailbox", "fingerprint": node.fingerprint,
+                    "retention_days": args.retention_days, "quota_mb": args.quota_mb,
+                    "per_recipient_quota_mb": args.per_recipient_quota_mb,
+                    "per_sender_quota_mb": args.per_sender_quota_mb,
+                    "control_socket": str(server.path)}
+            print(json.dumps(info) if args.json else
+                  f"mailbox online as {node.fingerprint}\n(recipients: tierlink run --mailbox "
+                  f"{node.fingerprint})\n(send, outbox and lookup of this identity use this "
+                  f"node: {server.path})", flush=True)
+            await stop.wait()
+    finally:
+        await server.close()
     print("stopped", file=sys.stderr)
     return 0
 
@@ -121,13 +126,10 @@ def _report_revoked(args: argparse.Namespace, who: str, dropped: int) -> None:
 
 
 async def _unregister(args: argparse.Namespace) -> int:
-    from tierlink import control
     from tierlink.node import Node
-    from tierlink.node.control_server import ControlServer
 
     identity = load_identity(args)
-    claim = ControlServer(control.socket_path(identity.fingerprint))
-    claim.claim()  # a running node of this identity would register again: stop it first
+    claim = run_command.claim_control(identity)  # a running node would register again
     try:
         async with Node(node_config(args, identity)) as node:
             assert node.messenger is not None and node.messenger.mailbox is not None

@@ -18,6 +18,7 @@ from tierlink.cli.output import emit, message_line
 from tierlink.errors import ConnectionClosed
 
 if TYPE_CHECKING:
+    from tierlink.identity import Identity
     from tierlink.node import Node
     from tierlink.node.control_server import ControlServer
     from tierlink.transport.connection import Connection
@@ -36,30 +37,49 @@ async def _print_messages(args: argparse.Namespace, conn: Connection) -> None:
 
 
 def _sent_by_request(args: argparse.Namespace, to: str, result: dict[str, Any]) -> None:
-    """What ``tierlink run`` prints about a message another command sent through it."""
+    """What a running node prints about a message another command sent through it."""
     via = f" via the {result['tier']} tier" if result["tier"] else ""
     emit(args, {"event": "sent", "to": to, **result, "via": "control"},
          f"sent {result['message_id'][:12]} to {to[:16]}…: {result['state']}{via}")
+
+
+def claim_control(identity: Identity) -> ControlServer:
+    """The identity's control socket, claimed: a second node of the identity (``run``,
+    ``mailbox serve``) stops here, before it joins the DHT."""
+    from tierlink.node.control_server import ControlServer
+
+    server = ControlServer(control.socket_path(identity.fingerprint))
+    server.claim()
+    if server.stale_replaced:
+        print(f"removed the control socket a stopped node left ({server.path})",
+              file=sys.stderr)
+    return server
+
+
+async def serve_control(args: argparse.Namespace, server: ControlServer, node: Node) -> None:
+    """Answer ``send``, ``outbox`` and ``lookup`` of the identity on ``server`` for ``node``,
+    printing each message sent that way."""
+    await server.serve(node, lambda to, result: _sent_by_request(args, to, result))
+
+
+def stop_on_signals() -> asyncio.Event:
+    """An event SIGINT and SIGTERM set (a running node's clean stop)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
 
 
 async def run(args: argparse.Namespace) -> int:
     """Run an online node of the identity until SIGINT or SIGTERM."""
     identity = load_identity(args)
     config = node_config(args, identity)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    from tierlink.node.control_server import ControlServer
-
-    server = ControlServer(control.socket_path(identity.fingerprint))
-    server.claim()  # a second node of the identity stops here, before it joins the DHT
-    if server.stale_replaced:
-        print(f"removed the control socket a stopped node left ({server.path})",
-              file=sys.stderr)
+    stop = stop_on_signals()
+    server = claim_control(identity)
     try:
         async with own_node(config) as node:
-            await server.serve(node, lambda to, result: _sent_by_request(args, to, result))
+            await serve_control(args, server, node)
             await _online(args, node, server, stop)
     finally:
         await server.close()
