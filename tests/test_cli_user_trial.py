@@ -130,3 +130,13 @@ def test_a_mailbox_claims_its_identity_like_run(tmp_path: Path) -> None:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+@pytest.mark.parametrize("argv", [("outbox",), ("mailbox", "status")])
+def test_a_mistyped_data_dir_is_an_error_not_an_empty_listing(
+    argv: tuple[str, ...], tmp_path: Path
+) -> None:
+    """``outbox --data-dir typo`` must not answer "no undelivered messages": the user would
+    believe every message was delivered."""
+    line = one_line_error(run(*argv, "--data-dir", str(tmp_path / "typo")), 1)
+    assert "database at" in line and "typo" in line, line

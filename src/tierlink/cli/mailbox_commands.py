@@ -92,10 +92,8 @@ def _open_store(args: argparse.Namespace) -> Any:
 
 
 def _status(args: argparse.Namespace) -> int:
-    rows: list[dict[str, Any]] = []
-    if _db_path(args).exists():
-        with _open_store(args) as store:
-            rows = store.status()
+    with _open_store(args) as store:
+        rows: list[dict[str, Any]] = store.status()
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0

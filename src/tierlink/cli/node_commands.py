@@ -103,6 +103,9 @@ async def _outbox(args: argparse.Namespace) -> int:
 
         if args.data_dir:
             path = Path(args.data_dir) / "tierlink.db"
+            if not path.is_file():  # a mistyped directory is not an empty outbox
+                raise TierlinkError(f"no outbox database at {path} (no node has used "
+                                    f"--data-dir {args.data_dir})")
         else:
             assert identity is not None
             path = NodeConfig(identity=identity).state_dir() / "tierlink.db"
