@@ -140,3 +140,13 @@ def test_a_mistyped_data_dir_is_an_error_not_an_empty_listing(
     believe every message was delivered."""
     line = one_line_error(run(*argv, "--data-dir", str(tmp_path / "typo")), 1)
     assert "database at" in line and "typo" in line, line
+
+
+@pytest.mark.parametrize("url", ["notaurl", "ftp://proxy/", "http://", "http://h:99999/",
+                                 "127.0.0.1:8080"])
+def test_a_bad_proxy_url_is_a_usage_error(url: str, tmp_path: Path) -> None:
+    """``--dht-proxy notaurl`` is named as a bad URL at once, not reported later as an
+    unreachable proxy at ``notaurl/key/<hash>``."""
+    env = dict(os.environ, XDG_DATA_HOME=str(tmp_path))
+    line = one_line_error(run("send", FP, "hi", "--dht-proxy", url, env=env), 2)
+    assert "argument --dht-proxy: invalid proxy URL" in line, line

@@ -11,6 +11,7 @@ import math
 import os
 from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from tierlink.hostport import parse_hostport, parse_port
 from tierlink.identity import is_fingerprint
@@ -34,6 +35,19 @@ def _endpoint(default_port: int) -> Callable[[str], tuple[str, int]]:
 
 #: ``--bootstrap HOST[:PORT]`` (an OpenDHT node, port 4222 by default).
 dht_address = _endpoint(DHT_DEFAULT_PORT)
+
+
+def proxy_url(text: str) -> str:
+    """``--dht-proxy``: an ``http://`` or ``https://`` URL with a host (and a valid port)."""
+    try:
+        url = urlsplit(text)
+        port_ok = url.port is None or url.port > 0
+    except ValueError:
+        url, port_ok = urlsplit(""), False
+    if url.scheme not in ("http", "https") or not url.hostname or not port_ok:
+        raise argparse.ArgumentTypeError(f"invalid proxy URL {text!r}: expected "
+                                         "http://HOST[:PORT]/ or https://HOST[:PORT]/")
+    return text
 
 
 def stun_address(text: str) -> tuple[str, int]:

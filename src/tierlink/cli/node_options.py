@@ -18,6 +18,7 @@ from tierlink.cli.argtypes import (
     host_address,
     port_number,
     port_range,
+    proxy_url,
     seconds,
     secret_file,
     stun_address,
@@ -34,7 +35,8 @@ def add_node_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--identity", help=f"key file (default {default_identity_path()})")
     p.add_argument("--bootstrap", type=dht_address, action="append", default=[],
                    metavar="HOST[:PORT]", help="OpenDHT node to join (embedded dhtnode)")
-    p.add_argument("--dht-proxy", metavar="URL", help="use an existing OpenDHT REST proxy")
+    p.add_argument("--dht-proxy", type=proxy_url, metavar="URL",
+                   help="use an existing OpenDHT REST proxy")
     p.add_argument("--dht-port", type=port_number, help="UDP port of the embedded dhtnode")
     p.add_argument("--no-rate-limit", action="store_true",
                    help="embedded dhtnode without rate limits (loopback tests)")
