@@ -150,3 +150,18 @@ def test_a_bad_proxy_url_is_a_usage_error(url: str, tmp_path: Path) -> None:
     env = dict(os.environ, XDG_DATA_HOME=str(tmp_path))
     line = one_line_error(run("send", FP, "hi", "--dht-proxy", url, env=env), 2)
     assert "argument --dht-proxy: invalid proxy URL" in line, line
+
+
+@pytest.mark.parametrize("argv", [("send", FP, "hi"), ("dht", "serve", "--port", "0")])
+def test_an_unknown_bootstrap_host_is_named_at_once(argv: tuple[str, ...],
+                                                    tmp_path: Path) -> None:
+    """A bootstrap name that does not resolve is said so before any dhtnode starts, not
+    after a 10 s join timeout blamed on a firewall blocking UDP."""
+    key = tmp_path / "a.json"
+    assert run("id", "new", "--out", str(key)).returncode == 0
+    extra = ("--identity", str(key), "--data-dir", str(tmp_path / "a")) if argv[0] == "send" else ()
+    proc = run(*argv, *extra, "--bootstrap", "no-such-host.invalid:4222", timeout=30)
+    line = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "cannot resolve the bootstrap host 'no-such-host.invalid'" in line, line
+    assert "UDP" not in proc.stderr

@@ -16,6 +16,7 @@ from tierlink.cli import mailbox_commands as cli_mailbox
 from tierlink.cli import node_commands as cli_node
 from tierlink.cli import tool_commands as cli_tools
 from tierlink.cli.argtypes import DHT_DEFAULT_PORT, dht_address, port_number, port_or_zero
+from tierlink.cli.node_options import check_resolvable
 from tierlink.errors import TierlinkError
 from tierlink.identity import ALGORITHM, KEM_ALGORITHM, Identity, default_identity_path
 
@@ -76,6 +77,7 @@ def cmd_id_show(args: argparse.Namespace) -> int:
 async def _serve(args: argparse.Namespace) -> int:
     from tierlink.dht.launcher import DhtNodeProcess  # loads only for the commands that use it
 
+    check_resolvable(args.bootstrap or [])
     node = DhtNodeProcess(
         port=args.port or None,
         proxy_port=args.proxy_port,

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -24,6 +26,7 @@ from tierlink.cli.argtypes import (
     stun_address,
     turn_server,
 )
+from tierlink.errors import DhtUnavailable
 from tierlink.identity import Identity, default_identity_path
 
 if TYPE_CHECKING:
@@ -88,6 +91,17 @@ def turn_servers(args: argparse.Namespace) -> list[TurnServer]:
     ]
 
 
+def check_resolvable(endpoints: Sequence[tuple[str, int]]) -> None:
+    """DhtUnavailable naming a ``--bootstrap`` host that does not resolve: the embedded
+    ``dhtnode`` would otherwise wait out its join timeout and blame a firewall."""
+    for host, port in endpoints:
+        try:
+            socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+        except (socket.gaierror, UnicodeError) as exc:
+            reason = exc.strerror if isinstance(exc, socket.gaierror) else str(exc)
+            raise DhtUnavailable(f"cannot resolve the bootstrap host {host!r}: {reason}") from None
+
+
 def load_identity(args: argparse.Namespace) -> Identity:
     """The identity ``--identity`` names (default: the user's)."""
     return Identity.load(Path(args.identity) if args.identity else default_identity_path())
@@ -97,6 +111,8 @@ def node_config(args: argparse.Namespace, identity: Identity | None = None) -> N
     """Build the node configuration from parsed options."""
     from tierlink.node import NodeConfig
 
+    if args.dht_proxy is None:
+        check_resolvable(args.bootstrap)
     return NodeConfig(
         identity=identity or load_identity(args),
         dht_proxy=args.dht_proxy,
