@@ -3,6 +3,8 @@ stderr with a non-zero exit, nothing half-sent, never a traceback."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -10,6 +12,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from tests.waiting import eventually
 
 TIERLINK = [sys.executable, "-m", "tierlink.cli"]
 FP = "ab" * 64
@@ -165,3 +169,37 @@ def test_an_unknown_bootstrap_host_is_named_at_once(argv: tuple[str, ...],
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert "cannot resolve the bootstrap host 'no-such-host.invalid'" in line, line
     assert "UDP" not in proc.stderr
+
+
+async def test_ctrl_c_in_send_says_where_the_message_is(tmp_path: Path) -> None:
+    """Ctrl-C while ``send`` waits for a live path: exit 130, one line telling the user the
+    stored message stays in the outbox (no traceback), and it does."""
+    from tests.test_cli import start_serve
+
+    key = tmp_path / "a.json"
+    assert run("id", "new", "--out", str(key)).returncode == 0
+    data = tmp_path / "a"
+    dht, port, _, _ = start_serve("--port", "0")
+    try:
+        send = subprocess.Popen(
+            [*TIERLINK, "send", FP, "wait for me", "--identity", str(key), "--data-dir",
+             str(data), "--bootstrap", f"127.0.0.1:{port}", "--no-rate-limit",
+             "--host-address", "127.0.0.1", "--timeout", "60"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+        def pending() -> list[str]:
+            if not (data / "tierlink.db").exists():
+                return []
+            box = run("outbox", "--data-dir", str(data), "--json")
+            return [e["state"] for e in json.loads(box.stdout)] if box.returncode == 0 else []
+
+        assert await eventually(lambda: asyncio.to_thread(pending), 30, "message stored")
+        send.send_signal(signal.SIGINT)
+        _, err = send.communicate(timeout=30)
+        assert send.returncode == 130 and "Traceback" not in err, err
+        last = err.strip().splitlines()[-1]
+        assert last.startswith("interrupted; a message stored before that stays in the outbox")
+        assert pending() == ["pending"]
+    finally:
+        dht.send_signal(signal.SIGINT)
+        dht.wait(15)

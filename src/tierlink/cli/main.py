@@ -158,7 +158,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code: int = args.func(args)
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        print(f"interrupted{getattr(args, 'interrupted', '')}", file=sys.stderr)
         return 130
     except UsageError as exc:
         print(f"tierlink: {exc}", file=sys.stderr)

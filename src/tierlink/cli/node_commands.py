@@ -25,6 +25,11 @@ from tierlink.errors import TierlinkError
 from tierlink.identity import Identity, default_identity_path
 from tierlink.wire.envelope import MAX_PAYLOAD
 
+#: What ``send`` adds to "interrupted": whether a message went out is in the outbox.
+SEND_INTERRUPTED = ("; a message stored before that stays in the outbox and goes out with the "
+                    "next 'tierlink run' or 'tierlink send' of this identity ('tierlink outbox' "
+                    "lists it)")
+
 
 # -- send / outbox / lookup: through the running node of the identity, else an own one ----
 def _no_running_node(identity: Identity) -> None:
@@ -179,7 +184,7 @@ def register(sub: Any) -> None:
     send.add_argument("--wait", type=seconds, default=5.0,
                       help="extra seconds to wait for an acknowledgement of a queued message")
     send.add_argument("--own-node", **own)
-    send.set_defaults(func=lambda a: asyncio.run(_send(a)))
+    send.set_defaults(func=lambda a: asyncio.run(_send(a)), interrupted=SEND_INTERRUPTED)
 
     box = sub.add_parser("outbox", help="list messages not yet acknowledged")
     box.add_argument("--identity", help=f"key file (default {default_identity_path()})")
