@@ -203,3 +203,14 @@ async def test_ctrl_c_in_send_says_where_the_message_is(tmp_path: Path) -> None:
     finally:
         dht.send_signal(signal.SIGINT)
         dht.wait(15)
+
+
+def test_the_mailbox_a_message_waits_in_is_shortened_like_every_fingerprint() -> None:
+    """As the README shows it: ``queued 770a6bb11fe5 in mailbox 8548e4365604cbbf…``, not the
+    whole 128-character fingerprint in the middle of the sentence."""
+    from tierlink.cli.output import sent_line
+
+    line = sent_line({"message_id": "770a6bb11fe5" + "0" * 20, "state": "in_mailbox",
+                      "tier": None, "bytes": 31, "mailboxes": ["8548e4365604cbbf" * 8]})
+    assert line.startswith("queued 770a6bb11fe5 in mailbox 8548e4365604cbbf…; the recipient")
+    assert "8548e4365604cbbf" * 2 not in line

@@ -20,7 +20,7 @@ from tierlink import control
 from tierlink.cli import run_command
 from tierlink.cli.argtypes import fingerprint, message, positive_int, seconds
 from tierlink.cli.node_options import add_node_options, load_identity, node_config, own_node
-from tierlink.cli.output import emit
+from tierlink.cli.output import emit, sent_line
 from tierlink.errors import TierlinkError
 from tierlink.identity import Identity, default_identity_path
 from tierlink.wire.envelope import MAX_PAYLOAD
@@ -53,23 +53,12 @@ async def _ask_running_node(
 
 def _report_sent(args: argparse.Namespace, result: dict[str, Any], node: str) -> int:
     """Print one message's result (``node``: ``running`` or ``own``); 1 if it is stuck."""
-    mid, state, tier = result["message_id"], result["state"], result["tier"]
-    obj = {"event": "sent", "to": args.fingerprint, "message_id": mid,
-           "bytes": result["bytes"], "state": state, "tier": tier, "node": node}
-    if state == "delivered":
-        line = f"delivered {mid[:12]} via the {tier} tier"
-    elif state == "queued":
-        line = (f"queued {mid[:12]} in the DHT offline queue; the recipient gets it when "
-                "it comes online (the outbox keeps it until acked)")
-    elif state == "in_mailbox":
-        boxes = result.get("mailboxes") or ["?"]
-        obj["mailboxes"] = boxes
-        line = (f"queued {mid[:12]} in mailbox {boxes[0]}; the recipient collects it when "
-                "it comes online, even if this node is offline by then")
-    else:
-        line = (f"{mid[:12]} is {state}: kept in the outbox, retried by the next "
-                "'tierlink run' or 'tierlink send'")
-    emit(args, obj, line)
+    state = result["state"]
+    obj = {"event": "sent", "to": args.fingerprint, "message_id": result["message_id"],
+           "bytes": result["bytes"], "state": state, "tier": result["tier"], "node": node}
+    if state == "in_mailbox":
+        obj["mailboxes"] = result.get("mailboxes") or ["?"]
+    emit(args, obj, sent_line(result))
     return 0 if state in ("delivered", "queued", "in_mailbox") else 1
 
 

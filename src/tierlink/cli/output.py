@@ -40,3 +40,20 @@ def message_line(sender: str, text: str, tier: str | None = None) -> str:
     """The human output line of a received message (sender shortened, text escaped)."""
     via = f" [{tier}]" if tier is not None else ""
     return f"{sender[:16]}…{via}: {printable(text)}"
+
+
+def sent_line(result: dict[str, Any]) -> str:
+    """The human output line of a message ``send`` stored: where it is now (fingerprints
+    shortened as in every other line)."""
+    mid, state, tier = result["message_id"][:12], result["state"], result["tier"]
+    if state == "delivered":
+        return f"delivered {mid} via the {tier} tier"
+    if state == "queued":
+        return (f"queued {mid} in the DHT offline queue; the recipient gets it when it comes "
+                "online (the outbox keeps it until acked)")
+    if state == "in_mailbox":
+        box = (result.get("mailboxes") or ["?"])[0]
+        return (f"queued {mid} in mailbox {box[:16]}…; the recipient collects it when it "
+                "comes online, even if this node is offline by then")
+    return (f"{mid} is {state}: kept in the outbox, retried by the next 'tierlink run' or "
+            "'tierlink send'")
