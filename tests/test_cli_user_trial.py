@@ -214,3 +214,10 @@ def test_the_mailbox_a_message_waits_in_is_shortened_like_every_fingerprint() ->
                       "tier": None, "bytes": 31, "mailboxes": ["8548e4365604cbbf" * 8]})
     assert line.startswith("queued 770a6bb11fe5 in mailbox 8548e4365604cbbf…; the recipient")
     assert "8548e4365604cbbf" * 2 not in line
+
+
+def test_options_that_do_not_go_together_are_a_usage_error() -> None:
+    """``bench --profile`` without ``--dht-many`` is a bad argument (exit 2), like any other."""
+    line = one_line_error(run("bench", "--profile", "lan"), 2)
+    assert line == ("tierlink bench: error: --profile goes with --dht-many "
+                    "(see 'tierlink bench --help')"), line

@@ -13,11 +13,17 @@ from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from tierlink.errors import TierlinkError
 from tierlink.hostport import parse_hostport, parse_port
 from tierlink.identity import is_fingerprint
 from tierlink.transport.host_addresses import check_host_address
 from tierlink.transport.ice_servers import TurnUrl, parse_stun_url, parse_turn_url, tls_context
 from tierlink.wire.envelope import MAX_PAYLOAD
+
+
+class UsageError(TierlinkError):
+    """Options that parse one by one but not together (exit code 2, like a bad argument)."""
+
 
 #: The UDP port OpenDHT nodes listen on unless told otherwise.
 DHT_DEFAULT_PORT = 4222

@@ -15,7 +15,13 @@ from typing import Any, NoReturn
 from tierlink.cli import mailbox_commands as cli_mailbox
 from tierlink.cli import node_commands as cli_node
 from tierlink.cli import tool_commands as cli_tools
-from tierlink.cli.argtypes import DHT_DEFAULT_PORT, dht_address, port_number, port_or_zero
+from tierlink.cli.argtypes import (
+    DHT_DEFAULT_PORT,
+    UsageError,
+    dht_address,
+    port_number,
+    port_or_zero,
+)
 from tierlink.cli.node_options import check_resolvable
 from tierlink.errors import TierlinkError
 from tierlink.identity import ALGORITHM, KEM_ALGORITHM, Identity, default_identity_path
@@ -25,10 +31,6 @@ EXIT_FAIL = 1
 EXIT_USAGE = 2
 
 Handler = Callable[[argparse.Namespace], int]
-
-
-class UsageError(TierlinkError):
-    """Bad command-line input (exit code 2)."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -161,7 +163,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"interrupted{getattr(args, 'interrupted', '')}", file=sys.stderr)
         return 130
     except UsageError as exc:
-        print(f"tierlink: {exc}", file=sys.stderr)
+        print(f"tierlink {args.command}: error: {exc} (see 'tierlink {args.command} --help')",
+              file=sys.stderr)
         return EXIT_USAGE
     except TierlinkError as exc:
         print(f"tierlink: {exc}", file=sys.stderr)

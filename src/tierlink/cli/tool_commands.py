@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tierlink.cli.argtypes import positive_int, positive_seconds
+from tierlink.cli.argtypes import UsageError, positive_int, positive_seconds
 
 if TYPE_CHECKING:
     from tierlink.bench.dht_lab import AccessLink
@@ -35,7 +35,7 @@ def _bench(args: argparse.Namespace) -> int:
         results = run_dht_many_bench(args.dht_many, args.quick, args.out,
                                      _access_link(args.profile))
     elif args.profile is not None:
-        raise SystemExit("tierlink bench: --profile goes with --dht-many")
+        raise UsageError("--profile goes with --dht-many")
     else:
         results = run_bench(args.system, args.quick, args.out, rounds=args.rounds, mtu=args.mtu)
     print(json.dumps(results, indent=2) if args.json else render_markdown([results]))
