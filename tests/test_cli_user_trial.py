@@ -221,3 +221,14 @@ def test_options_that_do_not_go_together_are_a_usage_error() -> None:
     line = one_line_error(run("bench", "--profile", "lan"), 2)
     assert line == ("tierlink bench: error: --profile goes with --dht-many "
                     "(see 'tierlink bench --help')"), line
+
+
+def test_revoking_a_stranger_is_not_reported_as_done(tmp_path: Path) -> None:
+    """``mailbox revoke`` of a fingerprint that never registered (a typo) says so instead of
+    "registration revoked; 0 held messages dropped"."""
+    from tierlink.mailbox import MailboxStore
+
+    (tmp_path / "m").mkdir()
+    MailboxStore(tmp_path / "m" / "mailbox.db").close()
+    line = one_line_error(run("mailbox", "revoke", FP, "--data-dir", str(tmp_path / "m")), 1)
+    assert "abababababababab… is not registered with this mailbox" in line, line

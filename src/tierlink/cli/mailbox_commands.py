@@ -111,7 +111,13 @@ def _revoke(args: argparse.Namespace) -> int:
     from tierlink.wire.records import now_ms
 
     with _open_store(args) as store:
-        dropped = store.revoke(args.fingerprint, now_ms())
+        now = now_ms()
+        if not store.registration(args.fingerprint, now)[0] and not store.held_bytes(
+                args.fingerprint):
+            raise MailboxDbError(f"{args.fingerprint[:16]}… is not registered with this mailbox"
+                                 " and holds nothing here ('tierlink mailbox status' lists "
+                                 "who is)")
+        dropped = store.revoke(args.fingerprint, now)
     _report_revoked(args, args.fingerprint, dropped)
     return 0
 
