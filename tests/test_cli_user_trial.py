@@ -232,3 +232,33 @@ def test_revoking_a_stranger_is_not_reported_as_done(tmp_path: Path) -> None:
     MailboxStore(tmp_path / "m" / "mailbox.db").close()
     line = one_line_error(run("mailbox", "revoke", FP, "--data-dir", str(tmp_path / "m")), 1)
     assert "abababababababab… is not registered with this mailbox" in line, line
+
+
+def test_unregistering_from_a_node_that_is_no_mailbox_says_so(tmp_path: Path) -> None:
+    """``mailbox unregister FP`` where FP is an ordinary ``tierlink run``: one line asking
+    whether it is a mailbox, not a bare "the peer closed the channel"."""
+    from tests.test_cli import start_serve
+
+    keys = {name: tmp_path / f"{name}.json" for name in ("x", "b")}
+    fps = {name: run("id", "new", "--out", str(k)).stdout.strip() for name, k in keys.items()}
+    dht, port, _, _ = start_serve("--port", "0")
+    common = ["--bootstrap", f"127.0.0.1:{port}", "--no-rate-limit", "--host-address",
+              "127.0.0.1"]
+    x = subprocess.Popen([*TIERLINK, "run", "--identity", str(keys["x"]), "--data-dir",
+                          str(tmp_path / "x"), "--json", *common],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert x.stdout is not None and '"online"' in x.stdout.readline()
+        proc = run("mailbox", "unregister", fps["x"], "--identity", str(keys["b"]),
+                   "--data-dir", str(tmp_path / "b"), "--timeout", "10", *common)
+        line = one_line_error(proc, 1)
+        assert f"{fps['x'][:16]}… did not take the unregistration" in line, line
+        assert "is it a mailbox?" in line
+    finally:
+        for proc_ in (x, dht):
+            proc_.send_signal(signal.SIGINT)
+            try:
+                proc_.wait(15)
+            except subprocess.TimeoutExpired:
+                proc_.kill()
+                proc_.wait()

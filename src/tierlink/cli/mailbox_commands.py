@@ -22,7 +22,7 @@ from typing import Any
 from tierlink.cli import run_command
 from tierlink.cli.argtypes import fingerprint, number_in
 from tierlink.cli.node_options import add_node_options, load_identity, node_config
-from tierlink.errors import TierlinkError
+from tierlink.errors import ConnectionClosed, TierlinkError
 from tierlink.identity import default_identity_path
 
 MB = 1 << 20
@@ -137,7 +137,11 @@ async def _unregister(args: argparse.Namespace) -> int:
     try:
         async with Node(node_config(args, identity)) as node:
             assert node.messenger is not None and node.messenger.mailbox is not None
-            dropped = await node.messenger.mailbox.client.revoke(args.mailbox_fp)
+            try:
+                dropped = await node.messenger.mailbox.client.revoke(args.mailbox_fp)
+            except ConnectionClosed as exc:  # a peer that is not a mailbox hangs up
+                raise ConnectionClosed(f"{args.mailbox_fp[:16]}… did not take the "
+                                       f"unregistration ({exc}): is it a mailbox?") from exc
     finally:
         await claim.close()
     obj = {"event": "unregistered", "mailbox": args.mailbox_fp, "dropped": dropped}
