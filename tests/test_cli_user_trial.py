@@ -262,3 +262,21 @@ def test_unregistering_from_a_node_that_is_no_mailbox_says_so(tmp_path: Path) ->
             except subprocess.TimeoutExpired:
                 proc_.kill()
                 proc_.wait()
+
+
+def test_an_os_error_is_path_and_reason(tmp_path: Path) -> None:
+    """A data directory that cannot be created reads ``tierlink: PATH: reason``, without
+    Python's ``[Errno 20]``."""
+    key = tmp_path / "a.json"
+    assert run("id", "new", "--out", str(key)).returncode == 0
+    (tmp_path / "file").write_text("not a directory")
+    proc = run("send", FP, "hi", "--identity", str(key), "--data-dir",
+               str(tmp_path / "file" / "d"), "--dht-proxy", "http://127.0.0.1:9/")
+    line = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert line == f"tierlink: {tmp_path / 'file' / 'd'}: Not a directory", line
+
+
+def test_dht_serve_proxy_host_is_an_address() -> None:
+    line = one_line_error(run("dht", "serve", "--port", "0", "--proxy-host", "notahost"), 2)
+    assert "argument --proxy-host: invalid address 'notahost'" in line, line

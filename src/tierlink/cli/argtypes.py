@@ -7,6 +7,7 @@ line and exit status 2.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import math
 import os
 from collections.abc import Callable
@@ -176,6 +177,15 @@ def host_address(text: str) -> str:
         return check_host_address(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def ipv4_address(text: str) -> str:
+    """An IPv4 address (``dht serve --proxy-host``: where the REST proxy listens)."""
+    try:
+        return str(ipaddress.IPv4Address(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid address {text!r}: expected an IPv4 "
+                                         "address such as 127.0.0.1") from None
 
 
 def fingerprint(text: str) -> str:

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -19,6 +20,7 @@ from tierlink.cli.argtypes import (
     DHT_DEFAULT_PORT,
     UsageError,
     dht_address,
+    ipv4_address,
     port_number,
     port_or_zero,
 )
@@ -137,7 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help=f"DHT UDP port (default {DHT_DEFAULT_PORT}; 0: any free port, printed)")
     serve.add_argument("--proxy-port", type=port_number, default=None,
                        help="REST proxy TCP port (default: a free one, printed)")
-    serve.add_argument("--proxy-host", default="127.0.0.1", help="REST proxy address")
+    serve.add_argument("--proxy-host", type=ipv4_address, default="127.0.0.1",
+                       help="REST proxy address (an IPv4 address of this host)")
     serve.add_argument("--bootstrap", type=dht_address, action="append",
                        metavar="HOST[:PORT]", help="an OpenDHT node to join")
     serve.add_argument("--no-rate-limit", action="store_true", help="dhtnode -U (tests)")
@@ -147,6 +150,14 @@ def build_parser() -> argparse.ArgumentParser:
     cli_mailbox.register(sub)
     cli_tools.register(sub)
     return p
+
+
+def os_error(exc: OSError) -> str:
+    """An OS error as a user reads it: ``PATH: reason`` (no ``[Errno N]``)."""
+    if not exc.strerror:
+        return str(exc)
+    paths = [p for p in (exc.filename, exc.filename2) if p is not None]
+    return ": ".join([*(os.fsdecode(p) for p in paths), exc.strerror])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -169,7 +180,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TierlinkError as exc:
         print(f"tierlink: {exc}", file=sys.stderr)
         return EXIT_FAIL
-    except (OSError, ValueError) as exc:
+    except OSError as exc:
+        print(f"tierlink: {os_error(exc)}", file=sys.stderr)
+        return EXIT_FAIL
+    except ValueError as exc:
         print(f"tierlink: {exc}", file=sys.stderr)
         return EXIT_FAIL
     return code
