@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -280,3 +281,52 @@ def test_an_os_error_is_path_and_reason(tmp_path: Path) -> None:
 def test_dht_serve_proxy_host_is_an_address() -> None:
     line = one_line_error(run("dht", "serve", "--port", "0", "--proxy-host", "notahost"), 2)
     assert "argument --proxy-host: invalid address 'notahost'" in line, line
+
+
+def _readme_python_examples() -> list[str]:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme[readme.index("## Python API"):readme.index("## How it works")]
+    return re.findall(r"```python\n(.*?)```", section, re.S)
+
+
+async def test_the_readme_python_examples_run_as_written(tmp_path: Path) -> None:
+    """Both README examples, against a ``tierlink run`` on a local DHT (its port in place of
+    4222): every message they send reaches the peer, the async one reports the delivery."""
+    from tests.test_cli import start_serve
+
+    examples = _readme_python_examples()
+    assert len(examples) == 2
+    b_fp = run("id", "new", "--out", str(tmp_path / "b.json")).stdout.strip()
+    assert run("id", "new", "--out", str(tmp_path / "a.json")).returncode == 0
+    dht, port, _, _ = start_serve("--port", "0")
+    b = subprocess.Popen([*TIERLINK, "run", "--identity", str(tmp_path / "b.json"), "--json",
+                          "--data-dir", str(tmp_path / "b"), "--bootstrap", f"127.0.0.1:{port}",
+                          "--no-rate-limit", "--host-address", "127.0.0.1"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert b.stdout is not None and '"online"' in b.stdout.readline()
+        scripts = []
+        for i, code in enumerate(examples):
+            assert code.count('("127.0.0.1", 4222)') == 1, code
+            script = tmp_path / f"example{i}.py"
+            script.write_text(code.replace('("127.0.0.1", 4222)', f'("127.0.0.1", {port})'))
+            scripts.append(script)
+        a = subprocess.Popen([sys.executable, str(scripts[0]), b_fp], cwd=tmp_path,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert a.stdout is not None
+        lines = [await asyncio.wait_for(asyncio.to_thread(a.stdout.readline), 60)
+                 for _ in range(2)]
+        assert "'local'" in lines[0] and lines[1] == "delivered via direct\n", lines
+        a.send_signal(signal.SIGINT)  # it waits for incoming messages until Ctrl-C
+        a.communicate(timeout=30)
+        blocking = subprocess.run([sys.executable, str(scripts[1]), b_fp], cwd=tmp_path,
+                                  capture_output=True, text=True, timeout=60)
+        assert blocking.returncode == 0, blocking.stderr
+    finally:
+        for proc in (b, dht):
+            proc.send_signal(signal.SIGINT)
+        out, _ = b.communicate(timeout=30)
+        dht.wait(15)
+    texts = [json.loads(line)["text"] for line in out.splitlines()
+             if json.loads(line).get("event") == "message"]
+    assert texts == ["hello", "one", "two", "three", "see you", "hello"], texts
