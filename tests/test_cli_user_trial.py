@@ -330,3 +330,20 @@ async def test_the_readme_python_examples_run_as_written(tmp_path: Path) -> None
     texts = [json.loads(line)["text"] for line in out.splitlines()
              if json.loads(line).get("event") == "message"]
     assert texts == ["hello", "one", "two", "three", "see you", "hello"], texts
+
+
+def test_one_data_dir_holds_one_identity(tmp_path: Path) -> None:
+    """``--data-dir shared`` for two identities: the second is refused, or its node would send
+    the first one's pending messages under its own name."""
+    keys = [tmp_path / "c.json", tmp_path / "a.json"]
+    fps = [run("id", "new", "--out", str(k)).stdout.strip() for k in keys]
+    shared = ["--data-dir", str(tmp_path / "shared"), "--dht-proxy", "http://127.0.0.1:9/"]
+    first = run("send", FP, "from c", "--identity", str(keys[0]), *shared)
+    assert "DHT proxy" in first.stderr and "another identity" not in first.stderr
+    again = run("send", FP, "from c", "--identity", str(keys[0]), *shared)
+    assert "another identity" not in again.stderr, again.stderr
+    refused = run("send", FP, "from a", "--identity", str(keys[1]), *shared)
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr, refused.stderr
+    line = refused.stderr.strip().splitlines()[-1]  # after "no running node ...: starting one"
+    assert line == (f"tierlink: {tmp_path / 'shared'} holds the messages of another identity "
+                    f"({fps[0][:16]}…); give each identity its own --data-dir"), line

@@ -21,7 +21,7 @@ from typing import Any
 
 from tierlink.cli import run_command
 from tierlink.cli.argtypes import fingerprint, number_in
-from tierlink.cli.node_options import add_node_options, load_identity, node_config
+from tierlink.cli.node_options import add_node_options, load_identity, node_config, own_node
 from tierlink.errors import ConnectionClosed, TierlinkError
 from tierlink.identity import default_identity_path
 
@@ -44,7 +44,6 @@ def _db_path(args: argparse.Namespace) -> Path:
 
 async def _serve(args: argparse.Namespace) -> int:
     from tierlink.mailbox import MailboxSettings
-    from tierlink.node import Node
 
     settings = MailboxSettings(retention_s=args.retention_days * 24 * 3600.0,
                                total_quota=int(args.quota_mb * MB),
@@ -59,7 +58,7 @@ async def _serve(args: argparse.Namespace) -> int:
     stop = run_command.stop_on_signals()
     server = run_command.claim_control(identity)
     try:
-        async with Node(config) as node:
+        async with own_node(config) as node:
             await run_command.serve_control(args, server, node)
             info = {"event": "mailbox", "fingerprint": node.fingerprint,
                     "retention_days": args.retention_days, "quota_mb": args.quota_mb,
@@ -130,12 +129,10 @@ def _report_revoked(args: argparse.Namespace, who: str, dropped: int) -> None:
 
 
 async def _unregister(args: argparse.Namespace) -> int:
-    from tierlink.node import Node
-
     identity = load_identity(args)
     claim = run_command.claim_control(identity)  # a running node would register again
     try:
-        async with Node(node_config(args, identity)) as node:
+        async with own_node(node_config(args, identity)) as node:
             assert node.messenger is not None and node.messenger.mailbox is not None
             try:
                 dropped = await node.messenger.mailbox.client.revoke(args.mailbox_fp)
