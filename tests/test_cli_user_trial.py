@@ -347,3 +347,15 @@ def test_one_data_dir_holds_one_identity(tmp_path: Path) -> None:
     line = refused.stderr.strip().splitlines()[-1]  # after "no running node ...: starting one"
     assert line == (f"tierlink: {tmp_path / 'shared'} holds the messages of another identity "
                     f"({fps[0][:16]}…); give each identity its own --data-dir"), line
+
+
+def test_a_send_without_any_dht_to_join_is_warned_about(tmp_path: Path) -> None:
+    """Forgetting ``--bootstrap``: the own node's DHT is a network of one, and the user is
+    told so up front instead of only seeing the message stay pending."""
+    key = tmp_path / "a.json"
+    assert run("id", "new", "--out", str(key)).returncode == 0
+    proc = run("send", FP, "hi", "--identity", str(key), "--data-dir", str(tmp_path / "a"),
+               "--host-address", "127.0.0.1", "--timeout", "0", "--wait", "0")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "warning: no --bootstrap or --dht-proxy" in proc.stderr, proc.stderr
+    assert "is pending: kept in the outbox" in proc.stdout  # the message is kept

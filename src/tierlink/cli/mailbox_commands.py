@@ -21,7 +21,13 @@ from typing import Any
 
 from tierlink.cli import run_command
 from tierlink.cli.argtypes import fingerprint, number_in
-from tierlink.cli.node_options import add_node_options, load_identity, node_config, own_node
+from tierlink.cli.node_options import (
+    add_node_options,
+    load_identity,
+    node_config,
+    own_node,
+    warn_if_alone,
+)
 from tierlink.errors import ConnectionClosed, TierlinkError
 from tierlink.identity import default_identity_path
 
@@ -132,6 +138,7 @@ async def _unregister(args: argparse.Namespace) -> int:
     identity = load_identity(args)
     claim = run_command.claim_control(identity)  # a running node would register again
     try:
+        warn_if_alone(args)
         async with own_node(node_config(args, identity)) as node:
             assert node.messenger is not None and node.messenger.mailbox is not None
             try:

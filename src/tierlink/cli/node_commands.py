@@ -19,7 +19,13 @@ from typing import Any
 from tierlink import control
 from tierlink.cli import run_command
 from tierlink.cli.argtypes import fingerprint, message, positive_int, seconds
-from tierlink.cli.node_options import add_node_options, load_identity, node_config, own_node
+from tierlink.cli.node_options import (
+    add_node_options,
+    load_identity,
+    node_config,
+    own_node,
+    warn_if_alone,
+)
 from tierlink.cli.output import emit, sent_line
 from tierlink.errors import TierlinkError
 from tierlink.identity import Identity, default_identity_path
@@ -78,6 +84,7 @@ async def _send(args: argparse.Namespace) -> int:
         _no_running_node(identity)
     from tierlink.node.control_server import send_messages
 
+    warn_if_alone(args)
     async with own_node(node_config(args, identity)) as node:
         results = await send_messages(node, args.fingerprint, payloads, args.wait)
         return max(_report_sent(args, r, "own") for r in results)
@@ -126,6 +133,7 @@ async def _lookup(args: argparse.Namespace) -> int:
     else:
         if not args.own_node:
             _no_running_node(identity)
+        warn_if_alone(args)
         async with own_node(node_config(args, identity)) as node:
             obj = control.record_json(await node.lookup(args.fingerprint))
     if args.json:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import socket
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -100,6 +101,14 @@ def check_resolvable(endpoints: Sequence[tuple[str, int]]) -> None:
         except (socket.gaierror, UnicodeError) as exc:
             reason = exc.strerror if isinstance(exc, socket.gaierror) else str(exc)
             raise DhtUnavailable(f"cannot resolve the bootstrap host {host!r}: {reason}") from None
+
+
+def warn_if_alone(args: argparse.Namespace) -> None:
+    """Say on stderr that a node started with neither ``--bootstrap`` nor ``--dht-proxy``
+    is a DHT of its own, where a ``send`` or ``lookup`` finds no peer."""
+    if not args.bootstrap and args.dht_proxy is None:
+        print("tierlink: warning: no --bootstrap or --dht-proxy: this node's DHT is its own "
+              "and finds no peer; give the DHT your peers use", file=sys.stderr, flush=True)
 
 
 def load_identity(args: argparse.Namespace) -> Identity:
