@@ -359,3 +359,15 @@ def test_a_send_without_any_dht_to_join_is_warned_about(tmp_path: Path) -> None:
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert "warning: no --bootstrap or --dht-proxy" in proc.stderr, proc.stderr
     assert "is pending: kept in the outbox" in proc.stdout  # the message is kept
+
+
+def test_a_host_address_this_host_does_not_have_is_refused(tmp_path: Path) -> None:
+    """``run --host-address 192.0.2.1`` (not on this host) fails at once instead of coming
+    "online" to fail every dial."""
+    key = tmp_path / "a.json"
+    assert run("id", "new", "--out", str(key)).returncode == 0
+    line = one_line_error(run("run", "--identity", str(key), "--data-dir", str(tmp_path / "a"),
+                              "--dht-proxy", "http://127.0.0.1:9/", "--host-address",
+                              "192.0.2.1"), 1)
+    assert line == ("tierlink: --host-address 192.0.2.1: Cannot assign requested address (it "
+                    "must be an address of this host)"), line

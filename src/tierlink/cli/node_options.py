@@ -172,10 +172,24 @@ def claim_data_dir(config: NodeConfig) -> None:
         f.write(mine + "\n")
 
 
+def check_local_addresses(addresses: Sequence[str] | None) -> None:
+    """TierlinkError naming a ``--host-address`` that is not an address of this host: no
+    ICE socket can bind it, so every dial would fail."""
+    for address in addresses or ():
+        family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        with socket.socket(family, socket.SOCK_DGRAM) as probe:
+            try:
+                probe.bind((address, 0))
+            except OSError as exc:
+                raise TierlinkError(f"--host-address {address}: {exc.strerror} (it must be "
+                                    "an address of this host)") from None
+
+
 def own_node(config: NodeConfig) -> Node:
-    """A node for this command, its data directory claimed for its identity (the node stack
-    loads here, not when the CLI starts)."""
+    """A node for this command, its data directory claimed for its identity and its host
+    addresses checked (the node stack loads here, not when the CLI starts)."""
     from tierlink.node import Node
 
+    check_local_addresses(config.host_addresses)
     claim_data_dir(config)
     return Node(config)
