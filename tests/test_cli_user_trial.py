@@ -4,6 +4,7 @@ stderr with a non-zero exit, nothing half-sent, never a traceback."""
 from __future__ import annotations
 
 import asyncio
+import importlib
 import json
 import os
 import re
@@ -194,7 +195,10 @@ async def test_ctrl_c_in_send_says_where_the_message_is(tmp_path: Path) -> None:
             box = run("outbox", "--data-dir", str(data), "--json")
             return [e["state"] for e in json.loads(box.stdout)] if box.returncode == 0 else []
 
-        assert await eventually(lambda: asyncio.to_thread(pending), 30, "message stored")
+        async def stored() -> bool:
+            return bool(await asyncio.to_thread(pending))
+
+        await eventually(stored, 30, "message stored")
         send.send_signal(signal.SIGINT)
         _, err = send.communicate(timeout=30)
         assert send.returncode == 130 and "Traceback" not in err, err
@@ -303,6 +307,7 @@ async def test_the_readme_python_examples_run_as_written(tmp_path: Path) -> None
                           "--data-dir", str(tmp_path / "b"), "--bootstrap", f"127.0.0.1:{port}",
                           "--no-rate-limit", "--host-address", "127.0.0.1"],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    procs = [b, dht]
     try:
         assert b.stdout is not None and '"online"' in b.stdout.readline()
         scripts = []
@@ -313,6 +318,7 @@ async def test_the_readme_python_examples_run_as_written(tmp_path: Path) -> None
             scripts.append(script)
         a = subprocess.Popen([sys.executable, str(scripts[0]), b_fp], cwd=tmp_path,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        procs.insert(0, a)
         assert a.stdout is not None
         lines = [await asyncio.wait_for(asyncio.to_thread(a.stdout.readline), 60)
                  for _ in range(2)]
@@ -323,10 +329,16 @@ async def test_the_readme_python_examples_run_as_written(tmp_path: Path) -> None
                                   capture_output=True, text=True, timeout=60)
         assert blocking.returncode == 0, blocking.stderr
     finally:
-        for proc in (b, dht):
-            proc.send_signal(signal.SIGINT)
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGINT)
         out, _ = b.communicate(timeout=30)
-        dht.wait(15)
+        for proc in procs:
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
     texts = [json.loads(line)["text"] for line in out.splitlines()
              if json.loads(line).get("event") == "message"]
     assert texts == ["hello", "one", "two", "three", "see you", "hello"], texts
@@ -371,3 +383,18 @@ def test_a_host_address_this_host_does_not_have_is_refused(tmp_path: Path) -> No
                               "192.0.2.1"), 1)
     assert line == ("tierlink: --host-address 192.0.2.1: Cannot assign requested address (it "
                     "must be an address of this host)"), line
+
+
+def test_ctrl_c_while_the_command_line_is_read_is_no_traceback(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Ctrl-C right after Enter lands while the parser is built (it loads the lab and bench
+    option lists): exit 130 with one line, as later."""
+    cli_main = importlib.import_module("tierlink.cli.main")
+
+    def interrupted() -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli_main, "build_parser", interrupted)
+    assert cli_main.main(["id", "show"]) == 130
+    assert capsys.readouterr().err == "interrupted\n"

@@ -31,6 +31,7 @@ from tierlink.identity import ALGORITHM, KEM_ALGORITHM, Identity, default_identi
 EXIT_OK = 0
 EXIT_FAIL = 1
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -162,8 +163,11 @@ def os_error(exc: OSError) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``tierlink`` console script."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    try:  # building the parser loads the lab and bench option lists: Ctrl-C may land here
+        args = build_parser().parse_args(argv)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
@@ -172,7 +176,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         code: int = args.func(args)
     except KeyboardInterrupt:
         print(f"interrupted{getattr(args, 'interrupted', '')}", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     except UsageError as exc:
         print(f"tierlink {args.command}: error: {exc} (see 'tierlink {args.command} --help')",
               file=sys.stderr)
