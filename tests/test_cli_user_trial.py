@@ -8,9 +8,13 @@ import importlib
 import json
 import os
 import re
+import shutil
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
+import threading
 from pathlib import Path
 
 import pytest
@@ -398,3 +402,42 @@ def test_ctrl_c_while_the_command_line_is_read_is_no_traceback(
     monkeypatch.setattr(cli_main, "build_parser", interrupted)
     assert cli_main.main(["id", "show"]) == 130
     assert capsys.readouterr().err == "interrupted\n"
+
+
+def test_a_running_node_that_stops_under_a_send_points_at_the_outbox(tmp_path: Path) -> None:
+    """The running node takes the request, stores the message and stops before answering
+    (Ctrl-C in its terminal): ``send`` says the message stays in the outbox instead of only
+    that the node closed."""
+    from tierlink import control
+
+    key = tmp_path / "a.json"
+    fp = run("id", "new", "--out", str(key)).stdout.strip()
+    runtime = Path(tempfile.mkdtemp(prefix="tl-", dir="/tmp"))  # a socket path <= 107 bytes
+    env = dict(os.environ, XDG_RUNTIME_DIR=str(runtime))
+    try:
+        path = control.socket_path(fp, runtime / "tierlink")
+        control.make_private_dir(path.parent)
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as server:
+            server.bind(str(path))
+            server.listen(1)
+            node = threading.Thread(target=_read_one_request_and_hang_up, args=(server,))
+            node.start()
+            proc = run("send", FP, "hi", "--identity", str(key), env=env, timeout=30)
+            node.join(10)
+        line = one_line_error(proc, 1)
+        assert line.startswith("tierlink: the node on ") and line.endswith(
+            "; a message it stored stays in the outbox and goes out with the next 'tierlink "
+            "run' or 'tierlink send' of this identity ('tierlink outbox' lists it)"), line
+    finally:
+        shutil.rmtree(runtime)
+
+
+def _read_one_request_and_hang_up(server: socket.socket) -> None:
+    conn, _ = server.accept()
+    with conn:
+        data = b""
+        while not data.endswith(b"\n"):
+            chunk = conn.recv(65536)
+            if not chunk:
+                break
+            data += chunk

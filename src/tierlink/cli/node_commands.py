@@ -32,9 +32,9 @@ from tierlink.identity import Identity, default_identity_path
 from tierlink.wire.envelope import MAX_PAYLOAD
 
 #: What ``send`` adds to "interrupted": whether a message went out is in the outbox.
-SEND_INTERRUPTED = ("; a message stored before that stays in the outbox and goes out with the "
-                    "next 'tierlink run' or 'tierlink send' of this identity ('tierlink outbox' "
-                    "lists it)")
+_KEPT = ("stays in the outbox and goes out with the next 'tierlink run' or 'tierlink send' of "
+         "this identity ('tierlink outbox' lists it)")
+SEND_INTERRUPTED = f"; a message stored before that {_KEPT}"
 
 
 # -- send / outbox / lookup: through the running node of the identity, else an own one ----
@@ -72,14 +72,23 @@ async def _send(args: argparse.Namespace) -> int:
     identity = load_identity(args)
     payloads: tuple[bytes, ...] = tuple(args.message)
     requests = control.send_requests(args.fingerprint, payloads, args.wait)
-    reply = await _ask_running_node(args, identity, requests[0], timeout=None)
-    if reply is not None:
-        code = max(_report_sent(args, r, "running") for r in control.send_results(reply))
-        for req in requests[1:]:
-            reply = await control.request(control.socket_path(identity.fingerprint), req, None)
-            code = max(code, *(_report_sent(args, r, "running")
-                               for r in control.send_results(reply)))
-        return code
+    try:
+        reply = await _ask_running_node(args, identity, requests[0], timeout=None)
+        if reply is not None:
+            code = max(_report_sent(args, r, "running") for r in control.send_results(reply))
+            for req in requests[1:]:
+                reply = await control.request(control.socket_path(identity.fingerprint), req,
+                                              None)
+                code = max(code, *(_report_sent(args, r, "running")
+                                   for r in control.send_results(reply)))
+            return code
+    except ConnectionError as exc:  # the running node went away with the request
+        raise control.ControlError("bad_reply", f"the running node stopped ({exc.strerror}); "
+                                                f"a message it stored {_KEPT}") from None
+    except control.ControlError as exc:
+        if exc.reason != "bad_reply":
+            raise
+        raise control.ControlError(exc.reason, f"{exc}; a message it stored {_KEPT}") from None
     if not args.own_node:
         _no_running_node(identity)
     from tierlink.node.control_server import send_messages
