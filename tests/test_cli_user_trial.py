@@ -441,3 +441,14 @@ def _read_one_request_and_hang_up(server: socket.socket) -> None:
             if not chunk:
                 break
             data += chunk
+
+
+@pytest.mark.parametrize("argv", [("id", "show", "{dir}"), ("id", "new", "--out", "{dir}"),
+                                  ("id", "new", "--out", "{dir}", "--force"),
+                                  ("send", FP, "hi", "--identity", "{dir}"),
+                                  ("outbox", "--identity", ""), ("id", "show", "")])
+def test_a_key_file_path_is_a_file(argv: tuple[str, ...], tmp_path: Path) -> None:
+    """A directory is named as one (not "accessible by others (mode 0755)", nor a temp file's
+    error), and an empty path is refused instead of meaning the default identity."""
+    line = one_line_error(run(*(a.replace("{dir}", str(tmp_path)) for a in argv)), 2)
+    assert "is a directory, not a key file" in line or "empty path" in line, line

@@ -78,6 +78,17 @@ def turn_server(text: str) -> TurnUrl:
 _MAX_SECRET = 4096
 
 
+def key_file(text: str) -> str:
+    """An identity key file's path (``--identity``, ``id new --out``, ``id show``): not empty
+    (which would silently mean the default identity) and not a directory."""
+    if not text:
+        raise argparse.ArgumentTypeError("empty path: leave the option out for the default "
+                                         "identity")
+    if Path(text).is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r} is a directory, not a key file")
+    return text
+
+
 def secret_file(text: str) -> str:
     """A file holding one secret (a TURN password or shared secret): its first line,
     read now, so a bad file is a usage error."""

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from tierlink.cli import run_command
-from tierlink.cli.argtypes import fingerprint, number_in
+from tierlink.cli.argtypes import fingerprint, key_file, number_in
 from tierlink.cli.node_options import (
     add_node_options,
     load_identity,
@@ -191,7 +191,8 @@ def register(sub: Any) -> None:
         p = msub.add_parser(name, help=text)
         if name == "revoke":
             p.add_argument("fingerprint", type=fingerprint)
-        p.add_argument("--identity", help=f"key file (default {default_identity_path()})")
+        p.add_argument("--identity", type=key_file,
+                       help=f"key file (default {default_identity_path()})")
         p.add_argument("--data-dir", help="the mailbox's data directory")
         p.add_argument("--json", action="store_true", help="JSON output")
         p.set_defaults(func=func)

@@ -21,6 +21,7 @@ from tierlink.cli.argtypes import (
     UsageError,
     dht_address,
     ipv4_address,
+    key_file,
     port_number,
     port_or_zero,
 )
@@ -124,11 +125,13 @@ def build_parser() -> argparse.ArgumentParser:
     idsub = idp.add_subparsers(dest="id_command", metavar="ID_COMMAND")
     idsub.required = True
     new = idsub.add_parser("new", help="create a new ML-DSA-87 identity")
-    new.add_argument("--out", help=f"key file (default {default_identity_path()})")
+    new.add_argument("--out", type=key_file,
+                     help=f"key file (default {default_identity_path()})")
     new.add_argument("--force", action="store_true", help="overwrite an existing key file")
     new.set_defaults(func=cmd_id_new)
     show = idsub.add_parser("show", help="print an identity's fingerprint and public key")
-    show.add_argument("path", nargs="?", help="key file (default: the user's identity)")
+    show.add_argument("path", nargs="?", type=key_file,
+                      help="key file (default: the user's identity)")
     show.add_argument("--json", action="store_true", help="print a JSON object")
     show.set_defaults(func=cmd_id_show)
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from tierlink import control
 from tierlink.cli import run_command
-from tierlink.cli.argtypes import fingerprint, message, positive_int, seconds
+from tierlink.cli.argtypes import fingerprint, key_file, message, positive_int, seconds
 from tierlink.cli.node_options import (
     add_node_options,
     load_identity,
@@ -193,7 +193,8 @@ def register(sub: Any) -> None:
     send.set_defaults(func=lambda a: asyncio.run(_send(a)), interrupted=SEND_INTERRUPTED)
 
     box = sub.add_parser("outbox", help="list messages not yet acknowledged")
-    box.add_argument("--identity", help=f"key file (default {default_identity_path()})")
+    box.add_argument("--identity", type=key_file,
+                     help=f"key file (default {default_identity_path()})")
     box.add_argument("--data-dir", help="outbox directory (read directly)")
     box.add_argument("--all", action="store_true", help="include delivered and expired")
     box.add_argument("--json", action="store_true", help="JSON output")

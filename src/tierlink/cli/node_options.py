@@ -19,6 +19,7 @@ from tierlink.cli.argtypes import (
     dht_address,
     fingerprint,
     host_address,
+    key_file,
     port_number,
     port_range,
     proxy_url,
@@ -36,7 +37,8 @@ if TYPE_CHECKING:
 
 def add_node_options(p: argparse.ArgumentParser) -> None:
     """Options every node-running command shares."""
-    p.add_argument("--identity", help=f"key file (default {default_identity_path()})")
+    p.add_argument("--identity", type=key_file,
+                   help=f"key file (default {default_identity_path()})")
     p.add_argument("--bootstrap", type=dht_address, action="append", default=[],
                    metavar="HOST[:PORT]", help="OpenDHT node to join (embedded dhtnode)")
     p.add_argument("--dht-proxy", type=proxy_url, metavar="URL",
