@@ -234,3 +234,13 @@ def test_a_key_file_path_is_a_file(argv: tuple[str, ...], tmp_path: Path) -> Non
     error), and an empty path is refused instead of meaning the default identity."""
     line = one_line_error(run(*(a.replace("{dir}", str(tmp_path)) for a in argv)), 2)
     assert "is a directory, not a key file" in line or "empty path" in line, line
+
+
+def test_a_node_is_not_its_own_mailbox(tmp_path: Path) -> None:
+    """``run --mailbox`` with the node's own fingerprint would come online and silently
+    register nowhere."""
+    key = tmp_path / "a.json"
+    fp = run("id", "new", "--out", str(key)).stdout.strip()
+    line = one_line_error(run("run", "--identity", str(key), "--mailbox", fp, "--dht-proxy",
+                              "http://127.0.0.1:9/"), 2)
+    assert "--mailbox names this node's own identity" in line, line

@@ -13,6 +13,7 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from tierlink import control
+from tierlink.cli.argtypes import UsageError
 from tierlink.cli.node_options import load_identity, node_config, own_node
 from tierlink.cli.output import emit, message_line
 from tierlink.errors import ConnectionClosed
@@ -74,6 +75,9 @@ def stop_on_signals() -> asyncio.Event:
 async def run(args: argparse.Namespace) -> int:
     """Run an online node of the identity until SIGINT or SIGTERM."""
     identity = load_identity(args)
+    if identity.fingerprint in (args.mailbox or ()):
+        raise UsageError("--mailbox names this node's own identity: a mailbox is another, "
+                         "always-on node ('tierlink mailbox serve')")
     config = node_config(args, identity)
     stop = stop_on_signals()
     server = claim_control(identity)
