@@ -223,3 +223,39 @@ def _read_one_request_and_hang_up(server: socket.socket) -> None:
             if not chunk:
                 break
             data += chunk
+
+
+def test_run_whose_output_goes_away_stops_and_shows_what_it_took(tmp_path: Path) -> None:
+    """``tierlink run | head -1``: once nobody reads its output, a message it took (and so
+    acknowledged) is shown on stderr, not dropped, and the node stops (exit 1) instead of
+    taking messages nobody sees."""
+    keys = {name: tmp_path / f"{name}.json" for name in ("a", "b")}
+    fps = {name: run("id", "new", "--out", str(k)).stdout.strip() for name, k in keys.items()}
+    dht, port, _, _ = start_serve("--port", "0")
+    common = ["--bootstrap", f"127.0.0.1:{port}", "--no-rate-limit", "--host-address",
+              "127.0.0.1"]
+    b = subprocess.Popen([*TIERLINK, "run", "--identity", str(keys["b"]), "--data-dir",
+                          str(tmp_path / "b"), *common],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert b.stdout is not None and b.stdout.readline().startswith("online as")
+        b.stdout.close()  # the reader goes away, as `head` does
+        sent = run("send", fps["b"], "nobody reads this", "--identity", str(keys["a"]),
+                   "--data-dir", str(tmp_path / "a"), *common)
+        assert sent.returncode == 0 and "delivered" in sent.stdout, sent.stderr
+        assert b.wait(30) == 1
+        assert b.stderr is not None
+        err = b.stderr.read()
+        assert "Traceback" not in err and "Exception ignored" not in err, err
+        assert (f"tierlink: not printed (standard output: Broken pipe): {fps['a'][:16]}… "
+                "[direct]: nobody reads this") in err, err
+        assert err.strip().endswith("messages not yet taken stay with their senders"), err
+    finally:
+        for proc in (b, dht):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()

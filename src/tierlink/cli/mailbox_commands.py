@@ -15,7 +15,6 @@ import asyncio
 import dataclasses
 import json
 import logging
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -62,24 +61,23 @@ async def _serve(args: argparse.Namespace) -> int:
                                  record_lifetime=args.record_lifetime)
     logging.getLogger("tierlink.mailbox").setLevel(logging.INFO)
     stop = run_command.stop_on_signals()
+    out = run_command.node_output(args, stop)
     server = run_command.claim_control(identity)
     try:
         async with own_node(config) as node:
-            await run_command.serve_control(args, server, node)
+            await run_command.serve_control(out, server, node)
             info = {"event": "mailbox", "fingerprint": node.fingerprint,
                     "retention_days": args.retention_days, "quota_mb": args.quota_mb,
                     "per_recipient_quota_mb": args.per_recipient_quota_mb,
                     "per_sender_quota_mb": args.per_sender_quota_mb,
                     "control_socket": str(server.path)}
-            print(json.dumps(info) if args.json else
-                  f"mailbox online as {node.fingerprint}\n(recipients: tierlink run --mailbox "
-                  f"{node.fingerprint})\n(send, outbox and lookup of this identity use this "
-                  f"node: {server.path})", flush=True)
+            out.show(info, f"mailbox online as {node.fingerprint}\n(recipients: tierlink run "
+                           f"--mailbox {node.fingerprint})\n(send, outbox and lookup of this "
+                           f"identity use this node: {server.path})")
             await stop.wait()
     finally:
         await server.close()
-    print("stopped", file=sys.stderr)
-    return 0
+    return run_command.stopped(out)
 
 
 class MailboxDbError(TierlinkError):

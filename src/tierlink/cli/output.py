@@ -4,12 +4,43 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import sys
+from collections.abc import Callable
 from typing import Any
 
 
 def emit(args: argparse.Namespace, obj: dict[str, Any], text: str) -> None:
     """Print ``obj`` as one JSON line under ``--json``, else ``text``."""
     print(json.dumps(obj) if args.json else text, flush=True)
+
+
+class Output:
+    """What a running node prints, as :func:`emit`. Once standard output cannot be written
+    (its pipe's reader went away, the disk is full) every line it could not print goes to
+    stderr instead, nothing a peer sent vanishes, and ``on_broken`` is called once so that
+    the node stops taking messages nobody would see."""
+
+    def __init__(self, args: argparse.Namespace, on_broken: Callable[[], None]) -> None:
+        self.args = args
+        self.broken: str | None = None
+        """Why standard output failed (None while it works)."""
+        self._on_broken = on_broken
+
+    def show(self, obj: dict[str, Any], text: str) -> None:
+        """Print ``obj`` (``--json``) or ``text``; to stderr once stdout has failed."""
+        if self.broken is None:
+            try:
+                emit(self.args, obj, text)
+                return
+            except OSError as exc:
+                self.broken = exc.strerror or str(exc)
+                with open(os.devnull, "wb") as null:  # the exit's flush cannot fail again
+                    os.dup2(null.fileno(), sys.stdout.fileno())
+                self._on_broken()
+        shown = json.dumps(obj) if self.args.json else text
+        print(f"tierlink: not printed (standard output: {self.broken}): {shown}",
+              file=sys.stderr, flush=True)
 
 
 _NAMED_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t", "\\": "\\\\"}
