@@ -17,9 +17,9 @@ def emit(args: argparse.Namespace, obj: dict[str, Any], text: str) -> None:
 
 class Output:
     """What a running node prints, as :func:`emit`. Once standard output cannot be written
-    (its pipe's reader went away, the disk is full) every line it could not print goes to
-    stderr instead, nothing a peer sent vanishes, and ``on_broken`` is called once so that
-    the node stops taking messages nobody would see."""
+    (its pipe's reader went away, the disk is full) the line that failed and every later one
+    go to stderr instead, so nothing a peer sent vanishes, and ``on_broken`` is called once
+    so that the node stops taking messages nobody would see."""
 
     def __init__(self, args: argparse.Namespace, on_broken: Callable[[], None]) -> None:
         self.args = args
@@ -39,7 +39,7 @@ class Output:
                     os.dup2(null.fileno(), sys.stdout.fileno())
                 self._on_broken()
         shown = json.dumps(obj) if self.args.json else text
-        print(f"tierlink: not printed (standard output: {self.broken}): {shown}",
+        print(f"tierlink: standard output failed ({self.broken}) printing: {shown}",
               file=sys.stderr, flush=True)
 
 
