@@ -89,7 +89,16 @@ async def test_ctrl_c_in_send_says_where_the_message_is(tmp_path: Path) -> None:
         dht.wait(15)
 
 
-def test_unregistering_from_a_node_that_is_no_mailbox_says_so(tmp_path: Path) -> None:
+async def record_found(fp: str, *node: str) -> None:
+    """Wait until ``fp``'s record can be looked up (a node just started may not be found at
+    once: its record is still on its way through the DHT)."""
+    async def found() -> bool:
+        return (await asyncio.to_thread(run, "lookup", fp, *node)).returncode == 0
+
+    await eventually(found, 60, f"the record of {fp[:16]}… in the DHT")
+
+
+async def test_unregistering_from_a_node_that_is_no_mailbox_says_so(tmp_path: Path) -> None:
     """``mailbox unregister FP`` where FP is an ordinary ``tierlink run``: one line asking
     whether it is a mailbox, not a bare "the peer closed the channel"."""
 
@@ -103,6 +112,8 @@ def test_unregistering_from_a_node_that_is_no_mailbox_says_so(tmp_path: Path) ->
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert x.stdout is not None and '"online"' in x.stdout.readline()
+        await record_found(fps["x"], "--identity", str(keys["b"]), "--data-dir",
+                           str(tmp_path / "b"), *common)
         proc = run("mailbox", "unregister", fps["x"], "--identity", str(keys["b"]),
                    "--data-dir", str(tmp_path / "b"), "--timeout", "10", *common)
         line = one_line_error(proc, 1)
@@ -140,13 +151,17 @@ async def test_the_readme_python_examples_run_as_written(tmp_path: Path) -> None
     procs = [b, dht]
     try:
         assert b.stdout is not None and '"online"' in b.stdout.readline()
+        await record_found(b_fp, "--identity", str(tmp_path / "a.json"), "--data-dir",
+                           str(tmp_path / "look"), "--bootstrap", f"127.0.0.1:{port}",
+                           "--no-rate-limit", "--host-address", "127.0.0.1")
+        env = dict(os.environ, XDG_DATA_HOME=str(tmp_path / "data"))  # the examples' outbox
         scripts = []
         for i, code in enumerate(examples):
             assert code.count('("127.0.0.1", 4222)') == 1, code
             script = tmp_path / f"example{i}.py"
             script.write_text(code.replace('("127.0.0.1", 4222)', f'("127.0.0.1", {port})'))
             scripts.append(script)
-        a = subprocess.Popen([sys.executable, str(scripts[0]), b_fp], cwd=tmp_path,
+        a = subprocess.Popen([sys.executable, str(scripts[0]), b_fp], cwd=tmp_path, env=env,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         procs.insert(0, a)
         assert a.stdout is not None
@@ -156,7 +171,7 @@ async def test_the_readme_python_examples_run_as_written(tmp_path: Path) -> None
         a.send_signal(signal.SIGINT)  # it waits for incoming messages until Ctrl-C
         a.communicate(timeout=30)
         blocking = subprocess.run([sys.executable, str(scripts[1]), b_fp], cwd=tmp_path,
-                                  capture_output=True, text=True, timeout=60)
+                                  env=env, capture_output=True, text=True, timeout=60)
         assert blocking.returncode == 0, blocking.stderr
     finally:
         for proc in procs:
@@ -244,11 +259,7 @@ async def test_run_whose_output_goes_away_stops_and_shows_what_it_took(tmp_path:
         b.stdout.close()  # the reader goes away, as `head` does
         a_node = ["--identity", str(keys["a"]), "--data-dir", str(tmp_path / "a"), *common]
 
-        async def b_is_found() -> bool:
-            look = await asyncio.to_thread(run, "lookup", fps["b"], *a_node)
-            return look.returncode == 0
-
-        await eventually(b_is_found, 60, "B's record in the DHT")
+        await record_found(fps["b"], *a_node)
         sent = await asyncio.to_thread(run, "send", fps["b"], "nobody reads this", *a_node)
         assert sent.returncode == 0, sent.stderr  # delivered live, or queued for B to fetch
         assert await asyncio.to_thread(b.wait, 60) == 1
