@@ -209,9 +209,9 @@ def fingerprint(text: str) -> str:
 
 
 def message(text: str) -> bytes:
-    """A message to send: the bytes given on the command line (not UTF-8 too: as the shell
-    passed them), 1 to the offline envelope's :data:`MAX_PAYLOAD` bytes, so that every message
-    of one ``send`` is checked before any of them is stored."""
+    """A message to send: the bytes the shell passed (UTF-8 or not), 1 to the offline
+    envelope's :data:`MAX_PAYLOAD` bytes, so that every message of one ``send`` is checked
+    before any of them is stored."""
     data = os.fsencode(text)
     if not data:
         raise argparse.ArgumentTypeError("cannot send an empty message")
