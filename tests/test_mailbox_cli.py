@@ -199,9 +199,9 @@ async def test_bad_mailbox_commands_fail_clearly(tmp_path: Path) -> None:
          "no mailbox database"),
         (["mailbox", "status", "--data-dir", str(junk)], 1, "not a usable tierlink store"),
         (["mailbox", "revoke", fp, "--data-dir", str(junk)], 1, "not a usable tierlink store"),
-        (["mailbox", "serve", "--quota-mb", "-1", "--identity", str(key)], 1,
-         "quotas not negative"),
-        (["mailbox", "serve", "--quota-mb", "lots"], 2, "invalid float"),
+        (["mailbox", "serve", "--quota-mb", "-1", "--identity", str(key)], 2,
+         "expected MiB from 0"),
+        (["mailbox", "serve", "--quota-mb", "lots"], 2, "invalid value 'lots'"),
     ]
     for argv, code, needle in cases:
         res = await run(*argv)

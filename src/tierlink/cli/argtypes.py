@@ -7,13 +7,24 @@ line and exit status 2.
 from __future__ import annotations
 
 import argparse
+import ipaddress
+import math
+import os
 from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import urlsplit
 
+from tierlink.errors import TierlinkError
 from tierlink.hostport import parse_hostport, parse_port
 from tierlink.identity import is_fingerprint
 from tierlink.transport.host_addresses import check_host_address
 from tierlink.transport.ice_servers import TurnUrl, parse_stun_url, parse_turn_url, tls_context
+from tierlink.wire.envelope import MAX_PAYLOAD
+
+
+class UsageError(TierlinkError):
+    """Options that parse one by one but not together (exit code 2, like a bad argument)."""
+
 
 #: The UDP port OpenDHT nodes listen on unless told otherwise.
 DHT_DEFAULT_PORT = 4222
@@ -31,6 +42,19 @@ def _endpoint(default_port: int) -> Callable[[str], tuple[str, int]]:
 
 #: ``--bootstrap HOST[:PORT]`` (an OpenDHT node, port 4222 by default).
 dht_address = _endpoint(DHT_DEFAULT_PORT)
+
+
+def proxy_url(text: str) -> str:
+    """``--dht-proxy``: an ``http://`` or ``https://`` URL with a host (and a valid port)."""
+    try:
+        url = urlsplit(text)
+        port_ok = url.port is None or url.port > 0
+    except ValueError:
+        url, port_ok = urlsplit(""), False
+    if url.scheme not in ("http", "https") or not url.hostname or not port_ok:
+        raise argparse.ArgumentTypeError(f"invalid proxy URL {text!r}: expected "
+                                         "http://HOST[:PORT]/ or https://HOST[:PORT]/")
+    return text
 
 
 def stun_address(text: str) -> tuple[str, int]:
@@ -52,6 +76,17 @@ def turn_server(text: str) -> TurnUrl:
 
 #: Longest secret read from a file (a password or a shared secret is far shorter).
 _MAX_SECRET = 4096
+
+
+def key_file(text: str) -> str:
+    """An identity key file's path (``--identity``, ``id new --out``, ``id show``): not empty
+    (which would silently mean the default identity) and not a directory."""
+    if not text:
+        raise argparse.ArgumentTypeError("empty path: leave the option out for the default "
+                                         "identity")
+    if Path(text).is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r} is a directory, not a key file")
+    return text
 
 
 def secret_file(text: str) -> str:
@@ -108,15 +143,29 @@ def positive_int(text: str) -> int:
     return value
 
 
-def positive_float(text: str) -> float:
-    """A number of seconds > 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = 0.0
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"invalid value {text!r}: expected seconds > 0")
-    return value
+def number_in(low: float, high: float, unit: str, *,
+              above: bool = False) -> Callable[[str], float]:
+    """An argparse type: a number from ``low`` (``above``: more than ``low``) to ``high``.
+    NaN and the infinities are refused, so no option can wedge a timer or a loop."""
+    lowest = f"more than {low:g}" if above else f"from {low:g}"
+
+    def convert(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not (low < value if above else low <= value) or not value <= high:
+            raise argparse.ArgumentTypeError(f"invalid value {text!r}: expected {unit} "
+                                             f"{lowest} to {high:g}")
+        return value
+
+    return convert
+
+
+#: ``--timeout``, ``--wait``: seconds, 0 to an hour.
+seconds = number_in(0, 3600, "seconds")
+#: A timeout that cannot be 0 (``lab --ice-timeout``).
+positive_seconds = number_in(0, 3600, "seconds", above=True)
 
 
 def port_range(text: str) -> tuple[int, int]:
@@ -141,6 +190,15 @@ def host_address(text: str) -> str:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def ipv4_address(text: str) -> str:
+    """An IPv4 address (``dht serve --proxy-host``: where the REST proxy listens)."""
+    try:
+        return str(ipaddress.IPv4Address(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid address {text!r}: expected an IPv4 "
+                                         "address such as 127.0.0.1") from None
+
+
 def fingerprint(text: str) -> str:
     """A fingerprint (128 hex characters; case and surrounding blanks ignored)."""
     text = text.strip().lower()
@@ -150,13 +208,14 @@ def fingerprint(text: str) -> str:
     return text
 
 
-def wait_seconds(text: str) -> float:
-    """A number of seconds to wait, 0 to 3600."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0 <= value <= 3600:
-        raise argparse.ArgumentTypeError(f"invalid value {text!r}: expected seconds from 0 "
-                                         "to 3600")
-    return value
+def message(text: str) -> bytes:
+    """A message to send: the bytes the shell passed (UTF-8 or not), 1 to the offline
+    envelope's :data:`MAX_PAYLOAD` bytes, so that every message of one ``send`` is checked
+    before any of them is stored."""
+    data = os.fsencode(text)
+    if not data:
+        raise argparse.ArgumentTypeError("cannot send an empty message")
+    if len(data) > MAX_PAYLOAD:
+        raise argparse.ArgumentTypeError(f"a message of {len(data)} bytes is over the limit of "
+                                         f"{MAX_PAYLOAD} bytes (what one DHT envelope carries)")
+    return data

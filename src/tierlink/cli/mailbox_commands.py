@@ -15,17 +15,28 @@ import asyncio
 import dataclasses
 import json
 import logging
-import signal
-import sys
 from pathlib import Path
 from typing import Any
 
-from tierlink.cli.argtypes import fingerprint
-from tierlink.cli.node_options import add_node_options, load_identity, node_config
-from tierlink.errors import TierlinkError
+from tierlink.cli import run_command
+from tierlink.cli.argtypes import fingerprint, key_file, number_in
+from tierlink.cli.node_options import (
+    add_node_options,
+    load_identity,
+    node_config,
+    own_node,
+    warn_if_alone,
+)
+from tierlink.errors import ConnectionClosed, TierlinkError
 from tierlink.identity import default_identity_path
 
 MB = 1 << 20
+#: ``--retention-days``: more than 0 days, at most ten years.
+_days = number_in(0, 3650, "days", above=True)
+#: The ``--*quota-mb`` options: MiB, 0 to 1 TiB.
+_mib = number_in(0, 1 << 20, "MiB")
+#: ``--record-lifetime`` (a record lives at most 24 h) and ``--descriptor-interval``.
+_period = number_in(1, 24 * 3600, "seconds")
 
 
 def _db_path(args: argparse.Namespace) -> Path:
@@ -38,7 +49,6 @@ def _db_path(args: argparse.Namespace) -> Path:
 
 async def _serve(args: argparse.Namespace) -> int:
     from tierlink.mailbox import MailboxSettings
-    from tierlink.node import Node
 
     settings = MailboxSettings(retention_s=args.retention_days * 24 * 3600.0,
                                total_quota=int(args.quota_mb * MB),
@@ -46,24 +56,28 @@ async def _serve(args: argparse.Namespace) -> int:
                                per_sender_quota=int(args.per_sender_quota_mb * MB),
                                descriptor_interval=args.descriptor_interval,
                                recipients=frozenset(args.serve_for) if args.serve_for else None)
-    config = dataclasses.replace(node_config(args), mailbox_serve=settings,
+    identity = load_identity(args)
+    config = dataclasses.replace(node_config(args, identity), mailbox_serve=settings,
                                  record_lifetime=args.record_lifetime)
     logging.getLogger("tierlink.mailbox").setLevel(logging.INFO)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    async with Node(config) as node:
-        info = {"event": "mailbox", "fingerprint": node.fingerprint,
-                "retention_days": args.retention_days, "quota_mb": args.quota_mb,
-                "per_recipient_quota_mb": args.per_recipient_quota_mb,
-                "per_sender_quota_mb": args.per_sender_quota_mb}
-        print(json.dumps(info) if args.json else
-              f"mailbox online as {node.fingerprint}\n(recipients: tierlink run --mailbox "
-              f"{node.fingerprint})", flush=True)
-        await stop.wait()
-    print("stopped", file=sys.stderr)
-    return 0
+    stop = run_command.stop_on_signals()
+    out = run_command.node_output(args, stop)
+    server = run_command.claim_control(identity)
+    try:
+        async with own_node(config) as node:
+            await run_command.serve_control(out, server, node)
+            info = {"event": "mailbox", "fingerprint": node.fingerprint,
+                    "retention_days": args.retention_days, "quota_mb": args.quota_mb,
+                    "per_recipient_quota_mb": args.per_recipient_quota_mb,
+                    "per_sender_quota_mb": args.per_sender_quota_mb,
+                    "control_socket": str(server.path)}
+            out.show(info, f"mailbox online as {node.fingerprint}\n(recipients: tierlink run "
+                           f"--mailbox {node.fingerprint})\n(send, outbox and lookup of this "
+                           f"identity use this node: {server.path})")
+            await stop.wait()
+    finally:
+        await server.close()
+    return run_command.stopped(out)
 
 
 class MailboxDbError(TierlinkError):
@@ -81,10 +95,8 @@ def _open_store(args: argparse.Namespace) -> Any:
 
 
 def _status(args: argparse.Namespace) -> int:
-    rows: list[dict[str, Any]] = []
-    if _db_path(args).exists():
-        with _open_store(args) as store:
-            rows = store.status()
+    with _open_store(args) as store:
+        rows: list[dict[str, Any]] = store.status()
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
@@ -102,7 +114,13 @@ def _revoke(args: argparse.Namespace) -> int:
     from tierlink.wire.records import now_ms
 
     with _open_store(args) as store:
-        dropped = store.revoke(args.fingerprint, now_ms())
+        now = now_ms()
+        if not store.registration(args.fingerprint, now)[0] and not store.held_bytes(
+                args.fingerprint):
+            raise MailboxDbError(f"{args.fingerprint[:16]}… is not registered with this mailbox"
+                                 " and holds nothing here ('tierlink mailbox status' lists "
+                                 "who is)")
+        dropped = store.revoke(args.fingerprint, now)
     _report_revoked(args, args.fingerprint, dropped)
     return 0
 
@@ -115,17 +133,17 @@ def _report_revoked(args: argparse.Namespace, who: str, dropped: int) -> None:
 
 
 async def _unregister(args: argparse.Namespace) -> int:
-    from tierlink import control
-    from tierlink.node import Node
-    from tierlink.node.control_server import ControlServer
-
     identity = load_identity(args)
-    claim = ControlServer(control.socket_path(identity.fingerprint))
-    claim.claim()  # a running node of this identity would register again: stop it first
+    claim = run_command.claim_control(identity)  # a running node would register again
     try:
-        async with Node(node_config(args, identity)) as node:
+        warn_if_alone(args)
+        async with own_node(node_config(args, identity)) as node:
             assert node.messenger is not None and node.messenger.mailbox is not None
-            dropped = await node.messenger.mailbox.client.revoke(args.mailbox_fp)
+            try:
+                dropped = await node.messenger.mailbox.client.revoke(args.mailbox_fp)
+            except ConnectionClosed as exc:  # a peer that is not a mailbox hangs up
+                raise ConnectionClosed(f"{args.mailbox_fp[:16]}… did not take the "
+                                       f"unregistration ({exc}): is it a mailbox?") from exc
     finally:
         await claim.close()
     obj = {"event": "unregistered", "mailbox": args.mailbox_fp, "dropped": dropped}
@@ -144,21 +162,21 @@ def register(sub: Any) -> None:
     serve = msub.add_parser("serve", help="run an always-on node that stores sealed "
                                           "envelopes for registered recipients")
     add_node_options(serve)
-    serve.add_argument("--retention-days", type=float, default=7.0,
+    serve.add_argument("--retention-days", type=_days, default=7.0,
                        help="keep an envelope at most this long (default 7)")
-    serve.add_argument("--quota-mb", type=float, default=1024.0,
+    serve.add_argument("--quota-mb", type=_mib, default=1024.0,
                        help="envelope MiB held for all recipients together (default 1024)")
-    serve.add_argument("--per-recipient-quota-mb", type=float, default=64.0,
+    serve.add_argument("--per-recipient-quota-mb", type=_mib, default=64.0,
                        help="envelope MiB held per recipient (default 64)")
-    serve.add_argument("--per-sender-quota-mb", type=float, default=8.0,
+    serve.add_argument("--per-sender-quota-mb", type=_mib, default=8.0,
                        help="envelope MiB one sender may leave per recipient (default 8)")
     serve.add_argument("--serve-for", type=fingerprint, action="append", metavar="FINGERPRINT",
                        help="accept registrations only from these recipients (repeatable; "
                             "default: anyone)")
-    serve.add_argument("--record-lifetime", type=float, default=600.0, metavar="SECONDS",
+    serve.add_argument("--record-lifetime", type=_period, default=600.0, metavar="SECONDS",
                        help="lifetime of our peer record, republished every third of it "
                             "(default 600; shorter: found again sooner after DHT churn)")
-    serve.add_argument("--descriptor-interval", type=float, default=240.0, metavar="SECONDS",
+    serve.add_argument("--descriptor-interval", type=_period, default=240.0, metavar="SECONDS",
                        help="re-put registered recipients' descriptors this often (default 240)")
     serve.set_defaults(func=lambda a: asyncio.run(_serve(a)))
     unreg = msub.add_parser("unregister", help="withdraw our registration from a mailbox "
@@ -171,7 +189,8 @@ def register(sub: Any) -> None:
         p = msub.add_parser(name, help=text)
         if name == "revoke":
             p.add_argument("fingerprint", type=fingerprint)
-        p.add_argument("--identity", help=f"key file (default {default_identity_path()})")
+        p.add_argument("--identity", type=key_file,
+                       help=f"key file (default {default_identity_path()})")
         p.add_argument("--data-dir", help="the mailbox's data directory")
         p.add_argument("--json", action="store_true", help="JSON output")
         p.set_defaults(func=func)

@@ -6,28 +6,42 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from tierlink.cli import mailbox_commands as cli_mailbox
 from tierlink.cli import node_commands as cli_node
 from tierlink.cli import tool_commands as cli_tools
-from tierlink.cli.argtypes import DHT_DEFAULT_PORT, dht_address, port_number, port_or_zero
+from tierlink.cli.argtypes import (
+    DHT_DEFAULT_PORT,
+    UsageError,
+    dht_address,
+    ipv4_address,
+    key_file,
+    port_number,
+    port_or_zero,
+)
+from tierlink.cli.node_options import check_resolvable
 from tierlink.errors import TierlinkError
 from tierlink.identity import ALGORITHM, KEM_ALGORITHM, Identity, default_identity_path
 
 EXIT_OK = 0
 EXIT_FAIL = 1
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
 
 Handler = Callable[[argparse.Namespace], int]
 
 
-class UsageError(TierlinkError):
-    """Bad command-line input (exit code 2)."""
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line (exit 2), pointing at ``--help``."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
 
 
 def _print_json(obj: Any) -> None:
@@ -69,6 +83,7 @@ def cmd_id_show(args: argparse.Namespace) -> int:
 async def _serve(args: argparse.Namespace) -> int:
     from tierlink.dht.launcher import DhtNodeProcess  # loads only for the commands that use it
 
+    check_resolvable(args.bootstrap or [])
     node = DhtNodeProcess(
         port=args.port or None,
         proxy_port=args.proxy_port,
@@ -98,7 +113,7 @@ def cmd_dht_serve(args: argparse.Namespace) -> int:
 
 # -- parser --------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="tierlink",
         description="Reach a peer by its public-key fingerprint alone.",
     )
@@ -110,11 +125,13 @@ def build_parser() -> argparse.ArgumentParser:
     idsub = idp.add_subparsers(dest="id_command", metavar="ID_COMMAND")
     idsub.required = True
     new = idsub.add_parser("new", help="create a new ML-DSA-87 identity")
-    new.add_argument("--out", help=f"key file (default {default_identity_path()})")
+    new.add_argument("--out", type=key_file,
+                     help=f"key file (default {default_identity_path()})")
     new.add_argument("--force", action="store_true", help="overwrite an existing key file")
     new.set_defaults(func=cmd_id_new)
     show = idsub.add_parser("show", help="print an identity's fingerprint and public key")
-    show.add_argument("path", nargs="?", help="key file (default: the user's identity)")
+    show.add_argument("path", nargs="?", type=key_file,
+                      help="key file (default: the user's identity)")
     show.add_argument("--json", action="store_true", help="print a JSON object")
     show.set_defaults(func=cmd_id_show)
 
@@ -126,7 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help=f"DHT UDP port (default {DHT_DEFAULT_PORT}; 0: any free port, printed)")
     serve.add_argument("--proxy-port", type=port_number, default=None,
                        help="REST proxy TCP port (default: a free one, printed)")
-    serve.add_argument("--proxy-host", default="127.0.0.1", help="REST proxy address")
+    serve.add_argument("--proxy-host", type=ipv4_address, default="127.0.0.1",
+                       help="REST proxy address (an IPv4 address of this host)")
     serve.add_argument("--bootstrap", type=dht_address, action="append",
                        metavar="HOST[:PORT]", help="an OpenDHT node to join")
     serve.add_argument("--no-rate-limit", action="store_true", help="dhtnode -U (tests)")
@@ -138,26 +156,44 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def os_error(exc: OSError) -> str:
+    """An OS error as a user reads it: ``PATH: reason`` (no ``[Errno N]``)."""
+    if not exc.strerror:
+        return str(exc)
+    paths = [p for p in (exc.filename, exc.filename2) if p is not None]
+    return ": ".join([*(os.fsdecode(p) for p in paths), exc.strerror])
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``tierlink`` console script."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    try:  # building the parser loads the lab and bench option lists: Ctrl-C may land here
+        args = build_parser().parse_args(argv)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
     try:
+        if len(getattr(args, "bootstrap", None) or ()) > 1:
+            raise UsageError("give one --bootstrap: the embedded dhtnode joins through one "
+                             "node (and learns the others from it)")
         code: int = args.func(args)
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+        print(f"interrupted{getattr(args, 'interrupted', '')}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except UsageError as exc:
-        print(f"tierlink: {exc}", file=sys.stderr)
+        print(f"tierlink {args.command}: error: {exc} (see 'tierlink {args.command} --help')",
+              file=sys.stderr)
         return EXIT_USAGE
     except TierlinkError as exc:
         print(f"tierlink: {exc}", file=sys.stderr)
         return EXIT_FAIL
-    except (OSError, ValueError) as exc:
+    except OSError as exc:
+        print(f"tierlink: {os_error(exc)}", file=sys.stderr)
+        return EXIT_FAIL
+    except ValueError as exc:
         print(f"tierlink: {exc}", file=sys.stderr)
         return EXIT_FAIL
     return code

@@ -18,11 +18,23 @@ from typing import Any
 
 from tierlink import control
 from tierlink.cli import run_command
-from tierlink.cli.argtypes import fingerprint, wait_seconds
-from tierlink.cli.node_options import add_node_options, load_identity, node_config, own_node
-from tierlink.cli.output import emit
+from tierlink.cli.argtypes import fingerprint, key_file, message, positive_int, seconds
+from tierlink.cli.node_options import (
+    add_node_options,
+    load_identity,
+    node_config,
+    own_node,
+    warn_if_alone,
+)
+from tierlink.cli.output import emit, sent_line
 from tierlink.errors import TierlinkError
 from tierlink.identity import Identity, default_identity_path
+from tierlink.wire.envelope import MAX_PAYLOAD
+
+#: What ``send`` adds to "interrupted": whether a message went out is in the outbox.
+_KEPT = ("stays in the outbox and goes out with the next 'tierlink run' or 'tierlink send' of "
+         "this identity ('tierlink outbox' lists it)")
+SEND_INTERRUPTED = f"; a message stored before that {_KEPT}"
 
 
 # -- send / outbox / lookup: through the running node of the identity, else an own one ----
@@ -47,42 +59,41 @@ async def _ask_running_node(
 
 def _report_sent(args: argparse.Namespace, result: dict[str, Any], node: str) -> int:
     """Print one message's result (``node``: ``running`` or ``own``); 1 if it is stuck."""
-    mid, state, tier = result["message_id"], result["state"], result["tier"]
-    obj = {"event": "sent", "to": args.fingerprint, "message_id": mid,
-           "bytes": result["bytes"], "state": state, "tier": tier, "node": node}
-    if state == "delivered":
-        line = f"delivered {mid[:12]} via the {tier} tier"
-    elif state == "queued":
-        line = (f"queued {mid[:12]} in the DHT offline queue; the recipient gets it when "
-                "it comes online (the outbox keeps it until acked)")
-    elif state == "in_mailbox":
-        boxes = result.get("mailboxes") or ["?"]
-        obj["mailboxes"] = boxes
-        line = (f"queued {mid[:12]} in mailbox {boxes[0]}; the recipient collects it when "
-                "it comes online, even if this node is offline by then")
-    else:
-        line = (f"{mid[:12]} is {state}: kept in the outbox, retried by the next "
-                "'tierlink run' or 'tierlink send'")
-    emit(args, obj, line)
+    state = result["state"]
+    obj = {"event": "sent", "to": args.fingerprint, "message_id": result["message_id"],
+           "bytes": result["bytes"], "state": state, "tier": result["tier"], "node": node}
+    if state == "in_mailbox":
+        obj["mailboxes"] = result.get("mailboxes") or ["?"]
+    emit(args, obj, sent_line(result))
     return 0 if state in ("delivered", "queued", "in_mailbox") else 1
 
 
 async def _send(args: argparse.Namespace) -> int:
     identity = load_identity(args)
-    payloads = tuple(text.encode() for text in args.message)
+    payloads: tuple[bytes, ...] = tuple(args.message)
     requests = control.send_requests(args.fingerprint, payloads, args.wait)
-    reply = await _ask_running_node(args, identity, requests[0], timeout=None)
-    if reply is not None:
-        code = max(_report_sent(args, r, "running") for r in control.send_results(reply))
-        for req in requests[1:]:
-            reply = await control.request(control.socket_path(identity.fingerprint), req, None)
-            code = max(code, *(_report_sent(args, r, "running")
-                               for r in control.send_results(reply)))
-        return code
+    try:
+        reply = await _ask_running_node(args, identity, requests[0], timeout=None)
+        if reply is not None:
+            code = max(_report_sent(args, r, "running") for r in control.send_results(reply))
+            for req in requests[1:]:
+                reply = await control.request(control.socket_path(identity.fingerprint), req,
+                                              None)
+                code = max(code, *(_report_sent(args, r, "running")
+                                   for r in control.send_results(reply)))
+            return code
+    except ConnectionError as exc:  # the running node went away with the request
+        raise control.ControlError("bad_reply", f"the running node stopped ({exc.strerror}); "
+                                                f"a message it stored {_KEPT}") from None
+    except control.ControlError as exc:
+        if exc.reason != "bad_reply":
+            raise
+        raise control.ControlError(exc.reason, f"{exc}; a message it stored {_KEPT}") from None
     if not args.own_node:
         _no_running_node(identity)
     from tierlink.node.control_server import send_messages
 
+    warn_if_alone(args)
     async with own_node(node_config(args, identity)) as node:
         results = await send_messages(node, args.fingerprint, payloads, args.wait)
         return max(_report_sent(args, r, "own") for r in results)
@@ -102,6 +113,9 @@ async def _outbox(args: argparse.Namespace) -> int:
 
         if args.data_dir:
             path = Path(args.data_dir) / "tierlink.db"
+            if not path.is_file():  # a mistyped directory is not an empty outbox
+                raise TierlinkError(f"no outbox database at {path} (no node has used "
+                                    f"--data-dir {args.data_dir})")
         else:
             assert identity is not None
             path = NodeConfig(identity=identity).state_dir() / "tierlink.db"
@@ -128,6 +142,7 @@ async def _lookup(args: argparse.Namespace) -> int:
     else:
         if not args.own_node:
             _no_running_node(identity)
+        warn_if_alone(args)
         async with own_node(node_config(args, identity)) as node:
             obj = control.record_json(await node.lookup(args.fingerprint))
     if args.json:
@@ -169,15 +184,17 @@ def register(sub: Any) -> None:
     send = sub.add_parser("send", help="send messages by the best tier (live, relay, offline)"
                                        " through the running node, else an own one")
     send.add_argument("fingerprint", type=fingerprint)
-    send.add_argument("message", nargs="+")
+    send.add_argument("message", nargs="+", type=message,
+                      help=f"text to send, 1 to {MAX_PAYLOAD} bytes each")
     add_node_options(send)
-    send.add_argument("--wait", type=wait_seconds, default=5.0,
+    send.add_argument("--wait", type=seconds, default=5.0,
                       help="extra seconds to wait for an acknowledgement of a queued message")
     send.add_argument("--own-node", **own)
-    send.set_defaults(func=lambda a: asyncio.run(_send(a)))
+    send.set_defaults(func=lambda a: asyncio.run(_send(a)), interrupted=SEND_INTERRUPTED)
 
     box = sub.add_parser("outbox", help="list messages not yet acknowledged")
-    box.add_argument("--identity", help=f"key file (default {default_identity_path()})")
+    box.add_argument("--identity", type=key_file,
+                     help=f"key file (default {default_identity_path()})")
     box.add_argument("--data-dir", help="outbox directory (read directly)")
     box.add_argument("--all", action="store_true", help="include delivered and expired")
     box.add_argument("--json", action="store_true", help="JSON output")
@@ -192,7 +209,7 @@ def register(sub: Any) -> None:
 
     demo = sub.add_parser("demo", help="self-contained loopback demo (no root)")
     demo.add_argument("--json", action="store_true", help="print one JSON object")
-    demo.add_argument("--messages", type=int, default=10, help="messages each way")
+    demo.add_argument("--messages", type=positive_int, default=10, help="messages each way")
     demo.set_defaults(func=lambda a: asyncio.run(_demo(a)))
 
 

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
+import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -16,13 +19,17 @@ from tierlink.cli.argtypes import (
     dht_address,
     fingerprint,
     host_address,
+    key_file,
     port_number,
     port_range,
+    proxy_url,
+    seconds,
     secret_file,
     stun_address,
     turn_server,
 )
-from tierlink.identity import Identity, default_identity_path
+from tierlink.errors import DhtUnavailable, TierlinkError
+from tierlink.identity import Identity, default_identity_path, is_fingerprint
 
 if TYPE_CHECKING:
     from tierlink.node import Node, NodeConfig, TurnServer
@@ -30,10 +37,12 @@ if TYPE_CHECKING:
 
 def add_node_options(p: argparse.ArgumentParser) -> None:
     """Options every node-running command shares."""
-    p.add_argument("--identity", help=f"key file (default {default_identity_path()})")
+    p.add_argument("--identity", type=key_file,
+                   help=f"key file (default {default_identity_path()})")
     p.add_argument("--bootstrap", type=dht_address, action="append", default=[],
                    metavar="HOST[:PORT]", help="OpenDHT node to join (embedded dhtnode)")
-    p.add_argument("--dht-proxy", metavar="URL", help="use an existing OpenDHT REST proxy")
+    p.add_argument("--dht-proxy", type=proxy_url, metavar="URL",
+                   help="use an existing OpenDHT REST proxy")
     p.add_argument("--dht-port", type=port_number, help="UDP port of the embedded dhtnode")
     p.add_argument("--no-rate-limit", action="store_true",
                    help="embedded dhtnode without rate limits (loopback tests)")
@@ -62,7 +71,7 @@ def add_node_options(p: argparse.ArgumentParser) -> None:
                    help="list candidates in the public record (public) or not (private)")
     p.add_argument("--allow", type=fingerprint, action="append", metavar="FINGERPRINT",
                    help="answer only these dialers (repeatable)")
-    p.add_argument("--timeout", type=float, default=10.0,
+    p.add_argument("--timeout", type=seconds, default=10.0,
                    help="seconds to try a live path before the offline tier")
     p.add_argument("--data-dir", help="outbox directory (default: per identity, XDG data dir)")
     p.add_argument("--json", action="store_true", help="JSON output")
@@ -85,6 +94,25 @@ def turn_servers(args: argparse.Namespace) -> list[TurnServer]:
     ]
 
 
+def check_resolvable(endpoints: Sequence[tuple[str, int]]) -> None:
+    """DhtUnavailable naming a ``--bootstrap`` host that does not resolve: the embedded
+    ``dhtnode`` would otherwise wait out its join timeout and blame a firewall."""
+    for host, port in endpoints:
+        try:
+            socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+        except (socket.gaierror, UnicodeError) as exc:
+            reason = exc.strerror if isinstance(exc, socket.gaierror) else str(exc)
+            raise DhtUnavailable(f"cannot resolve the bootstrap host {host!r}: {reason}") from None
+
+
+def warn_if_alone(args: argparse.Namespace) -> None:
+    """Say on stderr that a node started with neither ``--bootstrap`` nor ``--dht-proxy``
+    is a DHT of its own, where a ``send`` or ``lookup`` finds no peer."""
+    if not args.bootstrap and args.dht_proxy is None:
+        print("tierlink: warning: no --bootstrap or --dht-proxy: this node's DHT is its own "
+              "and finds no peer; give the DHT your peers use", file=sys.stderr, flush=True)
+
+
 def load_identity(args: argparse.Namespace) -> Identity:
     """The identity ``--identity`` names (default: the user's)."""
     return Identity.load(Path(args.identity) if args.identity else default_identity_path())
@@ -94,6 +122,8 @@ def node_config(args: argparse.Namespace, identity: Identity | None = None) -> N
     """Build the node configuration from parsed options."""
     from tierlink.node import NodeConfig
 
+    if args.dht_proxy is None:
+        check_resolvable(args.bootstrap)
     return NodeConfig(
         identity=identity or load_identity(args),
         dht_proxy=args.dht_proxy,
@@ -114,8 +144,54 @@ def node_config(args: argparse.Namespace, identity: Identity | None = None) -> N
     )
 
 
+#: The file in a ``--data-dir`` naming the one identity whose outbox it holds.
+DATA_DIR_OWNER = "fingerprint"
+
+
+class DataDirError(TierlinkError):
+    """A ``--data-dir`` that holds another identity's messages."""
+
+
+def claim_data_dir(config: NodeConfig) -> None:
+    """Bind ``config.data_dir`` to its identity (the first node there names it) and refuse
+    another identity: its node would send the pending messages found there as its own."""
+    if config.data_dir is None:  # the default directory is per identity
+        return
+    path = Path(config.data_dir) / DATA_DIR_OWNER
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    mine = config.identity.fingerprint
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    except FileExistsError:
+        with path.open("rb") as f:
+            owner = f.read(256).decode(errors="replace").strip()
+        if owner != mine:
+            shown = f"{owner[:16]}…" if is_fingerprint(owner) else "an unreadable owner"
+            raise DataDirError(f"{config.data_dir} holds the messages of another identity "
+                               f"({shown}); give each identity its own --data-dir") from None
+        return
+    with os.fdopen(fd, "w") as f:
+        f.write(mine + "\n")
+
+
+def check_local_addresses(addresses: Sequence[str] | None) -> None:
+    """TierlinkError naming a ``--host-address`` that is not an address of this host: no
+    ICE socket can bind it, so every dial would fail."""
+    for address in addresses or ():
+        family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        with socket.socket(family, socket.SOCK_DGRAM) as probe:
+            try:
+                probe.bind((address, 0))
+            except OSError as exc:
+                raise TierlinkError(f"--host-address {address}: {exc.strerror} (it must be "
+                                    "an address of this host)") from None
+
+
 def own_node(config: NodeConfig) -> Node:
-    """A node for this command (the node stack loads here, not when the CLI starts)."""
+    """A node for this command, its data directory claimed for its identity and its host
+    addresses checked (the node stack loads here, not when the CLI starts)."""
     from tierlink.node import Node
 
+    check_local_addresses(config.host_addresses)
+    claim_data_dir(config)
     return Node(config)

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tierlink.cli.argtypes import positive_float, positive_int
+from tierlink.cli.argtypes import UsageError, positive_int, positive_seconds
 
 if TYPE_CHECKING:
     from tierlink.bench.dht_lab import AccessLink
@@ -35,7 +35,7 @@ def _bench(args: argparse.Namespace) -> int:
         results = run_dht_many_bench(args.dht_many, args.quick, args.out,
                                      _access_link(args.profile))
     elif args.profile is not None:
-        raise SystemExit("tierlink bench: --profile goes with --dht-many")
+        raise UsageError("--profile goes with --dht-many")
     else:
         results = run_bench(args.system, args.quick, args.out, rounds=args.rounds, mtu=args.mtu)
     print(json.dumps(results, indent=2) if args.json else render_markdown([results]))
@@ -78,7 +78,7 @@ def register(sub: Any) -> None:
                      "attempt (default); ice: raw ICE only")
     lab.add_argument("--reduced", action="store_true",
                      help="only the reduced pair list (each preset at least once)")
-    lab.add_argument("--ice-timeout", type=positive_float, default=DEFAULT_ICE_TIMEOUT,
+    lab.add_argument("--ice-timeout", type=positive_seconds, default=DEFAULT_ICE_TIMEOUT,
                      metavar="SECONDS", help=f"peers' ICE timeout (default {DEFAULT_ICE_TIMEOUT})")
     lab.add_argument("--json", action="store_true", help="print the matrix as JSON")
     lab.add_argument("--report", type=Path, metavar="DIR",
