@@ -245,11 +245,3 @@ def test_a_node_is_not_its_own_mailbox(tmp_path: Path) -> None:
                               "http://127.0.0.1:9/"), 2)
     assert "--mailbox names this node's own identity" in line, line
 
-
-@pytest.mark.parametrize("argv", [("send", FP, "hi"), ("dht", "serve"), ("run",)])
-def test_a_second_bootstrap_is_refused_not_ignored(argv: tuple[str, ...]) -> None:
-    """dhtnode joins through one bootstrap node: a second ``--bootstrap`` (meant as a
-    fallback) would be dropped without a word."""
-    line = one_line_error(run(*argv, "--bootstrap", "127.0.0.1:9", "--bootstrap",
-                              "127.0.0.1:10"), 2)
-    assert "give one --bootstrap" in line, line

@@ -271,3 +271,42 @@ async def test_no_orphan_after_parent_sigkill() -> None:
             parent.kill()
         if child_pid and not _gone(child_pid):
             os.kill(child_pid, signal.SIGKILL)
+
+
+async def test_a_dead_bootstrap_node_falls_back_to_the_next(dht_node) -> None:
+    """dhtnode takes one bootstrap node: with the first dead, the child is started again
+    through the second, and the node then reaches the DHT that one belongs to."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as dead:  # receives, never answers
+        dead.bind(("127.0.0.1", 0))
+        live = ("127.0.0.1", dht_node.port)
+        joined = DhtNodeProcess(bootstrap=[dead.getsockname(), live], join_timeout=1.0,
+                                no_rate_limit=True)
+        await joined.start()
+        try:
+            assert joined.bootstrap_index == 1
+            assert joined.command().bootstrap == live  # a restart keeps the live one
+            key = fresh_key()
+            async with DhtClient(joined.proxy_url) as near, DhtClient(dht_node.proxy_url) as far:
+                await near.put(key, b"through the fallback")
+                await eventually(lambda: _values(far, key), 15, "the value on the other node")
+        finally:
+            await joined.stop()
+
+
+async def _values(client: DhtClient, key: str) -> bool:
+    return b"through the fallback" in await client.get(key)
+
+
+async def test_no_bootstrap_node_answering_names_them_all() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as one, \
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as two:
+        one.bind(("127.0.0.1", 0))
+        two.bind(("127.0.0.1", 0))
+        node = DhtNodeProcess(bootstrap=[one.getsockname(), two.getsockname()],
+                              join_timeout=0.5)
+        with pytest.raises(DhtUnavailable) as info:
+            await node.start()
+        where = ", ".join(f"{h}:{p}" for h, p in (one.getsockname(), two.getsockname()))
+        assert f"through {where} within" in str(info.value)
+        assert "UDP may be blocked" in str(info.value)
+        assert node.pid is None

@@ -176,9 +176,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(levelname)s %(name)s: %(message)s",
     )
     try:
-        if len(getattr(args, "bootstrap", None) or ()) > 1:
-            raise UsageError("give one --bootstrap: the embedded dhtnode joins through one "
-                             "node (and learns the others from it)")
         code: int = args.func(args)
     except KeyboardInterrupt:
         print(f"interrupted{getattr(args, 'interrupted', '')}", file=sys.stderr)

@@ -126,9 +126,10 @@ class DhtNodeProcess:
     ``proxy_port`` None: a free one is picked. ``netns``: run inside that network namespace
     (``proxy_host`` must then be one of its addresses; readiness is checked through ``/proc``
     only, the proxy being unreachable from here). With ``bootstrap``, :meth:`start` waits up
-    to ``join_timeout`` for the node to know another DHT node, else fails with
-    :class:`DhtUnavailable` saying to use a proxy over TCP (``--dht-proxy``). ``log_file``:
-    OpenDHT's verbose log goes there.
+    to ``join_timeout`` for the node to know another DHT node; dhtnode takes one bootstrap
+    node per start, so a node that reached none is started again with the next one, in the
+    order given. If none answers, :class:`DhtUnavailable` says to use a proxy over TCP
+    (``--dht-proxy``). ``log_file``: OpenDHT's verbose log goes there.
     """
 
     def __init__(
@@ -156,6 +157,8 @@ class DhtNodeProcess:
         self.join_timeout = join_timeout
         self.log_file = log_file
         self.restarts = 0
+        #: Index in :attr:`bootstrap` of the node the child joins through.
+        self.bootstrap_index = 0
         self._proc: asyncio.subprocess.Process | None = None
         self._watch: asyncio.Task[None] | None = None
         self._stopping = False
@@ -174,7 +177,7 @@ class DhtNodeProcess:
         """The command line of the next (re)start."""
         return DhtNodeCommand(
             proxy_port=self.proxy_port or 0, port=self.port or 0, proxy_host=self.proxy_host,
-            bootstrap=self.bootstrap[0] if self.bootstrap else None,
+            bootstrap=self.bootstrap[self.bootstrap_index] if self.bootstrap else None,
             no_rate_limit=self.no_rate_limit, netns=self.netns, executable=self.executable,
             log_file=self.log_file,
         )
@@ -205,7 +208,7 @@ class DhtNodeProcess:
                           self.proxy_port, exc)
         if self.bootstrap and self.netns is None:
             try:
-                await self._wait_joined()
+                await self._join()
             except BaseException:
                 await self._kill()
                 raise
@@ -277,22 +280,39 @@ class DhtNodeProcess:
                         ) from None
                     await asyncio.sleep(0.05)
 
-    async def _wait_joined(self) -> None:
-        """Wait until the node knows another DHT node (its bootstrap answered); a node that
-        hears from none is cut off from the DHT, most often by a firewall dropping UDP."""
+    async def _join(self) -> None:
+        """Join through the first bootstrap node that answers, in the order given: the
+        child is started again with the next one while it knows no other DHT node."""
+        for index in range(len(self.bootstrap)):
+            if index:
+                log.warning("dhtnode reached no DHT node through %s; trying %s",
+                            format_hostport(*self.bootstrap[index - 1]),
+                            format_hostport(*self.bootstrap[index]))
+                await self._kill()
+                self.bootstrap_index = index
+                await self._spawn()
+            if await self._wait_joined():
+                return
+        self.bootstrap_index = 0
+        where = ", ".join(format_hostport(*b) for b in self.bootstrap)
+        raise DhtUnavailable(
+            f"the embedded dhtnode reached no DHT node through {where} within "
+            f"{self.join_timeout:.0f} s each: {UDP_BLOCKED_HINT}"
+        )
+
+    async def _wait_joined(self) -> bool:
+        """Whether the node comes to know another DHT node (its bootstrap answered) within
+        ``join_timeout``; a node that hears from none is cut off from the DHT, most often by
+        a firewall dropping UDP."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.join_timeout
         async with DhtClient(self.proxy_url, timeout=1.0) as client:
             while True:
                 info = await client.info()
                 if _known_nodes(info) > 0:
-                    return
+                    return True
                 if loop.time() > deadline:
-                    where = ", ".join(format_hostport(*b) for b in self.bootstrap)
-                    raise DhtUnavailable(
-                        f"the embedded dhtnode reached no DHT node through {where} within "
-                        f"{self.join_timeout:.0f} s: {UDP_BLOCKED_HINT}"
-                    )
+                    return False
                 await asyncio.sleep(0.05)
 
     async def _supervise(self) -> None:
