@@ -195,7 +195,7 @@ def test_one_data_dir_holds_one_identity(tmp_path: Path) -> None:
     assert refused.returncode == 1 and "Traceback" not in refused.stderr, refused.stderr
     line = refused.stderr.strip().splitlines()[-1]  # after "no running node ...: starting one"
     assert line == (f"tierlink: {tmp_path / 'shared'} holds the messages of another identity "
-                    f"({fps[0][:16]}…); give each identity its own --data-dir"), line
+                    f"({fps[0][:16]}…); give each identity its own data directory"), line
 
 
 def test_a_host_address_this_host_does_not_have_is_refused(tmp_path: Path) -> None:

@@ -24,7 +24,7 @@ from tierlink.offline.outbox import (
     QUEUED_DHT,
     Outbox,
 )
-from tierlink.offline.store import StoreError
+from tierlink.offline.store import STORE_FILE, StoreError, claim_owner
 from tierlink.wire.envelope import MAX_PAYLOAD
 
 BOB = "b" * 128
@@ -255,3 +255,27 @@ def test_delivered_log(db: Path) -> None:
         assert log.prune(now_ms=T0 + 2 * MIN, grace_s=3600) == 0
         assert log.prune(now_ms=T0 + 2 * MIN, grace_s=0) == 1
         assert not log.seen(BOB, b"\x01" * 16) and log.seen(CAROL, b"\x02" * 16)
+
+
+def test_a_state_file_belongs_to_the_first_identity_that_claims_it(tmp_path: Path) -> None:
+    """Another identity's node would send the messages waiting there under its own name."""
+    db = tmp_path / "shared" / STORE_FILE
+    mine, other = "ab" * 64, "cd" * 64
+    claim_owner(db, mine)
+    claim_owner(db, mine)  # its own again
+    with pytest.raises(StoreError, match=r"holds the messages of another identity \(abab"):
+        claim_owner(db, other)
+    assert stat.S_IMODE(db.parent.stat().st_mode) == 0o700
+
+
+async def test_a_node_refuses_another_identitys_data_dir_before_joining_the_dht(
+    tmp_path: Path,
+) -> None:
+    from tierlink.identity import Identity
+    from tierlink.node import Node, NodeConfig
+
+    first, second = Identity.generate(), Identity.generate()
+    claim_owner(tmp_path / STORE_FILE, first.fingerprint)
+    config = NodeConfig(identity=second, data_dir=tmp_path, dht_proxy="http://127.0.0.1:9/")
+    with pytest.raises(StoreError, match="another identity"):
+        await Node(config).start()  # no DHT is reached: the proxy address is a dead one

@@ -110,15 +110,16 @@ async def _outbox(args: argparse.Namespace) -> int:
         from tierlink.node import NodeConfig
         from tierlink.offline import Outbox
         from tierlink.offline.outbox import UNDELIVERED
+        from tierlink.offline.store import STORE_FILE
 
         if args.data_dir:
-            path = Path(args.data_dir) / "tierlink.db"
+            path = Path(args.data_dir) / STORE_FILE
             if not path.is_file():  # a mistyped directory is not an empty outbox
                 raise TierlinkError(f"no outbox database at {path} (no node has used "
                                     f"--data-dir {args.data_dir})")
         else:
             assert identity is not None
-            path = NodeConfig(identity=identity).state_dir() / "tierlink.db"
+            path = NodeConfig(identity=identity).state_file()
         entries = []
         if path.exists():
             with Outbox(path) as box:

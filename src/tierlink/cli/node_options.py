@@ -29,7 +29,7 @@ from tierlink.cli.argtypes import (
     turn_server,
 )
 from tierlink.errors import DhtUnavailable, TierlinkError
-from tierlink.identity import Identity, default_identity_path, is_fingerprint
+from tierlink.identity import Identity, default_identity_path
 
 if TYPE_CHECKING:
     from tierlink.node import Node, NodeConfig, TurnServer
@@ -144,36 +144,6 @@ def node_config(args: argparse.Namespace, identity: Identity | None = None) -> N
     )
 
 
-#: The file in a ``--data-dir`` naming the one identity whose outbox it holds.
-DATA_DIR_OWNER = "fingerprint"
-
-
-class DataDirError(TierlinkError):
-    """A ``--data-dir`` that holds another identity's messages."""
-
-
-def claim_data_dir(config: NodeConfig) -> None:
-    """Bind ``config.data_dir`` to its identity (the first node there names it) and refuse
-    another identity: its node would send the pending messages found there as its own."""
-    if config.data_dir is None:  # the default directory is per identity
-        return
-    path = Path(config.data_dir) / DATA_DIR_OWNER
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    mine = config.identity.fingerprint
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    except FileExistsError:
-        with path.open("rb") as f:
-            owner = f.read(256).decode(errors="replace").strip()
-        if owner != mine:
-            shown = f"{owner[:16]}…" if is_fingerprint(owner) else "an unreadable owner"
-            raise DataDirError(f"{config.data_dir} holds the messages of another identity "
-                               f"({shown}); give each identity its own --data-dir") from None
-        return
-    with os.fdopen(fd, "w") as f:
-        f.write(mine + "\n")
-
-
 def check_local_addresses(addresses: Sequence[str] | None) -> None:
     """TierlinkError naming a ``--host-address`` that is not an address of this host: no
     ICE socket can bind it, so every dial would fail."""
@@ -188,10 +158,9 @@ def check_local_addresses(addresses: Sequence[str] | None) -> None:
 
 
 def own_node(config: NodeConfig) -> Node:
-    """A node for this command, its data directory claimed for its identity and its host
-    addresses checked (the node stack loads here, not when the CLI starts)."""
+    """A node for this command, its host addresses checked (the node stack loads here, not
+    when the CLI starts)."""
     from tierlink.node import Node
 
     check_local_addresses(config.host_addresses)
-    claim_data_dir(config)
     return Node(config)

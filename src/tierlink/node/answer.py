@@ -28,7 +28,7 @@ from tierlink.dht import DhtClient
 from tierlink.errors import RecordError, TierlinkError
 from tierlink.identity import Identity
 from tierlink.node.admission import Admission, Ticket
-from tierlink.node.answered import STATE_FILE, AnsweredSessions
+from tierlink.node.answered import AnsweredSessions
 from tierlink.node.config import NodeConfig
 from tierlink.node.endpoint import Endpoint
 from tierlink.node.tasks import Supervisor, outcome_of, task_group
@@ -201,7 +201,7 @@ class Answerer:
     def remembering(self) -> Iterator[None]:
         """Keep :attr:`seen_sessions` in the node's state file meanwhile, so offers answered
         before a restart are refused after it (:mod:`tierlink.node.answered`)."""
-        log = AnsweredSessions(self.config.state_dir() / STATE_FILE)
+        log = AnsweredSessions(self.config.state_file())
         try:
             self.seen_sessions.attach(log, now_ms())
             yield

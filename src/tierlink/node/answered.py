@@ -24,9 +24,6 @@ import sqlite3
 
 from tierlink.offline.store import SqliteStore, StoreError
 
-STATE_FILE = "tierlink.db"
-"""The node's SQLite state file (shared with the offline tier's tables)."""
-
 _DDL = (
     """CREATE TABLE answered_offers (
         session_id BLOB PRIMARY KEY,

@@ -12,6 +12,7 @@ from tierlink.dht.client import DEFAULT_CONNECTIONS
 from tierlink.identity import Identity
 from tierlink.mailbox.policy import MailboxSettings
 from tierlink.node.admission import AdmissionLimits
+from tierlink.offline.store import STORE_FILE
 from tierlink.transport.channel import ChannelSettings
 from tierlink.transport.host_addresses import check_host_address
 from tierlink.transport.ice import IceSettings
@@ -102,6 +103,10 @@ class NodeConfig:
             return Path(self.data_dir)
         root = Path(platformdirs.user_data_dir("tierlink"))
         return root / self.identity.fingerprint[:32]
+
+    def state_file(self) -> Path:
+        """The node's SQLite state file (outbox, delivered log, answered sessions)."""
+        return self.state_dir() / STORE_FILE
 
     def channel_settings(self) -> ChannelSettings:
         """The secure channel's part of the configuration."""

@@ -41,6 +41,7 @@ from tierlink.node.tasks import Supervisor
 from tierlink.offline import DeliveredLog, OfflineTier, Outbox
 from tierlink.offline.dht_access import Dht
 from tierlink.offline.outbox import PENDING, UNDELIVERED
+from tierlink.offline.store import STORE_FILE
 from tierlink.transport.connection import Connection
 from tierlink.wire.envelope import ReceivedEnvelope
 from tierlink.wire.link_frames import LinkAck, LinkMessage, decode_link_frame, encode_message_frame
@@ -80,8 +81,8 @@ class Messenger:
         self.send_budget = send_budget
         self.ack_timeout = ack_timeout
         data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self.outbox = Outbox(data_dir / "tierlink.db")
-        self.delivered_log = DeliveredLog(data_dir / "tierlink.db")
+        self.outbox = Outbox(data_dir / STORE_FILE)
+        self.delivered_log = DeliveredLog(data_dir / STORE_FILE)
         self.offline = OfflineTier(
             dht, identity, self.outbox, self.delivered_log, lookup=lookup,
             reput_interval_s=reput_interval_s, on_delivered=self._offline_delivered,

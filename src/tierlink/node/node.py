@@ -29,6 +29,7 @@ from tierlink.node.endpoint import Endpoint
 from tierlink.node.incoming_messages import Message
 from tierlink.node.parts import NodeParts, Wiring, build_parts, message_stats, serve_mailbox
 from tierlink.node.tasks import Supervisor
+from tierlink.offline.store import claim_owner
 from tierlink.transport.certs import LocalCertificate
 from tierlink.transport.connection import Connection
 from tierlink.transport.ice import IceSettings, PathListener, PathTally, TurnServer
@@ -107,6 +108,7 @@ class Node:
             return
         self._started = True
         try:
+            claim_owner(self.config.state_file(), self.identity.fingerprint)
             url = self.config.dht_proxy
             if url is None:
                 self.dht_process = DhtNodeProcess(

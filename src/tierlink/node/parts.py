@@ -72,7 +72,7 @@ def build_parts(
     messenger.mailbox = MailboxTier(
         MailboxClient(
             wiring.dial_mailbox, identity, messenger.offline,
-            SenderStore(config.state_dir() / "tierlink.db"), mailboxes=config.mailboxes,
+            SenderStore(config.state_file()), mailboxes=config.mailboxes,
             allow=lambda: None if config.allow is None else set(config.allow),
             descriptor_lifetime_s=config.mailbox_descriptor_lifetime,
             redundancy=config.mailbox_redundancy, dial_timeout=config.dial_timeout,

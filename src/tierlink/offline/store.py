@@ -41,6 +41,9 @@ from tierlink.errors import TierlinkError
 
 SCHEMA_VERSION = 1
 
+STORE_FILE = "tierlink.db"
+"""The name of a node's SQLite state file in its data directory."""
+
 
 class StoreError(TierlinkError):
     """The offline store file cannot be opened or is not a tierlink store."""
@@ -95,6 +98,26 @@ def ensure_table(conn: sqlite3.Connection, name: str, ddl: Iterable[str]) -> Non
     except BaseException:
         conn.execute("ROLLBACK")
         raise
+
+
+def claim_owner(path: str | os.PathLike[str], fingerprint: str) -> None:
+    """Bind the state file at ``path`` to the identity ``fingerprint`` (the first node that
+    opens it names it) and refuse any other: its node would send the messages waiting there
+    under its own name and take the other identity's delivered log for its own."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    conn = connect(path)
+    try:
+        conn.execute("CREATE TABLE IF NOT EXISTS tierlink_owner (fingerprint TEXT NOT NULL)")
+        conn.execute("BEGIN IMMEDIATE")  # two nodes starting at once: one names the owner
+        row = conn.execute("SELECT fingerprint FROM tierlink_owner").fetchone()
+        if row is None:
+            conn.execute("INSERT INTO tierlink_owner VALUES (?)", (fingerprint,))
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
+    if row is not None and row[0] != fingerprint:
+        raise StoreError(f"{Path(path).parent} holds the messages of another identity "
+                         f"({str(row[0])[:16]}…); give each identity its own data directory")
 
 
 class SqliteStore:
