@@ -1,10 +1,13 @@
-"""The QUIC pump on uvloop as on asyncio: aioquic's clock keeps sub-millisecond resolution.
+"""tierlink's I/O path on uvloop as on asyncio, over real ICE pairs on 127.0.0.1.
 
-uvloop's ``loop.time()`` is libuv's millisecond clock. A pump that handed it to aioquic gave
-its pacer (which refills by the time elapsed since its last look) one refill per millisecond:
-one burst of at most 16 packets per ms, the loop spinning in between. These tests run the
-real pump over a real ICE pair on 127.0.0.1 under each loop, with a client connection that
-records every ``now`` the pump hands aioquic, and move a stream through it.
+* aioquic's clock keeps sub-millisecond resolution. uvloop's ``loop.time()`` is libuv's
+  millisecond clock: a pump that handed it to aioquic gave its pacer (which refills by the
+  time elapsed since its last look) one refill per millisecond, one burst of at most 16
+  packets per ms with the loop spinning in between. The real pump runs under each loop with
+  a client connection that records every ``now`` it is given, and moves a stream.
+* ``keep_reading`` holds on uvloop too. asyncio's transport reads one datagram per loop
+  pass; uvloop's reads on, up to 32 per readiness, and handed them all to the receive queue
+  (16 deep, drop-oldest): a burst lost datagrams the application would have read.
 """
 
 from __future__ import annotations
@@ -157,3 +160,51 @@ def test_uvloop_loop_time_is_the_millisecond_clock_the_pump_must_not_use() -> No
     with asyncio.Runner(loop_factory=loop_factory("uvloop")) as runner:
         times = runner.run(readings())
     assert all(abs(t * 1000 - round(t * 1000)) < 1e-6 for t in times)
+
+
+#: The receiving "application" asks to stop once this many datagrams wait for it.
+KEEP = 8
+BURST = 50
+
+
+async def burst_through_ice() -> tuple[list[bytes], list[bytes], int, tuple[int, int]]:
+    """Send BURST datagrams at once over an ICE pair to a handler whose application takes
+    what waits once per loop pass; (sent, received, most waiting at once, read_ahead)."""
+    a, b = await connect_ice()
+    try:
+        waiting: list[bytes] = []
+        got: list[bytes] = []
+        peak = 0
+
+        def handler(data: bytes) -> None:
+            nonlocal peak
+            waiting.append(data)
+            peak = max(peak, len(waiting))
+
+        def application() -> bool:  # runs once per loop pass (eventually, interval 0)
+            got.extend(waiting)
+            waiting.clear()
+            return len(got) >= BURST
+
+        b.set_datagram_handler(handler, keep_reading=lambda: len(waiting) < KEEP)
+        sent = [bytes([0x40]) + i.to_bytes(4, "big") for i in range(BURST)]
+        for data in sent:  # all in b's socket before its loop reads any
+            a.send_nowait(data)
+        await eventually(application, 10.0, "every datagram handed over", interval=0)
+        return sent, got, peak, b.read_ahead
+    finally:
+        await a.close()
+        await b.close()
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_keep_reading_stops_what_the_loop_hands_over_in_one_pass(loop: str) -> None:
+    with asyncio.Runner(loop_factory=loop_factory(loop)) as runner:
+        sent, got, peak, (held, dropped) = runner.run(burst_through_ice())
+    assert got == sent  # nothing lost, in order
+    assert peak <= KEEP, f"{peak} datagrams handed over in one pass after keep_reading said stop"
+    assert dropped == 0
+    if loop == "asyncio":
+        assert held == 0  # asyncio reads one per pass: nothing is read ahead
+    else:
+        assert held > 0  # uvloop read past keep_reading: held, not handed over
