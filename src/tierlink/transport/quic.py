@@ -348,7 +348,7 @@ class QuicPump:
             timer.cancel()
             self._quic_timer = timer = None
         if when is not None and timer is None:  # in quic_clock time, not the loop's
-            self._quic_timer = self._loop.call_later(when - now, self._on_quic_timer)
+            self._quic_timer = self._loop.call_later(when - quic_clock(), self._on_quic_timer)
             self._quic_timer_at = when
         if self._probe_due:
             self._probe_due = False
