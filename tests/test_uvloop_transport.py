@@ -5,6 +5,8 @@
   time elapsed since its last look) one refill per millisecond, one burst of at most 16
   packets per ms with the loop spinning in between. The real pump runs under each loop with
   a client connection that records every ``now`` it is given, and moves a stream.
+* One batch of reads per loop pass. uvloop's transport hands over up to 32 datagrams per
+  readiness; a batch read after each let one busy socket hold the loop for up to 32 x 64.
 * ``keep_reading`` holds on uvloop too. asyncio's transport reads one datagram per loop
   pass; uvloop's reads on, up to 32 per readiness, and handed them all to the receive queue
   (16 deep, drop-oldest): a burst lost datagrams the application would have read.
@@ -28,6 +30,7 @@ from tierlink.protocol.channel_events import (
     StreamDataReceived,
     TransportEvent,
 )
+from tierlink.transport.aioice_socket import RECV_BATCH
 from tierlink.transport.aioquic_adapter import PinnedQuicConnection
 from tierlink.transport.certs import LocalCertificate
 from tierlink.transport.quic import QuicPump, quic_clock
@@ -208,3 +211,40 @@ def test_keep_reading_stops_what_the_loop_hands_over_in_one_pass(loop: str) -> N
         assert held == 0  # asyncio reads one per pass: nothing is read ahead
     else:
         assert held > 0  # uvloop read past keep_reading: held, not handed over
+
+
+async def most_in_one_pass(count: int) -> tuple[int, int]:
+    """Send ``count`` datagrams at once over an ICE pair (no keep_reading); the most the
+    receiver's handler got in one loop pass, and how many it got in all."""
+    a, b = await connect_ice()
+    try:
+        this_pass = most = total = 0
+
+        def handler(data: bytes) -> None:
+            nonlocal this_pass, most, total
+            this_pass += 1
+            total += 1
+            most = max(most, this_pass)
+
+        def next_pass() -> bool:  # runs once per loop pass (eventually, interval 0)
+            nonlocal this_pass
+            this_pass = 0
+            return total >= count
+
+        b.set_datagram_handler(handler)
+        for i in range(count):  # all in b's socket before its loop reads any
+            a.send_nowait(bytes([0x40]) + i.to_bytes(4, "big"))
+        await eventually(next_pass, 10.0, "every datagram handed over", interval=0)
+        return most, total
+    finally:
+        await a.close()
+        await b.close()
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_one_batch_of_reads_per_loop_pass(loop: str) -> None:
+    with asyncio.Runner(loop_factory=loop_factory(loop)) as runner:
+        most, total = runner.run(most_in_one_pass(8 * RECV_BATCH))
+    assert total == 8 * RECV_BATCH
+    # asyncio: its one datagram and a batch; uvloop: its (up to 32) and one batch.
+    assert most <= 2 * RECV_BATCH, f"{most} datagrams handled in one loop pass"

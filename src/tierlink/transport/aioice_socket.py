@@ -126,6 +126,7 @@ class BatchReader:
         self._deliver = deliver
         #: True while :meth:`drain` runs (``deliver`` must not start another drain).
         self.draining = False
+        self._spent = False  # a whole batch was read in this loop pass
 
     @classmethod
     def open(cls, protocol: StunProtocol, deliver: Deliver) -> BatchReader | None:
@@ -148,12 +149,14 @@ class BatchReader:
         return self._sock is None
 
     def drain(self, keep_reading: Callable[[], bool] | None) -> None:
-        """Handle up to RECV_BATCH - 1 more datagrams already waiting on the socket.
+        """Handle up to RECV_BATCH - 1 more datagrams already waiting on the socket, once
+        per loop pass: asyncio's transport hands over one datagram per pass, uvloop's up to
+        32, and a batch after each would let one busy socket hold the loop for ~2000.
 
         ``keep_reading`` is asked before each one; False ends the batch.
         """
         sock, protocol = self._sock, self.protocol
-        if sock is None:
+        if sock is None or self._spent:
             return
         transport = protocol.transport
         if transport is None or transport.is_closing():
@@ -177,8 +180,14 @@ class BatchReader:
                     protocol.datagram_received(data, addr)
                 if self._sock is None:  # closed meanwhile
                     break
+            else:  # more may wait: the next batch in the next pass
+                self._spent = True
+                asyncio.get_running_loop().call_soon(self._renew)
         finally:
             self.draining = False
+
+    def _renew(self) -> None:
+        self._spent = False
 
     def close(self) -> None:
         """Close the socket duplicate (aioice closes the original)."""
