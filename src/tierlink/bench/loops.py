@@ -1,5 +1,7 @@
 """Which event loop the worker processes run: asyncio's default (as shipped) or uvloop
-(``TIERLINK_BENCH_LOOP=uvloop``), whose datagram path costs far less CPU per packet.
+(``TIERLINK_BENCH_LOOP=uvloop``), whose datagram callback costs far less CPU per packet than
+asyncio's; tierlink's batch reads close most of that gap on asyncio
+(:mod:`tierlink.bench.packet_cost` measures all three).
 
 The choice travels in the environment, so every worker (and the run inside an ``--mtu``
 namespace) uses it; each loop's results go to files of their own.

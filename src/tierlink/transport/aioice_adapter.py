@@ -41,7 +41,7 @@ from tierlink.transport.aioice_gather import (
     reflexive_candidate,
     set_local_preferences,
 )
-from tierlink.transport.aioice_socket import BatchReader, Source, SourceGate, udp_socket
+from tierlink.transport.aioice_socket import BatchReader, ReadAhead, Source, SourceGate, udp_socket
 from tierlink.transport.aioice_socket import forbid_fragmentation as _forbid_fragmentation
 
 __all__ = ["PRIVATE_NAMES", "IceConnection"]
@@ -139,6 +139,7 @@ class IceConnection(ScheduledChecks):
         self._tl_keep_reading: Callable[[], bool] | None = None
         self._tl_pending: list[tuple[bytes, Source | None]] = []
         self._tl_reader: BatchReader | None = None
+        self._tl_ahead = ReadAhead()
         self._tl_check_budget: int | None = None
         self._tl_validated: set[tuple[str, int]] = set()
         self._tl_check_bytes = 0
@@ -303,10 +304,12 @@ class IceConnection(ScheduledChecks):
         the connection was made with ``batch_receive=False``: aioice's one per loop pass).
         ``keep_reading``: asked before each further datagram of a batch; False ends the
         batch, so the application can drain what it was given before more is read (the
-        rest waits in the socket's buffer, not in a queue that would drop it).
+        rest waits in the socket's buffer, not in a queue that would drop it; what a loop
+        that reads on, uvloop, reads meanwhile waits in :attr:`read_ahead`'s hold).
         """
         self._tl_handler = handler
         self._tl_keep_reading = keep_reading
+        self._tl_ahead.clear()
         if handler is not None:
             self._tl_enable_batching()
             pending, self._tl_pending = self._tl_pending, []
@@ -318,6 +321,13 @@ class IceConnection(ScheduledChecks):
     def held_datagrams(self) -> int:
         """Datagrams received before a handler was set, held for it (at most 64)."""
         return len(self._tl_pending)
+
+    @property
+    def read_ahead(self) -> tuple[int, int]:
+        """Datagrams the loop's transport read after ``keep_reading`` said stop, held for
+        the next pass (uvloop reads up to 32 per readiness, asyncio one per pass: none
+        there), and of those dropped (more than 64 waited)."""
+        return self._tl_ahead.held, self._tl_ahead.dropped
 
     @property
     def foreign_datagrams(self) -> int:
@@ -351,12 +361,19 @@ class IceConnection(ScheduledChecks):
             if len(self._tl_pending) < _PENDING_LIMIT:
                 self._tl_pending.append((data, source))
             return
+        ahead = self._tl_ahead
+        if ahead.stopped:
+            ahead.hold(data)
+            return
         handler(data)
         reader = self._tl_reader
-        if reader is not None and not reader.closed and not reader.draining:
-            keep = self._tl_keep_reading
-            if keep is None or keep():
-                reader.drain(keep)
+        if reader is not None and reader.draining:
+            return  # the batch asks keep_reading before each datagram
+        keep = self._tl_keep_reading
+        if reader is not None and not reader.closed and (keep is None or keep()):
+            reader.drain(keep)
+        if keep is not None and not keep():
+            ahead.stop(handler, keep)  # the application gets the loop before any more
 
     def _tl_deliver(self, data: bytes, addr: tuple[object, ...]) -> None:
         if self._tl_reader is not None:
@@ -374,6 +391,7 @@ class IceConnection(ScheduledChecks):
     async def close(self) -> None:
         """Close the ICE connection and the batch reader's socket duplicate."""
         self._tl_nominator.close()
+        self._tl_ahead.clear()
         try:
             await super().close()
         finally:

@@ -7,6 +7,10 @@ pair. asyncio's datagram transport reads one datagram per event-loop pass; a
 socket API) in the same pass, so QUIC packetizes its answer (acks) once per batch instead of
 once per datagram. Larger socket buffers absorb the bursts that batching lets through.
 
+asyncio's transport reads one datagram per loop pass whatever the application's queue
+holds; uvloop's reads on (up to 32 per readiness): a :class:`ReadAhead` holds what it reads
+after the application asked to stop and hands it over in the next pass.
+
 A :class:`SourceGate` remembers where each datagram came from (the protocol that read it and
 the sender's address), so that only the nominated pair's remote address delivers data.
 
@@ -16,8 +20,10 @@ Every aioice name used here that aioice does not export is listed in :data:`PRIV
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import socket
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -25,10 +31,12 @@ from aioice.ice import StunProtocol
 
 __all__ = [
     "PRIVATE_NAMES",
+    "READ_AHEAD_LIMIT",
     "RECV_BATCH",
     "RECV_SIZE",
     "SOCKET_BUFFER",
     "BatchReader",
+    "ReadAhead",
     "SourceGate",
     "forbid_fragmentation",
 ]
@@ -49,6 +57,8 @@ PRIVATE_NAMES: tuple[str, ...] = (
 
 #: Datagrams handled per readiness of the nominated socket (asyncio alone handles one).
 RECV_BATCH = 64
+#: Datagrams a :class:`ReadAhead` holds (oldest dropped beyond).
+READ_AHEAD_LIMIT = 64
 #: Largest datagram read from the socket (the largest UDP payload).
 RECV_SIZE = 65_536
 #: SO_RCVBUF / SO_SNDBUF asked for on the nominated socket (the kernel caps it at
@@ -116,6 +126,7 @@ class BatchReader:
         self._deliver = deliver
         #: True while :meth:`drain` runs (``deliver`` must not start another drain).
         self.draining = False
+        self._spent = False  # a whole batch was read in this loop pass
 
     @classmethod
     def open(cls, protocol: StunProtocol, deliver: Deliver) -> BatchReader | None:
@@ -138,12 +149,14 @@ class BatchReader:
         return self._sock is None
 
     def drain(self, keep_reading: Callable[[], bool] | None) -> None:
-        """Handle up to RECV_BATCH - 1 more datagrams already waiting on the socket.
+        """Handle up to RECV_BATCH - 1 more datagrams already waiting on the socket, once
+        per loop pass: asyncio's transport hands over one datagram per pass, uvloop's up to
+        32, and a batch after each would let one busy socket hold the loop for ~2000.
 
         ``keep_reading`` is asked before each one; False ends the batch.
         """
         sock, protocol = self._sock, self.protocol
-        if sock is None:
+        if sock is None or self._spent:
             return
         transport = protocol.transport
         if transport is None or transport.is_closing():
@@ -167,14 +180,74 @@ class BatchReader:
                     protocol.datagram_received(data, addr)
                 if self._sock is None:  # closed meanwhile
                     break
+            else:  # more may wait: the next batch in the next pass
+                self._spent = True
+                asyncio.get_running_loop().call_soon(self._renew)
         finally:
             self.draining = False
+
+    def _renew(self) -> None:
+        self._spent = False
 
     def close(self) -> None:
         """Close the socket duplicate (aioice closes the original)."""
         sock, self._sock = self._sock, None
         if sock is not None:
             sock.close()
+
+
+class ReadAhead:
+    """Datagrams the event loop's transport read after ``keep_reading`` said stop, held
+    until the next loop pass (the application had the loop), then handed over in order.
+
+    After :meth:`stop`, :meth:`hold` takes every new datagram (at most READ_AHEAD_LIMIT,
+    oldest dropped) until the next pass hands them over. asyncio's pass ends before its
+    transport reads again, so nothing is held there.
+    """
+
+    def __init__(self) -> None:
+        self._held: deque[bytes] = deque()
+        self._handle: asyncio.Handle | None = None
+        #: Datagrams held so far, and of those dropped (more than READ_AHEAD_LIMIT waited).
+        self.held = 0
+        self.dropped = 0
+
+    @property
+    def stopped(self) -> bool:
+        """True from :meth:`stop` until what was held is handed over."""
+        return self._handle is not None
+
+    def stop(self, deliver: Callable[[bytes], None], keep_reading: Callable[[], bool]) -> None:
+        """Hand nothing more over in this pass; in the next, what was held goes to
+        ``deliver`` while ``keep_reading()``."""
+        if self._handle is None:
+            loop = asyncio.get_running_loop()
+            self._handle = loop.call_soon(self._release, deliver, keep_reading)
+
+    def hold(self, data: bytes) -> None:
+        """Keep ``data`` for the next pass (while :attr:`stopped`)."""
+        held = self._held
+        if len(held) >= READ_AHEAD_LIMIT:
+            held.popleft()
+            self.dropped += 1
+        held.append(data)
+        self.held += 1
+
+    def _release(self, deliver: Callable[[bytes], None], keep: Callable[[], bool]) -> None:
+        self._handle = None
+        held = self._held
+        while held:
+            if not keep():  # the rest waits one more pass
+                self.stop(deliver, keep)
+                return
+            deliver(held.popleft())
+
+    def clear(self) -> None:
+        """Drop what is held, stop no more (the handler changed, the path closed)."""
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+        self._held.clear()
 
 
 class SourceGate:
