@@ -29,7 +29,7 @@ from tierlink.transport.aioquic_adapter import (
     restamp_in_flight,
 )
 from tierlink.transport.certs import LocalCertificate
-from tierlink.transport.quic import DATAGRAM_SEND_BACKLOG
+from tierlink.transport.quic import DATAGRAM_SEND_BACKLOG, quic_clock
 from tierlink.transport.quic_setup import (
     QUIC_ADDR,
     binding_exporter,
@@ -103,7 +103,7 @@ class PreparedChannel:
             window=settings.window,
         )
         self._quic: PinnedQuicConnection | None = (
-            start_client(self._config, self._created) if is_client else None
+            start_client(self._config, quic_clock()) if is_client else None
         )
         self._used = False
         self._greeted: ChannelProtocol | None = None  # callee: the core whose HELLO left
@@ -120,7 +120,7 @@ class PreparedChannel:
         quic = self._quic
         if not self.is_client or quic is None:
             raise RuntimeError("only an unused dialer's draft has a first flight")
-        return hand_out_first_flight(quic, self._loop.time())
+        return hand_out_first_flight(quic, quic_clock())
 
     def receive_reply(self, datagrams: tuple[bytes, ...], peer_cert_sha256: bytes) -> None:
         """Dialer: process the callee's reply (from its answer) to our first flight; its
@@ -129,7 +129,7 @@ class PreparedChannel:
         if not self.is_client or quic is None or not quic.early_datagrams:
             raise RuntimeError("only a dialer's draft whose first flight went out gets a reply")
         quic.expected_peer_sha256 = peer_cert_sha256
-        now = self._loop.time()
+        now = quic_clock()
         restamp_in_flight(quic, now)  # the reply's ACK says nothing of the path's RTT...
         try:
             for datagram in datagrams:
@@ -150,7 +150,7 @@ class PreparedChannel:
         if self.is_client or self._quic is not None:
             raise RuntimeError("only a fresh callee's draft receives a first flight")
         try:
-            quic = start_server(self._config, datagrams, peer_cert_sha256, self._loop.time())
+            quic = start_server(self._config, datagrams, peer_cert_sha256, quic_clock())
         except Exception as exc:  # garbage from a signed peer must not escape
             log.info("ignoring an unusable early QUIC flight: %r", exc)
             return False
@@ -169,7 +169,7 @@ class PreparedChannel:
         quic = self._quic
         if self.is_client or quic is None:
             raise RuntimeError("only a callee's draft that received a first flight replies")
-        return hand_out_first_flight(quic, self._loop.time())
+        return hand_out_first_flight(quic, quic_clock())
 
     async def open(
         self,
