@@ -7,24 +7,15 @@ import json
 import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import psutil
 import pytest
 
+from tests.cli_runs import TIERLINK, interrupt, run, start_serve
 from tests.waiting import eventually
 from tierlink.cli.output import message_line
 from tierlink.dht import DhtClient, DhtNodeProcess
-from tierlink.hostport import parse_hostport
-
-TIERLINK = [sys.executable, "-m", "tierlink.cli"]
-
-
-def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*TIERLINK, *args], capture_output=True, text=True, timeout=60, env=env
-    )
 
 
 def no_traceback(proc: subprocess.CompletedProcess[str]) -> None:
@@ -147,18 +138,6 @@ def test_bad_port_messages_name_the_problem() -> None:
     assert "between 0 and 65535" in run("dht", "serve", "--port", "70000").stderr
 
 
-def start_serve(*args: str) -> tuple[subprocess.Popen[str], int, str, int]:
-    """``tierlink dht serve ARGS``: the process, its printed UDP port, proxy URL and pid."""
-    proc = subprocess.Popen([*TIERLINK, "dht", "serve", "--no-rate-limit", *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    assert proc.stdout is not None
-    lines = [proc.stdout.readline() for _ in range(3)]
-    assert lines[0].startswith("dht: udp 0.0.0.0:"), lines
-    assert lines[1].startswith("proxy: http://127.0.0.1:"), lines
-    port = parse_hostport(lines[0].split()[-1])[1]
-    return proc, port, lines[1].split()[1], int(lines[2].split()[1])
-
-
 def _gone(pid: int) -> bool:
     try:
         return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
@@ -272,10 +251,4 @@ def test_run_send_outbox_lookup_end_to_end(tmp_path: Path) -> None:
         got = json.loads(b.stdout.readline())
         assert got["text"] == "hello offline" and got["tier"] == "offline"
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGINT)
-                try:
-                    p.wait(15)
-                except subprocess.TimeoutExpired:
-                    p.kill()
+        interrupt(procs)

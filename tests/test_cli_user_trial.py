@@ -5,30 +5,13 @@ from __future__ import annotations
 
 import importlib
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-TIERLINK = [sys.executable, "-m", "tierlink.cli"]
+from tests.cli_runs import one_line_error, run
+
 FP = "ab" * 64
-
-
-def run(*args: str, env: dict[str, str] | None = None,
-        timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*TIERLINK, *args], capture_output=True, text=True, timeout=timeout,
-                          env=env, stdin=subprocess.DEVNULL)
-
-
-def one_line_error(proc: subprocess.CompletedProcess[str], code: int) -> str:
-    """The one stderr line of a failed command (asserting its exit code and no traceback)."""
-    assert proc.returncode == code, (proc.returncode, proc.stderr)
-    assert "Traceback" not in proc.stderr + proc.stdout, proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1, proc.stderr
-    assert lines[0].startswith("tierlink"), lines
-    return lines[0]
 
 
 @pytest.mark.parametrize("argv", [

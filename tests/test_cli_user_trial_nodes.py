@@ -16,8 +16,8 @@ import tempfile
 import threading
 from pathlib import Path
 
-from tests.test_cli import start_serve
-from tests.test_cli_user_trial import FP, TIERLINK, one_line_error, run
+from tests.cli_runs import TIERLINK, interrupt, one_line_error, run, start_serve
+from tests.test_cli_user_trial import FP
 from tests.waiting import eventually
 
 
@@ -44,13 +44,7 @@ def test_a_mailbox_claims_its_identity_like_run(tmp_path: Path) -> None:
         assert look.returncode == 0 and "no running node" not in look.stderr, look.stderr
         assert f'"fingerprint": "{fp}"' in look.stdout
     finally:
-        for proc in (serve, dht):
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        interrupt((serve, dht))
 
 
 async def test_ctrl_c_in_send_says_where_the_message_is(tmp_path: Path) -> None:
@@ -120,13 +114,7 @@ async def test_unregistering_from_a_node_that_is_no_mailbox_says_so(tmp_path: Pa
         assert f"{fps['x'][:16]}… did not take the unregistration" in line, line
         assert "is it a mailbox?" in line
     finally:
-        for proc_ in (x, dht):
-            proc_.send_signal(signal.SIGINT)
-            try:
-                proc_.wait(15)
-            except subprocess.TimeoutExpired:
-                proc_.kill()
-                proc_.wait()
+        interrupt((x, dht))
 
 
 def _readme_python_examples() -> list[str]:
@@ -270,11 +258,4 @@ async def test_run_whose_output_goes_away_stops_and_shows_what_it_took(tmp_path:
                          rf"{fps['a'][:16]}… \[\w+\]: nobody reads this$", err, re.M), err
         assert err.strip().endswith("messages not yet taken stay with their senders"), err
     finally:
-        for proc in (b, dht):
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        interrupt((b, dht))

@@ -23,8 +23,8 @@ from typing import Any
 
 import pytest
 
+from tests.cli_runs import TIERLINK, interrupt, start_serve
 from tests.nodes import config_for
-from tests.test_cli import TIERLINK, start_serve
 from tests.waiting import eventually
 from tierlink import control
 from tierlink.control import (
@@ -332,14 +332,7 @@ class Cli:
             env=self.env)
 
     def stop_all(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGINT)
-                try:
-                    proc.wait(15)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(5)
+        interrupt(self.procs)
 
 
 @pytest.fixture

@@ -7,17 +7,13 @@ import asyncio
 import json
 import signal
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
+from tests.cli_runs import TIERLINK
 from tests.dht_switch import DhtSwitch, in_dht
 from tests.waiting import eventually
 from tierlink.wire.dhtkeys import ice_candidates_key, mailboxes_key
-
-TIERLINK = [sys.executable, "-m", "tierlink.cli"]
-
-
 
 
 async def run(*args: str) -> subprocess.CompletedProcess[str]:
