@@ -16,7 +16,7 @@ from collections.abc import Coroutine
 from types import TracebackType
 from typing import Any, TypeVar
 
-from tierlink.errors import ConnectionClosed, TierlinkError
+from tierlink.errors import ConnectionClosed, TierlinkError, require_bytes
 from tierlink.node import Node, NodeConfig
 from tierlink.transport.connection import Connection
 from tierlink.wire.records import PeerRecord
@@ -116,10 +116,12 @@ class BlockingConnection:
 
     def send(self, data: bytes) -> int:
         """Send one message (secure: returns its id once the peer queued it)."""
+        require_bytes(data, "send")
         return self._runner.run(self._conn.send(data))
 
     def send_datagram(self, data: bytes) -> None:
         """Send one unreliable datagram."""
+        require_bytes(data, "send_datagram")
         self._runner.run(self._send_datagram(data))
 
     async def _send_datagram(self, data: bytes) -> None:

@@ -58,3 +58,13 @@ class ConnectionClosed(TierlinkError):
 
 class MessageTooLarge(TierlinkError, ValueError):
     """A message exceeds the limit of the path or mode it was sent on."""
+
+
+def require_bytes(data: object, call: str) -> None:
+    """TypeError naming what ``call`` takes when ``data`` is not bytes-like (a ``str`` above
+    all), raised where the caller handed it over rather than deep inside a send."""
+    if isinstance(data, bytes | bytearray | memoryview):
+        return
+    if isinstance(data, str):
+        raise TypeError(f"{call}() takes bytes, not str: encode it, e.g. text.encode()")
+    raise TypeError(f"{call}() takes bytes, not {type(data).__name__}")

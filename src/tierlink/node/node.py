@@ -18,7 +18,7 @@ from types import TracebackType
 
 from tierlink.dht import DhtClient, DhtNodeProcess
 from tierlink.dht.record_book import RecordBook
-from tierlink.errors import TierlinkError
+from tierlink.errors import TierlinkError, require_bytes
 from tierlink.identity import is_fingerprint
 from tierlink.mailbox import MailboxServer
 from tierlink.node.answer import Answerer
@@ -261,6 +261,7 @@ class Node:
         """
         if not is_fingerprint(fingerprint):
             raise ValueError("a fingerprint is 128 lowercase hex characters")
+        require_bytes(payload, "send")
         if not payload:
             raise ValueError("cannot send an empty message")
         ttl = DEFAULT_TTL_S if ttl_s is None else ttl_s

@@ -20,7 +20,7 @@ import logging
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from tierlink.errors import ConnectionClosed, MessageTooLarge
+from tierlink.errors import ConnectionClosed, MessageTooLarge, require_bytes
 from tierlink.transport.aioice_adapter import IceConnection
 from tierlink.transport.channel import DATAGRAM_MAX_PAYLOAD, SecureChannel
 from tierlink.transport.ice import describe_pair, max_payload, path_of, tier_of
@@ -265,7 +265,8 @@ class Connection:
         }
 
     # -- data ----------------------------------------------------------------------------
-    def _check(self, data: bytes) -> None:
+    def _check(self, data: bytes, call: str) -> None:
+        require_bytes(data, call)
         if self.closed:
             raise ConnectionClosed("connection is closed")
         if not data:
@@ -274,7 +275,7 @@ class Connection:
     async def send(self, data: bytes) -> int:
         """Send one message. Secure: reliable, returns its id once the peer queued it
         (waits while the peer's queue is full). Raw: one datagram, returns a counter."""
-        self._check(data)
+        self._check(data, "send")
         return await self._transport.send(data)
 
     def submit(self, data: bytes) -> asyncio.Future[int]:
@@ -283,7 +284,7 @@ class Connection:
         For pipelining many messages without a task each: keep the number of unfinished
         futures bounded (they wait in memory while the peer's queue is full).
         """
-        self._check(data)
+        self._check(data, "submit")
         return self._transport.submit(data)
 
     def limit_packet_size(self, size: int | None) -> None:
@@ -296,7 +297,7 @@ class Connection:
 
     def send_datagram(self, data: bytes) -> None:
         """Send one unreliable datagram (1 byte up to :attr:`max_datagram_payload`)."""
-        self._check(data)
+        self._check(data, "send_datagram")
         if len(data) > self.max_datagram_payload:
             raise MessageTooLarge(
                 f"datagram of {len(data)} bytes exceeds the limit of "
