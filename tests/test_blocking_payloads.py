@@ -8,12 +8,13 @@ import pytest
 
 from tests.nodes import config_for, dial
 from tierlink.blocking import BlockingNode
+from tierlink.dht import DhtNodeProcess
 from tierlink.node import Node
 
 STR_HINT = r"takes bytes, not str: encode it, e\.g\. text\.encode\(\)"
 
 
-def test_blocking_send_and_send_datagram_refuse_str(dht_cluster_sync) -> None:
+def test_blocking_send_and_send_datagram_refuse_str(dht_cluster_sync: list[DhtNodeProcess]) -> None:
     a_dht, b_dht = dht_cluster_sync
     with BlockingNode(config_for(b_dht)) as b, BlockingNode(config_for(a_dht)) as a:
         ca = a.connect(b.fingerprint)
@@ -29,7 +30,7 @@ def test_blocking_send_and_send_datagram_refuse_str(dht_cluster_sync) -> None:
         assert cb.recv(10) == b"bytes"
 
 
-async def test_async_connection_and_node_send_refuse_str(dht_cluster) -> None:
+async def test_async_connection_and_node_send_refuse_str(dht_cluster: list[DhtNodeProcess]) -> None:
     a = Node(config_for(dht_cluster[0]))
     b = Node(config_for(dht_cluster[1]))
     await b.start()
@@ -46,7 +47,7 @@ async def test_async_connection_and_node_send_refuse_str(dht_cluster) -> None:
             await a.send(b.fingerprint, "text")  # type: ignore[arg-type]
         assert a.messenger is not None
         assert a.messenger.outbox.entries() == []  # nothing stored for the refused send
-        await ca.send(bytearray(b"bytes"))
+        await ca.send(b"bytes")
         assert await cb.recv(10) == b"bytes"
     finally:
         await a.close()
