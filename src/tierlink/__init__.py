@@ -1,14 +1,14 @@
 """tierlink: reach a peer by its public-key fingerprint alone, through any NAT.
 
 The public API is importable from here: ``from tierlink import Node, NodeConfig, Identity``.
-The node, the connection and the blocking facade load on first use, so ``import tierlink``
-(and the CLI's start) stay cheap; everything not listed in ``__all__`` is internal.
+The identity, the node, the connection and the blocking facade load on first use, so
+``import tierlink`` (and the CLI's start, where Ctrl-C must already be handled) stay cheap;
+everything not listed in ``__all__`` is internal.
 """
 
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
 
 from tierlink.errors import (
     ConnectionClosed,
@@ -24,10 +24,13 @@ from tierlink.errors import (
     RecordError,
     TierlinkError,
 )
-from tierlink.identity import Identity, fingerprint_of
 
+TYPE_CHECKING = False  # typing itself takes milliseconds to load: not at the CLI's start
 if TYPE_CHECKING:
+    from typing import Any
+
     from tierlink.blocking import BlockingConnection, BlockingNode
+    from tierlink.identity import Identity, fingerprint_of
     from tierlink.node import Delivery, Message, Node, NodeConfig, TurnServer
     from tierlink.transport.connection import Connection
     from tierlink.wire.records import PeerRecord
@@ -36,6 +39,8 @@ __version__ = "0.1.0"
 
 #: Public names that load their module on first access.
 _LAZY = {
+    "Identity": "tierlink.identity",
+    "fingerprint_of": "tierlink.identity",
     "Node": "tierlink.node",
     "NodeConfig": "tierlink.node",
     "Delivery": "tierlink.node",

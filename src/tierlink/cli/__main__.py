@@ -2,6 +2,6 @@
 
 import sys
 
-from tierlink.cli.main import main
+from tierlink.cli import main
 
 sys.exit(main())

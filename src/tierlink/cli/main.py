@@ -25,14 +25,10 @@ from tierlink.cli.argtypes import (
     port_number,
     port_or_zero,
 )
+from tierlink.cli.exit_codes import EXIT_FAIL, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
 from tierlink.cli.node_options import check_resolvable
 from tierlink.errors import TierlinkError
 from tierlink.identity import ALGORITHM, KEM_ALGORITHM, Identity, default_identity_path
-
-EXIT_OK = 0
-EXIT_FAIL = 1
-EXIT_USAGE = 2
-EXIT_INTERRUPTED = 130
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -165,7 +161,8 @@ def os_error(exc: OSError) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``tierlink`` console script."""
+    """Run one command (the console script's entry point, :func:`tierlink.cli.main`, wraps
+    this)."""
     try:  # building the parser loads the lab and bench option lists: Ctrl-C may land here
         args = build_parser().parse_args(argv)
     except KeyboardInterrupt:
