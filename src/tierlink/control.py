@@ -11,6 +11,7 @@ Requests and replies are one JSON object per line (UTF-8, at most :data:`MAX_REQ
 
 * ``{"v": 1, "op": "send", "to": FP, "messages": [BASE64, ...], "wait": S}``
 * ``{"v": 1, "op": "outbox", "all": BOOL}``
+* ``{"v": 1, "op": "remove", "id": HEX}`` (an undelivered message, by its id or a prefix)
 * ``{"v": 1, "op": "lookup", "fingerprint": FP}``
 * ``{"v": 1, "op": "stats"}``
 
@@ -53,10 +54,11 @@ MAX_MESSAGES = 256
 MAX_WAIT_S = 3600.0
 #: ``sockaddr_un.sun_path`` holds 108 bytes, the terminating NUL included.
 MAX_SOCKET_PATH = 107
-OPS = ("send", "outbox", "lookup", "stats")
+OPS = ("send", "outbox", "remove", "lookup", "stats")
 _FIELDS: dict[str, frozenset[str]] = {
     "send": frozenset({"v", "op", "to", "messages", "wait"}),
     "outbox": frozenset({"v", "op", "all"}),
+    "remove": frozenset({"v", "op", "id"}),
     "lookup": frozenset({"v", "op", "fingerprint"}),
     "stats": frozenset({"v", "op"}),
 }
@@ -97,6 +99,13 @@ class OutboxRequest:
 
 
 @dataclass(frozen=True)
+class RemoveRequest:
+    """Remove the undelivered message whose id (hex) starts with ``message_id``."""
+
+    message_id: str
+
+
+@dataclass(frozen=True)
 class LookupRequest:
     """The verified record of ``fingerprint``."""
 
@@ -108,7 +117,7 @@ class StatsRequest:
     """The node's counters and the control server's."""
 
 
-Request = SendRequest | OutboxRequest | LookupRequest | StatsRequest
+Request = SendRequest | OutboxRequest | RemoveRequest | LookupRequest | StatsRequest
 
 
 def encode_request(req: Request) -> bytes:
@@ -119,6 +128,8 @@ def encode_request(req: Request) -> bytes:
                "messages": [base64.b64encode(p).decode() for p in req.payloads]}
     elif isinstance(req, OutboxRequest):
         obj = {"op": "outbox", "all": req.all}
+    elif isinstance(req, RemoveRequest):
+        obj = {"op": "remove", "id": req.message_id}
     elif isinstance(req, LookupRequest):
         obj = {"op": "lookup", "fingerprint": req.fingerprint}
     else:
@@ -207,6 +218,11 @@ def parse_request(line: bytes) -> Request:
         if not isinstance(flag, bool):
             raise _bad("bad_field", "'all' must be true or false")
         return OutboxRequest(flag)
+    if op == "remove":
+        mid = obj.get("id")
+        if not isinstance(mid, str) or not 1 <= len(mid) <= 32:
+            raise _bad("bad_field", "'id' must be a message id (hex, at most 32 digits)")
+        return RemoveRequest(mid)
     if op == "lookup":
         return LookupRequest(_fingerprint_field(obj, "fingerprint"))
     return StatsRequest()
@@ -372,6 +388,11 @@ def send_results(reply: dict[str, Any]) -> list[dict[str, Any]]:
 def outbox_entries(reply: dict[str, Any]) -> list[dict[str, Any]]:
     """An outbox reply's entries (as ``tierlink outbox --json`` prints them)."""
     return _listed(reply, "entries", _ENTRY)
+
+
+def removed_entry(reply: dict[str, Any]) -> dict[str, Any]:
+    """A remove reply's entry: the message as it was (an outbox entry)."""
+    return _fields(reply.get("removed"), _ENTRY, "removed entry")
 
 
 def lookup_record(reply: dict[str, Any]) -> dict[str, Any]:

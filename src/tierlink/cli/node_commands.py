@@ -99,27 +99,40 @@ async def _send(args: argparse.Namespace) -> int:
         return max(_report_sent(args, r, "own") for r in results)
 
 
+def _outbox_identity(args: argparse.Namespace) -> Identity | None:
+    """The identity whose outbox ``outbox`` uses: None for ``--data-dir`` alone (read
+    directly)."""
+    return None if args.data_dir and not args.identity else load_identity(args)
+
+
+def _outbox_file(args: argparse.Namespace, identity: Identity | None) -> Path:
+    """The outbox database of ``--data-dir``, else of ``identity``'s node (the file may not
+    exist yet: nothing was sent)."""
+    from tierlink.node import NodeConfig
+    from tierlink.offline.store import STORE_FILE
+
+    if args.data_dir:
+        path = Path(args.data_dir) / STORE_FILE
+        if not path.is_file():  # a mistyped directory is not an empty outbox
+            raise TierlinkError(f"no outbox database at {path} (no node has used "
+                                f"--data-dir {args.data_dir})")
+        return path
+    assert identity is not None
+    return NodeConfig(identity=identity).state_file()
+
+
 async def _outbox(args: argparse.Namespace) -> int:
     entries: list[dict[str, Any]] | None = None
-    identity = None if args.data_dir and not args.identity else load_identity(args)
+    identity = _outbox_identity(args)
     if identity is not None:
         reply = await _ask_running_node(args, identity, control.OutboxRequest(args.all))
         if reply is not None:
             entries = control.outbox_entries(reply)
     if entries is None:  # no node runs: read its database
-        from tierlink.node import NodeConfig
         from tierlink.offline import Outbox
         from tierlink.offline.outbox import UNDELIVERED
-        from tierlink.offline.store import STORE_FILE
 
-        if args.data_dir:
-            path = Path(args.data_dir) / STORE_FILE
-            if not path.is_file():  # a mistyped directory is not an empty outbox
-                raise TierlinkError(f"no outbox database at {path} (no node has used "
-                                    f"--data-dir {args.data_dir})")
-        else:
-            assert identity is not None
-            path = NodeConfig(identity=identity).state_file()
+        path = _outbox_file(args, identity)
         entries = []
         if path.exists():
             with Outbox(path) as box:
@@ -132,6 +145,35 @@ async def _outbox(args: argparse.Namespace) -> int:
     for e in entries:
         print(f"{e['message_id'][:12]}  {e['state']:<10} {e['tier'] or '-':<8} "
               f"to {e['recipient'][:16]}…  {e['payload_size']} B  attempts {e['attempts']}")
+    return 0
+
+
+async def _outbox_remove(args: argparse.Namespace) -> int:
+    """Remove an undelivered message: through the running node (its worker then sends it no
+    more), else directly in the database."""
+    entry: dict[str, Any] | None = None
+    node = "running"
+    identity = _outbox_identity(args)
+    if identity is not None:
+        reply = await _ask_running_node(args, identity, control.RemoveRequest(args.message_id))
+        if reply is not None:
+            entry = control.removed_entry(reply)
+    if entry is None:
+        from tierlink.offline import Outbox
+        from tierlink.offline.outbox import OutboxError
+
+        node, path = "none", _outbox_file(args, identity)
+        if not path.exists():
+            raise OutboxError("unknown", f"no message {args.message_id} in the outbox (it is "
+                                         "empty)")
+        with Outbox(path) as box:
+            entry = box.remove(args.message_id).to_json()
+    text = (f"removed {entry['message_id'][:12]} ({entry['state']}, to "
+            f"{entry['recipient'][:16]}…, {entry['payload_size']} B): it is sent no more")
+    if entry["state"] != "pending":  # its envelope is out there already
+        text += ("; the copy already put in the DHT or a mailbox may still reach the "
+                 "recipient until it expires there")
+    emit(args, {"event": "removed", **entry, "node": node}, text)
     return 0
 
 
@@ -172,6 +214,19 @@ async def _demo(args: argparse.Namespace) -> int:
     return 0 if result["ok"] else 1
 
 
+def _outbox_options(p: argparse.ArgumentParser, *, in_sub_command: bool) -> None:
+    """The options of ``outbox``, and again of ``outbox remove`` (where an option not given
+    leaves the one given before ``remove`` alone)."""
+    unset = argparse.SUPPRESS if in_sub_command else None
+    off = argparse.SUPPRESS if in_sub_command else False
+    p.add_argument("--identity", type=key_file, default=unset,
+                   help=f"key file (default {default_identity_path()})")
+    p.add_argument("--data-dir", default=unset, help="outbox directory (used directly)")
+    p.add_argument("--json", action="store_true", default=off, help="JSON output")
+    p.add_argument("--own-node", action="store_true", default=off,
+                   help="use the database even when a 'tierlink run' of the identity is up")
+
+
 def register(sub: Any) -> None:
     """Add the node commands to the top-level subparsers."""
     run = sub.add_parser("run", help="run an online node and print incoming messages")
@@ -193,14 +248,18 @@ def register(sub: Any) -> None:
     send.add_argument("--own-node", **own)
     send.set_defaults(func=lambda a: asyncio.run(_send(a)), interrupted=SEND_INTERRUPTED)
 
-    box = sub.add_parser("outbox", help="list messages not yet acknowledged")
-    box.add_argument("--identity", type=key_file,
-                     help=f"key file (default {default_identity_path()})")
-    box.add_argument("--data-dir", help="outbox directory (read directly)")
+    box = sub.add_parser("outbox", help="list messages not yet acknowledged (or remove one)")
+    _outbox_options(box, in_sub_command=False)
     box.add_argument("--all", action="store_true", help="include delivered and expired")
-    box.add_argument("--json", action="store_true", help="JSON output")
-    box.add_argument("--own-node", **own)
     box.set_defaults(func=lambda a: asyncio.run(_outbox(a)))
+    boxsub = box.add_subparsers(dest="outbox_command", metavar="OUTBOX_COMMAND")
+    remove = boxsub.add_parser("remove", help="remove a message not yet delivered, so that "
+                                              "no tier sends it (again)")
+    remove.add_argument("message_id", metavar="ID",
+                        help="its id, or the first 8 or more hex digits ('tierlink outbox' "
+                             "shows 12)")
+    _outbox_options(remove, in_sub_command=True)
+    remove.set_defaults(func=lambda a: asyncio.run(_outbox_remove(a)))
 
     look = sub.add_parser("lookup", help="print a fingerprint's verified record")
     look.add_argument("fingerprint", type=fingerprint)

@@ -1,5 +1,5 @@
 """The control socket's server: a running :class:`~tierlink.node.node.Node` answers the
-``tierlink send``, ``outbox`` and ``lookup`` commands of its user (protocol:
+``tierlink send``, ``outbox`` (and ``outbox remove``) and ``lookup`` commands of its user (protocol:
 :mod:`tierlink.control`).
 
 One node per identity serves the socket: :meth:`ControlServer.claim` takes an exclusive
@@ -30,6 +30,7 @@ from tierlink.control import (
     ControlError,
     LookupRequest,
     OutboxRequest,
+    RemoveRequest,
     Request,
     SendRequest,
     check_peer,
@@ -287,11 +288,14 @@ class ControlServer:
                 for result in results:
                     self._on_sent(req.to, result)
             return {"results": results}
-        if isinstance(req, OutboxRequest):
+        if isinstance(req, OutboxRequest | RemoveRequest):
             messenger = node.messenger
             if messenger is None:
                 raise TierlinkError("node is not running")
-            return {"entries": messenger.outbox.to_json(None if req.all else UNDELIVERED)}
+            if isinstance(req, OutboxRequest):
+                return {"entries": messenger.outbox.to_json(None if req.all else UNDELIVERED)}
+            # every tier reads the store before it sends: once removed, none sends it again
+            return {"removed": messenger.outbox.remove(req.message_id).to_json()}
         if isinstance(req, LookupRequest):
             return {"record": record_json(await node.lookup(req.fingerprint))}
         return {"stats": node.stats(), "control": self.stats()}

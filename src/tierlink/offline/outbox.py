@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from tierlink.errors import MessageTooLarge
+from tierlink.errors import MessageTooLarge, TierlinkError
 from tierlink.identity import is_fingerprint
 from tierlink.offline.store import SqliteStore
 from tierlink.wire.envelope import (
@@ -36,6 +36,19 @@ QUEUED = (QUEUED_DHT, IN_MAILBOX)
 
 REPUT_INTERVAL_S = 300.0
 """Re-put a queued envelope this often: OpenDHT drops values 10 minutes after a put."""
+
+
+#: Shortest message id prefix :meth:`Outbox.remove` takes (hex digits).
+MIN_ID_PREFIX = 8
+
+
+class OutboxError(TierlinkError):
+    """An outbox entry asked for by id cannot be had: ``reason`` is ``bad_id``, ``unknown``,
+    ``ambiguous`` or ``settled`` (delivered or expired)."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 _OUTBOX_DDL = (
@@ -179,6 +192,39 @@ class Outbox(SqliteStore):
             f"SELECT {_COLUMNS} FROM outbox WHERE message_id=?", (bytes(message_id),)
         ).fetchone()
         return None if row is None else _entry(row)
+
+    def find(self, id_prefix: str) -> OutboxEntry:
+        """The one entry whose hex message id starts with ``id_prefix`` (at least
+        :data:`MIN_ID_PREFIX` hex digits, as ``tierlink outbox`` shows them)."""
+        prefix = id_prefix.lower()
+        if (not MIN_ID_PREFIX <= len(prefix) <= 2 * MESSAGE_ID_SIZE
+                or any(c not in "0123456789abcdef" for c in prefix)):
+            raise OutboxError("bad_id", f"a message id is {MIN_ID_PREFIX} to "
+                                        f"{2 * MESSAGE_ID_SIZE} hex digits, not {id_prefix!r}")
+        rows = self.conn.execute(
+            f"SELECT {_COLUMNS} FROM outbox WHERE substr(lower(hex(message_id)), 1, ?) = ?"
+            " LIMIT 2", (len(prefix), prefix)).fetchall()
+        if not rows:
+            raise OutboxError("unknown", f"no message {prefix} in the outbox")
+        if len(rows) > 1:
+            raise OutboxError("ambiguous", f"more than one message id starts with {prefix}: "
+                                           "give more of it")
+        return _entry(rows[0])
+
+    def remove(self, id_prefix: str) -> OutboxEntry:
+        """Delete the undelivered message :meth:`find` names, so no tier sends it (again);
+        returns it as it was. :class:`OutboxError` ``settled`` for a delivered or expired
+        one (it stays, as the record of what happened)."""
+        entry = self.find(id_prefix)
+        cur = self.conn.execute(
+            "DELETE FROM outbox WHERE message_id=? AND state IN (?, ?, ?)",
+            (entry.message_id, *UNDELIVERED))
+        if cur.rowcount == 0:  # settled meanwhile, or before
+            now = self.get(entry.message_id)
+            state = now.state if now is not None else "removed"
+            raise OutboxError("settled", f"message {entry.message_id.hex()} is {state}: "
+                                         "only an undelivered message can be removed")
+        return entry
 
     def pending(self, recipient: str | None = None, now_ms: int | None = None) -> list[OutboxEntry]:
         """Undelivered, unexpired messages (pending or queued_dht), oldest first."""
