@@ -14,7 +14,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tierlink import control
 from tierlink.cli import run_command
@@ -31,16 +31,65 @@ from tierlink.errors import TierlinkError
 from tierlink.identity import Identity, default_identity_path
 from tierlink.wire.envelope import MAX_PAYLOAD
 
+if TYPE_CHECKING:
+    from tierlink.node.control_server import ControlServer
+
 #: What ``send`` adds to "interrupted": whether a message went out is in the outbox.
 _KEPT = ("stays in the outbox and goes out with the next 'tierlink run' or 'tierlink send' of "
          "this identity ('tierlink outbox' lists it)")
 SEND_INTERRUPTED = f"; a message stored before that {_KEPT}"
+#: How long ``send`` and ``lookup`` wait for a node of their identity that is starting (it
+#: holds the control socket's claim while it joins the DHT) to answer (seconds).
+STARTING_WAIT_S = 120.0
+_STARTING_POLL_S = 0.2
 
 
 # -- send / outbox / lookup: through the running node of the identity, else an own one ----
 def _no_running_node(identity: Identity) -> None:
     print(f"no running node for {identity.fingerprint[:16]}…: starting one (joins the DHT)",
           file=sys.stderr, flush=True)
+
+
+async def _ask_or_claim(
+    args: argparse.Namespace, identity: Identity, req: control.Request,
+    timeout: float | None = 30.0,
+) -> tuple[dict[str, Any] | None, ControlServer | None]:
+    """The running node's reply to ``req``, or else the identity's control socket claimed
+    for an own node of the command: no other node of the identity starts while that one runs.
+    A node that is starting (the socket claimed, its DHT join under way) is waited for up to
+    :data:`STARTING_WAIT_S` and then asked, never doubled. ``--own-node``: neither."""
+    if args.own_node:
+        return None, None
+    from tierlink.node.control_server import ControlServer
+
+    path = control.socket_path(identity.fingerprint)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + STARTING_WAIT_S
+    waiting = False
+    while True:
+        try:
+            return await control.request(path, req, timeout), None
+        except control.NoRunningNode:
+            pass
+        server = ControlServer(path)
+        try:
+            server.claim()
+        except control.ControlError as exc:
+            if exc.reason != "already_running":
+                raise
+        else:
+            _no_running_node(identity)
+            return None, server
+        if loop.time() >= deadline:
+            raise control.ControlError(
+                "starting", f"the node of {identity.fingerprint[:16]}… that is starting did not "
+                            f"answer within {STARTING_WAIT_S:g} s (control socket {path})")
+        if not waiting:
+            print(f"a node of {identity.fingerprint[:16]}… is starting (joining the DHT): "
+                  f"waiting up to {STARTING_WAIT_S:g} s to hand it the request",
+                  file=sys.stderr, flush=True)
+            waiting = True
+        await asyncio.sleep(_STARTING_POLL_S)
 
 
 async def _ask_running_node(
@@ -72,8 +121,8 @@ async def _send(args: argparse.Namespace) -> int:
     identity = load_identity(args)
     payloads: tuple[bytes, ...] = tuple(args.message)
     requests = control.send_requests(args.fingerprint, payloads, args.wait)
+    reply, claim = await _ask_or_claim(args, identity, requests[0], timeout=None)
     try:
-        reply = await _ask_running_node(args, identity, requests[0], timeout=None)
         if reply is not None:
             code = max(_report_sent(args, r, "running") for r in control.send_results(reply))
             for req in requests[1:]:
@@ -89,14 +138,16 @@ async def _send(args: argparse.Namespace) -> int:
         if exc.reason != "bad_reply":
             raise
         raise control.ControlError(exc.reason, f"{exc}; a message it stored {_KEPT}") from None
-    if not args.own_node:
-        _no_running_node(identity)
     from tierlink.node.control_server import send_messages
 
-    warn_if_alone(args)
-    async with own_node(node_config(args, identity)) as node:
-        results = await send_messages(node, args.fingerprint, payloads, args.wait)
-        return max(_report_sent(args, r, "own") for r in results)
+    try:
+        warn_if_alone(args)
+        async with own_node(node_config(args, identity)) as node:
+            results = await send_messages(node, args.fingerprint, payloads, args.wait)
+            return max(_report_sent(args, r, "own") for r in results)
+    finally:
+        if claim is not None:
+            await claim.close()
 
 
 def _outbox_identity(args: argparse.Namespace) -> Identity | None:
@@ -179,15 +230,17 @@ async def _outbox_remove(args: argparse.Namespace) -> int:
 
 async def _lookup(args: argparse.Namespace) -> int:
     identity = load_identity(args)
-    reply = await _ask_running_node(args, identity, control.LookupRequest(args.fingerprint))
+    reply, claim = await _ask_or_claim(args, identity, control.LookupRequest(args.fingerprint))
     if reply is not None:
         obj = control.lookup_record(reply)
     else:
-        if not args.own_node:
-            _no_running_node(identity)
-        warn_if_alone(args)
-        async with own_node(node_config(args, identity)) as node:
-            obj = control.record_json(await node.lookup(args.fingerprint))
+        try:
+            warn_if_alone(args)
+            async with own_node(node_config(args, identity)) as node:
+                obj = control.record_json(await node.lookup(args.fingerprint))
+        finally:
+            if claim is not None:
+                await claim.close()
     if args.json:
         print(json.dumps(obj, indent=2))
         return 0
