@@ -413,10 +413,13 @@ async def test_without_a_running_node_a_command_starts_its_own(cli: Cli) -> None
     look = await cli.command("lookup", a_fp, "--json", "--identity", str(a_key), *cli.common)
     assert look.returncode == 0, look.stderr
     assert f"no running node for {a_fp[:16]}…: starting one" in look.stderr
+    assert not sock.exists()  # its own node's claim replaced the dead node's socket
     own = await cli.command("lookup", a_fp, "--identity", str(a_key), "--own-node",
                             *cli.common)
     assert own.returncode == 0 and "starting one" not in own.stderr, own.stderr
 
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as dead:
+        dead.bind(str(sock))  # a killed node's socket file once more, for the next run
     again = cli.start_run(a_key, "a")
     assert (await cli.event(again))["event"] == "online"
     stats = await control.request(sock, StatsRequest())

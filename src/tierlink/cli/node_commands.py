@@ -121,8 +121,8 @@ async def _send(args: argparse.Namespace) -> int:
     identity = load_identity(args)
     payloads: tuple[bytes, ...] = tuple(args.message)
     requests = control.send_requests(args.fingerprint, payloads, args.wait)
-    reply, claim = await _ask_or_claim(args, identity, requests[0], timeout=None)
     try:
+        reply, claim = await _ask_or_claim(args, identity, requests[0], timeout=None)
         if reply is not None:
             code = max(_report_sent(args, r, "running") for r in control.send_results(reply))
             for req in requests[1:]:
