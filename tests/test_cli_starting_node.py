@@ -83,3 +83,57 @@ async def test_send_waits_for_the_starting_node_and_hands_it_the_message(
         assert [e["message_id"] for e in json.loads(box.stdout)] == [result["message_id"]]
     finally:
         interrupt([p for p in (send, slow, dht) if p is not None])
+
+
+async def test_a_run_is_refused_while_a_send_runs_its_own_node(tmp_path: Path) -> None:
+    """``send``'s own node holds the identity's claim while it joins: a ``run`` started
+    meanwhile is refused, not a second node of the identity."""
+    key = tmp_path / "a.json"
+    assert run("id", "new", "--out", str(key)).returncode == 0
+    fp = Identity.load(key).fingerprint
+    lock = control.socket_path(fp).with_name(control.socket_path(fp).name + ".lock")
+    node = ["--identity", str(key), "--data-dir", str(tmp_path / "a"), "--no-rate-limit",
+            "--host-address", "127.0.0.1", "--timeout", "1",
+            "--bootstrap", f"127.0.0.1:{_silent_udp_port()}"]  # its join fails after 10 s
+    send = subprocess.Popen([*TIERLINK, "send", FP, "once", *node],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        await eventually(lambda: _claimed(lock) or send.poll() is not None, 30,
+                         "the send's claim of the control socket")
+        assert send.poll() is None, send.communicate()
+        second = await asyncio.to_thread(run, "run", *node, timeout=60)
+        assert second.returncode == 1, second.stderr
+        assert "a node of this identity already runs" in second.stderr, second.stderr
+    finally:
+        interrupt([send])
+
+
+async def test_send_takes_over_when_the_starting_node_gives_up(tmp_path: Path) -> None:
+    """The claim's holder ends without ever answering (a node whose join failed): the
+    waiting ``send`` then starts its own node, once."""
+    key = tmp_path / "a.json"
+    assert run("id", "new", "--out", str(key)).returncode == 0
+    fp = Identity.load(key).fingerprint
+    path = control.socket_path(fp)
+    control.make_private_dir(path.parent)
+    lock = path.with_name(path.name + ".lock")
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # a node of the identity that is starting
+    send = subprocess.Popen(
+        [*TIERLINK, "send", FP, "once", "--identity", str(key), "--data-dir",
+         str(tmp_path / "a"), "--no-rate-limit", "--host-address", "127.0.0.1", "--timeout",
+         "1", "--wait", "0", "--json"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert send.stderr is not None
+        waiting = await asyncio.to_thread(send.stderr.readline)
+        assert "is starting (joining the DHT): waiting up to 120 s" in waiting, waiting
+        os.close(fd)  # it stopped: the kernel drops its claim
+        fd = -1
+        out, err = await asyncio.to_thread(send.communicate, timeout=120)
+        assert f"no running node for {fp[:16]}…: starting one" in err, err
+        assert json.loads(out)["node"] == "own"
+    finally:
+        if fd >= 0:
+            os.close(fd)
+        interrupt([send])
