@@ -1,9 +1,10 @@
 """CLI commands that run a node: ``run``, ``send``, ``outbox``, ``lookup``, ``demo``.
 
 ``tierlink run`` (:mod:`tierlink.cli.run_command`) serves the identity's control socket
-(:mod:`tierlink.control`); ``send``, ``outbox`` and ``lookup`` ask that running node when
-there is one, and otherwise start an own node for the one command (``outbox`` then reads the
-database directly). Their options: :mod:`tierlink.cli.node_options`.
+(:mod:`tierlink.control`); ``send``, ``outbox`` (and ``outbox remove``) and ``lookup`` ask
+that running node when there is one (waiting for one that is still starting), and otherwise
+``send`` and ``lookup`` start an own node for the one command under the identity's claim, and
+``outbox`` uses the database directly. Their options: :mod:`tierlink.cli.node_options`.
 """
 
 from __future__ import annotations
