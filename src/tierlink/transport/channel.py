@@ -30,7 +30,8 @@ from tierlink.transport.aioquic_adapter import (
 )
 from tierlink.transport.certs import LocalCertificate
 from tierlink.transport.channel_settings import DEFAULT_WINDOW, ChannelSettings
-from tierlink.transport.quic import DATAGRAM_SEND_BACKLOG, quic_clock
+from tierlink.transport.quic import DATAGRAM_SEND_BACKLOG
+from tierlink.transport.quic_clock import quic_clock
 from tierlink.transport.quic_setup import (
     QUIC_ADDR,
     binding_exporter,
