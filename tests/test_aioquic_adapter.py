@@ -43,7 +43,7 @@ from tierlink.transport.aioquic_adapter import (
 )
 from tierlink.transport.certs import LocalCertificate, certificate_sha256
 from tierlink.transport.channel import DATAGRAM_MAX_PAYLOAD
-from tierlink.transport.quic import CONNECTION_ID_LENGTH, MAX_DATAGRAM_SIZE
+from tierlink.transport.quic_setup import CONNECTION_ID_LENGTH, MAX_DATAGRAM_SIZE
 
 ADDR = ("0.0.0.0", 0)
 BAD_CERTIFICATE = 42  # TLS alert

@@ -12,7 +12,7 @@ from tests.ice_pairs import connect_ice
 from tests.waiting import eventually
 from tierlink.transport.certs import LocalCertificate
 from tierlink.transport.channel import ChannelSettings, SecureChannel, open_channel
-from tierlink.transport.secure_channel import DEFAULT_WINDOW
+from tierlink.transport.channel_settings import DEFAULT_WINDOW
 
 
 async def _channels(ice: Any) -> tuple[SecureChannel, SecureChannel]:

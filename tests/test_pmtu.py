@@ -21,7 +21,7 @@ from tierlink.protocol.pmtu import (
 )
 from tierlink.transport.aioquic_adapter import MAX_PACKET_SIZE
 from tierlink.transport.certs import LocalCertificate
-from tierlink.transport.quic import MAX_DATAGRAM_SIZE
+from tierlink.transport.quic_setup import MAX_DATAGRAM_SIZE
 
 
 def test_probes_have_their_size_and_are_not_quic_or_stun() -> None:

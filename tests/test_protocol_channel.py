@@ -15,10 +15,10 @@ from tierlink.protocol import channel_events as ev
 from tierlink.protocol.channel import (
     DATAGRAM_MAX_PAYLOAD,
     LOCAL_CLOSE_REASON,
-    MAX_IN_FLIGHT_MESSAGES,
     PEER_CLOSED_REASON,
     ChannelProtocol,
 )
+from tierlink.protocol.send_window import MAX_IN_FLIGHT_MESSAGES
 from tierlink.wire.channel_frames import (
     PROTOCOL_VERSION,
     ChannelBinding,

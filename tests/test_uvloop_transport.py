@@ -33,7 +33,8 @@ from tierlink.protocol.channel_events import (
 from tierlink.transport.aioice_socket import RECV_BATCH
 from tierlink.transport.aioquic_adapter import PinnedQuicConnection
 from tierlink.transport.certs import LocalCertificate
-from tierlink.transport.quic import QuicPump, quic_clock
+from tierlink.transport.quic import QuicPump
+from tierlink.transport.quic_clock import quic_clock
 from tierlink.transport.quic_setup import QUIC_ADDR, quic_configuration
 
 HAVE_UVLOOP = importlib.util.find_spec("uvloop") is not None

@@ -13,7 +13,7 @@ from tierlink.lab.faultrun import PMTU_SETTINGS, pmtu_channel_check
 from tierlink.lab.topology import Lab
 from tierlink.lab.worlds import BLACK_HOLE_MTU
 from tierlink.protocol.pmtu import DEFAULT_SIZES
-from tierlink.transport.quic import MAX_DATAGRAM_SIZE
+from tierlink.transport.quic_setup import MAX_DATAGRAM_SIZE
 
 pytestmark = pytest.mark.lab
 

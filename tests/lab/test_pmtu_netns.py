@@ -16,7 +16,7 @@ import pytest
 
 from tierlink.lab.netns import Run, ns_cmd, python_argv, run
 from tierlink.lab.runner import LineReader
-from tierlink.transport.quic import MAX_DATAGRAM_SIZE
+from tierlink.transport.quic_setup import MAX_DATAGRAM_SIZE
 
 pytestmark = pytest.mark.lab
 

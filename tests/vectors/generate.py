@@ -376,7 +376,7 @@ def build_wire(kem: tuple[bytes, bytes]) -> dict[str, Any]:
         "values": values,
         "channel": channel_frames(),
         "mailbox": mailbox_frames({n: bytes.fromhex(v["value"]) for n, v in values.items()}),
-        "raw_datagrams": "connection.RawDatagrams: the payload is the datagram, no framing",
+        "raw_datagrams": "raw_datagrams.RawDatagrams: the payload is the datagram, no framing",
         "pmtu": pmtu_vectors(kem),
     }
 

@@ -14,9 +14,10 @@ restart succeeds before the liveness watchdog fires, the connection closes as it
 without migration.
 
 A peer that restarted (a new process, same identity) cannot answer: while an offer waits,
-the peer's signed record is looked up, and a newer one plus an answer that does not come
-(:class:`~tierlink.protocol.path_restart.PeerRestartCheck`) close the connection with a
-``peer restarted`` reason at once, so its user dials the new process.
+the peer's signed record is looked up (:mod:`tierlink.node.restart_polls`), and a newer one
+plus an answer that does not come (:class:`~tierlink.protocol.path_restart.PeerRestartCheck`)
+close the connection with a ``peer restarted`` reason at once, so its user dials the new
+process.
 
 Restart values arrive on the offers listen the node already holds (no listen per
 connection, so an idle connection costs nothing here); the Answerer hands them to
@@ -36,8 +37,8 @@ from typing import Any
 
 from tierlink.dht import DhtClient
 from tierlink.dht.record_book import PeerLookup
-from tierlink.dht.route import source_address
 from tierlink.errors import RecordError, TierlinkError
+from tierlink.node.restart_polls import poll_answer, route_ready, watch_peer
 from tierlink.node.tasks import Supervisor
 from tierlink.protocol.path_restart import PeerRestartCheck, Verdict
 from tierlink.transport.address_watch import address_watch
@@ -57,26 +58,9 @@ from tierlink.wire.signaling import (
     SessionDescription,
     decode_restart,
     encode_restart,
-    is_restart,
 )
 
 log = logging.getLogger(__name__)
-
-#: How often, and how long at most, a restart waits for a route to the DHT proxy before
-#: gathering: an address change removes the old address before the new one and its
-#: default route exist, and an agent gathered in between has no reflexive or relayed
-#: candidate (and its offer cannot be put).
-ROUTE_POLL_S = 0.05
-ROUTE_WAIT_S = 5.0
-#: How often an offer in progress asks the DHT for its answer (see :meth:`_Session._poll_answer`).
-ANSWER_POLL_S = 0.5
-#: Longest wait for one of those requests (a connection that died with the path hangs).
-ANSWER_GET_S = 2.0
-#: How often an offer in progress looks the peer's record up, until one shows that the peer
-#: published again (see :meth:`_Session._watch_peer`), and the longest wait for one lookup
-#: (a get completes once the DHT's search does, which can take a second or more).
-RECORD_POLL_S = 1.0
-RECORD_GET_S = 5.0
 
 #: Makes a fresh ICE agent (controlling or not) and describes it for the peer.
 NewAgent = Callable[[bool], IceConnection]
@@ -148,13 +132,6 @@ class _Session:
                 self.answer.set_result(restart.params)
 
     # -- the two sides ----------------------------------------------------------------------
-    async def _route_ready(self) -> None:
-        """Return once this host has a route to the DHT proxy (at most :data:`ROUTE_WAIT_S`)."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + ROUTE_WAIT_S
-        while source_address(self.dht.base_url) is None and loop.time() < deadline:
-            await asyncio.sleep(ROUTE_POLL_S)
-
     async def _offer(self, seq: int, reason: str) -> None:
         log.info("path restart %d to %s… (%s)", seq, self.conn.remote_fingerprint[:16], reason)
         loop = asyncio.get_running_loop()
@@ -162,7 +139,7 @@ class _Session:
         switched = False
         gone: str | None = None
         try:
-            await self._route_ready()
+            await route_ready(self.dht.base_url)
             started = loop.time()
             await ice.gather_candidates()
             answer = self.answer = loop.create_future()
@@ -197,7 +174,7 @@ class _Session:
         ice = self.owner.new_agent(self.conn.initiator)
         switched = False
         try:
-            await self._route_ready()
+            await route_ready(self.dht.base_url)
             await ice.gather_candidates()
             # As for an offer: checks to addresses the peer names stay within a budget (of
             # the largest restart value: the real one is small, its candidates are not few).
@@ -214,62 +191,16 @@ class _Session:
             self._finish(False, offer.seq, switched)
 
     async def _poll_answer(self, seq: int) -> None:
-        """Ask the DHT for the answer to our offer ``seq`` every :data:`ANSWER_POLL_S`, beside
-        the offers listen: what killed the path (NAT mappings lost) can leave that listen's
-        long-lived connection silently dead, while a fresh request gets through."""
-        key = offers_key(self.owner.fingerprint)
-
-        def ours(value: bytes) -> bool:
-            return is_restart(value) and len(value) <= MAX_RESTART_SIZE
-
-        while True:
-            await asyncio.sleep(ANSWER_POLL_S)
-            try:
-                async with asyncio.timeout(ANSWER_GET_S):
-                    values = await self.dht.get(key, keep=ours)
-            except (TierlinkError, TimeoutError, OSError) as exc:
-                log.info("path restart %d: asking the DHT for the answer: %r", seq, exc)
-                continue
-            for value in values:
-                if not ours(value):
-                    continue
-                try:
-                    restart = decode_restart(value, self.secret, self.inbound)
-                except RecordError:
-                    continue  # another session's, or an older value
-                if restart.kind == RESTART_ANSWER and restart.seq == seq:
-                    self.owner.answers_polled += 1
-                    self.handle(restart)
-                    return
+        """Beside the offers listen, ask the DHT for the answer to our offer ``seq``."""
+        restart = await poll_answer(self.dht, offers_key(self.owner.fingerprint), self.secret,
+                                    self.inbound, seq)
+        self.owner.answers_polled += 1
+        self.handle(restart)
 
     async def _watch_peer(self, offered_at: float, signaling_s: float) -> str:
-        """While our offer (out since ``offered_at``; its gathering and put took
-        ``signaling_s``) waits: read the peer's record until it shows a new publish, then
-        return the reason once :class:`PeerRestartCheck` takes the peer for restarted."""
-        loop = asyncio.get_running_loop()
-        lookup, check, peer = self.owner.lookup, self.check, self.conn.remote_fingerprint
-        lookup_s = 0.0
-        while True:
-            if lookup is not None and check.evidence_seq is None:
-                asked = loop.time()
-                try:
-                    async with asyncio.timeout(RECORD_GET_S):
-                        record = await lookup.lookup(peer)
-                except (TierlinkError, TimeoutError, OSError) as exc:
-                    log.info("path restart: looking up the record of %s…: %r", peer[:16], exc)
-                else:
-                    lookup_s = loop.time() - asked
-                    if check.record(record.seq, record.issued_at_ms, loop.time()):
-                        self.owner.newer_records += 1
-            now = loop.time()
-            spent = signaling_s + lookup_s
-            if check.gone(now, offered_at, spent, self.conn.migration.last_suspect_at):
-                return (f"peer restarted: record {check.evidence_seq} (this connection's: "
-                        f"{check.baseline_seq}), the path restart unanswered for "
-                        f"{now - offered_at:.1f} s")
-            deadline = check.deadline(offered_at, spent)
-            wait = RECORD_POLL_S if deadline is None else deadline - now
-            await asyncio.sleep(min(max(wait, ROUTE_POLL_S), RECORD_POLL_S))
+        """While our offer waits: the reason once the peer looks restarted."""
+        return await watch_peer(self.owner.lookup, self.check, self.conn, offered_at,
+                                signaling_s, self.owner.count_newer_record)
 
     async def _put(self, restart: Restart) -> None:
         value = encode_restart(self.secret, self.outbound, restart)
@@ -332,6 +263,10 @@ class PathRestarts:
         far (None: none known): a connection opening now began with it."""
         entry = None if self.lookup is None else self.lookup.book.latest.get(fingerprint)
         return (None, None) if entry is None else (entry[0].seq, entry[0].issued_at_ms)
+
+    def count_newer_record(self) -> None:
+        """A restart found a newer record of its peer."""
+        self.newer_records += 1
 
     def peer_restarted(self, session: _Session, reason: str) -> None:
         """``session``'s peer restarted: close its connection with ``reason`` (the close

@@ -21,12 +21,12 @@ transport (:meth:`ChannelProtocol.pop_commands`) and events for the application
   acknowledges what it handed over with one cumulative ACK per :meth:`~ChannelProtocol.
   write_ack`; what does not fit is held back unacknowledged, bounded by our window.
 * The sending half (ids, window, backlog) is :class:`~tierlink.protocol.send_window.
-  SendWindow`.
+  SendWindow`; the receiving half (held messages, ids, the next ACK) is
+  :class:`~tierlink.protocol.receive_window.ReceiveWindow`.
 """
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Callable
 
 from tierlink.errors import ConnectionClosed, MessageTooLarge
@@ -44,7 +44,6 @@ from tierlink.protocol.channel_events import (
     DatagramReceived,
     HandshakeCompleted,
     KeysReady,
-    MessageReceived,
     MessagesAcknowledged,
     ProtocolViolation,
     Queued,
@@ -55,7 +54,8 @@ from tierlink.protocol.channel_events import (
     WriteStream,
 )
 from tierlink.protocol.channel_greeting import Greeting
-from tierlink.protocol.send_window import MAX_IN_FLIGHT_MESSAGES, SendWindow
+from tierlink.protocol.receive_window import ReceiveWindow
+from tierlink.protocol.send_window import SendWindow
 from tierlink.wire.channel_frames import (
     TAG_CONTROL,
     TAG_MESSAGES,
@@ -63,7 +63,6 @@ from tierlink.wire.channel_frames import (
     ChannelBinding,
     ControlReader,
     Hello,
-    MessageReader,
     ProtocolError,
     encode_ack,
 )
@@ -98,7 +97,6 @@ class ChannelProtocol:
                                   peer_limits=peer_limits)
         self._max_message_size = max_message_size
         self._window = window
-        self._queue_capacity = queue_capacity
         self._peer_hello: Hello | None = None  # the proven HELLO, once the channel opened
         self.closed = False
         self.close_reason: str | None = None
@@ -109,21 +107,16 @@ class ChannelProtocol:
         self.message_stream_id = self.control_stream_id + 4
         self._send = SendWindow()
         self._send_limit = 0  # max_message_size, fixed once open
-        # receiving side
-        self._rx_roles: dict[int, str] = {}
-        self._ctrl_reader = ControlReader()
-        self._msg_reader = MessageReader(max_message_size)
-        self._rx_limit = max(window, max_message_size)  # payload bytes a peer may have buffered
-        self._held: deque[bytes] = deque()
-        self._held_bytes = 0
-        self._handed = 0  # messages handed to the application and not yet consumed
-        self._delivered = 0  # messages handed over so far (the id of the last one)
-        self._acked = 0  # highest id our ACK frames announced so far
         self.stats = dict.fromkeys(
             ("messages_sent", "bytes_sent", "messages_received", "bytes_received",
              "datagrams_sent", "datagrams_received"),
             0,
         )
+        # receiving side
+        self._rx_roles: dict[int, str] = {}
+        self._ctrl_reader = ControlReader()
+        self._recv = ReceiveWindow(max_message_size=max_message_size, window=window,
+                                   queue_capacity=queue_capacity, stats=self.stats)
 
     def set_withdrawn(self, withdrawn: Callable[[int], bool]) -> None:
         """``withdrawn(ticket)``: asked when a backlogged message's turn comes; True skips it
@@ -174,7 +167,7 @@ class ChannelProtocol:
     @property
     def held_messages(self) -> int:
         """Messages received but held back (unacknowledged): the application's queue is full."""
-        return len(self._held)
+        return len(self._recv.held)
 
     @property
     def unacked_messages(self) -> int:
@@ -252,7 +245,7 @@ class ChannelProtocol:
             self._send.window = self.window
             self._send_limit = self.max_message_size
             self._events.append(ChannelOpened(self.max_message_size, self.window))
-            self._hand_over()  # messages that arrived before the proof
+            self._recv.hand_over(self._events)  # messages that arrived before the proof
 
     def _on_stream_data(self, sid: int, data: bytes, end: bool) -> None:
         role = self._rx_roles.get(sid)
@@ -283,54 +276,22 @@ class ChannelProtocol:
                 else:
                     self._on_hello(frame)
             return
-        held = self._held
-        reader = self._msg_reader
-        messages = reader.feed(data)
-        if messages:
-            held.extend(messages)
-            self._held_bytes += sum(map(len, messages))
-        if (self._held_bytes + reader.partial_bytes > self._rx_limit
-                or len(held) > MAX_IN_FLIGHT_MESSAGES):
-            raise ProtocolError("peer exceeded the flow-control window")
-        if held:
-            self._hand_over()
+        if self._recv.feed(data) and self._peer_hello is not None:
+            self._recv.hand_over(self._events)
 
     # -- receiving ------------------------------------------------------------------------------
-    def _hand_over(self) -> None:
-        """Hand held messages to the application while its queue has room."""
-        if self._peer_hello is None:
-            return
-        held = self._held
-        count = min(len(held), self._queue_capacity - self._handed)
-        if count <= 0:
-            return
-        append, pop = self._events.append, held.popleft
-        delivered, size = self._delivered, 0
-        for _ in range(count):
-            message = pop()
-            size += len(message)
-            delivered += 1
-            append(MessageReceived(delivered, message))
-        self._held_bytes -= size
-        self._handed += count
-        self._delivered = delivered
-        self.stats["messages_received"] += count
-        self.stats["bytes_received"] += size
-
     def message_consumed(self) -> None:
         """The application took one message off its queue: hand over the next held one."""
-        if self._handed > 0:
-            self._handed -= 1
-        if self._held and not self.closed:
-            self._hand_over()
+        if self._recv.consumed() and not self.closed and self._peer_hello is not None:
+            self._recv.hand_over(self._events)
 
     def write_ack(self) -> None:
         """Acknowledge, in one ACK frame, every message handed over since the last one
         (call once per packetization pass: acks coalesce)."""
-        if (self._delivered != self._acked and self._greeting.exporter is not None
-                and not self.closed):
-            self._acked = self._delivered
-            self._commands.append(WriteStream(self.control_stream_id, encode_ack(self._acked)))
+        if self._greeting.exporter is not None and not self.closed:
+            acked = self._recv.ack_due()
+            if acked is not None:
+                self._commands.append(WriteStream(self.control_stream_id, encode_ack(acked)))
 
     # -- sending --------------------------------------------------------------------------------
     def _check_open(self) -> None:
@@ -406,6 +367,5 @@ class ChannelProtocol:
         self.closed = True
         self.close_reason = reason
         self._send.clear()
-        self._held.clear()
-        self._held_bytes = 0
+        self._recv.clear()
         self._events.append(ChannelClosed(reason))

@@ -29,7 +29,9 @@ from tierlink.transport.aioquic_adapter import (
     restamp_in_flight,
 )
 from tierlink.transport.certs import LocalCertificate
-from tierlink.transport.quic import DATAGRAM_SEND_BACKLOG, quic_clock
+from tierlink.transport.channel_settings import DEFAULT_WINDOW, ChannelSettings
+from tierlink.transport.quic import DATAGRAM_SEND_BACKLOG
+from tierlink.transport.quic_clock import quic_clock
 from tierlink.transport.quic_setup import (
     QUIC_ADDR,
     binding_exporter,
@@ -38,7 +40,7 @@ from tierlink.transport.quic_setup import (
     start_client,
     start_server,
 )
-from tierlink.transport.secure_channel import DEFAULT_WINDOW, ChannelSettings, SecureChannel
+from tierlink.transport.secure_channel import SecureChannel
 from tierlink.wire.channel_frames import ChannelBinding
 
 __all__ = [

@@ -3,8 +3,9 @@
 By default a connection carries the secure channel (:mod:`tierlink.transport.channel`: QUIC over the
 ICE path, pinned to the certificate the peer's identity signed): ``send`` is reliable, ordered
 and acknowledged, ``send_datagram`` is unreliable. With ``secure=False`` it carries raw ICE
-datagrams: ``send`` and ``send_datagram`` are then the same, 1 byte up
-to :attr:`Connection.max_payload` (65,507 on a direct IPv4 path, 4 less through TURN).
+datagrams (:mod:`tierlink.transport.raw_datagrams`): ``send`` and ``send_datagram`` are then
+the same, 1 byte up to :attr:`Connection.max_payload` (65,507 on a direct IPv4 path, 4 less
+through TURN).
 
 Only the nominated pair's remote address delivers datagrams (others are counted in
 ``foreign_datagrams``). The receive side: bounded queues (capacity 16 by default),
@@ -23,9 +24,10 @@ from typing import Any, Protocol
 from tierlink.errors import ConnectionClosed, MessageTooLarge, require_bytes
 from tierlink.transport.aioice_adapter import IceConnection
 from tierlink.transport.channel import DATAGRAM_MAX_PAYLOAD, SecureChannel
-from tierlink.transport.ice import describe_pair, max_payload, path_of, tier_of
+from tierlink.transport.ice import describe_pair, path_of, tier_of
 from tierlink.transport.path_migration import Migration, PathEvents
-from tierlink.transport.recv_queue import DEFAULT_CAPACITY, RecvQueue
+from tierlink.transport.raw_datagrams import RawDatagrams
+from tierlink.transport.recv_queue import DEFAULT_CAPACITY
 
 log = logging.getLogger(__name__)
 
@@ -49,96 +51,6 @@ class Transport(Protocol):
     async def recv_datagram(self, timeout: float | None = None) -> bytes | None: ...
     async def close(self, reason: str | None = None) -> None: ...
     async def wait_closed(self) -> None: ...
-
-
-class RawDatagrams:
-    """Raw ICE datagrams as a transport: no encryption, no acknowledgement, drop-oldest.
-
-    What raw mode promises: a datagram is delivered only if it came from the nominated
-    pair's remote address to that pair's local socket (or TURN allocation); any other
-    sender's datagrams are dropped and counted (``foreign_datagrams`` in the connection's
-    stats). The connection stays open as long as ICE consent holds (RFC 7675 checks, every
-    4-6 s, answered with the peer's ICE password); received datagrams never extend it.
-    What it cannot promise: the source address is not authenticated. An attacker who can
-    spoof the peer's address and port (on path, or off path where the network does not
-    filter spoofed sources) can inject datagrams, and one on the path can read, drop and
-    change them. Use the secure channel (the default) for anything that needs integrity.
-    """
-
-    def __init__(self, ice: IceConnection, queue_capacity: int) -> None:
-        self._ice = ice
-        self._queue: RecvQueue[bytes] = RecvQueue(queue_capacity)
-        self._limit = max_payload(ice)
-        self._closed = asyncio.get_running_loop().create_future()
-        self._stats = {"datagrams_sent": 0, "bytes_sent": 0, "bytes_received": 0}
-        ice.set_datagram_handler(self._on_datagram, keep_reading=self._keep_reading)
-
-    def _keep_reading(self) -> bool:
-        # Drop-oldest queue: the application gets the loop before it overflows.
-        return len(self._queue) < self._queue.capacity
-
-    def _on_datagram(self, data: bytes) -> None:
-        self._stats["bytes_received"] += len(data)
-        self._queue.offer(data)
-
-    @property
-    def closed(self) -> bool:
-        return self._queue.closed
-
-    @property
-    def max_message_size(self) -> int:
-        return self._limit
-
-    @property
-    def stats(self) -> dict[str, int]:
-        return {
-            **self._stats,
-            "datagrams_received": self._queue.received,
-            "datagrams_dropped": self._queue.dropped,
-        }
-
-    async def send(self, data: bytes) -> int:
-        self.send_datagram(data)
-        return self._stats["datagrams_sent"]
-
-    def submit(self, data: bytes) -> asyncio.Future[int]:
-        self.send_datagram(data)
-        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        fut.set_result(self._stats["datagrams_sent"])
-        return fut
-
-    def send_datagram(self, data: bytes) -> None:
-        if self._queue.closed:
-            raise ConnectionClosed("connection is closed")
-        if len(data) > self._limit:
-            raise MessageTooLarge(
-                f"message of {len(data)} bytes exceeds the path's limit of "
-                f"{self._limit} bytes per datagram"
-            )
-        try:
-            self._ice.send_nowait(bytes(data))
-        except ConnectionError as exc:
-            raise ConnectionClosed(f"connection lost: {exc}") from None
-        self._stats["datagrams_sent"] += 1
-        self._stats["bytes_sent"] += len(data)
-
-    async def recv(self, timeout: float | None = None) -> bytes | None:
-        return await self._queue.get(timeout)
-
-    recv_datagram = recv
-
-    def fail(self, reason: str) -> None:
-        """Close because the path died (ICE consent expired)."""
-        self._queue.close(reason)
-        if not self._closed.done():
-            self._closed.set_result(None)
-
-    async def close(self, reason: str | None = None) -> None:
-        self._ice.set_datagram_handler(None)
-        self.fail(reason or "connection closed locally")
-
-    async def wait_closed(self) -> None:
-        await asyncio.shield(self._closed)
 
 
 class Connection:

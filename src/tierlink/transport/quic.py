@@ -14,19 +14,15 @@ it replaces ICE's consent checks) and probes the path MTU of a direct pair
 aioquic's events reach its :class:`PumpListener` as tierlink's own transport events
 (:mod:`.quic_events`); the listener calls :meth:`QuicPump.mark_ready` once its own greeting
 completed. A dead path is noticed (:mod:`.path_migration`) and replaced under the same
-QUIC connection by :meth:`QuicPump.switch_path`.
+QUIC connection by :meth:`QuicPump.switch_path`. Its start and end: :mod:`.quic_lifecycle`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import time
 
-from aioquic.quic import events
 from aioquic.quic.configuration import QuicConfiguration
 
-from tierlink.errors import HandshakeFailed
 from tierlink.protocol.channel_events import (
     ERROR_HANDSHAKE,
     ERROR_LIVENESS,
@@ -48,7 +44,6 @@ from tierlink.transport.aioquic_adapter import (
     pending_datagrams,
     release,
     reset_path,
-    restamp_in_flight,
     set_max_datagram_size,
     smoothed_rtt,
 )
@@ -56,30 +51,18 @@ from tierlink.transport.liveness import Liveness
 from tierlink.transport.path_migration import PathWatch
 from tierlink.transport.path_mtu import PathMtu
 from tierlink.transport.pump_listener import DETACHED, PumpListener
+from tierlink.transport.quic_clock import quic_clock
 from tierlink.transport.quic_events import termination_reason, translate
+from tierlink.transport.quic_lifecycle import HandshakeDeadline, send_farewell, take_over
 from tierlink.transport.quic_setup import (
-    CONNECTION_ID_LENGTH,
     MAX_DATAGRAM_SIZE,
     QUIC_ADDR,
     binding_exporter,
     new_server,
-    start_client,
 )
-
-__all__ = [
-    "CONNECTION_ID_LENGTH", "DATAGRAM_SEND_BACKLOG", "MAX_DATAGRAM_SIZE", "PumpListener",
-    "QuicPump", "quic_clock",
-]
 
 #: Unsent datagrams kept in aioquic when the congestion window is full (oldest dropped).
 DATAGRAM_SEND_BACKLOG = 256
-
-#: The clock of aioquic's ``now`` and of its timer deadlines: CLOCK_MONOTONIC at full
-#: resolution, read afresh each time. Not ``loop.time()``: uvloop's is libuv's millisecond
-#: clock, so aioquic's pacer (which refills by the time elapsed since its last look) would
-#: let through one burst per millisecond, at most 16 packets: ~23 MB/s at 1452-byte packets,
-#: with the loop spinning between ticks. asyncio's ``loop.time()`` is this same clock.
-quic_clock = time.monotonic
 
 
 class QuicPump:
@@ -104,14 +87,13 @@ class QuicPump:
         # first flight built, or a server that processed that flight.
         self._started = started
         self._quic: PinnedQuicConnection | None = None
-        self._ready: asyncio.Future[None] = self._loop.create_future()
+        self._handshake = HandshakeDeadline(self._loop)
         self._closed_fut: asyncio.Future[None] = self._loop.create_future()
         self.closed = False
         self.close_reason: str | None = None
         self._flush_handle: asyncio.Handle | None = None
         self._quic_timer: asyncio.TimerHandle | None = None
         self._quic_timer_at = 0.0  # its deadline (uvloop's call_at may return a plain Handle)
-        self._handshake_timer: asyncio.TimerHandle | None = None
         self._probe_path_mtu = probe_path_mtu
         self._probe_due = False
         self._mtu = PathMtu(ice, MAX_DATAGRAM_SIZE)
@@ -145,10 +127,9 @@ class QuicPump:
     @property
     def armed_timers(self) -> int:
         """Timers and scheduled callbacks the pump holds on the event loop (0 once closed)."""
-        handles = (self._flush_handle, self._quic_timer, self._handshake_timer)
-        own = sum(h is not None for h in handles)
-        return (own + self._liveness.armed_timers + self._mtu.timer_armed
-                + self.path_watch.timer_armed)
+        own = (self._flush_handle is not None) + (self._quic_timer is not None)
+        return (own + self._handshake.timer_armed + self._liveness.armed_timers
+                + self._mtu.timer_armed + self.path_watch.timer_armed)
 
     @property
     def keepalives_sent(self) -> int:
@@ -194,15 +175,11 @@ class QuicPump:
     def mark_ready(self) -> None:
         """The channel is open: stop the handshake timer, start keep-alive and watchdog,
         which take over from ICE's consent checks (see :mod:`.aioice_consent`)."""
-        if self._ready.done():
+        if not self._handshake.met():
             return
-        if self._handshake_timer is not None:
-            self._handshake_timer.cancel()
-            self._handshake_timer = None
         self._liveness.start()
         self.path_watch.active = True
         stop_consent_checks(self._ice)
-        self._ready.set_result(None)
         # Probe once what opened the channel (e.g. our HELLO) is on the wire (see _flush).
         self._probe_due = self._probe_path_mtu
         self.kick()
@@ -210,22 +187,10 @@ class QuicPump:
     # -- handshake ----------------------------------------------------------------------------
     async def start(self, timeout: float) -> None:
         """Start the pump and wait until :meth:`mark_ready` (or raise HandshakeFailed)."""
-        self._handshake_timer = self._loop.call_later(timeout, self._on_handshake_timeout, timeout)
-        quic, self._started = self._started, None
-        if self.is_client and quic is None:
-            quic = start_client(self._config, quic_clock())
-        if quic is not None:
-            quic.expected_peer_sha256 = self.peer_cert_sha256
-            if quic.early_datagrams:  # what went out in the signaling leaves "now"
-                restamp_in_flight(quic, quic_clock())
-            self._quic = quic
-        if self.is_client and quic is not None and not quic.early_reply:
-            # The first flight went out in the offer but the answer had no reply to it:
-            # the callee could not use it, so it goes on the path (no retransmission
-            # timeout to wait for).
-            with contextlib.suppress(ConnectionError):
-                for datagram in quic.early_datagrams:
-                    self._ice.send_nowait(datagram)
+        self._handshake.arm(timeout, lambda reason: self.close(reason, error_code=ERROR_HANDSHAKE))
+        started, self._started = self._started, None
+        self._quic = take_over(started, config=self._config,
+                               peer_cert_sha256=self.peer_cert_sha256, ice=self._ice)
         # Datagrams that arrived before the channel existed (the server's flight can
         # beat the dialer's open) are handed over now, to a connection that exists.
         self._ice.set_datagram_handler(self._on_datagram, keep_reading=self._listener.keep_reading)
@@ -235,16 +200,10 @@ class QuicPump:
             # datagram as its TLS Finished.
             self._process(flush=False)
         try:
-            await self._ready
+            await self._handshake.ready
         except asyncio.CancelledError:
             self.close("handshake cancelled", error_code=ERROR_HANDSHAKE)
             raise
-
-    def _on_handshake_timeout(self, timeout: float) -> None:
-        self._handshake_timer = None
-        if not self._ready.done():
-            self.close(f"no secure handshake with the peer within {timeout:g} s",
-                       error_code=ERROR_HANDSHAKE)
 
     def _pin_matches(self) -> bool:
         """After HandshakeCompleted: True if the pinned certificate was seen, else close."""
@@ -307,7 +266,7 @@ class QuicPump:
         if batch:
             self._listener.transport_events(batch)
         if terminated is not None and not self.closed:
-            self._on_terminated(terminated)
+            self.close(termination_reason(terminated), notify=False)
         if self.closed:
             return
         if quic.pin_error is not None:
@@ -315,15 +274,12 @@ class QuicPump:
             return
         ended = close_event(quic)
         if ended is not None:  # CONNECTION_CLOSE seen: don't wait for the draining period
-            self._on_terminated(ended)
+            self.close(termination_reason(ended), notify=False)
             return
         if flush:
             self._flush()
         else:
             self.kick()
-
-    def _on_terminated(self, event: events.ConnectionTerminated) -> None:
-        self.close(termination_reason(event), notify=False)
 
     def _flush(self) -> None:
         """Send every datagram aioquic has ready and re-arm its timer."""
@@ -401,23 +357,18 @@ class QuicPump:
                     return
             if notify:
                 quic.close(error_code=error_code, reason_phrase=peer_reason or reason[:200])
-            try:  # also sends a CONNECTION_CLOSE aioquic queued itself (e.g. a TLS alert)
-                for data, _addr in quic.datagrams_to_send(now=quic_clock()):
-                    self._ice.send_nowait(data)
-            except Exception:
-                pass  # best effort: the path may be gone
+            send_farewell(quic, self._ice, quic_clock())
         self.closed = True
         self.close_reason = reason
         self._ice.set_datagram_handler(None)
-        for handle in (self._flush_handle, self._quic_timer, self._handshake_timer):
+        for handle in (self._flush_handle, self._quic_timer):
             if handle is not None:
                 handle.cancel()
-        self._flush_handle = self._quic_timer = self._handshake_timer = None
+        self._flush_handle = self._quic_timer = None
         self._liveness.release()
         self._mtu.stop()
         self.path_watch.stop()
-        if not self._ready.done():
-            self._ready.set_exception(HandshakeFailed(reason))
+        self._handshake.fail(reason)
         listener, self._listener = self._listener, DETACHED
         listener.transport_event(ConnectionTerminated(reason))
         self._quic = None  # release aioquic's buffers

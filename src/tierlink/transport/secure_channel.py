@@ -5,7 +5,8 @@ It owns two components and connects them: the channel protocol
 window, backlog) and the QUIC pump (:class:`~tierlink.transport.quic.QuicPump`: aioquic over
 the ICE pair, timers, keep-alive, path MTU). Transport events go from the pump into the
 protocol; the protocol's commands go to the pump; its channel events resolve send futures
-and fill the receive queues (:class:`~tierlink.transport.recv_queue.RecvQueue`).
+(:class:`~tierlink.transport.send_futures.SendFutures`) and fill the receive queues
+(:class:`~tierlink.transport.recv_queue.RecvQueue`).
 
 Reliable messages are acknowledged by the receiving *channel* once they are in its receive
 queue, so ``await send()`` returns a message id only then. Acks are cumulative and written
@@ -17,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from tierlink.errors import ConnectionClosed
 from tierlink.protocol.channel import LOCAL_CLOSE_REASON, ChannelProtocol
@@ -37,41 +37,13 @@ from tierlink.protocol.channel_events import (
 from tierlink.transport.aioice_adapter import IceConnection
 from tierlink.transport.aioquic_adapter import PinnedQuicConnection
 from tierlink.transport.certs import LocalCertificate
+from tierlink.transport.channel_settings import ChannelSettings
 from tierlink.transport.quic import QuicPump
 from tierlink.transport.quic_setup import quic_configuration
 from tierlink.transport.recv_queue import RecvQueue
+from tierlink.transport.send_futures import SendFutures
 
 log = logging.getLogger(__name__)
-
-#: Unacknowledged payload bytes a sender may have in flight, by default.
-DEFAULT_WINDOW = 4 * 1024 * 1024
-
-
-@dataclass(frozen=True)
-class ChannelSettings:
-    """A channel's limits and timers; a node opens every channel with the same ones.
-
-    ``queue_capacity``: received messages held for the application (beyond it, the sender
-    is held back); ``liveness_timeout``: a silent peer is declared dead after it;
-    ``handshake_timeout``: the QUIC handshake must complete within it; ``max_message_size``
-    and ``window``: our limits, told to the peer in HELLO; ``probe_path_mtu``: find and use
-    the largest packet a direct path carries (off: 1200-byte packets).
-    """
-
-    queue_capacity: int = 16
-    liveness_timeout: float = 15.0
-    handshake_timeout: float = 10.0
-    max_message_size: int = 16 * 1024 * 1024
-    window: int = DEFAULT_WINDOW
-    probe_path_mtu: bool = True
-
-    def __post_init__(self) -> None:
-        if self.queue_capacity < 1 or self.liveness_timeout <= 0 or self.handshake_timeout <= 0:
-            raise ValueError(
-                "queue_capacity, liveness_timeout and handshake_timeout must be > 0"
-            )
-        if not 0 <= self.max_message_size < 2**62 or self.window < 1:
-            raise ValueError("max_message_size must be in [0, 2**62) and window >= 1")
 
 
 class SecureChannel:
@@ -95,9 +67,9 @@ class SecureChannel:
         """``core``: the channel protocol of this side, created with ``settings`` and not
         opened yet (a prepared callee's has already written its HELLO into ``started``)."""
         self._loop = asyncio.get_running_loop()
-        self._queued: dict[int, asyncio.Future[int]] = {}  # backlog ticket -> its send
+        self._sends = SendFutures()
         self._core = core
-        core.set_withdrawn(_cancelled_in(self._queued))
+        core.set_withdrawn(self._sends.withdrawn)
         config = quic_configuration(
             is_client=is_client,
             certificate=certificate,
@@ -115,7 +87,6 @@ class SecureChannel:
         )
         self.is_client = is_client
         self.peer_cert_sha256 = peer_cert_sha256
-        self._in_flight: dict[int, asyncio.Future[int]] = {}  # message id -> its send
         self._inbox: RecvQueue[bytes] = RecvQueue(settings.queue_capacity)
         self._datagrams: RecvQueue[bytes] = RecvQueue(settings.queue_capacity)
         self._datagrams_send_dropped = 0
@@ -266,20 +237,18 @@ class SecureChannel:
         result = self._core.send_message(data)
         fut: asyncio.Future[int] = self._loop.create_future()
         if isinstance(result, int):
-            self._in_flight[result] = fut
+            self._sends.in_flight[result] = fut
             self._pump.kick()  # its bytes are written at the flush, with every other send
         else:
-            self._queued[result.ticket] = fut
+            self._sends.queued[result.ticket] = fut
         return fut
 
     def _withdraw(self, fut: asyncio.Future[int]) -> None:
         """A cancelled send still waiting for the window is never sent; the next ones go."""
-        for ticket, queued in self._queued.items():
-            if queued is fut:
-                del self._queued[ticket]
-                self._core.withdraw(ticket)
-                self._apply()
-                return
+        ticket = self._sends.forget(fut)
+        if ticket is not None:
+            self._core.withdraw(ticket)
+            self._apply()
 
     def send_datagram(self, data: bytes) -> None:
         """Send one unreliable QUIC DATAGRAM (at most DATAGRAM_MAX_PAYLOAD bytes)."""
@@ -366,17 +335,9 @@ class SecureChannel:
             elif kind is DatagramDelivered:
                 self._datagrams.offer(event.data)  # type: ignore[union-attr]
             elif kind is MessagesAcknowledged:
-                in_flight = self._in_flight
-                for mid in range(event.first_id, event.last_id + 1):  # type: ignore[union-attr]
-                    fut = in_flight.pop(mid, None)
-                    if fut is not None and not fut.done():
-                        fut.set_result(mid)
+                self._sends.acknowledged(event.first_id, event.last_id)  # type: ignore[union-attr]
             elif kind is MessagesSent:
-                queued, in_flight = self._queued, self._in_flight
-                mid = event.first_id  # type: ignore[union-attr]
-                for ticket in event.tickets:  # type: ignore[union-attr]
-                    in_flight[mid] = queued.pop(ticket)
-                    mid += 1
+                self._sends.written(event.first_id, event.tickets)  # type: ignore[union-attr]
             elif isinstance(event, ChannelOpened):
                 self._pump.mark_ready()
             elif isinstance(event, ProtocolViolation):
@@ -386,26 +347,7 @@ class SecureChannel:
 
     def _fail_all(self, reason: str) -> None:
         closed = ConnectionClosed(reason)
-        for pending in (self._in_flight, self._queued):
-            for fut in pending.values():
-                if not fut.done():
-                    fut.set_exception(closed)
-                    fut.exception()  # mark retrieved: its send() may have been cancelled
-            pending.clear()
+        self._sends.fail(closed)
         self._inbox.close(closed)
         self._datagrams.close(closed)
 
-
-def _cancelled_in(queued: dict[int, asyncio.Future[int]]) -> Callable[[int], bool]:
-    """The core's ``withdrawn`` question for backlogged sends: True (and forgotten) when the
-    application cancelled the send's future. Closes over the dict only, not the channel, so
-    the core and its channel form no reference cycle."""
-
-    def withdrawn(ticket: int) -> bool:
-        fut = queued.get(ticket)
-        if fut is None or not fut.cancelled():
-            return False
-        del queued[ticket]
-        return True
-
-    return withdrawn
