@@ -158,6 +158,19 @@ async def measure_datagrams_native(pair: Pair, plan: Plan) -> JsonDict:
     return await measure_datagrams(pair, plan, sink="native", prefix="datagram_native")
 
 
+async def measure_datagrams_native_mmap(pair: Pair, plan: Plan) -> JsonDict:
+    """The callback ceiling again with the callee's allocator in its ``mmap`` state (every
+    256 KiB read buffer mmapped and unmapped: :mod:`tierlink.bench.allocator`), then back in
+    the run's own: the other mode of a bimodal figure, reported beside it."""
+    reply = await pair.callee.call("malloc", 10.0, mode="mmap")
+    try:
+        result = await measure_datagrams(pair, plan, sink="native", prefix="datagram_native_mmap")
+    finally:
+        await pair.callee.call("malloc", 10.0, mode=None)
+    result["datagram_native_mmap_pinned"] = bool(reply["pinned"])
+    return result
+
+
 async def measure_idle(pair: Pair, plan: Plan) -> JsonDict:
     """CPU of each process while its side of an idle connection is blocked in recv."""
     d, c = await pair.both("idle", plan.idle_s + 30.0, seconds=plan.idle_s)

@@ -30,6 +30,8 @@ METRICS: tuple[tuple[str, str, int, bool], ...] = (
     ("datagram_mb_per_s", "datagrams 1 KiB, < 1 % loss (MB/s)", 2, True),
     ("datagram_loss_percent", "datagram loss at that rate (%)", 2, False),
     ("datagram_native_msgs_per_s", "datagrams, counted in the library callback (msg/s)", 0, True),
+    ("datagram_native_mmap_msgs_per_s",
+     "the same, read buffer mmapped per datagram (glibc at start-up) (msg/s)", 0, True),
     ("latency_idle_p50_ms", "message latency, idle connection, p50 (ms)", 2, False),
     ("latency_idle_p99_ms", "message latency, idle connection, p99 (ms)", 2, False),
     ("latency_same_p50_ms", "latency with a 64 KiB stream on the same connection, p50 (ms)", 2,
