@@ -40,6 +40,7 @@ RAW_FIGURES = (
     "datagram_mb_per_s",
     "datagram_loss_percent",
     "datagram_native_msgs_per_s",
+    "datagram_native_mmap_msgs_per_s",
     "idle_cpu_percent",
     "idle_conn_cpu_percent",
     "idle_conn_wakeups_per_s",
@@ -60,7 +61,8 @@ def test_quick_bench_aioice_raw(tmp_path: Path) -> None:
         assert len(raw["round_values"][key]) == MIN_ROUNDS, key
     assert all(n == MIN_ROUNDS for n in raw["rounds"].values()), raw["rounds"]
     assert set(raw["rounds"]) == {
-        "connect", "datagram", "datagram_native", "idle", "idle_conn", "memory"
+        "connect", "datagram", "datagram_native", "datagram_native_mmap", "idle", "idle_conn",
+        "memory",
     }
     assert 0 < raw["connect_ms_median"] <= raw["connect_ms_p95"]
     assert raw["connect_n"] == 5
@@ -73,6 +75,8 @@ def test_quick_bench_aioice_raw(tmp_path: Path) -> None:
     assert raw["idle_conn_wakeups_per_s"] > 0  # aioice's consent checks at least
     assert "idle_conn_helper_cpu_percent" not in raw  # raw aioice runs no helper process
     assert results["machine"]["cores"] >= 1
+    # every worker held the run's allocator state; the callee switched for the mmap figure
+    assert results["machine"]["malloc"] == "heap" and raw["datagram_native_mmap_pinned"] is True
 
     on_disk = json.loads((tmp_path / "results.json").read_text())
     assert on_disk["mtu"] == results["mtu"]

@@ -9,6 +9,7 @@ import struct
 from collections.abc import Callable
 
 from tierlink.bench.base import BenchConn, JsonDict, now
+from tierlink.bench.process_usage import cpu_s
 
 DATAGRAM_HEADER = struct.Struct("!II")  # trial id, sequence number
 #: A datagram offered while more than this many bytes of datagrams wait in the sender's own
@@ -43,12 +44,15 @@ async def send_paced(conn: BenchConn, trial: int, rate: float, count: int,
 
 
 class DatagramCounter:
-    """Counts arriving datagrams per trial, with the first and last arrival times."""
+    """Counts arriving datagrams per trial, with the first and last arrival times and this
+    process's CPU time from the first arrival on (what receiving the trial cost: unlike the
+    loss-bounded rate, hardly moved by other processes taking the cores)."""
 
     def __init__(self) -> None:
         self.counts: dict[int, int] = {}
         self.first: dict[int, float] = {}
         self.last: dict[int, float] = {}
+        self.cpu_first: dict[int, float] = {}
         self._stop: Callable[[], None] | None = None
 
     def listen(self, conn: BenchConn, sink: str) -> None:
@@ -58,6 +62,7 @@ class DatagramCounter:
         self.counts.clear()
         self.first.clear()
         self.last.clear()
+        self.cpu_first.clear()
         if sink == "native":
             self._stop = conn.start_native_datagram_sink(self._count)
             if self._stop is None:
@@ -73,14 +78,17 @@ class DatagramCounter:
 
     async def collect(self, conn: BenchConn, trial: int, quiet: float) -> JsonDict:
         """Wait until the trial's datagrams stop arriving (none for ``quiet`` s, at most
-        5 s), then report what arrived."""
+        5 s), then report what arrived and the CPU seconds spent since the first arrival
+        (the quiet wait adds a few idle wake-ups)."""
         start = now()
         while now() - start < 5.0:
             last = self.last.get(trial, start)
             if now() - last > quiet:
                 break
             await asyncio.sleep(quiet / 4)
+        cpu_first = self.cpu_first.get(trial)
         return {
+            "cpu_s": None if cpu_first is None else cpu_s() - cpu_first,
             "queue_drops": conn.receive_queue_drops(),
             "received": self.counts.get(trial, 0),
             "t_first": self.first.get(trial, 0.0),
@@ -93,5 +101,6 @@ class DatagramCounter:
         n = self.counts.get(trial, 0)
         if n == 0:
             self.first[trial] = t
+            self.cpu_first[trial] = cpu_s()
         self.counts[trial] = n + 1
         self.last[trial] = t

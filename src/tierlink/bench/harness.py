@@ -75,7 +75,7 @@ class Plan:
             reliable_limit_s=10.0,
             dg_trial_s=0.25,
             dg_bisect_steps=1,
-            dg_attempts=2,
+            dg_attempts=3,  # a receiver descheduled for ~2 ms fails a trial (shared cores)
             idle_s=2.0,
             idle_connections=5,
             idle_many_s=6.0,

@@ -18,6 +18,9 @@ MAX_LOSS_PERCENT = 1.0
 #: (otherwise an unbounded receive queue would pass any rate for a short trial).
 KEEP_UP = 0.85
 DATAGRAM_SIZE = 1024
+#: Trials with fewer datagrams than this give no CPU-per-datagram figure (the quiet wait's
+#: idle wake-ups would weigh in).
+CPU_FIGURE_MIN_DATAGRAMS = 1000
 
 
 def p95(values: list[float]) -> float:
@@ -86,6 +89,7 @@ async def datagram_trial(pair: Pair, plan: Plan, trial: int, rate: float) -> Jso
     send_rate = sent / max(t_end - t0, 1e-9)
     delivered_rate = received / max(span, 1e-9)
     loss = 100.0 * (1.0 - received / sent)
+    cpu = c.get("cpu_s")
     return {
         "rate": round(rate, 1),
         "sent": sent,
@@ -96,6 +100,9 @@ async def datagram_trial(pair: Pair, plan: Plan, trial: int, rate: float) -> Jso
         "send_rate": round(send_rate, 1),
         "delivered_rate": round(delivered_rate, 1),
         "loss_percent": round(loss, 3),
+        # the receiving process's CPU per datagram (user + system), from its first arrival
+        "receiver_cpu_us_per_msg": (round(1e6 * float(cpu) / received, 2)
+                                    if cpu is not None and received else None),
         "ok": loss < MAX_LOSS_PERCENT and delivered_rate >= KEEP_UP * send_rate,
     }
 
@@ -150,12 +157,32 @@ async def measure_datagrams(
     result[f"{prefix}_mb_per_s"] = round(best["delivered_rate"] * DATAGRAM_SIZE / MB, 3)
     result[f"{prefix}_loss_percent"] = round(best["loss_percent"], 3)
     result[f"{prefix}_paced_rate"] = round(best["rate"], 1)
+    costs = [float(t["receiver_cpu_us_per_msg"]) for t in trials
+             if t.get("receiver_cpu_us_per_msg") is not None
+             and int(t["received"]) >= CPU_FIGURE_MIN_DATAGRAMS]
+    if costs:
+        # the least of the search: a receiver that never sleeps between datagrams pays the
+        # bare per-datagram cost; other processes and wake-ups only add to it
+        result[f"{prefix}_receiver_cpu_us"] = min(costs)
     return result
 
 
 async def measure_datagrams_native(pair: Pair, plan: Plan) -> JsonDict:
     """The same search, counted in the library's own receive callback (transport ceiling)."""
     return await measure_datagrams(pair, plan, sink="native", prefix="datagram_native")
+
+
+async def measure_datagrams_native_mmap(pair: Pair, plan: Plan) -> JsonDict:
+    """The callback ceiling again with the callee's allocator in its ``mmap`` state (every
+    256 KiB read buffer mmapped and unmapped: :mod:`tierlink.bench.allocator`), then back in
+    the run's own: the other mode of a bimodal figure, reported beside it."""
+    reply = await pair.callee.call("malloc", 10.0, mode="mmap")
+    try:
+        result = await measure_datagrams(pair, plan, sink="native", prefix="datagram_native_mmap")
+    finally:
+        await pair.callee.call("malloc", 10.0, mode=None)
+    result["datagram_native_mmap_pinned"] = bool(reply["pinned"])
+    return result
 
 
 async def measure_idle(pair: Pair, plan: Plan) -> JsonDict:

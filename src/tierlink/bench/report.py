@@ -29,7 +29,12 @@ METRICS: tuple[tuple[str, str, int, bool], ...] = (
     ("datagram_msgs_per_s", "datagrams 1 KiB, < 1 % loss (msg/s)", 0, True),
     ("datagram_mb_per_s", "datagrams 1 KiB, < 1 % loss (MB/s)", 2, True),
     ("datagram_loss_percent", "datagram loss at that rate (%)", 2, False),
+    ("datagram_receiver_cpu_us", "receiver CPU per datagram (µs)", 2, False),
     ("datagram_native_msgs_per_s", "datagrams, counted in the library callback (msg/s)", 0, True),
+    ("datagram_native_receiver_cpu_us", "its receiver CPU per datagram (µs)", 2, False),
+    ("datagram_native_mmap_msgs_per_s",
+     "the same, read buffer mmapped per datagram (glibc at start-up) (msg/s)", 0, True),
+    ("datagram_native_mmap_receiver_cpu_us", "its receiver CPU per datagram (µs)", 2, False),
     ("latency_idle_p50_ms", "message latency, idle connection, p50 (ms)", 2, False),
     ("latency_idle_p99_ms", "message latency, idle connection, p99 (ms)", 2, False),
     ("latency_same_p50_ms", "latency with a 64 KiB stream on the same connection, p50 (ms)", 2,
@@ -246,6 +251,10 @@ loopback MTU the run measured on.
   `--dht-many 100` 239 s. `tierlink bench --quick` 135 s.
 - **event loop**: every worker runs asyncio's default loop, as shipped;
   `TIERLINK_BENCH_LOOP=uvloop` runs them on uvloop into `results*-uvloop.json`.
+- **allocator**: glibc mmaps asyncio's 256 KiB datagram read buffer per datagram until a
+  free raises its mmap threshold (~28 against ~9 µs of receiver CPU per datagram); workers
+  pin it above (`TIERLINK_BENCH_MALLOC=heap`, default; `mmap`: glibc's start-up state) and
+  raw aioice's callback ceiling is measured in both. Receiver CPU: least of a search's trials.
 - Loopback only (in the `--mtu` namespace too, whose only link is its loopback): raw aioice
   and tierlink gather on 127.0.0.1 through
   `tierlink.transport.aioice_adapter.IceConnection(host_addresses=["127.0.0.1"])`; aiortc

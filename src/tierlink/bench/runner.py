@@ -22,7 +22,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from tierlink.bench import loops
+from tierlink.bench import allocator, loops
 from tierlink.bench.base import JsonDict
 from tierlink.bench.crowd import CrowdPlan, measure_crowd
 from tierlink.bench.dht_lab import AccessLink
@@ -64,6 +64,8 @@ def machine_info() -> JsonDict:
         "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
         "interleaved": True,
         "loop": loops.chosen_loop(),
+        # the allocator state every worker is pinned in (see tierlink.bench.allocator)
+        "malloc": allocator.chosen_mode(),
         "versions": versions,
     }
 
@@ -227,6 +229,7 @@ def run_bench(
         raise ValueError(f"--mtu must be within {MTU_RANGE[0]}..{MTU_RANGE[1]}, not {mtu}")
     check_installed(chosen)
     loop = loops.chosen_loop()
+    allocator.chosen_mode()  # an unknown allocator state is refused before anything starts
     plan = make_plan(quick, rounds)
     if mtu is not None and os.environ.get(NETNS_ENV) is None:
         params = {

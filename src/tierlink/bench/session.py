@@ -30,6 +30,7 @@ from tierlink.bench.measure import (
     measure_connect,
     measure_datagrams,
     measure_datagrams_native,
+    measure_datagrams_native_mmap,
     measure_idle,
     measure_memory,
     measure_reliable_1k,
@@ -65,6 +66,7 @@ ROUND_STEPS: tuple[tuple[str, Measurement], ...] = (
     ("reliable_64k", measure_reliable_64k),
     ("datagram", measure_datagrams),
     ("datagram_native", measure_datagrams_native),
+    ("datagram_native_mmap", measure_datagrams_native_mmap),
     *((f"latency_{mode}", latency_step(mode)) for mode in LATENCY_MODES),
 )
 #: The field of each measurement whose median round supplies the details (trial lists, ...).
@@ -75,6 +77,7 @@ HEADLINE = {
     "reliable_64k": "reliable_64k_mb_per_s",
     "datagram": "datagram_msgs_per_s",
     "datagram_native": "datagram_native_msgs_per_s",
+    "datagram_native_mmap": "datagram_native_mmap_msgs_per_s",
     **{f"latency_{mode}": f"latency_{mode}_p50_ms" for mode in LATENCY_MODES},
     "idle": "idle_cpu_percent",
     "idle_conn": "idle_conn_cpu_percent",
@@ -122,7 +125,7 @@ class SystemRun:
         """Whether measurement ``name`` means anything for this system."""
         if name.startswith(("reliable", "latency")) and self.system in RELIABLE_IS_DATAGRAM:
             return False
-        if name == "datagram_native" and self.system not in NATIVE_DATAGRAM:
+        if name.startswith("datagram_native") and self.system not in NATIVE_DATAGRAM:
             return False
         return name != "reliable_1k_base_packets" or self.system in PATH_MTU_PROBING
 

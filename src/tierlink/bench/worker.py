@@ -17,7 +17,7 @@ import sys
 import traceback
 from collections.abc import Awaitable, Callable
 
-from tierlink.bench import loops
+from tierlink.bench import allocator, loops
 from tierlink.bench.base import BenchConn, BenchSide, JsonDict, Signal, now, stdout_for_protocol
 from tierlink.bench.datagram_trials import DatagramCounter, send_paced
 from tierlink.bench.latency import receive_probes, send_probes
@@ -146,6 +146,11 @@ class Worker:
         """Start counting datagrams per trial (``sink``: see :meth:`DatagramCounter.listen`)."""
         self.datagrams.listen(self.conn, str(p.get("sink", "recv")))
         return {}
+
+    async def cmd_malloc(self, p: JsonDict) -> JsonDict:
+        """Pin the allocator state ``mode`` (null: the run's own, see :mod:`.allocator`)."""
+        mode = p.get("mode") or allocator.chosen_mode()
+        return {"mode": mode, "pinned": allocator.pin(str(mode))}
 
     async def cmd_dg_send(self, p: JsonDict) -> JsonDict:
         """Send ``count`` datagrams paced at ``rate``/s (catching up when late)."""
@@ -292,6 +297,7 @@ async def serve(system: str, role: str, worker_class: type[Worker] = Worker) -> 
 def main() -> None:
     """Entry point of a worker process."""
     system, role = sys.argv[1], sys.argv[2]
+    allocator.pin(allocator.chosen_mode())  # before anything allocates: one state per run
     profile_dir = os.environ.get("TIERLINK_BENCH_PROFILE")
     if not profile_dir:
         loops.run(serve(system, role))
