@@ -41,7 +41,14 @@ from tierlink.transport.aioice_gather import (
     reflexive_candidate,
     set_local_preferences,
 )
-from tierlink.transport.aioice_socket import BatchReader, ReadAhead, Source, SourceGate, udp_socket
+from tierlink.transport.aioice_socket import (
+    BatchReader,
+    ReadAhead,
+    Source,
+    SourceGate,
+    bound_read_buffer,
+    udp_socket,
+)
 from tierlink.transport.aioice_socket import forbid_fragmentation as _forbid_fragmentation
 
 __all__ = ["PRIVATE_NAMES", "IceConnection"]
@@ -158,7 +165,9 @@ class IceConnection(ScheduledChecks):
         module's local preference; with ``servers``, their candidates join the host ones
         (:meth:`_tl_gather_servers`); the candidates beyond what a session description may
         carry are dropped with their sockets (:func:`.keep_within_budget`). Every socket kept
-        is then watched by the source gate (see :meth:`data_received`).
+        is then watched by the source gate (see :meth:`data_received`), and reads into a
+        64 KiB buffer instead of asyncio's 256 KiB one (:func:`.bound_read_buffer`; not with
+        ``batch_receive=False``).
         """
         first = not self._local_candidates_start
         if self._tl_relay_only:
@@ -181,6 +190,8 @@ class IceConnection(ScheduledChecks):
             )
         for protocol in self._protocols:  # every local socket and TURN allocation
             self._tl_gate.watch(protocol)
+            if self._tl_batch_receive:  # else aioice's reading as shipped
+                bound_read_buffer(protocol.transport)
 
     async def _tl_gather_servers(self, servers: ServerGatherer) -> None:
         """Add the STUN and TURN servers' candidates to the host candidates gathered."""
@@ -301,7 +312,8 @@ class IceConnection(ScheduledChecks):
         """Deliver every received datagram to ``handler`` synchronously (None: aioice queue).
 
         With a handler on a direct (host/srflx) pair, datagrams are read in batches (unless
-        the connection was made with ``batch_receive=False``: aioice's one per loop pass).
+        the connection was made with ``batch_receive=False``: aioice's reading as shipped,
+        one datagram per loop pass into asyncio's 256 KiB buffer).
         ``keep_reading``: asked before each further datagram of a batch; False ends the
         batch, so the application can drain what it was given before more is read (the
         rest waits in the socket's buffer, not in a queue that would drop it; what a loop

@@ -30,6 +30,7 @@ from aioice.turn import (
     TurnTransport,
 )
 
+from tierlink.transport.aioice_socket import bound_read_buffer
 from tierlink.transport.ice_servers import TurnServer
 
 __all__ = [
@@ -108,9 +109,10 @@ async def relay_candidate(
         else:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_SOCKET_BUFFER_SIZE)
             sock.connect(address)
-            _, inner = await loop.create_datagram_endpoint(
+            transport, inner = await loop.create_datagram_endpoint(
                 lambda: TurnClientUdpProtocol(*args), sock=sock
             )
+            bound_read_buffer(transport)
     except BaseException:
         sock.close()
         raise
