@@ -254,7 +254,8 @@ loopback MTU the run measured on.
 - **allocator**: glibc mmaps asyncio's 256 KiB datagram read buffer per datagram until a
   free raises its mmap threshold (~28 against ~9 µs of receiver CPU per datagram); workers
   pin it above (`TIERLINK_BENCH_MALLOC=heap`, default; `mmap`: glibc's start-up state) and
-  raw aioice's callback ceiling is measured in both. Receiver CPU: least of a search's trials.
+  raw aioice's callback ceiling is measured in both (tierlink's own sockets read into a
+  64 KiB buffer, never mapped). Receiver CPU: least of a search's trials.
 - Loopback only (in the `--mtu` namespace too, whose only link is its loopback): raw aioice
   and tierlink gather on 127.0.0.1 through
   `tierlink.transport.aioice_adapter.IceConnection(host_addresses=["127.0.0.1"])`; aiortc
