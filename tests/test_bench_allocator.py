@@ -5,12 +5,9 @@ the run's state. No speed is asserted: the mapping itself is counted (glibc ``ma
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-
 import pytest
 
+from tests.mapped_blocks import run_probe
 from tierlink.bench import allocator
 from tierlink.bench.harness import Plan
 from tierlink.bench.netns import BenchError
@@ -21,34 +18,24 @@ from tierlink.bench.session import HEADLINE, SystemRun
 #: datagram transport reads it (recvfrom of 256 KiB) and keep it; print how many more
 #: mmapped blocks glibc then holds (mallinfo2().hblks).
 _PROBE = r"""
-import ctypes, json, socket, sys
+import json, socket, sys
 from tierlink.bench import allocator
 
-class MallInfo2(ctypes.Structure):
-    _fields_ = [(n, ctypes.c_size_t) for n in (
-        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
-        "fordblks", "keepcost")]
-
-libc = ctypes.CDLL(None)
-libc.mallinfo2.restype = MallInfo2
 mode = sys.argv[1]
 pinned = allocator.pin(mode) if mode != "none" else None
 rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 rx.bind(("127.0.0.1", 0))
 tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 tx.sendto(bytes(1024), rx.getsockname())
-before = libc.mallinfo2().hblks
+before = mapped_blocks()
 data, _ = rx.recvfrom(256 * 1024)  # asyncio's _SelectorDatagramTransport.max_size
-after = libc.mallinfo2().hblks
+after = mapped_blocks()
 print(json.dumps({"pinned": pinned, "mapped": after - before, "size": len(data)}))
 """
 
 
 def _probe(mode: str) -> dict[str, object]:
-    out = subprocess.run([sys.executable, "-c", _PROBE, mode], check=True,
-                         capture_output=True, text=True, timeout=60).stdout
-    result: dict[str, object] = json.loads(out)
-    return result
+    return run_probe(_PROBE, mode)
 
 
 def test_the_state_decides_whether_a_datagram_read_is_mmapped() -> None:

@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import importlib
-import json
-import subprocess
-import sys
 
+from tests.mapped_blocks import run_probe
 from tierlink.transport import aioice_socket
 from tierlink.transport.aioice_adapter import IceConnection
 from tierlink.transport.aioice_socket import RECV_SIZE, bound_read_buffer
@@ -19,24 +17,17 @@ from tierlink.transport.aioice_socket import RECV_SIZE, bound_read_buffer
 #: received through asyncio's transport (bounded when argv[1] == "bounded") and kept; how
 #: many more mmapped blocks glibc holds then.
 _PROBE = r"""
-import asyncio, ctypes, json, sys
+import asyncio, json, sys
 from tierlink.bench import allocator
 from tierlink.transport.aioice_socket import bound_read_buffer
 
-class MallInfo2(ctypes.Structure):
-    _fields_ = [(n, ctypes.c_size_t) for n in (
-        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
-        "fordblks", "keepcost")]
-
-libc = ctypes.CDLL(None)
-libc.mallinfo2.restype = MallInfo2
 assert allocator.pin("mmap")
 
 class Keep(asyncio.DatagramProtocol):
     def __init__(self):
         self.got = asyncio.get_running_loop().create_future()
     def datagram_received(self, data, addr):
-        self.got.set_result((data, libc.mallinfo2().hblks))
+        self.got.set_result((data, mapped_blocks()))
 
 async def main():
     loop = asyncio.get_running_loop()
@@ -44,7 +35,7 @@ async def main():
     bounded = bound_read_buffer(rx) if sys.argv[1] == "bounded" else None
     tx, _ = await loop.create_datagram_endpoint(asyncio.DatagramProtocol,
                                                 remote_addr=rx.get_extra_info("sockname"))
-    before = libc.mallinfo2().hblks
+    before = mapped_blocks()
     tx.sendto(bytes(1024))
     data, during = await asyncio.wait_for(keep.got, 10)
     print(json.dumps({"bounded": bounded, "mapped": during - before, "size": len(data)}))
@@ -56,10 +47,7 @@ asyncio.run(main())
 
 
 def _probe(how: str) -> dict[str, object]:
-    out = subprocess.run([sys.executable, "-c", _PROBE, how], check=True,
-                         capture_output=True, text=True, timeout=60).stdout
-    result: dict[str, object] = json.loads(out)
-    return result
+    return run_probe(_PROBE, how)
 
 
 def test_a_bounded_read_is_not_mmapped_where_asyncios_is() -> None:
