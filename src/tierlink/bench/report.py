@@ -246,9 +246,9 @@ loopback MTU the run measured on.
 - **per-packet budget**: `python -m tierlink.bench.packet_cost` (run by `make bench`).
 - **time**: the `--mtu` run skips the relay, the crowd and the 5-minute many-connection
   idle phase (none depends on the path MTU: the loopback run has them). Measured here
-  (2 shared cores, load 0.5-1.5), `make bench` on a fresh clone, end to end: 1630 s
-  (27 min): set-up and the budget 25 s, loopback run 875 s, `--mtu 1500` run 491 s,
-  `--dht-many 100` 239 s. `tierlink bench --quick` 135 s.
+  (2 shared cores, load 0.3-2.0), `make bench` on a fresh clone, end to end: 1750 s
+  (29 min): set-up and the budget 27 s, loopback run 957 s, `--mtu 1500` run 527 s,
+  `--dht-many 100` 239 s. `tierlink bench --quick` 165 s.
 - **event loop**: every worker runs asyncio's default loop, as shipped;
   `TIERLINK_BENCH_LOOP=uvloop` runs them on uvloop into `results*-uvloop.json`.
 - **allocator**: glibc mmaps asyncio's 256 KiB datagram read buffer per datagram until a
