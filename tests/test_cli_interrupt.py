@@ -8,6 +8,8 @@ import signal
 import subprocess
 import time
 
+import pytest
+
 from tests.cli_runs import TIERLINK
 
 #: Starts of the command, each interrupted a little later than the one before (bounded).
@@ -39,3 +41,17 @@ def test_ctrl_c_while_the_modules_load_is_one_line_and_130() -> None:
         assert (code, err) in ((130, "interrupted\n"), (0, "")), (i, code, err)
         interrupted += code == 130
     assert interrupted >= STARTS // 2, interrupted  # the starts were interrupted, not finished
+
+
+def test_an_in_process_call_keeps_the_callers_ctrl_c_handling(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Only the console script (no argv) ignores Ctrl-C after its command; a program that
+    runs a command in-process keeps its SIGINT handler."""
+    from tierlink.cli import main
+
+    before = signal.getsignal(signal.SIGINT)
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    capsys.readouterr()
+    assert signal.getsignal(signal.SIGINT) is before

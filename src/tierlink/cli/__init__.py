@@ -17,7 +17,9 @@ if TYPE_CHECKING:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run ``tierlink ARGV`` (default: the process's arguments); its exit status."""
+    """Run ``tierlink ARGV`` (default: the process's arguments); its exit status. Without
+    ``argv`` (the console script) the process ignores Ctrl-C once the command is over; a
+    caller that passes ``argv`` keeps its own SIGINT handling."""
     try:
         from tierlink.cli.main import main as run_command
 
@@ -25,10 +27,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-    finally:  # the command is over (also after --help): a Ctrl-C now changes nothing
-        import signal  # loaded here: its import (enum) would widen the start's window
+    finally:
+        if argv is None:  # the process's own command is over: a Ctrl-C now changes nothing
+            import signal  # loaded here: its import (enum) would widen the start's window
 
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 __all__ = ["main"]
