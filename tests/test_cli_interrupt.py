@@ -55,3 +55,16 @@ def test_an_in_process_call_keeps_the_callers_ctrl_c_handling(
         main(["--help"])
     capsys.readouterr()
     assert signal.getsignal(signal.SIGINT) is before
+
+
+def test_the_entry_point_stays_a_function_once_the_commands_are_loaded() -> None:
+    """Loading the command modules must not replace ``tierlink.cli.main`` (the console
+    script's target) with a submodule of that name."""
+    import importlib
+
+    import tierlink.cli
+
+    for name in ("dispatch", "node_commands", "mailbox_commands", "tool_commands"):
+        importlib.import_module(f"tierlink.cli.{name}")
+    assert callable(tierlink.cli.main)
+    assert tierlink.cli.main.__module__ == "tierlink.cli"

@@ -198,13 +198,13 @@ def test_ctrl_c_while_the_command_line_is_read_is_no_traceback(
 ) -> None:
     """Ctrl-C right after Enter lands while the parser is built (it loads the lab and bench
     option lists): exit 130 with one line, as later."""
-    cli_main = importlib.import_module("tierlink.cli.main")
+    cli_main = importlib.import_module("tierlink.cli.dispatch")
 
     def interrupted() -> None:
         raise KeyboardInterrupt
 
     monkeypatch.setattr(cli_main, "build_parser", interrupted)
-    assert cli_main.main(["id", "show"]) == 130
+    assert cli_main.run_command(["id", "show"]) == 130
     assert capsys.readouterr().err == "interrupted\n"
 
 

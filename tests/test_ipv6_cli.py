@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from tierlink.cli.main import build_parser
+from tierlink.cli.dispatch import build_parser
 from tierlink.cli.node_options import node_config
 from tierlink.identity import Identity
 

@@ -21,7 +21,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ``argv`` (the console script) the process ignores Ctrl-C once the command is over; a
     caller that passes ``argv`` keeps its own SIGINT handling."""
     try:
-        from tierlink.cli.main import main as run_command
+        from tierlink.cli.dispatch import run_command
 
         return run_command(argv)
     except KeyboardInterrupt:
