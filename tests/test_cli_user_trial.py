@@ -204,7 +204,7 @@ def test_ctrl_c_while_the_command_line_is_read_is_no_traceback(
         raise KeyboardInterrupt
 
     monkeypatch.setattr(cli_main, "build_parser", interrupted)
-    assert cli_main.run_command(["id", "show"]) == 130
+    assert cli_main.execute(["id", "show"]) == 130
     assert capsys.readouterr().err == "interrupted\n"
 
 

@@ -21,9 +21,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ``argv`` (the console script) the process ignores Ctrl-C once the command is over; a
     caller that passes ``argv`` keeps its own SIGINT handling."""
     try:
-        from tierlink.cli.dispatch import run_command
+        from tierlink.cli.dispatch import execute
 
-        return run_command(argv)
+        return execute(argv)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

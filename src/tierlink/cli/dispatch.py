@@ -160,7 +160,7 @@ def os_error(exc: OSError) -> str:
     return ": ".join([*(os.fsdecode(p) for p in paths), exc.strerror])
 
 
-def run_command(argv: Sequence[str] | None = None) -> int:
+def execute(argv: Sequence[str] | None = None) -> int:
     """Run one command (the console script's entry point, :func:`tierlink.cli.main`, wraps
     this)."""
     try:  # building the parser loads the lab and bench option lists: Ctrl-C may land here
