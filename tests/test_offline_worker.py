@@ -13,7 +13,7 @@ from tests.waiting import eventually
 from tierlink.dht import DhtClient, DhtNodeProcess
 from tierlink.errors import PeerNotFound
 from tierlink.identity import Identity
-from tierlink.offline.acks import MAX_ACKS_PER_FETCH
+from tierlink.offline import acks as ack_watch
 from tierlink.offline.delivered import DeliveredLog
 from tierlink.offline.inbox import InboxLimits
 from tierlink.offline.outbox import DELIVERED, PENDING, QUEUED_DHT, Outbox
@@ -277,9 +277,14 @@ async def test_ack_without_the_pairs_token_does_not_mark_delivered(
     assert alice.outbox.get(mid).state == DELIVERED  # type: ignore[union-attr]
 
 
-async def test_ack_fetch_opens_at_most_the_cap(peers: tuple[Peer, Peer]) -> None:
-    """A flood of acks under our key is opened at most MAX_ACKS_PER_FETCH at a time; the
-    rest are counted skipped, and the genuine ack among them is read by a later fetch."""
+async def test_ack_fetch_opens_at_most_the_cap(
+    peers: tuple[Peer, Peer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A flood of acks under our key is opened at most MAX_ACKS_PER_FETCH at a time (made
+    small here); the rest are counted skipped, and the genuine ack among them is read by a
+    later fetch."""
+    monkeypatch.setattr(ack_watch, "MAX_ACKS_PER_FETCH", 16)
+    MAX_ACKS_PER_FETCH = ack_watch.MAX_ACKS_PER_FETCH
     alice, bob = peers
     bob_fp = bob.ident.fingerprint
     mid = await alice.tier.send(bob_fp, b"for bob", recipient_kem_pk=bob.ident.kem_public_key)

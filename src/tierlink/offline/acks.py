@@ -33,9 +33,14 @@ log = logging.getLogger(__name__)
 TIER = "offline"
 """The tier name recorded in the outbox for deliveries acknowledged through the DHT."""
 
-#: Most ack values one :meth:`AckWatch.check` opens per ack key (each costs an AES-GCM
-#: decryption); the rest wait for a later fetch, counted in ``skipped``.
-MAX_ACKS_PER_FETCH = 256
+#: Most ack values one :meth:`AckWatch.check` opens per ack key: OpenDHT's own bound per key
+#: and node, so every value a get returns is opened and values put ahead of the genuine ack
+#: (anyone who sees the key can write there) cannot hide it. Each costs an HKDF and an
+#: AES-GCM decryption (a few microseconds; the get itself is bounded in bytes); the rest are
+#: counted in ``skipped``.
+MAX_ACKS_PER_FETCH = 65536
+#: Ack values opened between two yields to the event loop.
+ACK_CHUNK = 256
 #: Most recipients whose ack keys are listened on at once (one DHT listen each); the
 #: maintenance loop's fetch reads the keys of the others.
 MAX_ACK_LISTENS = 64
@@ -76,7 +81,7 @@ class AckWatch:
         """Read ``recipient``'s acks (or handle ``values`` from its ack key; without it, every
         recipient with undelivered messages, one get each); returns messages newly marked
         delivered. At most :data:`MAX_ACKS_PER_FETCH` values are opened per key, in the order
-        given; an ack counts only if it decrypts under our token for ``recipient``, an id only
+        given, yielding to the event loop every :data:`ACK_CHUNK`; an ack counts only if it decrypts under our token for ``recipient``, an id only
         if its message went to ``recipient``.
         """
         if recipient is None:
@@ -91,7 +96,9 @@ class AckWatch:
             values = await self.dht.get(offline_acks_key(token))
         self.skipped += max(0, len(values) - MAX_ACKS_PER_FETCH)
         marked = 0
-        for value in values[:MAX_ACKS_PER_FETCH]:
+        for i, value in enumerate(values[:MAX_ACKS_PER_FETCH]):
+            if i and not i % ACK_CHUNK:
+                await asyncio.sleep(0)  # the node's other work runs between chunks
             try:
                 ack = open_ack(value, token)
             except RecordError as exc:
