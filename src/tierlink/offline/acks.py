@@ -81,8 +81,9 @@ class AckWatch:
         """Read ``recipient``'s acks (or handle ``values`` from its ack key; without it, every
         recipient with undelivered messages, one get each); returns messages newly marked
         delivered. At most :data:`MAX_ACKS_PER_FETCH` values are opened per key, in the order
-        given, yielding to the event loop every :data:`ACK_CHUNK`; an ack counts only if it decrypts under our token for ``recipient``, an id only
-        if its message went to ``recipient``.
+        given, yielding to the event loop every :data:`ACK_CHUNK`; an ack counts only if it
+        decrypts under our token for ``recipient``, an id only if its message went to
+        ``recipient``.
         """
         if recipient is None:
             if values is not None:
