@@ -10,17 +10,23 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import cbor2
 import pytest
 
 from tests.memory_dht import MemoryDht
 from tierlink.identity import Identity
+from tierlink.mailbox import MailboxClient, SenderStore, create_descriptor
+from tierlink.mailbox.client import MAX_DESCRIPTOR_VERIFIES
 from tierlink.offline.delivered import DeliveredLog
 from tierlink.offline.outbox import DELIVERED, Outbox
 from tierlink.offline.worker import OfflineTier
+from tierlink.transport.connection import Connection
 from tierlink.wire.ack import create_ack
-from tierlink.wire.dhtkeys import offline_acks_key
+from tierlink.wire.dhtkeys import mailboxes_key, offline_acks_key
 from tierlink.wire.envelope import ack_token
+from tierlink.wire.records import KIND_MAILBOX_DESCRIPTOR, now_ms
 
 SENDER = Identity.generate()
 RECIPIENT = Identity.generate()
@@ -54,3 +60,74 @@ async def test_acks_flooded_ahead_of_the_genuine_ack_do_not_hide_it(
     assert entry is not None and entry.state == DELIVERED
     assert tier.acks.rejected == {"decrypt": len(flood)}
     assert tier.acks.skipped == 0
+
+
+# -- mailbox descriptors ---------------------------------------------------------------------
+OLD_BOX = Identity.generate().fingerprint  # a mailbox the recipient no longer names
+NEW_BOX = Identity.generate().fingerprint
+
+
+async def no_dial(fingerprint: str, timeout: float) -> Connection:
+    raise AssertionError("a descriptor lookup dials nobody")
+
+
+@pytest.fixture
+def client(
+    sender: tuple[MemoryDht, OfflineTier], tmp_path: Path
+) -> Iterator[tuple[MemoryDht, MailboxClient]]:
+    dht, tier = sender
+    with SenderStore(tmp_path / "sender.db") as store:
+        yield dht, MailboxClient(no_dial, SENDER, tier, store, mailboxes=[],
+                                 allow=lambda: None, descriptor_lifetime_s=86400.0)
+
+
+def forged_descriptor(issued: int) -> bytes:
+    """A descriptor claiming the recipient (its real public key, which is public) with a
+    signature by someone else: every check but the signature passes."""
+    body: dict[int, Any] = {
+        1: bytes.fromhex(RECIPIENT.fingerprint), 2: RECIPIENT.public_key, 3: issued,
+        4: issued + 3_600_000, 5: RECIPIENT.kem_public_key,
+        6: [bytes.fromhex(OLD_BOX)],
+    }
+    head = bytes([1, KIND_MAILBOX_DESCRIPTOR]) + cbor2.dumps(body, canonical=True)
+    return head + ATTACKER.sign(head)
+
+
+async def test_values_ahead_of_the_newest_descriptor_do_not_steer_the_sender(
+    client: tuple[MemoryDht, MailboxClient],
+) -> None:
+    """The recipient's old descriptor (still within its lifetime, naming a mailbox it has
+    dropped), replayed, then 64 descriptors of other signers, all ahead of its newest one:
+    the sender still takes the newest, and never the dropped mailbox (which would learn the
+    sender's address and hold its message)."""
+    dht, mailbox = client
+    key, t = mailboxes_key(RECIPIENT.fingerprint), now_ms()
+    old = create_descriptor(RECIPIENT, [OLD_BOX], 86400.0, now=t - 3_600_000)
+    others = [create_descriptor(Identity.generate(), [OLD_BOX], 86400.0) for _ in range(4)]
+    new = create_descriptor(RECIPIENT, [NEW_BOX], 86400.0, now=t)
+    for value in [old, *(others * 16), new]:
+        await dht.put(key, value)
+    desc = await mailbox.descriptor(RECIPIENT.fingerprint)
+    assert desc is not None and desc.mailboxes == (NEW_BOX,)
+    assert mailbox.descriptor_rejections["fingerprint"] == len(others) * 16
+
+
+async def test_forged_descriptors_ahead_of_the_genuine_one_cost_bounded_work(
+    client: tuple[MemoryDht, MailboxClient],
+) -> None:
+    """More forgeries than one lookup verifies, claiming later issue times than the genuine
+    descriptor, ahead of it: a lookup verifies at most MAX_DESCRIPTOR_VERIFIES, remembers
+    the forgeries, and the next lookup skips them and finds the genuine descriptor."""
+    dht, mailbox = client
+    key, t = mailboxes_key(RECIPIENT.fingerprint), now_ms()
+    extra = 10
+    forged = [forged_descriptor(t + i) for i in range(1, MAX_DESCRIPTOR_VERIFIES + extra + 1)]
+    for value in [*forged, create_descriptor(RECIPIENT, [NEW_BOX], 86400.0, now=t)]:
+        await dht.put(key, value)
+    assert await mailbox.descriptor(RECIPIENT.fingerprint) is None
+    assert mailbox.descriptor_rejections == {"signature": MAX_DESCRIPTOR_VERIFIES,
+                                             "verify_cap": extra + 1}
+    desc = await mailbox.descriptor(RECIPIENT.fingerprint)
+    assert desc is not None and desc.mailboxes == (NEW_BOX,)
+    # Second lookup: the remembered forgeries skipped unverified, the rest verified once.
+    assert mailbox.descriptor_rejections["signature"] == len(forged) + MAX_DESCRIPTOR_VERIFIES

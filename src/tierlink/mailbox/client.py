@@ -13,8 +13,9 @@ via the delivered log) before telling it to delete each envelope.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -28,11 +29,12 @@ from tierlink.mailbox.codec import (
     REVOKE,
     TAKEN,
     Descriptor,
+    DescriptorClaim,
+    claim_descriptor,
     create_descriptor,
     decode_frame,
     deposit_frame,
     encode_frame,
-    open_descriptor,
     read_dropped,
     read_receipts,
     read_result,
@@ -45,13 +47,19 @@ from tierlink.offline.worker import Callback
 from tierlink.transport.connection import Connection
 from tierlink.wire.ack import create_ack
 from tierlink.wire.dhtkeys import mailboxes_key
-from tierlink.wire.records import now_ms
+from tierlink.wire.records import KIND_MAILBOX_DESCRIPTOR, leads_with_signer, now_ms
 
 log = logging.getLogger(__name__)
 
 #: Opens a ``mailbox``-purpose connection to a fingerprint within a time budget (seconds).
 DialMailbox = Callable[[str, float], Awaitable[Connection]]
 REQUEST_TIMEOUT_S = 15.0
+#: Descriptor values one lookup checks at most (OpenDHT's own bound per key and node).
+MAX_DESCRIPTOR_VALUES = 65536
+#: Signatures one descriptor lookup verifies at most, newest claimed issue time first.
+MAX_DESCRIPTOR_VERIFIES = 64
+#: Digests of descriptor values whose signature failed, skipped unverified when read again.
+MAX_REMEMBERED_FORGERIES = 4096
 
 
 class MailboxClient:
@@ -77,27 +85,68 @@ class MailboxClient:
         """Envelopes taken from our mailboxes (delivered or recognised as replays)."""
         self.registered: set[str] = set()
         """Our mailboxes that accepted our registration (this run)."""
+        self.descriptor_rejections: Counter[str] = Counter()
+        """Descriptor values refused by lookups, by reason (``fingerprint``: another
+        signer's, ``signature``: a forgery, ``verify_cap``: left unverified, ...)."""
+        self._forgeries: OrderedDict[bytes, None] = OrderedDict()
 
     # -- sender side -------------------------------------------------------------------------
     async def descriptor(self, recipient: str) -> Descriptor | None:
-        """``recipient``'s newest valid descriptor: from the DHT, else our cache; None."""
-        best: Descriptor | None = None
+        """``recipient``'s newest valid descriptor among the DHT's values and our cache; None.
+
+        Anyone can put values under the key, ahead of the owner's: every value gets the cheap
+        checks (another signer's costs a CBOR decode and a comparison), then signatures are
+        verified newest claimed issue time first until one verifies, at most
+        :data:`MAX_DESCRIPTOR_VERIFIES`; a value whose signature failed is remembered and not
+        verified again. Refusals are counted in :attr:`descriptor_rejections`.
+        """
         try:
-            values = await self.offline.dht.get(mailboxes_key(recipient))
+            values = await self.offline.dht.get(
+                mailboxes_key(recipient),
+                keep=lambda v: leads_with_signer(v, KIND_MAILBOX_DESCRIPTOR, recipient),
+            )
         except DhtError as exc:
             log.info("no mailbox descriptor lookup for %s…: %s", recipient[:16], exc)
             values = []
         cached = self.store.cached_descriptor(recipient, now_ms())
-        for value in [*values[:64], *([cached] if cached else [])]:
-            try:
-                desc = open_descriptor(value, owner=recipient)
-            except RecordError:
-                continue
-            if best is None or desc.issued_at_ms > best.issued_at_ms:
-                best = desc
+        best = self._newest(recipient, [*([cached] if cached else []), *values])
         if best is not None:
             self.store.cache_descriptor(recipient, best.value, best.expires_at_ms)
         return best
+
+    def _newest(self, recipient: str, values: list[bytes]) -> Descriptor | None:
+        """The valid descriptor of ``recipient`` with the highest issue time in ``values``."""
+        claims: dict[bytes, DescriptorClaim] = {}
+        rejected = self.descriptor_rejections
+        now = now_ms()
+        for i, value in enumerate(values):
+            if i >= MAX_DESCRIPTOR_VALUES:
+                rejected["over_cap"] += len(values) - i
+                break
+            digest = hashlib.sha256(value).digest()
+            if digest in self._forgeries:
+                rejected["signature"] += 1
+                continue
+            if digest in claims:
+                continue  # the cached copy, or a re-put of the same bytes
+            try:
+                claims[digest] = claim_descriptor(value, owner=recipient, now=now)
+            except RecordError as exc:
+                rejected[exc.reason] += 1
+        ordered = sorted(claims.items(), key=lambda item: item[1].descriptor.issued_at_ms,
+                         reverse=True)
+        for n, (digest, claim) in enumerate(ordered):
+            if n >= MAX_DESCRIPTOR_VERIFIES:
+                rejected["verify_cap"] += len(ordered) - n
+                break
+            try:
+                return claim.verify()
+            except RecordError as exc:
+                rejected[exc.reason] += 1
+                self._forgeries[digest] = None
+                while len(self._forgeries) > MAX_REMEMBERED_FORGERIES:
+                    self._forgeries.popitem(last=False)
+        return None
 
     async def _request(self, mailbox: str, frames: list[bytes]) -> list[bytes]:
         """Dial ``mailbox``, send ``frames``, return one reply per frame."""

@@ -26,6 +26,7 @@ from tierlink.wire.envelope import MESSAGE_ID_SIZE
 from tierlink.wire.records import (
     KIND_MAILBOX_DESCRIPTOR,
     MAX_VALUE_SIZE,
+    Opened,
     check_times,
     claimed_signer,
     now_ms,
@@ -85,10 +86,23 @@ def create_descriptor(
     return seal(identity, KIND_MAILBOX_DESCRIPTOR, body)
 
 
-def open_descriptor(value: bytes, *, owner: str | None = None, now: int | None = None
-                    ) -> Descriptor:
-    """Check a descriptor: size, head, CBOR, times, ``owner``, fingerprint binding, fields,
-    then the signature; raises only RecordError."""
+@dataclass(frozen=True)
+class DescriptorClaim:
+    """A descriptor that passed every check but its signature."""
+
+    descriptor: Descriptor
+    opened: Opened
+
+    def verify(self) -> Descriptor:
+        """The descriptor, once its claimed key's signature verifies; RecordError otherwise."""
+        self.opened.verify(self.descriptor.public_key)
+        return self.descriptor
+
+
+def claim_descriptor(value: bytes, *, owner: str | None = None, now: int | None = None
+                     ) -> DescriptorClaim:
+    """Every check of :func:`open_descriptor` but the signature: a reader holding many
+    values of one key runs this on each (cheap) and verifies only the claims it prefers."""
     opened = open_value(value, KIND_MAILBOX_DESCRIPTOR)
     body = Fields(opened.body, "mailbox descriptor", range(1, 7))
     issued, expires = body.uint(3, "issued_at_ms"), body.uint(4, "expires_at_ms")
@@ -102,8 +116,15 @@ def open_descriptor(value: bytes, *, owner: str | None = None, now: int | None =
                   for m in body.array(6, "mailboxes", max_items=MAX_MAILBOXES))
     if not boxes:
         raise malformed("descriptor names no mailbox")
-    opened.verify(public_key)
-    return Descriptor(fingerprint, public_key, issued, expires, kem, boxes, bytes(value))
+    descriptor = Descriptor(fingerprint, public_key, issued, expires, kem, boxes, bytes(value))
+    return DescriptorClaim(descriptor, opened)
+
+
+def open_descriptor(value: bytes, *, owner: str | None = None, now: int | None = None
+                    ) -> Descriptor:
+    """Check a descriptor: size, head, CBOR, times, ``owner``, fingerprint binding, fields,
+    then the signature; raises only RecordError."""
+    return claim_descriptor(value, owner=owner, now=now).verify()
 
 
 # -- frames ------------------------------------------------------------------------------------
