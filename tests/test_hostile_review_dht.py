@@ -8,6 +8,7 @@ of a key lets anyone who knows the key hide the rest.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,8 @@ import cbor2
 import pytest
 
 from tests.memory_dht import MemoryDht
+from tests.waiting import eventually
+from tierlink.dht.record_book import PeerLookup
 from tierlink.identity import Identity
 from tierlink.mailbox import MailboxClient, SenderStore, create_descriptor
 from tierlink.mailbox.client import MAX_DESCRIPTOR_VERIFIES
@@ -24,9 +27,9 @@ from tierlink.offline.outbox import DELIVERED, Outbox
 from tierlink.offline.worker import OfflineTier
 from tierlink.transport.connection import Connection
 from tierlink.wire.ack import create_ack
-from tierlink.wire.dhtkeys import mailboxes_key, offline_acks_key
+from tierlink.wire.dhtkeys import ice_candidates_key, mailboxes_key, offline_acks_key
 from tierlink.wire.envelope import ack_token
-from tierlink.wire.records import KIND_MAILBOX_DESCRIPTOR, now_ms
+from tierlink.wire.records import KIND_MAILBOX_DESCRIPTOR, PeerRecord, now_ms
 
 SENDER = Identity.generate()
 RECIPIENT = Identity.generate()
@@ -39,6 +42,35 @@ def sender(tmp_path: Path) -> Iterator[tuple[MemoryDht, OfflineTier]]:
     db = tmp_path / "sender.db"
     with Outbox(db) as outbox, DeliveredLog(db) as log:
         yield dht, OfflineTier(dht, SENDER, outbox, log)  # type: ignore[arg-type]
+
+
+# -- peer records ---------------------------------------------------------------------------
+class CountingDht(MemoryDht):
+    """A :class:`MemoryDht` that counts its gets."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gets = 0
+
+    async def get(self, key: str, **kw: object) -> list[bytes]:
+        self.gets += 1
+        return await super().get(key, **kw)
+
+
+async def test_a_value_at_the_record_key_does_not_end_a_lookups_patience() -> None:
+    """A lookup waits up to its patience for a record the DHT does not hold yet (a node
+    that just joined). One value an attacker put at the key beforehand (here a record of
+    its own) must not end that wait: the genuine record put meanwhile is found."""
+    dht = CountingDht()
+    key = ice_candidates_key(RECIPIENT.fingerprint)
+    await dht.put(key, PeerRecord.create(ATTACKER, 1).encode(ATTACKER))
+    lookup = PeerLookup(dht)
+    task = asyncio.create_task(lookup.lookup(RECIPIENT.fingerprint, patience=30.0))
+    await eventually(lambda: dht.gets >= 1 or task.done(), 10, "the lookup's first get")
+    await dht.put(key, PeerRecord.create(RECIPIENT, 5).encode(RECIPIENT))
+    record = await asyncio.wait_for(task, 30)
+    assert record.fingerprint == RECIPIENT.fingerprint and record.seq == 5
+    assert lookup.book.rejected["fingerprint"] >= 1
 
 
 # -- acks ----------------------------------------------------------------------------------

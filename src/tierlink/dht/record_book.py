@@ -270,10 +270,11 @@ class PeerLookup:
         A node that has just joined the DHT may not find values yet, and a key flooded with
         forgeries of the owner may need several passes of ``book.max_verifies``
         verifications (run in chunks of :data:`VERIFY_CHUNK`, yielding to the event loop in
-        between; a forgery found once is skipped unverified): an empty answer, or one whose
-        verifications ran out before a valid record, is asked again with backoff for up to
-        ``patience`` seconds. The DHT may skip, in a large answer, values that do not lead
-        with the owner's fingerprint and known forgeries (``keep``).
+        between; a forgery found once is skipped unverified): an answer without a valid
+        record (empty, or holding only other values: anyone can put those, so they must not
+        end the wait) is asked again with backoff for up to ``patience`` seconds. The DHT
+        may skip, in a large answer, values that do not lead with the owner's fingerprint
+        and known forgeries (``keep``).
         """
         loop = asyncio.get_running_loop()
         deadline, backoff = loop.time() + patience, Backoff(LOOKUP_RETRY_S)
@@ -292,7 +293,7 @@ class PeerLookup:
                 await asyncio.sleep(0)  # the node's other work runs between chunks
             if claims:
                 self.book.rejected["verify_cap"] += len(claims)
-            if (values and not claims) or loop.time() + backoff.peek() > deadline:
+            if loop.time() + backoff.peek() > deadline:
                 break
             await backoff.sleep()
         raise PeerNotFound(
