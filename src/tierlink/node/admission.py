@@ -5,8 +5,8 @@ check, an AEAD) and answering it (an ICE agent with sockets, checks for up to
 ``ice_timeout``, a DHT put). :class:`Admission` bounds both, with every time passed in:
 
 * **opening**: a global token bucket of offers opened per second (:meth:`may_open`), charged
-  for every value before any expensive work, since the dialer's identity may be known only
-  once the value is open;
+  for every value that passed the free checks (size, head, times) before any expensive
+  work, since the dialer's identity may be known only once the value is open;
 * **per dialer**: a token bucket per *verified* dialer fingerprint (:meth:`admit` runs after
   every check passed, so a forged offer under a friend's fingerprint never spends the
   friend's tokens). A token pays for an answer that does not end in a channel: a session

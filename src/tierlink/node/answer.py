@@ -3,8 +3,9 @@
 Offers arrive through a listen on this node's offers key. Each is checked, cheapest first
 (size and times, decapsulation, decryption, the inner fields, the dialer's fingerprint
 binding, allow list, signature, then replay, which survives restarts) and, if accepted and
-admitted, answered (:mod:`tierlink.node.admission` budgets opening each value and, once an
-offer passed every check, answering it): ICE gathers while the QUIC reply to the flight
+admitted, answered (:mod:`tierlink.node.admission` budgets opening each value that passed
+the checks needing no cryptography, so junk and expired replays spend none of it, and, once
+an offer passed every check, answering it): ICE gathers while the QUIC reply to the flight
 inside the offer is built, the sealed answer is put under the key only the offer's secret
 gives and under this node's own offers key (:func:`put_answer`), and checks start at once
 (the dialer's agent answers them before it has our answer). Answer values arriving on the
@@ -40,6 +41,7 @@ from tierlink.wire.signaling import (
     MAX_OFFER_LIFETIME_S,
     Offer,
     OfferSecret,
+    check_offer_clear,
     decode_offer,
     encode_answer,
     is_answer,
@@ -185,7 +187,10 @@ class Answerer:
                     if is_answer(value):  # an answer to some dial: nothing for us to open
                         self.answers_seen += 1
                         continue
-                    try:  # admission: the CPU budget gates the opening (restarts too)
+                    try:
+                        if not is_restart(value):  # free checks first: they spend no budget
+                            check_offer_clear(value)
+                        # admission: the CPU budget gates the opening (restarts too)
                         self.admission.may_open(time.monotonic())
                     except RecordError as exc:
                         self.rejections[exc.reason] += 1

@@ -180,6 +180,19 @@ def seal_to(
     return SealedValue(value, shared)
 
 
+def check_clear(value: bytes, kind: SealedKind, *, now: int | None = None
+                ) -> tuple[bytes, int, int]:
+    """The checks of :func:`open_sealed` that need no key and no cryptography (size, head,
+    times): ``(value, created, expires)``, else RecordError. A reader that budgets its
+    costly opens runs these first, so values anyone can make for free spend no budget."""
+    value = check_head(value, kind.kind, MIN_SIZE)
+    created = int.from_bytes(value[2:2 + TIME_SIZE], "big")
+    expires = int.from_bytes(value[2 + TIME_SIZE:2 + 2 * TIME_SIZE], "big")
+    check_times(kind.name, created, expires, now_ms() if now is None else now,
+                kind.max_lifetime_ms, kind.late_ms)
+    return value, created, expires
+
+
 def open_sealed(
     value: bytes,
     kind: SealedKind,
@@ -191,11 +204,7 @@ def open_sealed(
     """Check and open a sealed value of ``kind`` addressed to ``me``, cheapest check first
     (module docstring); raises only RecordError. ``allow`` refuses claimed senders
     (``not-allowed``) before their signature is verified."""
-    value = check_head(value, kind.kind, MIN_SIZE)
-    created = int.from_bytes(value[2:2 + TIME_SIZE], "big")
-    expires = int.from_bytes(value[2 + TIME_SIZE:2 + 2 * TIME_SIZE], "big")
-    check_times(kind.name, created, expires, now_ms() if now is None else now,
-                kind.max_lifetime_ms, kind.late_ms)
+    value, created, expires = check_clear(value, kind, now=now)
     clear = value[:CLEAR_SIZE]
     kem_ct = clear[2 + 2 * TIME_SIZE:2 + 2 * TIME_SIZE + KEM_CIPHERTEXT_SIZE]
     nonce = clear[-NONCE_SIZE:]

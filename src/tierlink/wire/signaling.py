@@ -44,7 +44,14 @@ from tierlink.wire.records import (
     encode_candidate,
     now_ms,
 )
-from tierlink.wire.sealed import SealedKind, SealedValue, Unsealed, open_sealed, seal_to
+from tierlink.wire.sealed import (
+    SealedKind,
+    SealedValue,
+    Unsealed,
+    check_clear,
+    open_sealed,
+    seal_to,
+)
 
 SESSION_ID_SIZE = 16
 NONCE_SIZE = 12
@@ -240,6 +247,12 @@ def encode_offer(
         expires_at_ms=t + int(min(lifetime_s, MAX_OFFER_LIFETIME_S) * 1000),
     )
     return made.value, _secret(made, bytes(session_id), signer.fingerprint, recipient)
+
+
+def check_offer_clear(value: bytes, *, now: int | None = None) -> None:
+    """The free checks of an offer (size, head, times; no key, no cryptography), as
+    :func:`decode_offer` runs them first; RecordError with their reasons."""
+    check_clear(value, OFFER, now=now)
 
 
 def decode_offer(
