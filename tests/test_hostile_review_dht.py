@@ -23,13 +23,19 @@ from tierlink.identity import Identity
 from tierlink.mailbox import MailboxClient, SenderStore, create_descriptor
 from tierlink.mailbox.client import MAX_DESCRIPTOR_VERIFIES
 from tierlink.offline.delivered import DeliveredLog
+from tierlink.offline.inbox import InboxLimits
 from tierlink.offline.outbox import DELIVERED, Outbox
 from tierlink.offline.worker import OfflineTier
 from tierlink.transport.connection import Connection
 from tierlink.wire.ack import create_ack
-from tierlink.wire.dhtkeys import ice_candidates_key, mailboxes_key, offline_acks_key
-from tierlink.wire.envelope import ack_token
-from tierlink.wire.records import KIND_MAILBOX_DESCRIPTOR, PeerRecord, now_ms
+from tierlink.wire.dhtkeys import (
+    ice_candidates_key,
+    mailboxes_key,
+    offline_acks_key,
+    offline_queue_key,
+)
+from tierlink.wire.envelope import ack_token, create_envelope
+from tierlink.wire.records import KIND_ENVELOPE, KIND_MAILBOX_DESCRIPTOR, PeerRecord, now_ms
 
 SENDER = Identity.generate()
 RECIPIENT = Identity.generate()
@@ -163,3 +169,57 @@ async def test_forged_descriptors_ahead_of_the_genuine_one_cost_bounded_work(
     assert desc is not None and desc.mailboxes == (NEW_BOX,)
     # Second lookup: the remembered forgeries skipped unverified, the rest verified once.
     assert mailbox.descriptor_rejections["signature"] == len(forged) + MAX_DESCRIPTOR_VERIFIES
+
+
+# -- envelopes -------------------------------------------------------------------------------
+#: Values anyone can put for free: they fail the checks that need no cryptography.
+FREE_JUNK = [b"junk %d" % i for i in range(200)] + [
+    bytes([1, KIND_ENVELOPE]) + bytes(7000 + i) for i in range(100)  # times 0: long expired
+]
+
+
+@pytest.fixture
+def recipient(tmp_path: Path) -> Iterator[tuple[MemoryDht, OfflineTier, list[bytes]]]:
+    dht = MemoryDht()
+    db = tmp_path / "recipient.db"
+    with Outbox(db) as outbox, DeliveredLog(db) as log:
+        limits = InboxLimits(max_values_per_fetch=4)
+        yield dht, OfflineTier(dht, RECIPIENT, outbox, log, limits=limits), []  # type: ignore[arg-type]
+
+
+def envelope_to_recipient(payload: bytes) -> bytes:
+    value, _ = create_envelope(SENDER, RECIPIENT.fingerprint, RECIPIENT.kem_public_key, payload)
+    return value
+
+
+async def test_free_junk_takes_no_room_in_a_fetch(
+    recipient: tuple[MemoryDht, OfflineTier, list[bytes]],
+) -> None:
+    """A fetch opens at most ``max_values_per_fetch`` values (4 here), chosen at random.
+    300 junk values ahead of the genuine envelope are refused before that choice, so the
+    genuine envelope is delivered by the first fetch, not by chance."""
+    dht, tier, got = recipient
+    key = offline_queue_key(RECIPIENT.fingerprint)
+    for value in [*FREE_JUNK, envelope_to_recipient(b"genuine")]:
+        await dht.put(key, value)
+    res = await tier.fetch_and_deliver(lambda env: got.append(env.payload))
+    assert got == [b"genuine"]
+    assert res.rejected == {"malformed": 200, "expired": 100}
+
+
+async def test_free_junk_takes_no_room_in_the_listen_buffer(
+    recipient: tuple[MemoryDht, OfflineTier, list[bytes]],
+) -> None:
+    """The queue listen buffers at most ``max_values_per_fetch`` values while a batch is
+    delivered and drops the rest until the sender's next re-put. Junk streamed ahead of
+    the genuine envelope must not fill that buffer."""
+    dht, tier, got = recipient
+    key = offline_queue_key(RECIPIENT.fingerprint)
+    for value in [*FREE_JUNK, envelope_to_recipient(b"genuine")]:
+        await dht.put(key, value)
+    tier.start(lambda env: got.append(env.payload))
+    try:
+        await eventually(lambda: got == [b"genuine"], 20, "the genuine envelope delivered")
+    finally:
+        await tier.stop()
+    assert tier.inbox.rejected["deferred"] == 0

@@ -27,8 +27,10 @@ the signature, ``signature``, ...), plus
 Envelopes refused by a per-sender cap are not acknowledged, so their sender keeps
 re-putting them and a later fetch takes them: the caps bound the work and memory of one
 fetch, they do not lose messages. Caps count only verified envelopes, so a forger cannot
-use up another sender's share. Values are examined in random order so that a flood cannot
-keep the same honest values past the ``max_values_per_fetch`` window fetch after fetch.
+use up another sender's share. Values failing the checks that need no cryptography (size,
+head, times) are refused before that window, so free junk takes none of it, and the rest are
+examined in random order so that a flood cannot keep the same honest values past the
+``max_values_per_fetch`` window fetch after fetch.
 
 The delivered log is bounded and never evicts (:mod:`~tierlink.offline.delivered`): once it
 is full, a new message is held back (``log_full``, not acknowledged, so it stays in the DHT
@@ -51,7 +53,12 @@ from dataclasses import dataclass, field
 from tierlink.errors import RecordError
 from tierlink.identity import Identity
 from tierlink.offline.delivered import DeliveredLog
-from tierlink.wire.envelope import MAX_PAYLOAD, ReceivedEnvelope, open_envelope
+from tierlink.wire.envelope import (
+    MAX_PAYLOAD,
+    ReceivedEnvelope,
+    check_envelope_clear,
+    open_envelope,
+)
 from tierlink.wire.records import now_ms as _now_ms
 
 
@@ -125,6 +132,12 @@ class Inbox:
         """Rejections by reason over every fetch so far."""
         self._rng = random.SystemRandom()
 
+    def precheck(self, value: bytes, now_ms: int | None = None) -> None:
+        """The checks that need no cryptography (size, head, times, the payload cap from the
+        size); RecordError with their reasons. Values failing them take no room in a fetch's
+        ``max_values_per_fetch`` nor in a buffer that waits for one."""
+        check_envelope_clear(value, now_ms, max_payload=self.limits.max_payload)
+
     def process(self, values: Iterable[bytes], now_ms: int | None = None) -> FetchResult:
         """Verify and sort the values of one fetch (does not record deliveries)."""
         t = _now_ms() if now_ms is None else now_ms
@@ -138,8 +151,13 @@ class Inbox:
             digest = hashlib.sha256(v).digest()
             if digest in unique:
                 res.rejected["duplicate"] += 1
-            else:
-                unique[digest] = v
+                continue
+            try:
+                self.precheck(v, t)
+            except RecordError as exc:
+                res.rejected[exc.reason] += 1
+                continue
+            unique[digest] = v
         todo = list(unique.values())
         self._rng.shuffle(todo)
         if len(todo) > lim.max_values_per_fetch:

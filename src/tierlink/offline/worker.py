@@ -38,7 +38,7 @@ from collections.abc import Awaitable, Callable
 
 from tierlink.backoff import Backoff, keep_restarting
 from tierlink.dht.record_book import PeerLookup
-from tierlink.errors import DhtError, PeerNotFound
+from tierlink.errors import DhtError, PeerNotFound, RecordError
 from tierlink.identity import Identity
 from tierlink.offline.acks import AckWatch
 from tierlink.offline.delivered import DeliveredLog
@@ -268,6 +268,11 @@ class OfflineTier:
             it = self.dht.listen(offline_queue_key(self.me.fingerprint))
             try:
                 async for value in it:
+                    try:  # free checks: junk takes no room in the buffer
+                        self.inbox.precheck(value)
+                    except RecordError as exc:
+                        self.inbox.rejected[exc.reason] += 1
+                        continue
                     if len(self._incoming) >= self.inbox.limits.max_values_per_fetch:
                         self.inbox.rejected["deferred"] += 1  # not acked: it comes again
                         continue

@@ -26,7 +26,14 @@ from tierlink.errors import MessageTooLarge, RecordError
 from tierlink.identity import PUBLIC_KEY_SIZE, SIGNATURE_SIZE, Identity, is_fingerprint
 from tierlink.wire.records import KIND_ENVELOPE, MAX_VALUE_SIZE
 from tierlink.wire.records import now_ms as _now_ms
-from tierlink.wire.sealed import CLEAR_SIZE, TAG_SIZE, SealedKind, open_sealed, seal_to
+from tierlink.wire.sealed import (
+    CLEAR_SIZE,
+    TAG_SIZE,
+    SealedKind,
+    check_clear,
+    open_sealed,
+    seal_to,
+)
 
 MESSAGE_ID_SIZE = 16
 ACK_TOKEN_SIZE = 32
@@ -130,6 +137,20 @@ def create_envelope(
     return sealed.value, mid
 
 
+def check_envelope_clear(
+    value: bytes, now_ms: int | None = None, *, max_payload: int = MAX_PAYLOAD
+) -> None:
+    """The checks of :func:`open_envelope` that need no key and no cryptography (the payload
+    cap judged from the size, then size, head and times); RecordError with their reasons.
+    A reader that bounds how many values it opens runs these first, so values anyone can
+    make for free take none of its room."""
+    if isinstance(value, bytes | bytearray) and len(value) - OVERHEAD > max_payload:
+        raise RecordError(
+            "oversize", f"value of {len(value)} bytes holds a payload over {max_payload}"
+        )
+    check_clear(value, ENVELOPE, now=now_ms)
+
+
 def open_envelope(
     value: bytes,
     me: Identity,
@@ -144,10 +165,7 @@ def open_envelope(
     judged from the value's size before any decryption); ``allow`` refuses senders
     (``not-allowed``) before their signature is verified.
     """
-    if isinstance(value, bytes | bytearray) and len(value) - OVERHEAD > max_payload:
-        raise RecordError(
-            "oversize", f"value of {len(value)} bytes holds a payload over {max_payload}"
-        )
+    check_envelope_clear(value, now_ms, max_payload=max_payload)
     opened = open_sealed(value, ENVELOPE, me, now=now_ms, allow=allow)
     body = opened.fields
     mid = body.bstr(K_MESSAGE_ID, "message_id", size=MESSAGE_ID_SIZE)
