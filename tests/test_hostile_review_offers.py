@@ -5,11 +5,15 @@ ahead of a genuine offer must not spend the budget the genuine offer needs."""
 from __future__ import annotations
 
 import asyncio
+import os
+from typing import Any
+
+import pytest
 
 from tests.nodes import config_for
 from tests.waiting import eventually
 from tierlink.dht import DhtNodeProcess
-from tierlink.node import Node
+from tierlink.node import Node, migration
 from tierlink.node.admission import AdmissionLimits
 from tierlink.wire.dhtkeys import offers_key
 from tierlink.wire.records import now_ms
@@ -53,4 +57,53 @@ async def test_junk_and_expired_replays_spend_no_opening_budget(
             assert await incoming.recv(5) == b"past the junk"
             await incoming.close()
         finally:
+            await conn.close()
+
+
+#: Secure connections the attacked node holds, and the restart keys one token pays for.
+CONNECTIONS = 8
+KEYS_PER_TOKEN = 2
+
+
+async def test_junk_restart_values_cost_the_budget_of_every_key_they_are_tried_with(
+    dht_node: DhtNodeProcess, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A restart value names no session: the node tries the restart key of every open
+    connection on it. Junk restart values (free to make) put at its offers key must cost
+    the opening budget in proportion, so the keys tried stay within what the budget pays
+    for (open_burst x restart_keys_per_open) however many connections the node holds."""
+    limits = AdmissionLimits(open_rate=0.001, open_burst=16,
+                             restart_keys_per_open=KEYS_PER_TOKEN)
+    node = Node(config_for(dht_node, admission=limits))
+    peer = Node(config_for(dht_node))
+    tried = [0]
+    real_decode = migration.decode_restart
+
+    def counted(*args: Any, **kw: Any) -> Any:
+        tried[0] += 1
+        return real_decode(*args, **kw)
+
+    monkeypatch.setattr(migration, "decode_restart", counted)
+    async with node, peer:
+        conns = []
+        for _ in range(CONNECTIONS):  # node dials: its own offers key stays quiet
+            conns.append(await node.connect(peer.fingerprint))
+            incoming = await peer.accept(timeout=10)
+            assert incoming is not None
+            conns.append(incoming)
+        junk = [bytes([1, 7]) + os.urandom(40) for _ in range(40)]
+        assert peer.dht is not None
+        key = offers_key(node.fingerprint)
+        await asyncio.gather(*(peer.dht.put(key, v) for v in junk))
+
+        def refused() -> int:
+            restarts = node.stats()["path_migration"]
+            assert isinstance(restarts, dict)
+            return node.offer_rejections["busy-open"] + restarts["restarts_refused"].get(
+                "decrypt", 0)
+
+        await eventually(lambda: refused() >= len(junk), 20, "every junk restart refused")
+        assert tried[0] <= limits.open_burst * KEYS_PER_TOKEN
+        assert node.offer_rejections["busy-open"] > 0
+        for conn in conns:
             await conn.close()

@@ -64,12 +64,19 @@ class AdmissionLimits:
     recent_peer_s: float = 600.0
     #: Most dialer buckets and recent peers remembered (least recently used go first).
     max_tracked: int = 4096
+    #: Open connections whose restart key one opening token pays for: a restart value is
+    #: tried with every open connection's key, so it costs one token per this many of
+    #: them (at least one), and a node holding many connections is not made to try them
+    #: all for every junk value.
+    restart_keys_per_open: int = 256
 
     def __post_init__(self) -> None:
         if min(self.open_rate, self.dialer_rate, self.answer_rate) <= 0:
             raise ValueError("admission rates must be positive")
-        if min(self.open_burst, self.dialer_burst, self.answer_burst, self.max_tracked) < 1:
-            raise ValueError("admission bursts and max_tracked must be at least 1")
+        if min(self.open_burst, self.dialer_burst, self.answer_burst, self.max_tracked,
+               self.restart_keys_per_open) < 1:
+            raise ValueError("admission bursts, max_tracked and restart_keys_per_open must be "
+                             "at least 1")
         if self.max_sessions < 1 or self.reserved_sessions < 0:
             raise ValueError("max_sessions must be >= 1 and reserved_sessions >= 0")
 
@@ -90,11 +97,11 @@ class TokenBucket:
             self._stamp = now
         return self._tokens
 
-    def take(self, now: float) -> bool:
-        """Take one token if there is one."""
-        if self.tokens(now) < 1.0:
+    def take(self, now: float, n: int = 1) -> bool:
+        """Take ``n`` tokens if there are that many."""
+        if self.tokens(now) < n:
             return False
-        self._tokens -= 1.0
+        self._tokens -= n
         return True
 
     def give_back(self, now: float) -> None:
@@ -136,11 +143,19 @@ class Admission:
         return RecordError(reason, detail)
 
     # -- opening -----------------------------------------------------------------------------
-    def may_open(self, now: float) -> None:
-        """Charge the opening of one value; RecordError ``busy-open`` when the budget is
-        spent (the value is dropped unopened)."""
-        if not self._open.take(now):
+    def may_open(self, now: float, cost: int = 1) -> None:
+        """Charge the opening of one value (``cost`` tokens, see :meth:`restart_cost`);
+        RecordError ``busy-open`` when the budget is spent (the value is dropped unopened)."""
+        if not self._open.take(now, cost):
             raise self._refuse("busy-open", "offer opening budget spent")
+
+    def restart_cost(self, keys: int) -> int:
+        """The opening tokens a restart value costs when ``keys`` open connections' restart
+        keys are tried on it: one per ``restart_keys_per_open`` of them, at least one. A
+        burst larger than :attr:`AdmissionLimits.open_burst` is never affordable, so it is
+        capped there."""
+        per = self.limits.restart_keys_per_open
+        return min(max(1, -(-keys // per)), self.limits.open_burst)
 
     # -- the reserved lane -------------------------------------------------------------------
     def dialed(self, peer: str, now: float) -> None:

@@ -187,15 +187,19 @@ class Answerer:
                     if is_answer(value):  # an answer to some dial: nothing for us to open
                         self.answers_seen += 1
                         continue
+                    restart = is_restart(value)
                     try:
-                        if not is_restart(value):  # free checks first: they spend no budget
+                        cost = 1
+                        if restart:  # tried with the key of every open connection
+                            cost = self.admission.restart_cost(self.endpoint.restarts.sessions)
+                        else:  # free checks first: they spend no budget
                             check_offer_clear(value)
                         # admission: the CPU budget gates the opening (restarts too)
-                        self.admission.may_open(time.monotonic())
+                        self.admission.may_open(time.monotonic(), cost)
                     except RecordError as exc:
                         self.rejections[exc.reason] += 1
                         continue
-                    if is_restart(value):  # a path restart of an open connection
+                    if restart:  # a path restart of an open connection
                         self.endpoint.restarts.receive(value)
                         continue
                     self.tasks.spawn(self._handle(value), "offer")

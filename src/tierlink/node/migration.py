@@ -258,6 +258,11 @@ class PathRestarts:
         self.tier_changes: Counter[str] = Counter()
         """Path changes by the tiers they went from and to (``relay_to_direct``, ...)."""
 
+    @property
+    def sessions(self) -> int:
+        """Open connections whose restart key :meth:`receive` tries on each value."""
+        return len(self._sessions)
+
     def known_record(self, fingerprint: str) -> tuple[int | None, int | None]:
         """The sequence and issued time of the newest record of ``fingerprint`` accepted so
         far (None: none known): a connection opening now began with it."""

@@ -16,6 +16,7 @@ Byte layouts, key derivations and limits: docs/PROTOCOL.md, sections "Offer", "A
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import os
 import re
@@ -123,6 +124,18 @@ class OfferSecret:
             _ANSWER_PREFIX + self.session_id
             + bytes.fromhex(self.dialer) + bytes.fromhex(self.callee)
         )
+
+    @functools.cached_property
+    def restart_cipher(self) -> AESGCM:
+        """The AEAD of this session's restart values (§10.1), derived once: a receiver tries
+        the key of every open session on each restart value, so a try costs one tag check."""
+        return AESGCM(_hkdf(self.key, RESTART_KEY_LABEL))
+
+    @functools.cached_property
+    def restart_aads(self) -> tuple[bytes, bytes]:
+        """The associated data of this session's restart values, per direction
+        (``TO_CALLEE``, ``TO_DIALER``)."""
+        return (_restart_aad(self, TO_CALLEE), _restart_aad(self, TO_DIALER))
 
     def answer_key(self) -> str:
         """The DHT key of this offer's answer: its locator (HKDF of :attr:`key`, one-way)
@@ -341,6 +354,8 @@ def encode_restart(secret: OfferSecret, direction: int, restart: Restart) -> byt
     """Seal ``restart`` for the session of ``secret``, travelling in ``direction``."""
     if restart.kind not in (RESTART_OFFER, RESTART_ANSWER):
         raise ValueError("a restart is an offer or an answer")
+    if direction not in (TO_CALLEE, TO_DIALER):
+        raise ValueError("a restart travels to the callee or to the dialer")
     if not 1 <= restart.seq <= MAX_RESTART_SEQ:
         raise ValueError(f"a restart sequence number is 1-{MAX_RESTART_SEQ}")
     params = restart.params
@@ -348,9 +363,8 @@ def encode_restart(secret: OfferSecret, direction: int, restart: Restart) -> byt
                    3: [encode_candidate(c) for c in params.candidates]}
     plain = cbor2.dumps({1: restart.kind, 2: restart.seq, 3: description}, canonical=True)
     nonce = os.urandom(NONCE_SIZE)
-    key = _hkdf(secret.key, RESTART_KEY_LABEL)
-    value = _RESTART_PREFIX + nonce + AESGCM(key).encrypt(
-        nonce, plain, _restart_aad(secret, direction)
+    value = _RESTART_PREFIX + nonce + secret.restart_cipher.encrypt(
+        nonce, plain, secret.restart_aads[direction]
     )
     if len(value) > MAX_RESTART_SIZE:
         raise ValueError(f"restart of {len(value)} bytes exceeds {MAX_RESTART_SIZE}")
@@ -370,9 +384,8 @@ def decode_restart(value: bytes, secret: OfferSecret, direction: int) -> Restart
         raise RecordError("oversize", f"restart of {len(value)} bytes exceeds {MAX_RESTART_SIZE}")
     start = len(_RESTART_PREFIX)
     nonce, ct = value[start:start + NONCE_SIZE], value[start + NONCE_SIZE:]
-    key = _hkdf(secret.key, RESTART_KEY_LABEL)
     try:
-        plain = AESGCM(key).decrypt(nonce, ct, _restart_aad(secret, direction))
+        plain = secret.restart_cipher.decrypt(nonce, ct, secret.restart_aads[direction])
     except InvalidTag:
         raise RecordError("decrypt", "restart does not decrypt with this session's key") from None
     fields = Fields(decode(plain), "restart", (1, 2, 3))
