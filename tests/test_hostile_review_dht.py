@@ -22,9 +22,10 @@ from tierlink.dht.record_book import PeerLookup
 from tierlink.identity import Identity
 from tierlink.mailbox import MailboxClient, SenderStore, create_descriptor
 from tierlink.mailbox.client import MAX_DESCRIPTOR_VERIFIES
+from tierlink.mailbox.codec import receipts_frame
 from tierlink.offline.delivered import DeliveredLog
 from tierlink.offline.inbox import InboxLimits
-from tierlink.offline.outbox import DELIVERED, Outbox
+from tierlink.offline.outbox import DELIVERED, IN_MAILBOX, Outbox
 from tierlink.offline.worker import OfflineTier
 from tierlink.transport.connection import Connection
 from tierlink.wire.ack import create_ack
@@ -223,3 +224,53 @@ async def test_free_junk_takes_no_room_in_the_listen_buffer(
     finally:
         await tier.stop()
     assert tier.inbox.rejected["deferred"] == 0
+
+
+# -- mailbox receipts ----------------------------------------------------------------------
+class ReceiptsConn:
+    """A mailbox connection that answers RECEIPTS? with the given receipts."""
+
+    def __init__(self, receipts: list[tuple[bytes, bytes | None]]) -> None:
+        self.replies = [receipts_frame(receipts)]
+        self.sent: list[bytes] = []
+
+    async def send(self, data: bytes) -> int:
+        self.sent.append(data)
+        return len(data)
+
+    async def recv(self, timeout: float | None = None) -> bytes | None:
+        return self.replies.pop(0)
+
+    async def close(self) -> None:
+        pass
+
+
+async def test_one_mailboxs_expiry_notice_does_not_end_a_message_another_holds(
+    sender: tuple[MemoryDht, OfflineTier], tmp_path: Path,
+) -> None:
+    """A message deposited with two mailboxes (redundancy 2), and one deposited with the
+    second only. The first mailbox answers RECEIPTS? with expiry notices for both (it may
+    have a shorter retention, or be hostile): the first message stays undelivered and
+    held by the second mailbox, and the second message is untouched."""
+    _, tier = sender
+    both = await tier.send(RECIPIENT.fingerprint, b"a", recipient_kem_pk=RECIPIENT.kem_public_key)
+    other = await tier.send(RECIPIENT.fingerprint, b"b", recipient_kem_pk=RECIPIENT.kem_public_key)
+    conn = ReceiptsConn([(both, None), (other, None)])
+
+    async def dial(fingerprint: str, timeout: float) -> Connection:
+        assert fingerprint == OLD_BOX
+        return conn  # type: ignore[return-value]
+
+    with SenderStore(tmp_path / "sender.db") as store:
+        client = MailboxClient(dial, SENDER, tier, store, mailboxes=[], allow=lambda: None,
+                               descriptor_lifetime_s=86400.0)
+        for mid, boxes in ((both, (OLD_BOX, NEW_BOX)), (other, (NEW_BOX,))):
+            for box in boxes:
+                store.deposited(mid, box, RECIPIENT.fingerprint)
+            assert tier.outbox.mark_in_mailbox(mid)
+        assert await client.fetch_receipts(OLD_BOX, store.holding()[OLD_BOX]) == 2
+        assert store.mailboxes_of(both) == [NEW_BOX]
+        assert store.mailboxes_of(other) == [NEW_BOX]
+    for mid in (both, other):
+        entry = tier.outbox.get(mid)
+        assert entry is not None and entry.state == IN_MAILBOX

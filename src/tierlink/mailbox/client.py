@@ -191,7 +191,11 @@ class MailboxClient:
         return holding
 
     async def fetch_receipts(self, mailbox: str, mine: dict[bytes, str]) -> int:
-        """Take the acks and expiry notices ``mailbox`` holds for us; returns ids settled."""
+        """Take the acks and expiry notices ``mailbox`` holds for us; returns ids settled.
+
+        A receipt settles only this mailbox's deposit: an expiry notice marks the message
+        expired only once no other mailbox holds it, so one mailbox (short retention, or
+        hostile) cannot end a message another still holds."""
         conn = await self.dial(mailbox, self.dial_timeout)
         try:
             await conn.send(encode_frame(RECEIPTS_REQ))
@@ -202,14 +206,17 @@ class MailboxClient:
             settled = []
             for mid, ack in read_receipts(decode_frame(reply)):
                 recipient = mine.get(mid)
+                self.store.settled(mid, mailbox)  # this mailbox's deposit only
                 if recipient is not None and ack is not None:
                     await self.offline.check_acks(recipient, [ack])
+                elif recipient is not None and self.store.mailboxes_of(mid):
+                    log.info("message %s left mailbox %s… undelivered; another mailbox still "
+                             "holds it", mid.hex(), mailbox[:16])
                 elif recipient is not None:
                     log.warning("message %s to %s… left mailbox %s… undelivered (expired, or "
                                 "the recipient withdrew)", mid.hex(), recipient[:16],
                                 mailbox[:16])
                     self.offline.outbox.mark_expired(mid)
-                self.store.settled(mid)
                 settled.append(mid)
             if settled:
                 log.info("took %d receipts from mailbox %s…", len(settled), mailbox[:16])

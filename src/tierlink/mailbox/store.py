@@ -244,9 +244,10 @@ class SenderStore(SqliteStore):
             out.setdefault(box, {})[mid] = who
         return out
 
-    def settled(self, message_id: bytes) -> None:
-        """Forget every deposit of ``message_id``."""
-        self.conn.execute("DELETE FROM mb_sent WHERE message_id=?", (message_id,))
+    def settled(self, message_id: bytes, mailbox: str) -> None:
+        """Forget the deposit of ``message_id`` with ``mailbox``."""
+        self.conn.execute("DELETE FROM mb_sent WHERE message_id=? AND mailbox=?",
+                          (message_id, mailbox))
 
     def cache_descriptor(self, recipient: str, value: bytes, expires: int) -> None:
         """Keep a verified descriptor."""
