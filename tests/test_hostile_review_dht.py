@@ -274,3 +274,20 @@ async def test_one_mailboxs_expiry_notice_does_not_end_a_message_another_holds(
     for mid in (both, other):
         entry = tier.outbox.get(mid)
         assert entry is not None and entry.state == IN_MAILBOX
+
+
+async def test_forged_descriptors_do_not_hide_the_cached_one(
+    client: tuple[MemoryDht, MailboxClient],
+) -> None:
+    """The sender verified the recipient's descriptor once (it is cached). Forgeries claiming
+    later issue times, more than a lookup verifies, then fill the key: the sender still has
+    the cached descriptor, and a replayed older one is not taken over it."""
+    dht, mailbox = client
+    key, t = mailboxes_key(RECIPIENT.fingerprint), now_ms()
+    await dht.put(key, create_descriptor(RECIPIENT, [NEW_BOX], 86400.0, now=t))
+    assert (await mailbox.descriptor(RECIPIENT.fingerprint)) is not None
+    dht.values[key] = [forged_descriptor(t + i) for i in range(1, 2 * MAX_DESCRIPTOR_VERIFIES)]
+    dht.values[key].append(create_descriptor(RECIPIENT, [OLD_BOX], 86400.0, now=t - 60_000))
+    desc = await mailbox.descriptor(RECIPIENT.fingerprint)
+    assert desc is not None and desc.mailboxes == (NEW_BOX,)
+    assert mailbox.descriptor_rejections["stale"] == 1

@@ -35,6 +35,7 @@ from tierlink.mailbox.codec import (
     decode_frame,
     deposit_frame,
     encode_frame,
+    open_descriptor,
     read_dropped,
     read_receipts,
     read_result,
@@ -108,17 +109,26 @@ class MailboxClient:
         except DhtError as exc:
             log.info("no mailbox descriptor lookup for %s…: %s", recipient[:16], exc)
             values = []
+        best: Descriptor | None = None
         cached = self.store.cached_descriptor(recipient, now_ms())
-        best = self._newest(recipient, [*([cached] if cached else []), *values])
-        if best is not None:
+        if cached is not None:
+            try:
+                best = open_descriptor(cached, owner=recipient)
+            except RecordError:
+                best = None  # expired since it was cached
+        newer = self._newest(recipient, values, best)
+        if newer is not None:
+            best = newer
             self.store.cache_descriptor(recipient, best.value, best.expires_at_ms)
         return best
 
-    def _newest(self, recipient: str, values: list[bytes]) -> Descriptor | None:
-        """The valid descriptor of ``recipient`` with the highest issue time in ``values``."""
+    def _newest(self, recipient: str, values: list[bytes], known: Descriptor | None
+                ) -> Descriptor | None:
+        """The valid descriptor of ``recipient`` in ``values`` with the highest issue time,
+        if later than ``known``'s (the cached one, never hidden by values of the DHT)."""
         claims: dict[bytes, DescriptorClaim] = {}
         rejected = self.descriptor_rejections
-        now = now_ms()
+        now, floor = now_ms(), -1 if known is None else known.issued_at_ms
         for i, value in enumerate(values):
             if i >= MAX_DESCRIPTOR_VALUES:
                 rejected["over_cap"] += len(values) - i
@@ -127,12 +137,17 @@ class MailboxClient:
             if digest in self._forgeries:
                 rejected["signature"] += 1
                 continue
-            if digest in claims:
-                continue  # the cached copy, or a re-put of the same bytes
+            if digest in claims or (known is not None and value == known.value):
+                continue  # a re-put of the same bytes
             try:
-                claims[digest] = claim_descriptor(value, owner=recipient, now=now)
+                claim = claim_descriptor(value, owner=recipient, now=now)
             except RecordError as exc:
                 rejected[exc.reason] += 1
+                continue
+            if claim.descriptor.issued_at_ms > floor:
+                claims[digest] = claim
+            else:
+                rejected["stale"] += 1
         ordered = sorted(claims.items(), key=lambda item: item[1].descriptor.issued_at_ms,
                          reverse=True)
         for n, (digest, claim) in enumerate(ordered):
