@@ -349,3 +349,27 @@ async def test_a_deposit_that_is_not_an_envelope_is_refused(tmp_path: Path, cloc
     assert await deposit(server, a, b, record_kind, mid) == (False, "kind")
     assert await deposit(server, a, b, value[:100], mid) == (False, "malformed")
     assert server.store.status()[0]["messages"] == 0
+
+
+async def test_an_open_mailbox_takes_at_most_max_registrations_and_renews_the_registered(
+    tmp_path: Path, clock: Clock
+) -> None:
+    """Fresh identities cannot make an open mailbox re-put descriptors without bound: past
+    ``max_registrations`` a new recipient is refused, a registered one still renews, and a
+    revoked place is free again."""
+    a, b, c = (Identity.generate() for _ in range(3))
+    server, box = server_at(tmp_path, clock, max_registrations=2)
+    assert await register(server, box, a) == (True, "")
+    assert await register(server, box, b) == (True, "")
+    assert await register(server, box, c) == (False, "registrations-full")
+    assert await register(server, box, a) == (True, "")  # a renewal, not a new place
+    assert [r["recipient"] for r in server.store.status()] == sorted(
+        [a.fingerprint, b.fingerprint])
+    (reply,) = await ask(server, b, encode_frame(REVOKE))
+    assert read_result(reply) == (True, "")
+    assert await register(server, box, c) == (True, "")
+
+
+def test_max_registrations_below_one_is_refused() -> None:
+    with pytest.raises(ValueError, match="max_registrations"):
+        MailboxSettings(max_registrations=0)

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from tierlink.cli import run_command
-from tierlink.cli.argtypes import fingerprint, key_file, number_in
+from tierlink.cli.argtypes import fingerprint, key_file, number_in, positive_int
 from tierlink.cli.node_options import (
     add_node_options,
     load_identity,
@@ -55,6 +55,7 @@ async def _serve(args: argparse.Namespace) -> int:
                                recipient_quota=int(args.per_recipient_quota_mb * MB),
                                per_sender_quota=int(args.per_sender_quota_mb * MB),
                                descriptor_interval=args.descriptor_interval,
+                               max_registrations=args.max_registrations,
                                recipients=frozenset(args.serve_for) if args.serve_for else None)
     identity = load_identity(args)
     config = dataclasses.replace(node_config(args, identity), mailbox_serve=settings,
@@ -173,6 +174,9 @@ def register(sub: Any) -> None:
     serve.add_argument("--serve-for", type=fingerprint, action="append", metavar="FINGERPRINT",
                        help="accept registrations only from these recipients (repeatable; "
                             "default: anyone)")
+    serve.add_argument("--max-registrations", type=positive_int, default=1000, metavar="N",
+                       help="recipients registered at once (default 1000; each costs a DHT "
+                            "put every --descriptor-interval)")
     serve.add_argument("--record-lifetime", type=_period, default=600.0, metavar="SECONDS",
                        help="lifetime of our peer record, republished every third of it "
                             "(default 600; shorter: found again sooner after DHT churn)")

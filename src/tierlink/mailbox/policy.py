@@ -37,7 +37,9 @@ class MailboxSettings:
     ``descriptor_interval``: how often the descriptors of registered recipients are re-put in
     the DHT (OpenDHT keeps a value 10 minutes). ``expiry_interval``: how often expired
     envelopes are deleted (and reported to their depositors). ``recipients``: the only
-    fingerprints that may register (None: anyone). Quotas are envelope bytes held:
+    fingerprints that may register (None: anyone). ``max_registrations``: the most recipients
+    registered at once (each costs a DHT put every ``descriptor_interval``, so an open mailbox
+    bounds what fresh identities can make it do). Quotas are envelope bytes held:
     ``total_quota`` for all recipients together, ``recipient_quota`` per recipient,
     ``per_sender_quota`` per (recipient, depositor). ``clock``: Unix ms (tests).
     """
@@ -49,12 +51,15 @@ class MailboxSettings:
     recipients: frozenset[str] | None = None
     descriptor_interval: float = 240.0
     expiry_interval: float = 60.0
+    max_registrations: int = 1000
     clock: Callable[[], int] = field(default=now_ms, compare=False)
 
     def __post_init__(self) -> None:
         quotas = (self.total_quota, self.recipient_quota, self.per_sender_quota)
         if self.retention_s <= 0 or min(quotas) < 0:
             raise ValueError("retention must be positive and quotas not negative")
+        if self.max_registrations < 1:
+            raise ValueError("max_registrations must be at least 1")
 
 
 def check_deposit(

@@ -116,6 +116,11 @@ class MailboxServer:
             served = self.settings.recipients
             if served is not None and who not in served:
                 return self._refuse(conn, MailboxRefused("not-served", "we serve others only"))
+            if (not self.store.registration(who, now)[0]
+                    and self.store.registrations(now) >= self.settings.max_registrations):
+                return self._refuse(conn, MailboxRefused(
+                    "registrations-full", f"{self.settings.max_registrations} recipients "
+                                          "registered already"))
             expires = min(desc.expires_at_ms, now + int(self.settings.retention_s * 1000))
             self.store.register(who, desc.value, read_allow(frame), now, expires)
             log.info("mailbox registered %s…", who[:16])

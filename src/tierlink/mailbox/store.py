@@ -100,6 +100,12 @@ class MailboxStore(SqliteStore):
             return False, None
         return True, None if row[0] is None else set(cbor2.loads(row[0]))
 
+    def registrations(self, now: int) -> int:
+        """Unexpired registrations."""
+        row = self.conn.execute("SELECT count(*) FROM mb_registration WHERE expires_ms > ?",
+                                (now,)).fetchone()
+        return int(row[0])
+
     def descriptors(self, now: int) -> list[tuple[str, bytes]]:
         """(recipient, descriptor) of every unexpired registration."""
         return [(r[0], r[1]) for r in self.conn.execute(
