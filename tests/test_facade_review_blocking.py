@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import signal
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -186,3 +187,35 @@ def test_a_blocking_call_on_the_loop_thread_fails_at_once(
     conn.send(b"still usable")
     cb = b.accept(timeout=10)
     assert cb is not None and cb.recv_timeout(5000) == b"still usable"
+
+
+class Interrupted(Exception):
+    """What the test's signal handler raises in the main thread (as Ctrl-C would)."""
+
+
+def test_an_interrupted_recv_does_not_take_the_next_message(
+    nodes: tuple[BlockingNode, BlockingNode],
+) -> None:
+    a, b = nodes
+    ca, cb = connected(a, b)
+    assert threading.current_thread() is threading.main_thread()  # signals land here
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise Interrupted
+
+    def kick() -> None:
+        wait_for(lambda: b.calls_in_progress == 1, "the main thread in recv_timeout(-1)")
+        signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGUSR1)
+
+    previous = signal.signal(signal.SIGUSR1, interrupt)
+    try:
+        kicker = threading.Thread(target=kick, daemon=True)
+        kicker.start()
+        with pytest.raises(Interrupted):
+            cb.recv_timeout(-1)
+        kicker.join(STUCK_S)
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+    ca.send(b"next")
+    assert cb.recv_timeout(STUCK_S * 1000) == b"next"  # not taken by the abandoned call
+    assert b.calls_in_progress == 0

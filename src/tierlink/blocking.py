@@ -3,7 +3,11 @@
 One event loop runs in a background thread; every method hands a coroutine to it and waits.
 Several threads may wait on one connection while another closes it: the close wakes them all
 with :class:`ConnectionClosed`. ``recv_timeout(ms)`` takes milliseconds:
-0 = non-blocking, N = wait up to N ms, -1 = wait forever; the message, or None on timeout.
+0 = non-blocking, N = wait up to N ms (at most :data:`MAX_TIMEOUT_MS`), -1 = wait forever; the
+message, or None on timeout; any other value is refused (BadTimeout, or TypeError for a bool or
+a non-number). A call whose caller is interrupted (Ctrl-C) is cancelled on the loop too. If the
+loop ends (the node closed, or ``SystemExit`` raised by a callback) every waiting and later
+call raises ConnectionClosed; a blocking call made on the loop thread itself raises at once.
 """
 
 from __future__ import annotations
@@ -136,6 +140,9 @@ class _LoopThread:
             return fut.result(timeout)
         except concurrent.futures.CancelledError:
             raise ConnectionClosed(self._stopped or "the node was closed while waiting") from None
+        except BaseException:  # the caller gave up (Ctrl-C, timeout): so does the call, or a
+            fut.cancel()  # recv left waiting would take the next message for nobody
+            raise
         finally:
             with self._lock:
                 self._pending.discard(fut)
