@@ -59,3 +59,18 @@ async def test_accept_checks_its_timeout_and_still_hands_over_connections(
         ca, cb = await dial(a, b)
         await ca.send(b"through accept")
         assert await cb.recv(10) == b"through accept"
+
+
+async def test_connect_refuses_a_nan_or_non_number_timeout_up_front(
+    dht_cluster: list[DhtNodeProcess],
+) -> None:
+    a = Node(config_for(dht_cluster[0]))
+    b = Node(config_for(dht_cluster[1]))
+    async with b, a:
+        with pytest.raises(BadTimeout, match="NaN"):
+            await asyncio.wait_for(a.connect(b.fingerprint, math.nan), 30)
+        with pytest.raises(TypeError, match="timeout takes seconds"):
+            await asyncio.wait_for(a.connect(b.fingerprint, "10"), 30)  # type: ignore[arg-type]
+        assert a.stats()["dials"] == 0  # refused before anything was sent
+        ca, cb = await dial(a, b)
+        assert not ca.closed and not cb.closed

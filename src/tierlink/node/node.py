@@ -32,7 +32,7 @@ from tierlink.offline.store import claim_owner
 from tierlink.transport.certs import LocalCertificate
 from tierlink.transport.connection import Connection
 from tierlink.transport.ice import IceSettings, PathListener, PathTally, TurnServer
-from tierlink.transport.recv_queue import RecvQueue
+from tierlink.transport.recv_queue import RecvQueue, check_timeout
 from tierlink.wire.records import PeerRecord
 from tierlink.wire.signaling import new_session_id
 
@@ -201,6 +201,7 @@ class Node:
         """
         parts = self._running()
         timeout = self.config.dial_timeout if timeout is None else timeout
+        check_timeout(timeout)  # NaN or a non-number: refused before anything is sent
         conn = await parts.dialer.connect(fingerprint, timeout, purpose)
         parts.answerer.admission.dialed(fingerprint, time.monotonic())  # its reserved lane
         return conn
