@@ -9,6 +9,7 @@ mailbox service, the rest to :meth:`Node.incoming`. One
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import Counter
@@ -72,6 +73,7 @@ class Node:
         self._incoming: RecvQueue[Connection] = RecvQueue(config.incoming_backlog)
         self._started = False
         self._closed = False
+        self._closing: asyncio.Future[None] | None = None
 
     # -- life ----------------------------------------------------------------------------
     @property
@@ -149,9 +151,16 @@ class Node:
         await messenger.mailbox.client.publish_descriptor()
 
     async def close(self) -> None:
-        """Close every connection, stop every task and listener, stop the embedded DHT."""
-        if self._closed:
-            return
+        """Close every connection, stop every task and listener, stop the embedded DHT.
+
+        Every call (a second one, or one from another task while the first runs) returns
+        once the node is closed; cancelling a caller does not stop the close.
+        """
+        if self._closing is None:
+            self._closing = asyncio.ensure_future(self._close())
+        await asyncio.shield(self._closing)
+
+    async def _close(self) -> None:
         self._closed = True
         self._incoming.close(ConnectionClosed("the node is closed"))  # wakes accept()
         if self.messenger is not None:
