@@ -310,7 +310,8 @@ class BlockingNode:
             return
         with self._close_lock:
             node, self._node = self._node, None
-            if node is None:
+            if node is None:  # closed already, or ending from the loop thread: wait for that
+                self._runner.stop()
                 return
             try:
                 self._runner.run(node.close(), timeout=CLOSE_S)
