@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 
 from tierlink.errors import (
+    BadTimeout,
     ConnectionClosed,
     DhtError,
     DhtNodeMissing,
@@ -53,6 +54,7 @@ _LAZY = {
 }
 
 __all__ = [
+    "BadTimeout",
     "BlockingConnection",
     "BlockingNode",
     "Connection",

@@ -60,6 +60,10 @@ class MessageTooLarge(TierlinkError, ValueError):
     """A message exceeds the limit of the path or mode it was sent on."""
 
 
+class BadTimeout(TierlinkError, ValueError):
+    """A timeout value a call cannot wait for: NaN, or out of the range the call takes."""
+
+
 def require_bytes(data: object, call: str) -> None:
     """TypeError naming what ``call`` takes when ``data`` is not bytes-like (a ``str`` above
     all), raised where the caller handed it over rather than deep inside a send."""

@@ -18,7 +18,7 @@ from types import TracebackType
 
 from tierlink.dht import DhtClient, DhtNodeProcess
 from tierlink.dht.record_book import RecordBook
-from tierlink.errors import TierlinkError, require_bytes
+from tierlink.errors import ConnectionClosed, TierlinkError, require_bytes
 from tierlink.identity import is_fingerprint
 from tierlink.mailbox import MailboxServer
 from tierlink.node.answer import Answerer
@@ -33,6 +33,7 @@ from tierlink.offline.store import claim_owner
 from tierlink.transport.certs import LocalCertificate
 from tierlink.transport.connection import Connection
 from tierlink.transport.ice import IceSettings, PathListener, PathTally, TurnServer
+from tierlink.transport.recv_queue import RecvQueue, check_timeout
 from tierlink.wire.records import PeerRecord
 from tierlink.wire.signaling import new_session_id
 
@@ -69,9 +70,10 @@ class Node:
         self._session_ids = session_ids
         self._parts: NodeParts | None = None
         self._tasks = Supervisor("node")
-        self._incoming: asyncio.Queue[Connection] = asyncio.Queue(config.incoming_backlog)
+        self._incoming: RecvQueue[Connection] = RecvQueue(config.incoming_backlog)
         self._started = False
         self._closed = False
+        self._closing: asyncio.Future[None] | None = None
 
     # -- life ----------------------------------------------------------------------------
     @property
@@ -149,10 +151,18 @@ class Node:
         await messenger.mailbox.client.publish_descriptor()
 
     async def close(self) -> None:
-        """Close every connection, stop every task and listener, stop the embedded DHT."""
-        if self._closed:
-            return
+        """Close every connection, stop every task and listener, stop the embedded DHT.
+
+        Every call (a second one, or one from another task while the first runs) returns
+        once the node is closed; cancelling a caller does not stop the close.
+        """
+        if self._closing is None:
+            self._closing = asyncio.ensure_future(self._close())
+        await asyncio.shield(self._closing)
+
+    async def _close(self) -> None:
         self._closed = True
+        self._incoming.close(ConnectionClosed("the node is closed"))  # wakes accept()
         if self.messenger is not None:
             await self.messenger.stop()
         if self.mailbox_server is not None:
@@ -160,8 +170,10 @@ class Node:
         for conn in list(self.endpoint.connections):
             await conn.close()
         await self._tasks.close()
-        while not self._incoming.empty():
-            await self._incoming.get_nowait().close()
+        while len(self._incoming):
+            queued = self._incoming.get_nowait()
+            if queued is not None:
+                await queued.close()
         if self.dht is not None:
             await self.dht.close()
         if self.dht_process is not None:
@@ -198,6 +210,7 @@ class Node:
         """
         parts = self._running()
         timeout = self.config.dial_timeout if timeout is None else timeout
+        check_timeout(timeout)  # NaN or a non-number: refused before anything is sent
         conn = await parts.dialer.connect(fingerprint, timeout, purpose)
         parts.answerer.admission.dialed(fingerprint, time.monotonic())  # its reserved lane
         return conn
@@ -227,25 +240,27 @@ class Node:
             else:
                 await conn.close()
             return
-        try:
-            self._incoming.put_nowait(conn)
-        except asyncio.QueueFull:
+        if len(self._incoming) >= self._incoming.capacity:
             log.warning("incoming backlog full (NodeConfig.incoming_backlog=%d); closing a "
                         "new connection", self.config.incoming_backlog)
             await conn.close()
+        elif not self._incoming.offer(conn):  # the node is closing
+            await conn.close()
 
     async def incoming(self) -> AsyncIterator[Connection]:
-        """Connections dialed to this node, as they complete."""
-        while not self._closed:
-            yield await self._incoming.get()
+        """Connections dialed to this node, as they complete; ends when the node closes."""
+        while True:
+            try:
+                conn = await self._incoming.get()
+            except ConnectionClosed:
+                return
+            if conn is not None:
+                yield conn
 
     async def accept(self, timeout: float | None = None) -> Connection | None:
-        """The next incoming connection, or None after ``timeout`` seconds."""
-        try:
-            async with asyncio.timeout(timeout):
-                return await self._incoming.get()
-        except TimeoutError:
-            return None
+        """The next incoming connection, or None after ``timeout`` seconds; ConnectionClosed
+        once the node is closed (also for a caller waiting when it closes)."""
+        return await self._incoming.get(timeout)
 
     # -- tiered messages ------------------------------------------------------------------
     def _require_messenger(self) -> Messenger:

@@ -27,7 +27,7 @@ from tierlink.transport.channel import DATAGRAM_MAX_PAYLOAD, SecureChannel
 from tierlink.transport.ice import describe_pair, path_of, tier_of
 from tierlink.transport.path_migration import Migration, PathEvents
 from tierlink.transport.raw_datagrams import RawDatagrams
-from tierlink.transport.recv_queue import DEFAULT_CAPACITY
+from tierlink.transport.recv_queue import DEFAULT_CAPACITY, check_timeout
 
 log = logging.getLogger(__name__)
 
@@ -220,13 +220,14 @@ class Connection:
     async def recv(self, timeout: float | None = None) -> bytes | None:
         """Next message: ``timeout=0`` at once, ``t`` up to t seconds, None forever.
 
-        Returns None on timeout; raises :class:`ConnectionClosed` once closed and drained.
+        Returns None on timeout; raises :class:`ConnectionClosed` once closed and drained,
+        TypeError or BadTimeout for a timeout that is not a number (a bool, NaN).
         """
-        return await self._transport.recv(timeout)
+        return await self._transport.recv(check_timeout(timeout))
 
     async def recv_datagram(self, timeout: float | None = None) -> bytes | None:
         """Next datagram, with the same timeout rules as :meth:`recv`."""
-        return await self._transport.recv_datagram(timeout)
+        return await self._transport.recv_datagram(check_timeout(timeout))
 
     # -- path changes --------------------------------------------------------------------
     def path_events(self) -> PathEvents:
