@@ -219,3 +219,25 @@ def test_an_interrupted_recv_does_not_take_the_next_message(
     ca.send(b"next")
     assert cb.recv_timeout(STUCK_S * 1000) == b"next"  # not taken by the abandoned call
     assert b.calls_in_progress == 0
+
+
+def test_stats_are_gathered_on_the_loop_and_still_read_after_close(
+    nodes: tuple[BlockingNode, BlockingNode], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A connection's counters change on the loop thread; stats() copies them there (a dict
+    copied from another thread can change size under it), and still answers once the
+    connection and its node are closed."""
+    a, b = nodes
+    ca, _ = connected(a, b)
+    threads: list[threading.Thread] = []
+    inner = ca.connection.stats
+
+    def recording() -> dict[str, Any]:
+        threads.append(threading.current_thread())
+        return inner()
+
+    monkeypatch.setattr(ca.connection, "stats", recording)
+    assert ca.stats()["remote"] == b.fingerprint
+    assert [t.name for t in threads] == ["tierlink-loop"]
+    a.close()
+    assert ca.stats()["closed"] is True

@@ -147,6 +147,20 @@ class _LoopThread:
             with self._lock:
                 self._pending.discard(fut)
 
+    def read(self, fn: Callable[[], T]) -> T:
+        """``fn()`` run on the loop, where the state it reads changes (a dict copied from
+        another thread may change size under it); run here once the loop has ended."""
+        if self.on_loop_thread or not self.thread.is_alive():
+            return fn()
+
+        async def on_loop() -> T:
+            return fn()
+
+        try:
+            return self.run(on_loop())
+        except ConnectionClosed:  # the loop is ending: nothing changes the state any more
+            return fn()
+
     def _end_main(self) -> None:
         """On the loop: end ``run_forever`` (not the teardown that follows it)."""
         if not self._ending:
@@ -184,14 +198,19 @@ class BlockingConnection:
         self._runner = runner
 
     @property
+    def connection(self) -> Connection:
+        """The underlying async connection (for use on its loop only)."""
+        return self._conn
+
+    @property
     def remote_fingerprint(self) -> str:
         """The peer's fingerprint."""
         return self._conn.remote_fingerprint
 
     @property
     def selected_pair(self) -> dict[str, dict[str, Any]]:
-        """The ICE-selected candidate pair."""
-        return self._conn.selected_pair
+        """The ICE-selected candidate pair (read on the loop: a path change replaces it)."""
+        return self._runner.read(lambda: self._conn.selected_pair)
 
     @property
     def dropped(self) -> int:
@@ -204,8 +223,8 @@ class BlockingConnection:
         return self._conn.closed
 
     def stats(self) -> dict[str, Any]:
-        """Counters, JSON-ready."""
-        return self._conn.stats()
+        """Counters, JSON-ready (gathered on the loop, where they change)."""
+        return self._runner.read(self._conn.stats)
 
     def send(self, data: bytes) -> int:
         """Send one message (secure: returns its id once the peer queued it)."""
