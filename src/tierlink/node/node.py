@@ -205,13 +205,22 @@ class Node:
 
         Raises PeerNotFound (no valid record), DialTimeout (no answer within ``timeout``,
         default ``dial_timeout``) or IceFailed (no candidate pair worked), each with the
-        time spent. The answer counts only if it decrypts under the secret this dial's offer
-        established with the callee's KEM key (see :mod:`tierlink.node.dial`).
+        time spent; ConnectionClosed when the node closes during the dial. The answer
+        counts only if it decrypts under the secret this dial's offer established with the
+        callee's KEM key (see :mod:`tierlink.node.dial`).
         """
         parts = self._running()
         timeout = self.config.dial_timeout if timeout is None else timeout
         check_timeout(timeout)  # NaN or a non-number: refused before anything is sent
-        conn = await parts.dialer.connect(fingerprint, timeout, purpose)
+        try:
+            conn = await parts.dialer.connect(fingerprint, timeout, purpose)
+        except TierlinkError as exc:
+            if self._closed:  # the close ended the dial's listens: say so, not a timeout
+                raise ConnectionClosed("the node is closed (while dialing)") from exc
+            raise
+        if self._closed:  # completed as the node closed: nobody would close it
+            await conn.close()
+            raise ConnectionClosed("the node is closed (while dialing)")
         parts.answerer.admission.dialed(fingerprint, time.monotonic())  # its reserved lane
         return conn
 
