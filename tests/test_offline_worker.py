@@ -14,6 +14,7 @@ from tierlink.dht import DhtClient, DhtNodeProcess
 from tierlink.errors import PeerNotFound
 from tierlink.identity import Identity
 from tierlink.offline import acks as ack_watch
+from tierlink.offline import inbox as inbox_policy
 from tierlink.offline.delivered import DeliveredLog
 from tierlink.offline.inbox import InboxLimits
 from tierlink.offline.outbox import DELIVERED, PENDING, QUEUED_DHT, Outbox
@@ -319,3 +320,39 @@ async def test_one_ack_listen_per_recipient_awaiting_acks(peers: tuple[Peer, Pee
     await eventually(lambda: alice.tier.acks.listening == {carol.fingerprint}, 15,
                      what="bob's listen ended once his acks came")
     assert alice.tier.errors == 0 and bob.tier.errors == 0
+
+
+async def test_copies_of_a_delivered_envelope_do_not_each_put_an_ack(
+    peers: tuple[Peer, Peer], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Whoever hands the recipient copies of an envelope it delivered (a hostile mailbox
+    pushing it again and again) gets no DHT put per copy: a message's ack is put again at
+    most once per REACK_INTERVAL_MS, and then it is (a sender that missed the ack)."""
+    alice, bob = peers
+    mid = await alice.tier.send(bob.ident.fingerprint, b"once",
+                                recipient_kem_pk=bob.ident.kem_public_key)
+
+    async def fetched() -> bool:
+        await bob.tier.fetch_and_deliver(bob.deliver)
+        return bool(bob.got)
+
+    await eventually(fetched, 10, interval=DHT_POLL_S)
+    (value,) = await bob.dht.get(offline_queue_key(bob.ident.fingerprint))
+    puts: list[str] = []
+    put = bob.dht.put
+
+    async def counting_put(key: str, data: bytes, *args: Any, **kw: Any) -> Any:
+        puts.append(key)
+        return await put(key, data, *args, **kw)
+
+    monkeypatch.setattr(bob.dht, "put", counting_put)
+    token = ack_token(alice.ident, bob.ident.fingerprint)
+    for _ in range(20):
+        res = await bob.tier.fetch_and_deliver(bob.deliver, [value])
+        assert res.replayed and not res.accepted
+    assert puts == [] and bob.tier.inbox.rejected["reack_later"] == 20
+    assert [e.message_id for e in bob.got] == [mid]
+    later = now_ms() + inbox_policy.REACK_INTERVAL_MS
+    (due,) = bob.tier.inbox.reacks_due(res.replayed, later)  # due again: acked once more
+    assert res.ack_ids(replayed=[due]) == {token: [mid]}
+    assert bob.tier.inbox.reacks_due(res.replayed, later) == []

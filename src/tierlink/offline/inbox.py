@@ -22,6 +22,8 @@ the signature, ``signature``, ...), plus
 ``sender_count``  the sender already has ``max_envelopes_per_sender`` accepted this fetch
 ``sender_bytes``  accepting it would pass ``max_bytes_per_sender`` for this fetch
 ``log_full``      the :class:`DeliveredLog` is full: held back, left in the DHT (see below)
+``reack_later``   a replay whose ack was put less than :data:`REACK_INTERVAL_MS` ago: not
+                  acknowledged again yet (:meth:`Inbox.reacks_due`)
 ================  ==========================================================================
 
 Envelopes refused by a per-sender cap are not acknowledged, so their sender keeps
@@ -46,7 +48,7 @@ from __future__ import annotations
 
 import hashlib
 import random
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Container, Iterable
 from dataclasses import dataclass, field
 
@@ -94,10 +96,12 @@ class FetchResult:
     replayed: list[ReceivedEnvelope] = field(default_factory=list)
     rejected: Counter[str] = field(default_factory=Counter)
 
-    def ack_ids(self, delivered: Iterable[ReceivedEnvelope] = ()) -> dict[bytes, list[bytes]]:
-        """Message ids to acknowledge per sender's ack token: the replays plus ``delivered``."""
+    def ack_ids(self, delivered: Iterable[ReceivedEnvelope] = (),
+                replayed: Iterable[ReceivedEnvelope] | None = None) -> dict[bytes, list[bytes]]:
+        """Message ids to acknowledge per sender's ack token: ``replayed`` (default: every
+        replay of the fetch) plus ``delivered``."""
         out: dict[bytes, list[bytes]] = {}
-        for env in [*self.replayed, *delivered]:
+        for env in [*(self.replayed if replayed is None else replayed), *delivered]:
             ids = out.setdefault(env.ack_token, [])
             if env.message_id not in ids:
                 ids.append(env.message_id)
@@ -112,6 +116,13 @@ class _Allowed(Container[str]):
 
     def __contains__(self, fingerprint: object) -> bool:
         return isinstance(fingerprint, str) and self._allow(fingerprint)
+
+
+#: Shortest time between two acks put for one message (ms): a replay (a copy of a delivered
+#: envelope) is acknowledged again at most this often.
+REACK_INTERVAL_MS = 60_000
+#: Messages whose last ack time is remembered for :data:`REACK_INTERVAL_MS` (oldest go first).
+MAX_REACKS_REMEMBERED = 4096
 
 
 class Inbox:
@@ -131,6 +142,32 @@ class Inbox:
         self.rejected: Counter[str] = Counter()
         """Rejections by reason over every fetch so far."""
         self._rng = random.SystemRandom()
+        self._acked: OrderedDict[tuple[str, bytes], int] = OrderedDict()
+
+    def reacks_due(self, replayed: Iterable[ReceivedEnvelope], now_ms: int | None = None
+                   ) -> list[ReceivedEnvelope]:
+        """The replays whose ack may be put again now: each message at most once per
+        :data:`REACK_INTERVAL_MS` (its delivery's ack counts), so whoever hands us copies
+        of a delivered envelope (a hostile mailbox pushing one again and again) cannot make
+        us put an ack in the DHT per copy. A sender that missed the ack re-puts minutes
+        later and is answered then. Those held back are counted in ``rejected``."""
+        t = _now_ms() if now_ms is None else now_ms
+        due = []
+        for env in replayed:
+            key = (env.sender_fingerprint, env.message_id)
+            last = self._acked.get(key)
+            if last is not None and t - last < REACK_INTERVAL_MS:
+                self.rejected["reack_later"] += 1
+                continue
+            self._stamp(key, t)
+            due.append(env)
+        return due
+
+    def _stamp(self, key: tuple[str, bytes], t: int) -> None:
+        self._acked[key] = t
+        self._acked.move_to_end(key)
+        while len(self._acked) > MAX_REACKS_REMEMBERED:
+            self._acked.popitem(last=False)
 
     def precheck(self, value: bytes, now_ms: int | None = None) -> None:
         """The checks that need no cryptography (size, head, times, the payload cap from the
@@ -198,5 +235,8 @@ class Inbox:
         return res
 
     def delivered(self, env: ReceivedEnvelope, now_ms: int | None = None) -> bool:
-        """Record that the application took ``env`` (durable on return)."""
+        """Record that the application took ``env`` (durable on return); its ack is due
+        now, so a replay of it is acknowledged again only after :data:`REACK_INTERVAL_MS`."""
+        self._stamp((env.sender_fingerprint, env.message_id),
+                    _now_ms() if now_ms is None else now_ms)
         return self.log.remember(env.sender_fingerprint, env.message_id, env.expires_at_ms, now_ms)

@@ -219,7 +219,8 @@ class OfflineTier:
                     continue
                 self.inbox.delivered(env)
                 delivered.append(env)
-            for token, ids in res.ack_ids(delivered).items():
+            replays = self.inbox.reacks_due(res.replayed)  # not an ack per copy pushed
+            for token, ids in res.ack_ids(delivered, replays).items():
                 for i in range(0, len(ids), MAX_ACK_IDS):
                     ack = create_ack(token, ids[i : i + MAX_ACK_IDS])
                     await self.dht.put(offline_acks_key(token), ack)
