@@ -269,7 +269,8 @@ async def test_poison_envelope_beside_a_genuine_one(
         assert sum(res.rejected[r] for r in ("clock", "malformed")) == 1
     assert [e.payload for e in victim.got] == [b"genuine"]
     acks = dht.values[offline_acks_key(ack_token(SENDER, VICTIM.fingerprint))]
-    assert len(acks) == 2  # one per fetch: the delivery, then its re-acknowledgement
+    assert len(acks) == 1  # the delivery's: a re-fetch within a minute is not acked again
+    assert victim.tier.inbox.rejected["reack_later"] == 1
     assert len(victim.log) == 1
 
 

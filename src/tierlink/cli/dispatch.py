@@ -160,12 +160,17 @@ def os_error(exc: OSError) -> str:
     return ": ".join([*(os.fsdecode(p) for p in paths), exc.strerror])
 
 
-def execute(argv: Sequence[str] | None = None) -> int:
+def execute(argv: Sequence[str] | None = None,
+            started: Callable[[], bool] | None = None) -> int:
     """Run one command (the console script's entry point, :func:`tierlink.cli.main`, wraps
-    this)."""
+    this). ``started``, called once the command line is read: True if a Ctrl-C arrived
+    during the start (deferred by the caller), which then ends the command."""
     try:  # building the parser loads the lab and bench option lists: Ctrl-C may land here
         args = build_parser().parse_args(argv)
     except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    if started is not None and started():
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     logging.basicConfig(
