@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.nodes import config_for
+from tests.nodes import config_for, dial
 from tests.waiting import eventually
 from tierlink.dht import DhtNodeProcess
 from tierlink.node import Node, migration
@@ -49,14 +49,13 @@ async def test_junk_and_expired_replays_spend_no_opening_budget(
         await eventually(lambda: sum(callee.offer_rejections.values()) >= total, 20,
                          "the callee to refuse every junk value and replay")
         assert dict(callee.offer_rejections) == {"malformed": 16, "expired": 16}
-        conn = await dialer.connect(callee.fingerprint)
+        conn, incoming = await dial(dialer, callee)
         try:
-            incoming = await callee.accept(timeout=10)
-            assert incoming is not None and incoming.remote_fingerprint == dialer.fingerprint
+            assert incoming.remote_fingerprint == dialer.fingerprint
             await conn.send(b"past the junk")
             assert await incoming.recv(5) == b"past the junk"
-            await incoming.close()
         finally:
+            await incoming.close()
             await conn.close()
 
 
